@@ -1,0 +1,1 @@
+//! The uploader: the public upload API (issue 4; not built yet).
