@@ -1,1 +1,151 @@
-fn main() {}
+//! `haystack`: the one command of the photo store, with a subcommand per role and operator tool.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use haystack_store::{EngineKind, Store, StoreConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "haystack",
+    version,
+    about = "A Haystack-style photo and video store"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "HAYSTACK_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a store machine: volumes of needles served over HTTP.
+    Store(StoreArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Directory holding the volume files.
+    #[arg(long, env = "HAYSTACK_STORE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090", env = "HAYSTACK_STORE_LISTEN")]
+    listen: SocketAddr,
+    /// I/O engine: auto, io_uring or sync.
+    #[arg(long, default_value = "auto", env = "HAYSTACK_STORE_ENGINE")]
+    engine: EngineKind,
+    /// Maximum size of a new volume, bytes.
+    #[arg(long, default_value_t = 32 << 30)]
+    max_volume_bytes: u64,
+    /// Largest needle accepted, bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_needle_bytes: u64,
+    /// Volume files grow by preallocated steps of this many bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    prealloc_step: u64,
+    /// Volumes to create at start if missing (comma-separated ids).
+    #[arg(long, value_delimiter = ',')]
+    create_volumes: Vec<u32>,
+    /// HTTP worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run_store(a: StoreArgs) -> Result<(), String> {
+    let cfg = StoreConfig {
+        data_dir: a.data_dir,
+        engine: a.engine,
+        max_volume_bytes: a.max_volume_bytes,
+        max_needle_bytes: a.max_needle_bytes,
+        prealloc_step: a.prealloc_step,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(cfg)
+        .await
+        .map_err(|e| format!("cannot open the store: {e}"))?;
+    for id in a.create_volumes {
+        if store.volume(id).is_err() {
+            store
+                .create_volume(id, None)
+                .await
+                .map_err(|e| format!("cannot create volume {id}: {e}"))?;
+        }
+    }
+    let listener =
+        TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    let opts = haystack_store::http::ServerOptions {
+        workers: a.workers,
+        ..Default::default()
+    };
+    haystack_store::http::run(listener, store, opts, shutdown_signal())
+        .await
+        .map_err(|e| format!("store server failed: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haystack: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Store(a) => run_store(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "haystack failed");
+            eprintln!("haystack: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

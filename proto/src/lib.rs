@@ -93,3 +93,19 @@ pub struct ErrorBody {
     /// A human-readable sentence.
     pub message: String,
 }
+
+
+pub mod range;
+
+/// Formats a cookie as it appears in URLs: 16 lowercase hex digits.
+pub fn format_cookie(cookie: u64) -> String {
+    format!("{cookie:016x}")
+}
+
+/// Parses a cookie from its URL form (1 to 16 hex digits).
+pub fn parse_cookie(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}

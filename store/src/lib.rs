@@ -1,1 +1,17 @@
-//! The store machine.
+//! The store machine of a Haystack-style photo store: volumes of appended needles, an
+//! in-memory index per volume, io_uring I/O, group-committed durable writes, and the HTTP
+//! server that exposes them. See docs/ARCHITECTURE.md for the map and the durability contract.
+
+pub mod engine;
+pub mod error;
+pub mod format;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod store;
+pub mod volume;
+
+pub use engine::{EngineKind, IoEngine};
+pub use error::StoreError;
+pub use store::{Store, StoreConfig};
+pub use volume::{Needle, NeedleData, Volume, VolumeConfig};

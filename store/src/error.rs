@@ -1,0 +1,45 @@
+//! The store's error type. Its HTTP status mapping lives in one place: `http::ApiError`.
+
+use std::io;
+
+use thiserror::Error;
+
+use crate::format::FormatError;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The needle is missing, deleted, or the cookie does not match: all look the same.
+    #[error("needle not found")]
+    NotFound,
+    #[error("volume {0} not found")]
+    NoVolume(u32),
+    #[error("volume {0} already exists")]
+    VolumeExists(u32),
+    #[error("volume {volume} is read-only: {reason}")]
+    ReadOnly { volume: u32, reason: String },
+    #[error("volume {0} is full")]
+    Full(u32),
+    #[error("body too large: at most {max} bytes")]
+    TooLarge { max: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    /// A needle failed its checks on read: never served, counted, reported.
+    #[error("corrupt needle in volume {volume} at offset {offset}: {detail}")]
+    Corrupt {
+        volume: u32,
+        offset: u64,
+        detail: String,
+    },
+    #[error("volume {volume} is not a valid volume file: {source}")]
+    BadVolumeFile {
+        volume: u32,
+        #[source]
+        source: FormatError,
+    },
+    #[error("disk I/O failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("store is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

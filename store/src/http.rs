@@ -1,0 +1,521 @@
+//! The store machine's HTTP server (actix-web): needle GET/HEAD/PUT/DELETE, batch PUT, volume
+//! admin, /health and /metrics. Error → status mapping lives here, in [`ApiError`], and nowhere
+//! else. docs/API.md documents every route.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use haystack_proto::range::{decide, if_none_match, RangeDecision};
+use haystack_proto::{parse_cookie, ErrorBody};
+use serde::Deserialize;
+
+use crate::error::StoreError;
+use crate::store::Store;
+use crate::volume::NeedleData;
+
+/// An error as the HTTP API answers it: a status and a JSON [`ErrorBody`].
+#[derive(Debug)]
+pub struct ApiError(pub StoreError);
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ApiError {
+    fn code(&self) -> (StatusCode, &'static str) {
+        use StoreError::*;
+        match &self.0 {
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NoVolume(_) => (StatusCode::NOT_FOUND, "no_such_volume"),
+            VolumeExists(_) => (StatusCode::CONFLICT, "volume_exists"),
+            ReadOnly { .. } => (StatusCode::CONFLICT, "read_only"),
+            Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "volume_full"),
+            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_needle"),
+            BadVolumeFile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "bad_volume_file"),
+            Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "disk_error"),
+            ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.code();
+        if status.is_server_error() {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        HttpResponse::build(status).json(ErrorBody {
+            error: code.into(),
+            message: self.0.to_string(),
+        })
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError(StoreError::BadRequest(m.into()))
+}
+
+fn parse_volume(s: &str) -> ApiResult<u32> {
+    s.parse()
+        .map_err(|_| bad(format!("volume id {s:?} is not a 32-bit unsigned integer")))
+}
+
+/// A needle address from the path `/v1/needles/{volume}/{key}/{alt}/{cookie}`.
+struct NeedleAddr {
+    volume: u32,
+    key: u64,
+    alt: u32,
+    cookie: u64,
+}
+
+fn needle_addr(req: &HttpRequest) -> ApiResult<NeedleAddr> {
+    let m = req.match_info();
+    let get = |n: &str| m.get(n).unwrap_or("");
+    Ok(NeedleAddr {
+        volume: parse_volume(get("volume"))?,
+        key: get("key")
+            .parse()
+            .map_err(|_| bad("key is not a 64-bit unsigned integer"))?,
+        alt: get("alt")
+            .parse()
+            .map_err(|_| bad("alternate key is not a 32-bit unsigned integer"))?,
+        cookie: parse_cookie(get("cookie"))
+            .ok_or_else(|| bad("cookie is not 1 to 16 hex digits"))?,
+    })
+}
+
+fn etag(crc: u32, len: usize) -> String {
+    format!("\"{crc:08x}{len:x}\"")
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let a = needle_addr(&req)?;
+    let vol = store.volume(a.volume)?;
+    if req.method() == Method::HEAD {
+        let m = vol.read_meta(a.key, a.alt, a.cookie).await?;
+        let mut r = HttpResponse::Ok();
+        r.insert_header((
+            header::CONTENT_TYPE,
+            content_type_or_default(&m.content_type),
+        ))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+        return Ok(r.body(HeadBody(m.data_len as u64)));
+    }
+    let n = vol.read(a.key, a.alt, a.cookie).await?;
+    metrics::counter!("haystack_store_gets_total").increment(1);
+    let tag = etag(n.crc, n.data.len());
+    if if_none_match(header_str(&req, header::IF_NONE_MATCH), &tag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, tag))
+            .finish());
+    }
+    let len = n.data.len() as u64;
+    let mut r = match decide(header_str(&req, header::RANGE), len) {
+        RangeDecision::Full => {
+            let mut r = HttpResponse::Ok();
+            r.insert_header((
+                header::CONTENT_TYPE,
+                content_type_or_default(&n.content_type),
+            ));
+            r.insert_header((header::ETAG, tag));
+            r.insert_header((header::ACCEPT_RANGES, "bytes"));
+            return Ok(r.body(n.data));
+        }
+        RangeDecision::Partial { start, end } => {
+            let mut r = HttpResponse::PartialContent();
+            r.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}")));
+            r.insert_header((
+                header::CONTENT_TYPE,
+                content_type_or_default(&n.content_type),
+            ));
+            r.insert_header((header::ETAG, tag));
+            return Ok(r.body(n.data.slice(start as usize..=end as usize)));
+        }
+        RangeDecision::Unsatisfiable => HttpResponse::RangeNotSatisfiable(),
+    };
+    r.insert_header((header::CONTENT_RANGE, format!("bytes */{len}")));
+    Ok(r.json(ErrorBody {
+        error: "range_not_satisfiable".into(),
+        message: format!("the needle has {len} bytes"),
+    }))
+}
+
+/// The body of a HEAD answer: declares the needle's length, sends nothing.
+struct HeadBody(u64);
+
+impl MessageBody for HeadBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> actix_web::body::BodySize {
+        actix_web::body::BodySize::Sized(self.0)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, Self::Error>>> {
+        std::task::Poll::Ready(None)
+    }
+}
+
+fn content_type_or_default(ct: &str) -> HeaderValue {
+    if ct.is_empty() {
+        return HeaderValue::from_static("application/octet-stream");
+    }
+    HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
+/// Reads a request body of at most `max` bytes: refuses by Content-Length before reading, and
+/// stops reading as soon as a chunked body passes the limit.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: u64) -> ApiResult<Bytes> {
+    let declared = header_str(req, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        if n > max {
+            return Err(ApiError(StoreError::TooLarge { max }));
+        }
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("reading the body failed: {e}")))?;
+        if buf.len() as u64 + chunk.len() as u64 > max {
+            return Err(ApiError(StoreError::TooLarge { max }));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn request_content_type(req: &HttpRequest) -> ApiResult<String> {
+    match req.headers().get(header::CONTENT_TYPE) {
+        None => Ok(String::new()),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| bad("Content-Type is not visible ASCII"))?;
+            if s.len() > crate::format::MAX_CONTENT_TYPE_LEN {
+                return Err(bad("Content-Type longer than 255 bytes"));
+            }
+            Ok(s.to_string())
+        }
+    }
+}
+
+async fn put_needle(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let a = needle_addr(&req)?;
+    let vol = store.volume(a.volume)?;
+    let content_type = request_content_type(&req)?;
+    let data = read_body(&req, payload, store.config().max_needle_bytes).await?;
+    let size = data.len();
+    vol.write_batch(vec![NeedleData {
+        key: a.key,
+        alt: a.alt,
+        cookie: a.cookie,
+        content_type,
+        data,
+    }])
+    .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "volume": a.volume, "key": a.key.to_string(), "alt": a.alt, "size": size,
+    })))
+}
+
+async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let a = needle_addr(&req)?;
+    store
+        .volume(a.volume)?
+        .delete(a.key, a.alt, a.cookie)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Parses a batch body (docs/API.md): repeated `key u64, alt u32, cookie u64, ct_len u8, ct,
+/// data_len u32, data`, little-endian.
+pub fn parse_batch(mut b: Bytes, max_needle: u64) -> Result<Vec<NeedleData>, StoreError> {
+    let short = || StoreError::BadRequest("batch body is truncated".into());
+    let mut out = Vec::new();
+    while b.has_remaining() {
+        if b.remaining() < 21 {
+            return Err(short());
+        }
+        let key = b.get_u64_le();
+        let alt = b.get_u32_le();
+        let cookie = b.get_u64_le();
+        let ct_len = b.get_u8() as usize;
+        if b.remaining() < ct_len + 4 {
+            return Err(short());
+        }
+        let ct = b.split_to(ct_len);
+        let content_type = std::str::from_utf8(&ct)
+            .map_err(|_| StoreError::BadRequest("content type is not UTF-8".into()))?
+            .to_string();
+        let len = b.get_u32_le() as u64;
+        if len > max_needle {
+            return Err(StoreError::TooLarge { max: max_needle });
+        }
+        if (b.remaining() as u64) < len {
+            return Err(short());
+        }
+        let data = b.split_to(len as usize);
+        out.push(NeedleData {
+            key,
+            alt,
+            cookie,
+            content_type,
+            data,
+        });
+    }
+    if out.is_empty() {
+        return Err(StoreError::BadRequest("empty batch".into()));
+    }
+    Ok(out)
+}
+
+/// Encodes needles as a batch body (the inverse of [`parse_batch`]).
+pub fn encode_batch(needles: &[NeedleData]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in needles {
+        out.extend_from_slice(&n.key.to_le_bytes());
+        out.extend_from_slice(&n.alt.to_le_bytes());
+        out.extend_from_slice(&n.cookie.to_le_bytes());
+        let ct = &n.content_type.as_bytes()[..n.content_type.len().min(255)];
+        out.push(ct.len() as u8);
+        out.extend_from_slice(ct);
+        out.extend_from_slice(&(n.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&n.data);
+    }
+    out
+}
+
+async fn put_batch(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let vol = store.volume(vid)?;
+    let body = read_body(&req, payload, store.config().max_write_bytes).await?;
+    let needles = parse_batch(body, store.config().max_needle_bytes)?;
+    let n = needles.len();
+    vol.write_batch(needles).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({ "volume": vid, "written": n })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateVolume {
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
+async fn create_volume(
+    req: HttpRequest,
+    body: Bytes,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let opts: CreateVolume = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        CreateVolume::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
+    };
+    let v = store.create_volume(vid, opts.max_bytes).await?;
+    Ok(HttpResponse::Created().json(v.info()))
+}
+
+async fn list_volumes(store: web::Data<Arc<Store>>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "volumes": store.list() }))
+}
+
+async fn get_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.info()))
+}
+
+async fn seal_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let v = store.volume(vid)?;
+    v.seal().await?;
+    Ok(HttpResponse::Ok().json(v.info()))
+}
+
+async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "status": "ok",
+        "engine": store.engine().kind().as_str(),
+        "volumes": store.volumes().len(),
+    }))
+}
+
+async fn metrics_page(store: web::Data<Arc<Store>>) -> HttpResponse {
+    for v in store.volumes() {
+        let info = v.info();
+        let id = info.id.to_string();
+        metrics::gauge!("haystack_store_volume_size_bytes", "volume" => id.clone())
+            .set(info.size_bytes as f64);
+        metrics::gauge!("haystack_store_volume_dead_bytes", "volume" => id.clone())
+            .set(info.dead_bytes as f64);
+        metrics::gauge!("haystack_store_volume_needles", "volume" => id.clone())
+            .set(info.needles as f64);
+        metrics::gauge!("haystack_store_index_heap_bytes", "volume" => id)
+            .set(v.index_heap_bytes() as f64);
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(ErrorBody {
+        error: "no_such_route".into(),
+        message: "no such route (see docs/API.md)".into(),
+    })
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    HttpResponse::MethodNotAllowed().json(ErrorBody {
+        error: "method_not_allowed".into(),
+        message: "method not allowed on this route (see docs/API.md)".into(),
+    })
+}
+
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let res = next.call(req).await?;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("haystack_store_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("haystack_store_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+/// Routes of the store API, for embedding in an actix `App`.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/needles/{volume}/{key}/{alt}/{cookie}")
+            .route(web::get().to(get_needle))
+            .route(web::head().to(get_needle))
+            .route(web::put().to(put_needle))
+            .route(web::delete().to(delete_needle))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/volumes/{volume}/batch")
+            .route(web::post().to(put_batch))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/volumes/{volume}/seal")
+            .route(web::post().to(seal_volume))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/volumes/{volume}")
+            .route(web::get().to(get_volume))
+            .route(web::post().to(create_volume))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/volumes")
+            .route(web::get().to(list_volumes))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(web::resource("/health").route(web::get().to(health)))
+    .service(web::resource("/metrics").route(web::get().to(metrics_page)));
+}
+
+/// Server options.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// actix worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Seconds to let in-flight requests finish on shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            workers: 0,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// Serves the store on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests (writes included) finish, and flushes the index checkpoints.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<Store>,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::metrics::install();
+    let data = web::Data::new(store.clone());
+    let addr = listener.local_addr()?;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(1 << 20))
+            .wrap(actix_web::middleware::from_fn(record_metrics))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(opts.shutdown_timeout_secs)
+    .listen(listener)?;
+    if opts.workers > 0 {
+        server = server.workers(opts.workers);
+    }
+    let server = server.run();
+    let handle = server.handle();
+    tracing::info!(%addr, engine = store.engine().kind().as_str(), "store listening");
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("store shutting down; finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    server.await?;
+    store.close();
+    tracing::info!("store stopped");
+    Ok(())
+}

@@ -1,0 +1,1108 @@
+//! One volume: a preallocated file of appended needles, its index, its index checkpoint file,
+//! group commit, recovery on open, deletes and sealing.
+//!
+//! Durability contract (docs/ARCHITECTURE.md repeats it):
+//! 1. A write encodes its needles into one buffer and, under the append lock, writes it at the
+//!    tail with one positioned write; the tail advances only when the write succeeded. Writes
+//!    are therefore laid down in offset order with no holes.
+//! 2. After its write completed the writer takes a sync ticket and waits for an fdatasync that
+//!    started after the ticket was taken (group commit: one fdatasync covers every ticket taken
+//!    before it started).
+//! 3. Only then are the needles put in the in-memory index (so a reader never sees an
+//!    unsynced needle) and their records appended to the index file, and the write is
+//!    acknowledged.
+//! 4. A delete sets the flag byte in the needle header in place, syncs the same way, then
+//!    marks the index and appends a delete record. The flag in the volume file is the truth:
+//!    a read checks it, so an index record lost in a crash can only make a delete look late
+//!    to statistics, never resurrect a needle.
+//! 5. Recovery loads the index file (stopping at its first bad record), then scans the volume
+//!    from the end of the last indexed needle: every needle that parses and passes its CRC is
+//!    indexed; at the first one that does not, a forward search looks for a later valid
+//!    needle (bit rot in the middle, skipped and counted) and, when there is none, the torn
+//!    tail is cut: zeroed and the tail set there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use haystack_proto::{VolumeInfo, VolumeState};
+
+use crate::engine::IoEngine;
+use crate::error::{Result, StoreError};
+use crate::format::{
+    self, encode_needle, parse_needle, NeedleHeader, NeedleIn, Superblock, FLAGS_OFFSET,
+    FLAG_DELETED, HEADER_LEN, MAX_CONTENT_TYPE_LEN, SUPERBLOCK_LEN,
+};
+use crate::index::{Loc, MemIndex, SortedIndex};
+
+/// Limits of one volume.
+#[derive(Clone, Debug)]
+pub struct VolumeConfig {
+    /// Maximum volume file size.
+    pub max_bytes: u64,
+    /// Largest needle data accepted.
+    pub max_needle_bytes: u64,
+    /// Largest single write (a batch); also the window searched past a bad needle on recovery.
+    pub max_write_bytes: u64,
+    /// The file is preallocated in steps of this many bytes (capped by `max_bytes`).
+    pub prealloc_step: u64,
+}
+
+impl Default for VolumeConfig {
+    fn default() -> Self {
+        VolumeConfig {
+            max_bytes: 32 << 30,
+            max_needle_bytes: 64 << 20,
+            max_write_bytes: 256 << 20,
+            prealloc_step: 1 << 30,
+        }
+    }
+}
+
+/// A needle to write, owned (writes run as their own task so a dropped request cannot leave a
+/// half-done append behind).
+#[derive(Clone, Debug)]
+pub struct NeedleData {
+    pub key: u64,
+    pub alt: u32,
+    pub cookie: u64,
+    pub content_type: String,
+    pub data: Bytes,
+}
+
+/// A needle read back and verified.
+#[derive(Clone, Debug)]
+pub struct Needle {
+    pub key: u64,
+    pub alt: u32,
+    pub cookie: u64,
+    /// CRC32 of content type and data (the basis of the ETag).
+    pub crc: u32,
+    pub content_type: String,
+    pub data: Bytes,
+}
+
+/// A needle's metadata, read with the header only (HEAD).
+#[derive(Clone, Debug)]
+pub struct NeedleMeta {
+    pub key: u64,
+    pub alt: u32,
+    pub data_len: u32,
+    pub content_type: String,
+}
+
+enum VolIndex {
+    Mem(MemIndex),
+    Sealed(SortedIndex),
+}
+
+impl VolIndex {
+    fn get(&self, key: u64, alt: u32) -> Option<Loc> {
+        match self {
+            VolIndex::Mem(m) => m.get(key, alt),
+            VolIndex::Sealed(s) => s.get(key, alt),
+        }
+    }
+    fn mark_deleted(&mut self, key: u64, alt: u32) -> Option<Loc> {
+        match self {
+            VolIndex::Mem(m) => m.mark_deleted(key, alt),
+            VolIndex::Sealed(s) => s.mark_deleted(key, alt),
+        }
+    }
+    fn len(&self) -> usize {
+        match self {
+            VolIndex::Mem(m) => m.len(),
+            VolIndex::Sealed(s) => s.len(),
+        }
+    }
+    fn heap_bytes(&self) -> usize {
+        match self {
+            VolIndex::Mem(m) => m.heap_bytes(),
+            VolIndex::Sealed(s) => s.heap_bytes(),
+        }
+    }
+}
+
+struct Append {
+    /// Where the next needle goes.
+    tail: u64,
+    /// Bytes of the file allocated so far.
+    allocated: u64,
+}
+
+/// Group commit: one fdatasync covers every writer that took a ticket before it started.
+struct GroupCommit {
+    requested: AtomicU64,
+    requested_needles: AtomicU64,
+    done: AtomicU64,
+    done_needles: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
+    failed: AtomicBool,
+}
+
+impl GroupCommit {
+    fn new() -> Self {
+        GroupCommit {
+            requested: AtomicU64::new(0),
+            requested_needles: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            done_needles: AtomicU64::new(0),
+            lock: tokio::sync::Mutex::new(()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns once an fdatasync that started after this call has completed.
+    async fn commit(&self, engine: &IoEngine, file: &Arc<File>, needles: u64) -> io::Result<()> {
+        self.requested_needles.fetch_add(needles, Ordering::SeqCst);
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        loop {
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            let _leader = self.lock.lock().await;
+            if self.done.load(Ordering::Acquire) >= ticket {
+                return Ok(());
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return Err(io::Error::other(
+                    "an earlier fdatasync of this volume failed",
+                ));
+            }
+            let target = self.requested.load(Ordering::SeqCst);
+            let target_needles = self.requested_needles.load(Ordering::SeqCst);
+            if let Err(e) = engine.fdatasync(file).await {
+                self.failed.store(true, Ordering::Release);
+                return Err(e);
+            }
+            let prev = self.done_needles.swap(target_needles, Ordering::AcqRel);
+            metrics::histogram!("haystack_store_needles_per_fsync")
+                .record(target_needles.saturating_sub(prev) as f64);
+            self.done.store(target, Ordering::Release);
+        }
+    }
+}
+
+/// The index checkpoint file: a header, then fixed 32-byte records appended (docs/FORMAT.md).
+struct IdxLog {
+    file: File,
+    buf: Vec<u8>,
+}
+
+const IDX_MAGIC: [u8; 8] = *b"HSIDXLG1";
+const IDX_HEADER_LEN: usize = 16;
+const IDX_RECORD_LEN: usize = 32;
+const IDX_PUT: u8 = 1;
+const IDX_DELETE: u8 = 2;
+const IDX_FLUSH_AT: usize = 64 << 10;
+
+fn idx_record(kind: u8, key: u64, alt: u32, loc: Loc) -> [u8; IDX_RECORD_LEN] {
+    let mut r = [0u8; IDX_RECORD_LEN];
+    r[0] = kind;
+    r[4..8].copy_from_slice(&alt.to_le_bytes());
+    r[8..16].copy_from_slice(&key.to_le_bytes());
+    r[16..24].copy_from_slice(&loc.offset.to_le_bytes());
+    r[24..28].copy_from_slice(&loc.extent.to_le_bytes());
+    let crc = crc32fast::hash(&r[0..28]);
+    r[28..32].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+struct IdxRecord {
+    kind: u8,
+    key: u64,
+    alt: u32,
+    offset: u64,
+    extent: u32,
+}
+
+fn parse_idx_record(r: &[u8]) -> Option<IdxRecord> {
+    let crc = u32::from_le_bytes(r[28..32].try_into().ok()?);
+    if crc32fast::hash(&r[0..28]) != crc || r[1..4] != [0, 0, 0] {
+        return None;
+    }
+    let kind = r[0];
+    if kind != IDX_PUT && kind != IDX_DELETE {
+        return None;
+    }
+    Some(IdxRecord {
+        kind,
+        alt: u32::from_le_bytes(r[4..8].try_into().ok()?),
+        key: u64::from_le_bytes(r[8..16].try_into().ok()?),
+        offset: u64::from_le_bytes(r[16..24].try_into().ok()?),
+        extent: u32::from_le_bytes(r[24..28].try_into().ok()?),
+    })
+}
+
+impl IdxLog {
+    fn push(&mut self, kind: u8, key: u64, alt: u32, loc: Loc) {
+        self.buf.extend_from_slice(&idx_record(kind, key, alt, loc));
+    }
+
+    fn maybe_flush(&mut self) {
+        if self.buf.len() >= IDX_FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// Writes buffered records. The index file is a checkpoint: a failure here costs a longer
+    /// tail scan on the next open, never data, so it is logged and not returned.
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            tracing::warn!(error = %e, "append to index file failed; the next open scans further");
+        }
+        self.buf.clear();
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    live_bytes: AtomicU64,
+    deleted_needles: AtomicU64,
+}
+
+/// Why a volume does not take writes.
+#[derive(Clone, Debug)]
+enum Mode {
+    Writable,
+    ReadOnly(String),
+    Sealed,
+}
+
+pub struct Volume {
+    id: u32,
+    dat_path: PathBuf,
+    sidx_path: PathBuf,
+    file: Arc<File>,
+    engine: IoEngine,
+    cfg: VolumeConfig,
+    max_bytes: u64,
+    /// Writers and deleters hold it shared; sealing holds it exclusively.
+    gate: tokio::sync::RwLock<()>,
+    append: tokio::sync::Mutex<Append>,
+    /// Mirrors `append.tail` for readers of statistics.
+    tail: AtomicU64,
+    commit: GroupCommit,
+    index: RwLock<VolIndex>,
+    idx_log: Mutex<IdxLog>,
+    mode: Mutex<Mode>,
+    stats: Stats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// File names of volume `id` under `dir`.
+pub fn volume_paths(dir: &Path, id: u32) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        dir.join(format!("vol-{id}.dat")),
+        dir.join(format!("vol-{id}.idx")),
+        dir.join(format!("vol-{id}.sidx")),
+    )
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn fallocate(file: &File, offset: u64, len: u64, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned descriptor.
+    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Volume {
+    /// Creates a new, empty volume (fails if its file exists).
+    pub fn create(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
+        let (dat, idx, _) = volume_paths(dir, id);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&dat)
+            .map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    StoreError::VolumeExists(id)
+                } else {
+                    StoreError::Io(e)
+                }
+            })?;
+        let sb = Superblock {
+            version: format::FORMAT_VERSION,
+            volume_id: id,
+            max_bytes: cfg.max_bytes,
+            created_unix_ms: now_ms(),
+        };
+        f.write_all(&sb.encode())?;
+        let first = cfg.prealloc_step.min(cfg.max_bytes).max(SUPERBLOCK_LEN);
+        fallocate(&f, 0, first, 0)?;
+        f.sync_all()?;
+        let mut ix = File::create(&idx)?;
+        let mut h = [0u8; IDX_HEADER_LEN];
+        h[0..8].copy_from_slice(&IDX_MAGIC);
+        h[8..12].copy_from_slice(&1u32.to_le_bytes());
+        h[12..16].copy_from_slice(&id.to_le_bytes());
+        ix.write_all(&h)?;
+        ix.sync_all()?;
+        fsync_dir(dir)?;
+        drop((f, ix));
+        Self::open(dir, id, engine, cfg)
+    }
+
+    /// Opens an existing volume and recovers its index (see the module docs). Blocking: call
+    /// it from a blocking context at start-up.
+    pub fn open(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
+        let started = std::time::Instant::now();
+        let (dat, idx_path, sidx_path) = volume_paths(dir, id);
+        let file = OpenOptions::new().read(true).write(true).open(&dat)?;
+        let mut sbuf = [0u8; SUPERBLOCK_LEN as usize];
+        file.read_exact_at(&mut sbuf, 0)?;
+        let sb = Superblock::decode(&sbuf)
+            .map_err(|source| StoreError::BadVolumeFile { volume: id, source })?;
+        if sb.volume_id != id {
+            return Err(StoreError::BadVolumeFile {
+                volume: id,
+                source: format::FormatError::Field("volume id does not match the file name"),
+            });
+        }
+        let file_len = file.metadata()?.len();
+        let mut idx_file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&idx_path)?;
+
+        let stats = Stats::default();
+        let (index, tail, mode) = if sidx_path.exists() {
+            let s = SortedIndex::open(&sidx_path)?;
+            let mut end = SUPERBLOCK_LEN;
+            for (_, _, l) in s.iter() {
+                end = end.max(l.offset + l.extent as u64);
+                if l.deleted {
+                    stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats
+                        .live_bytes
+                        .fetch_add(l.extent as u64, Ordering::Relaxed);
+                }
+            }
+            (VolIndex::Sealed(s), end, Mode::Sealed)
+        } else {
+            let (entries, tail) =
+                recover_writable(id, &file, file_len, &mut idx_file, &cfg, sb.max_bytes)?;
+            for (_, _, l) in &entries {
+                if l.deleted {
+                    stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats
+                        .live_bytes
+                        .fetch_add(l.extent as u64, Ordering::Relaxed);
+                }
+            }
+            let mode = if sb.max_bytes.saturating_sub(tail) < format::needle_extent(0, 0) {
+                Mode::ReadOnly("full".into())
+            } else {
+                Mode::Writable
+            };
+            (VolIndex::Mem(MemIndex::from_sorted(entries)), tail, mode)
+        };
+        let v = Volume {
+            id,
+            dat_path: dat,
+            sidx_path,
+            file: Arc::new(file),
+            engine,
+            max_bytes: sb.max_bytes,
+            cfg,
+            gate: tokio::sync::RwLock::new(()),
+            append: tokio::sync::Mutex::new(Append {
+                tail,
+                allocated: file_len,
+            }),
+            tail: AtomicU64::new(tail),
+            commit: GroupCommit::new(),
+            index: RwLock::new(index),
+            idx_log: Mutex::new(IdxLog {
+                file: idx_file,
+                buf: Vec::new(),
+            }),
+            mode: Mutex::new(mode),
+            stats,
+        };
+        tracing::info!(
+            volume = id,
+            needles = v.read_index().len(),
+            tail,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "volume opened"
+        );
+        Ok(Arc::new(v))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dat_path
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, VolIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, VolIndex> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_read_only(&self, reason: String) {
+        let mut m = lock(&self.mode);
+        if matches!(*m, Mode::Writable) {
+            tracing::warn!(volume = self.id, %reason, "volume turns read-only");
+            *m = Mode::ReadOnly(reason);
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        match &*lock(&self.mode) {
+            Mode::Writable => Ok(()),
+            Mode::ReadOnly(r) if r == "full" => Err(StoreError::Full(self.id)),
+            Mode::ReadOnly(r) => Err(StoreError::ReadOnly {
+                volume: self.id,
+                reason: r.clone(),
+            }),
+            Mode::Sealed => Err(StoreError::ReadOnly {
+                volume: self.id,
+                reason: "sealed".into(),
+            }),
+        }
+    }
+
+    /// Appends needles as one contiguous write under one sync and indexes them; returns their
+    /// locations. Runs as its own task: dropping the returned future does not cancel it.
+    pub async fn write_batch(self: &Arc<Self>, needles: Vec<NeedleData>) -> Result<Vec<Loc>> {
+        let v = self.clone();
+        tokio::spawn(async move { v.write_batch_inner(needles).await })
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("write task failed: {e}"))))?
+    }
+
+    async fn write_batch_inner(&self, needles: Vec<NeedleData>) -> Result<Vec<Loc>> {
+        if needles.is_empty() {
+            return Ok(Vec::new());
+        }
+        for n in &needles {
+            if n.data.len() as u64 > self.cfg.max_needle_bytes {
+                return Err(StoreError::TooLarge {
+                    max: self.cfg.max_needle_bytes,
+                });
+            }
+            if n.content_type.len() > MAX_CONTENT_TYPE_LEN {
+                return Err(StoreError::BadRequest(format!(
+                    "content type longer than {MAX_CONTENT_TYPE_LEN} bytes"
+                )));
+            }
+        }
+        let mut buf = Vec::new();
+        let mut rel = Vec::with_capacity(needles.len());
+        for n in &needles {
+            let start = buf.len() as u64;
+            let extent = encode_needle(
+                &mut buf,
+                &NeedleIn {
+                    key: n.key,
+                    alt: n.alt,
+                    cookie: n.cookie,
+                    content_type: &n.content_type,
+                    data: &n.data,
+                },
+            );
+            rel.push((start, extent));
+        }
+        let len = buf.len() as u64;
+        if len > self.cfg.max_write_bytes {
+            return Err(StoreError::TooLarge {
+                max: self.cfg.max_write_bytes,
+            });
+        }
+        let _gate = self.gate.read().await;
+        self.check_writable()?;
+        let base = {
+            let mut ap = self.append.lock().await;
+            self.check_writable()?;
+            if ap.tail + len > self.max_bytes {
+                self.set_read_only("full".into());
+                return Err(StoreError::Full(self.id));
+            }
+            if ap.tail + len > ap.allocated {
+                let want = (ap.tail + len)
+                    .max(ap.allocated + self.cfg.prealloc_step)
+                    .min(self.max_bytes);
+                let (f, from) = (self.file.clone(), ap.allocated);
+                let r = tokio::task::spawn_blocking(move || fallocate(&f, from, want - from, 0))
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))
+                    .and_then(|r| r);
+                if let Err(e) = r {
+                    if e.raw_os_error() == Some(libc::ENOSPC) {
+                        self.set_read_only("full".into());
+                        return Err(StoreError::Full(self.id));
+                    }
+                    self.set_read_only(format!("disk error: {e}"));
+                    return Err(StoreError::Io(e));
+                }
+                ap.allocated = want;
+            }
+            let base = ap.tail;
+            if let Err(e) = self.engine.write_all_at(&self.file, base, buf).await {
+                self.set_read_only(format!("disk error: {e}"));
+                return Err(StoreError::Io(e));
+            }
+            ap.tail += len;
+            self.tail.store(ap.tail, Ordering::Release);
+            base
+        };
+        metrics::counter!("haystack_store_bytes_written_total").increment(len);
+        if let Err(e) = self
+            .commit
+            .commit(&self.engine, &self.file, needles.len() as u64)
+            .await
+        {
+            self.set_read_only(format!("disk error: {e}"));
+            return Err(StoreError::Io(e));
+        }
+        let mut locs = Vec::with_capacity(needles.len());
+        {
+            let mut idx = self.write_index();
+            let mut log = lock(&self.idx_log);
+            for (n, (start, extent)) in needles.iter().zip(rel) {
+                let loc = Loc {
+                    offset: base + start,
+                    extent: extent as u32,
+                    deleted: false,
+                };
+                locs.push(loc);
+                if let VolIndex::Mem(m) = &mut *idx {
+                    // Newest wins: appends are in offset order, and a racing writer of the same
+                    // (key, alt) may reach this point first.
+                    match m.get(n.key, n.alt) {
+                        Some(old) if old.offset > loc.offset => continue,
+                        Some(old) => {
+                            if !old.deleted {
+                                self.stats
+                                    .live_bytes
+                                    .fetch_sub(old.extent as u64, Ordering::Relaxed);
+                            } else {
+                                self.stats.deleted_needles.fetch_sub(1, Ordering::Relaxed);
+                            }
+                        }
+                        None => {}
+                    }
+                    m.insert(n.key, n.alt, loc);
+                    self.stats
+                        .live_bytes
+                        .fetch_add(loc.extent as u64, Ordering::Relaxed);
+                    log.push(IDX_PUT, n.key, n.alt, loc);
+                }
+            }
+            log.maybe_flush();
+        }
+        Ok(locs)
+    }
+
+    fn lookup(&self, key: u64, alt: u32) -> Result<Loc> {
+        match self.read_index().get(key, alt) {
+            Some(l) if !l.deleted => Ok(l),
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    fn corrupt(&self, loc: Loc, detail: String) -> StoreError {
+        metrics::counter!("haystack_store_crc_errors_total").increment(1);
+        tracing::error!(volume = self.id, offset = loc.offset, %detail, "corrupt needle detected; not served");
+        StoreError::Corrupt {
+            volume: self.id,
+            offset: loc.offset,
+            detail,
+        }
+    }
+
+    /// The deleted flag was found in the file but not in the index (its index record was lost
+    /// in a crash): bring the index in line.
+    fn note_deleted(&self, key: u64, alt: u32, loc: Loc) {
+        let mut idx = self.write_index();
+        if idx.get(key, alt).map(|l| l.offset) == Some(loc.offset) {
+            if let Some(old) = idx.mark_deleted(key, alt) {
+                if !old.deleted {
+                    self.stats
+                        .live_bytes
+                        .fetch_sub(old.extent as u64, Ordering::Relaxed);
+                    self.stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Reads a needle with one disk read and verifies it. A wrong cookie is `NotFound`.
+    pub async fn read(&self, key: u64, alt: u32, cookie: u64) -> Result<Needle> {
+        let loc = self.lookup(key, alt)?;
+        let buf = match self
+            .engine
+            .read_at(&self.file, loc.offset, loc.extent as usize)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                self.set_read_only(format!("disk error: {e}"));
+                return Err(StoreError::Io(e));
+            }
+        };
+        metrics::counter!("haystack_store_bytes_read_total").increment(buf.len() as u64);
+        let p = parse_needle(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
+        if p.header.key != key || p.header.alt != alt {
+            return Err(self.corrupt(
+                loc,
+                format!(
+                    "index points at needle {}/{} instead",
+                    p.header.key, p.header.alt
+                ),
+            ));
+        }
+        if p.header.deleted() {
+            self.note_deleted(key, alt, loc);
+            return Err(StoreError::NotFound);
+        }
+        if p.header.cookie != cookie {
+            return Err(StoreError::NotFound);
+        }
+        let buf = Bytes::from(buf);
+        let content_type = String::from_utf8_lossy(&buf[p.content_type.clone()]).into_owned();
+        Ok(Needle {
+            key,
+            alt,
+            cookie,
+            crc: p.crc,
+            content_type,
+            data: buf.slice(p.data),
+        })
+    }
+
+    /// Reads only a needle's header and content type (one small disk read) for HEAD.
+    pub async fn read_meta(&self, key: u64, alt: u32, cookie: u64) -> Result<NeedleMeta> {
+        let loc = self.lookup(key, alt)?;
+        let want = (HEADER_LEN + MAX_CONTENT_TYPE_LEN).min(loc.extent as usize);
+        let buf = self
+            .engine
+            .read_at(&self.file, loc.offset, want)
+            .await
+            .inspect_err(|e| self.set_read_only(format!("disk error: {e}")))?;
+        let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
+        if h.key != key || h.alt != alt || h.extent() != loc.extent as u64 {
+            return Err(self.corrupt(loc, "header does not match the index".into()));
+        }
+        if h.deleted() {
+            self.note_deleted(key, alt, loc);
+            return Err(StoreError::NotFound);
+        }
+        if h.cookie != cookie {
+            return Err(StoreError::NotFound);
+        }
+        let ct_end = HEADER_LEN + h.content_type_len as usize;
+        let ct = buf
+            .get(HEADER_LEN..ct_end)
+            .ok_or_else(|| self.corrupt(loc, "short header read".into()))?;
+        Ok(NeedleMeta {
+            key,
+            alt,
+            data_len: h.data_len,
+            content_type: String::from_utf8_lossy(ct).into_owned(),
+        })
+    }
+
+    /// Deletes a needle: sets its flag in the file (synced), then in the index. The cookie
+    /// must match. Runs as its own task.
+    pub async fn delete(self: &Arc<Self>, key: u64, alt: u32, cookie: u64) -> Result<()> {
+        let v = self.clone();
+        tokio::spawn(async move { v.delete_inner(key, alt, cookie).await })
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("delete task failed: {e}"))))?
+    }
+
+    async fn delete_inner(&self, key: u64, alt: u32, cookie: u64) -> Result<()> {
+        let _gate = self.gate.read().await;
+        let loc = self.lookup(key, alt)?;
+        let buf = self
+            .engine
+            .read_at(&self.file, loc.offset, HEADER_LEN)
+            .await?;
+        let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
+        if h.key != key || h.alt != alt {
+            return Err(self.corrupt(loc, "header does not match the index".into()));
+        }
+        if h.cookie != cookie || h.deleted() {
+            return Err(StoreError::NotFound);
+        }
+        if let Err(e) = self
+            .engine
+            .write_all_at(
+                &self.file,
+                loc.offset + FLAGS_OFFSET,
+                vec![h.flags | FLAG_DELETED],
+            )
+            .await
+        {
+            self.set_read_only(format!("disk error: {e}"));
+            return Err(StoreError::Io(e));
+        }
+        if let Err(e) = self.commit.commit(&self.engine, &self.file, 1).await {
+            self.set_read_only(format!("disk error: {e}"));
+            return Err(StoreError::Io(e));
+        }
+        self.note_deleted(key, alt, loc);
+        let mut log = lock(&self.idx_log);
+        log.push(IDX_DELETE, key, alt, loc);
+        log.maybe_flush();
+        Ok(())
+    }
+
+    /// Seals the volume: no more writes; the index moves to a sorted file mapped from disk.
+    pub async fn seal(&self) -> Result<()> {
+        let _gate = self.gate.write().await;
+        {
+            let mut m = lock(&self.mode);
+            if matches!(*m, Mode::Sealed) {
+                return Ok(());
+            }
+            *m = Mode::ReadOnly("sealing".into());
+        }
+        lock(&self.idx_log).flush();
+        let entries: Vec<(u64, u32, Loc)> = match &*self.read_index() {
+            VolIndex::Mem(m) => m.iter().collect(),
+            VolIndex::Sealed(_) => return Ok(()),
+        };
+        let path = self.sidx_path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            SortedIndex::write(&path, entries)?;
+            SortedIndex::open(&path)
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        *self.write_index() = VolIndex::Sealed(opened);
+        *lock(&self.mode) = Mode::Sealed;
+        tracing::info!(volume = self.id, "volume sealed");
+        Ok(())
+    }
+
+    /// Writes buffered index records out (on shutdown).
+    pub fn flush_index(&self) {
+        lock(&self.idx_log).flush();
+    }
+
+    pub fn info(&self) -> VolumeInfo {
+        let (state, reason) = match &*lock(&self.mode) {
+            Mode::Writable => (VolumeState::Writable, None),
+            Mode::ReadOnly(r) => (VolumeState::ReadOnly, Some(r.clone())),
+            Mode::Sealed => (VolumeState::Sealed, None),
+        };
+        let size = self.tail.load(Ordering::Acquire);
+        let live = self.stats.live_bytes.load(Ordering::Relaxed);
+        VolumeInfo {
+            id: self.id,
+            state,
+            size_bytes: size,
+            max_bytes: self.max_bytes,
+            needles: self.read_index().len() as u64,
+            deleted_needles: self.stats.deleted_needles.load(Ordering::Relaxed),
+            dead_bytes: size.saturating_sub(SUPERBLOCK_LEN).saturating_sub(live),
+            reason,
+        }
+    }
+
+    /// Heap bytes held by the index (a gauge on /metrics).
+    pub fn index_heap_bytes(&self) -> usize {
+        self.read_index().heap_bytes()
+    }
+}
+
+/// Loads the index file and scans the tail; returns the index entries sorted by (key, alt)
+/// and the tail offset. Repairs the index file and cuts a torn tail as it goes.
+fn recover_writable(
+    id: u32,
+    file: &File,
+    file_len: u64,
+    idx_file: &mut File,
+    cfg: &VolumeConfig,
+    max_bytes: u64,
+) -> Result<(Vec<(u64, u32, Loc)>, u64)> {
+    // 1. The index file.
+    let mut raw = Vec::new();
+    idx_file.read_to_end(&mut raw)?;
+    let mut records: Vec<IdxRecord> = Vec::new();
+    let mut good_len = 0usize;
+    let header_ok = raw.len() >= IDX_HEADER_LEN
+        && raw[0..8] == IDX_MAGIC
+        && raw[8..12] == 1u32.to_le_bytes()
+        && raw[12..16] == id.to_le_bytes();
+    if header_ok {
+        good_len = IDX_HEADER_LEN;
+        for r in raw[IDX_HEADER_LEN..].chunks_exact(IDX_RECORD_LEN) {
+            match parse_idx_record(r) {
+                Some(rec)
+                    if rec.offset >= SUPERBLOCK_LEN
+                        && rec.offset % format::ALIGN == 0
+                        && rec.extent > 0
+                        && rec.offset + rec.extent as u64 <= file_len =>
+                {
+                    records.push(rec);
+                    good_len += IDX_RECORD_LEN;
+                }
+                _ => break,
+            }
+        }
+    }
+    if !header_ok || good_len != raw.len() {
+        tracing::warn!(
+            volume = id,
+            kept_records = records.len(),
+            dropped_bytes = raw.len() - good_len,
+            "index file has a bad tail; cutting it"
+        );
+        if !header_ok {
+            idx_file.set_len(0)?;
+            let mut h = [0u8; IDX_HEADER_LEN];
+            h[0..8].copy_from_slice(&IDX_MAGIC);
+            h[8..12].copy_from_slice(&1u32.to_le_bytes());
+            h[12..16].copy_from_slice(&id.to_le_bytes());
+            idx_file.write_all(&h)?;
+        } else {
+            idx_file.set_len(good_len as u64)?;
+        }
+    }
+    let mut scan_from = SUPERBLOCK_LEN;
+    for r in &records {
+        if r.kind == IDX_PUT {
+            scan_from = scan_from.max(r.offset + r.extent as u64);
+        }
+    }
+    // Newest put per (key, alt) wins; a delete applies to the put at its offset.
+    records.sort_unstable_by_key(|r| (r.key, r.alt, r.offset, r.kind));
+    let mut entries: Vec<(u64, u32, Loc)> = Vec::with_capacity(records.len());
+    for r in &records {
+        match (entries.last_mut(), r.kind) {
+            (Some(last), IDX_DELETE) if last.0 == r.key && last.1 == r.alt => {
+                if last.2.offset == r.offset {
+                    last.2.deleted = true;
+                }
+            }
+            (_, IDX_DELETE) => {}
+            (Some(last), _) if last.0 == r.key && last.1 == r.alt => {
+                *last = (
+                    r.key,
+                    r.alt,
+                    Loc {
+                        offset: r.offset,
+                        extent: r.extent,
+                        deleted: false,
+                    },
+                );
+            }
+            _ => entries.push((
+                r.key,
+                r.alt,
+                Loc {
+                    offset: r.offset,
+                    extent: r.extent,
+                    deleted: false,
+                },
+            )),
+        }
+    }
+    drop(records);
+
+    // 2. The tail past the last indexed needle.
+    let limit = file_len.min(max_bytes);
+    let mut pos = scan_from;
+    let mut scanned: Vec<(u64, u32, Loc)> = Vec::new();
+    let mut new_records = Vec::new();
+    let mut skipped_corrupt = 0u64;
+    loop {
+        match read_needle_at(file, pos, limit) {
+            Scan::Needle(h, extent) => {
+                let loc = Loc {
+                    offset: pos,
+                    extent: extent as u32,
+                    deleted: h.deleted(),
+                };
+                scanned.push((h.key, h.alt, loc));
+                new_records.extend_from_slice(&idx_record(IDX_PUT, h.key, h.alt, loc));
+                if loc.deleted {
+                    new_records.extend_from_slice(&idx_record(IDX_DELETE, h.key, h.alt, loc));
+                }
+                pos += extent;
+            }
+            Scan::End => break,
+            Scan::Bad(reason) => {
+                let window_end = limit.min(pos + cfg.max_write_bytes);
+                match find_next_needle(file, pos + format::ALIGN, window_end, limit)? {
+                    Some(next) => {
+                        // Valid needles follow: this is damage in the middle, not a torn tail.
+                        skipped_corrupt += 1;
+                        metrics::counter!("haystack_store_crc_errors_total").increment(1);
+                        tracing::error!(
+                            volume = id,
+                            offset = pos,
+                            skipped_bytes = next - pos,
+                            %reason,
+                            "corrupt region in volume skipped on recovery; repair from a replica"
+                        );
+                        pos = next;
+                    }
+                    None => {
+                        tracing::warn!(
+                            volume = id,
+                            offset = pos,
+                            %reason,
+                            "torn tail cut off"
+                        );
+                        if window_end > pos {
+                            fallocate(
+                                file,
+                                pos,
+                                window_end - pos,
+                                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                            )
+                            .or_else(|_| {
+                                // Older kernels or file systems: write zeros instead.
+                                let zeros = vec![0u8; (window_end - pos) as usize];
+                                file.write_all_at(&zeros, pos)
+                            })?;
+                            file.sync_data()?;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    if !new_records.is_empty() {
+        idx_file.write_all(&new_records)?;
+    }
+    idx_file.sync_data()?;
+    if !scanned.is_empty() || skipped_corrupt > 0 {
+        tracing::info!(
+            volume = id,
+            recovered = scanned.len(),
+            skipped_corrupt,
+            "needles recovered from the volume tail"
+        );
+        // Scanned needles are newer than every indexed one: merge, scanned last wins.
+        scanned.sort_by_key(|e| (e.0, e.1)); // stable: later offsets stay later
+        let mut merged: Vec<(u64, u32, Loc)> = Vec::with_capacity(entries.len() + scanned.len());
+        let (mut a, mut b) = (
+            entries.into_iter().peekable(),
+            scanned.into_iter().peekable(),
+        );
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some(x), Some(y)) => (x.0, x.1) < (y.0, y.1),
+            };
+            let next = if take_a { a.next() } else { b.next() };
+            if let Some(e) = next {
+                match merged.last_mut() {
+                    Some(last) if (last.0, last.1) == (e.0, e.1) => *last = e,
+                    _ => merged.push(e),
+                }
+            }
+        }
+        entries = merged;
+    }
+    Ok((entries, pos))
+}
+
+enum Scan {
+    Needle(NeedleHeader, u64),
+    End,
+    Bad(String),
+}
+
+/// Reads and fully checks the needle at `pos`.
+fn read_needle_at(file: &File, pos: u64, limit: u64) -> Scan {
+    if pos + HEADER_LEN as u64 > limit {
+        return Scan::End;
+    }
+    let mut h = [0u8; HEADER_LEN];
+    if let Err(e) = file.read_exact_at(&mut h, pos) {
+        return Scan::Bad(format!("read failed: {e}"));
+    }
+    if h.iter().all(|&b| b == 0) {
+        return Scan::End;
+    }
+    let header = match NeedleHeader::decode(&h) {
+        Ok(x) => x,
+        Err(e) => return Scan::Bad(e.to_string()),
+    };
+    let extent = header.extent();
+    if pos + extent > limit {
+        return Scan::Bad("needle runs past the end of the volume".into());
+    }
+    let mut buf = vec![0u8; extent as usize];
+    if let Err(e) = file.read_exact_at(&mut buf, pos) {
+        return Scan::Bad(format!("read failed: {e}"));
+    }
+    match parse_needle(&buf) {
+        Ok(_) => Scan::Needle(header, extent),
+        Err(e) => Scan::Bad(e.to_string()),
+    }
+}
+
+/// Looks for the first offset in [from, to) where a whole valid needle starts.
+fn find_next_needle(file: &File, from: u64, to: u64, limit: u64) -> io::Result<Option<u64>> {
+    if from >= to {
+        return Ok(None);
+    }
+    let mut window = vec![0u8; (to - from) as usize];
+    let mut got = 0;
+    while got < window.len() {
+        let n = file.read_at(&mut window[got..], from + got as u64)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    window.truncate(got);
+    let magic = format::HEADER_MAGIC.to_le_bytes();
+    let mut i = 0usize;
+    while i + HEADER_LEN <= window.len() {
+        if window[i..i + 4] == magic && NeedleHeader::decode(&window[i..]).is_ok() {
+            let at = from + i as u64;
+            if let Scan::Needle(..) = read_needle_at(file, at, limit) {
+                return Ok(Some(at));
+            }
+        }
+        i += format::ALIGN as usize;
+    }
+    Ok(None)
+}
