@@ -94,6 +94,7 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+pub mod directory;
 
 pub mod range;
 

@@ -1,0 +1,285 @@
+//! The directory's configuration: a serde struct with a default for every field, validated once
+//! at start-up, and the `--metadata` URL (`embedded:DIR` or `scylla://host:port[,..]/keyspace`).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DirectoryError;
+
+/// Configuration of one directory instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// Where the metadata lives: `embedded:DIR` (redb file under DIR, the default:
+    /// `embedded:./data/directory`) or `scylla://host:port[,host:port]/keyspace`.
+    pub metadata: String,
+    /// Replicas per logical volume (R). Default 3, as in Haystack.
+    pub replication_factor: usize,
+    /// Seconds between heartbeats the stores are told to keep. Default 5.
+    pub heartbeat_interval_secs: u64,
+    /// A store silent for longer than this is marked down and its volumes turn read-only.
+    /// Default 20000 (four missed heartbeats).
+    pub store_timeout_ms: u64,
+    /// Period of the maintenance loop (refresh from the metadata store, liveness sweep, volume
+    /// creation, node-id lease renewal). Default 1000.
+    pub maintenance_interval_ms: u64,
+    /// Size planned for a new logical volume when choosing machines with room for it; the stores
+    /// report the real size in their heartbeats. Default 1 GiB.
+    pub volume_capacity_bytes: u64,
+    /// A volume with this fraction of its capacity used no longer takes uploads. Default 0.95.
+    pub full_fraction: f64,
+    /// Keep at least this many logical volumes writable (or being created). Default 2.
+    pub min_writable_volumes: usize,
+    /// Also create volumes when the writable volumes together have less room than this.
+    /// Default 256 MiB.
+    pub min_writable_free_bytes: u64,
+    /// This instance's node id in photo ids (0..=1023). Default none: claim a free one with a
+    /// lease in the metadata store, which is what several instances over ScyllaDB need.
+    pub node_id: Option<u16>,
+    /// Base URL of the cache tier for read URLs, e.g. `http://127.0.0.1:8070`. Default none.
+    pub cache_url: Option<String>,
+    /// CDN prefix for read URLs (takes precedence over `cache_url`), e.g.
+    /// `https://cdn.example.com/hs`. Default none.
+    pub cdn_prefix: Option<String>,
+    /// Cache base URLs told to purge a deleted photo (`DELETE {base}/v1/needles/...`).
+    /// Default: `cache_url` alone when set.
+    pub cache_purge_urls: Vec<String>,
+    /// Timeout in ms for the best-effort delete notifications to stores and caches. Default 2000.
+    pub notify_timeout_ms: u64,
+    /// actix-web worker threads. Default 2.
+    pub http_workers: usize,
+    /// ScyllaDB settings (used with a `scylla://` metadata URL).
+    pub scylla: ScyllaConfig,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            metadata: "embedded:./data/directory".to_string(),
+            replication_factor: 3,
+            heartbeat_interval_secs: 5,
+            store_timeout_ms: 20_000,
+            maintenance_interval_ms: 1_000,
+            volume_capacity_bytes: 1 << 30,
+            full_fraction: 0.95,
+            min_writable_volumes: 2,
+            min_writable_free_bytes: 256 << 20,
+            node_id: None,
+            cache_url: None,
+            cdn_prefix: None,
+            cache_purge_urls: Vec::new(),
+            notify_timeout_ms: 2_000,
+            http_workers: 2,
+            scylla: ScyllaConfig::default(),
+        }
+    }
+}
+
+/// ScyllaDB (or Cassandra) backend settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScyllaConfig {
+    /// The replication map for `CREATE KEYSPACE IF NOT EXISTS`. Default
+    /// `{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}`; use 1 for a single node.
+    pub replication: String,
+    /// Extra keyspace options appended with `AND`, e.g. `tablets = {'enabled': false}` on a
+    /// ScyllaDB version that refuses LWT on tablet keyspaces. Default empty.
+    pub keyspace_options: String,
+    /// Consistency of reads and writes: `local_quorum` (default), `quorum`, `local_one`, `one`,
+    /// `each_quorum` or `all`. Conditional writes use LOCAL_SERIAL for their Paxos round.
+    pub consistency: String,
+    /// Client-side timeout of one request, retries included, in ms. Default 5000.
+    pub request_timeout_ms: u64,
+    /// Timeout to open a connection, in ms. Default 5000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}"
+                .to_string(),
+            keyspace_options: String::new(),
+            consistency: "local_quorum".to_string(),
+            request_timeout_ms: 5_000,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A parsed `metadata` setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataUrl {
+    /// The redb file lives in this directory.
+    Embedded(PathBuf),
+    /// `host:port` contact points and the keyspace.
+    Scylla {
+        hosts: Vec<String>,
+        keyspace: String,
+    },
+}
+
+impl MetadataUrl {
+    pub fn parse(s: &str) -> Result<Self, DirectoryError> {
+        let bad = |why: &str| DirectoryError::Config(format!("metadata {s:?}: {why}"));
+        if let Some(dir) = s.strip_prefix("embedded:") {
+            if dir.is_empty() {
+                return Err(bad("embedded: needs a directory"));
+            }
+            return Ok(Self::Embedded(PathBuf::from(dir)));
+        }
+        if let Some(rest) = s.strip_prefix("scylla://") {
+            let (hosts, keyspace) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("expected scylla://host:port[,host:port]/keyspace"))?;
+            let hosts: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect();
+            if hosts.is_empty() {
+                return Err(bad("no host"));
+            }
+            for h in &hosts {
+                let port_ok = h
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(bad("every host needs host:port"));
+                }
+            }
+            if !valid_keyspace(keyspace) {
+                return Err(bad(
+                    "keyspace must be 1-48 characters of a-z, 0-9 and _, starting with a letter",
+                ));
+            }
+            return Ok(Self::Scylla {
+                hosts,
+                keyspace: keyspace.to_string(),
+            });
+        }
+        Err(bad("expected embedded:DIR or scylla://host:port/keyspace"))
+    }
+}
+
+fn valid_keyspace(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 48
+        && k.as_bytes()[0].is_ascii_lowercase()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl DirectoryConfig {
+    /// Checks every field once at start-up.
+    pub fn validate(&self) -> Result<MetadataUrl, DirectoryError> {
+        let bad = |why: String| Err(DirectoryError::Config(why));
+        let url = MetadataUrl::parse(&self.metadata)?;
+        if self.replication_factor == 0 || self.replication_factor > 16 {
+            return bad(format!(
+                "replication_factor {} must be 1..=16",
+                self.replication_factor
+            ));
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return bad("heartbeat_interval_secs must be > 0".into());
+        }
+        if self.store_timeout_ms == 0 || self.maintenance_interval_ms == 0 {
+            return bad("store_timeout_ms and maintenance_interval_ms must be > 0".into());
+        }
+        if !(self.full_fraction > 0.0 && self.full_fraction <= 1.0) {
+            return bad(format!(
+                "full_fraction {} must be in (0, 1]",
+                self.full_fraction
+            ));
+        }
+        if self.volume_capacity_bytes == 0 {
+            return bad("volume_capacity_bytes must be > 0".into());
+        }
+        if self.node_id.is_some_and(|n| n > crate::ids::MAX_NODE_ID) {
+            return bad(format!("node_id must be 0..={}", crate::ids::MAX_NODE_ID));
+        }
+        if self.http_workers == 0 {
+            return bad("http_workers must be > 0".into());
+        }
+        for u in self
+            .cache_url
+            .iter()
+            .chain(self.cdn_prefix.iter())
+            .chain(self.cache_purge_urls.iter())
+        {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return bad(format!("{u:?} is not an http(s) URL"));
+            }
+        }
+        Ok(url)
+    }
+
+    /// The caches told to purge on delete.
+    pub fn purge_targets(&self) -> Vec<String> {
+        if self.cache_purge_urls.is_empty() {
+            self.cache_url.iter().cloned().collect()
+        } else {
+            self.cache_purge_urls.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_urls_parse() {
+        assert_eq!(
+            MetadataUrl::parse("embedded:/tmp/x").ok(),
+            Some(MetadataUrl::Embedded("/tmp/x".into()))
+        );
+        assert_eq!(
+            MetadataUrl::parse("scylla://a:9042,b:9042/haystack").ok(),
+            Some(MetadataUrl::Scylla {
+                hosts: vec!["a:9042".into(), "b:9042".into()],
+                keyspace: "haystack".into()
+            })
+        );
+        for bad in [
+            "embedded:",
+            "scylla://a:9042",
+            "scylla:///ks",
+            "scylla://a/ks",
+            "scylla://a:9042/Bad-Name",
+            "postgres://x",
+        ] {
+            assert!(MetadataUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_config_is_valid_and_round_trips() {
+        let c = DirectoryConfig::default();
+        assert!(c.validate().is_ok());
+        let json = serde_json::to_string(&c).expect("serialize");
+        let back: DirectoryConfig = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, c);
+        let partial: DirectoryConfig =
+            serde_json::from_str(r#"{"replication_factor": 2}"#).expect("partial");
+        assert_eq!(partial.replication_factor, 2);
+        assert!(serde_json::from_str::<DirectoryConfig>(r#"{"nope": 1}"#).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let c = DirectoryConfig {
+            replication_factor: 0,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = DirectoryConfig {
+            cache_url: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

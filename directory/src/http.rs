@@ -1,0 +1,175 @@
+//! The directory's HTTP API on actix-web. Every error becomes an HTTP status and a JSON
+//! [`ErrorBody`] here, in [`ResponseError for DirectoryError`](DirectoryError), and nowhere else.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use haystack_proto::directory::{AssignRequest, CommitRequest, UrlResponse};
+use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
+use serde::Deserialize;
+
+use crate::error::DirectoryError;
+use crate::service::Directory;
+
+impl ResponseError for DirectoryError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            DirectoryError::NotFound(_) => StatusCode::NOT_FOUND,
+            DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DirectoryError::Conflict(_) => StatusCode::CONFLICT,
+            DirectoryError::Unavailable(_) | DirectoryError::NoWritableVolume(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            DirectoryError::Config(_) | DirectoryError::Io(_) | DirectoryError::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, code = self.code(), "request failed");
+        }
+        metrics::counter!("haystack_directory_http_errors_total", "code" => self.code())
+            .increment(1);
+        let mut resp = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.insert_header(("Retry-After", "1"));
+        }
+        resp.json(ErrorBody {
+            error: self.code().to_string(),
+            message: self.to_string(),
+        })
+    }
+}
+
+type Res = Result<HttpResponse, DirectoryError>;
+type Dir = web::Data<Arc<Directory>>;
+
+fn parse_u64(s: &str, what: &str) -> Result<u64, DirectoryError> {
+    s.parse()
+        .map_err(|_| DirectoryError::BadRequest(format!("{what} {s:?} is not a decimal u64")))
+}
+
+fn parse_u32(s: &str, what: &str) -> Result<u32, DirectoryError> {
+    s.parse()
+        .map_err(|_| DirectoryError::BadRequest(format!("{what} {s:?} is not a decimal u32")))
+}
+
+async fn register(dir: Dir, body: web::Json<StoreRegistration>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.register(body.into_inner()).await?))
+}
+
+async fn heartbeat(dir: Dir, path: web::Path<String>, body: web::Json<Heartbeat>) -> Res {
+    let id = parse_u64(&path, "store id")?;
+    Ok(HttpResponse::Ok().json(dir.heartbeat(id, body.into_inner()).await?))
+}
+
+async fn stores(dir: Dir) -> Res {
+    Ok(HttpResponse::Ok().json(dir.stores()))
+}
+
+async fn volumes(dir: Dir) -> Res {
+    Ok(HttpResponse::Ok().json(dir.volumes()))
+}
+
+async fn volume(dir: Dir, path: web::Path<String>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.volume(parse_u32(&path, "volume id")?)?))
+}
+
+async fn create_volume(dir: Dir) -> Res {
+    Ok(HttpResponse::Created().json(dir.create_volume().await?))
+}
+
+async fn assign(dir: Dir, body: Option<web::Json<AssignRequest>>) -> Res {
+    let req = body.map(|b| b.into_inner()).unwrap_or_default();
+    Ok(HttpResponse::Ok().json(dir.assign(&req)?))
+}
+
+async fn commit(dir: Dir, body: web::Json<CommitRequest>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.commit(body.into_inner()).await?))
+}
+
+async fn lookup(dir: Dir, path: web::Path<String>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.lookup(parse_u64(&path, "photo id")?).await?))
+}
+
+async fn delete(dir: Dir, path: web::Path<String>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.delete(parse_u64(&path, "photo id")?).await?))
+}
+
+#[derive(Deserialize)]
+struct AltQuery {
+    alt: Option<String>,
+}
+
+async fn read_url(dir: Dir, path: web::Path<String>, q: web::Query<AltQuery>) -> Res {
+    let id = parse_u64(&path, "photo id")?;
+    let alt = match &q.alt {
+        Some(a) => parse_u32(a, "alt")?,
+        None => 0,
+    };
+    Ok(HttpResponse::Ok().json(UrlResponse {
+        url: dir.read_url(id, alt).await?,
+    }))
+}
+
+async fn health(dir: Dir) -> HttpResponse {
+    let h = dir.health().await;
+    if h.status == "ok" {
+        HttpResponse::Ok().json(h)
+    } else {
+        HttpResponse::ServiceUnavailable().json(h)
+    }
+}
+
+async fn metrics_text() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
+async fn not_found(req: HttpRequest) -> Res {
+    Err(DirectoryError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+fn json_error(e: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+    DirectoryError::BadRequest(format!("malformed JSON body: {e}")).into()
+}
+
+fn query_error(e: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    DirectoryError::BadRequest(format!("malformed query: {e}")).into()
+}
+
+/// Registers the routes on an actix-web app.
+pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(dir))
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(1 << 20)
+                    .error_handler(json_error),
+            )
+            .app_data(web::QueryConfig::default().error_handler(query_error))
+            .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics_text))
+            .route("/v1/stores/register", web::post().to(register))
+            .route("/v1/stores", web::get().to(stores))
+            .route("/v1/stores/{store_id}/heartbeat", web::post().to(heartbeat))
+            .route("/v1/volumes", web::get().to(volumes))
+            .route("/v1/volumes", web::post().to(create_volume))
+            .route("/v1/volumes/{volume_id}", web::get().to(volume))
+            .route("/v1/assign", web::post().to(assign))
+            .route("/v1/photos", web::post().to(commit))
+            .route("/v1/photos/{id}", web::get().to(lookup))
+            .route("/v1/photos/{id}", web::delete().to(delete))
+            .route("/v1/photos/{id}/url", web::get().to(read_url))
+            .default_service(web::to(not_found));
+    }
+}

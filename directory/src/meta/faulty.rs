@@ -1,0 +1,75 @@
+//! A wrapper that makes any backend fail on demand: how the tests show that a metadata outage
+//! answers 503 and that the directory recovers by itself when the backend returns.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{Cas, Expect, MetaError, MetadataStore, Stored, Table};
+
+/// Passes every call through to `inner` unless switched down.
+pub struct FaultyStore {
+    inner: Arc<dyn MetadataStore>,
+    down: AtomicBool,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn MetadataStore>) -> Self {
+        Self {
+            inner,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), MetaError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(MetaError::Unavailable(
+                "injected fault: metadata backend down".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl MetadataStore for FaultyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    async fn get(&self, table: Table, key: u64) -> Result<Option<Stored>, MetaError> {
+        self.check()?;
+        self.inner.get(table, key).await
+    }
+
+    async fn put_if(
+        &self,
+        table: Table,
+        key: u64,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        self.check()?;
+        self.inner.put_if(table, key, expect, data).await
+    }
+
+    async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
+        self.check()?;
+        self.inner.list(table).await
+    }
+
+    async fn ping(&self) -> Result<(), MetaError> {
+        self.check()?;
+        self.inner.ping().await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}

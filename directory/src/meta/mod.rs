@@ -1,0 +1,243 @@
+//! The metadata-store trait, its backends and the typed record layer on top.
+//!
+//! A backend stores opaque values under `(table, u64 key)`, each with a version. Every write is
+//! conditional: [`Expect::Absent`] creates, [`Expect::Version`] replaces only the version read
+//! before (compare-and-set), so racing directory instances never lose each other's updates. A
+//! write that returns has been made durable by the backend (redb: fsynced commit; ScyllaDB: a
+//! LOCAL_SERIAL Paxos round acknowledged at the configured consistency).
+//!
+//! Values are one format byte (`1` = JSON) followed by the JSON of the record, so the format
+//! can change later while old records stay readable.
+
+pub mod embedded;
+pub mod faulty;
+pub mod scylla;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine};
+
+/// The tables of the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    Photos,
+    Volumes,
+    Stores,
+    Nodes,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Photos, Table::Volumes, Table::Stores, Table::Nodes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Photos => "photos",
+            Table::Volumes => "volumes",
+            Table::Stores => "stores",
+            Table::Nodes => "nodes",
+        }
+    }
+}
+
+/// A stored value and its version (1 for a new record, +1 per update).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub version: u64,
+    pub data: Vec<u8>,
+}
+
+/// The condition of a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with this version.
+    Version(u64),
+}
+
+/// The outcome of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cas {
+    /// Written; the record now has this version.
+    Applied { version: u64 },
+    /// Not written: the record is at `current` (None: absent).
+    Conflict { current: Option<u64> },
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum MetaError {
+    /// The backend is down, timed out, or failed the operation; nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A record could not be decoded.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// A metadata backend.
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// `embedded` or `scylla` (for /health and logs).
+    fn backend(&self) -> &'static str;
+    async fn get(&self, table: Table, key: u64) -> Result<Option<Stored>, MetaError>;
+    /// Writes `data` under `key` if `expect` holds; durable when it returns `Applied`.
+    async fn put_if(
+        &self,
+        table: Table,
+        key: u64,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError>;
+    /// Every record of a table, in no particular order.
+    async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError>;
+    /// Cheap check that the backend answers.
+    async fn ping(&self) -> Result<(), MetaError>;
+    /// Flushes and closes; later calls fail with `Unavailable`.
+    async fn close(&self) {}
+}
+
+/// A record and the version it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: T,
+}
+
+const FORMAT_JSON: u8 = 1;
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.push(FORMAT_JSON);
+    // Serializing these plain structs to a Vec cannot fail.
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.truncate(1);
+    }
+    out
+}
+
+pub fn decode<T: DeserializeOwned>(table: Table, key: u64, data: &[u8]) -> Result<T, MetaError> {
+    match data.split_first() {
+        Some((&FORMAT_JSON, json)) => serde_json::from_slice(json)
+            .map_err(|e| MetaError::Corrupt(format!("{} record {key}: {e}", table.name()))),
+        Some((v, _)) => Err(MetaError::Corrupt(format!(
+            "{} record {key}: unknown format {v}",
+            table.name()
+        ))),
+        None => Err(MetaError::Corrupt(format!(
+            "{} record {key}: empty",
+            table.name()
+        ))),
+    }
+}
+
+/// Typed access to the tables over any backend.
+#[derive(Clone)]
+pub struct Meta {
+    store: Arc<dyn MetadataStore>,
+}
+
+impl Meta {
+    pub fn new(store: Arc<dyn MetadataStore>) -> Self {
+        Self { store }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    pub fn raw(&self) -> &Arc<dyn MetadataStore> {
+        &self.store
+    }
+
+    async fn get_typed<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        key: u64,
+    ) -> Result<Option<Versioned<T>>, MetaError> {
+        match self.store.get(table, key).await? {
+            None => Ok(None),
+            Some(s) => Ok(Some(Versioned {
+                version: s.version,
+                value: decode(table, key, &s.data)?,
+            })),
+        }
+    }
+
+    async fn list_typed<T: DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<Vec<Versioned<T>>, MetaError> {
+        self.store
+            .list(table)
+            .await?
+            .into_iter()
+            .map(|(k, s)| {
+                Ok(Versioned {
+                    version: s.version,
+                    value: decode(table, k, &s.data)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_photo(&self, id: u64) -> Result<Option<Versioned<Photo>>, MetaError> {
+        self.get_typed(Table::Photos, id).await
+    }
+
+    pub async fn put_photo(&self, p: &Photo, expect: Expect) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Photos, p.id, expect, encode(p))
+            .await
+    }
+
+    pub async fn get_volume(&self, id: u32) -> Result<Option<Versioned<LogicalVolume>>, MetaError> {
+        self.get_typed(Table::Volumes, u64::from(id)).await
+    }
+
+    pub async fn put_volume(&self, v: &LogicalVolume, expect: Expect) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Volumes, u64::from(v.id), expect, encode(v))
+            .await
+    }
+
+    pub async fn list_volumes(&self) -> Result<Vec<Versioned<LogicalVolume>>, MetaError> {
+        let mut v: Vec<Versioned<LogicalVolume>> = self.list_typed(Table::Volumes).await?;
+        v.sort_by_key(|x| x.value.id);
+        Ok(v)
+    }
+
+    pub async fn get_store(&self, id: u64) -> Result<Option<Versioned<StoreMachine>>, MetaError> {
+        self.get_typed(Table::Stores, id).await
+    }
+
+    pub async fn put_store(&self, s: &StoreMachine, expect: Expect) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Stores, s.id, expect, encode(s))
+            .await
+    }
+
+    pub async fn list_stores(&self) -> Result<Vec<Versioned<StoreMachine>>, MetaError> {
+        let mut v: Vec<Versioned<StoreMachine>> = self.list_typed(Table::Stores).await?;
+        v.sort_by_key(|x| x.value.id);
+        Ok(v)
+    }
+
+    pub async fn get_lease(&self, node: u16) -> Result<Option<Versioned<NodeLease>>, MetaError> {
+        self.get_typed(Table::Nodes, u64::from(node)).await
+    }
+
+    pub async fn put_lease(
+        &self,
+        node: u16,
+        lease: &NodeLease,
+        expect: Expect,
+    ) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Nodes, u64::from(node), expect, encode(lease))
+            .await
+    }
+}

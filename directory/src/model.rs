@@ -1,0 +1,90 @@
+//! The records the directory keeps in its metadata store: photos, logical volumes, store
+//! machines and node-id leases. Each is stored as one value under a u64 key with a version
+//! that conditional writes compare (see [`crate::meta`]).
+
+use haystack_proto::directory::{PhotoKind, StoreState, Variant, VideoChunk};
+use haystack_proto::{VolumeInfo, VolumeState};
+use serde::{Deserialize, Serialize};
+
+/// A committed photo or video.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Photo {
+    pub id: u64,
+    pub volume_id: u32,
+    pub cookie: u64,
+    pub kind: PhotoKind,
+    pub variants: Vec<Variant>,
+    #[serde(default)]
+    pub chunks: Vec<VideoChunk>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub deleted: bool,
+    #[serde(default)]
+    pub deleted_ms: Option<u64>,
+}
+
+impl Photo {
+    /// Every alternate key the photo has needles under.
+    pub fn alts(&self) -> impl Iterator<Item = u32> + '_ {
+        self.variants
+            .iter()
+            .map(|v| v.alt)
+            .chain(self.chunks.iter().map(|c| c.alt))
+    }
+
+    /// Total bytes of all its needles.
+    pub fn total_bytes(&self) -> u64 {
+        self.variants
+            .iter()
+            .map(|v| v.size_bytes)
+            .chain(self.chunks.iter().map(|c| c.size_bytes))
+            .sum()
+    }
+}
+
+/// A logical volume: the same volume id on R store machines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalVolume {
+    pub id: u32,
+    /// Store ids of the replicas.
+    pub replicas: Vec<u64>,
+    /// The recorded state; liveness and fullness are folded in at read time (see
+    /// [`crate::service`]), so a store coming back needs no write here.
+    pub state: VolumeState,
+    /// Planned capacity; replaced by the stores' reports once they arrive.
+    pub capacity_bytes: u64,
+    /// Last known use (from heartbeats).
+    #[serde(default)]
+    pub used_bytes: u64,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A store machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreMachine {
+    pub id: u64,
+    pub url: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub rack: Option<String>,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub last_heartbeat_ms: u64,
+    pub state: StoreState,
+    pub healthy: bool,
+    /// The volumes the store reported in its last heartbeat.
+    #[serde(default)]
+    pub volumes: Vec<VolumeInfo>,
+    pub registered_ms: u64,
+}
+
+/// A directory instance's claim on a node id for photo ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLease {
+    /// Random id of the holding instance (per process start).
+    pub holder: u64,
+    pub expires_ms: u64,
+}

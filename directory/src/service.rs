@@ -1,0 +1,1040 @@
+//! The directory's behaviour over the metadata store: store registration and heartbeats,
+//! liveness, volume creation and placement, assign, commit, lookup, delete and read URLs.
+//!
+//! The metadata store holds the truth. Each instance keeps a snapshot of the (small) volume
+//! and store tables, refreshed by the maintenance loop and after its own writes, from which
+//! it answers assigns without touching the backend and computes each volume's effective state:
+//! a volume is writable only while its recorded state is writable, every replica's store is up
+//! and healthy and reports the volume writable, and it is not full. So a store that goes silent
+//! turns its volumes read-only at the next sweep, and they come back as soon as it heartbeats
+//! again, with no write to the volume records.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use haystack_proto::directory::{
+    AssignRequest, AssignResponse, ChunkInfo, CommitRequest, DeleteResponse, DirectoryHealth,
+    LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica, ReplicaStatus, StoreInfo, StoreState,
+    VariantInfo,
+};
+use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
+use rand::Rng;
+
+use crate::clock::Clock;
+use crate::config::DirectoryConfig;
+use crate::error::DirectoryError;
+use crate::ids::{self, IdGenerator, MAX_NODE_ID};
+use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
+use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine};
+use crate::placement::{self, Candidate};
+
+/// Conditional-write retries before giving up on a contended record.
+const CAS_RETRIES: usize = 16;
+
+#[derive(Default)]
+struct State {
+    volumes: BTreeMap<u32, Versioned<LogicalVolume>>,
+    stores: BTreeMap<u64, Versioned<StoreMachine>>,
+}
+
+/// One volume as seen now.
+struct VolumeView {
+    info: LogicalVolumeInfo,
+    replicas: Vec<Replica>,
+    /// Its replicas are placed but not all created yet.
+    pending: bool,
+    /// Assigns since the counter last decayed (the "recent writes" of balancing).
+    recent: Arc<AtomicU64>,
+}
+
+impl VolumeView {
+    fn free_bytes(&self) -> u64 {
+        self.info
+            .capacity_bytes
+            .saturating_sub(self.info.used_bytes)
+    }
+}
+
+/// A snapshot built from [`State`] after every change.
+#[derive(Default)]
+struct View {
+    volumes: BTreeMap<u32, VolumeView>,
+    stores: BTreeMap<u64, StoreMachine>,
+    writable: Vec<u32>,
+}
+
+struct Lease {
+    node: u16,
+    holder: u64,
+    version: u64,
+    expires_ms: u64,
+}
+
+/// The directory service.
+pub struct Directory {
+    config: DirectoryConfig,
+    meta: Meta,
+    clock: Arc<dyn Clock>,
+    ids: IdGenerator,
+    lease: Mutex<Option<Lease>>,
+    state: Mutex<State>,
+    view: RwLock<Arc<View>>,
+    http: reqwest::Client,
+}
+
+fn store_up(s: &StoreMachine) -> bool {
+    s.state == StoreState::Up && s.healthy
+}
+
+fn needle_url(base: &str, volume: u32, id: u64, alt: u32, cookie: u64) -> String {
+    format!(
+        "{}/v1/needles/{volume}/{id}/{alt}/{cookie:016x}",
+        base.trim_end_matches('/')
+    )
+}
+
+fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
+    let mut volumes = BTreeMap::new();
+    let mut writable = Vec::new();
+    for (&id, v) in &state.volumes {
+        let vol = &v.value;
+        let mut used = vol.used_bytes;
+        let mut capacity: Option<u64> = None;
+        let mut replicas = Vec::with_capacity(vol.replicas.len());
+        let mut statuses = Vec::with_capacity(vol.replicas.len());
+        let mut blocked: Option<String> = None;
+        let mut pending = false;
+        for sid in &vol.replicas {
+            let Some(store) = state.stores.get(sid).map(|s| &s.value) else {
+                blocked.get_or_insert_with(|| format!("replica store {sid} is unknown"));
+                statuses.push(ReplicaStatus {
+                    store_id: *sid,
+                    url: String::new(),
+                    up: false,
+                    reported: false,
+                });
+                continue;
+            };
+            let up = store_up(store);
+            let report = store.volumes.iter().find(|r| r.id == id);
+            replicas.push(Replica {
+                store_id: *sid,
+                url: store.url.clone(),
+            });
+            statuses.push(ReplicaStatus {
+                store_id: *sid,
+                url: store.url.clone(),
+                up,
+                reported: report.is_some(),
+            });
+            if !up {
+                blocked.get_or_insert_with(|| format!("replica store {sid} is down"));
+            }
+            match report {
+                None => {
+                    pending = true;
+                    blocked.get_or_insert_with(|| {
+                        format!("replica on store {sid} is not created yet")
+                    });
+                }
+                Some(r) => {
+                    used = used.max(r.size_bytes);
+                    capacity = Some(capacity.map_or(r.max_bytes, |c| c.min(r.max_bytes)));
+                    if r.state != VolumeState::Writable {
+                        blocked.get_or_insert_with(|| {
+                            r.reason
+                                .clone()
+                                .unwrap_or_else(|| format!("replica on store {sid} is read-only"))
+                        });
+                    }
+                }
+            }
+        }
+        let capacity = capacity.unwrap_or(vol.capacity_bytes);
+        if blocked.is_none() && used as f64 >= capacity as f64 * config.full_fraction {
+            blocked = Some("volume is full".to_string());
+        }
+        let (effective, reason) = if vol.state != VolumeState::Writable {
+            (vol.state, vol.reason.clone())
+        } else if let Some(why) = blocked {
+            (VolumeState::ReadOnly, Some(why))
+        } else {
+            (VolumeState::Writable, None)
+        };
+        let is_writable = effective == VolumeState::Writable;
+        if is_writable {
+            writable.push(id);
+        }
+        let recent = old
+            .volumes
+            .get(&id)
+            .map(|o| o.recent.clone())
+            .unwrap_or_default();
+        volumes.insert(
+            id,
+            VolumeView {
+                info: LogicalVolumeInfo {
+                    id,
+                    state: vol.state,
+                    effective_state: effective,
+                    writable: is_writable,
+                    capacity_bytes: capacity,
+                    used_bytes: used,
+                    replicas: statuses,
+                    reason,
+                },
+                replicas,
+                pending: pending && vol.state == VolumeState::Writable,
+                recent,
+            },
+        );
+    }
+    View {
+        volumes,
+        stores: state
+            .stores
+            .iter()
+            .map(|(k, v)| (*k, v.value.clone()))
+            .collect(),
+        writable,
+    }
+}
+
+fn store_info(s: &StoreMachine) -> StoreInfo {
+    StoreInfo {
+        store_id: s.id,
+        url: s.url.clone(),
+        zone: s.zone.clone(),
+        rack: s.rack.clone(),
+        capacity_bytes: s.capacity_bytes,
+        free_bytes: s.free_bytes,
+        last_heartbeat_ms: s.last_heartbeat_ms,
+        state: s.state,
+        healthy: s.healthy,
+        volumes: s.volumes.iter().map(|v| v.id).collect(),
+    }
+}
+
+fn check_url(url: &str) -> Result<(), DirectoryError> {
+    if (url.starts_with("http://") || url.starts_with("https://")) && url.len() > 8 {
+        Ok(())
+    } else {
+        Err(DirectoryError::BadRequest(format!(
+            "public_url {url:?} is not an http(s) URL"
+        )))
+    }
+}
+
+impl Directory {
+    /// Validates the config, claims a node id and loads the volume and store tables.
+    pub async fn new(
+        config: DirectoryConfig,
+        store: Arc<dyn MetadataStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, DirectoryError> {
+        config.validate()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.notify_timeout_ms))
+            .build()
+            .map_err(|e| DirectoryError::Internal(format!("building http client: {e}")))?;
+        let mut dir = Self {
+            meta: Meta::new(store),
+            clock,
+            ids: IdGenerator::new(0),
+            lease: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            view: RwLock::new(Arc::new(View::default())),
+            http,
+            config,
+        };
+        let node = match dir.config.node_id {
+            Some(n) => n,
+            None => dir.claim_node_id().await?,
+        };
+        dir.ids = IdGenerator::new(node);
+        dir.refresh().await?;
+        tracing::info!(node, backend = dir.meta.backend(), "directory started");
+        Ok(dir)
+    }
+
+    pub fn config(&self) -> &DirectoryConfig {
+        &self.config
+    }
+
+    pub fn node_id(&self) -> u16 {
+        self.ids.node()
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.meta.backend()
+    }
+
+    fn view(&self) -> Arc<View> {
+        match self.view.read() {
+            Ok(v) => v.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let r = f(&mut guard);
+        let old = self.view();
+        let view = Arc::new(build_view(&guard, &self.config, &old));
+        metrics::gauge!("haystack_directory_writable_volumes").set(view.writable.len() as f64);
+        metrics::gauge!("haystack_directory_stores_up")
+            .set(view.stores.values().filter(|s| store_up(s)).count() as f64);
+        match self.view.write() {
+            Ok(mut v) => *v = view,
+            Err(p) => *p.into_inner() = view,
+        }
+        r
+    }
+
+    fn remember_store(&self, s: Versioned<StoreMachine>) {
+        self.with_state(|st| {
+            let keep = st
+                .stores
+                .get(&s.value.id)
+                .is_some_and(|cur| cur.version > s.version);
+            if !keep {
+                st.stores.insert(s.value.id, s);
+            }
+        });
+    }
+
+    /// Reloads the volume and store tables from the metadata store.
+    pub async fn refresh(&self) -> Result<(), DirectoryError> {
+        let volumes = self.meta.list_volumes().await?;
+        let stores = self.meta.list_stores().await?;
+        self.with_state(|st| {
+            let mut vols = BTreeMap::new();
+            for v in volumes {
+                let id = v.value.id;
+                match st.volumes.remove(&id) {
+                    Some(cur) if cur.version > v.version => vols.insert(id, cur),
+                    _ => vols.insert(id, v),
+                };
+            }
+            let mut ss = BTreeMap::new();
+            for s in stores {
+                let id = s.value.id;
+                match st.stores.remove(&id) {
+                    Some(cur) if cur.version > s.version => ss.insert(id, cur),
+                    _ => ss.insert(id, s),
+                };
+            }
+            st.volumes = vols;
+            st.stores = ss;
+        });
+        Ok(())
+    }
+
+    // ---- node id lease -------------------------------------------------------------------
+
+    fn lease_ms(&self) -> u64 {
+        (self.config.maintenance_interval_ms * 30).max(60_000)
+    }
+
+    async fn claim_node_id(&self) -> Result<u16, DirectoryError> {
+        let holder: u64 = rand::random();
+        let start: u16 = rand::rng().random_range(0..=MAX_NODE_ID);
+        for i in 0..=MAX_NODE_ID {
+            let node = (start + i) & MAX_NODE_ID;
+            let now = self.clock.now_ms();
+            let lease = NodeLease {
+                holder,
+                expires_ms: now + self.lease_ms(),
+            };
+            let expect = match self.meta.get_lease(node).await? {
+                None => Expect::Absent,
+                Some(cur) if cur.value.expires_ms < now => Expect::Version(cur.version),
+                Some(_) => continue,
+            };
+            if let Cas::Applied { version } = self.meta.put_lease(node, &lease, expect).await? {
+                *self
+                    .lease
+                    .lock()
+                    .map_err(|_| DirectoryError::Internal("lease lock poisoned".into()))? =
+                    Some(Lease {
+                        node,
+                        holder,
+                        version,
+                        expires_ms: lease.expires_ms,
+                    });
+                return Ok(node);
+            }
+        }
+        Err(DirectoryError::Unavailable(
+            "every node id (0..=1023) is leased by another directory instance".into(),
+        ))
+    }
+
+    async fn renew_lease(&self) -> Result<(), DirectoryError> {
+        let now = self.clock.now_ms();
+        let current = {
+            let g = self
+                .lease
+                .lock()
+                .map_err(|_| DirectoryError::Internal("lease lock poisoned".into()))?;
+            match &*g {
+                Some(l) if l.expires_ms.saturating_sub(now) < self.lease_ms() / 2 => {
+                    (l.node, l.holder, l.version)
+                }
+                _ => return Ok(()),
+            }
+        };
+        let (node, holder, version) = current;
+        let lease = NodeLease {
+            holder,
+            expires_ms: now + self.lease_ms(),
+        };
+        match self
+            .meta
+            .put_lease(node, &lease, Expect::Version(version))
+            .await?
+        {
+            Cas::Applied { version } => {
+                if let Ok(mut g) = self.lease.lock() {
+                    *g = Some(Lease {
+                        node,
+                        holder,
+                        version,
+                        expires_ms: lease.expires_ms,
+                    });
+                }
+            }
+            Cas::Conflict { .. } => {
+                tracing::error!(
+                    node,
+                    "node id lease taken by another instance; ids may collide until restart"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- stores --------------------------------------------------------------------------
+
+    /// A store's registration: a new id on first contact, or an update of a known one.
+    pub async fn register(
+        &self,
+        req: StoreRegistration,
+    ) -> Result<StoreRegistered, DirectoryError> {
+        check_url(&req.public_url)?;
+        let now = self.clock.now_ms();
+        for _ in 0..CAS_RETRIES {
+            let id = req.store_id.unwrap_or_else(|| self.ids.next_id());
+            let existing = self.meta.get_store(id).await?;
+            let (expect, mut machine) = match existing {
+                Some(cur) => (Expect::Version(cur.version), cur.value),
+                None => (
+                    Expect::Absent,
+                    StoreMachine {
+                        id,
+                        url: String::new(),
+                        zone: None,
+                        rack: None,
+                        capacity_bytes: 0,
+                        free_bytes: 0,
+                        last_heartbeat_ms: now,
+                        state: StoreState::Up,
+                        healthy: true,
+                        volumes: Vec::new(),
+                        registered_ms: now,
+                    },
+                ),
+            };
+            machine.url = req.public_url.trim_end_matches('/').to_string();
+            machine.zone = req.zone.clone();
+            machine.rack = req.rack.clone();
+            machine.capacity_bytes = req.capacity_bytes;
+            machine.free_bytes = req.free_bytes;
+            machine.last_heartbeat_ms = now;
+            machine.state = StoreState::Up;
+            machine.healthy = true;
+            if let Cas::Applied { version } = self.meta.put_store(&machine, expect).await? {
+                tracing::info!(store_id = id, url = %machine.url, zone = ?machine.zone, rack = ?machine.rack, "store registered");
+                self.remember_store(Versioned {
+                    version,
+                    value: machine,
+                });
+                return Ok(StoreRegistered {
+                    store_id: id,
+                    heartbeat_interval_secs: self.config.heartbeat_interval_secs,
+                });
+            }
+        }
+        Err(DirectoryError::Conflict(
+            "store record is contended; retry".into(),
+        ))
+    }
+
+    /// A heartbeat: records liveness, space and volumes; answers which volumes to create.
+    pub async fn heartbeat(
+        &self,
+        store_id: u64,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, DirectoryError> {
+        if hb.store_id != store_id {
+            return Err(DirectoryError::BadRequest(format!(
+                "heartbeat for store {} sent to store {store_id}",
+                hb.store_id
+            )));
+        }
+        check_url(&hb.public_url)?;
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_store(store_id).await? else {
+                return Err(DirectoryError::NotFound(format!(
+                    "store {store_id} is not registered; register again"
+                )));
+            };
+            let was_down = cur.value.state == StoreState::Down || !cur.value.healthy;
+            let mut machine = cur.value;
+            machine.url = hb.public_url.trim_end_matches('/').to_string();
+            machine.capacity_bytes = hb.capacity_bytes;
+            machine.free_bytes = hb.free_bytes;
+            machine.healthy = hb.healthy;
+            machine.volumes = hb.volumes.clone();
+            machine.last_heartbeat_ms = self.clock.now_ms();
+            machine.state = StoreState::Up;
+            if let Cas::Applied { version } = self
+                .meta
+                .put_store(&machine, Expect::Version(cur.version))
+                .await?
+            {
+                if was_down && hb.healthy {
+                    tracing::info!(store_id, "store is back up");
+                } else if !hb.healthy {
+                    tracing::warn!(store_id, "store reports itself unhealthy");
+                }
+                self.remember_store(Versioned {
+                    version,
+                    value: machine,
+                });
+                return Ok(self.volumes_to_create(store_id, &hb));
+            }
+        }
+        Err(DirectoryError::Conflict(
+            "store record is contended; retry".into(),
+        ))
+    }
+
+    fn volumes_to_create(&self, store_id: u64, hb: &Heartbeat) -> HeartbeatReply {
+        let has: HashSet<u32> = hb.volumes.iter().map(|v| v.id).collect();
+        let create_volumes = self.with_state(|st| {
+            st.volumes
+                .values()
+                .filter(|v| v.value.state == VolumeState::Writable)
+                .filter(|v| v.value.replicas.contains(&store_id) && !has.contains(&v.value.id))
+                .map(|v| v.value.id)
+                .collect()
+        });
+        HeartbeatReply { create_volumes }
+    }
+
+    /// Marks down every store silent for longer than `store_timeout_ms`.
+    pub async fn sweep_liveness(&self) -> Result<(), DirectoryError> {
+        let now = self.clock.now_ms();
+        let timeout = self.config.store_timeout_ms;
+        let stale: Vec<u64> = self
+            .view()
+            .stores
+            .values()
+            .filter(|s| {
+                s.state == StoreState::Up && now.saturating_sub(s.last_heartbeat_ms) > timeout
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in stale {
+            for _ in 0..CAS_RETRIES {
+                let Some(cur) = self.meta.get_store(id).await? else {
+                    break;
+                };
+                if cur.value.state == StoreState::Down
+                    || now.saturating_sub(cur.value.last_heartbeat_ms) <= timeout
+                {
+                    // Someone else marked it, or it heartbeated through another instance.
+                    self.remember_store(cur);
+                    break;
+                }
+                let mut machine = cur.value;
+                machine.state = StoreState::Down;
+                if let Cas::Applied { version } = self
+                    .meta
+                    .put_store(&machine, Expect::Version(cur.version))
+                    .await?
+                {
+                    tracing::warn!(
+                        store_id = id,
+                        silent_ms = now.saturating_sub(machine.last_heartbeat_ms),
+                        "store marked down; its volumes are read-only"
+                    );
+                    metrics::counter!("haystack_directory_stores_marked_down_total").increment(1);
+                    self.remember_store(Versioned {
+                        version,
+                        value: machine,
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stores(&self) -> Vec<StoreInfo> {
+        self.view().stores.values().map(store_info).collect()
+    }
+
+    // ---- volumes -------------------------------------------------------------------------
+
+    pub fn volumes(&self) -> Vec<LogicalVolumeInfo> {
+        self.view()
+            .volumes
+            .values()
+            .map(|v| v.info.clone())
+            .collect()
+    }
+
+    pub fn volume(&self, id: u32) -> Result<LogicalVolumeInfo, DirectoryError> {
+        self.view()
+            .volumes
+            .get(&id)
+            .map(|v| v.info.clone())
+            .ok_or_else(|| DirectoryError::NotFound(format!("logical volume {id} not found")))
+    }
+
+    /// Creates a logical volume on R machines chosen by [`placement::place`]; the stores create
+    /// their replicas when their next heartbeat answer tells them to.
+    pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            let view = self.view();
+            // Bytes promised to volumes a store has not created yet.
+            let candidates: Vec<Candidate> = view
+                .stores
+                .values()
+                .filter(|s| store_up(s))
+                .map(|s| {
+                    let mut promised = 0u64;
+                    let mut volumes = 0u32;
+                    for v in view.volumes.values() {
+                        if let Some(r) = v.info.replicas.iter().find(|r| r.store_id == s.id) {
+                            volumes += 1;
+                            if !r.reported {
+                                promised += self.config.volume_capacity_bytes;
+                            }
+                        }
+                    }
+                    Candidate {
+                        store_id: s.id,
+                        zone: s.zone.clone(),
+                        rack: s.rack.clone(),
+                        free_bytes: s.free_bytes.saturating_sub(promised),
+                        volumes,
+                    }
+                })
+                .collect();
+            let replicas = placement::place(
+                &candidates,
+                self.config.replication_factor,
+                self.config.volume_capacity_bytes,
+            )
+            .map_err(|e| DirectoryError::NoWritableVolume(format!("cannot place a volume: {e}")))?;
+            let id = view.volumes.keys().next_back().map_or(1, |m| m + 1);
+            let vol = LogicalVolume {
+                id,
+                replicas,
+                state: VolumeState::Writable,
+                capacity_bytes: self.config.volume_capacity_bytes,
+                used_bytes: 0,
+                created_ms: self.clock.now_ms(),
+                reason: None,
+            };
+            match self.meta.put_volume(&vol, Expect::Absent).await? {
+                Cas::Applied { version } => {
+                    tracing::info!(volume_id = id, replicas = ?vol.replicas, "logical volume created");
+                    metrics::counter!("haystack_directory_volumes_created_total").increment(1);
+                    self.with_state(|st| {
+                        st.volumes.insert(
+                            id,
+                            Versioned {
+                                version,
+                                value: vol,
+                            },
+                        );
+                    });
+                    return self.volume(id);
+                }
+                // Another instance took this id: learn its volumes and try the next.
+                Cas::Conflict { .. } => self.refresh().await?,
+            }
+        }
+        Err(DirectoryError::Conflict(
+            "volume ids are contended; retry".into(),
+        ))
+    }
+
+    /// Creates a volume when fewer than `min_writable_volumes` are writable or on their way,
+    /// or when the writable ones have less room than `min_writable_free_bytes`.
+    pub async fn ensure_capacity(&self) -> Result<Option<u32>, DirectoryError> {
+        let view = self.view();
+        let pending = view.volumes.values().filter(|v| v.pending).count();
+        let free: u64 = view
+            .writable
+            .iter()
+            .filter_map(|id| view.volumes.get(id))
+            .map(|v| v.free_bytes())
+            .sum();
+        let enough_volumes = view.writable.len() + pending >= self.config.min_writable_volumes;
+        let enough_space = free >= self.config.min_writable_free_bytes || pending > 0;
+        if enough_volumes && enough_space {
+            return Ok(None);
+        }
+        let info = self.create_volume().await?;
+        Ok(Some(info.id))
+    }
+
+    /// One round of the maintenance loop.
+    pub async fn maintain(&self) -> Result<(), DirectoryError> {
+        self.refresh().await?;
+        self.sweep_liveness().await?;
+        if let Err(e) = self.ensure_capacity().await {
+            match e {
+                DirectoryError::NoWritableVolume(_) => {
+                    tracing::debug!(error = %e, "no room for a new volume yet")
+                }
+                e => return Err(e),
+            }
+        }
+        self.renew_lease().await?;
+        for v in self.view().volumes.values() {
+            let r = v.recent.load(Ordering::Relaxed);
+            v.recent.store(r / 2, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    // ---- photos --------------------------------------------------------------------------
+
+    /// A new id and cookie on a writable volume: the less recently written and the emptier,
+    /// the likelier (best of two random choices). Touches no backend.
+    pub fn assign(&self, req: &AssignRequest) -> Result<AssignResponse, DirectoryError> {
+        let view = self.view();
+        let fits: Vec<&VolumeView> = view
+            .writable
+            .iter()
+            .filter_map(|id| view.volumes.get(id))
+            .filter(|v| v.free_bytes() >= req.size_hint_bytes)
+            .collect();
+        if fits.is_empty() {
+            return Err(DirectoryError::NoWritableVolume(format!(
+                "none of {} writable volumes has {} bytes free; more are created as stores allow",
+                view.writable.len(),
+                req.size_hint_bytes
+            )));
+        }
+        let mut rng = rand::rng();
+        let a = fits[rng.random_range(0..fits.len())];
+        let b = fits[rng.random_range(0..fits.len())];
+        let score =
+            |v: &VolumeView| v.free_bytes() as f64 / (1 + v.recent.load(Ordering::Relaxed)) as f64;
+        let pick = if score(b) > score(a) { b } else { a };
+        pick.recent.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("haystack_directory_assign_total").increment(1);
+        Ok(AssignResponse {
+            id: self.ids.next_id(),
+            cookie: ids::new_cookie(),
+            volume_id: pick.info.id,
+            replicas: pick.replicas.clone(),
+        })
+    }
+
+    fn validate_commit(req: &CommitRequest) -> Result<(), DirectoryError> {
+        let bad = |m: String| Err(DirectoryError::BadRequest(m));
+        if req.id == 0 {
+            return bad("id must not be 0".into());
+        }
+        match req.kind {
+            PhotoKind::Photo if req.variants.is_empty() => {
+                return bad("a photo needs at least one variant".into())
+            }
+            PhotoKind::Photo if !req.chunks.is_empty() => {
+                return bad("a photo has no chunks".into())
+            }
+            PhotoKind::Video if req.chunks.is_empty() => {
+                return bad("a video needs at least one chunk".into())
+            }
+            _ => {}
+        }
+        let mut alts = HashSet::new();
+        let mut names = HashSet::new();
+        for v in &req.variants {
+            if v.name.is_empty() || v.content_type.is_empty() {
+                return bad("every variant needs a name and a content_type".into());
+            }
+            if !names.insert(v.name.as_str()) {
+                return bad(format!("variant name {:?} appears twice", v.name));
+            }
+            if !alts.insert(v.alt) {
+                return bad(format!("alternate key {} appears twice", v.alt));
+            }
+        }
+        let mut offset = 0u64;
+        for c in &req.chunks {
+            if !alts.insert(c.alt) {
+                return bad(format!("alternate key {} appears twice", c.alt));
+            }
+            if c.offset != offset {
+                return bad(format!(
+                    "chunk {} starts at {} but the previous chunks end at {offset}",
+                    c.alt, c.offset
+                ));
+            }
+            offset = offset.saturating_add(c.size_bytes);
+        }
+        Ok(())
+    }
+
+    /// Records a photo whose needles are on every replica. Idempotent: committing the same
+    /// photo again answers the stored one; a different photo under the same id is a conflict.
+    pub async fn commit(&self, req: CommitRequest) -> Result<PhotoInfo, DirectoryError> {
+        Self::validate_commit(&req)?;
+        let known = self.view().volumes.contains_key(&req.volume_id)
+            || self.meta.get_volume(req.volume_id).await?.is_some();
+        if !known {
+            return Err(DirectoryError::BadRequest(format!(
+                "logical volume {} does not exist",
+                req.volume_id
+            )));
+        }
+        let photo = Photo {
+            id: req.id,
+            volume_id: req.volume_id,
+            cookie: req.cookie,
+            kind: req.kind,
+            variants: req.variants,
+            chunks: req.chunks,
+            created_ms: self.clock.now_ms(),
+            deleted: false,
+            deleted_ms: None,
+        };
+        match self.meta.put_photo(&photo, Expect::Absent).await? {
+            Cas::Applied { .. } => {
+                metrics::counter!("haystack_directory_commit_total").increment(1);
+                Ok(self.photo_info(&photo))
+            }
+            Cas::Conflict { .. } => {
+                let existing = self.meta.get_photo(photo.id).await?.ok_or_else(|| {
+                    DirectoryError::Conflict(format!("photo {} is being written", photo.id))
+                })?;
+                let e = &existing.value;
+                let same = !e.deleted
+                    && e.volume_id == photo.volume_id
+                    && e.cookie == photo.cookie
+                    && e.kind == photo.kind
+                    && e.variants == photo.variants
+                    && e.chunks == photo.chunks;
+                if same {
+                    Ok(self.photo_info(e))
+                } else {
+                    Err(DirectoryError::Conflict(format!(
+                        "photo {} is already committed with other contents",
+                        photo.id
+                    )))
+                }
+            }
+        }
+    }
+
+    fn read_base<'a>(&'a self, replicas: &'a [Replica], view: &'a View) -> &'a str {
+        if let Some(cdn) = &self.config.cdn_prefix {
+            return cdn;
+        }
+        if let Some(cache) = &self.config.cache_url {
+            return cache;
+        }
+        replicas
+            .iter()
+            .find(|r| view.stores.get(&r.store_id).is_some_and(store_up))
+            .or_else(|| replicas.first())
+            .map_or("", |r| r.url.as_str())
+    }
+
+    fn photo_info(&self, p: &Photo) -> PhotoInfo {
+        let view = self.view();
+        let (replicas, writable) = match view.volumes.get(&p.volume_id) {
+            Some(v) => (v.replicas.clone(), v.info.writable),
+            None => (Vec::new(), false),
+        };
+        let base = self.read_base(&replicas, &view);
+        PhotoInfo {
+            id: p.id,
+            cookie: p.cookie,
+            volume_id: p.volume_id,
+            kind: p.kind,
+            variants: p
+                .variants
+                .iter()
+                .map(|v| VariantInfo {
+                    name: v.name.clone(),
+                    alt: v.alt,
+                    size_bytes: v.size_bytes,
+                    content_type: v.content_type.clone(),
+                    url: needle_url(base, p.volume_id, p.id, v.alt, p.cookie),
+                })
+                .collect(),
+            chunks: p
+                .chunks
+                .iter()
+                .map(|c| ChunkInfo {
+                    alt: c.alt,
+                    offset: c.offset,
+                    size_bytes: c.size_bytes,
+                    url: needle_url(base, p.volume_id, p.id, c.alt, p.cookie),
+                })
+                .collect(),
+            created_ms: p.created_ms,
+            replicas,
+            volume_writable: writable,
+        }
+    }
+
+    async fn live_photo(&self, id: u64) -> Result<Versioned<Photo>, DirectoryError> {
+        match self.meta.get_photo(id).await? {
+            Some(p) if !p.value.deleted => Ok(p),
+            Some(_) => Err(DirectoryError::NotFound(format!("photo {id} was deleted"))),
+            None => Err(DirectoryError::NotFound(format!("photo {id} not found"))),
+        }
+    }
+
+    /// A committed photo with its replicas and read URLs.
+    pub async fn lookup(&self, id: u64) -> Result<PhotoInfo, DirectoryError> {
+        let p = self.live_photo(id).await?;
+        metrics::counter!("haystack_directory_lookup_total").increment(1);
+        Ok(self.photo_info(&p.value))
+    }
+
+    /// The read URL of one variant or chunk (by alternate key).
+    pub async fn read_url(&self, id: u64, alt: u32) -> Result<String, DirectoryError> {
+        let p = self.live_photo(id).await?.value;
+        if !p.alts().any(|a| a == alt) {
+            return Err(DirectoryError::NotFound(format!(
+                "photo {id} has no alternate key {alt}"
+            )));
+        }
+        let view = self.view();
+        let replicas = view
+            .volumes
+            .get(&p.volume_id)
+            .map(|v| v.replicas.clone())
+            .unwrap_or_default();
+        let base = self.read_base(&replicas, &view);
+        Ok(needle_url(base, p.volume_id, p.id, alt, p.cookie))
+    }
+
+    /// Marks a photo deleted (durably, first), then tells its stores to delete the needles and
+    /// the caches to purge them, best effort: a store that misses it leaves an orphan needle for
+    /// garbage collection, never a visible photo, since lookups stop at the mark.
+    pub async fn delete(&self, id: u64) -> Result<DeleteResponse, DirectoryError> {
+        let mut marked = None;
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_photo(id).await? else {
+                return Err(DirectoryError::NotFound(format!("photo {id} not found")));
+            };
+            if cur.value.deleted {
+                marked = Some(cur.value);
+                break;
+            }
+            let mut p = cur.value;
+            p.deleted = true;
+            p.deleted_ms = Some(self.clock.now_ms());
+            if let Cas::Applied { .. } = self
+                .meta
+                .put_photo(&p, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::info!(
+                    photo_id = id,
+                    volume_id = p.volume_id,
+                    "photo marked deleted"
+                );
+                metrics::counter!("haystack_directory_delete_total").increment(1);
+                marked = Some(p);
+                break;
+            }
+        }
+        let photo = marked.ok_or_else(|| {
+            DirectoryError::Conflict(format!("photo {id} is contended; retry the delete"))
+        })?;
+        Ok(self.notify_delete(&photo).await)
+    }
+
+    async fn notify_delete(&self, p: &Photo) -> DeleteResponse {
+        let view = self.view();
+        let store_urls: Vec<String> = view
+            .volumes
+            .get(&p.volume_id)
+            .map(|v| v.replicas.iter().map(|r| r.url.clone()).collect())
+            .unwrap_or_default();
+        let caches = self.config.purge_targets();
+        let alts: Vec<u32> = p.alts().collect();
+        let send = |url: String| {
+            let http = self.http.clone();
+            async move {
+                match http.delete(&url).send().await {
+                    Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => true,
+                    Ok(r) => {
+                        tracing::warn!(%url, status = r.status().as_u16(), "delete notification refused");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!(%url, error = %e, "delete notification failed");
+                        false
+                    }
+                }
+            }
+        };
+        let store_calls = store_urls.iter().flat_map(|base| {
+            alts.iter()
+                .map(|alt| send(needle_url(base, p.volume_id, p.id, *alt, p.cookie)))
+        });
+        let cache_calls = caches.iter().flat_map(|base| {
+            alts.iter()
+                .map(|alt| send(needle_url(base, p.volume_id, p.id, *alt, p.cookie)))
+        });
+        let store_results = join_all(store_calls.collect::<Vec<_>>()).await;
+        let cache_results = join_all(cache_calls.collect::<Vec<_>>()).await;
+        let count = |xs: &[bool], want: bool| xs.iter().filter(|x| **x == want).count() as u32;
+        DeleteResponse {
+            id: p.id,
+            deleted: true,
+            store_deletes_ok: count(&store_results, true),
+            store_deletes_failed: count(&store_results, false),
+            cache_purges_ok: count(&cache_results, true),
+            cache_purges_failed: count(&cache_results, false),
+        }
+    }
+
+    /// Health: whether the backend answers, and what is up.
+    pub async fn health(&self) -> DirectoryHealth {
+        let ok = self.meta.raw().ping().await.is_ok();
+        let view = self.view();
+        DirectoryHealth {
+            status: if ok { "ok" } else { "degraded" }.to_string(),
+            backend: self.meta.backend().to_string(),
+            stores_up: view.stores.values().filter(|s| store_up(s)).count() as u32,
+            writable_volumes: view.writable.len() as u32,
+        }
+    }
+
+    /// Closes the metadata store (the embedded file is released when this returns).
+    pub async fn close(&self) {
+        self.meta.raw().close().await;
+    }
+}

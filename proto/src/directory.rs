@@ -1,0 +1,254 @@
+//! Directory wire types: assign, commit, lookup, delete, volume and store views (docs/directory.md).
+//!
+//! Photo ids and store ids travel as decimal strings (JSON numbers lose precision above 2^53);
+//! cookies travel as 16 lowercase hex digits, the same form as in a needle URL.
+
+use serde::{Deserialize, Serialize};
+
+use crate::VolumeState;
+
+/// Serde helpers: a `u64` as a decimal string (a bare JSON number is accepted on input too).
+pub mod dec_u64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StrOrNum<'a> {
+        Str(std::borrow::Cow<'a, str>),
+        Num(u64),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match StrOrNum::deserialize(d)? {
+            StrOrNum::Str(s) => s.parse().map_err(de::Error::custom),
+            StrOrNum::Num(n) => Ok(n),
+        }
+    }
+}
+
+/// Serde helpers: a `u64` cookie as exactly 16 lowercase hex digits.
+pub mod hex_u64 {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:016x}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        parse(&s).ok_or_else(|| de::Error::custom("cookie must be 16 lowercase hex digits"))
+    }
+
+    /// Parses 16 lowercase hex digits.
+    pub fn parse(s: &str) -> Option<u64> {
+        if s.len() != 16
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        u64::from_str_radix(s, 16).ok()
+    }
+}
+
+/// Whether a photo id holds a still image (variants) or a video (chunks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PhotoKind {
+    #[default]
+    Photo,
+    Video,
+}
+
+/// One stored form of a photo: original, large, medium, small, thumb...
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Name of the variant, e.g. `original` or `thumb`.
+    pub name: String,
+    /// The needle's alternate key.
+    pub alt: u32,
+    pub size_bytes: u64,
+    pub content_type: String,
+}
+
+/// One chunk of a video: a needle whose alternate key is the chunk number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoChunk {
+    pub alt: u32,
+    /// Byte offset of the chunk in the whole video.
+    pub offset: u64,
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/assign`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignRequest {
+    #[serde(default)]
+    pub kind: PhotoKind,
+    /// Bytes the upload will write in all (every variant or chunk); volumes with less room are skipped.
+    #[serde(default)]
+    pub size_hint_bytes: u64,
+}
+
+/// A replica of a logical volume: the store machine holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+    pub url: String,
+}
+
+/// The answer to an assign: where to write every needle of the new photo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignResponse {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    #[serde(with = "hex_u64")]
+    pub cookie: u64,
+    pub volume_id: u32,
+    pub replicas: Vec<Replica>,
+}
+
+/// `POST /v1/photos`: record a photo once every needle is on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRequest {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    #[serde(with = "hex_u64")]
+    pub cookie: u64,
+    pub volume_id: u32,
+    #[serde(default)]
+    pub kind: PhotoKind,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    /// Video chunks in order (empty for a photo).
+    #[serde(default)]
+    pub chunks: Vec<VideoChunk>,
+}
+
+/// A variant with its read URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VariantInfo {
+    pub name: String,
+    pub alt: u32,
+    pub size_bytes: u64,
+    pub content_type: String,
+    pub url: String,
+}
+
+/// A video chunk with its read URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub alt: u32,
+    pub offset: u64,
+    pub size_bytes: u64,
+    pub url: String,
+}
+
+/// `GET /v1/photos/{id}` (and the answer to a commit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoInfo {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    #[serde(with = "hex_u64")]
+    pub cookie: u64,
+    pub volume_id: u32,
+    pub kind: PhotoKind,
+    pub variants: Vec<VariantInfo>,
+    #[serde(default)]
+    pub chunks: Vec<ChunkInfo>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Replicas of the photo's logical volume.
+    pub replicas: Vec<Replica>,
+    /// Whether the logical volume takes writes now (the cache admits only such photos).
+    pub volume_writable: bool,
+}
+
+/// `GET /v1/photos/{id}/url?alt=N`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlResponse {
+    pub url: String,
+}
+
+/// `DELETE /v1/photos/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    pub deleted: bool,
+    /// Needle deletes the stores acknowledged / refused or could not be reached for.
+    pub store_deletes_ok: u32,
+    pub store_deletes_failed: u32,
+    /// Cache purges acknowledged / failed.
+    pub cache_purges_ok: u32,
+    pub cache_purges_failed: u32,
+}
+
+/// A replica and whether its store machine is up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+    pub url: String,
+    pub up: bool,
+    /// Whether the store reported this volume in its last heartbeat.
+    pub reported: bool,
+}
+
+/// `GET /v1/volumes` and `GET /v1/volumes/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalVolumeInfo {
+    pub id: u32,
+    /// The recorded state (an operator's seal is recorded here).
+    pub state: VolumeState,
+    /// The state uploads see now: read-only while a replica is down, full or not created yet.
+    pub effective_state: VolumeState,
+    pub writable: bool,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub replicas: Vec<ReplicaStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Liveness of a store machine as the directory sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreState {
+    Up,
+    Down,
+}
+
+/// `GET /v1/stores`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreInfo {
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+    pub url: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    pub rack: Option<String>,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    pub last_heartbeat_ms: u64,
+    pub state: StoreState,
+    pub healthy: bool,
+    pub volumes: Vec<u32>,
+}
+
+/// `GET /health`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryHealth {
+    /// `ok` or `degraded` (the metadata backend does not answer).
+    pub status: String,
+    pub backend: String,
+    pub stores_up: u32,
+    pub writable_volumes: u32,
+}
