@@ -481,6 +481,29 @@ impl Default for ServerOptions {
     }
 }
 
+/// Builds the actix server (not yet awaited). Kept out of `run` so that `run`'s future holds
+/// only `Send` state.
+fn build_server(
+    listener: TcpListener,
+    store: Arc<Store>,
+    opts: &ServerOptions,
+) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(store);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(record_metrics))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(opts.shutdown_timeout_secs);
+    if opts.workers > 0 {
+        server = server.workers(opts.workers);
+    }
+    Ok(server.listen(listener)?.run())
+}
+
 /// Serves the store on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests (writes included) finish, and flushes the index checkpoints.
 pub async fn run(
@@ -490,23 +513,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     crate::metrics::install();
-    let data = web::Data::new(store.clone());
     let addr = listener.local_addr()?;
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(1 << 20))
-            .wrap(actix_web::middleware::from_fn(record_metrics))
-            .configure(routes)
-            .default_service(web::to(not_found))
-    })
-    .disable_signals()
-    .shutdown_timeout(opts.shutdown_timeout_secs)
-    .listen(listener)?;
-    if opts.workers > 0 {
-        server = server.workers(opts.workers);
-    }
-    let server = server.run();
+    let server = build_server(listener, store.clone(), &opts)?;
     let handle = server.handle();
     tracing::info!(%addr, engine = store.engine().kind().as_str(), "store listening");
     tokio::spawn(async move {

@@ -394,7 +394,24 @@ impl Volume {
 
         let stats = Stats::default();
         let (index, tail, mode) = if sidx_path.exists() {
-            let s = SortedIndex::open(&sidx_path)?;
+            let mut s = SortedIndex::open(&sidx_path)?;
+            // Deletes after sealing are flagged in the volume and logged in the index file;
+            // the mapped index's own flag may not have reached the disk.
+            let mut raw = Vec::new();
+            idx_file.read_to_end(&mut raw)?;
+            if raw.len() >= IDX_HEADER_LEN {
+                for r in raw[IDX_HEADER_LEN..].chunks_exact(IDX_RECORD_LEN) {
+                    let Some(rec) = parse_idx_record(r) else {
+                        break;
+                    };
+                    if rec.kind == IDX_DELETE
+                        && s.get(rec.key, rec.alt).map(|l| (l.offset, l.deleted))
+                            == Some((rec.offset, false))
+                    {
+                        s.mark_deleted(rec.key, rec.alt);
+                    }
+                }
+            }
             let mut end = SUPERBLOCK_LEN;
             for (_, _, l) in s.iter() {
                 end = end.max(l.offset + l.extent as u64);
@@ -1027,7 +1044,7 @@ fn recover_writable(
                 (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some(x), Some(y)) => (x.0, x.1) < (y.0, y.1),
+                (Some(x), Some(y)) => (x.0, x.1) <= (y.0, y.1),
             };
             let next = if take_a { a.next() } else { b.next() };
             if let Some(e) = next {

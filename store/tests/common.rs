@@ -1,0 +1,102 @@
+//! Shared helpers: engines to run over, small volume configs, an in-process server.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use haystack_store::{EngineKind, IoEngine, NeedleData, Store, StoreConfig, Volume, VolumeConfig};
+
+/// Every storage test runs over both engines.
+pub const ENGINES: [EngineKind; 2] = [EngineKind::IoUring, EngineKind::Sync];
+
+pub fn small_volume() -> VolumeConfig {
+    VolumeConfig {
+        max_bytes: 64 << 20,
+        max_needle_bytes: 1 << 20,
+        max_write_bytes: 8 << 20,
+        prealloc_step: 1 << 20,
+    }
+}
+
+pub fn engine(kind: EngineKind) -> IoEngine {
+    IoEngine::new(kind).expect("engine starts")
+}
+
+pub fn create(dir: &Path, id: u32, kind: EngineKind) -> Arc<Volume> {
+    Volume::create(dir, id, engine(kind), small_volume()).expect("volume created")
+}
+
+pub fn reopen(dir: &Path, id: u32, kind: EngineKind) -> Arc<Volume> {
+    Volume::open(dir, id, engine(kind), small_volume()).expect("volume reopens")
+}
+
+pub fn needle(key: u64, alt: u32, cookie: u64, data: &[u8]) -> NeedleData {
+    NeedleData {
+        key,
+        alt,
+        cookie,
+        content_type: "image/jpeg".into(),
+        data: Bytes::copy_from_slice(data),
+    }
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A store server on 127.0.0.1 in this process; dropped with its runtime's shutdown.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.done.await.expect("server task").expect("server ran");
+    }
+}
+
+pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
+    let cfg = StoreConfig {
+        data_dir: dir.to_path_buf(),
+        engine: kind,
+        max_volume_bytes: 4 << 20,
+        max_needle_bytes: 1 << 20,
+        max_write_bytes: 2 << 20,
+        prealloc_step: 1 << 20,
+    };
+    let store = Store::open(cfg).await.expect("store opens");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = haystack_store::http::ServerOptions {
+        workers: 1,
+        shutdown_timeout_secs: 5,
+    };
+    let done = tokio::spawn(haystack_store::http::run(
+        listener,
+        store,
+        opts,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    TestServer {
+        addr,
+        stop: Some(tx),
+        done,
+    }
+}

@@ -1,0 +1,331 @@
+//! The store's HTTP API on loopback: needle round trips, conditional and range GETs, batch
+//! PUT, volume admin, and bad input answered with JSON 4xx.
+
+use haystack_store::http::encode_batch;
+use reqwest::StatusCode;
+
+use crate::common::*;
+
+async fn json_error(r: reqwest::Response) -> (StatusCode, String) {
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.expect("error body is JSON");
+    (status, v["error"].as_str().expect("error code").to_string())
+}
+
+#[test]
+fn needle_round_trip_and_http_semantics() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let s = start_server(dir.path(), kind).await;
+            let c = reqwest::Client::new();
+            let r = c.post(s.url("/v1/volumes/1")).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+            let (st, code) = json_error(c.post(s.url("/v1/volumes/1")).send().await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::CONFLICT, "volume_exists"));
+
+            let body: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+            let u = s.url("/v1/needles/1/77/2/00000000deadbeef");
+            let r = c
+                .put(&u)
+                .header("content-type", "image/png")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+
+            let r = c.get(&u).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-type"], "image/png");
+            assert_eq!(r.headers()["content-length"], "1000");
+            let etag = r.headers()["etag"].to_str().unwrap().to_string();
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &body[..]);
+
+            // The cookie in short hex form is the same cookie; a wrong one is a 404.
+            assert_eq!(
+                c.get(s.url("/v1/needles/1/77/2/deadbeef"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                StatusCode::OK
+            );
+            let (st, code) = json_error(
+                c.get(s.url("/v1/needles/1/77/2/deadbeee"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!((st, code.as_str()), (StatusCode::NOT_FOUND, "not_found"));
+
+            let r = c
+                .get(&u)
+                .header("if-none-match", &etag)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+            let r = c
+                .get(&u)
+                .header("if-none-match", "\"other\"")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+
+            let r = c
+                .get(&u)
+                .header("range", "bytes=10-19")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+            assert_eq!(r.headers()["content-range"], "bytes 10-19/1000");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &body[10..20]);
+            let r = c.get(&u).header("range", "bytes=-5").send().await.unwrap();
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &body[995..]);
+            let r = c
+                .get(&u)
+                .header("range", "bytes=1000-")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+            assert_eq!(r.headers()["content-range"], "bytes */1000");
+
+            let r = c.head(&u).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            assert_eq!(r.headers()["content-length"], "1000");
+            assert_eq!(r.headers()["content-type"], "image/png");
+
+            let r = c.delete(&u).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+            assert_eq!(
+                c.get(&u).send().await.unwrap().status(),
+                StatusCode::NOT_FOUND
+            );
+            assert_eq!(
+                c.head(&u).send().await.unwrap().status(),
+                StatusCode::NOT_FOUND
+            );
+            assert_eq!(
+                c.delete(&u).send().await.unwrap().status(),
+                StatusCode::NOT_FOUND
+            );
+            s.stop().await;
+        });
+    }
+}
+
+#[test]
+fn batch_put_admin_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = start_server(dir.path(), ENGINES[0]).await;
+        let c = reqwest::Client::new();
+        c.post(s.url("/v1/volumes/9"))
+            .json(&serde_json::json!({"max_bytes": 2 << 20}))
+            .send()
+            .await
+            .unwrap();
+        let ns: Vec<_> = (0..4)
+            .map(|a| needle(5, a, 0xabc, &vec![a as u8; 100 * (a as usize + 1)]))
+            .collect();
+        let r = c
+            .post(s.url("/v1/volumes/9/batch"))
+            .body(encode_batch(&ns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        for a in 0..4u32 {
+            let b = c
+                .get(s.url(&format!("/v1/needles/9/5/{a}/abc")))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(b.as_ref(), &vec![a as u8; 100 * (a as usize + 1)][..]);
+        }
+        let v: serde_json::Value = c
+            .get(s.url("/v1/volumes"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["volumes"][0]["id"], 9);
+        assert_eq!(v["volumes"][0]["needles"], 4);
+        assert_eq!(v["volumes"][0]["max_bytes"], 2 << 20);
+        let r = c.post(s.url("/v1/volumes/9/seal")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let (st, code) = json_error(
+            c.put(s.url("/v1/needles/9/6/0/1"))
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((st, code.as_str()), (StatusCode::CONFLICT, "read_only"));
+        let m = c
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "haystack_store_fsyncs_total",
+            "haystack_store_needles_per_fsync",
+            "haystack_store_disk_reads_total",
+            "haystack_store_gets_total",
+            "haystack_store_io_engine",
+            "haystack_store_http_request_duration_seconds",
+        ] {
+            assert!(m.contains(name), "{name} missing from /metrics");
+        }
+        let h: serde_json::Value = c
+            .get(s.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(h["status"], "ok");
+        s.stop().await;
+    });
+}
+
+#[test]
+fn bad_input_gets_json_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = start_server(dir.path(), ENGINES[0]).await;
+        let c = reqwest::Client::new();
+        c.post(s.url("/v1/volumes/1")).send().await.unwrap();
+        let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+            (
+                c.get(s.url("/v1/needles/x/1/0/1")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/needles/1/-1/0/1")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/needles/1/1/99999999999/1")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/needles/1/1/0/xyz")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/needles/1/1/0/12345678901234567")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/needles/2/1/0/1")),
+                StatusCode::NOT_FOUND,
+                "no_such_volume",
+            ),
+            (
+                c.get(s.url("/v1/needles/1/1/0/1")),
+                StatusCode::NOT_FOUND,
+                "not_found",
+            ),
+            (
+                c.get(s.url("/nope")),
+                StatusCode::NOT_FOUND,
+                "no_such_route",
+            ),
+            (
+                c.patch(s.url("/v1/needles/1/1/0/1")),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                c.put(s.url("/v1/needles/1/1/0/1"))
+                    .body(vec![0u8; (1 << 20) + 1]),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/batch")).body(vec![1u8; 15]),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/batch")).body(vec![1u8; 30]),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/batch")).body(Vec::<u8>::new()),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/3")).body("{not json"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/3")).body("{\"max_bytes\": 5}"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+        ];
+        for (i, (req, status, code)) in cases.into_iter().enumerate() {
+            let (st, got) = json_error(req.send().await.unwrap()).await;
+            assert_eq!((st, got.as_str()), (status, code), "case {i}");
+        }
+        // A body over the limit with no Content-Length (chunked) is refused too.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            (0..40).map(|_| Ok(vec![0u8; 64 << 10])).collect();
+        let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        let r = c.put(s.url("/v1/needles/1/1/0/1")).body(body).send().await;
+        if let Ok(r) = r {
+            assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        // Filling the (4 MiB) volume ends in 507 and a read-only volume.
+        let mut last = StatusCode::CREATED;
+        for k in 0..10 {
+            let r = c
+                .put(s.url(&format!("/v1/needles/1/{k}/0/1")))
+                .body(vec![1u8; 1 << 20])
+                .send()
+                .await
+                .unwrap();
+            last = r.status();
+            if last != StatusCode::CREATED {
+                let (st, code) = json_error(r).await;
+                assert_eq!(
+                    (st, code.as_str()),
+                    (StatusCode::INSUFFICIENT_STORAGE, "volume_full")
+                );
+                break;
+            }
+        }
+        assert_eq!(last, StatusCode::INSUFFICIENT_STORAGE);
+        // The server is still fine.
+        assert_eq!(
+            c.get(s.url("/health")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+        s.stop().await;
+    });
+}

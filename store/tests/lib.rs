@@ -1,0 +1,8 @@
+//! The store's one integration-test binary: volumes over both I/O engines, recovery,
+//! corruption, and the HTTP API on loopback.
+
+mod common;
+mod corruption;
+mod http_api;
+mod model;
+mod recovery;

@@ -1,0 +1,172 @@
+//! Model-based test: random put / get / delete / reopen / seal sequences against a HashMap,
+//! over both engines.
+
+use std::collections::HashMap;
+
+use haystack_store::{EngineKind, StoreError};
+use proptest::prelude::*;
+
+use crate::common::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        key: u64,
+        alt: u32,
+        cookie: u64,
+        len: usize,
+        fill: u8,
+    },
+    Batch {
+        key: u64,
+        n: u32,
+        cookie: u64,
+        len: usize,
+    },
+    Get {
+        key: u64,
+        alt: u32,
+        cookie: u64,
+    },
+    Delete {
+        key: u64,
+        alt: u32,
+        cookie: u64,
+    },
+    Reopen,
+    Seal,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let key = 0u64..12;
+    let alt = 0u32..3;
+    let cookie = prop_oneof![Just(7u64), Just(9u64)];
+    prop_oneof![
+        6 => (key.clone(), alt.clone(), cookie.clone(), 0usize..600, any::<u8>())
+            .prop_map(|(key, alt, cookie, len, fill)| Op::Put { key, alt, cookie, len, fill }),
+        2 => (key.clone(), 1u32..4, cookie.clone(), 0usize..300)
+            .prop_map(|(key, n, cookie, len)| Op::Batch { key, n, cookie, len }),
+        6 => (key.clone(), alt.clone(), cookie.clone())
+            .prop_map(|(key, alt, cookie)| Op::Get { key, alt, cookie }),
+        3 => (key, alt, cookie).prop_map(|(key, alt, cookie)| Op::Delete { key, alt, cookie }),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Seal),
+    ]
+}
+
+fn data(key: u64, alt: u32, len: usize, fill: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| fill.wrapping_add((i as u64 ^ key ^ alt as u64) as u8))
+        .collect()
+}
+
+fn run(kind: EngineKind, ops: Vec<Op>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut vol = create(dir.path(), 1, kind);
+        let mut model: HashMap<(u64, u32), (u64, Vec<u8>)> = HashMap::new();
+        let mut sealed = false;
+        for op in ops {
+            match op {
+                Op::Put {
+                    key,
+                    alt,
+                    cookie,
+                    len,
+                    fill,
+                } => {
+                    let d = data(key, alt, len, fill);
+                    let r = vol.write_batch(vec![needle(key, alt, cookie, &d)]).await;
+                    if sealed {
+                        assert!(matches!(r, Err(StoreError::ReadOnly { .. })), "{r:?}");
+                    } else {
+                        r.unwrap();
+                        model.insert((key, alt), (cookie, d));
+                    }
+                }
+                Op::Batch {
+                    key,
+                    n,
+                    cookie,
+                    len,
+                } => {
+                    let ns: Vec<_> = (0..n)
+                        .map(|a| needle(key, a, cookie, &data(key, a, len, a as u8)))
+                        .collect();
+                    let r = vol.write_batch(ns).await;
+                    if sealed {
+                        assert!(r.is_err());
+                    } else {
+                        assert_eq!(r.unwrap().len(), n as usize);
+                        for a in 0..n {
+                            model.insert((key, a), (cookie, data(key, a, len, a as u8)));
+                        }
+                    }
+                }
+                Op::Get { key, alt, cookie } => {
+                    let r = vol.read(key, alt, cookie).await;
+                    match model.get(&(key, alt)) {
+                        Some((c, d)) if *c == cookie => {
+                            let n = r.unwrap();
+                            assert_eq!(&n.data[..], &d[..]);
+                            assert_eq!(n.content_type, "image/jpeg");
+                        }
+                        _ => assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
+                    }
+                }
+                Op::Delete { key, alt, cookie } => {
+                    let r = vol.delete(key, alt, cookie).await;
+                    match model.get(&(key, alt)) {
+                        Some((c, _)) if *c == cookie => {
+                            r.unwrap();
+                            model.remove(&(key, alt));
+                        }
+                        _ => assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
+                    }
+                }
+                Op::Reopen => {
+                    vol.flush_index();
+                    drop(vol);
+                    vol = reopen(dir.path(), 1, kind);
+                }
+                Op::Seal => {
+                    vol.seal().await.unwrap();
+                    sealed = true;
+                }
+            }
+        }
+        // Everything in the model reads back, after one last reopen too.
+        vol.flush_index();
+        drop(vol);
+        let vol = reopen(dir.path(), 1, kind);
+        for ((key, alt), (cookie, d)) in &model {
+            let n = vol.read(*key, *alt, *cookie).await.unwrap();
+            assert_eq!(&n.data[..], &d[..]);
+        }
+        let info = vol.info();
+        let live = (info.needles - info.deleted_needles) as usize;
+        assert_eq!(live, model.len());
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model_io_uring(ops in proptest::collection::vec(op(), 1..60)) {
+        run(EngineKind::IoUring, ops);
+    }
+
+    #[test]
+    fn model_sync(ops in proptest::collection::vec(op(), 1..60)) {
+        run(EngineKind::Sync, ops);
+    }
+}
+
+#[test]
+fn engines_are_what_they_say() {
+    for kind in ENGINES {
+        assert_eq!(engine(kind).kind(), kind);
+    }
+}
