@@ -1,0 +1,273 @@
+//! One conformance suite for every metadata backend: put, get, list, conditional update and
+//! concurrent writers. The embedded run always happens; the ScyllaDB run needs
+//! `HAYSTACK_TEST_SCYLLA=host:port` (see docs/directory.md) and says SKIPPED otherwise.
+
+use std::sync::Arc;
+
+use haystack_directory::config::ScyllaConfig;
+use haystack_directory::meta::embedded::EmbeddedStore;
+use haystack_directory::meta::scylla::ScyllaStore;
+use haystack_directory::meta::{Cas, Expect, Meta, MetadataStore, Table};
+use haystack_directory::model::Photo;
+use haystack_proto::directory::{PhotoKind, Variant};
+
+async fn put_get_and_conditional_update(s: &dyn MetadataStore) {
+    let k = u64::MAX - 7; // also checks that keys above i64::MAX survive the backend
+    assert_eq!(s.get(Table::Photos, k).await.expect("get"), None);
+    assert_eq!(
+        s.put_if(Table::Photos, k, Expect::Absent, b"one".to_vec())
+            .await
+            .expect("insert"),
+        Cas::Applied { version: 1 }
+    );
+    let got = s
+        .get(Table::Photos, k)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!((got.version, got.data.as_slice()), (1, b"one".as_slice()));
+    assert_eq!(
+        s.put_if(Table::Photos, k, Expect::Absent, b"dup".to_vec())
+            .await
+            .expect("insert again"),
+        Cas::Conflict { current: Some(1) }
+    );
+    assert_eq!(
+        s.put_if(Table::Photos, k, Expect::Version(1), b"two".to_vec())
+            .await
+            .expect("cas"),
+        Cas::Applied { version: 2 }
+    );
+    assert_eq!(
+        s.put_if(Table::Photos, k, Expect::Version(1), b"stale".to_vec())
+            .await
+            .expect("stale cas"),
+        Cas::Conflict { current: Some(2) }
+    );
+    assert_eq!(
+        s.put_if(Table::Photos, 12345, Expect::Version(3), b"x".to_vec())
+            .await
+            .expect("cas on absent"),
+        Cas::Conflict { current: None }
+    );
+    let got = s
+        .get(Table::Photos, k)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!((got.version, got.data.as_slice()), (2, b"two".as_slice()));
+    // Tables are separate key spaces.
+    assert_eq!(s.get(Table::Volumes, k).await.expect("get"), None);
+}
+
+async fn list_returns_every_record(s: &dyn MetadataStore) {
+    for k in 1..=20u64 {
+        let r = s
+            .put_if(Table::Volumes, k, Expect::Absent, k.to_le_bytes().to_vec())
+            .await
+            .expect("insert");
+        assert_eq!(r, Cas::Applied { version: 1 });
+    }
+    assert!(matches!(
+        s.put_if(Table::Volumes, 3, Expect::Version(1), b"three".to_vec())
+            .await
+            .expect("update"),
+        Cas::Applied { version: 2 }
+    ));
+    let mut all = s.list(Table::Volumes).await.expect("list");
+    all.sort_by_key(|(k, _)| *k);
+    assert_eq!(all.len(), 20);
+    for (i, (k, v)) in all.iter().enumerate() {
+        assert_eq!(*k, i as u64 + 1);
+        if *k == 3 {
+            assert_eq!((v.version, v.data.as_slice()), (2, b"three".as_slice()));
+        } else {
+            assert_eq!((v.version, v.data.clone()), (1, k.to_le_bytes().to_vec()));
+        }
+    }
+    assert!(s.list(Table::Nodes).await.expect("list").is_empty());
+}
+
+async fn concurrent_writers_lose_nothing(s: Arc<dyn MetadataStore>) {
+    // Read-modify-write of one counter from many tasks: no increment may be lost.
+    let key = 777;
+    s.put_if(
+        Table::Stores,
+        key,
+        Expect::Absent,
+        0u64.to_le_bytes().to_vec(),
+    )
+    .await
+    .expect("seed");
+    let writers = 8;
+    let rounds = 15;
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u32;
+            for _ in 0..rounds {
+                loop {
+                    let cur = s
+                        .get(Table::Stores, key)
+                        .await
+                        .expect("get")
+                        .expect("present");
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&cur.data);
+                    let next = u64::from_le_bytes(b) + 1;
+                    match s
+                        .put_if(
+                            Table::Stores,
+                            key,
+                            Expect::Version(cur.version),
+                            next.to_le_bytes().to_vec(),
+                        )
+                        .await
+                        .expect("cas")
+                    {
+                        Cas::Applied { .. } => break,
+                        Cas::Conflict { .. } => conflicts += 1,
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+    let end = s
+        .get(Table::Stores, key)
+        .await
+        .expect("get")
+        .expect("present");
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&end.data);
+    assert_eq!(u64::from_le_bytes(b), writers * rounds);
+    assert_eq!(end.version, writers * rounds + 1);
+
+    // Racing creations of one key: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put_if(Table::Nodes, 5, Expect::Absent, vec![i])
+                .await
+                .expect("insert")
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        if matches!(t.await.expect("task"), Cas::Applied { .. }) {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+}
+
+async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
+    let meta = Meta::new(s);
+    let p = Photo {
+        id: 42,
+        volume_id: 3,
+        cookie: 0xdead_beef,
+        kind: PhotoKind::Photo,
+        variants: vec![Variant {
+            name: "original".into(),
+            alt: 0,
+            size_bytes: 1234,
+            content_type: "image/jpeg".into(),
+        }],
+        chunks: vec![],
+        created_ms: 1,
+        deleted: false,
+        deleted_ms: None,
+    };
+    assert_eq!(
+        meta.put_photo(&p, Expect::Absent).await.expect("put"),
+        Cas::Applied { version: 1 }
+    );
+    let got = meta.get_photo(42).await.expect("get").expect("present");
+    assert_eq!(got.version, 1);
+    assert_eq!(got.value, p);
+}
+
+/// The whole suite on one backend; `fresh` must give an empty store each call.
+async fn run_suite<F, Fut>(fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn MetadataStore>>,
+{
+    put_get_and_conditional_update(fresh().await.as_ref()).await;
+    list_returns_every_record(fresh().await.as_ref()).await;
+    concurrent_writers_lose_nothing(fresh().await).await;
+    typed_records_round_trip(fresh().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_embedded() {
+    let dirs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    run_suite(|| {
+        let dirs = dirs.clone();
+        async move {
+            let d = tempfile::tempdir().expect("tempdir");
+            let s = EmbeddedStore::open(d.path()).expect("open");
+            dirs.lock().expect("lock").push(d);
+            Arc::new(s) as Arc<dyn MetadataStore>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_embedded_survives_reopen() {
+    let d = tempfile::tempdir().expect("tempdir");
+    {
+        let s = EmbeddedStore::open(d.path()).expect("open");
+        s.put_if(Table::Photos, 9, Expect::Absent, b"kept".to_vec())
+            .await
+            .expect("put");
+        s.close().await;
+        assert!(
+            s.get(Table::Photos, 9).await.is_err(),
+            "closed store answers"
+        );
+    }
+    let s = EmbeddedStore::open(d.path()).expect("reopen");
+    let got = s.get(Table::Photos, 9).await.expect("get").expect("kept");
+    assert_eq!((got.version, got.data.as_slice()), (1, b"kept".as_slice()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_scylla() {
+    let Ok(host) = std::env::var("HAYSTACK_TEST_SCYLLA") else {
+        eprintln!(
+            "conformance_scylla: SKIPPED: HAYSTACK_TEST_SCYLLA is not set (set it to host:port \
+             of a ScyllaDB or Cassandra node; docs/directory.md shows how to start one)"
+        );
+        return;
+    };
+    let cfg = ScyllaConfig {
+        replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}".into(),
+        keyspace_options: std::env::var("HAYSTACK_TEST_SCYLLA_KEYSPACE_OPTIONS")
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let run = std::process::id();
+    let counter = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    run_suite(|| {
+        let host = host.clone();
+        let cfg = cfg.clone();
+        let counter = counter.clone();
+        async move {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let ks = format!("haystack_test_{run}_{n}");
+            let s = ScyllaStore::connect(&[host], &ks, &cfg)
+                .await
+                .expect("connect to HAYSTACK_TEST_SCYLLA");
+            Arc::new(s) as Arc<dyn MetadataStore>
+        }
+    })
+    .await;
+}

@@ -1,0 +1,263 @@
+//! The directory's behaviour without HTTP, on a hand-driven clock: liveness, placement,
+//! automatic volume creation and several instances racing over one backend.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use haystack_directory::clock::ManualClock;
+use haystack_directory::meta::embedded::EmbeddedStore;
+use haystack_directory::meta::MetadataStore;
+use haystack_directory::{Directory, DirectoryConfig, DirectoryError};
+use haystack_proto::directory::{AssignRequest, StoreState};
+use haystack_proto::{Heartbeat, StoreRegistration, VolumeInfo, VolumeState};
+
+use crate::common::volume_info;
+
+const T0: u64 = 1_800_000_000_000;
+
+fn config(r: usize) -> DirectoryConfig {
+    DirectoryConfig {
+        metadata: "embedded:/unused".into(),
+        replication_factor: r,
+        store_timeout_ms: 10_000,
+        volume_capacity_bytes: 1 << 30,
+        min_writable_volumes: 2,
+        min_writable_free_bytes: 1 << 20,
+        ..Default::default()
+    }
+}
+
+async fn directory(
+    cfg: DirectoryConfig,
+    store: Arc<dyn MetadataStore>,
+    clock: Arc<ManualClock>,
+) -> Directory {
+    Directory::new(cfg, store, clock).await.expect("directory")
+}
+
+async fn register(d: &Directory, n: u32, zone: Option<&str>) -> u64 {
+    d.register(StoreRegistration {
+        store_id: None,
+        public_url: format!("http://127.0.0.1:{}", 9000 + n),
+        zone: zone.map(str::to_string),
+        rack: None,
+        capacity_bytes: 100 << 30,
+        free_bytes: 10 << 30,
+    })
+    .await
+    .expect("register")
+    .store_id
+}
+
+async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
+    let url = d
+        .stores()
+        .into_iter()
+        .find(|s| s.store_id == id)
+        .expect("known store")
+        .url;
+    d.heartbeat(
+        id,
+        Heartbeat {
+            store_id: id,
+            public_url: url,
+            capacity_bytes: 100 << 30,
+            free_bytes: 10 << 30,
+            healthy: true,
+            volumes,
+        },
+    )
+    .await
+    .expect("heartbeat")
+    .create_volumes
+}
+
+fn embedded() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let s = EmbeddedStore::open(d.path()).expect("open");
+    (d, Arc::new(s))
+}
+
+#[tokio::test]
+async fn silent_store_is_marked_down_and_its_volumes_come_back_with_it() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(3), store, clock.clone()).await;
+    let ids = [
+        register(&d, 1, None).await,
+        register(&d, 2, None).await,
+        register(&d, 3, None).await,
+    ];
+    let vol = d.create_volume().await.expect("create").id;
+    assert!(
+        !d.volume(vol).expect("vol").writable,
+        "not created on the stores yet"
+    );
+    for id in ids {
+        assert_eq!(beat(&d, id, vec![]).await, vec![vol], "told to create it");
+        assert!(beat(&d, id, vec![volume_info(vol)]).await.is_empty());
+    }
+    assert!(d.volume(vol).expect("vol").writable);
+    d.assign(&AssignRequest::default()).expect("assign");
+
+    clock.advance_ms(6_000);
+    beat(&d, ids[0], vec![volume_info(vol)]).await;
+    beat(&d, ids[1], vec![volume_info(vol)]).await;
+    d.sweep_liveness().await.expect("sweep");
+    assert!(
+        d.volume(vol).expect("vol").writable,
+        "nobody silent long enough yet"
+    );
+
+    clock.advance_ms(6_000); // ids[2] silent for 12 s > 10 s
+    d.sweep_liveness().await.expect("sweep");
+    let states: Vec<StoreState> = d.stores().iter().map(|s| s.state).collect();
+    assert_eq!(states.iter().filter(|s| **s == StoreState::Down).count(), 1);
+    let v = d.volume(vol).expect("vol");
+    assert!(!v.writable);
+    assert_eq!(v.effective_state, VolumeState::ReadOnly);
+    assert_eq!(v.state, VolumeState::Writable, "the record is untouched");
+    assert!(matches!(
+        d.assign(&AssignRequest::default()),
+        Err(DirectoryError::NoWritableVolume(_))
+    ));
+
+    beat(&d, ids[2], vec![volume_info(vol)]).await;
+    assert!(
+        d.volume(vol).expect("vol").writable,
+        "back with its heartbeat"
+    );
+    assert!(d.stores().iter().all(|s| s.state == StoreState::Up));
+}
+
+#[tokio::test]
+async fn an_unhealthy_or_full_replica_makes_the_volume_read_only() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(2), store, clock).await;
+    let a = register(&d, 1, None).await;
+    let b = register(&d, 2, None).await;
+    let vol = d.create_volume().await.expect("create").id;
+    beat(&d, a, vec![volume_info(vol)]).await;
+    beat(&d, b, vec![volume_info(vol)]).await;
+    assert!(d.volume(vol).expect("vol").writable);
+
+    let mut full = volume_info(vol);
+    full.size_bytes = full.max_bytes;
+    beat(&d, b, vec![full]).await;
+    let v = d.volume(vol).expect("vol");
+    assert!(!v.writable);
+    assert_eq!(v.reason.as_deref(), Some("volume is full"));
+
+    let mut ro = volume_info(vol);
+    ro.state = VolumeState::ReadOnly;
+    ro.reason = Some("disk error".into());
+    beat(&d, b, vec![ro]).await;
+    assert_eq!(
+        d.volume(vol).expect("vol").reason.as_deref(),
+        Some("disk error")
+    );
+}
+
+#[tokio::test]
+async fn placement_spreads_replicas_over_zones_and_balances_machines() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(3), store, clock).await;
+    let mut zone_of = std::collections::HashMap::new();
+    for (n, z) in ["a", "a", "b", "b", "c", "c"].iter().enumerate() {
+        let id = register(&d, n as u32, Some(z)).await;
+        zone_of.insert(id, *z);
+    }
+    let mut per_store = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let v = d.create_volume().await.expect("create");
+        let ids: HashSet<u64> = v.replicas.iter().map(|r| r.store_id).collect();
+        assert_eq!(ids.len(), 3, "distinct machines");
+        let zones: HashSet<&str> = ids.iter().map(|i| zone_of[i]).collect();
+        assert_eq!(zones.len(), 3, "distinct zones");
+        for i in ids {
+            *per_store.entry(i).or_insert(0) += 1;
+        }
+    }
+    // 12 replicas over 6 machines, balanced by promised space.
+    assert!(per_store.values().all(|n| *n == 2), "{per_store:?}");
+}
+
+#[tokio::test]
+async fn too_few_machines_cannot_hold_a_volume() {
+    let (_d, store) = embedded();
+    let d = directory(config(3), store, Arc::new(ManualClock::new(T0))).await;
+    register(&d, 1, None).await;
+    register(&d, 2, None).await;
+    assert!(matches!(
+        d.create_volume().await,
+        Err(DirectoryError::NoWritableVolume(_))
+    ));
+}
+
+#[tokio::test]
+async fn volumes_are_created_when_writable_space_runs_low() {
+    let (_d, store) = embedded();
+    let d = directory(config(1), store, Arc::new(ManualClock::new(T0))).await;
+    let s = register(&d, 1, None).await;
+    let first = d.ensure_capacity().await.expect("ensure").expect("created");
+    let second = d.ensure_capacity().await.expect("ensure").expect("created");
+    assert_ne!(first, second);
+    assert_eq!(
+        d.ensure_capacity().await.expect("ensure"),
+        None,
+        "two on their way"
+    );
+    beat(&d, s, vec![volume_info(first), volume_info(second)]).await;
+    assert_eq!(
+        d.ensure_capacity().await.expect("ensure"),
+        None,
+        "two writable"
+    );
+
+    // One fills up: a third is created without an operator.
+    let mut full = volume_info(first);
+    full.size_bytes = full.max_bytes;
+    beat(&d, s, vec![full, volume_info(second)]).await;
+    let third = d.ensure_capacity().await.expect("ensure").expect("created");
+    assert!(third > second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_over_one_backend_race_safely() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = Arc::new(directory(config(1), store.clone(), clock.clone()).await);
+    let b = Arc::new(directory(config(1), store.clone(), clock.clone()).await);
+    assert_ne!(
+        a.node_id(),
+        b.node_id(),
+        "each instance claims its own node id"
+    );
+    register(&a, 1, None).await;
+    b.refresh().await.expect("refresh");
+
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let d = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { d.create_volume().await }));
+    }
+    let mut vols = HashSet::new();
+    for t in tasks {
+        let v = t.await.expect("task").expect("create");
+        assert!(vols.insert(v.id), "volume id {} handed out twice", v.id);
+    }
+    a.refresh().await.expect("refresh");
+    assert_eq!(a.volumes().len(), 6);
+
+    // Ids from both instances never collide.
+    let sid = a.stores()[0].store_id;
+    beat(&a, sid, vols.iter().map(|v| volume_info(*v)).collect()).await;
+    b.refresh().await.expect("refresh");
+    let mut ids = HashSet::new();
+    for _ in 0..2000 {
+        assert!(ids.insert(a.assign(&AssignRequest::default()).expect("a").id));
+        assert!(ids.insert(b.assign(&AssignRequest::default()).expect("b").id));
+    }
+}
