@@ -1,0 +1,237 @@
+//! Crash test: a `haystack store` child under concurrent PUT and DELETE load is killed with
+//! SIGKILL at random moments; after every restart each acknowledged write reads back
+//! byte-exact, each acknowledged delete stays deleted, and a write that was in flight at the
+//! kill is either absent or whole: torn or foreign bytes are never served.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+/// Kills per run; at least 50 in CI. `HAYSTACK_CRASH_KILLS` overrides.
+fn kills() -> usize {
+    std::env::var("HAYSTACK_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn start(dir: &Path, port: u16, log: &Path, engine: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args([
+            "store",
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--engine",
+            engine,
+            "--create-volumes",
+            "1",
+            "--max-volume-bytes",
+            &(512u64 << 20).to_string(),
+            "--prealloc-step",
+            &(8u64 << 20).to_string(),
+            "--workers",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("haystack starts")
+}
+
+async fn wait_healthy(c: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = c.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "store did not become healthy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The bytes written under `key`: derived from the key, so any mix-up shows.
+fn body(key: u64) -> Vec<u8> {
+    let len = 1 + (key.wrapping_mul(2654435761) % 6000) as usize;
+    (0..len)
+        .map(|i| (key as u8).wrapping_mul(31).wrapping_add(i as u8) ^ (key >> 8) as u8)
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fate {
+    /// PUT acknowledged (201).
+    Acked,
+    /// PUT sent, no answer before the kill: absent or whole.
+    InDoubt,
+    /// DELETE acknowledged (204).
+    Deleted,
+    /// DELETE sent, no answer: present (whole) or absent.
+    DeleteInDoubt,
+}
+
+const COOKIE: &str = "5eed";
+
+fn url(base: &str, key: u64) -> String {
+    format!("{base}/v1/needles/1/{key}/0/{COOKIE}")
+}
+
+async fn load(base: String, fates: Arc<Mutex<HashMap<u64, Fate>>>, first_key: u64, worker: u64) {
+    let c = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(first_key ^ worker);
+    let mut key = first_key + worker;
+    loop {
+        let delete = rng.random_ratio(1, 8);
+        if delete {
+            // Delete an acknowledged key of this worker, if any.
+            let victim = {
+                let f = fates.lock().unwrap();
+                f.iter()
+                    .find(|(k, v)| **v == Fate::Acked && **k % 16 == worker)
+                    .map(|(k, _)| *k)
+            };
+            if let Some(v) = victim {
+                fates.lock().unwrap().insert(v, Fate::DeleteInDoubt);
+                match c.delete(url(&base, v)).send().await {
+                    Ok(r) if r.status() == 204 => {
+                        fates.lock().unwrap().insert(v, Fate::Deleted);
+                    }
+                    Ok(r) => panic!("delete {v}: unexpected {}", r.status()),
+                    Err(_) => return, // killed
+                }
+                continue;
+            }
+        }
+        fates.lock().unwrap().insert(key, Fate::InDoubt);
+        match c.put(url(&base, key)).body(body(key)).send().await {
+            Ok(r) if r.status() == 201 => {
+                fates.lock().unwrap().insert(key, Fate::Acked);
+            }
+            Ok(r) => panic!("put {key}: unexpected {}", r.status()),
+            Err(_) => return, // the server was killed
+        }
+        key += 16;
+    }
+}
+
+async fn verify(c: &reqwest::Client, base: &str, fates: &HashMap<u64, Fate>, keys: &[u64]) {
+    for &k in keys {
+        let fate = fates[&k];
+        let r = c.get(url(base, k)).send().await.expect("verify GET");
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.expect("verify body");
+        match (fate, status) {
+            (Fate::Acked, 200) | (Fate::InDoubt, 200) | (Fate::DeleteInDoubt, 200) => {
+                assert!(
+                    bytes.as_ref() == body(k).as_slice(),
+                    "key {k} ({fate:?}): wrong bytes served"
+                );
+            }
+            (Fate::InDoubt, 404) | (Fate::Deleted, 404) | (Fate::DeleteInDoubt, 404) => {}
+            _ => panic!("key {k}: fate {fate:?} but GET answered {status}"),
+        }
+    }
+}
+
+fn run(engine: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("store.log");
+    let data = dir.path().join("data");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0000 ^ engine.len() as u64);
+    let fates: Arc<Mutex<HashMap<u64, Fate>>> = Arc::new(Mutex::new(HashMap::new()));
+    let c = reqwest::Client::new();
+    for round in 0..kills() {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = start(&data, port, &log, engine);
+        rt.block_on(async {
+            wait_healthy(&c, &base).await;
+            // Check what the last round left: everything it touched, plus a sample of older.
+            let snapshot = fates.lock().unwrap().clone();
+            let (lo, hi) = if round == 0 {
+                (0, 0)
+            } else {
+                ((round as u64 - 1) * 1_000_000, round as u64 * 1_000_000)
+            };
+            let mut keys: Vec<u64> = snapshot
+                .keys()
+                .copied()
+                .filter(|k| (lo..hi).contains(k))
+                .collect();
+            let older: Vec<u64> = snapshot.keys().copied().filter(|k| *k < lo).collect();
+            for _ in 0..older.len().min(200) {
+                keys.push(older[rng.random_range(0..older.len())]);
+            }
+            verify(&c, &base, &snapshot, &keys).await;
+            // Load, then kill at a random moment.
+            let first = round as u64 * 1_000_000;
+            let workers: Vec<_> = (0..16)
+                .map(|w| tokio::spawn(load(base.clone(), fates.clone(), first, w)))
+                .collect();
+            tokio::time::sleep(Duration::from_millis(rng.random_range(20..250))).await;
+            child.kill().expect("SIGKILL the store");
+            child.wait().expect("reap the store");
+            for w in workers {
+                w.await.expect("load worker");
+            }
+        });
+    }
+    // Final restart: every key ever touched.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start(&data, port, &log, engine);
+    rt.block_on(async {
+        wait_healthy(&c, &base).await;
+        let snapshot = fates.lock().unwrap().clone();
+        let keys: Vec<u64> = snapshot.keys().copied().collect();
+        let acked = snapshot.values().filter(|f| **f == Fate::Acked).count();
+        let in_doubt_seen = snapshot
+            .values()
+            .filter(|f| matches!(f, Fate::InDoubt | Fate::DeleteInDoubt))
+            .count();
+        eprintln!(
+            "crash test ({engine}): {} kills, {} keys touched, {acked} acknowledged, {in_doubt_seen} in doubt at kills",
+            kills(),
+            keys.len()
+        );
+        assert!(acked > kills(), "the load acknowledged too little to mean anything");
+        verify(&c, &base, &snapshot, &keys).await;
+    });
+    child.kill().ok();
+    child.wait().ok();
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged_io_uring() {
+    run("io_uring");
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged_sync() {
+    run("sync");
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests of the `haystack` binary, run as a child process on loopback.
+
+mod crash;
