@@ -659,6 +659,7 @@ impl Directory {
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
                     tracing::info!(volume_id = id, replicas = ?vol.replicas, "logical volume created");
+                    self.push_volume_creation(id, &vol.replicas, &view);
                     metrics::counter!("haystack_directory_volumes_created_total").increment(1);
                     self.with_state(|st| {
                         st.volumes.insert(
@@ -678,6 +679,42 @@ impl Directory {
         Err(DirectoryError::Conflict(
             "volume ids are contended; retry".into(),
         ))
+    }
+
+    /// Asks the replicas' stores to create the volume now (`POST /v1/volumes/{id}`), best
+    /// effort and in the background; a store that misses it is told again in every heartbeat
+    /// answer until it reports the volume.
+    fn push_volume_creation(&self, id: u32, replicas: &[u64], view: &View) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for sid in replicas {
+            let Some(store) = view.stores.get(sid) else {
+                continue;
+            };
+            let url = format!("{}/v1/volumes/{id}", store.url);
+            let http = self.http.clone();
+            let store_id = *sid;
+            rt.spawn(async move {
+                match http.post(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::debug!(store_id, volume_id = id, "store created the volume")
+                    }
+                    Ok(r) => tracing::info!(
+                        store_id,
+                        volume_id = id,
+                        status = r.status().as_u16(),
+                        "store refused the volume now; its heartbeat answer asks again"
+                    ),
+                    Err(e) => tracing::info!(
+                        store_id,
+                        volume_id = id,
+                        error = %e,
+                        "store unreachable for volume creation; its heartbeat answer asks again"
+                    ),
+                }
+            });
+        }
     }
 
     /// Creates a volume when fewer than `min_writable_volumes` are writable or on their way,

@@ -53,6 +53,21 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     let mut stores = three_stores().await;
     bring_up(c, &mut stores).await;
 
+    // Every store was also asked to create its replicas right away.
+    let mut pushed = false;
+    for _ in 0..MAX_POLLS {
+        if stores.iter().all(|s| {
+            s.requests()
+                .iter()
+                .any(|r| r.starts_with("POST /v1/volumes/"))
+        }) {
+            pushed = true;
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(pushed, "volume creation never pushed to the stores");
+
     let a = c.assign(&AssignRequest::default()).await.expect("assign");
     assert_eq!(a.replicas.len(), 3);
     let mut replica_urls: Vec<&str> = a.replicas.iter().map(|r| r.url.as_str()).collect();
