@@ -53,6 +53,10 @@ struct StoreArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Benchmarks only: also serve this many bytes from memory at /bench/memory/... (the
+    /// ceiling of the HTTP stack).
+    #[arg(long, hide = true)]
+    bench_memory_ceiling: Option<usize>,
 }
 
 fn init_logs(json: bool) {
@@ -115,6 +119,7 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     let opts = haystack_store::http::ServerOptions {
         workers: a.workers,
+        memory_ceiling_bytes: a.bench_memory_ceiling,
         ..Default::default()
     };
     haystack_store::http::run(listener, store, opts, shutdown_signal())

@@ -177,7 +177,7 @@ impl NeedleHeader {
         if Self::crc(b) != le_u32(b, 32) {
             return Err(FormatError::HeaderCrc);
         }
-        if b[6] != 0 || b[7] != 0 {
+        if b[6] != 0 || b[7] != 0 || b[36..40] != [0, 0, 0, 0] {
             return Err(FormatError::Field("reserved header bytes"));
         }
         let flags = b[4];

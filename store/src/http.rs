@@ -463,9 +463,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/metrics").route(web::get().to(metrics_page)));
 }
 
+/// Serves the same needle URL from memory, through the same server and middleware, with
+/// no index lookup and no disk read: the benchmark's ceiling (`--bench-memory-ceiling`).
+async fn get_from_memory(
+    req: HttpRequest,
+    body: web::Data<MemoryCeiling>,
+) -> ApiResult<HttpResponse> {
+    let _ = needle_addr(&req)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .insert_header((header::ETAG, etag(0, body.0.len())))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .body(body.0.clone()))
+}
+
+#[derive(Clone)]
+struct MemoryCeiling(Bytes);
+
 /// Server options.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// When set, `GET /bench/memory/{volume}/{key}/{alt}/{cookie}` answers this many bytes
+    /// from memory (benchmarks only; off by default).
+    pub memory_ceiling_bytes: Option<usize>,
     /// actix worker threads; 0 means one per core.
     pub workers: usize,
     /// Seconds to let in-flight requests finish on shutdown.
@@ -475,6 +495,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            memory_ceiling_bytes: None,
             workers: 0,
             shutdown_timeout_secs: 30,
         }
@@ -489,12 +510,21 @@ fn build_server(
     opts: &ServerOptions,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(store);
+    let ceiling = opts
+        .memory_ceiling_bytes
+        .map(|n| web::Data::new(MemoryCeiling(Bytes::from(vec![0x5a; n]))));
     let mut server = HttpServer::new(move || {
-        App::new()
+        let mut app = App::new()
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(record_metrics))
-            .configure(routes)
-            .default_service(web::to(not_found))
+            .configure(routes);
+        if let Some(c) = &ceiling {
+            app = app.app_data(c.clone()).service(
+                web::resource("/bench/memory/{volume}/{key}/{alt}/{cookie}")
+                    .route(web::get().to(get_from_memory)),
+            );
+        }
+        app.default_service(web::to(not_found))
     })
     .disable_signals()
     .shutdown_timeout(opts.shutdown_timeout_secs);

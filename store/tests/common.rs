@@ -85,6 +85,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
     let opts = haystack_store::http::ServerOptions {
         workers: 1,
         shutdown_timeout_secs: 5,
+        memory_ceiling_bytes: None,
     };
     let done = tokio::spawn(haystack_store::http::run(
         listener,
