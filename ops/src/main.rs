@@ -53,6 +53,22 @@ struct StoreArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Directory to register with and heartbeat to (e.g. http://127.0.0.1:8082); none: run
+    /// standalone.
+    #[arg(long, env = "HAYSTACK_DIRECTORY")]
+    directory: Option<String>,
+    /// URL other services use to reach this store (default: http://LISTEN).
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Zone label for replica placement.
+    #[arg(long)]
+    zone: Option<String>,
+    /// Rack label for replica placement.
+    #[arg(long)]
+    rack: Option<String>,
+    /// Seconds between heartbeats until the directory names its own interval.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
     /// Benchmarks only: also serve this many bytes from memory at /bench/memory/... (the
     /// ceiling of the HTTP stack).
     #[arg(long, hide = true)]
@@ -117,12 +133,39 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
     }
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    if let Some(directory_url) = a.directory {
+        let cfg = haystack_store::heartbeat::HeartbeatConfig {
+            directory_url: directory_url.trim_end_matches('/').to_string(),
+            public_url: a
+                .public_url
+                .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(a.listen))),
+            zone: a.zone,
+            rack: a.rack,
+            interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
+        };
+        tokio::spawn(haystack_store::heartbeat::run(
+            store.clone(),
+            cfg,
+            stopped(),
+        ));
+    }
     let opts = haystack_store::http::ServerOptions {
         workers: a.workers,
         memory_ceiling_bytes: a.bench_memory_ceiling,
         ..Default::default()
     };
-    haystack_store::http::run(listener, store, opts, shutdown_signal())
+    haystack_store::http::run(listener, store, opts, stopped())
         .await
         .map_err(|e| format!("store server failed: {e}"))
 }

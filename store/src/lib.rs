@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod heartbeat;
 pub mod http;
 pub mod index;
 pub mod metrics;

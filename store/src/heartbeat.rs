@@ -1,0 +1,177 @@
+//! The store's side of the directory protocol: register once (keeping the id the directory
+//! gives in the data dir), then heartbeat with volumes, free space and health, and create the
+//! volumes the directory asks for. Messages are `haystack_proto` types (docs/API.md).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
+
+use crate::store::Store;
+
+/// Where the directory is and how this store presents itself to it.
+#[derive(Clone, Debug)]
+pub struct HeartbeatConfig {
+    /// Base URL of the directory, e.g. `http://127.0.0.1:8082`.
+    pub directory_url: String,
+    /// Base URL at which other services reach this store.
+    pub public_url: String,
+    pub zone: Option<String>,
+    pub rack: Option<String>,
+    /// Interval used until the directory names its own.
+    pub interval: Duration,
+}
+
+const STORE_ID_FILE: &str = "store-id";
+
+fn read_store_id(dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(STORE_ID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn write_store_id(dir: &Path, id: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{STORE_ID_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{id}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(STORE_ID_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Total and free bytes of the file system holding `dir`.
+pub fn disk_space(dir: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    // SAFETY: statvfs fills the struct we own; the path is a valid C string.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return (0, 0);
+    }
+    let frsize = s.f_frsize as u64;
+    (s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize)
+}
+
+fn heartbeat(store: &Store, id: u64, cfg: &HeartbeatConfig) -> Heartbeat {
+    let (capacity_bytes, free_bytes) = disk_space(&store.config().data_dir);
+    let volumes = store.list();
+    let healthy = !volumes.iter().any(|v| {
+        v.state == VolumeState::ReadOnly
+            && v.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("disk error"))
+    });
+    Heartbeat {
+        store_id: id,
+        public_url: cfg.public_url.clone(),
+        capacity_bytes,
+        free_bytes,
+        healthy,
+        volumes,
+    }
+}
+
+async fn register(
+    client: &reqwest::Client,
+    store: &Store,
+    cfg: &HeartbeatConfig,
+) -> Result<StoreRegistered, String> {
+    let dir = &store.config().data_dir;
+    let (capacity_bytes, free_bytes) = disk_space(dir);
+    let reg = StoreRegistration {
+        store_id: read_store_id(dir),
+        public_url: cfg.public_url.clone(),
+        zone: cfg.zone.clone(),
+        rack: cfg.rack.clone(),
+        capacity_bytes,
+        free_bytes,
+    };
+    let r = client
+        .post(format!("{}/v1/stores/register", cfg.directory_url))
+        .json(&reg)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        let status = r.status();
+        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
+    }
+    let ok: StoreRegistered = r.json().await.map_err(|e| e.to_string())?;
+    if reg.store_id != Some(ok.store_id) {
+        write_store_id(dir, ok.store_id).map_err(|e| format!("cannot keep the store id: {e}"))?;
+    }
+    Ok(ok)
+}
+
+async fn apply(store: &Store, reply: HeartbeatReply) {
+    for id in reply.create_volumes {
+        if store.volume(id).is_err() {
+            match store.create_volume(id, None).await {
+                Ok(_) => tracing::info!(volume = id, "volume created at the directory's request"),
+                Err(e) => tracing::warn!(volume = id, error = %e, "cannot create requested volume"),
+            }
+        }
+    }
+}
+
+/// Registers and heartbeats until `shutdown` resolves. Never gives up: a directory that is
+/// down is retried every interval.
+pub async fn run(
+    store: Arc<Store>,
+    cfg: HeartbeatConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default();
+    tokio::pin!(shutdown);
+    let mut interval = cfg.interval;
+    let mut id: Option<u64> = None;
+    loop {
+        match id {
+            None => match register(&client, &store, &cfg).await {
+                Ok(r) => {
+                    tracing::info!(store_id = r.store_id, directory = %cfg.directory_url, "registered with the directory");
+                    id = Some(r.store_id);
+                    if r.heartbeat_interval_secs > 0 {
+                        interval = Duration::from_secs(r.heartbeat_interval_secs);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, directory = %cfg.directory_url, "registration failed; retrying")
+                }
+            },
+            Some(sid) => {
+                let hb = heartbeat(&store, sid, &cfg);
+                let res = client
+                    .post(format!("{}/v1/stores/{sid}/heartbeat", cfg.directory_url))
+                    .json(&hb)
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status().is_success() => match r.json::<HeartbeatReply>().await {
+                        Ok(reply) => apply(&store, reply).await,
+                        Err(e) => tracing::warn!(error = %e, "bad heartbeat reply"),
+                    },
+                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
+                        tracing::warn!("the directory does not know this store; registering again");
+                        id = None;
+                        continue;
+                    }
+                    Ok(r) => tracing::warn!(status = %r.status(), "heartbeat refused"),
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
