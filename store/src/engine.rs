@@ -135,7 +135,7 @@ impl IoEngine {
 
     /// Reads up to `len` bytes at `offset`; shorter only at end of file.
     pub async fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        metrics::counter!("haystack_store_disk_reads_total").increment(1);
+        crate::metrics::hot().disk_reads.increment(1);
         match &self.inner {
             Inner::Uring(u) => {
                 let mut buf = Vec::with_capacity(len);

@@ -11,6 +11,8 @@ pub enum StoreError {
     /// The needle is missing, deleted, or the cookie does not match: all look the same.
     #[error("needle not found")]
     NotFound,
+    #[error("no such route (see docs/API.md)")]
+    NoRoute,
     #[error("volume {0} not found")]
     NoVolume(u32),
     #[error("volume {0} already exists")]

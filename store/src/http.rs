@@ -44,6 +44,7 @@ impl ApiError {
         use StoreError::*;
         match &self.0 {
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
             NoVolume(_) => (StatusCode::NOT_FOUND, "no_such_volume"),
             VolumeExists(_) => (StatusCode::CONFLICT, "volume_exists"),
             ReadOnly { .. } => (StatusCode::CONFLICT, "read_only"),
@@ -94,20 +95,42 @@ struct NeedleAddr {
     cookie: u64,
 }
 
+/// The needle address in a path `/{scope}/{scope}/{volume}/{key}/{alt}/{cookie}`. Parsed by
+/// hand: actix's router would run a regex per request for four dynamic segments.
 fn needle_addr(req: &HttpRequest) -> ApiResult<NeedleAddr> {
-    let m = req.match_info();
-    let get = |n: &str| m.get(n).unwrap_or("");
+    let mut it = req.path().split('/').skip(3);
+    let (Some(v), Some(k), Some(a), Some(c), None) =
+        (it.next(), it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(ApiError(StoreError::NoRoute));
+    };
     Ok(NeedleAddr {
-        volume: parse_volume(get("volume"))?,
-        key: get("key")
+        volume: parse_volume(v)?,
+        key: k
             .parse()
             .map_err(|_| bad("key is not a 64-bit unsigned integer"))?,
-        alt: get("alt")
+        alt: a
             .parse()
             .map_err(|_| bad("alternate key is not a 32-bit unsigned integer"))?,
-        cookie: parse_cookie(get("cookie"))
-            .ok_or_else(|| bad("cookie is not 1 to 16 hex digits"))?,
+        cookie: parse_cookie(c).ok_or_else(|| bad("cookie is not 1 to 16 hex digits"))?,
     })
+}
+
+/// Everything under `/v1/needles/`: dispatch on the method.
+async fn needle_dispatch(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    match *req.method() {
+        Method::GET | Method::HEAD => get_needle(req, store).await,
+        Method::PUT => put_needle(req, payload, store).await,
+        Method::DELETE => delete_needle(req, store).await,
+        _ => {
+            needle_addr(&req)?;
+            Ok(method_not_allowed().await)
+        }
+    }
 }
 
 fn etag(crc: u32, len: usize) -> String {
@@ -132,7 +155,7 @@ async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult
         return Ok(r.body(HeadBody(m.data_len as u64)));
     }
     let n = vol.read(a.key, a.alt, a.cookie).await?;
-    metrics::counter!("haystack_store_gets_total").increment(1);
+    crate::metrics::hot().gets.increment(1);
     let tag = etag(n.crc, n.data.len());
     if if_none_match(header_str(&req, header::IF_NONE_MATCH), &tag) {
         return Ok(HttpResponse::NotModified()
@@ -412,55 +435,77 @@ async fn method_not_allowed() -> HttpResponse {
     })
 }
 
+/// The route a path belongs to, as a metrics label. Cheap string checks on purpose: actix's
+/// `match_pattern` runs the router's regexes again, which cost more than the whole GET.
+fn route_label(path: &str) -> &'static str {
+    let segs = path.split('/').filter(|s| !s.is_empty()).count();
+    if let Some(rest) = path.strip_prefix("/v1/needles/") {
+        return if rest.split('/').count() == 4 {
+            "/v1/needles/{volume}/{key}/{alt}/{cookie}"
+        } else {
+            "other"
+        };
+    }
+    if path.starts_with("/v1/volumes") {
+        return match (segs, path.rsplit('/').next()) {
+            (2, _) => "/v1/volumes",
+            (3, _) => "/v1/volumes/{volume}",
+            (4, Some("batch")) => "/v1/volumes/{volume}/batch",
+            (4, Some("seal")) => "/v1/volumes/{volume}/seal",
+            _ => "other",
+        };
+    }
+    match path {
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/bench/memory/") => "/bench/memory/{volume}/{key}/{alt}/{cookie}",
+        _ => "other",
+    }
+}
+
 async fn record_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
+    let route = route_label(req.path());
+    let method = req.method().clone();
     let res = next.call(req).await?;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("haystack_store_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("haystack_store_http_request_duration_seconds", "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
+    crate::metrics::record_request(
+        route,
+        &method,
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     Ok(res)
 }
 
 /// Routes of the store API, for embedding in an actix `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/needles/{volume}/{key}/{alt}/{cookie}")
-            .route(web::get().to(get_needle))
-            .route(web::head().to(get_needle))
-            .route(web::put().to(put_needle))
-            .route(web::delete().to(delete_needle))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/volumes/{volume}/batch")
-            .route(web::post().to(put_batch))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/volumes/{volume}/seal")
-            .route(web::post().to(seal_volume))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/volumes/{volume}")
-            .route(web::get().to(get_volume))
-            .route(web::post().to(create_volume))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/volumes")
-            .route(web::get().to(list_volumes))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(web::resource("/health").route(web::get().to(health)))
-    .service(web::resource("/metrics").route(web::get().to(metrics_page)));
+    cfg.service(web::scope("/v1/needles").default_service(web::to(needle_dispatch)))
+        .service(
+            web::resource("/v1/volumes/{volume}/batch")
+                .route(web::post().to(put_batch))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/seal")
+                .route(web::post().to(seal_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}")
+                .route(web::get().to(get_volume))
+                .route(web::post().to(create_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes")
+                .route(web::get().to(list_volumes))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(web::resource("/health").route(web::get().to(health)))
+        .service(web::resource("/metrics").route(web::get().to(metrics_page)));
 }
 
 /// Serves the same needle URL from memory, through the same server and middleware, with
@@ -519,10 +564,9 @@ fn build_server(
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes);
         if let Some(c) = &ceiling {
-            app = app.app_data(c.clone()).service(
-                web::resource("/bench/memory/{volume}/{key}/{alt}/{cookie}")
-                    .route(web::get().to(get_from_memory)),
-            );
+            app = app
+                .app_data(c.clone())
+                .service(web::scope("/bench/memory").default_service(web::to(get_from_memory)));
         }
         app.default_service(web::to(not_found))
     })

@@ -45,3 +45,52 @@ pub fn render() -> String {
         None => "# metrics recorder unavailable in this process\n".into(),
     }
 }
+
+/// Handles of the metrics touched on every GET, registered once (a `counter!` call looks its
+/// key up in the registry each time). Installs the recorder first, so the handles are live.
+pub struct Hot {
+    pub gets: metrics::Counter,
+    pub disk_reads: metrics::Counter,
+    pub bytes_read: metrics::Counter,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+pub fn hot() -> &'static Hot {
+    HOT.get_or_init(|| {
+        install();
+        Hot {
+            gets: metrics::counter!("haystack_store_gets_total"),
+            disk_reads: metrics::counter!("haystack_store_disk_reads_total"),
+            bytes_read: metrics::counter!("haystack_store_bytes_read_total"),
+        }
+    })
+}
+
+type RouteKey = (&'static str, actix_web::http::Method, u16);
+
+thread_local! {
+    static ROUTES: std::cell::RefCell<std::collections::HashMap<RouteKey, (metrics::Counter, metrics::Histogram)>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Counts one HTTP request and records its latency, with per-thread cached handles.
+pub fn record_request(
+    route: &'static str,
+    method: &actix_web::http::Method,
+    status: u16,
+    secs: f64,
+) {
+    ROUTES.with(|m| {
+        let mut m = m.borrow_mut();
+        let key = (route, method.clone(), status);
+        let (c, h) = m.entry(key).or_insert_with_key(|(route, method, status)| {
+            (
+                metrics::counter!("haystack_store_http_requests_total", "route" => *route, "method" => method.as_str().to_owned(), "status" => status.to_string()),
+                metrics::histogram!("haystack_store_http_request_duration_seconds", "route" => *route, "method" => method.as_str().to_owned()),
+            )
+        });
+        c.increment(1);
+        h.record(secs);
+    });
+}

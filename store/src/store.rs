@@ -83,6 +83,7 @@ impl Store {
     pub async fn open(cfg: StoreConfig) -> Result<Arc<Store>> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
+        crate::metrics::install();
         let engine = IoEngine::new(cfg.engine)?;
         tracing::info!(engine = engine.kind().as_str(), data_dir = %cfg.data_dir.display(), "store opening");
         metrics::gauge!("haystack_store_io_engine", "engine" => engine.kind().as_str()).set(1.0);

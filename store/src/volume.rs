@@ -697,7 +697,7 @@ impl Volume {
                 return Err(StoreError::Io(e));
             }
         };
-        metrics::counter!("haystack_store_bytes_read_total").increment(buf.len() as u64);
+        crate::metrics::hot().bytes_read.increment(buf.len() as u64);
         let p = parse_needle(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
         if p.header.key != key || p.header.alt != alt {
             return Err(self.corrupt(
