@@ -83,8 +83,14 @@ async fn create_volume(dir: Dir) -> Res {
     Ok(HttpResponse::Created().json(dir.create_volume().await?))
 }
 
-async fn assign(dir: Dir, body: Option<web::Json<AssignRequest>>) -> Res {
-    let req = body.map(|b| b.into_inner()).unwrap_or_default();
+async fn assign(dir: Dir, body: web::Bytes) -> Res {
+    // The body is optional; when present it must be a valid AssignRequest.
+    let req = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        AssignRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| DirectoryError::BadRequest(format!("malformed JSON body: {e}")))?
+    };
     Ok(HttpResponse::Ok().json(dir.assign(&req)?))
 }
 

@@ -218,6 +218,16 @@ async fn http_bad_input_gets_clear_4xx() {
     assert_eq!((s, b.error.as_str()), (400, "bad_request"), "{}", b.message);
 
     let (s, _) = raw_status(
+        http.post(format!("{u}/v1/assign"))
+            .body("{\"kind\": 5}")
+            .send()
+            .await
+            .expect("send"),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    let (s, _) = raw_status(
         http.get(format!("{u}/v1/photos/abc"))
             .send()
             .await

@@ -1,7 +1,10 @@
 //! The directory's one integration-test binary: the backend conformance suite, the service's
-//! liveness and placement behaviour, and the HTTP API over real loopback ports.
+//! liveness and placement behaviour, the HTTP API over real loopback ports, wire forms and
+//! house rules.
 
 mod common;
 mod conformance;
 mod http_api;
 mod service;
+mod tidy;
+mod wire;
