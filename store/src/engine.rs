@@ -9,20 +9,20 @@
 //! ready. A buffered read of a page-cached needle completes inside that call, so the common
 //! GET costs no thread hop at all. An operation that did not complete inline (a cold read, a
 //! write that must allocate, an fsync) is counted as pending; a reaper thread sleeps in
-//! `io_uring_enter(GETEVENTS)` only while something is pending and completes it through a
-//! oneshot channel. Buffers and file handles of in-flight operations live in the engine's
+//! `io_uring_enter(GETEVENTS)` only while something is pending, and wakes the waiting task. Buffers and file handles of in-flight operations live in the engine's
 //! table until their completion arrives, so a caller that gives up (a dropped request)
 //! cannot free memory the kernel still writes to.
 
-use std::collections::HashMap;
 use std::fs::File;
+use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use io_uring::{opcode, types, IoUring};
-use tokio::sync::oneshot;
 
 /// Which engine to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -260,19 +260,35 @@ enum Op {
 
 type Completion = (io::Result<usize>, Vec<u8>);
 
-struct InFlight {
-    op: Op,
-    tx: oneshot::Sender<Completion>,
-    /// Did not complete inside its own submit call; the reaper waits for it.
-    pending: bool,
+/// One entry of the in-flight table; its index is the SQE's user_data.
+enum Slot {
+    Free,
+    Waiting {
+        op: Op,
+        waker: Option<Waker>,
+        /// Did not complete inside its own submit call; the reaper waits for it.
+        pending: bool,
+        /// Its future was dropped: free the slot when the completion arrives.
+        abandoned: bool,
+    },
+    Done(Completion),
 }
 
 struct State {
-    ops: HashMap<u64, InFlight>,
-    next_id: u64,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
     pending: usize,
     /// The last engine handle is gone: the reaper exits once nothing is in flight.
     stop: bool,
+}
+
+impl State {
+    fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Waiting { .. }))
+            .count()
+    }
 }
 
 struct Uring {
@@ -282,6 +298,8 @@ struct Uring {
 }
 
 const RING_ENTRIES: u32 = 1024;
+/// user_data of the NOP that wakes the reaper on stop.
+const STOP_TOKEN: u64 = u64::MAX;
 
 impl Uring {
     fn start() -> io::Result<Arc<Self>> {
@@ -289,8 +307,8 @@ impl Uring {
         let u = Arc::new(Uring {
             ring,
             state: Mutex::new(State {
-                ops: HashMap::new(),
-                next_id: 1,
+                slots: Vec::new(),
+                free: Vec::new(),
                 pending: 0,
                 stop: false,
             }),
@@ -298,8 +316,8 @@ impl Uring {
         });
         // Probe: a NOP must complete, or the kernel refuses the ring in practice.
         {
-            let mut st = u.lock();
-            let sqe = opcode::Nop::new().build().user_data(0);
+            let _st = u.lock();
+            let sqe = opcode::Nop::new().build().user_data(STOP_TOKEN - 1);
             // SAFETY: the queues are only touched under the state lock.
             unsafe { u.ring.submission_shared().push(&sqe) }
                 .map_err(|_| io::Error::other("io_uring submission queue full at start"))?;
@@ -310,7 +328,6 @@ impl Uring {
                     return Err(io::Error::from_raw_os_error(-cqe.result()));
                 }
             }
-            st.next_id = 1;
         }
         let reaper = u.clone();
         std::thread::Builder::new()
@@ -325,18 +342,28 @@ impl Uring {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Submits `op`; a completion that arrives inside the submit call (a page-cache hit) is
+    /// returned at once, without a waker or a channel.
     async fn submit(&self, op: Op) -> io::Result<Completion> {
-        let rx = {
+        let id = {
             let mut st = self.lock();
-            let id = st.next_id;
-            st.next_id += 1;
-            let (tx, rx) = oneshot::channel();
-            let mut inflight = InFlight {
-                op,
-                tx,
-                pending: false,
+            let id = match st.free.pop() {
+                Some(i) => i,
+                None => {
+                    st.slots.push(Slot::Free);
+                    st.slots.len() - 1
+                }
             };
-            let sqe = match &mut inflight.op {
+            st.slots[id] = Slot::Waiting {
+                op,
+                waker: None,
+                pending: false,
+                abandoned: false,
+            };
+            let Slot::Waiting { op, .. } = &mut st.slots[id] else {
+                unreachable!("slot was just filled")
+            };
+            let sqe = match op {
                 Op::Read {
                     file,
                     offset,
@@ -371,8 +398,7 @@ impl Uring {
                     .flags(types::FsyncFlags::DATASYNC)
                     .build(),
             };
-            let sqe = sqe.user_data(id);
-            st.ops.insert(id, inflight);
+            let sqe = sqe.user_data(id as u64);
             // SAFETY: queues only touched under the state lock (held).
             let mut pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
             if !pushed {
@@ -381,7 +407,8 @@ impl Uring {
                 pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
             }
             if !pushed {
-                st.ops.remove(&id);
+                st.slots[id] = Slot::Free;
+                st.free.push(id);
                 return Err(io::Error::other("io_uring submission queue full"));
             }
             if let Err(e) = self.ring.submit() {
@@ -390,15 +417,26 @@ impl Uring {
                 tracing::warn!(error = %e, "io_uring submit failed");
             }
             Self::drain(&self.ring, &mut st);
-            if let Some(f) = st.ops.get_mut(&id) {
-                f.pending = true;
-                st.pending += 1;
-                self.wake.notify_one();
+            if let Slot::Done(_) = st.slots[id] {
+                let Slot::Done(c) = std::mem::replace(&mut st.slots[id], Slot::Free) else {
+                    unreachable!("checked above")
+                };
+                st.free.push(id);
+                return Ok(c);
             }
-            rx
+            if let Slot::Waiting { pending, .. } = &mut st.slots[id] {
+                *pending = true;
+            }
+            st.pending += 1;
+            self.wake.notify_one();
+            id
         };
-        rx.await
-            .map_err(|_| io::Error::other("io_uring engine stopped"))
+        Ok(OpFuture {
+            uring: self,
+            id,
+            finished: false,
+        }
+        .await)
     }
 
     /// Completes every CQE in the completion queue. Caller holds the state lock.
@@ -406,13 +444,25 @@ impl Uring {
         // SAFETY: queues only touched under the state lock.
         let cq = unsafe { ring.completion_shared() };
         for cqe in cq {
-            let Some(f) = st.ops.remove(&cqe.user_data()) else {
-                if cqe.user_data() == u64::MAX && st.pending > 0 {
-                    st.pending -= 1; // the stop NOP
-                }
+            let id = cqe.user_data();
+            if id == STOP_TOKEN {
+                st.pending = st.pending.saturating_sub(1);
+                continue;
+            }
+            let Some(slot) = st.slots.get_mut(id as usize) else {
                 continue;
             };
-            if f.pending {
+            let Slot::Waiting {
+                op,
+                waker,
+                pending,
+                abandoned,
+            } = std::mem::replace(slot, Slot::Free)
+            else {
+                *slot = Slot::Free;
+                continue;
+            };
+            if pending {
                 st.pending -= 1;
             }
             let res = cqe.result();
@@ -421,7 +471,7 @@ impl Uring {
             } else {
                 Ok(res as usize)
             };
-            let buf = match f.op {
+            let buf = match op {
                 Op::Read { mut buf, .. } => {
                     if let Ok(n) = out {
                         // SAFETY: the kernel initialised n bytes past the old length.
@@ -432,7 +482,14 @@ impl Uring {
                 Op::Write { buf, .. } => buf,
                 Op::Fsync { .. } => Vec::new(),
             };
-            let _ = f.tx.send((out, buf));
+            if abandoned {
+                st.free.push(id as usize);
+                continue;
+            }
+            st.slots[id as usize] = Slot::Done((out, buf));
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
     }
 
@@ -454,13 +511,69 @@ impl Uring {
             }
             let mut st = self.lock();
             Self::drain(&self.ring, &mut st);
-            if st.stop && st.ops.is_empty() {
-                return;
-            }
             if st.stop {
+                let n = st.in_flight();
+                if n == 0 {
+                    return;
+                }
                 // The wake-up NOP was reaped; keep waiting for the real operations.
-                st.pending = st.ops.len();
+                st.pending = n;
             }
+        }
+    }
+}
+
+/// Waits for an operation that did not complete inline.
+struct OpFuture<'a> {
+    uring: &'a Uring,
+    id: usize,
+    finished: bool,
+}
+
+impl Future for OpFuture<'_> {
+    type Output = Completion;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Completion> {
+        let mut st = self.uring.lock();
+        let id = self.id;
+        match &mut st.slots[id] {
+            Slot::Done(_) => {
+                let Slot::Done(c) = std::mem::replace(&mut st.slots[id], Slot::Free) else {
+                    unreachable!("checked above")
+                };
+                st.free.push(id);
+                drop(st);
+                self.finished = true;
+                Poll::Ready(c)
+            }
+            Slot::Waiting { waker, .. } => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Slot::Free => {
+                drop(st);
+                self.finished = true;
+                Poll::Ready((Err(io::Error::other("io_uring operation lost")), Vec::new()))
+            }
+        }
+    }
+}
+
+impl Drop for OpFuture<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut st = self.uring.lock();
+        match &mut st.slots[self.id] {
+            Slot::Waiting { abandoned, .. } => *abandoned = true,
+            Slot::Done(_) => {
+                st.slots[self.id] = Slot::Free;
+                st.free.push(self.id);
+            }
+            Slot::Free => {}
         }
     }
 }

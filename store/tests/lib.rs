@@ -3,6 +3,7 @@
 
 mod common;
 mod corruption;
+mod engine;
 mod http_api;
 mod model;
 mod recovery;
