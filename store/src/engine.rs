@@ -135,13 +135,27 @@ impl IoEngine {
 
     /// Reads up to `len` bytes at `offset`; shorter only at end of file.
     pub async fn read_at(&self, file: &Arc<File>, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        crate::metrics::hot().disk_reads.increment(1);
+        Ok(self.read_at_counted(file, offset, len).await?.0)
+    }
+
+    /// As [`read_at`](Self::read_at), and says how many read operations reached the disk
+    /// layer (1 unless the kernel returned a short read).
+    pub async fn read_at_counted(
+        &self,
+        file: &Arc<File>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<(Vec<u8>, u32)> {
+        let disk_reads = &crate::metrics::hot().disk_reads;
         match &self.inner {
             Inner::Uring(u) => {
                 let mut buf = Vec::with_capacity(len);
                 let mut got = 0usize;
+                let mut ops = 0u32;
                 // A regular file reads short only at EOF, but loop to be exact.
                 loop {
+                    disk_reads.increment(1);
+                    ops += 1;
                     let (res, b) = u
                         .submit(Op::Read {
                             file: file.clone(),
@@ -157,14 +171,18 @@ impl IoEngine {
                         break;
                     }
                 }
-                Ok(buf)
+                Ok((buf, ops))
             }
             Inner::Sync => {
                 let file = file.clone();
+                let disk_reads = disk_reads.clone();
                 blocking(move || {
                     let mut buf = vec![0u8; len];
                     let mut got = 0;
+                    let mut ops = 0u32;
                     while got < len {
+                        disk_reads.increment(1);
+                        ops += 1;
                         let n = file.read_at(&mut buf[got..], offset + got as u64)?;
                         if n == 0 {
                             break;
@@ -172,7 +190,7 @@ impl IoEngine {
                         got += n;
                     }
                     buf.truncate(got);
-                    Ok(buf)
+                    Ok((buf, ops))
                 })
                 .await
             }

@@ -23,6 +23,9 @@ pub fn install() {
             .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS)
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Suffix("per_fsync".into()), COUNT_BUCKETS)
+                    .and_then(|b| {
+                        b.set_buckets_for_metric(Matcher::Suffix("per_get".into()), COUNT_BUCKETS)
+                    })
             });
         match builder.and_then(|b| b.install_recorder()) {
             Ok(h) => Some(h),
@@ -52,6 +55,8 @@ pub struct Hot {
     pub gets: metrics::Counter,
     pub disk_reads: metrics::Counter,
     pub bytes_read: metrics::Counter,
+    /// Read operations each GET issued (the Haystack promise: exactly one).
+    pub disk_reads_per_get: metrics::Histogram,
 }
 
 static HOT: OnceLock<Hot> = OnceLock::new();
@@ -63,6 +68,7 @@ pub fn hot() -> &'static Hot {
             gets: metrics::counter!("haystack_store_gets_total"),
             disk_reads: metrics::counter!("haystack_store_disk_reads_total"),
             bytes_read: metrics::counter!("haystack_store_bytes_read_total"),
+            disk_reads_per_get: metrics::histogram!("haystack_store_disk_reads_per_get"),
         }
     })
 }

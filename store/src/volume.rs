@@ -688,10 +688,13 @@ impl Volume {
         let loc = self.lookup(key, alt)?;
         let buf = match self
             .engine
-            .read_at(&self.file, loc.offset, loc.extent as usize)
+            .read_at_counted(&self.file, loc.offset, loc.extent as usize)
             .await
         {
-            Ok(b) => b,
+            Ok((b, ops)) => {
+                crate::metrics::hot().disk_reads_per_get.record(ops as f64);
+                b
+            }
             Err(e) => {
                 self.set_read_only(format!("disk error: {e}"));
                 return Err(StoreError::Io(e));
