@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, DeleteResponse, DirectoryHealth,
-    LogicalVolumeInfo, PhotoInfo, StoreInfo, UrlResponse,
+    LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
+    VolumeStateRequest,
 };
-use haystack_proto::{ErrorBody, Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration};
+use haystack_proto::{
+    ErrorBody, Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState,
+};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +154,37 @@ impl DirectoryClient {
     /// Creates a logical volume now (operators; volumes are otherwise created automatically).
     pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, ClientError> {
         self.post("/v1/volumes", &serde_json::json!({})).await
+    }
+
+    /// Sets a volume's recorded state (seal, read-only, writable again).
+    pub async fn set_volume_state(
+        &self,
+        id: u32,
+        state: VolumeState,
+        reason: Option<String>,
+    ) -> Result<LogicalVolumeInfo, ClientError> {
+        self.post(
+            &format!("/v1/volumes/{id}/state"),
+            &VolumeStateRequest { state, reason },
+        )
+        .await
+    }
+
+    /// Moves a replica of a volume from one store to another (repair).
+    pub async fn replace_replica(
+        &self,
+        id: u32,
+        from_store_id: u64,
+        to_store_id: u64,
+    ) -> Result<LogicalVolumeInfo, ClientError> {
+        self.post(
+            &format!("/v1/volumes/{id}/replace"),
+            &ReplaceReplicaRequest {
+                from_store_id,
+                to_store_id,
+            },
+        )
+        .await
     }
 
     pub async fn stores(&self) -> Result<Vec<StoreInfo>, ClientError> {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use haystack_proto::directory::{AssignRequest, CommitRequest, UrlResponse};
+use haystack_proto::directory::{
+    AssignRequest, CommitRequest, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
+};
 use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
 use serde::Deserialize;
 
@@ -81,6 +83,29 @@ async fn volume(dir: Dir, path: web::Path<String>) -> Res {
 
 async fn create_volume(dir: Dir) -> Res {
     Ok(HttpResponse::Created().json(dir.create_volume().await?))
+}
+
+async fn set_volume_state(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<VolumeStateRequest>,
+) -> Res {
+    let id = parse_u32(&path, "volume id")?;
+    let b = body.into_inner();
+    Ok(HttpResponse::Ok().json(dir.set_volume_state(id, b.state, b.reason).await?))
+}
+
+async fn replace_replica(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<ReplaceReplicaRequest>,
+) -> Res {
+    let id = parse_u32(&path, "volume id")?;
+    let b = body.into_inner();
+    Ok(HttpResponse::Ok().json(
+        dir.replace_replica(id, b.from_store_id, b.to_store_id)
+            .await?,
+    ))
 }
 
 async fn assign(dir: Dir, body: web::Bytes) -> Res {
@@ -171,6 +196,14 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/volumes", web::get().to(volumes))
             .route("/v1/volumes", web::post().to(create_volume))
             .route("/v1/volumes/{volume_id}", web::get().to(volume))
+            .route(
+                "/v1/volumes/{volume_id}/state",
+                web::post().to(set_volume_state),
+            )
+            .route(
+                "/v1/volumes/{volume_id}/replace",
+                web::post().to(replace_replica),
+            )
             .route("/v1/assign", web::post().to(assign))
             .route("/v1/photos", web::post().to(commit))
             .route("/v1/photos/{id}", web::get().to(lookup))

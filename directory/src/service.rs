@@ -681,6 +681,124 @@ impl Directory {
         ))
     }
 
+    /// Sets a volume's recorded state (operators: seal, or take a volume out of rotation).
+    /// A sealed volume stays sealed.
+    pub async fn set_volume_state(
+        &self,
+        id: u32,
+        state: VolumeState,
+        reason: Option<String>,
+    ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                return Err(DirectoryError::NotFound(format!(
+                    "logical volume {id} not found"
+                )));
+            };
+            if cur.value.state == VolumeState::Sealed && state != VolumeState::Sealed {
+                return Err(DirectoryError::BadRequest(format!(
+                    "logical volume {id} is sealed for good"
+                )));
+            }
+            let mut vol = cur.value;
+            vol.state = state;
+            vol.reason = if state == VolumeState::Writable {
+                None
+            } else {
+                reason.clone()
+            };
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::info!(volume_id = id, ?state, "logical volume state set");
+                self.with_state(|st| {
+                    st.volumes.insert(
+                        id,
+                        Versioned {
+                            version,
+                            value: vol,
+                        },
+                    );
+                });
+                return self.volume(id);
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "logical volume {id} is contended; retry"
+        )))
+    }
+
+    /// Replaces replica `from` of a volume by store `to` (repair: after the volume was copied
+    /// onto `to`). Idempotent: answers the volume if `to` already replaced `from`.
+    pub async fn replace_replica(
+        &self,
+        id: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        if self.meta.get_store(to).await?.is_none() {
+            return Err(DirectoryError::BadRequest(format!(
+                "store {to} is not registered"
+            )));
+        }
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                return Err(DirectoryError::NotFound(format!(
+                    "logical volume {id} not found"
+                )));
+            };
+            let has_from = cur.value.replicas.contains(&from);
+            let has_to = cur.value.replicas.contains(&to);
+            match (has_from, has_to) {
+                (false, true) => {
+                    self.refresh().await?;
+                    return self.volume(id);
+                }
+                (false, false) => {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {from} holds no replica of volume {id}"
+                    )))
+                }
+                (true, true) => {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {to} already holds a replica of volume {id}"
+                    )))
+                }
+                (true, false) => {}
+            }
+            let mut vol = cur.value;
+            for r in vol.replicas.iter_mut() {
+                if *r == from {
+                    *r = to;
+                }
+            }
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::info!(volume_id = id, from, to, "replica moved");
+                self.refresh().await?;
+                self.with_state(|st| {
+                    st.volumes.insert(
+                        id,
+                        Versioned {
+                            version,
+                            value: vol,
+                        },
+                    );
+                });
+                self.push_volume_creation(id, &[to], &self.view());
+                return self.volume(id);
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "logical volume {id} is contended; retry"
+        )))
+    }
+
     /// Asks the replicas' stores to create the volume now (`POST /v1/volumes/{id}`), best
     /// effort and in the background; a store that misses it is told again in every heartbeat
     /// answer until it reports the volume.

@@ -6,7 +6,7 @@ use haystack_directory::client::ClientError;
 use haystack_proto::directory::{
     AssignRequest, CommitRequest, PhotoKind, StoreState, Variant, VideoChunk,
 };
-use haystack_proto::ErrorBody;
+use haystack_proto::{ErrorBody, VolumeState};
 
 use crate::common::*;
 
@@ -453,5 +453,86 @@ async fn http_restart_keeps_committed_photos_and_stores() {
     let before = stores[0].id;
     stores[0].register(&dir.client).await;
     assert_eq!(stores[0].id, before);
+    dir.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_operator_seals_a_volume_and_moves_a_replica() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(data.path());
+    config.replication_factor = 2;
+    let dir = TestDirectory::start(config, data.path()).await;
+    let c = &dir.client;
+    let mut stores = vec![FakeStore::start(None).await, FakeStore::start(None).await];
+    bring_up(c, &mut stores).await;
+    let vol = c
+        .volumes()
+        .await
+        .expect("volumes")
+        .into_iter()
+        .find(|v| v.writable)
+        .expect("a writable volume");
+
+    // Move the replica on stores[0] to a new machine, as a repair would after copying.
+    let mut spare = FakeStore::start(None).await;
+    spare.register(c).await;
+    let e = c
+        .replace_replica(vol.id, stores[0].id, 999)
+        .await
+        .expect_err("unknown target");
+    assert_eq!(e.status(), Some(400));
+    let e = c
+        .replace_replica(vol.id, 777, spare.id)
+        .await
+        .expect_err("store 777 holds no replica");
+    assert_eq!(e.status(), Some(400));
+    assert!(c
+        .replace_replica(4242, stores[0].id, spare.id)
+        .await
+        .expect_err("no such volume")
+        .is_not_found());
+    let moved = c
+        .replace_replica(vol.id, stores[0].id, spare.id)
+        .await
+        .expect("replace");
+    let ids: Vec<u64> = moved.replicas.iter().map(|r| r.store_id).collect();
+    assert!(
+        ids.contains(&spare.id) && !ids.contains(&stores[0].id),
+        "{ids:?}"
+    );
+    assert!(
+        !moved.writable,
+        "the new replica has not reported the volume yet"
+    );
+    // Idempotent when repeated.
+    c.replace_replica(vol.id, stores[0].id, spare.id)
+        .await
+        .expect("replace again");
+    spare.heartbeat(c).await;
+    assert!(
+        spare.volumes.contains(&vol.id),
+        "told to create the moved replica"
+    );
+    spare.heartbeat(c).await;
+    stores[1].heartbeat(c).await;
+    assert!(c.volume(vol.id).await.expect("volume").writable);
+
+    // Seal it: it leaves rotation for good.
+    let sealed = c
+        .set_volume_state(vol.id, VolumeState::Sealed, Some("operator".into()))
+        .await
+        .expect("seal");
+    assert_eq!(sealed.effective_state, VolumeState::Sealed);
+    assert!(!sealed.writable);
+    let e = c
+        .set_volume_state(vol.id, VolumeState::Writable, None)
+        .await
+        .expect_err("sealed for good");
+    assert_eq!(e.status(), Some(400));
+    for _ in 0..50 {
+        if let Ok(a) = c.assign(&AssignRequest::default()).await {
+            assert_ne!(a.volume_id, vol.id, "assigned to a sealed volume");
+        }
+    }
     dir.stop().await.expect("clean stop");
 }

@@ -252,3 +252,21 @@ pub struct DirectoryHealth {
     pub stores_up: u32,
     pub writable_volumes: u32,
 }
+
+/// `POST /v1/volumes/{id}/state`: an operator sets a logical volume's recorded state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeStateRequest {
+    pub state: VolumeState,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/volumes/{id}/replace`: point a replica at another store machine (repair, after the
+/// volume was copied onto it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaceReplicaRequest {
+    #[serde(with = "dec_u64")]
+    pub from_store_id: u64,
+    #[serde(with = "dec_u64")]
+    pub to_store_id: u64,
+}
