@@ -20,14 +20,14 @@ fn kills() -> usize {
         .unwrap_or(50)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
 }
 
-fn start(dir: &Path, port: u16, log: &Path, engine: &str) -> Child {
+pub fn start(dir: &Path, port: u16, log: &Path, engine: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -57,7 +57,7 @@ fn start(dir: &Path, port: u16, log: &Path, engine: &str) -> Child {
         .expect("haystack starts")
 }
 
-async fn wait_healthy(c: &reqwest::Client, base: &str) {
+pub async fn wait_healthy(c: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = c.get(format!("{base}/health")).send().await {
@@ -71,7 +71,7 @@ async fn wait_healthy(c: &reqwest::Client, base: &str) {
 }
 
 /// The bytes written under `key`: derived from the key, so any mix-up shows.
-fn body(key: u64) -> Vec<u8> {
+pub fn body(key: u64) -> Vec<u8> {
     let len = 1 + (key.wrapping_mul(2654435761) % 6000) as usize;
     (0..len)
         .map(|i| (key as u8).wrapping_mul(31).wrapping_add(i as u8) ^ (key >> 8) as u8)
@@ -92,7 +92,7 @@ enum Fate {
 
 const COOKIE: &str = "5eed";
 
-fn url(base: &str, key: u64) -> String {
+pub fn url(base: &str, key: u64) -> String {
     format!("{base}/v1/needles/1/{key}/0/{COOKIE}")
 }
 

@@ -1,3 +1,4 @@
 //! End-to-end tests of the `haystack` binary, run as a child process on loopback.
 
 mod crash;
+mod shutdown;
