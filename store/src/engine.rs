@@ -60,10 +60,24 @@ impl std::str::FromStr for EngineKind {
     }
 }
 
+/// A failure to inject, for tests of the error paths (an inert atomic check otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    None = 0,
+    /// Every read fails with EIO.
+    Reads = 1,
+    /// Every write fails with EIO.
+    Writes = 2,
+    /// Every fdatasync fails with EIO.
+    Syncs = 3,
+}
+
 /// The engine in use; cheap to clone.
 #[derive(Clone)]
 pub struct IoEngine {
     inner: Inner,
+    fault: Arc<std::sync::atomic::AtomicU8>,
 }
 
 #[derive(Clone)]
@@ -108,21 +122,40 @@ impl IoEngine {
     /// be set up (old kernel, seccomp, `io_uring_disabled`), with a warning.
     pub fn new(kind: EngineKind) -> io::Result<Self> {
         let engine = match kind {
-            EngineKind::Sync => IoEngine { inner: Inner::Sync },
-            EngineKind::IoUring => IoEngine {
-                inner: Inner::Uring(Arc::new(UringHandle(Uring::start()?))),
-            },
+            EngineKind::Sync => IoEngine::with(Inner::Sync),
+            EngineKind::IoUring => {
+                IoEngine::with(Inner::Uring(Arc::new(UringHandle(Uring::start()?))))
+            }
             EngineKind::Auto => match Uring::start() {
-                Ok(u) => IoEngine {
-                    inner: Inner::Uring(Arc::new(UringHandle(u))),
-                },
+                Ok(u) => IoEngine::with(Inner::Uring(Arc::new(UringHandle(u)))),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring refused; falling back to pread/pwrite");
-                    IoEngine { inner: Inner::Sync }
+                    IoEngine::with(Inner::Sync)
                 }
             },
         };
         Ok(engine)
+    }
+
+    fn with(inner: Inner) -> Self {
+        IoEngine {
+            inner,
+            fault: Arc::new(std::sync::atomic::AtomicU8::new(Fault::None as u8)),
+        }
+    }
+
+    /// Makes every later operation of that kind fail with EIO (tests only; `Fault::None`
+    /// clears it). Shared by all clones of this engine.
+    pub fn inject_fault(&self, f: Fault) {
+        self.fault
+            .store(f as u8, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check(&self, f: Fault) -> io::Result<()> {
+        if self.fault.load(std::sync::atomic::Ordering::Relaxed) == f as u8 {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 
     /// The kind actually running (never `Auto`).
@@ -146,6 +179,7 @@ impl IoEngine {
         offset: u64,
         len: usize,
     ) -> io::Result<(Vec<u8>, u32)> {
+        self.check(Fault::Reads)?;
         let disk_reads = &crate::metrics::hot().disk_reads;
         match &self.inner {
             Inner::Uring(u) => {
@@ -204,6 +238,7 @@ impl IoEngine {
         offset: u64,
         buf: Vec<u8>,
     ) -> io::Result<()> {
+        self.check(Fault::Writes)?;
         match &self.inner {
             Inner::Uring(u) => {
                 let total = buf.len();
@@ -237,6 +272,7 @@ impl IoEngine {
     /// fdatasync: everything written to `file` before this call is durable when it returns.
     pub async fn fdatasync(&self, file: &Arc<File>) -> io::Result<()> {
         metrics::counter!("haystack_store_fsyncs_total").increment(1);
+        self.check(Fault::Syncs)?;
         match &self.inner {
             Inner::Uring(u) => {
                 let (res, _) = u.submit(Op::Fsync { file: file.clone() }).await?;

@@ -12,7 +12,7 @@ pub mod metrics;
 pub mod store;
 pub mod volume;
 
-pub use engine::{EngineKind, IoEngine};
+pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
 pub use store::{Store, StoreConfig};
 pub use volume::{Needle, NeedleData, Volume, VolumeConfig};

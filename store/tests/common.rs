@@ -52,6 +52,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 /// A store server on 127.0.0.1 in this process; dropped with its runtime's shutdown.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub store: Arc<Store>,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -89,7 +90,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
     };
     let done = tokio::spawn(haystack_store::http::run(
         listener,
-        store,
+        store.clone(),
         opts,
         async move {
             let _ = rx.await;
@@ -97,6 +98,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
     ));
     TestServer {
         addr,
+        store,
         stop: Some(tx),
         done,
     }

@@ -4,6 +4,7 @@
 mod common;
 mod corruption;
 mod engine;
+mod faults;
 mod http_api;
 mod model;
 mod recovery;
