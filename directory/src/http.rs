@@ -2,6 +2,11 @@
 //! [`ErrorBody`] here, in [`ResponseError for DirectoryError`](DirectoryError), and nowhere else.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -45,6 +50,35 @@ impl ResponseError for DirectoryError {
             message: self.to_string(),
         })
     }
+}
+
+/// Counts requests and times them per route pattern, method and status.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!(
+        "haystack_directory_http_request_duration_seconds",
+        "route" => route.clone(),
+        "method" => method.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "haystack_directory_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => status
+    )
+    .increment(1);
+    Ok(res)
 }
 
 type Res = Result<HttpResponse, DirectoryError>;

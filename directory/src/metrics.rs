@@ -21,6 +21,13 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Uses a handle installed by someone else (e.g. the `haystack server` process installing one
+/// recorder for every role), so `/metrics` renders the process's metrics. Returns false when
+/// the directory already has a handle.
+pub fn use_handle(handle: PrometheusHandle) -> bool {
+    HANDLE.set(Some(handle)).is_ok()
+}
+
 /// The Prometheus text exposition of every metric of the process.
 pub fn render() -> String {
     match install() {

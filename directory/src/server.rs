@@ -64,13 +64,16 @@ pub async fn run_with(
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
     let app_dir = dir.clone();
-    let server =
-        HttpServer::new(move || App::new().configure(crate::http::configure(app_dir.clone())))
-            .workers(workers)
-            .disable_signals()
-            .shutdown_timeout(10)
-            .listen(listener)?
-            .run();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(crate::http::observe))
+            .configure(crate::http::configure(app_dir.clone()))
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     tracing::info!(%addr, node = dir.node_id(), "directory listening");
 

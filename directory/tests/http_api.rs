@@ -190,6 +190,10 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
         metrics.contains("haystack_directory_commit_total"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("route=\"/v1/photos/{id}\""),
+        "per-route request metrics: {metrics}"
+    );
     dir.stop().await.expect("clean stop");
 }
 
