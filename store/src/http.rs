@@ -137,7 +137,7 @@ fn etag(crc: u32, len: usize) -> String {
     format!("\"{crc:08x}{len:x}\"")
 }
 
-fn header_str<'a>(req: &'a HttpRequest, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -867,6 +867,9 @@ impl Volume {
     }
 }
 
+/// An index entry: key, alternate key, location.
+type IndexEntry = (u64, u32, Loc);
+
 /// Loads the index file and scans the tail; returns the index entries sorted by (key, alt)
 /// and the tail offset. Repairs the index file and cuts a torn tail as it goes.
 fn recover_writable(
@@ -876,7 +879,7 @@ fn recover_writable(
     idx_file: &mut File,
     cfg: &VolumeConfig,
     max_bytes: u64,
-) -> Result<(Vec<(u64, u32, Loc)>, u64)> {
+) -> Result<(Vec<IndexEntry>, u64)> {
     // 1. The index file.
     let mut raw = Vec::new();
     idx_file.read_to_end(&mut raw)?;
