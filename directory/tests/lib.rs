@@ -4,6 +4,7 @@
 
 mod common;
 mod conformance;
+mod crash;
 mod http_api;
 mod service;
 mod tidy;
