@@ -47,6 +47,8 @@ pub struct DirectoryConfig {
     pub cache_purge_urls: Vec<String>,
     /// Timeout in ms for the best-effort delete notifications to stores and caches. Default 2000.
     pub notify_timeout_ms: u64,
+    /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
+    pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
     pub http_workers: usize,
     /// ScyllaDB settings (used with a `scylla://` metadata URL).
@@ -70,6 +72,7 @@ impl Default for DirectoryConfig {
             cdn_prefix: None,
             cache_purge_urls: Vec::new(),
             notify_timeout_ms: 2_000,
+            metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),
         }
@@ -200,6 +203,9 @@ impl DirectoryConfig {
         }
         if self.node_id.is_some_and(|n| n > crate::ids::MAX_NODE_ID) {
             return bad(format!("node_id must be 0..={}", crate::ids::MAX_NODE_ID));
+        }
+        if self.metadata_timeout_ms == 0 {
+            return bad("metadata_timeout_ms must be > 0".into());
         }
         if self.http_workers == 0 {
             return bad("http_workers must be > 0".into());

@@ -13,6 +13,7 @@ use crate::config::{DirectoryConfig, MetadataUrl};
 use crate::error::DirectoryError;
 use crate::meta::embedded::EmbeddedStore;
 use crate::meta::scylla::ScyllaStore;
+use crate::meta::timeout::TimeoutStore;
 use crate::meta::MetadataStore;
 use crate::service::Directory;
 
@@ -52,6 +53,10 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DirectoryError> {
     crate::metrics::install();
+    let store: Arc<dyn MetadataStore> = Arc::new(TimeoutStore::new(
+        store,
+        Duration::from_millis(config.metadata_timeout_ms),
+    ));
     let workers = config.http_workers;
     let tick = Duration::from_millis(config.maintenance_interval_ms);
     let dir = match Directory::new(config, store.clone(), clock).await {

@@ -37,6 +37,7 @@ pub fn test_config(data: &Path) -> DirectoryConfig {
         min_writable_free_bytes: 1 << 10,
         http_workers: 1,
         notify_timeout_ms: 2_000,
+        metadata_timeout_ms: 500,
         ..Default::default()
     }
 }

@@ -374,6 +374,14 @@ async fn http_backend_down_answers_503_and_recovers() {
 
     dir.faults.set_down(false);
     assert_eq!(c.lookup(a.id).await.expect("recovered").id, a.id);
+
+    // A backend that hangs instead of failing: the timeout turns it into a 503 too.
+    dir.faults.set_hang(true);
+    let e = c.lookup(a.id).await.expect_err("hung backend");
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert!(e.to_string().contains("did not answer"), "{e}");
+    dir.faults.set_hang(false);
+    assert_eq!(c.lookup(a.id).await.expect("recovered").id, a.id);
     // Nothing of the refused commit was kept; it goes through now.
     assert!(c
         .lookup(b.id)

@@ -12,6 +12,7 @@ use super::{Cas, Expect, MetaError, MetadataStore, Stored, Table};
 pub struct FaultyStore {
     inner: Arc<dyn MetadataStore>,
     down: AtomicBool,
+    hang: AtomicBool,
 }
 
 impl FaultyStore {
@@ -19,6 +20,7 @@ impl FaultyStore {
         Self {
             inner,
             down: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
         }
     }
 
@@ -26,7 +28,15 @@ impl FaultyStore {
         self.down.store(down, Ordering::SeqCst);
     }
 
-    fn check(&self) -> Result<(), MetaError> {
+    /// While set, every call waits forever (a hung backend).
+    pub fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, Ordering::SeqCst);
+    }
+
+    async fn check(&self) -> Result<(), MetaError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.down.load(Ordering::SeqCst) {
             Err(MetaError::Unavailable(
                 "injected fault: metadata backend down".into(),
@@ -44,7 +54,7 @@ impl MetadataStore for FaultyStore {
     }
 
     async fn get(&self, table: Table, key: u64) -> Result<Option<Stored>, MetaError> {
-        self.check()?;
+        self.check().await?;
         self.inner.get(table, key).await
     }
 
@@ -55,17 +65,17 @@ impl MetadataStore for FaultyStore {
         expect: Expect,
         data: Vec<u8>,
     ) -> Result<Cas, MetaError> {
-        self.check()?;
+        self.check().await?;
         self.inner.put_if(table, key, expect, data).await
     }
 
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
-        self.check()?;
+        self.check().await?;
         self.inner.list(table).await
     }
 
     async fn ping(&self) -> Result<(), MetaError> {
-        self.check()?;
+        self.check().await?;
         self.inner.ping().await
     }
 

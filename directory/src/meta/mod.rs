@@ -12,6 +12,7 @@
 pub mod embedded;
 pub mod faulty;
 pub mod scylla;
+pub mod timeout;
 
 use std::sync::Arc;
 
