@@ -47,6 +47,8 @@ pub struct DirectoryConfig {
     pub cache_purge_urls: Vec<String>,
     /// Timeout in ms for the best-effort delete notifications to stores and caches. Default 2000.
     pub notify_timeout_ms: u64,
+    /// How long an idempotency key of an assign is honoured, in ms. Default 86400000 (a day).
+    pub idempotency_ttl_ms: u64,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -72,6 +74,7 @@ impl Default for DirectoryConfig {
             cdn_prefix: None,
             cache_purge_urls: Vec::new(),
             notify_timeout_ms: 2_000,
+            idempotency_ttl_ms: 86_400_000,
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),

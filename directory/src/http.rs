@@ -150,7 +150,7 @@ async fn assign(dir: Dir, body: web::Bytes) -> Res {
         serde_json::from_slice(&body)
             .map_err(|e| DirectoryError::BadRequest(format!("malformed JSON body: {e}")))?
     };
-    Ok(HttpResponse::Ok().json(dir.assign(&req)?))
+    Ok(HttpResponse::Ok().json(dir.assign_idempotent(&req).await?))
 }
 
 async fn commit(dir: Dir, body: web::Json<CommitRequest>) -> Res {

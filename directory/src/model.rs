@@ -88,3 +88,25 @@ pub struct NodeLease {
     pub holder: u64,
     pub expires_ms: u64,
 }
+
+/// An assign made under a client's idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadKey {
+    /// The client's key in full (the table key is its hash).
+    pub key: String,
+    pub id: u64,
+    pub cookie: u64,
+    pub volume_id: u32,
+    pub kind: PhotoKind,
+    pub created_ms: u64,
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across Rust releases (idempotency keys).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

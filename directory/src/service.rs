@@ -28,7 +28,7 @@ use crate::config::DirectoryConfig;
 use crate::error::DirectoryError;
 use crate::ids::{self, IdGenerator, MAX_NODE_ID};
 use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
-use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine};
+use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 use crate::placement::{self, Candidate};
 
 /// Conditional-write retries before giving up on a contended record.
@@ -907,7 +907,76 @@ impl Directory {
             cookie: ids::new_cookie(),
             volume_id: pick.info.id,
             replicas: pick.replicas.clone(),
+            replayed: false,
         })
+    }
+
+    /// Assign, honouring `req.idempotency_key` when set: the first assign under a key is
+    /// recorded (create-if-absent, so racing retries agree on one winner), later ones within
+    /// `idempotency_ttl_ms` answer the same id, cookie and volume with `replayed: true`.
+    pub async fn assign_idempotent(
+        &self,
+        req: &AssignRequest,
+    ) -> Result<AssignResponse, DirectoryError> {
+        let Some(key) = req.idempotency_key.as_deref() else {
+            return self.assign(req);
+        };
+        if key.is_empty() || key.len() > 255 {
+            return Err(DirectoryError::BadRequest(
+                "idempotency_key must be 1 to 255 bytes".into(),
+            ));
+        }
+        let hash = fnv1a64(key.as_bytes());
+        for _ in 0..CAS_RETRIES {
+            let now = self.clock.now_ms();
+            let existing = self.meta.get_upload(hash).await?;
+            let expect = match &existing {
+                Some(u) if u.value.key != key => {
+                    return Err(DirectoryError::Conflict(
+                        "idempotency key collides with another key's hash; use another key".into(),
+                    ))
+                }
+                Some(u)
+                    if now.saturating_sub(u.value.created_ms) <= self.config.idempotency_ttl_ms =>
+                {
+                    return Ok(self.replay(&u.value));
+                }
+                Some(u) => Expect::Version(u.version),
+                None => Expect::Absent,
+            };
+            let fresh = self.assign(req)?;
+            let record = UploadKey {
+                key: key.to_string(),
+                id: fresh.id,
+                cookie: fresh.cookie,
+                volume_id: fresh.volume_id,
+                kind: req.kind,
+                created_ms: now,
+            };
+            if let Cas::Applied { .. } = self.meta.put_upload(hash, &record, expect).await? {
+                return Ok(fresh);
+            }
+            // Another request with the same key won the race: answer its assignment.
+        }
+        Err(DirectoryError::Conflict(
+            "idempotency key is contended; retry".into(),
+        ))
+    }
+
+    fn replay(&self, u: &UploadKey) -> AssignResponse {
+        let replicas = self
+            .view()
+            .volumes
+            .get(&u.volume_id)
+            .map(|v| v.replicas.clone())
+            .unwrap_or_default();
+        AssignResponse {
+            id: u.id,
+            cookie: u.cookie,
+            volume_id: u.volume_id,
+            replicas,
+            replayed: true,
+        }
     }
 
     fn validate_commit(req: &CommitRequest) -> Result<(), DirectoryError> {

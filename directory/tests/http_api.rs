@@ -76,6 +76,19 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     store_urls.sort();
     assert_eq!(replica_urls, store_urls, "one replica on each machine");
 
+    // An idempotency key answers the same assignment to a retry.
+    let keyed = AssignRequest {
+        idempotency_key: Some("upload-7f3a".into()),
+        ..Default::default()
+    };
+    let k1 = c.assign(&keyed).await.expect("keyed assign");
+    let k2 = c.assign(&keyed).await.expect("keyed retry");
+    assert!(!k1.replayed && k2.replayed);
+    assert_eq!(
+        (k1.id, k1.cookie, k1.volume_id),
+        (k2.id, k2.cookie, k2.volume_id)
+    );
+
     let info = c.commit(&commit_for(&a)).await.expect("commit");
     assert_eq!(
         (info.id, info.cookie, info.volume_id),
@@ -152,6 +165,7 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
         .assign(&AssignRequest {
             kind: PhotoKind::Video,
             size_hint_bytes: 1000,
+            idempotency_key: None,
         })
         .await
         .expect("assign video");

@@ -261,3 +261,54 @@ async fn instances_over_one_backend_race_safely() {
         assert!(ids.insert(b.assign(&AssignRequest::default()).expect("b").id));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_answers_the_same_assignment_until_it_expires() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(1);
+    cfg.idempotency_ttl_ms = 60_000;
+    let d = Arc::new(directory(cfg, store, clock.clone()).await);
+    let s = register(&d, 1, None).await;
+    let v = d.create_volume().await.expect("create").id;
+    beat(&d, s, vec![volume_info(v)]).await;
+
+    let keyed = |k: &str| AssignRequest {
+        idempotency_key: Some(k.to_string()),
+        ..Default::default()
+    };
+    // Racing retries of one upload agree on one assignment.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let d = d.clone();
+        let req = keyed("phone-42/upload-1");
+        tasks.push(tokio::spawn(async move { d.assign_idempotent(&req).await }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.expect("task").expect("assign"));
+    }
+    let first = &answers[0];
+    assert!(answers
+        .iter()
+        .all(|a| (a.id, a.cookie, a.volume_id) == (first.id, first.cookie, first.volume_id)));
+    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+
+    let other = d
+        .assign_idempotent(&keyed("phone-42/upload-2"))
+        .await
+        .expect("other");
+    assert_ne!(other.id, first.id);
+    assert!(matches!(
+        d.assign_idempotent(&keyed("")).await,
+        Err(DirectoryError::BadRequest(_))
+    ));
+
+    clock.advance_ms(61_000);
+    let again = d
+        .assign_idempotent(&keyed("phone-42/upload-1"))
+        .await
+        .expect("after expiry");
+    assert!(!again.replayed);
+    assert_ne!(again.id, first.id, "an expired key starts a new upload");
+}

@@ -12,6 +12,7 @@ fn ids_travel_as_decimal_strings_and_cookies_as_hex() {
             store_id: 9,
             url: "http://x".into(),
         }],
+        replayed: false,
     };
     let s = serde_json::to_string(&a).expect("serialize");
     assert!(s.contains("\"id\":\"18446744073709551615\""), "{s}");

@@ -93,6 +93,10 @@ pub struct AssignRequest {
     /// Bytes the upload will write in all (every variant or chunk); volumes with less room are skipped.
     #[serde(default)]
     pub size_hint_bytes: u64,
+    /// The client's Idempotency-Key: the same key (within the directory's idempotency TTL)
+    /// answers the same id, cookie and volume, with `replayed` set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// A replica of a logical volume: the store machine holding it.
@@ -112,6 +116,10 @@ pub struct AssignResponse {
     pub cookie: u64,
     pub volume_id: u32,
     pub replicas: Vec<Replica>,
+    /// True when an earlier assign with the same idempotency key is answered again; the photo
+    /// may already be committed (look it up before writing again).
+    #[serde(default)]
+    pub replayed: bool,
 }
 
 /// `POST /v1/photos`: record a photo once every needle is on every replica.

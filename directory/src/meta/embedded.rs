@@ -30,6 +30,7 @@ const PHOTOS: TableDefinition<u64, &[u8]> = TableDefinition::new("photos");
 const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const STORES: TableDefinition<u64, &[u8]> = TableDefinition::new("stores");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
 
 fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     match t {
@@ -37,6 +38,7 @@ fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
         Table::Volumes => VOLUMES,
         Table::Stores => STORES,
         Table::Nodes => NODES,
+        Table::Uploads => UPLOADS,
     }
 }
 

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine};
+use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 
 /// The tables of the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,10 +29,18 @@ pub enum Table {
     Volumes,
     Stores,
     Nodes,
+    /// Idempotency keys of assigns (key: FNV-1a 64 of the client's key).
+    Uploads,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Photos, Table::Volumes, Table::Stores, Table::Nodes];
+    pub const ALL: [Table; 5] = [
+        Table::Photos,
+        Table::Volumes,
+        Table::Stores,
+        Table::Nodes,
+        Table::Uploads,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +48,7 @@ impl Table {
             Table::Volumes => "volumes",
             Table::Stores => "stores",
             Table::Nodes => "nodes",
+            Table::Uploads => "uploads",
         }
     }
 }
@@ -225,6 +234,21 @@ impl Meta {
         let mut v: Vec<Versioned<StoreMachine>> = self.list_typed(Table::Stores).await?;
         v.sort_by_key(|x| x.value.id);
         Ok(v)
+    }
+
+    pub async fn get_upload(&self, hash: u64) -> Result<Option<Versioned<UploadKey>>, MetaError> {
+        self.get_typed(Table::Uploads, hash).await
+    }
+
+    pub async fn put_upload(
+        &self,
+        hash: u64,
+        u: &UploadKey,
+        expect: Expect,
+    ) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Uploads, hash, expect, encode(u))
+            .await
     }
 
     pub async fn get_lease(&self, node: u16) -> Result<Option<Versioned<NodeLease>>, MetaError> {
