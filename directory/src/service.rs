@@ -107,8 +107,10 @@ fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
         let mut statuses = Vec::with_capacity(vol.replicas.len());
         let mut blocked: Option<String> = None;
         let mut pending = false;
+        let mut any_down = false;
         for sid in &vol.replicas {
             let Some(store) = state.stores.get(sid).map(|s| &s.value) else {
+                any_down = true;
                 blocked.get_or_insert_with(|| format!("replica store {sid} is unknown"));
                 statuses.push(ReplicaStatus {
                     store_id: *sid,
@@ -131,6 +133,7 @@ fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
                 reported: report.is_some(),
             });
             if !up {
+                any_down = true;
                 blocked.get_or_insert_with(|| format!("replica store {sid} is down"));
             }
             match report {
@@ -187,7 +190,9 @@ fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
                     reason,
                 },
                 replicas,
-                pending: pending && vol.state == VolumeState::Writable,
+                // On its way only while every replica's store is up to create it; a volume
+                // stuck on a dead store must not hold back the creation of others.
+                pending: pending && !any_down && vol.state == VolumeState::Writable,
                 recent,
             },
         );

@@ -312,3 +312,35 @@ async fn an_idempotency_key_answers_the_same_assignment_until_it_expires() {
     assert!(!again.replayed);
     assert_ne!(again.id, first.id, "an expired key starts a new upload");
 }
+
+#[tokio::test]
+async fn a_volume_stuck_on_a_dead_store_does_not_block_new_ones() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(1);
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let dead = register(&d, 1, None).await;
+    let first = d.ensure_capacity().await.expect("ensure").expect("created");
+    assert_eq!(
+        d.ensure_capacity().await.expect("ensure"),
+        None,
+        "one on its way"
+    );
+    // The store dies before creating it; another machine joins.
+    clock.advance_ms(11_000);
+    let alive = register(&d, 2, None).await;
+    d.sweep_liveness().await.expect("sweep");
+    let second = d
+        .ensure_capacity()
+        .await
+        .expect("ensure")
+        .expect("created again");
+    assert_ne!(second, first);
+    let v = d.volume(second).expect("volume");
+    assert_eq!(
+        v.replicas[0].store_id, alive,
+        "placed on the live store only"
+    );
+    assert_ne!(alive, dead);
+}
