@@ -59,6 +59,11 @@ pub struct LogicalVolume {
     pub created_ms: u64,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Replicas whose store has reported the volume at least once. A store in this list that
+    /// stops reporting it has lost it: it is not asked to create an empty one, the volume stays
+    /// read-only until a repair moves the replica.
+    #[serde(default)]
+    pub reported_by: Vec<u64>,
 }
 
 /// A store machine.

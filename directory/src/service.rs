@@ -137,6 +137,12 @@ fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
                 blocked.get_or_insert_with(|| format!("replica store {sid} is down"));
             }
             match report {
+                None if vol.reported_by.contains(sid) => {
+                    any_down = true;
+                    blocked.get_or_insert_with(|| {
+                        format!("replica on store {sid} is missing; repair it")
+                    });
+                }
                 None => {
                     pending = true;
                     blocked.get_or_insert_with(|| {
@@ -300,6 +306,15 @@ impl Directory {
             Err(p) => *p.into_inner() = view,
         }
         r
+    }
+
+    /// Reads the state without rebuilding the view.
+    fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let guard = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&guard)
     }
 
     fn remember_store(&self, s: Versioned<StoreMachine>) {
@@ -523,6 +538,7 @@ impl Directory {
                     version,
                     value: machine,
                 });
+                self.note_reported(store_id, &hb).await?;
                 return Ok(self.volumes_to_create(store_id, &hb));
             }
         }
@@ -531,13 +547,71 @@ impl Directory {
         ))
     }
 
+    /// Records, once per replica, that a store has reported a volume it holds.
+    async fn note_reported(&self, store_id: u64, hb: &Heartbeat) -> Result<(), DirectoryError> {
+        let first_reports: Vec<u32> = {
+            let view = self.view();
+            hb.volumes
+                .iter()
+                .filter(|r| {
+                    view.volumes
+                        .get(&r.id)
+                        .is_some_and(|v| v.info.replicas.iter().any(|x| x.store_id == store_id))
+                })
+                .map(|r| r.id)
+                .filter(|id| {
+                    self.read_state(|st| {
+                        st.volumes
+                            .get(id)
+                            .is_some_and(|v| !v.value.reported_by.contains(&store_id))
+                    })
+                })
+                .collect()
+        };
+        for id in first_reports {
+            for _ in 0..CAS_RETRIES {
+                let Some(cur) = self.meta.get_volume(id).await? else {
+                    break;
+                };
+                if !cur.value.replicas.contains(&store_id)
+                    || cur.value.reported_by.contains(&store_id)
+                {
+                    self.with_state(|st| {
+                        st.volumes.insert(id, cur);
+                    });
+                    break;
+                }
+                let mut vol = cur.value;
+                vol.reported_by.push(store_id);
+                if let Cas::Applied { version } = self
+                    .meta
+                    .put_volume(&vol, Expect::Version(cur.version))
+                    .await?
+                {
+                    self.with_state(|st| {
+                        st.volumes.insert(
+                            id,
+                            Versioned {
+                                version,
+                                value: vol,
+                            },
+                        );
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn volumes_to_create(&self, store_id: u64, hb: &Heartbeat) -> HeartbeatReply {
         let has: HashSet<u32> = hb.volumes.iter().map(|v| v.id).collect();
-        let create_volumes = self.with_state(|st| {
+        let create_volumes = self.read_state(|st| {
             st.volumes
                 .values()
                 .filter(|v| v.value.state == VolumeState::Writable)
                 .filter(|v| v.value.replicas.contains(&store_id) && !has.contains(&v.value.id))
+                .filter(|v| !v.value.reported_by.contains(&store_id))
                 .map(|v| v.value.id)
                 .collect()
         });
@@ -660,6 +734,7 @@ impl Directory {
                 used_bytes: 0,
                 created_ms: self.clock.now_ms(),
                 reason: None,
+                reported_by: Vec::new(),
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
@@ -779,6 +854,7 @@ impl Directory {
                     *r = to;
                 }
             }
+            vol.reported_by.retain(|r| *r != from);
             if let Cas::Applied { version } = self
                 .meta
                 .put_volume(&vol, Expect::Version(cur.version))

@@ -344,3 +344,38 @@ async fn a_volume_stuck_on_a_dead_store_does_not_block_new_ones() {
     );
     assert_ne!(alive, dead);
 }
+
+#[tokio::test]
+async fn a_store_that_loses_a_volume_is_not_told_to_recreate_it_empty() {
+    let (_d, store) = embedded();
+    let d = directory(config(2), store, Arc::new(ManualClock::new(T0))).await;
+    let a = register(&d, 1, None).await;
+    let b = register(&d, 2, None).await;
+    let vol = d.create_volume().await.expect("create").id;
+    beat(&d, a, vec![volume_info(vol)]).await;
+    beat(&d, b, vec![volume_info(vol)]).await;
+    assert!(d.volume(vol).expect("vol").writable);
+
+    // Store b comes back without the volume (a lost disk): no create, read-only, needs repair.
+    assert!(
+        beat(&d, b, vec![]).await.is_empty(),
+        "must not recreate an empty replica"
+    );
+    let v = d.volume(vol).expect("vol");
+    assert!(!v.writable);
+    assert!(
+        v.reason.as_deref().unwrap_or("").contains("missing"),
+        "{v:?}"
+    );
+
+    // Repair: the volume is copied onto c, then the replica is moved there.
+    let c = register(&d, 3, None).await;
+    d.replace_replica(vol, b, c).await.expect("replace");
+    assert_eq!(
+        beat(&d, c, vec![]).await,
+        vec![vol],
+        "the new replica is asked for"
+    );
+    beat(&d, c, vec![volume_info(vol)]).await;
+    assert!(d.volume(vol).expect("vol").writable);
+}
