@@ -6,6 +6,7 @@ mod common;
 mod conformance;
 mod crash;
 mod http_api;
+mod model;
 mod service;
 mod tidy;
 mod wire;
