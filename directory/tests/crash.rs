@@ -126,7 +126,32 @@ async fn crash_kill9_loses_no_acknowledged_commit() {
             let _ = w.await;
         }
     }
+    // The offline inspector reads what the kills left (the directory is stopped).
+    let out = Command::new(env!("CARGO_BIN_EXE_dir_inspect"))
+        .arg(&db)
+        .arg("counts")
+        .output()
+        .expect("run dir_inspect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let photos = counts["photos"].as_u64().expect("photo count");
     let n = acked.lock().expect("acked").len();
-    assert!(n > 0, "no commit was acknowledged at all");
+    assert!(
+        photos >= n as u64,
+        "{photos} photos stored, {n} acknowledged"
+    );
+    let (id, cookie, _) = acked.lock().expect("acked")[0];
+    let out = Command::new(env!("CARGO_BIN_EXE_dir_inspect"))
+        .arg(&db)
+        .args(["photo", &id.to_string()])
+        .output()
+        .expect("run dir_inspect");
+    let photo: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(photo["record"]["cookie"].as_u64(), Some(cookie));
+
     eprintln!("crash test: {n} acknowledged commits survived 3 kills");
 }
