@@ -140,6 +140,7 @@ async fn crash_kill9_loses_no_acknowledged_commit() {
     let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let photos = counts["photos"].as_u64().expect("photo count");
     let n = acked.lock().expect("acked").len();
+    assert!(n > 0, "no commit was acknowledged at all");
     assert!(
         photos >= n as u64,
         "{photos} photos stored, {n} acknowledged"
