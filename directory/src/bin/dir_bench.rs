@@ -212,6 +212,38 @@ async fn bench_in_process(dir: Arc<Directory>, a: &Args) -> Vec<u64> {
     Arc::try_unwrap(ids).unwrap_or_default()
 }
 
+/// CPU seconds used so far by the server's threads (actix workers and acceptor, the redb
+/// writer), from /proc/self/task/*/stat (USER_HZ = 100). None off Linux.
+fn server_cpu_secs() -> Option<f64> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !(comm.starts_with("actix") || comm.starts_with("directory-redb")) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += get(11) + get(12);
+    }
+    Some(ticks as f64 / 100.0)
+}
+
+fn report_server_cpu(name: &str, ops: usize, before: Option<f64>) {
+    if let (Some(b), Some(a)) = (before, server_cpu_secs()) {
+        let per_op_us = (a - b) * 1e6 / ops.max(1) as f64;
+        println!(
+            "{name:<28} server CPU {:.0} us/op = {:.0} ops/s per server core",
+            per_op_us,
+            1e6 / per_op_us.max(1e-3)
+        );
+    }
+}
+
 async fn bench_http(url: &str, a: &Args, known: &[u64]) {
     let Ok(client) = DirectoryClient::new(url) else {
         eprintln!("cannot build http client");
@@ -220,6 +252,7 @@ async fn bench_http(url: &str, a: &Args, known: &[u64]) {
     let ops = a.ops / 4;
     let conc = a.concurrency.min(64);
     let per_task = ops / conc;
+    let cpu = server_cpu_secs();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conc {
@@ -244,10 +277,13 @@ async fn bench_http(url: &str, a: &Args, known: &[u64]) {
             lat.extend(l);
         }
     }
-    report("http assign+commit", lat.len(), start.elapsed(), lat);
+    let n = lat.len();
+    report("http assign+commit", n, start.elapsed(), lat);
+    report_server_cpu("http assign+commit", n, cpu);
 
     let known = Arc::new(known.to_vec());
     let per_task = (a.lookups / 10) / conc;
+    let cpu = server_cpu_secs();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..conc {
@@ -275,7 +311,9 @@ async fn bench_http(url: &str, a: &Args, known: &[u64]) {
             lat.extend(l);
         }
     }
-    report("http lookup", lat.len(), start.elapsed(), lat);
+    let n = lat.len();
+    report("http lookup", n, start.elapsed(), lat);
+    report_server_cpu("http lookup", n, cpu);
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
