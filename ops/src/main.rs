@@ -25,6 +25,44 @@ struct Cli {
 enum Command {
     /// Run a store machine: volumes of needles served over HTTP.
     Store(StoreArgs),
+    /// Run a directory: photo → volume → replicas, placement, liveness, read URLs.
+    Directory(DirectoryArgs),
+}
+
+#[derive(Args)]
+struct DirectoryArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8082",
+        env = "HAYSTACK_DIRECTORY_LISTEN"
+    )]
+    listen: SocketAddr,
+    /// Metadata store: embedded:DIR (redb, the default) or scylla://host:port[,host:port]/keyspace.
+    #[arg(
+        long,
+        default_value = "embedded:./data/directory",
+        env = "HAYSTACK_METADATA"
+    )]
+    metadata: String,
+    /// Replicas per logical volume.
+    #[arg(long, default_value_t = 3)]
+    replication: usize,
+    /// Base URL of the cache tier, for read URLs.
+    #[arg(long)]
+    cache_url: Option<String>,
+    /// CDN prefix for read URLs (takes precedence over --cache-url).
+    #[arg(long)]
+    cdn_prefix: Option<String>,
+    /// A store silent this long (ms) is marked down and its volumes turn read-only.
+    #[arg(long, default_value_t = 20_000)]
+    store_timeout_ms: u64,
+    /// Seconds between heartbeats the stores are told to keep.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_secs: u64,
+    /// Size planned for a new logical volume, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    volume_capacity_bytes: u64,
 }
 
 #[derive(Args)]
@@ -170,6 +208,24 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
         .map_err(|e| format!("store server failed: {e}"))
 }
 
+async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
+    let cfg = haystack_directory::DirectoryConfig {
+        metadata: a.metadata,
+        replication_factor: a.replication,
+        cache_url: a.cache_url,
+        cdn_prefix: a.cdn_prefix,
+        store_timeout_ms: a.store_timeout_ms,
+        heartbeat_interval_secs: a.heartbeat_secs,
+        volume_capacity_bytes: a.volume_capacity_bytes,
+        ..Default::default()
+    };
+    let listener =
+        TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    haystack_directory::run(listener, cfg, shutdown_signal())
+        .await
+        .map_err(|e| format!("directory failed: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_json);
@@ -186,6 +242,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Store(a) => run_store(a).await,
+            Command::Directory(a) => run_directory(a).await,
         }
     });
     match result {

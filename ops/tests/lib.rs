@@ -1,4 +1,5 @@
 //! End-to-end tests of the `haystack` binary, run as a child process on loopback.
 
+mod cluster;
 mod crash;
 mod shutdown;

@@ -1,0 +1,240 @@
+//! A directory and two stores as real processes: stores register and heartbeat, the
+//! directory places a logical volume on both, a photo is written to every replica and
+//! committed, and a killed store turns its volumes read-only.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haystack_proto::directory::{
+    AssignRequest, AssignResponse, CommitRequest, LogicalVolumeInfo, PhotoInfo, Variant,
+};
+use haystack_proto::format_cookie;
+
+use crate::crash::{free_port, wait_healthy};
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("haystack starts")
+}
+
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            c.kill().ok();
+            c.wait().ok();
+        }
+    }
+}
+
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn stores_register_get_volumes_and_go_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("cluster.log");
+    let dport = free_port();
+    let dbase = format!("http://127.0.0.1:{dport}");
+    let mut procs = Killed(Vec::new());
+    procs.0.push(spawn(
+        &[
+            "directory".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{dport}"),
+            "--metadata".into(),
+            format!("embedded:{}", dir.path().join("dir").display()),
+            "--replication".into(),
+            "2".into(),
+            "--store-timeout-ms".into(),
+            "3000".into(),
+            "--heartbeat-secs".into(),
+            "1".into(),
+            "--volume-capacity-bytes".into(),
+            (64u64 << 20).to_string(),
+        ],
+        &log,
+    ));
+    let mut store_urls = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        store_urls.push(format!("http://127.0.0.1:{port}"));
+        procs.0.push(spawn(
+            &[
+                "store".into(),
+                "--data-dir".into(),
+                dir.path().join(format!("store{i}")).display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--directory".into(),
+                dbase.clone(),
+                "--heartbeat-secs".into(),
+                "1".into(),
+                "--max-volume-bytes".into(),
+                (64u64 << 20).to_string(),
+                "--prealloc-step".into(),
+                (8u64 << 20).to_string(),
+            ],
+            &log,
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let c = reqwest::Client::new();
+    rt.block_on(async {
+        wait_healthy(&c, &dbase).await;
+        for u in &store_urls {
+            wait_healthy(&c, u).await;
+        }
+        // The directory creates writable logical volumes with a replica on each store.
+        let vols: Vec<LogicalVolumeInfo> =
+            until("a writable logical volume on both stores", async || {
+                let v: Vec<LogicalVolumeInfo> = c
+                    .get(format!("{dbase}/v1/volumes"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                v.iter()
+                    .any(|v| {
+                        v.writable
+                            && v.replicas.len() == 2
+                            && v.replicas.iter().all(|r| r.up && r.reported)
+                    })
+                    .then_some(v)
+            })
+            .await;
+        let vid = vols.iter().find(|v| v.writable).expect("writable").id;
+        for u in &store_urls {
+            let r = c
+                .get(format!("{u}/v1/volumes/{vid}"))
+                .send()
+                .await
+                .expect("store volume");
+            assert_eq!(r.status(), 200, "volume {vid} missing on {u}");
+        }
+        // A photo, written to every replica, then committed.
+        let a: AssignResponse = c
+            .post(format!("{dbase}/v1/assign"))
+            .json(&AssignRequest {
+                size_hint_bytes: 5,
+                ..Default::default()
+            })
+            .send()
+            .await
+            .expect("assign")
+            .json()
+            .await
+            .expect("assign body");
+        assert_eq!(a.replicas.len(), 2);
+        for r in &a.replicas {
+            let put = c
+                .put(format!(
+                    "{}/v1/needles/{}/{}/0/{}",
+                    r.url,
+                    a.volume_id,
+                    a.id,
+                    format_cookie(a.cookie)
+                ))
+                .header("content-type", "image/jpeg")
+                .body("hello")
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(put.status(), 201);
+        }
+        let commit = CommitRequest {
+            id: a.id,
+            cookie: a.cookie,
+            volume_id: a.volume_id,
+            kind: Default::default(),
+            variants: vec![Variant {
+                name: "original".into(),
+                alt: 0,
+                size_bytes: 5,
+                content_type: "image/jpeg".into(),
+            }],
+            chunks: vec![],
+        };
+        let r = c
+            .post(format!("{dbase}/v1/photos"))
+            .json(&commit)
+            .send()
+            .await
+            .expect("commit");
+        assert!(r.status().is_success(), "commit: {}", r.status());
+        let p: PhotoInfo = c
+            .get(format!("{dbase}/v1/photos/{}", a.id))
+            .send()
+            .await
+            .expect("lookup")
+            .json()
+            .await
+            .expect("photo");
+        assert_eq!(p.volume_id, a.volume_id);
+        for r in &p.replicas {
+            let b = c
+                .get(format!(
+                    "{}/v1/needles/{}/{}/0/{}",
+                    r.url,
+                    p.volume_id,
+                    p.id,
+                    format_cookie(p.cookie)
+                ))
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
+        }
+    });
+    // Kill the second store: its logical volumes turn read-only in the directory.
+    let mut second = procs.0.pop().expect("store");
+    second.kill().expect("kill store");
+    second.wait().ok();
+    rt.block_on(async {
+        until("volumes of the dead store turn read-only", async || {
+            let v: Vec<LogicalVolumeInfo> = c
+                .get(format!("{dbase}/v1/volumes"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let on_dead: Vec<_> = v
+                .iter()
+                .filter(|v| v.replicas.iter().any(|r| r.url == store_urls[1]))
+                .collect();
+            (!on_dead.is_empty()
+                && on_dead
+                    .iter()
+                    .all(|v| !v.writable && v.replicas.iter().any(|r| !r.up)))
+            .then_some(())
+        })
+        .await;
+    });
+}
