@@ -1031,6 +1031,9 @@ fn recover_writable(
         }
     }
     if !new_records.is_empty() {
+        // Needles found in the tail may never have been synced (their writer died before its
+        // fdatasync): make them durable before the index file vouches for them.
+        file.sync_data()?;
         idx_file.write_all(&new_records)?;
     }
     idx_file.sync_data()?;
