@@ -413,7 +413,7 @@ async fn http_backend_down_answers_503_and_recovers() {
 async fn http_silent_store_turns_its_volumes_read_only_until_it_returns() {
     let data = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(data.path());
-    config.store_timeout_ms = 300;
+    config.store_timeout_ms = 1_000;
     config.replication_factor = 2;
     let dir = TestDirectory::start(config, data.path()).await;
     let c = &dir.client;
