@@ -27,6 +27,31 @@ enum Command {
     Store(StoreArgs),
     /// Run a directory: photo → volume → replicas, placement, liveness, read URLs.
     Directory(DirectoryArgs),
+    /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
+    /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
+    Server(ServerArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct ServerArgs {
+    /// Where every role keeps its data (directory/, store0/, store1/, ...).
+    #[arg(long, default_value = "./data", env = "HAYSTACK_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+    /// Number of store machines.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) stores: u16,
+    /// Replicas per logical volume.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) replication: usize,
+    /// Directory port; stores use --store-port, --store-port + 1, ...
+    #[arg(long, default_value_t = 8082)]
+    pub(crate) directory_port: u16,
+    /// First store port.
+    #[arg(long, default_value_t = 8090)]
+    pub(crate) store_port: u16,
+    /// Maximum size of each volume, bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub(crate) max_volume_bytes: u64,
 }
 
 #[derive(Args)]
@@ -113,6 +138,8 @@ struct StoreArgs {
     bench_memory_ceiling: Option<usize>,
 }
 
+mod cluster;
+
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -127,7 +154,7 @@ fn init_logs(json: bool) {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -243,6 +270,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Store(a) => run_store(a).await,
             Command::Directory(a) => run_directory(a).await,
+            Command::Server(a) => cluster::run(a).await,
         }
     });
     match result {

@@ -1,0 +1,173 @@
+//! `haystack server`: a local cluster on loopback, each role a child process of this binary,
+//! so that one command runs what production runs (and a crash of one role is one process).
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::ServerArgs;
+
+struct Role {
+    name: String,
+    url: String,
+    child: Child,
+}
+
+fn spawn(name: &str, args: &[String], log_dir: &Path) -> Result<Child, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_dir.join(format!("{name}.log")))
+        .map_err(|e| format!("cannot open the log of {name}: {e}"))?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+async fn wait_healthy(role: &mut Role) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{}/health", role.url)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if let Ok(Some(status)) = role.child.try_wait() {
+            return Err(format!(
+                "{} exited at start ({status}); see its log",
+                role.name
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} did not become healthy in 60 s", role.name));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn terminate(role: &Role) {
+    if let Some(pid) = role.child.id() {
+        // SAFETY: plain syscall; the pid is our own live child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
+
+pub async fn run(a: ServerArgs) -> Result<(), String> {
+    let data = a.data_dir;
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    let dir_url = format!("http://127.0.0.1:{}", a.directory_port);
+    let mut roles = vec![Role {
+        name: "directory".into(),
+        url: dir_url.clone(),
+        child: spawn(
+            "directory",
+            &[
+                "directory".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", a.directory_port),
+                "--metadata".into(),
+                format!("embedded:{}", data.join("directory").display()),
+                "--replication".into(),
+                a.replication.to_string(),
+                "--volume-capacity-bytes".into(),
+                a.max_volume_bytes.to_string(),
+            ],
+            &logs,
+        )?,
+    }];
+    for i in 0..a.stores {
+        let port = a.store_port + i;
+        let name = format!("store{i}");
+        roles.push(Role {
+            name: name.clone(),
+            url: format!("http://127.0.0.1:{port}"),
+            child: spawn(
+                &name,
+                &[
+                    "store".into(),
+                    "--data-dir".into(),
+                    data.join(&name).display().to_string(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--directory".into(),
+                    dir_url.clone(),
+                    "--max-volume-bytes".into(),
+                    a.max_volume_bytes.to_string(),
+                    "--prealloc-step".into(),
+                    (64u64 << 20).min(a.max_volume_bytes).to_string(),
+                ],
+                &logs,
+            )?,
+        });
+    }
+    for r in roles.iter_mut() {
+        if let Err(e) = wait_healthy(r).await {
+            for r in &roles {
+                terminate(r);
+            }
+            return Err(e);
+        }
+    }
+    println!(
+        "haystack local cluster is up (data in {}, logs in {})",
+        data.display(),
+        logs.display()
+    );
+    for r in &roles {
+        println!("  {:<10} {}", r.name, r.url);
+    }
+    println!("try:");
+    println!("  curl -s {dir_url}/v1/volumes");
+    println!("  curl -s -X POST {dir_url}/v1/assign -H 'content-type: application/json' -d '{{}}'");
+    println!("  # then PUT the bytes to every replica the assign answered, and commit:");
+    println!("  curl -s -X PUT --data-binary @photo.jpg -H 'content-type: image/jpeg' REPLICA_URL/v1/needles/VOLUME_ID/ID/0/COOKIE");
+    println!("  curl -s -X POST {dir_url}/v1/photos -H 'content-type: application/json' -d '{{\"id\":\"ID\",\"cookie\":\"COOKIE\",\"volume_id\":VOLUME_ID,\"variants\":[{{\"name\":\"original\",\"alt\":0,\"size_bytes\":SIZE,\"content_type\":\"image/jpeg\"}}]}}'");
+    println!("  curl -s {dir_url}/v1/photos/ID");
+    println!("Ctrl-C stops the cluster.");
+
+    // Run until a signal, or until a role dies.
+    let mut died = None;
+    tokio::select! {
+        _ = crate::shutdown_signal() => {}
+        name = async {
+            loop {
+                for r in roles.iter_mut() {
+                    if let Ok(Some(status)) = r.child.try_wait() {
+                        return format!("{} exited ({status})", r.name);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } => { died = Some(name); }
+    }
+    // Stores first, so their last heartbeats and flushes reach a live directory.
+    for r in roles.iter().rev() {
+        terminate(r);
+    }
+    for r in roles.iter_mut().rev() {
+        match tokio::time::timeout(Duration::from_secs(40), r.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(role = %r.name, "did not stop in 40 s; killing it");
+                let _ = r.child.kill().await;
+            }
+        }
+    }
+    match died {
+        Some(why) => Err(format!(
+            "the cluster stopped: {why}; see {}",
+            logs.display()
+        )),
+        None => Ok(()),
+    }
+}
