@@ -1335,6 +1335,7 @@ impl Directory {
             backend: self.meta.backend().to_string(),
             stores_up: view.stores.values().filter(|s| store_up(s)).count() as u32,
             writable_volumes: view.writable.len() as u32,
+            pid: std::process::id(),
         }
     }
 

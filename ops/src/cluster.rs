@@ -35,10 +35,14 @@ fn spawn(name: &str, args: &[String], log_dir: &Path) -> Result<Child, String> {
 async fn wait_healthy(role: &mut Role) -> Result<(), String> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = role.child.id().map(u64::from);
     loop {
+        // The answer must come from our child: another process may hold the port.
         if let Ok(r) = client.get(format!("{}/health", role.url)).send().await {
-            if r.status().is_success() {
-                return Ok(());
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                if v["pid"].as_u64() == pid {
+                    return Ok(());
+                }
             }
         }
         if let Ok(Some(status)) = role.child.try_wait() {

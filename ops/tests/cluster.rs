@@ -103,10 +103,11 @@ fn stores_register_get_volumes_and_go_down() {
         .build()
         .expect("runtime");
     let c = reqwest::Client::new();
+    let pids: Vec<u32> = procs.0.iter().map(|p| p.id()).collect();
     rt.block_on(async {
-        wait_healthy(&c, &dbase).await;
-        for u in &store_urls {
-            wait_healthy(&c, u).await;
+        wait_healthy(&c, &dbase, pids[0]).await;
+        for (i, u) in store_urls.iter().enumerate() {
+            wait_healthy(&c, u, pids[i + 1]).await;
         }
         // The directory creates writable logical volumes with a replica on each store.
         let vols: Vec<LogicalVolumeInfo> =

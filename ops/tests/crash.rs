@@ -57,15 +57,22 @@ pub fn start(dir: &Path, port: u16, log: &Path, engine: &str) -> Child {
         .expect("haystack starts")
 }
 
-pub async fn wait_healthy(c: &reqwest::Client, base: &str) {
+/// Waits until `base` answers /health as the process `pid` (another process that took the
+/// port in the meantime does not count).
+pub async fn wait_healthy(c: &reqwest::Client, base: &str, pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = c.get(format!("{base}/health")).send().await {
-            if r.status().is_success() {
-                return;
+            if let Ok(v) = r.json::<serde_json::Value>().await {
+                if v["pid"].as_u64() == Some(pid as u64) {
+                    return;
+                }
             }
         }
-        assert!(Instant::now() < deadline, "store did not become healthy");
+        assert!(
+            Instant::now() < deadline,
+            "{base} did not become healthy as pid {pid}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -170,7 +177,7 @@ fn run(engine: &str) {
         let base = format!("http://127.0.0.1:{port}");
         let mut child = start(&data, port, &log, engine);
         rt.block_on(async {
-            wait_healthy(&c, &base).await;
+            wait_healthy(&c, &base, child.id()).await;
             // Check what the last round left: everything it touched, plus a sample of older.
             let snapshot = fates.lock().unwrap().clone();
             let (lo, hi) = if round == 0 {
@@ -206,7 +213,7 @@ fn run(engine: &str) {
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start(&data, port, &log, engine);
     rt.block_on(async {
-        wait_healthy(&c, &base).await;
+        wait_healthy(&c, &base, child.id()).await;
         let snapshot = fates.lock().unwrap().clone();
         let keys: Vec<u64> = snapshot.keys().copied().collect();
         let acked = snapshot.values().filter(|f| **f == Fate::Acked).count();

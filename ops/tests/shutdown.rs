@@ -21,7 +21,7 @@ fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let mut child = start(&data, port, &log, "auto");
     let c = reqwest::Client::new();
     let acked: Vec<u64> = rt.block_on(async {
-        wait_healthy(&c, &base).await;
+        wait_healthy(&c, &base, child.id()).await;
         let writers: Vec<_> = (0..8u64)
             .map(|w| {
                 let base = base.clone();
@@ -72,7 +72,7 @@ fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start(&data, port, &log, "auto");
     rt.block_on(async {
-        wait_healthy(&c, &base).await;
+        wait_healthy(&c, &base, child.id()).await;
         for k in &acked {
             let r = c.get(url(&base, *k)).send().await.expect("get");
             assert_eq!(r.status(), 200, "key {k}");

@@ -259,6 +259,10 @@ pub struct DirectoryHealth {
     pub backend: String,
     pub stores_up: u32,
     pub writable_volumes: u32,
+    /// Process id of the directory (lets a launcher or test tell its own process from
+    /// another one that took the port).
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// `POST /v1/volumes/{id}/state`: an operator sets a logical volume's recorded state.

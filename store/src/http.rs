@@ -398,6 +398,7 @@ async fn seal_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResul
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
+        "pid": std::process::id(),
         "engine": store.engine().kind().as_str(),
         "volumes": store.volumes().len(),
     }))

@@ -924,12 +924,30 @@ fn recover_writable(
             idx_file.set_len(good_len as u64)?;
         }
     }
+    // Records reach the index file in the order writers finish their syncs, not in offset
+    // order, and the newest are lost with the process: the file may cover a needle at a high
+    // offset and miss one below it. The scan therefore starts at the first gap in the
+    // coverage, not at the end of the highest indexed needle.
+    let mut spans: Vec<(u64, u32)> = records
+        .iter()
+        .filter(|r| r.kind == IDX_PUT)
+        .map(|r| (r.offset, r.extent))
+        .collect();
+    spans.sort_unstable();
     let mut scan_from = SUPERBLOCK_LEN;
-    for r in &records {
-        if r.kind == IDX_PUT {
-            scan_from = scan_from.max(r.offset + r.extent as u64);
+    for &(o, e) in &spans {
+        if o == scan_from {
+            scan_from += e as u64;
+        } else if o > scan_from {
+            break;
         }
     }
+    // Needles the index file vouches for end here: a tail is never cut below it.
+    let indexed_end = spans
+        .iter()
+        .map(|&(o, e)| o + e as u64)
+        .max()
+        .unwrap_or(SUPERBLOCK_LEN);
     // Newest put per (key, alt) wins; a delete applies to the put at its offset.
     records.sort_unstable_by_key(|r| (r.key, r.alt, r.offset, r.kind));
     let mut entries: Vec<(u64, u32, Loc)> = Vec::with_capacity(records.len());
@@ -989,7 +1007,14 @@ fn recover_writable(
             Scan::End => break,
             Scan::Bad(reason) => {
                 let window_end = limit.min(pos + cfg.max_write_bytes);
-                match find_next_needle(file, pos + format::ALIGN, window_end, limit)? {
+                let next = match find_next_needle(file, pos + format::ALIGN, window_end, limit)? {
+                    Some(n) => Some(n),
+                    // Past a damaged region longer than the window, the next needle the index
+                    // file knows of.
+                    None if pos < indexed_end => spans.iter().map(|&(o, _)| o).find(|&o| o > pos),
+                    None => None,
+                };
+                match next {
                     Some(next) => {
                         // Valid needles follow: this is damage in the middle, not a torn tail.
                         skipped_corrupt += 1;
@@ -1061,7 +1086,12 @@ fn recover_writable(
             let next = if take_a { a.next() } else { b.next() };
             if let Some(e) = next {
                 match merged.last_mut() {
-                    Some(last) if (last.0, last.1) == (e.0, e.1) => *last = e,
+                    // The newest (highest offset) version of a needle wins.
+                    Some(last) if (last.0, last.1) == (e.0, e.1) => {
+                        if e.2.offset >= last.2.offset {
+                            *last = e;
+                        }
+                    }
                     _ => merged.push(e),
                 }
             }

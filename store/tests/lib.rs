@@ -8,3 +8,4 @@ mod faults;
 mod http_api;
 mod model;
 mod recovery;
+mod scale;

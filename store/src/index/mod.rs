@@ -1,4 +1,5 @@
-//! Needle indexes: (key, alternate key) → where the needle lives in its volume file.
+//! Needle indexes of a store volume: `(key, alt) -> Loc`, compressed in memory for writable
+//! volumes ([`MemIndex`]) and as a sorted memory-mapped file for sealed ones ([`SortedIndex`]).
 
 pub mod mem;
 pub mod sealed;
