@@ -50,6 +50,8 @@ say "# $(date -Is) host=$(hostname) cpus=$(nproc) kernel=$(uname -r) engine=$(cu
 python3 "$HERE/load.py" "http://127.0.0.1:$PORT" 1 "$N4K" 4096 "$BASE/paths_4k.txt"
 sed 's#^/v1/needles#/bench/memory#' "$BASE/paths_4k.txt" >"$BASE/paths_mem.txt"
 metric() { curl -s "http://127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+# disk reads issued by GETs only (HEAD and DELETE read headers too)
+DR=haystack_store_get_disk_reads_total
 
 run() { # name script args...
     local name=$1 script=$2; shift 2
@@ -62,14 +64,14 @@ wrk -t"$THREADS" -c"$CONNS" -d3s -s "$SHARED/get_random.lua" "http://127.0.0.1:$
 for t in get4k ceiling put4k; do
     rps=() p50=() p99=()
     for r in $(seq "$REPS"); do
-        g0=$(metric haystack_store_gets_total); d0=$(metric haystack_store_disk_reads_total)
+        g0=$(metric haystack_store_gets_total); d0=$(metric $DR)
         f0=$(metric haystack_store_fsyncs_total)
         case $t in
         get4k) run $t "$SHARED/get_random.lua" "$BASE/paths_4k.txt" "$r" ;;
         ceiling) run $t "$SHARED/get_random.lua" "$BASE/paths_mem.txt" "$r" ;;
         put4k) run $t "$HERE/put_needles.lua" 2 4096 "$r$$" ;;
         esac
-        g1=$(metric haystack_store_gets_total); d1=$(metric haystack_store_disk_reads_total)
+        g1=$(metric haystack_store_gets_total); d1=$(metric $DR)
         f1=$(metric haystack_store_fsyncs_total)
         q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
         say "run test=$t rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") errors_status=$(kv err_status "$RES") gets=$((${g1%.*} - ${g0%.*})) disk_reads=$((${d1%.*} - ${d0%.*})) fsyncs=$((${f1%.*} - ${f0%.*})) requests=$(kv requests "$RES")"
@@ -79,8 +81,8 @@ done
 
 if [[ $COLD == 1 && $(id -u) == 0 ]]; then
     sync; echo 3 >/proc/sys/vm/drop_caches
-    g0=$(metric haystack_store_gets_total); d0=$(metric haystack_store_disk_reads_total)
+    g0=$(metric haystack_store_gets_total); d0=$(metric $DR)
     run cold "$SHARED/get_random.lua" "$BASE/paths_4k.txt" 99
-    g1=$(metric haystack_store_gets_total); d1=$(metric haystack_store_disk_reads_total)
+    g1=$(metric haystack_store_gets_total); d1=$(metric $DR)
     echo "store cold test=get4k (page cache dropped first; single run) rps=$(kv rps "$RES") p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") gets=$((${g1%.*} - ${g0%.*})) disk_reads=$((${d1%.*} - ${d0%.*}))" | tee -a "$LOG"
 fi

@@ -1,6 +1,7 @@
 //! Bench: heap bytes per photo, build time and lookup latency of MemIndex and SortedIndex.
 //!
-//! Usage: `index_mem [photos (default 10_000_000)] [uploader nodes (default 1)]`.
+//! Usage: `cargo bench -p haystack-store --bench index_mem -- [photos (default 10_000_000)]
+//! [uploader nodes (default 1)]`.
 //! Each photo is one k-sortable id (`ms << 22 | node << 12 | seq`, about 3 photos per ms)
 //! with 4 variants (alt 0..3) written back to back; about 5% of the photos arrive one place
 //! late. Heap use is measured with a counting global allocator.
@@ -212,7 +213,8 @@ fn lookup_ns(probes: &[(u64, u32)], get: impl Fn(u64, u32) -> Option<Loc>) -> f6
 }
 
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    // `cargo bench` passes `--bench`; only positional arguments count.
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     let n: usize = args
         .next()
         .map(|s| s.replace('_', "").parse().expect("photo count"))

@@ -86,28 +86,52 @@ enum Inner {
     Sync,
 }
 
-/// Owns the ring for the engine's clones; when the last one goes, the reaper thread stops.
-struct UringHandle(Arc<Uring>);
+/// Rings per engine. Each thread submits to one of them (assigned round-robin on its first
+/// submission), so the actix workers rarely share a ring and never wait on each other's
+/// `io_uring_enter` under the same lock.
+const RINGS: usize = 4;
+
+/// Owns the rings for the engine's clones; when the last one goes, the reaper threads stop.
+struct UringHandle(Vec<Arc<Uring>>);
+
+static NEXT_THREAD_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_SLOT: usize = NEXT_THREAD_SLOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
 
 impl std::ops::Deref for UringHandle {
     type Target = Uring;
     fn deref(&self) -> &Uring {
-        &self.0
+        let slot = THREAD_SLOT.with(|s| *s);
+        &self.0[slot % self.0.len()]
+    }
+}
+
+impl UringHandle {
+    fn start() -> io::Result<Self> {
+        let mut rings = Vec::with_capacity(RINGS);
+        for _ in 0..RINGS {
+            rings.push(Uring::start()?);
+        }
+        Ok(UringHandle(rings))
     }
 }
 
 impl Drop for UringHandle {
     fn drop(&mut self) {
-        let mut st = self.0.lock();
-        st.stop = true;
-        // Wake the reaper whether it sleeps on the condvar or in the kernel.
-        let sqe = opcode::Nop::new().build().user_data(u64::MAX);
-        // SAFETY: queues only touched under the state lock (held).
-        if unsafe { self.0.ring.submission_shared().push(&sqe) }.is_ok() {
-            let _ = self.0.ring.submit();
+        for u in &self.0 {
+            let mut st = u.lock();
+            st.stop = true;
+            // Wake the reaper whether it sleeps on the condvar or in the kernel.
+            let sqe = opcode::Nop::new().build().user_data(u64::MAX);
+            // SAFETY: queues only touched under the state lock (held).
+            if unsafe { u.ring.submission_shared().push(&sqe) }.is_ok() {
+                let _ = u.ring.submit();
+            }
+            st.pending += 1;
+            u.wake.notify_one();
         }
-        st.pending += 1;
-        self.0.wake.notify_one();
     }
 }
 
@@ -123,11 +147,9 @@ impl IoEngine {
     pub fn new(kind: EngineKind) -> io::Result<Self> {
         let engine = match kind {
             EngineKind::Sync => IoEngine::with(Inner::Sync),
-            EngineKind::IoUring => {
-                IoEngine::with(Inner::Uring(Arc::new(UringHandle(Uring::start()?))))
-            }
-            EngineKind::Auto => match Uring::start() {
-                Ok(u) => IoEngine::with(Inner::Uring(Arc::new(UringHandle(u)))),
+            EngineKind::IoUring => IoEngine::with(Inner::Uring(Arc::new(UringHandle::start()?))),
+            EngineKind::Auto => match UringHandle::start() {
+                Ok(u) => IoEngine::with(Inner::Uring(Arc::new(u))),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring refused; falling back to pread/pwrite");
                     IoEngine::with(Inner::Sync)
@@ -209,8 +231,8 @@ impl IoEngine {
             }
             Inner::Sync => {
                 let file = file.clone();
-                let disk_reads = disk_reads.clone();
                 blocking(move || {
+                    let disk_reads = &crate::metrics::hot().disk_reads;
                     let mut buf = vec![0u8; len];
                     let mut got = 0;
                     let mut ops = 0u32;

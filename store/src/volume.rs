@@ -692,7 +692,7 @@ impl Volume {
             .await
         {
             Ok((b, ops)) => {
-                crate::metrics::hot().disk_reads_per_get.record(ops as f64);
+                crate::metrics::hot().get_disk_reads.increment(ops as u64);
                 b
             }
             Err(e) => {

@@ -186,7 +186,7 @@ fn batch_put_admin_and_metrics() {
             "haystack_store_needles_per_fsync",
             "haystack_store_disk_reads_total",
             "haystack_store_gets_total",
-            "haystack_store_disk_reads_per_get_bucket{le=\"1\"}",
+            "haystack_store_get_disk_reads_total",
             "haystack_store_io_engine",
             "haystack_store_http_request_duration_seconds",
         ] {

@@ -62,7 +62,7 @@ use super::Loc;
 /// Most entries in one block: bounds the linear decode of a lookup.
 const MAX_ENTRIES: usize = 1024;
 /// Entries per stream of a block; a lookup skips to its stream and decodes only that.
-const STREAM_LEN: usize = 128;
+const STREAM_LEN: usize = 64;
 /// Unary length that escapes an unpredicted extent.
 const ESC: u32 = 12;
 /// Bit position of the millisecond timestamp in a k-sortable id.
