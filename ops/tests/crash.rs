@@ -160,6 +160,29 @@ async fn verify(c: &reqwest::Client, base: &str, fates: &HashMap<u64, Fate>, key
     }
 }
 
+/// Kills its child when dropped, so a failing assertion leaves no store behind.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
 fn run(engine: &str) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = dir.path().join("store.log");
@@ -175,7 +198,7 @@ fn run(engine: &str) {
     for round in 0..kills() {
         let port = free_port();
         let base = format!("http://127.0.0.1:{port}");
-        let mut child = start(&data, port, &log, engine);
+        let mut child = Reaped(start(&data, port, &log, engine));
         rt.block_on(async {
             wait_healthy(&c, &base, child.id()).await;
             // Check what the last round left: everything it touched, plus a sample of older.
@@ -211,7 +234,7 @@ fn run(engine: &str) {
     // Final restart: every key ever touched.
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = start(&data, port, &log, engine);
+    let mut child = Reaped(start(&data, port, &log, engine));
     rt.block_on(async {
         wait_healthy(&c, &base, child.id()).await;
         let snapshot = fates.lock().unwrap().clone();
