@@ -24,7 +24,10 @@ pub fn install() {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Suffix("per_fsync".into()), COUNT_BUCKETS)
                     .and_then(|b| {
-                        b.set_buckets_for_metric(Matcher::Suffix("per_get".into()), COUNT_BUCKETS)
+                        b.set_buckets_for_metric(
+                            Matcher::Suffix("per_append".into()),
+                            COUNT_BUCKETS,
+                        )
                     })
             });
         match builder.and_then(|b| b.install_recorder()) {

@@ -129,6 +129,12 @@ impl VolIndex {
     }
 }
 
+/// A write waiting in the append queue, and where to say at which offset it landed.
+struct Queued {
+    buf: Vec<u8>,
+    tx: tokio::sync::oneshot::Sender<Result<u64>>,
+}
+
 struct Append {
     /// Where the next needle goes.
     tail: u64,
@@ -289,6 +295,8 @@ pub struct Volume {
     /// Writers and deleters hold it shared; sealing holds it exclusively.
     gate: tokio::sync::RwLock<()>,
     append: tokio::sync::Mutex<Append>,
+    /// Encoded writes waiting for the holder of `append` to lay them down (write combining).
+    queue: Mutex<Vec<Queued>>,
     /// Mirrors `append.tail` for readers of statistics.
     tail: AtomicU64,
     commit: GroupCommit,
@@ -459,6 +467,7 @@ impl Volume {
                 tail,
                 allocated: file_len,
             }),
+            queue: Mutex::new(Vec::new()),
             tail: AtomicU64::new(tail),
             commit: GroupCommit::new(),
             index: RwLock::new(index),
@@ -567,41 +576,7 @@ impl Volume {
         }
         let _gate = self.gate.read().await;
         self.check_writable()?;
-        let base = {
-            let mut ap = self.append.lock().await;
-            self.check_writable()?;
-            if ap.tail + len > self.max_bytes {
-                self.set_read_only("full".into());
-                return Err(StoreError::Full(self.id));
-            }
-            if ap.tail + len > ap.allocated {
-                let want = (ap.tail + len)
-                    .max(ap.allocated + self.cfg.prealloc_step)
-                    .min(self.max_bytes);
-                let (f, from) = (self.file.clone(), ap.allocated);
-                let r = tokio::task::spawn_blocking(move || fallocate(&f, from, want - from, 0))
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))
-                    .and_then(|r| r);
-                if let Err(e) = r {
-                    if e.raw_os_error() == Some(libc::ENOSPC) {
-                        self.set_read_only("full".into());
-                        return Err(StoreError::Full(self.id));
-                    }
-                    self.set_read_only(format!("disk error: {e}"));
-                    return Err(StoreError::Io(e));
-                }
-                ap.allocated = want;
-            }
-            let base = ap.tail;
-            if let Err(e) = self.engine.write_all_at(&self.file, base, buf).await {
-                self.set_read_only(format!("disk error: {e}"));
-                return Err(StoreError::Io(e));
-            }
-            ap.tail += len;
-            self.tail.store(ap.tail, Ordering::Release);
-            base
-        };
+        let base = self.append(buf).await?;
         metrics::counter!("haystack_store_bytes_written_total").increment(len);
         if let Err(e) = self
             .commit
@@ -648,6 +623,127 @@ impl Volume {
             log.maybe_flush();
         }
         Ok(locs)
+    }
+
+    /// Writes `buf` at the tail and returns its offset. Concurrent appends are combined:
+    /// whoever gets the append lock writes every buffer queued so far, in queue order, with
+    /// as few positioned writes as `max_write_bytes` allows, so a burst of uploads costs one
+    /// write (and, in the group commit after it, one fdatasync).
+    async fn append(&self, buf: Vec<u8>) -> Result<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.queue).push(Queued { buf, tx });
+        {
+            let mut ap = self.append.lock().await;
+            let batch = std::mem::take(&mut *lock(&self.queue));
+            if !batch.is_empty() {
+                self.write_queued(&mut ap, batch).await;
+            }
+        }
+        rx.await
+            .map_err(|_| StoreError::Io(io::Error::other("append abandoned")))?
+    }
+
+    /// Lays down queued writes back to back at the tail. Caller holds the append lock. Every
+    /// queued write gets its answer: an offset, or why it was refused.
+    async fn write_queued(&self, ap: &mut Append, batch: Vec<Queued>) {
+        if self.check_writable().is_err() {
+            for q in batch {
+                let _ = q.tx.send(self.check_writable().map(|_| 0));
+            }
+            return;
+        }
+        // The prefix that fits in the volume; the rest is refused and the volume is full.
+        let mut total = 0u64;
+        let mut fit = 0;
+        for q in &batch {
+            if ap.tail + total + q.buf.len() as u64 > self.max_bytes {
+                break;
+            }
+            total += q.buf.len() as u64;
+            fit += 1;
+        }
+        let mut batch = batch;
+        let refused = batch.split_off(fit);
+        if !refused.is_empty() {
+            self.set_read_only("full".into());
+            for q in refused {
+                let _ = q.tx.send(Err(StoreError::Full(self.id)));
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        if ap.tail + total > ap.allocated {
+            let want = (ap.tail + total)
+                .max(ap.allocated + self.cfg.prealloc_step)
+                .min(self.max_bytes);
+            let (f, from) = (self.file.clone(), ap.allocated);
+            let r = tokio::task::spawn_blocking(move || fallocate(&f, from, want - from, 0))
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|r| r);
+            if let Err(e) = r {
+                let full = e.raw_os_error() == Some(libc::ENOSPC);
+                if full {
+                    self.set_read_only("full".into());
+                } else {
+                    self.set_read_only(format!("disk error: {e}"));
+                }
+                for q in batch {
+                    let _ = q.tx.send(Err(if full {
+                        StoreError::Full(self.id)
+                    } else {
+                        StoreError::Io(io::Error::new(e.kind(), e.to_string()))
+                    }));
+                }
+                return;
+            }
+            ap.allocated = want;
+        }
+        // Chunks of at most max_write_bytes (recovery's search window relies on it).
+        let mut pending = batch.into_iter().peekable();
+        while pending.peek().is_some() {
+            let mut chunk: Vec<Queued> = Vec::new();
+            let mut size = 0u64;
+            while let Some(q) = pending.peek() {
+                if !chunk.is_empty() && size + q.buf.len() as u64 > self.cfg.max_write_bytes {
+                    break;
+                }
+                size += q.buf.len() as u64;
+                chunk.extend(pending.next());
+            }
+            let base = ap.tail;
+            let data = if chunk.len() == 1 {
+                std::mem::take(&mut chunk[0].buf)
+            } else {
+                let mut d = Vec::with_capacity(size as usize);
+                for q in &chunk {
+                    d.extend_from_slice(&q.buf);
+                }
+                d
+            };
+            if let Err(e) = self.engine.write_all_at(&self.file, base, data).await {
+                self.set_read_only(format!("disk error: {e}"));
+                for q in chunk.into_iter().chain(pending) {
+                    let _ =
+                        q.tx.send(Err(StoreError::Io(io::Error::new(e.kind(), e.to_string()))));
+                }
+                return;
+            }
+            metrics::histogram!("haystack_store_writes_per_append").record(chunk.len() as f64);
+            let mut at = base;
+            for q in chunk {
+                let len = if q.buf.is_empty() {
+                    size
+                } else {
+                    q.buf.len() as u64
+                };
+                let _ = q.tx.send(Ok(at));
+                at += len;
+            }
+            ap.tail += size;
+            self.tail.store(ap.tail, Ordering::Release);
+        }
     }
 
     fn lookup(&self, key: u64, alt: u32) -> Result<Loc> {

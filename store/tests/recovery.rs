@@ -304,3 +304,48 @@ fn index_file_with_a_gap_below_indexed_needles() {
         });
     }
 }
+
+#[test]
+fn concurrent_writers_filling_a_volume_get_offsets_or_full() {
+    // Combined appends: every writer learns where its needle landed or that the volume is
+    // full; everything acknowledged reads back, before and after reopen.
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut cfg = small_volume();
+            cfg.max_bytes = 1 << 20;
+            let vol = haystack_store::Volume::create(dir.path(), 10, engine(kind), cfg).unwrap();
+            let tasks: Vec<_> = (0..32u64)
+                .map(|t| {
+                    let v = vol.clone();
+                    tokio::spawn(async move {
+                        let mut ok = Vec::new();
+                        for i in 0..80u64 {
+                            let k = t * 100 + i;
+                            match v.write_batch(vec![needle(k, 0, 1, &payload(k))]).await {
+                                Ok(_) => ok.push(k),
+                                Err(StoreError::Full(10)) => break,
+                                Err(e) => panic!("{e:?}"),
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let mut acked = Vec::new();
+            for t in tasks {
+                acked.extend(t.await.unwrap());
+            }
+            assert!(!acked.is_empty());
+            assert_eq!(vol.info().state, haystack_proto::VolumeState::ReadOnly);
+            for &k in &acked {
+                assert_eq!(&vol.read(k, 0, 1).await.unwrap().data[..], &payload(k)[..]);
+            }
+            drop(vol);
+            let vol = reopen(dir.path(), 10, kind);
+            for &k in &acked {
+                assert_eq!(&vol.read(k, 0, 1).await.unwrap().data[..], &payload(k)[..]);
+            }
+        });
+    }
+}
