@@ -973,6 +973,11 @@ pub struct MemIndex {
     max_entries: usize,
     /// Entries per stream of a block; `STREAM_LEN` except in tests.
     stream_len: usize,
+    /// New entries whose ids fall inside compressed blocks, sorted. They are merged into
+    /// their blocks in bulk once there are `2 * max_entries` of them: one re-encode per
+    /// block per merge instead of one per insert (ids from several uploaders, or keys that
+    /// are not time-ordered, would otherwise re-encode a block on every write).
+    pending: Vec<Entry>,
 }
 
 impl Default for MemIndex {
@@ -985,6 +990,7 @@ impl Default for MemIndex {
             odd: Vec::new(),
             max_entries: MAX_ENTRIES,
             stream_len: STREAM_LEN,
+            pending: Vec::new(),
         }
     }
 }
@@ -1089,6 +1095,9 @@ impl MemIndex {
 
     fn get_packed(&self, key: u64, alt: u32) -> Option<Loc> {
         let id = (key, alt);
+        if let Some(j) = self.find_pending(id) {
+            return self.pending.get(j).map(Entry::loc);
+        }
         match self.locate(id) {
             Where::Tail => {
                 let i = self.tail.binary_search_by_key(&id, Entry::id).ok()?;
@@ -1105,7 +1114,19 @@ impl MemIndex {
         }
     }
 
+    /// Position of `id` in `pending`.
+    #[inline]
+    fn find_pending(&self, id: (u64, u32)) -> Option<usize> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.pending.binary_search_by_key(&id, Entry::id).ok()
+    }
+
     fn insert_packed(&mut self, e: Entry) -> Option<Loc> {
+        if let Some(j) = self.find_pending(e.id()) {
+            return Some(std::mem::replace(&mut self.pending[j], e).loc());
+        }
         if self.tail.last().is_some_and(|l| e.id() > l.id()) {
             // The common case: an append.
             self.reserve_tail();
@@ -1131,12 +1152,84 @@ impl MemIndex {
                 }
                 old
             }
-            Where::Block(i) => self.modify(i, |v| (insert(v), true)),
+            Where::Block(i) => {
+                let exists = self
+                    .blocks
+                    .get(i)
+                    .and_then(|b| b.decoder(self.stream_len).find(e.id()))
+                    .is_some();
+                if exists {
+                    // A rewrite of an id already in the block: rare, edit the block.
+                    return self.modify(i, |v| (insert(v), true));
+                }
+                let j = self.pending.partition_point(|p| p.id() < e.id());
+                self.pending.insert(j, e);
+                self.len += 1;
+                if self.pending.len() >= 2 * self.max_entries {
+                    self.merge_pending();
+                }
+                None
+            }
+        }
+    }
+
+    /// Merges `pending` into the blocks (and the tail, for ids that fall there by now).
+    fn merge_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut groups: Vec<(usize, Vec<Entry>)> = Vec::new();
+        let mut to_tail = false;
+        for e in pending {
+            match self.locate(e.id()) {
+                Where::Tail => {
+                    let j = self.tail.partition_point(|t| t.id() < e.id());
+                    self.reserve_tail();
+                    self.tail.insert(j, e);
+                    to_tail = true;
+                }
+                Where::Block(i) => match groups.last_mut() {
+                    Some((k, v)) if *k == i => v.push(e),
+                    _ => groups.push((i, vec![e])),
+                },
+            }
+        }
+        // Highest block first, so that splitting one does not move those still to do.
+        for (i, add) in groups.into_iter().rev() {
+            let Some(block) = self.blocks.get(i) else {
+                continue;
+            };
+            let old = block.entries(self.stream_len);
+            let mut merged = Vec::with_capacity(old.len() + add.len());
+            let (mut a, mut b) = (old.into_iter().peekable(), add.into_iter().peekable());
+            loop {
+                let take_a = match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some(_), None) => true,
+                    (None, Some(_)) => false,
+                    (Some(x), Some(y)) => x.id() < y.id(),
+                };
+                merged.extend(if take_a { a.next() } else { b.next() });
+            }
+            let new: Vec<Block> = merged
+                .chunks(self.max_entries)
+                .filter_map(|c| Block::encode(c, self.stream_len))
+                .collect();
+            let keys: Vec<u64> = new.iter().map(|b| b.key).collect();
+            self.blocks.splice(i..=i, new);
+            self.keys.splice(i..=i, keys);
+        }
+        if to_tail {
+            self.freeze();
         }
     }
 
     fn mark_deleted_packed(&mut self, key: u64, alt: u32) -> Option<Loc> {
         let id = (key, alt);
+        if let Some(j) = self.find_pending(id) {
+            let e = self.pending.get_mut(j)?;
+            let old = e.loc();
+            e.del = true;
+            return Some(old);
+        }
         let i = match self.locate(id) {
             Where::Tail => {
                 let i = self.tail.binary_search_by_key(&id, Entry::id).ok()?;
@@ -1170,6 +1263,10 @@ impl MemIndex {
 
     fn remove_packed(&mut self, key: u64, alt: u32) -> Option<Loc> {
         let id = (key, alt);
+        if let Some(j) = self.find_pending(id) {
+            self.len -= 1;
+            return Some(self.pending.remove(j).loc());
+        }
         match self.locate(id) {
             Where::Tail => {
                 let i = self.tail.binary_search_by_key(&id, Entry::id).ok()?;
@@ -1277,11 +1374,20 @@ impl MemIndex {
     }
 
     fn iter_packed(&self) -> impl Iterator<Item = (u64, u32, Loc)> + '_ {
-        self.blocks
+        let packed = self
+            .blocks
             .iter()
             .flat_map(|b| b.entries(self.stream_len))
             .chain(self.tail.iter().copied())
-            .map(|e| (e.key, e.alt, e.loc()))
+            .map(|e| (e.key, e.alt, e.loc()));
+        Merge {
+            a: packed.peekable(),
+            b: self
+                .pending
+                .iter()
+                .map(|e| (e.key, e.alt, e.loc()))
+                .peekable(),
+        }
     }
 
     /// Bytes this index holds on the heap (sum of its allocations' requested sizes), for metrics.
@@ -1291,6 +1397,7 @@ impl MemIndex {
             + self.blocks.iter().map(|b| b.data.len()).sum::<usize>()
             + self.tail.capacity() * std::mem::size_of::<Entry>()
             + self.odd.capacity() * std::mem::size_of::<(u64, u32, Loc)>()
+            + self.pending.capacity() * std::mem::size_of::<Entry>()
     }
 }
 
@@ -1370,6 +1477,9 @@ mod tests {
                 prev = Some(e.id());
             }
             n += self.tail.len();
+            assert!(self.pending.windows(2).all(|w| w[0].id() < w[1].id()));
+            assert!(self.pending.len() < 2 * self.max_entries);
+            n += self.pending.len();
             assert_eq!(n, self.len);
             assert!(self
                 .odd
