@@ -2,9 +2,10 @@
 //! group commit, recovery on open, deletes and sealing.
 //!
 //! Durability contract (docs/ARCHITECTURE.md repeats it):
-//! 1. A write encodes its needles into one buffer and, under the append lock, writes it at the
-//!    tail with one positioned write; the tail advances only when the write succeeded. Writes
-//!    are therefore laid down in offset order with no holes.
+//! 1. A write encodes its needles into one buffer and queues it; the holder of the append lock
+//!    writes every queued buffer back to back at the tail (write combining); the tail advances
+//!    only when the write succeeded. Writes are therefore laid down in offset order with no
+//!    holes.
 //! 2. After its write completed the writer takes a sync ticket and waits for an fdatasync that
 //!    started after the ticket was taken (group commit: one fdatasync covers every ticket taken
 //!    before it started).
