@@ -9,6 +9,9 @@
 # Tests: get4k (warm page cache, random needles), ceiling (same server and URLs, bytes from
 # memory), put4k (durable: 201 only after fdatasync), cold get4k (page cache dropped; root).
 # stdout: one "median ..." line per test; each run also in $BASE/results.log.
+# Disk: the nginx PUT phase keeps its files (~1 M of 4 KiB per rep, under
+# /tmp/nginx-baseline/davroot) and the store's PUT phase writes ~6 GB; the store's data is
+# removed at the end, nginx's is not. Check `df` first: a full disk ends the run in errors.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -44,7 +47,7 @@ rm -rf "$DATA"
 "$BIN" store --data-dir "$DATA" --listen "127.0.0.1:$PORT" --engine "$ENGINE" --workers "$WORKERS" \
     --create-volumes 1,2 --bench-memory-ceiling 4096 2>"$BASE/store.log" &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
+trap 'kill $PID 2>/dev/null || true; sleep 1; rm -rf "$DATA"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 say "# $(date -Is) host=$(hostname) cpus=$(nproc) kernel=$(uname -r) engine=$(curl -s http://127.0.0.1:$PORT/health)"
 python3 "$HERE/load.py" "http://127.0.0.1:$PORT" 1 "$N4K" 4096 "$BASE/paths_4k.txt"
