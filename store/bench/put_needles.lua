@@ -28,8 +28,9 @@ end
 
 function request()
    n = n + 1
-   -- key: seed in the high bits, thread, then a counter: unique across threads and runs
-   local key = string.format("%d%02d%09d", seed % 100000 + 1, tid, n)
+   -- key: seed (up to 8 digits), thread, then a counter: unique across threads and runs
+   -- (an earlier version kept only seed % 100000, so later runs rewrote earlier keys)
+   local key = string.format("%d%02d%09d", seed % 100000000 + 1, tid, n)
    return wrk.format("PUT", "/v1/needles/" .. vol .. "/" .. key .. "/0/1", nil, body)
 end
 
