@@ -277,6 +277,18 @@ struct Stats {
     deleted_needles: AtomicU64,
 }
 
+impl Stats {
+    /// Counts an index entry found on open.
+    fn count(&self, l: &Loc) {
+        if l.deleted {
+            self.deleted_needles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.live_bytes
+                .fetch_add(l.extent as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Why a volume does not take writes.
 #[derive(Clone, Debug)]
 enum Mode {
@@ -427,26 +439,14 @@ impl Volume {
             let mut end = SUPERBLOCK_LEN;
             for (_, _, l) in s.iter() {
                 end = end.max(l.offset + l.extent as u64);
-                if l.deleted {
-                    stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats
-                        .live_bytes
-                        .fetch_add(l.extent as u64, Ordering::Relaxed);
-                }
+                stats.count(l);
             }
             (VolIndex::Sealed(s), end, Mode::Sealed)
         } else {
             let (entries, tail) =
                 recover_writable(id, &file, file_len, &mut idx_file, &cfg, sb.max_bytes)?;
             for (_, _, l) in &entries {
-                if l.deleted {
-                    stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    stats
-                        .live_bytes
-                        .fetch_add(l.extent as u64, Ordering::Relaxed);
-                }
+                stats.count(l);
             }
             let mode = if sb.max_bytes.saturating_sub(tail) < format::needle_extent(0, 0) {
                 Mode::ReadOnly("full".into())
