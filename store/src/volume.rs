@@ -439,7 +439,7 @@ impl Volume {
             let mut end = SUPERBLOCK_LEN;
             for (_, _, l) in s.iter() {
                 end = end.max(l.offset + l.extent as u64);
-                stats.count(l);
+                stats.count(&l);
             }
             (VolIndex::Sealed(s), end, Mode::Sealed)
         } else {
