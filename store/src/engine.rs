@@ -478,9 +478,11 @@ impl Uring {
             // SAFETY: queues only touched under the state lock (held).
             let mut pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
             if !pushed {
-                // Full submission queue: flush it and retry once.
-                self.ring.submit()?;
-                pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
+                // Full submission queue: flush it and retry once. (Our SQE is not queued, so
+                // on failure its slot can be freed at once.)
+                if self.ring.submit().is_ok() {
+                    pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
+                }
             }
             if !pushed {
                 st.slots[id] = Slot::Free;

@@ -227,7 +227,9 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: u64) -> Ap
             return Err(ApiError(StoreError::TooLarge { max }));
         }
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // The declared length is only a hint: reserve at most 1 MiB before bytes arrive, so that
+    // connections sending headers alone cannot reserve gigabytes.
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| bad(format!("reading the body failed: {e}")))?;
         if buf.len() as u64 + chunk.len() as u64 > max {

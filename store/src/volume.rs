@@ -356,18 +356,18 @@ impl Volume {
     /// Creates a new, empty volume (fails if its file exists).
     pub fn create(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
         let (dat, idx, _) = volume_paths(dir, id);
+        if dat.exists() {
+            return Err(StoreError::VolumeExists(id));
+        }
+        // Built under a temporary name and renamed into place once complete, so that a crash
+        // mid-creation leaves no half-made volume for the next start to trip on.
+        let tmp = dir.join(format!("vol-{id}.dat.tmp"));
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&dat)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    StoreError::VolumeExists(id)
-                } else {
-                    StoreError::Io(e)
-                }
-            })?;
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         let sb = Superblock {
             version: format::FORMAT_VERSION,
             volume_id: id,
@@ -385,8 +385,9 @@ impl Volume {
         h[12..16].copy_from_slice(&id.to_le_bytes());
         ix.write_all(&h)?;
         ix.sync_all()?;
-        fsync_dir(dir)?;
         drop((f, ix));
+        std::fs::rename(&tmp, &dat)?;
+        fsync_dir(dir)?;
         Self::open(dir, id, engine, cfg)
     }
 
@@ -1087,7 +1088,8 @@ fn recover_writable(
     let mut new_records = Vec::new();
     let mut skipped_corrupt = 0u64;
     loop {
-        match read_needle_at(file, pos, limit) {
+        let scan = read_needle_at(file, pos, limit);
+        match scan {
             Scan::Needle(h, extent) => {
                 let loc = Loc {
                     offset: pos,
@@ -1101,14 +1103,29 @@ fn recover_writable(
                 }
                 pos += extent;
             }
-            Scan::End => break,
-            Scan::Bad(reason) => {
+            // Zeros below needles the index file records are damage, not the end.
+            Scan::End if pos >= indexed_end => break,
+            Scan::End | Scan::Bad(..) => {
+                let (reason, claimed) = match scan {
+                    Scan::Bad(r, c) => (r, c),
+                    _ => ("zeroed header below indexed needles".to_string(), None),
+                };
                 let window_end = limit.min(pos + cfg.max_write_bytes);
-                let next = match find_next_needle(file, pos + format::ALIGN, window_end, limit)? {
+                // A needle whose header is intact but whose data is not (a torn write) may
+                // carry bytes that look like needles: never search inside its own extent.
+                let from = pos + claimed.unwrap_or(format::ALIGN).max(format::ALIGN);
+                let next = match find_next_needle(file, from, window_end, limit)? {
                     Some(n) => Some(n),
-                    // Past a damaged region longer than the window, the next needle the index
-                    // file knows of.
-                    None if pos < indexed_end => spans.iter().map(|&(o, _)| o).find(|&o| o > pos),
+                    // Past a damaged region longer than the window: the next needle the index
+                    // file knows of, or the end of the last one. A tail is never cut below
+                    // a needle the index file records.
+                    None if pos < indexed_end => Some(
+                        spans
+                            .iter()
+                            .map(|&(o, _)| o)
+                            .find(|&o| o > pos)
+                            .unwrap_or(indexed_end),
+                    ),
                     None => None,
                 };
                 match next {
@@ -1201,7 +1218,8 @@ fn recover_writable(
 enum Scan {
     Needle(NeedleHeader, u64),
     End,
-    Bad(String),
+    /// Why, and the extent its header claims when the header itself is intact.
+    Bad(String, Option<u64>),
 }
 
 /// Reads and fully checks the needle at `pos`.
@@ -1211,26 +1229,26 @@ fn read_needle_at(file: &File, pos: u64, limit: u64) -> Scan {
     }
     let mut h = [0u8; HEADER_LEN];
     if let Err(e) = file.read_exact_at(&mut h, pos) {
-        return Scan::Bad(format!("read failed: {e}"));
+        return Scan::Bad(format!("read failed: {e}"), None);
     }
     if h.iter().all(|&b| b == 0) {
         return Scan::End;
     }
     let header = match NeedleHeader::decode(&h) {
         Ok(x) => x,
-        Err(e) => return Scan::Bad(e.to_string()),
+        Err(e) => return Scan::Bad(e.to_string(), None),
     };
     let extent = header.extent();
     if pos + extent > limit {
-        return Scan::Bad("needle runs past the end of the volume".into());
+        return Scan::Bad("needle runs past the end of the volume".into(), None);
     }
     let mut buf = vec![0u8; extent as usize];
     if let Err(e) = file.read_exact_at(&mut buf, pos) {
-        return Scan::Bad(format!("read failed: {e}"));
+        return Scan::Bad(format!("read failed: {e}"), None);
     }
     match parse_needle(&buf) {
         Ok(_) => Scan::Needle(header, extent),
-        Err(e) => Scan::Bad(e.to_string()),
+        Err(e) => Scan::Bad(e.to_string(), Some(extent)),
     }
 }
 

@@ -114,3 +114,118 @@ fn flipped_bytes_in_the_unindexed_tail_are_cut_or_skipped() {
         });
     }
 }
+
+#[test]
+fn a_needle_hidden_in_a_torn_upload_is_not_recovered() {
+    // An upload whose bytes happen to encode a valid needle (key 5, the cookie of a real
+    // photo) is torn by a crash: recovery must not take the embedded needle for a real one.
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 3, kind);
+            vol.write_batch(vec![needle(5, 0, 2, b"real")])
+                .await
+                .unwrap();
+            vol.flush_index();
+            let tail = vol.info().size_bytes;
+            drop(vol);
+            let mut fake = Vec::new();
+            haystack_store::format::encode_needle(
+                &mut fake,
+                &haystack_store::format::NeedleIn {
+                    key: 5,
+                    alt: 0,
+                    cookie: 2,
+                    content_type: "",
+                    data: b"FAKE",
+                },
+            );
+            let mut outer_data = fake.clone();
+            outer_data.extend_from_slice(&[9u8; 200]);
+            let mut outer = Vec::new();
+            haystack_store::format::encode_needle(
+                &mut outer,
+                &haystack_store::format::NeedleIn {
+                    key: 77,
+                    alt: 0,
+                    cookie: 2,
+                    content_type: "",
+                    data: &outer_data,
+                },
+            );
+            // Torn: the header and the embedded needle made it, the rest did not.
+            let torn = &outer[..HEADER_LEN + fake.len() + 16];
+            let (dat, _, _) = volume_paths(dir.path(), 3);
+            let f = OpenOptions::new().write(true).open(&dat).unwrap();
+            f.write_all_at(torn, tail).unwrap();
+            drop(f);
+            let vol = reopen(dir.path(), 3, kind);
+            assert_eq!(&vol.read(5, 0, 2).await.unwrap().data[..], b"real");
+            assert!(matches!(
+                vol.read(77, 0, 2).await,
+                Err(StoreError::NotFound)
+            ));
+            assert_eq!(vol.info().size_bytes, tail);
+        });
+    }
+}
+
+#[test]
+fn a_zeroed_header_below_indexed_needles_does_not_cut_them_off() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 4, kind);
+            let mut locs = Vec::new();
+            for k in 0..6u64 {
+                locs.extend(
+                    vol.write_batch(vec![needle(k, 0, 2, &[k as u8; 100])])
+                        .await
+                        .unwrap(),
+                );
+            }
+            vol.flush_index();
+            let tail = vol.info().size_bytes;
+            drop(vol);
+            let (dat, idx, _) = volume_paths(dir.path(), 4);
+            // Lose needle 1's index record (so the scan starts there) and zero needle 3's header.
+            let raw = std::fs::read(&idx).unwrap();
+            let mut kept = raw[..16].to_vec();
+            for (i, r) in raw[16..].chunks(32).enumerate() {
+                if i != 1 {
+                    kept.extend_from_slice(r);
+                }
+            }
+            std::fs::write(&idx, kept).unwrap();
+            let f = OpenOptions::new().write(true).open(&dat).unwrap();
+            f.write_all_at(&[0u8; HEADER_LEN], locs[3].offset).unwrap();
+            drop(f);
+            let vol = reopen(dir.path(), 4, kind);
+            assert_eq!(
+                vol.info().size_bytes,
+                tail,
+                "the tail was cut below indexed needles"
+            );
+            for k in [0u64, 1, 2, 4, 5] {
+                assert_eq!(
+                    &vol.read(k, 0, 2).await.unwrap().data[..],
+                    &[k as u8; 100],
+                    "{k}"
+                );
+            }
+            assert!(matches!(
+                vol.read(3, 0, 2).await,
+                Err(StoreError::Corrupt { .. })
+            ));
+            vol.write_batch(vec![needle(6, 0, 2, b"six")])
+                .await
+                .unwrap();
+            drop(vol);
+            let vol = reopen(dir.path(), 4, kind);
+            for k in [4u64, 5] {
+                assert_eq!(&vol.read(k, 0, 2).await.unwrap().data[..], &[k as u8; 100]);
+            }
+            assert_eq!(&vol.read(6, 0, 2).await.unwrap().data[..], b"six");
+        });
+    }
+}
