@@ -349,3 +349,25 @@ fn concurrent_writers_filling_a_volume_get_offsets_or_full() {
         });
     }
 }
+
+#[test]
+fn a_half_created_volume_does_not_stop_the_store() {
+    // A crash while creating a volume leaves only its temporary file: the store still opens,
+    // and the volume can be created again.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("vol-7.dat.tmp"), b"half").unwrap();
+    rt().block_on(async {
+        let cfg = haystack_store::StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            engine: ENGINES[0],
+            max_volume_bytes: 4 << 20,
+            max_needle_bytes: 1 << 20,
+            max_write_bytes: 2 << 20,
+            prealloc_step: 1 << 20,
+        };
+        let store = haystack_store::Store::open(cfg).await.expect("store opens");
+        let v = store.create_volume(7, None).await.expect("volume created");
+        v.write_batch(vec![needle(1, 0, 1, b"x")]).await.unwrap();
+        assert_eq!(&v.read(1, 0, 1).await.unwrap().data[..], b"x");
+    });
+}
