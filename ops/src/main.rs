@@ -27,9 +27,26 @@ enum Command {
     Store(StoreArgs),
     /// Run a directory: photo → volume → replicas, placement, liveness, read URLs.
     Directory(DirectoryArgs),
+    /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
+    /// state, fill, dead bytes).
+    Status(StatusArgs),
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
     Server(ServerArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// The directory's URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8082",
+        env = "HAYSTACK_DIRECTORY"
+    )]
+    directory: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -139,6 +156,7 @@ struct StoreArgs {
 }
 
 mod cluster;
+mod status;
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -271,6 +289,7 @@ fn main() -> ExitCode {
             Command::Store(a) => run_store(a).await,
             Command::Directory(a) => run_directory(a).await,
             Command::Server(a) => cluster::run(a).await,
+            Command::Status(a) => status::run(&a.directory, a.json).await,
         }
     });
     match result {

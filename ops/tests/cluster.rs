@@ -212,6 +212,33 @@ fn stores_register_get_volumes_and_go_down() {
             assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
         }
     });
+    // `haystack status` sees both machines and the volume, with dead bytes from the stores.
+    let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(["status", "--directory", &dbase, "--json"])
+        .output()
+        .expect("haystack status");
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    assert_eq!(st["stores"].as_array().map(|a| a.len()), Some(2));
+    let vols = st["volumes"].as_array().expect("volumes");
+    assert!(
+        vols.iter()
+            .any(|v| v["writable"] == true && v["dead_bytes"].is_u64()),
+        "{st}"
+    );
+    let table = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(["status", "--directory", &dbase])
+        .output()
+        .expect("haystack status");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("MACHINES") && text.contains("VOLUMES") && text.contains(&store_urls[0]),
+        "{text}"
+    );
     // Kill the second store: its logical volumes turn read-only in the directory.
     let mut second = procs.0.pop().expect("store");
     second.kill().expect("kill store");

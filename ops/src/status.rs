@@ -1,0 +1,144 @@
+//! `haystack status`: machines and logical volumes of a running cluster, as a table or JSON.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use haystack_proto::directory::{LogicalVolumeInfo, StoreInfo, StoreState};
+use haystack_proto::VolumeInfo;
+use serde::Serialize;
+
+/// Everything `status` shows, as `--json` prints it.
+#[derive(Serialize)]
+struct Status {
+    stores: Vec<StoreInfo>,
+    volumes: Vec<VolumeStatus>,
+}
+
+#[derive(Serialize)]
+struct VolumeStatus {
+    #[serde(flatten)]
+    directory: LogicalVolumeInfo,
+    /// Bytes held by deleted or overwritten needles, the most any replica reports
+    /// (reclaimable by compaction); none when no replica answered.
+    dead_bytes: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct StoreVolumes {
+    volumes: Vec<VolumeInfo>,
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: &str,
+) -> Result<T, String> {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !r.status().is_success() {
+        return Err(format!("GET {url}: {}", r.status()));
+    }
+    r.json()
+        .await
+        .map_err(|e| format!("GET {url}: bad answer: {e}"))
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub async fn run(directory: &str, json: bool) -> Result<(), String> {
+    let directory = directory.trim_end_matches('/');
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let stores: Vec<StoreInfo> = get_json(&c, &format!("{directory}/v1/stores")).await?;
+    let volumes: Vec<LogicalVolumeInfo> = get_json(&c, &format!("{directory}/v1/volumes")).await?;
+    // Dead bytes live on the stores; ask every store that is up (one that does not answer
+    // is shown without them).
+    let mut dead: HashMap<u32, u64> = HashMap::new();
+    for s in stores.iter().filter(|s| s.state == StoreState::Up) {
+        if let Ok(v) = get_json::<StoreVolumes>(&c, &format!("{}/v1/volumes", s.url)).await {
+            for v in v.volumes {
+                let d = dead.entry(v.id).or_insert(0);
+                *d = (*d).max(v.dead_bytes);
+            }
+        }
+    }
+    let status = Status {
+        volumes: volumes
+            .into_iter()
+            .map(|v| VolumeStatus {
+                dead_bytes: dead.get(&v.id).copied(),
+                directory: v,
+            })
+            .collect(),
+        stores,
+    };
+    if json {
+        let out = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
+        println!("{out}");
+        return Ok(());
+    }
+    println!("MACHINES");
+    println!(
+        "{:<20} {:<28} {:<5} {:<8} {:>22} VOLUMES",
+        "ID", "URL", "STATE", "HEALTHY", "FREE / CAPACITY"
+    );
+    for s in &status.stores {
+        let vols: Vec<String> = s.volumes.iter().map(|v| v.to_string()).collect();
+        println!(
+            "{:<20} {:<28} {:<5} {:<8} {:>22} {}",
+            s.store_id,
+            s.url,
+            if s.state == StoreState::Up {
+                "up"
+            } else {
+                "DOWN"
+            },
+            if s.healthy { "yes" } else { "NO" },
+            format!("{} / {}", gib(s.free_bytes), gib(s.capacity_bytes)),
+            vols.join(",")
+        );
+    }
+    println!();
+    println!("VOLUMES");
+    println!(
+        "{:<6} {:<10} {:>6} {:>12} REPLICAS",
+        "ID", "STATE", "FILL", "DEAD"
+    );
+    for v in &status.volumes {
+        let d = &v.directory;
+        let fill = if d.capacity_bytes > 0 {
+            format!(
+                "{:.0}%",
+                100.0 * d.used_bytes as f64 / d.capacity_bytes as f64
+            )
+        } else {
+            "-".into()
+        };
+        let state = match (d.writable, d.effective_state) {
+            (true, _) => "writable".to_string(),
+            (false, s) => format!("{s:?}").to_lowercase(),
+        };
+        let replicas: Vec<String> = d
+            .replicas
+            .iter()
+            .map(|r| format!("{}{}", r.url, if r.up { "" } else { " (DOWN)" }))
+            .collect();
+        println!(
+            "{:<6} {:<10} {:>6} {:>12} {}",
+            d.id,
+            state,
+            fill,
+            v.dead_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "?".into()),
+            replicas.join(", ")
+        );
+    }
+    Ok(())
+}
