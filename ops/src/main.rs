@@ -30,9 +30,34 @@ enum Command {
     /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
     /// state, fill, dead bytes).
     Status(StatusArgs),
+    /// Operator tools on one logical volume.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
     Server(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum VolumeCommand {
+    /// Seal a logical volume: no more uploads; every replica becomes read-only for good with
+    /// its index in a mapped sorted file.
+    Seal {
+        /// Logical volume id.
+        id: u32,
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY"
+        )]
+        directory: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -157,6 +182,7 @@ struct StoreArgs {
 
 mod cluster;
 mod status;
+mod volume_tool;
 
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -290,6 +316,14 @@ fn main() -> ExitCode {
             Command::Directory(a) => run_directory(a).await,
             Command::Server(a) => cluster::run(a).await,
             Command::Status(a) => status::run(&a.directory, a.json).await,
+            Command::Volume {
+                command:
+                    VolumeCommand::Seal {
+                        id,
+                        directory,
+                        json,
+                    },
+            } => volume_tool::seal(&directory, id, json).await,
         }
     });
     match result {

@@ -104,7 +104,7 @@ fn stores_register_get_volumes_and_go_down() {
         .expect("runtime");
     let c = reqwest::Client::new();
     let pids: Vec<u32> = procs.0.iter().map(|p| p.id()).collect();
-    rt.block_on(async {
+    let (sealed_vid, photo_id) = rt.block_on(async {
         wait_healthy(&c, &dbase, pids[0]).await;
         for (i, u) in store_urls.iter().enumerate() {
             wait_healthy(&c, u, pids[i + 1]).await;
@@ -211,6 +211,7 @@ fn stores_register_get_volumes_and_go_down() {
                 .expect("get");
             assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
         }
+        (a.volume_id, a.id)
     });
     // `haystack status` sees both machines and the volume, with dead bytes from the stores.
     let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
@@ -239,6 +240,65 @@ fn stores_register_get_volumes_and_go_down() {
         text.contains("MACHINES") && text.contains("VOLUMES") && text.contains(&store_urls[0]),
         "{text}"
     );
+    // `haystack volume seal` seals the volume in the directory and on both replicas; the
+    // photo is still served.
+    let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args([
+            "volume",
+            "seal",
+            &sealed_vid.to_string(),
+            "--directory",
+            &dbase,
+            "--json",
+        ])
+        .output()
+        .expect("haystack volume seal");
+    assert!(
+        out.status.success(),
+        "seal failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seal: serde_json::Value = serde_json::from_slice(&out.stdout).expect("seal JSON");
+    assert_eq!(seal["directory"]["state"], "sealed", "{seal}");
+    for r in seal["replicas"].as_array().expect("replicas") {
+        assert_eq!(r["volume"]["state"], "sealed", "{seal}");
+    }
+    rt.block_on(async {
+        for u in &store_urls {
+            let v: serde_json::Value = c
+                .get(format!("{u}/v1/volumes/{sealed_vid}"))
+                .send()
+                .await
+                .expect("volume")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(v["state"], "sealed");
+        }
+        let p: PhotoInfo = c
+            .get(format!("{dbase}/v1/photos/{photo_id}"))
+            .send()
+            .await
+            .expect("lookup")
+            .json()
+            .await
+            .expect("photo");
+        assert!(!p.volume_writable);
+        for r in &p.replicas {
+            let b = c
+                .get(format!(
+                    "{}/v1/needles/{}/{}/0/{}",
+                    r.url,
+                    p.volume_id,
+                    p.id,
+                    format_cookie(p.cookie)
+                ))
+                .send()
+                .await
+                .expect("get");
+            assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
+        }
+    });
     // Kill the second store: its logical volumes turn read-only in the directory.
     let mut second = procs.0.pop().expect("store");
     second.kill().expect("kill store");
