@@ -42,6 +42,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum VolumeCommand {
+    /// Full CRC scan of every replica; corrupt needles are reported and rewritten from a
+    /// replica that holds them intact.
+    Verify {
+        /// Logical volume id.
+        id: u32,
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY"
+        )]
+        directory: String,
+        /// Only report; do not repair.
+        #[arg(long)]
+        no_repair: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Seal a logical volume: no more uploads; every replica becomes read-only for good with
     /// its index in a mapped sorted file.
     Seal {
@@ -324,6 +343,15 @@ fn main() -> ExitCode {
                         json,
                     },
             } => volume_tool::seal(&directory, id, json).await,
+            Command::Volume {
+                command:
+                    VolumeCommand::Verify {
+                        id,
+                        directory,
+                        no_repair,
+                        json,
+                    },
+            } => volume_tool::verify(&directory, id, !no_repair, json).await,
         }
     });
     match result {

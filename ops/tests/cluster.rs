@@ -240,6 +240,81 @@ fn stores_register_get_volumes_and_go_down() {
         text.contains("MACHINES") && text.contains("VOLUMES") && text.contains(&store_urls[0]),
         "{text}"
     );
+    // A flipped byte in the photo's needle on store0's disk: served by nobody, found by
+    // `haystack volume verify`, and repaired from store1.
+    {
+        use std::os::unix::fs::FileExt;
+        let dat = dir
+            .path()
+            .join("store0")
+            .join(format!("vol-{sealed_vid}.dat"));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dat)
+            .expect("volume file");
+        // The photo is the volume's only needle: header at 64, then "image/jpeg", then data.
+        let at = 64 + 40 + 10 + 2;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).expect("read");
+        f.write_all_at(&[b[0] ^ 0x40], at).expect("flip");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args([
+            "volume",
+            "verify",
+            &sealed_vid.to_string(),
+            "--directory",
+            &dbase,
+            "--json",
+        ])
+        .output()
+        .expect("haystack volume verify");
+    assert!(
+        out.status.success(),
+        "verify failed: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ver: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
+    let on0 = ver
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .find(|r| r["url"] == store_urls[0])
+        .expect("store0");
+    assert_eq!(
+        on0["report"]["corrupt"].as_array().map(|a| a.len()),
+        Some(1),
+        "{ver}"
+    );
+    assert_eq!(
+        on0["repaired"].as_array().map(|a| a.len()),
+        Some(1),
+        "{ver}"
+    );
+    rt.block_on(async {
+        let cookie = format_cookie(
+            c.get(format!("{dbase}/v1/photos/{photo_id}"))
+                .send()
+                .await
+                .expect("lookup")
+                .json::<PhotoInfo>()
+                .await
+                .expect("photo")
+                .cookie,
+        );
+        let b = c
+            .get(format!(
+                "{}/v1/needles/{sealed_vid}/{photo_id}/0/{cookie}",
+                store_urls[0]
+            ))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(b.status(), 200);
+        assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
+    });
     // `haystack volume seal` seals the volume in the directory and on both replicas; the
     // photo is still served.
     let out = Command::new(env!("CARGO_BIN_EXE_haystack"))

@@ -397,6 +397,11 @@ async fn seal_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResul
     Ok(HttpResponse::Ok().json(v.info()))
 }
 
+async fn verify_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.verify().await?))
+}
+
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
@@ -455,6 +460,7 @@ fn route_label(path: &str) -> &'static str {
             (3, _) => "/v1/volumes/{volume}",
             (4, Some("batch")) => "/v1/volumes/{volume}/batch",
             (4, Some("seal")) => "/v1/volumes/{volume}/seal",
+            (4, Some("verify")) => "/v1/volumes/{volume}/verify",
             _ => "other",
         };
     }
@@ -489,6 +495,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/batch")
                 .route(web::post().to(put_batch))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/verify")
+                .route(web::post().to(verify_volume))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

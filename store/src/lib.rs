@@ -15,4 +15,4 @@ pub mod volume;
 pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
 pub use store::{Store, StoreConfig};
-pub use volume::{Needle, NeedleData, Volume, VolumeConfig};
+pub use volume::{CorruptNeedle, Needle, NeedleData, VerifyReport, Volume, VolumeConfig};

@@ -229,3 +229,37 @@ fn a_zeroed_header_below_indexed_needles_does_not_cut_them_off() {
         });
     }
 }
+
+#[test]
+fn verify_scans_every_live_needle_and_names_the_corrupt_ones() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 5, kind);
+            let mut locs = Vec::new();
+            for k in 0..5u64 {
+                locs.extend(
+                    vol.write_batch(vec![needle(k, 1, 2, &[k as u8; 300])])
+                        .await
+                        .unwrap(),
+                );
+            }
+            vol.delete(4, 1, 2).await.unwrap();
+            let clean = vol.verify().await.unwrap();
+            assert_eq!((clean.checked, clean.corrupt.len()), (4, 0));
+            let (dat, _, _) = volume_paths(dir.path(), 5);
+            flip(&dat, locs[2].offset + HEADER_LEN as u64 + 10 + 7);
+            let r = vol.verify().await.unwrap();
+            assert_eq!(r.checked, 4);
+            assert_eq!(r.corrupt.len(), 1);
+            assert_eq!(
+                (
+                    r.corrupt[0].key.as_str(),
+                    r.corrupt[0].alt,
+                    r.corrupt[0].offset
+                ),
+                ("2", 1, locs[2].offset)
+            );
+        });
+    }
+}
