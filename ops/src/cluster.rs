@@ -130,7 +130,10 @@ pub async fn run(a: ServerArgs) -> Result<(), String> {
     for r in &roles {
         println!("  {:<10} {}", r.name, r.url);
     }
-    println!("try:");
+    println!("try (from another terminal):");
+    println!("  haystack photo put photo.jpg    # then: haystack photo get ID -o back.jpg");
+    println!("  haystack status");
+    println!("or by hand:");
     println!("  curl -s {dir_url}/v1/volumes");
     println!("  curl -s -X POST {dir_url}/v1/assign -H 'content-type: application/json' -d '{{}}'");
     println!("  # then PUT the bytes to every replica the assign answered, and commit:");

@@ -30,6 +30,19 @@ enum Command {
     /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
     /// state, fill, dead bytes).
     Status(StatusArgs),
+    /// Quick manual work on one photo (the original only; variants are the uploader's job).
+    Photo {
+        #[command(subcommand)]
+        command: PhotoCommand,
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY",
+            global = true
+        )]
+        directory: String,
+    },
     /// Operator tools on one logical volume.
     Volume {
         #[command(subcommand)]
@@ -38,6 +51,24 @@ enum Command {
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
     Server(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum PhotoCommand {
+    /// Store a file as a new photo (written to every replica, then committed); prints it.
+    Put { file: PathBuf },
+    /// Write a photo's variant (alternate key) to a file.
+    Get {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        alt: u32,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Print a photo as the directory records it.
+    Info { id: String },
+    /// Delete a photo.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -200,6 +231,7 @@ struct StoreArgs {
 }
 
 mod cluster;
+mod photo_tool;
 mod status;
 mod volume_tool;
 
@@ -335,6 +367,14 @@ fn main() -> ExitCode {
             Command::Directory(a) => run_directory(a).await,
             Command::Server(a) => cluster::run(a).await,
             Command::Status(a) => status::run(&a.directory, a.json).await,
+            Command::Photo { command, directory } => match command {
+                PhotoCommand::Put { file } => photo_tool::put(&directory, &file).await,
+                PhotoCommand::Get { id, alt, output } => {
+                    photo_tool::get(&directory, &id, alt, &output).await
+                }
+                PhotoCommand::Info { id } => photo_tool::info(&directory, &id).await,
+                PhotoCommand::Delete { id } => photo_tool::delete(&directory, &id).await,
+            },
             Command::Volume {
                 command:
                     VolumeCommand::Seal {

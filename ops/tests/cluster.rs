@@ -374,6 +374,54 @@ fn stores_register_get_volumes_and_go_down() {
             assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
         }
     });
+    // `haystack photo put | get | info | delete` round trip (on another, writable volume).
+    let hs = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--directory", dbase.as_str()]);
+        Command::new(env!("CARGO_BIN_EXE_haystack"))
+            .args(&all)
+            .output()
+            .expect("haystack photo")
+    };
+    let file = dir.path().join("cat.jpg");
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&file, &bytes).expect("write photo file");
+    // Right after the seal there may be no writable volume for a moment: the directory answers
+    // 503 no_writable_volume and creates one; retry as a client would.
+    let mut tries = 0;
+    let out = loop {
+        let out = hs(&["photo", "put", file.to_str().expect("utf-8")]);
+        tries += 1;
+        if out.status.success() || tries == 120 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    assert!(
+        out.status.success(),
+        "photo put: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("photo JSON");
+    let pid = p["id"].as_str().expect("id as a string").to_string();
+    assert_ne!(p["volume_id"], sealed_vid, "a sealed volume took an upload");
+    let back = dir.path().join("back.jpg");
+    let out = hs(&["photo", "get", &pid, "-o", back.to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "photo get: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&back).expect("read back"), bytes);
+    let out = hs(&["photo", "info", &pid]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["variants"][0]["content_type"], "image/jpeg");
+    assert!(hs(&["photo", "delete", &pid]).status.success());
+    assert!(
+        !hs(&["photo", "get", &pid, "-o", back.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
     // Kill the second store: its logical volumes turn read-only in the directory.
     let mut second = procs.0.pop().expect("store");
     second.kill().expect("kill store");
