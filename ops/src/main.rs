@@ -350,6 +350,16 @@ async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Status(_) | Command::Photo { .. } | Command::Volume { .. }
+    ) {
+        // Command-line tools die quietly when their output pipe closes (`haystack status |
+        // head`), as Unix tools do. Servers keep Rust's default (SIGPIPE ignored), so that a
+        // closed socket is an error, not death.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     init_logs(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
