@@ -230,6 +230,7 @@ struct StoreArgs {
     bench_memory_ceiling: Option<usize>,
 }
 
+mod client;
 mod cluster;
 mod photo_tool;
 mod status;

@@ -9,25 +9,10 @@ use haystack_proto::directory::{
 };
 use haystack_proto::format_cookie;
 
-fn client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| e.to_string())
-}
+use crate::client::json_of;
 
-async fn json_of<T: serde::de::DeserializeOwned>(
-    r: reqwest::Response,
-    what: &str,
-) -> Result<T, String> {
-    let status = r.status();
-    if !status.is_success() {
-        let text = r.text().await.unwrap_or_default();
-        return Err(format!("{what}: {status}: {text}"));
-    }
-    r.json()
-        .await
-        .map_err(|e| format!("{what}: bad answer: {e}"))
+fn client() -> Result<reqwest::Client, String> {
+    crate::client::client(Duration::from_secs(120))
 }
 
 fn content_type_of(path: &Path) -> &'static str {

@@ -7,6 +7,8 @@ use haystack_proto::directory::{LogicalVolumeInfo, StoreInfo, StoreState};
 use haystack_proto::VolumeInfo;
 use serde::Serialize;
 
+use crate::client::{client, get_json};
+
 /// Everything `status` shows, as `--json` prints it.
 #[derive(Serialize)]
 struct Status {
@@ -28,33 +30,13 @@ struct StoreVolumes {
     volumes: Vec<VolumeInfo>,
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
-    c: &reqwest::Client,
-    url: &str,
-) -> Result<T, String> {
-    let r = c
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if !r.status().is_success() {
-        return Err(format!("GET {url}: {}", r.status()));
-    }
-    r.json()
-        .await
-        .map_err(|e| format!("GET {url}: bad answer: {e}"))
-}
-
 fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
 pub async fn run(directory: &str, json: bool) -> Result<(), String> {
     let directory = directory.trim_end_matches('/');
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let c = client(Duration::from_secs(5))?;
     let stores: Vec<StoreInfo> = get_json(&c, &format!("{directory}/v1/stores")).await?;
     let volumes: Vec<LogicalVolumeInfo> = get_json(&c, &format!("{directory}/v1/volumes")).await?;
     // Dead bytes live on the stores; ask every store that is up (one that does not answer

@@ -6,6 +6,8 @@ use haystack_proto::directory::{LogicalVolumeInfo, VolumeStateRequest};
 use haystack_proto::{VolumeInfo, VolumeState};
 use serde::Serialize;
 
+use crate::client::{client, get_json, post_json};
+
 #[derive(Serialize)]
 struct ReplicaResult {
     url: String,
@@ -22,34 +24,11 @@ struct SealResult {
     replicas: Vec<ReplicaResult>,
 }
 
-async fn post_json<B: Serialize, T: serde::de::DeserializeOwned>(
-    c: &reqwest::Client,
-    url: &str,
-    body: Option<&B>,
-) -> Result<T, String> {
-    let mut req = c.post(url);
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    let r = req.send().await.map_err(|e| format!("POST {url}: {e}"))?;
-    let status = r.status();
-    if !status.is_success() {
-        let text = r.text().await.unwrap_or_default();
-        return Err(format!("POST {url}: {status}: {text}"));
-    }
-    r.json()
-        .await
-        .map_err(|e| format!("POST {url}: bad answer: {e}"))
-}
-
 /// Seals logical volume `id`: the directory stops assigning uploads to it, then every
 /// replica seals (read-only for good, index moved to a mapped sorted file).
 pub async fn seal(directory: &str, id: u32, json: bool) -> Result<(), String> {
     let directory = directory.trim_end_matches('/');
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let c = client(Duration::from_secs(300))?;
     let dir: LogicalVolumeInfo = post_json(
         &c,
         &format!("{directory}/v1/volumes/{id}/state"),
@@ -170,31 +149,11 @@ async fn repair_needle(
     Err("no other replica has a good copy".into())
 }
 
-async fn get_json<T: serde::de::DeserializeOwned>(
-    c: &reqwest::Client,
-    url: &str,
-) -> Result<T, String> {
-    let r = c
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if !r.status().is_success() {
-        return Err(format!("GET {url}: {}", r.status()));
-    }
-    r.json()
-        .await
-        .map_err(|e| format!("GET {url}: bad answer: {e}"))
-}
-
 /// Full CRC scan of every replica of logical volume `id`; corrupt needles are reported and,
 /// with `repair`, rewritten from a replica that has them intact.
 pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Result<(), String> {
     let directory = directory.trim_end_matches('/');
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(3600))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let c = client(Duration::from_secs(3600))?;
     let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
     let urls: Vec<String> = dir.replicas.iter().map(|r| r.url.clone()).collect();
     let mut out = Vec::new();

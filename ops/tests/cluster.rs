@@ -38,6 +38,21 @@ impl Drop for Killed {
     }
 }
 
+/// Every replica of the photo's volume serves its original with exactly these bytes.
+async fn assert_served_by_every_replica(c: &reqwest::Client, p: &PhotoInfo, want: &[u8]) {
+    for r in &p.replicas {
+        let url = format!(
+            "{}/v1/needles/{}/{}/0/{}",
+            r.url,
+            p.volume_id,
+            p.id,
+            format_cookie(p.cookie)
+        );
+        let b = c.get(&url).send().await.expect("get");
+        assert_eq!(b.bytes().await.expect("body").as_ref(), want, "{url}");
+    }
+}
+
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -197,20 +212,7 @@ fn stores_register_get_volumes_and_go_down() {
             .await
             .expect("photo");
         assert_eq!(p.volume_id, a.volume_id);
-        for r in &p.replicas {
-            let b = c
-                .get(format!(
-                    "{}/v1/needles/{}/{}/0/{}",
-                    r.url,
-                    p.volume_id,
-                    p.id,
-                    format_cookie(p.cookie)
-                ))
-                .send()
-                .await
-                .expect("get");
-            assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
-        }
+        assert_served_by_every_replica(&c, &p, b"hello").await;
         (a.volume_id, a.id)
     });
     // `haystack status` sees both machines and the volume, with dead bytes from the stores.
@@ -359,20 +361,7 @@ fn stores_register_get_volumes_and_go_down() {
             .await
             .expect("photo");
         assert!(!p.volume_writable);
-        for r in &p.replicas {
-            let b = c
-                .get(format!(
-                    "{}/v1/needles/{}/{}/0/{}",
-                    r.url,
-                    p.volume_id,
-                    p.id,
-                    format_cookie(p.cookie)
-                ))
-                .send()
-                .await
-                .expect("get");
-            assert_eq!(b.bytes().await.expect("body").as_ref(), b"hello");
-        }
+        assert_served_by_every_replica(&c, &p, b"hello").await;
     });
     // `haystack photo put | get | info | delete` round trip (on another, writable volume).
     let hs = |args: &[&str]| {
