@@ -229,6 +229,18 @@ struct IdxRecord {
     extent: u32,
 }
 
+impl IdxRecord {
+    /// The index entry a put record stands for.
+    fn entry(&self) -> IndexEntry {
+        let loc = Loc {
+            offset: self.offset,
+            extent: self.extent,
+            deleted: false,
+        };
+        (self.key, self.alt, loc)
+    }
+}
+
 fn parse_idx_record(r: &[u8]) -> Option<IdxRecord> {
     let crc = u32::from_le_bytes(r[28..32].try_into().ok()?);
     if crc32fast::hash(&r[0..28]) != crc || r[1..4] != [0, 0, 0] {
@@ -1117,26 +1129,8 @@ fn recover_writable(
                 }
             }
             (_, IDX_DELETE) => {}
-            (Some(last), _) if last.0 == r.key && last.1 == r.alt => {
-                *last = (
-                    r.key,
-                    r.alt,
-                    Loc {
-                        offset: r.offset,
-                        extent: r.extent,
-                        deleted: false,
-                    },
-                );
-            }
-            _ => entries.push((
-                r.key,
-                r.alt,
-                Loc {
-                    offset: r.offset,
-                    extent: r.extent,
-                    deleted: false,
-                },
-            )),
+            (Some(last), _) if last.0 == r.key && last.1 == r.alt => *last = r.entry(),
+            _ => entries.push(r.entry()),
         }
     }
     drop(records);
