@@ -1,0 +1,330 @@
+//! A small real cluster on loopback for integration tests: the embedded directory and store
+//! machines, in this process, each on its own runtime thread and its own port.
+//!
+//! The uploader's, the cache's and the ops tests all start one of these instead of each
+//! wiring a directory and stores by hand. Every part is the real one (redb metadata, volume
+//! files with fdatasync, io_uring when the kernel has it, real HTTP); only the process
+//! boundary is missing, so a store "dies" by a graceful stop of its server (connections are
+//! refused from then on) and comes back on the same port and data directory.
+//!
+//! The roles' Prometheus recorders are process-wide: in a test process the first role to
+//! start owns it, and the others' /metrics say so. Tests that read metrics should read the
+//! service under test in its own process or tolerate that.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use haystack_proto::directory::LogicalVolumeInfo;
+use haystack_store::{EngineKind, Store, StoreConfig};
+use tokio::sync::watch;
+
+/// What to start. `Default` is two stores, replication 2, 64 MiB volumes.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Store machines.
+    pub stores: usize,
+    /// Replicas per logical volume.
+    pub replication: usize,
+    /// Size of each volume (directory plan and store maximum), bytes.
+    pub volume_bytes: u64,
+    /// Largest needle a store accepts, bytes.
+    pub max_needle_bytes: u64,
+    /// Writable logical volumes the directory keeps ready (and `start` waits for).
+    pub min_writable_volumes: usize,
+    /// Base of read URLs (the cache tier), when one is part of the test.
+    pub cache_url: Option<String>,
+    /// Caches the directory tells to purge on delete (default: `cache_url`).
+    pub cache_purge_urls: Vec<String>,
+    /// Store I/O engine.
+    pub engine: EngineKind,
+    /// Silence after which the directory marks a store down, ms.
+    pub store_timeout_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            stores: 2,
+            replication: 2,
+            volume_bytes: 64 << 20,
+            max_needle_bytes: 16 << 20,
+            min_writable_volumes: 2,
+            cache_url: None,
+            cache_purge_urls: Vec::new(),
+            engine: EngineKind::Auto,
+            store_timeout_ms: 3_000,
+        }
+    }
+}
+
+/// One role running on its own thread and runtime; stopped (gracefully) on `stop` or drop.
+pub struct Node {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Node {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server (in-flight requests finish) and waits for its thread.
+    pub fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_node<F, Fut>(name: &str, listener: TcpListener, body: F) -> Node
+where
+    F: FnOnce(TcpListener, watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let addr = listener.local_addr().expect("bound listener");
+    let (tx, rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("node runtime");
+            rt.block_on(body(listener, rx));
+        })
+        .expect("node thread");
+    Node {
+        addr,
+        stop: tx,
+        thread: Some(thread),
+    }
+}
+
+/// Resolves when the watch turns true (or its sender is gone).
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Binds 127.0.0.1 on a free port.
+pub fn bind_loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// Installs a test log subscriber once (RUST_LOG, default warn), writing through the test
+/// harness's capture.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A directory and `stores` store machines on loopback, data in a temporary directory.
+pub struct Cluster {
+    opts: ClusterOptions,
+    root: tempfile::TempDir,
+    directory: Node,
+    stores: Vec<Option<Node>>,
+    store_addrs: Vec<SocketAddr>,
+}
+
+impl Cluster {
+    /// Starts the directory and the stores and waits (up to 60 s) until the directory has
+    /// `min_writable_volumes` writable logical volumes whose replicas all exist.
+    pub async fn start(opts: ClusterOptions) -> Cluster {
+        init_logs();
+        let root = tempfile::Builder::new()
+            .prefix("haystack-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let dir_listener = bind_loopback();
+        let dcfg = haystack_directory::DirectoryConfig {
+            metadata: format!("embedded:{}", root.path().join("directory").display()),
+            replication_factor: opts.replication,
+            heartbeat_interval_secs: 1,
+            store_timeout_ms: opts.store_timeout_ms,
+            maintenance_interval_ms: 200,
+            volume_capacity_bytes: opts.volume_bytes,
+            min_writable_volumes: opts.min_writable_volumes,
+            min_writable_free_bytes: 0,
+            cache_url: opts.cache_url.clone(),
+            cache_purge_urls: opts.cache_purge_urls.clone(),
+            notify_timeout_ms: 2_000,
+            ..Default::default()
+        };
+        let directory = spawn_node("directory", dir_listener, move |l, rx| async move {
+            if let Err(e) = haystack_directory::run(l, dcfg, stopped(rx)).await {
+                panic!("directory failed: {e}");
+            }
+        });
+        let mut c = Cluster {
+            opts,
+            root,
+            directory,
+            stores: Vec::new(),
+            store_addrs: Vec::new(),
+        };
+        for i in 0..c.opts.stores {
+            let l = bind_loopback();
+            c.store_addrs.push(l.local_addr().expect("addr"));
+            let node = c.spawn_store(i, l);
+            c.stores.push(Some(node));
+        }
+        c.wait_writable(c.opts.min_writable_volumes).await;
+        c
+    }
+
+    fn spawn_store(&self, i: usize, listener: TcpListener) -> Node {
+        let cfg = StoreConfig {
+            data_dir: self.store_dir(i),
+            engine: self.opts.engine,
+            max_volume_bytes: self.opts.volume_bytes,
+            max_needle_bytes: self.opts.max_needle_bytes,
+            max_write_bytes: self.opts.max_needle_bytes * 4 + 4096,
+            prealloc_step: 4 << 20,
+        };
+        let directory_url = self.directory.url();
+        spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
+            let public_url = format!("http://{}", l.local_addr().expect("addr"));
+            let store = Store::open(cfg).await.expect("store opens");
+            let hb = haystack_store::heartbeat::HeartbeatConfig {
+                directory_url,
+                public_url,
+                zone: None,
+                rack: None,
+                interval: Duration::from_secs(1),
+            };
+            let beat = tokio::spawn(haystack_store::heartbeat::run(
+                store.clone(),
+                hb,
+                stopped(rx.clone()),
+            ));
+            haystack_store::http::run(l, store, Default::default(), stopped(rx))
+                .await
+                .expect("store server");
+            let _ = beat.await;
+        })
+    }
+
+    /// The directory's base URL.
+    pub fn directory_url(&self) -> String {
+        self.directory.url()
+    }
+
+    /// Store `i`'s base URL (also while it is stopped).
+    pub fn store_url(&self, i: usize) -> String {
+        format!("http://{}", self.store_addrs[i])
+    }
+
+    /// Every store's base URL, in start order.
+    pub fn store_urls(&self) -> Vec<String> {
+        (0..self.store_addrs.len())
+            .map(|i| self.store_url(i))
+            .collect()
+    }
+
+    /// Store `i`'s data directory (volume files).
+    pub fn store_dir(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("store-{i}"))
+    }
+
+    /// The cluster's temporary root.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Stops store `i` (its port refuses connections from then on).
+    pub fn stop_store(&mut self, i: usize) {
+        if let Some(mut n) = self.stores[i].take() {
+            n.stop();
+        }
+    }
+
+    /// Starts store `i` again on its port and data directory.
+    pub fn start_store(&mut self, i: usize) {
+        if self.stores[i].is_some() {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let l = loop {
+            match TcpListener::bind(self.store_addrs[i]) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "port not free yet");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot bind {} again: {e}", self.store_addrs[i]),
+            }
+        };
+        let node = self.spawn_store(i, l);
+        self.stores[i] = Some(node);
+    }
+
+    /// The directory's logical volumes.
+    pub async fn volumes(&self) -> Vec<LogicalVolumeInfo> {
+        let url = format!("{}/v1/volumes", self.directory.url());
+        let resp = reqwest::get(&url).await.expect("GET /v1/volumes");
+        let v: serde_json::Value = resp.json().await.expect("volumes JSON");
+        // The directory answers a bare list; tolerate an object with "volumes" as well.
+        let list = v.get("volumes").cloned().unwrap_or(v);
+        serde_json::from_value(list).expect("LogicalVolumeInfo list")
+    }
+
+    /// Waits (up to 60 s) until `n` logical volumes are writable with every replica reported.
+    pub async fn wait_writable(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = match reqwest::get(format!("{}/v1/volumes", self.directory.url())).await {
+                Ok(r) if r.status().is_success() => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    let list = v.get("volumes").cloned().unwrap_or(v);
+                    let vols: Vec<LogicalVolumeInfo> =
+                        serde_json::from_value(list).unwrap_or_default();
+                    vols.iter()
+                        .filter(|v| v.writable && v.replicas.iter().all(|r| r.up && r.reported))
+                        .count()
+                        >= n
+                }
+                _ => false,
+            };
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster: {n} writable volumes did not appear within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in self.stores.iter_mut() {
+            if let Some(mut n) = s.take() {
+                n.stop();
+            }
+        }
+        self.directory.stop();
+    }
+}
