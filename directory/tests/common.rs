@@ -197,6 +197,7 @@ pub fn volume_info(id: u32) -> VolumeInfo {
         deleted_needles: 0,
         dead_bytes: 0,
         reason: None,
+        compaction: None,
     }
 }
 

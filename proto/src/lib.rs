@@ -37,6 +37,16 @@ pub struct VolumeInfo {
     /// Why the volume is read-only, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Progress of a compaction running on this replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compaction: Option<CompactionProgress>,
+}
+
+/// How far a running compaction got: bytes of live needles copied, of those known so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionProgress {
+    pub done_bytes: u64,
+    pub total_bytes: u64,
 }
 
 /// A store's registration with the directory (`POST /v1/stores/register`).

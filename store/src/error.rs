@@ -42,6 +42,12 @@ pub enum StoreError {
     Io(#[from] io::Error),
     #[error("store is shutting down")]
     ShuttingDown,
+    /// An operation that runs one at a time is running already.
+    #[error("{0}")]
+    Busy(String),
+    /// The disk has no room for the operation (compaction needs room for the live data).
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -55,6 +55,8 @@ impl ApiError {
             BadVolumeFile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "bad_volume_file"),
             Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "disk_error"),
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Busy(_) => (StatusCode::CONFLICT, "busy"),
+            NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
         }
     }
 }
@@ -402,6 +404,16 @@ async fn verify_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
     Ok(HttpResponse::Ok().json(store.volume(vid)?.verify().await?))
 }
 
+async fn compact_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.compact().await?))
+}
+
+async fn rebuild_index(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.rebuild_index().await?))
+}
+
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
@@ -461,6 +473,8 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("batch")) => "/v1/volumes/{volume}/batch",
             (4, Some("seal")) => "/v1/volumes/{volume}/seal",
             (4, Some("verify")) => "/v1/volumes/{volume}/verify",
+            (4, Some("compact")) => "/v1/volumes/{volume}/compact",
+            (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
         };
     }
@@ -500,6 +514,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/verify")
                 .route(web::post().to(verify_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/compact")
+                .route(web::post().to(compact_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/rebuild-index")
+                .route(web::post().to(rebuild_index))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

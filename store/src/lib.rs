@@ -15,4 +15,7 @@ pub mod volume;
 pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
 pub use store::{Store, StoreConfig};
-pub use volume::{CorruptNeedle, Needle, NeedleData, VerifyReport, Volume, VolumeConfig};
+pub use volume::{
+    CompactReport, CorruptNeedle, CrashPoint, Needle, NeedleData, RebuildReport, VerifyReport,
+    Volume, VolumeConfig,
+};

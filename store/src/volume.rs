@@ -42,6 +42,9 @@ use crate::format::{
 };
 use crate::index::{Loc, MemIndex, SortedIndex};
 
+mod compact;
+pub use compact::{CompactReport, CrashPoint, RebuildReport};
+
 /// Limits of one volume.
 #[derive(Clone, Debug)]
 pub struct VolumeConfig {
@@ -101,6 +104,27 @@ pub struct NeedleMeta {
 enum VolIndex {
     Mem(MemIndex),
     Sealed(SortedIndex),
+}
+
+/// The index and the file it points into, swapped together (compaction replaces both): a
+/// reader takes its location and its file under one lock, so it never reads an old offset
+/// in a new file.
+struct State {
+    index: VolIndex,
+    file: Arc<File>,
+}
+
+impl std::ops::Deref for State {
+    type Target = VolIndex;
+    fn deref(&self) -> &VolIndex {
+        &self.index
+    }
+}
+
+impl std::ops::DerefMut for State {
+    fn deref_mut(&mut self) -> &mut VolIndex {
+        &mut self.index
+    }
 }
 
 impl VolIndex {
@@ -209,6 +233,15 @@ const IDX_PUT: u8 = 1;
 const IDX_DELETE: u8 = 2;
 const IDX_FLUSH_AT: usize = 64 << 10;
 
+/// The index file's header for volume `id`.
+fn idx_header(id: u32) -> [u8; IDX_HEADER_LEN] {
+    let mut h = [0u8; IDX_HEADER_LEN];
+    h[0..8].copy_from_slice(&IDX_MAGIC);
+    h[8..12].copy_from_slice(&1u32.to_le_bytes());
+    h[12..16].copy_from_slice(&id.to_le_bytes());
+    h
+}
+
 fn idx_record(kind: u8, key: u64, alt: u32, loc: Loc) -> [u8; IDX_RECORD_LEN] {
     let mut r = [0u8; IDX_RECORD_LEN];
     r[0] = kind;
@@ -313,7 +346,6 @@ pub struct Volume {
     id: u32,
     dat_path: PathBuf,
     sidx_path: PathBuf,
-    file: Arc<File>,
     engine: IoEngine,
     cfg: VolumeConfig,
     max_bytes: u64,
@@ -325,10 +357,12 @@ pub struct Volume {
     /// Mirrors `append.tail` for readers of statistics.
     tail: AtomicU64,
     commit: GroupCommit,
-    index: RwLock<VolIndex>,
+    state: RwLock<State>,
     idx_log: Mutex<IdxLog>,
     mode: Mutex<Mode>,
     stats: Stats,
+    /// The running compaction, if any (its journal and progress).
+    compaction: Mutex<Option<Arc<compact::Compaction>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -391,11 +425,7 @@ impl Volume {
         fallocate(&f, 0, first, 0)?;
         f.sync_all()?;
         let mut ix = File::create(&idx)?;
-        let mut h = [0u8; IDX_HEADER_LEN];
-        h[0..8].copy_from_slice(&IDX_MAGIC);
-        h[8..12].copy_from_slice(&1u32.to_le_bytes());
-        h[12..16].copy_from_slice(&id.to_le_bytes());
-        ix.write_all(&h)?;
+        ix.write_all(&idx_header(id))?;
         ix.sync_all()?;
         drop((f, ix));
         std::fs::rename(&tmp, &dat)?;
@@ -408,6 +438,7 @@ impl Volume {
     pub fn open(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
         let started = std::time::Instant::now();
         let (dat, idx_path, sidx_path) = volume_paths(dir, id);
+        compact::recover_interrupted(dir, id)?;
         let file = OpenOptions::new().read(true).write(true).open(&dat)?;
         let mut sbuf = [0u8; SUPERBLOCK_LEN as usize];
         file.read_exact_at(&mut sbuf, 0)?;
@@ -472,7 +503,6 @@ impl Volume {
             id,
             dat_path: dat,
             sidx_path,
-            file: Arc::new(file),
             engine,
             max_bytes: sb.max_bytes,
             cfg,
@@ -484,13 +514,17 @@ impl Volume {
             queue: Mutex::new(Vec::new()),
             tail: AtomicU64::new(tail),
             commit: GroupCommit::new(),
-            index: RwLock::new(index),
+            state: RwLock::new(State {
+                index,
+                file: Arc::new(file),
+            }),
             idx_log: Mutex::new(IdxLog {
                 file: idx_file,
                 buf: Vec::new(),
             }),
             mode: Mutex::new(mode),
             stats,
+            compaction: Mutex::new(None),
         };
         tracing::info!(
             volume = id,
@@ -510,12 +544,18 @@ impl Volume {
         &self.dat_path
     }
 
-    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, VolIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, VolIndex> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current volume file. Stable while the gate is held (compaction swaps it under the
+    /// gate's write side).
+    fn file(&self) -> Arc<File> {
+        self.read_index().file.clone()
     }
 
     fn set_read_only(&self, reason: String) {
@@ -594,7 +634,7 @@ impl Volume {
         metrics::counter!("haystack_store_bytes_written_total").increment(len);
         if let Err(e) = self
             .commit
-            .commit(&self.engine, &self.file, needles.len() as u64)
+            .commit(&self.engine, &self.file(), needles.len() as u64)
             .await
         {
             self.set_read_only(format!("disk error: {e}"));
@@ -611,7 +651,7 @@ impl Volume {
                     deleted: false,
                 };
                 locs.push(loc);
-                if let VolIndex::Mem(m) = &mut *idx {
+                if let VolIndex::Mem(m) = &mut idx.index {
                     // Newest wins: appends are in offset order, and a racing writer of the same
                     // (key, alt) may reach this point first.
                     match m.get(n.key, n.alt) {
@@ -636,6 +676,10 @@ impl Volume {
             }
             log.maybe_flush();
         }
+        self.journal(|j| {
+            j.puts
+                .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)))
+        });
         Ok(locs)
     }
 
@@ -691,7 +735,7 @@ impl Volume {
             let want = (ap.tail + total)
                 .max(ap.allocated + self.cfg.prealloc_step)
                 .min(self.max_bytes);
-            let (f, from) = (self.file.clone(), ap.allocated);
+            let (f, from) = (self.file(), ap.allocated);
             let r = tokio::task::spawn_blocking(move || fallocate(&f, from, want - from, 0))
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))
@@ -736,7 +780,7 @@ impl Volume {
                 }
                 d
             };
-            if let Err(e) = self.engine.write_all_at(&self.file, base, data).await {
+            if let Err(e) = self.engine.write_all_at(&self.file(), base, data).await {
                 self.set_read_only(format!("disk error: {e}"));
                 for q in chunk.into_iter().chain(pending) {
                     let _ =
@@ -760,9 +804,11 @@ impl Volume {
         }
     }
 
-    fn lookup(&self, key: u64, alt: u32) -> Result<Loc> {
-        match self.read_index().get(key, alt) {
-            Some(l) if !l.deleted => Ok(l),
+    /// A live needle's location and the file it is in.
+    fn lookup(&self, key: u64, alt: u32) -> Result<(Loc, Arc<File>)> {
+        let st = self.read_index();
+        match st.get(key, alt) {
+            Some(l) if !l.deleted => Ok((l, st.file.clone())),
             _ => Err(StoreError::NotFound),
         }
     }
@@ -795,10 +841,10 @@ impl Volume {
 
     /// Reads a needle with one disk read and verifies it. A wrong cookie is `NotFound`.
     pub async fn read(&self, key: u64, alt: u32, cookie: u64) -> Result<Needle> {
-        let loc = self.lookup(key, alt)?;
+        let (loc, file) = self.lookup(key, alt)?;
         let buf = match self
             .engine
-            .read_at_counted(&self.file, loc.offset, loc.extent as usize)
+            .read_at_counted(&file, loc.offset, loc.extent as usize)
             .await
         {
             Ok((b, ops)) => {
@@ -842,11 +888,11 @@ impl Volume {
 
     /// Reads only a needle's header and content type (one small disk read) for HEAD.
     pub async fn read_meta(&self, key: u64, alt: u32, cookie: u64) -> Result<NeedleMeta> {
-        let loc = self.lookup(key, alt)?;
+        let (loc, file) = self.lookup(key, alt)?;
         let want = (HEADER_LEN + MAX_CONTENT_TYPE_LEN).min(loc.extent as usize);
         let buf = self
             .engine
-            .read_at(&self.file, loc.offset, want)
+            .read_at(&file, loc.offset, want)
             .await
             .inspect_err(|e| self.set_read_only(format!("disk error: {e}")))?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
@@ -883,11 +929,8 @@ impl Volume {
 
     async fn delete_inner(&self, key: u64, alt: u32, cookie: u64) -> Result<()> {
         let _gate = self.gate.read().await;
-        let loc = self.lookup(key, alt)?;
-        let buf = self
-            .engine
-            .read_at(&self.file, loc.offset, HEADER_LEN)
-            .await?;
+        let (loc, file) = self.lookup(key, alt)?;
+        let buf = self.engine.read_at(&file, loc.offset, HEADER_LEN).await?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
         if h.key != key || h.alt != alt {
             return Err(self.corrupt(loc, "header does not match the index".into()));
@@ -898,7 +941,7 @@ impl Volume {
         if let Err(e) = self
             .engine
             .write_all_at(
-                &self.file,
+                &file,
                 loc.offset + FLAGS_OFFSET,
                 vec![h.flags | FLAG_DELETED],
             )
@@ -907,14 +950,17 @@ impl Volume {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
-        if let Err(e) = self.commit.commit(&self.engine, &self.file, 1).await {
+        if let Err(e) = self.commit.commit(&self.engine, &file, 1).await {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
         self.note_deleted(key, alt, loc);
-        let mut log = lock(&self.idx_log);
-        log.push(IDX_DELETE, key, alt, loc);
-        log.maybe_flush();
+        {
+            let mut log = lock(&self.idx_log);
+            log.push(IDX_DELETE, key, alt, loc);
+            log.maybe_flush();
+        }
+        self.journal(|j| j.deletes.push((key, alt, loc.offset)));
         Ok(())
     }
 
@@ -929,7 +975,7 @@ impl Volume {
             *m = Mode::ReadOnly("sealing".into());
         }
         lock(&self.idx_log).flush();
-        let entries: Vec<(u64, u32, Loc)> = match &*self.read_index() {
+        let entries: Vec<(u64, u32, Loc)> = match &self.read_index().index {
             VolIndex::Mem(m) => m.iter().collect(),
             VolIndex::Sealed(_) => return Ok(()),
         };
@@ -940,7 +986,7 @@ impl Volume {
         })
         .await
         .map_err(|e| io::Error::other(e.to_string()))??;
-        *self.write_index() = VolIndex::Sealed(opened);
+        self.write_index().index = VolIndex::Sealed(opened);
         *lock(&self.mode) = Mode::Sealed;
         tracing::info!(volume = self.id, "volume sealed");
         Ok(())
@@ -968,6 +1014,7 @@ impl Volume {
             deleted_needles: self.stats.deleted_needles.load(Ordering::Relaxed),
             dead_bytes: size.saturating_sub(SUPERBLOCK_LEN).saturating_sub(live),
             reason,
+            compaction: self.compaction_progress(),
         }
     }
 
@@ -980,9 +1027,13 @@ impl Volume {
     /// alternate key, footer, data CRC): the full scan behind `haystack volume verify`.
     /// Needles written during the scan are not included.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let entries: Vec<IndexEntry> = match &*self.read_index() {
-            VolIndex::Mem(m) => m.iter().filter(|e| !e.2.deleted).collect(),
-            VolIndex::Sealed(s) => s.iter().filter(|e| !e.2.deleted).collect(),
+        let (entries, file): (Vec<IndexEntry>, Arc<File>) = {
+            let st = self.read_index();
+            let e = match &st.index {
+                VolIndex::Mem(m) => m.iter().filter(|e| !e.2.deleted).collect(),
+                VolIndex::Sealed(s) => s.iter().filter(|e| !e.2.deleted).collect(),
+            };
+            (e, st.file.clone())
         };
         let mut report = VerifyReport {
             volume: self.id,
@@ -993,7 +1044,7 @@ impl Volume {
         for (key, alt, loc) in entries {
             let buf = self
                 .engine
-                .read_at(&self.file, loc.offset, loc.extent as usize)
+                .read_at(&file, loc.offset, loc.extent as usize)
                 .await?;
             report.checked += 1;
             report.bytes += buf.len() as u64;
@@ -1085,11 +1136,7 @@ fn recover_writable(
         );
         if !header_ok {
             idx_file.set_len(0)?;
-            let mut h = [0u8; IDX_HEADER_LEN];
-            h[0..8].copy_from_slice(&IDX_MAGIC);
-            h[8..12].copy_from_slice(&1u32.to_le_bytes());
-            h[12..16].copy_from_slice(&id.to_le_bytes());
-            idx_file.write_all(&h)?;
+            idx_file.write_all(&idx_header(id))?;
         } else {
             idx_file.set_len(good_len as u64)?;
         }

@@ -162,6 +162,50 @@ fn batch_put_admin_and_metrics() {
         assert_eq!(v["volumes"][0]["id"], 9);
         assert_eq!(v["volumes"][0]["needles"], 4);
         assert_eq!(v["volumes"][0]["max_bytes"], 2 << 20);
+        // Delete one, compact, rebuild the index: the rest still reads.
+        let r = c
+            .delete(s.url("/v1/needles/9/5/3/abc"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let rep: serde_json::Value = c
+            .post(s.url("/v1/volumes/9/compact"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rep["volume"], 9);
+        assert_eq!(rep["needles"], 3);
+        assert!(rep["reclaimed_bytes"].as_u64().unwrap() >= 400, "{rep}");
+        let rep: serde_json::Value = c
+            .post(s.url("/v1/volumes/9/rebuild-index"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rep["needles"], 3, "{rep}");
+        for a in 0..3u32 {
+            let b = c
+                .get(s.url(&format!("/v1/needles/9/5/{a}/abc")))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(b.as_ref(), &vec![a as u8; 100 * (a as usize + 1)][..]);
+        }
+        let (st, code) =
+            json_error(c.get(s.url("/v1/volumes/9/compact")).send().await.unwrap()).await;
+        assert_eq!(
+            (st, code.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+        );
         let r = c.post(s.url("/v1/volumes/9/seal")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let (st, code) = json_error(

@@ -2,6 +2,7 @@
 //! corruption, and the HTTP API on loopback.
 
 mod common;
+mod compaction;
 mod corruption;
 mod engine;
 mod faults;

@@ -1,9 +1,10 @@
-//! Model-based test: random put / get / delete / reopen / seal sequences against a HashMap,
-//! over both engines.
+//! Model-based test: random put / get / delete / reopen / seal / compact (whole, or stopped
+//! at each crash point and reopened) / index rebuild sequences against a HashMap, over both
+//! engines.
 
 use std::collections::HashMap;
 
-use haystack_store::{EngineKind, StoreError};
+use haystack_store::{CrashPoint, EngineKind, StoreError};
 use proptest::prelude::*;
 
 use crate::common::*;
@@ -35,7 +36,18 @@ enum Op {
     },
     Reopen,
     Seal,
+    Compact,
+    /// A compaction that dies at this point; the volume is then reopened.
+    CompactCrash(u8),
+    RebuildIndex,
 }
+
+const CRASH_POINTS: [CrashPoint; 4] = [
+    CrashPoint::BeforeMarker,
+    CrashPoint::AfterMarker,
+    CrashPoint::AfterDataRename,
+    CrashPoint::BeforeMarkerRemoval,
+];
 
 fn op() -> impl Strategy<Value = Op> {
     let key = 0u64..12;
@@ -51,6 +63,9 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (key, alt, cookie).prop_map(|(key, alt, cookie)| Op::Delete { key, alt, cookie }),
         1 => Just(Op::Reopen),
         1 => Just(Op::Seal),
+        2 => Just(Op::Compact),
+        2 => (0u8..4).prop_map(Op::CompactCrash),
+        1 => Just(Op::RebuildIndex),
     ]
 }
 
@@ -133,6 +148,35 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                 Op::Seal => {
                     vol.seal().await.unwrap();
                     sealed = true;
+                }
+                Op::Compact => {
+                    let r = vol.compact().await.unwrap();
+                    assert!(r.after_bytes <= r.before_bytes, "{r:?}");
+                    let info = vol.info();
+                    assert_eq!(info.dead_bytes, 0, "{info:?}");
+                    assert_eq!(info.needles as usize, model.len(), "{info:?}");
+                    assert!(info.compaction.is_none());
+                }
+                Op::CompactCrash(p) => {
+                    let at = CRASH_POINTS[p as usize];
+                    assert!(vol.compact_until(Some(at)).await.is_err());
+                    drop(vol);
+                    vol = reopen(dir.path(), 1, kind);
+                    let names: Vec<String> = std::fs::read_dir(dir.path())
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect();
+                    assert!(
+                        names.iter().all(|n| !n.contains("compact")),
+                        "left over after recovery from {at:?}: {names:?}"
+                    );
+                    if at != CrashPoint::BeforeMarker {
+                        assert_eq!(vol.info().dead_bytes, 0, "rolled forward from {at:?}");
+                    }
+                }
+                Op::RebuildIndex => {
+                    let r = vol.rebuild_index().await.unwrap();
+                    assert_eq!((r.needles - r.deleted_needles) as usize, model.len());
                 }
             }
         }

@@ -133,6 +133,7 @@ async fn prepare(dir: &Directory, volumes: usize) -> Result<(), Box<dyn std::err
                         deleted_needles: 0,
                         dead_bytes: 0,
                         reason: None,
+                        compaction: None,
                     })
                     .collect(),
             },

@@ -1,0 +1,699 @@
+//! Online compaction of one volume (the live needles are copied into a new file while writes
+//! and deletes go on, then the new file and its index replace the old ones under the gate),
+//! and the index rebuild from the volume file alone.
+//!
+//! How it stays correct:
+//! - A journal is switched on before the first snapshot of the index: every put indexed and
+//!   every delete synced from then on is recorded in it (under the gate's read side, so the
+//!   final phase, which holds the write side, sees all of them).
+//! - Phase 1 copies the live needles of the snapshot, in offset order, checking each one
+//!   (header, key, data CRC): a corrupt needle stops the compaction (repair it first with
+//!   `haystack volume verify`), it is never copied nor dropped silently.
+//! - Catch-up phases copy the journal's puts that are still current, without blocking
+//!   writers, until little is left; the final phase takes the gate's write side (writes and
+//!   deletes wait), copies the rest, sets the delete flag on copies of needles deleted since
+//!   they were copied, syncs, and swaps.
+//! - On disk, the new files are `vol-N.dat.compact`, `vol-N.idx.compact` and (sealed volumes)
+//!   `vol-N.sidx.compact`, all synced before a marker `vol-N.compacted` is created and synced:
+//!   the commit point. Then each is renamed over its original and the marker removed. On open,
+//!   a marker means "roll forward" (finish the renames), no marker means "roll back" (delete
+//!   the `.compact` files). A crash at any point therefore leaves either the old volume or
+//!   the new one, whole. If anything fails after the marker, the volume turns read-only so
+//!   that nothing more is acknowledged into the old file; the next open rolls forward.
+//! - Readers take the file with the location under one lock (`State`): a read that looked
+//!   up an old offset reads it in the old file, which stays open until its last reader is done.
+//!
+//! Memory: about 48 bytes per live needle while it runs (the snapshot, the new entries and
+//! the old-to-new offset map), freed at the end.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Instant;
+
+use super::*;
+
+/// Bytes read and written per copy step.
+const RUN_BYTES: u64 = 8 << 20;
+/// Catch-up phases stop once a phase had less than this to copy.
+const CATCH_UP_DONE_BYTES: u64 = 4 << 20;
+const CATCH_UP_PHASES: usize = 8;
+
+/// Puts and deletes that happened while a compaction runs.
+#[derive(Default)]
+pub(super) struct Journal {
+    pub(super) puts: Vec<IndexEntry>,
+    /// Key, alternate key and the offset of the needle that was deleted.
+    pub(super) deletes: Vec<(u64, u32, u64)>,
+}
+
+/// A running compaction, shared with the write and delete paths (the journal) and with
+/// `info()` (progress).
+#[derive(Default)]
+pub(super) struct Compaction {
+    pub(super) journal: Mutex<Journal>,
+    done_bytes: AtomicU64,
+    total_bytes: AtomicU64,
+}
+
+impl Compaction {
+    pub(super) fn progress(&self) -> haystack_proto::CompactionProgress {
+        haystack_proto::CompactionProgress {
+            done_bytes: self.done_bytes.load(Ordering::Relaxed),
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Points where a test can stop a compaction as a crash would (files left as they are).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The new files are written and synced; no marker yet.
+    BeforeMarker,
+    /// The marker exists; nothing renamed.
+    AfterMarker,
+    /// The new volume file is in place; the new index file is not.
+    AfterDataRename,
+    /// Every file is in place; the marker is still there.
+    BeforeMarkerRemoval,
+}
+
+fn crash_here(stop: Option<CrashPoint>, at: CrashPoint) -> Result<()> {
+    if stop == Some(at) {
+        return Err(StoreError::Io(io::Error::other(format!(
+            "compaction stopped at {at:?} (test)"
+        ))));
+    }
+    Ok(())
+}
+
+/// What a compaction did (`POST /v1/volumes/{id}/compact`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CompactReport {
+    pub volume: u32,
+    /// Volume file bytes in use before and after.
+    pub before_bytes: u64,
+    pub after_bytes: u64,
+    pub reclaimed_bytes: u64,
+    /// Live needles in the new file.
+    pub needles: u64,
+    /// Copy passes: the snapshot, the catch-ups and the final one.
+    pub phases: u32,
+    /// How long writes and deletes waited (the final phase), milliseconds.
+    pub pause_ms: u64,
+    pub elapsed_ms: u64,
+}
+
+struct Paths {
+    dir: PathBuf,
+    dat: PathBuf,
+    idx: PathBuf,
+    sidx: PathBuf,
+    marker: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path, id: u32) -> Paths {
+        let (dat, idx, sidx) = volume_paths(dir, id);
+        let c = |p: &Path| {
+            let mut s = p.as_os_str().to_owned();
+            s.push(".compact");
+            PathBuf::from(s)
+        };
+        Paths {
+            dir: dir.to_path_buf(),
+            dat: c(&dat),
+            idx: c(&idx),
+            sidx: c(&sidx),
+            marker: dir.join(format!("vol-{id}.compacted")),
+        }
+    }
+
+    fn remove_all(&self) {
+        for p in [&self.dat, &self.idx, &self.sidx] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Finishes or undoes a compaction that a crash interrupted (called by `Volume::open`).
+pub(super) fn recover_interrupted(dir: &Path, id: u32) -> io::Result<()> {
+    let p = Paths::new(dir, id);
+    let (dat, idx, sidx) = volume_paths(dir, id);
+    if p.marker.exists() {
+        for (from, to) in [(&p.dat, &dat), (&p.sidx, &sidx), (&p.idx, &idx)] {
+            if from.exists() {
+                std::fs::rename(from, to)?;
+            }
+        }
+        fsync_dir(dir)?;
+        std::fs::remove_file(&p.marker)?;
+        fsync_dir(dir)?;
+        tracing::warn!(volume = id, "interrupted compaction finished on open");
+    } else if p.dat.exists() || p.idx.exists() || p.sidx.exists() {
+        p.remove_all();
+        fsync_dir(dir)?;
+        tracing::warn!(volume = id, "interrupted compaction rolled back on open");
+    }
+    Ok(())
+}
+
+/// The new files while they are being written.
+struct NewFiles {
+    dat: File,
+    idx: File,
+    idx_buf: Vec<u8>,
+    tail: u64,
+    /// Index entries of the copies, in copy order.
+    entries: Vec<IndexEntry>,
+    /// (old offset, new offset, extent) of every copy; sorted between phases.
+    map: Vec<(u64, u64, u32)>,
+}
+
+impl NewFiles {
+    fn create(paths: &Paths, id: u32, old: &File) -> io::Result<NewFiles> {
+        let mut sb = [0u8; SUPERBLOCK_LEN as usize];
+        old.read_exact_at(&mut sb, 0)?;
+        let mut dat = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&paths.dat)?;
+        dat.write_all(&sb)?;
+        let mut idx = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&paths.idx)?;
+        idx.write_all(&idx_header(id))?;
+        Ok(NewFiles {
+            dat,
+            idx,
+            idx_buf: Vec::new(),
+            tail: SUPERBLOCK_LEN,
+            entries: Vec::new(),
+            map: Vec::new(),
+        })
+    }
+
+    /// Where the needle at `old_offset` was copied to, and its extent.
+    fn copied(&self, old_offset: u64) -> Option<(u64, u32)> {
+        self.map
+            .binary_search_by_key(&old_offset, |m| m.0)
+            .ok()
+            .map(|i| (self.map[i].1, self.map[i].2))
+    }
+
+    /// Copies `todo` (live needles of `old`) to the end of the new file, checking each.
+    fn copy(
+        &mut self,
+        volume: u32,
+        old: &File,
+        mut todo: Vec<IndexEntry>,
+        progress: &Compaction,
+    ) -> Result<()> {
+        todo.sort_unstable_by_key(|e| e.2.offset);
+        let mut out: Vec<u8> = Vec::with_capacity(RUN_BYTES as usize);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < todo.len() {
+            // A run of needles that sit back to back in the old file: one read.
+            let start = todo[i].2.offset;
+            let mut end = start + todo[i].2.extent as u64;
+            let mut j = i + 1;
+            while j < todo.len()
+                && todo[j].2.offset == end
+                && end - start + (todo[j].2.extent as u64) <= RUN_BYTES
+            {
+                end += todo[j].2.extent as u64;
+                j += 1;
+            }
+            buf.resize((end - start) as usize, 0);
+            old.read_exact_at(&mut buf, start)?;
+            for &(key, alt, loc) in &todo[i..j] {
+                let rel = (loc.offset - start) as usize;
+                let bytes = &buf[rel..rel + loc.extent as usize];
+                let corrupt = |detail: String| {
+                    StoreError::Corrupt {
+                    volume,
+                    offset: loc.offset,
+                    detail: format!(
+                        "{detail}; compaction stopped, nothing changed (repair with `haystack volume verify`)"
+                    ),
+                }
+                };
+                let p = parse_needle(bytes).map_err(|e| corrupt(e.to_string()))?;
+                if p.header.key != key || p.header.alt != alt {
+                    return Err(corrupt("the index points at another needle".into()));
+                }
+                if p.header.deleted() {
+                    // Deleted in the file, its index record lost: nothing to keep.
+                    continue;
+                }
+                let new = Loc {
+                    offset: self.tail,
+                    extent: loc.extent,
+                    deleted: false,
+                };
+                out.extend_from_slice(bytes);
+                self.idx_buf
+                    .extend_from_slice(&idx_record(IDX_PUT, key, alt, new));
+                self.entries.push((key, alt, new));
+                self.map.push((loc.offset, new.offset, loc.extent));
+                self.tail += loc.extent as u64;
+            }
+            if out.len() as u64 >= RUN_BYTES {
+                self.flush_out(&mut out)?;
+            }
+            progress
+                .done_bytes
+                .fetch_add(end - start, Ordering::Relaxed);
+            i = j;
+        }
+        self.flush_out(&mut out)?;
+        self.map.sort_unstable();
+        Ok(())
+    }
+
+    fn flush_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if !out.is_empty() {
+            let at = self.tail - out.len() as u64;
+            self.dat.write_all_at(out, at)?;
+            out.clear();
+        }
+        if !self.idx_buf.is_empty() {
+            self.idx.write_all(&self.idx_buf)?;
+            self.idx_buf.clear();
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(format!("compaction task failed: {e}"))))?
+}
+
+impl Volume {
+    /// Compacts the volume online (see the module docs). One at a time per volume; runs as
+    /// its own task, so a dropped request does not stop it halfway.
+    pub async fn compact(self: &Arc<Self>) -> Result<CompactReport> {
+        self.compact_until(None).await
+    }
+
+    /// `compact`, stopped at `stop` as if the process died there: the files stay as they
+    /// are, and this volume object must not be used again (tests reopen the volume).
+    #[doc(hidden)]
+    pub async fn compact_until(
+        self: &Arc<Self>,
+        stop: Option<CrashPoint>,
+    ) -> Result<CompactReport> {
+        let c = {
+            let mut g = lock(&self.compaction);
+            if g.is_some() {
+                return Err(StoreError::Busy(format!(
+                    "volume {} is being compacted already",
+                    self.id
+                )));
+            }
+            let c = Arc::new(Compaction::default());
+            *g = Some(c.clone());
+            c
+        };
+        let v = self.clone();
+        let r = tokio::spawn(async move {
+            let r = v.compact_inner(&c, stop).await;
+            *lock(&v.compaction) = None;
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(format!("compaction task failed: {e}"))))?;
+        match &r {
+            Ok(rep) => tracing::info!(
+                volume = self.id,
+                before = rep.before_bytes,
+                after = rep.after_bytes,
+                needles = rep.needles,
+                pause_ms = rep.pause_ms,
+                elapsed_ms = rep.elapsed_ms,
+                "volume compacted"
+            ),
+            Err(e) => tracing::warn!(volume = self.id, error = %e, "compaction failed"),
+        }
+        r
+    }
+
+    /// The directory holding the volume's files.
+    fn dir(&self) -> PathBuf {
+        self.dat_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The progress of a running compaction.
+    pub(super) fn compaction_progress(&self) -> Option<haystack_proto::CompactionProgress> {
+        lock(&self.compaction).as_ref().map(|c| c.progress())
+    }
+
+    /// Records a put or delete in the journal of a running compaction. Caller holds the gate.
+    pub(super) fn journal(&self, f: impl FnOnce(&mut Journal)) {
+        if let Some(c) = lock(&self.compaction).as_ref() {
+            f(&mut lock(&c.journal));
+        }
+    }
+
+    async fn compact_inner(
+        self: &Arc<Self>,
+        c: &Arc<Compaction>,
+        stop: Option<CrashPoint>,
+    ) -> Result<CompactReport> {
+        let started = Instant::now();
+        let dir = self.dir();
+        let paths = Paths::new(&dir, self.id);
+        let before = self.tail.load(Ordering::Acquire);
+        let live = self.stats.live_bytes.load(Ordering::Relaxed);
+        let (_, free) = crate::heartbeat::disk_space(&dir);
+        if free < live + (64 << 20) {
+            return Err(StoreError::NoSpace(format!(
+                "compaction of volume {} needs {} bytes free, the disk has {free}",
+                self.id,
+                live + (64 << 20)
+            )));
+        }
+        // The journal is on (set by `compact`) before this snapshot: nothing falls between.
+        let (old_file, snapshot) = {
+            let st = self.read_index();
+            let e: Vec<IndexEntry> = match &st.index {
+                VolIndex::Mem(m) => m.iter().filter(|e| !e.2.deleted).collect(),
+                VolIndex::Sealed(s) => s.iter().filter(|e| !e.2.deleted).collect(),
+            };
+            (st.file.clone(), e)
+        };
+        c.total_bytes.store(
+            snapshot.iter().map(|e| e.2.extent as u64).sum(),
+            Ordering::Relaxed,
+        );
+        let result = self
+            .compact_phases(c, old_file, snapshot, before, started, stop)
+            .await;
+        if result.is_err() && !paths.marker.exists() && stop.is_none() {
+            paths.remove_all();
+        }
+        result
+    }
+
+    async fn compact_phases(
+        self: &Arc<Self>,
+        c: &Arc<Compaction>,
+        old_file: Arc<File>,
+        snapshot: Vec<IndexEntry>,
+        before: u64,
+        started: Instant,
+        stop: Option<CrashPoint>,
+    ) -> Result<CompactReport> {
+        let id = self.id;
+        let paths = &Paths::new(&self.dir(), id);
+        let mut phases = 1u32;
+        let (nf, old_file) = {
+            let (c, p) = (c.clone(), Paths::new(&paths.dir, id));
+            blocking(move || {
+                let mut nf = NewFiles::create(&p, id, &old_file)?;
+                nf.copy(id, &old_file, snapshot, &c)?;
+                Ok((nf, old_file))
+            })
+            .await?
+        };
+        let mut nf = nf;
+        // Catch up with what was written meanwhile, writers still running.
+        for _ in 0..CATCH_UP_PHASES {
+            let todo = self.pending_puts(c, &nf);
+            if todo.is_empty() {
+                break;
+            }
+            let bytes: u64 = todo.iter().map(|e| e.2.extent as u64).sum();
+            c.total_bytes.fetch_add(bytes, Ordering::Relaxed);
+            phases += 1;
+            let (c2, f) = (c.clone(), old_file.clone());
+            nf = blocking(move || {
+                nf.copy(id, &f, todo, &c2)?;
+                Ok(nf)
+            })
+            .await?;
+            if bytes < CATCH_UP_DONE_BYTES {
+                break;
+            }
+        }
+
+        // Final phase: writes and deletes wait.
+        let _gate = self.gate.write().await;
+        let paused = Instant::now();
+        let mut ap = self.append.lock().await;
+        let todo = self.pending_puts(c, &nf);
+        let deletes = std::mem::take(&mut lock(&c.journal).deletes);
+        let sealed = matches!(self.read_index().index, VolIndex::Sealed(_));
+        phases += 1;
+        let (c2, f) = (c.clone(), old_file.clone());
+        let p = Paths::new(&paths.dir, id);
+        let (nf, entries) = blocking(move || {
+            let mut nf = nf;
+            nf.copy(id, &f, todo, &c2)?;
+            // Needles deleted after they were copied: flag the copy, log the delete.
+            let mut deleted: HashSet<u64> = HashSet::new();
+            for (key, alt, old) in deletes {
+                if let Some((new, extent)) = nf.copied(old) {
+                    nf.dat.write_all_at(&[FLAG_DELETED], new + FLAGS_OFFSET)?;
+                    nf.idx_buf.extend_from_slice(&idx_record(
+                        IDX_DELETE,
+                        key,
+                        alt,
+                        Loc {
+                            offset: new,
+                            extent,
+                            deleted: true,
+                        },
+                    ));
+                    deleted.insert(new);
+                }
+            }
+            let mut out = Vec::new();
+            nf.flush_out(&mut out)?;
+            nf.dat.sync_all()?;
+            nf.idx.sync_all()?;
+            // The new index: newest copy per (key, alt) wins.
+            let mut entries = std::mem::take(&mut nf.entries);
+            entries.sort_unstable_by_key(|e| (e.0, e.1, e.2.offset));
+            let mut dedup: Vec<IndexEntry> = Vec::with_capacity(entries.len());
+            for mut e in entries {
+                e.2.deleted = deleted.contains(&e.2.offset);
+                match dedup.last_mut() {
+                    Some(last) if (last.0, last.1) == (e.0, e.1) => *last = e,
+                    _ => dedup.push(e),
+                }
+            }
+            if sealed {
+                SortedIndex::write(&p.sidx, dedup.iter().copied())?;
+            }
+            crash_here(stop, CrashPoint::BeforeMarker)?;
+            // The commit point.
+            File::create(&p.marker)?.sync_all()?;
+            fsync_dir(&p.dir)?;
+            crash_here(stop, CrashPoint::AfterMarker)?;
+            Ok((nf, dedup))
+        })
+        .await?;
+
+        // Past the marker the new volume is the truth on disk: from here a failure must stop
+        // acknowledgements into the old file (the next open rolls forward).
+        let swapped = {
+            let p = Paths::new(&paths.dir, id);
+            let (dat, idx, sidx) = volume_paths(&paths.dir, id);
+            blocking(move || {
+                std::fs::rename(&p.dat, &dat)?;
+                fsync_dir(&p.dir)?;
+                crash_here(stop, CrashPoint::AfterDataRename)?;
+                if sealed {
+                    std::fs::rename(&p.sidx, &sidx)?;
+                }
+                std::fs::rename(&p.idx, &idx)?;
+                fsync_dir(&p.dir)?;
+                crash_here(stop, CrashPoint::BeforeMarkerRemoval)?;
+                std::fs::remove_file(&p.marker)?;
+                fsync_dir(&p.dir)?;
+                let index = if sealed {
+                    VolIndex::Sealed(SortedIndex::open(&sidx)?)
+                } else {
+                    VolIndex::Mem(MemIndex::from_sorted(entries.iter().copied()))
+                };
+                Ok((index, entries))
+            })
+            .await
+        };
+        let (index, entries) = match swapped {
+            Ok(x) => x,
+            Err(e) if stop.is_some() => return Err(e),
+            Err(e) => {
+                self.set_read_only(format!(
+                    "compaction failed after its commit point ({e}); restart the store to finish it"
+                ));
+                return Err(e);
+            }
+        };
+        let NewFiles { dat, idx, tail, .. } = nf;
+        // SAFETY: plain syscall on an owned descriptor.
+        unsafe { libc::posix_fadvise(dat.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        {
+            let mut st = self.write_index();
+            st.index = index;
+            st.file = Arc::new(dat);
+        }
+        {
+            // Records buffered for the old file describe old offsets: dropped, not flushed.
+            let mut log = lock(&self.idx_log);
+            log.file = idx;
+            log.buf.clear();
+        }
+        ap.tail = tail;
+        ap.allocated = tail;
+        self.tail.store(tail, Ordering::Release);
+        let (mut live_bytes, mut dead) = (0u64, 0u64);
+        for e in &entries {
+            if e.2.deleted {
+                dead += 1;
+            } else {
+                live_bytes += e.2.extent as u64;
+            }
+        }
+        self.stats.live_bytes.store(live_bytes, Ordering::Relaxed);
+        self.stats.deleted_needles.store(dead, Ordering::Relaxed);
+        {
+            let mut m = lock(&self.mode);
+            if matches!(&*m, Mode::ReadOnly(r) if r == "full")
+                && self.max_bytes.saturating_sub(tail) >= (self.max_bytes / 20).max(1 << 20)
+            {
+                *m = Mode::Writable;
+            }
+        }
+        drop(ap);
+        let pause_ms = paused.elapsed().as_millis() as u64;
+        metrics::counter!("haystack_store_compactions_total").increment(1);
+        metrics::counter!("haystack_store_compaction_reclaimed_bytes_total")
+            .increment(before.saturating_sub(tail));
+        Ok(CompactReport {
+            volume: id,
+            before_bytes: before,
+            after_bytes: tail,
+            reclaimed_bytes: before.saturating_sub(tail),
+            needles: entries.len() as u64,
+            phases,
+            pause_ms,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The journal's puts that are still the current, live version and not copied yet.
+    fn pending_puts(&self, c: &Compaction, nf: &NewFiles) -> Vec<IndexEntry> {
+        let puts = std::mem::take(&mut lock(&c.journal).puts);
+        let st = self.read_index();
+        puts.into_iter()
+            .filter(|&(k, a, l)| {
+                st.get(k, a)
+                    .is_some_and(|cur| cur.offset == l.offset && !cur.deleted)
+                    && nf.copied(l.offset).is_none()
+            })
+            .collect()
+    }
+}
+
+/// What an index rebuild found (`POST /v1/volumes/{id}/rebuild-index`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RebuildReport {
+    pub volume: u32,
+    /// Needles found by the scan (deleted ones included).
+    pub needles: u64,
+    pub deleted_needles: u64,
+    /// End of the last needle found.
+    pub size_bytes: u64,
+    pub elapsed_ms: u64,
+}
+
+impl Volume {
+    /// Rebuilds the index from the volume file alone: a full scan, as on an open without an
+    /// index file; the index file (and a sealed volume's sorted index) are written anew and
+    /// renamed into place. Writes and deletes wait while it runs.
+    pub async fn rebuild_index(self: &Arc<Self>) -> Result<RebuildReport> {
+        let v = self.clone();
+        tokio::spawn(async move { v.rebuild_inner().await })
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("rebuild task failed: {e}"))))?
+    }
+
+    async fn rebuild_inner(&self) -> Result<RebuildReport> {
+        let started = Instant::now();
+        let _gate = self.gate.write().await;
+        let mut ap = self.append.lock().await;
+        let id = self.id;
+        let dir = self.dir();
+        let (file, sealed) = {
+            let st = self.read_index();
+            (st.file.clone(), matches!(st.index, VolIndex::Sealed(_)))
+        };
+        let (cfg, max_bytes) = (self.cfg.clone(), self.max_bytes);
+        let (index, entries, tail, idx) = blocking(move || {
+            let (_, idx_path, sidx_path) = volume_paths(&dir, id);
+            let tmp = dir.join(format!("vol-{id}.idx.rebuild"));
+            let mut idx = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            let file_len = file.metadata()?.len();
+            let (entries, tail) = recover_writable(id, &file, file_len, &mut idx, &cfg, max_bytes)?;
+            idx.sync_all()?;
+            std::fs::rename(&tmp, &idx_path)?;
+            fsync_dir(&dir)?;
+            let index = if sealed {
+                SortedIndex::write(&sidx_path, entries.iter().copied())?;
+                VolIndex::Sealed(SortedIndex::open(&sidx_path)?)
+            } else {
+                VolIndex::Mem(MemIndex::from_sorted(entries.iter().copied()))
+            };
+            Ok((index, entries, tail, idx))
+        })
+        .await?;
+        self.write_index().index = index;
+        {
+            let mut log = lock(&self.idx_log);
+            log.file = idx;
+            log.buf.clear();
+        }
+        ap.tail = tail;
+        self.tail.store(tail, Ordering::Release);
+        let (mut live_bytes, mut dead) = (0u64, 0u64);
+        for e in &entries {
+            if e.2.deleted {
+                dead += 1;
+            } else {
+                live_bytes += e.2.extent as u64;
+            }
+        }
+        self.stats.live_bytes.store(live_bytes, Ordering::Relaxed);
+        self.stats.deleted_needles.store(dead, Ordering::Relaxed);
+        tracing::info!(
+            volume = id,
+            needles = entries.len(),
+            "index rebuilt from the volume file"
+        );
+        Ok(RebuildReport {
+            volume: id,
+            needles: entries.len() as u64,
+            deleted_needles: dead,
+            size_bytes: tail,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
