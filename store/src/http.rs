@@ -414,6 +414,72 @@ async fn rebuild_index(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
     Ok(HttpResponse::Ok().json(store.volume(vid)?.rebuild_index().await?))
 }
 
+async fn export_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let snap = store.volume(vid)?.export_snapshot();
+    const STEP: u64 = 4 << 20;
+    let len = snap.len;
+    let stream = futures_util::stream::unfold((snap.file, 0u64), move |(file, pos)| async move {
+        if pos >= len {
+            return None;
+        }
+        let n = STEP.min(len - pos) as usize;
+        let f = file.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut b = vec![0u8; n];
+            std::os::unix::fs::FileExt::read_exact_at(&*f, &mut b, pos).map(|_| Bytes::from(b))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match r {
+            Ok(b) => Some((Ok::<_, std::io::Error>(b), (file, pos + n as u64))),
+            // The stream ends short; the importer sees fewer bytes than Content-Length.
+            Err(e) => Some((Err(e), (file, len))),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            "x-haystack-sealed",
+            if snap.sealed { "true" } else { "false" },
+        ))
+        .no_chunking(len)
+        .streaming(stream))
+}
+
+#[derive(Deserialize)]
+struct ImportRequest {
+    from: String,
+}
+
+async fn import_volume(
+    req: HttpRequest,
+    body: web::Json<ImportRequest>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let from = body.into_inner().from;
+    if !(from.starts_with("http://") || from.starts_with("https://")) {
+        return Err(bad("from must be a store's base URL (http://host:port)"));
+    }
+    let store = store.get_ref().clone();
+    // Its own task: a dropped request does not leave a half-imported volume behind.
+    let info = tokio::spawn(async move { store.import_volume(vid, &from).await })
+        .await
+        .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??;
+    Ok(HttpResponse::Created().json(info))
+}
+
+async fn list_needles(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let keys = store.volume(vid)?.needle_keys();
+    let needles: Vec<serde_json::Value> = keys
+        .into_iter()
+        .map(|(k, a, d)| serde_json::json!({"key": k.to_string(), "alt": a, "deleted": d}))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "needles": needles})))
+}
+
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
@@ -474,6 +540,9 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("seal")) => "/v1/volumes/{volume}/seal",
             (4, Some("verify")) => "/v1/volumes/{volume}/verify",
             (4, Some("compact")) => "/v1/volumes/{volume}/compact",
+            (4, Some("export")) => "/v1/volumes/{volume}/export",
+            (4, Some("import")) => "/v1/volumes/{volume}/import",
+            (4, Some("needles")) => "/v1/volumes/{volume}/needles",
             (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
         };
@@ -514,6 +583,21 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/verify")
                 .route(web::post().to(verify_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/export")
+                .route(web::get().to(export_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/import")
+                .route(web::post().to(import_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/needles")
+                .route(web::get().to(list_needles))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

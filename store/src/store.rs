@@ -27,6 +27,14 @@ pub struct StoreConfig {
     pub max_write_bytes: u64,
     /// Volume files grow by preallocated steps of this many bytes. Default 1 GiB.
     pub prealloc_step: u64,
+    /// Automatic compaction: a volume whose dead bytes exceed this fraction of its size (and
+    /// `auto_compact_min_dead_bytes`) is compacted. 0 turns it off. Default 0.3.
+    pub auto_compact_dead_ratio: f64,
+    /// Automatic compaction leaves volumes with fewer dead bytes than this alone. Default
+    /// 64 MiB.
+    pub auto_compact_min_dead_bytes: u64,
+    /// How often volumes are checked for automatic compaction, seconds. Default 60.
+    pub auto_compact_interval_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -39,6 +47,9 @@ impl Default for StoreConfig {
             max_needle_bytes: v.max_needle_bytes,
             max_write_bytes: v.max_write_bytes,
             prealloc_step: v.prealloc_step,
+            auto_compact_dead_ratio: 0.3,
+            auto_compact_min_dead_bytes: 64 << 20,
+            auto_compact_interval_secs: 60,
         }
     }
 }
@@ -51,6 +62,9 @@ impl StoreConfig {
         }
         if self.max_write_bytes < self.max_needle_bytes + 512 {
             return bad("max_write_bytes must exceed max_needle_bytes");
+        }
+        if !(0.0..1.0).contains(&self.auto_compact_dead_ratio) {
+            return bad("auto_compact_dead_ratio must be in [0, 1)");
         }
         if self.max_volume_bytes < 1 << 20 {
             return bad("max_volume_bytes must be at least 1 MiB");
@@ -100,6 +114,14 @@ impl Store {
             }
         }
         ids.sort_unstable();
+        // A bulk copy that died half way (`vol-N.dat.import`) is worth nothing.
+        for entry in std::fs::read_dir(&cfg.data_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "import") {
+                tracing::warn!(file = %path.display(), "removing an unfinished volume import");
+                std::fs::remove_file(&path)?;
+            }
+        }
         let mut volumes = HashMap::new();
         for id in ids {
             let (dir, eng, vc) = (
@@ -180,6 +202,165 @@ impl Store {
 
     pub fn list(&self) -> Vec<VolumeInfo> {
         self.volumes().iter().map(|v| v.info()).collect()
+    }
+
+    /// Copies volume `id` from the store at `from` (its `GET /v1/volumes/{id}/export`): the
+    /// bytes go to `vol-N.dat.import`, are synced, checked (superblock, length), renamed into
+    /// place and opened, which rebuilds the index by a full scan (every needle's CRC checked).
+    /// A sealed source gives a sealed copy. An existing replica here is replaced only when it
+    /// holds no needle (the directory may have asked for an empty one first).
+    pub async fn import_volume(&self, id: u32, from: &str) -> Result<VolumeInfo> {
+        use futures_util::StreamExt;
+        use std::io::Write;
+        let _g = self.create_lock.lock().await;
+        if let Ok(v) = self.volume(id) {
+            if v.info().needles > 0 {
+                return Err(StoreError::VolumeExists(id));
+            }
+            self.volumes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            let (dat, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
+            for p in [dat, idx, sidx] {
+                let _ = std::fs::remove_file(p);
+            }
+            tracing::info!(volume = id, "empty replica dropped for an import");
+        }
+        let url = format!("{}/v1/volumes/{id}/export", from.trim_end_matches('/'));
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let bad_source = |m: String| StoreError::BadRequest(format!("import from {url}: {m}"));
+        let resp = http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| bad_source(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            return Err(bad_source(format!("{status}: {body}")));
+        }
+        let expected = resp
+            .content_length()
+            .ok_or_else(|| bad_source("no Content-Length".into()))?;
+        let sealed = resp
+            .headers()
+            .get("x-haystack-sealed")
+            .is_some_and(|v| v == "true");
+        let tmp = self.cfg.data_dir.join(format!("vol-{id}.dat.import"));
+        let mut file = std::fs::File::create(&tmp)?;
+        let mut got = 0u64;
+        let mut body = resp.bytes_stream();
+        let copied: Result<std::fs::File> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| bad_source(e.to_string()))?;
+                got += chunk.len() as u64;
+                file = tokio::task::spawn_blocking(move || {
+                    file.write_all(&chunk)?;
+                    Ok::<_, std::io::Error>(file)
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+            }
+            if got != expected {
+                return Err(bad_source(format!("{got} bytes received of {expected}")));
+            }
+            file.sync_all()?;
+            Ok(file)
+        }
+        .await;
+        match copied {
+            Ok(f) => drop(f),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        let (dir, eng, vc) = (
+            self.cfg.data_dir.clone(),
+            self.engine.clone(),
+            self.cfg.volume_config(None),
+        );
+        let v = tokio::task::spawn_blocking(move || {
+            let (dat, _, _) = crate::volume::volume_paths(&dir, id);
+            let mut sb = [0u8; crate::format::SUPERBLOCK_LEN as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&tmp)?, &mut sb, 0)?;
+            let parsed = crate::format::Superblock::decode(&sb)
+                .map_err(|source| StoreError::BadVolumeFile { volume: id, source })?;
+            if parsed.volume_id != id {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::BadRequest(format!(
+                    "the source sent volume {} for volume {id}",
+                    parsed.volume_id
+                )));
+            }
+            std::fs::rename(&tmp, &dat)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+            // Its configured maximum comes from the superblock.
+            Volume::open(&dir, id, eng, vc)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        if sealed {
+            v.seal().await?;
+        }
+        self.volumes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, v.clone());
+        let info = v.info();
+        tracing::info!(
+            volume = id,
+            from,
+            bytes = got,
+            needles = info.needles,
+            "volume imported"
+        );
+        Ok(info)
+    }
+
+    /// Compacts, one at a time, every volume whose dead bytes pass the configured ratio;
+    /// checks every `auto_compact_interval_secs` until `shutdown` resolves.
+    pub async fn run_auto_compaction(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let ratio = self.cfg.auto_compact_dead_ratio;
+        if ratio <= 0.0 {
+            return;
+        }
+        let every = std::time::Duration::from_secs(self.cfg.auto_compact_interval_secs.max(1));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            for v in self.volumes() {
+                let info = v.info();
+                if info.compaction.is_some()
+                    || info.dead_bytes < self.cfg.auto_compact_min_dead_bytes
+                    || (info.dead_bytes as f64) < ratio * info.size_bytes as f64
+                {
+                    continue;
+                }
+                tracing::info!(
+                    volume = info.id,
+                    dead_bytes = info.dead_bytes,
+                    size = info.size_bytes,
+                    "automatic compaction"
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    r = v.compact() => if let Err(e) = r {
+                        tracing::warn!(volume = info.id, error = %e, "automatic compaction failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Flushes index checkpoints; call after the last write finished.

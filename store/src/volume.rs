@@ -43,7 +43,7 @@ use crate::format::{
 use crate::index::{Loc, MemIndex, SortedIndex};
 
 mod compact;
-pub use compact::{CompactReport, CrashPoint, RebuildReport};
+pub use compact::{CompactReport, CrashPoint, ExportSnapshot, RebuildReport};
 
 /// Limits of one volume.
 #[derive(Clone, Debug)]

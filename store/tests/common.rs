@@ -78,6 +78,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
         max_needle_bytes: 1 << 20,
         max_write_bytes: 2 << 20,
         prealloc_step: 1 << 20,
+        ..Default::default()
     };
     let store = Store::open(cfg).await.expect("store opens");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");

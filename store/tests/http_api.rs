@@ -374,3 +374,95 @@ fn bad_input_gets_json_4xx() {
         s.stop().await;
     });
 }
+
+#[test]
+fn a_volume_is_copied_between_stores_and_needles_are_listed() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = reqwest::Client::new();
+        c.post(a.url("/v1/volumes/4")).send().await.unwrap();
+        let ns: Vec<_> = (0..50u64)
+            .map(|k| needle(k, 0, 0x77, &vec![k as u8; 1000 + k as usize]))
+            .collect();
+        let r = c
+            .post(a.url("/v1/volumes/4/batch"))
+            .body(encode_batch(&ns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = c
+            .delete(a.url("/v1/needles/4/7/0/77"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let listed: serde_json::Value = c
+            .get(a.url("/v1/volumes/4/needles"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let list = listed["needles"].as_array().unwrap();
+        assert_eq!(list.len(), 50);
+        assert_eq!(
+            list.iter().filter(|n| n["deleted"] == true).count(),
+            1,
+            "{listed}"
+        );
+        // An empty replica on the target (as the directory would create) is replaced.
+        c.post(b.url("/v1/volumes/4")).send().await.unwrap();
+        c.post(a.url("/v1/volumes/4/seal")).send().await.unwrap();
+        let r = c
+            .post(b.url("/v1/volumes/4/import"))
+            .json(&serde_json::json!({"from": a.url("")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let info: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(info["state"], "sealed", "{info}");
+        assert_eq!(info["needles"], 50, "{info}");
+        for k in 0..50u64 {
+            let r = c
+                .get(b.url(&format!("/v1/needles/4/{k}/0/77")))
+                .send()
+                .await
+                .unwrap();
+            if k == 7 {
+                assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            } else {
+                assert_eq!(
+                    r.bytes().await.unwrap().as_ref(),
+                    &vec![k as u8; 1000 + k as usize][..]
+                );
+            }
+        }
+        // A replica with needles is never overwritten; a bad source is a clear 400.
+        let (st, code) = json_error(
+            c.post(b.url("/v1/volumes/4/import"))
+                .json(&serde_json::json!({"from": a.url("")}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((st, code.as_str()), (StatusCode::CONFLICT, "volume_exists"));
+        let (st, _) = json_error(
+            c.post(b.url("/v1/volumes/5/import"))
+                .json(&serde_json::json!({"from": a.url("")}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(!db.path().join("vol-5.dat.import").exists());
+        a.stop().await;
+        b.stop().await;
+    });
+}

@@ -364,6 +364,7 @@ fn a_half_created_volume_does_not_stop_the_store() {
             max_needle_bytes: 1 << 20,
             max_write_bytes: 2 << 20,
             prealloc_step: 1 << 20,
+            ..Default::default()
         };
         let store = haystack_store::Store::open(cfg).await.expect("store opens");
         let v = store.create_volume(7, None).await.expect("volume created");

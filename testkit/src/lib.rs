@@ -201,6 +201,7 @@ impl Cluster {
             max_needle_bytes: self.opts.max_needle_bytes,
             max_write_bytes: self.opts.max_needle_bytes * 4 + 4096,
             prealloc_step: 4 << 20,
+            ..Default::default()
         };
         let directory_url = self.directory.url();
         spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {

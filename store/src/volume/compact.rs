@@ -697,3 +697,34 @@ impl Volume {
         })
     }
 }
+
+/// A consistent view of the volume file for a bulk copy: the file as it is now, the bytes in
+/// use, and whether the volume is sealed.
+pub struct ExportSnapshot {
+    pub file: Arc<File>,
+    pub len: u64,
+    pub sealed: bool,
+}
+
+impl Volume {
+    /// The file and its length for `GET /v1/volumes/{id}/export`. Needles appended later are
+    /// not part of it (repair makes the volume read-only first); a compaction meanwhile swaps
+    /// in a new file but this one stays readable until the export drops it.
+    pub fn export_snapshot(&self) -> ExportSnapshot {
+        let st = self.read_index();
+        ExportSnapshot {
+            file: st.file.clone(),
+            len: self.tail.load(Ordering::Acquire),
+            sealed: matches!(st.index, VolIndex::Sealed(_)),
+        }
+    }
+
+    /// Every needle the index knows: key, alternate key, deleted (for garbage collection).
+    pub fn needle_keys(&self) -> Vec<(u64, u32, bool)> {
+        let st = self.read_index();
+        match &st.index {
+            VolIndex::Mem(m) => m.iter().map(|(k, a, l)| (k, a, l.deleted)).collect(),
+            VolIndex::Sealed(s) => s.iter().map(|(k, a, l)| (k, a, l.deleted)).collect(),
+        }
+    }
+}
