@@ -47,6 +47,38 @@ enum Command {
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY",
+            global = true
+        )]
+        directory: String,
+        /// Machine-readable output.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Garbage collection: delete needles that no photo references (failed uploads, deleted
+    /// photos whose store deletes were missed).
+    Gc {
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY"
+        )]
+        directory: String,
+        /// Needles of photos younger than this (seconds) are left alone: their upload may
+        /// still be running.
+        #[arg(long, default_value_t = 3600)]
+        grace_secs: u64,
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
@@ -78,35 +110,38 @@ enum VolumeCommand {
     Verify {
         /// Logical volume id.
         id: u32,
-        /// The directory's URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:8082",
-            env = "HAYSTACK_DIRECTORY"
-        )]
-        directory: String,
         /// Only report; do not repair.
         #[arg(long)]
         no_repair: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
     },
     /// Seal a logical volume: no more uploads; every replica becomes read-only for good with
     /// its index in a mapped sorted file.
     Seal {
         /// Logical volume id.
         id: u32,
-        /// The directory's URL.
-        #[arg(
-            long,
-            default_value = "http://127.0.0.1:8082",
-            env = "HAYSTACK_DIRECTORY"
-        )]
-        directory: String,
-        /// Machine-readable output.
+    },
+    /// Online compaction of every replica, one at a time: dead space (deleted and
+    /// overwritten needles) comes back while reads, writes and deletes go on.
+    Compact {
+        /// Logical volume id.
+        id: u32,
+    },
+    /// Rebuild every replica's index from a full scan of its volume file.
+    RebuildIndex {
+        /// Logical volume id.
+        id: u32,
+    },
+    /// Copy the volume from a healthy replica onto another machine (bulk copy) and switch
+    /// the directory to it.
+    Repair {
+        /// Logical volume id.
+        id: u32,
+        /// The store to copy onto: its id or URL (see `haystack status`).
         #[arg(long)]
-        json: bool,
+        to: String,
+        /// The replica to replace: store id or URL (default: the one whose store is down).
+        #[arg(long)]
+        from: Option<String>,
     },
 }
 
@@ -224,6 +259,10 @@ struct StoreArgs {
     /// Seconds between heartbeats until the directory names its own interval.
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
+    /// Automatic compaction of volumes whose dead bytes pass this fraction of their size
+    /// (0: off).
+    #[arg(long, default_value_t = 0.3)]
+    auto_compact_ratio: f64,
     /// Benchmarks only: also serve this many bytes from memory at /bench/memory/... (the
     /// ceiling of the HTTP stack).
     #[arg(long, hide = true)]
@@ -232,6 +271,7 @@ struct StoreArgs {
 
 mod client;
 mod cluster;
+mod gc_tool;
 mod photo_tool;
 mod status;
 mod volume_tool;
@@ -279,6 +319,7 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
         max_volume_bytes: a.max_volume_bytes,
         max_needle_bytes: a.max_needle_bytes,
         prealloc_step: a.prealloc_step,
+        auto_compact_dead_ratio: a.auto_compact_ratio,
         ..StoreConfig::default()
     };
     let store = Store::open(cfg)
@@ -321,6 +362,7 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
             stopped(),
         ));
     }
+    tokio::spawn(store.clone().run_auto_compaction(stopped()));
     let opts = haystack_store::http::ServerOptions {
         workers: a.workers,
         memory_ceiling_bytes: a.bench_memory_ceiling,
@@ -353,7 +395,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Status(_) | Command::Photo { .. } | Command::Volume { .. }
+        Command::Status(_) | Command::Photo { .. } | Command::Volume { .. } | Command::Gc { .. }
     ) {
         // Command-line tools die quietly when their output pipe closes (`haystack status |
         // head`), as Unix tools do. Servers keep Rust's default (SIGPIPE ignored), so that a
@@ -387,22 +429,28 @@ fn main() -> ExitCode {
                 PhotoCommand::Delete { id } => photo_tool::delete(&directory, &id).await,
             },
             Command::Volume {
-                command:
-                    VolumeCommand::Seal {
-                        id,
-                        directory,
-                        json,
-                    },
-            } => volume_tool::seal(&directory, id, json).await,
-            Command::Volume {
-                command:
-                    VolumeCommand::Verify {
-                        id,
-                        directory,
-                        no_repair,
-                        json,
-                    },
-            } => volume_tool::verify(&directory, id, !no_repair, json).await,
+                command,
+                directory,
+                json,
+            } => match command {
+                VolumeCommand::Seal { id } => volume_tool::seal(&directory, id, json).await,
+                VolumeCommand::Verify { id, no_repair } => {
+                    volume_tool::verify(&directory, id, !no_repair, json).await
+                }
+                VolumeCommand::Compact { id } => volume_tool::compact(&directory, id, json).await,
+                VolumeCommand::RebuildIndex { id } => {
+                    volume_tool::rebuild_index(&directory, id, json).await
+                }
+                VolumeCommand::Repair { id, to, from } => {
+                    volume_tool::repair(&directory, id, &to, from.as_deref(), json).await
+                }
+            },
+            Command::Gc {
+                directory,
+                grace_secs,
+                dry_run,
+                json,
+            } => gc_tool::run(&directory, grace_secs, dry_run, json).await,
         }
     });
     match result {

@@ -229,3 +229,309 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
     }
     Ok(())
 }
+
+/// A spinner or bar on stderr that follows a replica's compaction progress; hidden when
+/// stderr is not a terminal or the output is JSON.
+fn progress_bar(json: bool, msg: String) -> indicatif::ProgressBar {
+    let pb = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    pb
+}
+
+#[derive(Serialize)]
+struct ReplicaReport<T> {
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn print_reports<T: Serialize>(
+    out: &[ReplicaReport<T>],
+    json: bool,
+    line: impl Fn(&T) -> String,
+) -> Result<usize, String> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(out).map_err(|e| e.to_string())?
+        );
+    } else {
+        for r in out {
+            match (&r.report, &r.error) {
+                (Some(rep), _) => println!("{}: {}", r.url, line(rep)),
+                (_, Some(e)) => println!("{}: FAILED: {e}", r.url),
+                _ => {}
+            }
+        }
+    }
+    Ok(out.iter().filter(|r| r.error.is_some()).count())
+}
+
+/// Compacts every replica of logical volume `id`, one replica at a time (the others keep
+/// serving at full speed), following each one's progress.
+pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String> {
+    let directory = directory.trim_end_matches('/');
+    let c = client(Duration::from_secs(6 * 3600))?;
+    let poll = client(Duration::from_secs(10))?;
+    let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let mut out = Vec::new();
+    for r in &dir.replicas {
+        let pb = progress_bar(json, format!("compacting volume {id} on {}", r.url));
+        let url = format!("{}/v1/volumes/{id}/compact", r.url);
+        let req = post_json::<(), haystack_store::CompactReport>(&c, &url, None);
+        tokio::pin!(req);
+        let res = loop {
+            tokio::select! {
+                res = &mut req => break res,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if let Ok(v) = get_json::<VolumeInfo>(&poll, &format!("{}/v1/volumes/{id}", r.url)).await {
+                        if let Some(p) = v.compaction {
+                            pb.set_length(p.total_bytes);
+                            pb.set_position(p.done_bytes);
+                        }
+                    }
+                }
+            }
+        };
+        pb.finish_and_clear();
+        out.push(match res {
+            Ok(rep) => ReplicaReport {
+                url: r.url.clone(),
+                report: Some(rep),
+                error: None,
+            },
+            Err(e) => ReplicaReport {
+                url: r.url.clone(),
+                report: None,
+                error: Some(e),
+            },
+        });
+    }
+    let failed = print_reports(&out, json, |r: &haystack_store::CompactReport| {
+        format!(
+            "{} -> {} bytes ({} reclaimed), {} needles, writes paused {} ms, {} ms in all",
+            r.before_bytes, r.after_bytes, r.reclaimed_bytes, r.needles, r.pause_ms, r.elapsed_ms
+        )
+    })?;
+    if failed > 0 {
+        return Err(format!(
+            "{failed} replica(s) of volume {id} were not compacted (nothing changed on them)"
+        ));
+    }
+    Ok(())
+}
+
+/// Rebuilds the index of every replica of logical volume `id` from its volume file.
+pub async fn rebuild_index(directory: &str, id: u32, json: bool) -> Result<(), String> {
+    let directory = directory.trim_end_matches('/');
+    let c = client(Duration::from_secs(6 * 3600))?;
+    let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let mut out = Vec::new();
+    for r in &dir.replicas {
+        let pb = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        pb.set_message(format!("rebuilding the index of volume {id} on {}", r.url));
+        pb.enable_steady_tick(Duration::from_millis(200));
+        let res = post_json::<(), haystack_store::RebuildReport>(
+            &c,
+            &format!("{}/v1/volumes/{id}/rebuild-index", r.url),
+            None,
+        )
+        .await;
+        pb.finish_and_clear();
+        out.push(ReplicaReport {
+            url: r.url.clone(),
+            error: res.as_ref().err().cloned(),
+            report: res.ok(),
+        });
+    }
+    let failed = print_reports(&out, json, |r: &haystack_store::RebuildReport| {
+        format!(
+            "{} needles ({} deleted), {} bytes scanned in {} ms",
+            r.needles, r.deleted_needles, r.size_bytes, r.elapsed_ms
+        )
+    })?;
+    if failed > 0 {
+        return Err(format!("{failed} replica(s) of volume {id} failed"));
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RepairResult {
+    volume: u32,
+    source: String,
+    from_store: String,
+    to_store: String,
+    copied: VolumeInfo,
+    directory: LogicalVolumeInfo,
+}
+
+/// Finds a store by id (decimal) or URL.
+fn find_store<'a>(
+    stores: &'a [haystack_proto::directory::StoreInfo],
+    what: &str,
+) -> Result<&'a haystack_proto::directory::StoreInfo, String> {
+    let w = what.trim_end_matches('/');
+    stores
+        .iter()
+        .find(|s| s.store_id.to_string() == w || s.url.trim_end_matches('/') == w)
+        .ok_or_else(|| format!("no store {what:?} is registered (see `haystack status`)"))
+}
+
+/// Haystack's bulk repair: copies logical volume `id` from a healthy replica onto store `to`
+/// (the whole volume file, checked on arrival), then points the directory at the new replica
+/// in place of `from` (by default the replica whose store is down). The volume is read-only
+/// while it runs and writable again after, unless it was sealed or read-only before.
+pub async fn repair(
+    directory: &str,
+    id: u32,
+    to: &str,
+    from: Option<&str>,
+    json: bool,
+) -> Result<(), String> {
+    let directory = directory.trim_end_matches('/');
+    let c = client(Duration::from_secs(6 * 3600))?;
+    let stores: Vec<haystack_proto::directory::StoreInfo> =
+        get_json(&c, &format!("{directory}/v1/stores")).await?;
+    let vol: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let target = find_store(&stores, to)?.clone();
+    if target.state != haystack_proto::directory::StoreState::Up {
+        return Err(format!(
+            "store {} ({}) is not up",
+            target.store_id, target.url
+        ));
+    }
+    if vol.replicas.iter().any(|r| r.store_id == target.store_id) {
+        return Err(format!(
+            "store {} already holds a replica of volume {id}",
+            target.store_id
+        ));
+    }
+    let replaced = match from {
+        Some(f) => {
+            let s = find_store(&stores, f)?;
+            vol.replicas
+                .iter()
+                .find(|r| r.store_id == s.store_id)
+                .ok_or_else(|| format!("store {} holds no replica of volume {id}", s.store_id))?
+                .clone()
+        }
+        None => vol
+            .replicas
+            .iter()
+            .find(|r| !r.up)
+            .ok_or_else(|| {
+                format!("every replica of volume {id} is up: say which one to move with --from")
+            })?
+            .clone(),
+    };
+    let source = vol
+        .replicas
+        .iter()
+        .find(|r| r.up && r.store_id != replaced.store_id)
+        .ok_or_else(|| format!("no healthy replica of volume {id} to copy from"))?
+        .clone();
+    // No uploads while the copy is made: a write after the copy started would be missing.
+    let was_writable = vol.state == VolumeState::Writable;
+    if was_writable {
+        let _: LogicalVolumeInfo = post_json(
+            &c,
+            &format!("{directory}/v1/volumes/{id}/state"),
+            Some(&VolumeStateRequest {
+                state: VolumeState::ReadOnly,
+                reason: Some("repair in progress".into()),
+            }),
+        )
+        .await?;
+    }
+    let result = async {
+        let pb = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        pb.set_message(format!(
+            "copying volume {id} from {} to {}",
+            source.url, target.url
+        ));
+        pb.enable_steady_tick(Duration::from_millis(200));
+        let copied: Result<VolumeInfo, String> = post_json(
+            &c,
+            &format!("{}/v1/volumes/{id}/import", target.url),
+            Some(&serde_json::json!({ "from": source.url })),
+        )
+        .await;
+        pb.finish_and_clear();
+        let copied = copied?;
+        let src: VolumeInfo = get_json(&c, &format!("{}/v1/volumes/{id}", source.url)).await?;
+        if copied.needles != src.needles {
+            return Err(format!(
+                "the copy on {} has {} needles, the source {}: directory not changed",
+                target.url, copied.needles, src.needles
+            ));
+        }
+        let d: LogicalVolumeInfo = post_json(
+            &c,
+            &format!("{directory}/v1/volumes/{id}/replace"),
+            Some(&haystack_proto::directory::ReplaceReplicaRequest {
+                from_store_id: replaced.store_id,
+                to_store_id: target.store_id,
+            }),
+        )
+        .await?;
+        Ok((copied, d))
+    }
+    .await;
+    if was_writable {
+        let restored: Result<LogicalVolumeInfo, String> = post_json(
+            &c,
+            &format!("{directory}/v1/volumes/{id}/state"),
+            Some(&VolumeStateRequest {
+                state: VolumeState::Writable,
+                reason: None,
+            }),
+        )
+        .await;
+        if let Err(e) = restored {
+            eprintln!("haystack: volume {id} stays read-only: {e}");
+        }
+    }
+    let (copied, d) = result?;
+    let out = RepairResult {
+        volume: id,
+        source: source.url.clone(),
+        from_store: format!("{} ({})", replaced.store_id, replaced.url),
+        to_store: format!("{} ({})", target.store_id, target.url),
+        copied,
+        directory: d,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "volume {id}: copied from {} to {} ({} needles, {} bytes); replica on {} replaced",
+            out.source, out.to_store, out.copied.needles, out.copied.size_bytes, out.from_store
+        );
+    }
+    Ok(())
+}

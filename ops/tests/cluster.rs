@@ -411,6 +411,94 @@ fn stores_register_get_volumes_and_go_down() {
             .status
             .success()
     );
+    let put_vid = p["volume_id"].as_u64().expect("volume id") as u32;
+    // An upload that never committed leaves needles no photo references: `haystack gc`
+    // deletes them (grace 0: old enough at once), and leaves the committed photo alone.
+    let (orphan_url, orphan_vid) = rt.block_on(async {
+        let a: AssignResponse = c
+            .post(format!("{dbase}/v1/assign"))
+            .json(&AssignRequest::default())
+            .send()
+            .await
+            .expect("assign")
+            .json()
+            .await
+            .expect("assign body");
+        let path = format!(
+            "/v1/needles/{}/{}/0/{}",
+            a.volume_id,
+            a.id,
+            format_cookie(a.cookie)
+        );
+        for r in &a.replicas {
+            let put = c
+                .put(format!("{}{path}", r.url))
+                .body(vec![9u8; 3000])
+                .send()
+                .await
+                .expect("put");
+            assert_eq!(put.status(), 201);
+        }
+        (format!("{}{path}", a.replicas[0].url), a.volume_id)
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(["gc", "--grace-secs", "0", "--json", "--directory", &dbase])
+        .output()
+        .expect("haystack gc");
+    assert!(
+        out.status.success(),
+        "gc: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc JSON");
+    let deleted: u64 = gc
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter(|r| r["volume"] == orphan_vid)
+        .map(|r| r["deleted"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(deleted, 2, "the orphan on both replicas: {gc}");
+    rt.block_on(async {
+        let r = c.get(&orphan_url).send().await.expect("get orphan");
+        assert_eq!(r.status(), 404, "gc left the orphan");
+        let p: PhotoInfo = c
+            .get(format!("{dbase}/v1/photos/{photo_id}"))
+            .send()
+            .await
+            .expect("lookup")
+            .json()
+            .await
+            .expect("photo");
+        assert_served_by_every_replica(&c, &p, b"hello").await;
+    });
+    // Compaction gives back the deleted photo's and the orphan's space, on every replica.
+    let out = hs(&["volume", "compact", &put_vid.to_string(), "--json"]);
+    assert!(
+        out.status.success(),
+        "compact: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let comp: serde_json::Value = serde_json::from_slice(&out.stdout).expect("compact JSON");
+    for r in comp.as_array().expect("replicas") {
+        assert!(
+            r["report"]["reclaimed_bytes"].as_u64().unwrap_or(0) >= 5000,
+            "{comp}"
+        );
+    }
+    let out = hs(&["volume", "rebuild-index", &sealed_vid.to_string(), "--json"]);
+    assert!(
+        out.status.success(),
+        "rebuild-index: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rb: serde_json::Value = serde_json::from_slice(&out.stdout).expect("rebuild JSON");
+    for r in rb.as_array().expect("replicas") {
+        assert_eq!(r["report"]["needles"], 1, "{rb}");
+    }
     // Kill the second store: its logical volumes turn read-only in the directory.
     let mut second = procs.0.pop().expect("store");
     second.kill().expect("kill store");
@@ -436,5 +524,76 @@ fn stores_register_get_volumes_and_go_down() {
             .then_some(())
         })
         .await;
+    });
+    // A third machine joins; `haystack volume repair` copies the sealed volume onto it from
+    // the surviving replica and the directory points at it instead of the dead store.
+    let port = free_port();
+    let third = format!("http://127.0.0.1:{port}");
+    procs.0.push(spawn(
+        &[
+            "store".into(),
+            "--data-dir".into(),
+            dir.path().join("store2").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--directory".into(),
+            dbase.clone(),
+            "--heartbeat-secs".into(),
+            "1".into(),
+            "--max-volume-bytes".into(),
+            (64u64 << 20).to_string(),
+            "--prealloc-step".into(),
+            (8u64 << 20).to_string(),
+        ],
+        &log,
+    ));
+    rt.block_on(async {
+        until("the third store is up in the directory", async || {
+            let s: Vec<haystack_proto::directory::StoreInfo> = c
+                .get(format!("{dbase}/v1/stores"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            s.iter()
+                .any(|s| s.url == third && s.state == haystack_proto::directory::StoreState::Up)
+                .then_some(())
+        })
+        .await;
+    });
+    let out = hs(&[
+        "volume",
+        "repair",
+        &sealed_vid.to_string(),
+        "--to",
+        &third,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "repair: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).expect("repair JSON");
+    assert_eq!(rep["copied"]["state"], "sealed", "{rep}");
+    rt.block_on(async {
+        let p: PhotoInfo = until("the repaired volume lists the new replica", async || {
+            let p: PhotoInfo = c
+                .get(format!("{dbase}/v1/photos/{photo_id}"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (p.replicas.iter().any(|r| r.url == third)
+                && p.replicas.iter().all(|r| r.url != store_urls[1]))
+            .then_some(p)
+        })
+        .await;
+        assert_served_by_every_replica(&c, &p, b"hello").await;
     });
 }

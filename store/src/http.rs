@@ -480,6 +480,44 @@ async fn list_needles(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResu
     Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "needles": needles})))
 }
 
+#[derive(Deserialize)]
+struct GcNeedle {
+    key: String,
+    alt: u32,
+}
+
+#[derive(Deserialize)]
+struct GcRequest {
+    needles: Vec<GcNeedle>,
+}
+
+/// Deletes needles that no photo references, without their cookies (operators' gc).
+async fn gc_volume(
+    req: HttpRequest,
+    body: web::Json<GcRequest>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let v = store.volume(vid)?;
+    let mut keys = Vec::with_capacity(body.needles.len());
+    for n in &body.needles {
+        let key: u64 = n
+            .key
+            .parse()
+            .map_err(|_| bad(format!("key {:?} is not a 64-bit unsigned integer", n.key)))?;
+        keys.push((key, n.alt));
+    }
+    let (mut deleted, mut missing) = (0u64, 0u64);
+    for (key, alt) in keys {
+        match v.delete_unreferenced(key, alt).await {
+            Ok(()) => deleted += 1,
+            Err(StoreError::NotFound) => missing += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "deleted": deleted, "missing": missing})))
+}
+
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "status": "ok",
@@ -543,6 +581,7 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("export")) => "/v1/volumes/{volume}/export",
             (4, Some("import")) => "/v1/volumes/{volume}/import",
             (4, Some("needles")) => "/v1/volumes/{volume}/needles",
+            (4, Some("gc")) => "/v1/volumes/{volume}/gc",
             (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
         };
@@ -598,6 +637,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/needles")
                 .route(web::get().to(list_needles))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/gc")
+                .route(web::post().to(gc_volume))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

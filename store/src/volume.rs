@@ -922,12 +922,21 @@ impl Volume {
     /// must match. Runs as its own task.
     pub async fn delete(self: &Arc<Self>, key: u64, alt: u32, cookie: u64) -> Result<()> {
         let v = self.clone();
-        tokio::spawn(async move { v.delete_inner(key, alt, cookie).await })
+        tokio::spawn(async move { v.delete_inner(key, alt, Some(cookie)).await })
             .await
             .map_err(|e| StoreError::Io(io::Error::other(format!("delete task failed: {e}"))))?
     }
 
-    async fn delete_inner(&self, key: u64, alt: u32, cookie: u64) -> Result<()> {
+    /// Deletes a needle whatever its cookie: garbage collection of needles that no photo
+    /// references (the operator's `haystack gc`), whose cookies nobody knows.
+    pub async fn delete_unreferenced(self: &Arc<Self>, key: u64, alt: u32) -> Result<()> {
+        let v = self.clone();
+        tokio::spawn(async move { v.delete_inner(key, alt, None).await })
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("delete task failed: {e}"))))?
+    }
+
+    async fn delete_inner(&self, key: u64, alt: u32, cookie: Option<u64>) -> Result<()> {
         let _gate = self.gate.read().await;
         let (loc, file) = self.lookup(key, alt)?;
         let buf = self.engine.read_at(&file, loc.offset, HEADER_LEN).await?;
@@ -935,7 +944,7 @@ impl Volume {
         if h.key != key || h.alt != alt {
             return Err(self.corrupt(loc, "header does not match the index".into()));
         }
-        if h.cookie != cookie || h.deleted() {
+        if cookie.is_some_and(|c| c != h.cookie) || h.deleted() {
             return Err(StoreError::NotFound);
         }
         if let Err(e) = self

@@ -1,0 +1,209 @@
+//! `haystack gc`: finds needles that no photo references (uploads that failed before their
+//! commit, deleted photos whose store deletes were missed) and deletes them.
+//!
+//! A needle is referenced when the directory knows its key as a live photo on the same
+//! logical volume with that alternate key among its variants or video chunks. Needles whose
+//! id is younger than the grace period are left alone: their upload may still be running
+//! (ids carry their creation time). A photo the directory cannot answer for (an error other
+//! than 404) keeps its needles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use haystack_proto::directory::{LogicalVolumeInfo, PhotoInfo};
+use serde::{Deserialize, Serialize};
+
+use crate::client::{client, get_json, post_json};
+
+#[derive(Deserialize)]
+struct Listed {
+    key: String,
+    alt: u32,
+    deleted: bool,
+}
+
+#[derive(Deserialize)]
+struct Listing {
+    needles: Vec<Listed>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GcNeedle {
+    key: String,
+    alt: u32,
+}
+
+#[derive(Deserialize)]
+struct GcAnswer {
+    deleted: u64,
+}
+
+#[derive(Serialize, Default)]
+struct ReplicaGc {
+    volume: u32,
+    url: String,
+    live_needles: u64,
+    too_young: u64,
+    unreferenced: u64,
+    deleted: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// What the directory says of a photo id.
+enum Known {
+    Photo(PhotoInfo),
+    Gone,
+    Unknown,
+}
+
+async fn lookup(c: &reqwest::Client, directory: &str, key: u64) -> Known {
+    match c.get(format!("{directory}/v1/photos/{key}")).send().await {
+        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Known::Gone,
+        Ok(r) if r.status().is_success() => match r.json::<PhotoInfo>().await {
+            Ok(p) => Known::Photo(p),
+            Err(_) => Known::Unknown,
+        },
+        _ => Known::Unknown,
+    }
+}
+
+pub async fn run(
+    directory: &str,
+    grace_secs: u64,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), String> {
+    let directory = directory.trim_end_matches('/');
+    let c = client(Duration::from_secs(600))?;
+    let vols: Vec<LogicalVolumeInfo> = get_json(&c, &format!("{directory}/v1/volumes")).await?;
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let young_after = now_ms.saturating_sub(grace_secs * 1000);
+    let mut photos: HashMap<u64, Known> = HashMap::new();
+    let mut out = Vec::new();
+    let pb = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(vols.iter().map(|v| v.replicas.len() as u64).sum())
+    };
+    for vol in &vols {
+        for r in &vol.replicas {
+            pb.set_message(format!("volume {} on {}", vol.id, r.url));
+            let mut rep = ReplicaGc {
+                volume: vol.id,
+                url: r.url.clone(),
+                ..Default::default()
+            };
+            if !r.up {
+                rep.error = Some("store is down; skipped".into());
+                out.push(rep);
+                pb.inc(1);
+                continue;
+            }
+            let listing: Listing =
+                match get_json(&c, &format!("{}/v1/volumes/{}/needles", r.url, vol.id)).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        rep.error = Some(e);
+                        out.push(rep);
+                        pb.inc(1);
+                        continue;
+                    }
+                };
+            let mut by_key: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+            for n in listing.needles.iter().filter(|n| !n.deleted) {
+                if let Ok(k) = n.key.parse::<u64>() {
+                    by_key.entry(k).or_default().push(n.alt);
+                }
+            }
+            let mut orphans = Vec::new();
+            for (key, alts) in by_key {
+                rep.live_needles += alts.len() as u64;
+                if haystack_directory::ids::decode(key).unix_ms >= young_after {
+                    rep.too_young += alts.len() as u64;
+                    continue;
+                }
+                if !photos.contains_key(&key) {
+                    let k = lookup(&c, directory, key).await;
+                    photos.insert(key, k);
+                }
+                for alt in alts {
+                    let referenced = match &photos[&key] {
+                        Known::Unknown => true,
+                        Known::Gone => false,
+                        Known::Photo(p) => {
+                            p.volume_id == vol.id
+                                && (p.variants.iter().any(|v| v.alt == alt)
+                                    || p.chunks.iter().any(|ch| ch.alt == alt))
+                        }
+                    };
+                    if !referenced {
+                        orphans.push(GcNeedle {
+                            key: key.to_string(),
+                            alt,
+                        });
+                    }
+                }
+            }
+            rep.unreferenced = orphans.len() as u64;
+            if !dry_run {
+                for chunk in orphans.chunks(1000) {
+                    let body = serde_json::json!({ "needles": chunk });
+                    match post_json::<_, GcAnswer>(
+                        &c,
+                        &format!("{}/v1/volumes/{}/gc", r.url, vol.id),
+                        Some(&body),
+                    )
+                    .await
+                    {
+                        Ok(a) => rep.deleted += a.deleted,
+                        Err(e) => {
+                            rep.error = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            out.push(rep);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{:>6}  {:<28} {:>10} {:>10} {:>13} {:>8}",
+            "volume", "replica", "live", "too young", "unreferenced", "deleted"
+        );
+        for r in &out {
+            println!(
+                "{:>6}  {:<28} {:>10} {:>10} {:>13} {:>8}{}",
+                r.volume,
+                r.url,
+                r.live_needles,
+                r.too_young,
+                r.unreferenced,
+                r.deleted,
+                r.error
+                    .as_ref()
+                    .map(|e| format!("  ({e})"))
+                    .unwrap_or_default()
+            );
+        }
+        if dry_run {
+            println!("dry run: nothing deleted");
+        }
+    }
+    let failed = out.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        return Err(format!("{failed} replica(s) could not be collected"));
+    }
+    Ok(())
+}
