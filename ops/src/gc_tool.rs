@@ -126,9 +126,8 @@ pub async fn run(
                     rep.too_young += alts.len() as u64;
                     continue;
                 }
-                if !photos.contains_key(&key) {
-                    let k = lookup(&c, directory, key).await;
-                    photos.insert(key, k);
+                if let std::collections::hash_map::Entry::Vacant(e) = photos.entry(key) {
+                    e.insert(lookup(&c, directory, key).await);
                 }
                 for alt in alts {
                     let referenced = match &photos[&key] {
