@@ -190,6 +190,15 @@ async fn health(dir: Dir) -> HttpResponse {
     }
 }
 
+/// The operators' dashboard: one static page that polls `/health`, `/v1/stores` and
+/// `/v1/volumes` (no build step, no dependencies).
+async fn dashboard() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("cache-control", "no-cache"))
+        .body(include_str!("dashboard.html"))
+}
+
 async fn metrics_text() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
@@ -222,6 +231,8 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
                     .error_handler(json_error),
             )
             .app_data(web::QueryConfig::default().error_handler(query_error))
+            .route("/", web::get().to(dashboard))
+            .route("/dashboard", web::get().to(dashboard))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_text))
             .route("/v1/stores/register", web::post().to(register))

@@ -68,6 +68,20 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     }
     assert!(pushed, "volume creation never pushed to the stores");
 
+    // The operators' dashboard is one static page that polls the JSON routes.
+    for path in ["/", "/dashboard"] {
+        let r = reqwest::get(format!("{}{path}", c.base_url()))
+            .await
+            .expect("dashboard");
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let page = r.text().await.expect("page");
+        assert!(page.contains("/v1/volumes") && page.contains("/v1/stores"));
+    }
+
     let a = c.assign(&AssignRequest::default()).await.expect("assign");
     assert_eq!(a.replicas.len(), 3);
     let mut replica_urls: Vec<&str> = a.replicas.iter().map(|r| r.url.as_str()).collect();
