@@ -49,6 +49,10 @@ pub struct DirectoryConfig {
     pub notify_timeout_ms: u64,
     /// How long an idempotency key of an assign is honoured, in ms. Default 86400000 (a day).
     pub idempotency_ttl_ms: u64,
+    /// Automatic re-replication: a store down for longer than this many ms has each of its
+    /// replicas copied from a healthy replica onto another store, which then replaces it.
+    /// 0 turns it off. Default 900000 (15 minutes: a reboot is not a reason to copy).
+    pub rereplicate_after_ms: u64,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -75,6 +79,7 @@ impl Default for DirectoryConfig {
             cache_purge_urls: Vec::new(),
             notify_timeout_ms: 2_000,
             idempotency_ttl_ms: 86_400_000,
+            rereplicate_after_ms: 900_000,
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),

@@ -94,6 +94,19 @@ pub async fn run_with(
         }
     });
 
+    // Re-replication copies whole volumes: its own loop, so liveness sweeps never wait on it.
+    let rerep_dir = dir.clone();
+    let rereplication = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick.max(Duration::from_secs(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = rerep_dir.rereplicate_once().await {
+                tracing::warn!(error = %e, "re-replication round failed; retrying next tick");
+            }
+        }
+    });
+
     let server_task = tokio::spawn(server);
     shutdown.await;
     tracing::info!("directory shutting down");
@@ -101,6 +114,8 @@ pub async fn run_with(
     handle.stop(true).await;
     maintenance.abort();
     let _ = maintenance.await;
+    rereplication.abort();
+    let _ = rereplication.await;
     let served = server_task.await;
     dir.close().await;
     match served {

@@ -880,6 +880,109 @@ impl Directory {
         )))
     }
 
+    /// Automatic re-replication, one volume per call: the first volume with a replica on a
+    /// store down for longer than `rereplicate_after_ms` gets a new replica on an up store
+    /// that does not hold it (placement's rules), copied there by the store itself from a
+    /// healthy replica (`POST {target}/v1/volumes/{id}/import`), then put in place of the dead
+    /// one. The volume is read-only meanwhile (a replica is down), so the copy misses no
+    /// write. Returns the volume it repaired. Run from its own loop: a copy takes as long as
+    /// the volume is big.
+    pub async fn rereplicate_once(&self) -> Result<Option<u32>, DirectoryError> {
+        let after = self.config.rereplicate_after_ms;
+        if after == 0 {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let view = self.view();
+        let dead: HashSet<u64> = view
+            .stores
+            .values()
+            .filter(|s| {
+                s.state == StoreState::Down && now.saturating_sub(s.last_heartbeat_ms) > after
+            })
+            .map(|s| s.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(None);
+        }
+        for v in view.volumes.values() {
+            let Some(lost) = v.info.replicas.iter().find(|r| dead.contains(&r.store_id)) else {
+                continue;
+            };
+            let Some(source) = v
+                .info
+                .replicas
+                .iter()
+                .find(|r| r.up && r.reported && !dead.contains(&r.store_id))
+            else {
+                tracing::error!(
+                    volume_id = v.info.id,
+                    "no healthy replica left to re-replicate from"
+                );
+                continue;
+            };
+            let candidates: Vec<Candidate> = view
+                .stores
+                .values()
+                .filter(|s| store_up(s))
+                .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
+                .map(|s| Candidate {
+                    store_id: s.id,
+                    zone: s.zone.clone(),
+                    rack: s.rack.clone(),
+                    free_bytes: s.free_bytes,
+                    volumes: view
+                        .volumes
+                        .values()
+                        .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
+                        .count() as u32,
+                })
+                .collect();
+            let need = v.info.used_bytes.max(1 << 20);
+            let Ok(picked) = placement::place(&candidates, 1, need) else {
+                tracing::warn!(volume_id = v.info.id, "no store can take a new replica yet");
+                continue;
+            };
+            let Some(target) = view.stores.get(&picked[0]) else {
+                continue;
+            };
+            let id = v.info.id;
+            tracing::warn!(
+                volume_id = id,
+                lost_store = lost.store_id,
+                from = %source.url,
+                to = %target.url,
+                "re-replicating a volume whose store stayed down"
+            );
+            let copy = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| DirectoryError::Internal(e.to_string()))?;
+            let r = copy
+                .post(format!("{}/v1/volumes/{id}/import", target.url))
+                .json(&serde_json::json!({ "from": source.url }))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    tracing::warn!(volume_id = id, to = %target.url, %status, %body, "re-replication copy failed");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(volume_id = id, to = %target.url, error = %e, "re-replication copy failed");
+                    continue;
+                }
+            }
+            self.replace_replica(id, lost.store_id, target.id).await?;
+            metrics::counter!("haystack_directory_rereplications_total").increment(1);
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
     /// Asks the replicas' stores to create the volume now (`POST /v1/volumes/{id}`), best
     /// effort and in the background; a store that misses it is told again in every heartbeat
     /// answer until it reports the volume.

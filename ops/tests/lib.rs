@@ -2,5 +2,6 @@
 
 mod cluster;
 mod crash;
+mod rereplication;
 mod server;
 mod shutdown;

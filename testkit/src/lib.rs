@@ -41,6 +41,8 @@ pub struct ClusterOptions {
     pub engine: EngineKind,
     /// Silence after which the directory marks a store down, ms.
     pub store_timeout_ms: u64,
+    /// Down time after which the directory re-replicates a store's volumes, ms (0: never).
+    pub rereplicate_after_ms: u64,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +57,7 @@ impl Default for ClusterOptions {
             cache_purge_urls: Vec::new(),
             engine: EngineKind::Auto,
             store_timeout_ms: 3_000,
+            rereplicate_after_ms: 0,
         }
     }
 }
@@ -169,6 +172,7 @@ impl Cluster {
             cache_url: opts.cache_url.clone(),
             cache_purge_urls: opts.cache_purge_urls.clone(),
             notify_timeout_ms: 2_000,
+            rereplicate_after_ms: opts.rereplicate_after_ms,
             ..Default::default()
         };
         let directory = spawn_node("directory", dir_listener, move |l, rx| async move {
