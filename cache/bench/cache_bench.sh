@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# cache_bench.sh: the cache tier's HTTP benchmarks, side by side with the nginx
+# file-per-photo baseline (../../../shared/bench) in one run on this machine.
+#
+#   bash cache/bench/cache_bench.sh              # 3 reps of 20 s per test
+#   REPS=1 DUR=10 bash cache/bench/cache_bench.sh
+#   SKIP_NGINX=1 ...                             # only our side
+#
+# Tests (wrk -t2 -c64, random paths over N4K needles of 4 KiB, page cache warm):
+#   nginx   GET 4 KiB from nginx (file per photo), GET only: TESTS=get4k (the baseline's PUT
+#           phase creates ~1 M files per rep and once filled the disk)
+#   store   GET 4 KiB straight from a release `haystack store` (2 HTTP workers)
+#   hit     GET 4 KiB through a release cache node (2 workers, 1 GiB), every needle in memory
+#   miss    GET 4 KiB through a cache node with --admission none: every request reads the store
+#   store_c1 / miss_c1: the same two with one connection (-t1 -c1): latency added per request
+# stdout: one "median ..." line per test; every run also in $BASE/results.log, with the
+# cache's hit/miss counters and the CPU each server used.
+# Disk: ~450 MB of volume under $BASE (removed at the end); nginx's file tree stays in
+# /tmp/nginx-baseline (100,000 files; remove it when done).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" 2>/dev/null && pwd || true)}
+BASE=${BASE:-/tmp/haystack-cache-bench}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+DPORT=${DPORT:-18182}
+SPORT=${SPORT:-18190}
+HPORT=${HPORT:-18181}
+MPORT=${MPORT:-18183}
+DUR=${DUR:-20}
+REPS=${REPS:-3}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+N4K=${N4K:-100000}
+WORKERS=${WORKERS:-2}
+LOG=$BASE/results.log
+mkdir -p "$BASE"
+: >"$LOG"
+say() { echo "$*" >&2; echo "$*" >>"$LOG"; }
+kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+HZ=$(getconf CLK_TCK)
+ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
+
+command -v wrk >/dev/null || apt-get install -y -q wrk >&2
+say "# $(date -Is) host=$(hostname) cpus=$(nproc) kernel=$(uname -r) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+
+if [[ -z ${SKIP_NGINX:-} && -n $SHARED ]]; then
+    say "# nginx baseline (same run, GET only)"
+    TESTS=get4k WORKERS_LIST=2 REPS=$REPS DUR=$DUR COLD=0 N4K=$N4K bash "$SHARED/nginx_baseline.sh" | sed 's/^/nginx /' | tee -a "$LOG"
+fi
+
+(cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache --bin haystack --bin cache_serve >&2)
+HAY=$TARGET/release/haystack
+CACHE=$TARGET/release/cache_serve
+DATA=$BASE/data
+rm -rf "$DATA"
+mkdir -p "$DATA"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    sleep 1
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+up() { for _ in $(seq 200); do curl -sf "$1/health" >/dev/null && return 0; sleep 0.1; done; echo "$1 did not start" >&2; exit 1; }
+
+"$HAY" directory --listen "127.0.0.1:$DPORT" --metadata "embedded:$DATA/directory" --replication 1 \
+    --heartbeat-secs 1 --cache-url "http://127.0.0.1:$HPORT" 2>"$BASE/directory.log" &
+PIDS+=($!)
+up "http://127.0.0.1:$DPORT"
+"$HAY" store --data-dir "$DATA/store" --listen "127.0.0.1:$SPORT" --workers "$WORKERS" \
+    --directory "http://127.0.0.1:$DPORT" --heartbeat-secs 1 2>"$BASE/store.log" &
+SPID=$!
+PIDS+=($SPID)
+up "http://127.0.0.1:$SPORT"
+# The directory creates logical volume 1 on the store by itself; wait until it is writable.
+for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$DPORT/v1/volumes/1" | grep -q '"writable":true' && break
+    sleep 0.2
+done
+curl -sf "http://127.0.0.1:$DPORT/v1/volumes/1" >/dev/null || { echo "volume 1 did not appear" >&2; exit 1; }
+python3 "$ROOT/store/bench/load.py" "http://127.0.0.1:$SPORT" 1 "$N4K" 4096 "$BASE/paths_4k.txt"
+
+"$CACHE" --listen "127.0.0.1:$HPORT" --directory "http://127.0.0.1:$DPORT" --capacity 1GiB \
+    --workers "$WORKERS" >/dev/null 2>"$BASE/cache_hit.log" &
+HPID=$!
+PIDS+=($HPID)
+"$CACHE" --listen "127.0.0.1:$MPORT" --directory "http://127.0.0.1:$DPORT" --capacity 1GiB \
+    --admission none --workers "$WORKERS" >/dev/null 2>"$BASE/cache_miss.log" &
+MPID=$!
+PIDS+=($MPID)
+up "http://127.0.0.1:$HPORT"
+up "http://127.0.0.1:$MPORT"
+
+stat() { curl -s "http://127.0.0.1:$1/v1/stats" | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['$2'])"; }
+
+run() { # name port pid-list threads conns
+    local name=$1 port=$2 pids=$3 t=$4 c=$5 out t0 t1 e0=() e1=() cpu="" i
+    for i in $pids; do e0+=("$(ticks "$i")"); done
+    t0=$(date +%s.%N)
+    out=$(wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$SHARED/get_random.lua" "http://127.0.0.1:$port" -- "$BASE/paths_4k.txt" "$RANDOM" 2>&1 | grep '^RESULT' || echo "RESULT rps=0")
+    t1=$(date +%s.%N)
+    for i in $pids; do e1+=("$(ticks "$i")"); done
+    for i in "${!e0[@]}"; do
+        cpu+="$(awk -v a="${e0[$i]}" -v b="${e1[$i]}" -v hz="$HZ" -v t0="$t0" -v t1="$t1" 'BEGIN{printf "%.0f", (b-a)/hz/(t1-t0)*100}')/"
+    done
+    RES="$out cpu_pct=${cpu%/}"
+}
+
+# Warm the hit cache: every needle read once (random order, 15 s of wrk covers all but a few).
+wrk -t2 -c64 -d15s -s "$SHARED/get_random.lua" "http://127.0.0.1:$HPORT" -- "$BASE/paths_4k.txt" 7 >/dev/null 2>&1 || true
+say "# hit cache warmed: entries=$(stat $HPORT entries) bytes=$(stat $HPORT bytes)"
+# Warm the store's page cache and the miss cache's connections.
+wrk -t2 -c64 -d5s -s "$SHARED/get_random.lua" "http://127.0.0.1:$MPORT" -- "$BASE/paths_4k.txt" 8 >/dev/null 2>&1 || true
+
+for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CONNS" \
+    "miss $MPORT $MPID+$SPID $THREADS $CONNS" "store_c1 $SPORT $SPID 1 1" "miss_c1 $MPORT $MPID+$SPID 1 1"; do
+    read -r name port pids t c <<<"$spec"
+    pids=${pids//+/ }
+    rps=() p50=() p99=()
+    for r in $(seq "$REPS"); do
+        h0=$(stat $HPORT hits); m0=$(stat $HPORT misses); s0=$(stat $MPORT store_reads)
+        run "$name" "$port" "$pids" "$t" "$c"
+        h1=$(stat $HPORT hits); m1=$(stat $HPORT misses); s1=$(stat $MPORT store_reads)
+        q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
+        say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") hit_node_hits=$((h1 - h0)) hit_node_misses=$((m1 - m0)) miss_node_store_reads=$((s1 - s0)) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+    done
+    echo "ours median test=$name rps=$(median "${rps[@]}") p50_us=$(median "${p50[@]}") p99_us=$(median "${p99[@]}") runs_rps=$(IFS=/; echo "${rps[*]}")" | tee -a "$LOG"
+done
+say "# $(date -Is) done; load=$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,430 @@
+//! The way to the stores on a miss: a logical volume's replicas from the directory (kept for a
+//! while, asked again sooner after a failure), the replica with the fewest reads in flight
+//! first (Petal's rule), and failover to the next one on an error or a timeout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::HeaderValue;
+use haystack_directory::client::DirectoryClient;
+use haystack_proto::ErrorBody;
+
+use crate::error::CacheError;
+use crate::memory::{Needle, NeedleKey};
+use crate::metrics::Stats;
+
+/// After a replica failed, the volume's replicas are asked for again, but not more often than
+/// this (a dead store that the directory still lists must not turn every miss into a
+/// directory request).
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// A store that failed a read is tried after the others for this long (the directory may
+/// take many seconds to mark it down; until then every miss would try it first, and a store
+/// that swallows packets would cost each of them a timeout).
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
+/// The HTTP clients of one worker thread: stores and peers (per-request timeouts), and the
+/// directory (its own timeout).
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub http: reqwest::Client,
+    pub directory: DirectoryClient,
+}
+
+impl Clients {
+    pub fn new(cfg: &crate::CacheConfig) -> Result<Clients, CacheError> {
+        let io = |e: reqwest::Error| CacheError::Config(format!("building an HTTP client: {e}"));
+        let connect = Duration::from_millis(cfg.store_timeout_ms.min(1_000));
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(io)?;
+        let dir_http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.directory_timeout_ms))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(io)?;
+        Ok(Clients {
+            http,
+            directory: DirectoryClient::with_http(&cfg.directory_url, dir_http),
+        })
+    }
+}
+
+/// One replica of a volume as the cache uses it.
+#[derive(Debug)]
+pub struct ReplicaView {
+    pub url: String,
+    /// Whether the directory sees its store up (down replicas are tried last).
+    pub up: bool,
+    /// Reads in flight from this node and recent failures (shared by every volume on the store).
+    state: Arc<StoreState>,
+}
+
+/// What this node knows of one store machine.
+#[derive(Debug, Default)]
+struct StoreState {
+    inflight: AtomicUsize,
+    /// Milliseconds since `Upstream::epoch` until which the store is tried last (0: never).
+    suspect_until_ms: AtomicU64,
+}
+
+/// A logical volume as the cache uses it.
+#[derive(Debug)]
+pub struct VolumeView {
+    pub id: u32,
+    /// Write-enabled now (the admission policy keeps only such volumes' needles).
+    pub writable: bool,
+    pub replicas: Vec<ReplicaView>,
+}
+
+impl VolumeView {
+    fn urls(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.replicas.iter().map(|r| r.url.as_str()).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+struct VolEntry {
+    view: Arc<VolumeView>,
+    fetched: Instant,
+    refresh_after: Instant,
+}
+
+/// Volume replicas and store reads.
+pub struct Upstream {
+    volumes: Mutex<HashMap<u32, VolEntry>>,
+    stores: Mutex<HashMap<String, Arc<StoreState>>>,
+    epoch: Instant,
+    ttl: Duration,
+    store_timeout: Duration,
+}
+
+/// Decrements a replica's in-flight count when the attempt ends, however it ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn start(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a round over the replicas ended without a needle.
+enum Miss {
+    /// A store said the needle is not there (missing, deleted, wrong cookie).
+    NotFound,
+    /// Every replica failed; the last reasons.
+    AllFailed(String),
+}
+
+impl Upstream {
+    pub fn new(ttl: Duration, store_timeout: Duration) -> Upstream {
+        Upstream {
+            volumes: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+            ttl,
+            store_timeout,
+        }
+    }
+
+    fn store_state(&self, url: &str) -> Arc<StoreState> {
+        let mut m = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(url.to_string()).or_default().clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The volume's replicas: from memory while fresh, else from the directory. When the
+    /// directory cannot be reached, what is remembered is used (and asked again a second
+    /// later); with nothing remembered, `DirectoryUnavailable`.
+    pub async fn volume(
+        &self,
+        c: &Clients,
+        id: u32,
+        stats: &Stats,
+    ) -> Result<Arc<VolumeView>, CacheError> {
+        let now = Instant::now();
+        let cached = {
+            let m = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            m.get(&id).map(|e| (e.view.clone(), e.refresh_after))
+        };
+        if let Some((view, refresh_after)) = &cached {
+            if now < *refresh_after {
+                return Ok(view.clone());
+            }
+        }
+        stats.directory_requests.add(1);
+        match c.directory.volume(id).await {
+            Ok(info) => {
+                let view = Arc::new(VolumeView {
+                    id,
+                    writable: info.writable,
+                    replicas: info
+                        .replicas
+                        .iter()
+                        .map(|r| ReplicaView {
+                            url: r.url.trim_end_matches('/').to_string(),
+                            up: r.up,
+                            state: self.store_state(r.url.trim_end_matches('/')),
+                        })
+                        .collect(),
+                });
+                let now = Instant::now();
+                self.volumes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        id,
+                        VolEntry {
+                            view: view.clone(),
+                            fetched: now,
+                            refresh_after: now + self.ttl,
+                        },
+                    );
+                Ok(view)
+            }
+            Err(e) if e.is_not_found() => {
+                self.volumes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                Err(CacheError::NoSuchVolume(id))
+            }
+            Err(e) => match cached {
+                Some((view, _)) => {
+                    tracing::warn!(volume = id, error = %e, "refreshing volume replicas failed; using the ones known");
+                    if let Some(en) = self
+                        .volumes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&id)
+                    {
+                        en.refresh_after = Instant::now() + MIN_REFRESH;
+                    }
+                    Ok(view)
+                }
+                None => Err(CacheError::DirectoryUnavailable(e.to_string())),
+            },
+        }
+    }
+
+    /// Asks the directory again at the next miss (at most once per second).
+    fn mark_stale(&self, id: u32) {
+        if let Some(e) = self
+            .volumes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
+            e.refresh_after = e.refresh_after.min(e.fetched + MIN_REFRESH);
+        }
+    }
+
+    /// Reads a needle from the volume's replicas. Returns it and whether the volume is
+    /// write-enabled (for the admission policy).
+    pub async fn read(
+        &self,
+        c: &Clients,
+        k: NeedleKey,
+        cookie: u64,
+        stats: &Stats,
+    ) -> Result<(Arc<Needle>, bool), CacheError> {
+        let view = self.volume(c, k.volume, stats).await?;
+        let first = match self.read_from(c, &view, k, cookie, stats).await {
+            Ok(n) => return Ok((n, view.writable)),
+            Err(Miss::NotFound) => return Err(CacheError::NotFound),
+            Err(Miss::AllFailed(detail)) => detail,
+        };
+        // Every replica failed: the directory may know better (a replica moved by a repair).
+        self.mark_stale(k.volume);
+        let fresh = self.volume(c, k.volume, stats).await?;
+        if fresh.urls() != view.urls() {
+            tracing::info!(volume = k.volume, "replicas changed; reading again");
+            match self.read_from(c, &fresh, k, cookie, stats).await {
+                Ok(n) => return Ok((n, fresh.writable)),
+                Err(Miss::NotFound) => return Err(CacheError::NotFound),
+                Err(Miss::AllFailed(detail)) => {
+                    return Err(CacheError::StoreUnavailable {
+                        volume: k.volume,
+                        detail,
+                    })
+                }
+            }
+        }
+        Err(CacheError::StoreUnavailable {
+            volume: k.volume,
+            detail: first,
+        })
+    }
+
+    /// One round over the replicas: fewest reads in flight first (ties broken at random so that
+    /// idle replicas share the load), after every replica that is up and has not failed lately
+    /// come the ones the directory sees down or that failed in the last `SUSPECT_FOR`.
+    async fn read_from(
+        &self,
+        c: &Clients,
+        view: &VolumeView,
+        k: NeedleKey,
+        cookie: u64,
+        stats: &Stats,
+    ) -> Result<Arc<Needle>, Miss> {
+        let now = self.now_ms();
+        let mut order: Vec<(bool, usize, u32, &ReplicaView)> = view
+            .replicas
+            .iter()
+            .map(|r| {
+                let suspect = r.state.suspect_until_ms.load(Ordering::Relaxed) > now;
+                (
+                    !r.up || suspect,
+                    r.state.inflight.load(Ordering::Relaxed),
+                    rand::random::<u32>(),
+                    r,
+                )
+            })
+            .collect();
+        order.sort_unstable_by_key(|(down, load, tie, _)| (*down, *load, *tie));
+        let mut reasons = Vec::new();
+        for (i, (_, _, _, r)) in order.iter().enumerate() {
+            if i > 0 {
+                stats.store_failovers.add(1);
+            }
+            match self.read_one(c, r, k, cookie, stats).await {
+                Ok(n) => {
+                    r.state.suspect_until_ms.store(0, Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(None) => return Err(Miss::NotFound),
+                Err(Some(reason)) => {
+                    let until = self.now_ms() + SUSPECT_FOR.as_millis() as u64;
+                    let before = r.state.suspect_until_ms.swap(until, Ordering::Relaxed);
+                    // One line per store going bad, not one per read that meets it.
+                    if before <= now {
+                        tracing::warn!(store = %r.url, volume = k.volume, key = k.key, alt = k.alt, reason = %reason, "store read failed; trying the other replicas first for a while");
+                    } else {
+                        tracing::debug!(store = %r.url, volume = k.volume, key = k.key, alt = k.alt, reason = %reason, "store read failed again");
+                    }
+                    self.mark_stale(k.volume);
+                    reasons.push(format!("{}: {reason}", r.url));
+                }
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("the volume has no replicas".into());
+        }
+        Err(Miss::AllFailed(reasons.join("; ")))
+    }
+
+    /// One read from one replica. `Err(None)`: the store says not found; `Err(Some(reason))`:
+    /// try another replica.
+    async fn read_one(
+        &self,
+        c: &Clients,
+        r: &ReplicaView,
+        k: NeedleKey,
+        cookie: u64,
+        stats: &Stats,
+    ) -> Result<Arc<Needle>, Option<String>> {
+        let _busy = InFlight::start(&r.state.inflight);
+        let url = format!(
+            "{}/v1/needles/{}/{}/{}/{}",
+            r.url,
+            k.volume,
+            k.key,
+            k.alt,
+            haystack_proto::format_cookie(cookie)
+        );
+        let started = Instant::now();
+        let outcome = async {
+            let resp = c
+                .http
+                .get(&url)
+                .timeout(self.store_timeout)
+                .send()
+                .await
+                .map_err(|e| Some(describe(&e)))?;
+            let status = resp.status().as_u16();
+            let header = |name: reqwest::header::HeaderName| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
+            };
+            let content_type = header(reqwest::header::CONTENT_TYPE);
+            let etag = header(reqwest::header::ETAG);
+            let body = resp.bytes().await.map_err(|e| Some(describe(&e)))?;
+            match status {
+                200 => {
+                    let etag = etag.unwrap_or_else(|| fallback_etag(k, cookie, body.len()));
+                    Ok(Arc::new(Needle {
+                        data: body,
+                        cookie,
+                        content_type: content_type
+                            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                        etag,
+                    }))
+                }
+                404 => {
+                    let code = serde_json::from_slice::<ErrorBody>(&body)
+                        .map(|b| b.error)
+                        .unwrap_or_default();
+                    if code == "no_such_volume" {
+                        Err(Some("the store does not hold the volume".to_string()))
+                    } else {
+                        Err(None)
+                    }
+                }
+                s => {
+                    let code = serde_json::from_slice::<ErrorBody>(&body)
+                        .map(|b| b.error)
+                        .unwrap_or_default();
+                    Err(Some(format!("answered {s} {code}")))
+                }
+            }
+        }
+        .await;
+        let secs = started.elapsed().as_secs_f64();
+        match &outcome {
+            Ok(n) => {
+                crate::metrics::store_latency("ok", secs);
+                stats.bytes_fetched.add(n.data.len() as u64);
+            }
+            Err(None) => crate::metrics::store_latency("not_found", secs),
+            Err(Some(_)) => crate::metrics::store_latency("error", secs),
+        }
+        outcome
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed".into()
+    } else {
+        format!("request failed: {e}")
+    }
+}
+
+/// An ETag for a store that sent none (the store always sends one; this keeps the cache
+/// correct if one does not).
+fn fallback_etag(k: NeedleKey, cookie: u64, len: usize) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "\"c{:x}-{:x}-{:x}-{cookie:x}-{len:x}\"",
+        k.volume, k.key, k.alt
+    ))
+    .unwrap_or(HeaderValue::from_static("\"0\""))
+}

@@ -1,0 +1,74 @@
+//! Deletes: once the directory's DELETE returns, no cache node serves the photo or video,
+//! whichever node had it and however it got there.
+
+use crate::common::{bytes, get, needle_url, video_url, Env};
+
+const HOP: &str = "x-haystack-cache-hop";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_purges_every_node() {
+    // Three nodes in a ring; the directory knows only the first, which fans the purge out.
+    let env = Env::start(Default::default(), 3, |_, _| {}).await;
+    let p = env
+        .put_photo(&[
+            (0, bytes(3000, 100), "image/jpeg"),
+            (4, bytes(300, 101), "image/jpeg"),
+        ])
+        .await;
+    let v = env
+        .put_video(&[bytes(5000, 102), bytes(700, 103)], "video/mp4")
+        .await;
+    // Every node holds both variants and the video: the owner through forwarding, the others
+    // because a peer's hop header makes them serve (and keep) it themselves.
+    for n in &env.caches {
+        for alt in [0, 4] {
+            let (st, _, _) = get(&env.http, &needle_url(&n.url, &p, alt), &[]).await;
+            assert_eq!(st, 200);
+            let (st, _, _) = get(&env.http, &needle_url(&n.url, &p, alt), &[(HOP, "user")]).await;
+            assert_eq!(st, 200);
+        }
+        let (st, _, _) = get(&env.http, &video_url(&n.url, &v), &[(HOP, "user")]).await;
+        assert_eq!(st, 200);
+    }
+    for n in &env.caches {
+        assert!(n.stats().await.entries >= 4, "{}", n.url);
+    }
+    for id in [p.id, v.id] {
+        let d = env.dir.delete(id).await.expect("delete");
+        assert_eq!(d.cache_purges_failed, 0, "{d:?}");
+        assert!(d.cache_purges_ok >= 1, "{d:?}");
+    }
+    for n in &env.caches {
+        for hop in [None, Some("user")] {
+            let h: Vec<(&str, &str)> = hop.map(|v| (HOP, v)).into_iter().collect();
+            for alt in [0, 4] {
+                let (st, _, _) = get(&env.http, &needle_url(&n.url, &p, alt), &h).await;
+                assert_eq!(st, 404, "{} alt {alt} hop {hop:?}", n.url);
+            }
+            let (st, _, _) = get(&env.http, &video_url(&n.url, &v), &h).await;
+            assert_eq!(st, 404, "video on {} hop {hop:?}", n.url);
+        }
+        let s = n.stats().await;
+        assert_eq!(s.entries, 0, "{}: {s:?}", n.url);
+        assert!(s.purges >= 2, "{}: {s:?}", n.url);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_of_an_unknown_needle_is_204() {
+    let env = Env::single(|_| {}).await;
+    let r = env
+        .http
+        .delete(format!("{}/v1/needles/1/12345/0/abcdef", env.cache().url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let r = env
+        .http
+        .delete(format!("{}/v1/needles/1/x/0/abcdef", env.cache().url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
