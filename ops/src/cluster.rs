@@ -65,7 +65,19 @@ fn terminate(role: &Role) {
     }
 }
 
-pub async fn run(a: ServerArgs) -> Result<(), String> {
+pub async fn run(args: ServerArgs) -> Result<(), String> {
+    let mut a = crate::config::load(args.config.as_deref())?.server;
+    crate::set(&mut a.data_dir, args.data_dir);
+    crate::set(&mut a.stores, args.stores);
+    crate::set(&mut a.replication, args.replication);
+    crate::set(&mut a.directory_port, args.directory_port);
+    crate::set(&mut a.store_port, args.store_port);
+    crate::set(&mut a.max_volume_bytes, args.max_volume_bytes);
+    // Every role reads its own section of the same file; the flags below win over it.
+    let config_args: Vec<String> = match &args.config {
+        Some(p) => vec!["--config".into(), p.display().to_string()],
+        None => Vec::new(),
+    };
     let data = a.data_dir;
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
@@ -76,16 +88,20 @@ pub async fn run(a: ServerArgs) -> Result<(), String> {
         child: spawn(
             "directory",
             &[
-                "directory".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{}", a.directory_port),
-                "--metadata".into(),
-                format!("embedded:{}", data.join("directory").display()),
-                "--replication".into(),
-                a.replication.to_string(),
-                "--volume-capacity-bytes".into(),
-                a.max_volume_bytes.to_string(),
-            ],
+                vec![
+                    "directory".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", a.directory_port),
+                    "--metadata".into(),
+                    format!("embedded:{}", data.join("directory").display()),
+                    "--replication".into(),
+                    a.replication.to_string(),
+                    "--volume-capacity-bytes".into(),
+                    a.max_volume_bytes.to_string(),
+                ],
+                config_args.clone(),
+            ]
+            .concat(),
             &logs,
         )?,
     }];
@@ -98,18 +114,22 @@ pub async fn run(a: ServerArgs) -> Result<(), String> {
             child: spawn(
                 &name,
                 &[
-                    "store".into(),
-                    "--data-dir".into(),
-                    data.join(&name).display().to_string(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{port}"),
-                    "--directory".into(),
-                    dir_url.clone(),
-                    "--max-volume-bytes".into(),
-                    a.max_volume_bytes.to_string(),
-                    "--prealloc-step".into(),
-                    (64u64 << 20).min(a.max_volume_bytes).to_string(),
-                ],
+                    vec![
+                        "store".into(),
+                        "--data-dir".into(),
+                        data.join(&name).display().to_string(),
+                        "--listen".into(),
+                        format!("127.0.0.1:{port}"),
+                        "--directory".into(),
+                        dir_url.clone(),
+                        "--max-volume-bytes".into(),
+                        a.max_volume_bytes.to_string(),
+                        "--prealloc-step".into(),
+                        (64u64 << 20).min(a.max_volume_bytes).to_string(),
+                    ],
+                    config_args.clone(),
+                ]
+                .concat(),
                 &logs,
             )?,
         });

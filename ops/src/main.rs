@@ -80,9 +80,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
     Server(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a config file with every option, its default and what it does.
+    Example,
 }
 
 #[derive(Subcommand)]
@@ -161,28 +172,35 @@ struct StatusArgs {
 
 #[derive(Args)]
 pub(crate) struct ServerArgs {
-    /// Where every role keeps its data (directory/, store0/, store1/, ...).
-    #[arg(long, default_value = "./data", env = "HAYSTACK_DATA_DIR")]
-    pub(crate) data_dir: PathBuf,
-    /// Number of store machines.
-    #[arg(long, default_value_t = 3)]
-    pub(crate) stores: u16,
-    /// Replicas per logical volume.
-    #[arg(long, default_value_t = 2)]
-    pub(crate) replication: usize,
-    /// Directory port; stores use --store-port, --store-port + 1, ...
-    #[arg(long, default_value_t = 8082)]
-    pub(crate) directory_port: u16,
-    /// First store port.
-    #[arg(long, default_value_t = 8090)]
-    pub(crate) store_port: u16,
-    /// Maximum size of each volume, bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    pub(crate) max_volume_bytes: u64,
+    /// TOML config file (`haystack config example` prints one); its [server] section lays out
+    /// the cluster and every role reads its own section.
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where every role keeps its data (directory/, store0/, store1/, ...). Default ./data.
+    #[arg(long, env = "HAYSTACK_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Number of store machines. Default 3.
+    #[arg(long)]
+    pub(crate) stores: Option<u16>,
+    /// Replicas per logical volume. Default 2.
+    #[arg(long)]
+    pub(crate) replication: Option<usize>,
+    /// Directory port; stores use --store-port, --store-port + 1, ... Default 8082.
+    #[arg(long)]
+    pub(crate) directory_port: Option<u16>,
+    /// First store port. Default 8090.
+    #[arg(long)]
+    pub(crate) store_port: Option<u16>,
+    /// Maximum size of each volume, bytes. Default 1 GiB.
+    #[arg(long)]
+    pub(crate) max_volume_bytes: Option<u64>,
 }
 
 #[derive(Args)]
 struct DirectoryArgs {
+    /// TOML config file; the [directory] section is read (flags and environment win).
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(
         long,
@@ -190,53 +208,58 @@ struct DirectoryArgs {
         env = "HAYSTACK_DIRECTORY_LISTEN"
     )]
     listen: SocketAddr,
-    /// Metadata store: embedded:DIR (redb, the default) or scylla://host:port[,host:port]/keyspace.
-    #[arg(
-        long,
-        default_value = "embedded:./data/directory",
-        env = "HAYSTACK_METADATA"
-    )]
-    metadata: String,
-    /// Replicas per logical volume.
-    #[arg(long, default_value_t = 3)]
-    replication: usize,
-    /// Base URL of the cache tier, for read URLs.
+    /// Metadata store: embedded:DIR (redb, the default: embedded:./data/directory) or
+    /// scylla://host:port[,host:port]/keyspace.
+    #[arg(long, env = "HAYSTACK_METADATA")]
+    metadata: Option<String>,
+    /// Replicas per logical volume. Default 3.
     #[arg(long)]
+    replication: Option<usize>,
+    /// Base URL of the cache tier, for read URLs.
+    #[arg(long, env = "HAYSTACK_CACHE_URL")]
     cache_url: Option<String>,
     /// CDN prefix for read URLs (takes precedence over --cache-url).
-    #[arg(long)]
+    #[arg(long, env = "HAYSTACK_CDN_PREFIX")]
     cdn_prefix: Option<String>,
-    /// A store silent this long (ms) is marked down and its volumes turn read-only.
-    #[arg(long, default_value_t = 20_000)]
-    store_timeout_ms: u64,
-    /// Seconds between heartbeats the stores are told to keep.
-    #[arg(long, default_value_t = 5)]
-    heartbeat_secs: u64,
-    /// Size planned for a new logical volume, bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    volume_capacity_bytes: u64,
+    /// A store silent this long (ms) is marked down and its volumes turn read-only. Default
+    /// 20000.
+    #[arg(long)]
+    store_timeout_ms: Option<u64>,
+    /// Seconds between heartbeats the stores are told to keep. Default 5.
+    #[arg(long)]
+    heartbeat_secs: Option<u64>,
+    /// Size planned for a new logical volume, bytes. Default 1 GiB.
+    #[arg(long)]
+    volume_capacity_bytes: Option<u64>,
+    /// A store down this long (ms) has its replicas copied elsewhere; 0: never. Default
+    /// 900000.
+    #[arg(long)]
+    rereplicate_after_ms: Option<u64>,
 }
 
 #[derive(Args)]
 struct StoreArgs {
-    /// Directory holding the volume files.
+    /// TOML config file; the [store] section is read (flags and environment win).
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory holding the volume files. Default data/store.
     #[arg(long, env = "HAYSTACK_STORE_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090", env = "HAYSTACK_STORE_LISTEN")]
     listen: SocketAddr,
-    /// I/O engine: auto, io_uring or sync.
-    #[arg(long, default_value = "auto", env = "HAYSTACK_STORE_ENGINE")]
-    engine: EngineKind,
-    /// Maximum size of a new volume, bytes.
-    #[arg(long, default_value_t = 32 << 30)]
-    max_volume_bytes: u64,
-    /// Largest needle accepted, bytes.
-    #[arg(long, default_value_t = 64 << 20)]
-    max_needle_bytes: u64,
-    /// Volume files grow by preallocated steps of this many bytes.
-    #[arg(long, default_value_t = 1 << 30)]
-    prealloc_step: u64,
+    /// I/O engine: auto, io_uring or sync. Default auto.
+    #[arg(long, env = "HAYSTACK_STORE_ENGINE")]
+    engine: Option<EngineKind>,
+    /// Maximum size of a new volume, bytes. Default 32 GiB.
+    #[arg(long)]
+    max_volume_bytes: Option<u64>,
+    /// Largest needle accepted, bytes. Default 64 MiB.
+    #[arg(long)]
+    max_needle_bytes: Option<u64>,
+    /// Volume files grow by preallocated steps of this many bytes. Default 1 GiB.
+    #[arg(long)]
+    prealloc_step: Option<u64>,
     /// Volumes to create at start if missing (comma-separated ids).
     #[arg(long, value_delimiter = ',')]
     create_volumes: Vec<u32>,
@@ -260,9 +283,9 @@ struct StoreArgs {
     #[arg(long, default_value_t = 5)]
     heartbeat_secs: u64,
     /// Automatic compaction of volumes whose dead bytes pass this fraction of their size
-    /// (0: off).
-    #[arg(long, default_value_t = 0.3)]
-    auto_compact_ratio: f64,
+    /// (0: off). Default 0.3.
+    #[arg(long)]
+    auto_compact_ratio: Option<f64>,
     /// Benchmarks only: also serve this many bytes from memory at /bench/memory/... (the
     /// ceiling of the HTTP stack).
     #[arg(long, hide = true)]
@@ -271,6 +294,7 @@ struct StoreArgs {
 
 mod client;
 mod cluster;
+mod config;
 mod gc_tool;
 mod photo_tool;
 mod status;
@@ -312,16 +336,22 @@ pub(crate) async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Overwrites `slot` with a flag's value when the flag (or its environment variable) was
+/// given: flags win over the config file.
+pub(crate) fn set<T>(slot: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *slot = v;
+    }
+}
+
 async fn run_store(a: StoreArgs) -> Result<(), String> {
-    let cfg = StoreConfig {
-        data_dir: a.data_dir,
-        engine: a.engine,
-        max_volume_bytes: a.max_volume_bytes,
-        max_needle_bytes: a.max_needle_bytes,
-        prealloc_step: a.prealloc_step,
-        auto_compact_dead_ratio: a.auto_compact_ratio,
-        ..StoreConfig::default()
-    };
+    let mut cfg: StoreConfig = config::load(a.config.as_deref())?.store;
+    set(&mut cfg.data_dir, a.data_dir);
+    set(&mut cfg.engine, a.engine);
+    set(&mut cfg.max_volume_bytes, a.max_volume_bytes);
+    set(&mut cfg.max_needle_bytes, a.max_needle_bytes);
+    set(&mut cfg.prealloc_step, a.prealloc_step);
+    set(&mut cfg.auto_compact_dead_ratio, a.auto_compact_ratio);
     let store = Store::open(cfg)
         .await
         .map_err(|e| format!("cannot open the store: {e}"))?;
@@ -374,16 +404,15 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
 }
 
 async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
-    let cfg = haystack_directory::DirectoryConfig {
-        metadata: a.metadata,
-        replication_factor: a.replication,
-        cache_url: a.cache_url,
-        cdn_prefix: a.cdn_prefix,
-        store_timeout_ms: a.store_timeout_ms,
-        heartbeat_interval_secs: a.heartbeat_secs,
-        volume_capacity_bytes: a.volume_capacity_bytes,
-        ..Default::default()
-    };
+    let mut cfg = config::load(a.config.as_deref())?.directory;
+    set(&mut cfg.metadata, a.metadata);
+    set(&mut cfg.replication_factor, a.replication);
+    set(&mut cfg.cache_url, a.cache_url.map(Some));
+    set(&mut cfg.cdn_prefix, a.cdn_prefix.map(Some));
+    set(&mut cfg.store_timeout_ms, a.store_timeout_ms);
+    set(&mut cfg.heartbeat_interval_secs, a.heartbeat_secs);
+    set(&mut cfg.volume_capacity_bytes, a.volume_capacity_bytes);
+    set(&mut cfg.rereplicate_after_ms, a.rereplicate_after_ms);
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     haystack_directory::run(listener, cfg, shutdown_signal())
@@ -395,7 +424,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Status(_) | Command::Photo { .. } | Command::Volume { .. } | Command::Gc { .. }
+        Command::Status(_)
+            | Command::Photo { .. }
+            | Command::Volume { .. }
+            | Command::Gc { .. }
+            | Command::Config { .. }
     ) {
         // Command-line tools die quietly when their output pipe closes (`haystack status |
         // head`), as Unix tools do. Servers keep Rust's default (SIGPIPE ignored), so that a
@@ -419,6 +452,12 @@ fn main() -> ExitCode {
             Command::Store(a) => run_store(a).await,
             Command::Directory(a) => run_directory(a).await,
             Command::Server(a) => cluster::run(a).await,
+            Command::Config {
+                command: ConfigCommand::Example,
+            } => {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            }
             Command::Status(a) => status::run(&a.directory, a.json).await,
             Command::Photo { command, directory } => match command {
                 PhotoCommand::Put { file } => photo_tool::put(&directory, &file).await,

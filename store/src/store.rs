@@ -12,7 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::volume::{Volume, VolumeConfig};
 
 /// Store configuration. Every field has a default; validated once in [`Store::open`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Directory holding the volume files (`vol-N.dat`, `vol-N.idx`, `vol-N.sidx`).
