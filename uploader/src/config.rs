@@ -1,0 +1,215 @@
+//! The uploader's configuration: a serde struct with a documented default for every field,
+//! validated once at start-up by [`UploaderConfig::validate`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::UploaderError;
+
+/// One resized variant of a photo: its name (the key in the response's `urls`), the needle's
+/// alternate key, and the longest side in pixels it is scaled down to (never up).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantSpec {
+    /// Name, e.g. `thumb`. Not `original` (the bytes as uploaded, alternate key 0).
+    pub name: String,
+    /// Alternate key of the variant's needle: 1 to 2^32-1, distinct per variant. Keep it
+    /// stable once photos exist: it is part of every stored needle's address.
+    pub alt: u32,
+    /// Longest side in pixels; an image already that small keeps its size.
+    pub longest_side: u32,
+}
+
+/// Configuration of one uploader. Every field has a default; a JSON or TOML file may set any
+/// subset (`#[serde(default)]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploaderConfig {
+    /// Base URL of the directory. Default `http://127.0.0.1:8080`.
+    pub directory_url: String,
+    /// When set, POST and DELETE need `Authorization: Bearer <api_key>`. Default none (the
+    /// `haystack` command reads `--api-key` or the `HAYSTACK_API_KEY` environment variable).
+    pub api_key: Option<String>,
+    /// Serve on a non-loopback address without an API key. Default false: [`crate::run`]
+    /// refuses to start instead.
+    pub allow_public_without_key: bool,
+    /// Largest photo body accepted, bytes. Default 50 MiB.
+    pub max_photo_bytes: u64,
+    /// Largest photo accepted, in pixels (width × height), checked from the header before any
+    /// decode. Default 100 000 000 (100 megapixels).
+    pub max_pixels: u64,
+    /// Largest width or height accepted, pixels. Default 30 000.
+    pub max_dimension: u32,
+    /// Resized variants made of every photo. Default `large` 2048 (alt 1), `medium` 1024
+    /// (alt 2), `thumb` 320 (alt 3).
+    pub variants: Vec<VariantSpec>,
+    /// JPEG quality of the variants, 1 to 100. Default 85.
+    pub jpeg_quality: u8,
+    /// Photos decoded and resized at once (each on a blocking thread; a 100-megapixel photo
+    /// takes about 300 MB while it is worked on). Default: the number of CPUs.
+    pub image_workers: usize,
+    /// Size of a video chunk (one needle), bytes. Default 4 MiB. Must stay below the stores'
+    /// `max_needle_bytes`.
+    pub video_chunk_bytes: u64,
+    /// Video chunks being written to the replicas at once, per upload, while the next chunk is
+    /// read; memory per video upload is about `(video_chunks_in_flight + 1) ×
+    /// video_chunk_bytes`. Default 2.
+    pub video_chunks_in_flight: usize,
+    /// Largest video accepted, bytes. Default 4 GiB.
+    pub max_video_bytes: u64,
+    /// Attempts of a photo upload, each on a fresh assignment (another logical volume), before
+    /// answering 503. Default 3.
+    pub write_attempts: u32,
+    /// Timeout of one request to a store (a batch, a chunk), ms. Default 30000.
+    pub store_timeout_ms: u64,
+    /// Timeout of one request to the directory, ms. Default 10000.
+    pub directory_timeout_ms: u64,
+    /// actix-web worker threads. Default 2.
+    pub http_workers: usize,
+    /// Seconds in-flight requests get to finish on shutdown. Default 60.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for UploaderConfig {
+    fn default() -> Self {
+        UploaderConfig {
+            directory_url: "http://127.0.0.1:8080".into(),
+            api_key: None,
+            allow_public_without_key: false,
+            max_photo_bytes: 50 << 20,
+            max_pixels: 100_000_000,
+            max_dimension: 30_000,
+            variants: default_variants(),
+            jpeg_quality: 85,
+            image_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            video_chunk_bytes: 4 << 20,
+            video_chunks_in_flight: 2,
+            max_video_bytes: 4 << 30,
+            write_attempts: 3,
+            store_timeout_ms: 30_000,
+            directory_timeout_ms: 10_000,
+            http_workers: 2,
+            shutdown_timeout_secs: 60,
+        }
+    }
+}
+
+/// `large` 2048, `medium` 1024, `thumb` 320 on alternate keys 1, 2, 3.
+pub fn default_variants() -> Vec<VariantSpec> {
+    [("large", 1, 2048), ("medium", 2, 1024), ("thumb", 3, 320)]
+        .into_iter()
+        .map(|(name, alt, longest_side)| VariantSpec {
+            name: name.into(),
+            alt,
+            longest_side,
+        })
+        .collect()
+}
+
+impl UploaderConfig {
+    /// Checks the configuration once, at start-up.
+    pub fn validate(&self) -> Result<(), UploaderError> {
+        let bad = |m: String| Err(UploaderError::Config(m));
+        if !(self.directory_url.starts_with("http://")
+            || self.directory_url.starts_with("https://"))
+        {
+            return bad(format!(
+                "directory_url {:?} is not an http(s) URL",
+                self.directory_url
+            ));
+        }
+        if let Some(k) = &self.api_key {
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return bad("api_key must be non-empty visible ASCII".into());
+            }
+        }
+        if self.max_photo_bytes == 0 || self.max_photo_bytes > u32::MAX as u64 {
+            return bad("max_photo_bytes must be between 1 and 4 GiB".into());
+        }
+        if self.max_pixels == 0 || self.max_dimension == 0 {
+            return bad("max_pixels and max_dimension must be positive".into());
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return bad("jpeg_quality must be 1 to 100".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut alts = std::collections::HashSet::new();
+        for v in &self.variants {
+            if v.name.is_empty() || v.name == "original" || v.name.len() > 64 {
+                return bad(format!(
+                    "variant name {:?} must be 1 to 64 bytes and not \"original\"",
+                    v.name
+                ));
+            }
+            if v.alt == 0 {
+                return bad(format!(
+                    "variant {:?}: alternate key 0 is the original",
+                    v.name
+                ));
+            }
+            if !names.insert(v.name.as_str()) || !alts.insert(v.alt) {
+                return bad(format!(
+                    "variant {:?}: name or alternate key used twice",
+                    v.name
+                ));
+            }
+            if v.longest_side == 0 {
+                return bad(format!(
+                    "variant {:?}: longest_side must be positive",
+                    v.name
+                ));
+            }
+        }
+        if self.image_workers == 0 || self.http_workers == 0 {
+            return bad("image_workers and http_workers must be positive".into());
+        }
+        if self.video_chunk_bytes < 4096 || self.video_chunk_bytes > (1 << 30) {
+            return bad("video_chunk_bytes must be between 4 KiB and 1 GiB".into());
+        }
+        if self.video_chunks_in_flight == 0 {
+            return bad("video_chunks_in_flight must be positive".into());
+        }
+        if self.max_video_bytes == 0 {
+            return bad("max_video_bytes must be positive".into());
+        }
+        if self.max_video_bytes / self.video_chunk_bytes >= u32::MAX as u64 {
+            return bad("max_video_bytes / video_chunk_bytes must fit in an alternate key".into());
+        }
+        if self.write_attempts == 0 {
+            return bad("write_attempts must be positive".into());
+        }
+        if self.store_timeout_ms == 0 || self.directory_timeout_ms == 0 {
+            return bad("timeouts must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_round_trips() {
+        let c = UploaderConfig::default();
+        c.validate().unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let back: UploaderConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        let partial: UploaderConfig = serde_json::from_str(r#"{"jpeg_quality": 90}"#).unwrap();
+        assert_eq!(partial.jpeg_quality, 90);
+        assert_eq!(partial.variants, default_variants());
+    }
+
+    #[test]
+    fn refuses_bad_variants() {
+        let mut c = UploaderConfig::default();
+        c.variants[1].alt = 1;
+        assert!(c.validate().is_err());
+        let mut c = UploaderConfig::default();
+        c.variants[0].name = "original".into();
+        assert!(c.validate().is_err());
+        let mut c = UploaderConfig::default();
+        c.variants[0].alt = 0;
+        assert!(c.validate().is_err());
+    }
+}

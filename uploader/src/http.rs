@@ -1,0 +1,476 @@
+//! The uploader's HTTP server (actix-web): photo and video uploads, lookups, deletes,
+//! /health and /metrics. Request parsing (raw or multipart bodies, limits, auth, the
+//! Idempotency-Key header) lives here, and so does the one mapping from [`UploaderError`] to
+//! an HTTP status and error code. docs/API.md ("Uploader") documents every route.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use haystack_proto::ErrorBody;
+
+use crate::error::UploaderError;
+use crate::service::{Outcome, Uploader, MAX_IDEMPOTENCY_KEY};
+
+impl UploaderError {
+    /// The HTTP status and error code of every error: the one place they are decided.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use UploaderError::*;
+        match self {
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            InvalidImage(_) => (StatusCode::BAD_REQUEST, "invalid_image"),
+            UnsupportedFormat(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_format"),
+            TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            TooManyPixels { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            WriteFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_failed"),
+            Config(_) | Io(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ResponseError for UploaderError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, code) = self.status_and_code();
+        crate::metrics::record_error(code);
+        if status.is_server_error() {
+            tracing::error!(error = %self, code, "request failed");
+        } else {
+            tracing::debug!(error = %self, code, "request refused");
+        }
+        let mut r = HttpResponse::build(status);
+        match self {
+            UploaderError::Unauthorized => {
+                r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            UploaderError::Unavailable(_) | UploaderError::WriteFailed(_) => {
+                r.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        r.json(ErrorBody {
+            error: code.into(),
+            message: self.to_string(),
+        })
+    }
+}
+
+type ApiResult<T> = Result<T, UploaderError>;
+
+/// Shared state of the handlers.
+struct State {
+    uploader: Uploader,
+}
+
+fn header_str(req: &HttpRequest, name: header::HeaderName) -> ApiResult<Option<&str>> {
+    match req.headers().get(&name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| UploaderError::BadRequest(format!("{name} is not visible ASCII"))),
+    }
+}
+
+/// Checks `Authorization: Bearer <key>` when a key is configured (constant-time compare).
+fn authorize(req: &HttpRequest, state: &State) -> ApiResult<()> {
+    let Some(key) = state.uploader.config().api_key.as_deref() else {
+        return Ok(());
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let same = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(UploaderError::Unauthorized)
+    }
+}
+
+fn idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
+    let Some(k) = header_str(req, header::HeaderName::from_static("idempotency-key"))? else {
+        return Ok(None);
+    };
+    if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY || !k.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(UploaderError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(Some(k.to_string()))
+}
+
+fn content_length(req: &HttpRequest) -> ApiResult<Option<u64>> {
+    header_str(req, header::CONTENT_LENGTH)?
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| UploaderError::BadRequest("Content-Length is not a number".into()))
+        })
+        .transpose()
+}
+
+/// The media type without parameters, lowercased; None when absent.
+fn media_type(req: &HttpRequest) -> ApiResult<Option<String>> {
+    Ok(header_str(req, header::CONTENT_TYPE)?.map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }))
+}
+
+/// Reads a stream into memory up to `max` bytes; past it, `TooLarge` at once.
+async fn read_limited<S, E>(mut s: S, max: u64, hint: Option<u64>) -> ApiResult<Bytes>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    // Reserve at most 1 MiB before bytes arrive: headers alone cannot reserve gigabytes.
+    let mut buf = BytesMut::with_capacity(hint.unwrap_or(0).min(max).min(1 << 20) as usize);
+    while let Some(piece) = s.next().await {
+        let piece = piece
+            .map_err(|e| UploaderError::BadRequest(format!("reading the body failed: {e}")))?;
+        if buf.len() as u64 + piece.len() as u64 > max {
+            return Err(UploaderError::TooLarge { max });
+        }
+        buf.extend_from_slice(&piece);
+    }
+    Ok(buf.freeze())
+}
+
+const PHOTO_TYPES: &[&str] = &[
+    "image/jpeg",
+    "image/jpg",
+    "image/pjpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "application/octet-stream",
+];
+
+/// The photo's bytes from a raw body or the multipart field `file`.
+async fn photo_body(req: &HttpRequest, payload: web::Payload, max: u64) -> ApiResult<Bytes> {
+    let declared = content_length(req)?;
+    let mt = media_type(req)?;
+    if mt.as_deref() == Some("multipart/form-data") {
+        // The form's own framing is small; the file inside is held to `max` by itself.
+        if declared.is_some_and(|n| n > max + (64 << 10)) {
+            return Err(UploaderError::TooLarge { max });
+        }
+        let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        while let Some(field) = form.try_next().await.map_err(multipart_error)? {
+            if field.name() == Some("file") {
+                return read_limited(field, max, declared).await;
+            }
+            // Other fields are read and dropped, within the same limit.
+            read_limited(field, max, None).await?;
+        }
+        return Err(UploaderError::BadRequest(
+            "the multipart form has no field named \"file\"".into(),
+        ));
+    }
+    if let Some(t) = mt.as_deref() {
+        if !t.is_empty() && !PHOTO_TYPES.contains(&t) {
+            return Err(UploaderError::UnsupportedFormat(format!(
+                "Content-Type {t} (JPEG, PNG, WebP and GIF are taken)"
+            )));
+        }
+    }
+    if declared.is_some_and(|n| n > max) {
+        return Err(UploaderError::TooLarge { max });
+    }
+    read_limited(payload, max, declared).await
+}
+
+fn multipart_error(e: actix_multipart::MultipartError) -> UploaderError {
+    UploaderError::BadRequest(format!("malformed multipart form: {e}"))
+}
+
+fn created<T: serde::Serialize>(outcome: Outcome, location: String, body: &T) -> HttpResponse {
+    let mut r = HttpResponse::Created();
+    r.insert_header((header::LOCATION, location));
+    if outcome == Outcome::Replayed {
+        r.insert_header(("Idempotent-Replayed", "true"));
+    }
+    r.json(body)
+}
+
+async fn post_photo(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> ApiResult<HttpResponse> {
+    authorize(&req, &state)?;
+    let key = idempotency_key(&req)?;
+    let body = photo_body(&req, payload, state.uploader.config().max_photo_bytes).await?;
+    let (photo, outcome) = state.uploader.upload_photo(body, key.as_deref()).await?;
+    Ok(created(outcome, format!("/v1/photos/{}", photo.id), &photo))
+}
+
+const VIDEO_TYPES: &[&str] = &["application/octet-stream"];
+
+async fn post_video(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> ApiResult<HttpResponse> {
+    authorize(&req, &state)?;
+    let key = idempotency_key(&req)?;
+    let max = state.uploader.config().max_video_bytes;
+    let declared = content_length(&req)?;
+    let mt = media_type(&req)?.filter(|t| !t.is_empty());
+    let (video, outcome) = if mt.as_deref() == Some("multipart/form-data") {
+        if declared.is_some_and(|n| n > max + (64 << 10)) {
+            return Err(UploaderError::TooLarge { max });
+        }
+        let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        loop {
+            let Some(field) = form.try_next().await.map_err(multipart_error)? else {
+                return Err(UploaderError::BadRequest(
+                    "the multipart form has no field named \"file\"".into(),
+                ));
+            };
+            if field.name() != Some("file") {
+                read_limited(field, 64 << 10, None).await?;
+                continue;
+            }
+            let ct = field
+                .content_type()
+                .map(|m| m.essence_str().to_ascii_lowercase())
+                .unwrap_or_else(|| "application/octet-stream".into());
+            check_video_type(&ct)?;
+            break state
+                .uploader
+                .upload_video(ct, declared.map(|n| n.min(max)), field, key.as_deref())
+                .await?;
+        }
+    } else {
+        let ct = mt.unwrap_or_else(|| "application/octet-stream".into());
+        check_video_type(&ct)?;
+        state
+            .uploader
+            .upload_video(ct, declared, payload, key.as_deref())
+            .await?
+    };
+    Ok(created(outcome, format!("/v1/photos/{}", video.id), &video))
+}
+
+fn check_video_type(t: &str) -> ApiResult<()> {
+    if t.starts_with("video/") || VIDEO_TYPES.contains(&t) {
+        Ok(())
+    } else {
+        Err(UploaderError::UnsupportedFormat(format!(
+            "Content-Type {t} (a video/* type or application/octet-stream is taken)"
+        )))
+    }
+}
+
+fn path_id(req: &HttpRequest) -> ApiResult<u64> {
+    let s = req.match_info().get("id").unwrap_or("");
+    s.parse()
+        .map_err(|_| UploaderError::BadRequest(format!("photo id {s:?} is not a decimal u64")))
+}
+
+async fn get_photo(req: HttpRequest, state: web::Data<State>) -> ApiResult<HttpResponse> {
+    let id = path_id(&req)?;
+    Ok(HttpResponse::Ok().json(state.uploader.get(id).await?))
+}
+
+async fn delete_photo(req: HttpRequest, state: web::Data<State>) -> ApiResult<HttpResponse> {
+    authorize(&req, &state)?;
+    let id = path_id(&req)?;
+    state.uploader.delete(id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn health(state: web::Data<State>) -> HttpResponse {
+    let up = tokio::time::timeout(Duration::from_secs(2), state.uploader.directory_up())
+        .await
+        .unwrap_or(false);
+    let body = serde_json::json!({
+        "status": if up { "ok" } else { "degraded" },
+        "directory": if up { "up" } else { "down" },
+        "pid": std::process::id(),
+    });
+    if up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn metrics_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
+async fn no_route() -> ApiResult<HttpResponse> {
+    Err(UploaderError::NoRoute)
+}
+
+async fn wrong_method() -> ApiResult<HttpResponse> {
+    Err(UploaderError::MethodNotAllowed)
+}
+
+/// The route of a path, as a metrics label.
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/photos" => "/v1/photos",
+        "/v1/videos" => "/v1/videos",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v1/photos/") && p[11..].bytes().all(|b| b != b'/') => {
+            "/v1/photos/{id}"
+        }
+        _ => "other",
+    }
+}
+
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = route_label(req.path());
+    let method = req.method().clone();
+    let res = next.call(req).await?;
+    crate::metrics::record_request(
+        route,
+        method.as_str(),
+        res.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(res)
+}
+
+/// The uploader's routes, for embedding in an actix `App`.
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/photos")
+            .route(web::post().to(post_photo))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(
+        web::resource("/v1/photos/{id}")
+            .route(web::get().to(get_photo))
+            .route(web::head().to(get_photo))
+            .route(web::delete().to(delete_photo))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(
+        web::resource("/v1/videos")
+            .route(web::post().to(post_video))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(
+        web::resource("/health")
+            .route(web::get().to(health))
+            .default_service(web::to(wrong_method)),
+    )
+    .service(
+        web::resource("/metrics")
+            .route(web::get().to(metrics_page))
+            .default_service(web::to(wrong_method)),
+    );
+}
+
+fn build_server(
+    listener: TcpListener,
+    state: web::Data<State>,
+    workers: usize,
+    shutdown_timeout_secs: u64,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(actix_web::middleware::from_fn(record_metrics))
+            .configure(routes)
+            .default_service(web::to(no_route))
+    })
+    .disable_signals()
+    .workers(workers)
+    .shutdown_timeout(shutdown_timeout_secs);
+    Ok(server.listen(listener)?.run())
+}
+
+/// Serves `uploader` on `listener` until `shutdown` resolves, then stops accepting and lets
+/// in-flight uploads finish (up to `shutdown_timeout_secs`).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    uploader: Uploader,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), UploaderError> {
+    crate::metrics::install();
+    let addr = listener.local_addr()?;
+    let cfg = uploader.config().clone();
+    let state = web::Data::new(State { uploader });
+    let server = build_server(listener, state, cfg.http_workers, cfg.shutdown_timeout_secs)?;
+    let handle = server.handle();
+    tracing::info!(
+        %addr,
+        directory = %cfg.directory_url,
+        auth = cfg.api_key.is_some(),
+        "uploader listening"
+    );
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("uploader shutting down; finishing in-flight uploads");
+        handle.stop(true).await;
+    });
+    server.await?;
+    tracing::info!("uploader stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels() {
+        assert_eq!(route_label("/v1/photos"), "/v1/photos");
+        assert_eq!(route_label("/v1/photos/123"), "/v1/photos/{id}");
+        assert_eq!(route_label("/v1/photos/1/2"), "other");
+        assert_eq!(route_label("/nope"), "other");
+    }
+
+    #[test]
+    fn every_error_is_a_4xx_or_5xx() {
+        for e in [
+            UploaderError::Unauthorized,
+            UploaderError::TooLarge { max: 1 },
+            UploaderError::InvalidImage("x".into()),
+            UploaderError::WriteFailed("x".into()),
+        ] {
+            let s = e.status_and_code().0;
+            assert!(s.is_client_error() || s.is_server_error());
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! The uploader's behaviour behind the HTTP layer: a photo (process, assign, write every needle
+//! to every replica as one batch, commit, retry on another volume), a streamed video (chunks
+//! written while the body arrives), lookups and deletes through the directory.
+//!
+//! The rule every path keeps: the directory commit happens only after every replica of the
+//! assigned volume acknowledged every needle (the stores acknowledge after fdatasync), and a
+//! success is answered only after the commit. Needles of a failed attempt stay behind as
+//! orphans for garbage collection; they are never reachable through the directory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use haystack_directory::client::{ClientError, DirectoryClient};
+use haystack_proto::directory::{
+    dec_u64, AssignRequest, AssignResponse, CommitRequest, PhotoInfo, PhotoKind, Variant,
+    VideoChunk,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::config::UploaderConfig;
+use crate::error::UploaderError;
+use crate::images::{self, EncodeOptions, ImageLimits, Processed};
+use crate::stores::{encode_batch, Needle, ReplicaError, StoreClient};
+
+/// The JSON answer for a photo (`POST /v1/photos`, `GET /v1/photos/{id}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhotoResponse {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    /// Always `photo`.
+    pub kind: PhotoKind,
+    /// Absolute read URLs by variant name: `original` and every configured variant.
+    pub urls: BTreeMap<String, String>,
+    /// Display size of the original (EXIF orientation applied).
+    pub width: u32,
+    pub height: u32,
+    /// Media type of the original as uploaded.
+    pub content_type: String,
+    /// Size of the original in bytes.
+    pub bytes: u64,
+}
+
+/// The JSON answer for a video (`POST /v1/videos`, `GET /v1/photos/{id}` of a video).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoResponse {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    /// Always `video`.
+    pub kind: PhotoKind,
+    /// The whole video through the cache tier: `{base}/v1/videos/{volume}/{id}/{cookie}`
+    /// (Range requests seek across chunks).
+    pub url: String,
+    pub content_type: String,
+    pub bytes: u64,
+    /// Number of chunks (needles) the video is stored as.
+    pub chunks: u32,
+}
+
+/// Either answer, for `GET /v1/photos/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MediaResponse {
+    Photo(PhotoResponse),
+    Video(VideoResponse),
+}
+
+/// Whether an answer describes a new upload or replays an earlier one (Idempotency-Key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Replayed,
+}
+
+/// The uploader service: configuration, the directory and store clients, and the bound on
+/// concurrent image work.
+pub struct Uploader {
+    cfg: Arc<UploaderConfig>,
+    dir: DirectoryClient,
+    stores: StoreClient,
+    image_slots: Arc<Semaphore>,
+}
+
+/// The longest client Idempotency-Key taken: the directory takes 255 bytes and the retry
+/// suffix needs room.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The idempotency key of attempt `n` of an upload: the client's key, then the key with a
+/// retry suffix. Each retried attempt thus has its own assignment (a fresh volume), and a
+/// replayed request walks the same chain and finds whichever attempt was committed.
+fn chain_key(key: &str, attempt: u32) -> String {
+    if attempt == 0 {
+        key.to_string()
+    } else {
+        format!("{key}#retry-{attempt}")
+    }
+}
+
+/// Needle bytes on disk beyond the data (header, footer, padding; generous).
+const NEEDLE_OVERHEAD: u64 = 64;
+
+impl Uploader {
+    /// A service over `cfg` (already validated).
+    pub fn new(cfg: UploaderConfig) -> Result<Uploader, UploaderError> {
+        let dir_http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.directory_timeout_ms))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
+        let store_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
+        Ok(Uploader {
+            dir: DirectoryClient::with_http(&cfg.directory_url, dir_http),
+            stores: StoreClient::new(store_http, Duration::from_millis(cfg.store_timeout_ms)),
+            image_slots: Arc::new(Semaphore::new(cfg.image_workers)),
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    pub fn config(&self) -> &UploaderConfig {
+        &self.cfg
+    }
+
+    /// Decodes and resizes on a blocking thread, at most `image_workers` at once.
+    async fn process(&self, body: Bytes) -> Result<Processed, UploaderError> {
+        let _slot = self
+            .image_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| UploaderError::Unavailable("shutting down".into()))?;
+        let cfg = self.cfg.clone();
+        let started = Instant::now();
+        let res = tokio::task::spawn_blocking(move || {
+            images::process(
+                &body,
+                &cfg.variants,
+                ImageLimits {
+                    max_pixels: cfg.max_pixels,
+                    max_dimension: cfg.max_dimension,
+                },
+                EncodeOptions {
+                    jpeg_quality: cfg.jpeg_quality,
+                },
+            )
+        })
+        .await
+        .map_err(|e| UploaderError::Internal(format!("image task failed: {e}")))?;
+        metrics::histogram!("haystack_uploader_image_seconds").record(started.elapsed());
+        res
+    }
+
+    /// Uploads a photo: validates and makes its variants, then writes and commits them. With
+    /// an idempotency key, a repeated request answers the photo the first one committed.
+    pub async fn upload_photo(
+        &self,
+        body: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<(PhotoResponse, Outcome), UploaderError> {
+        let original_len = body.len() as u64;
+        let p = self.process(body.clone()).await?;
+        let mut needles = Vec::with_capacity(1 + p.variants.len());
+        needles.push(Needle {
+            alt: 0,
+            content_type: p.format.mime().to_string(),
+            data: body,
+        });
+        let mut variants = vec![Variant {
+            name: "original".into(),
+            alt: 0,
+            size_bytes: original_len,
+            content_type: p.format.mime().to_string(),
+        }];
+        for r in &p.variants {
+            variants.push(Variant {
+                name: r.name.clone(),
+                alt: r.alt,
+                size_bytes: r.data.len() as u64,
+                content_type: r.content_type.to_string(),
+            });
+        }
+        let (width, height, format) = (p.width, p.height, p.format);
+        needles.extend(p.variants.into_iter().map(|r| Needle {
+            alt: r.alt,
+            content_type: r.content_type.to_string(),
+            data: Bytes::from(r.data),
+        }));
+        let size_hint: u64 = needles
+            .iter()
+            .map(|n| n.data.len() as u64 + NEEDLE_OVERHEAD)
+            .sum();
+        let answer = |info: &PhotoInfo| PhotoResponse {
+            id: info.id,
+            kind: PhotoKind::Photo,
+            urls: info
+                .variants
+                .iter()
+                .map(|v| (v.name.clone(), v.url.clone()))
+                .collect(),
+            width,
+            height,
+            content_type: format.mime().to_string(),
+            bytes: original_len,
+        };
+
+        let mut failures: Vec<String> = Vec::new();
+        for attempt in 0..self.cfg.write_attempts {
+            let key = idempotency_key.map(|k| chain_key(k, attempt));
+            let a = self.assign(PhotoKind::Photo, size_hint, key).await?;
+            if a.replayed {
+                if let Some(info) = self.committed(&a, PhotoKind::Photo).await? {
+                    if info
+                        .variants
+                        .iter()
+                        .any(|v| v.alt == 0 && v.size_bytes != original_len)
+                    {
+                        return Err(UploaderError::Conflict(
+                            "the Idempotency-Key was used for another photo".into(),
+                        ));
+                    }
+                    tracing::info!(id = info.id, "photo upload replayed");
+                    return Ok((answer(&info), Outcome::Replayed));
+                }
+            }
+            let batch = encode_batch(a.id, a.cookie, &needles);
+            let written = if a.replicas.is_empty() {
+                Err(vec![ReplicaError {
+                    url: String::new(),
+                    status: None,
+                    code: None,
+                    detail: format!("volume {} has no replicas", a.volume_id),
+                }])
+            } else {
+                self.stores
+                    .write_batch_all(&a.replicas, a.volume_id, batch)
+                    .await
+            };
+            match written {
+                Ok(()) => {
+                    metrics::counter!("haystack_uploader_bytes_written_total")
+                        .increment(size_hint * a.replicas.len() as u64);
+                }
+                Err(errs) => {
+                    if errs.iter().any(ReplicaError::is_too_large) {
+                        return Err(UploaderError::TooLarge { max: original_len });
+                    }
+                    let detail = errs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(
+                        id = a.id,
+                        volume = a.volume_id,
+                        attempt,
+                        error = %detail,
+                        "photo write failed; retrying on another volume"
+                    );
+                    metrics::counter!("haystack_uploader_write_retries_total").increment(1);
+                    failures.push(format!("volume {}: {detail}", a.volume_id));
+                    continue;
+                }
+            }
+            let info = self
+                .commit(CommitRequest {
+                    id: a.id,
+                    cookie: a.cookie,
+                    volume_id: a.volume_id,
+                    kind: PhotoKind::Photo,
+                    variants: variants.clone(),
+                    chunks: Vec::new(),
+                })
+                .await?;
+            metrics::counter!("haystack_uploader_photos_total").increment(1);
+            tracing::info!(
+                id = info.id,
+                volume = info.volume_id,
+                bytes = original_len,
+                width,
+                height,
+                "photo committed"
+            );
+            return Ok((answer(&info), Outcome::Created));
+        }
+        metrics::counter!("haystack_uploader_write_failures_total").increment(1);
+        Err(UploaderError::WriteFailed(format!(
+            "no volume took the photo in {} attempts: {}",
+            self.cfg.write_attempts,
+            failures.join(" | ")
+        )))
+    }
+
+    async fn assign(
+        &self,
+        kind: PhotoKind,
+        size_hint_bytes: u64,
+        idempotency_key: Option<String>,
+    ) -> Result<AssignResponse, UploaderError> {
+        self.dir
+            .assign(&AssignRequest {
+                kind,
+                size_hint_bytes,
+                idempotency_key,
+            })
+            .await
+            .map_err(|e| UploaderError::from_directory("assigning a volume", e))
+    }
+
+    /// For a replayed assignment: the committed photo, or None when it is not committed yet
+    /// (the caller writes it again). A deleted photo or one of the other kind is a conflict.
+    async fn committed(
+        &self,
+        a: &AssignResponse,
+        kind: PhotoKind,
+    ) -> Result<Option<PhotoInfo>, UploaderError> {
+        match self.dir.lookup(a.id).await {
+            Ok(info) if info.kind == kind && info.cookie == a.cookie => Ok(Some(info)),
+            Ok(_) => Err(UploaderError::Conflict(
+                "the Idempotency-Key was used for another upload".into(),
+            )),
+            // The directory answers 404 for both; only its message tells a deleted photo
+            // (whose needles must not be written again) from one never committed.
+            Err(ClientError::Api { status: 404, body }) if body.message.contains("deleted") => Err(
+                UploaderError::Conflict("the Idempotency-Key belongs to a deleted upload".into()),
+            ),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(UploaderError::from_directory("looking up a replay", e)),
+        }
+    }
+
+    /// Commits, retrying a few times when the directory is unreachable (commits are
+    /// idempotent: the same photo again answers the stored one).
+    async fn commit(&self, req: CommitRequest) -> Result<PhotoInfo, UploaderError> {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..3 {
+            match self.dir.commit(&req).await {
+                Ok(info) => return Ok(info),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(id = req.id, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(UploaderError::from_directory("committing", e)),
+            }
+        }
+        self.dir
+            .commit(&req)
+            .await
+            .map_err(|e| UploaderError::from_directory("committing", e))
+    }
+
+    /// Uploads a video from a body stream: chunks of `video_chunk_bytes` are written to every
+    /// replica while the next one is read, at most `video_chunks_in_flight` at once (so memory
+    /// stays near `(in_flight + 1) × chunk` whatever the video's size), then committed. A video
+    /// cannot move to another volume mid-stream: a failed chunk answers 503, nothing committed.
+    pub async fn upload_video<S, E>(
+        &self,
+        content_type: String,
+        declared_len: Option<u64>,
+        mut body: S,
+        idempotency_key: Option<&str>,
+    ) -> Result<(VideoResponse, Outcome), UploaderError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let max = self.cfg.max_video_bytes;
+        if declared_len.is_some_and(|n| n > max) {
+            return Err(UploaderError::TooLarge { max });
+        }
+        let chunk_bytes = self.cfg.video_chunk_bytes as usize;
+        let hint = declared_len.unwrap_or(chunk_bytes as u64);
+        let chunks_hint = hint.div_ceil(chunk_bytes as u64).max(1);
+        let a = self
+            .assign(
+                PhotoKind::Video,
+                hint + chunks_hint * NEEDLE_OVERHEAD,
+                idempotency_key.map(str::to_string),
+            )
+            .await?;
+        if a.replayed {
+            if let Some(info) = self.committed(&a, PhotoKind::Video).await? {
+                tracing::info!(id = info.id, "video upload replayed");
+                return Ok((video_answer(&info, content_type), Outcome::Replayed));
+            }
+        }
+        if a.replicas.is_empty() {
+            return Err(UploaderError::WriteFailed(format!(
+                "volume {} has no replicas",
+                a.volume_id
+            )));
+        }
+        let a = Arc::new(a);
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        let mut chunks: Vec<VideoChunk> = Vec::new();
+        let mut buf = BytesMut::with_capacity(chunk_bytes);
+        let mut total: u64 = 0;
+        let mut ended = false;
+        while !ended {
+            // Fill one chunk (or reach the end of the body).
+            while buf.len() < chunk_bytes {
+                match body.next().await {
+                    Some(Ok(mut piece)) => {
+                        total += piece.len() as u64;
+                        if total > max {
+                            return Err(UploaderError::TooLarge { max });
+                        }
+                        while !piece.is_empty() {
+                            let take = (chunk_bytes - buf.len()).min(piece.len());
+                            buf.extend_from_slice(&piece.split_to(take));
+                            if buf.len() == chunk_bytes && !piece.is_empty() {
+                                // A full chunk and more bytes in hand: send this one first.
+                                let data = std::mem::replace(
+                                    &mut buf,
+                                    BytesMut::with_capacity(chunk_bytes),
+                                )
+                                .freeze();
+                                self.send_chunk(
+                                    &a,
+                                    &mut chunks,
+                                    &mut in_flight,
+                                    data,
+                                    &content_type,
+                                )
+                                .await?;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        return Err(UploaderError::BadRequest(format!(
+                            "reading the video body failed: {e}"
+                        )))
+                    }
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if !buf.is_empty() {
+                let cap = if ended { 0 } else { chunk_bytes };
+                let data = std::mem::replace(&mut buf, BytesMut::with_capacity(cap)).freeze();
+                self.send_chunk(&a, &mut chunks, &mut in_flight, data, &content_type)
+                    .await?;
+            }
+        }
+        if total == 0 {
+            return Err(UploaderError::BadRequest("the video body is empty".into()));
+        }
+        while let Some(r) = in_flight.next().await {
+            r?;
+        }
+        let n_chunks = chunks.len() as u32;
+        let info = self
+            .commit(CommitRequest {
+                id: a.id,
+                cookie: a.cookie,
+                volume_id: a.volume_id,
+                kind: PhotoKind::Video,
+                variants: Vec::new(),
+                chunks,
+            })
+            .await?;
+        metrics::counter!("haystack_uploader_videos_total").increment(1);
+        tracing::info!(
+            id = info.id,
+            volume = info.volume_id,
+            bytes = total,
+            chunks = n_chunks,
+            "video committed"
+        );
+        Ok((video_answer(&info, content_type), Outcome::Created))
+    }
+
+    /// Starts writing one chunk to every replica, first waiting for a slot when
+    /// `video_chunks_in_flight` writes are already running.
+    async fn send_chunk<'s>(
+        &'s self,
+        a: &Arc<AssignResponse>,
+        chunks: &mut Vec<VideoChunk>,
+        in_flight: &mut futures_util::stream::FuturesUnordered<
+            futures_util::future::BoxFuture<'s, Result<(), UploaderError>>,
+        >,
+        data: Bytes,
+        content_type: &str,
+    ) -> Result<(), UploaderError> {
+        while in_flight.len() >= self.cfg.video_chunks_in_flight {
+            if let Some(r) = in_flight.next().await {
+                r?;
+            }
+        }
+        let offset = chunks.last().map_or(0, |c| c.offset + c.size_bytes);
+        let alt = chunks.len() as u32 + 1;
+        chunks.push(VideoChunk {
+            alt,
+            offset,
+            size_bytes: data.len() as u64,
+        });
+        let needle = Needle {
+            alt,
+            content_type: content_type.to_string(),
+            data,
+        };
+        let a = a.clone();
+        in_flight.push(Box::pin(async move {
+            let len = needle.data.len() as u64;
+            self.stores
+                .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
+                .await
+                .map_err(|errs| {
+                    let detail = errs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::warn!(id = a.id, volume = a.volume_id, alt, error = %detail, "video chunk write failed");
+                    metrics::counter!("haystack_uploader_write_failures_total").increment(1);
+                    if errs.iter().any(ReplicaError::is_too_large) {
+                        UploaderError::Internal(format!(
+                            "the stores refuse {len}-byte chunks: lower video_chunk_bytes"
+                        ))
+                    } else {
+                        UploaderError::WriteFailed(format!(
+                            "chunk {alt} of video {} was not written: {detail}",
+                            a.id
+                        ))
+                    }
+                })?;
+            metrics::counter!("haystack_uploader_bytes_written_total")
+                .increment(len * a.replicas.len() as u64);
+            Ok(())
+        }));
+        Ok(())
+    }
+
+    /// The photo or video with its URLs (404 when missing or deleted).
+    pub async fn get(&self, id: u64) -> Result<MediaResponse, UploaderError> {
+        let info = self
+            .dir
+            .lookup(id)
+            .await
+            .map_err(|e| UploaderError::from_directory("looking up", e))?;
+        match info.kind {
+            PhotoKind::Video => {
+                let first = info.chunks.first().map(|c| c.alt).unwrap_or(1);
+                let ct = self
+                    .stores
+                    .read_head(
+                        &info.replicas,
+                        info.volume_id,
+                        info.id,
+                        first,
+                        info.cookie,
+                        1,
+                    )
+                    .await
+                    .map(|(ct, _)| ct)
+                    .unwrap_or_else(|| "application/octet-stream".into());
+                Ok(MediaResponse::Video(video_answer(&info, ct)))
+            }
+            PhotoKind::Photo => {
+                let original = info.variants.iter().find(|v| v.alt == 0);
+                let (content_type, bytes) = original
+                    .map(|v| (v.content_type.clone(), v.size_bytes))
+                    .unwrap_or_default();
+                // The directory keeps no pixel sizes: read them from the original's header.
+                let mut size = None;
+                for len in [256 << 10, self.cfg.max_photo_bytes] {
+                    if let Some((_, head)) = self
+                        .stores
+                        .read_head(&info.replicas, info.volume_id, info.id, 0, info.cookie, len)
+                        .await
+                    {
+                        size = images::display_size(&head);
+                    }
+                    if size.is_some() || len >= bytes {
+                        break;
+                    }
+                }
+                let (width, height) = size.unwrap_or((0, 0));
+                Ok(MediaResponse::Photo(PhotoResponse {
+                    id: info.id,
+                    kind: PhotoKind::Photo,
+                    urls: info
+                        .variants
+                        .iter()
+                        .map(|v| (v.name.clone(), v.url.clone()))
+                        .collect(),
+                    width,
+                    height,
+                    content_type,
+                    bytes,
+                }))
+            }
+        }
+    }
+
+    /// Deletes through the directory (which marks it deleted, then tells stores and caches).
+    pub async fn delete(&self, id: u64) -> Result<(), UploaderError> {
+        let r = self
+            .dir
+            .delete(id)
+            .await
+            .map_err(|e| UploaderError::from_directory("deleting", e))?;
+        tracing::info!(
+            id,
+            store_deletes_failed = r.store_deletes_failed,
+            cache_purges_failed = r.cache_purges_failed,
+            "photo deleted"
+        );
+        metrics::counter!("haystack_uploader_deletes_total").increment(1);
+        Ok(())
+    }
+
+    /// Whether the directory answers (for /health).
+    pub async fn directory_up(&self) -> bool {
+        self.dir.health().await.is_ok()
+    }
+}
+
+/// The video's one URL: the base of its read URLs (cut before `/v1/needles/`) and
+/// `/v1/videos/{volume}/{id}/{cookie}`, the path the cache serves whole videos under.
+pub fn video_url(info: &PhotoInfo) -> String {
+    let base = info
+        .chunks
+        .first()
+        .map(|c| c.url.as_str())
+        .and_then(|u| u.find("/v1/needles/").map(|i| &u[..i]))
+        .unwrap_or("");
+    format!(
+        "{base}/v1/videos/{}/{}/{}",
+        info.volume_id,
+        info.id,
+        haystack_proto::format_cookie(info.cookie)
+    )
+}
+
+fn video_answer(info: &PhotoInfo, content_type: String) -> VideoResponse {
+    VideoResponse {
+        id: info.id,
+        kind: PhotoKind::Video,
+        url: video_url(info),
+        content_type,
+        bytes: info.chunks.iter().map(|c| c.size_bytes).sum(),
+        chunks: info.chunks.len() as u32,
+    }
+}

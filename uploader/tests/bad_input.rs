@@ -1,0 +1,228 @@
+//! Bad input: each case answers its 4xx with a JSON error body, never a crash, and the
+//! uploader keeps serving afterwards.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A PNG signature and IHDR claiming `w`x`h` pixels, then nothing: a decompression bomb's
+/// header (the pixels would take w*h*4 bytes).
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(b"IHDR");
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 6, 0, 0, 0]); // 8-bit RGBA
+    let crc = crc32(&ihdr);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc.to_be_bytes());
+    // One tiny IDAT-looking chunk so a careless decoder would start allocating.
+    out.extend_from_slice(&[0, 0, 0, 2]);
+    out.extend_from_slice(b"IDAT\x78\x9c");
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The start of a BMP file: a format the uploader does not take.
+const BMP: &[u8] = b"BM\x46\0\0\0\0\0\0\0\x36\0\0\0\x28\0\0\0";
+
+struct Case {
+    name: &'static str,
+    method: reqwest::Method,
+    path: String,
+    content_type: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+}
+
+fn post(
+    name: &'static str,
+    ct: &'static str,
+    body: Vec<u8>,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        name,
+        method: reqwest::Method::POST,
+        path: "/v1/photos".into(),
+        content_type: Some(ct),
+        headers: Vec::new(),
+        body,
+        status,
+        code,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_answer_4xx_json() {
+    let h = Harness::start().await;
+    let good = jpeg(300, 200);
+    let png_good = png(300, 200);
+    let mut cases = vec![
+        post("empty body", "image/jpeg", Vec::new(), 400, "invalid_image"),
+        post("text", "image/jpeg", b"hello, I am not an image".to_vec(), 400, "invalid_image"),
+        post("truncated JPEG", "image/jpeg", good[..good.len() / 3].to_vec(), 400, "invalid_image"),
+        post("JPEG header only", "image/jpeg", good[..200].to_vec(), 400, "invalid_image"),
+        post("truncated PNG", "image/png", png_good[..png_good.len() / 2].to_vec(), 400, "invalid_image"),
+        post("BMP", "image/bmp", BMP.to_vec(), 415, "unsupported_format"),
+        post("BMP bytes sent as octet-stream", "application/octet-stream", BMP.to_vec(), 415, "unsupported_format"),
+        post("text/plain", "text/plain", good.clone(), 415, "unsupported_format"),
+        post("decompression bomb (PNG header 100000x100000)", "image/png", png_header_only(100_000, 100_000), 422, "too_many_pixels"),
+        post("over 100 megapixels (PNG header 20000x20000)", "image/png", png_header_only(20_000, 20_000), 422, "too_many_pixels"),
+        post("too many bytes", "image/jpeg", vec![0xff; (4 << 20) + 1], 413, "too_large"),
+        post("multipart without a file field", "multipart/form-data; boundary=b0undary",
+            b"--b0undary\r\nContent-Disposition: form-data; name=\"caption\"\r\n\r\nhi\r\n--b0undary--\r\n".to_vec(), 400, "bad_request"),
+        post("multipart without a boundary", "multipart/form-data", good.clone(), 400, "bad_request"),
+    ];
+    let mut bad_key = post(
+        "Idempotency-Key too long",
+        "image/jpeg",
+        good.clone(),
+        400,
+        "bad_request",
+    );
+    let long_key: &'static str = Box::leak("k".repeat(300).into_boxed_str());
+    bad_key.headers.push(("idempotency-key", long_key));
+    cases.push(bad_key);
+    for (method, path, status, code) in [
+        (
+            reqwest::Method::PUT,
+            "/v1/photos",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/photos",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/videos",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/photos/123",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/photos/123",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/photos/not-a-number",
+            400,
+            "bad_request",
+        ),
+        (reqwest::Method::GET, "/v1/photos/999999", 404, "not_found"),
+        (reqwest::Method::GET, "/v2/nothing", 404, "no_such_route"),
+    ] {
+        cases.push(Case {
+            name: path,
+            method,
+            path: path.into(),
+            content_type: None,
+            headers: Vec::new(),
+            body: Vec::new(),
+            status,
+            code,
+        });
+    }
+    cases.push(Case {
+        name: "video with an image media type",
+        method: reqwest::Method::POST,
+        path: "/v1/videos".into(),
+        content_type: Some("image/jpeg"),
+        headers: Vec::new(),
+        body: good.clone(),
+        status: 415,
+        code: "unsupported_format",
+    });
+    cases.push(Case {
+        name: "empty video",
+        method: reqwest::Method::POST,
+        path: "/v1/videos".into(),
+        content_type: Some("video/mp4"),
+        headers: Vec::new(),
+        body: Vec::new(),
+        status: 400,
+        code: "bad_request",
+    });
+    for c in cases {
+        let mut req = h
+            .http
+            .request(c.method.clone(), format!("{}{}", h.url, c.path));
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in &c.headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(c.body).send().await.expect(c.name);
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, c.status, "{}: {status} {text}", c.name);
+        let e: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{}: JSON body, got {text:?}", c.name));
+        assert_eq!(e["error"], c.code, "{}: {text}", c.name);
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: message",
+            c.name
+        );
+    }
+    // Still serving.
+    let ok = h.post_photo(good, "image/jpeg").await;
+    assert_eq!(ok.status().as_u16(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_over_the_limit_is_refused_before_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start().await;
+    // Declares 1 GiB and sends three bytes: answered from the header alone, without waiting
+    // for the rest of the body.
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/photos HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        1u64 << 30
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(b"\xff\xd8\xff").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("an answer before the body is sent")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("too_large"), "{text}");
+}

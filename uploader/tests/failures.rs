@@ -1,0 +1,134 @@
+//! Replica failures: an upload is retried on another logical volume or answers a clean 503,
+//! and no committed photo ever lacks a needle on any replica of its volume.
+
+use haystack_proto::directory::{AssignRequest, AssignResponse, PhotoKind};
+use haystack_testkit::ClusterOptions;
+use haystack_uploader::service::PhotoResponse;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Every needle of the photo is on every replica of its volume, byte-identical.
+async fn assert_fully_written(h: &Harness, id: &str) {
+    let info = h.lookup(id).await;
+    for v in &info.variants {
+        let mut first: Option<Vec<u8>> = None;
+        for r in &info.replicas {
+            let (status, bytes) = h.read_needle(&r.url, &info, v.alt).await;
+            assert_eq!(status, 200, "photo {id} alt {} on {}", v.alt, r.url);
+            assert_eq!(bytes.len() as u64, v.size_bytes);
+            match &first {
+                None => first = Some(bytes),
+                Some(f) => assert!(f == &bytes),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_moves_uploads_to_other_volumes() {
+    // Three stores, pairs of replicas: with store 2 gone, only volumes on stores 0 and 1 can
+    // take a photo. Until the directory notices (3 s), it still assigns the others.
+    let opts = ClusterOptions {
+        stores: 3,
+        replication: 2,
+        min_writable_volumes: 6,
+        ..Default::default()
+    };
+    let mut h = Harness::start_with(opts, |c| c.write_attempts = 6).await;
+    let dead = h.cluster.store_url(2);
+    h.cluster.stop_store(2);
+    let body = jpeg(500, 400);
+    let mut created = 0;
+    for i in 0..8 {
+        let resp = h.post_photo(body.clone(), "image/jpeg").await;
+        let status = resp.status().as_u16();
+        if status == 201 {
+            let p: PhotoResponse = resp.json().await.unwrap();
+            let info = h.lookup(&p.id.to_string()).await;
+            assert!(
+                info.replicas.iter().all(|r| r.url != dead),
+                "photo {i} committed on a volume with the dead replica"
+            );
+            assert_fully_written(&h, &p.id.to_string()).await;
+            created += 1;
+        } else {
+            assert_eq!(status, 503, "upload {i}: a clean 503 or a success");
+            let e: Value = resp.json().await.unwrap();
+            assert!(
+                e["error"] == "write_failed" || e["error"] == "unavailable",
+                "{e}"
+            );
+        }
+    }
+    assert!(created > 0, "some uploads found a healthy volume");
+}
+
+/// What the directory replays for an idempotency key (assigning it if it is new).
+async fn replay(h: &Harness, key: &str) -> AssignResponse {
+    let r = h
+        .http
+        .post(format!("{}/v1/assign", h.cluster.directory_url()))
+        .json(&AssignRequest {
+            kind: PhotoKind::Photo,
+            size_hint_bytes: 0,
+            idempotency_key: Some(key.to_string()),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_volume_is_a_clean_503_and_nothing_is_committed() {
+    // Two stores, replication 2: every volume has a replica on each, so with one store gone no
+    // volume can take a photo.
+    let mut h = Harness::start().await;
+    h.cluster.stop_store(1);
+    let body = jpeg(640, 480);
+    let post = || {
+        h.http
+            .post(format!("{}/v1/photos", h.url))
+            .header("content-type", "image/jpeg")
+            .header("idempotency-key", "retry-me")
+            .body(body.clone())
+            .send()
+    };
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let e: Value = resp.json().await.unwrap();
+    assert!(
+        e["error"] == "write_failed" || e["error"] == "unavailable",
+        "{e}"
+    );
+    // Every assignment the failed upload made (its key, then the key of each retry) is
+    // uncommitted: the directory knows no photo under those ids.
+    for key in ["retry-me", "retry-me#retry-1", "retry-me#retry-2"] {
+        let a = replay(&h, key).await;
+        let r = h
+            .http
+            .get(format!("{}/v1/photos/{}", h.cluster.directory_url(), a.id))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{key}: nothing committed");
+    }
+    // The store comes back; the client's retry with the same key succeeds, fully written.
+    h.cluster.start_store(1);
+    h.cluster.wait_writable(2).await;
+    let mut done = None;
+    for _ in 0..20 {
+        let resp = post().await.unwrap();
+        if resp.status().as_u16() == 201 {
+            done = Some(resp.json::<PhotoResponse>().await.unwrap());
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 503);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let p = done.expect("the retry succeeds once the store is back");
+    assert_fully_written(&h, &p.id.to_string()).await;
+}
