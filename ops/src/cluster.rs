@@ -72,6 +72,7 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     crate::set(&mut a.replication, args.replication);
     crate::set(&mut a.directory_port, args.directory_port);
     crate::set(&mut a.store_port, args.store_port);
+    crate::set(&mut a.cache_port, args.cache_port);
     crate::set(&mut a.max_volume_bytes, args.max_volume_bytes);
     // Every role reads its own section of the same file; the flags below win over it.
     let config_args: Vec<String> = match &args.config {
@@ -82,6 +83,7 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let dir_url = format!("http://127.0.0.1:{}", a.directory_port);
+    let cache_url = format!("http://127.0.0.1:{}", a.cache_port);
     let mut roles = vec![Role {
         name: "directory".into(),
         url: dir_url.clone(),
@@ -98,6 +100,8 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
                     a.replication.to_string(),
                     "--volume-capacity-bytes".into(),
                     a.max_volume_bytes.to_string(),
+                    "--cache-url".into(),
+                    cache_url.clone(),
                 ],
                 config_args.clone(),
             ]
@@ -134,6 +138,25 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
             )?,
         });
     }
+    roles.push(Role {
+        name: "cache".into(),
+        url: cache_url.clone(),
+        child: spawn(
+            "cache",
+            &[
+                vec![
+                    "cache".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", a.cache_port),
+                    "--directory".into(),
+                    dir_url.clone(),
+                ],
+                config_args.clone(),
+            ]
+            .concat(),
+            &logs,
+        )?,
+    });
     for r in roles.iter_mut() {
         if let Err(e) = wait_healthy(r).await {
             for r in &roles {

@@ -16,6 +16,7 @@ pub struct HaystackConfig {
     pub server: ServerSection,
     pub store: haystack_store::StoreConfig,
     pub directory: haystack_directory::DirectoryConfig,
+    pub cache: haystack_cache::CacheConfig,
 }
 
 /// `[server]`: the layout of `haystack server`'s local cluster.
@@ -27,6 +28,7 @@ pub struct ServerSection {
     pub replication: usize,
     pub directory_port: u16,
     pub store_port: u16,
+    pub cache_port: u16,
     pub max_volume_bytes: u64,
 }
 
@@ -38,6 +40,7 @@ impl Default for ServerSection {
             replication: 2,
             directory_port: 8082,
             store_port: 8090,
+            cache_port: 8081,
             max_volume_bytes: 1 << 30,
         }
     }

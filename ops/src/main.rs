@@ -27,6 +27,8 @@ enum Command {
     Store(StoreArgs),
     /// Run a directory: photo → volume → replicas, placement, liveness, read URLs.
     Directory(DirectoryArgs),
+    /// Run a cache node: hot photos and videos in memory in front of the stores.
+    Cache(CacheArgs),
     /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
     /// state, fill, dead bytes).
     Status(StatusArgs),
@@ -191,6 +193,9 @@ pub(crate) struct ServerArgs {
     /// First store port. Default 8090.
     #[arg(long)]
     pub(crate) store_port: Option<u16>,
+    /// Cache port. Default 8081.
+    #[arg(long)]
+    pub(crate) cache_port: Option<u16>,
     /// Maximum size of each volume, bytes. Default 1 GiB.
     #[arg(long)]
     pub(crate) max_volume_bytes: Option<u64>,
@@ -235,6 +240,36 @@ struct DirectoryArgs {
     /// 900000.
     #[arg(long)]
     rereplicate_after_ms: Option<u64>,
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// TOML config file; the [cache] section is read (flags and environment win).
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081", env = "HAYSTACK_CACHE_LISTEN")]
+    listen: SocketAddr,
+    /// The directory's URL. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY")]
+    directory: Option<String>,
+    /// Memory for cached needles: bytes, or a size such as 1GiB or 512MiB. Default 1GiB.
+    #[arg(long, env = "HAYSTACK_CACHE_CAPACITY", value_parser = parse_size)]
+    capacity: Option<u64>,
+    /// Every cache node's URL, this one included (comma-separated), for consistent hashing.
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// This node's URL as it appears in --peers.
+    #[arg(long)]
+    self_url: Option<String>,
+    /// Which needles are kept: haystack (direct user requests on write-enabled volumes), all
+    /// or none. Default haystack.
+    #[arg(long)]
+    admission: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    haystack_cache::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -420,6 +455,23 @@ async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
         .map_err(|e| format!("directory failed: {e}"))
 }
 
+async fn run_cache(a: CacheArgs) -> Result<(), String> {
+    let mut cfg = config::load(a.config.as_deref())?.cache;
+    set(&mut cfg.directory_url, a.directory);
+    set(&mut cfg.capacity_bytes, a.capacity);
+    set(&mut cfg.peers, a.peers);
+    set(&mut cfg.self_url, a.self_url.map(Some));
+    if let Some(adm) = a.admission {
+        cfg.admission = serde_json::from_value(serde_json::Value::String(adm.clone()))
+            .map_err(|_| format!("--admission {adm:?}: expected haystack, all or none"))?;
+    }
+    let listener =
+        TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    haystack_cache::run(listener, cfg, shutdown_signal())
+        .await
+        .map_err(|e| format!("cache failed: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
@@ -451,6 +503,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Store(a) => run_store(a).await,
             Command::Directory(a) => run_directory(a).await,
+            Command::Cache(a) => run_cache(a).await,
             Command::Server(a) => cluster::run(a).await,
             Command::Config {
                 command: ConfigCommand::Example,

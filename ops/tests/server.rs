@@ -24,16 +24,28 @@ fn free_ports(n: u16) -> u16 {
     }
 }
 
-fn start(data: &std::path::Path, dport: u16, sport: u16) -> std::process::Child {
+/// Ports of one `haystack server`.
+#[derive(Clone, Copy)]
+struct Ports {
+    directory: u16,
+    store: u16,
+    cache: u16,
+}
+
+fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_haystack"))
         .args([
             "server",
+            "--config",
+            config.to_str().expect("utf-8 path"),
             "--data-dir",
             data.to_str().expect("utf-8 path"),
             "--directory-port",
-            &dport.to_string(),
+            &p.directory.to_string(),
             "--store-port",
-            &sport.to_string(),
+            &p.store.to_string(),
+            "--cache-port",
+            &p.cache.to_string(),
             "--max-volume-bytes",
             &(64u64 << 20).to_string(),
         ])
@@ -74,13 +86,30 @@ fn server_starts_places_volumes_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     let dport = free_ports(1);
-    let sport = free_ports(3);
+    let ports = Ports {
+        directory: dport,
+        store: free_ports(3),
+        cache: free_ports(1),
+    };
+    // The printed example, with one value changed, is a working config file.
+    let example = Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(["config", "example"])
+        .output()
+        .expect("haystack config example");
+    assert!(example.status.success());
+    let text = String::from_utf8(example.stdout).expect("utf-8").replace(
+        "\ncapacity_bytes = 1073741824",
+        "\ncapacity_bytes = \"64MiB\"",
+    );
+    assert!(text.contains("\"64MiB\""));
+    let config = dir.path().join("haystack.toml");
+    std::fs::write(&config, text).expect("write config");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let c = reqwest::Client::new();
-    let child = start(&data, dport, sport);
+    let child = start(&data, &config, ports);
     let volumes = |c: reqwest::Client| async move {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -108,7 +137,7 @@ fn server_starts_places_volumes_and_stops_cleanly() {
         assert!(data.join(sub).exists(), "{sub} missing");
     }
     // Restart on the same data: the same volumes are there.
-    let child = start(&data, dport, sport);
+    let child = start(&data, &config, ports);
     let after = rt.block_on(volumes(c));
     for v in &before {
         assert!(
