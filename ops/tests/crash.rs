@@ -1,7 +1,8 @@
 //! Crash test: a `haystack store` child under concurrent PUT and DELETE load is killed with
 //! SIGKILL at random moments; after every restart each acknowledged write reads back
 //! byte-exact, each acknowledged delete stays deleted, and a write that was in flight at the
-//! kill is either absent or whole: torn or foreign bytes are never served.
+//! kill is either absent or whole: torn or foreign bytes are never served. In every other
+//! round the volume is also being compacted, again and again, when the kill comes.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -220,9 +221,22 @@ fn run(engine: &str) {
             verify(&c, &base, &snapshot, &keys).await;
             // Load, then kill at a random moment.
             let first = round as u64 * 1_000_000;
-            let workers: Vec<_> = (0..16)
+            let mut workers: Vec<_> = (0..16)
                 .map(|w| tokio::spawn(load(base.clone(), fates.clone(), first, w)))
                 .collect();
+            if round % 2 == 1 {
+                let (c, base) = (c.clone(), base.clone());
+                workers.push(tokio::spawn(async move {
+                    // Online compaction under the load until the kill ends it.
+                    loop {
+                        match c.post(format!("{base}/v1/volumes/1/compact")).send().await {
+                            Ok(r) if r.status() == 200 => {}
+                            Ok(r) => panic!("compact: unexpected {}", r.status()),
+                            Err(_) => return,
+                        }
+                    }
+                }));
+            }
             tokio::time::sleep(Duration::from_millis(rng.random_range(20..250))).await;
             child.kill().expect("SIGKILL the store");
             child.wait().expect("reap the store");
@@ -244,8 +258,11 @@ fn run(engine: &str) {
             .values()
             .filter(|f| matches!(f, Fate::InDoubt | Fate::DeleteInDoubt))
             .count();
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let compactions = logged.matches("volume compacted").count();
+        let interrupted = logged.matches("interrupted compaction").count();
         eprintln!(
-            "crash test ({engine}): {} kills, {} keys touched, {acked} acknowledged, {in_doubt_seen} in doubt at kills",
+            "crash test ({engine}): {} kills, {} keys touched, {acked} acknowledged, {in_doubt_seen} in doubt at kills, {compactions} compactions done, {interrupted} recovered after a kill mid-compaction",
             kills(),
             keys.len()
         );
