@@ -1,1 +1,26 @@
-//! The load generator and benchmark harness (issue 7; not built yet).
+//! The load generator and benchmark harness: realistic photo-store workloads driven through
+//! a cluster's public HTTP API (uploads of photo-sized JPEGs, reads by Zipf popularity over
+//! recency, deletes, video range reads; closed- or open-loop, bounded in count and time),
+//! HDR-histogram reports, a byte-for-byte verify mode, a side-by-side comparison with nginx
+//! serving one file per photo, and the generator of BENCHMARKS.md.
+//!
+//! Map: [`dist`] (sizes, Zipf), [`payload`] (JPEG pool, video bytes), [`schedule`]
+//! (open-loop send times), [`target`] (uploader, directory + stores, nginx), [`workload`]
+//! (phases, population, progress), [`stats`] and [`report`] (figures), [`verify`],
+//! [`driver`] (whole runs and comparisons), [`machine`], [`benchmarks`] (BENCHMARKS.md).
+
+pub mod benchmarks;
+pub mod dist;
+pub mod driver;
+pub mod error;
+pub mod machine;
+pub mod payload;
+pub mod report;
+pub mod schedule;
+pub mod stats;
+pub mod target;
+pub mod verify;
+pub mod workload;
+
+pub use driver::{compare, run, CompareConfig, RunConfig};
+pub use error::{LoadError, Result};

@@ -1,0 +1,56 @@
+# common.sh: sourced by the load generator's benchmark scripts. Builds the release binaries,
+# starts (or finds) a local cluster on loopback, and cleans up after itself.
+#
+# Knobs: UPLOADER=URL or DIRECTORY=URL (drive a cluster that is already running; loopback
+# only), else a cluster is started with `haystack server --data-dir $BASE/cluster` and
+# removed at the end. CARGO_TARGET_DIR is honoured.
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BASE=${BASE:-/tmp/haystack-loadtest}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+LT=$TARGET_DIR/release/haystack-loadtest
+HS=$TARGET_DIR/release/haystack
+RESULTS=${RESULTS:-$ROOT/bench/results/loadtest}
+CLUSTER_PID=
+mkdir -p "$BASE" "$RESULTS"
+
+say() { echo "# $*" >&2; }
+
+build() {
+    (cd "$ROOT" && cargo build --release -p haystack-loadtest -p haystack-ops >&2)
+}
+
+# Sets TARGET_FLAGS (--uploader URL or --directory URL).
+cluster_up() {
+    if [[ -n ${UPLOADER:-} ]]; then TARGET_FLAGS=(--uploader "$UPLOADER"); return; fi
+    if [[ -n ${DIRECTORY:-} ]]; then TARGET_FLAGS=(--directory "$DIRECTORY"); return; fi
+    if curl -sf http://127.0.0.1:8082/health >/dev/null 2>&1; then
+        echo "something already listens on 127.0.0.1:8082: stop it or pass UPLOADER=/DIRECTORY=" >&2
+        exit 1
+    fi
+    rm -rf "$BASE/cluster"
+    "$HS" server --data-dir "$BASE/cluster" >"$BASE/server.log" 2>&1 &
+    CLUSTER_PID=$!
+    for _ in $(seq 300); do
+        curl -sf http://127.0.0.1:8082/health 2>/dev/null | grep -q '"writable_volumes":[1-9]' && break
+        sleep 0.2
+    done
+    curl -sf http://127.0.0.1:8082/health >/dev/null || { echo "the cluster did not start (see $BASE/server.log)" >&2; exit 1; }
+    # the uploader, when `haystack server` runs one (port 8080)
+    sleep 1
+    if curl -sf http://127.0.0.1:8080/health >/dev/null 2>&1; then
+        TARGET_FLAGS=(--uploader http://127.0.0.1:8080)
+    else
+        TARGET_FLAGS=(--directory http://127.0.0.1:8082)
+    fi
+    say "cluster pid $CLUSTER_PID, driving ${TARGET_FLAGS[*]}"
+}
+
+cluster_down() {
+    if [[ -n $CLUSTER_PID ]]; then
+        kill -TERM "$CLUSTER_PID" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$CLUSTER_PID" 2>/dev/null || break; sleep 0.1; done
+        CLUSTER_PID=
+        rm -rf "$BASE/cluster"
+    fi
+}

@@ -1,0 +1,12 @@
+//! The load generator's tests, one binary: the distributions, payloads, the open-loop
+//! schedule, the report and the benchmark page (pure), then short bounded workloads and
+//! verify against a real cluster on loopback (haystack-testkit).
+
+mod benchmarks;
+mod cluster;
+mod dist;
+mod fake_dav;
+mod payload;
+mod report;
+mod schedule;
+mod tidy;
