@@ -14,8 +14,8 @@ use crate::error::CacheError;
 use crate::metrics::Stats;
 use crate::upstream::Clients;
 
-/// Chunk lists remembered at most.
-const VIDEOS_KEPT: usize = 65_536;
+/// Chunk lists remembered at most (a list of 256 chunks is about 6 KiB).
+const VIDEOS_KEPT: usize = 8_192;
 
 /// One chunk: the needle with alternate key `alt` holds bytes `offset..offset + size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
