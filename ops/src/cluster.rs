@@ -73,6 +73,7 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     crate::set(&mut a.directory_port, args.directory_port);
     crate::set(&mut a.store_port, args.store_port);
     crate::set(&mut a.cache_port, args.cache_port);
+    crate::set(&mut a.uploader_port, args.uploader_port);
     crate::set(&mut a.max_volume_bytes, args.max_volume_bytes);
     // Every role reads its own section of the same file; the flags below win over it.
     let config_args: Vec<String> = match &args.config {
@@ -84,6 +85,7 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
     let dir_url = format!("http://127.0.0.1:{}", a.directory_port);
     let cache_url = format!("http://127.0.0.1:{}", a.cache_port);
+    let uploader_url = format!("http://127.0.0.1:{}", a.uploader_port);
     let mut roles = vec![Role {
         name: "directory".into(),
         url: dir_url.clone(),
@@ -148,6 +150,25 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
                     "cache".into(),
                     "--listen".into(),
                     format!("127.0.0.1:{}", a.cache_port),
+                    "--directory".into(),
+                    dir_url.clone(),
+                ],
+                config_args.clone(),
+            ]
+            .concat(),
+            &logs,
+        )?,
+    });
+    roles.push(Role {
+        name: "uploader".into(),
+        url: uploader_url.clone(),
+        child: spawn(
+            "uploader",
+            &[
+                vec![
+                    "uploader".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", a.uploader_port),
                     "--directory".into(),
                     dir_url.clone(),
                 ],

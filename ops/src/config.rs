@@ -17,6 +17,7 @@ pub struct HaystackConfig {
     pub store: haystack_store::StoreConfig,
     pub directory: haystack_directory::DirectoryConfig,
     pub cache: haystack_cache::CacheConfig,
+    pub uploader: haystack_uploader::UploaderConfig,
 }
 
 /// `[server]`: the layout of `haystack server`'s local cluster.
@@ -29,6 +30,7 @@ pub struct ServerSection {
     pub directory_port: u16,
     pub store_port: u16,
     pub cache_port: u16,
+    pub uploader_port: u16,
     pub max_volume_bytes: u64,
 }
 
@@ -41,6 +43,7 @@ impl Default for ServerSection {
             directory_port: 8082,
             store_port: 8090,
             cache_port: 8081,
+            uploader_port: 8080,
             max_volume_bytes: 1 << 30,
         }
     }

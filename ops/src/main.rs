@@ -29,6 +29,8 @@ enum Command {
     Directory(DirectoryArgs),
     /// Run a cache node: hot photos and videos in memory in front of the stores.
     Cache(CacheArgs),
+    /// Run the upload API: photos with resized variants, streamed videos.
+    Uploader(UploaderArgs),
     /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
     /// state, fill, dead bytes).
     Status(StatusArgs),
@@ -196,6 +198,9 @@ pub(crate) struct ServerArgs {
     /// Cache port. Default 8081.
     #[arg(long)]
     pub(crate) cache_port: Option<u16>,
+    /// Upload API port. Default 8080.
+    #[arg(long)]
+    pub(crate) uploader_port: Option<u16>,
     /// Maximum size of each volume, bytes. Default 1 GiB.
     #[arg(long)]
     pub(crate) max_volume_bytes: Option<u64>,
@@ -266,6 +271,25 @@ struct CacheArgs {
     /// or none. Default haystack.
     #[arg(long)]
     admission: Option<String>,
+}
+
+#[derive(Args)]
+struct UploaderArgs {
+    /// TOML config file; the [uploader] section is read (flags and environment win).
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "HAYSTACK_UPLOADER_LISTEN")]
+    listen: SocketAddr,
+    /// The directory's URL. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY")]
+    directory: Option<String>,
+    /// POST and DELETE then need `Authorization: Bearer KEY`.
+    #[arg(long, env = "HAYSTACK_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Serve a non-loopback address without an API key (refused otherwise).
+    #[arg(long)]
+    allow_public_without_key: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -472,6 +496,20 @@ async fn run_cache(a: CacheArgs) -> Result<(), String> {
         .map_err(|e| format!("cache failed: {e}"))
 }
 
+async fn run_uploader(a: UploaderArgs) -> Result<(), String> {
+    let mut cfg = config::load(a.config.as_deref())?.uploader;
+    set(&mut cfg.directory_url, a.directory);
+    set(&mut cfg.api_key, a.api_key.map(Some));
+    if a.allow_public_without_key {
+        cfg.allow_public_without_key = true;
+    }
+    let listener =
+        TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    haystack_uploader::run(listener, cfg, shutdown_signal())
+        .await
+        .map_err(|e| format!("uploader failed: {e}"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
@@ -504,6 +542,7 @@ fn main() -> ExitCode {
             Command::Store(a) => run_store(a).await,
             Command::Directory(a) => run_directory(a).await,
             Command::Cache(a) => run_cache(a).await,
+            Command::Uploader(a) => run_uploader(a).await,
             Command::Server(a) => cluster::run(a).await,
             Command::Config {
                 command: ConfigCommand::Example,

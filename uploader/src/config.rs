@@ -24,7 +24,7 @@ pub struct VariantSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UploaderConfig {
-    /// Base URL of the directory. Default `http://127.0.0.1:8080`.
+    /// Base URL of the directory. Default `http://127.0.0.1:8082`.
     pub directory_url: String,
     /// When set, POST and DELETE need `Authorization: Bearer <api_key>`. Default none (the
     /// `haystack` command reads `--api-key` or the `HAYSTACK_API_KEY` environment variable).
@@ -72,7 +72,7 @@ pub struct UploaderConfig {
 impl Default for UploaderConfig {
     fn default() -> Self {
         UploaderConfig {
-            directory_url: "http://127.0.0.1:8080".into(),
+            directory_url: "http://127.0.0.1:8082".into(),
             api_key: None,
             allow_public_without_key: false,
             max_photo_bytes: 50 << 20,
