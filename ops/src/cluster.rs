@@ -195,15 +195,12 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
         println!("  {:<10} {}", r.name, r.url);
     }
     println!("try (from another terminal):");
-    println!("  haystack photo put photo.jpg    # then: haystack photo get ID -o back.jpg");
-    println!("  haystack status");
-    println!("or by hand:");
-    println!("  curl -s {dir_url}/v1/volumes");
-    println!("  curl -s -X POST {dir_url}/v1/assign -H 'content-type: application/json' -d '{{}}'");
-    println!("  # then PUT the bytes to every replica the assign answered, and commit:");
-    println!("  curl -s -X PUT --data-binary @photo.jpg -H 'content-type: image/jpeg' REPLICA_URL/v1/needles/VOLUME_ID/ID/0/COOKIE");
-    println!("  curl -s -X POST {dir_url}/v1/photos -H 'content-type: application/json' -d '{{\"id\":\"ID\",\"cookie\":\"COOKIE\",\"volume_id\":VOLUME_ID,\"variants\":[{{\"name\":\"original\",\"alt\":0,\"size_bytes\":SIZE,\"content_type\":\"image/jpeg\"}}]}}'");
-    println!("  curl -s {dir_url}/v1/photos/ID");
+    println!("  curl -s -X POST --data-binary @photo.jpg -H 'content-type: image/jpeg' {uploader_url}/v1/photos");
+    println!("  # the answer's urls (original, large, medium, thumb) are served by the cache:");
+    println!("  curl -s -o thumb.jpg URL");
+    println!("  curl -s -X POST --data-binary @video.mp4 -H 'content-type: video/mp4' {uploader_url}/v1/videos");
+    println!("  curl -s -X DELETE {uploader_url}/v1/photos/ID");
+    println!("  haystack status        # or open {dir_url}/ in a browser");
     println!("Ctrl-C stops the cluster.");
 
     // Run until a signal, or until a role dies.
@@ -211,10 +208,21 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     tokio::select! {
         _ = crate::shutdown_signal() => {}
         name = async {
+            // A store that dies is a machine lost, as in production: reads fail over to the
+            // other replicas, its volumes turn read-only, and `haystack volume repair` (or
+            // re-replication after `rereplicate_after_ms`) brings the replicas back. Any
+            // other role's death stops the cluster.
+            let mut lost = std::collections::HashSet::new();
             loop {
                 for r in roles.iter_mut() {
                     if let Ok(Some(status)) = r.child.try_wait() {
-                        return format!("{} exited ({status})", r.name);
+                        if !r.name.starts_with("store") {
+                            return format!("{} exited ({status})", r.name);
+                        }
+                        if lost.insert(r.name.clone()) {
+                            eprintln!("haystack: {} exited ({status}); the cluster goes on without it", r.name);
+                            tracing::warn!(role = %r.name, %status, "store exited; the cluster goes on");
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -279,7 +279,11 @@ struct UploaderArgs {
     #[arg(long, env = "HAYSTACK_CONFIG")]
     config: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "HAYSTACK_UPLOADER_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "HAYSTACK_UPLOADER_LISTEN"
+    )]
     listen: SocketAddr,
     /// The directory's URL. Default http://127.0.0.1:8082.
     #[arg(long, env = "HAYSTACK_DIRECTORY")]

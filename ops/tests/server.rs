@@ -1,6 +1,9 @@
-//! `haystack server`, README's run command: a directory and three stores come up on loopback,
-//! logical volumes get placed, and Ctrl-C (SIGINT) stops every process cleanly; a restart on
-//! the same data keeps what was committed.
+//! `haystack server`, README's run command, end to end: the whole cluster comes up on
+//! loopback from the printed example config; a photo is uploaded and read through the cache,
+//! a video is read with a range across chunks, a photo is deleted and vanishes from the cache,
+//! its volume is compacted and verified, a store is killed and its replica repaired onto
+//! another machine, Ctrl-C (SIGINT) stops every process cleanly, and a restart on the same
+//! data still serves everything.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -30,6 +33,7 @@ struct Ports {
     directory: u16,
     store: u16,
     cache: u16,
+    uploader: u16,
 }
 
 fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::process::Child {
@@ -46,6 +50,8 @@ fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::pro
             &p.store.to_string(),
             "--cache-port",
             &p.cache.to_string(),
+            "--uploader-port",
+            &p.uploader.to_string(),
             "--max-volume-bytes",
             &(64u64 << 20).to_string(),
         ])
@@ -82,7 +88,7 @@ fn stop(mut child: std::process::Child) {
 }
 
 #[test]
-fn server_starts_places_volumes_and_stops_cleanly() {
+fn server_runs_the_photo_lifecycle_end_to_end() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     let dport = free_ports(1);
@@ -90,6 +96,7 @@ fn server_starts_places_volumes_and_stops_cleanly() {
         directory: dport,
         store: free_ports(3),
         cache: free_ports(1),
+        uploader: free_ports(1),
     };
     // The printed example, with one value changed, is a working config file.
     let example = Command::new(env!("CARGO_BIN_EXE_haystack"))
@@ -132,13 +139,181 @@ fn server_starts_places_volumes_and_stops_cleanly() {
     for v in &before {
         assert_eq!(v.replicas.len(), 2, "replication 2 by default");
     }
+    let up = format!("http://127.0.0.1:{}", ports.uploader);
+    let cache = format!("http://127.0.0.1:{}", ports.cache);
+    let jpeg = make_jpeg(900, 600);
+    let video: Vec<u8> = (0..(9u32 << 20) + 12_345)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let (photo, video_url, vid) = rt.block_on(async {
+        // Upload; every URL points at the cache, which serves the bytes.
+        let photo = upload_photo(&c, &up, &jpeg).await;
+        let urls = &photo["urls"];
+        let original = urls["original"].as_str().expect("original url");
+        assert!(original.starts_with(&cache), "{photo}");
+        let r = c.get(original).send().await.expect("get original");
+        assert_eq!(r.status(), 200);
+        let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+        assert_eq!(r.bytes().await.expect("body").as_ref(), &jpeg[..]);
+        let r = c
+            .get(original)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .expect("conditional get");
+        assert_eq!(r.status(), 304);
+        let thumb = c
+            .get(urls["thumb"].as_str().expect("thumb url"))
+            .send()
+            .await
+            .expect("get thumb")
+            .bytes()
+            .await
+            .expect("thumb body");
+        let t = image::load_from_memory(&thumb).expect("thumb decodes");
+        assert_eq!((t.width(), t.height()), (320, 213));
+        // A video, read back with a range across the first chunk boundary (4 MiB).
+        let r = c
+            .post(format!("{up}/v1/videos"))
+            .header("content-type", "video/mp4")
+            .body(video.clone())
+            .send()
+            .await
+            .expect("video upload");
+        assert_eq!(r.status(), 201);
+        let v: serde_json::Value = r.json().await.expect("video JSON");
+        let video_url = v["url"].as_str().expect("video url").to_string();
+        assert!(video_url.starts_with(&cache), "{v}");
+        check_video_range(&c, &video_url, &video).await;
+        // Another photo, deleted: every URL answers 404 through the cache afterwards.
+        let doomed = upload_photo(&c, &up, &make_jpeg(400, 300)).await;
+        for (_, u) in doomed["urls"].as_object().expect("urls") {
+            let r = c.get(u.as_str().expect("url")).send().await.expect("get");
+            assert_eq!(r.status(), 200);
+        }
+        let id = doomed["id"].as_str().expect("id");
+        let r = c
+            .delete(format!("{up}/v1/photos/{id}"))
+            .send()
+            .await
+            .expect("delete");
+        assert_eq!(r.status(), 204);
+        for (_, u) in doomed["urls"].as_object().expect("urls") {
+            let r = c.get(u.as_str().expect("url")).send().await.expect("get");
+            assert_eq!(r.status(), 404, "{u} still served after delete");
+        }
+        let vid = volume_in(doomed["urls"]["original"].as_str().expect("url"));
+        (photo, video_url, vid)
+    });
+    let dbase = format!("http://127.0.0.1:{dport}");
+    let hs = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--directory", dbase.as_str(), "--json"]);
+        let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
+            .args(&all)
+            .output()
+            .expect("haystack tool");
+        assert!(
+            out.status.success(),
+            "{args:?}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON output")
+    };
+    // The deleted photo's space comes back; a full scan finds nothing wrong.
+    let comp = hs(&["volume", "compact", &vid.to_string()]);
+    for r in comp.as_array().expect("replicas") {
+        assert!(
+            r["report"]["reclaimed_bytes"].as_u64().unwrap_or(0) > 0,
+            "{comp}"
+        );
+    }
+    let ver = hs(&["volume", "verify", &vid.to_string()]);
+    for r in ver.as_array().expect("replicas") {
+        assert_eq!(
+            r["report"]["corrupt"].as_array().map(|a| a.len()),
+            Some(0),
+            "{ver}"
+        );
+    }
+    // Kill a store holding the first photo; the cluster goes on, reads fail over, and the
+    // replica is repaired onto the third store.
+    let pid_id = photo["id"].as_str().expect("id").to_string();
+    let (info, store_urls) = rt.block_on(async {
+        let info: serde_json::Value = c
+            .get(format!("{dbase}/v1/photos/{pid_id}"))
+            .send()
+            .await
+            .expect("lookup")
+            .json()
+            .await
+            .expect("photo info");
+        let stores: Vec<String> = (0..3)
+            .map(|i| format!("http://127.0.0.1:{}", ports.store + i))
+            .collect();
+        (info, stores)
+    });
+    let replicas: Vec<String> = info["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .map(|r| r["url"].as_str().expect("url").to_string())
+        .collect();
+    let victim = replicas[0].clone();
+    let spare = store_urls
+        .iter()
+        .find(|u| !replicas.contains(u))
+        .expect("a store without the volume")
+        .clone();
+    rt.block_on(async {
+        let h: serde_json::Value = c
+            .get(format!("{victim}/health"))
+            .send()
+            .await
+            .expect("health")
+            .json()
+            .await
+            .expect("health JSON");
+        let pid = h["pid"].as_u64().expect("pid");
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        // The medium variant was never read: a miss, served from the surviving replica.
+        let medium = photo["urls"]["medium"].as_str().expect("medium url");
+        let r = c.get(medium).send().await.expect("get medium");
+        assert_eq!(r.status(), 200, "read did not fail over");
+    });
+    let photo_vid = info["volume_id"].as_u64().expect("volume id").to_string();
+    let rep = hs(&[
+        "volume", "repair", &photo_vid, "--to", &spare, "--from", &victim,
+    ]);
+    assert_eq!(
+        rep["copied"]["needles"].as_u64().map(|n| n >= 4),
+        Some(true),
+        "{rep}"
+    );
+    rt.block_on(async {
+        let cookie = info["cookie"].as_str().expect("cookie");
+        let r = c
+            .get(format!(
+                "{spare}/v1/needles/{photo_vid}/{pid_id}/0/{cookie}"
+            ))
+            .send()
+            .await
+            .expect("get from the new replica");
+        assert_eq!(r.bytes().await.expect("body").as_ref(), &jpeg[..]);
+    });
     stop(child);
     for sub in ["directory", "store0", "store1", "store2", "logs"] {
         assert!(data.join(sub).exists(), "{sub} missing");
     }
-    // Restart on the same data: the same volumes are there.
+    // Restart on the same data: the same volumes, the photo and the video are there, and the
+    // deleted photo stays deleted.
     let child = start(&data, &config, ports);
-    let after = rt.block_on(volumes(c));
+    let after = rt.block_on(volumes(c.clone()));
     for v in &before {
         assert!(
             after.iter().any(|a| a.id == v.id),
@@ -146,5 +321,84 @@ fn server_starts_places_volumes_and_stops_cleanly() {
             v.id
         );
     }
+    rt.block_on(async {
+        for (_, u) in photo["urls"].as_object().expect("urls") {
+            let r = c.get(u.as_str().expect("url")).send().await.expect("get");
+            assert_eq!(r.status(), 200, "{u} after restart");
+        }
+        let original = c
+            .get(photo["urls"]["original"].as_str().expect("url"))
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(original.as_ref(), &jpeg[..]);
+        check_video_range(&c, &video_url, &video).await;
+    });
     stop(child);
+}
+
+fn make_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode JPEG");
+    out.into_inner()
+}
+
+async fn upload_photo(c: &reqwest::Client, up: &str, jpeg: &[u8]) -> serde_json::Value {
+    // Right after start the directory may still be creating volumes: retry briefly.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = c
+            .post(format!("{up}/v1/photos"))
+            .header("content-type", "image/jpeg")
+            .body(jpeg.to_vec())
+            .send()
+            .await
+            .expect("upload");
+        let status = r.status();
+        if status == 201 {
+            return r.json().await.expect("upload JSON");
+        }
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "upload: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn check_video_range(c: &reqwest::Client, url: &str, video: &[u8]) {
+    let (from, to) = ((4u64 << 20) - 1000, (4u64 << 20) + 2000);
+    let r = c
+        .get(url)
+        .header("range", format!("bytes={from}-{to}"))
+        .send()
+        .await
+        .expect("video range");
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.bytes().await.expect("range body").as_ref(),
+        &video[from as usize..=to as usize]
+    );
+    let r = c.get(url).send().await.expect("whole video");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.expect("video body").len(), video.len());
+}
+
+/// The volume in a read URL `.../v1/needles/{volume}/{id}/{alt}/{cookie}`.
+fn volume_in(url: &str) -> u32 {
+    let rest = url.split("/v1/needles/").nth(1).expect("a needle URL");
+    rest.split('/')
+        .next()
+        .expect("volume")
+        .parse()
+        .expect("volume id")
 }
