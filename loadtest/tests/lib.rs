@@ -6,6 +6,7 @@ mod benchmarks;
 mod cluster;
 mod dist;
 mod fake_dav;
+mod full_stack;
 mod payload;
 mod report;
 mod schedule;
