@@ -2,6 +2,9 @@
 //! calling thread (run it under `taskset -c 1` for one core). Prints each run and the median.
 //!
 //!     cargo bench -p haystack-uploader --bench variants -- [--runs N] [--width W --height H]
+//!
+//! It then times, once each, the alternatives the uploader does not use (the image crate's own
+//! resize to 2048 and its own JPEG encoder on the 2048 variant) against the ones it does.
 
 use std::time::Instant;
 
@@ -85,10 +88,73 @@ fn main() {
         times.push(ms);
     }
     times.sort_by(f64::total_cmp);
+    compare(&jpeg);
     println!(
         "median {:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs",
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]
     );
+}
+
+/// The image crate's resize and JPEG encoder against fast_image_resize and jpeg-encoder, on
+/// the same decoded picture, median of 3 each.
+fn compare(jpeg: &[u8]) {
+    let img = image::load_from_memory(jpeg).expect("decode").into_rgb8();
+    let (w, h) = haystack_uploader::images::fit(img.width(), img.height(), 2048);
+    let median = |f: &mut dyn FnMut()| {
+        let mut t: Vec<f64> = (0..3)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                s.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[1]
+    };
+    let image_resize = median(&mut || {
+        std::hint::black_box(image::imageops::resize(
+            &img,
+            w,
+            h,
+            image::imageops::FilterType::CatmullRom,
+        ));
+    });
+    let src = fast_image_resize::images::ImageRef::new(
+        img.width(),
+        img.height(),
+        img.as_raw(),
+        fast_image_resize::PixelType::U8x3,
+    )
+    .expect("view");
+    let mut resizer = fast_image_resize::Resizer::new();
+    let mut dst = fast_image_resize::images::Image::new(w, h, fast_image_resize::PixelType::U8x3);
+    let opts = fast_image_resize::ResizeOptions::new().resize_alg(
+        fast_image_resize::ResizeAlg::Convolution(fast_image_resize::FilterType::CatmullRom),
+    );
+    let fir_resize = median(&mut || {
+        resizer.resize(&src, &mut dst, &opts).expect("resize");
+    });
+    let large = dst.buffer().to_vec();
+    let image_jpeg = median(&mut || {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 85)
+            .encode(&large, w, h, image::ExtendedColorType::Rgb8)
+            .expect("encode");
+        std::hint::black_box(out);
+    });
+    let fast_jpeg = median(&mut || {
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 85)
+            .encode(&large, w as u16, h as u16, jpeg_encoder::ColorType::Rgb)
+            .expect("encode");
+        std::hint::black_box(out);
+    });
+    println!(
+        "resize {}x{} -> {w}x{h} CatmullRom: image crate {image_resize:.1} ms, fast_image_resize {fir_resize:.1} ms",
+        img.width(),
+        img.height()
+    );
+    println!("JPEG q85 of {w}x{h}: image crate {image_jpeg:.1} ms, jpeg-encoder {fast_jpeg:.1} ms");
 }

@@ -222,16 +222,23 @@ pub fn process(
     let mut order: Vec<usize> = (0..specs.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(specs[i].longest_side));
     let mut source = pixels.clone_ref();
+    // The encoding of `source` when it is a variant already made: a variant of the same size
+    // (an image smaller than two specs) shares it instead of encoding the pixels again.
+    let mut source_encoded: Option<(&'static str, Vec<u8>)> = None;
     let mut resizer = fr::Resizer::new();
     for i in order {
         let spec = &specs[i];
         let (w, h) = fit(pixels.width, pixels.height, spec.longest_side);
-        let img = if (w, h) == (source.width, source.height) {
-            source.clone_ref()
-        } else {
-            resize(&mut resizer, &source, w, h)?
+        let same = (w, h) == (source.width, source.height);
+        let (content_type, data) = match (&source_encoded, same) {
+            (Some(enc), true) => enc.clone(),
+            (_, true) => encode(&source, probe.format.lossless(), opts)?,
+            (_, false) => {
+                source = resize(&mut resizer, &source, w, h)?;
+                encode(&source, probe.format.lossless(), opts)?
+            }
         };
-        let (content_type, data) = encode(&img, probe.format.lossless(), opts)?;
+        source_encoded = Some((content_type, data.clone()));
         out[i] = Some(Rendition {
             name: spec.name.clone(),
             alt: spec.alt,
@@ -240,7 +247,6 @@ pub fn process(
             content_type,
             data,
         });
-        source = img;
     }
     Ok(Processed {
         format: probe.format,
