@@ -1,4 +1,5 @@
-//! `haystack volume ...`: operator tools on one logical volume (today: seal).
+//! `haystack volume ...`: operator tools on one logical volume: seal, verify, compact,
+//! rebuild-index, repair.
 
 use std::time::Duration;
 
@@ -158,9 +159,13 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
     let urls: Vec<String> = dir.replicas.iter().map(|r| r.url.clone()).collect();
     let mut out = Vec::new();
     for url in &urls {
-        if !json {
-            eprintln!("verifying volume {id} on {url} ...");
-        }
+        let pb = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new_spinner()
+        };
+        pb.set_message(format!("verifying volume {id} on {url} (full CRC scan)"));
+        pb.enable_steady_tick(Duration::from_millis(200));
         let mut v = VerifyReplica {
             url: url.clone(),
             report: None,
@@ -168,13 +173,14 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
             repaired: Vec::new(),
             unrepaired: Vec::new(),
         };
-        match post_json::<(), haystack_store::VerifyReport>(
+        let scanned = post_json::<(), haystack_store::VerifyReport>(
             &c,
             &format!("{url}/v1/volumes/{id}/verify"),
             None,
         )
-        .await
-        {
+        .await;
+        pb.finish_and_clear();
+        match scanned {
             Ok(r) => {
                 for n in &r.corrupt {
                     let name = format!("{}/{}", n.key, n.alt);
