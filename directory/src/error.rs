@@ -7,6 +7,10 @@ use crate::meta::MetaError;
 pub enum DirectoryError {
     #[error("{0}")]
     NotFound(String),
+    /// The photo existed and was deleted (404 like a missing one, with its own code so that
+    /// an uploader replaying an idempotency key does not write it back).
+    #[error("{0}")]
+    Deleted(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -39,6 +43,7 @@ impl DirectoryError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotFound(_) => "not_found",
+            Self::Deleted(_) => "deleted",
             Self::BadRequest(_) => "bad_request",
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "backend_unavailable",

@@ -22,7 +22,7 @@ use crate::service::Directory;
 impl ResponseError for DirectoryError {
     fn status_code(&self) -> StatusCode {
         match self {
-            DirectoryError::NotFound(_) => StatusCode::NOT_FOUND,
+            DirectoryError::NotFound(_) | DirectoryError::Deleted(_) => StatusCode::NOT_FOUND,
             DirectoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DirectoryError::Conflict(_) => StatusCode::CONFLICT,
             DirectoryError::Unavailable(_) | DirectoryError::NoWritableVolume(_) => {

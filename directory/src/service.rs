@@ -1316,7 +1316,7 @@ impl Directory {
     async fn live_photo(&self, id: u64) -> Result<Versioned<Photo>, DirectoryError> {
         match self.meta.get_photo(id).await? {
             Some(p) if !p.value.deleted => Ok(p),
-            Some(_) => Err(DirectoryError::NotFound(format!("photo {id} was deleted"))),
+            Some(_) => Err(DirectoryError::Deleted(format!("photo {id} was deleted"))),
             None => Err(DirectoryError::NotFound(format!("photo {id} not found"))),
         }
     }

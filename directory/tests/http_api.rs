@@ -172,7 +172,12 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     let del = c.delete(b.id).await.expect("delete with a store gone");
     assert!(del.deleted);
     assert_eq!((del.store_deletes_ok, del.store_deletes_failed), (4, 2));
-    assert!(c.lookup(b.id).await.expect_err("deleted").is_not_found());
+    let gone = c.lookup(b.id).await.expect_err("deleted");
+    assert!(gone.is_not_found());
+    assert!(
+        matches!(&gone, haystack_directory::client::ClientError::Api { body, .. } if body.error == "deleted"),
+        "{gone}"
+    );
 
     // A video: chunks with contiguous offsets.
     let v = c

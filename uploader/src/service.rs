@@ -324,9 +324,9 @@ impl Uploader {
             Ok(_) => Err(UploaderError::Conflict(
                 "the Idempotency-Key was used for another upload".into(),
             )),
-            // The directory answers 404 for both; only its message tells a deleted photo
-            // (whose needles must not be written again) from one never committed.
-            Err(ClientError::Api { status: 404, body }) if body.message.contains("deleted") => Err(
+            // 404 either way; the code `deleted` tells a deleted photo (whose needles must not
+            // be written again) from one never committed.
+            Err(ClientError::Api { status: 404, body }) if body.error == "deleted" => Err(
                 UploaderError::Conflict("the Idempotency-Key belongs to a deleted upload".into()),
             ),
             Err(e) if e.is_not_found() => Ok(None),
