@@ -550,25 +550,8 @@ impl Volume {
             st.index = index;
             st.file = Arc::new(dat);
         }
-        {
-            // Records buffered for the old file describe old offsets: dropped, not flushed.
-            let mut log = lock(&self.idx_log);
-            log.file = idx;
-            log.buf.clear();
-        }
-        ap.tail = tail;
         ap.allocated = tail;
-        self.tail.store(tail, Ordering::Release);
-        let (mut live_bytes, mut dead) = (0u64, 0u64);
-        for e in &entries {
-            if e.2.deleted {
-                dead += 1;
-            } else {
-                live_bytes += e.2.extent as u64;
-            }
-        }
-        self.stats.live_bytes.store(live_bytes, Ordering::Relaxed);
-        self.stats.deleted_needles.store(dead, Ordering::Relaxed);
+        self.adopt(idx, &mut ap, tail, &entries);
         {
             let mut m = lock(&self.mode);
             if matches!(&*m, Mode::ReadOnly(r) if r == "full")
@@ -592,6 +575,31 @@ impl Volume {
             pause_ms,
             elapsed_ms: started.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Takes on a new index file, tail and statistics after a compaction or a rebuild (the
+    /// caller holds the gate and the append lock, and has swapped the index). Records
+    /// buffered for the old index file describe old offsets: dropped, not flushed. Returns the
+    /// deleted needles counted.
+    fn adopt(&self, idx: File, ap: &mut Append, tail: u64, entries: &[IndexEntry]) -> u64 {
+        {
+            let mut log = lock(&self.idx_log);
+            log.file = idx;
+            log.buf.clear();
+        }
+        ap.tail = tail;
+        self.tail.store(tail, Ordering::Release);
+        let (mut live_bytes, mut dead) = (0u64, 0u64);
+        for e in entries {
+            if e.2.deleted {
+                dead += 1;
+            } else {
+                live_bytes += e.2.extent as u64;
+            }
+        }
+        self.stats.live_bytes.store(live_bytes, Ordering::Relaxed);
+        self.stats.deleted_needles.store(dead, Ordering::Relaxed);
+        dead
     }
 
     /// The journal's puts that are still the current, live version and not copied yet.
@@ -666,23 +674,7 @@ impl Volume {
         })
         .await?;
         self.write_index().index = index;
-        {
-            let mut log = lock(&self.idx_log);
-            log.file = idx;
-            log.buf.clear();
-        }
-        ap.tail = tail;
-        self.tail.store(tail, Ordering::Release);
-        let (mut live_bytes, mut dead) = (0u64, 0u64);
-        for e in &entries {
-            if e.2.deleted {
-                dead += 1;
-            } else {
-                live_bytes += e.2.extent as u64;
-            }
-        }
-        self.stats.live_bytes.store(live_bytes, Ordering::Relaxed);
-        self.stats.deleted_needles.store(dead, Ordering::Relaxed);
+        let dead = self.adopt(idx, &mut ap, tail, &entries);
         tracing::info!(
             volume = id,
             needles = entries.len(),
