@@ -104,6 +104,7 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+pub mod batch;
 pub mod directory;
 
 pub mod range;

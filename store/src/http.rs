@@ -335,14 +335,14 @@ pub fn parse_batch(mut b: Bytes, max_needle: u64) -> Result<Vec<NeedleData>, Sto
 pub fn encode_batch(needles: &[NeedleData]) -> Vec<u8> {
     let mut out = Vec::new();
     for n in needles {
-        out.extend_from_slice(&n.key.to_le_bytes());
-        out.extend_from_slice(&n.alt.to_le_bytes());
-        out.extend_from_slice(&n.cookie.to_le_bytes());
-        let ct = &n.content_type.as_bytes()[..n.content_type.len().min(255)];
-        out.push(ct.len() as u8);
-        out.extend_from_slice(ct);
-        out.extend_from_slice(&(n.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&n.data);
+        haystack_proto::batch::push_record(
+            &mut out,
+            n.key,
+            n.alt,
+            n.cookie,
+            &n.content_type,
+            &n.data,
+        );
     }
     out
 }
@@ -515,7 +515,8 @@ async fn gc_volume(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "deleted": deleted, "missing": missing})))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"volume": vid, "deleted": deleted, "missing": missing})))
 }
 
 async fn health(store: web::Data<Arc<Store>>) -> HttpResponse {

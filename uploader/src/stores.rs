@@ -39,20 +39,14 @@ impl ReplicaError {
 /// u32, cookie u64, content_type_len u8, content_type, data_len u32, data`, little-endian).
 /// The store's `parse_batch` is the inverse (a test checks the two agree).
 pub fn encode_batch(key: u64, cookie: u64, needles: &[Needle]) -> Bytes {
+    use haystack_proto::batch::{push_record, record_len};
     let len: usize = needles
         .iter()
-        .map(|n| 25 + n.content_type.len().min(255) + n.data.len())
+        .map(|n| record_len(&n.content_type, n.data.len()))
         .sum();
     let mut out = Vec::with_capacity(len);
     for n in needles {
-        out.extend_from_slice(&key.to_le_bytes());
-        out.extend_from_slice(&n.alt.to_le_bytes());
-        out.extend_from_slice(&cookie.to_le_bytes());
-        let ct = &n.content_type.as_bytes()[..n.content_type.len().min(255)];
-        out.push(ct.len() as u8);
-        out.extend_from_slice(ct);
-        out.extend_from_slice(&(n.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&n.data);
+        push_record(&mut out, key, n.alt, cookie, &n.content_type, &n.data);
     }
     Bytes::from(out)
 }
