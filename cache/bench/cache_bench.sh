@@ -50,7 +50,7 @@ if [[ -z ${SKIP_NGINX:-} && -n $SHARED ]]; then
     TESTS=get4k WORKERS_LIST=2 REPS=$REPS DUR=$DUR COLD=0 N4K=$N4K bash "$SHARED/nginx_baseline.sh" | sed 's/^/nginx /' | tee -a "$LOG"
 fi
 
-(cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache --bin haystack --bin cache_serve >&2)
+[[ -n ${SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache --bin haystack --bin cache_serve >&2)
 HAY=$TARGET/release/haystack
 CACHE=$TARGET/release/cache_serve
 DATA=$BASE/data
