@@ -3,7 +3,7 @@
 #
 # Knobs: UPLOADER=URL or DIRECTORY=URL (drive a cluster that is already running; loopback
 # only), else a cluster is started with `haystack server --data-dir $BASE/cluster` and
-# removed at the end. CARGO_TARGET_DIR is honoured.
+# removed at the end. CARGO_TARGET_DIR is honoured; BUILD=0 uses the binaries as they are.
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BASE=${BASE:-/tmp/haystack-loadtest}
@@ -17,7 +17,7 @@ mkdir -p "$BASE" "$RESULTS"
 say() { echo "# $*" >&2; }
 
 build() {
-    (cd "$ROOT" && cargo build --release -p haystack-loadtest -p haystack-ops >&2)
+    [[ ${BUILD:-1} == 0 ]] || (cd "$ROOT" && cargo build --release -p haystack-loadtest -p haystack-ops >&2)
 }
 
 # Sets TARGET_FLAGS (--uploader URL or --directory URL).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mixed.sh: realistic mixed workloads against a local cluster (started unless UPLOADER= or
 # DIRECTORY= is given): closed loop, open loop at a fixed rate, small objects, each with
-# --verify. Saves JSON under bench/results/loadtest/ (SAVE=0: do not).
+# --verify; videos read with Range. Saves JSON under bench/results/loadtest/ (SAVE=0: do not).
 #
 #   bash loadtest/bench/mixed.sh
 #   DUR=10 RATE=500 bash loadtest/bench/mixed.sh
@@ -29,3 +29,5 @@ run mixed-open "Mixed photo workload, open loop at $RATE/s" \
     --preload "$PRELOAD" -d "$DUR" --rate "$RATE"
 run small-objects "Small objects (4 KiB), closed loop ($CONNS in flight)" \
     --small-objects --preload "$PRELOAD" -d "$DUR" -c "$CONNS"
+run videos "Videos read with Range (256 KiB at random offsets of 16 MiB videos) among photo reads" \
+    --preload "$PRELOAD" -d "$DUR" -c "$CONNS" --videos 8 --video-size 16MiB --mix get=70,video=30
