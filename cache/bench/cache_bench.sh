@@ -12,6 +12,7 @@
 #   store   GET 4 KiB straight from a release `haystack store` (2 HTTP workers)
 #   hit     GET 4 KiB through a release cache node (2 workers, 1 GiB), every needle in memory
 #   miss    GET 4 KiB through a cache node with --admission none: every request reads the store
+#           (the photos are committed to the directory; the node's liveness answers are warm)
 #   store_c1 / miss_c1: the same two with one connection (-t1 -c1): latency added per request
 # stdout: one "median ..." line per test; every run also in $BASE/results.log, with the
 # cache's hit/miss counters and the CPU each server used.
@@ -81,6 +82,23 @@ for _ in $(seq 300); do
 done
 curl -sf "http://127.0.0.1:$DPORT/v1/volumes/1" >/dev/null || { echo "volume 1 did not appear" >&2; exit 1; }
 python3 "$ROOT/store/bench/load.py" "http://127.0.0.1:$SPORT" 1 "$N4K" 4096 "$BASE/paths_4k.txt"
+# Commit them as photos, so that the cache's liveness check on a miss finds them live.
+python3 - "http://127.0.0.1:$DPORT" "$N4K" <<'PY'
+import http.client, json, sys, threading, urllib.parse
+base, n = urllib.parse.urlparse(sys.argv[1]), int(sys.argv[2])
+def commit(lo, hi):
+    c = http.client.HTTPConnection(base.hostname, base.port)
+    for k in range(lo, hi):
+        body = json.dumps({"id": str(k), "cookie": "%016x" % 0x5EED, "volume_id": 1, "kind": "photo",
+                           "variants": [{"name": "original", "alt": 0, "size_bytes": 4096,
+                                         "content_type": "application/octet-stream"}]})
+        c.request("POST", "/v1/photos", body, {"content-type": "application/json"})
+        r = c.getresponse(); r.read()
+        assert r.status in (200, 201), (k, r.status)
+ts = [threading.Thread(target=commit, args=(1 + i * n // 4, 1 + (i + 1) * n // 4)) for i in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print(f"committed {n} photos", file=sys.stderr)
+PY
 
 "$CACHE" --listen "127.0.0.1:$HPORT" --directory "http://127.0.0.1:$DPORT" --capacity 1GiB \
     --workers "$WORKERS" >/dev/null 2>"$BASE/cache_hit.log" &
@@ -111,8 +129,8 @@ run() { # name port pid-list threads conns
 # Warm the hit cache: every needle read once (random order, 15 s of wrk covers all but a few).
 wrk -t2 -c64 -d15s -s "$SHARED/get_random.lua" "http://127.0.0.1:$HPORT" -- "$BASE/paths_4k.txt" 7 >/dev/null 2>&1 || true
 say "# hit cache warmed: entries=$(stat $HPORT entries) bytes=$(stat $HPORT bytes)"
-# Warm the store's page cache and the miss cache's connections.
-wrk -t2 -c64 -d5s -s "$SHARED/get_random.lua" "http://127.0.0.1:$MPORT" -- "$BASE/paths_4k.txt" 8 >/dev/null 2>&1 || true
+# Warm the store's page cache, the miss node's connections and its liveness answers.
+wrk -t2 -c64 -d15s -s "$SHARED/get_random.lua" "http://127.0.0.1:$MPORT" -- "$BASE/paths_4k.txt" 8 >/dev/null 2>&1 || true
 
 for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CONNS" \
     "miss $MPORT $MPID+$SPID $THREADS $CONNS" "store_c1 $SPORT $SPID 1 1" "miss_c1 $MPORT $MPID+$SPID 1 1"; do
@@ -120,11 +138,11 @@ for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CON
     pids=${pids//+/ }
     rps=() p50=() p99=()
     for r in $(seq "$REPS"); do
-        h0=$(stat $HPORT hits); m0=$(stat $HPORT misses); s0=$(stat $MPORT store_reads)
+        h0=$(stat $HPORT hits); m0=$(stat $HPORT misses); s0=$(stat $MPORT store_reads); d0=$(stat $MPORT directory_requests)
         run "$name" "$port" "$pids" "$t" "$c"
-        h1=$(stat $HPORT hits); m1=$(stat $HPORT misses); s1=$(stat $MPORT store_reads)
+        h1=$(stat $HPORT hits); m1=$(stat $HPORT misses); s1=$(stat $MPORT store_reads); d1=$(stat $MPORT directory_requests)
         q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
-        say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") hit_node_hits=$((h1 - h0)) hit_node_misses=$((m1 - m0)) miss_node_store_reads=$((s1 - s0)) load=$(cut -d' ' -f1-3 /proc/loadavg)"
+        say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") hit_node_hits=$((h1 - h0)) hit_node_misses=$((m1 - m0)) miss_node_store_reads=$((s1 - s0)) miss_node_directory_requests=$((d1 - d0)) load=$(cut -d' ' -f1-3 /proc/loadavg)"
     done
     echo "ours median test=$name rps=$(median "${rps[@]}") p50_us=$(median "${p50[@]}") p99_us=$(median "${p99[@]}") runs_rps=$(IFS=/; echo "${rps[*]}")" | tee -a "$LOG"
 done

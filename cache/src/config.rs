@@ -74,9 +74,15 @@ pub struct CacheConfig {
     /// A request forwarded to the owning peer gives up after this; the node then serves the
     /// request itself. Default 5000 ms.
     pub peer_timeout_ms: u64,
-    /// How long a volume's replicas and a video's chunk list from the directory are trusted
-    /// before they are asked for again (sooner after a replica fails). Default 30000 ms.
+    /// How long a volume's replicas, a video's chunk list and a photo's liveness from the
+    /// directory are trusted before they are asked for again (replicas sooner after a replica
+    /// fails). Default 30000 ms.
     pub directory_info_ttl_ms: u64,
+    /// On a miss, also ask the directory (once per photo per `directory_info_ttl_ms`, in
+    /// parallel with the store read) whether the photo is live with this volume and cookie,
+    /// so that a needle a store kept after a delete it missed is never served. When the
+    /// directory cannot be reached the needle is served (and a warning logged). Default true.
+    pub check_live_on_miss: bool,
     /// `Retry-After` seconds on a 503 (every replica or the directory unreachable). Default 1.
     pub retry_after_secs: u64,
     /// HTTP worker threads; 0 means one per core. Default 0.
@@ -104,6 +110,7 @@ impl Default for CacheConfig {
             directory_timeout_ms: 2_000,
             peer_timeout_ms: 5_000,
             directory_info_ttl_ms: 30_000,
+            check_live_on_miss: true,
             retry_after_secs: 1,
             http_workers: 0,
             shutdown_timeout_secs: 10,

@@ -367,7 +367,7 @@ async fn videos_inner(req: &HttpRequest, node: &Arc<Node>, c: &Clients) -> Resul
             return Ok(r);
         }
     }
-    let v = node.videos.get(c, id, &node.stats).await?;
+    let v = node.videos.get(c, id, &node.live, &node.stats).await?;
     if v.volume != volume || v.cookie != cookie {
         return Err(CacheError::NotFound);
     }

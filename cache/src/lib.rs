@@ -12,6 +12,7 @@
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod node;

@@ -10,6 +10,7 @@ use actix_web::HttpRequest;
 
 use crate::config::{CacheConfig, Cidr};
 use crate::error::CacheError;
+use crate::live::Liveness;
 use crate::memory::{FlightRx, Memory, Needle, NeedleKey, Probe};
 use crate::metrics::{Stats, StatsSnapshot};
 use crate::ring::{Ring, VNODES};
@@ -26,6 +27,7 @@ pub struct Node {
     pub memory: Memory,
     pub upstream: Upstream,
     pub videos: Videos,
+    pub live: Liveness,
     /// The tier's ring, when there are peers.
     pub ring: Option<Ring>,
     /// This node's index in the ring.
@@ -66,6 +68,7 @@ impl Node {
                 Duration::from_millis(cfg.store_timeout_ms),
             ),
             videos: Videos::new(Duration::from_millis(cfg.directory_info_ttl_ms)),
+            live: Liveness::new(Duration::from_millis(cfg.directory_info_ttl_ms)),
             ring,
             me,
             stats: Stats::default(),
@@ -133,8 +136,24 @@ impl Node {
                 let c = c.clone();
                 tokio::spawn(async move {
                     let k = ticket.key();
-                    let (result, admit) = match node.upstream.read(&c, k, cookie, &node.stats).await
-                    {
+                    let read = node.upstream.read(&c, k, cookie, &node.stats);
+                    let read = if node.cfg.check_live_on_miss {
+                        let live = node.live.check(&c, k.volume, k.key, cookie, &node.stats);
+                        match tokio::join!(live, read) {
+                            (Ok(()), r) => r,
+                            (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => {
+                                Err(e)
+                            }
+                            (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
+                            (Err(e), r) => {
+                                tracing::warn!(volume = k.volume, key = k.key, error = %e, "photo liveness unknown; serving what the store has");
+                                r
+                            }
+                        }
+                    } else {
+                        read.await
+                    };
+                    let (result, admit) = match read {
                         Ok((n, writable)) => (Ok(n), node.cfg.admission.admits(from_cdn, writable)),
                         Err(e) => (Err(e), false),
                     };
@@ -155,6 +174,7 @@ impl Node {
     pub fn purge(&self, volume: u32, key: u64) -> usize {
         self.stats.purges.add(1);
         self.videos.purge(key);
+        self.live.purge(key);
         self.memory.purge_photo(volume, key)
     }
 

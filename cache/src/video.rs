@@ -87,7 +87,14 @@ impl Videos {
     }
 
     /// The video `id`; `NotFound` when the directory knows no such live video.
-    pub async fn get(&self, c: &Clients, id: u64, stats: &Stats) -> Result<Arc<Video>, CacheError> {
+    /// A lookup also tells `live` that the video is live (its chunks need not ask again).
+    pub async fn get(
+        &self,
+        c: &Clients,
+        id: u64,
+        live: &crate::live::Liveness,
+        stats: &Stats,
+    ) -> Result<Arc<Video>, CacheError> {
         {
             let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((v, at)) = m.get(&id) {
@@ -97,6 +104,7 @@ impl Videos {
             }
         }
         let epoch = self.purges.load(Ordering::SeqCst);
+        let live_epoch = live.epoch();
         stats.directory_requests.add(1);
         let info = match c.directory.lookup(id).await {
             Ok(i) => i,
@@ -107,6 +115,7 @@ impl Videos {
             }
             Err(e) => return Err(CacheError::DirectoryUnavailable(e.to_string())),
         };
+        live.remember(id, info.volume_id, info.cookie, live_epoch);
         if info.kind != PhotoKind::Video {
             return Err(CacheError::NotFound);
         }

@@ -72,3 +72,29 @@ async fn purge_of_an_unknown_needle_is_204() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
+    use haystack_cache::Admission;
+    // Nothing kept: every read is a miss that may go to either replica.
+    // (With check_live_on_miss off, the first of these reads fails: checked when written.)
+    let mut env = Env::single(|c| c.admission = Admission::None).await;
+    let p = env.put_photo(&[(0, bytes(2000, 104), "image/jpeg")]).await;
+    let url = needle_url(&env.cache().url, &p, 0);
+    let (st, _, _) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 200);
+    // Store 1 is down during the delete, so it keeps the needle.
+    tokio::task::block_in_place(|| env.cluster.stop_store(1));
+    let d = env.dir.delete(p.id).await.expect("delete");
+    assert!(d.store_deletes_failed >= 1, "{d:?}");
+    tokio::task::block_in_place(|| env.cluster.start_store(1));
+    crate::common::wait_healthy(&env.cluster.store_url(1)).await;
+    let orphan = needle_url(&env.cluster.store_url(1), &p, 0);
+    let (st, _, _) = get(&env.http, &orphan, &[]).await;
+    assert_eq!(st, 200, "the test needs the orphan needle on store 1");
+    // Many misses, each choosing a replica: none serves the deleted photo.
+    for i in 0..40 {
+        let (st, _, _) = get(&env.http, &url, &[]).await;
+        assert_eq!(st, 404, "read {i} served a deleted photo");
+    }
+}
