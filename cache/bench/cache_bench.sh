@@ -44,6 +44,13 @@ HZ=$(getconf CLK_TCK)
 ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
 
 command -v wrk >/dev/null || apt-get install -y -q wrk >&2
+# Another benchmark on this machine would share the ports (nginx's 18080 too) and the CPUs.
+for p in 18080 "$DPORT" "$SPORT" "$HPORT" "$MPORT"; do
+    if ss -ltn | awk '{print $4}' | grep -q ":$p\$"; then
+        echo "port $p is in use (another benchmark running?); not starting" >&2
+        exit 1
+    fi
+done
 say "# $(date -Is) host=$(hostname) cpus=$(nproc) kernel=$(uname -r) load=$(cut -d' ' -f1-3 /proc/loadavg)"
 
 if [[ -z ${SKIP_NGINX:-} && -n $SHARED ]]; then
