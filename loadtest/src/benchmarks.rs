@@ -159,7 +159,7 @@ fn render_compare(s: &mut String, name: &str, c: &CompareReport) {
     provenance(s, &c.haystack);
     let _ = writeln!(
         s,
-        "Same workload, same run, nginx first: {}; {}. Haystack: {}. nginx: {}.\n",
+        "Same workload in one run, the store first, then nginx with as many uploads as the store took: {}; {}. Haystack: {}. nginx: {}.\n",
         c.haystack.mode, c.haystack.workload, c.haystack.target, c.nginx.target
     );
     s.push_str(&c.ratios_markdown());

@@ -1,5 +1,5 @@
 //! Whole runs: `run` (preload, videos, the measured phase, verify) and `compare` (the same
-//! PUT and GET workloads against nginx file-per-photo and the store, in one process, with
+//! PUT and GET workloads against the store and nginx file-per-photo, in one process, with
 //! the ratios), each turned into a report with its command, machine, date and load.
 
 use std::sync::Arc;
@@ -224,7 +224,8 @@ pub struct CompareConfig {
     pub command: String,
 }
 
-/// PUT then GET against nginx, then the same against the store; ratios store / nginx.
+/// PUT then GET against the store, then the same against nginx (as many uploads as the
+/// store took); ratios store / nginx.
 pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
     let (min, max) = cfg.shape.sizes.bounds();
     let pool = Arc::new(
@@ -236,8 +237,17 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         url: cfg.nginx_url.trim_end_matches('/').to_string(),
         tag: cfg.tag.clone(),
     };
-    let mut sides = Vec::new();
-    for kind in [nginx_kind, cfg.haystack.clone()] {
+    // The store goes first; nginx then gets as many uploads as the store took (the PUT phase
+    // is time-bounded), so both GET phases read the same number of objects of the same sizes.
+    let mut sides: Vec<RunReport> = Vec::new();
+    for kind in [cfg.haystack.clone(), nginx_kind] {
+        let put_count = match sides.first() {
+            Some(h) => match h.phases[0].ops.get("put").map(|o| o.ok) {
+                Some(n) if n > 0 => n.min(cfg.put_count),
+                _ => cfg.put_count,
+            },
+            None => cfg.put_count,
+        };
         let target = Target::new(kind.clone(), cfg.concurrency, cfg.timeout, cfg.allow_remote)?;
         let runner = Runner::with_pool(target, cfg.shape.clone(), pool.clone());
         let mut r = RunReport {
@@ -252,8 +262,7 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
             }
             .describe(),
             workload: format!(
-                "PUT {} objects of {}, then GET {} by Zipf s={} over recency",
-                cfg.put_count,
+                "PUT up to {put_count} objects of {}, then GET up to {} by Zipf s={} over recency",
                 cfg.shape.sizes.describe(),
                 cfg.get_count,
                 cfg.shape.zipf
@@ -270,7 +279,7 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
                     Mix::PUT_ONLY,
                     mode,
                     Limits {
-                        count: cfg.put_count,
+                        count: put_count,
                         duration: cfg.duration,
                     },
                 )
@@ -292,8 +301,8 @@ pub async fn compare(cfg: &CompareConfig) -> Result<CompareReport> {
         r.load_after = load_average();
         sides.push(r);
     }
-    let haystack = sides.pop().expect("two sides");
     let nginx = sides.pop().expect("two sides");
+    let haystack = sides.pop().expect("two sides");
     let ratios = ratios(&haystack, &nginx);
     Ok(CompareReport {
         haystack,
