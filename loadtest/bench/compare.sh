@@ -2,7 +2,9 @@
 # compare.sh: the same PUT and GET workloads against nginx file-per-photo and the haystack
 # cluster, in one run, with the ratios (haystack-loadtest compare). nginx is configured from
 # ../shared/bench/nginx.conf.tmpl (2 workers, sendfile, WebDAV PUT without fsync) on
-# 127.0.0.1:$NGINX_PORT; the cluster is started unless UPLOADER= or DIRECTORY= is given.
+# 127.0.0.1:$NGINX_PORT (default 18088, not the baseline script's 18080: its nginx listens
+# with reuseport, so a second nginx on the same port would silently take half of the
+# connections); the cluster is started unless UPLOADER= or DIRECTORY= is given.
 #
 #   bash loadtest/bench/compare.sh
 #   PUTS=5000 DUR=5 SIZES=fixed:4KiB bash loadtest/bench/compare.sh
@@ -14,7 +16,7 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 SHARED=${SHARED:-$(cd "$ROOT/../shared/bench" 2>/dev/null && pwd || true)}
-NGINX_PORT=${NGINX_PORT:-18080}
+NGINX_PORT=${NGINX_PORT:-18088}
 SIZES=${SIZES:-"fixed:4KiB lognormal:100KiB,0.7,4KiB,1MiB"}
 PUTS=${PUTS:-20000}
 GETS=${GETS:-2000000}
@@ -37,6 +39,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if curl -s -m 1 -o /dev/null "http://127.0.0.1:$NGINX_PORT/"; then
+    echo "something already answers on 127.0.0.1:$NGINX_PORT (another benchmark?): not sharing it" >&2
+    exit 1
+fi
 build
 mkdir -p "$NG/www" "$NG/run" "$NG/davroot/.tmp" "$NG/davroot/dav"
 sed -e "s|@USER@|$(id -un) $(id -gn)|" -e "s|@WORKERS@|2|" -e "s|@RUNDIR@|$NG/run|g" \
