@@ -10,8 +10,8 @@
 #   PUTS=5000 DUR=5 SIZES=fixed:4KiB bash loadtest/bench/compare.sh
 #
 # Saves one JSON per size under bench/results/loadtest/ (SAVE=0: do not). Disk: nginx keeps
-# one file per PUT (PUTS per size, default 20,000) under $BASE/nginx/davroot, removed at the
-# end; the store keeps its photos in $BASE/cluster, removed too. Do not start it right after
+# one file per PUT (PUTS per size, default 20,000) under $BASE/nginx/davroot; $BASE/nginx is
+# removed at the end; the store keeps its photos in $BASE/cluster, removed too. Do not start it right after
 # deleting many files (../shared/NOTES.md, "The disk"): file creation is slow for minutes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -34,7 +34,7 @@ cleanup() {
         kill -QUIT "$MASTER" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$MASTER" 2>/dev/null || break; sleep 0.1; done
     fi
-    rm -rf "$NG/davroot"
+    rm -rf "$NG"
     cluster_down
 }
 trap cleanup EXIT
