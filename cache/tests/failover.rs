@@ -53,16 +53,21 @@ async fn a_replica_dying_mid_load_fails_no_read() {
     for r in readers {
         r.await.expect("reader");
     }
+    // The store is down for sure now: reads go on (and, had the load ended before the store
+    // stopped, these are the reads that meet it).
+    for i in 0..50 {
+        let (url, data) = &photos[i % photos.len()];
+        let (st, _, body) = get(&env.http, url, &[]).await;
+        assert_eq!(st, 200, "read {i} after the stop");
+        assert!(body == *data, "read {i} after the stop: wrong bytes");
+    }
     let s = env.cache().stats().await;
-    assert_eq!(s.misses, (READERS * READS) as u64, "{s:?}");
+    assert_eq!(s.misses, (READERS * READS + 50) as u64, "{s:?}");
     assert_eq!(s.store_reads + s.coalesced, s.misses, "{s:?}");
     assert!(
-        at_stop < READERS * READS,
-        "the store stopped after the load ended"
-    );
-    assert!(
         s.store_failovers > 0,
-        "no read met the stopped store: {s:?}"
+        "no read met the stopped store ({at_stop} of {} reads done when it stopped): {s:?}",
+        READERS * READS
     );
 }
 
