@@ -33,6 +33,10 @@ pub struct Node {
     /// This node's index in the ring.
     pub me: Option<usize>,
     pub stats: Stats,
+    /// When (ms since `started`) a miss last logged that liveness was unknown (one warning a
+    /// second at most while the directory is unreachable).
+    live_warned_ms: std::sync::atomic::AtomicU64,
+    started: std::time::Instant,
     cdn_headers: Vec<HeaderName>,
     cdn_cidrs: Vec<Cidr>,
 }
@@ -72,6 +76,8 @@ impl Node {
             ring,
             me,
             stats: Stats::default(),
+            live_warned_ms: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
             cdn_headers,
             cdn_cidrs,
             cfg,
@@ -146,7 +152,7 @@ impl Node {
                             }
                             (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
                             (Err(e), r) => {
-                                tracing::warn!(volume = k.volume, key = k.key, error = %e, "photo liveness unknown; serving what the store has");
+                                node.warn_liveness_unknown(k, &e);
                                 r
                             }
                         }
@@ -167,6 +173,22 @@ impl Node {
                 });
                 wait(rx, k).await
             }
+        }
+    }
+
+    fn warn_liveness_unknown(&self, k: NeedleKey, e: &CacheError) {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_millis() as u64 + 1_000;
+        let last = self.live_warned_ms.load(Ordering::Relaxed);
+        if now >= last + 1_000
+            && self
+                .live_warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(volume = k.volume, key = k.key, error = %e, "photo liveness unknown; serving what the store has");
+        } else {
+            tracing::debug!(volume = k.volume, key = k.key, error = %e, "photo liveness unknown; serving what the store has");
         }
     }
 

@@ -103,3 +103,24 @@ async fn every_replica_down_is_503_with_retry_after() {
     }
     assert!(ok, "reads did not recover after the store came back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_directory_and_nothing_known_is_503() {
+    // A directory URL where nothing listens (bound, then closed).
+    let dead = {
+        let l = haystack_testkit::bind_loopback();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let node = crate::common::CacheNode::start(
+        haystack_testkit::bind_loopback(),
+        crate::common::test_config(&dead),
+    );
+    crate::common::wait_healthy(&node.url).await;
+    let http = reqwest::Client::new();
+    for path in ["/v1/needles/1/2/0/abc", "/v1/videos/1/2/abc"] {
+        let (st, h, body) = get(&http, &format!("{}{path}", node.url), &[]).await;
+        assert_eq!(st, 503, "{path}");
+        assert_eq!(error_code(&body), "directory_unavailable", "{path}");
+        assert_eq!(hdr(&h, "retry-after"), "1", "{path}");
+    }
+}
