@@ -70,6 +70,45 @@ mod tests {
         assert_eq!(parsed, HaystackConfig::default());
     }
 
+    /// Every option the code has (set, not commented out) appears in the example, so the
+    /// example documents all of them.
+    #[test]
+    fn the_example_names_every_option() {
+        fn keys(v: &toml::Value, path: String, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    out.push(p.clone());
+                    keys(v, p, out);
+                }
+            }
+        }
+        let (mut want, mut have) = (Vec::new(), Vec::new());
+        let defaults = toml::Value::try_from(HaystackConfig::default()).expect("serialize");
+        keys(&defaults, String::new(), &mut want);
+        keys(
+            &toml::from_str(EXAMPLE).expect("parse"),
+            String::new(),
+            &mut have,
+        );
+        let commented: Vec<&str> = EXAMPLE
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter_map(|l| l.split_once(" = ").map(|(k, _)| k))
+            .collect();
+        for k in want {
+            let leaf = k.rsplit('.').next().unwrap_or(&k);
+            assert!(
+                have.contains(&k) || commented.contains(&leaf),
+                "option {k} is missing from haystack.example.toml"
+            );
+        }
+    }
+
     #[test]
     fn a_typo_is_an_error_that_names_it() {
         let e = toml::from_str::<HaystackConfig>("[store]\nmax_volum_bytes = 5\n")
