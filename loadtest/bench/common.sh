@@ -51,6 +51,10 @@ cluster_down() {
         kill -TERM "$CLUSTER_PID" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$CLUSTER_PID" 2>/dev/null || break; sleep 0.1; done
         CLUSTER_PID=
+        # the roles' logs outlive the data (failures in a run are explained there)
+        rm -rf "$BASE/logs"
+        mv "$BASE/cluster/logs" "$BASE/logs" 2>/dev/null || true
         rm -rf "$BASE/cluster"
+        say "cluster logs kept in $BASE/logs"
     fi
 }
