@@ -10,11 +10,24 @@ BASE=${BASE:-/tmp/haystack-loadtest}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LT=$TARGET_DIR/release/haystack-loadtest
 HS=$TARGET_DIR/release/haystack
-RESULTS=${RESULTS:-$ROOT/bench/results/loadtest}
+# relative, so that the commands recorded in the results read the same on every machine
+RESULTS=${RESULTS:-bench/results/loadtest}
 CLUSTER_PID=
+cd "$ROOT"
 mkdir -p "$BASE" "$RESULTS"
 
 say() { echo "# $*" >&2; }
+
+# Waits (up to SETTLE seconds, default 60) for the 1-minute load average to fall below 1.5,
+# so that a run does not start in the wake of the previous one; the load is recorded anyway.
+settle() {
+    local i
+    for ((i = 0; i < ${SETTLE:-60}; i += 5)); do
+        awk '{exit !($1 < 1.5)}' /proc/loadavg && return 0
+        sleep 5
+    done
+    say "load still $(cut -d' ' -f1-3 /proc/loadavg) after ${SETTLE:-60} s: figures will be noisy"
+}
 
 build() {
     [[ ${BUILD:-1} == 0 ]] || (cd "$ROOT" && cargo build --release -p haystack-loadtest -p haystack-ops >&2)

@@ -61,6 +61,7 @@ for size in $SIZES; do
     [[ $size == lognormal:* ]] && name=compare-lognormal
     save=()
     [[ $SAVE == 1 ]] && save=(--save "$RESULTS/$name.json")
+    settle
     say "$(date -Is) load $(cut -d' ' -f1-3 /proc/loadavg): compare $size"
     "$LT" compare "${TARGET_FLAGS[@]}" --nginx "http://127.0.0.1:$NGINX_PORT" --size "$size" \
         --put-count "$PUTS" --get-count "$GETS" -d "$DUR" -c "$CONNS" --quiet \

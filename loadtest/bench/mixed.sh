@@ -20,6 +20,7 @@ run() { # name title flags...
     local name=$1 title=$2; shift 2
     local save=()
     [[ $SAVE == 1 ]] && save=(--save "$RESULTS/$name.json")
+    settle
     say "$(date -Is) load $(cut -d' ' -f1-3 /proc/loadavg): $name"
     "$LT" run "${TARGET_FLAGS[@]}" --quiet --verify --title "$title" "${save[@]}" "$@"
 }

@@ -143,7 +143,9 @@ fn render_run(s: &mut String, name: &str, r: &RunReport) {
         s.push('\n');
     }
     if let Some(v) = &r.verify {
-        let _ = writeln!(s, "Verify: {}", v.summary().lines().next().unwrap_or(""));
+        let line = v.summary();
+        let first = line.lines().next().unwrap_or("");
+        let _ = writeln!(s, "Verify: {}", first.trim_start_matches("verify: "));
         s.push('\n');
     }
 }

@@ -258,7 +258,22 @@ fn command_line() -> String {
             *a = "--api-key=***".into();
         }
     }
-    args.join(" ")
+    args.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// An argument as a shell would need it typed (single quotes when it has anything special).
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@%+*".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
 }
 
 fn save(path: &Option<PathBuf>, r: &ResultFile) -> Result<()> {
