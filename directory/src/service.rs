@@ -1070,6 +1070,7 @@ impl Directory {
             .iter()
             .filter_map(|id| view.volumes.get(id))
             .filter(|v| v.free_bytes() >= req.size_hint_bytes)
+            .filter(|v| !req.exclude_volumes.contains(&v.info.id))
             .collect();
         if fits.is_empty() {
             return Err(DirectoryError::NoWritableVolume(format!(

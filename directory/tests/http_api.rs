@@ -90,6 +90,36 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     store_urls.sort();
     assert_eq!(replica_urls, store_urls, "one replica on each machine");
 
+    // A retry that names the volume it failed on never gets it back: with every writable
+    // volume named, the answer is a 503 (the uploader then waits for a new volume).
+    let writable: Vec<u32> = c
+        .volumes()
+        .await
+        .expect("volumes")
+        .iter()
+        .filter(|v| v.writable)
+        .map(|v| v.id)
+        .collect();
+    assert!(!writable.is_empty());
+    let none = c
+        .assign(&AssignRequest {
+            exclude_volumes: writable.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("every writable volume excluded");
+    assert_eq!(none.status(), Some(503));
+    if let Some((keep, rest)) = writable.split_last().filter(|(_, r)| !r.is_empty()) {
+        let other = c
+            .assign(&AssignRequest {
+                exclude_volumes: rest.to_vec(),
+                ..Default::default()
+            })
+            .await
+            .expect("assign avoiding failed volumes");
+        assert_eq!(other.volume_id, *keep);
+    }
+
     // An idempotency key answers the same assignment to a retry.
     let keyed = AssignRequest {
         idempotency_key: Some("upload-7f3a".into()),
@@ -185,6 +215,7 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
             kind: PhotoKind::Video,
             size_hint_bytes: 1000,
             idempotency_key: None,
+            exclude_volumes: Vec::new(),
         })
         .await
         .expect("assign video");

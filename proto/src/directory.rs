@@ -97,6 +97,10 @@ pub struct AssignRequest {
     /// answers the same id, cookie and volume, with `replayed` set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Volumes the client just failed to write to (an uploader's retry): assign picks
+    /// another. Ignored by a replayed idempotency key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_volumes: Vec<u32>,
 }
 
 /// A replica of a logical volume: the store machine holding it.

@@ -172,6 +172,8 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(interval) => {}
+            // A volume turned full or read-only: tell the directory now.
+            _ = store.changed() => {}
         }
     }
 }

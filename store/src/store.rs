@@ -90,6 +90,9 @@ pub struct Store {
     engine: IoEngine,
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     create_lock: tokio::sync::Mutex<()>,
+    /// Woken when a volume is created or stops taking writes (full, disk error): the
+    /// heartbeat goes at once.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -134,12 +137,22 @@ impl Store {
                 .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
             volumes.insert(id, v);
         }
+        let changed = Arc::new(tokio::sync::Notify::new());
+        for v in volumes.values() {
+            v.notify_changes(changed.clone());
+        }
         Ok(Arc::new(Store {
             cfg,
             engine,
             volumes: RwLock::new(volumes),
             create_lock: tokio::sync::Mutex::new(()),
+            changed,
         }))
+    }
+
+    /// Resolves when a volume was created or stopped taking writes since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -180,10 +193,13 @@ impl Store {
         let v = tokio::task::spawn_blocking(move || Volume::create(&dir, id, eng, vc))
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        v.notify_changes(self.changed.clone());
         self.volumes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, v.clone());
+        // The directory counts a new replica only once a heartbeat reports it: send one now.
+        self.changed.notify_one();
         tracing::info!(volume = id, "volume created");
         Ok(v)
     }
@@ -307,6 +323,7 @@ impl Store {
         if sealed {
             v.seal().await?;
         }
+        v.notify_changes(self.changed.clone());
         self.volumes
             .write()
             .unwrap_or_else(|p| p.into_inner())

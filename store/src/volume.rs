@@ -363,6 +363,9 @@ pub struct Volume {
     stats: Stats,
     /// The running compaction, if any (its journal and progress).
     compaction: Mutex<Option<Arc<compact::Compaction>>>,
+    /// Told when the volume stops taking writes (the store's heartbeat then goes at once,
+    /// so the directory stops assigning uploads to it within milliseconds, not a heartbeat).
+    on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -525,6 +528,7 @@ impl Volume {
             mode: Mutex::new(mode),
             stats,
             compaction: Mutex::new(None),
+            on_change: std::sync::OnceLock::new(),
         };
         tracing::info!(
             volume = id,
@@ -563,7 +567,15 @@ impl Volume {
         if matches!(*m, Mode::Writable) {
             tracing::warn!(volume = self.id, %reason, "volume turns read-only");
             *m = Mode::ReadOnly(reason);
+            if let Some(n) = self.on_change.get() {
+                n.notify_one();
+            }
         }
+    }
+
+    /// Whom to tell when the volume stops taking writes (set once, by the store).
+    pub fn notify_changes(&self, n: Arc<tokio::sync::Notify>) {
+        let _ = self.on_change.set(n);
     }
 
     fn check_writable(&self) -> Result<()> {

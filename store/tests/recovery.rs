@@ -372,3 +372,44 @@ fn a_half_created_volume_does_not_stop_the_store() {
         assert_eq!(&v.read(1, 0, 1).await.unwrap().data[..], b"x");
     });
 }
+
+#[test]
+fn a_new_or_full_volume_wakes_the_heartbeat_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let cfg = haystack_store::StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            engine: ENGINES[0],
+            max_volume_bytes: 1 << 20,
+            max_needle_bytes: 256 << 10,
+            max_write_bytes: 512 << 10,
+            prealloc_step: 1 << 20,
+            ..Default::default()
+        };
+        let store = haystack_store::Store::open(cfg).await.expect("store opens");
+        let soon = std::time::Duration::from_secs(5);
+        let v = store.create_volume(1, None).await.unwrap();
+        tokio::time::timeout(soon, store.changed())
+            .await
+            .expect("a created volume is reported at once");
+        // Nothing else happened: no wake-up.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(200), store.changed())
+                .await
+                .is_err()
+        );
+        let chunk = vec![7u8; 200 << 10];
+        let mut key = 0;
+        loop {
+            key += 1;
+            match v.write_batch(vec![needle(key, 0, 1, &chunk)]).await {
+                Ok(_) => continue,
+                Err(haystack_store::StoreError::Full(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        tokio::time::timeout(soon, store.changed())
+            .await
+            .expect("a volume that fills up is reported at once");
+    });
+}

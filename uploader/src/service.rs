@@ -210,9 +210,12 @@ impl Uploader {
         };
 
         let mut failures: Vec<String> = Vec::new();
+        let mut failed_volumes: Vec<u32> = Vec::new();
         for attempt in 0..self.cfg.write_attempts {
             let key = idempotency_key.map(|k| chain_key(k, attempt));
-            let a = self.assign(PhotoKind::Photo, size_hint, key).await?;
+            let a = self
+                .assign(PhotoKind::Photo, size_hint, key, &failed_volumes)
+                .await?;
             if a.replayed {
                 if let Some(info) = self.committed(&a, PhotoKind::Photo).await? {
                     if info
@@ -264,6 +267,7 @@ impl Uploader {
                     );
                     metrics::counter!("haystack_uploader_write_retries_total").increment(1);
                     failures.push(format!("volume {}: {detail}", a.volume_id));
+                    failed_volumes.push(a.volume_id);
                     continue;
                 }
             }
@@ -296,18 +300,36 @@ impl Uploader {
         )))
     }
 
+    /// An assignment avoiding the volumes this upload already failed on. While the directory
+    /// has no writable volume (they just filled up; it is creating new ones) or is briefly
+    /// unreachable, waits with a growing pause, about 3 s in all, before giving up.
     async fn assign(
         &self,
         kind: PhotoKind,
         size_hint_bytes: u64,
         idempotency_key: Option<String>,
+        exclude_volumes: &[u32],
     ) -> Result<AssignResponse, UploaderError> {
+        let req = AssignRequest {
+            kind,
+            size_hint_bytes,
+            idempotency_key,
+            exclude_volumes: exclude_volumes.to_vec(),
+        };
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..5 {
+            match self.dir.assign(&req).await {
+                Ok(a) => return Ok(a),
+                Err(e) if e.is_retryable() => {
+                    tracing::info!(error = %e, "no assignment yet; waiting for the directory");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(UploaderError::from_directory("assigning a volume", e)),
+            }
+        }
         self.dir
-            .assign(&AssignRequest {
-                kind,
-                size_hint_bytes,
-                idempotency_key,
-            })
+            .assign(&req)
             .await
             .map_err(|e| UploaderError::from_directory("assigning a volume", e))
     }
@@ -382,6 +404,7 @@ impl Uploader {
                 PhotoKind::Video,
                 hint + chunks_hint * NEEDLE_OVERHEAD,
                 idempotency_key.map(str::to_string),
+                &[],
             )
             .await?;
         if a.replayed {

@@ -158,6 +158,7 @@ impl Env {
                 kind: PhotoKind::Photo,
                 size_hint_bytes: total,
                 idempotency_key: None,
+                exclude_volumes: Vec::new(),
             })
             .await
             .expect("assign");
@@ -197,6 +198,7 @@ impl Env {
                 kind: PhotoKind::Video,
                 size_hint_bytes: total,
                 idempotency_key: None,
+                exclude_volumes: Vec::new(),
             })
             .await
             .expect("assign");
