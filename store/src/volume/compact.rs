@@ -448,6 +448,14 @@ impl Volume {
             }
         }
 
+        // Most of the copy reaches the disk now, while writers still run: the sync under the
+        // gate then only has the last phase's bytes to write.
+        nf = blocking(move || {
+            nf.dat.sync_data()?;
+            Ok(nf)
+        })
+        .await?;
+
         // Final phase: writes and deletes wait.
         let _gate = self.gate.write().await;
         let paused = Instant::now();
@@ -545,11 +553,13 @@ impl Volume {
         let NewFiles { dat, idx, tail, .. } = nf;
         // SAFETY: plain syscall on an owned descriptor.
         unsafe { libc::posix_fadvise(dat.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-        {
+        let (old_index, replaced) = {
             let mut st = self.write_index();
-            st.index = index;
-            st.file = Arc::new(dat);
-        }
+            (
+                std::mem::replace(&mut st.index, index),
+                std::mem::replace(&mut st.file, Arc::new(dat)),
+            )
+        };
         ap.allocated = tail;
         self.adopt(idx, &mut ap, tail, &entries);
         {
@@ -562,6 +572,10 @@ impl Volume {
         }
         drop(ap);
         let pause_ms = paused.elapsed().as_millis() as u64;
+        drop(_gate);
+        // The old file is unlinked already: its last close frees its blocks (with discard,
+        // about a second per GB here). Never on an async worker, never under a lock.
+        tokio::task::spawn_blocking(move || drop((old_file, replaced, old_index)));
         metrics::counter!("haystack_store_compactions_total").increment(1);
         metrics::counter!("haystack_store_compaction_reclaimed_bytes_total")
             .increment(before.saturating_sub(tail));
