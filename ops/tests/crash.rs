@@ -21,6 +21,18 @@ fn kills() -> usize {
         .unwrap_or(50)
 }
 
+/// Sends `sig` to process `pid` (no `kill` binary needed on the machine).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: plain syscall with a pid of a process this test started (or its child).
+    let r = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -71,11 +71,7 @@ fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::pro
 }
 
 fn stop(mut child: std::process::Child) {
-    let st = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(st.success());
+    crate::crash::signal(child.id(), libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -276,11 +272,7 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
             .await
             .expect("health JSON");
         let pid = h["pid"].as_u64().expect("pid");
-        let st = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(st.success());
+        crate::crash::signal(pid as u32, libc::SIGKILL);
         // The medium variant was never read: a miss, served from the surviving replica.
         let medium = photo["urls"]["medium"].as_str().expect("medium url");
         let r = c.get(medium).send().await.expect("get medium");

@@ -41,11 +41,7 @@ fn sigterm_finishes_in_flight_writes_and_exits_cleanly() {
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(st.success());
+        crate::crash::signal(child.id(), libc::SIGTERM);
         let mut acked = Vec::new();
         for w in writers {
             acked.extend(w.await.expect("writer"));
