@@ -27,6 +27,31 @@ fn spawn(args: &[String], log: &Path) -> Child {
         .expect("haystack starts")
 }
 
+/// Store `i` of the test (data in `root/store{i}`, 64 MiB volumes, 1 s heartbeats) on a free
+/// port, registered with the directory at `dbase`; returns it and its URL.
+fn spawn_store(root: &Path, i: usize, dbase: &str, log: &Path) -> (Child, String) {
+    let port = free_port();
+    let child = spawn(
+        &[
+            "store".into(),
+            "--data-dir".into(),
+            root.join(format!("store{i}")).display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--directory".into(),
+            dbase.to_string(),
+            "--heartbeat-secs".into(),
+            "1".into(),
+            "--max-volume-bytes".into(),
+            (64u64 << 20).to_string(),
+            "--prealloc-step".into(),
+            (8u64 << 20).to_string(),
+        ],
+        log,
+    );
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
 struct Killed(Vec<Child>);
 
 impl Drop for Killed {
@@ -91,26 +116,9 @@ fn stores_register_get_volumes_and_go_down() {
     ));
     let mut store_urls = Vec::new();
     for i in 0..2 {
-        let port = free_port();
-        store_urls.push(format!("http://127.0.0.1:{port}"));
-        procs.0.push(spawn(
-            &[
-                "store".into(),
-                "--data-dir".into(),
-                dir.path().join(format!("store{i}")).display().to_string(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--directory".into(),
-                dbase.clone(),
-                "--heartbeat-secs".into(),
-                "1".into(),
-                "--max-volume-bytes".into(),
-                (64u64 << 20).to_string(),
-                "--prealloc-step".into(),
-                (8u64 << 20).to_string(),
-            ],
-            &log,
-        ));
+        let (child, url) = spawn_store(dir.path(), i, &dbase, &log);
+        procs.0.push(child);
+        store_urls.push(url);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -527,26 +535,8 @@ fn stores_register_get_volumes_and_go_down() {
     });
     // A third machine joins; `haystack volume repair` copies the sealed volume onto it from
     // the surviving replica and the directory points at it instead of the dead store.
-    let port = free_port();
-    let third = format!("http://127.0.0.1:{port}");
-    procs.0.push(spawn(
-        &[
-            "store".into(),
-            "--data-dir".into(),
-            dir.path().join("store2").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--directory".into(),
-            dbase.clone(),
-            "--heartbeat-secs".into(),
-            "1".into(),
-            "--max-volume-bytes".into(),
-            (64u64 << 20).to_string(),
-            "--prealloc-step".into(),
-            (8u64 << 20).to_string(),
-        ],
-        &log,
-    ));
+    let (child, third) = spawn_store(dir.path(), 2, &dbase, &log);
+    procs.0.push(child);
     rt.block_on(async {
         until("the third store is up in the directory", async || {
             let s: Vec<haystack_proto::directory::StoreInfo> = c
