@@ -88,6 +88,34 @@ pub struct Uploader {
 /// suffix needs room.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 
+/// Calls the directory, and again after 100 ms, 200 ms, ... (`retries` times) while it
+/// answers 503 or cannot be reached; `what` names the call in the error.
+async fn directory_retrying<T, F, Fut>(
+    what: &str,
+    retries: u32,
+    call: F,
+) -> Result<T, UploaderError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..retries {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                tracing::info!(error = %e, what, "directory not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(UploaderError::from_directory(what, e)),
+        }
+    }
+    call()
+        .await
+        .map_err(|e| UploaderError::from_directory(what, e))
+}
+
 /// The idempotency key of attempt `n` of an upload: the client's key, then the key with a
 /// retry suffix. Each retried attempt thus has its own assignment (a fresh volume), and a
 /// replayed request walks the same chain and finds whichever attempt was committed.
@@ -316,22 +344,7 @@ impl Uploader {
             idempotency_key,
             exclude_volumes: exclude_volumes.to_vec(),
         };
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..5 {
-            match self.dir.assign(&req).await {
-                Ok(a) => return Ok(a),
-                Err(e) if e.is_retryable() => {
-                    tracing::info!(error = %e, "no assignment yet; waiting for the directory");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(UploaderError::from_directory("assigning a volume", e)),
-            }
-        }
-        self.dir
-            .assign(&req)
-            .await
-            .map_err(|e| UploaderError::from_directory("assigning a volume", e))
+        directory_retrying("assigning a volume", 5, || self.dir.assign(&req)).await
     }
 
     /// For a replayed assignment: the committed photo, or None when it is not committed yet
@@ -359,22 +372,7 @@ impl Uploader {
     /// Commits, retrying a few times when the directory is unreachable (commits are
     /// idempotent: the same photo again answers the stored one).
     async fn commit(&self, req: CommitRequest) -> Result<PhotoInfo, UploaderError> {
-        let mut delay = Duration::from_millis(100);
-        for _ in 0..3 {
-            match self.dir.commit(&req).await {
-                Ok(info) => return Ok(info),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(id = req.id, error = %e, "commit failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => return Err(UploaderError::from_directory("committing", e)),
-            }
-        }
-        self.dir
-            .commit(&req)
-            .await
-            .map_err(|e| UploaderError::from_directory("committing", e))
+        directory_retrying("committing", 3, || self.dir.commit(&req)).await
     }
 
     /// Uploads a video from a body stream: chunks of `video_chunk_bytes` are written to every
