@@ -104,6 +104,7 @@ pub struct CompactReport {
     pub elapsed_ms: u64,
 }
 
+#[derive(Clone)]
 struct Paths {
     dir: PathBuf,
     dat: PathBuf,
@@ -419,7 +420,7 @@ impl Volume {
         let paths = &Paths::new(&self.dir(), id);
         let mut phases = 1u32;
         let (nf, old_file) = {
-            let (c, p) = (c.clone(), Paths::new(&paths.dir, id));
+            let (c, p) = (c.clone(), paths.clone());
             blocking(move || {
                 let mut nf = NewFiles::create(&p, id, &old_file)?;
                 nf.copy(id, &old_file, snapshot, &c)?;
@@ -465,7 +466,7 @@ impl Volume {
         let sealed = matches!(self.read_index().index, VolIndex::Sealed(_));
         phases += 1;
         let (c2, f) = (c.clone(), old_file.clone());
-        let p = Paths::new(&paths.dir, id);
+        let p = paths.clone();
         let (nf, entries) = blocking(move || {
             let mut nf = nf;
             nf.copy(id, &f, todo, &c2)?;
@@ -517,7 +518,7 @@ impl Volume {
         // Past the marker the new volume is the truth on disk: from here a failure must stop
         // acknowledgements into the old file (the next open rolls forward).
         let swapped = {
-            let p = Paths::new(&paths.dir, id);
+            let p = paths.clone();
             let (dat, idx, sidx) = volume_paths(&paths.dir, id);
             blocking(move || {
                 std::fs::rename(&p.dat, &dat)?;
@@ -573,8 +574,9 @@ impl Volume {
         drop(ap);
         let pause_ms = paused.elapsed().as_millis() as u64;
         drop(_gate);
-        // The old file is unlinked already: its last close frees its blocks (with discard,
-        // about a second per GB here). Never on an async worker, never under a lock.
+        // The old file is unlinked already: its last close frees its blocks (with discard:
+        // the benchmark saw a ~1 s writer stall when it ran on an async worker). Never on an
+        // async worker, never under a lock.
         tokio::task::spawn_blocking(move || drop((old_file, replaced, old_index)));
         metrics::counter!("haystack_store_compactions_total").increment(1);
         metrics::counter!("haystack_store_compaction_reclaimed_bytes_total")
