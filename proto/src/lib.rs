@@ -16,6 +16,10 @@ pub enum VolumeState {
     ReadOnly,
     /// Sealed by an operator: read-only for good, index served from a mapped sorted file.
     Sealed,
+    /// The store could not open it (a damaged superblock or sealed index, a disk error): it
+    /// serves nothing, the store's other volumes go on, and `reason` says why. Repair it from
+    /// another replica.
+    Unavailable,
 }
 
 /// What a store reports about one of its volumes (store `GET /admin/volumes` and heartbeats).

@@ -78,6 +78,9 @@ pub enum Fault {
 pub struct IoEngine {
     inner: Inner,
     fault: Arc<std::sync::atomic::AtomicU8>,
+    /// The file-system operations of the volume code (opens, syncs, renames, recovery's
+    /// reads); the power-loss simulator hooks in here.
+    disk: crate::disk::Disk,
 }
 
 #[derive(Clone)]
@@ -163,7 +166,23 @@ impl IoEngine {
         IoEngine {
             inner,
             fault: Arc::new(std::sync::atomic::AtomicU8::new(Fault::None as u8)),
+            disk: crate::disk::Disk::default(),
         }
+    }
+
+    /// The pread/pwrite engine over the power-loss simulator: every operation, the engine's
+    /// own reads, writes and syncs included, goes through `sim` (see `crate::sim`).
+    #[cfg(feature = "test-hooks")]
+    pub fn simulated(sim: Arc<crate::sim::SimDisk>) -> Self {
+        IoEngine {
+            disk: crate::disk::Disk::simulated(sim),
+            ..IoEngine::with(Inner::Sync)
+        }
+    }
+
+    /// The file-system handle the volume code uses.
+    pub fn disk(&self) -> &crate::disk::Disk {
+        &self.disk
     }
 
     /// Makes every later operation of that kind fail with EIO (tests only; `Fault::None`
@@ -229,6 +248,16 @@ impl IoEngine {
                 }
                 Ok((buf, ops))
             }
+            Inner::Sync if self.disk.is_simulated() => {
+                let (file, disk) = (file.clone(), self.disk.clone());
+                blocking(move || {
+                    let mut buf = vec![0u8; len];
+                    let got = disk.read_at(&file, &mut buf, offset)?;
+                    buf.truncate(got);
+                    Ok((buf, 1))
+                })
+                .await
+            }
             Inner::Sync => {
                 let file = file.clone();
                 blocking(move || {
@@ -285,8 +314,8 @@ impl IoEngine {
                 Ok(())
             }
             Inner::Sync => {
-                let file = file.clone();
-                blocking(move || file.write_all_at(&buf, offset)).await
+                let (file, disk) = (file.clone(), self.disk.clone());
+                blocking(move || disk.write_all_at(&file, &buf, offset)).await
             }
         }
     }
@@ -301,8 +330,8 @@ impl IoEngine {
                 res.map(|_| ())
             }
             Inner::Sync => {
-                let file = file.clone();
-                blocking(move || file.sync_data()).await
+                let (file, disk) = (file.clone(), self.disk.clone());
+                blocking(move || disk.sync_data(&file)).await
             }
         }
     }

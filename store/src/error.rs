@@ -15,6 +15,9 @@ pub enum StoreError {
     NoRoute,
     #[error("volume {0} not found")]
     NoVolume(u32),
+    /// The volume's files are here but the store could not open them (quarantined).
+    #[error("volume {volume} is unavailable on this store: {reason}")]
+    Unavailable { volume: u32, reason: String },
     #[error("volume {0} already exists")]
     VolumeExists(u32),
     #[error("volume {volume} is read-only: {reason}")]

@@ -46,6 +46,7 @@ impl ApiError {
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
             NoVolume(_) => (StatusCode::NOT_FOUND, "no_such_volume"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "volume_unavailable"),
             VolumeExists(_) => (StatusCode::CONFLICT, "volume_exists"),
             ReadOnly { .. } => (StatusCode::CONFLICT, "read_only"),
             Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "volume_full"),

@@ -2,6 +2,7 @@
 //! in-memory index per volume, io_uring I/O, group-committed durable writes, and the HTTP
 //! server that exposes them. See docs/ARCHITECTURE.md for the map and the durability contract.
 
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod format;
@@ -9,12 +10,16 @@ pub mod heartbeat;
 pub mod http;
 pub mod index;
 pub mod metrics;
+#[cfg(feature = "test-hooks")]
+pub mod sim;
 pub mod store;
 pub mod volume;
 
 pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
 pub use store::{Store, StoreConfig};
+#[cfg(feature = "test-hooks")]
+pub use volume::CompactPause;
 pub use volume::{
     CompactReport, CorruptNeedle, CrashPoint, Needle, NeedleData, RebuildReport, VerifyReport,
     Volume, VolumeConfig,

@@ -11,6 +11,23 @@ use crate::engine::{EngineKind, IoEngine};
 use crate::error::{Result, StoreError};
 use crate::volume::{Volume, VolumeConfig};
 
+/// What a quarantined volume looks like in listings and heartbeats.
+fn quarantine_info(cfg: &StoreConfig, id: u32, reason: String) -> VolumeInfo {
+    let (dat, _, _) = crate::volume::volume_paths(&cfg.data_dir, id);
+    let size = std::fs::metadata(&dat).map(|m| m.len()).unwrap_or(0);
+    VolumeInfo {
+        id,
+        state: haystack_proto::VolumeState::Unavailable,
+        size_bytes: size,
+        max_bytes: size,
+        needles: 0,
+        deleted_needles: 0,
+        dead_bytes: 0,
+        reason: Some(format!("unavailable: {reason}")),
+        compaction: None,
+    }
+}
+
 /// Store configuration. Every field has a default; validated once in [`Store::open`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -89,6 +106,8 @@ pub struct Store {
     cfg: StoreConfig,
     engine: IoEngine,
     volumes: RwLock<HashMap<u32, Arc<Volume>>>,
+    /// Volumes whose files are here but did not open: what they look like to the directory.
+    quarantined: RwLock<HashMap<u32, VolumeInfo>>,
     create_lock: tokio::sync::Mutex<()>,
     /// Woken when a volume is created or stops taking writes (full, disk error): the
     /// heartbeat goes at once.
@@ -126,17 +145,31 @@ impl Store {
             }
         }
         let mut volumes = HashMap::new();
+        let mut quarantined = HashMap::new();
         for id in ids {
             let (dir, eng, vc) = (
                 cfg.data_dir.clone(),
                 engine.clone(),
                 cfg.volume_config(None),
             );
-            let v = tokio::task::spawn_blocking(move || Volume::open(&dir, id, eng, vc))
+            let opened = tokio::task::spawn_blocking(move || Volume::open(&dir, id, eng, vc))
                 .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
-            volumes.insert(id, v);
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))
+                .and_then(|r| r);
+            match opened {
+                Ok(v) => {
+                    volumes.insert(id, v);
+                }
+                // One bad volume must not take the machine's healthy ones down with it: it is
+                // quarantined (answers 503, reported to the directory as unavailable, counted
+                // on /metrics) and its files are left as they are for repair.
+                Err(e) => {
+                    tracing::error!(volume = id, error = %e, "volume cannot be opened; quarantined");
+                    quarantined.insert(id, quarantine_info(&cfg, id, e.to_string()));
+                }
+            }
         }
+        metrics::gauge!("haystack_store_volumes_quarantined").set(quarantined.len() as f64);
         let changed = Arc::new(tokio::sync::Notify::new());
         for v in volumes.values() {
             v.notify_changes(changed.clone());
@@ -145,6 +178,7 @@ impl Store {
             cfg,
             engine,
             volumes: RwLock::new(volumes),
+            quarantined: RwLock::new(quarantined),
             create_lock: tokio::sync::Mutex::new(()),
             changed,
         }))
@@ -164,18 +198,32 @@ impl Store {
     }
 
     pub fn volume(&self, id: u32) -> Result<Arc<Volume>> {
-        self.volumes
+        if let Some(v) = self
+            .volumes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .cloned()
-            .ok_or(StoreError::NoVolume(id))
+        {
+            return Ok(v.clone());
+        }
+        match self
+            .quarantined
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            Some(q) => Err(StoreError::Unavailable {
+                volume: id,
+                reason: q.reason.clone().unwrap_or_default(),
+            }),
+            None => Err(StoreError::NoVolume(id)),
+        }
     }
 
     /// Creates a volume; `max_bytes` overrides the configured maximum size.
     pub async fn create_volume(&self, id: u32, max_bytes: Option<u64>) -> Result<Arc<Volume>> {
         let _g = self.create_lock.lock().await;
-        if self.volume(id).is_ok() {
+        if !matches!(self.volume(id), Err(StoreError::NoVolume(_))) {
             return Err(StoreError::VolumeExists(id));
         }
         if let Some(m) = max_bytes {
@@ -216,8 +264,18 @@ impl Store {
         v
     }
 
+    /// Every volume's state, quarantined ones included (heartbeats, `GET /v1/volumes`).
     pub fn list(&self) -> Vec<VolumeInfo> {
-        self.volumes().iter().map(|v| v.info()).collect()
+        let mut l: Vec<VolumeInfo> = self.volumes().iter().map(|v| v.info()).collect();
+        l.extend(
+            self.quarantined
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        l.sort_by_key(|v| v.id);
+        l
     }
 
     /// Copies volume `id` from the store at `from` (its `GET /v1/volumes/{id}/export`): the
@@ -229,6 +287,11 @@ impl Store {
         use futures_util::StreamExt;
         use std::io::Write;
         let _g = self.create_lock.lock().await;
+        if let Err(e @ StoreError::Unavailable { .. }) = self.volume(id) {
+            return Err(StoreError::BadRequest(format!(
+                "{e}; its files are kept for inspection: import to another store"
+            )));
+        }
         if let Ok(v) = self.volume(id) {
             if v.info().needles > 0 {
                 return Err(StoreError::VolumeExists(id));

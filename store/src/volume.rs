@@ -23,9 +23,8 @@
 //!    tail is cut: zeroed and the tail set there.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,6 +42,8 @@ use crate::format::{
 use crate::index::{Loc, MemIndex, SortedIndex};
 
 mod compact;
+#[cfg(feature = "test-hooks")]
+pub use compact::CompactPause;
 pub use compact::{CompactReport, CrashPoint, ExportSnapshot, RebuildReport};
 
 /// Limits of one volume.
@@ -222,7 +223,8 @@ impl GroupCommit {
 
 /// The index checkpoint file: a header, then fixed 32-byte records appended (docs/FORMAT.md).
 struct IdxLog {
-    file: File,
+    disk: crate::disk::Disk,
+    file: Arc<File>,
     buf: Vec<u8>,
 }
 
@@ -309,7 +311,7 @@ impl IdxLog {
         if self.buf.is_empty() {
             return;
         }
-        if let Err(e) = self.file.write_all(&self.buf) {
+        if let Err(e) = self.disk.append(&self.file, &self.buf) {
             tracing::warn!(error = %e, "append to index file failed; the next open scans further");
         }
         self.buf.clear();
@@ -340,6 +342,9 @@ enum Mode {
     Writable,
     ReadOnly(String),
     Sealed,
+    /// Takes no writes, no deletes, no compaction: files on disk are ahead of this process
+    /// (a compaction failed past its commit point) and only a restart may reconcile them.
+    Failed(String),
 }
 
 pub struct Volume {
@@ -359,6 +364,8 @@ pub struct Volume {
     commit: GroupCommit,
     state: RwLock<State>,
     idx_log: Mutex<IdxLog>,
+    /// Group commit of the index file, for delete records (see `delete_inner`).
+    idx_commit: GroupCommit,
     mode: Mutex<Mode>,
     stats: Stats,
     /// The running compaction, if any (its journal and progress).
@@ -388,19 +395,6 @@ pub fn volume_paths(dir: &Path, id: u32) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn fallocate(file: &File, offset: u64, len: u64, mode: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall on an owned descriptor.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 impl Volume {
     /// Creates a new, empty volume (fails if its file exists).
     pub fn create(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
@@ -409,30 +403,32 @@ impl Volume {
             return Err(StoreError::VolumeExists(id));
         }
         // Built under a temporary name and renamed into place once complete, so that a crash
-        // mid-creation leaves no half-made volume for the next start to trip on.
+        // mid-creation leaves no half-made volume for the next start to trip on (the store
+        // removes leftover `.tmp` files on start; a failure here removes its own).
         let tmp = dir.join(format!("vol-{id}.dat.tmp"));
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        let sb = Superblock {
-            version: format::FORMAT_VERSION,
-            volume_id: id,
-            max_bytes: cfg.max_bytes,
-            created_unix_ms: now_ms(),
-        };
-        f.write_all(&sb.encode())?;
-        let first = cfg.prealloc_step.min(cfg.max_bytes).max(SUPERBLOCK_LEN);
-        fallocate(&f, 0, first, 0)?;
-        f.sync_all()?;
-        let mut ix = File::create(&idx)?;
-        ix.write_all(&idx_header(id))?;
-        ix.sync_all()?;
-        drop((f, ix));
-        std::fs::rename(&tmp, &dat)?;
-        fsync_dir(dir)?;
+        let disk = engine.disk().clone();
+        let built = (|| -> io::Result<()> {
+            let f = disk.create(&tmp)?;
+            let sb = Superblock {
+                version: format::FORMAT_VERSION,
+                volume_id: id,
+                max_bytes: cfg.max_bytes,
+                created_unix_ms: now_ms(),
+            };
+            disk.write_all_at(&f, &sb.encode(), 0)?;
+            let first = cfg.prealloc_step.min(cfg.max_bytes).max(SUPERBLOCK_LEN);
+            disk.fallocate(&f, 0, first, 0)?;
+            disk.sync_all(&f)?;
+            let ix = disk.create(&idx)?;
+            disk.write_all_at(&ix, &idx_header(id), 0)?;
+            disk.sync_all(&ix)?;
+            disk.rename(&tmp, &dat)?;
+            disk.sync_dir(dir)
+        })();
+        if let Err(e) = built {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         Self::open(dir, id, engine, cfg)
     }
 
@@ -441,10 +437,11 @@ impl Volume {
     pub fn open(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
         let started = std::time::Instant::now();
         let (dat, idx_path, sidx_path) = volume_paths(dir, id);
-        compact::recover_interrupted(dir, id)?;
-        let file = OpenOptions::new().read(true).write(true).open(&dat)?;
+        let disk = engine.disk().clone();
+        compact::recover_interrupted(&disk, dir, id)?;
+        let file = disk.open(&dat, OpenOptions::new().read(true).write(true))?;
         let mut sbuf = [0u8; SUPERBLOCK_LEN as usize];
-        file.read_exact_at(&mut sbuf, 0)?;
+        disk.read_exact_at(&file, &mut sbuf, 0)?;
         let sb = Superblock::decode(&sbuf)
             .map_err(|source| StoreError::BadVolumeFile { volume: id, source })?;
         if sb.volume_id != id {
@@ -457,19 +454,17 @@ impl Volume {
         // Needle reads are random: readahead would only spend disk bandwidth on neighbours.
         // SAFETY: plain syscall on an owned descriptor.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-        let mut idx_file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&idx_path)?;
+        let mut idx_file = disk.open(
+            &idx_path,
+            OpenOptions::new().read(true).append(true).create(true),
+        )?;
 
         let stats = Stats::default();
         let (index, tail, mode) = if sidx_path.exists() {
             let mut s = SortedIndex::open(&sidx_path)?;
             // Deletes after sealing are flagged in the volume and logged in the index file;
             // the mapped index's own flag may not have reached the disk.
-            let mut raw = Vec::new();
-            idx_file.read_to_end(&mut raw)?;
+            let raw = disk.read_all(&idx_file)?;
             if raw.len() >= IDX_HEADER_LEN {
                 for r in raw[IDX_HEADER_LEN..].chunks_exact(IDX_RECORD_LEN) {
                     let Some(rec) = parse_idx_record(r) else {
@@ -490,12 +485,25 @@ impl Volume {
             }
             (VolIndex::Sealed(s), end, Mode::Sealed)
         } else {
-            let (entries, tail) =
-                recover_writable(id, &file, file_len, &mut idx_file, &cfg, sb.max_bytes)?;
+            let Recovered {
+                entries,
+                tail,
+                problem,
+            } = recover_writable(
+                &disk,
+                id,
+                &file,
+                file_len,
+                &mut idx_file,
+                &cfg,
+                sb.max_bytes,
+            )?;
             for (_, _, l) in &entries {
                 stats.count(l);
             }
-            let mode = if sb.max_bytes.saturating_sub(tail) < format::needle_extent(0, 0) {
+            let mode = if let Some(p) = problem {
+                Mode::ReadOnly(p)
+            } else if sb.max_bytes.saturating_sub(tail) < format::needle_extent(0, 0) {
                 Mode::ReadOnly("full".into())
             } else {
                 Mode::Writable
@@ -521,8 +529,10 @@ impl Volume {
                 index,
                 file: Arc::new(file),
             }),
+            idx_commit: GroupCommit::new(),
             idx_log: Mutex::new(IdxLog {
-                file: idx_file,
+                disk: disk.clone(),
+                file: Arc::new(idx_file),
                 buf: Vec::new(),
             }),
             mode: Mutex::new(mode),
@@ -590,6 +600,31 @@ impl Volume {
                 volume: self.id,
                 reason: "sealed".into(),
             }),
+            Mode::Failed(r) => Err(StoreError::ReadOnly {
+                volume: self.id,
+                reason: r.clone(),
+            }),
+        }
+    }
+
+    /// Deletes are refused only when the files on disk are ahead of this process.
+    fn check_deletable(&self) -> Result<()> {
+        match &*lock(&self.mode) {
+            Mode::Failed(r) => Err(StoreError::ReadOnly {
+                volume: self.id,
+                reason: r.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops writes, deletes and compactions until a restart (see `Mode::Failed`).
+    pub(crate) fn set_failed(&self, reason: String) {
+        let mut m = lock(&self.mode);
+        tracing::error!(volume = self.id, %reason, "volume stops taking writes and deletes until a restart");
+        *m = Mode::Failed(reason);
+        if let Some(n) = self.on_change.get() {
+            n.notify_one();
         }
     }
 
@@ -747,8 +782,8 @@ impl Volume {
             let want = (ap.tail + total)
                 .max(ap.allocated + self.cfg.prealloc_step)
                 .min(self.max_bytes);
-            let (f, from) = (self.file(), ap.allocated);
-            let r = tokio::task::spawn_blocking(move || fallocate(&f, from, want - from, 0))
+            let (f, from, disk) = (self.file(), ap.allocated, self.engine.disk().clone());
+            let r = tokio::task::spawn_blocking(move || disk.fallocate(&f, from, want - from, 0))
                 .await
                 .map_err(|e| io::Error::other(e.to_string()))
                 .and_then(|r| r);
@@ -950,6 +985,7 @@ impl Volume {
 
     async fn delete_inner(&self, key: u64, alt: u32, cookie: Option<u64>) -> Result<()> {
         let _gate = self.gate.read().await;
+        self.check_deletable()?;
         let (loc, file) = self.lookup(key, alt)?;
         let buf = self.engine.read_at(&file, loc.offset, HEADER_LEN).await?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
@@ -976,10 +1012,22 @@ impl Volume {
             return Err(StoreError::Io(e));
         }
         self.note_deleted(key, alt, loc);
-        {
+        // The delete record reaches the index file, synced, before the delete is acknowledged:
+        // on open the index file is trusted for the needles it covers (their headers are not
+        // read again), so a lost record would leave a deleted needle counted live, listed live
+        // to garbage collection and to replica comparison. Reads were never at risk (they
+        // check the flag in the volume file). Concurrent deletes share the sync.
+        let idx_file = {
             let mut log = lock(&self.idx_log);
             log.push(IDX_DELETE, key, alt, loc);
-            log.maybe_flush();
+            log.flush();
+            log.file.clone()
+        };
+        if let Err(e) = self.idx_commit.commit(&self.engine, &idx_file, 1).await {
+            // The flag in the volume file is durable: the delete holds. Only the checkpoint
+            // is behind; the next open may count the needle live until a read sees the flag.
+            tracing::warn!(volume = self.id, key, alt, error = %e, "syncing a delete record to the index file failed");
+            self.idx_commit.failed.store(false, Ordering::Release);
         }
         self.journal(|j| j.deletes.push((key, alt, loc.offset)));
         Ok(())
@@ -992,6 +1040,12 @@ impl Volume {
             let mut m = lock(&self.mode);
             if matches!(*m, Mode::Sealed) {
                 return Ok(());
+            }
+            if let Mode::Failed(r) = &*m {
+                return Err(StoreError::ReadOnly {
+                    volume: self.id,
+                    reason: r.clone(),
+                });
             }
             *m = Mode::ReadOnly("sealing".into());
         }
@@ -1021,7 +1075,7 @@ impl Volume {
     pub fn info(&self) -> VolumeInfo {
         let (state, reason) = match &*lock(&self.mode) {
             Mode::Writable => (VolumeState::Writable, None),
-            Mode::ReadOnly(r) => (VolumeState::ReadOnly, Some(r.clone())),
+            Mode::ReadOnly(r) | Mode::Failed(r) => (VolumeState::ReadOnly, Some(r.clone())),
             Mode::Sealed => (VolumeState::Sealed, None),
         };
         let size = self.tail.load(Ordering::Acquire);
@@ -1115,16 +1169,16 @@ type IndexEntry = (u64, u32, Loc);
 /// Loads the index file and scans the tail; returns the index entries sorted by (key, alt)
 /// and the tail offset. Repairs the index file and cuts a torn tail as it goes.
 fn recover_writable(
+    disk: &crate::disk::Disk,
     id: u32,
     file: &File,
     file_len: u64,
     idx_file: &mut File,
     cfg: &VolumeConfig,
     max_bytes: u64,
-) -> Result<(Vec<IndexEntry>, u64)> {
+) -> Result<Recovered> {
     // 1. The index file.
-    let mut raw = Vec::new();
-    idx_file.read_to_end(&mut raw)?;
+    let raw = disk.read_all(idx_file)?;
     let mut records: Vec<IdxRecord> = Vec::new();
     let mut good_len = 0usize;
     let header_ok = raw.len() >= IDX_HEADER_LEN
@@ -1155,11 +1209,16 @@ fn recover_writable(
             dropped_bytes = raw.len() - good_len,
             "index file has a bad tail; cutting it"
         );
-        if !header_ok {
-            idx_file.set_len(0)?;
-            idx_file.write_all(&idx_header(id))?;
+        let cut = if !header_ok {
+            disk.set_len(idx_file, 0)
+                .and_then(|()| disk.append(idx_file, &idx_header(id)))
         } else {
-            idx_file.set_len(good_len as u64)?;
+            disk.set_len(idx_file, good_len as u64)
+        };
+        // A checkpoint that cannot be repaired (a full disk) costs a longer scan, not the
+        // volume.
+        if let Err(e) = cut {
+            tracing::warn!(volume = id, error = %e, "repairing the index file failed; the next open scans again");
         }
     }
     // Records reach the index file in the order writers finish their syncs, not in offset
@@ -1210,7 +1269,7 @@ fn recover_writable(
     let mut new_records = Vec::new();
     let mut skipped_corrupt = 0u64;
     loop {
-        let scan = read_needle_at(file, pos, limit);
+        let scan = read_needle_at(disk, file, pos, limit);
         match scan {
             Scan::Needle(h, extent) => {
                 let loc = Loc {
@@ -1236,7 +1295,7 @@ fn recover_writable(
                 // A needle whose header is intact but whose data is not (a torn write) may
                 // carry bytes that look like needles: never search inside its own extent.
                 let from = pos + claimed.unwrap_or(format::ALIGN).max(format::ALIGN);
-                let next = match find_next_needle(file, from, window_end, limit)? {
+                let next = match find_next_needle(disk, file, from, window_end, limit)? {
                     Some(n) => Some(n),
                     // Past a damaged region longer than the window: the next needle the index
                     // file knows of, or the end of the last one. A tail is never cut below
@@ -1271,33 +1330,46 @@ fn recover_writable(
                             %reason,
                             "torn tail cut off"
                         );
-                        if window_end > pos {
-                            fallocate(
-                                file,
-                                pos,
-                                window_end - pos,
-                                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                            )
-                            .or_else(|_| {
-                                // Older kernels or file systems: write zeros instead.
-                                let zeros = vec![0u8; (window_end - pos) as usize];
-                                file.write_all_at(&zeros, pos)
-                            })?;
-                            file.sync_data()?;
-                        }
                         break;
                     }
                 }
             }
         }
     }
+    // Nothing past the tail may ever parse as a needle: a later scan would walk from a new
+    // needle into the bytes of an unacknowledged write whose first page was lost, and index
+    // them. Everything past the tail, to the end of the file, is made zeros (not only one
+    // write's window: a write may be split in chunks, and an older crash may have left
+    // bytes further on).
+    // Past this point nothing is fatal: a volume that cannot be made clean for writes still
+    // serves reads, read-only, with the reason reported.
+    let mut problem = None;
+    if let Err(e) = clear_past_tail(disk, file, pos, file_len) {
+        tracing::error!(volume = id, offset = pos, error = %e, "clearing the bytes past the tail failed; volume stays read-only");
+        problem = Some(format!(
+            "stale bytes past the tail could not be cleared ({e})"
+        ));
+    }
     if !new_records.is_empty() {
         // Needles found in the tail may never have been synced (their writer died before its
         // fdatasync): make them durable before the index file vouches for them.
-        file.sync_data()?;
-        idx_file.write_all(&new_records)?;
+        match disk.sync_data(file) {
+            Ok(()) => {
+                // The index file is a checkpoint: without room for it (ENOSPC on a full disk)
+                // the volume still opens; the next open scans the same tail again.
+                if let Err(e) = disk.append(idx_file, &new_records) {
+                    tracing::warn!(volume = id, error = %e, "appending recovered records to the index file failed; the next open scans again");
+                }
+            }
+            Err(e) => {
+                tracing::error!(volume = id, error = %e, "syncing recovered needles failed; volume stays read-only");
+                problem.get_or_insert_with(|| format!("disk error: {e}"));
+            }
+        }
     }
-    idx_file.sync_data()?;
+    if let Err(e) = disk.sync_data(idx_file) {
+        tracing::warn!(volume = id, error = %e, "syncing the index file failed; the next open scans again");
+    }
     if !scanned.is_empty() || skipped_corrupt > 0 {
         tracing::info!(
             volume = id,
@@ -1334,7 +1406,56 @@ fn recover_writable(
         }
         entries = merged;
     }
-    Ok((entries, pos))
+    Ok(Recovered {
+        entries,
+        tail: pos,
+        problem,
+    })
+}
+
+/// What recovery of a writable volume found.
+struct Recovered {
+    /// Index entries sorted by (key, alt).
+    entries: Vec<IndexEntry>,
+    /// Where the next needle goes.
+    tail: u64,
+    /// Why the volume must stay read-only, if it must.
+    problem: Option<String>,
+}
+
+/// Makes `[from, file_len)` read as zeros, durably: `FALLOC_FL_ZERO_RANGE` (extents become
+/// unwritten, no data written), or where the file system refuses it, zeros written over
+/// every non-zero block. Cheap when the range is zeros already.
+fn clear_past_tail(
+    disk: &crate::disk::Disk,
+    file: &File,
+    from: u64,
+    file_len: u64,
+) -> io::Result<()> {
+    if from >= file_len {
+        return Ok(());
+    }
+    let zeroed = disk.fallocate(
+        file,
+        from,
+        file_len - from,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+    );
+    if zeroed.is_err() {
+        const STEP: u64 = 1 << 20;
+        let mut buf = vec![0u8; STEP as usize];
+        let mut at = from;
+        while at < file_len {
+            let n = STEP.min(file_len - at) as usize;
+            disk.read_exact_at(file, &mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                buf[..n].fill(0);
+                disk.write_all_at(file, &buf[..n], at)?;
+            }
+            at += n as u64;
+        }
+    }
+    disk.sync_data(file)
 }
 
 enum Scan {
@@ -1345,12 +1466,12 @@ enum Scan {
 }
 
 /// Reads and fully checks the needle at `pos`.
-fn read_needle_at(file: &File, pos: u64, limit: u64) -> Scan {
+fn read_needle_at(disk: &crate::disk::Disk, file: &File, pos: u64, limit: u64) -> Scan {
     if pos + HEADER_LEN as u64 > limit {
         return Scan::End;
     }
     let mut h = [0u8; HEADER_LEN];
-    if let Err(e) = file.read_exact_at(&mut h, pos) {
+    if let Err(e) = disk.read_exact_at(file, &mut h, pos) {
         return Scan::Bad(format!("read failed: {e}"), None);
     }
     if h.iter().all(|&b| b == 0) {
@@ -1365,7 +1486,7 @@ fn read_needle_at(file: &File, pos: u64, limit: u64) -> Scan {
         return Scan::Bad("needle runs past the end of the volume".into(), None);
     }
     let mut buf = vec![0u8; extent as usize];
-    if let Err(e) = file.read_exact_at(&mut buf, pos) {
+    if let Err(e) = disk.read_exact_at(file, &mut buf, pos) {
         return Scan::Bad(format!("read failed: {e}"), None);
     }
     match parse_needle(&buf) {
@@ -1375,26 +1496,25 @@ fn read_needle_at(file: &File, pos: u64, limit: u64) -> Scan {
 }
 
 /// Looks for the first offset in [from, to) where a whole valid needle starts.
-fn find_next_needle(file: &File, from: u64, to: u64, limit: u64) -> io::Result<Option<u64>> {
+fn find_next_needle(
+    disk: &crate::disk::Disk,
+    file: &File,
+    from: u64,
+    to: u64,
+    limit: u64,
+) -> io::Result<Option<u64>> {
     if from >= to {
         return Ok(None);
     }
     let mut window = vec![0u8; (to - from) as usize];
-    let mut got = 0;
-    while got < window.len() {
-        let n = file.read_at(&mut window[got..], from + got as u64)?;
-        if n == 0 {
-            break;
-        }
-        got += n;
-    }
+    let got = disk.read_at(file, &mut window, from)?;
     window.truncate(got);
     let magic = format::HEADER_MAGIC.to_le_bytes();
     let mut i = 0usize;
     while i + HEADER_LEN <= window.len() {
         if window[i..i + 4] == magic && NeedleHeader::decode(&window[i..]).is_ok() {
             let at = from + i as u64;
-            if let Scan::Needle(..) = read_needle_at(file, at, limit) {
+            if let Scan::Needle(..) = read_needle_at(disk, file, at, limit) {
                 return Ok(Some(at));
             }
         }

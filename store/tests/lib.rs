@@ -10,3 +10,4 @@ mod http_api;
 mod model;
 mod recovery;
 mod scale;
+mod trust;

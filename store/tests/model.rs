@@ -2,7 +2,7 @@
 //! at each crash point and reopened) / index rebuild sequences against a HashMap, over both
 //! engines.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use haystack_store::{CrashPoint, EngineKind, StoreError};
 use proptest::prelude::*;
@@ -75,12 +75,46 @@ fn data(key: u64, alt: u32, len: usize, fill: u8) -> Vec<u8> {
         .collect()
 }
 
+type Model = HashMap<(u64, u32), (u64, Vec<u8>)>;
+
+/// After a reopen: every needle the model holds reads back, every needle it holds as deleted
+/// (deleted and not written again) is a 404 with either cookie, and the volume counts as
+/// live exactly what the model does.
+async fn check_after_reopen(
+    vol: &haystack_store::Volume,
+    model: &Model,
+    deleted: &HashSet<(u64, u32)>,
+    when: &str,
+) {
+    // Counted before any read: a read that meets a delete flag corrects the index.
+    let info = vol.info();
+    let live = (info.needles - info.deleted_needles) as usize;
+    assert_eq!(live, model.len(), "{when}: live needles counted: {info:?}");
+    for ((key, alt), (cookie, d)) in model {
+        let n = vol
+            .read(*key, *alt, *cookie)
+            .await
+            .unwrap_or_else(|e| panic!("{when}: {key}/{alt}: {e}"));
+        assert_eq!(&n.data[..], &d[..], "{when}: {key}/{alt}");
+    }
+    for (key, alt) in deleted {
+        for cookie in [7, 9] {
+            let r = vol.read(*key, *alt, cookie).await;
+            assert!(
+                matches!(r, Err(StoreError::NotFound)),
+                "{when}: deleted {key}/{alt} answers {r:?}"
+            );
+        }
+    }
+}
+
 fn run(kind: EngineKind, ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     rt.block_on(async {
         let mut vol = create(dir.path(), 1, kind);
-        let mut model: HashMap<(u64, u32), (u64, Vec<u8>)> = HashMap::new();
+        let mut model: Model = HashMap::new();
+        let mut deleted: HashSet<(u64, u32)> = HashSet::new();
         let mut sealed = false;
         for op in ops {
             match op {
@@ -98,6 +132,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     } else {
                         r.unwrap();
                         model.insert((key, alt), (cookie, d));
+                        deleted.remove(&(key, alt));
                     }
                 }
                 Op::Batch {
@@ -116,6 +151,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                         assert_eq!(r.unwrap().len(), n as usize);
                         for a in 0..n {
                             model.insert((key, a), (cookie, data(key, a, len, a as u8)));
+                            deleted.remove(&(key, a));
                         }
                     }
                 }
@@ -136,6 +172,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                         Some((c, _)) if *c == cookie => {
                             r.unwrap();
                             model.remove(&(key, alt));
+                            deleted.insert((key, alt));
                         }
                         _ => assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
                     }
@@ -144,6 +181,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     vol.flush_index();
                     drop(vol);
                     vol = reopen(dir.path(), 1, kind);
+                    check_after_reopen(&vol, &model, &deleted, "reopen").await;
                 }
                 Op::Seal => {
                     vol.seal().await.unwrap();
@@ -173,6 +211,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     if at != CrashPoint::BeforeMarker {
                         assert_eq!(vol.info().dead_bytes, 0, "rolled forward from {at:?}");
                     }
+                    check_after_reopen(&vol, &model, &deleted, &format!("crash at {at:?}")).await;
                 }
                 Op::RebuildIndex => {
                     let r = vol.rebuild_index().await.unwrap();
@@ -184,14 +223,35 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
         vol.flush_index();
         drop(vol);
         let vol = reopen(dir.path(), 1, kind);
-        for ((key, alt), (cookie, d)) in &model {
-            let n = vol.read(*key, *alt, *cookie).await.unwrap();
-            assert_eq!(&n.data[..], &d[..]);
-        }
-        let info = vol.info();
-        let live = (info.needles - info.deleted_needles) as usize;
-        assert_eq!(live, model.len());
+        check_after_reopen(&vol, &model, &deleted, "final reopen").await;
     });
+}
+
+/// The case proptest shrank to on 2026-12-01 (issue 11, defect 7): a delete acknowledged
+/// after a compaction, then a compaction that crashes before its marker; after reopen the
+/// deleted needle counted as live. Its seed was not recorded, so it is kept here by hand.
+#[test]
+fn model_regression_delete_after_compaction_then_crash() {
+    for kind in ENGINES {
+        run(
+            kind,
+            vec![
+                Op::Batch {
+                    key: 2,
+                    n: 1,
+                    cookie: 9,
+                    len: 0,
+                },
+                Op::Compact,
+                Op::Delete {
+                    key: 2,
+                    alt: 0,
+                    cookie: 9,
+                },
+                Op::CompactCrash(0),
+            ],
+        );
+    }
 }
 
 proptest! {

@@ -26,8 +26,7 @@
 //! Memory: about 48 bytes per live needle while it runs (the snapshot, the new entries and
 //! the old-to-new offset map), freed at the end.
 
-use std::collections::HashSet;
-use std::io::Write;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::*;
@@ -53,15 +52,58 @@ pub(super) struct Compaction {
     pub(super) journal: Mutex<Journal>,
     done_bytes: AtomicU64,
     total_bytes: AtomicU64,
+    /// Keys written or deleted since the snapshot: only their copies can be stale.
+    touched: Mutex<HashSet<(u64, u32)>>,
+    #[cfg(feature = "test-hooks")]
+    pause: Option<CompactPause>,
 }
 
 impl Compaction {
+    #[cfg(feature = "test-hooks")]
+    fn with_pause(pause: CompactPause) -> Compaction {
+        Compaction {
+            pause: Some(pause),
+            ..Default::default()
+        }
+    }
+
+    /// Where a test wants this compaction to fail as a disk error would.
+    fn fail_at(&self) -> Option<CrashPoint> {
+        #[cfg(feature = "test-hooks")]
+        if let Some(p) = &self.pause {
+            return p.fail_at;
+        }
+        None
+    }
+
+    /// Waits at the test's pause point, if one is set.
+    async fn pause_point(&self) {
+        #[cfg(feature = "test-hooks")]
+        if let Some(p) = &self.pause {
+            p.reached.notify_one();
+            p.resume.notified().await;
+        }
+    }
+
     pub(super) fn progress(&self) -> haystack_proto::CompactionProgress {
         haystack_proto::CompactionProgress {
             done_bytes: self.done_bytes.load(Ordering::Relaxed),
             total_bytes: self.total_bytes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A pause between the first copy phase and the catch-up phases, so that a test can write
+/// and delete while the snapshot's copies exist (test builds only).
+#[cfg(feature = "test-hooks")]
+#[derive(Clone, Default)]
+pub struct CompactPause {
+    /// Told when the first copy phase is done.
+    pub reached: Arc<tokio::sync::Notify>,
+    /// Waited for before the compaction goes on.
+    pub resume: Arc<tokio::sync::Notify>,
+    /// Fails the compaction at this point as a disk error would (the process goes on).
+    pub fail_at: Option<CrashPoint>,
 }
 
 /// Points where a test can stop a compaction as a crash would (files left as they are).
@@ -78,11 +120,14 @@ pub enum CrashPoint {
     BeforeMarkerRemoval,
 }
 
-fn crash_here(stop: Option<CrashPoint>, at: CrashPoint) -> Result<()> {
+fn crash_here(stop: Option<CrashPoint>, fail: Option<CrashPoint>, at: CrashPoint) -> Result<()> {
     if stop == Some(at) {
         return Err(StoreError::Io(io::Error::other(format!(
             "compaction stopped at {at:?} (test)"
         ))));
+    }
+    if fail == Some(at) {
+        return Err(StoreError::Io(io::Error::from_raw_os_error(libc::EIO)));
     }
     Ok(())
 }
@@ -130,30 +175,32 @@ impl Paths {
         }
     }
 
-    fn remove_all(&self) {
+    fn remove_all(&self, disk: &crate::disk::Disk) {
         for p in [&self.dat, &self.idx, &self.sidx] {
-            let _ = std::fs::remove_file(p);
+            if p.exists() {
+                let _ = disk.remove(p);
+            }
         }
     }
 }
 
 /// Finishes or undoes a compaction that a crash interrupted (called by `Volume::open`).
-pub(super) fn recover_interrupted(dir: &Path, id: u32) -> io::Result<()> {
+pub(super) fn recover_interrupted(disk: &crate::disk::Disk, dir: &Path, id: u32) -> io::Result<()> {
     let p = Paths::new(dir, id);
     let (dat, idx, sidx) = volume_paths(dir, id);
     if p.marker.exists() {
         for (from, to) in [(&p.dat, &dat), (&p.sidx, &sidx), (&p.idx, &idx)] {
             if from.exists() {
-                std::fs::rename(from, to)?;
+                disk.rename(from, to)?;
             }
         }
-        fsync_dir(dir)?;
-        std::fs::remove_file(&p.marker)?;
-        fsync_dir(dir)?;
+        disk.sync_dir(dir)?;
+        disk.remove(&p.marker)?;
+        disk.sync_dir(dir)?;
         tracing::warn!(volume = id, "interrupted compaction finished on open");
     } else if p.dat.exists() || p.idx.exists() || p.sidx.exists() {
-        p.remove_all();
-        fsync_dir(dir)?;
+        p.remove_all(disk);
+        disk.sync_dir(dir)?;
         tracing::warn!(volume = id, "interrupted compaction rolled back on open");
     }
     Ok(())
@@ -161,35 +208,33 @@ pub(super) fn recover_interrupted(dir: &Path, id: u32) -> io::Result<()> {
 
 /// The new files while they are being written.
 struct NewFiles {
+    disk: crate::disk::Disk,
     dat: File,
     idx: File,
     idx_buf: Vec<u8>,
     tail: u64,
-    /// Index entries of the copies, in copy order.
-    entries: Vec<IndexEntry>,
+    /// Index entries of the copies (at their new offsets) with the old offset each was copied
+    /// from, in copy order.
+    entries: Vec<(IndexEntry, u64)>,
     /// (old offset, new offset, extent) of every copy; sorted between phases.
     map: Vec<(u64, u64, u32)>,
 }
 
 impl NewFiles {
-    fn create(paths: &Paths, id: u32, old: &File) -> io::Result<NewFiles> {
+    fn create(
+        disk: &crate::disk::Disk,
+        paths: &Paths,
+        id: u32,
+        old: &File,
+    ) -> io::Result<NewFiles> {
         let mut sb = [0u8; SUPERBLOCK_LEN as usize];
-        old.read_exact_at(&mut sb, 0)?;
-        let mut dat = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&paths.dat)?;
-        dat.write_all(&sb)?;
-        let mut idx = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&paths.idx)?;
-        idx.write_all(&idx_header(id))?;
+        disk.read_exact_at(old, &mut sb, 0)?;
+        let dat = disk.create(&paths.dat)?;
+        disk.write_all_at(&dat, &sb, 0)?;
+        let idx = disk.create(&paths.idx)?;
+        disk.write_all_at(&idx, &idx_header(id), 0)?;
         Ok(NewFiles {
+            disk: disk.clone(),
             dat,
             idx,
             idx_buf: Vec::new(),
@@ -232,7 +277,7 @@ impl NewFiles {
                 j += 1;
             }
             buf.resize((end - start) as usize, 0);
-            old.read_exact_at(&mut buf, start)?;
+            self.disk.read_exact_at(old, &mut buf, start)?;
             for &(key, alt, loc) in &todo[i..j] {
                 let rel = (loc.offset - start) as usize;
                 let bytes = &buf[rel..rel + loc.extent as usize];
@@ -261,7 +306,7 @@ impl NewFiles {
                 out.extend_from_slice(bytes);
                 self.idx_buf
                     .extend_from_slice(&idx_record(IDX_PUT, key, alt, new));
-                self.entries.push((key, alt, new));
+                self.entries.push(((key, alt, new), loc.offset));
                 self.map.push((loc.offset, new.offset, loc.extent));
                 self.tail += loc.extent as u64;
             }
@@ -278,14 +323,91 @@ impl NewFiles {
         Ok(())
     }
 
+    /// Decides, under the gate, which copy of each needle is the live one, and flags every
+    /// other copy deleted in the new file (with a delete record in the new index file). A key
+    /// nobody wrote or deleted since the snapshot has exactly one copy, current by
+    /// construction. A touched key's copy is live only if it was copied from the offset the
+    /// current index points at and that needle is not deleted: a needle copied early, then
+    /// rewritten and deleted, must not come back with its old bytes. Returns the new index,
+    /// one entry per key, sorted.
+    fn resolve(
+        &mut self,
+        volume: u32,
+        current: &HashMap<(u64, u32), Option<Loc>>,
+    ) -> Result<Vec<IndexEntry>> {
+        let mut entries = std::mem::take(&mut self.entries);
+        entries.sort_unstable_by_key(|(e, _)| (e.0, e.1, e.2.offset));
+        let mut out: Vec<IndexEntry> = Vec::with_capacity(entries.len());
+        let mut i = 0;
+        while i < entries.len() {
+            let (k, a) = (entries[i].0 .0, entries[i].0 .1);
+            let mut j = i + 1;
+            while j < entries.len() && (entries[j].0 .0, entries[j].0 .1) == (k, a) {
+                j += 1;
+            }
+            let group = &entries[i..j];
+            let live =
+                match current.get(&(k, a)) {
+                    // Untouched since the snapshot: one copy, the current one.
+                    None => group.last().map(|g| g.0 .2.offset),
+                    Some(Some(cur)) if !cur.deleted => {
+                        match group.iter().find(|g| g.1 == cur.offset) {
+                        Some(g) => Some(g.0 .2.offset),
+                        None => {
+                            return Err(StoreError::Io(io::Error::other(format!(
+                                "compaction of volume {volume}: the current version of {k}/{a} was not copied; nothing changed"
+                            ))))
+                        }
+                    }
+                    }
+                    Some(_) => None,
+                };
+            // The live copy must be the newest copy of its key: recovery from the new index
+            // file lets the highest offset win.
+            if let Some(l) = live {
+                if group.last().map(|g| g.0 .2.offset) != Some(l) {
+                    return Err(StoreError::Io(io::Error::other(format!(
+                        "compaction of volume {volume}: a stale copy of {k}/{a} lies past the live one; nothing changed"
+                    ))));
+                }
+            }
+            for &((_, _, loc), _) in group {
+                if Some(loc.offset) == live {
+                    continue;
+                }
+                let mut flags = [0u8; 1];
+                self.disk
+                    .read_exact_at(&self.dat, &mut flags, loc.offset + FLAGS_OFFSET)?;
+                self.disk.write_all_at(
+                    &self.dat,
+                    &[flags[0] | FLAG_DELETED],
+                    loc.offset + FLAGS_OFFSET,
+                )?;
+                self.idx_buf
+                    .extend_from_slice(&idx_record(IDX_DELETE, k, a, loc));
+            }
+            let (_, _, last) = group[group.len() - 1].0;
+            out.push((
+                k,
+                a,
+                Loc {
+                    deleted: Some(last.offset) != live,
+                    ..last
+                },
+            ));
+            i = j;
+        }
+        Ok(out)
+    }
+
     fn flush_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
         if !out.is_empty() {
             let at = self.tail - out.len() as u64;
-            self.dat.write_all_at(out, at)?;
+            self.disk.write_all_at(&self.dat, out, at)?;
             out.clear();
         }
         if !self.idx_buf.is_empty() {
-            self.idx.write_all(&self.idx_buf)?;
+            self.disk.append(&self.idx, &self.idx_buf)?;
             self.idx_buf.clear();
         }
         Ok(())
@@ -312,6 +434,34 @@ impl Volume {
         self: &Arc<Self>,
         stop: Option<CrashPoint>,
     ) -> Result<CompactReport> {
+        self.compact_with(stop, Default::default()).await
+    }
+
+    /// `compact`, pausing after its first copy phase until the test says so.
+    #[cfg(feature = "test-hooks")]
+    pub async fn compact_paused(self: &Arc<Self>, pause: CompactPause) -> Result<CompactReport> {
+        self.compact_with(None, Compaction::with_pause(pause)).await
+    }
+
+    async fn compact_with(
+        self: &Arc<Self>,
+        stop: Option<CrashPoint>,
+        c: Compaction,
+    ) -> Result<CompactReport> {
+        // A compaction that failed past its commit point left files that only a restart
+        // (the roll-forward on open) may touch: a new compaction would truncate them.
+        if let Mode::Failed(reason) = &*lock(&self.mode) {
+            return Err(StoreError::Busy(format!(
+                "volume {} cannot be compacted: {reason}",
+                self.id
+            )));
+        }
+        if Paths::new(&self.dir(), self.id).marker.exists() {
+            return Err(StoreError::Busy(format!(
+                "volume {} has an unfinished compaction (commit marker present); restart the store to finish it",
+                self.id
+            )));
+        }
         let c = {
             let mut g = lock(&self.compaction);
             if g.is_some() {
@@ -320,7 +470,7 @@ impl Volume {
                     self.id
                 )));
             }
-            let c = Arc::new(Compaction::default());
+            let c = Arc::new(c);
             *g = Some(c.clone());
             c
         };
@@ -402,7 +552,7 @@ impl Volume {
             .compact_phases(c, old_file, snapshot, before, started, stop)
             .await;
         if result.is_err() && !paths.marker.exists() && stop.is_none() {
-            paths.remove_all();
+            paths.remove_all(self.engine.disk());
         }
         result
     }
@@ -419,16 +569,18 @@ impl Volume {
         let id = self.id;
         let paths = &Paths::new(&self.dir(), id);
         let mut phases = 1u32;
+        let fail = c.fail_at();
         let (nf, old_file) = {
-            let (c, p) = (c.clone(), paths.clone());
+            let (c, p, disk) = (c.clone(), paths.clone(), self.engine.disk().clone());
             blocking(move || {
-                let mut nf = NewFiles::create(&p, id, &old_file)?;
+                let mut nf = NewFiles::create(&disk, &p, id, &old_file)?;
                 nf.copy(id, &old_file, snapshot, &c)?;
                 Ok((nf, old_file))
             })
             .await?
         };
         let mut nf = nf;
+        c.pause_point().await;
         // Catch up with what was written meanwhile, writers still running.
         for _ in 0..CATCH_UP_PHASES {
             let todo = self.pending_puts(c, &nf);
@@ -452,7 +604,7 @@ impl Volume {
         // Most of the copy reaches the disk now, while writers still run: the sync under the
         // gate then only has the last phase's bytes to write.
         nf = blocking(move || {
-            nf.dat.sync_data()?;
+            nf.disk.sync_data(&nf.dat)?;
             Ok(nf)
         })
         .await?;
@@ -463,54 +615,36 @@ impl Volume {
         let mut ap = self.append.lock().await;
         let todo = self.pending_puts(c, &nf);
         let deletes = std::mem::take(&mut lock(&c.journal).deletes);
-        let sealed = matches!(self.read_index().index, VolIndex::Sealed(_));
+        let (sealed, current) = {
+            let st = self.read_index();
+            let mut touched = std::mem::take(&mut *lock(&c.touched));
+            touched.extend(deletes.iter().map(|&(k, a, _)| (k, a)));
+            let current: HashMap<(u64, u32), Option<Loc>> = touched
+                .into_iter()
+                .map(|(k, a)| ((k, a), st.get(k, a)))
+                .collect();
+            (matches!(st.index, VolIndex::Sealed(_)), current)
+        };
         phases += 1;
         let (c2, f) = (c.clone(), old_file.clone());
         let p = paths.clone();
         let (nf, entries) = blocking(move || {
             let mut nf = nf;
             nf.copy(id, &f, todo, &c2)?;
-            // Needles deleted after they were copied: flag the copy, log the delete.
-            let mut deleted: HashSet<u64> = HashSet::new();
-            for (key, alt, old) in deletes {
-                if let Some((new, extent)) = nf.copied(old) {
-                    nf.dat.write_all_at(&[FLAG_DELETED], new + FLAGS_OFFSET)?;
-                    nf.idx_buf.extend_from_slice(&idx_record(
-                        IDX_DELETE,
-                        key,
-                        alt,
-                        Loc {
-                            offset: new,
-                            extent,
-                            deleted: true,
-                        },
-                    ));
-                    deleted.insert(new);
-                }
-            }
+            let dedup = nf.resolve(id, &current)?;
             let mut out = Vec::new();
             nf.flush_out(&mut out)?;
-            nf.dat.sync_all()?;
-            nf.idx.sync_all()?;
-            // The new index: newest copy per (key, alt) wins.
-            let mut entries = std::mem::take(&mut nf.entries);
-            entries.sort_unstable_by_key(|e| (e.0, e.1, e.2.offset));
-            let mut dedup: Vec<IndexEntry> = Vec::with_capacity(entries.len());
-            for mut e in entries {
-                e.2.deleted = deleted.contains(&e.2.offset);
-                match dedup.last_mut() {
-                    Some(last) if (last.0, last.1) == (e.0, e.1) => *last = e,
-                    _ => dedup.push(e),
-                }
-            }
+            nf.disk.sync_all(&nf.dat)?;
+            nf.disk.sync_all(&nf.idx)?;
             if sealed {
                 SortedIndex::write(&p.sidx, dedup.iter().copied())?;
             }
-            crash_here(stop, CrashPoint::BeforeMarker)?;
+            crash_here(stop, fail, CrashPoint::BeforeMarker)?;
             // The commit point.
-            File::create(&p.marker)?.sync_all()?;
-            fsync_dir(&p.dir)?;
-            crash_here(stop, CrashPoint::AfterMarker)?;
+            let marker = nf.disk.create(&p.marker)?;
+            nf.disk.sync_all(&marker)?;
+            nf.disk.sync_dir(&p.dir)?;
+            crash_here(stop, fail, CrashPoint::AfterMarker)?;
             Ok((nf, dedup))
         })
         .await?;
@@ -519,19 +653,20 @@ impl Volume {
         // acknowledgements into the old file (the next open rolls forward).
         let swapped = {
             let p = paths.clone();
+            let disk = self.engine.disk().clone();
             let (dat, idx, sidx) = volume_paths(&paths.dir, id);
             blocking(move || {
-                std::fs::rename(&p.dat, &dat)?;
-                fsync_dir(&p.dir)?;
-                crash_here(stop, CrashPoint::AfterDataRename)?;
+                disk.rename(&p.dat, &dat)?;
+                disk.sync_dir(&p.dir)?;
+                crash_here(stop, fail, CrashPoint::AfterDataRename)?;
                 if sealed {
-                    std::fs::rename(&p.sidx, &sidx)?;
+                    disk.rename(&p.sidx, &sidx)?;
                 }
-                std::fs::rename(&p.idx, &idx)?;
-                fsync_dir(&p.dir)?;
-                crash_here(stop, CrashPoint::BeforeMarkerRemoval)?;
-                std::fs::remove_file(&p.marker)?;
-                fsync_dir(&p.dir)?;
+                disk.rename(&p.idx, &idx)?;
+                disk.sync_dir(&p.dir)?;
+                crash_here(stop, fail, CrashPoint::BeforeMarkerRemoval)?;
+                disk.remove(&p.marker)?;
+                disk.sync_dir(&p.dir)?;
                 let index = if sealed {
                     VolIndex::Sealed(SortedIndex::open(&sidx)?)
                 } else {
@@ -545,7 +680,7 @@ impl Volume {
             Ok(x) => x,
             Err(e) if stop.is_some() => return Err(e),
             Err(e) => {
-                self.set_read_only(format!(
+                self.set_failed(format!(
                     "compaction failed after its commit point ({e}); restart the store to finish it"
                 ));
                 return Err(e);
@@ -600,7 +735,7 @@ impl Volume {
     fn adopt(&self, idx: File, ap: &mut Append, tail: u64, entries: &[IndexEntry]) -> u64 {
         {
             let mut log = lock(&self.idx_log);
-            log.file = idx;
+            log.file = Arc::new(idx);
             log.buf.clear();
         }
         ap.tail = tail;
@@ -618,9 +753,12 @@ impl Volume {
         dead
     }
 
-    /// The journal's puts that are still the current, live version and not copied yet.
+    /// The journal's puts that are still the current, live version and not copied yet. Every
+    /// key the journal names is remembered as touched: its copies are resolved against the
+    /// current index in the final phase.
     fn pending_puts(&self, c: &Compaction, nf: &NewFiles) -> Vec<IndexEntry> {
         let puts = std::mem::take(&mut lock(&c.journal).puts);
+        lock(&c.touched).extend(puts.iter().map(|&(k, a, _)| (k, a)));
         let st = self.read_index();
         puts.into_iter()
             .filter(|&(k, a, l)| {
@@ -658,6 +796,7 @@ impl Volume {
     async fn rebuild_inner(&self) -> Result<RebuildReport> {
         let started = Instant::now();
         let _gate = self.gate.write().await;
+        self.check_deletable()?;
         let mut ap = self.append.lock().await;
         let id = self.id;
         let dir = self.dir();
@@ -665,21 +804,25 @@ impl Volume {
             let st = self.read_index();
             (st.file.clone(), matches!(st.index, VolIndex::Sealed(_)))
         };
-        let (cfg, max_bytes) = (self.cfg.clone(), self.max_bytes);
+        let (cfg, max_bytes, disk) = (self.cfg.clone(), self.max_bytes, self.engine.disk().clone());
         let (index, entries, tail, idx) = blocking(move || {
             let (_, idx_path, sidx_path) = volume_paths(&dir, id);
             let tmp = dir.join(format!("vol-{id}.idx.rebuild"));
-            let mut idx = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let mut idx = disk.create(&tmp)?;
             let file_len = file.metadata()?.len();
-            let (entries, tail) = recover_writable(id, &file, file_len, &mut idx, &cfg, max_bytes)?;
-            idx.sync_all()?;
-            std::fs::rename(&tmp, &idx_path)?;
-            fsync_dir(&dir)?;
+            let Recovered {
+                entries,
+                tail,
+                problem,
+            } = recover_writable(&disk, id, &file, file_len, &mut idx, &cfg, max_bytes)?;
+            if let Some(p) = problem {
+                return Err(StoreError::Io(io::Error::other(format!(
+                    "index rebuild of volume {id}: {p}"
+                ))));
+            }
+            disk.sync_all(&idx)?;
+            disk.rename(&tmp, &idx_path)?;
+            disk.sync_dir(&dir)?;
             let index = if sealed {
                 SortedIndex::write(&sidx_path, entries.iter().copied())?;
                 VolIndex::Sealed(SortedIndex::open(&sidx_path)?)

@@ -1,0 +1,369 @@
+//! Regression tests for the durability defects of issue 11: each failed before its fix.
+
+use haystack_store::{CompactPause, EngineKind, StoreError};
+
+use crate::common::*;
+
+/// Defect 1: a needle copied in the first compaction phase, then rewritten and deleted while
+/// the compaction runs, must stay deleted (not come back with its first bytes).
+fn rewritten_then_deleted_during_compaction(kind: EngineKind) {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let vol = create(dir.path(), 1, kind);
+        vol.write_batch(vec![needle(1, 0, 5, b"first version")])
+            .await
+            .unwrap();
+        vol.write_batch(vec![needle(2, 0, 5, b"other")])
+            .await
+            .unwrap();
+        vol.delete(2, 0, 5).await.unwrap();
+        let pause = CompactPause::default();
+        let c = {
+            let (v, p) = (vol.clone(), pause.clone());
+            tokio::spawn(async move { v.compact_paused(p).await })
+        };
+        pause.reached.notified().await;
+        vol.write_batch(vec![needle(1, 0, 5, b"second version")])
+            .await
+            .unwrap();
+        vol.delete(1, 0, 5).await.unwrap();
+        pause.resume.notify_one();
+        c.await.unwrap().unwrap();
+        let r = vol.read(1, 0, 5).await;
+        assert!(
+            matches!(r, Err(StoreError::NotFound)),
+            "after compaction: {r:?}"
+        );
+        assert_eq!(vol.info().needles - vol.info().deleted_needles, 0);
+        vol.flush_index();
+        drop(vol);
+        let vol = reopen(dir.path(), 1, kind);
+        let r = vol.read(1, 0, 5).await;
+        assert!(
+            matches!(r, Err(StoreError::NotFound)),
+            "after reopen: {r:?}"
+        );
+        let info = vol.info();
+        assert_eq!(info.needles - info.deleted_needles, 0, "{info:?}");
+    });
+}
+
+#[test]
+fn compaction_keeps_a_rewritten_then_deleted_needle_deleted_io_uring() {
+    rewritten_then_deleted_during_compaction(EngineKind::IoUring);
+}
+
+#[test]
+fn compaction_keeps_a_rewritten_then_deleted_needle_deleted_sync() {
+    rewritten_then_deleted_during_compaction(EngineKind::Sync);
+}
+
+/// Defect 2: after a crash in an unacknowledged write whose first page was lost but whose
+/// later pages reached the disk, recovery must leave nothing past the tail that a later scan
+/// could index: an acknowledged rewrite (or a delete) of the same key must win for good.
+fn stale_bytes_past_the_tail(kind: EngineKind, delete_after: bool) {
+    use haystack_store::format::{encode_needle, NeedleIn};
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let vol = create(dir.path(), 1, kind);
+        vol.write_batch(vec![needle(10, 0, 5, b"acknowledged")])
+            .await
+            .unwrap();
+        let tail = vol.info().size_bytes;
+        vol.flush_index();
+        drop(vol);
+        // The unacknowledged batch: a filler needle F, then key 1's "stale" version S.
+        let filler = vec![0xAB; 5000];
+        let mut batch = Vec::new();
+        let f_extent = encode_needle(
+            &mut batch,
+            &NeedleIn {
+                key: 99,
+                alt: 0,
+                cookie: 5,
+                content_type: "image/jpeg",
+                data: &filler,
+            },
+        );
+        encode_needle(
+            &mut batch,
+            &NeedleIn {
+                key: 1,
+                alt: 0,
+                cookie: 5,
+                content_type: "image/jpeg",
+                data: b"never acknowledged",
+            },
+        );
+        // Its first page never reached the disk.
+        batch[..4096].fill(0);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("vol-1.dat"))
+            .unwrap();
+        f.write_all_at(&batch, tail).unwrap();
+        drop(f);
+
+        let vol = reopen(dir.path(), 1, kind);
+        assert!(matches!(vol.read(1, 0, 5).await, Err(StoreError::NotFound)));
+        assert_eq!(
+            vol.info().size_bytes,
+            tail,
+            "the tail is cut at the lost page"
+        );
+        // An acknowledged write of key 1 lands at the tail, as long as F was.
+        let data = vec![0x11; 5000];
+        let locs = vol.write_batch(vec![needle(1, 0, 5, &data)]).await.unwrap();
+        assert_eq!((locs[0].offset, locs[0].extent as u64), (tail, f_extent));
+        if delete_after {
+            vol.delete(1, 0, 5).await.unwrap();
+        }
+        drop(vol); // as a crash would: buffered index records are lost
+        let vol = reopen(dir.path(), 1, kind);
+        let r = vol.read(1, 0, 5).await;
+        if delete_after {
+            assert!(matches!(r, Err(StoreError::NotFound)), "deleted: {r:?}");
+        } else {
+            assert_eq!(
+                &r.unwrap().data[..],
+                &data[..],
+                "the acknowledged write wins"
+            );
+        }
+        assert_eq!(&vol.read(10, 0, 5).await.unwrap().data[..], b"acknowledged");
+    });
+}
+
+#[test]
+fn stale_bytes_past_the_tail_never_shadow_an_acknowledged_write() {
+    for kind in ENGINES {
+        stale_bytes_past_the_tail(kind, false);
+    }
+}
+
+#[test]
+fn stale_bytes_past_the_tail_never_revive_a_deleted_needle() {
+    for kind in ENGINES {
+        stale_bytes_past_the_tail(kind, true);
+    }
+}
+
+/// Defect 4 (and the suspected lost deletes): a compaction that fails after its commit
+/// marker leaves the volume taking no writes, no deletes and no other compaction until a
+/// restart rolls it forward; nothing acknowledged is lost and no acknowledged delete undone.
+#[test]
+fn a_compaction_failed_past_its_marker_blocks_the_next_one() {
+    use haystack_store::CrashPoint;
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 1, kind);
+            for k in 0..64u64 {
+                vol.write_batch(vec![needle(k, 0, 5, &k.to_le_bytes())])
+                    .await
+                    .unwrap();
+            }
+            vol.delete(63, 0, 5).await.unwrap();
+            let pause = CompactPause {
+                fail_at: Some(CrashPoint::AfterDataRename),
+                ..Default::default()
+            };
+            pause.resume.notify_one(); // no pause, only the failure
+            assert!(vol.compact_paused(pause).await.is_err());
+            // No other compaction may start: it would truncate the committed files.
+            let second = vol.compact().await;
+            assert!(matches!(second, Err(StoreError::Busy(_))), "{second:?}");
+            // A delete would be undone by the roll-forward: refused.
+            let del = vol.delete(5, 0, 5).await;
+            assert!(matches!(del, Err(StoreError::ReadOnly { .. })), "{del:?}");
+            let put = vol.write_batch(vec![needle(100, 0, 5, b"x")]).await;
+            assert!(put.is_err(), "{put:?}");
+            // Reads go on.
+            assert_eq!(
+                &vol.read(7, 0, 5).await.unwrap().data[..],
+                &7u64.to_le_bytes()
+            );
+            drop(vol);
+            let vol = reopen(dir.path(), 1, kind);
+            for k in 0..63u64 {
+                let n = vol
+                    .read(k, 0, 5)
+                    .await
+                    .unwrap_or_else(|e| panic!("{k}: {e}"));
+                assert_eq!(&n.data[..], &k.to_le_bytes());
+            }
+            assert!(matches!(
+                vol.read(63, 0, 5).await,
+                Err(StoreError::NotFound)
+            ));
+            vol.compact().await.unwrap();
+        });
+    }
+}
+
+/// Defect 7 (the case proptest shrank to): a delete acknowledged after a compaction, then a
+/// compaction that crashes; after reopen the deleted needle is neither served nor counted.
+#[test]
+fn a_delete_after_compaction_survives_a_crashed_compaction() {
+    use haystack_store::CrashPoint;
+    for kind in ENGINES {
+        for at in [
+            CrashPoint::BeforeMarker,
+            CrashPoint::AfterMarker,
+            CrashPoint::AfterDataRename,
+            CrashPoint::BeforeMarkerRemoval,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            rt().block_on(async {
+                let vol = create(dir.path(), 1, kind);
+                vol.write_batch(vec![needle(2, 0, 9, b"")]).await.unwrap();
+                vol.compact().await.unwrap();
+                vol.delete(2, 0, 9).await.unwrap();
+                assert!(vol.compact_until(Some(at)).await.is_err());
+                drop(vol);
+                let vol = reopen(dir.path(), 1, kind);
+                // Counted before any read (a read that meets the flag corrects the index).
+                let info = vol.info();
+                assert_eq!(info.needles - info.deleted_needles, 0, "{at:?}: {info:?}");
+                assert!(matches!(vol.read(2, 0, 9).await, Err(StoreError::NotFound)));
+            });
+        }
+    }
+}
+
+/// Defect 6: one volume that cannot be opened is quarantined; the store opens and serves
+/// every other volume, and says which one is unavailable and why.
+#[test]
+fn a_bad_volume_is_quarantined_and_the_rest_serve() {
+    use haystack_proto::VolumeState;
+    use std::os::unix::fs::FileExt;
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let s = start_server(dir.path(), kind).await;
+            for id in [1u32, 2] {
+                let v = s.store.create_volume(id, None).await.unwrap();
+                v.write_batch(vec![needle(1, 0, 5, b"hello")])
+                    .await
+                    .unwrap();
+            }
+            s.store.close();
+            s.stop().await;
+            // Flip a byte of volume 2's superblock.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.path().join("vol-2.dat"))
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, 20).unwrap();
+            f.write_all_at(&[b[0] ^ 0x40], 20).unwrap();
+            drop(f);
+            let s = start_server(dir.path(), kind).await;
+            let v1 = s.store.volume(1).unwrap();
+            assert_eq!(&v1.read(1, 0, 5).await.unwrap().data[..], b"hello");
+            let e = s.store.volume(2).err().unwrap();
+            assert!(
+                matches!(e, StoreError::Unavailable { volume: 2, .. }),
+                "{e}"
+            );
+            let list = s.store.list();
+            let q = list.iter().find(|v| v.id == 2).unwrap();
+            assert_eq!(q.state, VolumeState::Unavailable);
+            assert!(
+                q.reason.as_deref().unwrap().contains("unavailable"),
+                "{q:?}"
+            );
+            let r = reqwest::get(s.url("/v1/needles/2/1/0/5")).await.unwrap();
+            assert_eq!(r.status().as_u16(), 503);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "volume_unavailable");
+            // Its files are not touched by a create.
+            assert!(s.store.create_volume(2, None).await.is_err());
+            s.stop().await;
+        });
+    }
+}
+
+/// A small tmpfs mounted for one test (a disk that fills), unmounted when dropped.
+pub struct SmallDisk {
+    pub dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// None, after saying SKIPPED loudly, where mounting is not allowed (not root).
+    pub fn mount(bytes: u64) -> Option<SmallDisk> {
+        use std::ffi::CString;
+        let dir = tempfile::tempdir().unwrap();
+        let target = CString::new(dir.path().to_str().unwrap()).unwrap();
+        let (src, fstype) = (
+            CString::new("tmpfs").unwrap(),
+            CString::new("tmpfs").unwrap(),
+        );
+        let opts = CString::new(format!("size={bytes}")).unwrap();
+        // SAFETY: plain syscall with valid C strings.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            eprintln!(
+                "SKIPPED: cannot mount a small tmpfs ({}); the full-disk test needs root",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+
+    /// Fills the file system to the last byte.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+        let block = vec![0x5Au8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: plain syscall with a valid C string.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Defect 5: a full disk at restart does not make a volume unopenable: the index checkpoint
+/// append on open is an optimisation, and the volume opens and serves without it.
+#[test]
+fn a_full_disk_at_restart_still_opens_the_volume() {
+    for kind in ENGINES {
+        let Some(disk) = SmallDisk::mount(8 << 20) else {
+            return;
+        };
+        rt().block_on(async {
+            let vol = create(disk.dir.path(), 1, kind);
+            for k in 0..300u64 {
+                vol.write_batch(vec![needle(k, 0, 5, &k.to_le_bytes())])
+                    .await
+                    .unwrap();
+            }
+            drop(vol); // index records still buffered: lost, as in a crash
+            disk.fill();
+            let vol =
+                haystack_store::Volume::open(disk.dir.path(), 1, engine(kind), small_volume())
+                    .expect("a full disk must not stop the volume from opening");
+            for k in 0..300u64 {
+                let n = vol.read(k, 0, 5).await.unwrap();
+                assert_eq!(&n.data[..], &k.to_le_bytes());
+            }
+        });
+    }
+}
