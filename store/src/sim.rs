@@ -26,7 +26,7 @@
 //! sealed index file's own atomic write (it is written under a temporary name, synced and
 //! renamed by `SortedIndex::write`, outside this layer).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -89,8 +89,9 @@ enum NsOp {
 
 #[derive(Default)]
 struct State {
-    files: HashMap<(u64, u64), SimFile>,
-    dirs: HashMap<PathBuf, Vec<NsOp>>,
+    // Ordered maps: a cut's random choices are then the same for the same seed.
+    files: BTreeMap<(u64, u64), SimFile>,
+    dirs: BTreeMap<PathBuf, Vec<NsOp>>,
     plan: Option<FaultPlan>,
     /// Operations of the plan's kinds seen since the plan was set.
     counted: u64,
@@ -213,8 +214,8 @@ impl SimDisk {
     fn track<'a>(st: &'a mut State, f: &File) -> io::Result<&'a mut SimFile> {
         let id = inode(f)?;
         Ok(match st.files.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
                 let len = f.metadata()?.len();
                 e.insert(SimFile {
                     handle: f.try_clone()?,
@@ -336,7 +337,8 @@ impl SimDisk {
 
     pub(crate) fn sync(&self, f: &File) -> io::Result<()> {
         self.gate(OpKind::Sync)?;
-        f.sync_data()?;
+        // Durability is what this simulator decides: no real sync (it would only slow the
+        // tens of thousands of cuts a test run makes).
         let mut st = self.lock();
         let len = f.metadata()?.len();
         let sf = Self::track(&mut st, f)?;
@@ -409,7 +411,6 @@ impl SimDisk {
 
     pub(crate) fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.gate(OpKind::SyncDir)?;
-        File::open(dir)?.sync_all()?;
         if let Some(ops) = self.lock().dirs.remove(dir) {
             for op in ops {
                 let kept = match op {
@@ -471,7 +472,6 @@ impl SimDisk {
                 sf.handle.write_all_at(&content, page * PAGE)?;
             }
             sf.handle.set_len(len)?;
-            sf.handle.sync_all()?;
         }
         st.plan = None;
         st.counted = 0;

@@ -440,6 +440,10 @@ impl Volume {
         let disk = engine.disk().clone();
         compact::recover_interrupted(&disk, dir, id)?;
         let file = disk.open(&dat, OpenOptions::new().read(true).write(true))?;
+        // What this process serves from now on must be durable: a write or a delete flag that
+        // an earlier process wrote but whose fdatasync failed (or never came) may still sit
+        // in the page cache, where a read would see it and a power cut would take it back.
+        disk.sync_data(&file)?;
         let mut sbuf = [0u8; SUPERBLOCK_LEN as usize];
         disk.read_exact_at(&file, &mut sbuf, 0)?;
         let sb = Superblock::decode(&sbuf)
@@ -872,7 +876,7 @@ impl Volume {
 
     /// The deleted flag was found in the file but not in the index (its index record was lost
     /// in a crash): bring the index in line.
-    fn note_deleted(&self, key: u64, alt: u32, loc: Loc) {
+    fn note_deleted(&self, key: u64, alt: u32, loc: Loc) -> bool {
         let mut idx = self.write_index();
         if idx.get(key, alt).map(|l| l.offset) == Some(loc.offset) {
             if let Some(old) = idx.mark_deleted(key, alt) {
@@ -881,8 +885,21 @@ impl Volume {
                         .live_bytes
                         .fetch_sub(old.extent as u64, Ordering::Relaxed);
                     self.stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
+                    return true;
                 }
             }
+        }
+        false
+    }
+
+    /// A read met a delete flag the index did not know (a delete whose record a crash
+    /// lost): the index learns it, and so does the index file (buffered), so that counts,
+    /// listings and the next open agree with the volume file.
+    fn learn_deleted(&self, key: u64, alt: u32, loc: Loc) {
+        if self.note_deleted(key, alt, loc) {
+            let mut log = lock(&self.idx_log);
+            log.push(IDX_DELETE, key, alt, loc);
+            log.maybe_flush();
         }
     }
 
@@ -915,7 +932,7 @@ impl Volume {
             ));
         }
         if p.header.deleted() {
-            self.note_deleted(key, alt, loc);
+            self.learn_deleted(key, alt, loc);
             return Err(StoreError::NotFound);
         }
         if p.header.cookie != cookie {
@@ -947,7 +964,7 @@ impl Volume {
             return Err(self.corrupt(loc, "header does not match the index".into()));
         }
         if h.deleted() {
-            self.note_deleted(key, alt, loc);
+            self.learn_deleted(key, alt, loc);
             return Err(StoreError::NotFound);
         }
         if h.cookie != cookie {
@@ -992,7 +1009,11 @@ impl Volume {
         if h.key != key || h.alt != alt {
             return Err(self.corrupt(loc, "header does not match the index".into()));
         }
-        if cookie.is_some_and(|c| c != h.cookie) || h.deleted() {
+        if h.deleted() {
+            self.learn_deleted(key, alt, loc);
+            return Err(StoreError::NotFound);
+        }
+        if cookie.is_some_and(|c| c != h.cookie) {
             return Err(StoreError::NotFound);
         }
         if let Err(e) = self
@@ -1011,7 +1032,7 @@ impl Volume {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
-        self.note_deleted(key, alt, loc);
+        let _ = self.note_deleted(key, alt, loc);
         // The delete record reaches the index file, synced, before the delete is acknowledged:
         // on open the index file is trusted for the needles it covers (their headers are not
         // read again), so a lost record would leave a deleted needle counted live, listed live
@@ -1024,10 +1045,11 @@ impl Volume {
             log.file.clone()
         };
         if let Err(e) = self.idx_commit.commit(&self.engine, &idx_file, 1).await {
-            // The flag in the volume file is durable: the delete holds. Only the checkpoint
-            // is behind; the next open may count the needle live until a read sees the flag.
-            tracing::warn!(volume = self.id, key, alt, error = %e, "syncing a delete record to the index file failed");
-            self.idx_commit.failed.store(false, Ordering::Release);
+            // The flag in the volume file is durable (reads see the delete), but without its
+            // record the next open would count the needle live: the delete is not
+            // acknowledged (the caller retries), and the volume takes no more writes.
+            self.set_read_only(format!("disk error on the index file: {e}"));
+            return Err(StoreError::Io(e));
         }
         self.journal(|j| j.deletes.push((key, alt, loc.offset)));
         Ok(())
@@ -1269,7 +1291,7 @@ fn recover_writable(
     let mut new_records = Vec::new();
     let mut skipped_corrupt = 0u64;
     loop {
-        let scan = read_needle_at(disk, file, pos, limit);
+        let scan = read_needle_at(disk, file, pos, limit)?;
         match scan {
             Scan::Needle(h, extent) => {
                 let loc = Loc {
@@ -1465,34 +1487,34 @@ enum Scan {
     Bad(String, Option<u64>),
 }
 
-/// Reads and fully checks the needle at `pos`.
-fn read_needle_at(disk: &crate::disk::Disk, file: &File, pos: u64, limit: u64) -> Scan {
+/// Reads and fully checks the needle at `pos`. A read that fails is an error, never a bad
+/// needle: a transient EIO must not make recovery cut (and zero) acknowledged needles.
+fn read_needle_at(disk: &crate::disk::Disk, file: &File, pos: u64, limit: u64) -> io::Result<Scan> {
     if pos + HEADER_LEN as u64 > limit {
-        return Scan::End;
+        return Ok(Scan::End);
     }
     let mut h = [0u8; HEADER_LEN];
-    if let Err(e) = disk.read_exact_at(file, &mut h, pos) {
-        return Scan::Bad(format!("read failed: {e}"), None);
-    }
+    disk.read_exact_at(file, &mut h, pos)?;
     if h.iter().all(|&b| b == 0) {
-        return Scan::End;
+        return Ok(Scan::End);
     }
     let header = match NeedleHeader::decode(&h) {
         Ok(x) => x,
-        Err(e) => return Scan::Bad(e.to_string(), None),
+        Err(e) => return Ok(Scan::Bad(e.to_string(), None)),
     };
     let extent = header.extent();
     if pos + extent > limit {
-        return Scan::Bad("needle runs past the end of the volume".into(), None);
+        return Ok(Scan::Bad(
+            "needle runs past the end of the volume".into(),
+            None,
+        ));
     }
     let mut buf = vec![0u8; extent as usize];
-    if let Err(e) = disk.read_exact_at(file, &mut buf, pos) {
-        return Scan::Bad(format!("read failed: {e}"), None);
-    }
-    match parse_needle(&buf) {
+    disk.read_exact_at(file, &mut buf, pos)?;
+    Ok(match parse_needle(&buf) {
         Ok(_) => Scan::Needle(header, extent),
         Err(e) => Scan::Bad(e.to_string(), Some(extent)),
-    }
+    })
 }
 
 /// Looks for the first offset in [from, to) where a whole valid needle starts.
@@ -1514,7 +1536,7 @@ fn find_next_needle(
     while i + HEADER_LEN <= window.len() {
         if window[i..i + 4] == magic && NeedleHeader::decode(&window[i..]).is_ok() {
             let at = from + i as u64;
-            if let Scan::Needle(..) = read_needle_at(disk, file, at, limit) {
+            if let Scan::Needle(..) = read_needle_at(disk, file, at, limit)? {
                 return Ok(Some(at));
             }
         }

@@ -8,6 +8,7 @@ mod engine;
 mod faults;
 mod http_api;
 mod model;
+mod powercut;
 mod recovery;
 mod scale;
 mod trust;
