@@ -763,3 +763,31 @@ fn powercut_regression_unsynced_delete_flag_served_after_restart() {
         ],
     );
 }
+
+/// Found by the simulator on 2026-12-01: an EIO on a read during an index rebuild was taken
+/// for a torn tail, and everything after it (acknowledged needles) was cut and zeroed. A
+/// read error during a scan is now an error. Failed before the fix.
+#[test]
+fn powercut_regression_read_error_during_rebuild_cuts_nothing() {
+    use Kinds::*;
+    use Op::*;
+    run(
+        0,
+        vec![
+            Put {
+                key: 0,
+                alt: 0,
+                cookie: 7,
+                len: 0,
+            },
+            Batch {
+                key: 0,
+                n: 2,
+                cookie: 7,
+                len: 0,
+            },
+            Fault(8, Any, Fk::Eio),
+            Rebuild,
+        ],
+    );
+}
