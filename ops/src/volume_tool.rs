@@ -222,15 +222,29 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
             for u in &v.unrepaired {
                 println!("  not repaired: {u}");
             }
+            for d in v.report.iter().flat_map(|r| &r.unindexed) {
+                println!(
+                    "  unindexed region at offset {} ({} bytes): {} ({}); compare with a replica or repair it with `haystack volume repair`",
+                    d.offset, d.bytes, d.reason, d.action
+                );
+            }
         }
     }
     let bad = out
         .iter()
-        .filter(|v| v.error.is_some() || !v.unrepaired.is_empty())
+        .filter(|v| {
+            v.error.is_some()
+                || !v.unrepaired.is_empty()
+                || v.report.as_ref().is_some_and(|r| {
+                    r.unindexed
+                        .iter()
+                        .any(|d| d.kind == haystack_store::DamageKind::Skipped)
+                })
+        })
         .count();
     if bad > 0 {
         return Err(format!(
-            "{bad} replica(s) of volume {id} failed the scan or still hold corrupt needles"
+            "{bad} replica(s) of volume {id} failed the scan, still hold corrupt needles or have damaged regions recovery skipped"
         ));
     }
     Ok(())

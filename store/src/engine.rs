@@ -81,6 +81,21 @@ pub struct IoEngine {
     /// The file-system operations of the volume code (opens, syncs, renames, recovery's
     /// reads); the power-loss simulator hooks in here.
     disk: crate::disk::Disk,
+    /// A write or an fdatasync that has not completed by then fails with `TimedOut` (the
+    /// volume then turns read-only), so a hung device cannot hold a volume's append lock
+    /// forever. Reads have their callers' timeouts.
+    timeout: std::time::Duration,
+}
+
+/// Default for [`IoEngine::with_timeout`].
+pub const DEFAULT_IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How often an io_uring operation that completed with EINTR or EAGAIN is submitted again.
+const RETRIES: u32 = 8;
+
+/// Whether a completion asks to be submitted again.
+fn retryable(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::EAGAIN)
 }
 
 #[derive(Clone)]
@@ -167,6 +182,27 @@ impl IoEngine {
             inner,
             fault: Arc::new(std::sync::atomic::AtomicU8::new(Fault::None as u8)),
             disk: crate::disk::Disk::default(),
+            timeout: DEFAULT_IO_TIMEOUT,
+        }
+    }
+
+    /// The same engine with another write and sync timeout.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs a write or sync under the engine's timeout.
+    async fn timed<T>(&self, what: &str, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                metrics::counter!("haystack_store_io_timeouts_total").increment(1);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{what} did not complete within {:?}", self.timeout),
+                ))
+            }
         }
     }
 
@@ -240,7 +276,10 @@ impl IoEngine {
                         })
                         .await?;
                     buf = b;
-                    let n = res?;
+                    let n = match res {
+                        Err(e) if retryable(&e) && ops <= RETRIES => continue,
+                        r => r?,
+                    };
                     got += n;
                     if n == 0 || got >= len {
                         break;
@@ -282,7 +321,7 @@ impl IoEngine {
         }
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset`, within the engine's timeout.
     pub async fn write_all_at(
         &self,
         file: &Arc<File>,
@@ -290,11 +329,17 @@ impl IoEngine {
         buf: Vec<u8>,
     ) -> io::Result<()> {
         self.check(Fault::Writes)?;
+        self.timed("a write", self.write_untimed(file, offset, buf))
+            .await
+    }
+
+    async fn write_untimed(&self, file: &Arc<File>, offset: u64, buf: Vec<u8>) -> io::Result<()> {
         match &self.inner {
             Inner::Uring(u) => {
                 let total = buf.len();
                 let mut done = 0usize;
                 let mut buf = buf;
+                let mut retries = 0;
                 while done < total {
                     let (res, b) = u
                         .submit(Op::Write {
@@ -305,7 +350,13 @@ impl IoEngine {
                         })
                         .await?;
                     buf = b;
-                    let n = res?;
+                    let n = match res {
+                        Err(e) if retryable(&e) && retries < RETRIES => {
+                            retries += 1;
+                            continue;
+                        }
+                        r => r?,
+                    };
                     if n == 0 {
                         return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
                     }
@@ -320,20 +371,30 @@ impl IoEngine {
         }
     }
 
-    /// fdatasync: everything written to `file` before this call is durable when it returns.
+    /// fdatasync: everything written to `file` before this call is durable when it returns
+    /// (within the engine's timeout).
     pub async fn fdatasync(&self, file: &Arc<File>) -> io::Result<()> {
         metrics::counter!("haystack_store_fsyncs_total").increment(1);
         self.check(Fault::Syncs)?;
-        match &self.inner {
-            Inner::Uring(u) => {
-                let (res, _) = u.submit(Op::Fsync { file: file.clone() }).await?;
-                res.map(|_| ())
+        self.timed("an fdatasync", async {
+            match &self.inner {
+                Inner::Uring(u) => {
+                    let mut retries = 0;
+                    loop {
+                        let (res, _) = u.submit(Op::Fsync { file: file.clone() }).await?;
+                        match res {
+                            Err(e) if retryable(&e) && retries < RETRIES => retries += 1,
+                            r => return r.map(|_| ()),
+                        }
+                    }
+                }
+                Inner::Sync => {
+                    let (file, disk) = (file.clone(), self.disk.clone());
+                    blocking(move || disk.sync_data(&file)).await
+                }
             }
-            Inner::Sync => {
-                let (file, disk) = (file.clone(), self.disk.clone());
-                blocking(move || disk.sync_data(&file)).await
-            }
-        }
+        })
+        .await
     }
 }
 

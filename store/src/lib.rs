@@ -21,6 +21,6 @@ pub use store::{Store, StoreConfig};
 #[cfg(feature = "test-hooks")]
 pub use volume::CompactPause;
 pub use volume::{
-    CompactReport, CorruptNeedle, CrashPoint, Needle, NeedleData, RebuildReport, VerifyReport,
-    Volume, VolumeConfig,
+    CompactReport, CorruptNeedle, CrashPoint, Damage, DamageKind, Needle, NeedleData,
+    RebuildReport, VerifyReport, Volume, VolumeConfig,
 };

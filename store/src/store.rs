@@ -52,6 +52,9 @@ pub struct StoreConfig {
     pub auto_compact_min_dead_bytes: u64,
     /// How often volumes are checked for automatic compaction, seconds. Default 60.
     pub auto_compact_interval_secs: u64,
+    /// A volume write or fdatasync that has not completed after this many seconds fails, and
+    /// the volume turns read-only (a hung disk must not hold writers forever). Default 30.
+    pub io_timeout_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -67,6 +70,7 @@ impl Default for StoreConfig {
             auto_compact_dead_ratio: 0.3,
             auto_compact_min_dead_bytes: 64 << 20,
             auto_compact_interval_secs: 60,
+            io_timeout_secs: 30,
         }
     }
 }
@@ -88,6 +92,9 @@ impl StoreConfig {
         }
         if self.prealloc_step < 1 << 20 {
             return bad("prealloc_step must be at least 1 MiB");
+        }
+        if self.io_timeout_secs == 0 {
+            return bad("io_timeout_secs must be at least 1");
         }
         Ok(())
     }
@@ -120,7 +127,8 @@ impl Store {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         crate::metrics::install();
-        let engine = IoEngine::new(cfg.engine)?;
+        let engine = IoEngine::new(cfg.engine)?
+            .with_timeout(std::time::Duration::from_secs(cfg.io_timeout_secs));
         tracing::info!(engine = engine.kind().as_str(), data_dir = %cfg.data_dir.display(), "store opening");
         metrics::gauge!("haystack_store_io_engine", "engine" => engine.kind().as_str()).set(1.0);
         let mut ids = Vec::new();

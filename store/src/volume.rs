@@ -373,6 +373,8 @@ pub struct Volume {
     /// Told when the volume stops taking writes (the store's heartbeat then goes at once,
     /// so the directory stops assigning uploads to it within milliseconds, not a heartbeat).
     on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    /// What the last recovery (open or index rebuild) could not index.
+    damage: Mutex<Vec<Damage>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -464,6 +466,7 @@ impl Volume {
         )?;
 
         let stats = Stats::default();
+        let mut found_damage = Vec::new();
         let (index, tail, mode) = if sidx_path.exists() {
             let mut s = SortedIndex::open(&sidx_path)?;
             // Deletes after sealing are flagged in the volume and logged in the index file;
@@ -493,6 +496,7 @@ impl Volume {
                 entries,
                 tail,
                 problem,
+                damage,
             } = recover_writable(
                 &disk,
                 id,
@@ -502,6 +506,7 @@ impl Volume {
                 &cfg,
                 sb.max_bytes,
             )?;
+            found_damage = damage;
             for (_, _, l) in &entries {
                 stats.count(l);
             }
@@ -543,6 +548,7 @@ impl Volume {
             stats,
             compaction: Mutex::new(None),
             on_change: std::sync::OnceLock::new(),
+            damage: Mutex::new(found_damage),
         };
         tracing::info!(
             volume = id,
@@ -725,8 +731,11 @@ impl Volume {
                     log.push(IDX_PUT, n.key, n.alt, loc);
                 }
             }
-            log.maybe_flush();
         }
+        // The records go to the index file now (a write, no sync), outside the index lock:
+        // after a process crash the file then vouches for every acknowledged needle, so
+        // recovery never has to tell a damaged acknowledged needle from a torn tail there.
+        lock(&self.idx_log).flush();
         self.journal(|j| {
             j.puts
                 .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)))
@@ -786,12 +795,22 @@ impl Volume {
             let want = (ap.tail + total)
                 .max(ap.allocated + self.cfg.prealloc_step)
                 .min(self.max_bytes);
+            let need = ap.tail + total;
             let (f, from, disk) = (self.file(), ap.allocated, self.engine.disk().clone());
-            let r = tokio::task::spawn_blocking(move || disk.fallocate(&f, from, want - from, 0))
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))
-                .and_then(|r| r);
-            if let Err(e) = r {
+            // A whole step first; on a disk without room for it, just what this write needs
+            // (a volume is full when the write does not fit, not when a step does not).
+            let r = tokio::task::spawn_blocking(move || {
+                match disk.fallocate(&f, from, want - from, 0) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && need < want => {
+                        disk.fallocate(&f, from, need - from, 0).map(|()| need)
+                    }
+                    r => r.map(|()| want),
+                }
+            })
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|r| r);
+            if let Err(e) = &r {
                 let full = e.raw_os_error() == Some(libc::ENOSPC);
                 if full {
                     self.set_read_only("full".into());
@@ -807,7 +826,7 @@ impl Volume {
                 }
                 return;
             }
-            ap.allocated = want;
+            ap.allocated = r.unwrap_or(want);
         }
         // Chunks of at most max_write_bytes (recovery's search window relies on it).
         let mut pending = batch.into_iter().peekable();
@@ -864,6 +883,15 @@ impl Volume {
         }
     }
 
+    /// A failed read (a bad sector, a flaky path): counted and reported; the caller reads
+    /// another replica. It says nothing about writes, so the volume keeps taking them (a
+    /// write or sync error turns it read-only).
+    fn read_error(&self, loc: Loc, e: io::Error) -> StoreError {
+        metrics::counter!("haystack_store_read_errors_total").increment(1);
+        tracing::error!(volume = self.id, offset = loc.offset, error = %e, "needle read failed");
+        StoreError::Io(e)
+    }
+
     fn corrupt(&self, loc: Loc, detail: String) -> StoreError {
         metrics::counter!("haystack_store_crc_errors_total").increment(1);
         tracing::error!(volume = self.id, offset = loc.offset, %detail, "corrupt needle detected; not served");
@@ -915,10 +943,7 @@ impl Volume {
                 crate::metrics::hot().get_disk_reads.increment(ops as u64);
                 b
             }
-            Err(e) => {
-                self.set_read_only(format!("disk error: {e}"));
-                return Err(StoreError::Io(e));
-            }
+            Err(e) => return Err(self.read_error(loc, e)),
         };
         crate::metrics::hot().bytes_read.increment(buf.len() as u64);
         let p = parse_needle(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
@@ -958,7 +983,7 @@ impl Volume {
             .engine
             .read_at(&file, loc.offset, want)
             .await
-            .inspect_err(|e| self.set_read_only(format!("disk error: {e}")))?;
+            .map_err(|e| self.read_error(loc, e))?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
         if h.key != key || h.alt != alt || h.extent() != loc.extent as u64 {
             return Err(self.corrupt(loc, "header does not match the index".into()));
@@ -1137,6 +1162,7 @@ impl Volume {
             checked: 0,
             bytes: 0,
             corrupt: Vec::new(),
+            unindexed: lock(&self.damage).clone(),
         };
         for (key, alt, loc) in entries {
             let buf = self
@@ -1174,6 +1200,10 @@ pub struct VerifyReport {
     pub checked: u64,
     pub bytes: u64,
     pub corrupt: Vec<CorruptNeedle>,
+    /// Regions the last open or index rebuild could not index (needles there cannot be
+    /// checked needle by needle: compare with a replica).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unindexed: Vec<Damage>,
 }
 
 /// A needle that failed its checks; the key is a decimal string, as ids are in JSON.
@@ -1290,6 +1320,7 @@ fn recover_writable(
     let mut scanned: Vec<(u64, u32, Loc)> = Vec::new();
     let mut new_records = Vec::new();
     let mut skipped_corrupt = 0u64;
+    let mut damage: Vec<Damage> = Vec::new();
     loop {
         let scan = read_needle_at(disk, file, pos, limit)?;
         match scan {
@@ -1336,6 +1367,13 @@ fn recover_writable(
                         // Valid needles follow: this is damage in the middle, not a torn tail.
                         skipped_corrupt += 1;
                         metrics::counter!("haystack_store_crc_errors_total").increment(1);
+                        damage.push(Damage {
+                            kind: DamageKind::Skipped,
+                            offset: pos,
+                            bytes: next - pos,
+                            reason: reason.clone(),
+                            action: "skipped: valid needles follow; repair from a replica".into(),
+                        });
                         tracing::error!(
                             volume = id,
                             offset = pos,
@@ -1352,6 +1390,17 @@ fn recover_writable(
                             %reason,
                             "torn tail cut off"
                         );
+                        // Never vouched for by the index file and followed by nothing valid:
+                        // a write that did not finish. Reported all the same, in case it was
+                        // an acknowledged needle whose index record a power cut took.
+                        metrics::counter!("haystack_store_recovery_cut_tails_total").increment(1);
+                        damage.push(Damage {
+                            kind: DamageKind::CutTail,
+                            offset: pos,
+                            bytes: claimed.unwrap_or(0),
+                            reason: reason.clone(),
+                            action: "cut: torn tail (an unfinished write)".into(),
+                        });
                         break;
                     }
                 }
@@ -1432,7 +1481,31 @@ fn recover_writable(
         entries,
         tail: pos,
         problem,
+        damage,
     })
+}
+
+/// A region of a volume file that recovery could not index: skipped (valid needles follow)
+/// or cut (a torn tail). Reported by `verify` and the index rebuild, never dropped silently.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Damage {
+    pub kind: DamageKind,
+    pub offset: u64,
+    /// Bytes skipped, or the extent the cut needle's header claimed (0 if unreadable).
+    pub bytes: u64,
+    pub reason: String,
+    pub action: String,
+}
+
+/// What recovery did with a region it could not index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DamageKind {
+    /// Valid needles follow: damage in the middle, skipped (repair from a replica).
+    Skipped,
+    /// Nothing valid follows and the index file never vouched for it: a write that did not
+    /// finish, cut off (reported in case a power cut took an acknowledged needle's record).
+    CutTail,
 }
 
 /// What recovery of a writable volume found.
@@ -1443,6 +1516,8 @@ struct Recovered {
     tail: u64,
     /// Why the volume must stay read-only, if it must.
     problem: Option<String>,
+    /// What could not be indexed.
+    damage: Vec<Damage>,
 }
 
 /// Makes `[from, file_len)` read as zeros, durably: `FALLOC_FL_ZERO_RANGE` (extents become

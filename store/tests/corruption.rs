@@ -83,7 +83,10 @@ fn flipped_bytes_in_the_unindexed_tail_are_cut_or_skipped() {
                 .await
                 .unwrap();
             vol.flush_index();
-            // These live only in the volume tail (their index records are lost on drop).
+            let (_, idx, _) = volume_paths(dir.path(), 2);
+            let idx_len = std::fs::metadata(&idx).unwrap().len();
+            // These live only in the volume tail: their index records reach the index file
+            // with each write, and are taken away below, as a power cut can (unsynced).
             let mut locs = Vec::new();
             for k in 10..15u64 {
                 locs.extend(
@@ -93,6 +96,12 @@ fn flipped_bytes_in_the_unindexed_tail_are_cut_or_skipped() {
                 );
             }
             drop(vol);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&idx)
+                .unwrap()
+                .set_len(idx_len)
+                .unwrap();
             let (dat, _, _) = volume_paths(dir.path(), 2);
             // Damage the middle one (12) and the last one (14).
             flip(&dat, locs[2].offset + HEADER_LEN as u64 + 12);
@@ -110,6 +119,18 @@ fn flipped_bytes_in_the_unindexed_tail_are_cut_or_skipped() {
             }
             // The torn last needle was cut: the tail now ends where it started.
             assert_eq!(vol.info().size_bytes, locs[4].offset);
+            // Neither is dropped silently: verify reports both regions.
+            let report = vol.verify().await.unwrap();
+            let offsets: Vec<u64> = report.unindexed.iter().map(|d| d.offset).collect();
+            assert_eq!(offsets, vec![locs[2].offset, locs[4].offset], "{report:?}");
+            assert_eq!(
+                report.unindexed[0].kind,
+                haystack_store::DamageKind::Skipped
+            );
+            assert_eq!(
+                report.unindexed[1].kind,
+                haystack_store::DamageKind::CutTail
+            );
             assert!(locs[0].offset > SUPERBLOCK_LEN);
         });
     }

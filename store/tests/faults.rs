@@ -53,7 +53,7 @@ fn write_and_sync_errors_turn_the_volume_read_only() {
 }
 
 #[test]
-fn disk_errors_over_http_are_500_then_409() {
+fn read_errors_are_500_and_keep_writes_write_errors_turn_read_only() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let s = start_server(dir.path(), ENGINES[0]).await;
@@ -76,7 +76,9 @@ fn disk_errors_over_http_are_500_then_409() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CONFLICT);
+        // A read error says nothing about writes: the volume keeps taking them (issue 11:
+        // one read EIO turned the whole volume read-only).
+        assert_eq!(r.status(), StatusCode::CREATED);
         assert_eq!(c.get(&u).send().await.unwrap().status(), StatusCode::OK);
         let h: serde_json::Value = c
             .get(s.url("/v1/volumes/1"))
@@ -86,7 +88,27 @@ fn disk_errors_over_http_are_500_then_409() {
             .json()
             .await
             .unwrap();
-        assert_eq!(h["state"], "read_only");
+        assert_eq!(h["state"], "writable");
+        s.store.engine().inject_fault(Fault::Writes);
+        let r = c
+            .put(s.url("/v1/needles/1/3/0/1"))
+            .body("z")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        s.store.engine().inject_fault(Fault::None);
+        let r = c
+            .put(s.url("/v1/needles/1/4/0/1"))
+            .body("w")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::CONFLICT,
+            "a write error turns it read-only"
+        );
         s.stop().await;
     });
 }

@@ -367,3 +367,135 @@ fn a_full_disk_at_restart_still_opens_the_volume() {
         });
     }
 }
+
+/// Suspected (issue 11): ENOSPC while preallocating a whole step left the volume "full"
+/// although the write would fit. Now the write gets what it needs.
+#[test]
+fn enospc_on_a_preallocation_step_still_takes_a_write_that_fits() {
+    for kind in ENGINES {
+        let Some(disk) = SmallDisk::mount(16 << 20) else {
+            return;
+        };
+        rt().block_on(async {
+            let cfg = haystack_store::VolumeConfig {
+                max_bytes: 64 << 20,
+                max_needle_bytes: 1 << 20,
+                max_write_bytes: 2 << 20,
+                prealloc_step: 8 << 20,
+            };
+            let vol =
+                haystack_store::Volume::create(disk.dir.path(), 1, engine(kind), cfg).unwrap();
+            // Up to just below the first step's end.
+            let mut k = 0u64;
+            while vol.info().size_bytes + (1 << 20) < 8 << 20 {
+                vol.write_batch(vec![needle(k, 0, 5, &vec![1u8; 1000 << 10])])
+                    .await
+                    .unwrap();
+                k += 1;
+            }
+            // Leave about 2 MiB free: less than a step, more than a write.
+            let free = {
+                let c = std::ffi::CString::new(disk.dir.path().to_str().unwrap()).unwrap();
+                // SAFETY: statvfs with a valid path and an owned struct.
+                let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+                assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+                st.f_bavail * st.f_frsize
+            };
+            let filler = std::fs::File::create(disk.dir.path().join("filler")).unwrap();
+            filler.set_len(free - (2 << 20)).unwrap();
+            haystack_store::disk::fallocate(&filler, 0, free - (2 << 20), 0).unwrap();
+            let r = vol
+                .write_batch(vec![needle(k, 0, 5, &vec![2u8; 1000 << 10])])
+                .await;
+            assert!(r.is_ok(), "a write that fits was refused: {r:?}");
+            assert_eq!(
+                &vol.read(k, 0, 5).await.unwrap().data[..],
+                &vec![2u8; 1000 << 10][..]
+            );
+        });
+    }
+}
+
+/// Suspected (issue 11): no timeout on I/O completions, so a hung device held the append
+/// lock forever. A hung fdatasync now fails after the engine's timeout, the volume turns
+/// read-only, and reads go on.
+#[test]
+fn a_hung_sync_times_out_and_the_volume_turns_read_only() {
+    use haystack_store::disk::OpKind;
+    use haystack_store::sim::{FaultKind, FaultPlan, SimDisk};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = std::sync::Arc::new(SimDisk::new(&dir.path().join("attic")).unwrap());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    rt().block_on(async {
+        let engine = haystack_store::IoEngine::simulated(sim.clone())
+            .with_timeout(Duration::from_millis(200));
+        let vol = haystack_store::Volume::create(&data, 1, engine, small_volume()).unwrap();
+        vol.write_batch(vec![needle(1, 0, 5, b"before")])
+            .await
+            .unwrap();
+        sim.plan(FaultPlan {
+            nth: 0,
+            kinds: vec![OpKind::Sync],
+            fault: FaultKind::Hang(Duration::from_secs(3)),
+        });
+        let started = Instant::now();
+        let r = vol.write_batch(vec![needle(2, 0, 5, b"hung")]).await;
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(vol.info().state, haystack_proto::VolumeState::ReadOnly);
+        assert_eq!(&vol.read(1, 0, 5).await.unwrap().data[..], b"before");
+        // Later writers are refused at once instead of queueing behind the hung one.
+        let started = Instant::now();
+        assert!(vol.write_batch(vec![needle(3, 0, 5, b"x")]).await.is_err());
+        assert!(started.elapsed() < Duration::from_secs(1));
+    });
+}
+
+/// Suspected (issue 11): the newest acknowledged needle, bit-rotted while its index record
+/// was still buffered (normal after a process crash), was taken for a torn tail, zeroed and
+/// dropped: verify could never report it. Records now reach the index file with every write,
+/// so the needle stays known: its read is a corrupt needle (served from another replica) and
+/// verify reports it.
+#[test]
+fn a_damaged_newest_needle_is_reported_not_cut() {
+    use std::os::unix::fs::FileExt;
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 1, kind);
+            let mut last = None;
+            for k in 0..3u64 {
+                let locs = vol
+                    .write_batch(vec![needle(k, 0, 5, &[k as u8; 3000])])
+                    .await
+                    .unwrap();
+                last = Some(locs[0]);
+            }
+            drop(vol); // a process crash: nothing flushed on purpose
+            let loc = last.unwrap();
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.path().join("vol-1.dat"))
+                .unwrap();
+            let at = loc.offset + 100;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, at).unwrap();
+            f.write_all_at(&[b[0] ^ 0xFF], at).unwrap();
+            drop(f);
+            let vol = reopen(dir.path(), 1, kind);
+            let r = vol.read(2, 0, 5).await;
+            assert!(matches!(r, Err(StoreError::Corrupt { .. })), "{r:?}");
+            let report = vol.verify().await.unwrap();
+            assert_eq!(report.corrupt.len(), 1, "{report:?}");
+            assert_eq!(report.corrupt[0].key, "2");
+            assert_eq!(&vol.read(1, 0, 5).await.unwrap().data[..], &[1u8; 3000][..]);
+        });
+    }
+}

@@ -780,6 +780,9 @@ pub struct RebuildReport {
     /// End of the last needle found.
     pub size_bytes: u64,
     pub elapsed_ms: u64,
+    /// Regions the scan could not index (skipped or cut), each with its reason.
+    #[serde(default)]
+    pub damage: Vec<Damage>,
 }
 
 impl Volume {
@@ -805,7 +808,7 @@ impl Volume {
             (st.file.clone(), matches!(st.index, VolIndex::Sealed(_)))
         };
         let (cfg, max_bytes, disk) = (self.cfg.clone(), self.max_bytes, self.engine.disk().clone());
-        let (index, entries, tail, idx) = blocking(move || {
+        let (index, entries, tail, idx, damage) = blocking(move || {
             let (_, idx_path, sidx_path) = volume_paths(&dir, id);
             let tmp = dir.join(format!("vol-{id}.idx.rebuild"));
             let mut idx = disk.create(&tmp)?;
@@ -814,6 +817,7 @@ impl Volume {
                 entries,
                 tail,
                 problem,
+                damage,
             } = recover_writable(&disk, id, &file, file_len, &mut idx, &cfg, max_bytes)?;
             if let Some(p) = problem {
                 return Err(StoreError::Io(io::Error::other(format!(
@@ -829,10 +833,11 @@ impl Volume {
             } else {
                 VolIndex::Mem(MemIndex::from_sorted(entries.iter().copied()))
             };
-            Ok((index, entries, tail, idx))
+            Ok((index, entries, tail, idx, damage))
         })
         .await?;
         self.write_index().index = index;
+        *lock(&self.damage) = damage.clone();
         let dead = self.adopt(idx, &mut ap, tail, &entries);
         tracing::info!(
             volume = id,
@@ -845,6 +850,7 @@ impl Volume {
             deleted_needles: dead,
             size_bytes: tail,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            damage,
         })
     }
 }
