@@ -151,6 +151,11 @@ impl Store {
                 tracing::warn!(file = %path.display(), "removing an unfinished volume import");
                 std::fs::remove_file(&path)?;
             }
+            // A volume whose creation died half way (`vol-N.dat.tmp`) never held a needle.
+            if path.to_string_lossy().ends_with(".dat.tmp") {
+                tracing::warn!(file = %path.display(), "removing an unfinished volume creation");
+                std::fs::remove_file(&path)?;
+            }
         }
         let mut volumes = HashMap::new();
         let mut quarantined = HashMap::new();

@@ -499,3 +499,36 @@ fn a_damaged_newest_needle_is_reported_not_cut() {
         });
     }
 }
+
+/// Suspected (issue 11): a failed `Volume::create` leaked `vol-N.dat.tmp`, and one left by a
+/// crash stayed for good. A failed create removes its own; the store removes leftovers.
+#[test]
+fn a_failed_volume_creation_leaves_no_temporary_file() {
+    use haystack_store::disk::OpKind;
+    use haystack_store::sim::{FaultKind, FaultPlan, SimDisk};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = std::sync::Arc::new(SimDisk::new(&dir.path().join("attic")).unwrap());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for nth in 0..3 {
+        sim.plan(FaultPlan {
+            nth,
+            kinds: vec![OpKind::Write, OpKind::Alloc, OpKind::Sync],
+            fault: FaultKind::Enospc,
+        });
+        let r = haystack_store::Volume::create(
+            &data,
+            1,
+            haystack_store::IoEngine::simulated(sim.clone()),
+            small_volume(),
+        );
+        assert!(r.is_err());
+        assert!(!data.join("vol-1.dat.tmp").exists(), "fault at {nth}");
+    }
+    rt().block_on(async {
+        std::fs::write(data.join("vol-9.dat.tmp"), b"half made").unwrap();
+        let s = start_server(&data, ENGINES[0]).await;
+        assert!(!data.join("vol-9.dat.tmp").exists());
+        s.stop().await;
+    });
+}
