@@ -2,6 +2,7 @@
 //! in-memory index per volume, io_uring I/O, group-committed durable writes, and the HTTP
 //! server that exposes them. See docs/ARCHITECTURE.md for the map and the durability contract.
 
+pub mod checkpoint;
 pub mod disk;
 pub mod engine;
 pub mod error;
