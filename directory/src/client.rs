@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, DeleteResponse, DirectoryHealth,
-    LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
+    AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DeleteResponse, DirectoryHealth,
+    KeyedCommit, LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
     VolumeStateRequest,
 };
 use haystack_proto::{
@@ -123,6 +123,21 @@ impl DirectoryClient {
 
     pub async fn commit(&self, req: &CommitRequest) -> Result<PhotoInfo, ClientError> {
         self.post("/v1/photos", req).await
+    }
+
+    /// A commit that binds an idempotency key: the answer may be another photo, the one the
+    /// key is already bound to (same request hash).
+    pub async fn commit_keyed(&self, req: &KeyedCommit) -> Result<PhotoInfo, ClientError> {
+        self.post("/v1/photos", req).await
+    }
+
+    /// Garbage collection: the photo, or a tombstone so that the id is never committed.
+    pub async fn condemn(&self, id: u64) -> Result<CondemnResponse, ClientError> {
+        self.post(
+            &format!("/v1/photos/{id}/condemn"),
+            &serde_json::Value::Null,
+        )
+        .await
     }
 
     pub async fn lookup(&self, id: u64) -> Result<PhotoInfo, ClientError> {

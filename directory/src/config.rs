@@ -47,7 +47,8 @@ pub struct DirectoryConfig {
     pub cache_purge_urls: Vec<String>,
     /// Timeout in ms for the best-effort delete notifications to stores and caches. Default 2000.
     pub notify_timeout_ms: u64,
-    /// How long an idempotency key of an assign is honoured, in ms. Default 86400000 (a day).
+    /// How long an idempotency key stays bound to the photo committed under it, in ms (from
+    /// the commit). Default 86400000 (a day).
     pub idempotency_ttl_ms: u64,
     /// Automatic re-replication: a store down for longer than this many ms has each of its
     /// replicas copied from a healthy replica onto another store, which then replaces it.

@@ -11,7 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use haystack_proto::directory::{
-    AssignRequest, CommitRequest, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
+    AssignRequest, KeyedCommit, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
 };
 use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
 use serde::Deserialize;
@@ -153,8 +153,12 @@ async fn assign(dir: Dir, body: web::Bytes) -> Res {
     Ok(HttpResponse::Ok().json(dir.assign_idempotent(&req).await?))
 }
 
-async fn commit(dir: Dir, body: web::Json<CommitRequest>) -> Res {
-    Ok(HttpResponse::Ok().json(dir.commit(body.into_inner()).await?))
+async fn commit(dir: Dir, body: web::Json<KeyedCommit>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.commit_keyed(body.into_inner()).await?))
+}
+
+async fn condemn(dir: Dir, path: web::Path<String>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.condemn(parse_u64(&path, "photo id")?).await?))
 }
 
 async fn lookup(dir: Dir, path: web::Path<String>) -> Res {
@@ -254,6 +258,7 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/photos/{id}", web::get().to(lookup))
             .route("/v1/photos/{id}", web::delete().to(delete))
             .route("/v1/photos/{id}/url", web::get().to(read_url))
+            .route("/v1/photos/{id}/condemn", web::post().to(condemn))
             .default_service(web::to(not_found));
     }
 }

@@ -21,6 +21,10 @@ pub struct Photo {
     pub deleted: bool,
     #[serde(default)]
     pub deleted_ms: Option<u64>,
+    /// A tombstone written by garbage collection before it deleted the needles of an id no
+    /// photo had: the id can never be committed (`deleted` is set too; no variants).
+    #[serde(default)]
+    pub condemned: bool,
 }
 
 impl Photo {
@@ -30,6 +34,16 @@ impl Photo {
             .iter()
             .map(|v| v.alt)
             .chain(self.chunks.iter().map(|c| c.alt))
+    }
+
+    /// The same photo as `other` as far as a commit is concerned (all but the times).
+    pub fn same_contents(&self, other: &Photo) -> bool {
+        self.id == other.id
+            && self.volume_id == other.volume_id
+            && self.cookie == other.cookie
+            && self.kind == other.kind
+            && self.variants == other.variants
+            && self.chunks == other.chunks
     }
 
     /// Total bytes of all its needles.
@@ -94,7 +108,13 @@ pub struct NodeLease {
     pub expires_ms: u64,
 }
 
-/// An assign made under a client's idempotency key.
+/// A client's idempotency key bound to the one photo committed under it.
+///
+/// Written by a keyed commit with a compare-and-set, before the photo record, and holding
+/// that record in full: whoever finds the key bound to a photo that is not in the photos table
+/// yet (its committer died between the two writes) writes it from here. Records written by
+/// the assigns of earlier versions have no `photo`: their key counts as bound only if their id
+/// is a committed photo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadKey {
     /// The client's key in full (the table key is its hash).
@@ -103,7 +123,14 @@ pub struct UploadKey {
     pub cookie: u64,
     pub volume_id: u32,
     pub kind: PhotoKind,
+    /// When the key was bound; it is honoured for `idempotency_ttl_ms` from then.
     pub created_ms: u64,
+    /// The photo record the binding commit writes.
+    #[serde(default)]
+    pub photo: Option<Photo>,
+    /// The client's request digest given with the commit.
+    #[serde(default)]
+    pub request_hash: Option<String>,
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust releases (idempotency keys).

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use haystack_proto::directory::{
-    AssignRequest, AssignResponse, ChunkInfo, CommitRequest, DeleteResponse, DirectoryHealth,
-    LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica, ReplicaStatus, StoreInfo, StoreState,
-    VariantInfo,
+    AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica,
+    ReplicaStatus, StoreInfo, StoreState, VariantInfo,
 };
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
 use rand::Rng;
@@ -33,6 +33,40 @@ use crate::placement::{self, Candidate};
 
 /// Conditional-write retries before giving up on a contended record.
 const CAS_RETRIES: usize = 16;
+
+/// What an idempotency key's record binds.
+enum Binding {
+    /// A committed, live photo.
+    Live(Photo),
+    /// A photo committed and then deleted.
+    Deleted(Photo),
+    /// Nothing (an earlier version's assign never committed, or a condemned id).
+    Free,
+}
+
+/// The outcome of binding a key at commit.
+enum Bound {
+    /// Bound to the photo being committed: write this record.
+    Ours(Photo),
+    /// Bound to another live photo of the same request: answer it.
+    Other(Photo),
+}
+
+/// The table key of an idempotency key, after checking its length.
+fn key_hash(key: &str) -> Result<u64, DirectoryError> {
+    if key.is_empty() || key.len() > 255 {
+        return Err(DirectoryError::BadRequest(
+            "idempotency_key must be 1 to 255 bytes".into(),
+        ));
+    }
+    Ok(fnv1a64(key.as_bytes()))
+}
+
+fn key_collision() -> DirectoryError {
+    DirectoryError::Conflict(
+        "idempotency key collides with another key's hash; use another key".into(),
+    )
+}
 
 #[derive(Default)]
 struct State {
@@ -1093,12 +1127,16 @@ impl Directory {
             volume_id: pick.info.id,
             replicas: pick.replicas.clone(),
             replayed: false,
+            request_hash: None,
         })
     }
 
-    /// Assign, honouring `req.idempotency_key` when set: the first assign under a key is
-    /// recorded (create-if-absent, so racing retries agree on one winner), later ones within
-    /// `idempotency_ttl_ms` answer the same id, cookie and volume with `replayed: true`.
+    /// Assign, honouring `req.idempotency_key` when set: while the key is bound to a committed
+    /// photo (a keyed commit bound it less than `idempotency_ttl_ms` ago), the answer is that
+    /// photo's id, cookie and volume with `replayed: true`; otherwise a fresh assignment. Assign
+    /// never writes under the key and never hands out an id twice: a key is bound at commit
+    /// ([`Directory::commit_keyed`]), so racing requests and retried attempts each write under
+    /// their own id and only one of them can become the key's photo.
     pub async fn assign_idempotent(
         &self,
         req: &AssignRequest,
@@ -1106,61 +1144,69 @@ impl Directory {
         let Some(key) = req.idempotency_key.as_deref() else {
             return self.assign(req);
         };
-        if key.is_empty() || key.len() > 255 {
-            return Err(DirectoryError::BadRequest(
-                "idempotency_key must be 1 to 255 bytes".into(),
-            ));
-        }
-        let hash = fnv1a64(key.as_bytes());
-        for _ in 0..CAS_RETRIES {
-            let now = self.clock.now_ms();
-            let existing = self.meta.get_upload(hash).await?;
-            let expect = match &existing {
-                Some(u) if u.value.key != key => {
-                    return Err(DirectoryError::Conflict(
-                        "idempotency key collides with another key's hash; use another key".into(),
-                    ))
-                }
-                Some(u)
-                    if now.saturating_sub(u.value.created_ms) <= self.config.idempotency_ttl_ms =>
-                {
-                    return Ok(self.replay(&u.value));
-                }
-                Some(u) => Expect::Version(u.version),
-                None => Expect::Absent,
-            };
-            let fresh = self.assign(req)?;
-            let record = UploadKey {
-                key: key.to_string(),
-                id: fresh.id,
-                cookie: fresh.cookie,
-                volume_id: fresh.volume_id,
-                kind: req.kind,
-                created_ms: now,
-            };
-            if let Cas::Applied { .. } = self.meta.put_upload(hash, &record, expect).await? {
-                return Ok(fresh);
+        let hash = key_hash(key)?;
+        if let Some(u) = self.meta.get_upload(hash).await? {
+            if u.value.key != key {
+                return Err(key_collision());
             }
-            // Another request with the same key won the race: answer its assignment.
+            if self.key_live(&u.value) {
+                match self.settle(&u.value).await? {
+                    Binding::Live(p) => return Ok(self.replay(&p, &u.value)),
+                    Binding::Deleted(p) => return Ok(self.replay(&p, &u.value)),
+                    Binding::Free => {}
+                }
+            }
         }
-        Err(DirectoryError::Conflict(
-            "idempotency key is contended; retry".into(),
-        ))
+        self.assign(req)
     }
 
-    fn replay(&self, u: &UploadKey) -> AssignResponse {
+    /// Whether a key record is still within the idempotency window.
+    fn key_live(&self, u: &UploadKey) -> bool {
+        self.clock.now_ms().saturating_sub(u.created_ms) <= self.config.idempotency_ttl_ms
+    }
+
+    /// What a key record binds now. A binding whose photo record is missing (its committer
+    /// died between the two writes) is completed here from the copy in the key record; one
+    /// whose id garbage collection condemned meanwhile binds nothing.
+    async fn settle(&self, u: &UploadKey) -> Result<Binding, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            match self.meta.get_photo(u.id).await? {
+                Some(p) if p.value.condemned => return Ok(Binding::Free),
+                Some(p) if p.value.deleted => return Ok(Binding::Deleted(p.value)),
+                Some(p) => return Ok(Binding::Live(p.value)),
+                None => {
+                    let Some(photo) = &u.photo else {
+                        // An assign of an earlier version that was never committed.
+                        return Ok(Binding::Free);
+                    };
+                    if let Cas::Applied { .. } = self.meta.put_photo(photo, Expect::Absent).await? {
+                        tracing::info!(photo_id = photo.id, "commit completed from its key record");
+                        metrics::counter!("haystack_directory_commit_total").increment(1);
+                        return Ok(Binding::Live(photo.clone()));
+                    }
+                }
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "photo {} is contended; retry",
+            u.id
+        )))
+    }
+
+    fn replay(&self, p: &Photo, u: &UploadKey) -> AssignResponse {
         let replicas = self
             .view()
             .volumes
-            .get(&u.volume_id)
+            .get(&p.volume_id)
             .map(|v| v.replicas.clone())
             .unwrap_or_default();
         AssignResponse {
-            id: u.id,
-            cookie: u.cookie,
-            volume_id: u.volume_id,
+            id: p.id,
+            cookie: p.cookie,
+            volume_id: p.volume_id,
             replicas,
             replayed: true,
+            request_hash: u.request_hash.clone(),
         }
     }
 
@@ -1213,7 +1259,32 @@ impl Directory {
     /// Records a photo whose needles are on every replica. Idempotent: committing the same
     /// photo again answers the stored one; a different photo under the same id is a conflict.
     pub async fn commit(&self, req: CommitRequest) -> Result<PhotoInfo, DirectoryError> {
+        self.commit_keyed(KeyedCommit {
+            commit: req,
+            idempotency_key: None,
+            request_hash: None,
+        })
+        .await
+    }
+
+    /// [`Directory::commit`], binding the request's idempotency key (if any) to the photo
+    /// first. The key's record is written with a compare-and-set before the photo record, and
+    /// carries the photo record, so a key is bound to one photo at a time whichever directory
+    /// instance commits, and a commit cut between the two writes is completed by whoever reads
+    /// the key next. Under a key already bound (within `idempotency_ttl_ms`) to another photo,
+    /// the answer is that photo when both requests carry the same `request_hash` (a racing retry
+    /// of the same upload), and a 409 otherwise; nothing is committed either way.
+    pub async fn commit_keyed(&self, req: KeyedCommit) -> Result<PhotoInfo, DirectoryError> {
+        let KeyedCommit {
+            commit: req,
+            idempotency_key,
+            request_hash,
+        } = req;
         Self::validate_commit(&req)?;
+        let key = match idempotency_key.as_deref() {
+            Some(k) => Some((k, key_hash(k)?)),
+            None => None,
+        };
         let known = self.view().volumes.contains_key(&req.volume_id)
             || self.meta.get_volume(req.volume_id).await?.is_some();
         if !known {
@@ -1222,7 +1293,7 @@ impl Directory {
                 req.volume_id
             )));
         }
-        let photo = Photo {
+        let mut photo = Photo {
             id: req.id,
             volume_id: req.volume_id,
             cookie: req.cookie,
@@ -1232,7 +1303,14 @@ impl Directory {
             created_ms: self.clock.now_ms(),
             deleted: false,
             deleted_ms: None,
+            condemned: false,
         };
+        if let Some((key, hash)) = key {
+            match self.bind_key(key, hash, &photo, request_hash).await? {
+                Bound::Ours(p) => photo = p,
+                Bound::Other(p) => return Ok(self.photo_info(&p)),
+            }
+        }
         match self.meta.put_photo(&photo, Expect::Absent).await? {
             Cas::Applied { .. } => {
                 metrics::counter!("haystack_directory_commit_total").increment(1);
@@ -1243,13 +1321,13 @@ impl Directory {
                     DirectoryError::Conflict(format!("photo {} is being written", photo.id))
                 })?;
                 let e = &existing.value;
-                let same = !e.deleted
-                    && e.volume_id == photo.volume_id
-                    && e.cookie == photo.cookie
-                    && e.kind == photo.kind
-                    && e.variants == photo.variants
-                    && e.chunks == photo.chunks;
-                if same {
+                if e.condemned {
+                    Err(DirectoryError::Conflict(format!(
+                        "photo {} was condemned by garbage collection (its needles may be \
+                         gone); upload it again",
+                        photo.id
+                    )))
+                } else if !e.deleted && e.same_contents(&photo) {
                     Ok(self.photo_info(e))
                 } else {
                     Err(DirectoryError::Conflict(format!(
@@ -1259,6 +1337,124 @@ impl Directory {
                 }
             }
         }
+    }
+
+    /// Binds `key` to `photo` (compare-and-set on the key's record). `Ours`: the key is bound
+    /// to this photo (now or by an earlier try of this commit; the record's copy is the one to
+    /// write). `Other`: it is bound to another live photo committed with the same request hash.
+    async fn bind_key(
+        &self,
+        key: &str,
+        hash: u64,
+        photo: &Photo,
+        request_hash: Option<String>,
+    ) -> Result<Bound, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            let existing = self.meta.get_upload(hash).await?;
+            let expect = match &existing {
+                Some(u) if u.value.key != key => return Err(key_collision()),
+                Some(u) if u.value.id == photo.id => match &u.value.photo {
+                    Some(p) if p.same_contents(photo) => return Ok(Bound::Ours(p.clone())),
+                    Some(_) => {
+                        return Err(DirectoryError::Conflict(format!(
+                            "photo {} is already bound to its key with other contents",
+                            photo.id
+                        )))
+                    }
+                    // A record of an earlier version's assign for this very id.
+                    None => Expect::Version(u.version),
+                },
+                Some(u) if self.key_live(&u.value) => match self.settle(&u.value).await? {
+                    Binding::Live(p) => {
+                        let same_request = request_hash.is_some()
+                            && u.value.request_hash == request_hash
+                            && p.kind == photo.kind;
+                        if same_request {
+                            tracing::info!(
+                                photo_id = photo.id,
+                                bound = p.id,
+                                "commit answered with the photo its key is bound to"
+                            );
+                            return Ok(Bound::Other(p));
+                        }
+                        return Err(DirectoryError::Conflict(format!(
+                            "the idempotency key is bound to another upload (photo {})",
+                            p.id
+                        )));
+                    }
+                    Binding::Deleted(p) => {
+                        return Err(DirectoryError::Conflict(format!(
+                            "the idempotency key belongs to photo {}, which was deleted",
+                            p.id
+                        )))
+                    }
+                    Binding::Free => Expect::Version(u.version),
+                },
+                Some(u) => Expect::Version(u.version),
+                None => Expect::Absent,
+            };
+            let record = UploadKey {
+                key: key.to_string(),
+                id: photo.id,
+                cookie: photo.cookie,
+                volume_id: photo.volume_id,
+                kind: photo.kind,
+                created_ms: self.clock.now_ms(),
+                photo: Some(photo.clone()),
+                request_hash: request_hash.clone(),
+            };
+            if let Cas::Applied { .. } = self.meta.put_upload(hash, &record, expect).await? {
+                return Ok(Bound::Ours(photo.clone()));
+            }
+            // Another commit under the key changed its record: look again.
+        }
+        Err(DirectoryError::Conflict(
+            "idempotency key is contended; retry".into(),
+        ))
+    }
+
+    /// Garbage collection asks this before deleting needles of `id` that no photo references:
+    /// a live photo is answered as it is; an id no photo has gets a tombstone (create-if-absent,
+    /// so it cannot race a commit: one of the two wins), after which no commit, retry or replay
+    /// of the id can succeed. So gc never deletes the needles of a photo that is, or can later
+    /// become, committed, however long ago it looked.
+    pub async fn condemn(&self, id: u64) -> Result<CondemnResponse, DirectoryError> {
+        if id == 0 {
+            return Err(DirectoryError::BadRequest("id must not be 0".into()));
+        }
+        let answer = |state, photo| CondemnResponse { id, state, photo };
+        for _ in 0..CAS_RETRIES {
+            match self.meta.get_photo(id).await? {
+                Some(p) if p.value.condemned => return Ok(answer(CondemnState::Condemned, None)),
+                Some(p) if p.value.deleted => return Ok(answer(CondemnState::Deleted, None)),
+                Some(p) => return Ok(answer(CondemnState::Live, Some(self.photo_info(&p.value)))),
+                None => {
+                    let now = self.clock.now_ms();
+                    let tombstone = Photo {
+                        id,
+                        volume_id: 0,
+                        cookie: 0,
+                        kind: PhotoKind::Photo,
+                        variants: Vec::new(),
+                        chunks: Vec::new(),
+                        created_ms: now,
+                        deleted: true,
+                        deleted_ms: Some(now),
+                        condemned: true,
+                    };
+                    if let Cas::Applied { .. } =
+                        self.meta.put_photo(&tombstone, Expect::Absent).await?
+                    {
+                        tracing::info!(photo_id = id, "id condemned by garbage collection");
+                        metrics::counter!("haystack_directory_condemned_total").increment(1);
+                        return Ok(answer(CondemnState::Condemned, None));
+                    }
+                }
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "photo {id} is contended; retry"
+        )))
     }
 
     fn read_base<'a>(&'a self, replicas: &'a [Replica], view: &'a View) -> &'a str {
@@ -1317,8 +1513,10 @@ impl Directory {
     async fn live_photo(&self, id: u64) -> Result<Versioned<Photo>, DirectoryError> {
         match self.meta.get_photo(id).await? {
             Some(p) if !p.value.deleted => Ok(p),
-            Some(_) => Err(DirectoryError::Deleted(format!("photo {id} was deleted"))),
-            None => Err(DirectoryError::NotFound(format!("photo {id} not found"))),
+            Some(p) if !p.value.condemned => {
+                Err(DirectoryError::Deleted(format!("photo {id} was deleted")))
+            }
+            _ => Err(DirectoryError::NotFound(format!("photo {id} not found"))),
         }
     }
 
@@ -1353,7 +1551,12 @@ impl Directory {
     pub async fn delete(&self, id: u64) -> Result<DeleteResponse, DirectoryError> {
         let mut marked = None;
         for _ in 0..CAS_RETRIES {
-            let Some(cur) = self.meta.get_photo(id).await? else {
+            let Some(cur) = self
+                .meta
+                .get_photo(id)
+                .await?
+                .filter(|p| !p.value.condemned)
+            else {
                 return Err(DirectoryError::NotFound(format!("photo {id} not found")));
             };
             if cur.value.deleted {

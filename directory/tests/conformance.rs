@@ -8,7 +8,7 @@ use haystack_directory::config::ScyllaConfig;
 use haystack_directory::meta::embedded::EmbeddedStore;
 use haystack_directory::meta::scylla::ScyllaStore;
 use haystack_directory::meta::{Cas, Expect, Meta, MetadataStore, Table};
-use haystack_directory::model::Photo;
+use haystack_directory::model::{Photo, UploadKey};
 use haystack_proto::directory::{PhotoKind, Variant};
 
 async fn put_get_and_conditional_update(s: &dyn MetadataStore) {
@@ -183,6 +183,7 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
         created_ms: 1,
         deleted: false,
         deleted_ms: None,
+        condemned: false,
     };
     assert_eq!(
         meta.put_photo(&p, Expect::Absent).await.expect("put"),
@@ -191,6 +192,29 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
     let got = meta.get_photo(42).await.expect("get").expect("present");
     assert_eq!(got.version, 1);
     assert_eq!(got.value, p);
+    // An idempotency key's binding carries the whole photo record.
+    let u = UploadKey {
+        key: "phone-1/upload-1".into(),
+        id: p.id,
+        cookie: p.cookie,
+        volume_id: p.volume_id,
+        kind: p.kind,
+        created_ms: 2,
+        photo: Some(p.clone()),
+        request_hash: Some("sha256:00".into()),
+    };
+    assert_eq!(
+        meta.put_upload(7, &u, Expect::Absent).await.expect("put"),
+        Cas::Applied { version: 1 }
+    );
+    assert_eq!(
+        meta.get_upload(7)
+            .await
+            .expect("get")
+            .expect("present")
+            .value,
+        u
+    );
 }
 
 /// The whole suite on one backend; `fresh` must give an empty store each call.

@@ -4,7 +4,8 @@
 
 use haystack_directory::client::ClientError;
 use haystack_proto::directory::{
-    AssignRequest, CommitRequest, PhotoKind, StoreState, Variant, VideoChunk,
+    AssignRequest, CommitRequest, CondemnState, KeyedCommit, PhotoKind, StoreState, Variant,
+    VideoChunk,
 };
 use haystack_proto::{ErrorBody, VolumeState};
 
@@ -120,18 +121,44 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
         assert_eq!(other.volume_id, *keep);
     }
 
-    // An idempotency key answers the same assignment to a retry.
+    // An idempotency key is bound at commit: before, every assign is a fresh one; after, an
+    // assign with the key answers the committed photo.
     let keyed = AssignRequest {
         idempotency_key: Some("upload-7f3a".into()),
         ..Default::default()
     };
     let k1 = c.assign(&keyed).await.expect("keyed assign");
     let k2 = c.assign(&keyed).await.expect("keyed retry");
-    assert!(!k1.replayed && k2.replayed);
+    assert!(!k1.replayed && !k2.replayed);
+    assert_ne!(k1.id, k2.id);
+    let bound = KeyedCommit {
+        commit: commit_for(&k2),
+        idempotency_key: keyed.idempotency_key.clone(),
+        request_hash: Some("sha256:00".into()),
+    };
     assert_eq!(
-        (k1.id, k1.cookie, k1.volume_id),
-        (k2.id, k2.cookie, k2.volume_id)
+        c.commit_keyed(&bound).await.expect("keyed commit").id,
+        k2.id
     );
+    let other = KeyedCommit {
+        commit: commit_for(&k1),
+        request_hash: Some("sha256:11".into()),
+        ..bound.clone()
+    };
+    let refused = c.commit_keyed(&other).await.expect_err("another body");
+    assert_eq!(refused.status(), Some(409));
+    let k3 = c.assign(&keyed).await.expect("replay");
+    assert!(k3.replayed);
+    assert_eq!((k3.id, k3.cookie), (k2.id, k2.cookie));
+    assert_eq!(k3.request_hash.as_deref(), Some("sha256:00"));
+    let condemned = c.condemn(k1.id).await.expect("condemn");
+    assert_eq!(condemned.state, CondemnState::Condemned);
+    assert_eq!(
+        c.condemn(k2.id).await.expect("condemn live").state,
+        CondemnState::Live
+    );
+    let late = c.commit(&commit_for(&k1)).await.expect_err("condemned id");
+    assert_eq!(late.status(), Some(409));
 
     let info = c.commit(&commit_for(&a)).await.expect("commit");
     assert_eq!(

@@ -1,14 +1,19 @@
 //! The directory's behaviour without HTTP, on a hand-driven clock: liveness, placement,
-//! automatic volume creation and several instances racing over one backend.
+//! automatic volume creation, several instances racing over one backend, idempotency keys
+//! bound at commit and ids condemned by garbage collection.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use haystack_directory::clock::ManualClock;
 use haystack_directory::meta::embedded::EmbeddedStore;
-use haystack_directory::meta::MetadataStore;
+use haystack_directory::meta::{Expect, Meta, MetadataStore};
+use haystack_directory::model::{fnv1a64, Photo, UploadKey};
 use haystack_directory::{Directory, DirectoryConfig, DirectoryError};
-use haystack_proto::directory::{AssignRequest, StoreState};
+use haystack_proto::directory::{
+    AssignRequest, AssignResponse, CommitRequest, CondemnState, KeyedCommit, PhotoKind, StoreState,
+    Variant,
+};
 use haystack_proto::{Heartbeat, StoreRegistration, VolumeInfo, VolumeState};
 
 use crate::common::volume_info;
@@ -262,55 +267,248 @@ async fn instances_over_one_backend_race_safely() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_answers_the_same_assignment_until_it_expires() {
-    let (_d, store) = embedded();
+fn keyed(k: &str) -> AssignRequest {
+    AssignRequest {
+        idempotency_key: Some(k.to_string()),
+        ..Default::default()
+    }
+}
+
+fn keyed_commit(a: &AssignResponse, key: &str, hash: Option<&str>) -> KeyedCommit {
+    KeyedCommit {
+        commit: CommitRequest {
+            id: a.id,
+            cookie: a.cookie,
+            volume_id: a.volume_id,
+            kind: PhotoKind::Photo,
+            variants: vec![Variant {
+                name: "original".into(),
+                alt: 0,
+                size_bytes: 100,
+                content_type: "image/jpeg".into(),
+            }],
+            chunks: vec![],
+        },
+        idempotency_key: Some(key.to_string()),
+        request_hash: hash.map(str::to_string),
+    }
+}
+
+/// One store, one writable volume, on a manual clock.
+async fn one_volume(
+    ttl_ms: u64,
+) -> (
+    tempfile::TempDir,
+    Arc<dyn MetadataStore>,
+    Arc<ManualClock>,
+    Arc<Directory>,
+) {
+    let (dir, store) = embedded();
     let clock = Arc::new(ManualClock::new(T0));
     let mut cfg = config(1);
-    cfg.idempotency_ttl_ms = 60_000;
-    let d = Arc::new(directory(cfg, store, clock.clone()).await);
+    cfg.idempotency_ttl_ms = ttl_ms;
+    let d = Arc::new(directory(cfg, store.clone(), clock.clone()).await);
     let s = register(&d, 1, None).await;
     let v = d.create_volume().await.expect("create").id;
     beat(&d, s, vec![volume_info(v)]).await;
+    (dir, store, clock, d)
+}
 
-    let keyed = |k: &str| AssignRequest {
-        idempotency_key: Some(k.to_string()),
-        ..Default::default()
-    };
-    // Racing retries of one upload agree on one assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_bound_to_one_photo_at_commit_until_it_expires() {
+    let (_dir, _store, clock, d) = one_volume(60_000).await;
+    let key = "phone-42/upload-1";
+    // Assigns under a key write nothing: every attempt of a request has its own id.
+    let a1 = d.assign_idempotent(&keyed(key)).await.expect("assign");
+    let a2 = d
+        .assign_idempotent(&keyed(key))
+        .await
+        .expect("assign again");
+    assert!(!a1.replayed && !a2.replayed);
+    assert_ne!(a1.id, a2.id, "an id is never handed out twice");
+
+    // Eight attempts of one request (one request hash) commit at once: the key is bound to
+    // one of them, and every commit answers that one.
+    let attempts: Vec<AssignResponse> = (0..8)
+        .map(|_| d.assign(&AssignRequest::default()).expect("assign"))
+        .collect();
     let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let d = d.clone();
-        let req = keyed("phone-42/upload-1");
-        tasks.push(tokio::spawn(async move { d.assign_idempotent(&req).await }));
+    for a in &attempts {
+        let (d, c) = (d.clone(), keyed_commit(a, key, Some("sha256:aa")));
+        tasks.push(tokio::spawn(async move { d.commit_keyed(c).await }));
     }
-    let mut answers = Vec::new();
+    let mut answered = HashSet::new();
     for t in tasks {
-        answers.push(t.await.expect("task").expect("assign"));
+        answered.insert(t.await.expect("task").expect("commit").id);
     }
-    let first = &answers[0];
-    assert!(answers
-        .iter()
-        .all(|a| (a.id, a.cookie, a.volume_id) == (first.id, first.cookie, first.volume_id)));
-    assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+    assert_eq!(answered.len(), 1, "every commit answers the bound photo");
+    let bound = *answered.iter().next().expect("one");
+    assert!(attempts.iter().any(|a| a.id == bound));
+    for a in attempts.iter().filter(|a| a.id != bound) {
+        assert!(
+            matches!(d.lookup(a.id).await, Err(DirectoryError::NotFound(_))),
+            "attempt {} must not be committed",
+            a.id
+        );
+    }
+    // Another body (or none) under the key is refused, and commits nothing.
+    for hash in [Some("sha256:bb"), None] {
+        let b = d.assign(&AssignRequest::default()).expect("assign");
+        assert!(matches!(
+            d.commit_keyed(keyed_commit(&b, key, hash)).await,
+            Err(DirectoryError::Conflict(_))
+        ));
+        assert!(matches!(
+            d.lookup(b.id).await,
+            Err(DirectoryError::NotFound(_))
+        ));
+    }
+    // A replayed assign answers the bound photo and the hash it was committed with.
+    let r = d.assign_idempotent(&keyed(key)).await.expect("replay");
+    assert!(r.replayed);
+    assert_eq!(r.id, bound);
+    assert_eq!(r.request_hash.as_deref(), Some("sha256:aa"));
+    // The same commit again is idempotent.
+    let winner = attempts.iter().find(|a| a.id == bound).expect("winner");
+    let again = d
+        .commit_keyed(keyed_commit(winner, key, Some("sha256:aa")))
+        .await
+        .expect("recommit");
+    assert_eq!(again.id, bound);
 
     let other = d
         .assign_idempotent(&keyed("phone-42/upload-2"))
         .await
         .expect("other");
-    assert_ne!(other.id, first.id);
+    assert!(!other.replayed);
     assert!(matches!(
         d.assign_idempotent(&keyed("")).await,
         Err(DirectoryError::BadRequest(_))
     ));
 
+    // After the TTL the key is free again: a new upload binds it.
     clock.advance_ms(61_000);
-    let again = d
-        .assign_idempotent(&keyed("phone-42/upload-1"))
+    let fresh = d
+        .assign_idempotent(&keyed(key))
         .await
         .expect("after expiry");
-    assert!(!again.replayed);
-    assert_ne!(again.id, first.id, "an expired key starts a new upload");
+    assert!(!fresh.replayed);
+    let c = d
+        .commit_keyed(keyed_commit(&fresh, key, Some("sha256:cc")))
+        .await
+        .expect("binds anew");
+    assert_eq!(c.id, fresh.id);
+    assert_eq!(
+        d.assign_idempotent(&keyed(key)).await.expect("replay").id,
+        fresh.id
+    );
+}
+
+#[tokio::test]
+async fn a_commit_cut_between_its_two_writes_is_completed_or_void() {
+    let (_dir, store, _clock, d) = one_volume(60_000).await;
+    let meta = Meta::new(store);
+    // The key's record is written, the photo's is not: the committer died in between.
+    let cut = |a: &AssignResponse, key: &str| {
+        let photo = Photo {
+            id: a.id,
+            volume_id: a.volume_id,
+            cookie: a.cookie,
+            kind: PhotoKind::Photo,
+            variants: keyed_commit(a, key, None).commit.variants,
+            chunks: vec![],
+            created_ms: T0,
+            deleted: false,
+            deleted_ms: None,
+            condemned: false,
+        };
+        UploadKey {
+            key: key.to_string(),
+            id: a.id,
+            cookie: a.cookie,
+            volume_id: a.volume_id,
+            kind: PhotoKind::Photo,
+            created_ms: T0,
+            photo: Some(photo),
+            request_hash: Some("sha256:aa".into()),
+        }
+    };
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    let rec = cut(&a, "k-1");
+    meta.put_upload(fnv1a64(b"k-1"), &rec, Expect::Absent)
+        .await
+        .expect("put");
+    assert!(matches!(
+        d.lookup(a.id).await,
+        Err(DirectoryError::NotFound(_))
+    ));
+    // The next request with the key completes the commit and answers it.
+    let r = d.assign_idempotent(&keyed("k-1")).await.expect("replay");
+    assert!(r.replayed);
+    assert_eq!(r.id, a.id);
+    assert_eq!(d.lookup(a.id).await.expect("completed").id, a.id);
+
+    // Garbage collection condemned the id first: the binding is void, the key free.
+    let b = d.assign(&AssignRequest::default()).expect("assign");
+    let rec = cut(&b, "k-2");
+    meta.put_upload(fnv1a64(b"k-2"), &rec, Expect::Absent)
+        .await
+        .expect("put");
+    assert_eq!(
+        d.condemn(b.id).await.expect("condemn").state,
+        CondemnState::Condemned
+    );
+    let r = d.assign_idempotent(&keyed("k-2")).await.expect("assign");
+    assert!(!r.replayed);
+    assert_ne!(r.id, b.id);
+    assert!(matches!(
+        d.commit_keyed(keyed_commit(&b, "k-2", Some("sha256:aa")))
+            .await,
+        Err(DirectoryError::Conflict(_))
+    ));
+    let c = d
+        .commit_keyed(keyed_commit(&r, "k-2", Some("sha256:aa")))
+        .await
+        .expect("a new attempt binds the key");
+    assert_eq!(c.id, r.id);
+}
+
+#[tokio::test]
+async fn condemn_answers_live_photos_and_tombstones_unknown_ids() {
+    let (_dir, _store, _clock, d) = one_volume(60_000).await;
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    d.commit(keyed_commit(&a, "x", None).commit)
+        .await
+        .expect("commit");
+    let live = d.condemn(a.id).await.expect("condemn live");
+    assert_eq!(live.state, CondemnState::Live);
+    assert_eq!(live.photo.expect("photo").id, a.id);
+
+    let b = d.assign(&AssignRequest::default()).expect("assign");
+    for _ in 0..2 {
+        assert_eq!(
+            d.condemn(b.id).await.expect("condemn").state,
+            CondemnState::Condemned
+        );
+    }
+    assert!(matches!(
+        d.commit(keyed_commit(&b, "x", None).commit).await,
+        Err(DirectoryError::Conflict(_))
+    ));
+    assert!(matches!(
+        d.lookup(b.id).await,
+        Err(DirectoryError::NotFound(_))
+    ));
+    assert!(matches!(
+        d.delete(b.id).await,
+        Err(DirectoryError::NotFound(_))
+    ));
+
+    d.delete(a.id).await.expect("delete");
+    assert_eq!(
+        d.condemn(a.id).await.expect("condemn deleted").state,
+        CondemnState::Deleted
+    );
 }
 
 #[tokio::test]

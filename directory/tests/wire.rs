@@ -1,6 +1,6 @@
 //! The directory's JSON forms: ids as decimal strings, cookies as 16 lowercase hex digits.
 
-use haystack_proto::directory::{hex_u64, AssignResponse, CommitRequest, Replica};
+use haystack_proto::directory::{hex_u64, AssignResponse, CommitRequest, KeyedCommit, Replica};
 
 #[test]
 fn ids_travel_as_decimal_strings_and_cookies_as_hex() {
@@ -13,6 +13,7 @@ fn ids_travel_as_decimal_strings_and_cookies_as_hex() {
             url: "http://x".into(),
         }],
         replayed: false,
+        request_hash: None,
     };
     let s = serde_json::to_string(&a).expect("serialize");
     assert!(s.contains("\"id\":\"18446744073709551615\""), "{s}");
@@ -20,6 +21,26 @@ fn ids_travel_as_decimal_strings_and_cookies_as_hex() {
     assert!(s.contains("\"store_id\":\"9\""), "{s}");
     let back: AssignResponse = serde_json::from_str(&s).expect("round trip");
     assert_eq!(back, a);
+}
+
+#[test]
+fn a_keyed_commit_is_a_commit_with_the_key_beside_its_fields() {
+    let plain = r#"{"id": "42", "cookie": "000000000000002a", "volume_id": 1,
+        "variants": [{"name": "o", "alt": 0, "size_bytes": 1, "content_type": "image/png"}]}"#;
+    let k: KeyedCommit = serde_json::from_str(plain).expect("a plain commit");
+    assert_eq!((k.commit.id, k.commit.cookie), (42, 42));
+    assert_eq!((k.idempotency_key, k.request_hash), (None, None));
+    let c: CommitRequest = serde_json::from_str(plain).expect("commit");
+    let keyed = KeyedCommit {
+        commit: c,
+        idempotency_key: Some("k".into()),
+        request_hash: Some("sha256:ab".into()),
+    };
+    let s = serde_json::to_string(&keyed).expect("serialize");
+    assert!(s.contains("\"id\":\"42\""), "{s}");
+    assert!(s.contains("\"idempotency_key\":\"k\""), "{s}");
+    let back: KeyedCommit = serde_json::from_str(&s).expect("round trip");
+    assert_eq!(back, keyed);
 }
 
 #[test]

@@ -5,12 +5,20 @@
 //! logical volume with that alternate key among its variants or video chunks. Needles whose
 //! id is younger than the grace period are left alone: their upload may still be running
 //! (ids carry their creation time). A photo the directory cannot answer for (an error other
-//! than 404) keeps its needles.
+//! than a clear answer) keeps its needles.
+//!
+//! gc never deletes on an answer that could go stale. It asks the directory to *condemn* each
+//! id (`POST /v1/photos/{id}/condemn`) rather than merely looking it up: an id no photo has
+//! gets a tombstone, after which no commit, retry or idempotent replay can ever make it a
+//! photo; a live photo is answered as it is. Both answers are final (a photo never changes
+//! volume or alternate keys, and a deleted or condemned id never comes back), so one answer
+//! per id serves every replica of the run, however long the run takes. A dry run only looks
+//! ids up and condemns nothing.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use haystack_proto::directory::{LogicalVolumeInfo, PhotoInfo};
+use haystack_proto::directory::{CondemnResponse, CondemnState, LogicalVolumeInfo, PhotoInfo};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{client, get_json, post_json};
@@ -52,17 +60,43 @@ struct ReplicaGc {
 
 /// What the directory says of a photo id.
 enum Known {
+    /// A live photo (final: its volume and alternate keys never change).
     Photo(PhotoInfo),
+    /// Deleted, or condemned by this run or an earlier one (final: never a photo again).
     Gone,
+    /// No clear answer: its needles are kept, and the next replica asks again.
     Unknown,
 }
 
-async fn lookup(c: &reqwest::Client, directory: &str, key: u64) -> Known {
-    match c.get(format!("{directory}/v1/photos/{key}")).send().await {
-        Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Known::Gone,
-        Ok(r) if r.status().is_success() => match r.json::<PhotoInfo>().await {
-            Ok(p) => Known::Photo(p),
-            Err(_) => Known::Unknown,
+/// Condemns `key` (see the module comment); a dry run only looks it up, and its "not found"
+/// is reported as gone without making it so.
+async fn condemn(c: &reqwest::Client, directory: &str, key: u64, dry_run: bool) -> Known {
+    if dry_run {
+        return match c.get(format!("{directory}/v1/photos/{key}")).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Known::Gone,
+            Ok(r) if r.status().is_success() => match r.json::<PhotoInfo>().await {
+                Ok(p) => Known::Photo(p),
+                Err(_) => Known::Unknown,
+            },
+            _ => Known::Unknown,
+        };
+    }
+    let sent = c
+        .post(format!("{directory}/v1/photos/{key}/condemn"))
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => match r.json::<CondemnResponse>().await {
+            Ok(CondemnResponse {
+                state: CondemnState::Live,
+                photo: Some(p),
+                ..
+            }) => Known::Photo(p),
+            Ok(CondemnResponse {
+                state: CondemnState::Deleted | CondemnState::Condemned,
+                ..
+            }) => Known::Gone,
+            _ => Known::Unknown,
         },
         _ => Known::Unknown,
     }
@@ -83,6 +117,7 @@ pub async fn run(
         .unwrap_or(0);
     let young_after = now_ms.saturating_sub(grace_secs * 1000);
     let mut photos: HashMap<u64, Known> = HashMap::new();
+    let k_unknown = Known::Unknown;
     let mut out = Vec::new();
     let pb = if json {
         indicatif::ProgressBar::hidden()
@@ -126,11 +161,16 @@ pub async fn run(
                     rep.too_young += alts.len() as u64;
                     continue;
                 }
+                // Only final answers are kept for the later replicas.
                 if let std::collections::hash_map::Entry::Vacant(e) = photos.entry(key) {
-                    e.insert(lookup(&c, directory, key).await);
+                    let k = condemn(&c, directory, key, dry_run).await;
+                    if !matches!(k, Known::Unknown) {
+                        e.insert(k);
+                    }
                 }
+                let known = photos.get(&key).unwrap_or(&k_unknown);
                 for alt in alts {
-                    let referenced = match &photos[&key] {
+                    let referenced = match known {
                         Known::Unknown => true,
                         Known::Gone => false,
                         Known::Photo(p) => {

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod crash;
+mod gc;
 mod rereplication;
 mod server;
 mod shutdown;

@@ -93,8 +93,11 @@ pub struct AssignRequest {
     /// Bytes the upload will write in all (every variant or chunk); volumes with less room are skipped.
     #[serde(default)]
     pub size_hint_bytes: u64,
-    /// The client's Idempotency-Key: the same key (within the directory's idempotency TTL)
-    /// answers the same id, cookie and volume, with `replayed` set.
+    /// The client's Idempotency-Key. While a photo committed under the key is within the
+    /// directory's idempotency TTL, assign answers that photo's id, cookie and volume with
+    /// `replayed` set (nothing to write); otherwise a fresh assignment, like without a key.
+    /// Assign writes nothing under the key: the key is bound to a photo by the commit
+    /// ([`KeyedCommit`]), so every attempt of a request gets its own id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Volumes the client just failed to write to (an uploader's retry): assign picks
@@ -120,10 +123,14 @@ pub struct AssignResponse {
     pub cookie: u64,
     pub volume_id: u32,
     pub replicas: Vec<Replica>,
-    /// True when an earlier assign with the same idempotency key is answered again; the photo
-    /// may already be committed (look it up before writing again).
+    /// True when the idempotency key already names a committed photo: this one (look it up
+    /// and answer it; write nothing).
     #[serde(default)]
     pub replayed: bool,
+    /// For a replay: the `request_hash` the key's photo was committed with, if any (a client
+    /// whose request hashes otherwise reused the key for another upload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
 }
 
 /// `POST /v1/photos`: record a photo once every needle is on every replica.
@@ -141,6 +148,49 @@ pub struct CommitRequest {
     /// Video chunks in order (empty for a photo).
     #[serde(default)]
     pub chunks: Vec<VideoChunk>,
+}
+
+/// `POST /v1/photos` with an idempotency key: a [`CommitRequest`] (its fields at the top level
+/// of the same JSON object) that also binds the client's key to this photo. The directory binds
+/// a key to at most one photo (a compare-and-set on the key's record, written before the photo
+/// record): committing another id under a key already bound (within the idempotency TTL)
+/// answers the bound photo when both carry the same `request_hash`, and 409 otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedCommit {
+    #[serde(flatten)]
+    pub commit: CommitRequest,
+    /// The client's Idempotency-Key (1 to 255 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// A digest of the client's request (the uploader: `sha256:` and the hex SHA-256 of the
+    /// body), so that a racing retry of the same request is answered the bound photo while
+    /// another body under the same key is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
+}
+
+/// What `POST /v1/photos/{id}/condemn` found or did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CondemnState {
+    /// A committed, live photo: nothing was condemned (`photo` says which needles it has).
+    Live,
+    /// A photo that was deleted: its needles are garbage.
+    Deleted,
+    /// No photo had the id; now none ever will (a tombstone refuses its commit), so its
+    /// needles are garbage. Also the answer for an id condemned before.
+    Condemned,
+}
+
+/// `POST /v1/photos/{id}/condemn` (garbage collection, before deleting an id's needles).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CondemnResponse {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    pub state: CondemnState,
+    /// The photo, when `live`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo: Option<PhotoInfo>,
 }
 
 /// A variant with its read URL.

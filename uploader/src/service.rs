@@ -6,6 +6,12 @@
 //! assigned volume acknowledged every needle (the stores acknowledge after fdatasync), and a
 //! success is answered only after the commit. Needles of a failed attempt stay behind as
 //! orphans for garbage collection; they are never reachable through the directory.
+//!
+//! Idempotency: every attempt of every request writes under a fresh id, never under an id
+//! another attempt or request wrote, so the needles of a committed photo are exactly the bytes
+//! of the request that committed it. The client's key is bound to one photo by the commit
+//! itself (the directory's compare-and-set, with a SHA-256 of the body): a later or racing
+//! request with the same key and body is answered that photo, another body under the key 409.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +21,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use haystack_directory::client::{ClientError, DirectoryClient};
 use haystack_proto::directory::{
-    dec_u64, AssignRequest, AssignResponse, CommitRequest, PhotoInfo, PhotoKind, Variant,
-    VideoChunk,
+    dec_u64, AssignRequest, AssignResponse, CommitRequest, KeyedCommit, PhotoInfo, PhotoKind,
+    Variant, VideoChunk,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::config::UploaderConfig;
@@ -84,9 +91,18 @@ pub struct Uploader {
     image_slots: Arc<Semaphore>,
 }
 
-/// The longest client Idempotency-Key taken: the directory takes 255 bytes and the retry
-/// suffix needs room.
+/// The longest client Idempotency-Key taken (the directory takes up to 255 bytes).
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// The request digest bound with a key at commit: `sha256:` and the hex digest of the body.
+fn request_hash(digest: Sha256) -> String {
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest.finalize() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
 
 /// Calls the directory, and again after 100 ms, 200 ms, ... (`retries` times) while it
 /// answers 503 or cannot be reached; `what` names the call in the error.
@@ -114,17 +130,6 @@ where
     call()
         .await
         .map_err(|e| UploaderError::from_directory(what, e))
-}
-
-/// The idempotency key of attempt `n` of an upload: the client's key, then the key with a
-/// retry suffix. Each retried attempt thus has its own assignment (a fresh volume), and a
-/// replayed request walks the same chain and finds whichever attempt was committed.
-fn chain_key(key: &str, attempt: u32) -> String {
-    if attempt == 0 {
-        key.to_string()
-    } else {
-        format!("{key}#retry-{attempt}")
-    }
 }
 
 /// Needle bytes on disk beyond the data (header, footer, padding; generous).
@@ -192,6 +197,17 @@ impl Uploader {
         idempotency_key: Option<&str>,
     ) -> Result<(PhotoResponse, Outcome), UploaderError> {
         let original_len = body.len() as u64;
+        let hash = match idempotency_key {
+            Some(_) => {
+                let b = body.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || request_hash(Sha256::new_with_prefix(&b)))
+                        .await
+                        .map_err(|e| UploaderError::Internal(format!("hash task failed: {e}")))?,
+                )
+            }
+            None => None,
+        };
         let p = self.process(body.clone()).await?;
         let mut needles = Vec::with_capacity(1 + p.variants.len());
         needles.push(Needle {
@@ -240,24 +256,33 @@ impl Uploader {
         let mut failures: Vec<String> = Vec::new();
         let mut failed_volumes: Vec<u32> = Vec::new();
         for attempt in 0..self.cfg.write_attempts {
-            let key = idempotency_key.map(|k| chain_key(k, attempt));
+            // Every attempt asks with the client's key: once any request has committed under
+            // it, that photo is the answer and nothing more is written.
             let a = self
-                .assign(PhotoKind::Photo, size_hint, key, &failed_volumes)
+                .assign(
+                    PhotoKind::Photo,
+                    size_hint,
+                    idempotency_key.map(str::to_string),
+                    &failed_volumes,
+                )
                 .await?;
             if a.replayed {
-                if let Some(info) = self.committed(&a, PhotoKind::Photo).await? {
-                    if info
+                let info = self.committed(&a, PhotoKind::Photo).await?;
+                let other_body = match (&a.request_hash, &hash) {
+                    (Some(theirs), Some(ours)) => theirs != ours,
+                    // Bound without a digest (an earlier version): compare sizes.
+                    _ => info
                         .variants
                         .iter()
-                        .any(|v| v.alt == 0 && v.size_bytes != original_len)
-                    {
-                        return Err(UploaderError::Conflict(
-                            "the Idempotency-Key was used for another photo".into(),
-                        ));
-                    }
-                    tracing::info!(id = info.id, "photo upload replayed");
-                    return Ok((answer(&info), Outcome::Replayed));
+                        .any(|v| v.alt == 0 && v.size_bytes != original_len),
+                };
+                if other_body {
+                    return Err(UploaderError::Conflict(
+                        "the Idempotency-Key was used for another photo".into(),
+                    ));
                 }
+                tracing::info!(id = info.id, "photo upload replayed");
+                return Ok((answer(&info), Outcome::Replayed));
             }
             let batch = encode_batch(a.id, a.cookie, &needles);
             let written = if a.replicas.is_empty() {
@@ -300,15 +325,29 @@ impl Uploader {
                 }
             }
             let info = self
-                .commit(CommitRequest {
-                    id: a.id,
-                    cookie: a.cookie,
-                    volume_id: a.volume_id,
-                    kind: PhotoKind::Photo,
-                    variants: variants.clone(),
-                    chunks: Vec::new(),
+                .commit(KeyedCommit {
+                    commit: CommitRequest {
+                        id: a.id,
+                        cookie: a.cookie,
+                        volume_id: a.volume_id,
+                        kind: PhotoKind::Photo,
+                        variants: variants.clone(),
+                        chunks: Vec::new(),
+                    },
+                    idempotency_key: idempotency_key.map(str::to_string),
+                    request_hash: hash.clone(),
                 })
                 .await?;
+            if info.id != a.id {
+                // A racing request with the same key and body committed first; this attempt's
+                // needles are orphans for garbage collection.
+                tracing::info!(
+                    id = info.id,
+                    orphan = a.id,
+                    "photo upload replayed at commit"
+                );
+                return Ok((answer(&info), Outcome::Replayed));
+            }
             metrics::counter!("haystack_uploader_photos_total").increment(1);
             tracing::info!(
                 id = info.id,
@@ -347,32 +386,29 @@ impl Uploader {
         directory_retrying("assigning a volume", 5, || self.dir.assign(&req)).await
     }
 
-    /// For a replayed assignment: the committed photo, or None when it is not committed yet
-    /// (the caller writes it again). A deleted photo or one of the other kind is a conflict.
+    /// For a replayed assignment: the photo the key is bound to. A deleted photo or one of
+    /// the other kind is a conflict.
     async fn committed(
         &self,
         a: &AssignResponse,
         kind: PhotoKind,
-    ) -> Result<Option<PhotoInfo>, UploaderError> {
+    ) -> Result<PhotoInfo, UploaderError> {
         match self.dir.lookup(a.id).await {
-            Ok(info) if info.kind == kind && info.cookie == a.cookie => Ok(Some(info)),
+            Ok(info) if info.kind == kind && info.cookie == a.cookie => Ok(info),
             Ok(_) => Err(UploaderError::Conflict(
                 "the Idempotency-Key was used for another upload".into(),
             )),
-            // 404 either way; the code `deleted` tells a deleted photo (whose needles must not
-            // be written again) from one never committed.
             Err(ClientError::Api { status: 404, body }) if body.error == "deleted" => Err(
                 UploaderError::Conflict("the Idempotency-Key belongs to a deleted upload".into()),
             ),
-            Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(UploaderError::from_directory("looking up a replay", e)),
         }
     }
 
-    /// Commits, retrying a few times when the directory is unreachable (commits are
-    /// idempotent: the same photo again answers the stored one).
-    async fn commit(&self, req: CommitRequest) -> Result<PhotoInfo, UploaderError> {
-        directory_retrying("committing", 3, || self.dir.commit(&req)).await
+    /// Commits (binding the idempotency key, if any), retrying a few times when the directory
+    /// is unreachable (commits are idempotent: the same photo again answers the stored one).
+    async fn commit(&self, req: KeyedCommit) -> Result<PhotoInfo, UploaderError> {
+        directory_retrying("committing", 3, || self.dir.commit_keyed(&req)).await
     }
 
     /// Uploads a video from a body stream: chunks of `video_chunk_bytes` are written to every
@@ -406,11 +442,11 @@ impl Uploader {
             )
             .await?;
         if a.replayed {
-            if let Some(info) = self.committed(&a, PhotoKind::Video).await? {
-                tracing::info!(id = info.id, "video upload replayed");
-                return Ok((video_answer(&info, content_type), Outcome::Replayed));
-            }
+            let info = self.committed(&a, PhotoKind::Video).await?;
+            tracing::info!(id = info.id, "video upload replayed");
+            return Ok((video_answer(&info, content_type), Outcome::Replayed));
         }
+        let mut digest = idempotency_key.map(|_| Sha256::new());
         if a.replicas.is_empty() {
             return Err(UploaderError::WriteFailed(format!(
                 "volume {} has no replicas",
@@ -431,6 +467,9 @@ impl Uploader {
                         total += piece.len() as u64;
                         if total > max {
                             return Err(UploaderError::TooLarge { max });
+                        }
+                        if let Some(d) = digest.as_mut() {
+                            d.update(&piece);
                         }
                         while !piece.is_empty() {
                             let take = (chunk_bytes - buf.len()).min(piece.len());
@@ -479,15 +518,27 @@ impl Uploader {
         }
         let n_chunks = chunks.len() as u32;
         let info = self
-            .commit(CommitRequest {
-                id: a.id,
-                cookie: a.cookie,
-                volume_id: a.volume_id,
-                kind: PhotoKind::Video,
-                variants: Vec::new(),
-                chunks,
+            .commit(KeyedCommit {
+                commit: CommitRequest {
+                    id: a.id,
+                    cookie: a.cookie,
+                    volume_id: a.volume_id,
+                    kind: PhotoKind::Video,
+                    variants: Vec::new(),
+                    chunks,
+                },
+                idempotency_key: idempotency_key.map(str::to_string),
+                request_hash: digest.map(request_hash),
             })
             .await?;
+        if info.id != a.id {
+            tracing::info!(
+                id = info.id,
+                orphan = a.id,
+                "video upload replayed at commit"
+            );
+            return Ok((video_answer(&info, content_type), Outcome::Replayed));
+        }
         metrics::counter!("haystack_uploader_videos_total").increment(1);
         tracing::info!(
             id = info.id,

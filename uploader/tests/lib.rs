@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod common;
 mod failures;
+mod idempotency;
 mod photos;
 mod tidy;
 mod videos;
