@@ -10,5 +10,4 @@ mod eviction;
 mod failover;
 mod peers;
 mod semantics;
-mod tidy;
 mod video;

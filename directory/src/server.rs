@@ -6,6 +6,9 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use haystack_service::worker::Options;
+use haystack_service::{Next, Worker, WorkerSet};
+
 use actix_web::{App, HttpServer};
 
 use crate::clock::{Clock, SystemClock};
@@ -82,44 +85,75 @@ pub async fn run_with(
     let handle = server.handle();
     tracing::info!(%addr, node = dir.node_id(), "directory listening");
 
-    let maint_dir = dir.clone();
-    let maintenance = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            if let Err(e) = maint_dir.maintain().await {
-                tracing::warn!(error = %e, "maintenance round failed; retrying next tick");
-            }
-        }
-    });
-
-    // Re-replication copies whole volumes: its own loop, so liveness sweeps never wait on it.
-    let rerep_dir = dir.clone();
-    let rereplication = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick.max(Duration::from_secs(1)));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            if let Err(e) = rerep_dir.rereplicate_once().await {
-                tracing::warn!(error = %e, "re-replication round failed; retrying next tick");
-            }
-        }
-    });
+    let workers = WorkerSet::default();
+    workers.spawn(
+        "maintenance",
+        Periodic {
+            dir: dir.clone(),
+            every: tick,
+            round: Round::Maintenance,
+        },
+        Options {
+            backoff_min: tick,
+            backoff_max: tick,
+            ..Options::default()
+        },
+        None,
+    );
+    // Re-replication copies whole volumes: its own worker, so liveness sweeps never wait on it.
+    let rerep_every = tick.max(Duration::from_secs(1));
+    workers.spawn(
+        "rereplication",
+        Periodic {
+            dir: dir.clone(),
+            every: rerep_every,
+            round: Round::Rereplication,
+        },
+        Options {
+            backoff_min: rerep_every,
+            backoff_max: rerep_every,
+            ..Options::default()
+        },
+        None,
+    );
 
     let server_task = tokio::spawn(server);
     shutdown.await;
     tracing::info!("directory shutting down");
     // Graceful: in-flight requests finish (their commits are durable before they answer).
     handle.stop(true).await;
-    maintenance.abort();
-    let _ = maintenance.await;
-    rereplication.abort();
-    let _ = rereplication.await;
+    workers.shutdown(Duration::from_secs(10)).await;
     let served = server_task.await;
     dir.close().await;
     match served {
         Ok(r) => r.map_err(DirectoryError::from),
         Err(e) => Err(DirectoryError::Internal(format!("http server task: {e}"))),
+    }
+}
+
+/// Which of the directory's periodic rounds a worker runs.
+enum Round {
+    /// Liveness sweeps, volume creation, the cached view (`Directory::maintain`).
+    Maintenance,
+    /// Copies of the volumes of stores down too long (`Directory::rereplicate_once`).
+    Rereplication,
+}
+
+/// A directory round as a background worker: one round per step, then idle for the
+/// interval; a failed round is logged and retried after one interval.
+struct Periodic {
+    dir: Arc<Directory>,
+    every: Duration,
+    round: Round,
+}
+
+impl Worker for Periodic {
+    async fn step(&mut self) -> Result<Next, String> {
+        let r = match self.round {
+            Round::Maintenance => self.dir.maintain().await.map(|_| ()),
+            Round::Rereplication => self.dir.rereplicate_once().await.map(|_| ()),
+        };
+        r.map_err(|e| e.to_string())?;
+        Ok(Next::Idle(self.every))
     }
 }

@@ -8,5 +8,4 @@ mod crash;
 mod http_api;
 mod model;
 mod service;
-mod tidy;
 mod wire;

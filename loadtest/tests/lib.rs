@@ -10,4 +10,3 @@ mod full_stack;
 mod payload;
 mod report;
 mod schedule;
-mod tidy;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use haystack_store::{EngineKind, Store, StoreConfig};
+use haystack_store::{EngineKind, StoreConfig};
 
 #[derive(Parser)]
 #[command(
@@ -415,32 +415,11 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
     set(&mut cfg.max_needle_bytes, a.max_needle_bytes);
     set(&mut cfg.prealloc_step, a.prealloc_step);
     set(&mut cfg.auto_compact_dead_ratio, a.auto_compact_ratio);
-    let store = Store::open(cfg)
-        .await
-        .map_err(|e| format!("cannot open the store: {e}"))?;
-    for id in a.create_volumes {
-        if store.volume(id).is_err() {
-            store
-                .create_volume(id, None)
-                .await
-                .map_err(|e| format!("cannot create volume {id}: {e}"))?;
-        }
-    }
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    if let Some(directory_url) = a.directory {
-        let cfg = haystack_store::heartbeat::HeartbeatConfig {
+    let heartbeat = a
+        .directory
+        .map(|directory_url| haystack_store::heartbeat::HeartbeatConfig {
             directory_url: directory_url.trim_end_matches('/').to_string(),
             public_url: a
                 .public_url
@@ -448,22 +427,20 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
             zone: a.zone,
             rack: a.rack,
             interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
-        };
-        tokio::spawn(haystack_store::heartbeat::run(
-            store.clone(),
-            cfg,
-            stopped(),
-        ));
-    }
-    tokio::spawn(store.clone().run_auto_compaction(stopped()));
-    let opts = haystack_store::http::ServerOptions {
-        workers: a.workers,
-        memory_ceiling_bytes: a.bench_memory_ceiling,
-        ..Default::default()
+        });
+    let run = haystack_store::RunConfig {
+        store: cfg,
+        http: haystack_store::http::ServerOptions {
+            workers: a.workers,
+            memory_ceiling_bytes: a.bench_memory_ceiling,
+            ..Default::default()
+        },
+        heartbeat,
+        create_volumes: a.create_volumes,
     };
-    haystack_store::http::run(listener, store, opts, stopped())
+    haystack_store::run(listener, run, shutdown_signal())
         .await
-        .map_err(|e| format!("store server failed: {e}"))
+        .map_err(|e| format!("store failed: {e}"))
 }
 
 async fn run_directory(a: DirectoryArgs) -> Result<(), String> {

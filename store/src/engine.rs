@@ -4,14 +4,20 @@
 //! The engine is chosen once at start-up ([`IoEngine::new`]); its kind is logged and exported
 //! as the `haystack_store_io_engine` metric. Every storage test runs over both kinds.
 //!
-//! io_uring design: one ring per engine, shared by every thread. A caller pushes its SQE and
-//! calls `io_uring_enter` itself under a short lock, then drains whatever completions are
-//! ready. A buffered read of a page-cached needle completes inside that call, so the common
-//! GET costs no thread hop at all. An operation that did not complete inline (a cold read, a
-//! write that must allocate, an fsync) is counted as pending; a reaper thread sleeps in
-//! `io_uring_enter(GETEVENTS)` only while something is pending, and wakes the waiting task. Buffers and file handles of in-flight operations live in the engine's
-//! table until their completion arrives, so a caller that gives up (a dropped request)
-//! cannot free memory the kernel still writes to.
+//! io_uring design: four rings per engine; each thread submits to one of them (assigned
+//! round-robin on its first submission). A caller pushes its SQE and calls `io_uring_enter`
+//! itself under its ring's short lock, then drains whatever completions are ready. A
+//! buffered read of a page-cached needle completes inside that call, so the common GET costs
+//! no thread hop at all. An operation that did not complete inline (a cold read, a write
+//! that must allocate, an fsync) is counted as pending; each ring's reaper thread sleeps in
+//! `io_uring_enter(GETEVENTS)` only while something is pending, and wakes the waiting task.
+//! Buffers and file handles of in-flight operations live in the engine's table until their
+//! completion arrives, so a caller that gives up (a dropped request) cannot free memory the
+//! kernel still writes to. Writes and fdatasyncs fail with `TimedOut` past the engine's
+//! timeout; completions with EINTR or EAGAIN are submitted again.
+//!
+//! With the `test-hooks` feature, [`IoEngine::simulated`] runs the pread/pwrite code over the
+//! power-loss simulator (`crate::sim`).
 
 use std::fs::File;
 use std::future::Future;

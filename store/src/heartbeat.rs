@@ -118,62 +118,84 @@ async fn apply(store: &Store, reply: HeartbeatReply) {
     }
 }
 
-/// Registers and heartbeats until `shutdown` resolves. Never gives up: a directory that is
-/// down is retried every interval.
-pub async fn run(
+/// The heartbeat as a background worker (`haystack_service::worker`): each step registers
+/// (until the directory gave an id) or sends one heartbeat and applies the reply; then it
+/// waits for the interval or for a change of the store's volumes (a volume created, full or
+/// read-only: the directory hears of it at once). A failed step is retried after one
+/// interval: liveness must not back off.
+pub struct HeartbeatWorker {
     store: Arc<Store>,
     cfg: HeartbeatConfig,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
-    tokio::pin!(shutdown);
-    let mut interval = cfg.interval;
-    let mut id: Option<u64> = None;
-    loop {
-        match id {
-            None => match register(&client, &store, &cfg).await {
-                Ok(r) => {
-                    tracing::info!(store_id = r.store_id, directory = %cfg.directory_url, "registered with the directory");
-                    id = Some(r.store_id);
-                    if r.heartbeat_interval_secs > 0 {
-                        interval = Duration::from_secs(r.heartbeat_interval_secs);
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, directory = %cfg.directory_url, "registration failed; retrying")
-                }
-            },
-            Some(sid) => {
-                let hb = heartbeat(&store, sid, &cfg);
-                let res = client
-                    .post(format!("{}/v1/stores/{sid}/heartbeat", cfg.directory_url))
-                    .json(&hb)
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status().is_success() => match r.json::<HeartbeatReply>().await {
-                        Ok(reply) => apply(&store, reply).await,
-                        Err(e) => tracing::warn!(error = %e, "bad heartbeat reply"),
-                    },
-                    Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => {
-                        tracing::warn!("the directory does not know this store; registering again");
-                        id = None;
-                        continue;
-                    }
-                    Ok(r) => tracing::warn!(status = %r.status(), "heartbeat refused"),
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                }
+    client: reqwest::Client,
+    id: Option<u64>,
+    interval: Duration,
+}
+
+impl HeartbeatWorker {
+    pub fn new(store: Arc<Store>, cfg: HeartbeatConfig) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default();
+        let interval = cfg.interval;
+        HeartbeatWorker {
+            store,
+            cfg,
+            client,
+            id: None,
+            interval,
+        }
+    }
+
+    /// How the runner should retry a failed step: after one interval, every time.
+    pub fn options(&self) -> haystack_service::worker::Options {
+        haystack_service::worker::Options {
+            throttle: Duration::ZERO,
+            backoff_min: self.cfg.interval,
+            backoff_max: self.cfg.interval,
+        }
+    }
+}
+
+impl haystack_service::Worker for HeartbeatWorker {
+    async fn step(&mut self) -> Result<haystack_service::Next, String> {
+        use haystack_service::Next;
+        let Some(sid) = self.id else {
+            let r = register(&self.client, &self.store, &self.cfg)
+                .await
+                .map_err(|e| format!("registration with {} failed: {e}", self.cfg.directory_url))?;
+            tracing::info!(store_id = r.store_id, directory = %self.cfg.directory_url, "registered with the directory");
+            self.id = Some(r.store_id);
+            if r.heartbeat_interval_secs > 0 {
+                self.interval = Duration::from_secs(r.heartbeat_interval_secs);
             }
+            // The first heartbeat goes at once.
+            return Ok(Next::Busy);
+        };
+        let hb = heartbeat(&self.store, sid, &self.cfg);
+        let r = self
+            .client
+            .post(format!(
+                "{}/v1/stores/{sid}/heartbeat",
+                self.cfg.directory_url
+            ))
+            .json(&hb)
+            .send()
+            .await
+            .map_err(|e| format!("heartbeat failed: {e}"))?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            tracing::warn!("the directory does not know this store; registering again");
+            self.id = None;
+            return Ok(Next::Busy);
         }
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tokio::time::sleep(interval) => {}
-            // A volume turned full or read-only: tell the directory now.
-            _ = store.changed() => {}
+        if !r.status().is_success() {
+            return Err(format!("heartbeat refused: {}", r.status()));
         }
+        let reply = r
+            .json::<HeartbeatReply>()
+            .await
+            .map_err(|e| format!("bad heartbeat reply: {e}"))?;
+        apply(&self.store, reply).await;
+        Ok(Next::Idle(self.interval))
     }
 }

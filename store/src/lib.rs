@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod server;
 #[cfg(feature = "test-hooks")]
 pub mod sim;
 pub mod store;
@@ -18,10 +19,11 @@ pub mod volume;
 
 pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
+pub use server::{run, run_with, RunConfig};
 pub use store::{Store, StoreConfig};
 #[cfg(feature = "test-hooks")]
-pub use volume::CompactPause;
+pub use volume::{CompactPause, CrashPoint};
 pub use volume::{
-    CompactReport, CorruptNeedle, CrashPoint, Damage, DamageKind, Needle, NeedleData,
-    RebuildReport, VerifyReport, Volume, VolumeConfig,
+    CompactReport, CorruptNeedle, Damage, DamageKind, Needle, NeedleData, RebuildReport,
+    VerifyReport, Volume, VolumeConfig,
 };

@@ -415,45 +415,30 @@ impl Store {
         Ok(info)
     }
 
-    /// Compacts, one at a time, every volume whose dead bytes pass the configured ratio;
-    /// checks every `auto_compact_interval_secs` until `shutdown` resolves.
-    pub async fn run_auto_compaction(
-        self: Arc<Self>,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    /// Whom to wake when a volume is created or stops taking writes (the heartbeat worker).
+    pub fn change_notify(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// The volumes automatic compaction should take, most dead bytes first: those past
+    /// `auto_compact_dead_ratio` and `auto_compact_min_dead_bytes` (policy only, no I/O).
+    pub fn compaction_candidates(&self) -> Vec<Arc<Volume>> {
         let ratio = self.cfg.auto_compact_dead_ratio;
         if ratio <= 0.0 {
-            return;
+            return Vec::new();
         }
-        let every = std::time::Duration::from_secs(self.cfg.auto_compact_interval_secs.max(1));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            for v in self.volumes() {
-                let info = v.info();
-                if info.compaction.is_some()
-                    || info.dead_bytes < self.cfg.auto_compact_min_dead_bytes
-                    || (info.dead_bytes as f64) < ratio * info.size_bytes as f64
-                {
-                    continue;
-                }
-                tracing::info!(
-                    volume = info.id,
-                    dead_bytes = info.dead_bytes,
-                    size = info.size_bytes,
-                    "automatic compaction"
-                );
-                tokio::select! {
-                    _ = &mut shutdown => return,
-                    r = v.compact() => if let Err(e) = r {
-                        tracing::warn!(volume = info.id, error = %e, "automatic compaction failed");
-                    }
-                }
-            }
-        }
+        let mut c: Vec<_> = self
+            .volumes()
+            .into_iter()
+            .map(|v| (v.info(), v))
+            .filter(|(info, _)| {
+                info.compaction.is_none()
+                    && info.dead_bytes >= self.cfg.auto_compact_min_dead_bytes
+                    && info.dead_bytes as f64 >= ratio * info.size_bytes as f64
+            })
+            .collect();
+        c.sort_by_key(|(info, _)| std::cmp::Reverse(info.dead_bytes));
+        c.into_iter().map(|(_, v)| v).collect()
     }
 
     /// Flushes index checkpoints; call after the last write finished.

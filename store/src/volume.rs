@@ -34,7 +34,9 @@ mod write;
 
 #[cfg(feature = "test-hooks")]
 pub use compact::CompactPause;
-pub use compact::{CompactReport, CrashPoint, ExportSnapshot, RebuildReport};
+#[cfg(feature = "test-hooks")]
+pub use compact::CrashPoint;
+pub use compact::{CompactReport, ExportSnapshot, RebuildReport};
 use recover::{recover_writable, Recovered};
 pub use recover::{Damage, DamageKind};
 use write::{Append, GroupCommit, Queued};

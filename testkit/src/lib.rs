@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use haystack_proto::directory::LogicalVolumeInfo;
-use haystack_store::{EngineKind, Store, StoreConfig};
+use haystack_store::{EngineKind, StoreConfig};
 use tokio::sync::watch;
 
 /// What to start. `Default` is two stores, replication 2, 64 MiB volumes.
@@ -210,23 +210,20 @@ impl Cluster {
         let directory_url = self.directory.url();
         spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
             let public_url = format!("http://{}", l.local_addr().expect("addr"));
-            let store = Store::open(cfg).await.expect("store opens");
-            let hb = haystack_store::heartbeat::HeartbeatConfig {
-                directory_url,
-                public_url,
-                zone: None,
-                rack: None,
-                interval: Duration::from_secs(1),
+            let run = haystack_store::RunConfig {
+                store: cfg,
+                heartbeat: Some(haystack_store::heartbeat::HeartbeatConfig {
+                    directory_url,
+                    public_url,
+                    zone: None,
+                    rack: None,
+                    interval: Duration::from_secs(1),
+                }),
+                ..Default::default()
             };
-            let beat = tokio::spawn(haystack_store::heartbeat::run(
-                store.clone(),
-                hb,
-                stopped(rx.clone()),
-            ));
-            haystack_store::http::run(l, store, Default::default(), stopped(rx))
+            haystack_store::run(l, run, stopped(rx))
                 .await
                 .expect("store server");
-            let _ = beat.await;
         })
     }
 

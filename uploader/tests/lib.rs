@@ -7,6 +7,5 @@ mod common;
 mod failures;
 mod idempotency;
 mod photos;
-mod tidy;
 mod videos;
 mod wire;

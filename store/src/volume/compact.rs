@@ -106,8 +106,8 @@ pub struct CompactPause {
     pub fail_at: Option<CrashPoint>,
 }
 
-/// Points where a test can stop a compaction as a crash would (files left as they are).
-#[doc(hidden)]
+/// Points where a test can stop a compaction as a crash would (files left as they are);
+/// reachable from outside the crate with the `test-hooks` feature only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashPoint {
     /// The new files are written and synced; no marker yet.
@@ -424,12 +424,12 @@ impl Volume {
     /// Compacts the volume online (see the module docs). One at a time per volume; runs as
     /// its own task, so a dropped request does not stop it halfway.
     pub async fn compact(self: &Arc<Self>) -> Result<CompactReport> {
-        self.compact_until(None).await
+        self.compact_with(None, Default::default()).await
     }
 
     /// `compact`, stopped at `stop` as if the process died there: the files stay as they
     /// are, and this volume object must not be used again (tests reopen the volume).
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub async fn compact_until(
         self: &Arc<Self>,
         stop: Option<CrashPoint>,
