@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
                 cookie: p.header.cookie,
                 content_type: ct,
                 data: &data[p.data.clone()],
+                tag: p.header.tag,
             },
         );
         let n = p.data.end + 8;

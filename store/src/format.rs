@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 /// Format version written into new superblocks.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Magic at the start of every volume file.
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"HAYSTACK";
 /// Bytes of the superblock; the first needle starts here.
@@ -81,6 +81,11 @@ pub struct Superblock {
     /// Maximum size of the volume file in bytes.
     pub max_bytes: u64,
     pub created_unix_ms: u64,
+    /// Version 2: a random tag every needle of the volume carries in its header (covered by
+    /// the header CRC). Recovery indexes a needle only when its tag is the volume's, so bytes
+    /// of an upload that happen to (or were made to) look like a needle are never taken for
+    /// one: the uploader cannot know the tag. 0 in version 1 volumes (no such protection).
+    pub tag: u32,
 }
 
 impl Superblock {
@@ -92,6 +97,7 @@ impl Superblock {
         b[16..24].copy_from_slice(&self.max_bytes.to_le_bytes());
         b[24..32].copy_from_slice(&self.created_unix_ms.to_le_bytes());
         b[32..36].copy_from_slice(&(ALIGN as u32).to_le_bytes());
+        b[36..40].copy_from_slice(&self.tag.to_le_bytes());
         let crc = crc32fast::hash(&b[0..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
@@ -112,9 +118,10 @@ impl Superblock {
             return Err(FormatError::HeaderCrc);
         }
         let version = le_u32(b, 8);
-        if version != FORMAT_VERSION {
+        if version != 1 && version != FORMAT_VERSION {
             return Err(FormatError::Version(version));
         }
+        let tag = if version >= 2 { le_u32(b, 36) } else { 0 };
         if le_u32(b, 32) as u64 != ALIGN {
             return Err(FormatError::Field("alignment"));
         }
@@ -127,6 +134,7 @@ impl Superblock {
             volume_id: le_u32(b, 12),
             max_bytes,
             created_unix_ms: le_u64(b, 24),
+            tag,
         })
     }
 }
@@ -140,6 +148,8 @@ pub struct NeedleHeader {
     pub key: u64,
     pub alt: u32,
     pub data_len: u32,
+    /// The volume's tag (version 2; 0 in version 1 volumes).
+    pub tag: u32,
 }
 
 impl NeedleHeader {
@@ -177,7 +187,7 @@ impl NeedleHeader {
         if Self::crc(b) != le_u32(b, 32) {
             return Err(FormatError::HeaderCrc);
         }
-        if b[6] != 0 || b[7] != 0 || b[36..40] != [0, 0, 0, 0] {
+        if b[6] != 0 || b[7] != 0 {
             return Err(FormatError::Field("reserved header bytes"));
         }
         let flags = b[4];
@@ -191,6 +201,7 @@ impl NeedleHeader {
             key: le_u64(b, 16),
             alt: le_u32(b, 24),
             data_len: le_u32(b, 28),
+            tag: le_u32(b, 36),
         })
     }
 }
@@ -203,6 +214,8 @@ pub struct NeedleIn<'a> {
     pub cookie: u64,
     pub content_type: &'a str,
     pub data: &'a [u8],
+    /// The volume's tag ([`Superblock::tag`]).
+    pub tag: u32,
 }
 
 /// Appends the encoded needle to `out` (which must already be 8-aligned relative to the
@@ -220,6 +233,7 @@ pub fn encode_needle(out: &mut Vec<u8>, n: &NeedleIn<'_>) -> u64 {
     h[16..24].copy_from_slice(&n.key.to_le_bytes());
     h[24..28].copy_from_slice(&n.alt.to_le_bytes());
     h[28..32].copy_from_slice(&(n.data.len() as u32).to_le_bytes());
+    h[36..40].copy_from_slice(&n.tag.to_le_bytes());
     let crc = NeedleHeader::crc(&h);
     h[32..36].copy_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&h);
@@ -292,6 +306,7 @@ mod tests {
                 cookie: 0xdead_beef_0bad_cafe,
                 content_type: "image/jpeg",
                 data: b"hello needle",
+                tag: 0x5eed_7a91,
             },
         );
         out
@@ -344,12 +359,30 @@ mod tests {
     }
 
     #[test]
+    fn version_1_superblocks_still_open_with_no_tag() {
+        let mut b = Superblock {
+            version: 1,
+            volume_id: 7,
+            max_bytes: 1 << 30,
+            created_unix_ms: 1234,
+            tag: 0,
+        }
+        .encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        let s = Superblock::decode(&b).unwrap();
+        assert_eq!((s.version, s.tag), (1, 0));
+    }
+
+    #[test]
     fn superblock_round_trip_and_corruption() {
         let s = Superblock {
             version: FORMAT_VERSION,
             volume_id: 7,
             max_bytes: 1 << 30,
             created_unix_ms: 1234,
+            tag: 0xabcd_0123,
         };
         let b = s.encode();
         assert_eq!(Superblock::decode(&b).unwrap(), s);

@@ -219,6 +219,8 @@ pub struct Volume {
     engine: IoEngine,
     cfg: VolumeConfig,
     max_bytes: u64,
+    /// The tag every needle of this volume carries (`Superblock::tag`).
+    tag: u32,
     /// Writers and deleters hold it shared; sealing holds it exclusively.
     gate: tokio::sync::RwLock<()>,
     append: tokio::sync::Mutex<Append>,
@@ -281,6 +283,8 @@ impl Volume {
                 volume_id: id,
                 max_bytes: cfg.max_bytes,
                 created_unix_ms: now_ms(),
+                // Never 0 (the tag of version 1 volumes, which carry none).
+                tag: rand::random::<u32>().max(1),
             };
             disk.write_all_at(&f, &sb.encode(), 0)?;
             let first = cfg.prealloc_step.min(cfg.max_bytes).max(SUPERBLOCK_LEN);
@@ -370,6 +374,7 @@ impl Volume {
                 &mut idx_file,
                 &cfg,
                 sb.max_bytes,
+                sb.tag,
             )?;
             found_damage = damage;
             for (_, _, l) in &entries {
@@ -390,6 +395,7 @@ impl Volume {
             sidx_path,
             engine,
             max_bytes: sb.max_bytes,
+            tag: sb.tag,
             cfg,
             gate: tokio::sync::RwLock::new(()),
             append: tokio::sync::Mutex::new(Append {
@@ -584,6 +590,9 @@ impl Volume {
                     p.header.key, p.header.alt
                 ),
             ));
+        }
+        if p.header.tag != self.tag {
+            return Err(self.corrupt(loc, "the needle carries another volume's tag".into()));
         }
         if p.header.deleted() {
             self.learn_deleted(key, alt, loc);
@@ -804,6 +813,9 @@ impl Volume {
                 Err(e) => Some(e.to_string()),
                 Ok(p) if p.header.key != key || p.header.alt != alt => {
                     Some("the needle at this offset has another key".to_string())
+                }
+                Ok(p) if p.header.tag != self.tag => {
+                    Some("the needle carries another volume's tag".to_string())
                 }
                 Ok(_) => None,
             };

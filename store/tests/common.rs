@@ -104,3 +104,12 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
         done,
     }
 }
+
+/// The tag of volume `id` under `dir` (version 2 superblocks), for tests that write needles
+/// into a volume file by hand.
+pub fn volume_tag(dir: &Path, id: u32) -> u32 {
+    let bytes = std::fs::read(dir.join(format!("vol-{id}.dat"))).expect("volume file");
+    haystack_store::format::Superblock::decode(&bytes[..64])
+        .expect("superblock")
+        .tag
+}

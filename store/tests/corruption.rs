@@ -138,57 +138,77 @@ fn flipped_bytes_in_the_unindexed_tail_are_cut_or_skipped() {
 
 #[test]
 fn a_needle_hidden_in_a_torn_upload_is_not_recovered() {
-    // An upload whose bytes happen to encode a valid needle (key 5, the cookie of a real
-    // photo) is torn by a crash: recovery must not take the embedded needle for a real one.
-    for kind in ENGINES {
-        let dir = tempfile::tempdir().unwrap();
-        rt().block_on(async {
-            let vol = create(dir.path(), 3, kind);
-            vol.write_batch(vec![needle(5, 0, 2, b"real")])
-                .await
-                .unwrap();
-            vol.flush_index();
-            let tail = vol.info().size_bytes;
-            drop(vol);
-            let mut fake = Vec::new();
-            haystack_store::format::encode_needle(
-                &mut fake,
-                &haystack_store::format::NeedleIn {
-                    key: 5,
-                    alt: 0,
-                    cookie: 2,
-                    content_type: "",
-                    data: b"FAKE",
-                },
-            );
-            let mut outer_data = fake.clone();
-            outer_data.extend_from_slice(&[9u8; 200]);
-            let mut outer = Vec::new();
-            haystack_store::format::encode_needle(
-                &mut outer,
-                &haystack_store::format::NeedleIn {
-                    key: 77,
-                    alt: 0,
-                    cookie: 2,
-                    content_type: "",
-                    data: &outer_data,
-                },
-            );
-            // Torn: the header and the embedded needle made it, the rest did not.
-            let torn = &outer[..HEADER_LEN + fake.len() + 16];
-            let (dat, _, _) = volume_paths(dir.path(), 3);
-            let f = OpenOptions::new().write(true).open(&dat).unwrap();
-            f.write_all_at(torn, tail).unwrap();
-            drop(f);
-            let vol = reopen(dir.path(), 3, kind);
-            assert_eq!(&vol.read(5, 0, 2).await.unwrap().data[..], b"real");
-            assert!(matches!(
-                vol.read(77, 0, 2).await,
-                Err(StoreError::NotFound)
-            ));
-            assert_eq!(vol.info().size_bytes, tail);
-        });
+    // An upload whose bytes encode a valid needle (key 5, the cookie of a real photo) is torn
+    // by a crash: recovery must not take the embedded needle for a real one, whether the
+    // upload's own header survived (its extent says where to search from) or was damaged
+    // (then the search walks through its data, and only the volume's tag, which the uploader
+    // cannot know, tells the forged needle from a real one).
+    for damaged_header in [false, true] {
+        for kind in ENGINES {
+            hidden_needle(kind, damaged_header);
+        }
     }
+}
+
+fn hidden_needle(kind: haystack_store::EngineKind, damaged_header: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let vol = create(dir.path(), 3, kind);
+        vol.write_batch(vec![needle(5, 0, 2, b"real")])
+            .await
+            .unwrap();
+        vol.flush_index();
+        let tail = vol.info().size_bytes;
+        drop(vol);
+        let tag = volume_tag(dir.path(), 3);
+        let mut fake = Vec::new();
+        haystack_store::format::encode_needle(
+            &mut fake,
+            &haystack_store::format::NeedleIn {
+                key: 5,
+                alt: 0,
+                cookie: 2,
+                content_type: "",
+                data: b"FAKE",
+                tag: 0,
+            },
+        );
+        let mut outer_data = vec![3u8; 16];
+        outer_data.extend_from_slice(&fake);
+        outer_data.extend_from_slice(&[9u8; 200]);
+        let mut outer = Vec::new();
+        haystack_store::format::encode_needle(
+            &mut outer,
+            &haystack_store::format::NeedleIn {
+                key: 77,
+                alt: 0,
+                cookie: 2,
+                content_type: "",
+                data: &outer_data,
+                tag,
+            },
+        );
+        // Torn: the header and the embedded needle made it, the rest did not.
+        let mut torn = outer[..HEADER_LEN + 16 + fake.len() + 16].to_vec();
+        if damaged_header {
+            torn[20] ^= 0x55;
+        }
+        let (dat, _, _) = volume_paths(dir.path(), 3);
+        let f = OpenOptions::new().write(true).open(&dat).unwrap();
+        f.write_all_at(&torn, tail).unwrap();
+        drop(f);
+        let vol = reopen(dir.path(), 3, kind);
+        assert_eq!(
+            &vol.read(5, 0, 2).await.unwrap().data[..],
+            b"real",
+            "damaged header: {damaged_header}"
+        );
+        assert!(matches!(
+            vol.read(77, 0, 2).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(vol.info().size_bytes, tail);
+    });
 }
 
 #[test]

@@ -39,6 +39,7 @@ fn torn_tail_is_cut_and_never_served() {
                     cookie: 1,
                     content_type: "x",
                     data: &[7u8; 500],
+                    tag: volume_tag(dir.path(), 3),
                 },
             );
             let (dat, _, _) = volume_paths(dir.path(), 3);

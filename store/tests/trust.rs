@@ -74,6 +74,7 @@ fn stale_bytes_past_the_tail(kind: EngineKind, delete_after: bool) {
         vol.flush_index();
         drop(vol);
         // The unacknowledged batch: a filler needle F, then key 1's "stale" version S.
+        let tag = volume_tag(dir.path(), 1);
         let filler = vec![0xAB; 5000];
         let mut batch = Vec::new();
         let f_extent = encode_needle(
@@ -84,6 +85,7 @@ fn stale_bytes_past_the_tail(kind: EngineKind, delete_after: bool) {
                 cookie: 5,
                 content_type: "image/jpeg",
                 data: &filler,
+                tag,
             },
         );
         encode_needle(
@@ -94,6 +96,7 @@ fn stale_bytes_past_the_tail(kind: EngineKind, delete_after: bool) {
                 cookie: 5,
                 content_type: "image/jpeg",
                 data: b"never acknowledged",
+                tag,
             },
         );
         // Its first page never reached the disk.

@@ -807,7 +807,12 @@ impl Volume {
             let st = self.read_index();
             (st.file.clone(), matches!(st.index, VolIndex::Sealed(_)))
         };
-        let (cfg, max_bytes, disk) = (self.cfg.clone(), self.max_bytes, self.engine.disk().clone());
+        let (cfg, max_bytes, tag, disk) = (
+            self.cfg.clone(),
+            self.max_bytes,
+            self.tag,
+            self.engine.disk().clone(),
+        );
         let (index, entries, tail, idx, damage) = blocking(move || {
             let (_, idx_path, sidx_path) = volume_paths(&dir, id);
             let tmp = dir.join(format!("vol-{id}.idx.rebuild"));
@@ -818,7 +823,7 @@ impl Volume {
                 tail,
                 problem,
                 damage,
-            } = recover_writable(&disk, id, &file, file_len, &mut idx, &cfg, max_bytes)?;
+            } = recover_writable(&disk, id, &file, file_len, &mut idx, &cfg, max_bytes, tag)?;
             if let Some(p) = problem {
                 return Err(StoreError::Io(io::Error::other(format!(
                     "index rebuild of volume {id}: {p}"

@@ -15,6 +15,7 @@ pub(super) fn recover_writable(
     idx_file: &mut File,
     cfg: &VolumeConfig,
     max_bytes: u64,
+    tag: u32,
 ) -> Result<Recovered> {
     // 1. The index file.
     let raw = disk.read_all(idx_file)?;
@@ -106,7 +107,7 @@ pub(super) fn recover_writable(
     let mut skipped_corrupt = 0u64;
     let mut damage: Vec<Damage> = Vec::new();
     loop {
-        let scan = read_needle_at(disk, file, pos, limit)?;
+        let scan = read_needle_at(disk, file, pos, limit, tag)?;
         match scan {
             Scan::Needle(h, extent) => {
                 let loc = Loc {
@@ -132,7 +133,7 @@ pub(super) fn recover_writable(
                 // A needle whose header is intact but whose data is not (a torn write) may
                 // carry bytes that look like needles: never search inside its own extent.
                 let from = pos + claimed.unwrap_or(format::ALIGN).max(format::ALIGN);
-                let next = match find_next_needle(disk, file, from, window_end, limit)? {
+                let next = match find_next_needle(disk, file, from, window_end, limit, tag)? {
                     Some(n) => Some(n),
                     // Past a damaged region longer than the window: the next needle the index
                     // file knows of, or the end of the last one. A tail is never cut below
@@ -348,7 +349,13 @@ enum Scan {
 
 /// Reads and fully checks the needle at `pos`. A read that fails is an error, never a bad
 /// needle: a transient EIO must not make recovery cut (and zero) acknowledged needles.
-fn read_needle_at(disk: &crate::disk::Disk, file: &File, pos: u64, limit: u64) -> io::Result<Scan> {
+fn read_needle_at(
+    disk: &crate::disk::Disk,
+    file: &File,
+    pos: u64,
+    limit: u64,
+    tag: u32,
+) -> io::Result<Scan> {
     if pos + HEADER_LEN as u64 > limit {
         return Ok(Scan::End);
     }
@@ -371,6 +378,15 @@ fn read_needle_at(disk: &crate::disk::Disk, file: &File, pos: u64, limit: u64) -
     let mut buf = vec![0u8; extent as usize];
     disk.read_exact_at(file, &mut buf, pos)?;
     Ok(match parse_needle(&buf) {
+        // A whole, valid needle that is not this volume's (a version 2 volume's needles all
+        // carry its tag): bytes of an upload that look like a needle, never one.
+        Ok(_) if header.tag != tag => Scan::Bad(
+            format!(
+                "needle-shaped bytes with another tag ({:#010x})",
+                header.tag
+            ),
+            None,
+        ),
         Ok(_) => Scan::Needle(header, extent),
         Err(e) => Scan::Bad(e.to_string(), Some(extent)),
     })
@@ -383,6 +399,7 @@ fn find_next_needle(
     from: u64,
     to: u64,
     limit: u64,
+    tag: u32,
 ) -> io::Result<Option<u64>> {
     if from >= to {
         return Ok(None);
@@ -395,7 +412,7 @@ fn find_next_needle(
     while i + HEADER_LEN <= window.len() {
         if window[i..i + 4] == magic && NeedleHeader::decode(&window[i..]).is_ok() {
             let at = from + i as u64;
-            if let Scan::Needle(..) = read_needle_at(disk, file, at, limit)? {
+            if let Scan::Needle(..) = read_needle_at(disk, file, at, limit, tag)? {
                 return Ok(Some(at));
             }
         }

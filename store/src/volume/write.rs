@@ -113,6 +113,7 @@ impl Volume {
                     cookie: n.cookie,
                     content_type: &n.content_type,
                     data: &n.data,
+                    tag: self.tag,
                 },
             );
             rel.push((start, extent));
