@@ -368,13 +368,15 @@ impl Volume {
                 damage,
             } = recover_writable(
                 &disk,
-                id,
+                recover::Identity {
+                    id,
+                    max_bytes: sb.max_bytes,
+                    tag: sb.tag,
+                },
                 &file,
                 file_len,
                 &mut idx_file,
                 &cfg,
-                sb.max_bytes,
-                sb.tag,
             )?;
             found_damage = damage;
             for (_, _, l) in &entries {

@@ -823,7 +823,14 @@ impl Volume {
                 tail,
                 problem,
                 damage,
-            } = recover_writable(&disk, id, &file, file_len, &mut idx, &cfg, max_bytes, tag)?;
+            } = recover_writable(
+                &disk,
+                super::recover::Identity { id, max_bytes, tag },
+                &file,
+                file_len,
+                &mut idx,
+                &cfg,
+            )?;
             if let Some(p) = problem {
                 return Err(StoreError::Io(io::Error::other(format!(
                     "index rebuild of volume {id}: {p}"

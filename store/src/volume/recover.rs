@@ -9,14 +9,13 @@ use super::*;
 /// and the tail offset. Repairs the index file and cuts a torn tail as it goes.
 pub(super) fn recover_writable(
     disk: &crate::disk::Disk,
-    id: u32,
+    vol: Identity,
     file: &File,
     file_len: u64,
     idx_file: &mut File,
     cfg: &VolumeConfig,
-    max_bytes: u64,
-    tag: u32,
 ) -> Result<Recovered> {
+    let Identity { id, max_bytes, tag } = vol;
     // 1. The index file.
     let raw = disk.read_all(idx_file)?;
     let mut records: Vec<IdxRecord> = Vec::new();
@@ -291,6 +290,14 @@ pub enum DamageKind {
     /// Nothing valid follows and the index file never vouched for it: a write that did not
     /// finish, cut off (reported in case a power cut took an acknowledged needle's record).
     CutTail,
+}
+
+/// Which volume recovery works on: its id, and from its superblock its size limit and tag.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Identity {
+    pub(super) id: u32,
+    pub(super) max_bytes: u64,
+    pub(super) tag: u32,
 }
 
 /// What recovery of a writable volume found.
