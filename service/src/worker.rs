@@ -202,10 +202,7 @@ impl WorkerSet {
             set_state(&name, &h.state, State::Stopped);
             tracing::debug!(worker = %name, "worker stopped");
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((handle.name.clone(), task));
+        crate::sync::lock(&self.tasks).push((handle.name.clone(), task));
         handle
     }
 
@@ -213,7 +210,7 @@ impl WorkerSet {
     /// running then are aborted and named in a warning.
     pub async fn shutdown(&self, deadline: Duration) {
         self.token.cancel();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
         let until = tokio::time::Instant::now() + deadline;
         for (name, mut task) in tasks {
             match tokio::time::timeout_at(until, &mut task).await {

@@ -511,7 +511,7 @@ impl Uring {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the table half-updated in a way that
         // matters more than losing the engine; recover the guard.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        haystack_service::sync::lock(&self.state)
     }
 
     /// Submits `op`; a completion that arrives inside the submit call (a page-cache hit) is

@@ -145,7 +145,7 @@ impl SimDisk {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        haystack_service::sync::lock(&self.state)
     }
 
     /// Arms a fault (replacing any armed one); counting starts now.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use haystack_proto::VolumeInfo;
+use haystack_service::sync::{read, write};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EngineKind, IoEngine};
@@ -211,20 +212,10 @@ impl Store {
     }
 
     pub fn volume(&self, id: u32) -> Result<Arc<Volume>> {
-        if let Some(v) = self
-            .volumes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        if let Some(v) = read(&self.volumes).get(&id) {
             return Ok(v.clone());
         }
-        match self
-            .quarantined
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-        {
+        match read(&self.quarantined).get(&id) {
             Some(q) => Err(StoreError::Unavailable {
                 volume: id,
                 reason: q.reason.clone().unwrap_or_default(),
@@ -255,10 +246,7 @@ impl Store {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         v.notify_changes(self.changed.clone());
-        self.volumes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, v.clone());
+        write(&self.volumes).insert(id, v.clone());
         // The directory counts a new replica only once a heartbeat reports it: send one now.
         self.changed.notify_one();
         tracing::info!(volume = id, "volume created");
@@ -266,13 +254,7 @@ impl Store {
     }
 
     pub fn volumes(&self) -> Vec<Arc<Volume>> {
-        let mut v: Vec<_> = self
-            .volumes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = read(&self.volumes).values().cloned().collect();
         v.sort_by_key(|v| v.id());
         v
     }
@@ -280,13 +262,7 @@ impl Store {
     /// Every volume's state, quarantined ones included (heartbeats, `GET /v1/volumes`).
     pub fn list(&self) -> Vec<VolumeInfo> {
         let mut l: Vec<VolumeInfo> = self.volumes().iter().map(|v| v.info()).collect();
-        l.extend(
-            self.quarantined
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .cloned(),
-        );
+        l.extend(read(&self.quarantined).values().cloned());
         l.sort_by_key(|v| v.id);
         l
     }
@@ -309,10 +285,7 @@ impl Store {
             if v.info().needles > 0 {
                 return Err(StoreError::VolumeExists(id));
             }
-            self.volumes
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            write(&self.volumes).remove(&id);
             let (dat, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
             for p in [dat, idx, sidx] {
                 let _ = std::fs::remove_file(p);
@@ -400,10 +373,7 @@ impl Store {
             v.seal().await?;
         }
         v.notify_changes(self.changed.clone());
-        self.volumes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, v.clone());
+        write(&self.volumes).insert(id, v.clone());
         let info = v.info();
         tracing::info!(
             volume = id,

@@ -244,9 +244,7 @@ pub struct Volume {
     damage: Mutex<Vec<Damage>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use haystack_service::sync::lock;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -442,11 +440,11 @@ impl Volume {
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|p| p.into_inner())
+        haystack_service::sync::read(&self.state)
     }
 
     fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|p| p.into_inner())
+        haystack_service::sync::write(&self.state)
     }
 
     /// The current volume file. Stable while the gate is held (compaction swaps it under the
