@@ -6,38 +6,12 @@
 //! when /metrics is rendered. Store latency is a histogram recorded per store read.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
-];
-
-/// Installs the recorder once; later calls are no-ops. If another recorder was installed
-/// first (another role in this process), /metrics says so instead of failing.
+/// Installs the process's recorder (`haystack_service::metrics`) once.
 pub fn install() {
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS);
-        match builder.and_then(|b| b.install_recorder()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "prometheus recorder not installed");
-                None
-            }
-        }
-    });
-}
-
-/// Uses a handle installed by someone else (a process hosting several roles), so /metrics
-/// renders the process's metrics. Returns false when the cache already has one.
-pub fn use_handle(handle: PrometheusHandle) -> bool {
-    HANDLE.set(Some(handle)).is_ok()
+    haystack_service::metrics::install();
 }
 
 /// A counter split over cache-line-sized shards, one per thread slot.
@@ -191,39 +165,21 @@ pub fn render(s: &StatsSnapshot) -> String {
     metrics::gauge!("haystack_cache_entries").set(s.entries as f64);
     metrics::gauge!("haystack_cache_bytes").set(s.bytes as f64);
     metrics::gauge!("haystack_cache_capacity_bytes").set(s.capacity_bytes as f64);
-    match HANDLE.get().and_then(|h| h.as_ref()) {
-        Some(h) => {
-            h.run_upkeep();
-            h.render()
-        }
-        None => "# metrics recorder owned by another component of this process\n".into(),
-    }
+    haystack_service::metrics::render()
 }
 
-type RouteKey = (&'static str, actix_web::http::Method, u16);
-
-thread_local! {
-    static ROUTES: std::cell::RefCell<std::collections::HashMap<RouteKey, (metrics::Counter, metrics::Histogram)>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// Counts one HTTP request and records its latency, with per-thread cached handles.
+/// Counts one HTTP request and records its latency (`haystack_cache_http_*`).
 pub fn record_request(
     route: &'static str,
     method: &actix_web::http::Method,
     status: u16,
     secs: f64,
 ) {
-    ROUTES.with(|m| {
-        let mut m = m.borrow_mut();
-        let key = (route, method.clone(), status);
-        let (c, h) = m.entry(key).or_insert_with_key(|(route, method, status)| {
-            (
-                metrics::counter!("haystack_cache_http_requests_total", "route" => *route, "method" => method.as_str().to_owned(), "status" => status.to_string()),
-                metrics::histogram!("haystack_cache_http_request_duration_seconds", "route" => *route, "method" => method.as_str().to_owned()),
-            )
-        });
-        c.increment(1);
-        h.record(secs);
-    });
+    haystack_service::metrics::record_request(
+        "haystack_cache",
+        route,
+        method.as_str(),
+        status,
+        secs,
+    );
 }

@@ -5,39 +5,9 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
-];
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
-
-/// Installs the recorder once; later calls are no-ops. If another recorder was installed
-/// first, /metrics says so instead of failing.
+/// Installs the process's recorder (`haystack_service::metrics`) once.
 pub fn install() {
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| {
-                b.set_buckets_for_metric(Matcher::Suffix("per_fsync".into()), COUNT_BUCKETS)
-                    .and_then(|b| {
-                        b.set_buckets_for_metric(
-                            Matcher::Suffix("per_append".into()),
-                            COUNT_BUCKETS,
-                        )
-                    })
-            });
-        match builder.and_then(|b| b.install_recorder()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "prometheus recorder not installed");
-                None
-            }
-        }
-    });
+    haystack_service::metrics::install();
 }
 
 /// The Prometheus text exposition of every metric of this process.
@@ -52,13 +22,7 @@ pub fn render() -> String {
     ] {
         c.publish();
     }
-    match HANDLE.get().and_then(|h| h.as_ref()) {
-        Some(h) => {
-            h.run_upkeep();
-            h.render()
-        }
-        None => "# metrics recorder unavailable in this process\n".into(),
-    }
+    haystack_service::metrics::render()
 }
 
 /// A counter split over cache-line-sized shards, one per thread slot, so that cores counting
@@ -132,30 +96,18 @@ pub fn hot() -> &'static Hot {
     })
 }
 
-type RouteKey = (&'static str, actix_web::http::Method, u16);
-
-thread_local! {
-    static ROUTES: std::cell::RefCell<std::collections::HashMap<RouteKey, (metrics::Counter, metrics::Histogram)>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// Counts one HTTP request and records its latency, with per-thread cached handles.
+/// Counts one HTTP request and records its latency (`haystack_store_http_*`).
 pub fn record_request(
     route: &'static str,
     method: &actix_web::http::Method,
     status: u16,
     secs: f64,
 ) {
-    ROUTES.with(|m| {
-        let mut m = m.borrow_mut();
-        let key = (route, method.clone(), status);
-        let (c, h) = m.entry(key).or_insert_with_key(|(route, method, status)| {
-            (
-                metrics::counter!("haystack_store_http_requests_total", "route" => *route, "method" => method.as_str().to_owned(), "status" => status.to_string()),
-                metrics::histogram!("haystack_store_http_request_duration_seconds", "route" => *route, "method" => method.as_str().to_owned()),
-            )
-        });
-        c.increment(1);
-        h.record(secs);
-    });
+    haystack_service::metrics::record_request(
+        "haystack_store",
+        route,
+        method.as_str(),
+        status,
+        secs,
+    );
 }

@@ -60,3 +60,40 @@ async fn cluster_starts_writes_and_restarts_a_store() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Every role of a process renders the process's metrics on its /metrics: before one
+/// recorder was shared (haystack_service::metrics), the role that installed second showed
+/// only "# metrics recorder owned by another component of this process". The background
+/// workers' state is there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_in_one_process_serves_the_process_metrics() {
+    let c = Cluster::start(ClusterOptions::default()).await;
+    let http = reqwest::Client::new();
+    let mut pages = Vec::new();
+    for url in [c.directory_url(), c.store_url(0), c.store_url(1)] {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains("owned by another component"),
+            "{url}: {text}"
+        );
+        pages.push(text);
+    }
+    for text in &pages {
+        assert!(text.contains("haystack_store_"), "{text}");
+        assert!(
+            text.contains("haystack_worker_state{worker=\"heartbeat\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("haystack_worker_state{worker=\"maintenance\"}"),
+            "{text}"
+        );
+    }
+}
