@@ -14,8 +14,9 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer};
 use bytes::Bytes;
+use haystack_proto::needle::NEEDLES_PREFIX;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
-use haystack_proto::{parse_cookie, ErrorBody};
+use haystack_proto::{parse_cookie, ErrorBody, NeedleAddr};
 
 use crate::error::CacheError;
 use crate::memory::{Needle, NeedleKey};
@@ -99,20 +100,19 @@ fn parse_cookie_seg(s: &str) -> Result<u64> {
     parse_cookie(s).ok_or_else(|| bad(format!("cookie {s:?} is not 1 to 16 hex digits")))
 }
 
-/// `/v1/needles/{volume}/{key}/{alt}/{cookie}`.
+/// `/v1/needles/{volume}/{key}/{alt}/{cookie}` ([`NeedleAddr`]).
 fn needle_addr(path: &str) -> Result<(NeedleKey, u64)> {
-    let [v, k, a, c] = segments::<4>(
-        path,
-        "/v1/needles/",
-        "/v1/needles/{volume}/{key}/{alt}/{cookie}",
-    )?;
+    if !path.starts_with(NEEDLES_PREFIX) {
+        return Err(CacheError::NoRoute);
+    }
+    let a = NeedleAddr::parse_path(path).map_err(|e| bad(e.to_string()))?;
     Ok((
         NeedleKey {
-            volume: parse_u32(v, "volume id")?,
-            key: parse_u64(k, "key")?,
-            alt: parse_u32(a, "alternate key")?,
+            volume: a.volume,
+            key: a.key,
+            alt: a.alt,
         },
-        parse_cookie_seg(c)?,
+        a.cookie,
     ))
 }
 

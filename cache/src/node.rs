@@ -67,10 +67,7 @@ impl Node {
         };
         Ok(Arc::new(Node {
             memory: Memory::new(cfg.capacity_bytes, cfg.shards, cfg.max_entry_bytes),
-            upstream: Upstream::new(
-                Duration::from_millis(cfg.directory_info_ttl_ms),
-                Duration::from_millis(cfg.store_timeout_ms),
-            ),
+            upstream: Upstream::new(Duration::from_millis(cfg.directory_info_ttl_ms)),
             videos: Videos::new(Duration::from_millis(cfg.directory_info_ttl_ms)),
             live: Liveness::new(Duration::from_millis(cfg.directory_info_ttl_ms)),
             ring,

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
-use haystack_directory::client::DirectoryClient;
-use haystack_proto::ErrorBody;
+use haystack_client::{ClientError, DirectoryClient, StoreClient};
+use haystack_proto::NeedleAddr;
 
 use crate::error::CacheError;
 use crate::memory::{Needle, NeedleKey};
@@ -25,11 +25,12 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// that swallows packets would cost each of them a timeout).
 const SUSPECT_FOR: Duration = Duration::from_secs(2);
 
-/// The HTTP clients of one worker thread: stores and peers (per-request timeouts), and the
-/// directory (its own timeout).
+/// The HTTP clients of one worker thread: peers (per-request timeouts), the stores (over the
+/// same connection pool, `store_timeout_ms` per read) and the directory (its own timeout).
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub http: reqwest::Client,
+    pub stores: StoreClient,
     pub directory: DirectoryClient,
 }
 
@@ -49,6 +50,10 @@ impl Clients {
             .build()
             .map_err(io)?;
         Ok(Clients {
+            stores: StoreClient::with_timeout(
+                http.clone(),
+                Duration::from_millis(cfg.store_timeout_ms),
+            ),
             http,
             directory: DirectoryClient::with_http(&cfg.directory_url, dir_http),
         })
@@ -102,7 +107,6 @@ pub struct Upstream {
     stores: Mutex<HashMap<String, Arc<StoreState>>>,
     epoch: Instant,
     ttl: Duration,
-    store_timeout: Duration,
 }
 
 /// Decrements a replica's in-flight count when the attempt ends, however it ends.
@@ -130,13 +134,12 @@ enum Miss {
 }
 
 impl Upstream {
-    pub fn new(ttl: Duration, store_timeout: Duration) -> Upstream {
+    pub fn new(ttl: Duration) -> Upstream {
         Upstream {
             volumes: Mutex::new(HashMap::new()),
             stores: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             ttl,
-            store_timeout,
         }
     }
 
@@ -340,62 +343,37 @@ impl Upstream {
         stats: &Stats,
     ) -> Result<Arc<Needle>, Option<String>> {
         let _busy = InFlight::start(&r.state.inflight);
-        let url = format!(
-            "{}/v1/needles/{}/{}/{}/{}",
-            r.url,
-            k.volume,
-            k.key,
-            k.alt,
-            haystack_proto::format_cookie(cookie)
-        );
+        let addr = NeedleAddr::new(k.volume, k.key, k.alt, cookie);
         let started = Instant::now();
-        let outcome = async {
-            let resp = c
-                .http
-                .get(&url)
-                .timeout(self.store_timeout)
-                .send()
-                .await
-                .map_err(|e| Some(describe(&e)))?;
-            let status = resp.status().as_u16();
-            let header = |name: reqwest::header::HeaderName| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok())
-            };
-            let content_type = header(reqwest::header::CONTENT_TYPE);
-            let etag = header(reqwest::header::ETAG);
-            let body = resp.bytes().await.map_err(|e| Some(describe(&e)))?;
-            match status {
-                200 => {
-                    let etag = etag.unwrap_or_else(|| fallback_etag(k, cookie, body.len()));
-                    Ok(Arc::new(Needle {
-                        data: body,
-                        cookie,
-                        content_type: content_type
-                            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-                        etag,
-                    }))
-                }
-                404 => {
-                    let code = serde_json::from_slice::<ErrorBody>(&body)
-                        .map(|b| b.error)
-                        .unwrap_or_default();
-                    if code == "no_such_volume" {
-                        Err(Some("the store does not hold the volume".to_string()))
-                    } else {
-                        Err(None)
-                    }
-                }
-                s => {
-                    let code = serde_json::from_slice::<ErrorBody>(&body)
-                        .map(|b| b.error)
-                        .unwrap_or_default();
-                    Err(Some(format!("answered {s} {code}")))
-                }
+        let outcome = match c.stores.get_needle(&r.url, &addr).await {
+            Ok(n) => {
+                let header = |v: Option<bytes::Bytes>| {
+                    v.and_then(|b| HeaderValue::from_maybe_shared(b).ok())
+                };
+                let etag = header(n.etag).unwrap_or_else(|| fallback_etag(k, cookie, n.data.len()));
+                Ok(Arc::new(Needle {
+                    content_type: header(n.content_type)
+                        .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+                    data: n.data,
+                    cookie,
+                    etag,
+                }))
             }
-        }
-        .await;
+            Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => {
+                Err(Some("the store does not hold the volume".to_string()))
+            }
+            Err(e) if e.is_not_found() => Err(None),
+            Err(ClientError::Transport(e)) => Err(Some(describe(&e))),
+            Err(ClientError::Api { status, body, .. }) => {
+                let code = if body.error == "http" {
+                    String::new()
+                } else {
+                    body.error
+                };
+                Err(Some(format!("answered {status} {code}")))
+            }
+            Err(e) => Err(Some(e.to_string())),
+        };
         let secs = started.elapsed().as_secs_f64();
         match &outcome {
             Ok(n) => {

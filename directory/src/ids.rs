@@ -1,7 +1,6 @@
 //! Photo ids: 64-bit, k-sortable, without a central counter; and random cookies.
 //!
-//! Layout (most significant first): 1 zero bit, 41 bits of milliseconds since
-//! 2024-01-01T00:00:00Z (good until 2093), 10 bits of node id, 12 bits of sequence. Each
+//! The layout and its codec are `haystack_proto::id` (every service reads ids). Each
 //! directory instance holds its own node id (claimed through the metadata store, see
 //! [`crate::service`]), so instances allocate at once without coordination. Ids sort by time
 //! across instances to the millisecond; within one instance they strictly increase, even when
@@ -9,34 +8,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use haystack_proto::id::{decode, IdParts, ID_EPOCH_MS, MAX_NODE_ID, NODE_BITS, SEQ_BITS};
+
 use crate::clock::system_now_ms;
 
-/// 2024-01-01T00:00:00Z in milliseconds since the Unix epoch.
-pub const ID_EPOCH_MS: u64 = 1_704_067_200_000;
-pub const NODE_BITS: u32 = 10;
-pub const SEQ_BITS: u32 = 12;
-/// Node ids run from 0 to `MAX_NODE_ID`.
-pub const MAX_NODE_ID: u16 = (1 << NODE_BITS) - 1;
-const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+const SEQ_MASK: u64 = haystack_proto::id::MAX_SEQ as u64;
 const TIME_MASK: u64 = (1 << 41) - 1;
-
-/// The parts of an id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdParts {
-    /// Milliseconds since the Unix epoch.
-    pub unix_ms: u64,
-    pub node: u16,
-    pub seq: u16,
-}
-
-/// Splits an id into time, node and sequence.
-pub fn decode(id: u64) -> IdParts {
-    IdParts {
-        unix_ms: (id >> (NODE_BITS + SEQ_BITS)) + ID_EPOCH_MS,
-        node: ((id >> SEQ_BITS) & u64::from(MAX_NODE_ID)) as u16,
-        seq: (id & SEQ_MASK) as u16,
-    }
-}
 
 /// A lock-free id generator for one node id.
 #[derive(Debug)]

@@ -11,10 +11,8 @@
 //! - [`service`]: the directory's behaviour (register, heartbeat, assign, commit, lookup, delete,
 //!   liveness, volume creation).
 //! - [`http`]: the actix-web API; every error becomes an HTTP status in one place there.
-//! - [`client`]: the Rust client the store, uploader and cache use.
 //! - [`server`]: [`run`], the entry point the `haystack directory` subcommand calls.
 
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -15,12 +15,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use haystack_client::{CacheClient, ClientError, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
     DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica,
     ReplicaStatus, StoreInfo, StoreState, VariantInfo,
 };
-use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
+use haystack_proto::{
+    Heartbeat, HeartbeatReply, NeedleAddr, StoreRegistered, StoreRegistration, VolumeState,
+};
 use rand::Rng;
 
 use crate::clock::Clock;
@@ -116,7 +119,10 @@ pub struct Directory {
     lease: Mutex<Option<Lease>>,
     state: Mutex<State>,
     view: RwLock<Arc<View>>,
-    http: reqwest::Client,
+    /// Calls to stores and caches (volume creation, delete notifications), with the
+    /// notification timeout.
+    stores: StoreClient,
+    caches: CacheClient,
 }
 
 fn store_up(s: &StoreMachine) -> bool {
@@ -124,10 +130,7 @@ fn store_up(s: &StoreMachine) -> bool {
 }
 
 fn needle_url(base: &str, volume: u32, id: u64, alt: u32, cookie: u64) -> String {
-    format!(
-        "{}/v1/needles/{volume}/{id}/{alt}/{cookie:016x}",
-        base.trim_end_matches('/')
-    )
+    haystack_client::urls::needle(base, &NeedleAddr::new(volume, id, alt, cookie))
 }
 
 fn build_view(state: &State, config: &DirectoryConfig, old: &View) -> View {
@@ -292,7 +295,8 @@ impl Directory {
             lease: Mutex::new(None),
             state: Mutex::new(State::default()),
             view: RwLock::new(Arc::new(View::default())),
-            http,
+            stores: StoreClient::new(http.clone()),
+            caches: CacheClient::new(http),
             config,
         };
         let node = match dir.config.node_id {
@@ -992,23 +996,12 @@ impl Directory {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| DirectoryError::Internal(e.to_string()))?;
-            let r = copy
-                .post(format!("{}/v1/volumes/{id}/import", target.url))
-                .json(&serde_json::json!({ "from": source.url }))
-                .send()
-                .await;
-            match r {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => {
-                    let status = r.status();
-                    let body = r.text().await.unwrap_or_default();
-                    tracing::warn!(volume_id = id, to = %target.url, %status, %body, "re-replication copy failed");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(volume_id = id, to = %target.url, error = %e, "re-replication copy failed");
-                    continue;
-                }
+            if let Err(e) = StoreClient::new(copy)
+                .import(&target.url, id, &source.url)
+                .await
+            {
+                tracing::warn!(volume_id = id, to = %target.url, error = %e, "re-replication copy failed");
+                continue;
             }
             self.replace_replica(id, lost.store_id, target.id).await?;
             metrics::counter!("haystack_directory_rereplications_total").increment(1);
@@ -1028,18 +1021,18 @@ impl Directory {
             let Some(store) = view.stores.get(sid) else {
                 continue;
             };
-            let url = format!("{}/v1/volumes/{id}", store.url);
-            let http = self.http.clone();
+            let stores = self.stores.clone();
+            let url = store.url.clone();
             let store_id = *sid;
             rt.spawn(async move {
-                match http.post(&url).send().await {
-                    Ok(r) if r.status().is_success() => {
+                match stores.create_volume(&url, id).await {
+                    Ok(()) => {
                         tracing::debug!(store_id, volume_id = id, "store created the volume")
                     }
-                    Ok(r) => tracing::info!(
+                    Err(e @ ClientError::Api { .. }) => tracing::info!(
                         store_id,
                         volume_id = id,
-                        status = r.status().as_u16(),
+                        status = e.status(),
                         "store refused the volume now; its heartbeat answer asks again"
                     ),
                     Err(e) => tracing::info!(
@@ -1596,29 +1589,31 @@ impl Directory {
             .unwrap_or_default();
         let caches = self.config.purge_targets();
         let alts: Vec<u32> = p.alts().collect();
-        let send = |url: String| {
-            let http = self.http.clone();
-            async move {
-                match http.delete(&url).send().await {
-                    Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => true,
-                    Ok(r) => {
-                        tracing::warn!(%url, status = r.status().as_u16(), "delete notification refused");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::warn!(%url, error = %e, "delete notification failed");
-                        false
-                    }
-                }
+        let done = |what: &'static str, base: &str, r: Result<(), ClientError>| match r {
+            Ok(()) => true,
+            Err(e) if e.is_not_found() => true,
+            Err(e @ ClientError::Api { .. }) => {
+                tracing::warn!(%base, what, status = e.status(), "delete notification refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%base, what, error = %e, "delete notification failed");
+                false
             }
         };
+        let addrs: Vec<NeedleAddr> = alts
+            .iter()
+            .map(|alt| NeedleAddr::new(p.volume_id, p.id, *alt, p.cookie))
+            .collect();
         let store_calls = store_urls.iter().flat_map(|base| {
-            alts.iter()
-                .map(|alt| send(needle_url(base, p.volume_id, p.id, *alt, p.cookie)))
+            addrs.iter().map(move |a| async move {
+                done("store", base, self.stores.delete_needle(base, a).await)
+            })
         });
         let cache_calls = caches.iter().flat_map(|base| {
-            alts.iter()
-                .map(|alt| send(needle_url(base, p.volume_id, p.id, *alt, p.cookie)))
+            addrs
+                .iter()
+                .map(move |a| async move { done("cache", base, self.caches.purge(base, a).await) })
         });
         let store_results = join_all(store_calls.collect::<Vec<_>>()).await;
         let cache_results = join_all(cache_calls.collect::<Vec<_>>()).await;

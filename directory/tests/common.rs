@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use haystack_directory::client::DirectoryClient;
+use haystack_client::DirectoryClient;
 use haystack_directory::clock::SystemClock;
 use haystack_directory::meta::embedded::EmbeddedStore;
 use haystack_directory::meta::faulty::FaultyStore;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use haystack_directory::client::DirectoryClient;
+use haystack_client::DirectoryClient;
 use haystack_proto::directory::{AssignRequest, CommitRequest, PhotoKind, Variant};
 use rand::Rng;
 

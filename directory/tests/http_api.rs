@@ -2,7 +2,7 @@
 //! read URLs, delete with store and cache notifications, bad input, backend outage, liveness
 //! and restart.
 
-use haystack_directory::client::ClientError;
+use haystack_client::ClientError;
 use haystack_proto::directory::{
     AssignRequest, CommitRequest, CondemnState, KeyedCommit, PhotoKind, StoreState, Variant,
     VideoChunk,
@@ -232,7 +232,7 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     let gone = c.lookup(b.id).await.expect_err("deleted");
     assert!(gone.is_not_found());
     assert!(
-        matches!(&gone, haystack_directory::client::ClientError::Api { body, .. } if body.error == "deleted"),
+        matches!(&gone, haystack_client::ClientError::Api { body, .. } if body.error == "deleted"),
         "{gone}"
     );
 
@@ -418,7 +418,7 @@ async fn http_bad_input_gets_clear_4xx() {
         .await
         .expect_err("nothing writable");
     match e {
-        ClientError::Api { status, body } => {
+        ClientError::Api { status, body, .. } => {
             assert_eq!((status, body.error.as_str()), (503, "no_writable_volume"))
         }
         other => panic!("unexpected {other}"),
@@ -439,7 +439,7 @@ async fn http_backend_down_answers_503_and_recovers() {
     dir.faults.set_down(true);
     let e = c.lookup(a.id).await.expect_err("backend down");
     match &e {
-        ClientError::Api { status, body } => {
+        ClientError::Api { status, body, .. } => {
             assert_eq!(*status, 503);
             assert_eq!(body.error, "backend_unavailable");
             assert!(body.message.contains("unavailable"), "{}", body.message);

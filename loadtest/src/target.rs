@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::join_all;
+use haystack_client::urls;
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, PhotoInfo, PhotoKind, Variant,
 };
-use haystack_proto::format_cookie;
+use haystack_proto::NeedleAddr;
 use reqwest::{header, StatusCode};
 
 use crate::error::{LoadError, Result};
@@ -207,7 +208,7 @@ impl Target {
             TargetKind::Uploader { url, api_key } => {
                 let mut req = self
                     .client
-                    .post(format!("{url}/v1/photos"))
+                    .post(urls::uploader::photos(url))
                     .header(header::CONTENT_TYPE, "image/jpeg")
                     .body(body);
                 if let Some(k) = api_key {
@@ -263,7 +264,7 @@ impl Target {
         let size = body.len() as u64;
         let resp = self
             .client
-            .post(format!("{directory}/v1/assign"))
+            .post(urls::directory::assign(directory))
             .json(&AssignRequest {
                 size_hint_bytes: size,
                 ..Default::default()
@@ -277,13 +278,7 @@ impl Target {
         let a: AssignResponse = resp.json().await.map_err(|e| Failure::of(&e))?;
         let body = Bytes::from(body);
         let puts = a.replicas.iter().map(|r| {
-            let url = format!(
-                "{}/v1/needles/{}/{}/0/{}",
-                r.url,
-                a.volume_id,
-                a.id,
-                format_cookie(a.cookie)
-            );
+            let url = urls::needle(&r.url, &NeedleAddr::new(a.volume_id, a.id, 0, a.cookie));
             let req = self
                 .client
                 .put(url.clone())
@@ -317,7 +312,7 @@ impl Target {
         };
         let resp = self
             .client
-            .post(format!("{directory}/v1/photos"))
+            .post(urls::directory::photos(directory))
             .json(&commit)
             .send()
             .await
@@ -342,7 +337,7 @@ impl Target {
     pub async fn delete(&self, obj: &Object) -> Outcome<()> {
         let req = match &self.kind {
             TargetKind::Uploader { url, api_key } => {
-                let mut r = self.client.delete(format!("{url}/v1/photos/{}", obj.id));
+                let mut r = self.client.delete(urls::uploader::photo(url, obj_id(obj)?));
                 if let Some(k) = api_key {
                     r = r.bearer_auth(k);
                 }
@@ -350,7 +345,7 @@ impl Target {
             }
             TargetKind::Direct { directory } => self
                 .client
-                .delete(format!("{directory}/v1/photos/{}", obj.id)),
+                .delete(urls::directory::photo(directory, obj_id(obj)?)),
             TargetKind::Nginx { .. } => {
                 // the baseline's nginx allows PUT only; deletes are not part of the comparison
                 return Err(Failure::Status(405));
@@ -372,7 +367,7 @@ impl Target {
         let size = body.len() as u64;
         let mut req = self
             .client
-            .post(format!("{url}/v1/videos"))
+            .post(urls::uploader::videos(url))
             .header(header::CONTENT_TYPE, "video/mp4")
             .body(body);
         if let Some(k) = api_key {
@@ -421,4 +416,9 @@ fn json_id(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// The photo id of an object the uploader or the directory made (a decimal u64).
+fn obj_id(obj: &Object) -> Outcome<u64> {
+    obj.id.parse().map_err(|_| Failure::Mismatch)
 }

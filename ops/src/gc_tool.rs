@@ -18,10 +18,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use haystack_proto::directory::{CondemnResponse, CondemnState, LogicalVolumeInfo, PhotoInfo};
+use haystack_client::DirectoryClient;
+use haystack_proto::directory::{CondemnResponse, CondemnState, PhotoInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::client::{client, get_json, post_json};
+use crate::client::clients;
 
 #[derive(Deserialize)]
 struct Listed {
@@ -70,34 +71,24 @@ enum Known {
 
 /// Condemns `key` (see the module comment); a dry run only looks it up, and its "not found"
 /// is reported as gone without making it so.
-async fn condemn(c: &reqwest::Client, directory: &str, key: u64, dry_run: bool) -> Known {
+async fn condemn(dir: &DirectoryClient, key: u64, dry_run: bool) -> Known {
     if dry_run {
-        return match c.get(format!("{directory}/v1/photos/{key}")).send().await {
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => Known::Gone,
-            Ok(r) if r.status().is_success() => match r.json::<PhotoInfo>().await {
-                Ok(p) => Known::Photo(p),
-                Err(_) => Known::Unknown,
-            },
-            _ => Known::Unknown,
+        return match dir.lookup(key).await {
+            Ok(p) => Known::Photo(p),
+            Err(e) if e.is_not_found() => Known::Gone,
+            Err(_) => Known::Unknown,
         };
     }
-    let sent = c
-        .post(format!("{directory}/v1/photos/{key}/condemn"))
-        .send()
-        .await;
-    match sent {
-        Ok(r) if r.status().is_success() => match r.json::<CondemnResponse>().await {
-            Ok(CondemnResponse {
-                state: CondemnState::Live,
-                photo: Some(p),
-                ..
-            }) => Known::Photo(p),
-            Ok(CondemnResponse {
-                state: CondemnState::Deleted | CondemnState::Condemned,
-                ..
-            }) => Known::Gone,
-            _ => Known::Unknown,
-        },
+    match dir.condemn(key).await {
+        Ok(CondemnResponse {
+            state: CondemnState::Live,
+            photo: Some(p),
+            ..
+        }) => Known::Photo(p),
+        Ok(CondemnResponse {
+            state: CondemnState::Deleted | CondemnState::Condemned,
+            ..
+        }) => Known::Gone,
         _ => Known::Unknown,
     }
 }
@@ -108,9 +99,8 @@ pub async fn run(
     dry_run: bool,
     json: bool,
 ) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(600))?;
-    let vols: Vec<LogicalVolumeInfo> = get_json(&c, &format!("{directory}/v1/volumes")).await?;
+    let (dir, stores) = clients(directory, Duration::from_secs(600))?;
+    let vols = dir.volumes().await.map_err(|e| e.to_string())?;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -138,16 +128,15 @@ pub async fn run(
                 pb.inc(1);
                 continue;
             }
-            let listing: Listing =
-                match get_json(&c, &format!("{}/v1/volumes/{}/needles", r.url, vol.id)).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        rep.error = Some(e);
-                        out.push(rep);
-                        pb.inc(1);
-                        continue;
-                    }
-                };
+            let listing: Listing = match stores.needles(&r.url, vol.id).await {
+                Ok(l) => l,
+                Err(e) => {
+                    rep.error = Some(e.to_string());
+                    out.push(rep);
+                    pb.inc(1);
+                    continue;
+                }
+            };
             let mut by_key: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
             for n in listing.needles.iter().filter(|n| !n.deleted) {
                 if let Ok(k) = n.key.parse::<u64>() {
@@ -157,13 +146,13 @@ pub async fn run(
             let mut orphans = Vec::new();
             for (key, alts) in by_key {
                 rep.live_needles += alts.len() as u64;
-                if haystack_directory::ids::decode(key).unix_ms >= young_after {
+                if haystack_proto::id::decode(key).unix_ms >= young_after {
                     rep.too_young += alts.len() as u64;
                     continue;
                 }
                 // Only final answers are kept for the later replicas.
                 if let std::collections::hash_map::Entry::Vacant(e) = photos.entry(key) {
-                    let k = condemn(&c, directory, key, dry_run).await;
+                    let k = condemn(&dir, key, dry_run).await;
                     if !matches!(k, Known::Unknown) {
                         e.insert(k);
                     }
@@ -191,16 +180,10 @@ pub async fn run(
             if !dry_run {
                 for chunk in orphans.chunks(1000) {
                     let body = serde_json::json!({ "needles": chunk });
-                    match post_json::<_, GcAnswer>(
-                        &c,
-                        &format!("{}/v1/volumes/{}/gc", r.url, vol.id),
-                        Some(&body),
-                    )
-                    .await
-                    {
+                    match stores.gc::<_, GcAnswer>(&r.url, vol.id, &body).await {
                         Ok(a) => rep.deleted += a.deleted,
                         Err(e) => {
-                            rep.error = Some(e);
+                            rep.error = Some(e.to_string());
                             break;
                         }
                     }

@@ -4,15 +4,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, DeleteResponse, PhotoInfo, PhotoKind, Variant,
-};
-use haystack_proto::format_cookie;
+use bytes::Bytes;
+use haystack_client::{DirectoryClient, StoreClient};
+use haystack_proto::directory::{AssignRequest, CommitRequest, PhotoInfo, PhotoKind, Variant};
+use haystack_proto::NeedleAddr;
 
-use crate::client::json_of;
+use crate::client::clients;
 
-fn client() -> Result<reqwest::Client, String> {
-    crate::client::client(Duration::from_secs(120))
+fn client(directory: &str) -> Result<(DirectoryClient, StoreClient), String> {
+    clients(directory, Duration::from_secs(120))
 }
 
 fn content_type_of(path: &Path) -> &'static str {
@@ -34,40 +34,23 @@ fn content_type_of(path: &Path) -> &'static str {
 /// Stores a file as a photo's original (alt 0) on every replica, then commits it; prints the
 /// photo as the directory records it.
 pub async fn put(directory: &str, file: &Path) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
     let data = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let data = Bytes::from(data);
     let ct = content_type_of(file);
-    let c = client()?;
-    let a: AssignResponse = json_of(
-        c.post(format!("{directory}/v1/assign"))
-            .json(&AssignRequest {
-                size_hint_bytes: data.len() as u64,
-                ..Default::default()
-            })
-            .send()
-            .await
-            .map_err(|e| format!("assign: {e}"))?,
-        "assign",
-    )
-    .await?;
+    let (dir, stores) = client(directory)?;
+    let a = dir
+        .assign(&AssignRequest {
+            size_hint_bytes: data.len() as u64,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("assign: {e}"))?;
+    let addr = NeedleAddr::new(a.volume_id, a.id, 0, a.cookie);
     for r in &a.replicas {
-        let url = format!(
-            "{}/v1/needles/{}/{}/0/{}",
-            r.url,
-            a.volume_id,
-            a.id,
-            format_cookie(a.cookie)
-        );
-        let put = c
-            .put(&url)
-            .header(reqwest::header::CONTENT_TYPE, ct)
-            .body(data.clone())
-            .send()
+        stores
+            .put_needle(&r.url, &addr, ct, data.clone())
             .await
-            .map_err(|e| format!("PUT {url}: {e}"))?;
-        if !put.status().is_success() {
-            return Err(format!("PUT {url}: {}", put.status()));
-        }
+            .map_err(|e| format!("PUT {addr} on {}: {e}", r.url))?;
     }
     let commit = CommitRequest {
         id: a.id,
@@ -82,15 +65,10 @@ pub async fn put(directory: &str, file: &Path) -> Result<(), String> {
         }],
         chunks: Vec::new(),
     };
-    let p: PhotoInfo = json_of(
-        c.post(format!("{directory}/v1/photos"))
-            .json(&commit)
-            .send()
-            .await
-            .map_err(|e| format!("commit: {e}"))?,
-        "commit",
-    )
-    .await?;
+    let p = dir
+        .commit(&commit)
+        .await
+        .map_err(|e| format!("commit: {e}"))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?
@@ -98,23 +76,20 @@ pub async fn put(directory: &str, file: &Path) -> Result<(), String> {
     Ok(())
 }
 
-async fn lookup(c: &reqwest::Client, directory: &str, id: &str) -> Result<PhotoInfo, String> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| format!("photo id {id:?} is not a 64-bit unsigned integer"))?;
-    json_of(
-        c.get(format!("{directory}/v1/photos/{id}"))
-            .send()
-            .await
-            .map_err(|e| format!("lookup: {e}"))?,
-        "lookup",
-    )
-    .await
+fn parse_id(id: &str) -> Result<u64, String> {
+    id.parse()
+        .map_err(|_| format!("photo id {id:?} is not a 64-bit unsigned integer"))
+}
+
+async fn lookup(dir: &DirectoryClient, id: &str) -> Result<PhotoInfo, String> {
+    dir.lookup(parse_id(id)?)
+        .await
+        .map_err(|e| format!("lookup: {e}"))
 }
 
 /// Prints the photo as the directory records it.
 pub async fn info(directory: &str, id: &str) -> Result<(), String> {
-    let p = lookup(&client()?, directory.trim_end_matches('/'), id).await?;
+    let p = lookup(&client(directory)?.0, id).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&p).map_err(|e| e.to_string())?
@@ -124,32 +99,24 @@ pub async fn info(directory: &str, id: &str) -> Result<(), String> {
 
 /// Writes variant `alt` of a photo to `out`, read from the first replica that answers.
 pub async fn get(directory: &str, id: &str, alt: u32, out: &Path) -> Result<(), String> {
-    let c = client()?;
-    let p = lookup(&c, directory.trim_end_matches('/'), id).await?;
+    let (dir, stores) = client(directory)?;
+    let p = lookup(&dir, id).await?;
+    let addr = NeedleAddr::new(p.volume_id, p.id, alt, p.cookie);
     let mut last = String::from("the photo has no replica");
     for r in &p.replicas {
-        let url = format!(
-            "{}/v1/needles/{}/{}/{alt}/{}",
-            r.url,
-            p.volume_id,
-            p.id,
-            format_cookie(p.cookie)
-        );
-        match c.get(&url).send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let b = resp.bytes().await.map_err(|e| e.to_string())?;
-                std::fs::write(out, &b)
+        match stores.get_needle(&r.url, &addr).await {
+            Ok(n) => {
+                std::fs::write(out, &n.data)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
                 eprintln!(
                     "{} bytes from {} written to {}",
-                    b.len(),
+                    n.data.len(),
                     r.url,
                     out.display()
                 );
                 return Ok(());
             }
-            Ok(resp) => last = format!("GET {url}: {}", resp.status()),
-            Err(e) => last = format!("GET {url}: {e}"),
+            Err(e) => last = format!("GET {addr} on {}: {e}", r.url),
         }
     }
     Err(last)
@@ -157,19 +124,11 @@ pub async fn get(directory: &str, id: &str, alt: u32, out: &Path) -> Result<(), 
 
 /// Deletes a photo (the directory tells the stores and caches).
 pub async fn delete(directory: &str, id: &str) -> Result<(), String> {
-    let c = client()?;
-    let directory = directory.trim_end_matches('/');
-    let id: u64 = id
-        .parse()
-        .map_err(|_| format!("photo id {id:?} is not a 64-bit unsigned integer"))?;
-    let d: DeleteResponse = json_of(
-        c.delete(format!("{directory}/v1/photos/{id}"))
-            .send()
-            .await
-            .map_err(|e| format!("delete: {e}"))?,
-        "delete",
-    )
-    .await?;
+    let (dir, _) = client(directory)?;
+    let d = dir
+        .delete(parse_id(id)?)
+        .await
+        .map_err(|e| format!("delete: {e}"))?;
     println!(
         "{}",
         serde_json::to_string_pretty(&d).map_err(|e| e.to_string())?

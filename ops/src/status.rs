@@ -4,10 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use haystack_proto::directory::{LogicalVolumeInfo, StoreInfo, StoreState};
-use haystack_proto::VolumeInfo;
 use serde::Serialize;
 
-use crate::client::{client, get_json};
+use crate::client::clients;
 
 /// Everything `status` shows, as `--json` prints it.
 #[derive(Serialize)]
@@ -25,26 +24,20 @@ struct VolumeStatus {
     dead_bytes: Option<u64>,
 }
 
-#[derive(serde::Deserialize)]
-struct StoreVolumes {
-    volumes: Vec<VolumeInfo>,
-}
-
 fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
 pub async fn run(directory: &str, json: bool) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(5))?;
-    let stores: Vec<StoreInfo> = get_json(&c, &format!("{directory}/v1/stores")).await?;
-    let volumes: Vec<LogicalVolumeInfo> = get_json(&c, &format!("{directory}/v1/volumes")).await?;
+    let (dir, store_client) = clients(directory, Duration::from_secs(5))?;
+    let stores = dir.stores().await.map_err(|e| e.to_string())?;
+    let volumes = dir.volumes().await.map_err(|e| e.to_string())?;
     // Dead bytes live on the stores; ask every store that is up (one that does not answer
     // is shown without them).
     let mut dead: HashMap<u32, u64> = HashMap::new();
     for s in stores.iter().filter(|s| s.state == StoreState::Up) {
-        if let Ok(v) = get_json::<StoreVolumes>(&c, &format!("{}/v1/volumes", s.url)).await {
-            for v in v.volumes {
+        if let Ok(vols) = store_client.volumes(&s.url).await {
+            for v in vols {
                 let d = dead.entry(v.id).or_insert(0);
                 *d = (*d).max(v.dead_bytes);
             }

@@ -3,11 +3,17 @@
 
 use std::time::Duration;
 
-use haystack_proto::directory::{LogicalVolumeInfo, VolumeStateRequest};
-use haystack_proto::{VolumeInfo, VolumeState};
+use bytes::Bytes;
+use haystack_client::{DirectoryClient, StoreClient};
+use haystack_proto::directory::LogicalVolumeInfo;
+use haystack_proto::{NeedleAddr, VolumeInfo, VolumeState};
 use serde::Serialize;
 
-use crate::client::{client, get_json, post_json};
+use crate::client::{client, clients};
+
+fn text(e: haystack_client::ClientError) -> String {
+    e.to_string()
+}
 
 #[derive(Serialize)]
 struct ReplicaResult {
@@ -28,24 +34,21 @@ struct SealResult {
 /// Seals logical volume `id`: the directory stops assigning uploads to it, then every
 /// replica seals (read-only for good, index moved to a mapped sorted file).
 pub async fn seal(directory: &str, id: u32, json: bool) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(300))?;
-    let dir: LogicalVolumeInfo = post_json(
-        &c,
-        &format!("{directory}/v1/volumes/{id}/state"),
-        Some(&VolumeStateRequest {
-            state: VolumeState::Sealed,
-            reason: Some("sealed by an operator".into()),
-        }),
-    )
-    .await?;
+    let (dc, stores) = clients(directory, Duration::from_secs(300))?;
+    let dir = dc
+        .set_volume_state(
+            id,
+            VolumeState::Sealed,
+            Some("sealed by an operator".into()),
+        )
+        .await
+        .map_err(text)?;
     let mut replicas = Vec::new();
     for r in &dir.replicas {
         if !json {
             eprintln!("sealing volume {id} on {} ...", r.url);
         }
-        let res =
-            post_json::<(), VolumeInfo>(&c, &format!("{}/v1/volumes/{id}/seal", r.url), None).await;
+        let res = stores.seal(&r.url, id).await.map_err(text);
         replicas.push(match res {
             Ok(v) => ReplicaResult {
                 url: r.url.clone(),
@@ -104,48 +107,28 @@ struct VerifyReplica {
 /// Copies needle (key, alt) of volume `id` from another replica onto `bad`; the rewrite
 /// appends a good copy, which then wins over the corrupt one.
 async fn repair_needle(
-    c: &reqwest::Client,
-    directory: &str,
+    dir: &DirectoryClient,
+    stores: &StoreClient,
     id: u32,
     bad: &str,
     others: &[String],
     key: &str,
     alt: u32,
 ) -> Result<(), String> {
-    let photo: haystack_proto::directory::PhotoInfo =
-        get_json(c, &format!("{directory}/v1/photos/{key}")).await?;
-    let path = format!(
-        "/v1/needles/{id}/{key}/{alt}/{}",
-        haystack_proto::format_cookie(photo.cookie)
-    );
+    let key: u64 = key
+        .parse()
+        .map_err(|_| format!("key {key:?} is not a 64-bit unsigned integer"))?;
+    let photo = dir.lookup(key).await.map_err(text)?;
+    let addr = NeedleAddr::new(id, key, alt, photo.cookie);
     for src in others {
-        let Ok(r) = c.get(format!("{src}{path}")).send().await else {
+        let Ok(n) = stores.get_needle(src, &addr).await else {
             continue;
         };
-        if !r.status().is_success() {
-            continue;
-        }
-        let ct = r
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_string();
-        let body = r.bytes().await.map_err(|e| e.to_string())?;
-        let put = c
-            .put(format!("{bad}{path}"))
-            .header(reqwest::header::CONTENT_TYPE, ct)
-            .body(body)
-            .send()
+        let ct = n.content_type_str().to_string();
+        return stores
+            .put_needle(bad, &addr, &ct, Bytes::clone(&n.data))
             .await
-            .map_err(|e| e.to_string())?;
-        if put.status().is_success() {
-            return Ok(());
-        }
-        return Err(format!(
-            "writing the good copy to {bad} failed: {}",
-            put.status()
-        ));
+            .map_err(|e| format!("writing the good copy to {bad} failed: {e}"));
     }
     Err("no other replica has a good copy".into())
 }
@@ -153,9 +136,8 @@ async fn repair_needle(
 /// Full CRC scan of every replica of logical volume `id`; corrupt needles are reported and,
 /// with `repair`, rewritten from a replica that has them intact.
 pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(3600))?;
-    let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let (dc, stores) = clients(directory, Duration::from_secs(3600))?;
+    let dir = dc.volume(id).await.map_err(text)?;
     let urls: Vec<String> = dir.replicas.iter().map(|r| r.url.clone()).collect();
     let mut out = Vec::new();
     for url in &urls {
@@ -173,12 +155,10 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
             repaired: Vec::new(),
             unrepaired: Vec::new(),
         };
-        let scanned = post_json::<(), haystack_store::VerifyReport>(
-            &c,
-            &format!("{url}/v1/volumes/{id}/verify"),
-            None,
-        )
-        .await;
+        let scanned = stores
+            .verify::<haystack_store::VerifyReport>(url, id)
+            .await
+            .map_err(text);
         pb.finish_and_clear();
         match scanned {
             Ok(r) => {
@@ -189,7 +169,7 @@ pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Resul
                         continue;
                     }
                     let others: Vec<String> = urls.iter().filter(|u| *u != url).cloned().collect();
-                    match repair_needle(&c, directory, id, url, &others, &n.key, n.alt).await {
+                    match repair_needle(&dc, &stores, id, url, &others, &n.key, n.alt).await {
                         Ok(()) => v.repaired.push(name),
                         Err(e) => v.unrepaired.push(format!("{name}: {e}")),
                     }
@@ -303,21 +283,19 @@ fn print_reports<T: Serialize>(
 /// Compacts every replica of logical volume `id`, one replica at a time (the others keep
 /// serving at full speed), following each one's progress.
 pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(6 * 3600))?;
-    let poll = client(Duration::from_secs(10))?;
-    let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let (dc, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
+    let poll = StoreClient::new(client(Duration::from_secs(10))?);
+    let dir = dc.volume(id).await.map_err(text)?;
     let mut out = Vec::new();
     for r in &dir.replicas {
         let pb = progress_bar(json, format!("compacting volume {id} on {}", r.url));
-        let url = format!("{}/v1/volumes/{id}/compact", r.url);
-        let req = post_json::<(), haystack_store::CompactReport>(&c, &url, None);
+        let req = stores.compact::<haystack_store::CompactReport>(&r.url, id);
         tokio::pin!(req);
         let res = loop {
             tokio::select! {
                 res = &mut req => break res,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                    if let Ok(v) = get_json::<VolumeInfo>(&poll, &format!("{}/v1/volumes/{id}", r.url)).await {
+                    if let Ok(v) = poll.volume(&r.url, id).await {
                         if let Some(p) = v.compaction {
                             pb.set_length(p.total_bytes);
                             pb.set_position(p.done_bytes);
@@ -336,7 +314,7 @@ pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String>
             Err(e) => ReplicaReport {
                 url: r.url.clone(),
                 report: None,
-                error: Some(e),
+                error: Some(e.to_string()),
             },
         });
     }
@@ -356,9 +334,8 @@ pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String>
 
 /// Rebuilds the index of every replica of logical volume `id` from its volume file.
 pub async fn rebuild_index(directory: &str, id: u32, json: bool) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(6 * 3600))?;
-    let dir: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let (dc, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
+    let dir = dc.volume(id).await.map_err(text)?;
     let mut out = Vec::new();
     for r in &dir.replicas {
         let pb = if json {
@@ -368,12 +345,10 @@ pub async fn rebuild_index(directory: &str, id: u32, json: bool) -> Result<(), S
         };
         pb.set_message(format!("rebuilding the index of volume {id} on {}", r.url));
         pb.enable_steady_tick(Duration::from_millis(200));
-        let res = post_json::<(), haystack_store::RebuildReport>(
-            &c,
-            &format!("{}/v1/volumes/{id}/rebuild-index", r.url),
-            None,
-        )
-        .await;
+        let res = stores
+            .rebuild_index::<haystack_store::RebuildReport>(&r.url, id)
+            .await
+            .map_err(text);
         pb.finish_and_clear();
         out.push(ReplicaReport {
             url: r.url.clone(),
@@ -426,11 +401,9 @@ pub async fn repair(
     from: Option<&str>,
     json: bool,
 ) -> Result<(), String> {
-    let directory = directory.trim_end_matches('/');
-    let c = client(Duration::from_secs(6 * 3600))?;
-    let stores: Vec<haystack_proto::directory::StoreInfo> =
-        get_json(&c, &format!("{directory}/v1/stores")).await?;
-    let vol: LogicalVolumeInfo = get_json(&c, &format!("{directory}/v1/volumes/{id}")).await?;
+    let (dc, store_client) = clients(directory, Duration::from_secs(6 * 3600))?;
+    let stores = dc.stores().await.map_err(text)?;
+    let vol = dc.volume(id).await.map_err(text)?;
     let target = find_store(&stores, to)?.clone();
     if target.state != haystack_proto::directory::StoreState::Up {
         return Err(format!(
@@ -471,15 +444,9 @@ pub async fn repair(
     // No uploads while the copy is made: a write after the copy started would be missing.
     let was_writable = vol.state == VolumeState::Writable;
     if was_writable {
-        let _: LogicalVolumeInfo = post_json(
-            &c,
-            &format!("{directory}/v1/volumes/{id}/state"),
-            Some(&VolumeStateRequest {
-                state: VolumeState::ReadOnly,
-                reason: Some("repair in progress".into()),
-            }),
-        )
-        .await?;
+        dc.set_volume_state(id, VolumeState::ReadOnly, Some("repair in progress".into()))
+            .await
+            .map_err(text)?;
     }
     let result = async {
         let pb = if json {
@@ -492,43 +459,28 @@ pub async fn repair(
             source.url, target.url
         ));
         pb.enable_steady_tick(Duration::from_millis(200));
-        let copied: Result<VolumeInfo, String> = post_json(
-            &c,
-            &format!("{}/v1/volumes/{id}/import", target.url),
-            Some(&serde_json::json!({ "from": source.url })),
-        )
-        .await;
+        let copied: Result<VolumeInfo, String> = store_client
+            .import(&target.url, id, &source.url)
+            .await
+            .map_err(text);
         pb.finish_and_clear();
         let copied = copied?;
-        let src: VolumeInfo = get_json(&c, &format!("{}/v1/volumes/{id}", source.url)).await?;
+        let src = store_client.volume(&source.url, id).await.map_err(text)?;
         if copied.needles != src.needles {
             return Err(format!(
                 "the copy on {} has {} needles, the source {}: directory not changed",
                 target.url, copied.needles, src.needles
             ));
         }
-        let d: LogicalVolumeInfo = post_json(
-            &c,
-            &format!("{directory}/v1/volumes/{id}/replace"),
-            Some(&haystack_proto::directory::ReplaceReplicaRequest {
-                from_store_id: replaced.store_id,
-                to_store_id: target.store_id,
-            }),
-        )
-        .await?;
+        let d = dc
+            .replace_replica(id, replaced.store_id, target.store_id)
+            .await
+            .map_err(text)?;
         Ok((copied, d))
     }
     .await;
     if was_writable {
-        let restored: Result<LogicalVolumeInfo, String> = post_json(
-            &c,
-            &format!("{directory}/v1/volumes/{id}/state"),
-            Some(&VolumeStateRequest {
-                state: VolumeState::Writable,
-                reason: None,
-            }),
-        )
-        .await;
+        let restored = dc.set_volume_state(id, VolumeState::Writable, None).await;
         if let Err(e) = restored {
             eprintln!("haystack: volume {id} stays read-only: {e}");
         }

@@ -1,4 +1,5 @@
-//! Wire types shared by the haystack services: the store ↔ directory messages and volume descriptions.
+//! Wire types shared by the haystack services: the store ↔ directory messages and volume
+//! descriptions, the needle address of URLs, the batch body and the photo id layout.
 //!
 //! This crate holds plain serde types only, so that every service can depend on it without
 //! dragging a runtime or an HTTP stack down the dependency graph. The JSON forms are documented
@@ -110,6 +111,10 @@ pub struct ErrorBody {
 
 pub mod batch;
 pub mod directory;
+pub mod id;
+pub mod needle;
+
+pub use needle::NeedleAddr;
 
 pub mod range;
 

@@ -99,8 +99,8 @@ fn no_unwrap_in_production_code() {
     let mut bad = Vec::new();
     for p in all_rust_files().iter().filter(|p| is_production(p)) {
         for (n, line) in production_lines(p) {
-            let code = line.split("//").next().unwrap_or("");
-            if code.contains(".unwrap()") {
+            let comment = line.trim_start().starts_with("//");
+            if !comment && line.contains(".unwrap()") {
                 bad.push(format!("{}:{n}: {}", rel(p), line.trim()));
             }
         }
@@ -115,6 +115,7 @@ fn no_unwrap_in_production_code() {
 /// and what serves pages or documents routes.
 const URL_OWNERS: &[&str] = &[
     "client/src/",
+    "proto/src/needle.rs",
     "store/src/http.rs",
     "directory/src/http.rs",
     "cache/src/http.rs",
@@ -122,25 +123,10 @@ const URL_OWNERS: &[&str] = &[
     "directory/src/dashboard.html",
 ];
 
-/// Files that still build URLs of other services by hand (issue 12, step 1, moves them into
-/// the client crate); the test fails when one is added, and when one is cleaned so that it
-/// can leave this list.
-const URL_STILL_BY_HAND: &[&str] = &[
-    "cache/src/upstream.rs",
-    "directory/src/client.rs",
-    "directory/src/service.rs",
-    "loadtest/src/driver.rs",
-    "loadtest/src/target.rs",
-    "ops/src/cluster.rs",
-    "ops/src/gc_tool.rs",
-    "ops/src/photo_tool.rs",
-    "ops/src/status.rs",
-    "ops/src/volume_tool.rs",
-    "store/src/heartbeat.rs",
-    "store/src/store.rs",
-    "uploader/src/service.rs",
-    "uploader/src/stores.rs",
-];
+/// Files that still hold such literals, each for a reason: `ops/src/cluster.rs` prints curl
+/// examples for a person. The test fails when a file is added, and when one is cleaned so
+/// that it can leave this list.
+const URL_STILL_BY_HAND: &[&str] = &["ops/src/cluster.rs"];
 
 #[test]
 fn service_urls_are_built_only_in_the_client_crate() {
@@ -154,8 +140,14 @@ fn service_urls_are_built_only_in_the_client_crate() {
         let hits: Vec<String> = production_lines(p)
             .into_iter()
             .filter(|(_, l)| {
-                let code = l.split("//").next().unwrap_or("");
-                code.contains("/v1/")
+                // A literal that starts a path, or a base URL followed by one; a message
+                // that names a route ("only it answers POST /v1/videos") is not a URL.
+                let code = if l.trim_start().starts_with("//") {
+                    ""
+                } else {
+                    l
+                };
+                code.contains("\"/v1/") || code.contains("}/v1/")
             })
             .map(|(n, l)| format!("{r}:{n}: {}", l.trim()))
             .collect();

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
 
+use haystack_client::DirectoryClient;
+
 use crate::store::Store;
 
 /// Where the directory is and how this store presents itself to it.
@@ -76,7 +78,7 @@ fn heartbeat(store: &Store, id: u64, cfg: &HeartbeatConfig) -> Heartbeat {
 }
 
 async fn register(
-    client: &reqwest::Client,
+    client: &DirectoryClient,
     store: &Store,
     cfg: &HeartbeatConfig,
 ) -> Result<StoreRegistered, String> {
@@ -90,17 +92,7 @@ async fn register(
         capacity_bytes,
         free_bytes,
     };
-    let r = client
-        .post(format!("{}/v1/stores/register", cfg.directory_url))
-        .json(&reg)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !r.status().is_success() {
-        let status = r.status();
-        return Err(format!("{status}: {}", r.text().await.unwrap_or_default()));
-    }
-    let ok: StoreRegistered = r.json().await.map_err(|e| e.to_string())?;
+    let ok: StoreRegistered = client.register(&reg).await.map_err(|e| e.to_string())?;
     if reg.store_id != Some(ok.store_id) {
         write_store_id(dir, ok.store_id).map_err(|e| format!("cannot keep the store id: {e}"))?;
     }
@@ -126,17 +118,18 @@ async fn apply(store: &Store, reply: HeartbeatReply) {
 pub struct HeartbeatWorker {
     store: Arc<Store>,
     cfg: HeartbeatConfig,
-    client: reqwest::Client,
+    client: DirectoryClient,
     id: Option<u64>,
     interval: Duration,
 }
 
 impl HeartbeatWorker {
     pub fn new(store: Arc<Store>, cfg: HeartbeatConfig) -> Self {
-        let client = reqwest::Client::builder()
+        let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
+        let client = DirectoryClient::with_http(&cfg.directory_url, http);
         let interval = cfg.interval;
         HeartbeatWorker {
             store,
@@ -173,28 +166,15 @@ impl haystack_service::Worker for HeartbeatWorker {
             return Ok(Next::Busy);
         };
         let hb = heartbeat(&self.store, sid, &self.cfg);
-        let r = self
-            .client
-            .post(format!(
-                "{}/v1/stores/{sid}/heartbeat",
-                self.cfg.directory_url
-            ))
-            .json(&hb)
-            .send()
-            .await
-            .map_err(|e| format!("heartbeat failed: {e}"))?;
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            tracing::warn!("the directory does not know this store; registering again");
-            self.id = None;
-            return Ok(Next::Busy);
-        }
-        if !r.status().is_success() {
-            return Err(format!("heartbeat refused: {}", r.status()));
-        }
-        let reply = r
-            .json::<HeartbeatReply>()
-            .await
-            .map_err(|e| format!("bad heartbeat reply: {e}"))?;
+        let reply = match self.client.heartbeat(&hb).await {
+            Ok(reply) => reply,
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!("the directory does not know this store; registering again");
+                self.id = None;
+                return Ok(Next::Busy);
+            }
+            Err(e) => return Err(format!("heartbeat failed: {e}")),
+        };
         apply(&self.store, reply).await;
         Ok(Next::Idle(self.interval))
     }

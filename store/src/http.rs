@@ -13,10 +13,12 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use haystack_proto::batch::{self, BatchError};
+use haystack_proto::needle::NeedleAddrError;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
-use haystack_proto::{parse_cookie, ErrorBody};
+use haystack_proto::{ErrorBody, NeedleAddr};
 use serde::Deserialize;
 
 use crate::error::StoreError;
@@ -90,32 +92,12 @@ fn parse_volume(s: &str) -> ApiResult<u32> {
         .map_err(|_| bad(format!("volume id {s:?} is not a 32-bit unsigned integer")))
 }
 
-/// A needle address from the path `/v1/needles/{volume}/{key}/{alt}/{cookie}`.
-struct NeedleAddr {
-    volume: u32,
-    key: u64,
-    alt: u32,
-    cookie: u64,
-}
-
-/// The needle address in a path `/{scope}/{scope}/{volume}/{key}/{alt}/{cookie}`. Parsed by
-/// hand: actix's router would run a regex per request for four dynamic segments.
+/// The needle address in the request's path (`haystack_proto::NeedleAddr`, parsed by hand:
+/// actix's router would run a regex per request for four dynamic segments).
 fn needle_addr(req: &HttpRequest) -> ApiResult<NeedleAddr> {
-    let mut it = req.path().split('/').skip(3);
-    let (Some(v), Some(k), Some(a), Some(c), None) =
-        (it.next(), it.next(), it.next(), it.next(), it.next())
-    else {
-        return Err(ApiError(StoreError::NoRoute));
-    };
-    Ok(NeedleAddr {
-        volume: parse_volume(v)?,
-        key: k
-            .parse()
-            .map_err(|_| bad("key is not a 64-bit unsigned integer"))?,
-        alt: a
-            .parse()
-            .map_err(|_| bad("alternate key is not a 32-bit unsigned integer"))?,
-        cookie: parse_cookie(c).ok_or_else(|| bad("cookie is not 1 to 16 hex digits"))?,
+    NeedleAddr::parse_path(req.path()).map_err(|e| match e {
+        NeedleAddrError::Shape => ApiError(StoreError::NoRoute),
+        e => bad(e.to_string()),
     })
 }
 
@@ -290,62 +272,23 @@ async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Parses a batch body (docs/API.md): repeated `key u64, alt u32, cookie u64, ct_len u8, ct,
-/// data_len u32, data`, little-endian.
-pub fn parse_batch(mut b: Bytes, max_needle: u64) -> Result<Vec<NeedleData>, StoreError> {
-    let short = || StoreError::BadRequest("batch body is truncated".into());
-    let mut out = Vec::new();
-    while b.has_remaining() {
-        if b.remaining() < 21 {
-            return Err(short());
-        }
-        let key = b.get_u64_le();
-        let alt = b.get_u32_le();
-        let cookie = b.get_u64_le();
-        let ct_len = b.get_u8() as usize;
-        if b.remaining() < ct_len + 4 {
-            return Err(short());
-        }
-        let ct = b.split_to(ct_len);
-        let content_type = std::str::from_utf8(&ct)
-            .map_err(|_| StoreError::BadRequest("content type is not UTF-8".into()))?
-            .to_string();
-        let len = b.get_u32_le() as u64;
-        if len > max_needle {
-            return Err(StoreError::TooLarge { max: max_needle });
-        }
-        if (b.remaining() as u64) < len {
-            return Err(short());
-        }
-        let data = b.split_to(len as usize);
-        out.push(NeedleData {
-            key,
-            alt,
-            cookie,
-            content_type,
-            data,
-        });
-    }
-    if out.is_empty() {
-        return Err(StoreError::BadRequest("empty batch".into()));
-    }
-    Ok(out)
-}
-
-/// Encodes needles as a batch body (the inverse of [`parse_batch`]).
-pub fn encode_batch(needles: &[NeedleData]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for n in needles {
-        haystack_proto::batch::push_record(
-            &mut out,
-            n.key,
-            n.alt,
-            n.cookie,
-            &n.content_type,
-            &n.data,
-        );
-    }
-    out
+/// Parses a batch body (docs/API.md; the format is `haystack_proto::batch`) into needles that
+/// share the body's buffer.
+pub fn parse_batch(b: Bytes, max_needle: u64) -> Result<Vec<NeedleData>, StoreError> {
+    let records = batch::parse(&b, max_needle).map_err(|e| match e {
+        BatchError::TooLarge { max } => StoreError::TooLarge { max },
+        e => StoreError::BadRequest(e.to_string()),
+    })?;
+    Ok(records
+        .into_iter()
+        .map(|r| NeedleData {
+            key: r.key,
+            alt: r.alt,
+            cookie: r.cookie,
+            content_type: r.content_type.to_string(),
+            data: b.slice_ref(r.data),
+        })
+        .collect())
 }
 
 async fn put_batch(

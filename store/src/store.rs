@@ -292,22 +292,15 @@ impl Store {
             }
             tracing::info!(volume = id, "empty replica dropped for an import");
         }
-        let url = format!("{}/v1/volumes/{id}/export", from.trim_end_matches('/'));
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let bad_source = |m: String| StoreError::BadRequest(format!("import from {url}: {m}"));
-        let resp = http
-            .get(&url)
-            .send()
+        let bad_source = |m: String| StoreError::BadRequest(format!("import from {from}: {m}"));
+        let resp = haystack_client::StoreClient::new(http)
+            .export(from, id)
             .await
             .map_err(|e| bad_source(e.to_string()))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            return Err(bad_source(format!("{status}: {body}")));
-        }
         let expected = resp
             .content_length()
             .ok_or_else(|| bad_source("no Content-Length".into()))?;

@@ -1,10 +1,22 @@
 //! The store's HTTP API on loopback: needle round trips, conditional and range GETs, batch
 //! PUT, volume admin, and bad input answered with JSON 4xx.
 
-use haystack_store::http::encode_batch;
+use haystack_proto::batch;
+use haystack_store::volume::NeedleData;
 use reqwest::StatusCode;
 
 use crate::common::*;
+
+/// A batch body of these needles.
+fn encode_batch(ns: &[NeedleData]) -> Vec<u8> {
+    batch::encode(ns.iter().map(|n| batch::Record {
+        key: n.key,
+        alt: n.alt,
+        cookie: n.cookie,
+        content_type: &n.content_type,
+        data: &n.data,
+    }))
+}
 
 async fn json_error(r: reqwest::Response) -> (StatusCode, String) {
     let status = r.status();

@@ -1,7 +1,7 @@
 //! The uploader's error type. Each variant maps to one HTTP status and error code, in
 //! `http.rs` (`status_and_code`), and nowhere else.
 
-use haystack_directory::client::ClientError;
+use haystack_client::ClientError;
 
 /// Everything that can go wrong in the uploader, from start-up to a single request.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,6 @@
 //! - [`config`]: [`UploaderConfig`], every field with its default, validated at start-up.
 //! - [`images`]: format sniffing, header limits, decoding with EXIF orientation, resizing
 //!   and encoding of variants (pure, synchronous).
-//! - [`stores`]: writes to the store machines' HTTP API (batch, needle) on every replica.
 //! - [`service`]: the upload, lookup and delete flows, retries and idempotency.
 //! - [`http`]: the actix-web server; errors become HTTP statuses there and nowhere else.
 //! - [`metrics`]: the process's Prometheus recorder.
@@ -18,7 +17,6 @@ pub mod http;
 pub mod images;
 pub mod metrics;
 pub mod service;
-pub mod stores;
 
 use std::future::Future;
 use std::net::TcpListener;

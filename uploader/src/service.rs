@@ -19,11 +19,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use haystack_directory::client::{ClientError, DirectoryClient};
+use haystack_client::store::{encode_batch, Needle, ReplicaError};
+use haystack_client::{ClientError, DirectoryClient, StoreClient};
 use haystack_proto::directory::{
     dec_u64, AssignRequest, AssignResponse, CommitRequest, KeyedCommit, PhotoInfo, PhotoKind,
     Variant, VideoChunk,
 };
+use haystack_proto::needle::NEEDLES_PREFIX;
+use haystack_proto::NeedleAddr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -31,7 +34,6 @@ use tokio::sync::Semaphore;
 use crate::config::UploaderConfig;
 use crate::error::UploaderError;
 use crate::images::{self, EncodeOptions, ImageLimits, Processed};
-use crate::stores::{encode_batch, Needle, ReplicaError, StoreClient};
 
 /// The JSON answer for a photo (`POST /v1/photos`, `GET /v1/photos/{id}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,7 +152,10 @@ impl Uploader {
             .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
         Ok(Uploader {
             dir: DirectoryClient::with_http(&cfg.directory_url, dir_http),
-            stores: StoreClient::new(store_http, Duration::from_millis(cfg.store_timeout_ms)),
+            stores: StoreClient::with_timeout(
+                store_http,
+                Duration::from_millis(cfg.store_timeout_ms),
+            ),
             image_slots: Arc::new(Semaphore::new(cfg.image_workers)),
             cfg: Arc::new(cfg),
         })
@@ -398,9 +403,11 @@ impl Uploader {
             Ok(_) => Err(UploaderError::Conflict(
                 "the Idempotency-Key was used for another upload".into(),
             )),
-            Err(ClientError::Api { status: 404, body }) if body.error == "deleted" => Err(
-                UploaderError::Conflict("the Idempotency-Key belongs to a deleted upload".into()),
-            ),
+            Err(ClientError::Api {
+                status: 404, body, ..
+            }) if body.error == "deleted" => Err(UploaderError::Conflict(
+                "the Idempotency-Key belongs to a deleted upload".into(),
+            )),
             Err(e) => Err(UploaderError::from_directory("looking up a replay", e)),
         }
     }
@@ -625,10 +632,7 @@ impl Uploader {
                     .stores
                     .read_head(
                         &info.replicas,
-                        info.volume_id,
-                        info.id,
-                        first,
-                        info.cookie,
+                        &NeedleAddr::new(info.volume_id, info.id, first, info.cookie),
                         1,
                     )
                     .await
@@ -646,7 +650,11 @@ impl Uploader {
                 for len in [256 << 10, self.cfg.max_photo_bytes] {
                     if let Some((_, head)) = self
                         .stores
-                        .read_head(&info.replicas, info.volume_id, info.id, 0, info.cookie, len)
+                        .read_head(
+                            &info.replicas,
+                            &NeedleAddr::new(info.volume_id, info.id, 0, info.cookie),
+                            len,
+                        )
                         .await
                     {
                         size = images::display_size(&head);
@@ -703,14 +711,9 @@ pub fn video_url(info: &PhotoInfo) -> String {
         .chunks
         .first()
         .map(|c| c.url.as_str())
-        .and_then(|u| u.find("/v1/needles/").map(|i| &u[..i]))
+        .and_then(|u| u.find(NEEDLES_PREFIX).map(|i| &u[..i]))
         .unwrap_or("");
-    format!(
-        "{base}/v1/videos/{}/{}/{}",
-        info.volume_id,
-        info.id,
-        haystack_proto::format_cookie(info.cookie)
-    )
+    haystack_client::urls::cache::video(base, info.volume_id, info.id, info.cookie)
 }
 
 fn video_answer(info: &PhotoInfo, content_type: String) -> VideoResponse {

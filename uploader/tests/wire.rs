@@ -1,7 +1,7 @@
 //! The uploader's batch encoding is the store's: the store's own parser reads it back.
 
 use bytes::Bytes;
-use haystack_uploader::stores::{encode_batch, Needle};
+use haystack_client::store::{encode_batch, Needle};
 
 #[test]
 fn batch_encoding_matches_the_store_parser() {

@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use haystack_cache::{CacheConfig, StatsSnapshot};
-use haystack_directory::client::DirectoryClient;
+use haystack_client::DirectoryClient;
 use haystack_proto::directory::{
     AssignRequest, CommitRequest, PhotoInfo, PhotoKind, Variant, VideoChunk,
 };

@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use haystack_directory::client::DirectoryClient;
+use haystack_client::DirectoryClient;
 use haystack_directory::clock::SystemClock;
 use haystack_directory::meta::embedded::EmbeddedStore;
 use haystack_directory::meta::MetadataStore;

@@ -1,5 +1,6 @@
-//! `DirectoryClient`: the Rust client of the directory's HTTP API, used by the store
-//! (register, heartbeat), the uploader (assign, commit) and the cache (lookup, volume).
+//! [`DirectoryClient`]: the client of the directory's HTTP API, used by the store (register,
+//! heartbeat), the uploader (assign, commit), the cache (lookup, volume) and the operator
+//! tools (volumes, state, replicas, condemn).
 
 use std::time::Duration;
 
@@ -8,41 +9,12 @@ use haystack_proto::directory::{
     KeyedCommit, LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
     VolumeStateRequest,
 };
-use haystack_proto::{
-    ErrorBody, Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState,
-};
+use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
 use serde::de::DeserializeOwned;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The directory could not be reached or the connection failed.
-    #[error("directory request failed: {0}")]
-    Transport(#[from] reqwest::Error),
-    /// The directory answered with an error status and body.
-    #[error("directory answered {status}: {} ({})", body.message, body.error)]
-    Api { status: u16, body: ErrorBody },
-    /// The answer was not the JSON expected.
-    #[error("directory answer undecodable: {0}")]
-    Decode(String),
-}
-
-impl ClientError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            ClientError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        self.status() == Some(404)
-    }
-
-    /// Worth retrying later: transport failures and 503s.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Transport(_)) || self.status() == Some(503)
-    }
-}
+use crate::http::call;
+use crate::urls::directory as url;
+use crate::ClientError;
 
 /// A client of one directory base URL, e.g. `http://127.0.0.1:8080`.
 #[derive(Clone, Debug)]
@@ -60,7 +32,7 @@ impl DirectoryClient {
         Ok(Self::with_http(base_url, http))
     }
 
-    /// A client over an existing reqwest client (shares its connection pool).
+    /// A client over an existing reqwest client (shares its connection pool and timeouts).
     pub fn with_http(base_url: &str, http: reqwest::Client) -> Self {
         Self {
             base: base_url.trim_end_matches('/').to_string(),
@@ -72,103 +44,72 @@ impl DirectoryClient {
         &self.base
     }
 
-    async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if status.is_success() {
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
-        } else {
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: "http".to_string(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-            Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            })
-        }
-    }
-
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let resp = self.http.get(format!("{}{path}", self.base)).send().await?;
-        Self::decode(resp).await
+    async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, ClientError> {
+        call(self.http.get(&url), &url).await
     }
 
     async fn post<B: serde::Serialize, T: DeserializeOwned>(
         &self,
-        path: &str,
+        url: String,
         body: &B,
     ) -> Result<T, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await?;
-        Self::decode(resp).await
+        call(self.http.post(&url).json(body), &url).await
     }
 
     pub async fn register(&self, req: &StoreRegistration) -> Result<StoreRegistered, ClientError> {
-        self.post("/v1/stores/register", req).await
+        self.post(url::register(&self.base), req).await
     }
 
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ClientError> {
-        self.post(&format!("/v1/stores/{}/heartbeat", hb.store_id), hb)
-            .await
+        self.post(url::heartbeat(&self.base, hb.store_id), hb).await
     }
 
     pub async fn assign(&self, req: &AssignRequest) -> Result<AssignResponse, ClientError> {
-        self.post("/v1/assign", req).await
+        self.post(url::assign(&self.base), req).await
     }
 
     pub async fn commit(&self, req: &CommitRequest) -> Result<PhotoInfo, ClientError> {
-        self.post("/v1/photos", req).await
+        self.post(url::photos(&self.base), req).await
     }
 
     /// A commit that binds an idempotency key: the answer may be another photo, the one the
     /// key is already bound to (same request hash).
     pub async fn commit_keyed(&self, req: &KeyedCommit) -> Result<PhotoInfo, ClientError> {
-        self.post("/v1/photos", req).await
+        self.post(url::photos(&self.base), req).await
     }
 
     /// Garbage collection: the photo, or a tombstone so that the id is never committed.
     pub async fn condemn(&self, id: u64) -> Result<CondemnResponse, ClientError> {
-        self.post(
-            &format!("/v1/photos/{id}/condemn"),
-            &serde_json::Value::Null,
-        )
-        .await
+        self.post(url::condemn(&self.base, id), &serde_json::Value::Null)
+            .await
     }
 
     pub async fn lookup(&self, id: u64) -> Result<PhotoInfo, ClientError> {
-        self.get(&format!("/v1/photos/{id}")).await
+        self.get(url::photo(&self.base, id)).await
     }
 
     pub async fn read_url(&self, id: u64, alt: u32) -> Result<String, ClientError> {
-        let r: UrlResponse = self.get(&format!("/v1/photos/{id}/url?alt={alt}")).await?;
+        let r: UrlResponse = self.get(url::photo_url(&self.base, id, alt)).await?;
         Ok(r.url)
     }
 
     pub async fn delete(&self, id: u64) -> Result<DeleteResponse, ClientError> {
-        let resp = self
-            .http
-            .delete(format!("{}/v1/photos/{id}", self.base))
-            .send()
-            .await?;
-        Self::decode(resp).await
+        let u = url::photo(&self.base, id);
+        call(self.http.delete(&u), &u).await
     }
 
     pub async fn volumes(&self) -> Result<Vec<LogicalVolumeInfo>, ClientError> {
-        self.get("/v1/volumes").await
+        self.get(url::volumes(&self.base)).await
     }
 
     pub async fn volume(&self, id: u32) -> Result<LogicalVolumeInfo, ClientError> {
-        self.get(&format!("/v1/volumes/{id}")).await
+        self.get(url::volume(&self.base, id)).await
     }
 
     /// Creates a logical volume now (operators; volumes are otherwise created automatically).
     pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, ClientError> {
-        self.post("/v1/volumes", &serde_json::json!({})).await
+        self.post(url::volumes(&self.base), &serde_json::json!({}))
+            .await
     }
 
     /// Sets a volume's recorded state (seal, read-only, writable again).
@@ -179,7 +120,7 @@ impl DirectoryClient {
         reason: Option<String>,
     ) -> Result<LogicalVolumeInfo, ClientError> {
         self.post(
-            &format!("/v1/volumes/{id}/state"),
+            url::volume_state(&self.base, id),
             &VolumeStateRequest { state, reason },
         )
         .await
@@ -193,7 +134,7 @@ impl DirectoryClient {
         to_store_id: u64,
     ) -> Result<LogicalVolumeInfo, ClientError> {
         self.post(
-            &format!("/v1/volumes/{id}/replace"),
+            url::volume_replace(&self.base, id),
             &ReplaceReplicaRequest {
                 from_store_id,
                 to_store_id,
@@ -203,11 +144,11 @@ impl DirectoryClient {
     }
 
     pub async fn stores(&self) -> Result<Vec<StoreInfo>, ClientError> {
-        self.get("/v1/stores").await
+        self.get(url::stores(&self.base)).await
     }
 
     /// `/health`; a degraded directory answers 503 with the same body, returned as `Api`.
     pub async fn health(&self) -> Result<DirectoryHealth, ClientError> {
-        self.get("/health").await
+        self.get(url::health(&self.base)).await
     }
 }

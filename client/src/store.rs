@@ -1,0 +1,413 @@
+//! [`StoreClient`]: the client of the store machines' HTTP API (docs/API.md, "Store machine"):
+//! needle writes, reads and deletes, batch writes, and the volume administration the
+//! directory and the operator tools use (create, list, seal, verify, compact, rebuild the
+//! index, export, import, list needles, gc). One client serves every store: each call names
+//! the store's base URL. The writes to every replica of a volume at once (the uploader's) are
+//! here too.
+//!
+//! The store's answers to administration calls (verify, compaction and rebuild reports...) are
+//! the store's types: those calls are generic over the type to decode, so that this crate does
+//! not depend on the store.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use haystack_proto::directory::Replica;
+use haystack_proto::{NeedleAddr, VolumeInfo};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::http::{api_error, call, send};
+use crate::urls::{self, store as url};
+use crate::ClientError;
+
+/// A client of the store machines over one reqwest client (one connection pool).
+#[derive(Clone, Debug)]
+pub struct StoreClient {
+    http: reqwest::Client,
+    timeout: Option<Duration>,
+}
+
+/// A needle read from a store: its bytes and the headers that describe them, as the store
+/// sent them.
+#[derive(Clone, Debug)]
+pub struct NeedleBody {
+    pub content_type: Option<Bytes>,
+    pub etag: Option<Bytes>,
+    pub data: Bytes,
+}
+
+impl NeedleBody {
+    /// The content type, or `application/octet-stream` when the store sent none (or one that
+    /// is not visible ASCII).
+    pub fn content_type_str(&self) -> &str {
+        self.content_type
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .filter(|s| s.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .unwrap_or("application/octet-stream")
+    }
+}
+
+impl StoreClient {
+    /// Requests use `http`'s own timeouts.
+    pub fn new(http: reqwest::Client) -> Self {
+        StoreClient {
+            http,
+            timeout: None,
+        }
+    }
+
+    /// Every request gives up after `timeout` (the body included).
+    pub fn with_timeout(http: reqwest::Client, timeout: Duration) -> Self {
+        StoreClient {
+            http,
+            timeout: Some(timeout),
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, url);
+        match self.timeout {
+            Some(t) => r.timeout(t),
+            None => r,
+        }
+    }
+
+    /// Writes one needle (`PUT /v1/needles/...`); Ok once the store answered 201 (durable).
+    pub async fn put_needle(
+        &self,
+        store: &str,
+        addr: &NeedleAddr,
+        content_type: &str,
+        data: Bytes,
+    ) -> Result<(), ClientError> {
+        let u = urls::needle(store, addr);
+        let r = self
+            .req(reqwest::Method::PUT, &u)
+            .header("content-type", content_type)
+            .body(data);
+        send(r, &u).await.map(drop)
+    }
+
+    /// Writes a batch body (`haystack_proto::batch`) to volume `volume`; Ok once the store
+    /// answered 201 (every needle durable).
+    pub async fn put_batch(
+        &self,
+        store: &str,
+        volume: u32,
+        body: Bytes,
+    ) -> Result<(), ClientError> {
+        let u = url::volume_op(store, volume, "batch");
+        let r = self
+            .req(reqwest::Method::POST, &u)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        send(r, &u).await.map(drop)
+    }
+
+    /// Reads a needle whole.
+    pub async fn get_needle(
+        &self,
+        store: &str,
+        addr: &NeedleAddr,
+    ) -> Result<NeedleBody, ClientError> {
+        self.read(store, addr, None).await
+    }
+
+    /// Reads bytes `first..=last` of a needle (fewer when it is shorter).
+    pub async fn get_needle_range(
+        &self,
+        store: &str,
+        addr: &NeedleAddr,
+        first: u64,
+        last: u64,
+    ) -> Result<NeedleBody, ClientError> {
+        self.read(store, addr, Some(format!("bytes={first}-{last}")))
+            .await
+    }
+
+    async fn read(
+        &self,
+        store: &str,
+        addr: &NeedleAddr,
+        range: Option<String>,
+    ) -> Result<NeedleBody, ClientError> {
+        let u = urls::needle(store, addr);
+        let mut r = self.req(reqwest::Method::GET, &u);
+        if let Some(range) = range {
+            r = r.header("range", range);
+        }
+        let resp = r.send().await?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp, &u).await);
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+        };
+        let content_type = header("content-type");
+        let etag = header("etag");
+        let data = resp.bytes().await?;
+        Ok(NeedleBody {
+            content_type,
+            etag,
+            data,
+        })
+    }
+
+    /// Deletes a needle. A 404 is an error ([`ClientError::is_not_found`]): callers that
+    /// only want it gone take it as done.
+    pub async fn delete_needle(&self, store: &str, addr: &NeedleAddr) -> Result<(), ClientError> {
+        let u = urls::needle(store, addr);
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
+    }
+
+    /// Creates volume `id` on the store now (`POST /v1/volumes/{id}`).
+    pub async fn create_volume(&self, store: &str, id: u32) -> Result<(), ClientError> {
+        let u = url::volume(store, id);
+        send(self.req(reqwest::Method::POST, &u), &u)
+            .await
+            .map(drop)
+    }
+
+    /// The store's volumes (`GET /v1/volumes`).
+    pub async fn volumes(&self, store: &str) -> Result<Vec<VolumeInfo>, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            volumes: Vec<VolumeInfo>,
+        }
+        let u = url::volumes(store);
+        let l: Listing = call(self.req(reqwest::Method::GET, &u), &u).await?;
+        Ok(l.volumes)
+    }
+
+    /// One volume (`GET /v1/volumes/{id}`).
+    pub async fn volume(&self, store: &str, id: u32) -> Result<VolumeInfo, ClientError> {
+        let u = url::volume(store, id);
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    async fn post_op<B: Serialize, T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        op: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let u = url::volume_op(store, id, op);
+        let mut r = self.req(reqwest::Method::POST, &u);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        call(r, &u).await
+    }
+
+    /// Seals the volume (read-only for good).
+    pub async fn seal(&self, store: &str, id: u32) -> Result<VolumeInfo, ClientError> {
+        self.post_op::<(), _>(store, id, "seal", None).await
+    }
+
+    /// A full CRC scan of the volume; `T` is the store's verify report.
+    pub async fn verify<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<T, ClientError> {
+        self.post_op::<(), _>(store, id, "verify", None).await
+    }
+
+    /// Compacts the volume; answers when it is done. `T` is the store's compaction report.
+    pub async fn compact<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<T, ClientError> {
+        self.post_op::<(), _>(store, id, "compact", None).await
+    }
+
+    /// Rebuilds the volume's index from its file; `T` is the store's rebuild report.
+    pub async fn rebuild_index<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<T, ClientError> {
+        self.post_op::<(), _>(store, id, "rebuild-index", None)
+            .await
+    }
+
+    /// Makes the store copy volume `id` from the store at `from` (its export) and open it.
+    pub async fn import(
+        &self,
+        store: &str,
+        id: u32,
+        from: &str,
+    ) -> Result<VolumeInfo, ClientError> {
+        let body = serde_json::json!({ "from": from });
+        self.post_op(store, id, "import", Some(&body)).await
+    }
+
+    /// The volume file as a stream (`GET /v1/volumes/{id}/export`): the answer once its
+    /// status is a success, for the caller to read with `bytes_stream` or `chunk`.
+    pub async fn export(&self, store: &str, id: u32) -> Result<reqwest::Response, ClientError> {
+        let u = url::volume_op(store, id, "export");
+        send(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// The volume's needle listing (`GET /v1/volumes/{id}/needles`); `T` is the listing.
+    pub async fn needles<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<T, ClientError> {
+        let u = url::volume_op(store, id, "needles");
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// Garbage collection: deletes the needles `body` lists (`POST /v1/volumes/{id}/gc`).
+    pub async fn gc<B: Serialize, T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.post_op(store, id, "gc", Some(body)).await
+    }
+}
+
+/// One needle to write: the alternate key, the media type stored with it, the bytes.
+#[derive(Clone, Debug)]
+pub struct Needle {
+    pub alt: u32,
+    pub content_type: String,
+    pub data: Bytes,
+}
+
+/// Encodes needles of one photo as a store batch body (`haystack_proto::batch`).
+pub fn encode_batch(key: u64, cookie: u64, needles: &[Needle]) -> Bytes {
+    use haystack_proto::batch::{push_record, record_len};
+    let len: usize = needles
+        .iter()
+        .map(|n| record_len(&n.content_type, n.data.len()))
+        .sum();
+    let mut out = Vec::with_capacity(len);
+    for n in needles {
+        push_record(&mut out, key, n.alt, cookie, &n.content_type, &n.data);
+    }
+    Bytes::from(out)
+}
+
+/// Why a replica did not take a write.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("replica {url} refused the write: {detail}")]
+pub struct ReplicaError {
+    pub url: String,
+    /// The HTTP status, when the store answered.
+    pub status: Option<u16>,
+    /// The store's error code (`read_only`, `volume_full`...), when it sent one.
+    pub code: Option<String>,
+    pub detail: String,
+}
+
+impl ReplicaError {
+    fn of(replica: &str, e: ClientError) -> Self {
+        let (status, code, detail) = match &e {
+            ClientError::Api { status, body, .. } => (
+                Some(*status),
+                (body.error != "http").then(|| body.error.clone()),
+                format!("{status}: {}", body.message),
+            ),
+            other => (None, None, other.to_string()),
+        };
+        ReplicaError {
+            url: replica.to_string(),
+            status,
+            code,
+            detail,
+        }
+    }
+
+    /// A store's 413: the needle can never fit, on any volume.
+    pub fn is_too_large(&self) -> bool {
+        self.status == Some(413)
+    }
+}
+
+impl StoreClient {
+    /// The batch to every replica at once; Ok only when every one acknowledged. The errors of
+    /// the replicas that failed otherwise.
+    pub async fn write_batch_all(
+        &self,
+        replicas: &[Replica],
+        volume: u32,
+        body: Bytes,
+    ) -> Result<(), Vec<ReplicaError>> {
+        let writes = replicas.iter().map(|r| {
+            let body = body.clone();
+            async move {
+                self.put_batch(&r.url, volume, body)
+                    .await
+                    .map_err(|e| ReplicaError::of(&r.url, e))
+            }
+        });
+        collect(futures_util::future::join_all(writes).await)
+    }
+
+    /// One needle to every replica at once; Ok only when every one acknowledged.
+    pub async fn put_needle_all(
+        &self,
+        replicas: &[Replica],
+        volume: u32,
+        key: u64,
+        cookie: u64,
+        needle: &Needle,
+    ) -> Result<(), Vec<ReplicaError>> {
+        let addr = NeedleAddr::new(volume, key, needle.alt, cookie);
+        let writes = replicas.iter().map(|r| async move {
+            self.put_needle(&r.url, &addr, &needle.content_type, needle.data.clone())
+                .await
+                .map_err(|e| ReplicaError::of(&r.url, e))
+        });
+        collect(futures_util::future::join_all(writes).await)
+    }
+
+    /// Reads up to `len` bytes from the start of a needle, trying the replicas in order: its
+    /// content type and the bytes. None when no replica answers with the needle.
+    pub async fn read_head(
+        &self,
+        replicas: &[Replica],
+        addr: &NeedleAddr,
+        len: u64,
+    ) -> Option<(String, Bytes)> {
+        for r in replicas {
+            match self
+                .get_needle_range(&r.url, addr, 0, len.saturating_sub(1))
+                .await
+            {
+                Ok(n) => {
+                    let ct = n
+                        .content_type
+                        .as_deref()
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .unwrap_or("application/octet-stream")
+                        .to_string();
+                    return Some((ct, n.data));
+                }
+                Err(e) => tracing::debug!(store = %r.url, error = %e, "needle read failed"),
+            }
+        }
+        None
+    }
+}
+
+fn collect(results: Vec<Result<(), ReplicaError>>) -> Result<(), Vec<ReplicaError>> {
+    let failed: Vec<ReplicaError> = results.into_iter().filter_map(Result::err).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed)
+    }
+}

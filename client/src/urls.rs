@@ -1,0 +1,133 @@
+//! Every URL one service builds to call another (or hands out for others to call): the one
+//! place the `/v1/...` paths of docs/API.md are written on the client side. A base is a
+//! scheme, host and port (`http://127.0.0.1:8080`); a trailing `/` is ignored.
+
+use haystack_proto::{format_cookie, NeedleAddr};
+
+fn join(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+/// A needle on a store, or on the cache tier (both serve the same path).
+pub fn needle(base: &str, addr: &NeedleAddr) -> String {
+    join(base, &addr.path())
+}
+
+/// The directory's API.
+pub mod directory {
+    use super::join;
+
+    pub fn register(base: &str) -> String {
+        join(base, "/v1/stores/register")
+    }
+    pub fn heartbeat(base: &str, store_id: u64) -> String {
+        join(base, &format!("/v1/stores/{store_id}/heartbeat"))
+    }
+    pub fn stores(base: &str) -> String {
+        join(base, "/v1/stores")
+    }
+    pub fn assign(base: &str) -> String {
+        join(base, "/v1/assign")
+    }
+    /// `POST` commits a photo.
+    pub fn photos(base: &str) -> String {
+        join(base, "/v1/photos")
+    }
+    pub fn photo(base: &str, id: u64) -> String {
+        join(base, &format!("/v1/photos/{id}"))
+    }
+    pub fn photo_url(base: &str, id: u64, alt: u32) -> String {
+        join(base, &format!("/v1/photos/{id}/url?alt={alt}"))
+    }
+    pub fn condemn(base: &str, id: u64) -> String {
+        join(base, &format!("/v1/photos/{id}/condemn"))
+    }
+    pub fn volumes(base: &str) -> String {
+        join(base, "/v1/volumes")
+    }
+    pub fn volume(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}"))
+    }
+    pub fn volume_state(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/state"))
+    }
+    pub fn volume_replace(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/replace"))
+    }
+    pub fn health(base: &str) -> String {
+        join(base, "/health")
+    }
+}
+
+/// A store machine's API (needles are [`super::needle`]).
+pub mod store {
+    use super::join;
+
+    /// `GET` lists the store's volumes.
+    pub fn volumes(base: &str) -> String {
+        join(base, "/v1/volumes")
+    }
+    /// `GET` describes, `POST` creates the volume.
+    pub fn volume(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}"))
+    }
+    /// An operation on a volume: `batch`, `seal`, `verify`, `compact`, `rebuild-index`,
+    /// `export`, `import`, `needles`, `gc`.
+    pub fn volume_op(base: &str, id: u32, op: &str) -> String {
+        join(base, &format!("/v1/volumes/{id}/{op}"))
+    }
+}
+
+/// The cache tier's API (needles are [`super::needle`]).
+pub mod cache {
+    use super::{format_cookie, join};
+
+    /// A whole video, served from its chunks.
+    pub fn video(base: &str, volume: u32, id: u64, cookie: u64) -> String {
+        join(
+            base,
+            &format!("/v1/videos/{volume}/{id}/{}", format_cookie(cookie)),
+        )
+    }
+}
+
+/// The uploader's public API (the load generator's write path).
+pub mod uploader {
+    use super::join;
+
+    pub fn photos(base: &str) -> String {
+        join(base, "/v1/photos")
+    }
+    pub fn photo(base: &str, id: u64) -> String {
+        join(base, &format!("/v1/photos/{id}"))
+    }
+    pub fn videos(base: &str) -> String {
+        join(base, "/v1/videos")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_with_or_without_a_slash_give_one_url() {
+        let a = NeedleAddr::new(3, 7, 1, 0xab);
+        assert_eq!(
+            needle("http://h:1/", &a),
+            "http://h:1/v1/needles/3/7/1/00000000000000ab"
+        );
+        assert_eq!(
+            directory::photo_url("http://h:1", 9, 2),
+            "http://h:1/v1/photos/9/url?alt=2"
+        );
+        assert_eq!(
+            store::volume_op("http://h:1//", 4, "gc"),
+            "http://h:1/v1/volumes/4/gc"
+        );
+        assert_eq!(
+            cache::video("http://h:1", 1, 2, 3),
+            "http://h:1/v1/videos/1/2/0000000000000003"
+        );
+    }
+}
