@@ -2,6 +2,12 @@
 //! header checks before any decode, decoding with EXIF orientation applied, resizing with
 //! fast_image_resize, and encoding the variants (JPEG with jpeg-encoder, or PNG where the
 //! upload was lossless and PNG is smaller or keeps transparency).
+//!
+//! A JPEG whose longest side is at least twice the largest variant is decoded at 1/2, 1/4 or
+//! 1/8 scale in the IDCT (jpeg-decoder's DCT scaling): the largest reduction that still
+//! leaves every variant at least as many pixels to be resized from. Every other image is
+//! decoded whole (the image crate, zune-jpeg for JPEG). The variants' sizes always come from
+//! the original's size, never from the reduced decode's.
 
 use std::io::Cursor;
 
@@ -215,7 +221,16 @@ pub fn process(
     opts: EncodeOptions,
 ) -> Result<Processed, UploaderError> {
     let probe = probe(bytes, limits)?;
-    let pixels = decode(bytes, &probe)?;
+    let largest = specs
+        .iter()
+        .map(|s| s.longest_side)
+        .max()
+        .unwrap_or(u32::MAX);
+    let Decoded {
+        pixels,
+        width,
+        height,
+    } = decode(bytes, &probe, largest)?;
     let mut out: Vec<Option<Rendition>> = vec![None; specs.len()];
     // Largest first, each made from the smallest already-made image that is at least as large
     // (a cascade: the thumb comes from the medium, not from 12 megapixels).
@@ -228,7 +243,7 @@ pub fn process(
     let mut resizer = fr::Resizer::new();
     for i in order {
         let spec = &specs[i];
-        let (w, h) = fit(pixels.width, pixels.height, spec.longest_side);
+        let (w, h) = fit(width, height, spec.longest_side);
         let same = (w, h) == (source.width, source.height);
         let (content_type, data) = match (&source_encoded, same) {
             (Some(enc), true) => enc.clone(),
@@ -250,8 +265,8 @@ pub fn process(
     }
     Ok(Processed {
         format: probe.format,
-        width: pixels.width,
-        height: pixels.height,
+        width,
+        height,
         variants: out.into_iter().flatten().collect(),
     })
 }
@@ -294,7 +309,17 @@ impl Pixels {
     }
 }
 
-fn decode(bytes: &[u8], probe: &Probe) -> Result<Pixels, UploaderError> {
+/// A decode: the pixels, maybe at a reduced scale, and the original's display size.
+struct Decoded {
+    pixels: Pixels,
+    /// The original's size after EXIF orientation (the pixels' size when not reduced).
+    width: u32,
+    height: u32,
+}
+
+/// Decodes with EXIF orientation applied. `largest` is the longest side of the largest variant
+/// wanted: a JPEG at least twice that large is decoded at a reduced scale (`dct_scale`).
+fn decode(bytes: &[u8], probe: &Probe, largest: u32) -> Result<Decoded, UploaderError> {
     if probe.format == SourceFormat::Jpeg && !jpeg_complete(bytes) {
         // The JPEG decoder fills a truncated scan with grey rather than failing.
         return Err(UploaderError::InvalidImage(
@@ -306,7 +331,8 @@ fn decode(bytes: &[u8], probe: &Probe) -> Result<Pixels, UploaderError> {
     limits.max_image_width = Some(probe.width);
     limits.max_image_height = Some(probe.height);
     // Room for the decoded pixels at up to 16 bits per RGBA channel, plus slack.
-    limits.max_alloc = Some(probe.width as u64 * probe.height as u64 * 8 + (64 << 20));
+    let max_alloc = probe.width as u64 * probe.height as u64 * 8 + (64 << 20);
+    limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
     let mut decoder = reader
         .into_decoder()
@@ -315,9 +341,99 @@ fn decode(bytes: &[u8], probe: &Probe) -> Result<Pixels, UploaderError> {
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img =
-        DynamicImage::from_decoder(decoder).map_err(|e| image_error("decoding the image", e))?;
+    let swap = matches!(
+        orientation,
+        image::metadata::Orientation::Rotate90
+            | image::metadata::Orientation::Rotate270
+            | image::metadata::Orientation::Rotate90FlipH
+            | image::metadata::Orientation::Rotate270FlipH
+    );
+    let (width, height) = if swap {
+        (probe.height, probe.width)
+    } else {
+        (probe.width, probe.height)
+    };
+    let denominator = match probe.format {
+        SourceFormat::Jpeg => dct_scale(probe.width, probe.height, largest),
+        _ => 1,
+    };
+    let mut img = match denominator {
+        1 => None,
+        d => decode_jpeg_scaled(bytes, probe, d, max_alloc)?,
+    }
+    .map_or_else(
+        || DynamicImage::from_decoder(decoder).map_err(|e| image_error("decoding the image", e)),
+        Ok,
+    )?;
     img.apply_orientation(orientation);
+    Ok(Decoded {
+        pixels: into_pixels(img),
+        width,
+        height,
+    })
+}
+
+/// The largest reduction of the IDCT (1, 2, 4 or 8) after which a `width` x `height` image
+/// still has at least the pixels of its largest variant (longest side `largest`) on both
+/// axes, so that every variant is still resized down, never up.
+pub fn dct_scale(width: u32, height: u32, largest: u32) -> u32 {
+    let (w, h) = fit(width, height, largest);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| width.div_ceil(d) >= w && height.div_ceil(d) >= h)
+        .unwrap_or(1)
+}
+
+/// A JPEG decoded at 1/`denominator` scale by jpeg-decoder. None when jpeg-decoder cannot give
+/// 8-bit RGB or grey at that scale (CMYK, 16-bit lossless): the caller decodes it whole.
+fn decode_jpeg_scaled(
+    bytes: &[u8],
+    probe: &Probe,
+    denominator: u32,
+    max_alloc: u64,
+) -> Result<Option<DynamicImage>, UploaderError> {
+    let jpeg_error = |e: jpeg_decoder::Error| match e {
+        jpeg_decoder::Error::Unsupported(u) => {
+            UploaderError::UnsupportedFormat(format!("decoding the image: {u:?}"))
+        }
+        other => UploaderError::InvalidImage(format!("decoding the image: {other}")),
+    };
+    let (want_w, want_h) = (
+        probe.width.div_ceil(denominator),
+        probe.height.div_ceil(denominator),
+    );
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(usize::try_from(max_alloc).unwrap_or(usize::MAX));
+    let (Ok(req_w), Ok(req_h)) = (u16::try_from(want_w), u16::try_from(want_h)) else {
+        return Ok(None);
+    };
+    decoder.read_info().map_err(jpeg_error)?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| UploaderError::Internal("jpeg-decoder read no header".into()))?;
+    if (u32::from(info.width), u32::from(info.height)) != (probe.width, probe.height) {
+        return Ok(None);
+    }
+    let (w, h) = decoder.scale(req_w, req_h).map_err(jpeg_error)?;
+    if (u32::from(w), u32::from(h)) != (want_w, want_h) {
+        return Ok(None);
+    }
+    let (w, h) = (u32::from(w), u32::from(h));
+    Ok(match info.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            let raw = decoder.decode().map_err(jpeg_error)?;
+            image::RgbImage::from_raw(w, h, raw).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            let raw = decoder.decode().map_err(jpeg_error)?;
+            image::GrayImage::from_raw(w, h, raw).map(DynamicImage::ImageLuma8)
+        }
+        _ => None,
+    })
+}
+
+/// 8-bit RGB, or RGBA when some pixel is not opaque.
+fn into_pixels(img: DynamicImage) -> Pixels {
     let (width, height) = (img.width(), img.height());
     let alpha = img.color().has_alpha();
     let data = if alpha {
@@ -327,22 +443,22 @@ fn decode(bytes: &[u8], probe: &Probe) -> Result<Pixels, UploaderError> {
                 .flat_map(|p| [p[0], p[1], p[2]])
                 .collect()
         } else {
-            return Ok(Pixels {
+            return Pixels {
                 width,
                 height,
                 alpha: true,
                 data: std::sync::Arc::new(rgba),
-            });
+            };
         }
     } else {
         img.into_rgb8().into_raw()
     };
-    Ok(Pixels {
+    Pixels {
         width,
         height,
         alpha: false,
         data: std::sync::Arc::new(data),
-    })
+    }
 }
 
 /// Whether a JPEG has an end-of-image marker after its first scan: walks the marker
@@ -516,6 +632,107 @@ mod tests {
         assert!(jpeg_complete(&trailing));
         for cut in [3, 20, jpeg.len() / 2, jpeg.len() - 1] {
             assert!(!jpeg_complete(&jpeg[..cut]), "cut at {cut}");
+        }
+    }
+
+    /// A photo-like picture: gradients, a texture and per-pixel noise (as the variants bench).
+    fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
+        let mut px = Vec::with_capacity((w * h * 3) as usize);
+        let mut seed: u32 = 0x9e37_79b9;
+        for y in 0..h {
+            for x in 0..w {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                let n = (seed % 17) as f32 - 8.0;
+                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+                let t = ((x as f32 * 0.05).sin() * (y as f32 * 0.03).cos()) * 30.0;
+                px.push((fx * 200.0 + t + n).clamp(0.0, 255.0) as u8);
+                px.push((fy * 180.0 + 40.0 - t + n).clamp(0.0, 255.0) as u8);
+                px.push(((fx + fy) * 100.0 + t * 0.5 + n).clamp(0.0, 255.0) as u8);
+            }
+        }
+        let img = image::RgbImage::from_raw(w, h, px).unwrap();
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&img)
+            .unwrap();
+        jpeg
+    }
+
+    /// The variants' pixels (before encoding) as `process` makes them: largest first, each
+    /// resized from the one before, sizes from the original's.
+    fn variant_pixels(d: &Decoded, sides: &[u32]) -> Vec<Pixels> {
+        let mut resizer = fr::Resizer::new();
+        let mut source = d.pixels.clone_ref();
+        let mut out = Vec::new();
+        for &side in sides {
+            let (w, h) = fit(d.width, d.height, side);
+            if (w, h) != (source.width, source.height) {
+                source = resize(&mut resizer, &source, w, h).unwrap();
+            }
+            out.push(source.clone_ref());
+        }
+        out
+    }
+
+    fn psnr(a: &Pixels, b: &Pixels) -> (f64, u8) {
+        assert_eq!((a.width, a.height, a.alpha), (b.width, b.height, b.alpha));
+        let (mut sq, mut max) = (0f64, 0u8);
+        for (x, y) in a.data.iter().zip(b.data.iter()) {
+            let e = x.abs_diff(*y);
+            sq += f64::from(e) * f64::from(e);
+            max = max.max(e);
+        }
+        let mse = sq / a.data.len() as f64;
+        (10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10(), max)
+    }
+
+    /// The reduced-scale decode gives variants within 40 dB PSNR of a full decode resized
+    /// the same way (the bound the uploader holds the DCT scaling to).
+    #[test]
+    fn dct_scaled_variants_match_full_decode() {
+        assert_eq!(dct_scale(4032, 3024, 2048), 1, "2016 < 2048: whole");
+        assert_eq!(dct_scale(4096, 3072, 2048), 2);
+        assert_eq!(dct_scale(3024, 4032, 320), 8);
+        assert_eq!(dct_scale(6000, 4000, 1024), 4);
+        assert_eq!(
+            dct_scale(1000, 10, 320),
+            2,
+            "the short side may not drop below the fit"
+        );
+        assert_eq!(dct_scale(100, 50, 320), 1);
+        let limits = ImageLimits {
+            max_pixels: 100_000_000,
+            max_dimension: 30_000,
+        };
+        for (w, h, sides, denominator) in [
+            (4096, 3072, &[2048, 1024, 320][..], 2),
+            (4032, 3024, &[320][..], 8),
+            (4032, 3024, &[2048, 1024, 320][..], 1),
+        ] {
+            let jpeg = photo_jpeg(w, h);
+            let probe = probe(&jpeg, limits).unwrap();
+            let largest = sides[0];
+            assert_eq!(dct_scale(w, h, largest), denominator);
+            let scaled = decode(&jpeg, &probe, largest).unwrap();
+            let full = decode(&jpeg, &probe, u32::MAX).unwrap();
+            assert_eq!((scaled.width, scaled.height), (w, h));
+            assert_eq!(
+                (scaled.pixels.width, scaled.pixels.height),
+                (w.div_ceil(denominator), h.div_ceil(denominator))
+            );
+            for (side, (a, b)) in sides.iter().zip(
+                variant_pixels(&scaled, sides)
+                    .iter()
+                    .zip(&variant_pixels(&full, sides)),
+            ) {
+                let (db, max) = psnr(a, b);
+                println!(
+                    "{w}x{h} at 1/{denominator}, variant {side}: PSNR {db:.1} dB, max error {max}"
+                );
+                assert!(db >= 40.0, "{w}x{h} 1/{denominator} {side}: {db:.1} dB");
+            }
         }
     }
 }
