@@ -8,6 +8,7 @@
 //! forgets the photo here too, and a lookup that was under way during a purge is not
 //! remembered (a purge counter), so after a DELETE returns the next miss asks again.
 
+use haystack_service::sync::lock;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -55,7 +56,7 @@ impl Liveness {
     /// Remembers that photo `id` is live with this volume and cookie, unless a purge came
     /// since `epoch`.
     pub fn remember(&self, id: u64, volume: u32, cookie: u64, epoch: u64) {
-        let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.known);
         if self.purges.load(Ordering::SeqCst) == epoch {
             m.put(
                 id,
@@ -70,7 +71,7 @@ impl Liveness {
 
     /// Forgets a photo (it was deleted).
     pub fn purge(&self, id: u64) {
-        let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.known);
         self.purges.fetch_add(1, Ordering::SeqCst);
         m.pop(&id);
     }
@@ -86,7 +87,7 @@ impl Liveness {
         stats: &Stats,
     ) -> Result<(), CacheError> {
         let cached = {
-            let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = lock(&self.known);
             m.get(&id).copied()
         };
         let k = match cached {

@@ -8,6 +8,7 @@
 //! finds its slot gone and does not insert: a delete cannot be undone by a read that started
 //! before it.
 
+use haystack_service::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,9 +146,7 @@ impl Memory {
     fn shard(&self, k: &NeedleKey) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard lock leaves consistent data (every update is a few
         // map operations that do not panic), so a poisoned lock is taken over.
-        self.shards[shard_of(k, self.shards.len())]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.shards[shard_of(k, self.shards.len())])
     }
 
     /// The hit path: the needle if it is in memory (and marks it recently used).
@@ -238,7 +237,7 @@ impl Memory {
     pub fn purge_photo(&self, volume: u32, key: u64) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(shard);
             if let Some(alts) = s.photos.remove(&(volume, key)) {
                 for alt in alts {
                     if let Some(n) = s.lru.pop(&NeedleKey { volume, key, alt }) {
@@ -260,7 +259,7 @@ impl Memory {
             ..Default::default()
         };
         for shard in self.shards.iter() {
-            let s = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let s = lock(shard);
             st.entries += s.lru.len() as u64;
             st.bytes += s.bytes;
         }

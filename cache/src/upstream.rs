@@ -2,6 +2,7 @@
 //! while, asked again sooner after a failure), the replica with the fewest reads in flight
 //! first (Petal's rule), and failover to the next one on an error or a timeout.
 
+use haystack_service::sync::lock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -144,7 +145,7 @@ impl Upstream {
     }
 
     fn store_state(&self, url: &str) -> Arc<StoreState> {
-        let mut m = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.stores);
         m.entry(url.to_string()).or_default().clone()
     }
 
@@ -163,7 +164,7 @@ impl Upstream {
     ) -> Result<Arc<VolumeView>, CacheError> {
         let now = Instant::now();
         let cached = {
-            let m = self.volumes.lock().unwrap_or_else(|p| p.into_inner());
+            let m = lock(&self.volumes);
             m.get(&id).map(|e| (e.view.clone(), e.refresh_after))
         };
         if let Some((view, refresh_after)) = &cached {
@@ -188,35 +189,24 @@ impl Upstream {
                         .collect(),
                 });
                 let now = Instant::now();
-                self.volumes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        id,
-                        VolEntry {
-                            view: view.clone(),
-                            fetched: now,
-                            refresh_after: now + self.ttl,
-                        },
-                    );
+                lock(&self.volumes).insert(
+                    id,
+                    VolEntry {
+                        view: view.clone(),
+                        fetched: now,
+                        refresh_after: now + self.ttl,
+                    },
+                );
                 Ok(view)
             }
             Err(e) if e.is_not_found() => {
-                self.volumes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                lock(&self.volumes).remove(&id);
                 Err(CacheError::NoSuchVolume(id))
             }
             Err(e) => match cached {
                 Some((view, _)) => {
                     tracing::warn!(volume = id, error = %e, "refreshing volume replicas failed; using the ones known");
-                    if let Some(en) = self
-                        .volumes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get_mut(&id)
-                    {
+                    if let Some(en) = lock(&self.volumes).get_mut(&id) {
                         en.refresh_after = Instant::now() + MIN_REFRESH;
                     }
                     Ok(view)
@@ -228,12 +218,7 @@ impl Upstream {
 
     /// Asks the directory again at the next miss (at most once per second).
     fn mark_stale(&self, id: u32) {
-        if let Some(e) = self
-            .volumes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&id)
-        {
+        if let Some(e) = lock(&self.volumes).get_mut(&id) {
             e.refresh_after = e.refresh_after.min(e.fetched + MIN_REFRESH);
         }
     }

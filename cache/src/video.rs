@@ -1,6 +1,7 @@
 //! Videos: a video's chunk list from the directory (kept for a while, dropped on purge), and
 //! the mapping of a byte range of the whole video onto its chunks.
 
+use haystack_service::sync::lock;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -96,7 +97,7 @@ impl Videos {
         stats: &Stats,
     ) -> Result<Arc<Video>, CacheError> {
         {
-            let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            let mut m = lock(&self.known);
             if let Some((v, at)) = m.get(&id) {
                 if at.elapsed() < self.ttl {
                     return Ok(v.clone());
@@ -133,7 +134,7 @@ impl Videos {
             return Err(CacheError::NotFound);
         };
         let v = Arc::new(v);
-        let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.known);
         if self.purges.load(Ordering::SeqCst) == epoch {
             m.put(id, (v.clone(), Instant::now()));
         }
@@ -142,7 +143,7 @@ impl Videos {
 
     /// Forgets a video (it was deleted).
     pub fn purge(&self, id: u64) {
-        let mut m = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = lock(&self.known);
         self.purges.fetch_add(1, Ordering::SeqCst);
         m.pop(&id);
     }
