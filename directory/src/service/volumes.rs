@@ -1,0 +1,384 @@
+//! Logical volumes: the list, creation and placement of replicas, recorded state (seal),
+//! replica replacement, re-replication of the volumes of stores down too long, capacity, and
+//! the maintenance round.
+
+use super::*;
+
+impl Directory {
+    pub fn volumes(&self) -> Vec<LogicalVolumeInfo> {
+        self.view()
+            .volumes
+            .values()
+            .map(|v| v.info.clone())
+            .collect()
+    }
+
+    pub fn volume(&self, id: u32) -> Result<LogicalVolumeInfo, DirectoryError> {
+        self.view()
+            .volumes
+            .get(&id)
+            .map(|v| v.info.clone())
+            .ok_or_else(|| DirectoryError::NotFound(format!("logical volume {id} not found")))
+    }
+
+    /// Creates a logical volume on R machines chosen by [`placement::place`]; the stores create
+    /// their replicas when their next heartbeat answer tells them to.
+    pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            let view = self.view();
+            // Bytes promised to volumes a store has not created yet.
+            let candidates: Vec<Candidate> = view
+                .stores
+                .values()
+                .filter(|s| store_up(s))
+                .map(|s| {
+                    let mut promised = 0u64;
+                    let mut volumes = 0u32;
+                    for v in view.volumes.values() {
+                        if let Some(r) = v.info.replicas.iter().find(|r| r.store_id == s.id) {
+                            volumes += 1;
+                            if !r.reported {
+                                promised += self.config.volume_capacity_bytes;
+                            }
+                        }
+                    }
+                    Candidate {
+                        store_id: s.id,
+                        zone: s.zone.clone(),
+                        rack: s.rack.clone(),
+                        free_bytes: s.free_bytes.saturating_sub(promised),
+                        volumes,
+                    }
+                })
+                .collect();
+            let replicas = placement::place(
+                &candidates,
+                self.config.replication_factor,
+                self.config.volume_capacity_bytes,
+            )
+            .map_err(|e| DirectoryError::NoWritableVolume(format!("cannot place a volume: {e}")))?;
+            let id = view.volumes.keys().next_back().map_or(1, |m| m + 1);
+            let vol = LogicalVolume {
+                id,
+                replicas,
+                state: VolumeState::Writable,
+                capacity_bytes: self.config.volume_capacity_bytes,
+                used_bytes: 0,
+                created_ms: self.clock.now_ms(),
+                reason: None,
+                reported_by: Vec::new(),
+            };
+            match self.meta.put_volume(&vol, Expect::Absent).await? {
+                Cas::Applied { version } => {
+                    tracing::info!(volume_id = id, replicas = ?vol.replicas, "logical volume created");
+                    self.push_volume_creation(id, &vol.replicas, &view);
+                    metrics::counter!("haystack_directory_volumes_created_total").increment(1);
+                    self.with_state(|st| {
+                        st.volumes.insert(
+                            id,
+                            Versioned {
+                                version,
+                                value: vol,
+                            },
+                        );
+                    });
+                    return self.volume(id);
+                }
+                // Another instance took this id: learn its volumes and try the next.
+                Cas::Conflict { .. } => self.refresh().await?,
+            }
+        }
+        Err(DirectoryError::Conflict(
+            "volume ids are contended; retry".into(),
+        ))
+    }
+
+    /// Sets a volume's recorded state (operators: seal, or take a volume out of rotation).
+    /// A sealed volume stays sealed.
+    pub async fn set_volume_state(
+        &self,
+        id: u32,
+        state: VolumeState,
+        reason: Option<String>,
+    ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                return Err(DirectoryError::NotFound(format!(
+                    "logical volume {id} not found"
+                )));
+            };
+            if cur.value.state == VolumeState::Sealed && state != VolumeState::Sealed {
+                return Err(DirectoryError::BadRequest(format!(
+                    "logical volume {id} is sealed for good"
+                )));
+            }
+            let mut vol = cur.value;
+            vol.state = state;
+            vol.reason = if state == VolumeState::Writable {
+                None
+            } else {
+                reason.clone()
+            };
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::info!(volume_id = id, ?state, "logical volume state set");
+                self.with_state(|st| {
+                    st.volumes.insert(
+                        id,
+                        Versioned {
+                            version,
+                            value: vol,
+                        },
+                    );
+                });
+                return self.volume(id);
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "logical volume {id} is contended; retry"
+        )))
+    }
+
+    /// Replaces replica `from` of a volume by store `to` (repair: after the volume was copied
+    /// onto `to`). Idempotent: answers the volume if `to` already replaced `from`.
+    pub async fn replace_replica(
+        &self,
+        id: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        if self.meta.get_store(to).await?.is_none() {
+            return Err(DirectoryError::BadRequest(format!(
+                "store {to} is not registered"
+            )));
+        }
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                return Err(DirectoryError::NotFound(format!(
+                    "logical volume {id} not found"
+                )));
+            };
+            let has_from = cur.value.replicas.contains(&from);
+            let has_to = cur.value.replicas.contains(&to);
+            match (has_from, has_to) {
+                (false, true) => {
+                    self.refresh().await?;
+                    return self.volume(id);
+                }
+                (false, false) => {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {from} holds no replica of volume {id}"
+                    )))
+                }
+                (true, true) => {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {to} already holds a replica of volume {id}"
+                    )))
+                }
+                (true, false) => {}
+            }
+            let mut vol = cur.value;
+            for r in vol.replicas.iter_mut() {
+                if *r == from {
+                    *r = to;
+                }
+            }
+            vol.reported_by.retain(|r| *r != from);
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::info!(volume_id = id, from, to, "replica moved");
+                self.refresh().await?;
+                self.with_state(|st| {
+                    st.volumes.insert(
+                        id,
+                        Versioned {
+                            version,
+                            value: vol,
+                        },
+                    );
+                });
+                self.push_volume_creation(id, &[to], &self.view());
+                return self.volume(id);
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "logical volume {id} is contended; retry"
+        )))
+    }
+
+    /// Automatic re-replication, one volume per call: the first volume with a replica on a
+    /// store down for longer than `rereplicate_after_ms` gets a new replica on an up store
+    /// that does not hold it (placement's rules), copied there by the store itself from a
+    /// healthy replica (`POST {target}/v1/volumes/{id}/import`), then put in place of the dead
+    /// one. The volume is read-only meanwhile (a replica is down), so the copy misses no
+    /// write. Returns the volume it repaired. Run from its own loop: a copy takes as long as
+    /// the volume is big.
+    pub async fn rereplicate_once(&self) -> Result<Option<u32>, DirectoryError> {
+        let after = self.config.rereplicate_after_ms;
+        if after == 0 {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let view = self.view();
+        let dead: HashSet<u64> = view
+            .stores
+            .values()
+            .filter(|s| {
+                s.state == StoreState::Down && now.saturating_sub(s.last_heartbeat_ms) > after
+            })
+            .map(|s| s.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(None);
+        }
+        for v in view.volumes.values() {
+            let Some(lost) = v.info.replicas.iter().find(|r| dead.contains(&r.store_id)) else {
+                continue;
+            };
+            let Some(source) = v
+                .info
+                .replicas
+                .iter()
+                .find(|r| r.up && r.reported && !dead.contains(&r.store_id))
+            else {
+                tracing::error!(
+                    volume_id = v.info.id,
+                    "no healthy replica left to re-replicate from"
+                );
+                continue;
+            };
+            let candidates: Vec<Candidate> = view
+                .stores
+                .values()
+                .filter(|s| store_up(s))
+                .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
+                .map(|s| Candidate {
+                    store_id: s.id,
+                    zone: s.zone.clone(),
+                    rack: s.rack.clone(),
+                    free_bytes: s.free_bytes,
+                    volumes: view
+                        .volumes
+                        .values()
+                        .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
+                        .count() as u32,
+                })
+                .collect();
+            let need = v.info.used_bytes.max(1 << 20);
+            let Ok(picked) = placement::place(&candidates, 1, need) else {
+                tracing::warn!(volume_id = v.info.id, "no store can take a new replica yet");
+                continue;
+            };
+            let Some(target) = view.stores.get(&picked[0]) else {
+                continue;
+            };
+            let id = v.info.id;
+            tracing::warn!(
+                volume_id = id,
+                lost_store = lost.store_id,
+                from = %source.url,
+                to = %target.url,
+                "re-replicating a volume whose store stayed down"
+            );
+            let copy = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .map_err(|e| DirectoryError::Internal(e.to_string()))?;
+            if let Err(e) = StoreClient::new(copy)
+                .import(&target.url, id, &source.url)
+                .await
+            {
+                tracing::warn!(volume_id = id, to = %target.url, error = %e, "re-replication copy failed");
+                continue;
+            }
+            self.replace_replica(id, lost.store_id, target.id).await?;
+            metrics::counter!("haystack_directory_rereplications_total").increment(1);
+            return Ok(Some(id));
+        }
+        Ok(None)
+    }
+
+    /// Asks the replicas' stores to create the volume now (`POST /v1/volumes/{id}`), best
+    /// effort and in the background; a store that misses it is told again in every heartbeat
+    /// answer until it reports the volume.
+    pub(super) fn push_volume_creation(&self, id: u32, replicas: &[u64], view: &View) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for sid in replicas {
+            let Some(store) = view.stores.get(sid) else {
+                continue;
+            };
+            let stores = self.stores.clone();
+            let url = store.url.clone();
+            let store_id = *sid;
+            rt.spawn(async move {
+                match stores.create_volume(&url, id).await {
+                    Ok(()) => {
+                        tracing::debug!(store_id, volume_id = id, "store created the volume")
+                    }
+                    Err(e @ ClientError::Api { .. }) => tracing::info!(
+                        store_id,
+                        volume_id = id,
+                        status = e.status(),
+                        "store refused the volume now; its heartbeat answer asks again"
+                    ),
+                    Err(e) => tracing::info!(
+                        store_id,
+                        volume_id = id,
+                        error = %e,
+                        "store unreachable for volume creation; its heartbeat answer asks again"
+                    ),
+                }
+            });
+        }
+    }
+
+    /// Creates a volume when fewer than `min_writable_volumes` are writable or on their way,
+    /// or when the writable ones have less room than `min_writable_free_bytes`.
+    pub async fn ensure_capacity(&self) -> Result<Option<u32>, DirectoryError> {
+        let view = self.view();
+        let pending = view.volumes.values().filter(|v| v.pending).count();
+        let free: u64 = view
+            .writable
+            .iter()
+            .filter_map(|id| view.volumes.get(id))
+            .map(|v| v.free_bytes())
+            .sum();
+        let enough_volumes = view.writable.len() + pending >= self.config.min_writable_volumes;
+        let enough_space = free >= self.config.min_writable_free_bytes || pending > 0;
+        if enough_volumes && enough_space {
+            return Ok(None);
+        }
+        let info = self.create_volume().await?;
+        Ok(Some(info.id))
+    }
+
+    /// One round of the maintenance loop.
+    pub async fn maintain(&self) -> Result<(), DirectoryError> {
+        self.refresh().await?;
+        self.sweep_liveness().await?;
+        if let Err(e) = self.ensure_capacity().await {
+            match e {
+                DirectoryError::NoWritableVolume(_) => {
+                    tracing::debug!(error = %e, "no room for a new volume yet")
+                }
+                e => return Err(e),
+            }
+        }
+        self.renew_lease().await?;
+        for v in self.view().volumes.values() {
+            let r = v.recent.load(Ordering::Relaxed);
+            v.recent.store(r / 2, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    // ---- photos --------------------------------------------------------------------------
+}
