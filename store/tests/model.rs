@@ -254,8 +254,17 @@ fn model_regression_delete_after_compaction_then_crash() {
     }
 }
 
+/// `PROPTEST_CASES`, or 48.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(48)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases per run of cargo test; PROPTEST_CASES asks for more (it used to be ignored).
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn model_io_uring(ops in proptest::collection::vec(op(), 1..60)) {
