@@ -23,7 +23,6 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -293,34 +292,16 @@ impl IoEngine {
                 }
                 Ok((buf, ops))
             }
-            Inner::Sync if self.disk.is_simulated() => {
+            Inner::Sync => {
+                // One pread (a regular file reads short only at its end; `Disk::read_at`
+                // loops for the rest), through the simulator when one is attached.
                 let (file, disk) = (file.clone(), self.disk.clone());
                 blocking(move || {
+                    crate::metrics::hot().disk_reads.increment(1);
                     let mut buf = vec![0u8; len];
                     let got = disk.read_at(&file, &mut buf, offset)?;
                     buf.truncate(got);
                     Ok((buf, 1))
-                })
-                .await
-            }
-            Inner::Sync => {
-                let file = file.clone();
-                blocking(move || {
-                    let disk_reads = &crate::metrics::hot().disk_reads;
-                    let mut buf = vec![0u8; len];
-                    let mut got = 0;
-                    let mut ops = 0u32;
-                    while got < len {
-                        disk_reads.increment(1);
-                        ops += 1;
-                        let n = file.read_at(&mut buf[got..], offset + got as u64)?;
-                        if n == 0 {
-                            break;
-                        }
-                        got += n;
-                    }
-                    buf.truncate(got);
-                    Ok((buf, ops))
                 })
                 .await
             }

@@ -714,7 +714,9 @@ impl Volume {
             self.set_read_only(format!("disk error on the index file: {e}"));
             return Err(StoreError::Io(e));
         }
-        self.journal(|j| j.deletes.push((key, alt, loc.offset)));
+        self.journal(|j| {
+            j.touched.insert((key, alt));
+        });
         Ok(())
     }
 

@@ -11,8 +11,9 @@
 //!   `haystack volume verify`), it is never copied nor dropped silently.
 //! - Catch-up phases copy the journal's puts that are still current, without blocking
 //!   writers, until little is left; the final phase takes the gate's write side (writes and
-//!   deletes wait), copies the rest, sets the delete flag on copies of needles deleted since
-//!   they were copied, syncs, and swaps.
+//!   deletes wait), copies the rest, resolves every key written or deleted since the snapshot
+//!   against the current index (only the copy of its current live version stays live; every
+//!   other copy is flagged deleted in the new file), syncs, and swaps.
 //! - On disk, the new files are `vol-N.dat.compact`, `vol-N.idx.compact` and (sealed volumes)
 //!   `vol-N.sidx.compact`, all synced before a marker `vol-N.compacted` is created and synced:
 //!   the commit point. Then each is renamed over its original and the marker removed. On open,
@@ -40,9 +41,11 @@ const CATCH_UP_PHASES: usize = 8;
 /// Puts and deletes that happened while a compaction runs.
 #[derive(Default)]
 pub(super) struct Journal {
+    /// Puts not yet looked at by a copy phase.
     pub(super) puts: Vec<IndexEntry>,
-    /// Key, alternate key and the offset of the needle that was deleted.
-    pub(super) deletes: Vec<(u64, u32, u64)>,
+    /// Every key written or deleted since the snapshot: only their copies can be stale, and
+    /// the final phase resolves them against the current index.
+    pub(super) touched: HashSet<(u64, u32)>,
 }
 
 /// A running compaction, shared with the write and delete paths (the journal) and with
@@ -52,8 +55,6 @@ pub(super) struct Compaction {
     pub(super) journal: Mutex<Journal>,
     done_bytes: AtomicU64,
     total_bytes: AtomicU64,
-    /// Keys written or deleted since the snapshot: only their copies can be stale.
-    touched: Mutex<HashSet<(u64, u32)>>,
     #[cfg(feature = "test-hooks")]
     pause: Option<CompactPause>,
 }
@@ -206,6 +207,13 @@ pub(super) fn recover_interrupted(disk: &crate::disk::Disk, dir: &Path, id: u32)
     Ok(())
 }
 
+/// A compaction that cannot tell which copy of a needle is live stops with nothing changed.
+fn unresolved(volume: u32, key: u64, alt: u32, why: &str) -> StoreError {
+    StoreError::Io(io::Error::other(format!(
+        "compaction of volume {volume} stopped, nothing changed: {key}/{alt}: {why}"
+    )))
+}
+
 /// The new files while they are being written.
 struct NewFiles {
     disk: crate::disk::Disk,
@@ -346,29 +354,32 @@ impl NewFiles {
                 j += 1;
             }
             let group = &entries[i..j];
-            let live =
-                match current.get(&(k, a)) {
-                    // Untouched since the snapshot: one copy, the current one.
-                    None => group.last().map(|g| g.0 .2.offset),
-                    Some(Some(cur)) if !cur.deleted => {
-                        match group.iter().find(|g| g.1 == cur.offset) {
-                        Some(g) => Some(g.0 .2.offset),
-                        None => {
-                            return Err(StoreError::Io(io::Error::other(format!(
-                                "compaction of volume {volume}: the current version of {k}/{a} was not copied; nothing changed"
-                            ))))
-                        }
+            let live = match current.get(&(k, a)) {
+                // Untouched since the snapshot: one copy, the current one.
+                None => group.last().map(|g| g.0 .2.offset),
+                Some(Some(cur)) if !cur.deleted => match group.iter().find(|g| g.1 == cur.offset) {
+                    Some(g) => Some(g.0 .2.offset),
+                    None => {
+                        return Err(unresolved(
+                            volume,
+                            k,
+                            a,
+                            "its current version was not copied",
+                        ))
                     }
-                    }
-                    Some(_) => None,
-                };
+                },
+                Some(_) => None,
+            };
             // The live copy must be the newest copy of its key: recovery from the new index
             // file lets the highest offset win.
             if let Some(l) = live {
                 if group.last().map(|g| g.0 .2.offset) != Some(l) {
-                    return Err(StoreError::Io(io::Error::other(format!(
-                        "compaction of volume {volume}: a stale copy of {k}/{a} lies past the live one; nothing changed"
-                    ))));
+                    return Err(unresolved(
+                        volume,
+                        k,
+                        a,
+                        "a stale copy lies past the live one",
+                    ));
                 }
             }
             for &((_, _, loc), _) in group {
@@ -614,11 +625,9 @@ impl Volume {
         let paused = Instant::now();
         let mut ap = self.append.lock().await;
         let todo = self.pending_puts(c, &nf);
-        let deletes = std::mem::take(&mut lock(&c.journal).deletes);
         let (sealed, current) = {
             let st = self.read_index();
-            let mut touched = std::mem::take(&mut *lock(&c.touched));
-            touched.extend(deletes.iter().map(|&(k, a, _)| (k, a)));
+            let touched = std::mem::take(&mut lock(&c.journal).touched);
             let current: HashMap<(u64, u32), Option<Loc>> = touched
                 .into_iter()
                 .map(|(k, a)| ((k, a), st.get(k, a)))
@@ -753,12 +762,9 @@ impl Volume {
         dead
     }
 
-    /// The journal's puts that are still the current, live version and not copied yet. Every
-    /// key the journal names is remembered as touched: its copies are resolved against the
-    /// current index in the final phase.
+    /// The journal's puts that are still the current, live version and not copied yet.
     fn pending_puts(&self, c: &Compaction, nf: &NewFiles) -> Vec<IndexEntry> {
         let puts = std::mem::take(&mut lock(&c.journal).puts);
-        lock(&c.touched).extend(puts.iter().map(|&(k, a, _)| (k, a)));
         let st = self.read_index();
         puts.into_iter()
             .filter(|&(k, a, l)| {

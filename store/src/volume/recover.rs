@@ -103,7 +103,6 @@ pub(super) fn recover_writable(
     let mut pos = scan_from;
     let mut scanned: Vec<(u64, u32, Loc)> = Vec::new();
     let mut new_records = Vec::new();
-    let mut skipped_corrupt = 0u64;
     let mut damage: Vec<Damage> = Vec::new();
     loop {
         let scan = read_needle_at(disk, file, pos, limit, tag)?;
@@ -149,7 +148,6 @@ pub(super) fn recover_writable(
                 match next {
                     Some(next) => {
                         // Valid needles follow: this is damage in the middle, not a torn tail.
-                        skipped_corrupt += 1;
                         metrics::counter!("haystack_store_crc_errors_total").increment(1);
                         damage.push(Damage {
                             kind: DamageKind::Skipped,
@@ -225,6 +223,10 @@ pub(super) fn recover_writable(
     if let Err(e) = disk.sync_data(idx_file) {
         tracing::warn!(volume = id, error = %e, "syncing the index file failed; the next open scans again");
     }
+    let skipped_corrupt = damage
+        .iter()
+        .filter(|d| d.kind == DamageKind::Skipped)
+        .count();
     if !scanned.is_empty() || skipped_corrupt > 0 {
         tracing::info!(
             volume = id,

@@ -177,7 +177,8 @@ impl Volume {
         lock(&self.idx_log).flush();
         self.journal(|j| {
             j.puts
-                .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)))
+                .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)));
+            j.touched.extend(needles.iter().map(|n| (n.key, n.alt)))
         });
         Ok(locs)
     }
