@@ -19,28 +19,6 @@ fn arg(args: &[String], name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// A photo-like test picture: smooth gradients, some texture and a little noise, so the JPEG
-/// is neither trivially compressible nor pure noise.
-fn picture(w: u32, h: u32) -> Vec<u8> {
-    let mut px = Vec::with_capacity((w * h * 3) as usize);
-    let mut seed: u32 = 0x9e37_79b9;
-    for y in 0..h {
-        for x in 0..w {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            let n = (seed % 17) as f32 - 8.0;
-            let fx = x as f32 / w as f32;
-            let fy = y as f32 / h as f32;
-            let t = ((x as f32 * 0.05).sin() * (y as f32 * 0.03).cos()) * 30.0;
-            px.push((fx * 200.0 + t + n).clamp(0.0, 255.0) as u8);
-            px.push((fy * 180.0 + 40.0 - t + n).clamp(0.0, 255.0) as u8);
-            px.push(((fx + fy) * 100.0 + t * 0.5 + n).clamp(0.0, 255.0) as u8);
-        }
-    }
-    px
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 10).max(1);
@@ -48,7 +26,7 @@ fn main() {
     let mut jpeg = Vec::new();
     jpeg_encoder::Encoder::new(&mut jpeg, 90)
         .encode(
-            &picture(w, h),
+            &haystack_uploader::images::test_picture(w, h),
             w as u16,
             h as u16,
             jpeg_encoder::ColorType::Rgb,

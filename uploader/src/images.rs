@@ -590,6 +590,29 @@ fn encode_png(img: &Pixels) -> Result<Vec<u8>, UploaderError> {
     Ok(out)
 }
 
+/// A photo-like test picture as RGB bytes: smooth gradients, some texture and a little
+/// seeded noise, so that its JPEG is neither trivially compressible nor pure noise. Shared by
+/// the unit tests and the variants benchmark (not used by the upload path).
+#[doc(hidden)]
+pub fn test_picture(w: u32, h: u32) -> Vec<u8> {
+    let mut px = Vec::with_capacity((w * h * 3) as usize);
+    let mut seed: u32 = 0x9e37_79b9;
+    for y in 0..h {
+        for x in 0..w {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            let n = (seed % 17) as f32 - 8.0;
+            let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+            let t = ((x as f32 * 0.05).sin() * (y as f32 * 0.03).cos()) * 30.0;
+            px.push((fx * 200.0 + t + n).clamp(0.0, 255.0) as u8);
+            px.push((fy * 180.0 + 40.0 - t + n).clamp(0.0, 255.0) as u8);
+            px.push(((fx + fy) * 100.0 + t * 0.5 + n).clamp(0.0, 255.0) as u8);
+        }
+    }
+    px
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,24 +658,9 @@ mod tests {
         }
     }
 
-    /// A photo-like picture: gradients, a texture and per-pixel noise (as the variants bench).
+    /// The test picture as a JPEG (q90).
     fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
-        let mut px = Vec::with_capacity((w * h * 3) as usize);
-        let mut seed: u32 = 0x9e37_79b9;
-        for y in 0..h {
-            for x in 0..w {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                let n = (seed % 17) as f32 - 8.0;
-                let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-                let t = ((x as f32 * 0.05).sin() * (y as f32 * 0.03).cos()) * 30.0;
-                px.push((fx * 200.0 + t + n).clamp(0.0, 255.0) as u8);
-                px.push((fy * 180.0 + 40.0 - t + n).clamp(0.0, 255.0) as u8);
-                px.push(((fx + fy) * 100.0 + t * 0.5 + n).clamp(0.0, 255.0) as u8);
-            }
-        }
-        let img = image::RgbImage::from_raw(w, h, px).unwrap();
+        let img = image::RgbImage::from_raw(w, h, test_picture(w, h)).unwrap();
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
             .encode_image(&img)
