@@ -172,6 +172,13 @@ impl Directory {
         f(&guard)
     }
 
+    /// Takes a volume record this instance just wrote into its snapshot.
+    fn remember_volume(&self, id: u32, version: u64, value: LogicalVolume) {
+        self.with_state(|st| {
+            st.volumes.insert(id, Versioned { version, value });
+        });
+    }
+
     fn remember_store(&self, s: Versioned<StoreMachine>) {
         self.with_state(|st| {
             let keep = st

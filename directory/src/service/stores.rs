@@ -154,15 +154,7 @@ impl Directory {
                     .put_volume(&vol, Expect::Version(cur.version))
                     .await?
                 {
-                    self.with_state(|st| {
-                        st.volumes.insert(
-                            id,
-                            Versioned {
-                                version,
-                                value: vol,
-                            },
-                        );
-                    });
+                    self.remember_volume(id, version, vol);
                     break;
                 }
             }

@@ -73,15 +73,7 @@ impl Directory {
                     tracing::info!(volume_id = id, replicas = ?vol.replicas, "logical volume created");
                     self.push_volume_creation(id, &vol.replicas, &view);
                     metrics::counter!("haystack_directory_volumes_created_total").increment(1);
-                    self.with_state(|st| {
-                        st.volumes.insert(
-                            id,
-                            Versioned {
-                                version,
-                                value: vol,
-                            },
-                        );
-                    });
+                    self.remember_volume(id, version, vol);
                     return self.volume(id);
                 }
                 // Another instance took this id: learn its volumes and try the next.
@@ -125,15 +117,7 @@ impl Directory {
                 .await?
             {
                 tracing::info!(volume_id = id, ?state, "logical volume state set");
-                self.with_state(|st| {
-                    st.volumes.insert(
-                        id,
-                        Versioned {
-                            version,
-                            value: vol,
-                        },
-                    );
-                });
+                self.remember_volume(id, version, vol);
                 return self.volume(id);
             }
         }
@@ -194,15 +178,7 @@ impl Directory {
             {
                 tracing::info!(volume_id = id, from, to, "replica moved");
                 self.refresh().await?;
-                self.with_state(|st| {
-                    st.volumes.insert(
-                        id,
-                        Versioned {
-                            version,
-                            value: vol,
-                        },
-                    );
-                });
+                self.remember_volume(id, version, vol);
                 self.push_volume_creation(id, &[to], &self.view());
                 return self.volume(id);
             }
