@@ -89,6 +89,10 @@ pub struct CacheConfig {
     pub http_workers: usize,
     /// Seconds in-flight requests get to finish on shutdown. Default 10.
     pub shutdown_timeout_secs: u64,
+    /// The cluster's keys and the audit log (not in the config file: `haystack` reads the
+    /// secret from its own file or the environment).
+    #[serde(skip)]
+    pub security: haystack_service::auth::Security,
 }
 
 /// Bytes charged per cached entry beyond its data (key, headers, list links).
@@ -114,6 +118,7 @@ impl Default for CacheConfig {
             retry_after_secs: 1,
             http_workers: 0,
             shutdown_timeout_secs: 10,
+            security: Default::default(),
         }
     }
 }

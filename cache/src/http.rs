@@ -14,9 +14,11 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpResponseBuilder, HttpServer};
 use bytes::Bytes;
+use haystack_proto::auth::Access;
 use haystack_proto::needle::NEEDLES_PREFIX;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
 use haystack_proto::{parse_cookie, ErrorBody, NeedleAddr};
+use haystack_service::auth::Guard;
 
 use crate::error::CacheError;
 use crate::memory::{Needle, NeedleKey};
@@ -318,13 +320,15 @@ async fn purge(req: &HttpRequest, node: &Node, c: &Clients, k: NeedleKey) -> Res
             .map(|(_, peer)| {
                 let url = format!("{peer}{path}");
                 async move {
-                    let r = c
+                    let mut r = c
                         .http
                         .delete(&url)
                         .timeout(Duration::from_millis(node.cfg.peer_timeout_ms))
-                        .header(HOP_HEADER, "user")
-                        .send()
-                        .await;
+                        .header(HOP_HEADER, "user");
+                    if let Some(auth) = c.creds.header() {
+                        r = r.header("authorization", auth);
+                    }
+                    let r = r.send().await;
                     match r {
                         Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => None,
                         Ok(r) => Some(format!("{peer} answered {}", r.status().as_u16())),
@@ -588,6 +592,26 @@ async fn record_metrics(
     Ok(res)
 }
 
+/// The access class of a request to the cache (docs/API.md, "Authentication"): needle and
+/// video reads, `/health` and `/metrics` are public; `/v1/stats` needs a read token; a purge
+/// (`DELETE` of a needle URL) is the directory's (internal); anything else, and any route added
+/// later that is not named here, is an admin action.
+pub fn access(method: &Method, path: &str) -> Access {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match (read, route_label(path)) {
+        (
+            true,
+            "/v1/needles/{volume}/{key}/{alt}/{cookie}" | "/v1/videos/{volume}/{id}/{cookie}",
+        ) => Access::Public,
+        (true, "/health" | "/metrics") => Access::Public,
+        (true, "/v1/stats") => Access::Read,
+        (false, "/v1/needles/{volume}/{key}/{alt}/{cookie}") if *method == Method::DELETE => {
+            Access::Internal
+        }
+        _ => Access::Admin,
+    }
+}
+
 /// The cache's routes, for embedding in an actix `App` (with `Data<Arc<Node>>` and
 /// `Data<Clients>` registered).
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -619,6 +643,10 @@ fn build_server(
 ) -> std::io::Result<actix_web::dev::Server> {
     let workers = node.cfg.http_workers;
     let shutdown_secs = node.cfg.shutdown_timeout_secs;
+    let guard = Guard::new("cache", &node.cfg.security, access).map_err(std::io::Error::other)?;
+    guard
+        .check_listener(listener.local_addr()?)
+        .map_err(std::io::Error::other)?;
     let data = web::Data::new(node.clone());
     let mut server = HttpServer::new(move || {
         // Each worker thread gets its own clients, so its connections to stores and peers
@@ -627,6 +655,7 @@ fn build_server(
         App::new()
             .app_data(data.clone())
             .app_data(web::Data::new(clients))
+            .wrap(guard.layer())
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes)
             .default_service(web::to(not_found))

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
-use haystack_client::{ClientError, DirectoryClient, StoreClient};
+use haystack_client::{ClientError, Credentials, DirectoryClient, StoreClient};
 use haystack_proto::NeedleAddr;
 
 use crate::error::CacheError;
@@ -33,6 +33,8 @@ pub struct Clients {
     pub http: reqwest::Client,
     pub stores: StoreClient,
     pub directory: DirectoryClient,
+    /// What this node proves to its peers (purges it repeats).
+    pub creds: Credentials,
 }
 
 impl Clients {
@@ -50,13 +52,16 @@ impl Clients {
             .tcp_nodelay(true)
             .build()
             .map_err(io)?;
+        let creds = Credentials::internal(cfg.security.keys.as_ref(), "cache");
         Ok(Clients {
             stores: StoreClient::with_timeout(
                 http.clone(),
                 Duration::from_millis(cfg.store_timeout_ms),
             ),
             http,
-            directory: DirectoryClient::with_http(&cfg.directory_url, dir_http),
+            directory: DirectoryClient::with_http(&cfg.directory_url, dir_http)
+                .with_credentials(creds.clone()),
+            creds,
         })
     }
 }

@@ -45,10 +45,8 @@ async fn haystack_policy_keeps_user_requests_on_writable_volumes_only() {
         .await
         .expect("set read-only");
     let q = p.clone();
-    let node = crate::common::CacheNode::start(
-        haystack_testkit::bind_loopback(),
-        crate::common::test_config(&env.cluster.directory_url()),
-    );
+    let node =
+        crate::common::CacheNode::start(haystack_testkit::bind_loopback(), env.node_config());
     crate::common::wait_healthy(&node.url).await;
     for _ in 0..2 {
         let (st, _, _) = get(&env.http, &needle_url(&node.url, &q, 0), &[]).await;
@@ -69,7 +67,6 @@ async fn other_policies_and_source_networks() {
     })
     .await;
     let p = env.put_photo(&[(0, bytes(100, 72), "image/jpeg")]).await;
-    let dir = env.cluster.directory_url();
     // all: even CDN requests are kept.
     let (st, _, _) = get(
         &env.http,
@@ -81,11 +78,11 @@ async fn other_policies_and_source_networks() {
     assert_eq!(env.cache().stats().await.entries, 1);
 
     // none: nothing is kept.
-    let mut cfg = crate::common::test_config(&dir);
+    let mut cfg = env.node_config();
     cfg.admission = Admission::None;
     let none = crate::common::CacheNode::start(haystack_testkit::bind_loopback(), cfg);
     // haystack with loopback as a CDN network: these requests come "through a CDN".
-    let mut cfg = crate::common::test_config(&dir);
+    let mut cfg = env.node_config();
     cfg.cdn_source_cidrs = vec!["127.0.0.0/8".into()];
     let cidr = crate::common::CacheNode::start(haystack_testkit::bind_loopback(), cfg);
     for n in [&none, &cidr] {

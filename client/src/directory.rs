@@ -14,13 +14,14 @@ use serde::de::DeserializeOwned;
 
 use crate::http::call;
 use crate::urls::directory as url;
-use crate::ClientError;
+use crate::{ClientError, Credentials};
 
 /// A client of one directory base URL, e.g. `http://127.0.0.1:8080`.
 #[derive(Clone, Debug)]
 pub struct DirectoryClient {
     base: String,
     http: reqwest::Client,
+    creds: Credentials,
 }
 
 impl DirectoryClient {
@@ -37,7 +38,14 @@ impl DirectoryClient {
         Self {
             base: base_url.trim_end_matches('/').to_string(),
             http,
+            creds: Credentials::None,
         }
+    }
+
+    /// The same client, proving `creds` on every call.
+    pub fn with_credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
+        self
     }
 
     pub fn base_url(&self) -> &str {
@@ -45,7 +53,7 @@ impl DirectoryClient {
     }
 
     async fn get<T: DeserializeOwned>(&self, url: String) -> Result<T, ClientError> {
-        call(self.http.get(&url), &url).await
+        call(self.creds.apply(self.http.get(&url)), &url).await
     }
 
     async fn post<B: serde::Serialize, T: DeserializeOwned>(
@@ -53,7 +61,7 @@ impl DirectoryClient {
         url: String,
         body: &B,
     ) -> Result<T, ClientError> {
-        call(self.http.post(&url).json(body), &url).await
+        call(self.creds.apply(self.http.post(&url).json(body)), &url).await
     }
 
     pub async fn register(&self, req: &StoreRegistration) -> Result<StoreRegistered, ClientError> {
@@ -95,7 +103,7 @@ impl DirectoryClient {
 
     pub async fn delete(&self, id: u64) -> Result<DeleteResponse, ClientError> {
         let u = url::photo(&self.base, id);
-        call(self.http.delete(&u), &u).await
+        call(self.creds.apply(self.http.delete(&u)), &u).await
     }
 
     pub async fn volumes(&self) -> Result<Vec<LogicalVolumeInfo>, ClientError> {

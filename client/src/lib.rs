@@ -8,6 +8,7 @@
 //! directory's databases). Every call answers [`ClientError`], which keeps the status and the
 //! JSON error code of an error answer so callers decide what it means for them.
 
+pub mod auth;
 pub mod cache;
 pub mod directory;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod urls;
 
 mod http;
 
+pub use auth::Credentials;
 pub use cache::CacheClient;
 pub use directory::DirectoryClient;
 pub use error::ClientError;

@@ -19,13 +19,14 @@ use serde::Serialize;
 
 use crate::http::{api_error, call, send};
 use crate::urls::{self, store as url};
-use crate::ClientError;
+use crate::{ClientError, Credentials};
 
 /// A client of the store machines over one reqwest client (one connection pool).
 #[derive(Clone, Debug)]
 pub struct StoreClient {
     http: reqwest::Client,
     timeout: Option<Duration>,
+    creds: Credentials,
 }
 
 /// A needle read from a store: its bytes and the headers that describe them, as the store
@@ -55,7 +56,14 @@ impl StoreClient {
         StoreClient {
             http,
             timeout: None,
+            creds: Credentials::None,
         }
+    }
+
+    /// The same client, proving `creds` on every call.
+    pub fn with_credentials(mut self, creds: Credentials) -> Self {
+        self.creds = creds;
+        self
     }
 
     /// Every request gives up after `timeout` (the body included).
@@ -63,11 +71,12 @@ impl StoreClient {
         StoreClient {
             http,
             timeout: Some(timeout),
+            creds: Credentials::None,
         }
     }
 
     fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, url);
+        let r = self.creds.apply(self.http.request(method, url));
         match self.timeout {
             Some(t) => r.timeout(t),
             None => r,

@@ -60,6 +60,10 @@ pub struct DirectoryConfig {
     pub http_workers: usize,
     /// ScyllaDB settings (used with a `scylla://` metadata URL).
     pub scylla: ScyllaConfig,
+    /// The cluster's keys and the audit log (not in the config file: `haystack` reads the
+    /// secret from its own file or the environment).
+    #[serde(skip)]
+    pub security: haystack_service::auth::Security,
 }
 
 impl Default for DirectoryConfig {
@@ -84,6 +88,7 @@ impl Default for DirectoryConfig {
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),
+            security: Default::default(),
         }
     }
 }

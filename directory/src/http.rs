@@ -10,6 +10,7 @@ use actix_web::middleware::Next;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use haystack_proto::auth::Access;
 use haystack_proto::directory::{
     AssignRequest, KeyedCommit, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
 };
@@ -223,6 +224,30 @@ fn json_error(e: actix_web::error::JsonPayloadError, _: &HttpRequest) -> actix_w
 
 fn query_error(e: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     DirectoryError::BadRequest(format!("malformed query: {e}")).into()
+}
+
+/// The access class of a request to the directory (docs/API.md, "Authentication"): the
+/// dashboard page, `/health` and `/metrics` are public; listings and lookups (they show
+/// cookies and the cluster's layout) need a read token; what stores and uploaders call is
+/// internal; volume creation, state, replacement and photo deletes and condemnations are admin
+/// actions, as is any route added later that is not named here.
+pub fn access(method: &actix_web::http::Method, path: &str) -> Access {
+    use actix_web::http::Method;
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    match (read, segs.as_slice()) {
+        (true, [] | ["dashboard"] | ["health"] | ["metrics"]) => Access::Public,
+        (true, ["v1", "stores"] | ["v1", "volumes"] | ["v1", "volumes", _]) => Access::Read,
+        (true, ["v1", "photos", _] | ["v1", "photos", _, "url"]) => Access::Read,
+        (false, ["v1", "stores", "register"] | ["v1", "stores", _, "heartbeat"]) => {
+            Access::Internal
+        }
+        (false, ["v1", "assign"] | ["v1", "photos"]) => Access::Internal,
+        _ if *method == Method::DELETE && matches!(segs.as_slice(), ["v1", "photos", _]) => {
+            Access::Internal
+        }
+        _ => Access::Admin,
+    }
 }
 
 /// Registers the routes on an actix-web app.

@@ -56,6 +56,12 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DirectoryError> {
     crate::metrics::install();
+    let guard =
+        haystack_service::auth::Guard::new("directory", &config.security, crate::http::access)
+            .map_err(DirectoryError::Config)?;
+    guard
+        .check_listener(listener.local_addr()?)
+        .map_err(DirectoryError::Config)?;
     let store: Arc<dyn MetadataStore> = Arc::new(TimeoutStore::new(
         store,
         Duration::from_millis(config.metadata_timeout_ms),
@@ -74,6 +80,7 @@ pub async fn run_with(
     let app_dir = dir.clone();
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(guard.layer())
             .wrap(actix_web::middleware::from_fn(crate::http::observe))
             .configure(crate::http::configure(app_dir.clone()))
     })

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use haystack_client::{CacheClient, ClientError, StoreClient};
+use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
     DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica,
@@ -112,8 +112,14 @@ impl Directory {
             lease: Mutex::new(None),
             state: Mutex::new(State::default()),
             view: RwLock::new(Arc::new(View::default())),
-            stores: StoreClient::new(http.clone()),
-            caches: CacheClient::new(http),
+            stores: StoreClient::new(http.clone()).with_credentials(Credentials::internal(
+                config.security.keys.as_ref(),
+                "directory",
+            )),
+            caches: CacheClient::new(http).with_credentials(Credentials::internal(
+                config.security.keys.as_ref(),
+                "directory",
+            )),
             config,
         };
         let node = match dir.config.node_id {

@@ -44,6 +44,10 @@ struct TargetArgs {
     /// original bytes only, no variants).
     #[arg(long, conflicts_with = "uploader")]
     directory: Option<String>,
+    /// With --directory: a token for the directory and the stores (`haystack token create
+    /// --role admin`), when the cluster has a secret.
+    #[arg(long, env = "HAYSTACK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Bearer key for the uploader's POST and DELETE.
     #[arg(long, env = "HAYSTACK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -62,7 +66,10 @@ impl TargetArgs {
             });
         }
         if let Some(d) = &self.directory {
-            return Ok(TargetKind::Direct { directory: trim(d) });
+            return Ok(TargetKind::Direct {
+                directory: trim(d),
+                token: self.token.clone(),
+            });
         }
         if let Some(n) = nginx {
             return Ok(TargetKind::Nginx {

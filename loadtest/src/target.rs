@@ -31,8 +31,13 @@ pub enum TargetKind {
         url: String,
         api_key: Option<String>,
     },
-    /// `POST {directory}/v1/assign`, `PUT {replica}/v1/needles/...`, `POST {directory}/v1/photos`.
-    Direct { directory: String },
+    /// `POST {directory}/v1/assign`, `PUT {replica}/v1/needles/...`, `POST {directory}/v1/photos`,
+    /// with `token` (an internal or admin token, `haystack token create`) as the bearer when
+    /// the cluster has a secret.
+    Direct {
+        directory: String,
+        token: Option<String>,
+    },
     /// `PUT {url}/dav/{tag}/xx/yy/n`, GET of the same URL.
     Nginx { url: String, tag: String },
 }
@@ -42,7 +47,7 @@ impl TargetKind {
     pub fn describe(&self) -> String {
         match self {
             TargetKind::Uploader { url, .. } => format!("uploader {url}"),
-            TargetKind::Direct { directory } => {
+            TargetKind::Direct { directory, .. } => {
                 format!("directory + stores (no uploader) via {directory}")
             }
             TargetKind::Nginx { url, .. } => format!("nginx file-per-photo {url}"),
@@ -53,7 +58,7 @@ impl TargetKind {
     pub fn urls(&self) -> Vec<&str> {
         match self {
             TargetKind::Uploader { url, .. } | TargetKind::Nginx { url, .. } => vec![url],
-            TargetKind::Direct { directory } => vec![directory],
+            TargetKind::Direct { directory, .. } => vec![directory],
         }
     }
 }
@@ -179,7 +184,14 @@ impl Target {
         for u in kind.urls() {
             check_loopback(u, allow_remote)?;
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let TargetKind::Direct { token: Some(t), .. } = &kind {
+            let v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                .map_err(|_| LoadError::Config("--token must be visible ASCII".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .pool_max_idle_per_host(connections.max(1))
             .connect_timeout(Duration::from_secs(3).min(timeout))
             .timeout(timeout)
@@ -236,7 +248,7 @@ impl Target {
                 }
                 Ok(Object::new(id, urls, size, seed))
             }
-            TargetKind::Direct { directory } => self.direct_upload(directory, body, seed).await,
+            TargetKind::Direct { directory, .. } => self.direct_upload(directory, body, seed).await,
             TargetKind::Nginx { url, tag } => {
                 // Two levels of hashed directories, as a file-per-photo store lays them out.
                 let h = (n.wrapping_mul(2_654_435_761) >> 16) & 0xFFFF;
@@ -343,7 +355,7 @@ impl Target {
                 }
                 r
             }
-            TargetKind::Direct { directory } => self
+            TargetKind::Direct { directory, .. } => self
                 .client
                 .delete(urls::directory::photo(directory, obj_id(obj)?)),
             TargetKind::Nginx { .. } => {

@@ -17,6 +17,7 @@ use haystack_testkit::{Cluster, ClusterOptions};
 fn small(cluster: &Cluster) -> RunConfig {
     let mut cfg = RunConfig::new(TargetKind::Direct {
         directory: cluster.directory_url(),
+        token: Some(cluster.admin_token()),
     });
     cfg.shape.sizes = SizeDist::parse("lognormal:12KiB,0.5,4KiB,48KiB").unwrap();
     cfg.shape.seed = 11;
@@ -151,7 +152,8 @@ async fn verify_reports_wrong_missing_and_resurrected_photos() {
     }
     // one photo deleted behind the load generator's back: acknowledged, then gone
     let gone = &photos[5];
-    let del = reqwest::Client::new()
+    let del = cluster
+        .admin_http()
         .delete(format!("{}/v1/photos/{}", cluster.directory_url(), gone.id))
         .send()
         .await
@@ -204,6 +206,7 @@ async fn traffic_stays_on_loopback_unless_allowed() {
     }
     let remote = TargetKind::Direct {
         directory: "http://192.0.2.1:8082".into(),
+        token: None,
     };
     assert!(Target::new(remote.clone(), 4, Duration::from_secs(1), false).is_err());
     let Err(e) = run(&RunConfig::new(remote)).await else {
@@ -213,6 +216,7 @@ async fn traffic_stays_on_loopback_unless_allowed() {
     // configurations that cannot work are refused before any traffic
     let mut cfg = RunConfig::new(TargetKind::Direct {
         directory: "http://127.0.0.1:9".into(),
+        token: None,
     });
     cfg.mix = Mix::parse("get=1,video=1").unwrap();
     cfg.videos = 1;
@@ -232,6 +236,7 @@ async fn compare_runs_both_sides_and_gives_ratios() {
     let cfg = haystack_loadtest::CompareConfig {
         haystack: TargetKind::Direct {
             directory: cluster.directory_url(),
+            token: Some(cluster.admin_token()),
         },
         nginx_url: dav,
         tag: "t1".into(),

@@ -71,6 +71,7 @@ async fn start(api_key: Option<&str>) -> Stack {
         directory_url: cluster.directory_url(),
         capacity_bytes: 64 << 20,
         http_workers: 1,
+        security: cluster.security(),
         ..Default::default()
     };
     let cache = spawn("cache", move |rx| async move {
@@ -86,6 +87,7 @@ async fn start(api_key: Option<&str>) -> Stack {
         video_chunk_bytes: 1 << 20,
         image_workers: 2,
         http_workers: 2,
+        security: cluster.security(),
         ..Default::default()
     };
     let uploader = spawn("uploader", move |rx| async move {

@@ -1,9 +1,23 @@
 //! The clients the command-line tools use: the directory's and the stores' (haystack-client),
-//! over one connection pool whose requests give up after a timeout.
+//! over one connection pool whose requests give up after a timeout, proving the credentials
+//! the command was given (`--token`, or an admin token minted from the cluster secret).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use haystack_client::{DirectoryClient, StoreClient};
+use haystack_client::{Credentials, DirectoryClient, StoreClient};
+
+static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+
+/// Sets the credentials of every client made after (once, at start).
+pub fn set_credentials(c: Credentials) {
+    let _ = CREDENTIALS.set(c);
+}
+
+/// The tools' credentials.
+pub fn credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
+}
 
 /// A client whose requests give up after `timeout`.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
@@ -13,6 +27,11 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A store client with the tools' credentials, whose requests give up after `timeout`.
+pub fn store_client(timeout: Duration) -> Result<StoreClient, String> {
+    Ok(StoreClient::new(client(timeout)?).with_credentials(credentials()))
+}
+
 /// The directory at `directory` and the stores, both with `timeout`.
 pub fn clients(
     directory: &str,
@@ -20,7 +39,7 @@ pub fn clients(
 ) -> Result<(DirectoryClient, StoreClient), String> {
     let http = client(timeout)?;
     Ok((
-        DirectoryClient::with_http(directory, http.clone()),
-        StoreClient::new(http),
+        DirectoryClient::with_http(directory, http.clone()).with_credentials(credentials()),
+        StoreClient::new(http).with_credentials(credentials()),
     ))
 }

@@ -75,14 +75,25 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     crate::set(&mut a.cache_port, args.cache_port);
     crate::set(&mut a.uploader_port, args.uploader_port);
     crate::set(&mut a.max_volume_bytes, args.max_volume_bytes);
-    // Every role reads its own section of the same file; the flags below win over it.
-    let config_args: Vec<String> = match &args.config {
-        Some(p) => vec!["--config".into(), p.display().to_string()],
-        None => Vec::new(),
-    };
     let data = a.data_dir;
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("cannot create {}: {e}", logs.display()))?;
+    // One cluster secret, made once and kept with the data: every role proves itself with it,
+    // and the operator tools read it (HAYSTACK_CLUSTER_SECRET_FILE) to mint admin tokens.
+    let secret = data.join("cluster.secret");
+    if crate::security::ensure_secret_file(&secret)? {
+        tracing::info!(path = %secret.display(), "made a new cluster secret");
+    }
+    // Every role reads its own section of the same file; the flags below win over it.
+    let mut config_args: Vec<String> = vec![
+        "--cluster-secret-file".into(),
+        secret.display().to_string(),
+        "--audit-log".into(),
+        logs.join("audit.log").display().to_string(),
+    ];
+    if let Some(p) = &args.config {
+        config_args.extend(["--config".into(), p.display().to_string()]);
+    }
     let dir_url = format!("http://127.0.0.1:{}", a.directory_port);
     let cache_url = format!("http://127.0.0.1:{}", a.cache_port);
     let uploader_url = format!("http://127.0.0.1:{}", a.uploader_port);
@@ -200,7 +211,9 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     println!("  curl -s -o thumb.jpg URL");
     println!("  curl -s -X POST --data-binary @video.mp4 -H 'content-type: video/mp4' {uploader_url}/v1/videos");
     println!("  curl -s -X DELETE {uploader_url}/v1/photos/ID");
+    println!("  export HAYSTACK_CLUSTER_SECRET_FILE={}", secret.display());
     println!("  haystack status        # or open {dir_url}/ in a browser");
+    println!("  haystack token create --role read   # a token for the dashboard");
     println!("Ctrl-C stops the cluster.");
 
     // Run until a signal, or until a role dies.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use haystack_service::auth::Security;
 use haystack_store::{EngineKind, StoreConfig};
 
 #[derive(Parser)]
@@ -17,6 +18,17 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "HAYSTACK_LOG_JSON")]
     log_json: bool,
+    /// File holding the cluster secret (`haystack server` makes DATA/cluster.secret). The
+    /// secret may instead be given in HAYSTACK_CLUSTER_SECRET. Roles use it to prove
+    /// themselves to each other; tools mint an admin token from it unless --token is given.
+    #[arg(long, global = true, env = "HAYSTACK_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+    /// A token for the operator tools (`haystack token create`).
+    #[arg(long, global = true, env = "HAYSTACK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Roles append admin actions (who, what, when) to this file as JSON lines.
+    #[arg(long, global = true, env = "HAYSTACK_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,6 +96,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Tokens for operators and their tools (needs the cluster secret).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// The configuration file.
     Config {
         #[command(subcommand)]
@@ -92,6 +109,25 @@ enum Command {
     /// Run a whole local cluster on loopback: a directory (embedded metadata) and stores, each
     /// its own process of this binary. Ctrl-C stops it; its data stays in --data-dir.
     Server(ServerArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a new token: `admin` (everything), `ops` (maintenance: seal, compact, verify,
+    /// repair, gc, and reads; no needle writes or photo commits) or `read` (listings and
+    /// lookups). Pass it as --token or HAYSTACK_TOKEN; it is valid until it expires or the
+    /// cluster secret changes.
+    Create {
+        /// admin, ops or read.
+        #[arg(long)]
+        role: String,
+        /// Who holds it: shown in the audit log. Letters, digits and -_@: only.
+        #[arg(long, default_value = "operator")]
+        subject: String,
+        /// Lifetime in seconds. Default one day.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -360,6 +396,7 @@ mod cluster;
 mod config;
 mod gc_tool;
 mod photo_tool;
+mod security;
 mod status;
 mod volume_tool;
 
@@ -407,7 +444,7 @@ pub(crate) fn set<T>(slot: &mut T, flag: Option<T>) {
     }
 }
 
-async fn run_store(a: StoreArgs) -> Result<(), String> {
+async fn run_store(a: StoreArgs, security: Security) -> Result<(), String> {
     let mut cfg: StoreConfig = config::load(a.config.as_deref())?.store;
     set(&mut cfg.data_dir, a.data_dir);
     set(&mut cfg.engine, a.engine);
@@ -415,6 +452,7 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
     set(&mut cfg.max_needle_bytes, a.max_needle_bytes);
     set(&mut cfg.prealloc_step, a.prealloc_step);
     set(&mut cfg.auto_compact_dead_ratio, a.auto_compact_ratio);
+    cfg.security = security;
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     let heartbeat = a
@@ -443,7 +481,7 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
         .map_err(|e| format!("store failed: {e}"))
 }
 
-async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
+async fn run_directory(a: DirectoryArgs, security: Security) -> Result<(), String> {
     let mut cfg = config::load(a.config.as_deref())?.directory;
     set(&mut cfg.metadata, a.metadata);
     set(&mut cfg.replication_factor, a.replication);
@@ -453,6 +491,7 @@ async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
     set(&mut cfg.heartbeat_interval_secs, a.heartbeat_secs);
     set(&mut cfg.volume_capacity_bytes, a.volume_capacity_bytes);
     set(&mut cfg.rereplicate_after_ms, a.rereplicate_after_ms);
+    cfg.security = security;
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     haystack_directory::run(listener, cfg, shutdown_signal())
@@ -460,12 +499,13 @@ async fn run_directory(a: DirectoryArgs) -> Result<(), String> {
         .map_err(|e| format!("directory failed: {e}"))
 }
 
-async fn run_cache(a: CacheArgs) -> Result<(), String> {
+async fn run_cache(a: CacheArgs, security: Security) -> Result<(), String> {
     let mut cfg = config::load(a.config.as_deref())?.cache;
     set(&mut cfg.directory_url, a.directory);
     set(&mut cfg.capacity_bytes, a.capacity);
     set(&mut cfg.peers, a.peers);
     set(&mut cfg.self_url, a.self_url.map(Some));
+    cfg.security = security;
     if let Some(adm) = a.admission {
         cfg.admission = serde_json::from_value(serde_json::Value::String(adm.clone()))
             .map_err(|_| format!("--admission {adm:?}: expected haystack, all or none"))?;
@@ -477,13 +517,14 @@ async fn run_cache(a: CacheArgs) -> Result<(), String> {
         .map_err(|e| format!("cache failed: {e}"))
 }
 
-async fn run_uploader(a: UploaderArgs) -> Result<(), String> {
+async fn run_uploader(a: UploaderArgs, security: Security) -> Result<(), String> {
     let mut cfg = config::load(a.config.as_deref())?.uploader;
     set(&mut cfg.directory_url, a.directory);
     set(&mut cfg.api_key, a.api_key.map(Some));
     if a.allow_public_without_key {
         cfg.allow_public_without_key = true;
     }
+    cfg.security = security;
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     haystack_uploader::run(listener, cfg, shutdown_signal())
@@ -499,6 +540,7 @@ fn main() -> ExitCode {
             | Command::Photo { .. }
             | Command::Volume { .. }
             | Command::Gc { .. }
+            | Command::Token { .. }
             | Command::Config { .. }
     ) {
         // Command-line tools die quietly when their output pipe closes (`haystack status |
@@ -508,6 +550,17 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     init_logs(cli.log_json);
+    let security = match security::load(cli.cluster_secret_file.as_deref(), cli.audit_log) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("haystack: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    client::set_credentials(security::tool_credentials(
+        cli.token.as_deref(),
+        security.keys.as_ref(),
+    ));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -520,11 +573,19 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Store(a) => run_store(a).await,
-            Command::Directory(a) => run_directory(a).await,
-            Command::Cache(a) => run_cache(a).await,
-            Command::Uploader(a) => run_uploader(a).await,
+            Command::Store(a) => run_store(a, security).await,
+            Command::Directory(a) => run_directory(a, security).await,
+            Command::Cache(a) => run_cache(a, security).await,
+            Command::Uploader(a) => run_uploader(a, security).await,
             Command::Server(a) => cluster::run(a).await,
+            Command::Token {
+                command:
+                    TokenCommand::Create {
+                        role,
+                        subject,
+                        ttl_secs,
+                    },
+            } => security::create_token(security.keys.as_ref(), &role, &subject, ttl_secs),
             Command::Config {
                 command: ConfigCommand::Example,
             } => {

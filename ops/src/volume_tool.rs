@@ -9,7 +9,7 @@ use haystack_proto::directory::LogicalVolumeInfo;
 use haystack_proto::{NeedleAddr, VolumeInfo, VolumeState};
 use serde::Serialize;
 
-use crate::client::{client, clients};
+use crate::client::{clients, store_client};
 
 fn text(e: haystack_client::ClientError) -> String {
     e.to_string()
@@ -284,7 +284,7 @@ fn print_reports<T: Serialize>(
 /// serving at full speed), following each one's progress.
 pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
-    let poll = StoreClient::new(client(Duration::from_secs(10))?);
+    let poll = store_client(Duration::from_secs(10))?;
     let dir = dc.volume(id).await.map_err(text)?;
     let mut out = Vec::new();
     for r in &dir.replicas {

@@ -62,9 +62,17 @@ async fn commit(c: &reqwest::Client, dir: &str, a: &AssignResponse) -> u16 {
         .as_u16()
 }
 
-async fn gc(dir: &str, extra: &[&str]) -> Vec<Value> {
+async fn gc(cl: &Cluster, extra: &[&str]) -> Vec<Value> {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_haystack"))
-        .args(["gc", "--grace-secs", "0", "--json", "--directory", dir])
+        .args([
+            "gc",
+            "--grace-secs",
+            "0",
+            "--json",
+            "--directory",
+            &cl.directory_url(),
+        ])
+        .env("HAYSTACK_TOKEN", cl.admin_token())
         .args(extra)
         .output()
         .await
@@ -89,12 +97,12 @@ fn deleted(report: &[Value]) -> u64 {
 async fn an_id_gc_condemned_is_never_committed_and_a_committed_one_keeps_its_needles() {
     let cl = Cluster::start(ClusterOptions::default()).await;
     let dir = cl.directory_url();
-    let c = reqwest::Client::new();
+    let c = cl.admin_http();
 
     // A dry run decides nothing: the upload commits afterwards and gc then keeps it.
     let kept = write_uncommitted(&c, &dir).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let report = gc(&dir, &["--dry-run"]).await;
+    let report = gc(&cl, &["--dry-run"]).await;
     assert_eq!(deleted(&report), 0);
     assert_eq!(
         commit(&c, &dir, &kept).await,
@@ -107,7 +115,7 @@ async fn an_id_gc_condemned_is_never_committed_and_a_committed_one_keeps_its_nee
     // window) must be refused, or the directory would answer a photo whose needles are gone.
     let orphan = write_uncommitted(&c, &dir).await;
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let report = gc(&dir, &[]).await;
+    let report = gc(&cl, &[]).await;
     assert_eq!(
         deleted(&report),
         2,

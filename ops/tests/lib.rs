@@ -1,5 +1,6 @@
 //! End-to-end tests of the `haystack` binary, run as a child process on loopback.
 
+mod auth;
 mod cluster;
 mod crash;
 mod gc;

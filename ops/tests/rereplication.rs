@@ -19,7 +19,7 @@ async fn a_store_down_past_the_timeout_is_replaced_by_a_copy() {
         ..Default::default()
     })
     .await;
-    let c = reqwest::Client::new();
+    let c = cl.admin_http();
     let dir = cl.directory_url();
     let a: AssignResponse = c
         .post(format!("{dir}/v1/assign"))

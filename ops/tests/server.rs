@@ -113,6 +113,28 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
         .expect("runtime");
     let c = reqwest::Client::new();
     let child = start(&data, &config, ports);
+    // The server made a cluster secret in its data directory; internal routes need proof of
+    // it, and the tools read it from the file.
+    let secret_file = data.join("cluster.secret");
+    let secret = std::fs::read_to_string(&secret_file).expect("haystack server made a secret");
+    let keys = haystack_proto::auth::ClusterKeys::from_secret(&secret).expect("a valid secret");
+    let admin = {
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+            + 3600;
+        let token = keys.mint(haystack_proto::auth::Role::Admin, "test", expires);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        reqwest::Client::builder()
+            .default_headers(h)
+            .build()
+            .expect("client")
+    };
     let volumes = |c: reqwest::Client| async move {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -131,7 +153,15 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let before = rt.block_on(volumes(c.clone()));
+    let before = rt.block_on(volumes(admin.clone()));
+    let anonymous = rt.block_on(async {
+        c.get(format!("http://127.0.0.1:{dport}/v1/volumes"))
+            .send()
+            .await
+            .expect("GET /v1/volumes")
+            .status()
+    });
+    assert_eq!(anonymous, 401, "the volume listing needs a token");
     for v in &before {
         assert_eq!(v.replicas.len(), 2, "replication 2 by default");
     }
@@ -207,6 +237,7 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
         all.extend(["--directory", dbase.as_str(), "--json"]);
         let out = Command::new(env!("CARGO_BIN_EXE_haystack"))
             .args(&all)
+            .env("HAYSTACK_CLUSTER_SECRET_FILE", &secret_file)
             .output()
             .expect("haystack tool");
         assert!(
@@ -225,6 +256,15 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
             "{comp}"
         );
     }
+    // The operator's compaction is in the audit log, in the tool's name.
+    let audit = std::fs::read_to_string(data.join("logs").join("audit.log")).expect("audit log");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(&format!("/v1/volumes/{vid}/compact"))
+                && l.contains("\"who\":\"admin:haystack-cli\"")),
+        "{audit}"
+    );
     let ver = hs(&["volume", "verify", &vid.to_string()]);
     for r in ver.as_array().expect("replicas") {
         assert_eq!(
@@ -237,7 +277,7 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
     // replica is repaired onto the third store.
     let pid_id = photo["id"].as_str().expect("id").to_string();
     let (info, store_urls) = rt.block_on(async {
-        let info: serde_json::Value = c
+        let info: serde_json::Value = admin
             .get(format!("{dbase}/v1/photos/{pid_id}"))
             .send()
             .await
@@ -305,7 +345,7 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
     // Restart on the same data: the same volumes, the photo and the video are there, and the
     // deleted photo stays deleted.
     let child = start(&data, &config, ports);
-    let after = rt.block_on(volumes(c.clone()));
+    let after = rt.block_on(volumes(admin.clone()));
     for v in &before {
         assert!(
             after.iter().any(|a| a.id == v.id),

@@ -109,6 +109,7 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+pub mod auth;
 pub mod batch;
 pub mod directory;
 pub mod id;

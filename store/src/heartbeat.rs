@@ -129,7 +129,9 @@ impl HeartbeatWorker {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();
-        let client = DirectoryClient::with_http(&cfg.directory_url, http);
+        let client = DirectoryClient::with_http(&cfg.directory_url, http).with_credentials(
+            haystack_client::Credentials::internal(store.config().security.keys.as_ref(), "store"),
+        );
         let interval = cfg.interval;
         HeartbeatWorker {
             store,

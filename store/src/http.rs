@@ -15,10 +15,12 @@ use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use haystack_proto::auth::Access;
 use haystack_proto::batch::{self, BatchError};
 use haystack_proto::needle::NeedleAddrError;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
 use haystack_proto::{ErrorBody, NeedleAddr};
+use haystack_service::auth::Guard;
 use serde::Deserialize;
 
 use crate::error::StoreError;
@@ -556,6 +558,30 @@ async fn record_metrics(
     Ok(res)
 }
 
+/// The access class of a request to the store (docs/API.md, "Authentication"). Needle reads
+/// by URL, `/health` and `/metrics` are public; volume listings need a read token; needle
+/// writes and deletes are the cluster's own; everything else, and any route added later
+/// that is not named here, is an admin action.
+pub fn access(method: &Method, path: &str) -> Access {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    if path.starts_with("/v1/needles/") {
+        return if read {
+            Access::Public
+        } else {
+            Access::Internal
+        };
+    }
+    match route_label(path) {
+        "/health" | "/metrics" if read => Access::Public,
+        "/v1/volumes" | "/v1/volumes/{volume}" | "/v1/volumes/{volume}/needles" if read => {
+            Access::Read
+        }
+        "/v1/volumes/{volume}/batch" => Access::Internal,
+        "/bench/memory/{volume}/{key}/{alt}/{cookie}" => Access::Public,
+        _ => Access::Admin,
+    }
+}
+
 /// Routes of the store API, for embedding in an actix `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::scope("/v1/needles").default_service(web::to(needle_dispatch)))
@@ -665,6 +691,11 @@ fn build_server(
     store: Arc<Store>,
     opts: &ServerOptions,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let guard =
+        Guard::new("store", &store.config().security, access).map_err(std::io::Error::other)?;
+    guard
+        .check_listener(listener.local_addr()?)
+        .map_err(std::io::Error::other)?;
     let data = web::Data::new(store);
     let ceiling = opts
         .memory_ceiling_bytes
@@ -672,6 +703,7 @@ fn build_server(
     let mut server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
+            .wrap(guard.layer())
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes);
         if let Some(c) = &ceiling {

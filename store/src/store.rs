@@ -56,6 +56,10 @@ pub struct StoreConfig {
     /// A volume write or fdatasync that has not completed after this many seconds fails, and
     /// the volume turns read-only (a hung disk must not hold writers forever). Default 30.
     pub io_timeout_secs: u64,
+    /// The cluster's keys and the audit log (not in the config file: `haystack` reads the
+    /// secret from its own file or the environment).
+    #[serde(skip)]
+    pub security: haystack_service::auth::Security,
 }
 
 impl Default for StoreConfig {
@@ -72,6 +76,7 @@ impl Default for StoreConfig {
             auto_compact_min_dead_bytes: 64 << 20,
             auto_compact_interval_secs: 60,
             io_timeout_secs: 30,
+            security: Default::default(),
         }
     }
 }
@@ -298,6 +303,10 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         let bad_source = |m: String| StoreError::BadRequest(format!("import from {from}: {m}"));
         let resp = haystack_client::StoreClient::new(http)
+            .with_credentials(haystack_client::Credentials::internal(
+                self.cfg.security.keys.as_ref(),
+                "store",
+            ))
             .export(from, id)
             .await
             .map_err(|e| bad_source(e.to_string()))?;

@@ -7,6 +7,11 @@
 //! boundary is missing, so a store "dies" by a graceful stop of its server (connections are
 //! refused from then on) and comes back on the same port and data directory.
 //!
+//! Every cluster has its own random cluster secret (`keys`, `security`), as a production
+//! cluster does: tests that call internal or admin routes directly use [`Cluster::admin_http`]
+//! or [`Cluster::credentials`], and start the cache and the uploader with
+//! [`Cluster::security`].
+//!
 //! The roles' Prometheus recorders are process-wide: in a test process the first role to
 //! start owns it, and the others' /metrics say so. Tests that read metrics should read the
 //! service under test in its own process or tolerate that.
@@ -16,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use haystack_client::Credentials;
+use haystack_proto::auth::{ClusterKeys, Role};
 use haystack_proto::directory::LogicalVolumeInfo;
+use haystack_service::auth::{unix_now, Security};
 use haystack_store::{EngineKind, StoreConfig};
 use tokio::sync::watch;
 
@@ -95,7 +103,9 @@ impl Drop for Node {
     }
 }
 
-fn spawn_node<F, Fut>(name: &str, listener: TcpListener, body: F) -> Node
+/// Runs `body` (a role serving `listener` until the watch turns true) on its own thread and
+/// runtime; the cache and uploader tests start their role next to a cluster with it.
+pub fn spawn_node<F, Fut>(name: &str, listener: TcpListener, body: F) -> Node
 where
     F: FnOnce(TcpListener, watch::Receiver<bool>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
@@ -148,6 +158,16 @@ pub struct Cluster {
     directory: Node,
     stores: Vec<Option<Node>>,
     store_addrs: Vec<SocketAddr>,
+    keys: ClusterKeys,
+}
+
+/// A fresh random cluster secret (64 hex digits), as `haystack server` makes one.
+pub fn random_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 impl Cluster {
@@ -159,8 +179,10 @@ impl Cluster {
             .prefix("haystack-cluster-")
             .tempdir()
             .expect("temp dir");
+        let keys = ClusterKeys::from_secret(&random_secret()).expect("a valid secret");
         let dir_listener = bind_loopback();
         let dcfg = haystack_directory::DirectoryConfig {
+            security: Security::with_keys(keys.clone()),
             metadata: format!("embedded:{}", root.path().join("directory").display()),
             replication_factor: opts.replication,
             heartbeat_interval_secs: 1,
@@ -186,6 +208,7 @@ impl Cluster {
             directory,
             stores: Vec::new(),
             store_addrs: Vec::new(),
+            keys,
         };
         for i in 0..c.opts.stores {
             let l = bind_loopback();
@@ -205,6 +228,7 @@ impl Cluster {
             max_needle_bytes: self.opts.max_needle_bytes,
             max_write_bytes: self.opts.max_needle_bytes * 4 + 4096,
             prealloc_step: 4 << 20,
+            security: self.security(),
             ..Default::default()
         };
         let directory_url = self.directory.url();
@@ -225,6 +249,42 @@ impl Cluster {
                 .await
                 .expect("store server");
         })
+    }
+
+    /// The cluster's keys (from its random secret).
+    pub fn keys(&self) -> &ClusterKeys {
+        &self.keys
+    }
+
+    /// The security settings a role of this cluster runs with (the cache's and the
+    /// uploader's configs take them).
+    pub fn security(&self) -> Security {
+        Security::with_keys(self.keys.clone())
+    }
+
+    /// Internal credentials for haystack-client's clients in tests.
+    pub fn credentials(&self) -> Credentials {
+        Credentials::internal(Some(&self.keys), "test")
+    }
+
+    /// An admin token valid for an hour.
+    pub fn admin_token(&self) -> String {
+        self.keys.mint(Role::Admin, "test", unix_now() + 3600)
+    }
+
+    /// A reqwest client that sends an admin token with every request (for tests that call
+    /// internal or admin routes by hand).
+    pub fn admin_http(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {}", self.admin_token());
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&value).expect("a visible ASCII token"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("reqwest client")
     }
 
     /// The directory's base URL.
@@ -284,7 +344,12 @@ impl Cluster {
     /// The directory's logical volumes.
     pub async fn volumes(&self) -> Vec<LogicalVolumeInfo> {
         let url = format!("{}/v1/volumes", self.directory.url());
-        let resp = reqwest::get(&url).await.expect("GET /v1/volumes");
+        let resp = self
+            .admin_http()
+            .get(&url)
+            .send()
+            .await
+            .expect("GET /v1/volumes");
         let v: serde_json::Value = resp.json().await.expect("volumes JSON");
         // The directory answers a bare list; tolerate an object with "volumes" as well.
         let list = v.get("volumes").cloned().unwrap_or(v);
@@ -294,8 +359,13 @@ impl Cluster {
     /// Waits (up to 60 s) until `n` logical volumes are writable with every replica reported.
     pub async fn wait_writable(&self, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let http = self.admin_http();
         loop {
-            let ok = match reqwest::get(format!("{}/v1/volumes", self.directory.url())).await {
+            let ok = match http
+                .get(format!("{}/v1/volumes", self.directory.url()))
+                .send()
+                .await
+            {
                 Ok(r) if r.status().is_success() => {
                     let v: serde_json::Value = r.json().await.unwrap_or_default();
                     let list = v.get("volumes").cloned().unwrap_or(v);

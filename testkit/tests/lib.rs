@@ -8,7 +8,7 @@ use haystack_testkit::{Cluster, ClusterOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_starts_writes_and_restarts_a_store() {
     let mut c = Cluster::start(ClusterOptions::default()).await;
-    let http = reqwest::Client::new();
+    let http = c.admin_http();
     let a: AssignResponse = http
         .post(format!("{}/v1/assign", c.directory_url()))
         .json(&AssignRequest::default())

@@ -67,6 +67,10 @@ pub struct UploaderConfig {
     pub http_workers: usize,
     /// Seconds in-flight requests get to finish on shutdown. Default 60.
     pub shutdown_timeout_secs: u64,
+    /// The cluster's keys (to call the directory and the stores) and the audit log (not in
+    /// the config file: `haystack` reads the secret from its own file or the environment).
+    #[serde(skip)]
+    pub security: haystack_service::auth::Security,
 }
 
 impl Default for UploaderConfig {
@@ -89,6 +93,7 @@ impl Default for UploaderConfig {
             directory_timeout_ms: 10_000,
             http_workers: 2,
             shutdown_timeout_secs: 60,
+            security: Default::default(),
         }
     }
 }

@@ -14,7 +14,9 @@ use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use haystack_proto::auth::Access;
 use haystack_proto::ErrorBody;
+use haystack_service::auth::Guard;
 
 use crate::error::UploaderError;
 use crate::service::{Outcome, Uploader, MAX_IDEMPOTENCY_KEY};
@@ -401,15 +403,28 @@ fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The access class of a request to the uploader, for the cluster's auth layer: the upload
+/// API (its own API key is checked by the handlers), `/health` and `/metrics` are public;
+/// any other route, one added later included, needs an admin token.
+pub fn access(_method: &actix_web::http::Method, path: &str) -> Access {
+    match route_label(path) {
+        "other" => Access::Admin,
+        _ => Access::Public,
+    }
+}
+
 fn build_server(
     listener: TcpListener,
     state: web::Data<State>,
     workers: usize,
     shutdown_timeout_secs: u64,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let guard = Guard::new("uploader", &state.uploader.config().security, access)
+        .map_err(std::io::Error::other)?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(guard.layer())
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes)
             .default_service(web::to(no_route))

@@ -150,12 +150,15 @@ impl Uploader {
             .pool_max_idle_per_host(64)
             .build()
             .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
+        let creds = haystack_client::Credentials::internal(cfg.security.keys.as_ref(), "uploader");
         Ok(Uploader {
-            dir: DirectoryClient::with_http(&cfg.directory_url, dir_http),
+            dir: DirectoryClient::with_http(&cfg.directory_url, dir_http)
+                .with_credentials(creds.clone()),
             stores: StoreClient::with_timeout(
                 store_http,
                 Duration::from_millis(cfg.store_timeout_ms),
-            ),
+            )
+            .with_credentials(creds),
             image_slots: Arc::new(Semaphore::new(cfg.image_workers)),
             cfg: Arc::new(cfg),
         })

@@ -142,7 +142,10 @@ async fn bad_inputs_answer_4xx_json() {
             "bad_request",
         ),
         (reqwest::Method::GET, "/v1/photos/999999", 404, "not_found"),
-        (reqwest::Method::GET, "/v2/nothing", 404, "no_such_route"),
+        // A path that is none of the public routes needs the cluster's credentials (issue 17:
+        // a route added later is protected by default), so without them it is a 401, not a
+        // 404 that would tell what exists.
+        (reqwest::Method::GET, "/v2/nothing", 401, "unauthorized"),
     ] {
         cases.push(Case {
             name: path,

@@ -15,6 +15,8 @@ pub struct Harness {
     pub cluster: Cluster,
     pub url: String,
     pub http: reqwest::Client,
+    /// A client with an admin token of the cluster, for calls to the directory and stores.
+    pub admin: reqwest::Client,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -46,6 +48,7 @@ impl Harness {
     ) -> Harness {
         let cluster = Cluster::start(opts).await;
         let mut cfg = test_config(cluster.directory_url());
+        cfg.security = cluster.security();
         tweak(&mut cfg);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -66,9 +69,10 @@ impl Harness {
             })
             .expect("uploader thread");
         let h = Harness {
-            cluster,
             url,
             http: reqwest::Client::new(),
+            admin: cluster.admin_http(),
+            cluster,
             stop,
             thread: Some(thread),
         };
@@ -102,7 +106,7 @@ impl Harness {
     /// The directory's record of a photo.
     pub async fn lookup(&self, id: &str) -> PhotoInfo {
         let r = self
-            .http
+            .admin
             .get(format!("{}/v1/photos/{id}", self.cluster.directory_url()))
             .send()
             .await

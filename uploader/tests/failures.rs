@@ -69,7 +69,7 @@ async fn a_dead_replica_moves_uploads_to_other_volumes() {
 /// can take an upload now (a 503).
 async fn replay(h: &Harness, key: &str) -> Option<AssignResponse> {
     let r = h
-        .http
+        .admin
         .post(format!("{}/v1/assign", h.cluster.directory_url()))
         .json(&AssignRequest {
             kind: PhotoKind::Photo,

@@ -19,7 +19,7 @@ async fn volumes(h: &Harness) -> Vec<LogicalVolumeInfo> {
 
 async fn set_state(h: &Harness, volume: u32, state: &str) {
     let r = h
-        .http
+        .admin
         .post(format!(
             "{}/v1/volumes/{volume}/state",
             h.cluster.directory_url()
@@ -38,7 +38,7 @@ async fn committed_ids(h: &Harness) -> BTreeSet<u64> {
     for v in volumes(h).await {
         for r in &v.replicas {
             let l: Value = h
-                .http
+                .admin
                 .get(format!("{}/v1/volumes/{}/needles", r.url, v.id))
                 .send()
                 .await
@@ -54,7 +54,7 @@ async fn committed_ids(h: &Harness) -> BTreeSet<u64> {
     let mut committed = BTreeSet::new();
     for k in keys {
         let r = h
-            .http
+            .admin
             .get(format!("{}/v1/photos/{k}", h.cluster.directory_url()))
             .send()
             .await
@@ -98,7 +98,7 @@ async fn a_retry_after_a_failed_attempt_answers_the_committed_photo_and_commits_
             break;
         }
         let r = h
-            .http
+            .admin
             .post(format!("{dir}/v1/volumes"))
             .send()
             .await
@@ -118,7 +118,7 @@ async fn a_retry_after_a_failed_attempt_answers_the_committed_photo_and_commits_
     let fake = tokio::net::TcpListener::bind(&addr)
         .await
         .expect("rebind the store's port");
-    let (http, dir2) = (h.http.clone(), dir.clone());
+    let (http, dir2) = (h.admin.clone(), dir.clone());
     let dead_replica = tokio::spawn(async move {
         // The "down" replica: it answers attempt 0 with a 503 after vh became writable.
         let (mut conn, _) = fake.accept().await.expect("attempt 0 reaches the replica");

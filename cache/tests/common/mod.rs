@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use haystack_cache::{CacheConfig, StatsSnapshot};
-use haystack_client::DirectoryClient;
+use haystack_client::{Credentials, DirectoryClient};
 use haystack_proto::directory::{
     AssignRequest, CommitRequest, PhotoInfo, PhotoKind, Variant, VideoChunk,
 };
@@ -19,12 +19,15 @@ pub struct CacheNode {
     pub url: String,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// What the node's `/v1/stats` asks for (a read token of its cluster).
+    creds: Credentials,
 }
 
 impl CacheNode {
     /// Starts a node on an already bound listener.
     pub fn start(listener: TcpListener, cfg: CacheConfig) -> CacheNode {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let creds = Credentials::internal(cfg.security.keys.as_ref(), "test");
         let (tx, rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("cache".into())
@@ -47,6 +50,7 @@ impl CacheNode {
             url,
             stop: Some(tx),
             thread: Some(thread),
+            creds,
         }
     }
 
@@ -62,7 +66,11 @@ impl CacheNode {
 
     /// The node's counters.
     pub async fn stats(&self) -> StatsSnapshot {
-        reqwest::get(format!("{}/v1/stats", self.url))
+        let mut r = reqwest::Client::new().get(format!("{}/v1/stats", self.url));
+        if let Some(h) = self.creds.header() {
+            r = r.header("authorization", h);
+        }
+        r.send()
             .await
             .expect("GET /v1/stats")
             .json()
@@ -120,6 +128,7 @@ impl Env {
         let mut caches = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             let mut cfg = test_config(&cluster.directory_url());
+            cfg.security = cluster.security();
             if nodes > 1 {
                 cfg.peers = urls.clone();
                 cfg.self_url = Some(urls[i].clone());
@@ -130,13 +139,23 @@ impl Env {
         for c in &caches {
             wait_healthy(&c.url).await;
         }
-        let dir = DirectoryClient::new(&cluster.directory_url()).expect("directory client");
+        let dir = DirectoryClient::new(&cluster.directory_url())
+            .expect("directory client")
+            .with_credentials(cluster.credentials());
+        let http = cluster.admin_http();
         Env {
             cluster,
             caches,
             dir,
-            http: reqwest::Client::new(),
+            http,
         }
+    }
+
+    /// The test settings of another node in front of this cluster (its secret included).
+    pub fn node_config(&self) -> CacheConfig {
+        let mut c = test_config(&self.cluster.directory_url());
+        c.security = self.cluster.security();
+        c
     }
 
     /// One cache node, default cluster.

@@ -267,6 +267,10 @@ impl Directory {
                 .build()
                 .map_err(|e| DirectoryError::Internal(e.to_string()))?;
             if let Err(e) = StoreClient::new(copy)
+                .with_credentials(haystack_client::Credentials::internal(
+                    self.config.security.keys.as_ref(),
+                    "directory",
+                ))
                 .import(&target.url, id, &source.url)
                 .await
             {

@@ -1,0 +1,319 @@
+//! The one authentication layer every HTTP server wraps its whole app in ([`Guard::layer`]).
+//! Each service hands it a classifier, `fn(&Method, &str) -> Access`, that names its public
+//! routes; everything else needs a bearer token minted from the cluster secret
+//! (haystack_proto::auth), so a route added later is protected without anyone remembering to.
+//! A refusal is a 401 (no, malformed, wrong or expired token) or a 403 (a valid token whose
+//! role does not reach the route) with a JSON error body, and the handler never runs. Admin
+//! actions, and every refusal on an admin route, go to the audit log (a JSON line each: who,
+//! what, when, answer) and to the `haystack_audit` tracing target.
+
+use std::fs::File;
+use std::future::{ready, Future, Ready};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::body::EitherBody;
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{HttpMessage, HttpResponse};
+use haystack_proto::auth::{bearer, Access, Claims, ClusterKeys};
+use haystack_proto::ErrorBody;
+
+/// A service's route classification: which class a request (method, path) falls in.
+pub type Classify = fn(&Method, &str) -> Access;
+
+/// The security settings of one role, filled by whoever starts it (`haystack` reads the
+/// secret from `--cluster-secret-file` or `HAYSTACK_CLUSTER_SECRET`). Not part of the config
+/// file's role sections: the secret is read from its own file or the environment.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// The cluster's keys. None: no authentication, which `run` refuses on a listener that is
+    /// not loopback (a development cluster on one machine).
+    pub keys: Option<ClusterKeys>,
+    /// Where admin actions are appended (JSON lines); None: the `haystack_audit` log target
+    /// only.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("keys", &self.keys.as_ref().map(|_| "<redacted>"))
+            .field("audit_log", &self.audit_log)
+            .finish()
+    }
+}
+
+impl Security {
+    /// Settings with `keys` and no audit file.
+    pub fn with_keys(keys: ClusterKeys) -> Security {
+        Security {
+            keys: Some(keys),
+            audit_log: None,
+        }
+    }
+}
+
+/// The unix time now, seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Who called, as the layer found out: put in the request's extensions for handlers.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Option<Claims>);
+
+/// The audit log file: one JSON line per admin action, appended.
+struct AuditLog {
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    fn open(path: &Path) -> Result<AuditLog, String> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?;
+        Ok(AuditLog {
+            file: Mutex::new(file),
+        })
+    }
+
+    fn append(&self, line: &str) {
+        let mut f = crate::sync::lock(&self.file);
+        // One write call per line: with O_APPEND the line lands whole even when several
+        // processes share the file.
+        if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
+    }
+}
+
+/// A service's authentication: its keys, its classification and its audit log.
+pub struct Guard {
+    service: &'static str,
+    keys: Option<ClusterKeys>,
+    classify: Classify,
+    audit: Option<AuditLog>,
+}
+
+impl Guard {
+    /// The guard of `service` (a name for logs) with `security`'s keys and audit file.
+    pub fn new(
+        service: &'static str,
+        security: &Security,
+        classify: Classify,
+    ) -> Result<Arc<Guard>, String> {
+        let audit = match &security.audit_log {
+            Some(p) => Some(AuditLog::open(p)?),
+            None => None,
+        };
+        Ok(Arc::new(Guard {
+            service,
+            keys: security.keys.clone(),
+            classify,
+            audit,
+        }))
+    }
+
+    /// Refuses to serve a listener that is not loopback without keys: an open store or
+    /// directory on a network is the hole this layer exists to close.
+    pub fn check_listener(&self, addr: SocketAddr) -> Result<(), String> {
+        if self.keys.is_none() && !addr.ip().is_loopback() {
+            return Err(format!(
+                "{} on {addr}: a listener that is not loopback needs the cluster secret \
+                 (--cluster-secret-file or HAYSTACK_CLUSTER_SECRET)",
+                self.service
+            ));
+        }
+        if self.keys.is_none() {
+            tracing::warn!(service = self.service, %addr, "no cluster secret: internal and admin routes are open (loopback only)");
+        }
+        Ok(())
+    }
+
+    /// The actix middleware to `wrap` the whole app in.
+    pub fn layer(self: &Arc<Self>) -> Authenticate {
+        Authenticate(self.clone())
+    }
+
+    /// The class of a request, as the service's classifier says.
+    pub fn class(&self, method: &Method, path: &str) -> Access {
+        (self.classify)(method, path)
+    }
+
+    /// Decides a request: Ok with the caller's claims (None on public routes or without
+    /// keys), or the refusal's status and message.
+    fn decide(
+        &self,
+        access: Access,
+        authorization: Option<&str>,
+    ) -> Result<Option<Claims>, (StatusCode, &'static str, String)> {
+        let Some(keys) = &self.keys else {
+            return Ok(None);
+        };
+        let token = authorization.and_then(bearer);
+        let Some(token) = token else {
+            if access == Access::Public {
+                return Ok(None);
+            }
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!("this route needs a bearer token ({})", access.as_str()),
+            ));
+        };
+        match keys.verify(token, unix_now()) {
+            Ok(c) if c.role.permits(access) => Ok(Some(c)),
+            Ok(c) => Err((
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "role {} may not call a route of class {}",
+                    c.role.as_str(),
+                    access.as_str()
+                ),
+            )),
+            // A public route ignores a bad token rather than refusing a read it would serve
+            // without one.
+            Err(_) if access == Access::Public => Ok(None),
+            Err(e) => Err((StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())),
+        }
+    }
+
+    fn audit(&self, who: &str, peer: Option<SocketAddr>, method: &Method, path: &str, status: u16) {
+        let line = serde_json::json!({
+            "ts": unix_now(),
+            "service": self.service,
+            "who": who,
+            "peer": peer.map(|p| p.ip().to_string()),
+            "method": method.as_str(),
+            "path": path,
+            "status": status,
+        })
+        .to_string();
+        tracing::info!(target: "haystack_audit", service = self.service, who, method = %method, path, status, "admin action");
+        if let Some(a) = &self.audit {
+            a.append(&line);
+        }
+    }
+}
+
+/// The actix middleware of a [`Guard`].
+pub struct Authenticate(Arc<Guard>);
+
+impl<S, B> Transform<S, ServiceRequest> for Authenticate
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = AuthenticateService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(AuthenticateService {
+            inner: Rc::new(service),
+            guard: self.0.clone(),
+        }))
+    }
+}
+
+/// The service [`Authenticate`] wraps around an app.
+pub struct AuthenticateService<S> {
+    inner: Rc<S>,
+    guard: Arc<Guard>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Service<ServiceRequest> for AuthenticateService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(inner);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let guard = self.guard.clone();
+        let access = guard.class(req.method(), req.path());
+        let decision = guard.decide(
+            access,
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        );
+        // Admin actions and deletes are audited (who deleted a photo is an operator's
+        // question as much as who sealed a volume).
+        let audited = guard.keys.is_some()
+            && (access == Access::Admin
+                || (access != Access::Public && req.method() == Method::DELETE));
+        match decision {
+            Ok(claims) => {
+                let who = claims
+                    .as_ref()
+                    .map(|c| format!("{}:{}", c.role.as_str(), c.subject));
+                req.extensions_mut().insert(Caller(claims));
+                let inner = self.inner.clone();
+                Box::pin(async move {
+                    let (method, path, peer) = (
+                        req.method().clone(),
+                        req.path().to_string(),
+                        req.peer_addr(),
+                    );
+                    let res = inner.call(req).await?;
+                    if audited {
+                        let who = who.as_deref().unwrap_or("anonymous");
+                        guard.audit(who, peer, &method, &path, res.status().as_u16());
+                    }
+                    Ok(res.map_into_left_body())
+                })
+            }
+            Err((status, code, message)) => {
+                tracing::warn!(
+                    service = guard.service,
+                    method = %req.method(),
+                    path = req.path(),
+                    class = access.as_str(),
+                    reason = %message,
+                    "request refused"
+                );
+                if audited {
+                    guard.audit(
+                        "refused",
+                        req.peer_addr(),
+                        req.method(),
+                        req.path(),
+                        status.as_u16(),
+                    );
+                }
+                metrics::counter!("haystack_auth_refused_total", "service" => guard.service, "class" => access.as_str()).increment(1);
+                let mut resp = HttpResponse::build(status);
+                if status == StatusCode::UNAUTHORIZED {
+                    resp.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"haystack\""));
+                }
+                resp.insert_header((header::CACHE_CONTROL, "no-store"));
+                let resp = resp.json(ErrorBody {
+                    error: code.to_string(),
+                    message,
+                });
+                Box::pin(async move { Ok(req.into_response(resp).map_into_right_body()) })
+            }
+        }
+    }
+}
