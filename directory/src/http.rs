@@ -10,7 +10,7 @@ use actix_web::middleware::Next;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use haystack_proto::auth::Access;
+use haystack_proto::auth::{Access, WriteScope, WRITE_TOKEN_TTL_SECS};
 use haystack_proto::directory::{
     AssignRequest, KeyedCommit, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
 };
@@ -151,7 +151,20 @@ async fn assign(dir: Dir, body: web::Bytes) -> Res {
         serde_json::from_slice(&body)
             .map_err(|e| DirectoryError::BadRequest(format!("malformed JSON body: {e}")))?
     };
-    Ok(HttpResponse::Ok().json(dir.assign_idempotent(&req).await?))
+    let mut a = dir.assign_idempotent(&req).await?;
+    if let (Some(keys), false) = (&dir.config().security.keys, a.replayed) {
+        let scope = WriteScope {
+            volume: a.volume_id,
+            key: a.id,
+            alt_min: 0,
+            alt_max: u32::MAX,
+        };
+        a.write_token = Some(keys.mint_write(
+            scope,
+            haystack_service::auth::unix_now() + WRITE_TOKEN_TTL_SECS,
+        ));
+    }
+    Ok(HttpResponse::Ok().json(a))
 }
 
 async fn commit(dir: Dir, body: web::Json<KeyedCommit>) -> Res {

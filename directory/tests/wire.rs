@@ -14,6 +14,7 @@ fn ids_travel_as_decimal_strings_and_cookies_as_hex() {
         }],
         replayed: false,
         request_hash: None,
+        write_token: None,
     };
     let s = serde_json::to_string(&a).expect("serialize");
     assert!(s.contains("\"id\":\"18446744073709551615\""), "{s}");

@@ -225,6 +225,14 @@ fn every_route_in_the_sources_is_in_the_table() {
             found.len() >= 5,
             "{service}: the route scan found {found:?}"
         );
+        // The scanner reads calls rustfmt broke over several lines too.
+        if service == "directory" {
+            let state = (
+                "POST".to_string(),
+                "/v1/volumes/{volume_id}/state".to_string(),
+            );
+            assert!(found.contains(&state), "{found:?}");
+        }
         for (method, path) in &found {
             let listed = table.iter().any(|t| {
                 t.service == service
@@ -543,4 +551,95 @@ async fn every_route_refuses_wrong_credentials_and_accepts_right_ones() {
             route.method
         );
     }
+}
+
+/// Issue 17's token scope: the write token the directory issues with an assignment for
+/// (volume V, key K) writes K's needles on V's replicas, alone (no bearer), and nothing else:
+/// not K+1, not volume V+1, not after it expires; nor does a token of another secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_token_writes_its_needles_only() {
+    use haystack_proto::auth::{WriteScope, WRITE_TOKEN_HEADER};
+    use haystack_proto::directory::{AssignRequest, AssignResponse};
+    let cluster = Cluster::start(Default::default()).await;
+    let admin = cluster.admin_http();
+    let a: AssignResponse = admin
+        .post(format!("{}/v1/assign", cluster.directory_url()))
+        .json(&AssignRequest::default())
+        .send()
+        .await
+        .expect("assign")
+        .json()
+        .await
+        .expect("AssignResponse");
+    let token = a
+        .write_token
+        .clone()
+        .expect("the assignment carries a write token");
+    let store = a.replicas[0].url.clone();
+    let cookie = haystack_proto::format_cookie(a.cookie);
+    let plain = reqwest::Client::new();
+    let put = |volume: u32, key: u64, alt: u32, token: Option<String>| {
+        let url = format!("{store}/v1/needles/{volume}/{key}/{alt}/{cookie}");
+        let plain = plain.clone();
+        async move {
+            let mut r = plain.put(&url).body(b"abc".to_vec());
+            if let Some(t) = token {
+                r = r.header(WRITE_TOKEN_HEADER, t);
+            }
+            r.send().await.expect("PUT").status().as_u16()
+        }
+    };
+    let (v, k) = (a.volume_id, a.id);
+    assert_eq!(put(v, k, 0, Some(token.clone())).await, 201);
+    assert_eq!(
+        put(v, k, 3, Some(token.clone())).await,
+        201,
+        "any alternate key"
+    );
+    assert_eq!(put(v, k + 1, 0, Some(token.clone())).await, 403, "key K+1");
+    assert_eq!(
+        put(v + 1, k, 0, Some(token.clone())).await,
+        403,
+        "volume V+1"
+    );
+    let scope = WriteScope {
+        volume: v,
+        key: k,
+        alt_min: 0,
+        alt_max: u32::MAX,
+    };
+    let expired = cluster.keys().mint_write(scope, unix_now() - 1);
+    assert_eq!(put(v, k, 0, Some(expired)).await, 403, "expired");
+    let other = ClusterKeys::from_secret(&random_secret()).expect("keys");
+    let foreign = other.mint_write(scope, unix_now() + 600);
+    assert_eq!(put(v, k, 0, Some(foreign)).await, 403, "another secret");
+    assert_eq!(put(v, k, 0, None).await, 401, "no token at all");
+    // A batch is checked needle by needle: one needle of another key refuses the whole batch.
+    let batch = |key: u64| {
+        haystack_client::store::encode_batch(
+            key,
+            a.cookie,
+            &[haystack_client::store::Needle {
+                alt: 1,
+                content_type: "image/jpeg".into(),
+                data: bytes::Bytes::from_static(b"xyz"),
+            }],
+        )
+    };
+    let post_batch = |key: u64| {
+        plain
+            .post(format!("{store}/v1/volumes/{v}/batch"))
+            .header(WRITE_TOKEN_HEADER, token.clone())
+            .body(batch(key))
+            .send()
+    };
+    assert_eq!(post_batch(k + 1).await.expect("batch").status(), 403);
+    assert_eq!(post_batch(k).await.expect("batch").status(), 201);
+    // Nothing of K+1 was written.
+    let got = plain
+        .get(format!("{store}/v1/needles/{v}/{}/0/{cookie}", k + 1))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(got.status(), 404);
 }

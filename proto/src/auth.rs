@@ -17,6 +17,9 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// The header a store reads a scoped write token from (beside `Authorization`).
 pub const WRITE_TOKEN_HEADER: &str = "x-haystack-write-token";
 
+/// Seconds a write token the directory issues with an assignment lives.
+pub const WRITE_TOKEN_TTL_SECS: u64 = 3600;
+
 /// Seconds an internal token minted by a service for one request lives.
 pub const INTERNAL_TOKEN_TTL_SECS: u64 = 300;
 
@@ -29,8 +32,12 @@ pub enum Access {
     Public,
     /// Listings and lookups that reveal cookies or the cluster's layout.
     Read,
-    /// Service to service: needle writes and deletes, registration, heartbeats, assignment,
-    /// commit, purges.
+    /// A needle write on a store: an internal bearer, or a write token (the header
+    /// [`WRITE_TOKEN_HEADER`]) that the store's handler checks against the volume, key and
+    /// alternate key of every needle it writes.
+    Write,
+    /// Service to service: needle deletes, registration, heartbeats, assignment, commit,
+    /// purges.
     Internal,
     /// Operator actions: seal, compact, verify, rebuild, export, import, gc, repair, replace,
     /// state changes. Written to the audit log.
@@ -42,6 +49,7 @@ impl Access {
         match self {
             Access::Public => "public",
             Access::Read => "read",
+            Access::Write => "write",
             Access::Internal => "internal",
             Access::Admin => "admin",
         }
@@ -86,7 +94,7 @@ impl Role {
     pub fn permits(self, access: Access) -> bool {
         match self {
             Role::Internal | Role::Admin => true,
-            Role::Ops => access != Access::Internal,
+            Role::Ops => !matches!(access, Access::Internal | Access::Write),
             Role::Read => matches!(access, Access::Public | Access::Read),
         }
     }

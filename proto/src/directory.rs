@@ -131,6 +131,11 @@ pub struct AssignResponse {
     /// whose request hashes otherwise reused the key for another upload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// A write token for this upload's needles (volume, id, any alternate key), valid for an
+    /// hour, when the cluster has a secret: a store takes the needles with it alone (header
+    /// `X-Haystack-Write-Token`), without asking the directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_token: Option<String>,
 }
 
 /// `POST /v1/photos`: record a photo once every needle is on every replica.

@@ -21,7 +21,7 @@ use actix_web::body::EitherBody;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{header, Method, StatusCode};
 use actix_web::{HttpMessage, HttpResponse};
-use haystack_proto::auth::{bearer, Access, Claims, ClusterKeys};
+use haystack_proto::auth::{bearer, Access, Claims, ClusterKeys, TokenError, WRITE_TOKEN_HEADER};
 use haystack_proto::ErrorBody;
 
 /// A service's route classification: which class a request (method, path) falls in.
@@ -70,6 +70,34 @@ pub fn unix_now() -> u64 {
 /// Who called, as the layer found out: put in the request's extensions for handlers.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Option<Claims>);
+
+/// Whether a request of class [`Access::Write`] may write needle (`volume`, `key`, `alt`): a
+/// cluster without keys, a caller whose bearer token the layer accepted, or a write token in
+/// [`WRITE_TOKEN_HEADER`] whose scope holds the needle. Every handler of a `Write` route
+/// calls it for every needle before writing.
+pub fn check_write(
+    req: &actix_web::HttpRequest,
+    keys: Option<&ClusterKeys>,
+    volume: u32,
+    key: u64,
+    alt: u32,
+) -> Result<(), TokenError> {
+    let Some(keys) = keys else {
+        return Ok(());
+    };
+    if let Some(Caller(Some(c))) = req.extensions().get::<Caller>() {
+        if c.role.permits(Access::Write) {
+            return Ok(());
+        }
+    }
+    let token = req
+        .headers()
+        .get(WRITE_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(TokenError::Malformed)?;
+    keys.verify_write(token, volume, key, alt, unix_now())
+        .map(drop)
+}
 
 /// The audit log file: one JSON line per admin action, appended.
 struct AuditLog {
@@ -157,6 +185,7 @@ impl Guard {
         &self,
         access: Access,
         authorization: Option<&str>,
+        write_token: bool,
     ) -> Result<Option<Claims>, (StatusCode, &'static str, String)> {
         let Some(keys) = &self.keys else {
             return Ok(None);
@@ -164,6 +193,11 @@ impl Guard {
         let token = authorization.and_then(bearer);
         let Some(token) = token else {
             if access == Access::Public {
+                return Ok(None);
+            }
+            if access == Access::Write && write_token {
+                // The handler checks the write token against what it writes
+                // ([`check_write`]).
                 return Ok(None);
             }
             return Err((
@@ -257,6 +291,7 @@ where
             req.headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
+            req.headers().contains_key(WRITE_TOKEN_HEADER),
         );
         // Admin actions and deletes are audited (who deleted a photo is an operator's
         // question as much as who sealed a volume).

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The disk has no room for the operation (compaction needs room for the live data).
     #[error("{0}")]
     NoSpace(String),
+    /// A needle write whose write token does not cover it (or has expired).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

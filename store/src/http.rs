@@ -62,6 +62,7 @@ impl ApiError {
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Busy(_) => (StatusCode::CONFLICT, "busy"),
             NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 }
@@ -101,6 +102,19 @@ fn needle_addr(req: &HttpRequest) -> ApiResult<NeedleAddr> {
         NeedleAddrError::Shape => ApiError(StoreError::NoRoute),
         e => bad(e.to_string()),
     })
+}
+
+/// Refuses a needle write that neither an internal bearer nor a write token in scope allows
+/// (haystack_service::auth::check_write).
+fn may_write(req: &HttpRequest, store: &Store, volume: u32, key: u64, alt: u32) -> ApiResult<()> {
+    haystack_service::auth::check_write(
+        req,
+        store.config().security.keys.as_ref(),
+        volume,
+        key,
+        alt,
+    )
+    .map_err(|e| ApiError(StoreError::Forbidden(format!("needle write refused: {e}"))))
 }
 
 /// Everything under `/v1/needles/`: dispatch on the method.
@@ -248,6 +262,7 @@ async fn put_needle(
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let a = needle_addr(&req)?;
+    may_write(&req, &store, a.volume, a.key, a.alt)?;
     let vol = store.volume(a.volume)?;
     let content_type = request_content_type(&req)?;
     let data = read_body(&req, payload, store.config().max_needle_bytes).await?;
@@ -302,6 +317,9 @@ async fn put_batch(
     let vol = store.volume(vid)?;
     let body = read_body(&req, payload, store.config().max_write_bytes).await?;
     let needles = parse_batch(body, store.config().max_needle_bytes)?;
+    for n in &needles {
+        may_write(&req, &store, vid, n.key, n.alt)?;
+    }
     let n = needles.len();
     vol.write_batch(needles).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({ "volume": vid, "written": n })))
@@ -565,10 +583,10 @@ async fn record_metrics(
 pub fn access(method: &Method, path: &str) -> Access {
     let read = matches!(*method, Method::GET | Method::HEAD);
     if path.starts_with("/v1/needles/") {
-        return if read {
-            Access::Public
-        } else {
-            Access::Internal
+        return match *method {
+            Method::GET | Method::HEAD => Access::Public,
+            Method::PUT => Access::Write,
+            _ => Access::Internal,
         };
     }
     match route_label(path) {
@@ -576,7 +594,7 @@ pub fn access(method: &Method, path: &str) -> Access {
         "/v1/volumes" | "/v1/volumes/{volume}" | "/v1/volumes/{volume}/needles" if read => {
             Access::Read
         }
-        "/v1/volumes/{volume}/batch" => Access::Internal,
+        "/v1/volumes/{volume}/batch" => Access::Write,
         "/bench/memory/{volume}/{key}/{alt}/{cookie}" => Access::Public,
         _ => Access::Admin,
     }

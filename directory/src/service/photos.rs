@@ -37,6 +37,7 @@ impl Directory {
             replicas: pick.replicas.clone(),
             replayed: false,
             request_hash: None,
+            write_token: None,
         })
     }
 
@@ -116,6 +117,7 @@ impl Directory {
             replicas,
             replayed: true,
             request_hash: u.request_hash.clone(),
+            write_token: None,
         }
     }
 
