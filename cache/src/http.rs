@@ -661,6 +661,7 @@ fn build_server(
             .default_service(web::to(not_found))
     })
     .disable_signals()
+    .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .shutdown_timeout(shutdown_secs);
     if workers > 0 {
         server = server.workers(workers);

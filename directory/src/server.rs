@@ -86,6 +86,7 @@ pub async fn run_with(
     })
     .workers(workers)
     .disable_signals()
+    .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .shutdown_timeout(10)
     .listen(listener)?
     .run();

@@ -643,3 +643,55 @@ async fn a_write_token_writes_its_needles_only() {
         .expect("GET");
     assert_eq!(got.status(), 404);
 }
+
+/// A slowloris client (one header byte a second, never finishing its head) is cut off by
+/// every server of the cluster within the request head timeout, while other clients are
+/// served meanwhile. Bounded: at most 40 bytes (40 s) per server; no assertion on speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_header_client_is_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(Default::default()).await;
+    let plain = reqwest::Client::new();
+    for base in [cluster.directory_url(), cluster.store_url(0)] {
+        let addr = base.trim_start_matches("http://").to_string();
+        let mut slow = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write the start of a head");
+        let mut closed = false;
+        let mut served_meanwhile = 0;
+        for _ in 0..40 {
+            if slow.write_all(b"a").await.is_err() {
+                closed = true;
+                break;
+            }
+            // Whatever comes back (a 408, or EOF) ends the slow request.
+            let mut buf = [0u8; 256];
+            match tokio::time::timeout(std::time::Duration::from_secs(1), slow.read(&mut buf)).await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(n)) => {
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    assert!(head.contains("408"), "{base}: {head}");
+                    closed = true;
+                    break;
+                }
+                Err(_) => {}
+            }
+            let r = plain
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .expect("another client");
+            assert!(r.status().is_success());
+            served_meanwhile += 1;
+        }
+        assert!(closed, "{base} kept a slowloris connection for 40 s");
+        assert!(served_meanwhile > 0, "{base} served nobody meanwhile");
+    }
+}

@@ -12,4 +12,10 @@ pub mod sync;
 pub mod worker;
 
 pub use tokio_util::sync::CancellationToken;
+
+/// How long every HTTP server waits for a request's whole head (request line and headers)
+/// before it answers 408 and closes the connection: a client sending one header byte a second
+/// (slowloris) holds a connection this long at most. Every server sets it explicitly (actix's
+/// own default is the same today; `0` would turn it off).
+pub const REQUEST_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 pub use worker::{Next, Worker, WorkerSet};

@@ -732,6 +732,7 @@ fn build_server(
         app.default_service(web::to(not_found))
     })
     .disable_signals()
+    .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .shutdown_timeout(opts.shutdown_timeout_secs);
     if opts.workers > 0 {
         server = server.workers(opts.workers);

@@ -430,6 +430,7 @@ fn build_server(
             .default_service(web::to(no_route))
     })
     .disable_signals()
+    .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .workers(workers)
     .shutdown_timeout(shutdown_timeout_secs);
     Ok(server.listen(listener)?.run())
