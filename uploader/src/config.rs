@@ -67,6 +67,16 @@ pub struct UploaderConfig {
     pub http_workers: usize,
     /// Seconds in-flight requests get to finish on shutdown. Default 60.
     pub shutdown_timeout_secs: u64,
+    /// Uploads (POST of a photo or a video) one client address may start per minute,
+    /// sustained (a token bucket, governor); over it the answer is 429 with Retry-After.
+    /// 0 turns it off. Default 600.
+    pub uploads_per_minute_per_client: u32,
+    /// Uploads one client may start at once above the per-minute rate (the bucket's size).
+    /// Default 60.
+    pub upload_burst_per_client: u32,
+    /// Uploads of one client address in progress at once; more are 429. 0: no bound.
+    /// Default 16.
+    pub max_concurrent_uploads_per_client: usize,
     /// The cluster's keys (to call the directory and the stores) and the audit log (not in
     /// the config file: `haystack` reads the secret from its own file or the environment).
     #[serde(skip)]
@@ -93,6 +103,9 @@ impl Default for UploaderConfig {
             directory_timeout_ms: 10_000,
             http_workers: 2,
             shutdown_timeout_secs: 60,
+            uploads_per_minute_per_client: 600,
+            upload_burst_per_client: 60,
+            max_concurrent_uploads_per_client: 16,
             security: Default::default(),
         }
     }

@@ -53,6 +53,10 @@ pub enum UploaderError {
     /// The replicas did not all take the photo on any of the attempts; nothing was committed.
     #[error("{0}")]
     WriteFailed(String),
+    /// The client is over an upload limit (rate or concurrent uploads); retry after the
+    /// given seconds.
+    #[error("{what}; retry after {retry_after_secs} s")]
+    RateLimited { what: String, retry_after_secs: u64 },
     /// A bug or an answer that makes no sense.
     #[error("internal error: {0}")]
     Internal(String),

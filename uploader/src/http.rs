@@ -3,8 +3,10 @@
 //! Idempotency-Key header) lives here, and so does the one mapping from [`UploaderError`] to
 //! an HTTP status and error code. docs/API.md ("Uploader") documents every route.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
@@ -38,6 +40,7 @@ impl UploaderError {
             Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             WriteFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "write_failed"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Config(_) | Io(_) | Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -64,6 +67,11 @@ impl ResponseError for UploaderError {
             UploaderError::Unavailable(_) | UploaderError::WriteFailed(_) => {
                 r.insert_header((header::RETRY_AFTER, "1"));
             }
+            UploaderError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                r.insert_header((header::RETRY_AFTER, retry_after_secs.to_string()));
+            }
             _ => {}
         }
         r.json(ErrorBody {
@@ -78,6 +86,85 @@ type ApiResult<T> = Result<T, UploaderError>;
 /// Shared state of the handlers.
 struct State {
     uploader: Uploader,
+    limits: Limits,
+}
+
+type ClientLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// The upload limits per client address: a token bucket (governor's GCRA) and a count of
+/// uploads in progress.
+struct Limits {
+    rate: Option<ClientLimiter>,
+    max_in_flight: usize,
+    in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// An upload in progress: its client's count goes down when it is dropped.
+struct UploadSlot {
+    ip: IpAddr,
+    in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut m = haystack_service::sync::lock(&self.in_flight);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Limits {
+    fn new(cfg: &crate::UploaderConfig) -> Limits {
+        let rate = std::num::NonZeroU32::new(cfg.uploads_per_minute_per_client).map(|per_min| {
+            let burst = std::num::NonZeroU32::new(cfg.upload_burst_per_client).unwrap_or(per_min);
+            governor::RateLimiter::keyed(governor::Quota::per_minute(per_min).allow_burst(burst))
+        });
+        Limits {
+            rate,
+            max_in_flight: cfg.max_concurrent_uploads_per_client,
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Admits an upload from `req`'s client, or refuses it with 429.
+    fn admit(&self, req: &HttpRequest) -> ApiResult<UploadSlot> {
+        let ip = req
+            .peer_addr()
+            .map(|a| a.ip())
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        if let Some(rate) = &self.rate {
+            if let Err(not_until) = rate.check_key(&ip) {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                metrics::counter!("haystack_uploader_rate_limited_total", "limit" => "rate")
+                    .increment(1);
+                return Err(UploaderError::RateLimited {
+                    what: format!("{ip} is over its upload rate"),
+                    retry_after_secs: wait.as_secs() + 1,
+                });
+            }
+        }
+        let mut m = haystack_service::sync::lock(&self.in_flight);
+        let n = m.entry(ip).or_insert(0);
+        if self.max_in_flight > 0 && *n >= self.max_in_flight {
+            metrics::counter!("haystack_uploader_rate_limited_total", "limit" => "concurrent")
+                .increment(1);
+            return Err(UploaderError::RateLimited {
+                what: format!("{ip} has {} uploads in progress already", *n),
+                retry_after_secs: 1,
+            });
+        }
+        *n += 1;
+        Ok(UploadSlot {
+            ip,
+            in_flight: self.in_flight.clone(),
+        })
+    }
 }
 
 fn header_str(req: &HttpRequest, name: header::HeaderName) -> ApiResult<Option<&str>> {
@@ -229,6 +316,7 @@ async fn post_photo(
     state: web::Data<State>,
 ) -> ApiResult<HttpResponse> {
     authorize(&req, &state)?;
+    let _slot = state.limits.admit(&req)?;
     let key = idempotency_key(&req)?;
     let body = photo_body(&req, payload, state.uploader.config().max_photo_bytes).await?;
     let (photo, outcome) = state.uploader.upload_photo(body, key.as_deref()).await?;
@@ -243,6 +331,7 @@ async fn post_video(
     state: web::Data<State>,
 ) -> ApiResult<HttpResponse> {
     authorize(&req, &state)?;
+    let _slot = state.limits.admit(&req)?;
     let key = idempotency_key(&req)?;
     let max = state.uploader.config().max_video_bytes;
     let declared = content_length(&req)?;
@@ -446,7 +535,8 @@ pub(crate) async fn serve(
     crate::metrics::install();
     let addr = listener.local_addr()?;
     let cfg = uploader.config().clone();
-    let state = web::Data::new(State { uploader });
+    let limits = Limits::new(uploader.config());
+    let state = web::Data::new(State { uploader, limits });
     let server = build_server(listener, state, cfg.http_workers, cfg.shutdown_timeout_secs)?;
     let handle = server.handle();
     tracing::info!(

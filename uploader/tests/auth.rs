@@ -1,5 +1,6 @@
 //! The API key: POST and DELETE need `Authorization: Bearer <key>` when one is set; GET does
-//! not; a public address without a key refuses to start.
+//! not; a public address without a key refuses to start. The per-client upload limits: a rate
+//! (429 with Retry-After past the burst) and a bound on uploads in progress.
 
 use haystack_testkit::ClusterOptions;
 use haystack_uploader::{UploaderConfig, UploaderError};
@@ -115,4 +116,82 @@ async fn a_public_address_without_a_key_refuses_to_start() {
         let r = haystack_uploader::run(listener, cfg, async {}).await;
         assert!(r.is_ok(), "{r:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_upload_rate_gets_429_with_retry_after() {
+    let h = Harness::start_with(ClusterOptions::default(), |c| {
+        c.uploads_per_minute_per_client = 1;
+        c.upload_burst_per_client = 2;
+    })
+    .await;
+    // The limit comes before the body is looked at: empty bodies count (400 each).
+    for _ in 0..2 {
+        let r = h.post_photo(Vec::new(), "image/jpeg").await;
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    let r = h.post_photo(jpeg(64, 48), "image/jpeg").await;
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=61).contains(&retry), "Retry-After {retry}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited", "{body}");
+    // Reads are not uploads: still served.
+    let r = h
+        .http
+        .get(format!("{}/health", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_an_upload_in_progress_at_the_bound_gets_429() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start_with(ClusterOptions::default(), |c| {
+        c.max_concurrent_uploads_per_client = 1;
+    })
+    .await;
+    // One upload that has sent its head and part of its body, and stays open.
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/photos HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nabc",
+    )
+    .await
+    .unwrap();
+    // The same client's next upload is refused while it lasts (bounded wait for the first to
+    // be admitted).
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = h.post_photo(jpeg(64, 48), "image/jpeg").await;
+        if r.status().as_u16() == 429 {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited", "{body}");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(refused, "a second upload in progress was admitted");
+    // Once the first is gone, uploads are admitted again.
+    drop(slow);
+    let mut admitted = false;
+    for _ in 0..100 {
+        let r = h.post_photo(jpeg(64, 48), "image/jpeg").await;
+        if r.status().as_u16() == 201 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        admitted,
+        "the slot of the closed upload was never given back"
+    );
 }
