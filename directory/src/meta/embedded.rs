@@ -31,6 +31,7 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const STORES: TableDefinition<u64, &[u8]> = TableDefinition::new("stores");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+const REPAIRS: TableDefinition<u64, &[u8]> = TableDefinition::new("repairs");
 
 fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     match t {
@@ -39,6 +40,7 @@ fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
         Table::Stores => STORES,
         Table::Nodes => NODES,
         Table::Uploads => UPLOADS,
+        Table::Repairs => REPAIRS,
     }
 }
 
@@ -49,7 +51,8 @@ struct WriteOp {
     table: Table,
     key: u64,
     expect: Expect,
-    data: Vec<u8>,
+    /// `None`: remove the record (with `Expect::Version`).
+    data: Option<Vec<u8>>,
     reply: oneshot::Sender<Result<Cas, MetaError>>,
 }
 
@@ -218,22 +221,51 @@ fn apply_batch(db: &Database, batch: &[WriteOp], buf: &mut Vec<u8>) -> Result<Ve
                 (Expect::Version(want), Some(have)) if want == have => Some(have + 1),
                 _ => None,
             };
-            match next {
-                Some(version) => {
+            match (next, &op.data) {
+                (Some(version), Some(data)) => {
                     buf.clear();
                     buf.extend_from_slice(&version.to_le_bytes());
-                    buf.extend_from_slice(&op.data);
+                    buf.extend_from_slice(data);
                     table
                         .insert(op.key, buf.as_slice())
                         .map_err(|e| unavailable("write", e))?;
                     outcomes.push(Cas::Applied { version });
                 }
-                None => outcomes.push(Cas::Conflict { current }),
+                (Some(version), None) => {
+                    table.remove(op.key).map_err(|e| unavailable("remove", e))?;
+                    outcomes.push(Cas::Applied {
+                        version: version - 1,
+                    });
+                }
+                (None, _) => outcomes.push(Cas::Conflict { current }),
             }
         }
     }
     txn.commit().map_err(|e| unavailable("commit", e))?;
     Ok(outcomes)
+}
+
+impl EmbeddedStore {
+    async fn write(
+        &self,
+        table: Table,
+        key: u64,
+        expect: Expect,
+        data: Option<Vec<u8>>,
+    ) -> Result<Cas, MetaError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Write(WriteOp {
+                table,
+                key,
+                expect,
+                data,
+                reply,
+            }))
+            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?;
+        rx.await
+            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?
+    }
 }
 
 #[async_trait]
@@ -261,18 +293,11 @@ impl MetadataStore for EmbeddedStore {
         expect: Expect,
         data: Vec<u8>,
     ) -> Result<Cas, MetaError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Msg::Write(WriteOp {
-                table,
-                key,
-                expect,
-                data,
-                reply,
-            }))
-            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?;
-        rx.await
-            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?
+        self.write(table, key, expect, Some(data)).await
+    }
+
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.write(table, key, Expect::Version(version), None).await
     }
 
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
