@@ -279,15 +279,16 @@ impl StoreClient {
         call(self.req(reqwest::Method::GET, &u), &u).await
     }
 
-    /// The needles of one digest bucket; `T` is the listing.
-    pub async fn needles_in_bucket<T: DeserializeOwned>(
+    /// The needles of some digest buckets (at most
+    /// `haystack_proto::directory::MAX_LISTED_BUCKETS`); `T` is the listing.
+    pub async fn needles_in_buckets<T: DeserializeOwned>(
         &self,
         store: &str,
         id: u32,
-        bucket: u32,
+        bucket: &[u32],
         buckets: u32,
     ) -> Result<T, ClientError> {
-        let u = url::needles_in_bucket(store, id, bucket, buckets);
+        let u = url::needles_in_buckets(store, id, bucket, buckets);
         call(self.req(reqwest::Method::GET, &u), &u).await
     }
 

@@ -84,11 +84,15 @@ pub mod store {
     pub fn digest(base: &str, id: u32, buckets: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/digest?buckets={buckets}"))
     }
-    /// `GET` the needles of one digest bucket.
-    pub fn needles_in_bucket(base: &str, id: u32, bucket: u32, buckets: u32) -> String {
+    /// `GET` the needles of some digest buckets.
+    pub fn needles_in_buckets(base: &str, id: u32, bucket: &[u32], buckets: u32) -> String {
+        let list: Vec<String> = bucket.iter().map(|b| b.to_string()).collect();
         join(
             base,
-            &format!("/v1/volumes/{id}/needles?bucket={bucket}&buckets={buckets}"),
+            &format!(
+                "/v1/volumes/{id}/needles?bucket={}&buckets={buckets}",
+                list.join(",")
+            ),
         )
     }
 }

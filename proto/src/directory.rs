@@ -404,6 +404,16 @@ pub struct RepairTaskInfo {
     pub last_error: Option<String>,
 }
 
+/// How many buckets anti-entropy's second digest round asks for, for a volume of `needles`
+/// needles: about 256 needles a bucket (so a differing bucket lists a few KiB), 256 to
+/// 65,536 buckets (so the digests stay small).
+pub fn digest_buckets(needles: u64) -> u32 {
+    (needles / 256).next_power_of_two().clamp(256, 65_536) as u32
+}
+
+/// The most buckets one needle listing may name.
+pub const MAX_LISTED_BUCKETS: usize = 1024;
+
 /// Optional u64 as a hex string (cookies).
 pub mod opt_hex_u64 {
     use serde::{Deserialize, Deserializer, Serializer};

@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use haystack_proto::batch::{self, BatchError};
+use haystack_proto::directory::MAX_LISTED_BUCKETS;
 use haystack_proto::needle::NeedleAddrError;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
 use haystack_proto::{ErrorBody, NeedleAddr};
@@ -303,6 +304,9 @@ async fn put_batch(
     let needles = parse_batch(body, store.config().max_needle_bytes)?;
     let n = needles.len();
     vol.write_batch(needles).await?;
+    if let Some(s) = req.app_data::<web::Data<SlowBatches>>() {
+        tokio::time::sleep(s.0).await;
+    }
     Ok(HttpResponse::Created().json(serde_json::json!({ "volume": vid, "written": n })))
 }
 
@@ -417,31 +421,51 @@ async fn import_volume(
 
 #[derive(Deserialize)]
 struct NeedlesQuery {
-    bucket: Option<u32>,
+    /// Digest buckets to list: one, or several separated by commas.
+    bucket: Option<String>,
     buckets: Option<u32>,
 }
 
-/// The volume's needle list, or one bucket of it (`?bucket=B&buckets=N`, the buckets of
-/// `digest`): keys, alternate keys, delete flags and extents.
+/// The volume's needle list, or some buckets of it (`?bucket=B[,B...]&buckets=N`, the buckets
+/// of `digest`): keys, alternate keys, delete flags and extents. One pass over the index
+/// whatever the number of buckets named.
 async fn list_needles(
     req: HttpRequest,
     q: web::Query<NeedlesQuery>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let filter = match (q.bucket, q.buckets) {
+    let filter: Option<(std::collections::HashSet<u32>, u32)> = match (&q.bucket, q.buckets) {
         (None, None) => None,
-        (Some(b), Some(n)) if (1..=MAX_DIGEST_BUCKETS).contains(&n) && b < n => Some((b, n)),
+        (Some(list), Some(n)) if (1..=MAX_DIGEST_BUCKETS).contains(&n) => {
+            let mut set = std::collections::HashSet::new();
+            for b in list.split(',') {
+                match b.trim().parse::<u32>() {
+                    Ok(b) if b < n => set.insert(b),
+                    _ => return Err(bad(format!("bucket {b:?} is not a number below {n}"))),
+                };
+            }
+            if set.len() > MAX_LISTED_BUCKETS {
+                return Err(bad(format!(
+                    "at most {MAX_LISTED_BUCKETS} buckets in one listing"
+                )));
+            }
+            Some((set, n))
+        }
         _ => {
             return Err(bad(format!(
-                "bucket and buckets go together, with bucket < buckets <= {MAX_DIGEST_BUCKETS}"
+                "bucket and buckets go together, with buckets from 1 to {MAX_DIGEST_BUCKETS}"
             )))
         }
     };
     let entries = store.volume(vid)?.needle_entries();
     let needles: Vec<serde_json::Value> = entries
         .into_iter()
-        .filter(|e| filter.is_none_or(|(b, n)| bucket_of(e.key, e.alt, n) == b))
+        .filter(|e| {
+            filter
+                .as_ref()
+                .is_none_or(|(set, n)| set.contains(&bucket_of(e.key, e.alt, *n)))
+        })
         .map(|e| {
             serde_json::json!({"key": e.key.to_string(), "alt": e.alt, "deleted": e.deleted, "extent": e.extent})
         })
@@ -718,7 +742,14 @@ pub struct ServerOptions {
     pub workers: usize,
     /// Seconds to let in-flight requests finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Benchmarks only: every batch write is answered this many ms late (a slow replica, for
+    /// measuring write acknowledgement policies). 0 (the default) is off.
+    pub slow_batch_ms: u64,
 }
+
+/// The delay of `ServerOptions::slow_batch_ms`.
+#[derive(Clone, Copy)]
+struct SlowBatches(std::time::Duration);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -726,6 +757,7 @@ impl Default for ServerOptions {
             memory_ceiling_bytes: None,
             workers: 0,
             shutdown_timeout_secs: 30,
+            slow_batch_ms: 0,
         }
     }
 }
@@ -738,6 +770,8 @@ fn build_server(
     opts: &ServerOptions,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(store);
+    let slow = (opts.slow_batch_ms > 0)
+        .then(|| SlowBatches(std::time::Duration::from_millis(opts.slow_batch_ms)));
     let ceiling = opts
         .memory_ceiling_bytes
         .map(|n| web::Data::new(MemoryCeiling(Bytes::from(vec![0x5a; n]))));
@@ -746,6 +780,9 @@ fn build_server(
             .app_data(data.clone())
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes);
+        if let Some(s) = slow {
+            app = app.app_data(web::Data::new(s));
+        }
         if let Some(c) = &ceiling {
             app = app
                 .app_data(c.clone())

@@ -88,6 +88,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
         workers: 1,
         shutdown_timeout_secs: 5,
         memory_ceiling_bytes: None,
+        slow_batch_ms: 0,
     };
     let done = tokio::spawn(haystack_store::http::run(
         listener,

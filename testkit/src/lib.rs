@@ -47,6 +47,8 @@ pub struct ClusterOptions {
     pub anti_entropy_interval_ms: u64,
     /// The stores' scrubber (off by default here: `bytes_per_sec: Some(0)`).
     pub scrub: haystack_store::ScrubConfig,
+    /// Benchmarks: store `.0` answers every batch write `.1` ms late (a slow replica).
+    pub slow_store: Option<(usize, u64)>,
 }
 
 impl Default for ClusterOptions {
@@ -67,6 +69,7 @@ impl Default for ClusterOptions {
                 bytes_per_sec: Some(0),
                 ..Default::default()
             },
+            slow_store: None,
         }
     }
 }
@@ -219,6 +222,10 @@ impl Cluster {
         };
         let directory_url = self.directory.url();
         let scrub = self.opts.scrub.clone();
+        let slow_batch_ms = match self.opts.slow_store {
+            Some((s, ms)) if s == i => ms,
+            _ => 0,
+        };
         spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
             let public_url = format!("http://{}", l.local_addr().expect("addr"));
             let run = haystack_store::RunConfig {
@@ -231,6 +238,10 @@ impl Cluster {
                     interval: Duration::from_secs(1),
                 }),
                 scrub,
+                http: haystack_store::http::ServerOptions {
+                    slow_batch_ms,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             haystack_store::run(l, run, stopped(rx))

@@ -9,7 +9,8 @@
 
 use futures_util::stream::{self, StreamExt};
 use haystack_proto::directory::{
-    DamageKind, DamageReply, DamageReport, RepairAction, RepairTaskInfo,
+    digest_buckets, DamageKind, DamageReply, DamageReport, RepairAction, RepairTaskInfo,
+    MAX_LISTED_BUCKETS,
 };
 
 use super::*;
@@ -24,8 +25,6 @@ const PARALLEL_REPAIRS: usize = 8;
 /// A copy queued by a commit is kept this long while its photo is not recorded yet (the
 /// commit queues the copy first, then writes the photo).
 const COMMIT_GRACE_MS: u64 = 60_000;
-/// Buckets of the second digest round of anti-entropy.
-const DIGEST_BUCKETS: u32 = 256;
 
 /// What one anti-entropy pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +53,7 @@ struct Listing {
 
 #[derive(serde::Deserialize)]
 struct DigestAnswer {
+    needles: u64,
     buckets: Vec<String>,
 }
 
@@ -554,7 +554,7 @@ impl Directory {
         id: u32,
         replicas: &[Replica],
         buckets: u32,
-    ) -> Result<Vec<Vec<String>>, String> {
+    ) -> Result<Vec<DigestAnswer>, String> {
         let mut out = Vec::with_capacity(replicas.len());
         for r in replicas {
             let d: DigestAnswer = self
@@ -565,7 +565,7 @@ impl Directory {
             if d.buckets.len() != buckets as usize {
                 return Err(format!("{} answered {} buckets", r.url, d.buckets.len()));
             }
-            out.push(d.buckets);
+            out.push(d);
         }
         Ok(out)
     }
@@ -574,26 +574,31 @@ impl Directory {
     /// were queued.
     async fn compare_volume(&self, id: u32, replicas: &[Replica]) -> Result<Option<usize>, String> {
         let roots = self.digests(id, replicas, 1).await?;
-        if roots.iter().all(|d| *d == roots[0]) {
+        if roots.iter().all(|d| d.buckets == roots[0].buckets) {
             return Ok(None);
         }
-        let per = self.digests(id, replicas, DIGEST_BUCKETS).await?;
+        let most = roots.iter().map(|d| d.needles).max().unwrap_or(0);
+        let n = digest_buckets(most);
+        let per = self.digests(id, replicas, n).await?;
+        let differing: Vec<u32> = (0..n)
+            .filter(|b| {
+                let b = *b as usize;
+                per.iter().any(|d| d.buckets[b] != per[0].buckets[b])
+            })
+            .collect();
         let mut queued = 0;
-        for b in 0..DIGEST_BUCKETS as usize {
-            if per.iter().all(|d| d[b] == per[0][b]) {
-                continue;
-            }
+        for chunk in differing.chunks(MAX_LISTED_BUCKETS) {
             // (key, alt) -> per replica: None absent, Some(deleted).
             let mut seen: BTreeMap<(u64, u32), Vec<Option<bool>>> = BTreeMap::new();
             for (i, r) in replicas.iter().enumerate() {
                 let l: Listing = self
                     .repair_stores
-                    .needles_in_bucket(&r.url, id, b as u32, DIGEST_BUCKETS)
+                    .needles_in_buckets(&r.url, id, chunk, n)
                     .await
                     .map_err(|e| format!("{}: {e}", r.url))?;
-                for n in l.needles {
-                    seen.entry((n.key, n.alt))
-                        .or_insert_with(|| vec![None; replicas.len()])[i] = Some(n.deleted);
+                for x in l.needles {
+                    seen.entry((x.key, x.alt))
+                        .or_insert_with(|| vec![None; replicas.len()])[i] = Some(x.deleted);
                 }
             }
             for ((key, alt), states) in seen {
