@@ -1,0 +1,1 @@
+//! The S3 role's one integration-test binary.
