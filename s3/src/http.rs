@@ -52,8 +52,9 @@ fn error_response(e: &S3Error, resource: &str, head: bool) -> HttpResponse {
     } else {
         tracing::debug!(error = %e, code, resource, "request refused");
     }
+    let id = request_id();
     let mut r = HttpResponse::build(e.status_code());
-    r.insert_header(("x-amz-request-id", request_id()));
+    r.insert_header(("x-amz-request-id", id.as_str()));
     if status == 503 {
         r.insert_header(("retry-after", "1"));
     }
@@ -64,7 +65,7 @@ fn error_response(e: &S3Error, resource: &str, head: bool) -> HttpResponse {
     x.el("Code", code)
         .el("Message", e.to_string())
         .el("Resource", resource)
-        .el("RequestId", request_id());
+        .el("RequestId", id);
     r.content_type("application/xml").body(x.finish("Error"))
 }
 
@@ -395,6 +396,49 @@ async fn authenticate(req: &HttpRequest, s3: &SharedS3, c: &Ctx) -> Result<Authe
         let sk = sigv4::signing_key(&secret, &cred.date, &cred.region, &cred.service);
         let want = sigv4::signature(&sk, &sigv4::string_to_sign(amz_date, &cred.scope(), &cr));
         if !sigv4::same(&want, c.q("X-Amz-Signature").unwrap_or("")) {
+            return Err(S3Error::SignatureDoesNotMatch);
+        }
+        return Ok(Authed {
+            who: Who::Key(key),
+            framing: Framing::Plain,
+            sha256: None,
+        });
+    }
+    if c.has("AWSAccessKeyId") && c.has("Signature") && c.has("Expires") {
+        // Signature V2 query auth: what boto3's presign makes unless told s3v4.
+        let expires: u64 = c
+            .q("Expires")
+            .and_then(|e| e.parse().ok())
+            .ok_or_else(|| S3Error::AuthorizationHeaderMalformed("bad Expires".into()))?;
+        if now > expires {
+            return Err(S3Error::ExpiredPresign);
+        }
+        let (key, secret) = s3
+            .access_key(c.q("AWSAccessKeyId").unwrap_or(""))
+            .await?
+            .ok_or(S3Error::InvalidAccessKeyId)?;
+        let amz: Vec<(String, String)> = h
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-amz-"))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or("").trim().to_string(),
+                )
+            })
+            .collect();
+        let pairs: Vec<(String, String)> = c.query.clone().into_iter().collect();
+        let want = sigv4::v2_presign_signature(
+            &secret,
+            req.method().as_str(),
+            hdr(h, "content-md5").unwrap_or(""),
+            hdr(h, "content-type").unwrap_or(""),
+            c.q("Expires").unwrap_or(""),
+            &amz,
+            req.uri().path(),
+            &pairs,
+        );
+        if !sigv4::same(&want, c.q("Signature").unwrap_or("")) {
             return Err(S3Error::SignatureDoesNotMatch);
         }
         return Ok(Authed {
@@ -1388,8 +1432,13 @@ async fn metrics_text() -> HttpResponse {
 
 async fn health(state: web::Data<State>) -> HttpResponse {
     match state.s3.meta.directory().health().await {
-        Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
-        Err(e) => HttpResponse::ServiceUnavailable()
-            .json(serde_json::json!({"status": "degraded", "error": e.to_string()})),
+        Ok(_) => {
+            HttpResponse::Ok().json(serde_json::json!({"status": "ok", "pid": std::process::id()}))
+        }
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "degraded",
+            "error": e.to_string(),
+            "pid": std::process::id()
+        })),
     }
 }

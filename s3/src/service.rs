@@ -128,6 +128,43 @@ impl S3 {
         Ok(found)
     }
 
+    /// Creates an access key with these grants; its secret is returned once and stored
+    /// sealed.
+    pub async fn create_key(
+        &self,
+        grants: Vec<crate::keys::Grant>,
+        create_buckets: bool,
+    ) -> Result<(String, String), S3Error> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (id, secret) = crate::keys::generate();
+            let k = AccessKey {
+                id: id.clone(),
+                sealed_secret: self.master.seal(&secret),
+                created_ms: now_ms(),
+                grants: grants.clone(),
+                create_buckets,
+            };
+            if self.meta.put(SPACE_KEYS, &id, None, &k).await? {
+                tracing::info!(key = %id, "access key created");
+                return Ok((id, secret));
+            }
+        }
+        Err(S3Error::Internal(
+            "could not find a free access key id".into(),
+        ))
+    }
+
+    /// Removes an access key (servers stop honouring it within 10 s).
+    pub async fn delete_key(&self, id: &str) -> Result<(), S3Error> {
+        let k = self
+            .meta
+            .get::<AccessKey>(SPACE_KEYS, id)
+            .await?
+            .ok_or(S3Error::InvalidAccessKeyId)?;
+        self.meta.delete(SPACE_KEYS, id, k.version).await?;
+        Ok(())
+    }
+
     // ---- buckets
 
     pub async fn bucket(&self, name: &str) -> Result<Rec<Bucket>, S3Error> {
