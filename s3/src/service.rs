@@ -468,15 +468,19 @@ impl S3 {
         let all = self.all_parts(b, upload_id).await?;
         let by_number: HashMap<u32, &Rec<Part>> = all.iter().map(|p| (p.value.number, p)).collect();
         let mut used = Vec::with_capacity(listed.len());
-        for (i, (n, etag)) in listed.iter().enumerate() {
+        for (n, etag) in listed {
             let p = by_number.get(&(*n as u32)).ok_or(S3Error::InvalidPart)?;
             if p.value.etag != etag.trim().trim_matches('"') {
                 return Err(S3Error::InvalidPart);
             }
-            if i + 1 < listed.len() && p.value.size < MIN_PART_BYTES {
-                return Err(S3Error::EntityTooSmall);
-            }
             used.push(&p.value);
+        }
+        // Every part but the last is at least 5 MiB (checked once all were found, as S3 does).
+        if used[..used.len() - 1]
+            .iter()
+            .any(|p| p.size < MIN_PART_BYTES)
+        {
+            return Err(S3Error::EntityTooSmall);
         }
         let mut md5 = Md5::new();
         for p in &used {
