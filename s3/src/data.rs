@@ -27,13 +27,16 @@ const REPLICAS_TTL: Duration = Duration::from_secs(5);
 /// Needle overhead counted in an assign's size hint.
 const NEEDLE_OVERHEAD: u64 = 256;
 
+/// Replicas of volumes and when the directory said so.
+type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
+
 /// The data path: the directory for ids and replicas, the stores for bytes.
 #[derive(Clone)]
 pub struct Data {
     dir: DirectoryClient,
     stores: StoreClient,
     chunk_bytes: usize,
-    replicas: Arc<Mutex<HashMap<u32, (Instant, Vec<Replica>)>>>,
+    replicas: Arc<Mutex<ReplicaCache>>,
 }
 
 impl Data {

@@ -430,13 +430,15 @@ async fn authenticate(req: &HttpRequest, s3: &SharedS3, c: &Ctx) -> Result<Authe
         let pairs: Vec<(String, String)> = c.query.clone().into_iter().collect();
         let want = sigv4::v2_presign_signature(
             &secret,
-            req.method().as_str(),
-            hdr(h, "content-md5").unwrap_or(""),
-            hdr(h, "content-type").unwrap_or(""),
-            c.q("Expires").unwrap_or(""),
-            &amz,
-            req.uri().path(),
-            &pairs,
+            &sigv4::V2Request {
+                method: req.method().as_str(),
+                content_md5: hdr(h, "content-md5").unwrap_or(""),
+                content_type: hdr(h, "content-type").unwrap_or(""),
+                expires: c.q("Expires").unwrap_or(""),
+                amz_headers: &amz,
+                raw_path: req.uri().path(),
+                query: &pairs,
+            },
         );
         if !sigv4::same(&want, c.q("Signature").unwrap_or("")) {
             return Err(S3Error::SignatureDoesNotMatch);

@@ -83,13 +83,16 @@ pub struct Listing {
     pub last: Option<String>,
 }
 
+/// Access keys (and their secrets) looked up lately, and when.
+type KeyCache = HashMap<String, (Instant, Option<(AccessKey, String)>)>;
+
 /// The S3 role's state: metadata, data path and secrets.
 pub struct S3 {
     pub meta: Meta,
     pub data: Data,
     pub cfg: S3Config,
     master: MasterKey,
-    keys: Mutex<HashMap<String, (Instant, Option<(AccessKey, String)>)>>,
+    keys: Mutex<KeyCache>,
 }
 
 impl S3 {

@@ -184,18 +184,30 @@ const V2_SUBRESOURCES: &[&str] = &[
     "versioning",
 ];
 
+/// What a Signature V2 presigned URL signs.
+pub struct V2Request<'a> {
+    pub method: &'a str,
+    pub content_md5: &'a str,
+    pub content_type: &'a str,
+    pub expires: &'a str,
+    /// `x-amz-*` headers, names lower-case, values trimmed.
+    pub amz_headers: &'a [(String, String)],
+    pub raw_path: &'a str,
+    pub query: &'a [(String, String)],
+}
+
 /// The base64 HMAC-SHA1 Signature V2 of a presigned URL (boto3's default `generate_presigned_url`):
 /// `METHOD\nContent-MD5\nContent-Type\nExpires\n{x-amz-* headers}{/path}{?sub-resources}`.
-pub fn v2_presign_signature(
-    secret: &str,
-    method: &str,
-    content_md5: &str,
-    content_type: &str,
-    expires: &str,
-    amz_headers: &[(String, String)],
-    raw_path: &str,
-    query: &[(String, String)],
-) -> String {
+pub fn v2_presign_signature(secret: &str, r: &V2Request<'_>) -> String {
+    let V2Request {
+        method,
+        content_md5,
+        content_type,
+        expires,
+        amz_headers,
+        raw_path,
+        query,
+    } = *r;
     use base64::Engine;
     let mut sts = format!("{method}\n{content_md5}\n{content_type}\n{expires}\n");
     let mut amz: Vec<&(String, String)> = amz_headers.iter().collect();

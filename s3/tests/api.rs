@@ -132,6 +132,38 @@ async fn buckets_and_object_round_trips() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_host_style_addresses_the_same_bucket() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("vhost").await;
+    let port = h.url.rsplit(':').next().expect("port").to_string();
+    let v = Client {
+        host: Some(format!("vhost.s3.localhost:{port}")),
+        ..h.client()
+    };
+    let r = v
+        .send(Req::new("PUT", "/dir/k.txt".into()).body(b"by host".to_vec()))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get("vhost", "dir/k.txt")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"by host"
+    );
+    let text = v
+        .send(Req::new("GET", "/".into()).q("list-type", "2"))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(all_between(&text, "<Key>", "</Key>"), ["dir/k.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_requests_and_copy() {
     let h = Harness::start().await;
     let c = h.client();

@@ -108,6 +108,7 @@ impl Harness {
 
     pub fn client(&self) -> Client {
         Client {
+            host: None,
             base: self.url.clone(),
             key: self.key.clone(),
             secret: self.secret.clone(),
@@ -203,6 +204,8 @@ impl<'a> Req<'a> {
 }
 
 pub struct Client {
+    /// The Host header to send and sign instead of the URL's (virtual-host style).
+    pub host: Option<String>,
     pub base: String,
     pub key: String,
     pub secret: String,
@@ -220,7 +223,9 @@ fn canonical_query(q: &[(String, String)]) -> String {
 
 impl Client {
     fn host(&self) -> String {
-        self.base.trim_start_matches("http://").to_string()
+        self.host
+            .clone()
+            .unwrap_or_else(|| self.base.trim_start_matches("http://").to_string())
     }
 
     fn signing_key(&self, secret: &str, date: &str) -> Vec<u8> {
@@ -242,7 +247,7 @@ impl Client {
         let method = reqwest::Method::from_bytes(r.method.as_bytes()).expect("method");
         let mut b = self.http.request(method, url);
         for (k, v) in &headers {
-            if k != "host" {
+            if k != "host" || self.host.is_some() {
                 b = b.header(k.as_str(), v.as_str());
             }
         }

@@ -28,6 +28,9 @@ use super::{Cas, Expect, MetaError, Stored};
 const OPEN: i32 = 0;
 const FILLING: i32 = 1;
 const FROZEN: i32 = 2;
+/// A row as read: key, version, data.
+type RawRow = (String, Option<i64>, Option<Vec<u8>>);
+
 /// Rows per conditional batch when a split copies a part.
 const COPY_BATCH: usize = 100;
 /// Attempts of one operation across concurrent splits.
@@ -378,7 +381,7 @@ pub async fn write(
         if applied {
             if data.is_some()
                 && expect == Expect::Absent
-                && (st.split_rows < 1024 || rand::random::<u32>() % 32 == 0)
+                && (st.split_rows < 1024 || rand::random::<u32>().is_multiple_of(32))
             {
                 maybe_split(session, st, space, &start, part).await?;
             }
@@ -523,7 +526,7 @@ async fn split(
             .map_err(|e| unavailable("split drop", e))?;
         return Ok(());
     }
-    let mut rows: Vec<(String, Option<i64>, Option<Vec<u8>>)> = Vec::new();
+    let mut rows: Vec<RawRow> = Vec::new();
     let mut stream = session
         .execute_iter(st.read_part.clone(), (space, part))
         .await
@@ -542,7 +545,7 @@ async fn split(
     let mid = rows.len() / 2;
     let mid_key = rows.get(mid).map(|r| r.0.clone()).filter(|_| mid > 0);
     let (left, right) = (child(part, 1), child(part, 2));
-    let halves: Vec<(i64, &[(String, Option<i64>, Option<Vec<u8>>)])> = match &mid_key {
+    let halves: Vec<(i64, &[RawRow])> = match &mid_key {
         Some(_) => vec![(left, &rows[..mid]), (right, &rows[mid..])],
         None => vec![(left, &rows[..])],
     };
