@@ -504,3 +504,60 @@ async fn multipart_upload_of_100_mb_read_in_ranges_across_parts() {
         .expect("body");
     assert!(!text.contains(&upload), "{text}");
 }
+
+/// `haystack gc` deletes a needle only after the directory's condemn answers that its id is
+/// not a live photo: an object's data ids answer live, a replaced object's old ids answer
+/// deleted (garbage), and the object reads back whole after gc's question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_sees_object_data_as_live() {
+    use haystack_proto::directory::CondemnState;
+    use haystack_s3::meta::ObjectRecord;
+
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("gc-bucket").await;
+    let body = vec![9u8; (2 << 20) + 5];
+    assert_eq!(c.put("gc-bucket", "obj", body.clone()).await.status(), 200);
+    let bucket = h.s3.bucket("gc-bucket").await.expect("bucket").value;
+    let rec: ObjectRecord = h.s3.object(&bucket, "obj").await.expect("record").value;
+    assert_eq!(rec.data.len(), 1);
+    assert_eq!(rec.data[0].chunks.len(), 3, "1 MiB chunks");
+    let dir = h.s3.meta.directory();
+    let old = rec.data[0].photo;
+    assert_eq!(
+        dir.condemn(old).await.expect("condemn").state,
+        CondemnState::Live
+    );
+    assert!(
+        c.get("gc-bucket", "obj")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref()
+            == body.as_slice()
+    );
+    // Overwritten: the old id is garbage, the new one live.
+    assert_eq!(
+        c.put("gc-bucket", "obj", b"new".to_vec()).await.status(),
+        200
+    );
+    let rec: ObjectRecord = h.s3.object(&bucket, "obj").await.expect("record").value;
+    assert_eq!(
+        dir.condemn(old).await.expect("condemn").state,
+        CondemnState::Deleted
+    );
+    assert_eq!(
+        dir.condemn(rec.data[0].photo).await.expect("condemn").state,
+        CondemnState::Live
+    );
+    assert_eq!(
+        c.get("gc-bucket", "obj")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"new"
+    );
+}
