@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DeleteResponse, DirectoryHealth,
-    KeyedCommit, LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
-    VolumeStateRequest,
+    AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DamageReply, DamageReport,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, RepairTaskInfo,
+    ReplaceReplicaRequest, StoreInfo, UrlResponse, VolumeStateRequest,
 };
 use haystack_proto::kv::{KvPut, KvRecord, KvScan, KvWriteResult};
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
@@ -97,6 +97,16 @@ impl DirectoryClient {
     pub async fn delete(&self, id: u64) -> Result<DeleteResponse, ClientError> {
         let u = url::photo(&self.base, id);
         call(self.http.delete(&u), &u).await
+    }
+
+    /// Reports a damaged or missing replica of a needle; the directory queues its repair.
+    pub async fn report_damage(&self, r: &DamageReport) -> Result<DamageReply, ClientError> {
+        self.post(url::repairs(&self.base), r).await
+    }
+
+    /// The queued repairs.
+    pub async fn repairs(&self) -> Result<Vec<RepairTaskInfo>, ClientError> {
+        self.get(url::repairs(&self.base)).await
     }
 
     pub async fn volumes(&self) -> Result<Vec<LogicalVolumeInfo>, ClientError> {

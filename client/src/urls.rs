@@ -54,6 +54,10 @@ pub mod directory {
     pub fn volume_replace(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/replace"))
     }
+    /// `POST` reports a damaged or missing replica of a needle; `GET` lists the repair queue.
+    pub fn repairs(base: &str) -> String {
+        join(base, "/v1/repairs")
+    }
     pub fn health(base: &str) -> String {
         join(base, "/health")
     }
@@ -99,6 +103,17 @@ pub mod store {
     /// `export`, `import`, `needles`, `gc`.
     pub fn volume_op(base: &str, id: u32, op: &str) -> String {
         join(base, &format!("/v1/volumes/{id}/{op}"))
+    }
+    /// `GET` the digest of the volume's needle list in `buckets` buckets.
+    pub fn digest(base: &str, id: u32, buckets: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/digest?buckets={buckets}"))
+    }
+    /// `GET` the needles of one digest bucket.
+    pub fn needles_in_bucket(base: &str, id: u32, bucket: u32, buckets: u32) -> String {
+        join(
+            base,
+            &format!("/v1/volumes/{id}/needles?bucket={bucket}&buckets={buckets}"),
+        )
     }
 }
 

@@ -11,7 +11,8 @@ use actix_web::middleware::Next;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use haystack_proto::directory::{
-    AssignRequest, KeyedCommit, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
+    AssignRequest, DamageReport, KeyedCommit, ReplaceReplicaRequest, UrlResponse,
+    VolumeStateRequest,
 };
 use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
 use serde::Deserialize;
@@ -157,6 +158,14 @@ async fn commit(dir: Dir, body: web::Json<KeyedCommit>) -> Res {
     Ok(HttpResponse::Ok().json(dir.commit_keyed(body.into_inner()).await?))
 }
 
+async fn report_damage(dir: Dir, body: web::Json<DamageReport>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.report_damage(body.into_inner()).await?))
+}
+
+async fn repairs(dir: Dir) -> Res {
+    Ok(HttpResponse::Ok().json(dir.repairs().await?))
+}
+
 async fn condemn(dir: Dir, path: web::Path<String>) -> Res {
     Ok(HttpResponse::Ok().json(dir.condemn(parse_u64(&path, "photo id")?).await?))
 }
@@ -254,6 +263,8 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
                 web::post().to(replace_replica),
             )
             .route("/v1/assign", web::post().to(assign))
+            .route("/v1/repairs", web::post().to(report_damage))
+            .route("/v1/repairs", web::get().to(repairs))
             .route("/v1/photos", web::post().to(commit))
             .route("/v1/photos/{id}", web::get().to(lookup))
             .route("/v1/photos/{id}", web::delete().to(delete))

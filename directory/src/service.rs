@@ -18,8 +18,8 @@ use futures_util::future::join_all;
 use haystack_client::{CacheClient, ClientError, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
-    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica,
-    ReplicaStatus, StoreInfo, StoreState, VariantInfo,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
+    RepairAction, Replica, ReplicaStatus, StoreInfo, StoreState, VariantInfo,
 };
 use haystack_proto::{
     Heartbeat, HeartbeatReply, NeedleAddr, StoreRegistered, StoreRegistration, VolumeState,
@@ -36,7 +36,10 @@ use crate::placement::{self, Candidate};
 
 mod kv;
 mod photos;
+mod repairs;
 mod stores;
+
+pub use repairs::AntiEntropyReport;
 mod view;
 mod volumes;
 
@@ -92,6 +95,10 @@ pub struct Directory {
     /// notification timeout.
     stores: StoreClient,
     caches: CacheClient,
+    /// Calls of the repair worker and anti-entropy (needle copies: a longer timeout).
+    repair_stores: StoreClient,
+    /// Wakes the repair worker when a repair is queued.
+    repair_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Directory {
@@ -114,7 +121,9 @@ impl Directory {
             state: Mutex::new(State::default()),
             view: RwLock::new(Arc::new(View::default())),
             stores: StoreClient::new(http.clone()),
-            caches: CacheClient::new(http),
+            caches: CacheClient::new(http.clone()),
+            repair_stores: StoreClient::with_timeout(http, Duration::from_secs(60)),
+            repair_wake: Arc::new(tokio::sync::Notify::new()),
             config,
         };
         let node = match dir.config.node_id {
@@ -125,6 +134,11 @@ impl Directory {
         dir.refresh().await?;
         tracing::info!(node, backend = dir.meta.backend(), "directory started");
         Ok(dir)
+    }
+
+    /// Notified whenever a repair is queued (the repair worker's trigger).
+    pub fn repair_trigger(&self) -> Arc<tokio::sync::Notify> {
+        self.repair_wake.clone()
     }
 
     pub fn config(&self) -> &DirectoryConfig {

@@ -359,6 +359,40 @@ async fn ordered_keyspaces(s: &dyn MetadataStore) {
     );
 }
 
+async fn conditional_delete(s: &dyn MetadataStore) {
+    let t = Table::Repairs;
+    assert_eq!(
+        s.delete_if(t, 9, 1).await.expect("delete absent"),
+        Cas::Conflict { current: None },
+        "deleting an absent record applies nothing"
+    );
+    s.put_if(t, 9, Expect::Absent, b"a".to_vec())
+        .await
+        .expect("put");
+    s.put_if(t, 9, Expect::Version(1), b"b".to_vec())
+        .await
+        .expect("update");
+    assert_eq!(
+        s.delete_if(t, 9, 1).await.expect("stale delete"),
+        Cas::Conflict { current: Some(2) },
+        "a delete at a stale version is refused"
+    );
+    assert!(s.get(t, 9).await.expect("get").is_some());
+    assert_eq!(
+        s.delete_if(t, 9, 2).await.expect("delete"),
+        Cas::Applied { version: 2 }
+    );
+    assert_eq!(s.get(t, 9).await.expect("get"), None);
+    assert!(s.list(t).await.expect("list").is_empty());
+    // The key can be created again.
+    assert_eq!(
+        s.put_if(t, 9, Expect::Absent, b"c".to_vec())
+            .await
+            .expect("put again"),
+        Cas::Applied { version: 1 }
+    );
+}
+
 /// The whole suite on one backend; `fresh` must give an empty store each call.
 async fn run_suite<F, Fut>(fresh: F)
 where
@@ -370,6 +404,7 @@ where
     concurrent_writers_lose_nothing(fresh().await).await;
     typed_records_round_trip(fresh().await).await;
     ordered_keyspaces(fresh().await.as_ref()).await;
+    conditional_delete(fresh().await.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -519,8 +519,14 @@ async fn run_store(a: StoreArgs) -> Result<(), String> {
             rack: a.rack,
             interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
         });
+    let scrub = haystack_store::ScrubConfig {
+        bytes_per_sec: cfg.scrub_mib_per_sec.map(|m| m.saturating_mul(1 << 20)),
+        slow_read: std::time::Duration::from_millis(cfg.scrub_slow_read_ms),
+        ..Default::default()
+    };
     let run = haystack_store::RunConfig {
         store: cfg,
+        scrub,
         http: haystack_store::http::ServerOptions {
             workers: a.workers,
             memory_ceiling_bytes: a.bench_memory_ceiling,

@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The disk has no room for the operation (compaction needs room for the live data).
     #[error("{0}")]
     NoSpace(String),
+    /// A repair's good copy is not the needle this volume holds under that key.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::error::StoreError;
 use crate::store::Store;
-use crate::volume::NeedleData;
+use crate::volume::{bucket_of, NeedleData, MAX_DIGEST_BUCKETS};
 
 /// An error as the HTTP API answers it: a status and a JSON [`ErrorBody`].
 #[derive(Debug)]
@@ -60,6 +60,7 @@ impl ApiError {
             ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Busy(_) => (StatusCode::CONFLICT, "busy"),
             NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
+            Mismatch(_) => (StatusCode::CONFLICT, "needle_mismatch"),
         }
     }
 }
@@ -414,14 +415,73 @@ async fn import_volume(
     Ok(HttpResponse::Created().json(info))
 }
 
-async fn list_needles(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+#[derive(Deserialize)]
+struct NeedlesQuery {
+    bucket: Option<u32>,
+    buckets: Option<u32>,
+}
+
+/// The volume's needle list, or one bucket of it (`?bucket=B&buckets=N`, the buckets of
+/// `digest`): keys, alternate keys, delete flags and extents.
+async fn list_needles(
+    req: HttpRequest,
+    q: web::Query<NeedlesQuery>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let keys = store.volume(vid)?.needle_keys();
-    let needles: Vec<serde_json::Value> = keys
+    let filter = match (q.bucket, q.buckets) {
+        (None, None) => None,
+        (Some(b), Some(n)) if (1..=MAX_DIGEST_BUCKETS).contains(&n) && b < n => Some((b, n)),
+        _ => {
+            return Err(bad(format!(
+                "bucket and buckets go together, with bucket < buckets <= {MAX_DIGEST_BUCKETS}"
+            )))
+        }
+    };
+    let entries = store.volume(vid)?.needle_entries();
+    let needles: Vec<serde_json::Value> = entries
         .into_iter()
-        .map(|(k, a, d)| serde_json::json!({"key": k.to_string(), "alt": a, "deleted": d}))
+        .filter(|e| filter.is_none_or(|(b, n)| bucket_of(e.key, e.alt, n) == b))
+        .map(|e| {
+            serde_json::json!({"key": e.key.to_string(), "alt": e.alt, "deleted": e.deleted, "extent": e.extent})
+        })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "needles": needles})))
+}
+
+#[derive(Deserialize)]
+struct DigestQuery {
+    buckets: Option<u32>,
+}
+
+/// The digest of the volume's needle list, for replica comparison (anti-entropy).
+async fn volume_digest(
+    req: HttpRequest,
+    q: web::Query<DigestQuery>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.digest(q.buckets.unwrap_or(1))?))
+}
+
+/// Repairs needles from good copies (a batch body, as `batch`, holding needles read from
+/// another replica): each is left intact, rewritten in place, appended or left deleted.
+async fn repair_needles(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let vol = store.volume(vid)?;
+    let body = read_body(&req, payload, store.config().max_write_bytes).await?;
+    let needles = parse_batch(body, store.config().max_needle_bytes)?;
+    let mut results = Vec::with_capacity(needles.len());
+    for n in needles {
+        let (key, alt) = (n.key, n.alt);
+        let outcome = vol.repair(n).await?;
+        results.push(serde_json::json!({"key": key.to_string(), "alt": alt, "outcome": outcome}));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "results": results})))
 }
 
 #[derive(Deserialize)]
@@ -527,6 +587,8 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("import")) => "/v1/volumes/{volume}/import",
             (4, Some("needles")) => "/v1/volumes/{volume}/needles",
             (4, Some("gc")) => "/v1/volumes/{volume}/gc",
+            (4, Some("digest")) => "/v1/volumes/{volume}/digest",
+            (4, Some("repair")) => "/v1/volumes/{volume}/repair",
             (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
         };
@@ -582,6 +644,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/needles")
                 .route(web::get().to(list_needles))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/digest")
+                .route(web::get().to(volume_digest))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/repair")
+                .route(web::post().to(repair_needles))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

@@ -34,6 +34,7 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const STORES: TableDefinition<u64, &[u8]> = TableDefinition::new("stores");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+const REPAIRS: TableDefinition<u64, &[u8]> = TableDefinition::new("repairs");
 /// The ordered keyspaces: `(space, key)` in that order, so a space is one contiguous range.
 const KV: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("kv");
 
@@ -44,6 +45,7 @@ fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
         Table::Stores => STORES,
         Table::Nodes => NODES,
         Table::Uploads => UPLOADS,
+        Table::Repairs => REPAIRS,
     }
 }
 
@@ -270,24 +272,26 @@ fn apply_batch(db: &Database, batch: &[WriteOp], buf: &mut Vec<u8>) -> Result<Ve
     Ok(outcomes)
 }
 
-/// Checks a write's condition against the current version; when it holds, leaves the new
-/// value (version and data) in `buf`.
+/// Checks a write's condition against the current version; when it holds for a put, leaves
+/// the new value (version and data) in `buf`.
 fn decide(op: &WriteOp, current: Option<u64>, buf: &mut Vec<u8>) -> Cas {
     let next = match (op.expect, current) {
         (Expect::Absent, None) if op.data.is_some() => Some(1),
         (Expect::Version(want), Some(have)) if want == have => Some(have + 1),
         _ => None,
     };
-    match next {
-        Some(version) => {
+    match (next, &op.data) {
+        (Some(version), Some(d)) => {
             buf.clear();
             buf.extend_from_slice(&version.to_le_bytes());
-            if let Some(d) = &op.data {
-                buf.extend_from_slice(d);
-            }
+            buf.extend_from_slice(d);
             Cas::Applied { version }
         }
-        None => Cas::Conflict { current },
+        // A removal: Applied carries the removed record's version.
+        (Some(version), None) => Cas::Applied {
+            version: version - 1,
+        },
+        (None, _) => Cas::Conflict { current },
     }
 }
 
@@ -338,6 +342,11 @@ impl MetadataStore for EmbeddedStore {
         data: Vec<u8>,
     ) -> Result<Cas, MetaError> {
         self.write(Target::Table(table, key), expect, Some(data))
+            .await
+    }
+
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.write(Target::Table(table, key), Expect::Version(version), None)
             .await
     }
 

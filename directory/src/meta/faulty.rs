@@ -69,6 +69,11 @@ impl MetadataStore for FaultyStore {
         self.inner.put_if(table, key, expect, data).await
     }
 
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.check().await?;
+        self.inner.delete_if(table, key, version).await
+    }
+
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
         self.check().await?;
         self.inner.list(table).await

@@ -32,6 +32,7 @@ struct Statements {
     get: PreparedStatement,
     insert: PreparedStatement,
     update: PreparedStatement,
+    delete: PreparedStatement,
     list: PreparedStatement,
 }
 
@@ -141,6 +142,10 @@ impl ScyllaStore {
                 "UPDATE {keyspace}.{name} SET version = ?, data = ? WHERE id = ? IF version = ?"
             ))
             .await?;
+            let delete = prep(format!(
+                "DELETE FROM {keyspace}.{name} WHERE id = ? IF version = ?"
+            ))
+            .await?;
             let mut list = prep(format!("SELECT id, version, data FROM {keyspace}.{name}")).await?;
             list.set_is_idempotent(true);
             list.set_page_size(1000);
@@ -150,6 +155,7 @@ impl ScyllaStore {
                     get,
                     insert,
                     update,
+                    delete,
                     list,
                 },
             );
@@ -263,6 +269,16 @@ impl MetadataStore for ScyllaStore {
                 lwt_outcome(result, next)
             }
         }
+    }
+
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        let s = self.stmts(table)?;
+        let result = self
+            .session
+            .execute_unpaged(&s.delete, (key as i64, version as i64))
+            .await
+            .map_err(|e| unavailable("delete", e))?;
+        lwt_outcome(result, version)
     }
 
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {

@@ -369,11 +369,12 @@ pub async fn write(
                     .await,
                 v + 1,
             ),
+            // A removal answers the removed record's version.
             (None, Expect::Version(v)) => (
                 session
                     .execute_unpaged(&st.delete, (space, part, key, v as i64))
                     .await,
-                v + 1,
+                v,
             ),
             (None, Expect::Absent) => return Ok(Cas::Conflict { current: None }),
         };

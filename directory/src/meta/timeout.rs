@@ -60,6 +60,11 @@ impl MetadataStore for TimeoutStore {
             .await
     }
 
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.bounded("a delete", self.inner.delete_if(table, key, version))
+            .await
+    }
+
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
         self.bounded("a scan", self.inner.list(table)).await
     }
