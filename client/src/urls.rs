@@ -61,6 +61,30 @@ pub mod directory {
     pub fn health(base: &str) -> String {
         join(base, "/health")
     }
+    /// A record of an ordered keyspace (`?key=`, and `&version=` for a delete).
+    pub fn kv(base: &str, space: u64, params: &[(&str, &str)]) -> String {
+        with_query(join(base, &format!("/v1/kv/{space}")), params)
+    }
+    /// A scan of an ordered keyspace.
+    pub fn kv_scan(base: &str, space: u64, params: &[(&str, &str)]) -> String {
+        with_query(join(base, &format!("/v1/kv/{space}/scan")), params)
+    }
+
+    /// `url` with the query parameters, form-encoded.
+    fn with_query(url: String, params: &[(&str, &str)]) -> String {
+        match reqwest::Url::parse(&url) {
+            Ok(mut u) => {
+                {
+                    let mut q = u.query_pairs_mut();
+                    for (k, v) in params {
+                        q.append_pair(k, v);
+                    }
+                }
+                u.to_string()
+            }
+            Err(_) => url,
+        }
+    }
 }
 
 /// A store machine's API (needles are [`super::needle`]).

@@ -109,6 +109,9 @@ pub struct ScyllaConfig {
     pub request_timeout_ms: u64,
     /// Timeout to open a connection, in ms. Default 5000.
     pub connect_timeout_ms: u64,
+    /// Rows of an ordered keyspace (S3 objects) past which its range partition is split in
+    /// two. Default 100000.
+    pub kv_split_rows: u64,
 }
 
 impl Default for ScyllaConfig {
@@ -120,6 +123,7 @@ impl Default for ScyllaConfig {
             consistency: "local_quorum".to_string(),
             request_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
+            kv_split_rows: 100_000,
         }
     }
 }

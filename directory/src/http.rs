@@ -270,6 +270,7 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/photos/{id}", web::delete().to(delete))
             .route("/v1/photos/{id}/url", web::get().to(read_url))
             .route("/v1/photos/{id}/condemn", web::post().to(condemn))
+            .configure(crate::http_kv::routes)
             .default_service(web::to(not_found));
     }
 }

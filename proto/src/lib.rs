@@ -115,6 +115,7 @@ pub struct ErrorBody {
 pub mod batch;
 pub mod directory;
 pub mod id;
+pub mod kv;
 pub mod needle;
 
 pub use needle::NeedleAddr;

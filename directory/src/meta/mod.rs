@@ -11,7 +11,9 @@
 
 pub mod embedded;
 pub mod faulty;
+pub mod ordered;
 pub mod scylla;
+pub mod scylla_kv;
 pub mod timeout;
 
 use std::sync::Arc;
@@ -113,6 +115,27 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError>;
     /// Cheap check that the backend answers.
     async fn ping(&self) -> Result<(), MetaError>;
+    /// The record under a string key of an ordered keyspace ([`ordered`]).
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError>;
+    /// Writes a record of an ordered keyspace if `expect` holds; durable when `Applied`.
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError>;
+    /// Removes a record of an ordered keyspace if it is at `version`.
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError>;
+    /// Up to `limit` records of a keyspace whose key starts with `prefix` and sorts after
+    /// `after` (byte order), in key order; reads only what it returns (never the whole space).
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError>;
     /// Flushes and closes; later calls fail with `Unavailable`.
     async fn close(&self) {}
 }

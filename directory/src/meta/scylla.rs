@@ -39,6 +39,7 @@ struct Statements {
 /// The ScyllaDB backend.
 pub struct ScyllaStore {
     session: Session,
+    kv: super::scylla_kv::KvStatements,
     statements: HashMap<Table, Statements>,
     ping: PreparedStatement,
 }
@@ -164,9 +165,11 @@ impl ScyllaStore {
             .await
             .map_err(|e| unavailable("prepare", e))?;
         ping.set_is_idempotent(true);
+        let kv = super::scylla_kv::prepare(&session, keyspace, cfg.kv_split_rows).await?;
         tracing::info!(?hosts, keyspace, "scylla metadata store connected");
         Ok(Self {
             session,
+            kv,
             statements,
             ping,
         })
@@ -303,6 +306,42 @@ impl MetadataStore for ScyllaStore {
             ));
         }
         Ok(out)
+    }
+
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError> {
+        super::scylla_kv::get(&self.session, &self.kv, space, key).await
+    }
+
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        super::scylla_kv::write(&self.session, &self.kv, space, key, expect, Some(data)).await
+    }
+
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError> {
+        super::scylla_kv::write(
+            &self.session,
+            &self.kv,
+            space,
+            key,
+            Expect::Version(version),
+            None,
+        )
+        .await
+    }
+
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError> {
+        super::scylla_kv::scan(&self.session, &self.kv, space, prefix, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), MetaError> {
