@@ -114,3 +114,17 @@ pub fn volume_tag(dir: &Path, id: u32) -> u32 {
         .expect("superblock")
         .tag
 }
+
+/// Flips bit 5 of the byte at `at` in the file at `path` (the store may have it open).
+pub fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for flipping");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read the byte");
+    b[0] ^= 0x20;
+    f.write_all_at(&b, at).expect("write the byte");
+}

@@ -4,26 +4,11 @@
 //! a copy of another size is refused; digests agree for equal needle lists and tell a
 //! missing needle or a delete apart.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
-
 use haystack_store::format::HEADER_LEN;
 use haystack_store::volume::volume_paths;
 use haystack_store::{RepairOutcome, StoreError};
 
 use crate::common::*;
-
-fn flip(path: &std::path::Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
-}
 
 #[test]
 fn a_corrupt_needle_is_rewritten_in_place_also_when_sealed() {
