@@ -1,6 +1,11 @@
 //! The way to the stores on a miss: a logical volume's replicas from the directory (kept for a
 //! while, asked again sooner after a failure), the replica with the fewest reads in flight
-//! first (Petal's rule), and failover to the next one on an error or a timeout.
+//! first (Petal's rule), and failover to the next one on an error, a timeout or a 404.
+//!
+//! Read repair: a replica that answered 404 or `corrupt_needle` for a needle another replica
+//! then served is reported to the directory (`POST /v1/repairs`, in the background, once per
+//! needle and replica per [`REPORT_EVERY`]), which checks the report against its records and
+//! has the replica repaired from a good one.
 
 use haystack_service::sync::lock;
 use std::collections::HashMap;
@@ -10,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 use haystack_client::{ClientError, Credentials, DirectoryClient, StoreClient};
+use haystack_proto::directory::{DamageKind, DamageReport};
 use haystack_proto::NeedleAddr;
 
 use crate::error::CacheError;
@@ -25,6 +31,22 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// take many seconds to mark it down; until then every miss would try it first, and a store
 /// that swallows packets would cost each of them a timeout).
 const SUSPECT_FOR: Duration = Duration::from_secs(2);
+
+/// A damaged replica of one needle is reported at most this often by one node.
+pub const REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// Reports remembered for de-duplication, at most (older ones are dropped first).
+const MAX_REPORTS_REMEMBERED: usize = 10_000;
+
+/// Why one replica did not serve a needle.
+enum Fail {
+    /// The store says not found (missing, deleted, wrong cookie).
+    NotFound,
+    /// The store found the needle corrupt (never served).
+    Corrupt(String),
+    /// Any other failure (transport, timeout, another error).
+    Other(String),
+}
 
 /// The HTTP clients of one worker thread: peers (per-request timeouts), the stores (over the
 /// same connection pool, `store_timeout_ms` per read) and the directory (its own timeout).
@@ -110,6 +132,8 @@ struct VolEntry {
 /// Volume replicas and store reads.
 pub struct Upstream {
     volumes: Mutex<HashMap<u32, VolEntry>>,
+    /// Damage reports sent lately: (volume, key, alt, store URL) -> when.
+    reported: Mutex<HashMap<(u32, u64, u32, String), Instant>>,
     stores: Mutex<HashMap<String, Arc<StoreState>>>,
     epoch: Instant,
     ttl: Duration,
@@ -143,6 +167,7 @@ impl Upstream {
     pub fn new(ttl: Duration) -> Upstream {
         Upstream {
             volumes: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
             stores: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             ttl,
@@ -292,6 +317,10 @@ impl Upstream {
             .collect();
         order.sort_unstable_by_key(|(down, load, tie, _)| (*down, *load, *tie));
         let mut reasons = Vec::new();
+        // Replicas that answered for the needle but did not serve it: reported for repair if
+        // another one serves it.
+        let mut damaged: Vec<(&str, DamageKind)> = Vec::new();
+        let mut not_found = false;
         for (i, (_, _, _, r)) in order.iter().enumerate() {
             if i > 0 {
                 stats.store_failovers.add(1);
@@ -299,10 +328,24 @@ impl Upstream {
             match self.read_one(c, r, k, cookie, stats).await {
                 Ok(n) => {
                     r.state.suspect_until_ms.store(0, Ordering::Relaxed);
+                    for (url, kind) in damaged {
+                        self.report(c, k, cookie, url, kind);
+                    }
                     return Ok(n);
                 }
-                Err(None) => return Err(Miss::NotFound),
-                Err(Some(reason)) => {
+                Err(Fail::NotFound) => {
+                    // Another replica may have it: a replica a quorum write left behind, or
+                    // one that lost it. The directory's liveness check keeps a deleted photo
+                    // from being served by a replica that missed the delete.
+                    not_found = true;
+                    damaged.push((r.url.as_str(), DamageKind::Missing));
+                }
+                Err(Fail::Corrupt(reason)) => {
+                    tracing::warn!(store = %r.url, volume = k.volume, key = k.key, alt = k.alt, reason = %reason, "corrupt needle on a replica; reading another");
+                    damaged.push((r.url.as_str(), DamageKind::Corrupt));
+                    reasons.push(format!("{}: corrupt needle", r.url));
+                }
+                Err(Fail::Other(reason)) => {
                     let until = self.now_ms() + SUSPECT_FOR.as_millis() as u64;
                     let before = r.state.suspect_until_ms.swap(until, Ordering::Relaxed);
                     // One line per store going bad, not one per read that meets it.
@@ -316,14 +359,67 @@ impl Upstream {
                 }
             }
         }
+        // Not found only when every replica says so: one that failed otherwise may hold the
+        // needle (the directory's liveness check answers 404 for a deleted photo anyway).
+        if not_found && reasons.is_empty() {
+            return Err(Miss::NotFound);
+        }
         if reasons.is_empty() {
             reasons.push("the volume has no replicas".into());
         }
         Err(Miss::AllFailed(reasons.join("; ")))
     }
 
-    /// One read from one replica. `Err(None)`: the store says not found; `Err(Some(reason))`:
-    /// try another replica.
+    /// Reports a damaged replica to the directory in the background (read repair), unless
+    /// this node reported it within [`REPORT_EVERY`].
+    fn report(&self, c: &Clients, k: NeedleKey, cookie: u64, url: &str, kind: DamageKind) {
+        let now = Instant::now();
+        {
+            let mut m = lock(&self.reported);
+            let id = (k.volume, k.key, k.alt, url.to_string());
+            if m.get(&id)
+                .is_some_and(|t| now.duration_since(*t) < REPORT_EVERY)
+            {
+                return;
+            }
+            if m.len() >= MAX_REPORTS_REMEMBERED {
+                m.retain(|_, t| now.duration_since(*t) < REPORT_EVERY);
+                if m.len() >= MAX_REPORTS_REMEMBERED {
+                    m.clear();
+                }
+            }
+            m.insert(id, now);
+        }
+        let label = match kind {
+            DamageKind::Corrupt => "corrupt",
+            DamageKind::Missing => "missing",
+        };
+        let report = DamageReport {
+            volume: k.volume,
+            key: k.key,
+            alt: k.alt,
+            cookie: Some(cookie),
+            store_url: url.to_string(),
+            kind,
+        };
+        let dir = c.directory.clone();
+        tokio::spawn(async move {
+            match dir.report_damage(&report).await {
+                Ok(r) => {
+                    metrics::counter!("haystack_cache_read_repairs_reported_total", "kind" => label, "queued" => if r.queued { "true" } else { "false" })
+                        .increment(1);
+                    tracing::info!(store = %report.store_url, volume = report.volume, key = report.key, alt = report.alt, kind = label, queued = r.queued, reason = r.reason.as_deref().unwrap_or(""), "damaged replica reported");
+                }
+                Err(e) => {
+                    metrics::counter!("haystack_cache_read_repairs_reported_total", "kind" => label, "queued" => "error")
+                        .increment(1);
+                    tracing::warn!(store = %report.store_url, error = %e, "reporting a damaged replica failed");
+                }
+            }
+        });
+    }
+
+    /// One read from one replica.
     async fn read_one(
         &self,
         c: &Clients,
@@ -331,7 +427,7 @@ impl Upstream {
         k: NeedleKey,
         cookie: u64,
         stats: &Stats,
-    ) -> Result<Arc<Needle>, Option<String>> {
+    ) -> Result<Arc<Needle>, Fail> {
         let _busy = InFlight::start(&r.state.inflight);
         let addr = NeedleAddr::new(k.volume, k.key, k.alt, cookie);
         let started = Instant::now();
@@ -349,20 +445,21 @@ impl Upstream {
                     etag,
                 }))
             }
-            Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => {
-                Err(Some("the store does not hold the volume".to_string()))
-            }
-            Err(e) if e.is_not_found() => Err(None),
-            Err(ClientError::Transport(e)) => Err(Some(describe(&e))),
+            Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => Err(Fail::Other(
+                "the store does not hold the volume".to_string(),
+            )),
+            Err(e) if e.is_not_found() => Err(Fail::NotFound),
+            Err(e) if e.code() == Some("corrupt_needle") => Err(Fail::Corrupt(e.to_string())),
+            Err(ClientError::Transport(e)) => Err(Fail::Other(describe(&e))),
             Err(ClientError::Api { status, body, .. }) => {
                 let code = if body.error == "http" {
                     String::new()
                 } else {
                     body.error
                 };
-                Err(Some(format!("answered {status} {code}")))
+                Err(Fail::Other(format!("answered {status} {code}")))
             }
-            Err(e) => Err(Some(e.to_string())),
+            Err(e) => Err(Fail::Other(e.to_string())),
         };
         let secs = started.elapsed().as_secs_f64();
         match &outcome {
@@ -370,8 +467,8 @@ impl Upstream {
                 crate::metrics::store_latency("ok", secs);
                 stats.bytes_fetched.add(n.data.len() as u64);
             }
-            Err(None) => crate::metrics::store_latency("not_found", secs),
-            Err(Some(_)) => crate::metrics::store_latency("error", secs),
+            Err(Fail::NotFound) => crate::metrics::store_latency("not_found", secs),
+            Err(_) => crate::metrics::store_latency("error", secs),
         }
         outcome
     }

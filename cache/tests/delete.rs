@@ -78,18 +78,27 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
     use haystack_cache::Admission;
     // Nothing kept: every read is a miss that may go to either replica.
     // (With check_live_on_miss off, the first of these reads fails: checked when written.)
-    let mut env = Env::single(|c| c.admission = Admission::None).await;
+    let env = Env::single(|c| c.admission = Admission::None).await;
     let p = env.put_photo(&[(0, bytes(2000, 104), "image/jpeg")]).await;
     let url = needle_url(&env.cache().url, &p, 0);
     let (st, _, _) = get(&env.http, &url, &[]).await;
     assert_eq!(st, 200);
-    // Store 1 is down during the delete, so it keeps the needle.
-    tokio::task::block_in_place(|| env.cluster.stop_store(1));
     let d = env.dir.delete(p.id).await.expect("delete");
-    assert!(d.store_deletes_failed >= 1, "{d:?}");
-    tokio::task::block_in_place(|| env.cluster.start_store(1));
-    crate::common::wait_healthy(&env.cluster.store_url(1)).await;
+    assert_eq!(d.store_deletes_failed, 0, "{d:?}");
+    // Store 1 holds a live copy of the deleted photo's needle anyway: the state a store that
+    // missed the delete is in until the directory's retry (or anti-entropy) reaches it. (The
+    // directory retries missed deletes within seconds now, so stopping the store during the
+    // delete no longer leaves the orphan long enough to test; the needle is written back.)
     let orphan = needle_url(&env.cluster.store_url(1), &p, 0);
+    let put = env
+        .http
+        .put(&orphan)
+        .header("content-type", "image/jpeg")
+        .body(bytes(2000, 104))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
     let (st, _, _) = get(&env.http, &orphan, &[]).await;
     assert_eq!(st, 200, "the test needs the orphan needle on store 1");
     // Many misses, each choosing a replica: none serves the deleted photo.

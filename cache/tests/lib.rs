@@ -9,5 +9,6 @@ mod delete;
 mod eviction;
 mod failover;
 mod peers;
+mod readrepair;
 mod semantics;
 mod video;

@@ -5,10 +5,11 @@
 use std::time::Duration;
 
 use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DeleteResponse, DirectoryHealth,
-    KeyedCommit, LogicalVolumeInfo, PhotoInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse,
-    VolumeStateRequest,
+    AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DamageReply, DamageReport,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, RepairTaskInfo,
+    ReplaceReplicaRequest, StoreInfo, UrlResponse, VolumeStateRequest,
 };
+use haystack_proto::kv::{KvPut, KvRecord, KvScan, KvWriteResult};
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
 use serde::de::DeserializeOwned;
 
@@ -106,6 +107,16 @@ impl DirectoryClient {
         call(self.creds.apply(self.http.delete(&u)), &u).await
     }
 
+    /// Reports a damaged or missing replica of a needle; the directory queues its repair.
+    pub async fn report_damage(&self, r: &DamageReport) -> Result<DamageReply, ClientError> {
+        self.post(url::repairs(&self.base), r).await
+    }
+
+    /// The queued repairs.
+    pub async fn repairs(&self) -> Result<Vec<RepairTaskInfo>, ClientError> {
+        self.get(url::repairs(&self.base)).await
+    }
+
     pub async fn volumes(&self) -> Result<Vec<LogicalVolumeInfo>, ClientError> {
         self.get(url::volumes(&self.base)).await
     }
@@ -153,6 +164,61 @@ impl DirectoryClient {
 
     pub async fn stores(&self) -> Result<Vec<StoreInfo>, ClientError> {
         self.get(url::stores(&self.base)).await
+    }
+
+    /// A record of an ordered keyspace; None when absent.
+    pub async fn kv_get(&self, space: u64, key: &str) -> Result<Option<KvRecord>, ClientError> {
+        match self.get(url::kv(&self.base, space, &[("key", key)])).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes a record if it is at `expect_version` (absent when None).
+    pub async fn kv_put(
+        &self,
+        space: u64,
+        key: &str,
+        expect_version: Option<u64>,
+        value: String,
+    ) -> Result<KvWriteResult, ClientError> {
+        let u = url::kv(&self.base, space, &[("key", key)]);
+        let body = KvPut {
+            expect_version,
+            value,
+        };
+        call(self.creds.apply(self.http.put(&u).json(&body)), &u).await
+    }
+
+    /// Removes a record if it is at `version`.
+    pub async fn kv_delete(
+        &self,
+        space: u64,
+        key: &str,
+        version: u64,
+    ) -> Result<KvWriteResult, ClientError> {
+        let v = version.to_string();
+        let u = url::kv(&self.base, space, &[("key", key), ("version", &v)]);
+        call(self.creds.apply(self.http.delete(&u)), &u).await
+    }
+
+    /// Up to `limit` records whose key starts with `prefix` and sorts after `after`, in order.
+    pub async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<KvRecord>, ClientError> {
+        let l = limit.to_string();
+        let u = url::kv_scan(
+            &self.base,
+            space,
+            &[("prefix", prefix), ("after", after), ("limit", &l)],
+        );
+        let r: KvScan = self.get(u).await?;
+        Ok(r.records)
     }
 
     /// `/health`; a degraded directory answers 503 with the same body, returned as `Api`.

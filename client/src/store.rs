@@ -276,6 +276,47 @@ impl StoreClient {
         call(self.req(reqwest::Method::GET, &u), &u).await
     }
 
+    /// The digest of the volume's needle list (`GET /v1/volumes/{id}/digest`); `T` is the
+    /// store's `Digest`.
+    pub async fn digest<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        buckets: u32,
+    ) -> Result<T, ClientError> {
+        let u = url::digest(store, id, buckets);
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// The needles of some digest buckets (at most
+    /// `haystack_proto::directory::MAX_LISTED_BUCKETS`); `T` is the listing.
+    pub async fn needles_in_buckets<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        bucket: &[u32],
+        buckets: u32,
+    ) -> Result<T, ClientError> {
+        let u = url::needles_in_buckets(store, id, bucket, buckets);
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// Repairs needles of volume `id` from good copies (a batch body of needles read from
+    /// another replica, `POST /v1/volumes/{id}/repair`); `T` is the store's answer.
+    pub async fn repair<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        body: Bytes,
+    ) -> Result<T, ClientError> {
+        let u = url::volume_op(store, id, "repair");
+        let r = self
+            .req(reqwest::Method::POST, &u)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        call(r, &u).await
+    }
+
     /// Garbage collection: deletes the needles `body` lists (`POST /v1/volumes/{id}/gc`).
     pub async fn gc<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -307,6 +348,58 @@ pub fn encode_batch(key: u64, cookie: u64, needles: &[Needle]) -> Bytes {
         push_record(&mut out, key, n.alt, cookie, &n.content_type, &n.data);
     }
     Bytes::from(out)
+}
+
+/// How many replicas must acknowledge a write before it is committed (`Haystack-Write-Ack`,
+/// the uploader's `write_ack`). Ordered from the weakest to the strictest.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteAck {
+    /// One replica.
+    One,
+    /// A majority of the replicas (2 of 3, 2 of 2).
+    Quorum,
+    /// Every replica (the default).
+    #[default]
+    All,
+}
+
+impl WriteAck {
+    /// Replicas that must acknowledge, of `n`.
+    pub fn needed(self, n: usize) -> usize {
+        match self {
+            WriteAck::One => n.min(1),
+            WriteAck::Quorum => n / 2 + 1,
+            WriteAck::All => n,
+        }
+        .min(n)
+    }
+}
+
+impl std::str::FromStr for WriteAck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "one" => Ok(WriteAck::One),
+            "quorum" => Ok(WriteAck::Quorum),
+            "all" => Ok(WriteAck::All),
+            other => Err(format!(
+                "write acknowledgement {other:?} is not one of all, quorum, one"
+            )),
+        }
+    }
 }
 
 /// Why a replica did not take a write.
@@ -363,6 +456,65 @@ impl StoreClient {
             }
         });
         collect(futures_util::future::join_all(writes).await)
+    }
+
+    /// The batch to every replica at once, acknowledged per `ack`: Ok once that many replicas
+    /// answered 201, with the store ids of the replicas that had not (yet) answered. The
+    /// writes still under way go on in the background (their outcome is not waited for: the
+    /// directory's repair worker copies the needles onto any replica that lacks them). Err
+    /// with the failures once too many replicas failed for `ack` to be met.
+    pub async fn write_batch_acked(
+        &self,
+        replicas: &[Replica],
+        volume: u32,
+        body: Bytes,
+        ack: WriteAck,
+    ) -> Result<Vec<u64>, Vec<ReplicaError>> {
+        if ack == WriteAck::All {
+            return self
+                .write_batch_all(replicas, volume, body)
+                .await
+                .map(|()| Vec::new());
+        }
+        let need = ack.needed(replicas.len());
+        let mut pending: futures_util::stream::FuturesUnordered<_> = replicas
+            .iter()
+            .map(|r| {
+                let (client, body, r) = (self.clone(), body.clone(), r.clone());
+                tokio::spawn(async move {
+                    let res = client
+                        .put_batch(&r.url, volume, body)
+                        .await
+                        .map_err(|e| ReplicaError::of(&r.url, e));
+                    (r.store_id, res)
+                })
+            })
+            .collect();
+        let mut acked: Vec<u64> = Vec::new();
+        let mut failed: Vec<ReplicaError> = Vec::new();
+        while let Some(joined) = futures_util::StreamExt::next(&mut pending).await {
+            match joined {
+                Ok((id, Ok(()))) => acked.push(id),
+                Ok((_, Err(e))) => failed.push(e),
+                Err(e) => failed.push(ReplicaError {
+                    url: String::new(),
+                    status: None,
+                    code: None,
+                    detail: format!("write task failed: {e}"),
+                }),
+            }
+            if acked.len() >= need {
+                return Ok(replicas
+                    .iter()
+                    .map(|r| r.store_id)
+                    .filter(|id| !acked.contains(id))
+                    .collect());
+            }
+            if failed.len() > replicas.len() - need {
+                return Err(failed);
+            }
+        }
+        Err(failed)
     }
 
     /// One needle to every replica at once; Ok only when every one acknowledged.

@@ -54,8 +54,36 @@ pub mod directory {
     pub fn volume_replace(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/replace"))
     }
+    /// `POST` reports a damaged or missing replica of a needle; `GET` lists the repair queue.
+    pub fn repairs(base: &str) -> String {
+        join(base, "/v1/repairs")
+    }
     pub fn health(base: &str) -> String {
         join(base, "/health")
+    }
+    /// A record of an ordered keyspace (`?key=`, and `&version=` for a delete).
+    pub fn kv(base: &str, space: u64, params: &[(&str, &str)]) -> String {
+        with_query(join(base, &format!("/v1/kv/{space}")), params)
+    }
+    /// A scan of an ordered keyspace.
+    pub fn kv_scan(base: &str, space: u64, params: &[(&str, &str)]) -> String {
+        with_query(join(base, &format!("/v1/kv/{space}/scan")), params)
+    }
+
+    /// `url` with the query parameters, form-encoded.
+    fn with_query(url: String, params: &[(&str, &str)]) -> String {
+        match reqwest::Url::parse(&url) {
+            Ok(mut u) => {
+                {
+                    let mut q = u.query_pairs_mut();
+                    for (k, v) in params {
+                        q.append_pair(k, v);
+                    }
+                }
+                u.to_string()
+            }
+            Err(_) => url,
+        }
     }
 }
 
@@ -75,6 +103,21 @@ pub mod store {
     /// `export`, `import`, `needles`, `gc`.
     pub fn volume_op(base: &str, id: u32, op: &str) -> String {
         join(base, &format!("/v1/volumes/{id}/{op}"))
+    }
+    /// `GET` the digest of the volume's needle list in `buckets` buckets.
+    pub fn digest(base: &str, id: u32, buckets: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/digest?buckets={buckets}"))
+    }
+    /// `GET` the needles of some digest buckets.
+    pub fn needles_in_buckets(base: &str, id: u32, bucket: &[u32], buckets: u32) -> String {
+        let list: Vec<String> = bucket.iter().map(|b| b.to_string()).collect();
+        join(
+            base,
+            &format!(
+                "/v1/volumes/{id}/needles?bucket={}&buckets={buckets}",
+                list.join(",")
+            ),
+        )
     }
 }
 

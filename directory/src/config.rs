@@ -54,6 +54,9 @@ pub struct DirectoryConfig {
     /// replicas copied from a healthy replica onto another store, which then replaces it.
     /// 0 turns it off. Default 900000 (15 minutes: a reboot is not a reason to copy).
     pub rereplicate_after_ms: u64,
+    /// Anti-entropy: every this many ms the replicas of each volume are compared by digests
+    /// of their needle lists and the differences repaired. 0 turns it off. Default 600000.
+    pub anti_entropy_interval_ms: u64,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -85,6 +88,7 @@ impl Default for DirectoryConfig {
             notify_timeout_ms: 2_000,
             idempotency_ttl_ms: 86_400_000,
             rereplicate_after_ms: 900_000,
+            anti_entropy_interval_ms: 600_000,
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),
@@ -110,6 +114,9 @@ pub struct ScyllaConfig {
     pub request_timeout_ms: u64,
     /// Timeout to open a connection, in ms. Default 5000.
     pub connect_timeout_ms: u64,
+    /// Rows of an ordered keyspace (S3 objects) past which its range partition is split in
+    /// two. Default 100000.
+    pub kv_split_rows: u64,
 }
 
 impl Default for ScyllaConfig {
@@ -121,6 +128,7 @@ impl Default for ScyllaConfig {
             consistency: "local_quorum".to_string(),
             request_timeout_ms: 5_000,
             connect_timeout_ms: 5_000,
+            kv_split_rows: 100_000,
         }
     }
 }

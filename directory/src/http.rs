@@ -12,7 +12,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use haystack_proto::auth::{Access, WriteScope, WRITE_TOKEN_TTL_SECS};
 use haystack_proto::directory::{
-    AssignRequest, KeyedCommit, ReplaceReplicaRequest, UrlResponse, VolumeStateRequest,
+    AssignRequest, DamageReport, KeyedCommit, ReplaceReplicaRequest, UrlResponse,
+    VolumeStateRequest,
 };
 use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
 use serde::Deserialize;
@@ -171,6 +172,14 @@ async fn commit(dir: Dir, body: web::Json<KeyedCommit>) -> Res {
     Ok(HttpResponse::Ok().json(dir.commit_keyed(body.into_inner()).await?))
 }
 
+async fn report_damage(dir: Dir, body: web::Json<DamageReport>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.report_damage(body.into_inner()).await?))
+}
+
+async fn repairs(dir: Dir) -> Res {
+    Ok(HttpResponse::Ok().json(dir.repairs().await?))
+}
+
 async fn condemn(dir: Dir, path: web::Path<String>) -> Res {
     Ok(HttpResponse::Ok().json(dir.condemn(parse_u64(&path, "photo id")?).await?))
 }
@@ -252,6 +261,12 @@ pub fn access(method: &actix_web::http::Method, path: &str) -> Access {
         (true, [] | ["dashboard"] | ["health"] | ["metrics"]) => Access::Public,
         (true, ["v1", "stores"] | ["v1", "volumes"] | ["v1", "volumes", _]) => Access::Read,
         (true, ["v1", "photos", _] | ["v1", "photos", _, "url"]) => Access::Read,
+        (true, ["v1", "repairs"]) => Access::Read,
+        // Damage reports come from the caches (read repair) and the stores (scrubbing).
+        (false, ["v1", "repairs"]) => Access::Internal,
+        // The ordered keyspaces hold the S3 role's buckets, objects and sealed key secrets:
+        // the S3 role's (and the operators' `haystack s3` tools, with an admin token).
+        (_, ["v1", "kv", ..]) => Access::Internal,
         (false, ["v1", "stores", "register"] | ["v1", "stores", _, "heartbeat"]) => {
             Access::Internal
         }
@@ -292,11 +307,14 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
                 web::post().to(replace_replica),
             )
             .route("/v1/assign", web::post().to(assign))
+            .route("/v1/repairs", web::post().to(report_damage))
+            .route("/v1/repairs", web::get().to(repairs))
             .route("/v1/photos", web::post().to(commit))
             .route("/v1/photos/{id}", web::get().to(lookup))
             .route("/v1/photos/{id}", web::delete().to(delete))
             .route("/v1/photos/{id}/url", web::get().to(read_url))
             .route("/v1/photos/{id}/condemn", web::post().to(condemn))
+            .configure(crate::http_kv::routes)
             .default_service(web::to(not_found));
     }
 }

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod http_kv;
 pub mod ids;
 pub mod meta;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! machines and node-id leases. Each is stored as one value under a u64 key with a version
 //! that conditional writes compare (see [`crate::meta`]).
 
-use haystack_proto::directory::{PhotoKind, StoreState, Variant, VideoChunk};
+use haystack_proto::directory::{PhotoKind, RepairAction, StoreState, Variant, VideoChunk};
 use haystack_proto::{VolumeInfo, VolumeState};
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +131,35 @@ pub struct UploadKey {
     /// The client's request digest given with the commit.
     #[serde(default)]
     pub request_hash: Option<String>,
+}
+
+/// The repairs queued for one photo's needles (table `repairs`, key: the photo id): a task per
+/// replica to copy the needles onto or delete them from. The record is removed when its last
+/// task is done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairRecord {
+    pub volume_id: u32,
+    pub tasks: Vec<RepairTask>,
+    pub created_ms: u64,
+}
+
+/// One replica's repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTask {
+    pub store_id: u64,
+    pub action: RepairAction,
+    /// Why it was queued (read repair, scrub, anti-entropy, quorum write, missed delete).
+    pub reason: String,
+    /// Alternate keys to act on; empty: every alternate key of the photo record.
+    #[serde(default)]
+    pub alts: Vec<u32>,
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not tried again before this time (back-off after failures).
+    #[serde(default)]
+    pub next_ms: u64,
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust releases (idempotency keys).

@@ -125,6 +125,36 @@ pub async fn run_with(
         None,
     );
 
+    // The repair queue: woken at once when a repair is queued, else once a second for the
+    // tasks whose back-off ended.
+    workers.spawn(
+        "repair",
+        Periodic {
+            dir: dir.clone(),
+            every: Duration::from_secs(1),
+            round: Round::Repair,
+        },
+        Options::default(),
+        Some(dir.repair_trigger()),
+    );
+    let ae_every = Duration::from_millis(dir.config().anti_entropy_interval_ms);
+    if !ae_every.is_zero() {
+        workers.spawn(
+            "anti_entropy",
+            Periodic {
+                dir: dir.clone(),
+                every: ae_every,
+                round: Round::AntiEntropy,
+            },
+            Options {
+                backoff_min: ae_every.min(Duration::from_secs(10)),
+                backoff_max: ae_every,
+                ..Options::default()
+            },
+            None,
+        );
+    }
+
     let server_task = tokio::spawn(server);
     shutdown.await;
     tracing::info!("directory shutting down");
@@ -145,6 +175,11 @@ enum Round {
     Maintenance,
     /// Copies of the volumes of stores down too long (`Directory::rereplicate_once`).
     Rereplication,
+    /// The due tasks of the repair queue (`Directory::repair_once`); busy while tasks are
+    /// left that are due.
+    Repair,
+    /// Replica comparison by digests (`Directory::anti_entropy_once`).
+    AntiEntropy,
 }
 
 /// A directory round as a background worker: one round per step, then idle for the
@@ -160,6 +195,8 @@ impl Worker for Periodic {
         let r = match self.round {
             Round::Maintenance => self.dir.maintain().await.map(|_| ()),
             Round::Rereplication => self.dir.rereplicate_once().await.map(|_| ()),
+            Round::Repair => self.dir.repair_once().await.map(|_| ()),
+            Round::AntiEntropy => self.dir.anti_entropy_once().await.map(|_| ()),
         };
         r.map_err(|e| e.to_string())?;
         Ok(Next::Idle(self.every))

@@ -18,8 +18,8 @@ use futures_util::future::join_all;
 use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
-    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind, Replica,
-    ReplicaStatus, StoreInfo, StoreState, VariantInfo,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
+    RepairAction, Replica, ReplicaStatus, StoreInfo, StoreState, VariantInfo,
 };
 use haystack_proto::{
     Heartbeat, HeartbeatReply, NeedleAddr, StoreRegistered, StoreRegistration, VolumeState,
@@ -34,8 +34,12 @@ use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
 use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 use crate::placement::{self, Candidate};
 
+mod kv;
 mod photos;
+mod repairs;
 mod stores;
+
+pub use repairs::AntiEntropyReport;
 mod view;
 mod volumes;
 
@@ -91,6 +95,10 @@ pub struct Directory {
     /// notification timeout.
     stores: StoreClient,
     caches: CacheClient,
+    /// Calls of the repair worker and anti-entropy (needle copies: a longer timeout).
+    repair_stores: StoreClient,
+    /// Wakes the repair worker when a repair is queued.
+    repair_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Directory {
@@ -116,10 +124,16 @@ impl Directory {
                 config.security.keys.as_ref(),
                 "directory",
             )),
-            caches: CacheClient::new(http).with_credentials(Credentials::internal(
+            caches: CacheClient::new(http.clone()).with_credentials(Credentials::internal(
                 config.security.keys.as_ref(),
                 "directory",
             )),
+            repair_stores: StoreClient::with_timeout(http, Duration::from_secs(60))
+                .with_credentials(Credentials::internal(
+                    config.security.keys.as_ref(),
+                    "directory",
+                )),
+            repair_wake: Arc::new(tokio::sync::Notify::new()),
             config,
         };
         let node = match dir.config.node_id {
@@ -130,6 +144,11 @@ impl Directory {
         dir.refresh().await?;
         tracing::info!(node, backend = dir.meta.backend(), "directory started");
         Ok(dir)
+    }
+
+    /// Notified whenever a repair is queued (the repair worker's trigger).
+    pub fn repair_trigger(&self) -> Arc<tokio::sync::Notify> {
+        self.repair_wake.clone()
     }
 
     pub fn config(&self) -> &DirectoryConfig {

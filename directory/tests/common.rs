@@ -198,6 +198,7 @@ pub fn volume_info(id: u32) -> VolumeInfo {
         dead_bytes: 0,
         reason: None,
         compaction: None,
+        scrubbed_unix: None,
     }
 }
 

@@ -217,6 +217,182 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
     );
 }
 
+/// Ordered keyspaces: conditional puts and deletes, and scans by prefix after a marker in key
+/// order, across enough keys that the ScyllaDB run (split at 8 rows) splits ranges many times.
+async fn ordered_keyspaces(s: &dyn MetadataStore) {
+    let space = u64::MAX - 1;
+    assert_eq!(s.kv_get(space, "a").await.expect("get"), None);
+    assert_eq!(
+        s.kv_put_if(space, "a", Expect::Absent, b"1".to_vec())
+            .await
+            .expect("put"),
+        Cas::Applied { version: 1 }
+    );
+    assert_eq!(
+        s.kv_put_if(space, "a", Expect::Absent, b"x".to_vec())
+            .await
+            .expect("put again"),
+        Cas::Conflict { current: Some(1) }
+    );
+    assert_eq!(
+        s.kv_put_if(space, "a", Expect::Version(1), b"2".to_vec())
+            .await
+            .expect("cas"),
+        Cas::Applied { version: 2 }
+    );
+    assert_eq!(
+        s.kv_delete_if(space, "a", 1).await.expect("stale delete"),
+        Cas::Conflict { current: Some(2) }
+    );
+    assert!(matches!(
+        s.kv_delete_if(space, "a", 2).await.expect("delete"),
+        Cas::Applied { .. }
+    ));
+    assert_eq!(s.kv_get(space, "a").await.expect("get"), None);
+    assert_eq!(
+        s.kv_delete_if(space, "a", 3).await.expect("delete absent"),
+        Cas::Conflict { current: None }
+    );
+    // Other spaces do not see a space's keys.
+    s.kv_put_if(space - 1, "zz", Expect::Absent, b"other".to_vec())
+        .await
+        .expect("put other space");
+    s.kv_put_if(space + 1, "a/0", Expect::Absent, b"other".to_vec())
+        .await
+        .expect("put other space");
+    let mut keys: Vec<String> = Vec::new();
+    for d in ["a", "b", "c"] {
+        for i in 0..40 {
+            keys.push(format!("{d}/{i:03}"));
+        }
+    }
+    keys.push("b".into());
+    keys.push("b0".into());
+    keys.push("é/unicode".into());
+    for k in &keys {
+        assert_eq!(
+            s.kv_put_if(space, k, Expect::Absent, k.as_bytes().to_vec())
+                .await
+                .expect("put"),
+            Cas::Applied { version: 1 },
+            "{k}"
+        );
+    }
+    let mut sorted = keys.clone();
+    sorted.sort();
+    // Page through everything 7 at a time.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = s.kv_scan(space, "", &after, 7).await.expect("scan");
+        for (k, v) in &page {
+            assert_eq!(v.data, k.as_bytes(), "{k}");
+            assert_eq!(v.version, 1);
+        }
+        seen.extend(page.iter().map(|(k, _)| k.clone()));
+        match page.last() {
+            Some((k, _)) if page.len() == 7 => after = k.clone(),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, sorted);
+    // A prefix, from its start and after a marker.
+    let b: Vec<String> = s
+        .kv_scan(space, "b/", "", 1000)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(b.len(), 40);
+    assert!(b.iter().all(|k| k.starts_with("b/")));
+    let b_after: Vec<String> = s
+        .kv_scan(space, "b/", "b/020", 5)
+        .await
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(b_after, ["b/021", "b/022", "b/023", "b/024", "b/025"]);
+    // A marker past the prefix finds nothing; one before it starts at the prefix.
+    assert!(s
+        .kv_scan(space, "b/", "c", 10)
+        .await
+        .expect("scan")
+        .is_empty());
+    assert_eq!(
+        s.kv_scan(space, "b/", "a", 1).await.expect("scan")[0].0,
+        "b/000"
+    );
+    assert!(s
+        .kv_scan(space, "zzz", "", 10)
+        .await
+        .expect("scan")
+        .is_empty());
+    // Records stay readable one by one after ranges moved.
+    for k in &keys {
+        assert_eq!(
+            s.kv_get(space, k)
+                .await
+                .expect("get")
+                .expect("present")
+                .data,
+            k.as_bytes()
+        );
+    }
+    // Deleted keys leave the listing.
+    for i in 0..40 {
+        let k = format!("c/{i:03}");
+        assert!(matches!(
+            s.kv_delete_if(space, &k, 1).await.expect("delete"),
+            Cas::Applied { .. }
+        ));
+    }
+    assert!(s
+        .kv_scan(space, "c/", "", 10)
+        .await
+        .expect("scan")
+        .is_empty());
+    assert_eq!(
+        s.kv_scan(space, "", "b0", 10).await.expect("scan")[0].0,
+        "é/unicode"
+    );
+}
+
+async fn conditional_delete(s: &dyn MetadataStore) {
+    let t = Table::Repairs;
+    assert_eq!(
+        s.delete_if(t, 9, 1).await.expect("delete absent"),
+        Cas::Conflict { current: None },
+        "deleting an absent record applies nothing"
+    );
+    s.put_if(t, 9, Expect::Absent, b"a".to_vec())
+        .await
+        .expect("put");
+    s.put_if(t, 9, Expect::Version(1), b"b".to_vec())
+        .await
+        .expect("update");
+    assert_eq!(
+        s.delete_if(t, 9, 1).await.expect("stale delete"),
+        Cas::Conflict { current: Some(2) },
+        "a delete at a stale version is refused"
+    );
+    assert!(s.get(t, 9).await.expect("get").is_some());
+    assert_eq!(
+        s.delete_if(t, 9, 2).await.expect("delete"),
+        Cas::Applied { version: 2 }
+    );
+    assert_eq!(s.get(t, 9).await.expect("get"), None);
+    assert!(s.list(t).await.expect("list").is_empty());
+    // The key can be created again.
+    assert_eq!(
+        s.put_if(t, 9, Expect::Absent, b"c".to_vec())
+            .await
+            .expect("put again"),
+        Cas::Applied { version: 1 }
+    );
+}
+
 /// The whole suite on one backend; `fresh` must give an empty store each call.
 async fn run_suite<F, Fut>(fresh: F)
 where
@@ -227,6 +403,8 @@ where
     list_returns_every_record(fresh().await.as_ref()).await;
     concurrent_writers_lose_nothing(fresh().await).await;
     typed_records_round_trip(fresh().await).await;
+    ordered_keyspaces(fresh().await.as_ref()).await;
+    conditional_delete(fresh().await.as_ref()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,6 +458,8 @@ async fn conformance_scylla() {
         replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}".into(),
         keyspace_options: std::env::var("HAYSTACK_TEST_SCYLLA_KEYSPACE_OPTIONS")
             .unwrap_or_default(),
+        // Small ranges, so the ordered keyspace test splits them many times.
+        kv_split_rows: 8,
         ..Default::default()
     };
     let run = std::process::id();

@@ -135,6 +135,7 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
         commit: commit_for(&k2),
         idempotency_key: keyed.idempotency_key.clone(),
         request_hash: Some("sha256:00".into()),
+        pending_replicas: Vec::new(),
     };
     assert_eq!(
         c.commit_keyed(&bound).await.expect("keyed commit").id,
@@ -143,6 +144,7 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
     let other = KeyedCommit {
         commit: commit_for(&k1),
         request_hash: Some("sha256:11".into()),
+        pending_replicas: Vec::new(),
         ..bound.clone()
     };
     let refused = c.commit_keyed(&other).await.expect_err("another body");

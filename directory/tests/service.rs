@@ -291,6 +291,7 @@ fn keyed_commit(a: &AssignResponse, key: &str, hash: Option<&str>) -> KeyedCommi
         },
         idempotency_key: Some(key.to_string()),
         request_hash: hash.map(str::to_string),
+        pending_replicas: Vec::new(),
     }
 }
 

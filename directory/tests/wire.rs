@@ -36,6 +36,7 @@ fn a_keyed_commit_is_a_commit_with_the_key_beside_its_fields() {
         commit: c,
         idempotency_key: Some("k".into()),
         request_hash: Some("sha256:ab".into()),
+        pending_replicas: Vec::new(),
     };
     let s = serde_json::to_string(&keyed).expect("serialize");
     assert!(s.contains("\"id\":\"42\""), "{s}");

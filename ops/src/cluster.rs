@@ -74,6 +74,7 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     crate::set(&mut a.store_port, args.store_port);
     crate::set(&mut a.cache_port, args.cache_port);
     crate::set(&mut a.uploader_port, args.uploader_port);
+    crate::set(&mut a.s3_port, args.s3_port);
     crate::set(&mut a.max_volume_bytes, args.max_volume_bytes);
     let data = a.data_dir;
     let logs = data.join("logs");
@@ -189,6 +190,28 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
             &logs,
         )?,
     });
+    let s3_url = format!("http://127.0.0.1:{}", a.s3_port);
+    roles.push(Role {
+        name: "s3".into(),
+        url: s3_url.clone(),
+        child: spawn(
+            "s3",
+            &[
+                vec![
+                    "s3".into(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", a.s3_port),
+                    "--directory".into(),
+                    dir_url.clone(),
+                    "--master-key-file".into(),
+                    data.join("s3").join("master.key").display().to_string(),
+                ],
+                config_args.clone(),
+            ]
+            .concat(),
+            &logs,
+        )?,
+    });
     for r in roles.iter_mut() {
         if let Err(e) = wait_healthy(r).await {
             for r in &roles {
@@ -214,6 +237,11 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     println!("  export HAYSTACK_CLUSTER_SECRET_FILE={}", secret.display());
     println!("  haystack status        # or open {dir_url}/ in a browser");
     println!("  haystack token create --role read   # a token for the dashboard");
+    println!(
+        "  haystack s3 key create --bucket NAME --read --write --master-key-file {}",
+        data.join("s3").join("master.key").display()
+    );
+    println!("  aws --endpoint-url {s3_url} s3 mb s3://NAME   # with that key in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY");
     println!("Ctrl-C stops the cluster.");
 
     // Run until a signal, or until a role dies.

@@ -18,6 +18,7 @@ pub struct HaystackConfig {
     pub directory: haystack_directory::DirectoryConfig,
     pub cache: haystack_cache::CacheConfig,
     pub uploader: haystack_uploader::UploaderConfig,
+    pub s3: haystack_s3::S3Config,
 }
 
 /// `[server]`: the layout of `haystack server`'s local cluster.
@@ -31,6 +32,7 @@ pub struct ServerSection {
     pub store_port: u16,
     pub cache_port: u16,
     pub uploader_port: u16,
+    pub s3_port: u16,
     pub max_volume_bytes: u64,
 }
 
@@ -44,6 +46,7 @@ impl Default for ServerSection {
             store_port: 8090,
             cache_port: 8081,
             uploader_port: 8080,
+            s3_port: 8083,
             max_volume_bytes: 1 << 30,
         }
     }

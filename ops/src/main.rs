@@ -43,6 +43,15 @@ enum Command {
     Cache(CacheArgs),
     /// Run the upload API: photos with resized variants, streamed videos.
     Uploader(UploaderArgs),
+    /// Run the S3-compatible API (`haystack s3 --listen ADDR`), or manage its access keys and
+    /// buckets (`haystack s3 key create --bucket NAME --read --write`).
+    #[command(args_conflicts_with_subcommands = true)]
+    S3 {
+        #[command(subcommand)]
+        command: Option<S3Command>,
+        #[command(flatten)]
+        args: S3Args,
+    },
     /// Show the cluster: machines (up or down, free space) and logical volumes (replicas,
     /// state, fill, dead bytes).
     Status(StatusArgs),
@@ -128,6 +137,84 @@ enum TokenCommand {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum S3Command {
+    /// Access keys (SigV4 credentials) of the S3 API.
+    Key {
+        #[command(subcommand)]
+        command: S3KeyCommand,
+        #[command(flatten)]
+        tool: S3ToolArgs,
+    },
+    /// Buckets of the S3 API.
+    Bucket {
+        #[command(subcommand)]
+        command: S3BucketCommand,
+        #[command(flatten)]
+        tool: S3ToolArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum S3KeyCommand {
+    /// Create a key with rights on one bucket (`*`: every bucket); prints the secret once.
+    Create {
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        read: bool,
+        #[arg(long)]
+        write: bool,
+        /// May also create buckets of any name.
+        #[arg(long)]
+        create_buckets: bool,
+    },
+    /// Delete a key.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum S3BucketCommand {
+    /// Create a bucket.
+    Create { name: String },
+    /// Let anyone read a bucket (GET, HEAD, list) without a signature, or stop it.
+    AnonymousRead {
+        name: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+}
+
+#[derive(Args)]
+struct S3ToolArgs {
+    /// TOML config file; the [s3] section is read (directory URL, master key file).
+    #[arg(long, global = true, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// The directory's URL. Default http://127.0.0.1:8082.
+    #[arg(long, global = true, env = "HAYSTACK_DIRECTORY")]
+    directory: Option<String>,
+    /// The master key file that seals secrets (the S3 servers' own). Default
+    /// ./data/s3/master.key.
+    #[arg(long, global = true, env = "HAYSTACK_S3_MASTER_KEY")]
+    master_key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct S3Args {
+    /// TOML config file; the [s3] section is read (flags and environment win).
+    #[arg(long, env = "HAYSTACK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8083", env = "HAYSTACK_S3_LISTEN")]
+    listen: SocketAddr,
+    /// The directory's URL. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY")]
+    directory: Option<String>,
+    /// The master key file that seals access keys' secrets. Default ./data/s3/master.key.
+    #[arg(long, env = "HAYSTACK_S3_MASTER_KEY")]
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -237,6 +324,9 @@ pub(crate) struct ServerArgs {
     /// Upload API port. Default 8080.
     #[arg(long)]
     pub(crate) uploader_port: Option<u16>,
+    /// S3 API port. Default 8083.
+    #[arg(long)]
+    pub(crate) s3_port: Option<u16>,
     /// Maximum size of each volume, bytes. Default 1 GiB.
     #[arg(long)]
     pub(crate) max_volume_bytes: Option<u64>,
@@ -396,6 +486,7 @@ mod cluster;
 mod config;
 mod gc_tool;
 mod photo_tool;
+mod s3_tool;
 mod security;
 mod status;
 mod volume_tool;
@@ -466,8 +557,14 @@ async fn run_store(a: StoreArgs, security: Security) -> Result<(), String> {
             rack: a.rack,
             interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
         });
+    let scrub = haystack_store::ScrubConfig {
+        bytes_per_sec: cfg.scrub_mib_per_sec.map(|m| m.saturating_mul(1 << 20)),
+        slow_read: std::time::Duration::from_millis(cfg.scrub_slow_read_ms),
+        ..Default::default()
+    };
     let run = haystack_store::RunConfig {
         store: cfg,
+        scrub,
         http: haystack_store::http::ServerOptions {
             workers: a.workers,
             memory_ceiling_bytes: a.bench_memory_ceiling,
@@ -532,6 +629,50 @@ async fn run_uploader(a: UploaderArgs, security: Security) -> Result<(), String>
         .map_err(|e| format!("uploader failed: {e}"))
 }
 
+fn s3_tool_config(t: S3ToolArgs) -> Result<haystack_s3::S3Config, String> {
+    let mut cfg = config::load(t.config.as_deref())?.s3;
+    set(&mut cfg.directory_url, t.directory);
+    set(&mut cfg.master_key_file, t.master_key_file);
+    Ok(cfg)
+}
+
+async fn run_s3(command: Option<S3Command>, a: S3Args, security: Security) -> Result<(), String> {
+    match command {
+        None => {
+            let mut cfg = config::load(a.config.as_deref())?.s3;
+            set(&mut cfg.directory_url, a.directory);
+            set(&mut cfg.master_key_file, a.master_key_file);
+            cfg.security = security;
+            let listener = TcpListener::bind(a.listen)
+                .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+            haystack_s3::run(listener, cfg, shutdown_signal())
+                .await
+                .map_err(|e| format!("s3 failed: {e}"))
+        }
+        Some(S3Command::Key { command, tool }) => {
+            let cfg = s3_tool_config(tool)?;
+            match command {
+                S3KeyCommand::Create {
+                    bucket,
+                    read,
+                    write,
+                    create_buckets,
+                } => s3_tool::key_create(cfg, &bucket, read, write, create_buckets).await,
+                S3KeyCommand::Delete { id } => s3_tool::key_delete(cfg, &id).await,
+            }
+        }
+        Some(S3Command::Bucket { command, tool }) => {
+            let cfg = s3_tool_config(tool)?;
+            match command {
+                S3BucketCommand::Create { name } => s3_tool::bucket_create(cfg, &name).await,
+                S3BucketCommand::AnonymousRead { name, state } => {
+                    s3_tool::bucket_anonymous_read(cfg, &name, state == "on").await
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
@@ -542,6 +683,10 @@ fn main() -> ExitCode {
             | Command::Gc { .. }
             | Command::Token { .. }
             | Command::Config { .. }
+            | Command::S3 {
+                command: Some(_),
+                ..
+            }
     ) {
         // Command-line tools die quietly when their output pipe closes (`haystack status |
         // head`), as Unix tools do. Servers keep Rust's default (SIGPIPE ignored), so that a
@@ -577,6 +722,7 @@ fn main() -> ExitCode {
             Command::Directory(a) => run_directory(a, security).await,
             Command::Cache(a) => run_cache(a, security).await,
             Command::Uploader(a) => run_uploader(a, security).await,
+            Command::S3 { command, args } => run_s3(command, args, security).await,
             Command::Server(a) => cluster::run(a).await,
             Command::Token {
                 command:

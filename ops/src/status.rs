@@ -13,6 +13,8 @@ use crate::client::clients;
 struct Status {
     stores: Vec<StoreInfo>,
     volumes: Vec<VolumeStatus>,
+    /// The directory's repair queue; none when it did not answer.
+    repairs: Option<Repairs>,
 }
 
 #[derive(Serialize)]
@@ -22,6 +24,15 @@ struct VolumeStatus {
     /// Bytes held by deleted or overwritten needles, the most any replica reports
     /// (reclaimable by compaction); none when no replica answered.
     dead_bytes: Option<u64>,
+    /// The oldest last full scrub pass among the replicas that answered (Unix seconds); none
+    /// when one of them was never scrubbed or none answered.
+    scrubbed_unix: Option<u64>,
+}
+
+/// Queued repairs, as `--json` prints them.
+#[derive(Serialize)]
+struct Repairs {
+    pending: usize,
 }
 
 fn gib(b: u64) -> String {
@@ -35,23 +46,32 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
     // Dead bytes live on the stores; ask every store that is up (one that does not answer
     // is shown without them).
     let mut dead: HashMap<u32, u64> = HashMap::new();
+    let mut scrubbed: HashMap<u32, Option<u64>> = HashMap::new();
     for s in stores.iter().filter(|s| s.state == StoreState::Up) {
         if let Ok(vols) = store_client.volumes(&s.url).await {
             for v in vols {
                 let d = dead.entry(v.id).or_insert(0);
                 *d = (*d).max(v.dead_bytes);
+                let at = scrubbed.entry(v.id).or_insert(v.scrubbed_unix);
+                *at = match (*at, v.scrubbed_unix) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
             }
         }
     }
+    let repairs = dir.repairs().await.map(|r| r.len()).ok();
     let status = Status {
         volumes: volumes
             .into_iter()
             .map(|v| VolumeStatus {
                 dead_bytes: dead.get(&v.id).copied(),
+                scrubbed_unix: scrubbed.get(&v.id).copied().flatten(),
                 directory: v,
             })
             .collect(),
         stores,
+        repairs: repairs.map(|pending| Repairs { pending }),
     };
     if json {
         let out = serde_json::to_string_pretty(&status).map_err(|e| e.to_string())?;
@@ -81,9 +101,13 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
     }
     println!();
     println!("VOLUMES");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     println!(
-        "{:<6} {:<10} {:>6} {:>12} REPLICAS",
-        "ID", "STATE", "FILL", "DEAD"
+        "{:<6} {:<10} {:>6} {:>12} {:>10} REPLICAS",
+        "ID", "STATE", "FILL", "DEAD", "SCRUBBED"
     );
     for v in &status.volumes {
         let d = &v.directory;
@@ -104,16 +128,26 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
             .iter()
             .map(|r| format!("{}{}", r.url, if r.up { "" } else { " (DOWN)" }))
             .collect();
+        let scrubbed = match v.scrubbed_unix {
+            Some(t) => format!("{}h ago", now.saturating_sub(t) / 3600),
+            None => "never".into(),
+        };
         println!(
-            "{:<6} {:<10} {:>6} {:>12} {}",
+            "{:<6} {:<10} {:>6} {:>12} {:>10} {}",
             d.id,
             state,
             fill,
             v.dead_bytes
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "?".into()),
+            scrubbed,
             replicas.join(", ")
         );
+    }
+    println!();
+    match status.repairs {
+        Some(r) => println!("REPAIRS QUEUED: {}", r.pending),
+        None => println!("REPAIRS QUEUED: ? (the directory did not answer)"),
     }
     Ok(())
 }

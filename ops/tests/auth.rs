@@ -55,6 +55,8 @@ fn table() -> Vec<Route> {
         r("store", Method::GET, "/v1/volumes/{volume}/export", Admin),
         r("store", Method::POST, "/v1/volumes/{volume}/import", Admin),
         r("store", Method::GET, "/v1/volumes/{volume}/needles", Read),
+        r("store", Method::GET, "/v1/volumes/{volume}/digest", Read),
+        r("store", Method::POST, "/v1/volumes/{volume}/repair", Admin),
         r("store", Method::POST, "/v1/volumes/{volume}/gc", Admin),
         r("store", Method::POST, "/v1/volumes/{volume}/compact", Admin),
         r(
@@ -105,6 +107,12 @@ fn table() -> Vec<Route> {
             Admin,
         ),
         r("directory", Method::POST, "/v1/assign", Internal),
+        r("directory", Method::GET, "/v1/repairs", Read),
+        r("directory", Method::POST, "/v1/repairs", Internal),
+        r("directory", Method::GET, "/v1/kv/{space}", Internal),
+        r("directory", Method::PUT, "/v1/kv/{space}", Internal),
+        r("directory", Method::DELETE, "/v1/kv/{space}", Internal),
+        r("directory", Method::GET, "/v1/kv/{space}/scan", Internal),
         r("directory", Method::POST, "/v1/photos", Internal),
         r("directory", Method::GET, "/v1/photos/{id}", Read),
         r(
@@ -175,6 +183,8 @@ fn source_routes(src: &str) -> BTreeSet<(String, String)> {
     }
     let mut out = BTreeSet::new();
     let mut resource: Option<String> = None;
+    // A scope's own `.route("/{..}", ..)` calls are relative to it.
+    let mut scope: Option<String> = None;
     for l in &joined {
         let l = l.as_str();
         let lit = |after: &str| -> Option<String> {
@@ -189,7 +199,8 @@ fn source_routes(src: &str) -> BTreeSet<(String, String)> {
         };
         if l.contains("web::scope(\"") {
             if let Some(p) = lit("web::scope(") {
-                out.insert(("*".to_string(), p));
+                out.insert(("*".to_string(), p.clone()));
+                scope = Some(p);
             }
             resource = None;
         } else if l.contains("web::resource(\"") {
@@ -199,7 +210,10 @@ fn source_routes(src: &str) -> BTreeSet<(String, String)> {
             }
         } else if l.starts_with(".route( \"") || l.starts_with(".route(\"") {
             if let (Some(p), Some(m)) = (lit(".route("), method_of(l)) {
-                out.insert((m, p));
+                match &scope {
+                    Some(sc) if p.starts_with("/{") => out.insert((m, format!("{sc}{p}"))),
+                    _ => out.insert((m, p)),
+                };
             }
         } else if l.starts_with(".route(web::") {
             if let (Some(p), Some(m)) = (&resource, method_of(l)) {
@@ -215,6 +229,7 @@ fn every_route_in_the_sources_is_in_the_table() {
     let sources = [
         ("store", include_str!("../../store/src/http.rs")),
         ("directory", include_str!("../../directory/src/http.rs")),
+        ("directory", include_str!("../../directory/src/http_kv.rs")),
         ("cache", include_str!("../../cache/src/http.rs")),
         ("uploader", include_str!("../../uploader/src/http.rs")),
     ];
@@ -226,7 +241,7 @@ fn every_route_in_the_sources_is_in_the_table() {
             "{service}: the route scan found {found:?}"
         );
         // The scanner reads calls rustfmt broke over several lines too.
-        if service == "directory" {
+        if service == "directory" && src.contains("set_volume_state") {
             let state = (
                 "POST".to_string(),
                 "/v1/volumes/{volume_id}/state".to_string(),
@@ -296,7 +311,8 @@ impl World {
             .replace("{other_id}", "12345")
             .replace("{alt}", "0")
             .replace("{cookie}", &haystack_proto::format_cookie(p.cookie))
-            .replace("{store_id}", &self.store_id.to_string());
+            .replace("{store_id}", &self.store_id.to_string())
+            .replace("{space}", "authtest");
         format!("{}{path}", self.base(route.service))
     }
 

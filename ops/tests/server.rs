@@ -34,6 +34,7 @@ struct Ports {
     store: u16,
     cache: u16,
     uploader: u16,
+    s3: u16,
 }
 
 fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::process::Child {
@@ -52,6 +53,8 @@ fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::pro
             &p.cache.to_string(),
             "--uploader-port",
             &p.uploader.to_string(),
+            "--s3-port",
+            &p.s3.to_string(),
             "--max-volume-bytes",
             &(64u64 << 20).to_string(),
         ])
@@ -93,6 +96,7 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
         store: free_ports(3),
         cache: free_ports(1),
         uploader: free_ports(1),
+        s3: free_ports(1),
     };
     // The printed example, with one value changed, is a working config file.
     let example = Command::new(env!("CARGO_BIN_EXE_haystack"))
@@ -165,6 +169,18 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
     for v in &before {
         assert_eq!(v.replicas.len(), 2, "replication 2 by default");
     }
+    // The S3 role is part of the cluster: it answers, and refuses an unsigned listing.
+    let s3 = format!("http://127.0.0.1:{}", ports.s3);
+    let (health, anon) = rt.block_on(async {
+        let h = c
+            .get(format!("{s3}/health"))
+            .send()
+            .await
+            .expect("s3 health");
+        let a = c.get(format!("{s3}/")).send().await.expect("s3 list");
+        (h.status().as_u16(), a.status().as_u16())
+    });
+    assert_eq!((health, anon), (200, 403));
     let up = format!("http://127.0.0.1:{}", ports.uploader);
     let cache = format!("http://127.0.0.1:{}", ports.cache);
     let jpeg = make_jpeg(900, 600);

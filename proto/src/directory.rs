@@ -172,6 +172,11 @@ pub struct KeyedCommit {
     /// another body under the same key is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_hash: Option<String>,
+    /// Store ids of replicas that have not acknowledged the needles yet (a write committed
+    /// under a `quorum` or `one` acknowledgement policy): the directory queues their repair
+    /// (copies from a replica that has them) before it records the photo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "dec_u64_vec")]
+    pub pending_replicas: Vec<u64>,
 }
 
 /// What `POST /v1/photos/{id}/condemn` found or did.
@@ -340,4 +345,116 @@ pub struct ReplaceReplicaRequest {
     pub from_store_id: u64,
     #[serde(with = "dec_u64")]
     pub to_store_id: u64,
+}
+
+/// What a reader or a scrubber found wrong with one replica of a needle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DamageKind {
+    /// The needle failed a check (CRC, header, key): never served, to be rewritten.
+    Corrupt,
+    /// The replica does not have the needle (404) while another one does.
+    Missing,
+}
+
+/// `POST /v1/repairs`: one replica of a needle is damaged or missing. The directory checks the
+/// report against its own records (a live photo with that cookie and alternate key, a
+/// replica of that volume) before it queues a repair, so a wrong report changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamageReport {
+    pub volume: u32,
+    #[serde(with = "dec_u64")]
+    pub key: u64,
+    pub alt: u32,
+    /// The cookie the reader used; a scrubber (which reads no cookie) sends none.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex_u64")]
+    pub cookie: Option<u64>,
+    /// Base URL of the damaged replica's store.
+    pub store_url: String,
+    pub kind: DamageKind,
+}
+
+/// The answer to a [`DamageReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DamageReply {
+    /// A repair is queued (or was already).
+    pub queued: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a queued repair does to one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepairAction {
+    /// Copy the photo's needles onto the replica from one that has them intact.
+    Copy,
+    /// Delete the photo's needles on the replica (a delete it missed).
+    Delete,
+}
+
+/// One queued repair (`GET /v1/repairs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairTaskInfo {
+    #[serde(with = "dec_u64")]
+    pub photo_id: u64,
+    pub volume: u32,
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+    pub action: RepairAction,
+    pub reason: String,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// How many buckets anti-entropy's second digest round asks for, for a volume of `needles`
+/// needles: about 256 needles a bucket (so a differing bucket lists a few KiB), 256 to
+/// 65,536 buckets (so the digests stay small).
+pub fn digest_buckets(needles: u64) -> u32 {
+    (needles / 256).next_power_of_two().clamp(256, 65_536) as u32
+}
+
+/// The most buckets one needle listing may name.
+pub const MAX_LISTED_BUCKETS: usize = 1024;
+
+/// Optional u64 as a hex string (cookies).
+pub mod opt_hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&format!("{v:016x}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(t) => super::hex_u64::parse(&t)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("cookie must be 16 lowercase hex digits")),
+        }
+    }
+}
+
+/// Serde helpers: a list of u64 ids as decimal strings.
+pub mod dec_u64_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| x.to_string()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| serde::de::Error::custom("expected a decimal id string"))
+            })
+            .collect()
+    }
 }

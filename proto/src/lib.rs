@@ -45,6 +45,9 @@ pub struct VolumeInfo {
     /// Progress of a compaction running on this replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<CompactionProgress>,
+    /// When the store's scrubber last finished a full pass over this replica (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrubbed_unix: Option<u64>,
 }
 
 /// How far a running compaction got: bytes of live needles copied, of those known so far.
@@ -113,6 +116,7 @@ pub mod auth;
 pub mod batch;
 pub mod directory;
 pub mod id;
+pub mod kv;
 pub mod needle;
 
 pub use needle::NeedleAddr;

@@ -118,6 +118,7 @@ const URL_OWNERS: &[&str] = &[
     "proto/src/needle.rs",
     "store/src/http.rs",
     "directory/src/http.rs",
+    "directory/src/http_kv.rs",
     "cache/src/http.rs",
     "uploader/src/http.rs",
     "directory/src/dashboard.html",

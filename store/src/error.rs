@@ -54,6 +54,9 @@ pub enum StoreError {
     /// A needle write whose write token does not cover it (or has expired).
     #[error("{0}")]
     Forbidden(String),
+    /// A repair's good copy is not the needle this volume holds under that key.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

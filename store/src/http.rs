@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use haystack_proto::auth::Access;
 use haystack_proto::batch::{self, BatchError};
+use haystack_proto::directory::MAX_LISTED_BUCKETS;
 use haystack_proto::needle::NeedleAddrError;
 use haystack_proto::range::{decide, if_none_match, RangeDecision};
 use haystack_proto::{ErrorBody, NeedleAddr};
@@ -25,7 +26,7 @@ use serde::Deserialize;
 
 use crate::error::StoreError;
 use crate::store::Store;
-use crate::volume::NeedleData;
+use crate::volume::{bucket_of, NeedleData, MAX_DIGEST_BUCKETS};
 
 /// An error as the HTTP API answers it: a status and a JSON [`ErrorBody`].
 #[derive(Debug)]
@@ -63,6 +64,7 @@ impl ApiError {
             Busy(_) => (StatusCode::CONFLICT, "busy"),
             NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Mismatch(_) => (StatusCode::CONFLICT, "needle_mismatch"),
         }
     }
 }
@@ -322,6 +324,9 @@ async fn put_batch(
     }
     let n = needles.len();
     vol.write_batch(needles).await?;
+    if let Some(s) = req.app_data::<web::Data<SlowBatches>>() {
+        tokio::time::sleep(s.0).await;
+    }
     Ok(HttpResponse::Created().json(serde_json::json!({ "volume": vid, "written": n })))
 }
 
@@ -434,14 +439,93 @@ async fn import_volume(
     Ok(HttpResponse::Created().json(info))
 }
 
-async fn list_needles(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+#[derive(Deserialize)]
+struct NeedlesQuery {
+    /// Digest buckets to list: one, or several separated by commas.
+    bucket: Option<String>,
+    buckets: Option<u32>,
+}
+
+/// The volume's needle list, or some buckets of it (`?bucket=B[,B...]&buckets=N`, the buckets
+/// of `digest`): keys, alternate keys, delete flags and extents. One pass over the index
+/// whatever the number of buckets named.
+async fn list_needles(
+    req: HttpRequest,
+    q: web::Query<NeedlesQuery>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let keys = store.volume(vid)?.needle_keys();
-    let needles: Vec<serde_json::Value> = keys
+    let filter: Option<(std::collections::HashSet<u32>, u32)> = match (&q.bucket, q.buckets) {
+        (None, None) => None,
+        (Some(list), Some(n)) if (1..=MAX_DIGEST_BUCKETS).contains(&n) => {
+            let mut set = std::collections::HashSet::new();
+            for b in list.split(',') {
+                match b.trim().parse::<u32>() {
+                    Ok(b) if b < n => set.insert(b),
+                    _ => return Err(bad(format!("bucket {b:?} is not a number below {n}"))),
+                };
+            }
+            if set.len() > MAX_LISTED_BUCKETS {
+                return Err(bad(format!(
+                    "at most {MAX_LISTED_BUCKETS} buckets in one listing"
+                )));
+            }
+            Some((set, n))
+        }
+        _ => {
+            return Err(bad(format!(
+                "bucket and buckets go together, with buckets from 1 to {MAX_DIGEST_BUCKETS}"
+            )))
+        }
+    };
+    let entries = store.volume(vid)?.needle_entries();
+    let needles: Vec<serde_json::Value> = entries
         .into_iter()
-        .map(|(k, a, d)| serde_json::json!({"key": k.to_string(), "alt": a, "deleted": d}))
+        .filter(|e| {
+            filter
+                .as_ref()
+                .is_none_or(|(set, n)| set.contains(&bucket_of(e.key, e.alt, *n)))
+        })
+        .map(|e| {
+            serde_json::json!({"key": e.key.to_string(), "alt": e.alt, "deleted": e.deleted, "extent": e.extent})
+        })
         .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "needles": needles})))
+}
+
+#[derive(Deserialize)]
+struct DigestQuery {
+    buckets: Option<u32>,
+}
+
+/// The digest of the volume's needle list, for replica comparison (anti-entropy).
+async fn volume_digest(
+    req: HttpRequest,
+    q: web::Query<DigestQuery>,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    Ok(HttpResponse::Ok().json(store.volume(vid)?.digest(q.buckets.unwrap_or(1))?))
+}
+
+/// Repairs needles from good copies (a batch body, as `batch`, holding needles read from
+/// another replica): each is left intact, rewritten in place, appended or left deleted.
+async fn repair_needles(
+    req: HttpRequest,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let vol = store.volume(vid)?;
+    let body = read_body(&req, payload, store.config().max_write_bytes).await?;
+    let needles = parse_batch(body, store.config().max_needle_bytes)?;
+    let mut results = Vec::with_capacity(needles.len());
+    for n in needles {
+        let (key, alt) = (n.key, n.alt);
+        let outcome = vol.repair(n).await?;
+        results.push(serde_json::json!({"key": key.to_string(), "alt": alt, "outcome": outcome}));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": vid, "results": results})))
 }
 
 #[derive(Deserialize)]
@@ -547,6 +631,8 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("import")) => "/v1/volumes/{volume}/import",
             (4, Some("needles")) => "/v1/volumes/{volume}/needles",
             (4, Some("gc")) => "/v1/volumes/{volume}/gc",
+            (4, Some("digest")) => "/v1/volumes/{volume}/digest",
+            (4, Some("repair")) => "/v1/volumes/{volume}/repair",
             (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
         };
@@ -591,7 +677,12 @@ pub fn access(method: &Method, path: &str) -> Access {
     }
     match route_label(path) {
         "/health" | "/metrics" if read => Access::Public,
-        "/v1/volumes" | "/v1/volumes/{volume}" | "/v1/volumes/{volume}/needles" if read => {
+        "/v1/volumes"
+        | "/v1/volumes/{volume}"
+        | "/v1/volumes/{volume}/needles"
+        | "/v1/volumes/{volume}/digest"
+            if read =>
+        {
             Access::Read
         }
         "/v1/volumes/{volume}/batch" => Access::Write,
@@ -626,6 +717,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/needles")
                 .route(web::get().to(list_needles))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/digest")
+                .route(web::get().to(volume_digest))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/repair")
+                .route(web::post().to(repair_needles))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
@@ -690,7 +791,14 @@ pub struct ServerOptions {
     pub workers: usize,
     /// Seconds to let in-flight requests finish on shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Benchmarks only: every batch write is answered this many ms late (a slow replica, for
+    /// measuring write acknowledgement policies). 0 (the default) is off.
+    pub slow_batch_ms: u64,
 }
+
+/// The delay of `ServerOptions::slow_batch_ms`.
+#[derive(Clone, Copy)]
+struct SlowBatches(std::time::Duration);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -698,6 +806,7 @@ impl Default for ServerOptions {
             memory_ceiling_bytes: None,
             workers: 0,
             shutdown_timeout_secs: 30,
+            slow_batch_ms: 0,
         }
     }
 }
@@ -715,6 +824,8 @@ fn build_server(
         .check_listener(listener.local_addr()?)
         .map_err(std::io::Error::other)?;
     let data = web::Data::new(store);
+    let slow = (opts.slow_batch_ms > 0)
+        .then(|| SlowBatches(std::time::Duration::from_millis(opts.slow_batch_ms)));
     let ceiling = opts
         .memory_ceiling_bytes
         .map(|n| web::Data::new(MemoryCeiling(Bytes::from(vec![0x5a; n]))));
@@ -724,6 +835,9 @@ fn build_server(
             .wrap(guard.layer())
             .wrap(actix_web::middleware::from_fn(record_metrics))
             .configure(routes);
+        if let Some(s) = slow {
+            app = app.app_data(web::Data::new(s));
+        }
         if let Some(c) = &ceiling {
             app = app
                 .app_data(c.clone())

@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod index;
 pub mod metrics;
+pub mod scrub;
 pub mod server;
 #[cfg(feature = "test-hooks")]
 pub mod sim;
@@ -19,11 +20,13 @@ pub mod volume;
 
 pub use engine::{EngineKind, Fault, IoEngine};
 pub use error::StoreError;
+pub use scrub::ScrubConfig;
 pub use server::{run, run_with, RunConfig};
 pub use store::{Store, StoreConfig};
+pub use volume::{
+    bucket_of, CompactReport, CorruptNeedle, Damage, DamageKind, Digest, Needle, NeedleData,
+    NeedleEntry, RebuildReport, RepairOutcome, VerifyReport, Volume, VolumeConfig,
+    MAX_DIGEST_BUCKETS,
+};
 #[cfg(feature = "test-hooks")]
 pub use volume::{CompactPause, CrashPoint};
-pub use volume::{
-    CompactReport, CorruptNeedle, Damage, DamageKind, Needle, NeedleData, RebuildReport,
-    VerifyReport, Volume, VolumeConfig,
-};

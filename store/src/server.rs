@@ -1,5 +1,5 @@
 //! The store role's entry point: open the store, start its background workers (heartbeats
-//! to the directory, automatic compaction) and the HTTP server, and stop them all on
+//! to the directory, automatic compaction, scrubbing) and the HTTP server, and stop them all on
 //! shutdown: the server first (in-flight requests finish), then the workers (within a
 //! deadline), then the index checkpoints are flushed.
 
@@ -15,6 +15,7 @@ use haystack_service::{CancellationToken, Next, Worker, WorkerSet};
 use crate::error::{Result, StoreError};
 use crate::heartbeat::{HeartbeatConfig, HeartbeatWorker};
 use crate::http::ServerOptions;
+use crate::scrub::{ScrubConfig, Scrubber};
 use crate::store::{Store, StoreConfig};
 
 /// Everything a store role needs besides its listener.
@@ -26,6 +27,8 @@ pub struct RunConfig {
     pub heartbeat: Option<HeartbeatConfig>,
     /// Volumes to create at start when missing.
     pub create_volumes: Vec<u32>,
+    /// Background scrubbing (on by default at the weekly rate).
+    pub scrub: ScrubConfig,
 }
 
 /// Opens the store of `config` and runs it on `listener` until `shutdown` completes.
@@ -52,6 +55,15 @@ pub async fn run_with(
 ) -> Result<()> {
     let token = CancellationToken::new();
     let workers = WorkerSet::new(token.child_token());
+    let mut scrub = config.scrub.clone();
+    if scrub.report_to.is_none() {
+        scrub.report_to = config
+            .heartbeat
+            .as_ref()
+            .map(|h| (h.directory_url.clone(), h.public_url.clone()));
+    }
+    let scrubber = Scrubber::new(store.clone(), scrub);
+    workers.spawn("scrub", scrubber, Options::default(), None);
     if let Some(hb) = config.heartbeat {
         let w = HeartbeatWorker::new(store.clone(), hb);
         let opts = w.options();

@@ -26,6 +26,7 @@ fn quarantine_info(cfg: &StoreConfig, id: u32, reason: String) -> VolumeInfo {
         dead_bytes: 0,
         reason: Some(format!("unavailable: {reason}")),
         compaction: None,
+        scrubbed_unix: None,
     }
 }
 
@@ -60,6 +61,11 @@ pub struct StoreConfig {
     /// secret from its own file or the environment).
     #[serde(skip)]
     pub security: haystack_service::auth::Security,
+    /// Background scrubbing rate, MiB/s; 0 turns it off. Default (absent): the data
+    /// directory's file system in about a week, at least 1 MiB/s.
+    pub scrub_mib_per_sec: Option<u64>,
+    /// A scrub read slower than this (ms) pauses the scrubber for a second. Default 50.
+    pub scrub_slow_read_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -77,6 +83,8 @@ impl Default for StoreConfig {
             auto_compact_interval_secs: 60,
             io_timeout_secs: 30,
             security: Default::default(),
+            scrub_mib_per_sec: None,
+            scrub_slow_read_ms: 50,
         }
     }
 }

@@ -30,6 +30,7 @@ use crate::index::{Loc, MemIndex, SortedIndex};
 
 mod compact;
 mod recover;
+mod repair;
 mod write;
 
 #[cfg(feature = "test-hooks")]
@@ -39,6 +40,7 @@ pub use compact::CrashPoint;
 pub use compact::{CompactReport, ExportSnapshot, RebuildReport};
 use recover::{recover_writable, Recovered};
 pub use recover::{Damage, DamageKind};
+pub use repair::{bucket_of, Digest, NeedleEntry, RepairOutcome, MAX_DIGEST_BUCKETS};
 use write::{Append, GroupCommit, Queued};
 
 /// Limits of one volume.
@@ -242,6 +244,8 @@ pub struct Volume {
     on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
     /// What the last recovery (open or index rebuild) could not index.
     damage: Mutex<Vec<Damage>>,
+    /// When the scrubber last finished a pass (Unix seconds; 0: never).
+    scrubbed: AtomicU64,
 }
 
 use haystack_service::sync::lock;
@@ -420,6 +424,7 @@ impl Volume {
             compaction: Mutex::new(None),
             on_change: std::sync::OnceLock::new(),
             damage: Mutex::new(found_damage),
+            scrubbed: AtomicU64::new(0),
         };
         tracing::info!(
             volume = id,
@@ -777,6 +782,7 @@ impl Volume {
             dead_bytes: size.saturating_sub(SUPERBLOCK_LEN).saturating_sub(live),
             reason,
             compaction: self.compaction_progress(),
+            scrubbed_unix: Some(self.scrubbed_unix()).filter(|t| *t > 0),
         }
     }
 
@@ -789,14 +795,7 @@ impl Volume {
     /// alternate key, footer, data CRC): the full scan behind `haystack volume verify`.
     /// Needles written during the scan are not included.
     pub async fn verify(&self) -> Result<VerifyReport> {
-        let (entries, file): (Vec<IndexEntry>, Arc<File>) = {
-            let st = self.read_index();
-            let e = match &st.index {
-                VolIndex::Mem(m) => m.iter().filter(|e| !e.2.deleted).collect(),
-                VolIndex::Sealed(s) => s.iter().filter(|e| !e.2.deleted).collect(),
-            };
-            (e, st.file.clone())
-        };
+        let (entries, file) = self.live_entries();
         let mut report = VerifyReport {
             volume: self.id,
             checked: 0,
@@ -805,24 +804,9 @@ impl Volume {
             unindexed: lock(&self.damage).clone(),
         };
         for (key, alt, loc) in entries {
-            let buf = self
-                .engine
-                .read_at(&file, loc.offset, loc.extent as usize)
-                .await?;
             report.checked += 1;
-            report.bytes += buf.len() as u64;
-            let problem = match parse_needle(&buf) {
-                Err(e) => Some(e.to_string()),
-                Ok(p) if p.header.key != key || p.header.alt != alt => {
-                    Some("the needle at this offset has another key".to_string())
-                }
-                Ok(p) if p.header.tag != self.tag => {
-                    Some("the needle carries another volume's tag".to_string())
-                }
-                Ok(_) => None,
-            };
-            if let Some(detail) = problem {
-                metrics::counter!("haystack_store_crc_errors_total").increment(1);
+            report.bytes += u64::from(loc.extent);
+            if let Some(detail) = self.check_needle(&file, key, alt, loc).await? {
                 tracing::error!(volume = self.id, key, alt, offset = loc.offset, %detail, "verify: corrupt needle");
                 report.corrupt.push(CorruptNeedle {
                     key: key.to_string(),
@@ -833,6 +817,57 @@ impl Volume {
             }
         }
         Ok(report)
+    }
+
+    /// The live needles the index knows and the file they are in (a snapshot: verify and the
+    /// scrubber walk it while writes go on).
+    pub fn live_entries(&self) -> (Vec<IndexEntry>, Arc<File>) {
+        let st = self.read_index();
+        let e = match &st.index {
+            VolIndex::Mem(m) => m.iter().filter(|e| !e.2.deleted).collect(),
+            VolIndex::Sealed(s) => s.iter().filter(|e| !e.2.deleted).collect(),
+        };
+        (e, st.file.clone())
+    }
+
+    /// Reads one needle of a [`Volume::live_entries`] snapshot and checks it (magic, header
+    /// CRC, key and alternate key, tag, footer, data CRC). `Some(detail)`: it is corrupt
+    /// (counted in `haystack_store_crc_errors_total`). A read error is an error.
+    pub async fn check_needle(
+        &self,
+        file: &Arc<File>,
+        key: u64,
+        alt: u32,
+        loc: Loc,
+    ) -> Result<Option<String>> {
+        let buf = self
+            .engine
+            .read_at(file, loc.offset, loc.extent as usize)
+            .await?;
+        let problem = match parse_needle(&buf) {
+            Err(e) => Some(e.to_string()),
+            Ok(p) if p.header.key != key || p.header.alt != alt => {
+                Some("the needle at this offset has another key".to_string())
+            }
+            Ok(p) if p.header.tag != self.tag => {
+                Some("the needle carries another volume's tag".to_string())
+            }
+            Ok(_) => None,
+        };
+        if problem.is_some() {
+            metrics::counter!("haystack_store_crc_errors_total").increment(1);
+        }
+        Ok(problem)
+    }
+
+    /// When the scrubber last finished a pass over this volume (Unix seconds; 0: never).
+    pub fn scrubbed_unix(&self) -> u64 {
+        self.scrubbed.load(Ordering::Relaxed)
+    }
+
+    /// Records a finished scrub pass (the scrubber; also restored from its state file).
+    pub fn set_scrubbed_unix(&self, at: u64) {
+        self.scrubbed.store(at, Ordering::Relaxed);
     }
 }
 
@@ -859,4 +894,4 @@ pub struct CorruptNeedle {
 }
 
 /// An index entry: key, alternate key, location.
-type IndexEntry = (u64, u32, Loc);
+pub type IndexEntry = (u64, u32, Loc);

@@ -88,6 +88,7 @@ pub async fn start_server(dir: &Path, kind: EngineKind) -> TestServer {
         workers: 1,
         shutdown_timeout_secs: 5,
         memory_ceiling_bytes: None,
+        slow_batch_ms: 0,
     };
     let done = tokio::spawn(haystack_store::http::run(
         listener,
@@ -112,4 +113,18 @@ pub fn volume_tag(dir: &Path, id: u32) -> u32 {
     haystack_store::format::Superblock::decode(&bytes[..64])
         .expect("superblock")
         .tag
+}
+
+/// Flips bit 5 of the byte at `at` in the file at `path` (the store may have it open).
+pub fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for flipping");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).expect("read the byte");
+    b[0] ^= 0x20;
+    f.write_all_at(&b, at).expect("write the byte");
 }

@@ -10,18 +10,6 @@ use haystack_store::StoreError;
 
 use crate::common::*;
 
-fn flip(path: &std::path::Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn flipped_bytes_in_data_and_header_are_detected_on_read() {
     for kind in ENGINES {

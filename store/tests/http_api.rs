@@ -289,6 +289,42 @@ fn bad_input_gets_json_4xx() {
                 StatusCode::BAD_REQUEST,
                 "bad_request",
             ),
+            // Replica comparison and repair: bad parameters and bodies.
+            (
+                c.get(s.url("/v1/volumes/1/digest?buckets=0")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/volumes/1/digest?buckets=99999999")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/volumes/1/needles?bucket=3")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/volumes/1/needles?bucket=1,x&buckets=16")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/volumes/1/needles?bucket=16&buckets=16")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/repair")).body("not a batch"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.get(s.url("/v1/volumes/1/repair")),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
             (
                 c.get(s.url("/v1/needles/1/1/0/12345678901234567")),
                 StatusCode::BAD_REQUEST,

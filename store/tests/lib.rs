@@ -10,5 +10,6 @@ mod http_api;
 mod model;
 mod powercut;
 mod recovery;
+mod repair;
 mod scale;
 mod trust;

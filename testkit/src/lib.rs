@@ -51,6 +51,12 @@ pub struct ClusterOptions {
     pub store_timeout_ms: u64,
     /// Down time after which the directory re-replicates a store's volumes, ms (0: never).
     pub rereplicate_after_ms: u64,
+    /// The directory's anti-entropy interval, ms (0: off, the default here).
+    pub anti_entropy_interval_ms: u64,
+    /// The stores' scrubber (off by default here: `bytes_per_sec: Some(0)`).
+    pub scrub: haystack_store::ScrubConfig,
+    /// Benchmarks: store `.0` answers every batch write `.1` ms late (a slow replica).
+    pub slow_store: Option<(usize, u64)>,
 }
 
 impl Default for ClusterOptions {
@@ -66,6 +72,12 @@ impl Default for ClusterOptions {
             engine: EngineKind::Auto,
             store_timeout_ms: 3_000,
             rereplicate_after_ms: 0,
+            anti_entropy_interval_ms: 0,
+            scrub: haystack_store::ScrubConfig {
+                bytes_per_sec: Some(0),
+                ..Default::default()
+            },
+            slow_store: None,
         }
     }
 }
@@ -195,6 +207,7 @@ impl Cluster {
             cache_purge_urls: opts.cache_purge_urls.clone(),
             notify_timeout_ms: 2_000,
             rereplicate_after_ms: opts.rereplicate_after_ms,
+            anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
             ..Default::default()
         };
         let directory = spawn_node("directory", dir_listener, move |l, rx| async move {
@@ -232,6 +245,11 @@ impl Cluster {
             ..Default::default()
         };
         let directory_url = self.directory.url();
+        let scrub = self.opts.scrub.clone();
+        let slow_batch_ms = match self.opts.slow_store {
+            Some((s, ms)) if s == i => ms,
+            _ => 0,
+        };
         spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
             let public_url = format!("http://{}", l.local_addr().expect("addr"));
             let run = haystack_store::RunConfig {
@@ -243,6 +261,11 @@ impl Cluster {
                     rack: None,
                     interval: Duration::from_secs(1),
                 }),
+                scrub,
+                http: haystack_store::http::ServerOptions {
+                    slow_batch_ms,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             haystack_store::run(l, run, stopped(rx))

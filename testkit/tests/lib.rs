@@ -1,5 +1,7 @@
 //! The harness itself: a cluster starts, takes a photo on every replica, loses a store and
-//! gets it back with its data.
+//! gets it back with its data; and the self-healing of a cluster (`selfheal`).
+
+mod selfheal;
 
 use haystack_proto::directory::{AssignRequest, AssignResponse};
 use haystack_proto::format_cookie;

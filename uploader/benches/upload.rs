@@ -6,7 +6,10 @@
 //!     cargo bench -p haystack-uploader --bench upload -- video [--mib N] [--chunk-mib N]
 //!
 //! `photos` posts the same small JPEG N times (default 2000, 16 at a time, at most 120 s) and
-//! prints uploads per second and latencies. `video` streams one video of N MiB (default
+//! prints uploads per second and latencies. `--stores S --replication R` shape the cluster
+//! (default 2 and 2), `--slow-ms M` makes the last store answer every batch write M ms late
+//! (a slow replica: a test hook of the store), `--write-ack all|quorum|one` sets the
+//! uploader's acknowledgement policy. `video` streams one video of N MiB (default
 //! 1024) made on the fly from a 64 KiB buffer, with the directory and stores in a child
 //! process (this binary in `cluster` mode), and prints this process's RSS (the uploader's and
 //! the client's) before and its peak during the upload (peak reset through
@@ -103,20 +106,33 @@ async fn photos(args: &[String]) {
         arg(args, "--width", 640) as u32,
         arg(args, "--height", 480) as u32,
     );
+    let stores = arg(args, "--stores", 2) as usize;
+    let replication = arg(args, "--replication", 2) as usize;
+    let slow_ms = arg(args, "--slow-ms", 0);
+    let ack: haystack_client::store::WriteAck = args
+        .iter()
+        .position(|a| a == "--write-ack")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--write-ack all|quorum|one"))
+        .unwrap_or_default();
     let cluster = Cluster::start(ClusterOptions {
         volume_bytes: 1 << 30,
+        stores,
+        replication,
+        slow_store: (slow_ms > 0).then(|| (stores - 1, slow_ms)),
         ..Default::default()
     })
     .await;
     let (url, _stop) = start_uploader(UploaderConfig {
         directory_url: cluster.directory_url(),
+        write_ack: ack,
         ..Default::default()
     });
     let http = reqwest::Client::new();
     wait_up(&http, &url).await;
     let body = Bytes::from(small_jpeg(w, h));
     println!(
-        "photos: {count} uploads of a {w}x{h} JPEG ({} bytes), concurrency {conc}, 2 stores, replication 2; load average before {}",
+        "photos: {count} uploads of a {w}x{h} JPEG ({} bytes), concurrency {conc}, {stores} stores, replication {replication}, write_ack {ack:?}, last store {slow_ms} ms slow per batch; load average before {}",
         body.len(),
         loadavg()
     );

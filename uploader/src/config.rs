@@ -1,6 +1,7 @@
 //! The uploader's configuration: a serde struct with a documented default for every field,
 //! validated once at start-up by [`UploaderConfig::validate`].
 
+use haystack_client::store::WriteAck;
 use serde::{Deserialize, Serialize};
 
 use crate::error::UploaderError;
@@ -63,6 +64,11 @@ pub struct UploaderConfig {
     pub store_timeout_ms: u64,
     /// Timeout of one request to the directory, ms. Default 10000.
     pub directory_timeout_ms: u64,
+    /// How many replicas must acknowledge a photo's needles before it is committed: `all`
+    /// (default), `quorum` or `one`. A request's `Haystack-Write-Ack` header may ask for more,
+    /// never less (the stricter of the two wins). Replicas left behind are copied by the
+    /// directory's repair worker. Videos are written to every replica whatever this says.
+    pub write_ack: WriteAck,
     /// actix-web worker threads. Default 2.
     pub http_workers: usize,
     /// Seconds in-flight requests get to finish on shutdown. Default 60.
@@ -101,6 +107,7 @@ impl Default for UploaderConfig {
             write_attempts: 3,
             store_timeout_ms: 30_000,
             directory_timeout_ms: 10_000,
+            write_ack: WriteAck::All,
             http_workers: 2,
             shutdown_timeout_secs: 60,
             uploads_per_minute_per_client: 600,

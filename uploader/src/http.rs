@@ -3,6 +3,7 @@
 //! Idempotency-Key header) lives here, and so does the one mapping from [`UploaderError`] to
 //! an HTTP status and error code. docs/API.md ("Uploader") documents every route.
 
+use haystack_client::store::WriteAck;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, TcpListener};
@@ -214,6 +215,13 @@ fn idempotency_key(req: &HttpRequest) -> ApiResult<Option<String>> {
     Ok(Some(k.to_string()))
 }
 
+/// The request's `Haystack-Write-Ack` (all, quorum, one), if any.
+fn write_ack(req: &HttpRequest) -> ApiResult<Option<WriteAck>> {
+    header_str(req, header::HeaderName::from_static("haystack-write-ack"))?
+        .map(|v| v.parse::<WriteAck>().map_err(UploaderError::BadRequest))
+        .transpose()
+}
+
 fn content_length(req: &HttpRequest) -> ApiResult<Option<u64>> {
     header_str(req, header::CONTENT_LENGTH)?
         .map(|v| {
@@ -318,8 +326,12 @@ async fn post_photo(
     authorize(&req, &state)?;
     let _slot = state.limits.admit(&req)?;
     let key = idempotency_key(&req)?;
+    let ack = write_ack(&req)?;
     let body = photo_body(&req, payload, state.uploader.config().max_photo_bytes).await?;
-    let (photo, outcome) = state.uploader.upload_photo(body, key.as_deref()).await?;
+    let (photo, outcome) = state
+        .uploader
+        .upload_photo(body, key.as_deref(), ack)
+        .await?;
     Ok(created(outcome, format!("/v1/photos/{}", photo.id), &photo))
 }
 

@@ -13,6 +13,7 @@
 //! itself (the directory's compare-and-set, with a SHA-256 of the body): a later or racing
 //! request with the same key and body is answered that photo, another body under the key 409.
 
+use haystack_client::store::WriteAck;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,7 +204,9 @@ impl Uploader {
         &self,
         body: Bytes,
         idempotency_key: Option<&str>,
+        ack: Option<WriteAck>,
     ) -> Result<(PhotoResponse, Outcome), UploaderError> {
+        let ack = ack.map_or(self.cfg.write_ack, |a| a.max(self.cfg.write_ack));
         let original_len = body.len() as u64;
         let hash = match idempotency_key {
             Some(_) => {
@@ -302,13 +305,18 @@ impl Uploader {
                 }])
             } else {
                 self.stores
-                    .write_batch_all(&a.replicas, a.volume_id, batch)
+                    .write_batch_acked(&a.replicas, a.volume_id, batch, ack)
                     .await
             };
-            match written {
-                Ok(()) => {
+            let pending_replicas = match written {
+                Ok(pending) => {
+                    if !pending.is_empty() {
+                        metrics::counter!("haystack_uploader_partial_writes_total").increment(1);
+                        tracing::info!(id = a.id, volume = a.volume_id, ?pending, ?ack, "photo committed before every replica acknowledged; the directory repairs the rest");
+                    }
                     metrics::counter!("haystack_uploader_bytes_written_total")
                         .increment(size_hint * a.replicas.len() as u64);
+                    pending
                 }
                 Err(errs) => {
                     if errs.iter().any(ReplicaError::is_too_large) {
@@ -331,7 +339,7 @@ impl Uploader {
                     failed_volumes.push(a.volume_id);
                     continue;
                 }
-            }
+            };
             let info = self
                 .commit(KeyedCommit {
                     commit: CommitRequest {
@@ -344,6 +352,7 @@ impl Uploader {
                     },
                     idempotency_key: idempotency_key.map(str::to_string),
                     request_hash: hash.clone(),
+                    pending_replicas,
                 })
                 .await?;
             if info.id != a.id {
@@ -539,6 +548,7 @@ impl Uploader {
                 },
                 idempotency_key: idempotency_key.map(str::to_string),
                 request_hash: digest.map(request_hash),
+                pending_replicas: Vec::new(),
             })
             .await?;
         if info.id != a.id {

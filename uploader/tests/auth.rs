@@ -159,16 +159,30 @@ async fn a_client_with_an_upload_in_progress_at_the_bound_gets_429() {
     .await;
     // One upload that has sent its head and part of its body, and stays open.
     let addr = h.url.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(
-        b"POST /v1/photos HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nabc",
-    )
-    .await
-    .unwrap();
-    // The same client's next upload is refused while it lasts (bounded wait for the first to
-    // be admitted).
+    let open_slow = || async {
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(
+            b"POST /v1/photos HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+        slow
+    };
+    let mut slow = open_slow().await;
+    // The same client's next upload is refused while it lasts. The two race: when the next
+    // one was admitted first, the slow one is the one refused (its connection then holds a
+    // 429); open it again and retry (bounded).
     let mut refused = false;
     for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut buf = [0u8; 512];
+        match slow.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => {
+                slow = open_slow().await;
+                continue;
+            }
+        }
         let r = h.post_photo(jpeg(64, 48), "image/jpeg").await;
         if r.status().as_u16() == 429 {
             let body: Value = r.json().await.unwrap();
@@ -176,7 +190,6 @@ async fn a_client_with_an_upload_in_progress_at_the_bound_gets_429() {
             refused = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(refused, "a second upload in progress was admitted");
     // Once the first is gone, uploads are admitted again.

@@ -130,3 +130,61 @@ async fn no_healthy_volume_is_a_clean_503_and_nothing_is_committed() {
     let p = done.expect("the retry succeeds once the store is back");
     assert_fully_written(&h, &p.id.to_string()).await;
 }
+
+/// Write acknowledgement: with one of two replicas dead (and the directory not yet aware),
+/// an uploader configured with `write_ack = "one"` commits at once and the directory copies
+/// the needles onto the dead replica when it returns; a request's `Haystack-Write-Ack: all`
+/// is stricter and wins (503 here); a value that is none of all/quorum/one is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_ack_one_commits_with_a_replica_down_and_the_replica_catches_up() {
+    let opts = ClusterOptions {
+        store_timeout_ms: 120_000,
+        ..Default::default()
+    };
+    let mut h = Harness::start_with(opts, |c| {
+        c.write_attempts = 1;
+        c.write_ack = haystack_client::store::WriteAck::One;
+    })
+    .await;
+    let body = jpeg(300, 200);
+    let (http, url) = (h.http.clone(), h.url.clone());
+    let post = |ack: &'static str| {
+        http.post(format!("{url}/v1/photos"))
+            .header("content-type", "image/jpeg")
+            .header("haystack-write-ack", ack)
+            .body(body.clone())
+            .send()
+    };
+    let bad = post("most").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let e: Value = bad.json().await.unwrap();
+    assert_eq!(e["error"], "bad_request", "{e}");
+
+    h.cluster.stop_store(1);
+    let all = post("all").await.unwrap();
+    assert_eq!(all.status(), 503, "the request asked for every replica");
+    let one = h.post_photo(body.clone(), "image/jpeg").await;
+    assert_eq!(one.status(), 201);
+    let p: PhotoResponse = one.json().await.unwrap();
+    h.cluster.start_store(1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let info = h.lookup(&p.id.to_string()).await;
+        let mut complete = true;
+        for v in &info.variants {
+            for r in &info.replicas {
+                let (status, bytes) = h.read_needle(&r.url, &info, v.alt).await;
+                complete &= status == 200 && bytes.len() as u64 == v.size_bytes;
+            }
+        }
+        if complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the returned replica did not get the photo's needles"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_fully_written(&h, &p.id.to_string()).await;
+}

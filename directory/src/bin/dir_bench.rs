@@ -134,6 +134,7 @@ async fn prepare(dir: &Directory, volumes: usize) -> Result<(), Box<dyn std::err
                         dead_bytes: 0,
                         reason: None,
                         compaction: None,
+                        scrubbed_unix: None,
                     })
                     .collect(),
             },

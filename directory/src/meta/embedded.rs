@@ -21,6 +21,9 @@ use async_trait::async_trait;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
+use std::ops::Bound;
+
+use super::ordered::{check_key, past_prefix, scan_start};
 use super::{Cas, Expect, MetaError, MetadataStore, Stored, Table};
 
 /// Most writes committed in one transaction.
@@ -31,6 +34,9 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const STORES: TableDefinition<u64, &[u8]> = TableDefinition::new("stores");
 const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
 const UPLOADS: TableDefinition<u64, &[u8]> = TableDefinition::new("uploads");
+const REPAIRS: TableDefinition<u64, &[u8]> = TableDefinition::new("repairs");
+/// The ordered keyspaces: `(space, key)` in that order, so a space is one contiguous range.
+const KV: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("kv");
 
 fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
     match t {
@@ -39,17 +45,24 @@ fn def(t: Table) -> TableDefinition<'static, u64, &'static [u8]> {
         Table::Stores => STORES,
         Table::Nodes => NODES,
         Table::Uploads => UPLOADS,
+        Table::Repairs => REPAIRS,
     }
 }
 
 /// The file name of the database inside the data dir.
 pub const DB_FILE: &str = "directory.redb";
 
+/// What a write goes to: a record of a u64-keyed table or of an ordered keyspace.
+enum Target {
+    Table(Table, u64),
+    Kv(u64, String),
+}
+
 struct WriteOp {
-    table: Table,
-    key: u64,
+    target: Target,
     expect: Expect,
-    data: Vec<u8>,
+    /// None: remove the record (only with `Expect::Version`).
+    data: Option<Vec<u8>>,
     reply: oneshot::Sender<Result<Cas, MetaError>>,
 }
 
@@ -82,6 +95,8 @@ impl EmbeddedStore {
                 txn.open_table(def(t))
                     .map_err(|e| unavailable("create table", e))?;
             }
+            txn.open_table(KV)
+                .map_err(|e| unavailable("create table", e))?;
             txn.commit().map_err(|e| unavailable("commit", e))?;
         }
         let db = Arc::new(db);
@@ -203,37 +218,102 @@ fn apply_batch(db: &Database, batch: &[WriteOp], buf: &mut Vec<u8>) -> Result<Ve
                     .map_err(|e| unavailable("open table", e))?,
             );
         }
+        let mut kv = txn
+            .open_table(KV)
+            .map_err(|e| unavailable("open table", e))?;
         for op in batch {
+            let (table, key) = match &op.target {
+                Target::Table(t, k) => (*t, *k),
+                Target::Kv(space, key) => {
+                    let current = match kv
+                        .get((*space, key.as_str()))
+                        .map_err(|e| unavailable("read", e))?
+                    {
+                        None => None,
+                        Some(v) => Some(split_value(Table::Photos, 0, v.value())?.version),
+                    };
+                    let outcome = decide(op, current, buf);
+                    if let Cas::Applied { .. } = outcome {
+                        if op.data.is_some() {
+                            kv.insert((*space, key.as_str()), buf.as_slice())
+                                .map_err(|e| unavailable("write", e))?;
+                        } else {
+                            kv.remove((*space, key.as_str()))
+                                .map_err(|e| unavailable("write", e))?;
+                        }
+                    }
+                    outcomes.push(outcome);
+                    continue;
+                }
+            };
             let idx = Table::ALL
                 .iter()
-                .position(|t| *t == op.table)
+                .position(|t| *t == table)
                 .unwrap_or_default();
-            let table = &mut tables[idx];
-            let current = match table.get(op.key).map_err(|e| unavailable("read", e))? {
+            let table_ref = &mut tables[idx];
+            let current = match table_ref.get(key).map_err(|e| unavailable("read", e))? {
                 None => None,
-                Some(v) => Some(split_value(op.table, op.key, v.value())?.version),
+                Some(v) => Some(split_value(table, key, v.value())?.version),
             };
-            let next = match (op.expect, current) {
-                (Expect::Absent, None) => Some(1),
-                (Expect::Version(want), Some(have)) if want == have => Some(have + 1),
-                _ => None,
-            };
-            match next {
-                Some(version) => {
-                    buf.clear();
-                    buf.extend_from_slice(&version.to_le_bytes());
-                    buf.extend_from_slice(&op.data);
-                    table
-                        .insert(op.key, buf.as_slice())
+            let outcome = decide(op, current, buf);
+            if let Cas::Applied { .. } = outcome {
+                if op.data.is_some() {
+                    table_ref
+                        .insert(key, buf.as_slice())
                         .map_err(|e| unavailable("write", e))?;
-                    outcomes.push(Cas::Applied { version });
+                } else {
+                    table_ref.remove(key).map_err(|e| unavailable("write", e))?;
                 }
-                None => outcomes.push(Cas::Conflict { current }),
             }
+            outcomes.push(outcome);
         }
     }
     txn.commit().map_err(|e| unavailable("commit", e))?;
     Ok(outcomes)
+}
+
+/// Checks a write's condition against the current version; when it holds for a put, leaves
+/// the new value (version and data) in `buf`.
+fn decide(op: &WriteOp, current: Option<u64>, buf: &mut Vec<u8>) -> Cas {
+    let next = match (op.expect, current) {
+        (Expect::Absent, None) if op.data.is_some() => Some(1),
+        (Expect::Version(want), Some(have)) if want == have => Some(have + 1),
+        _ => None,
+    };
+    match (next, &op.data) {
+        (Some(version), Some(d)) => {
+            buf.clear();
+            buf.extend_from_slice(&version.to_le_bytes());
+            buf.extend_from_slice(d);
+            Cas::Applied { version }
+        }
+        // A removal: Applied carries the removed record's version.
+        (Some(version), None) => Cas::Applied {
+            version: version - 1,
+        },
+        (None, _) => Cas::Conflict { current },
+    }
+}
+
+impl EmbeddedStore {
+    async fn write(
+        &self,
+        target: Target,
+        expect: Expect,
+        data: Option<Vec<u8>>,
+    ) -> Result<Cas, MetaError> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Msg::Write(WriteOp {
+                target,
+                expect,
+                data,
+                reply,
+            }))
+            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?;
+        rx.await
+            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?
+    }
 }
 
 #[async_trait]
@@ -261,18 +341,13 @@ impl MetadataStore for EmbeddedStore {
         expect: Expect,
         data: Vec<u8>,
     ) -> Result<Cas, MetaError> {
-        let (reply, rx) = oneshot::channel();
-        self.sender()?
-            .send(Msg::Write(WriteOp {
-                table,
-                key,
-                expect,
-                data,
-                reply,
-            }))
-            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?;
-        rx.await
-            .map_err(|_| MetaError::Unavailable("embedded metadata writer stopped".into()))?
+        self.write(Target::Table(table, key), expect, Some(data))
+            .await
+    }
+
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.write(Target::Table(table, key), Expect::Version(version), None)
+            .await
     }
 
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
@@ -285,6 +360,81 @@ impl MetadataStore for EmbeddedStore {
         for row in t.iter().map_err(|e| unavailable("scan", e))? {
             let (k, v) = row.map_err(|e| unavailable("scan", e))?;
             out.push((k.value(), split_value(table, k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
+        let t = txn
+            .open_table(KV)
+            .map_err(|e| unavailable("open table", e))?;
+        match t.get((space, key)).map_err(|e| unavailable("read", e))? {
+            None => Ok(None),
+            Some(v) => Ok(Some(split_value(Table::Photos, space, v.value())?)),
+        }
+    }
+
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        check_key(key).map_err(MetaError::Unavailable)?;
+        self.write(Target::Kv(space, key.to_string()), expect, Some(data))
+            .await
+    }
+
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError> {
+        self.write(
+            Target::Kv(space, key.to_string()),
+            Expect::Version(version),
+            None,
+        )
+        .await
+    }
+
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(|e| unavailable("begin read", e))?;
+        let t = txn
+            .open_table(KV)
+            .map_err(|e| unavailable("open table", e))?;
+        let start = scan_start(prefix, after);
+        let lower = if start.inclusive {
+            Bound::Included((space, start.key.as_str()))
+        } else {
+            Bound::Excluded((space, start.key.as_str()))
+        };
+        let range = t
+            .range::<(u64, &str)>((lower, Bound::Unbounded))
+            .map_err(|e| unavailable("scan", e))?;
+        let mut out = Vec::new();
+        for row in range {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(|e| unavailable("scan", e))?;
+            let (s, key) = k.value();
+            if s != space || past_prefix(key, prefix) {
+                break;
+            }
+            if !key.starts_with(prefix) {
+                continue;
+            }
+            out.push((
+                key.to_string(),
+                split_value(Table::Photos, space, v.value())?,
+            ));
         }
         Ok(out)
     }

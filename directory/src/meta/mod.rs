@@ -11,7 +11,9 @@
 
 pub mod embedded;
 pub mod faulty;
+pub mod ordered;
 pub mod scylla;
+pub mod scylla_kv;
 pub mod timeout;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
+use crate::model::{LogicalVolume, NodeLease, Photo, RepairRecord, StoreMachine, UploadKey};
 
 /// The tables of the directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,15 +33,18 @@ pub enum Table {
     Nodes,
     /// Idempotency keys of assigns (key: FNV-1a 64 of the client's key).
     Uploads,
+    /// Queued replica repairs (key: photo id).
+    Repairs,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Photos,
         Table::Volumes,
         Table::Stores,
         Table::Nodes,
         Table::Uploads,
+        Table::Repairs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +54,7 @@ impl Table {
             Table::Stores => "stores",
             Table::Nodes => "nodes",
             Table::Uploads => "uploads",
+            Table::Repairs => "repairs",
         }
     }
 }
@@ -102,10 +108,34 @@ pub trait MetadataStore: Send + Sync + 'static {
         expect: Expect,
         data: Vec<u8>,
     ) -> Result<Cas, MetaError>;
+    /// Removes `key` if it is at `version`; durable when it returns `Applied` (whose version
+    /// is then the removed one's).
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError>;
     /// Every record of a table, in no particular order.
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError>;
     /// Cheap check that the backend answers.
     async fn ping(&self) -> Result<(), MetaError>;
+    /// The record under a string key of an ordered keyspace ([`ordered`]).
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError>;
+    /// Writes a record of an ordered keyspace if `expect` holds; durable when `Applied`.
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError>;
+    /// Removes a record of an ordered keyspace if it is at `version`.
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError>;
+    /// Up to `limit` records of a keyspace whose key starts with `prefix` and sorts after
+    /// `after` (byte order), in key order; reads only what it returns (never the whole space).
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError>;
     /// Flushes and closes; later calls fail with `Unavailable`.
     async fn close(&self) {}
 }
@@ -249,6 +279,45 @@ impl Meta {
         self.store
             .put_if(Table::Uploads, hash, expect, encode(u))
             .await
+    }
+
+    pub async fn get_repair(
+        &self,
+        photo: u64,
+    ) -> Result<Option<Versioned<RepairRecord>>, MetaError> {
+        self.get_typed(Table::Repairs, photo).await
+    }
+
+    pub async fn put_repair(
+        &self,
+        photo: u64,
+        r: &RepairRecord,
+        expect: Expect,
+    ) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Repairs, photo, expect, encode(r))
+            .await
+    }
+
+    pub async fn delete_repair(&self, photo: u64, version: u64) -> Result<Cas, MetaError> {
+        self.store.delete_if(Table::Repairs, photo, version).await
+    }
+
+    pub async fn list_repairs(&self) -> Result<Vec<(u64, Versioned<RepairRecord>)>, MetaError> {
+        self.store
+            .list(Table::Repairs)
+            .await?
+            .into_iter()
+            .map(|(k, s)| {
+                Ok((
+                    k,
+                    Versioned {
+                        version: s.version,
+                        value: decode(Table::Repairs, k, &s.data)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     pub async fn get_lease(&self, node: u16) -> Result<Option<Versioned<NodeLease>>, MetaError> {

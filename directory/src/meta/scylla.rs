@@ -32,12 +32,14 @@ struct Statements {
     get: PreparedStatement,
     insert: PreparedStatement,
     update: PreparedStatement,
+    delete: PreparedStatement,
     list: PreparedStatement,
 }
 
 /// The ScyllaDB backend.
 pub struct ScyllaStore {
     session: Session,
+    kv: super::scylla_kv::KvStatements,
     statements: HashMap<Table, Statements>,
     ping: PreparedStatement,
 }
@@ -140,6 +142,10 @@ impl ScyllaStore {
                 "UPDATE {keyspace}.{name} SET version = ?, data = ? WHERE id = ? IF version = ?"
             ))
             .await?;
+            let delete = prep(format!(
+                "DELETE FROM {keyspace}.{name} WHERE id = ? IF version = ?"
+            ))
+            .await?;
             let mut list = prep(format!("SELECT id, version, data FROM {keyspace}.{name}")).await?;
             list.set_is_idempotent(true);
             list.set_page_size(1000);
@@ -149,6 +155,7 @@ impl ScyllaStore {
                     get,
                     insert,
                     update,
+                    delete,
                     list,
                 },
             );
@@ -158,9 +165,11 @@ impl ScyllaStore {
             .await
             .map_err(|e| unavailable("prepare", e))?;
         ping.set_is_idempotent(true);
+        let kv = super::scylla_kv::prepare(&session, keyspace, cfg.kv_split_rows).await?;
         tracing::info!(?hosts, keyspace, "scylla metadata store connected");
         Ok(Self {
             session,
+            kv,
             statements,
             ping,
         })
@@ -262,6 +271,16 @@ impl MetadataStore for ScyllaStore {
         }
     }
 
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        let s = self.stmts(table)?;
+        let result = self
+            .session
+            .execute_unpaged(&s.delete, (key as i64, version as i64))
+            .await
+            .map_err(|e| unavailable("delete", e))?;
+        lwt_outcome(result, version)
+    }
+
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
         let s = self.stmts(table)?;
         let pager = self
@@ -287,6 +306,42 @@ impl MetadataStore for ScyllaStore {
             ));
         }
         Ok(out)
+    }
+
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError> {
+        super::scylla_kv::get(&self.session, &self.kv, space, key).await
+    }
+
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        super::scylla_kv::write(&self.session, &self.kv, space, key, expect, Some(data)).await
+    }
+
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError> {
+        super::scylla_kv::write(
+            &self.session,
+            &self.kv,
+            space,
+            key,
+            Expect::Version(version),
+            None,
+        )
+        .await
+    }
+
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError> {
+        super::scylla_kv::scan(&self.session, &self.kv, space, prefix, after, limit).await
     }
 
     async fn ping(&self) -> Result<(), MetaError> {

@@ -60,8 +60,44 @@ impl MetadataStore for TimeoutStore {
             .await
     }
 
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.bounded("a delete", self.inner.delete_if(table, key, version))
+            .await
+    }
+
     async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
         self.bounded("a scan", self.inner.list(table)).await
+    }
+
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError> {
+        self.bounded("a read", self.inner.kv_get(space, key)).await
+    }
+
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        self.bounded("a write", self.inner.kv_put_if(space, key, expect, data))
+            .await
+    }
+
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError> {
+        self.bounded("a delete", self.inner.kv_delete_if(space, key, version))
+            .await
+    }
+
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError> {
+        self.bounded("a scan", self.inner.kv_scan(space, prefix, after, limit))
+            .await
     }
 
     async fn ping(&self) -> Result<(), MetaError> {

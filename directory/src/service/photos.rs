@@ -174,6 +174,7 @@ impl Directory {
             commit: req,
             idempotency_key: None,
             request_hash: None,
+            pending_replicas: Vec::new(),
         })
         .await
     }
@@ -190,6 +191,7 @@ impl Directory {
             commit: req,
             idempotency_key,
             request_hash,
+            pending_replicas,
         } = req;
         Self::validate_commit(&req)?;
         let key = match idempotency_key.as_deref() {
@@ -216,6 +218,34 @@ impl Directory {
             deleted_ms: None,
             condemned: false,
         };
+        // Replicas a quorum write left behind get their copies queued before the photo is
+        // recorded: a commit that then fails leaves tasks the worker drops (no photo), never a
+        // committed photo whose missing replicas nobody knows.
+        let replicas: Vec<u64> = self
+            .view()
+            .volumes
+            .get(&req.volume_id)
+            .map(|v| v.replicas.iter().map(|r| r.store_id).collect())
+            .unwrap_or_default();
+        for s in &pending_replicas {
+            if !replicas.contains(s) {
+                return Err(DirectoryError::BadRequest(format!(
+                    "store {s} holds no replica of volume {}",
+                    req.volume_id
+                )));
+            }
+        }
+        for s in pending_replicas {
+            self.enqueue_repair(
+                photo.id,
+                photo.volume_id,
+                s,
+                RepairAction::Copy,
+                Vec::new(),
+                "replica missing from a quorum write",
+            )
+            .await?;
+        }
         if let Some((key, hash)) = key {
             match self.bind_key(key, hash, &photo, request_hash).await? {
                 Bound::Ours(p) => photo = p,
@@ -500,10 +530,10 @@ impl Directory {
 
     pub(super) async fn notify_delete(&self, p: &Photo) -> DeleteResponse {
         let view = self.view();
-        let store_urls: Vec<String> = view
+        let replicas: Vec<Replica> = view
             .volumes
             .get(&p.volume_id)
-            .map(|v| v.replicas.iter().map(|r| r.url.clone()).collect())
+            .map(|v| v.replicas.clone())
             .unwrap_or_default();
         let caches = self.config.purge_targets();
         let alts: Vec<u32> = p.alts().collect();
@@ -523,9 +553,10 @@ impl Directory {
             .iter()
             .map(|alt| NeedleAddr::new(p.volume_id, p.id, *alt, p.cookie))
             .collect();
-        let store_calls = store_urls.iter().flat_map(|base| {
+        let store_calls = replicas.iter().flat_map(|r| {
             addrs.iter().map(move |a| async move {
-                done("store", base, self.stores.delete_needle(base, a).await)
+                let ok = done("store", &r.url, self.stores.delete_needle(&r.url, a).await);
+                (r.store_id, ok)
             })
         });
         let cache_calls = caches.iter().flat_map(|base| {
@@ -533,8 +564,32 @@ impl Directory {
                 .iter()
                 .map(move |a| async move { done("cache", base, self.caches.purge(base, a).await) })
         });
-        let store_results = join_all(store_calls.collect::<Vec<_>>()).await;
+        let store_calls = join_all(store_calls.collect::<Vec<_>>()).await;
         let cache_results = join_all(cache_calls.collect::<Vec<_>>()).await;
+        // A replica that missed the delete (down, partitioned, refusing) gets it retried by
+        // the repair worker until it takes it: the needle must not stay readable there.
+        let mut missed: Vec<u64> = store_calls
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(s, _)| *s)
+            .collect();
+        missed.dedup();
+        for store_id in missed {
+            if let Err(e) = self
+                .enqueue_repair(
+                    p.id,
+                    p.volume_id,
+                    store_id,
+                    RepairAction::Delete,
+                    Vec::new(),
+                    "needle delete failed",
+                )
+                .await
+            {
+                tracing::error!(photo_id = p.id, store_id, error = %e, "queueing the retry of a failed needle delete failed; anti-entropy will find it");
+            }
+        }
+        let store_results: Vec<bool> = store_calls.iter().map(|(_, ok)| *ok).collect();
         let count = |xs: &[bool], want: bool| xs.iter().filter(|x| **x == want).count() as u32;
         DeleteResponse {
             id: p.id,

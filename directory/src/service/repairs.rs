@@ -1,0 +1,683 @@
+//! Self-healing: the repair queue (damage reports from readers and scrubbers, replicas a
+//! quorum write left behind, needle deletes a store missed), the worker step that works it
+//! off, and anti-entropy (replicas compared by digests of their needle lists).
+//!
+//! The photo record decides every repair: a needle is copied onto a replica only while its
+//! photo is live, and deleted from one only when its photo is deleted or condemned. A repair
+//! never undoes a delete: the store refuses to rewrite a needle it holds deleted, and a
+//! needle deleted on one replica of a live photo is reported, not resurrected.
+
+use futures_util::stream::{self, StreamExt};
+use haystack_proto::directory::{
+    digest_buckets, DamageKind, DamageReply, DamageReport, RepairAction, RepairTaskInfo,
+    MAX_LISTED_BUCKETS,
+};
+
+use super::*;
+use crate::model::{RepairRecord, RepairTask};
+
+/// Longest pause between two tries of a failing repair.
+const MAX_BACKOFF_MS: u64 = 300_000;
+/// A store that is down is asked again after this long (no attempt is counted).
+const DOWN_RETRY_MS: u64 = 5_000;
+/// Repair records worked on at once.
+const PARALLEL_REPAIRS: usize = 8;
+/// A copy queued by a commit is kept this long while its photo is not recorded yet (the
+/// commit queues the copy first, then writes the photo).
+const COMMIT_GRACE_MS: u64 = 60_000;
+
+/// What one anti-entropy pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AntiEntropyReport {
+    /// Volumes whose replicas were compared.
+    pub compared: usize,
+    /// Of those, volumes whose replicas differed.
+    pub differing: usize,
+    /// Repairs queued.
+    pub queued: usize,
+}
+
+/// A needle as one replica lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+struct Listed {
+    #[serde(with = "haystack_proto::directory::dec_u64")]
+    key: u64,
+    alt: u32,
+    deleted: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Listing {
+    needles: Vec<Listed>,
+}
+
+#[derive(serde::Deserialize)]
+struct DigestAnswer {
+    needles: u64,
+    buckets: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RepairResult {
+    outcome: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RepairAnswer {
+    results: Vec<RepairResult>,
+}
+
+/// How one try of a task ended.
+enum Tried {
+    Done,
+    /// Not tried (its store is down, its photo not recorded yet): again after this many ms,
+    /// no attempt counted.
+    Wait(u64),
+    Failed(String),
+}
+
+fn backoff_ms(attempts: u32) -> u64 {
+    1_000u64
+        .saturating_mul(1u64 << attempts.min(20))
+        .min(MAX_BACKOFF_MS)
+}
+
+fn action_label(a: RepairAction) -> &'static str {
+    match a {
+        RepairAction::Copy => "copy",
+        RepairAction::Delete => "delete",
+    }
+}
+
+impl Directory {
+    /// Queues `action` on the needles of `photo_id` for the replica on `store_id` (durably:
+    /// the task survives a restart of the directory). A delete supersedes a queued copy for
+    /// the same replica; a copy is not queued over a delete. Returns whether a task was added.
+    pub async fn enqueue_repair(
+        &self,
+        photo_id: u64,
+        volume_id: u32,
+        store_id: u64,
+        action: RepairAction,
+        alts: Vec<u32>,
+        reason: &str,
+    ) -> Result<bool, DirectoryError> {
+        let task = RepairTask {
+            store_id,
+            action,
+            reason: reason.to_string(),
+            alts,
+            attempts: 0,
+            next_ms: 0,
+            last_error: None,
+        };
+        for _ in 0..CAS_RETRIES {
+            let (expect, mut rec) = match self.meta.get_repair(photo_id).await? {
+                Some(r) => (Expect::Version(r.version), r.value),
+                None => (
+                    Expect::Absent,
+                    RepairRecord {
+                        volume_id,
+                        tasks: Vec::new(),
+                        created_ms: self.clock.now_ms(),
+                    },
+                ),
+            };
+            if let Some(t) = rec.tasks.iter_mut().find(|t| t.store_id == store_id) {
+                if t.action == action || t.action == RepairAction::Delete {
+                    return Ok(false);
+                }
+                *t = task.clone();
+            } else {
+                rec.tasks.push(task.clone());
+            }
+            if let Cas::Applied { .. } = self.meta.put_repair(photo_id, &rec, expect).await? {
+                metrics::counter!("haystack_directory_repairs_queued_total", "action" => action_label(action))
+                    .increment(1);
+                tracing::info!(
+                    photo_id,
+                    volume_id,
+                    store_id,
+                    action = action_label(action),
+                    reason,
+                    "repair queued"
+                );
+                self.repair_wake.notify_one();
+                return Ok(true);
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "repair record of photo {photo_id} is contended; retry"
+        )))
+    }
+
+    /// A reader or a scrubber found one replica of a needle damaged or missing. Checked
+    /// against the records (a live photo on that volume with that alternate key and cookie,
+    /// a replica of that volume) before a copy is queued, so a wrong report changes nothing.
+    pub async fn report_damage(&self, r: DamageReport) -> Result<DamageReply, DirectoryError> {
+        let kind = match r.kind {
+            DamageKind::Corrupt => "corrupt",
+            DamageKind::Missing => "missing",
+        };
+        let refuse = |reason: String| {
+            metrics::counter!("haystack_directory_damage_reports_total", "kind" => kind, "queued" => "false")
+                .increment(1);
+            Ok(DamageReply {
+                queued: false,
+                reason: Some(reason),
+            })
+        };
+        let store_id = {
+            let view = self.view();
+            let Some(v) = view.volumes.get(&r.volume) else {
+                return refuse(format!("no logical volume {}", r.volume));
+            };
+            let url = r.store_url.trim_end_matches('/');
+            match v
+                .replicas
+                .iter()
+                .find(|x| x.url.trim_end_matches('/') == url)
+            {
+                Some(x) => x.store_id,
+                None => return refuse(format!("{url} holds no replica of volume {}", r.volume)),
+            }
+        };
+        let Some(p) = self.meta.get_photo(r.key).await? else {
+            return refuse(format!("no photo {}", r.key));
+        };
+        let p = p.value;
+        if p.volume_id != r.volume || !p.alts().any(|a| a == r.alt) {
+            return refuse(format!(
+                "photo {} has no needle {}/{}",
+                r.key, r.volume, r.alt
+            ));
+        }
+        if r.cookie.is_some_and(|c| c != p.cookie) {
+            return refuse("wrong cookie".into());
+        }
+        if p.deleted || p.condemned {
+            return refuse(format!("photo {} is deleted", r.key));
+        }
+        self.enqueue_repair(
+            p.id,
+            p.volume_id,
+            store_id,
+            RepairAction::Copy,
+            Vec::new(),
+            &format!("{kind} needle reported"),
+        )
+        .await?;
+        metrics::counter!("haystack_directory_damage_reports_total", "kind" => kind, "queued" => "true")
+            .increment(1);
+        Ok(DamageReply {
+            queued: true,
+            reason: None,
+        })
+    }
+
+    /// The queued repairs, oldest photo first.
+    pub async fn repairs(&self) -> Result<Vec<RepairTaskInfo>, DirectoryError> {
+        let mut out = Vec::new();
+        let mut recs = self.meta.list_repairs().await?;
+        recs.sort_by_key(|(k, _)| *k);
+        for (photo_id, r) in recs {
+            for t in r.value.tasks {
+                out.push(RepairTaskInfo {
+                    photo_id,
+                    volume: r.value.volume_id,
+                    store_id: t.store_id,
+                    action: t.action,
+                    reason: t.reason,
+                    attempts: t.attempts,
+                    last_error: t.last_error,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pass over the repair queue: every task that is due is tried once. Returns how
+    /// many tasks are still queued.
+    pub async fn repair_once(&self) -> Result<usize, DirectoryError> {
+        let recs = self.meta.list_repairs().await?;
+        let now = self.clock.now_ms();
+        let due: Vec<(u64, Versioned<RepairRecord>)> = recs
+            .into_iter()
+            .filter(|(_, r)| r.value.tasks.iter().any(|t| t.next_ms <= now))
+            .collect();
+        let left: Vec<Result<usize, DirectoryError>> = stream::iter(due)
+            .map(|(id, rec)| self.work_record(id, rec))
+            .buffer_unordered(PARALLEL_REPAIRS)
+            .collect()
+            .await;
+        let mut remaining = 0;
+        for l in left {
+            remaining += l?;
+        }
+        metrics::gauge!("haystack_directory_repairs_pending").set(remaining as f64);
+        Ok(remaining)
+    }
+
+    /// Tries the due tasks of one record and writes back what is left (the record is removed
+    /// when nothing is). Returns the tasks left.
+    async fn work_record(
+        &self,
+        photo_id: u64,
+        rec: Versioned<RepairRecord>,
+    ) -> Result<usize, DirectoryError> {
+        let photo = self.meta.get_photo(photo_id).await?.map(|p| p.value);
+        let now = self.clock.now_ms();
+        let mut outcomes: Vec<(RepairTask, Tried)> = Vec::new();
+        for t in &rec.value.tasks {
+            if t.next_ms > now {
+                continue;
+            }
+            let r = self
+                .work_task(photo_id, &rec.value, photo.as_ref(), t)
+                .await;
+            outcomes.push((t.clone(), r));
+        }
+        // Write back: done tasks leave, failed ones are pushed back; tasks queued meanwhile
+        // (a conflict) are kept.
+        let mut current = rec;
+        for _ in 0..CAS_RETRIES {
+            let mut tasks = Vec::new();
+            for t in &current.value.tasks {
+                match outcomes.iter().find(|(o, _)| o == t) {
+                    None => tasks.push(t.clone()),
+                    Some((_, Tried::Done)) => {}
+                    Some((_, Tried::Wait(ms))) => {
+                        let mut t = t.clone();
+                        t.next_ms = now + ms;
+                        tasks.push(t);
+                    }
+                    Some((_, Tried::Failed(e))) => {
+                        let mut t = t.clone();
+                        t.attempts += 1;
+                        t.next_ms = now + backoff_ms(t.attempts);
+                        t.last_error = Some(e.clone());
+                        tasks.push(t);
+                    }
+                }
+            }
+            let left = tasks.len();
+            let cas = if tasks.is_empty() {
+                self.meta.delete_repair(photo_id, current.version).await?
+            } else {
+                let mut rec = current.value.clone();
+                rec.tasks = tasks;
+                self.meta
+                    .put_repair(photo_id, &rec, Expect::Version(current.version))
+                    .await?
+            };
+            if let Cas::Applied { .. } = cas {
+                return Ok(left);
+            }
+            match self.meta.get_repair(photo_id).await? {
+                Some(r) => current = r,
+                None => return Ok(0),
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "repair record of photo {photo_id} is contended"
+        )))
+    }
+
+    /// One try of one task.
+    async fn work_task(
+        &self,
+        photo_id: u64,
+        rec: &RepairRecord,
+        photo: Option<&Photo>,
+        t: &RepairTask,
+    ) -> Tried {
+        let (url, up) = {
+            let view = self.view();
+            let Some(s) = view.stores.get(&t.store_id) else {
+                // The store was removed: nothing left to repair on it.
+                return Tried::Done;
+            };
+            let replica = view
+                .volumes
+                .get(&rec.volume_id)
+                .is_some_and(|v| v.replicas.iter().any(|r| r.store_id == t.store_id));
+            if !replica {
+                // The replica moved (bulk repair, re-replication): the copy came from a
+                // good replica.
+                return Tried::Done;
+            }
+            (s.url.clone(), store_up(s))
+        };
+        if !up {
+            return Tried::Wait(DOWN_RETRY_MS);
+        }
+        let Some(p) = photo else {
+            // Not recorded: a commit that queued its copies may not have written the photo
+            // yet; after the grace it never will (the upload failed): its needles are
+            // garbage collection's.
+            if self.clock.now_ms().saturating_sub(rec.created_ms) < COMMIT_GRACE_MS {
+                return Tried::Wait(2_000);
+            }
+            return Tried::Done;
+        };
+        let action = if p.deleted || p.condemned {
+            RepairAction::Delete
+        } else if t.action == RepairAction::Delete {
+            tracing::warn!(
+                photo_id,
+                store_id = t.store_id,
+                "delete queued for a live photo; not applied"
+            );
+            return Tried::Done;
+        } else {
+            RepairAction::Copy
+        };
+        let alts: Vec<u32> = if t.alts.is_empty() {
+            p.alts().collect()
+        } else {
+            t.alts.clone()
+        };
+        let r = match action {
+            RepairAction::Copy => self.copy_needles(p, t.store_id, &url, &alts).await,
+            RepairAction::Delete => {
+                self.delete_needles(p.volume_id, photo_id, &url, &alts)
+                    .await
+            }
+        };
+        let label = action_label(action);
+        match r {
+            Ok(()) => {
+                metrics::counter!("haystack_directory_repairs_total", "action" => label, "result" => "done")
+                    .increment(1);
+                tracing::info!(
+                    photo_id,
+                    store_id = t.store_id,
+                    action = label,
+                    reason = %t.reason,
+                    "repair done"
+                );
+                Tried::Done
+            }
+            Err(e) => {
+                metrics::counter!("haystack_directory_repairs_total", "action" => label, "result" => "failed")
+                    .increment(1);
+                tracing::warn!(photo_id, store_id = t.store_id, action = label, error = %e, "repair failed; will retry");
+                Tried::Failed(e)
+            }
+        }
+    }
+
+    /// Copies every needle in `alts` of photo `p` onto the replica at `target` from the other
+    /// replicas (each needle from the first one that serves it intact, checked by its CRC on
+    /// that store).
+    async fn copy_needles(
+        &self,
+        p: &Photo,
+        target_id: u64,
+        target: &str,
+        alts: &[u32],
+    ) -> Result<(), String> {
+        let sources: Vec<String> = {
+            let view = self.view();
+            let Some(v) = view.volumes.get(&p.volume_id) else {
+                return Err(format!("volume {} unknown", p.volume_id));
+            };
+            let mut s: Vec<(bool, String)> = v
+                .replicas
+                .iter()
+                .filter(|r| r.store_id != target_id)
+                .map(|r| {
+                    let up = view.stores.get(&r.store_id).is_some_and(store_up);
+                    (!up, r.url.clone())
+                })
+                .collect();
+            s.sort();
+            s.into_iter().map(|(_, u)| u).collect()
+        };
+        for &alt in alts {
+            let addr = NeedleAddr::new(p.volume_id, p.id, alt, p.cookie);
+            let mut good = None;
+            let mut why = Vec::new();
+            for src in &sources {
+                match self.repair_stores.get_needle(src, &addr).await {
+                    Ok(n) => {
+                        good = Some(n);
+                        break;
+                    }
+                    Err(e) => why.push(format!("{src}: {e}")),
+                }
+            }
+            let Some(n) = good else {
+                return Err(format!(
+                    "no replica serves {}/{}/{alt} intact: {}",
+                    p.volume_id,
+                    p.id,
+                    why.join("; ")
+                ));
+            };
+            let body = haystack_client::store::encode_batch(
+                p.id,
+                p.cookie,
+                &[haystack_client::store::Needle {
+                    alt,
+                    content_type: n.content_type_str().to_string(),
+                    data: n.data.clone(),
+                }],
+            );
+            let answer: RepairAnswer = self
+                .stores
+                .repair(target, p.volume_id, body)
+                .await
+                .map_err(|e| format!("{target}: {e}"))?;
+            if let Some(r) = answer.results.first() {
+                if r.outcome == "deleted" {
+                    metrics::counter!("haystack_directory_repair_anomalies_total").increment(1);
+                    tracing::warn!(
+                        photo_id = p.id,
+                        alt,
+                        %target,
+                        "a live photo's needle is deleted on a replica; left deleted"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the needles `alts` of `photo_id` on the replica at `target`, whatever their
+    /// cookie (the store's garbage-collection delete); a needle already gone is done.
+    async fn delete_needles(
+        &self,
+        volume_id: u32,
+        photo_id: u64,
+        target: &str,
+        alts: &[u32],
+    ) -> Result<(), String> {
+        let body = serde_json::json!({
+            "needles": alts
+                .iter()
+                .map(|a| serde_json::json!({"key": photo_id.to_string(), "alt": a}))
+                .collect::<Vec<_>>()
+        });
+        match self
+            .repair_stores
+            .gc::<_, serde_json::Value>(target, volume_id, &body)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("no_such_volume") => Ok(()),
+            Err(e) => Err(format!("{target}: {e}")),
+        }
+    }
+
+    /// One anti-entropy pass: the replicas of every volume whose replicas are all up are
+    /// compared by the digests of their needle lists (one hash each when they are equal; per
+    /// bucket, then the differing buckets' listings, when not), and every difference the
+    /// photo records explain is queued for repair.
+    pub async fn anti_entropy_once(&self) -> Result<AntiEntropyReport, DirectoryError> {
+        let volumes: Vec<(u32, Vec<Replica>)> = {
+            let view = self.view();
+            view.volumes
+                .iter()
+                .filter(|(_, v)| !v.pending && v.replicas.len() >= 2)
+                .filter(|(_, v)| {
+                    v.replicas
+                        .iter()
+                        .all(|r| view.stores.get(&r.store_id).is_some_and(store_up))
+                })
+                .map(|(id, v)| (*id, v.replicas.clone()))
+                .collect()
+        };
+        let mut report = AntiEntropyReport::default();
+        for (id, replicas) in volumes {
+            match self.compare_volume(id, &replicas).await {
+                Ok(None) => report.compared += 1,
+                Ok(Some(q)) => {
+                    report.compared += 1;
+                    report.differing += 1;
+                    report.queued += q;
+                }
+                Err(e) => {
+                    tracing::warn!(volume = id, error = %e, "anti-entropy: comparing replicas failed")
+                }
+            }
+        }
+        metrics::counter!("haystack_directory_antientropy_volumes_total")
+            .increment(report.compared as u64);
+        metrics::counter!("haystack_directory_antientropy_queued_total")
+            .increment(report.queued as u64);
+        Ok(report)
+    }
+
+    async fn digests(
+        &self,
+        id: u32,
+        replicas: &[Replica],
+        buckets: u32,
+    ) -> Result<Vec<DigestAnswer>, String> {
+        let mut out = Vec::with_capacity(replicas.len());
+        for r in replicas {
+            let d: DigestAnswer = self
+                .repair_stores
+                .digest(&r.url, id, buckets)
+                .await
+                .map_err(|e| format!("{}: {e}", r.url))?;
+            if d.buckets.len() != buckets as usize {
+                return Err(format!("{} answered {} buckets", r.url, d.buckets.len()));
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+
+    /// Compares one volume's replicas. `None`: equal; `Some(n)`: they differed, `n` repairs
+    /// were queued.
+    async fn compare_volume(&self, id: u32, replicas: &[Replica]) -> Result<Option<usize>, String> {
+        let roots = self.digests(id, replicas, 1).await?;
+        if roots.iter().all(|d| d.buckets == roots[0].buckets) {
+            return Ok(None);
+        }
+        let most = roots.iter().map(|d| d.needles).max().unwrap_or(0);
+        let n = digest_buckets(most);
+        let per = self.digests(id, replicas, n).await?;
+        let differing: Vec<u32> = (0..n)
+            .filter(|b| {
+                let b = *b as usize;
+                per.iter().any(|d| d.buckets[b] != per[0].buckets[b])
+            })
+            .collect();
+        let mut queued = 0;
+        for chunk in differing.chunks(MAX_LISTED_BUCKETS) {
+            // (key, alt) -> per replica: None absent, Some(deleted).
+            let mut seen: BTreeMap<(u64, u32), Vec<Option<bool>>> = BTreeMap::new();
+            for (i, r) in replicas.iter().enumerate() {
+                let l: Listing = self
+                    .repair_stores
+                    .needles_in_buckets(&r.url, id, chunk, n)
+                    .await
+                    .map_err(|e| format!("{}: {e}", r.url))?;
+                for x in l.needles {
+                    seen.entry((x.key, x.alt))
+                        .or_insert_with(|| vec![None; replicas.len()])[i] = Some(x.deleted);
+                }
+            }
+            for ((key, alt), states) in seen {
+                if states.iter().all(|s| *s == states[0]) {
+                    continue;
+                }
+                queued += self
+                    .settle_difference(id, replicas, key, alt, &states)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(Some(queued))
+    }
+
+    /// One needle the replicas disagree on; the photo record decides. Returns repairs queued.
+    async fn settle_difference(
+        &self,
+        volume: u32,
+        replicas: &[Replica],
+        key: u64,
+        alt: u32,
+        states: &[Option<bool>],
+    ) -> Result<usize, DirectoryError> {
+        let Some(p) = self.meta.get_photo(key).await? else {
+            // An upload not committed (yet, or ever): garbage collection's business.
+            return Ok(0);
+        };
+        let p = p.value;
+        let mut queued = 0;
+        if p.deleted || p.condemned {
+            for (r, s) in replicas.iter().zip(states) {
+                if *s == Some(false) {
+                    let added = self
+                        .enqueue_repair(
+                            key,
+                            volume,
+                            r.store_id,
+                            RepairAction::Delete,
+                            vec![alt],
+                            "anti-entropy: a delete the replica missed",
+                        )
+                        .await?;
+                    queued += usize::from(added);
+                }
+            }
+            return Ok(queued);
+        }
+        if p.volume_id != volume || !p.alts().any(|a| a == alt) {
+            return Ok(0);
+        }
+        let any_live = states.contains(&Some(false));
+        for (r, s) in replicas.iter().zip(states) {
+            match s {
+                None if any_live => {
+                    let added = self
+                        .enqueue_repair(
+                            key,
+                            volume,
+                            r.store_id,
+                            RepairAction::Copy,
+                            Vec::new(),
+                            "anti-entropy: needle missing on the replica",
+                        )
+                        .await?;
+                    queued += usize::from(added);
+                }
+                Some(true) => {
+                    metrics::counter!("haystack_directory_repair_anomalies_total").increment(1);
+                    tracing::warn!(
+                        photo_id = key,
+                        alt,
+                        store_id = r.store_id,
+                        "anti-entropy: a live photo's needle is deleted on a replica; left deleted"
+                    );
+                }
+                _ => {}
+            }
+        }
+        Ok(queued)
+    }
+}

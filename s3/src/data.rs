@@ -1,0 +1,255 @@
+//! Object bytes on the stores. A run of bytes (a PUT's body, a part) is written as chunks of
+//! `chunk_bytes`, each one needle (alternate key = chunk number) written to every replica of
+//! a volume the directory assigned, then committed to the directory as one photo id of kind
+//! video: the needles are durable on every replica before the id is committed, and before any
+//! S3 record points at it. Reads fetch needle ranges from a replica (the next on failure).
+//! A replaced or deleted object's ids are deleted through the directory; whatever a crash
+//! leaves behind (an uncommitted id, a committed one no record names) is `haystack gc`'s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use haystack_client::store::Needle;
+use haystack_client::{DirectoryClient, StoreClient};
+use haystack_proto::directory::{
+    AssignRequest, AssignResponse, CommitRequest, PhotoKind, Replica, VideoChunk,
+};
+use haystack_proto::NeedleAddr;
+
+use crate::error::S3Error;
+use crate::meta::{Chunk, DataRef};
+
+/// How long the replicas of a volume are trusted from the directory's last answer.
+const REPLICAS_TTL: Duration = Duration::from_secs(5);
+/// Needle overhead counted in an assign's size hint.
+const NEEDLE_OVERHEAD: u64 = 256;
+
+/// Replicas of volumes and when the directory said so.
+type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
+
+/// The data path: the directory for ids and replicas, the stores for bytes.
+#[derive(Clone)]
+pub struct Data {
+    dir: DirectoryClient,
+    stores: StoreClient,
+    chunk_bytes: usize,
+    replicas: Arc<Mutex<ReplicaCache>>,
+}
+
+impl Data {
+    pub fn new(dir: DirectoryClient, stores: StoreClient, chunk_bytes: u64) -> Self {
+        Self {
+            dir,
+            stores,
+            chunk_bytes: chunk_bytes as usize,
+            replicas: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// A writer for one run of bytes of about `size_hint` bytes.
+    pub fn writer(&self, size_hint: u64) -> DataWriter<'_> {
+        DataWriter {
+            data: self,
+            size_hint,
+            assigned: None,
+            chunks: Vec::new(),
+            buf: BytesMut::new(),
+            written: 0,
+        }
+    }
+
+    async fn replicas(&self, volume: u32) -> Result<Vec<Replica>, S3Error> {
+        if let Ok(m) = self.replicas.lock() {
+            if let Some((at, r)) = m.get(&volume) {
+                if at.elapsed() < REPLICAS_TTL {
+                    return Ok(r.clone());
+                }
+            }
+        }
+        let v = self.dir.volume(volume).await?;
+        let r: Vec<Replica> = v
+            .replicas
+            .iter()
+            .map(|r| Replica {
+                store_id: r.store_id,
+                url: r.url.clone(),
+            })
+            .collect();
+        if let Ok(mut m) = self.replicas.lock() {
+            m.insert(volume, (Instant::now(), r.clone()));
+        }
+        Ok(r)
+    }
+
+    /// Bytes `first..=last` of the object whose data is `parts`, as a stream of needle reads.
+    pub fn read(
+        &self,
+        parts: Vec<DataRef>,
+        first: u64,
+        last: u64,
+    ) -> impl Stream<Item = Result<Bytes, S3Error>> + 'static {
+        // The needle ranges to read, in order.
+        let mut segments = Vec::new();
+        let mut base = 0u64;
+        for p in &parts {
+            for c in &p.chunks {
+                let (c_first, c_last) = (base + c.offset, base + c.offset + c.size - 1);
+                if c.size > 0 && c_last >= first && c_first <= last {
+                    let from = first.max(c_first) - c_first;
+                    let to = last.min(c_last) - c_first;
+                    segments.push((
+                        NeedleAddr::new(p.volume, p.photo, c.alt, p.cookie),
+                        from,
+                        to,
+                    ));
+                }
+            }
+            base += p.size;
+        }
+        let this = self.clone();
+        futures_util::stream::unfold((this, segments.into_iter()), |(this, mut it)| async move {
+            let (addr, from, to) = it.next()?;
+            let r = this.read_segment(&addr, from, to).await;
+            Some((r, (this, it)))
+        })
+    }
+
+    async fn read_segment(&self, addr: &NeedleAddr, from: u64, to: u64) -> Result<Bytes, S3Error> {
+        let replicas = self.replicas(addr.volume).await?;
+        let mut last_err = None;
+        for r in &replicas {
+            match self.stores.get_needle_range(&r.url, addr, from, to).await {
+                Ok(n) if n.data.len() as u64 == to - from + 1 => return Ok(n.data),
+                Ok(n) => {
+                    last_err = Some(format!("{} answered {} bytes", r.url, n.data.len()));
+                }
+                Err(e) => last_err = Some(e.to_string()),
+            }
+        }
+        tracing::warn!(volume = addr.volume, key = addr.key, alt = addr.alt, error = ?last_err, "no replica served an object chunk");
+        Err(S3Error::Internal(format!(
+            "no replica of volume {} served needle {}/{}: {}",
+            addr.volume,
+            addr.key,
+            addr.alt,
+            last_err.unwrap_or_else(|| "no replicas".into())
+        )))
+    }
+
+    /// Deletes the ids of data no record names any more (best effort: `haystack gc` finds
+    /// whatever this misses).
+    pub async fn forget(&self, parts: &[DataRef]) {
+        for p in parts {
+            if let Err(e) = self.dir.delete(p.photo).await {
+                tracing::warn!(id = p.photo, error = %e, "deleting replaced object data failed; gc will collect it");
+            }
+        }
+    }
+}
+
+/// Writes one run of bytes; nothing is committed before [`DataWriter::finish`].
+pub struct DataWriter<'a> {
+    data: &'a Data,
+    size_hint: u64,
+    assigned: Option<AssignResponse>,
+    chunks: Vec<Chunk>,
+    buf: BytesMut,
+    written: u64,
+}
+
+impl DataWriter<'_> {
+    pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), S3Error> {
+        let cap = self.data.chunk_bytes;
+        while !bytes.is_empty() {
+            let take = (cap - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes.split_to(take));
+            if self.buf.len() == cap {
+                let chunk = self.buf.split().freeze();
+                self.flush(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, chunk: Bytes) -> Result<(), S3Error> {
+        if self.assigned.is_none() {
+            let chunks = self.size_hint.div_ceil(self.data.chunk_bytes as u64).max(1);
+            let a = self
+                .data
+                .dir
+                .assign(&AssignRequest {
+                    kind: PhotoKind::Video,
+                    size_hint_bytes: self.size_hint + chunks * NEEDLE_OVERHEAD,
+                    ..Default::default()
+                })
+                .await?;
+            self.assigned = Some(a);
+        }
+        let Some(a) = &self.assigned else {
+            return Err(S3Error::Internal("no assignment".into()));
+        };
+        let alt = self.chunks.len() as u32 + 1;
+        let size = chunk.len() as u64;
+        let needle = Needle {
+            alt,
+            content_type: "application/octet-stream".into(),
+            data: chunk,
+        };
+        self.data
+            .stores
+            .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
+            .await
+            .map_err(|errs| {
+                let detail: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                tracing::warn!(id = a.id, volume = a.volume_id, alt, errors = ?detail, "object chunk write failed");
+                S3Error::SlowDown(format!("a replica refused a chunk: {}", detail.join("; ")))
+            })?;
+        self.chunks.push(Chunk {
+            alt,
+            offset: self.written,
+            size,
+        });
+        self.written += size;
+        Ok(())
+    }
+
+    /// Writes what is left and commits the id; None for no bytes at all.
+    pub async fn finish(mut self) -> Result<Option<DataRef>, S3Error> {
+        if !self.buf.is_empty() {
+            let rest = self.buf.split().freeze();
+            self.flush(rest).await?;
+        }
+        let Some(a) = self.assigned.take() else {
+            return Ok(None);
+        };
+        self.data
+            .dir
+            .commit(&CommitRequest {
+                id: a.id,
+                cookie: a.cookie,
+                volume_id: a.volume_id,
+                kind: PhotoKind::Video,
+                variants: Vec::new(),
+                chunks: self
+                    .chunks
+                    .iter()
+                    .map(|c| VideoChunk {
+                        alt: c.alt,
+                        offset: c.offset,
+                        size_bytes: c.size,
+                    })
+                    .collect(),
+            })
+            .await?;
+        Ok(Some(DataRef {
+            photo: a.id,
+            volume: a.volume_id,
+            cookie: a.cookie,
+            size: self.written,
+            chunks: self.chunks,
+        }))
+    }
+}

@@ -1,0 +1,563 @@
+//! The S3 operations end to end: buckets, object round trips with their headers, ranges,
+//! conditional requests, copy, multi-delete, listing 10,000 keys with delimiters and pages,
+//! and a 100 MB multipart upload read back in ranges across parts.
+
+use base64::Engine;
+use md5::{Digest, Md5};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_and_object_round_trips() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("photos-1").await;
+    let (s, code) = error_code(c.send(Req::new("PUT", "/photos-1".into())).await).await;
+    assert_eq!((s, code.as_str()), (409, "BucketAlreadyOwnedByYou"));
+    let r = c.send(Req::new("HEAD", "/photos-1".into())).await;
+    assert_eq!(r.status(), 200);
+    let (s, code) = error_code(c.get("nope-bucket", "k").await).await;
+    assert_eq!((s, code.as_str()), (404, "NoSuchBucket"));
+
+    // A PUT with every stored header and user metadata, and a Content-MD5 that matches.
+    let body = b"hello, haystack".to_vec();
+    let md5 = Md5::digest(&body);
+    let r = c
+        .send(
+            Req::new("PUT", key_path("photos-1", "dir/hello world.txt"))
+                .h("content-type", "text/plain")
+                .h("content-encoding", "identity")
+                .h("cache-control", "max-age=60")
+                .h("content-disposition", "attachment; filename=\"h.txt\"")
+                .h("x-amz-meta-colour", "blue")
+                .h(
+                    "content-md5",
+                    &base64::engine::general_purpose::STANDARD.encode(md5),
+                )
+                .body(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let etag = format!("\"{}\"", hex::encode(md5));
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let r = c.get("photos-1", "dir/hello world.txt").await;
+    assert_eq!(r.status(), 200);
+    for (k, v) in [
+        ("content-type", "text/plain"),
+        ("content-encoding", "identity"),
+        ("cache-control", "max-age=60"),
+        ("content-disposition", "attachment; filename=\"h.txt\""),
+        ("x-amz-meta-colour", "blue"),
+        ("etag", etag.as_str()),
+        ("content-length", "15"),
+    ] {
+        assert_eq!(r.headers()[k], v, "{k}");
+    }
+    assert_eq!(r.bytes().await.expect("body").as_ref(), body.as_slice());
+    // HEAD: the headers, no body.
+    let r = c
+        .send(Req::new(
+            "HEAD",
+            key_path("photos-1", "dir/hello world.txt"),
+        ))
+        .await;
+    assert_eq!(r.headers()["content-length"], "15");
+    assert!(r.bytes().await.expect("body").is_empty());
+    // Ranges.
+    let r = c
+        .send(Req::new("GET", key_path("photos-1", "dir/hello world.txt")).h("range", "bytes=7-"))
+        .await;
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 7-14/15");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), b"haystack");
+    let r = c
+        .send(Req::new("GET", key_path("photos-1", "dir/hello world.txt")).h("range", "bytes=99-"))
+        .await;
+    assert_eq!(error_code(r).await, (416, "InvalidRange".to_string()));
+    // A wrong Content-MD5: BadDigest and nothing written.
+    let r = c
+        .send(
+            Req::new("PUT", key_path("photos-1", "bad-md5"))
+                .h("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")
+                .body(b"data".to_vec()),
+        )
+        .await;
+    assert_eq!(error_code(r).await, (400, "BadDigest".to_string()));
+    assert_eq!(error_code(c.get("photos-1", "bad-md5").await).await.0, 404);
+    // An empty object.
+    assert_eq!(c.put("photos-1", "empty", Vec::new()).await.status(), 200);
+    let r = c.get("photos-1", "empty").await;
+    assert_eq!(r.headers()["content-length"], "0");
+    // Overwrite, then delete; a bucket with objects is not deleted.
+    assert_eq!(
+        c.put("photos-1", "empty", b"now full".to_vec())
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get("photos-1", "empty")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"now full"
+    );
+    let (s, code) = error_code(c.send(Req::new("DELETE", "/photos-1".into())).await).await;
+    assert_eq!((s, code.as_str()), (409, "BucketNotEmpty"));
+    // DeleteObjects.
+    let r = c
+        .send(
+            Req::new("POST", "/photos-1".into())
+                .q("delete", "")
+                .body("<Delete><Object><Key>empty</Key></Object><Object><Key>dir/hello world.txt</Key></Object><Object><Key>never-there</Key></Object></Delete>"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    assert_eq!(
+        all_between(&text, "<Deleted><Key>", "</Key>").len(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        c.send(Req::new("DELETE", "/photos-1".into()))
+            .await
+            .status(),
+        204
+    );
+    let (s, _) = error_code(c.send(Req::new("HEAD", "/photos-1".into())).await).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_host_style_addresses_the_same_bucket() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("vhost").await;
+    let port = h.url.rsplit(':').next().expect("port").to_string();
+    let v = Client {
+        host: Some(format!("vhost.s3.localhost:{port}")),
+        ..h.client()
+    };
+    let r = v
+        .send(Req::new("PUT", "/dir/k.txt".into()).body(b"by host".to_vec()))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get("vhost", "dir/k.txt")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"by host"
+    );
+    let text = v
+        .send(Req::new("GET", "/".into()).q("list-type", "2"))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(all_between(&text, "<Key>", "</Key>"), ["dir/k.txt"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_requests_and_copy() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("cond").await;
+    let r = c.put("cond", "a", b"version one".to_vec()).await;
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let last_modified = c.get("cond", "a").await.headers()["last-modified"]
+        .to_str()
+        .expect("date")
+        .to_string();
+    let get = |hk: &'static str, hv: String| {
+        let c = &c;
+        async move {
+            c.send(Req::new("GET", key_path("cond", "a")).h(hk, &hv))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("if-match", etag.clone()).await, 200);
+    assert_eq!(get("if-match", "\"nope\"".into()).await, 412);
+    assert_eq!(get("if-none-match", etag.clone()).await, 304);
+    assert_eq!(get("if-none-match", "\"nope\"".into()).await, 200);
+    assert_eq!(get("if-modified-since", last_modified.clone()).await, 304);
+    assert_eq!(
+        get("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT".into()).await,
+        200
+    );
+    assert_eq!(get("if-unmodified-since", last_modified.clone()).await, 200);
+    assert_eq!(
+        get(
+            "if-unmodified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT".into()
+        )
+        .await,
+        412
+    );
+    // PUT If-None-Match: * creates only.
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "a"))
+                .h("if-none-match", "*")
+                .body(b"two".to_vec()),
+        )
+        .await;
+    assert_eq!(error_code(r).await, (412, "PreconditionFailed".to_string()));
+    assert_eq!(
+        c.get("cond", "a")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"version one"
+    );
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "new"))
+                .h("if-none-match", "*")
+                .body(b"x".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // Copy: metadata kept (COPY) or replaced (REPLACE); copying onto itself unchanged is refused.
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "meta"))
+                .h("x-amz-meta-k", "v1")
+                .h("content-type", "text/x-one")
+                .body(b"copied bytes".to_vec()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = c
+        .send(Req::new("PUT", key_path("cond", "copy1")).h("x-amz-copy-source", "/cond/meta"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.expect("body").contains("<CopyObjectResult"));
+    let r = c.get("cond", "copy1").await;
+    assert_eq!(r.headers()["x-amz-meta-k"], "v1");
+    assert_eq!(r.headers()["content-type"], "text/x-one");
+    assert_eq!(r.bytes().await.expect("body").as_ref(), b"copied bytes");
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "copy2"))
+                .h("x-amz-copy-source", "cond/meta")
+                .h("x-amz-metadata-directive", "REPLACE")
+                .h("x-amz-meta-k", "v2")
+                .h("content-type", "text/x-two"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = c.get("cond", "copy2").await;
+    assert_eq!(r.headers()["x-amz-meta-k"], "v2");
+    assert_eq!(r.headers()["content-type"], "text/x-two");
+    // The source deleted: the copies keep their own bytes.
+    assert_eq!(
+        c.send(Req::new("DELETE", key_path("cond", "meta")))
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        c.get("cond", "copy2")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"copied bytes"
+    );
+    let r = c
+        .send(Req::new("PUT", key_path("cond", "copy1")).h("x-amz-copy-source", "/cond/copy1"))
+        .await;
+    assert_eq!(error_code(r).await, (400, "InvalidRequest".to_string()));
+}
+
+async fn list_all(
+    c: &Client,
+    bucket: &str,
+    params: &[(&str, &str)],
+    v2: bool,
+) -> (Vec<String>, Vec<String>, usize) {
+    let (mut keys, mut prefixes, mut pages) = (Vec::new(), Vec::new(), 0);
+    let mut token: Option<String> = None;
+    loop {
+        let mut r = Req::new("GET", format!("/{bucket}"));
+        if v2 {
+            r = r.q("list-type", "2");
+        }
+        for (k, v) in params {
+            r = r.q(k, v);
+        }
+        if let Some(t) = &token {
+            r = r.q(if v2 { "continuation-token" } else { "marker" }, t);
+        }
+        let text = c.send(r).await.text().await.expect("body");
+        pages += 1;
+        keys.extend(all_between(&text, "<Key>", "</Key>"));
+        prefixes.extend(all_between(&text, "<CommonPrefixes><Prefix>", "</Prefix>"));
+        if between(&text, "<IsTruncated>", "</IsTruncated>").as_deref() != Some("true") {
+            return (keys, prefixes, pages);
+        }
+        token = if v2 {
+            between(&text, "<NextContinuationToken>", "</NextContinuationToken>")
+        } else {
+            between(&text, "<NextMarker>", "</NextMarker>").or_else(|| keys.last().cloned())
+        };
+        assert!(
+            token.is_some(),
+            "a truncated page without a next marker: {text}"
+        );
+        assert!(pages < 100, "listing does not end");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_ten_thousand_keys_with_delimiters_and_pages() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("many").await;
+    // 100 directories of 100 empty objects, plus a few at the top; created 64 at a time.
+    let mut all: Vec<String> = (0..10_000)
+        .map(|i| format!("d{:03}/f{:03}", i / 100, i % 100))
+        .collect();
+    all.extend(["a-top".to_string(), "z-top".to_string()]);
+    for batch in all.chunks(64) {
+        let puts = batch.iter().map(|k| c.put("many", k, Vec::new()));
+        for r in futures_util::future::join_all(puts).await {
+            assert_eq!(r.status(), 200);
+        }
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    // Everything, V2 in pages of 1000 and V1 in pages of 700.
+    let (keys, prefixes, pages) = list_all(&c, "many", &[], true).await;
+    assert_eq!((keys.len(), prefixes.len(), pages), (10_002, 0, 11));
+    assert_eq!(keys, sorted);
+    let (keys, _, pages) = list_all(&c, "many", &[("max-keys", "700")], false).await;
+    assert_eq!((keys.len(), pages), (10_002, 15));
+    assert_eq!(keys, sorted);
+    // With a delimiter: 100 common prefixes and the two top-level keys, in 3 pages of 40.
+    let (keys, prefixes, pages) =
+        list_all(&c, "many", &[("delimiter", "/"), ("max-keys", "40")], true).await;
+    assert_eq!(keys, ["a-top", "z-top"]);
+    assert_eq!(prefixes.len(), 100);
+    assert_eq!(prefixes[0], "d000/");
+    assert_eq!(prefixes[99], "d099/");
+    assert_eq!(pages, 3);
+    let (keys, prefixes, _) =
+        list_all(&c, "many", &[("delimiter", "/"), ("max-keys", "33")], false).await;
+    assert_eq!((keys.len(), prefixes.len()), (2, 100));
+    // A prefix, with start-after.
+    let (keys, _, _) = list_all(
+        &c,
+        "many",
+        &[("prefix", "d042/"), ("start-after", "d042/f089")],
+        true,
+    )
+    .await;
+    assert_eq!(keys.len(), 10);
+    assert_eq!(keys[0], "d042/f090");
+    // max-keys 0 and a prefix nothing has.
+    let text = c
+        .send(
+            Req::new("GET", "/many".into())
+                .q("list-type", "2")
+                .q("max-keys", "0"),
+        )
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains("<KeyCount>0</KeyCount>"), "{text}");
+    let (keys, _, _) = list_all(&c, "many", &[("prefix", "nothing/")], true).await;
+    assert!(keys.is_empty());
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_upload_of_100_mb_read_in_ranges_across_parts() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("big").await;
+    let part = 8 << 20;
+    let total = 100 << 20;
+    let body = pseudo_random(total, 7);
+    let r = c
+        .send(
+            Req::new("POST", key_path("big", "video.bin"))
+                .q("uploads", "")
+                .h("content-type", "video/mp4"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let upload =
+        between(&r.text().await.expect("body"), "<UploadId>", "</UploadId>").expect("upload id");
+    let chunks: Vec<&[u8]> = body.chunks(part).collect();
+    let mut etags = Vec::new();
+    let mut md5s = Vec::new();
+    for (i, p) in chunks.iter().enumerate() {
+        let r = c
+            .send(
+                Req::new("PUT", key_path("big", "video.bin"))
+                    .q("partNumber", &(i + 1).to_string())
+                    .q("uploadId", &upload)
+                    .body(p.to_vec())
+                    .unsigned_payload(),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "part {}", i + 1);
+        etags.push(r.headers()["etag"].to_str().expect("etag").to_string());
+        md5s.extend_from_slice(&Md5::digest(p));
+    }
+    // ListParts sees them all.
+    let text = c
+        .send(Req::new("GET", key_path("big", "video.bin")).q("uploadId", &upload))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        all_between(&text, "<PartNumber>", "</PartNumber>").len(),
+        chunks.len()
+    );
+    // The upload is listed until it completes.
+    let text = c
+        .send(Req::new("GET", "/big".into()).q("uploads", ""))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(text.contains(&upload), "{text}");
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (i, e) in etags.iter().enumerate() {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{}</PartNumber><ETag>{e}</ETag></Part>",
+            i + 1
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    let r = c
+        .send(
+            Req::new("POST", key_path("big", "video.bin"))
+                .q("uploadId", &upload)
+                .body(xml),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let want = format!("\"{}-{}\"", hex::encode(Md5::digest(&md5s)), chunks.len());
+    let text = r.text().await.expect("body");
+    assert!(
+        text.contains(&want.replace('"', "&quot;")) || text.contains(&want),
+        "{text}"
+    );
+    let r = c.send(Req::new("HEAD", key_path("big", "video.bin"))).await;
+    assert_eq!(r.headers()["content-length"], total.to_string().as_str());
+    assert_eq!(r.headers()["etag"], want.as_str());
+    assert_eq!(r.headers()["content-type"], "video/mp4");
+    // Ranges inside a part, across one boundary, across several, the tail.
+    for (a, b) in [
+        (0usize, 99usize),
+        (part - 10, part + 10),
+        (3 * part - 1, 6 * part + 5),
+        (total - 1000, total - 1),
+    ] {
+        let r = c
+            .send(
+                Req::new("GET", key_path("big", "video.bin")).h("range", &format!("bytes={a}-{b}")),
+            )
+            .await;
+        assert_eq!(r.status(), 206);
+        let got = r.bytes().await.expect("body");
+        assert!(got.as_ref() == &body[a..=b], "range {a}-{b}");
+    }
+    let whole = c.get("big", "video.bin").await.bytes().await.expect("body");
+    assert_eq!(whole.len(), total);
+    assert!(whole.as_ref() == body.as_slice());
+    // Completed: no longer listed, its parts gone.
+    let text = c
+        .send(Req::new("GET", "/big".into()).q("uploads", ""))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(!text.contains(&upload), "{text}");
+}
+
+/// `haystack gc` deletes a needle only after the directory's condemn answers that its id is
+/// not a live photo: an object's data ids answer live, a replaced object's old ids answer
+/// deleted (garbage), and the object reads back whole after gc's question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_sees_object_data_as_live() {
+    use haystack_proto::directory::CondemnState;
+    use haystack_s3::meta::ObjectRecord;
+
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("gc-bucket").await;
+    let body = vec![9u8; (2 << 20) + 5];
+    assert_eq!(c.put("gc-bucket", "obj", body.clone()).await.status(), 200);
+    let bucket = h.s3.bucket("gc-bucket").await.expect("bucket").value;
+    let rec: ObjectRecord = h.s3.object(&bucket, "obj").await.expect("record").value;
+    assert_eq!(rec.data.len(), 1);
+    assert_eq!(rec.data[0].chunks.len(), 3, "1 MiB chunks");
+    let dir = h.s3.meta.directory();
+    let old = rec.data[0].photo;
+    assert_eq!(
+        dir.condemn(old).await.expect("condemn").state,
+        CondemnState::Live
+    );
+    assert!(
+        c.get("gc-bucket", "obj")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref()
+            == body.as_slice()
+    );
+    // Overwritten: the old id is garbage, the new one live.
+    assert_eq!(
+        c.put("gc-bucket", "obj", b"new".to_vec()).await.status(),
+        200
+    );
+    let rec: ObjectRecord = h.s3.object(&bucket, "obj").await.expect("record").value;
+    assert_eq!(
+        dir.condemn(old).await.expect("condemn").state,
+        CondemnState::Deleted
+    );
+    assert_eq!(
+        dir.condemn(rec.data[0].photo).await.expect("condemn").state,
+        CondemnState::Live
+    );
+    assert_eq!(
+        c.get("gc-bucket", "obj")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"new"
+    );
+}

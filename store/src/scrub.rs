@@ -1,0 +1,310 @@
+//! The scrubber: a background worker that reads and checks every live needle of every volume
+//! at a throttled rate, the volume scrubbed longest ago first, and reports each corrupt needle
+//! to the directory, which has it rewritten from a good replica (no reader needs to meet it).
+//!
+//! Throttling: each step checks about a tenth of a second's worth of the configured rate,
+//! then sleeps for the rest of that tenth. A needle read slower than `slow_read_ms` means the
+//! disk is busy with foreground work: the scrubber then pauses for a second (counted in
+//! `haystack_store_scrub_pauses_total`). The last finished pass of each volume is kept in
+//! `scrub.json` in the data directory, so a restart goes on with the volumes least recently
+//! scrubbed instead of starting over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use haystack_client::DirectoryClient;
+use haystack_proto::directory::{DamageKind, DamageReport};
+use haystack_service::Next;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+use crate::volume::{IndexEntry, Volume};
+
+/// The scrubber's settings (`[store]` section: `scrub_mib_per_sec`, `scrub_slow_read_ms`).
+#[derive(Clone, Debug)]
+pub struct ScrubConfig {
+    /// Bytes per second to read; `None`: [`weekly_rate`] of the data directory's file system;
+    /// 0 turns scrubbing off.
+    pub bytes_per_sec: Option<u64>,
+    /// A needle read slower than this pauses the scrubber for a second.
+    pub slow_read: Duration,
+    /// A volume is not scrubbed again sooner than this after its last pass.
+    pub min_interval: Duration,
+    /// Where to report corrupt needles: the directory and this store's public URL (the store
+    /// fills it from its heartbeat settings).
+    pub report_to: Option<(String, String)>,
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig {
+            bytes_per_sec: None,
+            slow_read: Duration::from_millis(50),
+            min_interval: Duration::from_secs(3600),
+            report_to: None,
+        }
+    }
+}
+
+/// The rate that scrubs the data directory's whole file system about once a week, at least
+/// 1 MiB/s.
+pub fn weekly_rate(capacity_bytes: u64) -> u64 {
+    (capacity_bytes / (7 * 24 * 3600)).max(1 << 20)
+}
+
+/// The persisted progress: the last finished pass per volume.
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Volume id -> Unix seconds of its last finished pass.
+    volumes: BTreeMap<u32, u64>,
+}
+
+const STATE_FILE: &str = "scrub.json";
+
+/// A pass over one volume in progress.
+struct Pass {
+    volume: Arc<Volume>,
+    entries: Vec<IndexEntry>,
+    file: Arc<File>,
+    next: usize,
+    corrupt: u64,
+}
+
+/// The scrubber worker.
+pub struct Scrubber {
+    store: Arc<Store>,
+    cfg: ScrubConfig,
+    /// The rate in force (bytes per second; 0: off).
+    rate: u64,
+    pass: Option<Pass>,
+    directory: Option<DirectoryClient>,
+    state_path: PathBuf,
+    /// Corrupt needles already reported, with when (reported again after an hour if still
+    /// corrupt on the next pass).
+    reported: HashMap<(u32, u64, u32), Instant>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Scrubber {
+    /// A scrubber over `store`; restores each volume's last pass from `scrub.json`.
+    pub fn new(store: Arc<Store>, cfg: ScrubConfig) -> Scrubber {
+        let state_path = store.config().data_dir.join(STATE_FILE);
+        let state: State = std::fs::read(&state_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for v in store.volumes() {
+            if let Some(at) = state.volumes.get(&v.id()) {
+                v.set_scrubbed_unix(*at);
+                metrics::gauge!("haystack_store_scrub_last_pass_unix_seconds", "volume" => v.id().to_string())
+                    .set(*at as f64);
+            }
+        }
+        let directory = cfg.report_to.as_ref().and_then(|(dir, _)| {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .ok()?;
+            Some(DirectoryClient::with_http(dir, http).with_credentials(
+                haystack_client::Credentials::internal(
+                    store.config().security.keys.as_ref(),
+                    "store",
+                ),
+            ))
+        });
+        let rate = cfg.bytes_per_sec.unwrap_or_else(|| {
+            weekly_rate(crate::heartbeat::disk_space(&store.config().data_dir).0)
+        });
+        Scrubber {
+            store,
+            cfg,
+            rate,
+            pass: None,
+            directory,
+            state_path,
+            reported: HashMap::new(),
+        }
+    }
+
+    /// Writes `scrub.json` (temporary file, then rename; losing it only repeats work).
+    fn save(&self) {
+        let state = State {
+            volumes: self
+                .store
+                .volumes()
+                .iter()
+                .filter(|v| v.scrubbed_unix() > 0)
+                .map(|v| (v.id(), v.scrubbed_unix()))
+                .collect(),
+        };
+        let tmp = self.state_path.with_extension("json.tmp");
+        let r = serde_json::to_vec(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &self.state_path));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "saving the scrubber's progress failed");
+        }
+    }
+
+    /// Starts a pass over the volume scrubbed longest ago (never scrubbed first).
+    fn start_pass(&mut self) -> bool {
+        let Some(v) = self
+            .store
+            .volumes()
+            .into_iter()
+            .min_by_key(|v| (v.scrubbed_unix(), v.id()))
+        else {
+            return false;
+        };
+        if v.scrubbed_unix() + self.cfg.min_interval.as_secs() > now_unix() {
+            return false;
+        }
+        let (entries, file) = v.live_entries();
+        tracing::debug!(
+            volume = v.id(),
+            needles = entries.len(),
+            "scrub pass starts"
+        );
+        self.pass = Some(Pass {
+            volume: v,
+            entries,
+            file,
+            next: 0,
+            corrupt: 0,
+        });
+        true
+    }
+
+    async fn report(&mut self, volume: u32, key: u64, alt: u32) {
+        let (Some(dir), Some((_, me))) = (&self.directory, &self.cfg.report_to) else {
+            return;
+        };
+        let id = (volume, key, alt);
+        if self
+            .reported
+            .get(&id)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(3600))
+        {
+            return;
+        }
+        let r = DamageReport {
+            volume,
+            key,
+            alt,
+            cookie: None,
+            store_url: me.clone(),
+            kind: DamageKind::Corrupt,
+        };
+        match dir.report_damage(&r).await {
+            Ok(reply) => {
+                tracing::info!(
+                    volume,
+                    key,
+                    alt,
+                    queued = reply.queued,
+                    reason = reply.reason.as_deref().unwrap_or(""),
+                    "scrub: corrupt needle reported"
+                );
+                self.reported.insert(id, Instant::now());
+            }
+            Err(e) => {
+                tracing::warn!(volume, key, alt, error = %e, "scrub: reporting a corrupt needle failed; reported again next pass")
+            }
+        }
+    }
+}
+
+impl haystack_service::Worker for Scrubber {
+    async fn step(&mut self) -> Result<Next, String> {
+        if self.rate == 0 {
+            return Ok(Next::Done);
+        }
+        if self.pass.is_none() && !self.start_pass() {
+            return Ok(Next::Idle(Duration::from_secs(10)));
+        }
+        let budget = (self.rate / 10).max(1);
+        let started = Instant::now();
+        let mut spent = 0u64;
+        let mut found = Vec::new();
+        let mut slow = false;
+        let mut failed = None;
+        let done = {
+            let Some(p) = self.pass.as_mut() else {
+                return Ok(Next::Busy);
+            };
+            while spent < budget && p.next < p.entries.len() {
+                let (key, alt, loc) = p.entries[p.next];
+                p.next += 1;
+                let t = Instant::now();
+                match p.volume.check_needle(&p.file, key, alt, loc).await {
+                    Ok(None) => {}
+                    Ok(Some(detail)) => {
+                        p.corrupt += 1;
+                        tracing::error!(volume = p.volume.id(), key, alt, offset = loc.offset, %detail, "scrub: corrupt needle");
+                        found.push((p.volume.id(), key, alt));
+                    }
+                    Err(e) => {
+                        failed = Some(format!(
+                            "scrub read of volume {} failed: {e}",
+                            p.volume.id()
+                        ));
+                        break;
+                    }
+                }
+                spent += u64::from(loc.extent);
+                if t.elapsed() > self.cfg.slow_read {
+                    slow = true;
+                    break;
+                }
+            }
+            p.next >= p.entries.len()
+        };
+        metrics::counter!("haystack_store_scrub_bytes_total").increment(spent);
+        metrics::counter!("haystack_store_scrub_corrupt_total").increment(found.len() as u64);
+        for (v, k, a) in found {
+            self.report(v, k, a).await;
+        }
+        if let Some(e) = failed {
+            // A read error: the pass goes on at the next needle after the back-off.
+            return Err(e);
+        }
+        if done {
+            if let Some(p) = self.pass.take() {
+                let at = now_unix();
+                p.volume.set_scrubbed_unix(at);
+                metrics::gauge!("haystack_store_scrub_last_pass_unix_seconds", "volume" => p.volume.id().to_string())
+                    .set(at as f64);
+                tracing::info!(
+                    volume = p.volume.id(),
+                    needles = p.entries.len(),
+                    corrupt = p.corrupt,
+                    "scrub pass finished"
+                );
+                self.save();
+            }
+        }
+        if slow {
+            metrics::counter!("haystack_store_scrub_pauses_total").increment(1);
+            return Ok(Next::Idle(Duration::from_secs(1)));
+        }
+        // Keep to the rate: this step's bytes take `spent / rate` seconds of budget; a pass
+        // that ended rests at least a fifth of a second (small volumes would spin).
+        let want = Duration::from_secs_f64(spent as f64 / self.rate as f64);
+        let rest = want.saturating_sub(started.elapsed());
+        Ok(Next::Idle(if done {
+            rest.max(Duration::from_millis(200))
+        } else {
+            rest
+        }))
+    }
+}
