@@ -644,6 +644,7 @@ fn build_server(
     let workers = node.cfg.http_workers;
     let shutdown_secs = node.cfg.shutdown_timeout_secs;
     let guard = Guard::new("cache", &node.cfg.security, access).map_err(std::io::Error::other)?;
+    let tls = node.cfg.security.tls.clone();
     guard
         .check_listener(listener.local_addr()?)
         .map_err(std::io::Error::other)?;
@@ -666,7 +667,7 @@ fn build_server(
     if workers > 0 {
         server = server.workers(workers);
     }
-    Ok(server.listen(listener)?.run())
+    Ok(haystack_service::tls::listen(server, listener, tls.as_deref())?.run())
 }
 
 /// Serves the cache on `listener` until `shutdown` resolves, then stops accepting and lets

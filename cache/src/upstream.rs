@@ -63,13 +63,17 @@ impl Clients {
     pub fn new(cfg: &crate::CacheConfig) -> Result<Clients, CacheError> {
         let io = |e: reqwest::Error| CacheError::Config(format!("building an HTTP client: {e}"));
         let connect = Duration::from_millis(cfg.store_timeout_ms.min(1_000));
-        let http = reqwest::Client::builder()
+        let http = cfg
+            .security
+            .http_builder()
             .connect_timeout(connect)
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(io)?;
-        let dir_http = reqwest::Client::builder()
+        let dir_http = cfg
+            .security
+            .http_builder()
             .timeout(Duration::from_millis(cfg.directory_timeout_ms))
             .tcp_nodelay(true)
             .build()

@@ -67,6 +67,7 @@ pub async fn run_with(
         Duration::from_millis(config.metadata_timeout_ms),
     ));
     let workers = config.http_workers;
+    let tls = config.security.tls.clone();
     let tick = Duration::from_millis(config.maintenance_interval_ms);
     let dir = match Directory::new(config, store.clone(), clock).await {
         Ok(d) => Arc::new(d),
@@ -87,9 +88,8 @@ pub async fn run_with(
     .workers(workers)
     .disable_signals()
     .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
+    .shutdown_timeout(10);
+    let server = haystack_service::tls::listen(server, listener, tls.as_deref())?.run();
     let handle = server.handle();
     tracing::info!(%addr, node = dir.node_id(), "directory listening");
 

@@ -109,7 +109,9 @@ impl Directory {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, DirectoryError> {
         config.validate()?;
-        let http = reqwest::Client::builder()
+        let http = config
+            .security
+            .http_builder()
             .timeout(Duration::from_millis(config.notify_timeout_ms))
             .build()
             .map_err(|e| DirectoryError::Internal(format!("building http client: {e}")))?;

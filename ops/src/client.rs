@@ -8,6 +8,12 @@ use std::time::Duration;
 use haystack_client::{Credentials, DirectoryClient, StoreClient};
 
 static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
+static TLS: OnceLock<Option<std::sync::Arc<haystack_service::tls::Tls>>> = OnceLock::new();
+
+/// Sets the TLS settings of every client made after (once, at start).
+pub fn set_tls(tls: Option<std::sync::Arc<haystack_service::tls::Tls>>) {
+    let _ = TLS.set(tls);
+}
 
 /// Sets the credentials of every client made after (once, at start).
 pub fn set_credentials(c: Credentials) {
@@ -21,7 +27,7 @@ pub fn credentials() -> Credentials {
 
 /// A client whose requests give up after `timeout`.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    haystack_service::tls::http_builder(TLS.get().and_then(|t| t.as_deref()))
         .timeout(timeout)
         .build()
         .map_err(|e| e.to_string())

@@ -29,6 +29,25 @@ struct Cli {
     /// Roles append admin actions (who, what, when) to this file as JSON lines.
     #[arg(long, global = true, env = "HAYSTACK_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
+    /// TLS: this process's PEM certificate chain. With --tls-key and --tls-ca, every listener
+    /// speaks HTTPS and every internal client trusts only that CA (use https:// URLs).
+    #[arg(long, global = true, env = "HAYSTACK_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the certificate's PEM private key.
+    #[arg(long, global = true, env = "HAYSTACK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: the PEM CA certificate(s) the cluster's certificates are signed by.
+    #[arg(long, global = true, env = "HAYSTACK_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: listeners ask for a client certificate signed by --tls-ca, and clients
+    /// present --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "HAYSTACK_TLS_CLIENT_AUTH",
+        requires = "tls_cert"
+    )]
+    tls_client_auth: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -546,13 +565,18 @@ async fn run_store(a: StoreArgs, security: Security) -> Result<(), String> {
     cfg.security = security;
     let listener =
         TcpListener::bind(a.listen).map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
+    let scheme = if cfg.security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let heartbeat = a
         .directory
         .map(|directory_url| haystack_store::heartbeat::HeartbeatConfig {
             directory_url: directory_url.trim_end_matches('/').to_string(),
-            public_url: a
-                .public_url
-                .unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(a.listen))),
+            public_url: a.public_url.unwrap_or_else(|| {
+                format!("{scheme}://{}", listener.local_addr().unwrap_or(a.listen))
+            }),
             zone: a.zone,
             rack: a.rack,
             interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
@@ -695,13 +719,23 @@ fn main() -> ExitCode {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     init_logs(cli.log_json);
-    let security = match security::load(cli.cluster_secret_file.as_deref(), cli.audit_log) {
+    let tls = match (cli.tls_cert, cli.tls_key, cli.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(haystack_service::tls::TlsFiles {
+            cert,
+            key,
+            ca,
+            client_auth: cli.tls_client_auth,
+        }),
+        _ => None,
+    };
+    let security = match security::load(cli.cluster_secret_file.as_deref(), cli.audit_log, tls) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("haystack: {e}");
             return ExitCode::FAILURE;
         }
     };
+    client::set_tls(security.tls.clone());
     client::set_credentials(security::tool_credentials(
         cli.token.as_deref(),
         security.keys.as_ref(),

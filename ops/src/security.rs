@@ -8,6 +8,7 @@ use std::path::Path;
 use haystack_client::Credentials;
 use haystack_proto::auth::{valid_subject, ClusterKeys, Role};
 use haystack_service::auth::{unix_now, Security};
+use haystack_service::tls::{Tls, TlsFiles};
 
 /// The environment variable that may hold the secret itself.
 pub const SECRET_ENV: &str = "HAYSTACK_CLUSTER_SECRET";
@@ -17,6 +18,7 @@ pub const SECRET_ENV: &str = "HAYSTACK_CLUSTER_SECRET";
 pub fn load(
     secret_file: Option<&Path>,
     audit_log: Option<std::path::PathBuf>,
+    tls: Option<TlsFiles>,
 ) -> Result<Security, String> {
     let secret = match (std::env::var(SECRET_ENV).ok(), secret_file) {
         (Some(s), _) if !s.trim().is_empty() => Some(s),
@@ -30,7 +32,15 @@ pub fn load(
         Some(s) => Some(ClusterKeys::from_secret(&s)?),
         None => None,
     };
-    Ok(Security { keys, audit_log })
+    let tls = match tls {
+        Some(files) => Some(std::sync::Arc::new(Tls::load(files)?)),
+        None => None,
+    };
+    Ok(Security {
+        keys,
+        audit_log,
+        tls,
+    })
 }
 
 /// What the operator tools prove: the token given, else an admin token minted from the

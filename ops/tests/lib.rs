@@ -7,3 +7,4 @@ mod gc;
 mod rereplication;
 mod server;
 mod shutdown;
+mod tls;

@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use md5::{Digest as _, Md5};
 use sha2::Sha256;
 
@@ -185,7 +185,13 @@ where
         if self.ended {
             return Ok(false);
         }
-        match self.stream.next().await {
+        let next = haystack_service::body::next_within(
+            &mut self.stream,
+            haystack_service::body::BODY_IDLE_TIMEOUT,
+        )
+        .await
+        .map_err(|_| S3Error::RequestTimeout)?;
+        match next {
             Some(Ok(b)) => {
                 self.buf.extend_from_slice(&b);
                 Ok(true)

@@ -49,6 +49,8 @@ pub enum S3Error {
         "You did not provide the number of bytes specified by the Content-Length HTTP header."
     )]
     IncompleteBody,
+    #[error("Your socket connection to the server was not read from or written to within the timeout period.")]
+    RequestTimeout,
     #[error("Your proposed upload exceeds the maximum allowed size")]
     EntityTooLarge,
     #[error("Your proposed upload is smaller than the minimum allowed size")]
@@ -113,6 +115,7 @@ impl S3Error {
             BadChecksum(_) => ("BadDigest", 400),
             ContentSha256Mismatch => ("XAmzContentSHA256Mismatch", 400),
             IncompleteBody => ("IncompleteBody", 400),
+            RequestTimeout => ("RequestTimeout", 400),
             EntityTooLarge => ("EntityTooLarge", 400),
             EntityTooSmall => ("EntityTooSmall", 400),
             MalformedXML(_) => ("MalformedXML", 400),

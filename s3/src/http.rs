@@ -1403,6 +1403,7 @@ pub(crate) async fn serve(
     let addr = listener.local_addr()?;
     let workers = s3.cfg.http_workers;
     let timeout = s3.cfg.shutdown_timeout_secs;
+    let tls = s3.cfg.security.tls.clone();
     let state = web::Data::new(State { s3 });
     let server = HttpServer::new(move || {
         App::new()
@@ -1413,9 +1414,8 @@ pub(crate) async fn serve(
     .disable_signals()
     .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .workers(workers)
-    .shutdown_timeout(timeout)
-    .listen(listener)?
-    .run();
+    .shutdown_timeout(timeout);
+    let server = haystack_service::tls::listen(server, listener, tls.as_deref())?.run();
     let handle = server.handle();
     tracing::info!(%addr, "s3 listening");
     tokio::spawn(async move {

@@ -52,7 +52,9 @@ pub fn build_with_credentials(
 ) -> Result<service::S3, S3Error> {
     config.validate()?;
     let master = keys::MasterKey::load_or_create(&config.master_key_file)?;
-    let http = reqwest::Client::builder()
+    let http = config
+        .security
+        .http_builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
         .build()

@@ -38,6 +38,8 @@ pub struct Security {
     /// Where admin actions are appended (JSON lines); None: the `haystack_audit` log target
     /// only.
     pub audit_log: Option<PathBuf>,
+    /// TLS on every listener and internal client (None: plain HTTP).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl std::fmt::Debug for Security {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Security {
         f.debug_struct("Security")
             .field("keys", &self.keys.as_ref().map(|_| "<redacted>"))
             .field("audit_log", &self.audit_log)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -55,7 +58,19 @@ impl Security {
         Security {
             keys: Some(keys),
             audit_log: None,
+            tls: None,
         }
+    }
+
+    /// A reqwest client builder for this role's internal clients: TLS with the role's CA (and
+    /// certificate, under mutual TLS) when configured, plain HTTP otherwise.
+    pub fn http_builder(&self) -> reqwest::ClientBuilder {
+        crate::tls::http_builder(self.tls.as_deref())
+    }
+
+    /// The listener's TLS settings, if any (for [`crate::tls::listen`]).
+    pub fn tls(&self) -> Option<&crate::tls::Tls> {
+        self.tls.as_deref()
     }
 }
 

@@ -7,8 +7,10 @@
 //! exporter, actix-web (for the auth middleware) and haystack-proto: no service's internals.
 
 pub mod auth;
+pub mod body;
 pub mod metrics;
 pub mod sync;
+pub mod tls;
 pub mod worker;
 
 pub use tokio_util::sync::CancellationToken;

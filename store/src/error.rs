@@ -26,6 +26,9 @@ pub enum StoreError {
     Full(u32),
     #[error("body too large: at most {max} bytes")]
     TooLarge { max: u64 },
+    /// No part of a request body arrived within the idle timeout.
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("{0}")]
     BadRequest(String),
     /// A needle failed its checks on read: never served, counted, reported.

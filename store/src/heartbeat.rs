@@ -125,7 +125,10 @@ pub struct HeartbeatWorker {
 
 impl HeartbeatWorker {
     pub fn new(store: Arc<Store>, cfg: HeartbeatConfig) -> Self {
-        let http = reqwest::Client::builder()
+        let http = store
+            .config()
+            .security
+            .http_builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_default();

@@ -14,7 +14,6 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use haystack_proto::auth::Access;
 use haystack_proto::batch::{self, BatchError};
 use haystack_proto::directory::MAX_LISTED_BUCKETS;
@@ -56,6 +55,7 @@ impl ApiError {
             ReadOnly { .. } => (StatusCode::CONFLICT, "read_only"),
             Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "volume_full"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_needle"),
             BadVolumeFile { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "bad_volume_file"),
@@ -233,7 +233,11 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: u64) -> Ap
     // The declared length is only a hint: reserve at most 1 MiB before bytes arrive, so that
     // connections sending headers alone cannot reserve gigabytes.
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
-    while let Some(chunk) = payload.next().await {
+    let idle = haystack_service::body::BODY_IDLE_TIMEOUT;
+    while let Some(chunk) = haystack_service::body::next_within(&mut payload, idle)
+        .await
+        .map_err(|e| ApiError(StoreError::BodyTimeout(e.to_string())))?
+    {
         let chunk = chunk.map_err(|e| bad(format!("reading the body failed: {e}")))?;
         if buf.len() as u64 + chunk.len() as u64 > max {
             return Err(ApiError(StoreError::TooLarge { max }));
@@ -820,6 +824,7 @@ fn build_server(
 ) -> std::io::Result<actix_web::dev::Server> {
     let guard =
         Guard::new("store", &store.config().security, access).map_err(std::io::Error::other)?;
+    let tls = store.config().security.tls.clone();
     guard
         .check_listener(listener.local_addr()?)
         .map_err(std::io::Error::other)?;
@@ -851,7 +856,7 @@ fn build_server(
     if opts.workers > 0 {
         server = server.workers(opts.workers);
     }
-    Ok(server.listen(listener)?.run())
+    Ok(haystack_service::tls::listen(server, listener, tls.as_deref())?.run())
 }
 
 /// Serves the store on `listener` until `shutdown` resolves, then stops accepting, lets

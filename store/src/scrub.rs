@@ -110,7 +110,10 @@ impl Scrubber {
             }
         }
         let directory = cfg.report_to.as_ref().and_then(|(dir, _)| {
-            let http = reqwest::Client::builder()
+            let http = store
+                .config()
+                .security
+                .http_builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .ok()?;

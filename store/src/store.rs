@@ -305,7 +305,10 @@ impl Store {
             }
             tracing::info!(volume = id, "empty replica dropped for an import");
         }
-        let http = reqwest::Client::builder()
+        let http = self
+            .cfg
+            .security
+            .http_builder()
             .connect_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;

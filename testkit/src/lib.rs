@@ -57,6 +57,9 @@ pub struct ClusterOptions {
     pub scrub: haystack_store::ScrubConfig,
     /// Benchmarks: store `.0` answers every batch write `.1` ms late (a slow replica).
     pub slow_store: Option<(usize, u64)>,
+    /// TLS for the directory and the stores (their URLs turn https://), and for every client
+    /// of the cluster's own (`admin_http`, the roles' internal clients).
+    pub tls: Option<std::sync::Arc<haystack_service::tls::Tls>>,
 }
 
 impl Default for ClusterOptions {
@@ -78,6 +81,7 @@ impl Default for ClusterOptions {
                 ..Default::default()
             },
             slow_store: None,
+            tls: None,
         }
     }
 }
@@ -85,14 +89,21 @@ impl Default for ClusterOptions {
 /// One role running on its own thread and runtime; stopped (gracefully) on `stop` or drop.
 pub struct Node {
     addr: SocketAddr,
+    scheme: &'static str,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Node {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` for a node started with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The same node, its URL said with `https://` (it serves TLS).
+    pub fn with_https(mut self) -> Node {
+        self.scheme = "https";
+        self
     }
 
     /// The bound address.
@@ -137,6 +148,7 @@ where
         .expect("node thread");
     Node {
         addr,
+        scheme: "http",
         stop: tx,
         thread: Some(thread),
     }
@@ -193,8 +205,13 @@ impl Cluster {
             .expect("temp dir");
         let keys = ClusterKeys::from_secret(&random_secret()).expect("a valid secret");
         let dir_listener = bind_loopback();
+        let security = Security {
+            tls: opts.tls.clone(),
+            ..Security::with_keys(keys.clone())
+        };
+        let https = opts.tls.is_some();
         let dcfg = haystack_directory::DirectoryConfig {
-            security: Security::with_keys(keys.clone()),
+            security,
             metadata: format!("embedded:{}", root.path().join("directory").display()),
             replication_factor: opts.replication,
             heartbeat_interval_secs: 1,
@@ -210,11 +227,14 @@ impl Cluster {
             anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
             ..Default::default()
         };
-        let directory = spawn_node("directory", dir_listener, move |l, rx| async move {
+        let mut directory = spawn_node("directory", dir_listener, move |l, rx| async move {
             if let Err(e) = haystack_directory::run(l, dcfg, stopped(rx)).await {
                 panic!("directory failed: {e}");
             }
         });
+        if https {
+            directory = directory.with_https();
+        }
         let mut c = Cluster {
             opts,
             root,
@@ -246,12 +266,13 @@ impl Cluster {
         };
         let directory_url = self.directory.url();
         let scrub = self.opts.scrub.clone();
+        let scheme = self.scheme();
         let slow_batch_ms = match self.opts.slow_store {
             Some((s, ms)) if s == i => ms,
             _ => 0,
         };
-        spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
-            let public_url = format!("http://{}", l.local_addr().expect("addr"));
+        let node = spawn_node(&format!("store-{i}"), listener, move |l, rx| async move {
+            let public_url = format!("{scheme}://{}", l.local_addr().expect("addr"));
             let run = haystack_store::RunConfig {
                 store: cfg,
                 heartbeat: Some(haystack_store::heartbeat::HeartbeatConfig {
@@ -271,7 +292,21 @@ impl Cluster {
             haystack_store::run(l, run, stopped(rx))
                 .await
                 .expect("store server");
-        })
+        });
+        if scheme == "https" {
+            node.with_https()
+        } else {
+            node
+        }
+    }
+
+    /// `https` when the cluster runs TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The cluster's keys (from its random secret).
@@ -282,7 +317,10 @@ impl Cluster {
     /// The security settings a role of this cluster runs with (the cache's and the
     /// uploader's configs take them).
     pub fn security(&self) -> Security {
-        Security::with_keys(self.keys.clone())
+        Security {
+            tls: self.opts.tls.clone(),
+            ..Security::with_keys(self.keys.clone())
+        }
     }
 
     /// Internal credentials for haystack-client's clients in tests.
@@ -304,7 +342,8 @@ impl Cluster {
             reqwest::header::AUTHORIZATION,
             reqwest::header::HeaderValue::from_str(&value).expect("a visible ASCII token"),
         );
-        reqwest::Client::builder()
+        self.security()
+            .http_builder()
             .default_headers(headers)
             .build()
             .expect("reqwest client")
@@ -317,7 +356,7 @@ impl Cluster {
 
     /// Store `i`'s base URL (also while it is stopped).
     pub fn store_url(&self, i: usize) -> String {
-        format!("http://{}", self.store_addrs[i])
+        format!("{}://{}", self.scheme(), self.store_addrs[i])
     }
 
     /// Every store's base URL, in start order.

@@ -35,6 +35,9 @@ pub struct UploaderConfig {
     pub allow_public_without_key: bool,
     /// Largest photo body accepted, bytes. Default 50 MiB.
     pub max_photo_bytes: u64,
+    /// An upload whose body sends nothing for this long is cut off with 408 `body_timeout`
+    /// (a client that stalls or trickles holds a slot this long at most), ms. Default 30000.
+    pub body_idle_timeout_ms: u64,
     /// Largest photo accepted, in pixels (width × height), checked from the header before any
     /// decode. Default 100 000 000 (100 megapixels).
     pub max_pixels: u64,
@@ -96,6 +99,7 @@ impl Default for UploaderConfig {
             api_key: None,
             allow_public_without_key: false,
             max_photo_bytes: 50 << 20,
+            body_idle_timeout_ms: 30_000,
             max_pixels: 100_000_000,
             max_dimension: 30_000,
             variants: default_variants(),

@@ -27,6 +27,9 @@ pub enum UploaderError {
     /// The body is larger than the configured maximum.
     #[error("body larger than {max} bytes")]
     TooLarge { max: u64 },
+    /// No part of the body arrived within `body_idle_timeout_ms`.
+    #[error("{0}")]
+    BodyTimeout(String),
     /// The header declares more pixels (or a longer side) than allowed.
     #[error("image of {width}x{height} pixels is over the limit ({limit})")]
     TooManyPixels {

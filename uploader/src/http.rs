@@ -16,7 +16,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::{Stream, TryStreamExt};
 use haystack_proto::auth::Access;
 use haystack_proto::ErrorBody;
 use haystack_service::auth::Guard;
@@ -34,6 +34,7 @@ impl UploaderError {
             InvalidImage(_) => (StatusCode::BAD_REQUEST, "invalid_image"),
             UnsupportedFormat(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_format"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             TooManyPixels { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels"),
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             NoRoute => (StatusCode::NOT_FOUND, "no_such_route"),
@@ -242,15 +243,24 @@ fn media_type(req: &HttpRequest) -> ApiResult<Option<String>> {
     }))
 }
 
-/// Reads a stream into memory up to `max` bytes; past it, `TooLarge` at once.
-async fn read_limited<S, E>(mut s: S, max: u64, hint: Option<u64>) -> ApiResult<Bytes>
+/// Reads a stream into memory up to `max` bytes; past it, `TooLarge` at once; when no piece
+/// arrives for `idle`, `BodyTimeout`.
+async fn read_limited<S, E>(
+    mut s: S,
+    max: u64,
+    hint: Option<u64>,
+    idle: std::time::Duration,
+) -> ApiResult<Bytes>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     // Reserve at most 1 MiB before bytes arrive: headers alone cannot reserve gigabytes.
     let mut buf = BytesMut::with_capacity(hint.unwrap_or(0).min(max).min(1 << 20) as usize);
-    while let Some(piece) = s.next().await {
+    while let Some(piece) = haystack_service::body::next_within(&mut s, idle)
+        .await
+        .map_err(|e| UploaderError::BodyTimeout(e.to_string()))?
+    {
         let piece = piece
             .map_err(|e| UploaderError::BadRequest(format!("reading the body failed: {e}")))?;
         if buf.len() as u64 + piece.len() as u64 > max {
@@ -272,7 +282,12 @@ const PHOTO_TYPES: &[&str] = &[
 ];
 
 /// The photo's bytes from a raw body or the multipart field `file`.
-async fn photo_body(req: &HttpRequest, payload: web::Payload, max: u64) -> ApiResult<Bytes> {
+async fn photo_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: u64,
+    idle: std::time::Duration,
+) -> ApiResult<Bytes> {
     let declared = content_length(req)?;
     let mt = media_type(req)?;
     if mt.as_deref() == Some("multipart/form-data") {
@@ -283,10 +298,10 @@ async fn photo_body(req: &HttpRequest, payload: web::Payload, max: u64) -> ApiRe
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
         while let Some(field) = form.try_next().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
-                return read_limited(field, max, declared).await;
+                return read_limited(field, max, declared, idle).await;
             }
             // Other fields are read and dropped, within the same limit.
-            read_limited(field, max, None).await?;
+            read_limited(field, max, None, idle).await?;
         }
         return Err(UploaderError::BadRequest(
             "the multipart form has no field named \"file\"".into(),
@@ -302,7 +317,7 @@ async fn photo_body(req: &HttpRequest, payload: web::Payload, max: u64) -> ApiRe
     if declared.is_some_and(|n| n > max) {
         return Err(UploaderError::TooLarge { max });
     }
-    read_limited(payload, max, declared).await
+    read_limited(payload, max, declared, idle).await
 }
 
 fn multipart_error(e: actix_multipart::MultipartError) -> UploaderError {
@@ -327,7 +342,9 @@ async fn post_photo(
     let _slot = state.limits.admit(&req)?;
     let key = idempotency_key(&req)?;
     let ack = write_ack(&req)?;
-    let body = photo_body(&req, payload, state.uploader.config().max_photo_bytes).await?;
+    let cfg = state.uploader.config();
+    let idle = std::time::Duration::from_millis(cfg.body_idle_timeout_ms);
+    let body = photo_body(&req, payload, cfg.max_photo_bytes, idle).await?;
     let (photo, outcome) = state
         .uploader
         .upload_photo(body, key.as_deref(), ack)
@@ -360,7 +377,9 @@ async fn post_video(
                 ));
             };
             if field.name() != Some("file") {
-                read_limited(field, 64 << 10, None).await?;
+                let idle =
+                    std::time::Duration::from_millis(state.uploader.config().body_idle_timeout_ms);
+                read_limited(field, 64 << 10, None, idle).await?;
                 continue;
             }
             let ct = field
@@ -520,6 +539,7 @@ fn build_server(
     workers: usize,
     shutdown_timeout_secs: u64,
 ) -> std::io::Result<actix_web::dev::Server> {
+    let tls = state.uploader.config().security.tls.clone();
     let guard = Guard::new("uploader", &state.uploader.config().security, access)
         .map_err(std::io::Error::other)?;
     let server = HttpServer::new(move || {
@@ -534,7 +554,7 @@ fn build_server(
     .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .workers(workers)
     .shutdown_timeout(shutdown_timeout_secs);
-    Ok(server.listen(listener)?.run())
+    Ok(haystack_service::tls::listen(server, listener, tls.as_deref())?.run())
 }
 
 /// Serves `uploader` on `listener` until `shutdown` resolves, then stops accepting and lets

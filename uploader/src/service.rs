@@ -141,12 +141,16 @@ const NEEDLE_OVERHEAD: u64 = 64;
 impl Uploader {
     /// A service over `cfg` (already validated).
     pub fn new(cfg: UploaderConfig) -> Result<Uploader, UploaderError> {
-        let dir_http = reqwest::Client::builder()
+        let dir_http = cfg
+            .security
+            .http_builder()
             .timeout(Duration::from_millis(cfg.directory_timeout_ms))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
-        let store_http = reqwest::Client::builder()
+        let store_http = cfg
+            .security
+            .http_builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()
@@ -481,7 +485,11 @@ impl Uploader {
         while !ended {
             // Fill one chunk (or reach the end of the body).
             while buf.len() < chunk_bytes {
-                match body.next().await {
+                let idle = Duration::from_millis(self.cfg.body_idle_timeout_ms);
+                let next = haystack_service::body::next_within(&mut body, idle)
+                    .await
+                    .map_err(|e| UploaderError::BodyTimeout(e.to_string()))?;
+                match next {
                     Some(Ok(mut piece)) => {
                         total += piece.len() as u64;
                         if total > max {

@@ -208,3 +208,37 @@ async fn a_client_with_an_upload_in_progress_at_the_bound_gets_429() {
         "the slot of the closed upload was never given back"
     );
 }
+
+/// Issue 17's body read timeout: an upload that sent its head and a few bytes and then stops
+/// is answered 408 `body_timeout` once `body_idle_timeout_ms` passes with nothing, and its
+/// slot is given back; other uploads are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_body_stalls_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(ClusterOptions::default(), |c| {
+        c.body_idle_timeout_ms = 500;
+        c.max_concurrent_uploads_per_client = 1;
+    })
+    .await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/photos HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nabc",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stalled.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the stalled upload was never cut off");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    // Its slot is free again: the same client uploads.
+    let r = h.post_photo(jpeg(64, 48), "image/jpeg").await;
+    assert_eq!(r.status().as_u16(), 201);
+}

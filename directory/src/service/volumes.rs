@@ -262,7 +262,10 @@ impl Directory {
                 to = %target.url,
                 "re-replicating a volume whose store stayed down"
             );
-            let copy = reqwest::Client::builder()
+            let copy = self
+                .config
+                .security
+                .http_builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| DirectoryError::Internal(e.to_string()))?;
