@@ -2,6 +2,10 @@
 //! calling thread (run it under `taskset -c 1` for one core). Prints each run and the median.
 //!
 //!     cargo bench -p haystack-uploader --bench variants -- [--runs N] [--width W --height H]
+//!         [--subsampling 420]
+//!
+//! Each run is timed twice: wall clock, and the CPU time of the process
+//! (`CLOCK_PROCESS_CPUTIME_ID`), which other processes sharing the core do not inflate.
 //!
 //! It then times, once each, the alternatives the uploader does not use (the image crate's own
 //! resize to 2048 and its own JPEG encoder on the 2048 variant) against the ones it does.
@@ -10,6 +14,17 @@ use std::time::Instant;
 
 use haystack_uploader::config::default_variants;
 use haystack_uploader::images::{process, EncodeOptions, ImageLimits};
+
+/// CPU time the process has used (every thread: jpeg-decoder may start some), in ms.
+fn process_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
 
 fn arg(args: &[String], name: &str, default: u32) -> u32 {
     args.iter()
@@ -23,8 +38,19 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs = arg(&args, "--runs", 10).max(1);
     let (w, h) = (arg(&args, "--width", 4000), arg(&args, "--height", 3000));
+    // jpeg-encoder writes 4:4:4 at q90; `--subsampling 420` makes the 4:2:0 that most cameras
+    // write (half the blocks to decode).
+    let subsampled = args
+        .iter()
+        .position(|a| a == "--subsampling")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|v| v == "420");
     let mut jpeg = Vec::new();
-    jpeg_encoder::Encoder::new(&mut jpeg, 90)
+    let mut encoder = jpeg_encoder::Encoder::new(&mut jpeg, 90);
+    if subsampled {
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+    }
+    encoder
         .encode(
             &haystack_uploader::images::test_picture(w, h),
             w as u16,
@@ -33,7 +59,8 @@ fn main() {
         )
         .expect("encode the test JPEG");
     println!(
-        "source: {w}x{h} JPEG q90, {} bytes; variants: {:?}",
+        "source: {w}x{h} JPEG q90 {}, {} bytes; variants: {:?}",
+        if subsampled { "4:2:0" } else { "4:4:4" },
         jpeg.len(),
         default_variants()
             .iter()
@@ -46,17 +73,17 @@ fn main() {
     };
     let opts = EncodeOptions { jpeg_quality: 85 };
     let specs = default_variants();
-    let mut times = Vec::new();
+    let (mut times, mut cpu_times) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let t = Instant::now();
+        let (t, c) = (Instant::now(), process_cpu_ms());
         let p = process(&jpeg, &specs, limits, opts).expect("process");
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
+        let (ms, cpu) = (t.elapsed().as_secs_f64() * 1e3, process_cpu_ms() - c);
+        let (t, c) = (Instant::now(), process_cpu_ms());
         let decoded = image::load_from_memory(&jpeg).expect("decode");
-        let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (decode_ms, decode_cpu) = (t.elapsed().as_secs_f64() * 1e3, process_cpu_ms() - c);
         drop(decoded);
         println!(
-            "run {run}: all variants {ms:.1} ms (decode alone {decode_ms:.1} ms); {}",
+            "run {run}: all variants {ms:.1} ms, CPU {cpu:.1} ms (whole decode alone {decode_ms:.1} ms, CPU {decode_cpu:.1} ms); {}",
             p.variants
                 .iter()
                 .map(|v| format!("{} {}x{} {} B", v.name, v.width, v.height, v.data.len()))
@@ -64,14 +91,22 @@ fn main() {
                 .join(", ")
         );
         times.push(ms);
+        cpu_times.push(cpu);
     }
     times.sort_by(f64::total_cmp);
+    cpu_times.sort_by(f64::total_cmp);
     compare(&jpeg);
     println!(
         "median {:.1} ms, min {:.1} ms, max {:.1} ms over {runs} runs",
         times[times.len() / 2],
         times[0],
         times[times.len() - 1]
+    );
+    println!(
+        "process CPU: median {:.1} ms, min {:.1} ms, max {:.1} ms",
+        cpu_times[cpu_times.len() / 2],
+        cpu_times[0],
+        cpu_times[cpu_times.len() - 1]
     );
 }
 

@@ -696,6 +696,70 @@ mod tests {
         (10.0 * (255.0 * 255.0 / mse.max(1e-12)).log10(), max)
     }
 
+    /// `jpeg` with an EXIF block (APP1 right after SOI) holding only `orientation`.
+    fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        let mut tiff = b"II*\0".to_vec();
+        tiff.extend_from_slice(&8u32.to_le_bytes()); // the first IFD follows the header
+        tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes()); // one value
+        tiff.extend_from_slice(&orientation.to_le_bytes());
+        tiff.extend_from_slice(&[0, 0]);
+        tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.extend_from_slice(&tiff);
+        let mut out = jpeg[..2].to_vec();
+        out.extend_from_slice(&[0xff, 0xe1]);
+        out.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
+        out.extend_from_slice(&app1);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    /// EXIF orientation is applied the same way whether the JPEG is decoded whole or at a
+    /// reduced scale: same display size, and variants within the same PSNR bound.
+    #[test]
+    fn dct_scaled_decode_keeps_exif_orientation() {
+        let limits = ImageLimits {
+            max_pixels: 100_000_000,
+            max_dimension: 30_000,
+        };
+        let (w, h) = (2048, 1536);
+        let plain = photo_jpeg(w, h);
+        for (orientation, display) in [(1, (w, h)), (3, (w, h)), (6, (h, w)), (8, (h, w))] {
+            let jpeg = with_orientation(&plain, orientation);
+            assert_eq!(
+                display_size(&jpeg),
+                Some(display),
+                "orientation {orientation}"
+            );
+            let probe = probe(&jpeg, limits).unwrap();
+            assert_eq!(dct_scale(w, h, 256), 8);
+            let scaled = decode(&jpeg, &probe, 256).unwrap();
+            let full = decode(&jpeg, &probe, u32::MAX).unwrap();
+            assert_eq!((scaled.width, scaled.height), display);
+            assert_eq!((full.width, full.height), display);
+            assert_eq!(
+                (scaled.pixels.width, scaled.pixels.height),
+                (display.0 / 8, display.1 / 8),
+                "orientation {orientation}: the reduced pixels are turned too"
+            );
+            let sides = [256, 64];
+            for (side, (a, b)) in sides.iter().zip(
+                variant_pixels(&scaled, &sides)
+                    .iter()
+                    .zip(&variant_pixels(&full, &sides)),
+            ) {
+                let (db, max) = psnr(a, b);
+                println!(
+                    "orientation {orientation}, variant {side}: PSNR {db:.1} dB, max error {max}"
+                );
+                assert!(db >= 40.0, "orientation {orientation} {side}: {db:.1} dB");
+            }
+        }
+    }
+
     /// The reduced-scale decode gives variants within 40 dB PSNR of a full decode resized
     /// the same way (the bound the uploader holds the DCT scaling to).
     #[test]
