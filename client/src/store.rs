@@ -254,7 +254,9 @@ impl StoreClient {
     /// erasure-coded and the directory switched to its shards).
     pub async fn drop_volume(&self, store: &str, id: u32) -> Result<(), ClientError> {
         let u = url::volume(store, id);
-        send(self.req(reqwest::Method::DELETE, &u), &u).await.map(drop)
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
     }
 
     /// A POST to an erasure-coded volume's operation with a JSON body; `T` is the store's
@@ -268,6 +270,18 @@ impl StoreClient {
     ) -> Result<T, ClientError> {
         let u = url::ec(store, id, Some(op));
         call(self.req(reqwest::Method::POST, &u).json(body), &u).await
+    }
+
+    /// Tells a shard store where every shard of an erasure-coded volume is now
+    /// (`PUT /v1/ec/{id}/manifest`, body `{"shards": [...]}`); `T` is its answer.
+    pub async fn ec_put_manifest<B: Serialize, T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let u = url::ec(store, id, Some("manifest"));
+        call(self.req(reqwest::Method::PUT, &u).json(body), &u).await
     }
 
     /// A GET of an erasure-coded volume's description (`op` None) or listing; `T` decodes it.
@@ -308,7 +322,9 @@ impl StoreClient {
         generation: u32,
     ) -> Result<(), ClientError> {
         let u = url::ec_staged(store, id, generation, None);
-        send(self.req(reqwest::Method::DELETE, &u), &u).await.map(drop)
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
     }
 
     /// Raw bytes `offset..offset + len` of shard `shard`'s data (fewer at its end): what a

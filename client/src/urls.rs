@@ -54,6 +54,14 @@ pub mod directory {
     pub fn volume_replace(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/replace"))
     }
+    /// `POST` erasure-codes a sealed volume.
+    pub fn volume_encode(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/encode"))
+    }
+    /// `POST` rebuilds a shard of an erasure-coded volume.
+    pub fn volume_ec_rebuild(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/ec/rebuild"))
+    }
     /// `POST` reports a damaged or missing replica of a needle; `GET` lists the repair queue.
     pub fn repairs(base: &str) -> String {
         join(base, "/v1/repairs")
@@ -130,7 +138,9 @@ pub mod store {
     ) -> String {
         join(
             base,
-            &format!("/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}"),
+            &format!(
+                "/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}"
+            ),
         )
     }
     /// `GET` the digest of the volume's needle list in `buckets` buckets.

@@ -33,7 +33,9 @@ fn check_url(u: &str) -> ApiResult<()> {
     if u.starts_with("http://") || u.starts_with("https://") {
         Ok(())
     } else {
-        Err(bad(format!("{u:?} is not a store's base URL (http://host:port)")))
+        Err(bad(format!(
+            "{u:?} is not a store's base URL (http://host:port)"
+        )))
     }
 }
 

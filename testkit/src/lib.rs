@@ -17,7 +17,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use haystack_proto::directory::LogicalVolumeInfo;
-use haystack_store::{EngineKind, StoreConfig};
+pub use haystack_store::EngineKind;
+use haystack_store::StoreConfig;
 use tokio::sync::watch;
 
 /// What to start. `Default` is two stores, replication 2, 64 MiB volumes.

@@ -102,7 +102,9 @@ pub fn build(
     let started = std::time::Instant::now();
     let (g, placed) = pack(needles, k, m, block_bytes).map_err(StoreError::BadRequest)?;
     if g.blocks > u32::MAX as u64 {
-        return Err(StoreError::BadRequest("too many blocks: choose larger ones".into()));
+        return Err(StoreError::BadRequest(
+            "too many blocks: choose larger ones".into(),
+        ));
     }
     let final_dir = staging_dir(data_dir, volume, generation);
     let tmp_dir = final_dir.with_extension("build.tmp");
@@ -117,10 +119,7 @@ pub fn build(
         .map(|i| {
             disk.open(
                 &tmp_dir.join(staged_name(Some(i))),
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true),
+                OpenOptions::new().read(true).write(true).create_new(true),
             )
         })
         .collect::<io::Result<_>>()?;
@@ -200,7 +199,13 @@ pub fn build(
 }
 
 /// Reads `len` bytes of shard data at `at` (after the header), zeros past `shard_len`.
-pub fn read_padded(disk: &Disk, f: &File, at: u64, len: u64, shard_len: u64) -> io::Result<Vec<u8>> {
+pub fn read_padded(
+    disk: &Disk,
+    f: &File,
+    at: u64,
+    len: u64,
+    shard_len: u64,
+) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
     let have = shard_len.saturating_sub(at).min(len) as usize;
     if have > 0 {
@@ -225,7 +230,11 @@ pub fn write_parity(disk: &Disk, g: &Geometry, files: &[File]) -> Result<()> {
             let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
             let par = codec::parity(k, g.m as usize, &refs).map_err(io::Error::other)?;
             for (j, p) in par.iter().enumerate() {
-                disk.write_all_at(&files[k + j], &p[..len as usize], SHARD_HEADER_LEN + base + o)?;
+                disk.write_all_at(
+                    &files[k + j],
+                    &p[..len as usize],
+                    SHARD_HEADER_LEN + base + o,
+                )?;
             }
             o += len;
         }

@@ -66,7 +66,10 @@ impl Geometry {
     /// Where byte `offset` of block `block` lies: (shard, offset in that shard's data).
     pub fn locate(&self, block: u64, offset: u64) -> (usize, u64) {
         let k = self.k as u64;
-        ((block % k) as usize, (block / k) * self.block_bytes + offset)
+        (
+            (block % k) as usize,
+            (block / k) * self.block_bytes + offset,
+        )
     }
 
     /// Total bytes of shard data over all shards (the bytes on disk, headers aside).

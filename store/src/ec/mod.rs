@@ -311,10 +311,7 @@ impl EcVolume {
             needles: e.needles,
             deleted_needles: e.deleted_needles,
             dead_bytes: e.dead_bytes,
-            reason: Some(format!(
-                "erasure-coded {}+{}, shard {}",
-                e.k, e.m, e.shard
-            )),
+            reason: Some(format!("erasure-coded {}+{}, shard {}", e.k, e.m, e.shard)),
             compaction: None,
             scrubbed_unix: None,
         }
@@ -362,7 +359,8 @@ impl EcVolume {
     /// [`Needle`]; a wrong cookie or the deleted flag is `NotFound`.
     fn finish(&self, rec: &IndexRecord, cookie: u64, buf: Vec<u8>) -> Result<Needle> {
         let at = rec.block as u64 * self.geometry.block_bytes + rec.offset as u64;
-        let p = crate::format::parse_needle(&buf).map_err(|e| corrupt(self.id, at, e.to_string()))?;
+        let p =
+            crate::format::parse_needle(&buf).map_err(|e| corrupt(self.id, at, e.to_string()))?;
         if p.header.key != rec.key || p.header.alt != rec.alt || p.header.tag != self.tag {
             return Err(corrupt(self.id, at, "the bytes are another needle".into()));
         }
@@ -382,7 +380,13 @@ impl EcVolume {
 
     /// Reads a needle: from its data shard (here, or on the store holding it), else rebuilt
     /// from k other shards.
-    pub async fn read(&self, key: u64, alt: u32, cookie: u64, peers: &StoreClient) -> Result<Needle> {
+    pub async fn read(
+        &self,
+        key: u64,
+        alt: u32,
+        cookie: u64,
+        peers: &StoreClient,
+    ) -> Result<Needle> {
         let rec = self.lookup(key, alt)?;
         let (shard, at) = self.geometry.locate(rec.block as u64, rec.offset as u64);
         let healthy = if shard == self.shard {
@@ -419,10 +423,17 @@ impl EcVolume {
     }
 
     /// Rebuilds a needle's bytes from the same range of k shards other than `lost`.
-    async fn rebuild_range(&self, rec: &IndexRecord, lost: usize, peers: &StoreClient) -> Result<Vec<u8>> {
+    async fn rebuild_range(
+        &self,
+        rec: &IndexRecord,
+        lost: usize,
+        peers: &StoreClient,
+    ) -> Result<Vec<u8>> {
         let (a0, alen) = Geometry::aligned(rec.offset as u64, rec.extent as u64);
         let row_base = (rec.block as u64 / self.geometry.k as u64) * self.geometry.block_bytes;
-        let ranges = self.fetch_row_ranges(lost, row_base + a0, alen, peers).await?;
+        let ranges = self
+            .fetch_row_ranges(lost, row_base + a0, alen, peers)
+            .await?;
         let g = &self.geometry;
         let refs: Vec<Option<&[u8]>> = ranges.iter().map(|r| r.as_deref()).collect();
         let out = codec::reconstruct(g.k as usize, g.m as usize, &refs, lost)
@@ -491,7 +502,13 @@ impl EcVolume {
 
     /// Deletes a needle: a record appended to the delete log and synced, then hidden. `cookie`
     /// None: whatever its cookie (garbage collection).
-    pub async fn delete(&self, key: u64, alt: u32, cookie: Option<u64>, peers: &StoreClient) -> Result<()> {
+    pub async fn delete(
+        &self,
+        key: u64,
+        alt: u32,
+        cookie: Option<u64>,
+        peers: &StoreClient,
+    ) -> Result<()> {
         let rec = self.lookup(key, alt)?;
         if let Some(c) = cookie {
             // The cookie is in the needle: read it (healthy or degraded).
@@ -505,7 +522,12 @@ impl EcVolume {
             .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))??;
         self.engine.fdatasync(&log).await?;
         haystack_service::sync::write(&self.deleted).insert((key, alt));
-        tracing::info!(volume = self.id, key, alt, "needle deleted on an erasure-coded volume");
+        tracing::info!(
+            volume = self.id,
+            key,
+            alt,
+            "needle deleted on an erasure-coded volume"
+        );
         Ok(())
     }
 
@@ -518,7 +540,11 @@ impl EcVolume {
         let npieces = format::pieces(shard_len);
         let table = self
             .engine
-            .read_at(&self.file, SHARD_HEADER_LEN + shard_len, (npieces * 4 + 4) as usize)
+            .read_at(
+                &self.file,
+                SHARD_HEADER_LEN + shard_len,
+                (npieces * 4 + 4) as usize,
+            )
             .await?;
         let mut report = EcVerifyReport {
             volume: self.id,
@@ -586,7 +612,14 @@ impl EcVolume {
             }
         }
         if !report.ok() {
-            tracing::error!(volume = self.id, shard = self.shard, bad_pieces = report.bad_pieces.len(), corrupt = report.corrupt.len(), parity_mismatches = report.parity_mismatches.len(), "erasure-coded shard failed verification");
+            tracing::error!(
+                volume = self.id,
+                shard = self.shard,
+                bad_pieces = report.bad_pieces.len(),
+                corrupt = report.corrupt.len(),
+                parity_mismatches = report.parity_mismatches.len(),
+                "erasure-coded shard failed verification"
+            );
         }
         Ok(report)
     }
@@ -613,7 +646,10 @@ impl EcVolume {
 
     /// The deletes this store knows (a rebuilt shard's store starts from its peers').
     pub fn deleted(&self) -> Vec<(u64, u32)> {
-        haystack_service::sync::read(&self.deleted).iter().copied().collect()
+        haystack_service::sync::read(&self.deleted)
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// Applies deletes learnt from a peer (durably, as deletes).

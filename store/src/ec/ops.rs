@@ -35,7 +35,10 @@ pub(crate) async fn open_all(
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name.starts_with("ec-") && name.ends_with(".tmp") {
             tracing::warn!(file = %path.display(), "removing an unfinished erasure-coding install");
             if path.is_dir() {
@@ -154,7 +157,11 @@ impl Store {
             .iter()
             .map(|(k, a, l)| (*k, *a, l.offset, l.extent))
             .collect();
-        let (dir, disk, tag) = (self.config().data_dir.clone(), self.engine().disk().clone(), vol.tag());
+        let (dir, disk, tag) = (
+            self.config().data_dir.clone(),
+            self.engine().disk().clone(),
+            vol.tag(),
+        );
         tokio::task::spawn_blocking(move || {
             let src = VolumeFileSource {
                 disk: &disk,
@@ -185,7 +192,12 @@ impl Store {
     }
 
     /// The path of a staged file (`s{i}` or `ecx`) of a finished build.
-    pub fn ec_staged_path(&self, id: u32, generation: u32, name: &str) -> Result<std::path::PathBuf> {
+    pub fn ec_staged_path(
+        &self,
+        id: u32,
+        generation: u32,
+        name: &str,
+    ) -> Result<std::path::PathBuf> {
         let ok = name == "ecx"
             || name
                 .strip_prefix('s')
@@ -268,7 +280,10 @@ impl Store {
             let f = disk.open(&t2, OpenOptions::new().read(true).write(true))?;
             check_shard_file(&disk, &f, id, req.generation, shard, geometry)?;
             disk.sync_all(&f)?;
-            std::fs::write(index_path(&d2, id, req.generation).with_extension("ecx.tmp"), &ix_bytes)?;
+            std::fs::write(
+                index_path(&d2, id, req.generation).with_extension("ecx.tmp"),
+                &ix_bytes,
+            )?;
             let ixt = index_path(&d2, id, req.generation).with_extension("ecx.tmp");
             std::fs::File::open(&ixt)?.sync_all()?;
             std::fs::rename(&ixt, index_path(&d2, id, req.generation))?;
@@ -282,7 +297,8 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        self.switch_to(id, req.generation, req.shard, req.shards, geometry).await
+        self.switch_to(id, req.generation, req.shard, req.shards, geometry)
+            .await
     }
 
     /// Writes the manifest (the switch) and opens the volume's new generation.
@@ -315,11 +331,23 @@ impl Store {
         let old = haystack_service::sync::write(&self.ec).insert(id, v.clone());
         if let Some(old) = old {
             if old.generation() != generation || old.shard() != shard as usize {
-                remove_generation_files(&dir, id, old.generation(), old.shard(), generation, shard as usize);
+                remove_generation_files(
+                    &dir,
+                    id,
+                    old.generation(),
+                    old.shard(),
+                    generation,
+                    shard as usize,
+                );
             }
         }
         self.change_notify().notify_one();
-        tracing::info!(volume = id, generation, shard, "erasure-coded shard installed");
+        tracing::info!(
+            volume = id,
+            generation,
+            shard,
+            "erasure-coded shard installed"
+        );
         Ok(v.ec_info())
     }
 
@@ -350,7 +378,9 @@ impl Store {
             }
             if index.is_none() {
                 if let Ok(b) = self.peers.ec_index(url, id).await {
-                    index = IndexFile::decode(&b).ok().filter(|ix| ix.generation == req.generation);
+                    index = IndexFile::decode(&b)
+                        .ok()
+                        .filter(|ix| ix.generation == req.generation);
                 }
             }
         }
@@ -359,7 +389,9 @@ impl Store {
         })?;
         let g = index.geometry;
         if req.shards.len() != g.shards() || shard >= g.shards() {
-            return Err(StoreError::BadRequest("shard list does not match the scheme".into()));
+            return Err(StoreError::BadRequest(
+                "shard list does not match the scheme".into(),
+            ));
         }
         // A scratch volume handle over the peers (its own shard is the one being rebuilt, so
         // every range comes from the others).
@@ -426,7 +458,13 @@ impl Store {
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
         metrics::counter!("haystack_store_ec_shards_rebuilt_total").increment(1);
-        tracing::info!(volume = id, shard, bytes = shard_len, elapsed_ms = report.elapsed_ms, "erasure-coded shard rebuilt");
+        tracing::info!(
+            volume = id,
+            shard,
+            bytes = shard_len,
+            elapsed_ms = report.elapsed_ms,
+            "erasure-coded shard rebuilt"
+        );
         Ok(report)
     }
 
@@ -469,7 +507,11 @@ impl EcPeerState {
     pub fn of(v: &EcVolume) -> EcPeerState {
         EcPeerState {
             generation: v.generation(),
-            deleted: v.deleted().into_iter().map(|(k, a)| (k.to_string(), a)).collect(),
+            deleted: v
+                .deleted()
+                .into_iter()
+                .map(|(k, a)| (k.to_string(), a))
+                .collect(),
         }
     }
 }
@@ -540,7 +582,11 @@ fn check_shard_file(
     let mut hb = [0u8; SHARD_HEADER_LEN as usize];
     disk.read_exact_at(f, &mut hb, 0)?;
     let h = ShardHeader::decode(&hb).map_err(bad)?;
-    if h.volume != id || h.generation != generation || h.shard as usize != shard || h.geometry != geometry {
+    if h.volume != id
+        || h.generation != generation
+        || h.shard as usize != shard
+        || h.geometry != geometry
+    {
         return Err(bad("header does not match the index".into()));
     }
     if f.metadata()?.len() != h.file_len() {
@@ -558,7 +604,14 @@ fn check_shard_file(
 }
 
 /// Removes the files of an old generation or shard of a volume here.
-fn remove_generation_files(dir: &Path, id: u32, generation: u32, shard: usize, new_gen: u32, new_shard: usize) {
+fn remove_generation_files(
+    dir: &Path,
+    id: u32,
+    generation: u32,
+    shard: usize,
+    new_gen: u32,
+    new_shard: usize,
+) {
     let sp = shard_path(dir, id, generation, shard);
     if (generation, shard) != (new_gen, new_shard) {
         let _ = std::fs::remove_file(sp);
