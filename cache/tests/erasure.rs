@@ -398,3 +398,201 @@ async fn encoded_volume_serves_healthy_degraded_and_rebuilt_io_uring() {
 async fn encoded_volume_serves_healthy_degraded_and_rebuilt_sync() {
     encode_read_degrade_rebuild(EngineKind::Sync).await;
 }
+
+/// Seals volume `v`: the record, then every replica.
+async fn seal(env: &Env, v: u32) -> LogicalVolumeInfo {
+    let dir = env.cluster.directory_url();
+    let (st, _) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/state"),
+        serde_json::json!({"state": "sealed"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let info: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for r in &info.replicas {
+        let (st, _) = post_json(
+            &env.http,
+            &format!("{}/v1/volumes/{v}/seal", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    info
+}
+
+/// An encode that dies after its build and some installs (the directory's steps driven by
+/// hand, then abandoned, as a crash of the directory would leave them) changes nothing the
+/// readers see: the replicas serve; running the encode again completes it. Then bytes flipped
+/// in a data shard on disk are never served: the read is rebuilt from the other shards.
+async fn interrupted_encode_then_corrupt_shard(engine: EngineKind) {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 3,
+            replication: 2,
+            min_writable_volumes: 1,
+            engine,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..10u64 {
+        let data = bytes(3_000 + i as usize * 9_000, 77 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    let info = seal(&env, v).await;
+    let source = info.replicas[0].url.clone();
+    let urls = env.cluster.store_urls();
+    // Steps 1 and 2 (of 3 shards, two installed), then the "crash".
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{source}/v1/ec/{v}/build"),
+        serde_json::json!({"generation": 0, "k": 2, "m": 1, "block_bytes": 131072}),
+    )
+    .await;
+    assert_eq!(st, 200, "build: {}", String::from_utf8_lossy(&body));
+    for (i, u) in urls.iter().enumerate().take(2) {
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{u}/v1/ec/{v}/install"),
+            serde_json::json!({"generation": 0, "shard": i, "from": source, "shards": urls}),
+        )
+        .await;
+        assert_eq!(st, 201, "install {i}: {}", String::from_utf8_lossy(&body));
+    }
+    let dir = env.cluster.directory_url();
+    let now: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(now.ec.is_none(), "no switch without the directory's write");
+    let ids = |v: &LogicalVolumeInfo| v.replicas.iter().map(|r| r.store_id).collect::<Vec<_>>();
+    assert_eq!(ids(&now), ids(&info), "the replicas are still the volume's");
+    // The replicas serve every needle, from the cache and from each replica.
+    read_photos(&env, &photos).await;
+    for r in &info.replicas {
+        for (p, _) in &photos {
+            let (st, _, _) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "replica {} after the abandoned encode", r.url);
+        }
+    }
+    // The encode run again completes.
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 131072}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    read_photos(&env, &photos).await;
+    // Flip a byte inside a needle of data shard 0 on its store's disk.
+    let after: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s0 = urls
+        .iter()
+        .position(|u| *u == after.replicas[0].url)
+        .unwrap();
+    let path = env.cluster.store_dir(s0).join(format!("ec-{v}-0.s0"));
+    let mut raw = std::fs::read(&path).unwrap();
+    // The header is 64 bytes; the first needle's data starts 40 + 10 bytes into it.
+    raw[64 + 40 + 10 + 100] ^= 0x5a;
+    std::fs::write(&path, &raw).unwrap();
+    let degraded_before = metric(
+        &env.http,
+        &after.replicas[1].url,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await
+        + metric(
+            &env.http,
+            &after.replicas[0].url,
+            "haystack_store_ec_degraded_reads_total",
+        )
+        .await;
+    read_photos(&env, &photos).await;
+    for r in &after.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(
+                body == variants[0].1,
+                "wrong bytes from shard store {}",
+                r.url
+            );
+        }
+    }
+    let degraded_after = metric(
+        &env.http,
+        &after.replicas[1].url,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await
+        + metric(
+            &env.http,
+            &after.replicas[0].url,
+            "haystack_store_ec_degraded_reads_total",
+        )
+        .await;
+    assert!(
+        degraded_after > degraded_before,
+        "the corrupt needle was rebuilt, not served"
+    );
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{}/v1/ec/{v}/verify", after.replicas[0].url),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rep["bad_pieces"].as_array().unwrap().len(), 1, "{rep}");
+    assert_eq!(rep["corrupt"].as_array().unwrap().len(), 1, "{rep}");
+}
+
+async fn read_photos(env: &Env, photos: &[(PhotoInfo, Vec<(u32, Vec<u8>)>)]) {
+    for (p, variants) in photos {
+        for (alt, data) in variants {
+            let url = needle_url(&env.cache().url, p, *alt);
+            let (st, _, body) = get_settled(&env.http, &url, &[]).await;
+            assert_eq!(st, 200, "{url}: {}", String::from_utf8_lossy(&body));
+            assert!(body == *data, "{url}: wrong bytes");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_encode_and_corrupt_shard_io_uring() {
+    interrupted_encode_then_corrupt_shard(EngineKind::IoUring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_encode_and_corrupt_shard_sync() {
+    interrupted_encode_then_corrupt_shard(EngineKind::Sync).await;
+}
