@@ -430,6 +430,7 @@ async fn seal(env: &Env, v: u32) -> LogicalVolumeInfo {
     info
 }
 
+/// Then deletes and a re-encode (online) give the space back.
 /// An encode that dies after its build and some installs (the directory's steps driven by
 /// hand, then abandoned, as a crash of the directory would leave them) changes nothing the
 /// readers see: the replicas serve; running the encode again completes it. Then bytes flipped
@@ -574,6 +575,108 @@ async fn interrupted_encode_then_corrupt_shard(engine: EngineKind) {
     let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(rep["bad_pieces"].as_array().unwrap().len(), 1, "{rep}");
     assert_eq!(rep["corrupt"].as_array().unwrap().len(), 1, "{rep}");
+
+    // Deletes, then a re-encode without them while reads go on: space comes back, every live
+    // needle is served byte for byte throughout, the deleted ones never come back.
+    let mut deleted = Vec::new();
+    let mut kept = Vec::new();
+    for (i, p) in photos.into_iter().enumerate() {
+        if i % 2 == 1 {
+            env.dir.delete(p.0.id).await.expect("delete");
+            deleted.push(p.0);
+        } else {
+            kept.push(p);
+        }
+    }
+    let on_disk = |gen_filter: &dyn Fn(&str) -> bool| -> u64 {
+        (0..urls.len())
+            .flat_map(|i| std::fs::read_dir(env.cluster.store_dir(i)).unwrap())
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&format!("ec-{v}-")) && !n.contains(".build") && gen_filter(&n)
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let before = on_disk(&|_| true);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (http, stop, kept) = (env.http.clone(), stop.clone(), kept.clone());
+        let base = env.cache().url.clone();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && reads < 20_000 {
+                for (p, variants) in &kept {
+                    let (st, _, body) = get(&http, &needle_url(&base, p, 0), &[]).await;
+                    assert_eq!(
+                        st,
+                        200,
+                        "read during the re-encode: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    assert!(body == variants[0].1, "wrong bytes during the re-encode");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 131072, "reencode": true}),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.expect("reader");
+    assert!(reads > 0);
+    assert_eq!(st, 200, "re-encode: {}", String::from_utf8_lossy(&body));
+    let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rep.generation, 1);
+    assert_eq!(rep.needles as usize, kept.len());
+    let after = on_disk(&|_| true);
+    assert!(after < before, "space came back: {before} -> {after} bytes");
+    assert_eq!(
+        on_disk(&|n: &str| n.starts_with(&format!("ec-{v}-0."))),
+        0,
+        "generation 0 removed"
+    );
+    read_photos(&env, &kept).await;
+    let shard_urls: Vec<String> = {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(i.ec.as_ref().map(|e| e.generation), Some(1));
+        i.replicas.iter().map(|r| r.url.clone()).collect()
+    };
+    for u in &shard_urls {
+        for p in &deleted {
+            let (st, _, _) = get(&env.http, &needle_url(u, p, 0), &[]).await;
+            assert_eq!(st, 404, "a deleted needle came back on {u}");
+        }
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{u}/v1/ec/{v}/verify?parity=true"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rep["bad_pieces"].as_array().unwrap().len(), 0, "{rep}");
+        assert_eq!(rep["corrupt"].as_array().unwrap().len(), 0, "{rep}");
+        assert_eq!(
+            rep["parity_mismatches"].as_array().unwrap().len(),
+            0,
+            "{rep}"
+        );
+    }
 }
 
 async fn read_photos(env: &Env, photos: &[(PhotoInfo, Vec<(u32, Vec<u8>)>)]) {

@@ -39,7 +39,12 @@ pub async fn encode(
     if json {
         return print(&r);
     }
-    if r.already {
+    if r.shard_bytes_before > 0 {
+        println!(
+            "volume {id} re-encoded as generation {}: {} live needles; shard files {} -> {} bytes",
+            r.generation, r.needles, r.shard_bytes_before, r.shard_bytes_after
+        );
+    } else if r.already {
         println!(
             "volume {id} was erasure-coded already ({}+{}); {} retired replica(s) dropped",
             r.k, r.m, r.replicas_dropped

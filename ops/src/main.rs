@@ -248,6 +248,10 @@ enum VolumeCommand {
         /// Block size: a needle lies inside one block (f4: 1 GiB).
         #[arg(long, default_value_t = 1 << 30)]
         block_bytes: u64,
+        /// The volume is erasure-coded already: encode its live needles again as a new
+        /// generation (online), so that deleted needles' space comes back.
+        #[arg(long)]
+        reencode: bool,
     },
     /// Copy the volume from a healthy replica onto another machine (bulk copy) and switch
     /// the directory to it. For an erasure-coded volume: rebuild shard `--shard` from k
@@ -740,11 +744,17 @@ fn main() -> ExitCode {
                     k,
                     m,
                     block_bytes,
+                    reencode,
                 } => {
                     ec_tool::encode(
                         &directory,
                         id,
-                        haystack_proto::directory::EncodeRequest { k, m, block_bytes },
+                        haystack_proto::directory::EncodeRequest {
+                            k,
+                            m,
+                            block_bytes,
+                            reencode,
+                        },
                         json,
                     )
                     .await

@@ -309,6 +309,10 @@ pub struct EncodeRequest {
     /// Block size (default 1 GiB, f4's).
     #[serde(default = "default_block_bytes")]
     pub block_bytes: u64,
+    /// On an erasure-coded volume: encode its live needles again as a new generation (with
+    /// this scheme), so that deleted needles' space comes back.
+    #[serde(default)]
+    pub reencode: bool,
 }
 
 fn default_block_bytes() -> u64 {
@@ -332,6 +336,11 @@ pub struct EncodeReport {
     pub replicas_dropped: u64,
     /// Already erasure-coded: only leftovers (replicas, staging) were cleaned up.
     pub already: bool,
+    /// Bytes of shard files before and after (all shards; 0 when unknown).
+    #[serde(default)]
+    pub shard_bytes_before: u64,
+    #[serde(default)]
+    pub shard_bytes_after: u64,
 }
 
 /// `POST /v1/volumes/{id}/ec/rebuild`: rebuild shard `shard` (on store `to`, or one the

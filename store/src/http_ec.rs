@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::ec::ops::{BuildRequest, EcPeerState, InstallRequest, RebuildRequest};
+use crate::ec::ops::{ActivateRequest, BuildRequest, EcPeerState, InstallRequest, RebuildRequest};
 use crate::error::StoreError;
 use crate::http::{method_not_allowed, ApiError};
 use crate::store::Store;
@@ -134,6 +134,28 @@ async fn ec_rebuild(
     Ok(HttpResponse::Created().json(report))
 }
 
+async fn ec_activate(
+    req: HttpRequest,
+    body: Bytes,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let id = volume_of(&req)?;
+    let r: ActivateRequest = json(&body)?;
+    for u in &r.shards {
+        check_url(u)?;
+    }
+    let store = store.get_ref().clone();
+    let info = own_task(async move { store.ec_activate(id, r).await }).await?;
+    Ok(HttpResponse::Ok().json(info))
+}
+
+async fn ec_cleanup(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let id = volume_of(&req)?;
+    let store = store.get_ref().clone();
+    let removed = own_task(async move { store.ec_cleanup(id).await }).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"volume": id, "removed_files": removed})))
+}
+
 #[derive(Deserialize)]
 struct VerifyQuery {
     #[serde(default)]
@@ -247,6 +269,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(na()),
     )
     .service(
+        web::resource("/v1/ec/{volume}/activate")
+            .route(web::post().to(ec_activate))
+            .default_service(na()),
+    )
+    .service(
+        web::resource("/v1/ec/{volume}/cleanup")
+            .route(web::post().to(ec_cleanup))
+            .default_service(na()),
+    )
+    .service(
         web::resource("/v1/ec/{volume}/rebuild")
             .route(web::post().to(ec_rebuild))
             .default_service(na()),
@@ -277,6 +309,8 @@ pub(crate) fn route_label(path: &str) -> &'static str {
         (4, Some("index")) => "/v1/ec/{volume}/index",
         (4, Some("build")) => "/v1/ec/{volume}/build",
         (4, Some("install")) => "/v1/ec/{volume}/install",
+        (4, Some("activate")) => "/v1/ec/{volume}/activate",
+        (4, Some("cleanup")) => "/v1/ec/{volume}/cleanup",
         (4, Some("rebuild")) => "/v1/ec/{volume}/rebuild",
         (4, Some("verify")) => "/v1/ec/{volume}/verify",
         (4, Some("manifest")) => "/v1/ec/{volume}/manifest",

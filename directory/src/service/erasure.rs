@@ -20,6 +20,8 @@ struct BuildReport {
 struct EcInfo {
     generation: u32,
     needles: u64,
+    #[serde(default)]
+    shard_file_bytes: u64,
 }
 
 /// A needle in a store's listing.
@@ -83,6 +85,11 @@ impl Directory {
         let client = bulk_client()?;
         if let Some(ec) = cur.value.ec.clone() {
             let dropped = self.drop_retired(id, &client).await?;
+            if req.reencode {
+                let mut r = self.reencode(id, &req, &client).await?;
+                r.replicas_dropped = dropped;
+                return Ok(r);
+            }
             return Ok(EncodeReport {
                 volume: id,
                 k: ec.k,
@@ -94,6 +101,8 @@ impl Directory {
                 deletes_carried: 0,
                 replicas_dropped: dropped,
                 already: true,
+                shard_bytes_before: 0,
+                shard_bytes_after: 0,
             });
         }
         if cur.value.state != VolumeState::Sealed {
@@ -228,6 +237,134 @@ impl Directory {
             deletes_carried: if carried == u64::MAX { 0 } else { carried },
             replicas_dropped: dropped,
             already: false,
+            shard_bytes_before: 0,
+            shard_bytes_after: 0,
+        })
+    }
+
+    /// Re-encodes an erasure-coded volume without its deleted needles, online: a shard store
+    /// builds generation g + 1 from the live needles (reads go on from generation g), every
+    /// shard store installs its new shard without switching, then each switches (a store
+    /// still on g reads its peers' g files, kept until every store switched), the record
+    /// takes the new generation, and the old files are removed.
+    async fn reencode(
+        &self,
+        id: u32,
+        req: &EncodeRequest,
+        client: &StoreClient,
+    ) -> Result<EncodeReport, DirectoryError> {
+        let info = self.volume(id)?;
+        if info.replicas.len() != req.k as usize + req.m as usize {
+            return Err(DirectoryError::BadRequest(format!(
+                "volume {id} has {} shards; a re-encode keeps its k + m",
+                info.replicas.len()
+            )));
+        }
+        if let Some(r) = info.replicas.iter().find(|r| !r.up) {
+            return Err(DirectoryError::Unavailable(format!(
+                "shard store {} is down: rebuild its shard first",
+                r.store_id
+            )));
+        }
+        let urls: Vec<String> = info.replicas.iter().map(|r| r.url.clone()).collect();
+        let mut generation = 0;
+        let mut before = 0;
+        for u in &urls {
+            let e: EcInfo = client
+                .ec_get(u, id, None)
+                .await
+                .map_err(|e| store_failed("reading a shard's state", e))?;
+            generation = generation.max(e.generation);
+            before += e.shard_file_bytes;
+        }
+        let generation = generation + 1;
+        let source = urls[0].clone();
+        let body = serde_json::json!({
+            "generation": generation, "k": req.k, "m": req.m, "block_bytes": req.block_bytes,
+        });
+        let built: BuildReport = client
+            .ec_op(&source, id, "build", &body)
+            .await
+            .map_err(|e| store_failed("building the new generation", e))?;
+        let installs = urls.iter().enumerate().map(|(i, url)| {
+            let body = serde_json::json!({
+                "generation": generation, "shard": i, "from": source, "shards": urls,
+                "activate": false,
+            });
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .ec_op::<_, EcInfo>(&url, id, "install", &body)
+                    .await
+                    .map_err(|e| store_failed(&format!("installing shard {i} on {url}"), e))
+            }
+        });
+        for r in join_all(installs).await {
+            r?;
+        }
+        let mut after = 0;
+        for (i, url) in urls.iter().enumerate() {
+            let body = serde_json::json!({"generation": generation, "shard": i, "shards": urls});
+            let e: EcInfo = client
+                .ec_op(url, id, "activate", &body)
+                .await
+                .map_err(|e| store_failed(&format!("switching shard {i}"), e))?;
+            after += e.shard_file_bytes;
+        }
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                break;
+            };
+            let mut vol = cur.value.clone();
+            if let Some(e) = vol.ec.as_mut() {
+                e.generation = generation;
+                e.k = req.k;
+                e.m = req.m;
+                e.block_bytes = req.block_bytes;
+            }
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                self.remember_volume(id, version, vol);
+                break;
+            }
+        }
+        for url in &urls {
+            let r: Result<serde_json::Value, _> = client
+                .ec_op(url, id, "cleanup", &serde_json::json!({}))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(volume_id = id, error = %e, "removing an old generation failed");
+            }
+        }
+        if let Err(e) = client.ec_drop_staged(&source, id, generation).await {
+            tracing::warn!(volume_id = id, error = %e, "dropping the re-encode's staging failed");
+        }
+        metrics::counter!("haystack_directory_volumes_reencoded_total").increment(1);
+        tracing::info!(
+            volume_id = id,
+            generation,
+            needles = built.needles,
+            before,
+            after,
+            "volume re-encoded"
+        );
+        Ok(EncodeReport {
+            volume: id,
+            k: req.k,
+            m: req.m,
+            block_bytes: req.block_bytes,
+            generation,
+            shards: info.replicas.iter().map(|r| r.store_id).collect(),
+            needles: built.needles,
+            deletes_carried: 0,
+            replicas_dropped: 0,
+            already: false,
+            shard_bytes_before: before,
+            shard_bytes_after: after,
         })
     }
 

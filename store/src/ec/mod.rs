@@ -325,15 +325,84 @@ impl EcVolume {
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>> {
-        if shard != self.shard || generation != self.generation {
-            return Err(StoreError::NotFound);
-        }
         if len > MAX_RANGE_BYTES {
             return Err(StoreError::BadRequest(format!(
                 "at most {MAX_RANGE_BYTES} bytes per range"
             )));
         }
-        self.read_local(offset, len).await
+        if shard != self.shard {
+            return Err(StoreError::NotFound);
+        }
+        if generation == self.generation {
+            return self.read_local(offset, len).await;
+        }
+        // Another generation's file still here (a re-encode's new one installed but not
+        // switched to yet, or the previous one a peer has not left yet).
+        let path = shard_path(&self.dir, self.id, generation, shard);
+        let disk = self.engine.disk().clone();
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(e.into()),
+            };
+            let mut hb = [0u8; SHARD_HEADER_LEN as usize];
+            disk.read_exact_at(&f, &mut hb, 0)?;
+            let h = ShardHeader::decode(&hb)
+                .map_err(|e| StoreError::Io(io::Error::other(format!("shard header: {e}"))))?;
+            let shard_len = h.geometry.shard_len(shard);
+            Ok(build::read_padded(&disk, &f, offset, len, shard_len)?
+                [..shard_len.saturating_sub(offset).min(len) as usize]
+                .to_vec())
+        })
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?
+    }
+
+    /// Live needles in layout order (a re-encode's source).
+    pub fn live_records(&self) -> Vec<IndexRecord> {
+        let del = haystack_service::sync::read(&self.deleted);
+        let mut v: Vec<IndexRecord> = self
+            .records
+            .iter()
+            .filter(|r| !del.contains(&(r.key, r.alt)))
+            .copied()
+            .collect();
+        v.sort_by_key(|r| (r.block, r.offset));
+        v
+    }
+
+    /// The tag of the needles (the source volume's).
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// A needle's whole extent, checked (magic, CRCs, key, tag; not the cookie): from its data
+    /// shard, else rebuilt from k others. What a re-encode copies.
+    pub async fn read_verified(&self, rec: &IndexRecord, peers: &StoreClient) -> Result<Vec<u8>> {
+        let (shard, at) = self.geometry.locate(rec.block as u64, rec.offset as u64);
+        let healthy = if shard == self.shard {
+            self.read_local(at, rec.extent as u64).await
+        } else {
+            let url = self.manifest().shards[shard].clone();
+            peers
+                .ec_shard_range(&url, self.id, shard, self.generation, at, rec.extent as u64)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
+        };
+        if let Ok(b) = healthy {
+            if build::check_needle(&b, rec.key, rec.alt, self.tag, at).is_ok() {
+                return Ok(b);
+            }
+        }
+        metrics::counter!("haystack_store_ec_degraded_reads_total").increment(1);
+        let b = self.rebuild_range(rec, shard, peers).await?;
+        build::check_needle(&b, rec.key, rec.alt, self.tag, at).map_err(|e| match e {
+            StoreError::Corrupt { offset, detail, .. } => corrupt(self.id, offset, detail),
+            e => e,
+        })?;
+        Ok(b)
     }
 
     async fn read_local(&self, offset: u64, len: u64) -> Result<Vec<u8>> {

@@ -106,6 +106,38 @@ pub struct InstallRequest {
     pub shard: u16,
     pub from: String,
     pub shards: Vec<String>,
+    /// Switch to it at once (an encode); false: only install, `activate` later (a
+    /// re-encode, whose stores switch after every one has its new shard).
+    #[serde(default = "yes")]
+    pub activate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /v1/ec/{v}/activate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActivateRequest {
+    pub generation: u32,
+    pub shard: u16,
+    pub shards: Vec<String>,
+}
+
+/// Reads the needles of an erasure-coded volume for a re-encode (on a blocking thread).
+struct EcSource {
+    handle: tokio::runtime::Handle,
+    ec: Arc<EcVolume>,
+    peers: haystack_client::StoreClient,
+    by_key: HashMap<(u64, u32), super::format::IndexRecord>,
+}
+
+impl build::NeedleSource for EcSource {
+    fn read(&self, key: u64, alt: u32, _src_offset: u64, _extent: u32) -> Result<Vec<u8>> {
+        let rec = self.by_key.get(&(key, alt)).ok_or(StoreError::NotFound)?;
+        self.handle
+            .block_on(self.ec.read_verified(rec, &self.peers))
+    }
 }
 
 /// `POST /v1/ec/{v}/rebuild`: make shard `shard` here from k other shards; `shards` names the
@@ -140,11 +172,18 @@ impl Store {
         &self.peers
     }
 
-    /// Builds the shards of sealed volume `id` into a staging directory here.
+    /// Builds the shards of sealed volume `id` into a staging directory here: from its
+    /// replica, or (a re-encode) from the live needles of the erasure-coded volume, read from
+    /// their shards (or rebuilt), for a later generation.
     pub async fn ec_build(&self, id: u32, req: BuildRequest) -> Result<BuildReport> {
         check_scheme(req.k, req.m, req.block_bytes).map_err(StoreError::BadRequest)?;
         let _g = self.ec_lock.lock().await;
-        let vol = self.volume(id)?;
+        let vol = match self.volume(id) {
+            Err(StoreError::NoVolume(_)) if self.ec_volume(id).is_some() => {
+                return self.ec_rebuild_generation(id, req).await;
+            }
+            r => r?,
+        };
         if vol.info().state != haystack_proto::VolumeState::Sealed {
             return Err(StoreError::ReadOnly {
                 volume: id,
@@ -189,6 +228,117 @@ impl Store {
             },
             e => e,
         })
+    }
+
+    async fn ec_rebuild_generation(&self, id: u32, req: BuildRequest) -> Result<BuildReport> {
+        let ec = self.ec_volume_or_404(id)?;
+        if req.generation <= ec.generation() {
+            return Err(StoreError::BadRequest(format!(
+                "a re-encode needs a generation above the current {}",
+                ec.generation()
+            )));
+        }
+        let recs = ec.live_records();
+        let g = ec.geometry();
+        let needles: Vec<(u64, u32, u64, u32)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r.key,
+                    r.alt,
+                    r.block as u64 * g.block_bytes + r.offset as u64,
+                    r.extent,
+                )
+            })
+            .collect();
+        let by_key: HashMap<(u64, u32), super::format::IndexRecord> =
+            recs.iter().map(|r| ((r.key, r.alt), *r)).collect();
+        let (dir, disk, tag) = (
+            self.config().data_dir.clone(),
+            self.engine().disk().clone(),
+            ec.tag(),
+        );
+        let source = EcSource {
+            handle: tokio::runtime::Handle::current(),
+            ec,
+            peers: self.peers.clone(),
+            by_key,
+        };
+        tokio::task::spawn_blocking(move || {
+            build::build(
+                &disk,
+                &source,
+                &needles,
+                id,
+                req.generation,
+                tag,
+                (req.k, req.m, req.block_bytes),
+                &dir,
+            )
+        })
+        .await
+        .map_err(join_err)?
+    }
+
+    /// Switches this store to generation `generation` of its shard (installed with
+    /// `activate: false`): a re-encode's switch, store by store.
+    pub async fn ec_activate(&self, id: u32, req: ActivateRequest) -> Result<EcInfo> {
+        let _g = self.ec_lock.lock().await;
+        let dir = self.config().data_dir.clone();
+        let ix = std::fs::read(index_path(&dir, id, req.generation)).map_err(|_| {
+            StoreError::BadRequest(format!(
+                "generation {} is not installed here",
+                req.generation
+            ))
+        })?;
+        let index = IndexFile::decode(&ix).map_err(StoreError::BadRequest)?;
+        if !shard_path(&dir, id, req.generation, req.shard as usize).exists() {
+            return Err(StoreError::BadRequest(format!(
+                "shard {} of generation {} is not installed here",
+                req.shard, req.generation
+            )));
+        }
+        if self
+            .ec_volume(id)
+            .is_some_and(|v| v.generation() == req.generation)
+        {
+            return Ok(self.ec_volume_or_404(id)?.ec_info());
+        }
+        self.switch_to(id, req.generation, req.shard, req.shards, index.geometry)
+            .await
+    }
+
+    /// Removes the files of every generation but the current one.
+    pub async fn ec_cleanup(&self, id: u32) -> Result<u64> {
+        let _g = self.ec_lock.lock().await;
+        let cur = self.ec_volume_or_404(id)?.generation();
+        let prefix = format!("ec-{id}-");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.config().data_dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some(gen) = rest.split('.').next().and_then(|g| g.parse::<u32>().ok()) else {
+                continue;
+            };
+            if gen != cur && !path.is_dir() {
+                std::fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        std::fs::File::open(&self.config().data_dir)?.sync_all()?;
+        tracing::info!(
+            volume = id,
+            generation = cur,
+            removed,
+            "older erasure-coding generations removed"
+        );
+        Ok(removed)
     }
 
     /// The path of a staged file (`s{i}` or `ecx`) of a finished build.
@@ -248,6 +398,16 @@ impl Store {
             )));
         }
         let shard = req.shard as usize;
+        if !req.activate
+            && self
+                .ec_volume(id)
+                .is_some_and(|v| v.generation() == req.generation)
+        {
+            return Err(StoreError::Busy(format!(
+                "generation {} of volume {id} is the one serving here",
+                req.generation
+            )));
+        }
         let final_path = shard_path(&dir, id, req.generation, shard);
         let tmp = final_path.with_extension(format!("s{shard}.tmp"));
         let resp = self
