@@ -699,3 +699,85 @@ async fn interrupted_encode_and_corrupt_shard_io_uring() {
 async fn interrupted_encode_and_corrupt_shard_sync() {
     interrupted_encode_then_corrupt_shard(EngineKind::Sync).await;
 }
+
+/// A shard store down past `rereplicate_after_ms` has its shard rebuilt on another store by
+/// the directory alone; every needle is served from the new shard set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
+    let mut env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            store_timeout_ms: 2_000,
+            rereplicate_after_ms: 1_000,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..6u64 {
+        let data = bytes(5_000 + i as usize * 4_000, 300 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(&env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+    let urls = env.cluster.store_urls();
+    let lost_url = {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        i.replicas[1].url.clone()
+    };
+    let lost = urls.iter().position(|u| *u == lost_url).unwrap();
+    env.cluster.stop_store(lost);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if i.replicas[1].url != lost_url {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "shard 1 was not rebuilt elsewhere");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(moved.replicas.len(), rep.shards.len());
+    assert!(moved.replicas.iter().all(|r| r.url != lost_url));
+    read_photos(&env, &photos).await;
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{}/v1/ec/{v}/verify", moved.replicas[1].url),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r["bad_pieces"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
+}
