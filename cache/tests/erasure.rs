@@ -14,6 +14,9 @@ use haystack_testkit::EngineKind;
 use crate::common::{bytes, get, needle_url, video_url, Env};
 
 const K: usize = 4;
+
+/// A photo and its variants' (alternate key, bytes).
+type Stored = (PhotoInfo, Vec<(u32, Vec<u8>)>);
 const M: usize = 2;
 
 async fn post_json(http: &reqwest::Client, url: &str, body: serde_json::Value) -> (u16, Vec<u8>) {
@@ -55,11 +58,7 @@ async fn metric(http: &reqwest::Client, store: &str, name: &str) -> f64 {
 }
 
 /// Every needle of `photos` (whole, and a range of each) and the video, through the cache.
-async fn read_everything(
-    env: &Env,
-    photos: &[(PhotoInfo, Vec<(u32, Vec<u8>)>)],
-    video: &(PhotoInfo, Vec<u8>),
-) {
+async fn read_everything(env: &Env, photos: &[Stored], video: &(PhotoInfo, Vec<u8>)) {
     let base = env.cache().url.clone();
     for (p, variants) in photos {
         for (alt, data) in variants {
@@ -679,7 +678,7 @@ async fn interrupted_encode_then_corrupt_shard(engine: EngineKind) {
     }
 }
 
-async fn read_photos(env: &Env, photos: &[(PhotoInfo, Vec<(u32, Vec<u8>)>)]) {
+async fn read_photos(env: &Env, photos: &[Stored]) {
     for (p, variants) in photos {
         for (alt, data) in variants {
             let url = needle_url(&env.cache().url, p, *alt);
@@ -764,7 +763,10 @@ async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
         if i.replicas[1].url != lost_url {
             break i;
         }
-        assert!(Instant::now() < deadline, "shard 1 was not rebuilt elsewhere");
+        assert!(
+            Instant::now() < deadline,
+            "shard 1 was not rebuilt elsewhere"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(moved.replicas.len(), rep.shards.len());

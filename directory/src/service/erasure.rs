@@ -58,7 +58,7 @@ fn check_scheme(r: &EncodeRequest) -> Result<(), DirectoryError> {
             "k and m must be at least 1, and k + m at most 64".into(),
         ));
     }
-    if r.block_bytes < 64 << 10 || r.block_bytes % 4096 != 0 || r.block_bytes > 4 << 30 {
+    if r.block_bytes < 64 << 10 || !r.block_bytes.is_multiple_of(4096) || r.block_bytes > 4 << 30 {
         return Err(DirectoryError::BadRequest(
             "block_bytes must be a multiple of 4096 between 64 KiB and 4 GiB".into(),
         ));

@@ -158,7 +158,7 @@ pub fn check_scheme(k: u8, m: u8, block_bytes: u64) -> Result<(), String> {
     if k as usize + m as usize > 64 {
         return Err("k + m must be at most 64".into());
     }
-    if block_bytes < 64 << 10 || block_bytes % 4096 != 0 || block_bytes > 4 << 30 {
+    if block_bytes < 64 << 10 || !block_bytes.is_multiple_of(4096) || block_bytes > 4 << 30 {
         return Err("block_bytes must be a multiple of 4096 between 64 KiB and 4 GiB".into());
     }
     Ok(())
