@@ -6,6 +6,7 @@ mod common;
 mod admission;
 mod coalescing;
 mod delete;
+mod erasure;
 mod eviction;
 mod failover;
 mod peers;

@@ -145,6 +145,25 @@ impl DirectoryClient {
         .await
     }
 
+    /// Erasure-codes sealed volume `id` (`POST /v1/volumes/{id}/encode`); answers when the
+    /// shards serve and the replicas are dropped.
+    pub async fn encode_volume(
+        &self,
+        id: u32,
+        req: &haystack_proto::directory::EncodeRequest,
+    ) -> Result<haystack_proto::directory::EncodeReport, ClientError> {
+        self.post(url::volume_encode(&self.base, id), req).await
+    }
+
+    /// Rebuilds a shard of erasure-coded volume `id` on another store.
+    pub async fn rebuild_shard(
+        &self,
+        id: u32,
+        req: &haystack_proto::directory::EcRebuildRequest,
+    ) -> Result<LogicalVolumeInfo, ClientError> {
+        self.post(url::volume_ec_rebuild(&self.base, id), req).await
+    }
+
     /// Moves a replica of a volume from one store to another (repair).
     pub async fn replace_replica(
         &self,

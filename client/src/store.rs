@@ -259,6 +259,99 @@ impl StoreClient {
         self.post_op(store, id, "import", Some(&body)).await
     }
 
+    /// Drops a sealed replica of volume `id` (`DELETE /v1/volumes/{id}`: after the volume was
+    /// erasure-coded and the directory switched to its shards).
+    pub async fn drop_volume(&self, store: &str, id: u32) -> Result<(), ClientError> {
+        let u = url::volume(store, id);
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
+    }
+
+    /// A POST to an erasure-coded volume's operation with a JSON body; `T` is the store's
+    /// answer (`build`, `install`, `verify`, `rebuild`, `manifest`).
+    pub async fn ec_op<B: Serialize, T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        op: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let u = url::ec(store, id, Some(op));
+        call(self.req(reqwest::Method::POST, &u).json(body), &u).await
+    }
+
+    /// Tells a shard store where every shard of an erasure-coded volume is now
+    /// (`PUT /v1/ec/{id}/manifest`, body `{"shards": [...]}`); `T` is its answer.
+    pub async fn ec_put_manifest<B: Serialize, T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let u = url::ec(store, id, Some("manifest"));
+        call(self.req(reqwest::Method::PUT, &u).json(body), &u).await
+    }
+
+    /// A GET of an erasure-coded volume's description (`op` None) or listing; `T` decodes it.
+    pub async fn ec_get<T: DeserializeOwned>(
+        &self,
+        store: &str,
+        id: u32,
+        op: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let u = url::ec(store, id, op);
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// The index file of a store's erasure-coded volume (`GET /v1/ec/{id}/index`).
+    pub async fn ec_index(&self, store: &str, id: u32) -> Result<Bytes, ClientError> {
+        let u = url::ec(store, id, Some("index"));
+        let r = send(self.req(reqwest::Method::GET, &u), &u).await?;
+        Ok(r.bytes().await?)
+    }
+
+    /// A staged file of an erasure-coding build, as a stream.
+    pub async fn ec_staged(
+        &self,
+        store: &str,
+        id: u32,
+        generation: u32,
+        name: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let u = url::ec_staged(store, id, generation, Some(name));
+        send(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// Drops the staged files of a build.
+    pub async fn ec_drop_staged(
+        &self,
+        store: &str,
+        id: u32,
+        generation: u32,
+    ) -> Result<(), ClientError> {
+        let u = url::ec_staged(store, id, generation, None);
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
+    }
+
+    /// Raw bytes `offset..offset + len` of shard `shard`'s data (fewer at its end): what a
+    /// degraded read or a rebuild fetches.
+    pub async fn ec_shard_range(
+        &self,
+        store: &str,
+        id: u32,
+        shard: usize,
+        generation: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes, ClientError> {
+        let u = url::ec_shard_range(store, id, shard, generation, offset, len);
+        let r = send(self.req(reqwest::Method::GET, &u), &u).await?;
+        Ok(r.bytes().await?)
+    }
+
     /// The volume file as a stream (`GET /v1/volumes/{id}/export`): the answer once its
     /// status is a success, for the caller to read with `bytes_stream` or `chunk`.
     pub async fn export(&self, store: &str, id: u32) -> Result<reqwest::Response, ClientError> {

@@ -54,6 +54,14 @@ pub mod directory {
     pub fn volume_replace(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/replace"))
     }
+    /// `POST` erasure-codes a sealed volume.
+    pub fn volume_encode(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/encode"))
+    }
+    /// `POST` rebuilds a shard of an erasure-coded volume.
+    pub fn volume_ec_rebuild(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/ec/rebuild"))
+    }
     /// `POST` reports a damaged or missing replica of a needle; `GET` lists the repair queue.
     pub fn repairs(base: &str) -> String {
         join(base, "/v1/repairs")
@@ -103,6 +111,37 @@ pub mod store {
     /// `export`, `import`, `needles`, `gc`.
     pub fn volume_op(base: &str, id: u32, op: &str) -> String {
         join(base, &format!("/v1/volumes/{id}/{op}"))
+    }
+    /// An erasure-coded volume (`GET` describes it) or an operation on it: `build`, `install`,
+    /// `verify`, `manifest`, `rebuild`, `needles`.
+    pub fn ec(base: &str, id: u32, op: Option<&str>) -> String {
+        match op {
+            Some(op) => join(base, &format!("/v1/ec/{id}/{op}")),
+            None => join(base, &format!("/v1/ec/{id}")),
+        }
+    }
+    /// A staged file of a build (`s{i}` or `ecx`); `DELETE` on the generation drops them all.
+    pub fn ec_staged(base: &str, id: u32, generation: u32, name: Option<&str>) -> String {
+        match name {
+            Some(n) => join(base, &format!("/v1/ec/{id}/staged/{generation}/{n}")),
+            None => join(base, &format!("/v1/ec/{id}/staged/{generation}")),
+        }
+    }
+    /// `GET` raw bytes of one shard of an erasure-coded volume.
+    pub fn ec_shard_range(
+        base: &str,
+        id: u32,
+        shard: usize,
+        generation: u32,
+        offset: u64,
+        len: u64,
+    ) -> String {
+        join(
+            base,
+            &format!(
+                "/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}"
+            ),
+        )
     }
     /// `GET` the digest of the volume's needle list in `buckets` buckets.
     pub fn digest(base: &str, id: u32, buckets: u32) -> String {

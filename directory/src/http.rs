@@ -131,6 +131,24 @@ async fn set_volume_state(
     Ok(HttpResponse::Ok().json(dir.set_volume_state(id, b.state, b.reason).await?))
 }
 
+async fn encode_volume(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<haystack_proto::directory::EncodeRequest>,
+) -> Res {
+    let id = parse_u32(&path, "volume id")?;
+    Ok(HttpResponse::Ok().json(dir.encode_volume(id, body.into_inner()).await?))
+}
+
+async fn rebuild_shard(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<haystack_proto::directory::EcRebuildRequest>,
+) -> Res {
+    let id = parse_u32(&path, "volume id")?;
+    Ok(HttpResponse::Ok().json(dir.rebuild_shard(id, body.into_inner()).await?))
+}
+
 async fn replace_replica(
     dir: Dir,
     path: web::Path<String>,
@@ -305,6 +323,14 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route(
                 "/v1/volumes/{volume_id}/replace",
                 web::post().to(replace_replica),
+            )
+            .route(
+                "/v1/volumes/{volume_id}/encode",
+                web::post().to(encode_volume),
+            )
+            .route(
+                "/v1/volumes/{volume_id}/ec/rebuild",
+                web::post().to(rebuild_shard),
             )
             .route("/v1/assign", web::post().to(assign))
             .route("/v1/repairs", web::post().to(report_damage))

@@ -78,6 +78,9 @@ pub struct LogicalVolume {
     /// read-only until a repair moves the replica.
     #[serde(default)]
     pub reported_by: Vec<u64>,
+    /// Erasure-coded (issue 14): `replicas` are then the stores of its shards, in shard order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec: Option<haystack_proto::directory::EcScheme>,
 }
 
 /// A store machine.

@@ -34,6 +34,7 @@ use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
 use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 use crate::placement::{self, Candidate};
 
+mod erasure;
 mod kv;
 mod photos;
 mod repairs;

@@ -288,14 +288,38 @@ enum VolumeCommand {
         /// Logical volume id.
         id: u32,
     },
+    /// Erasure-code a sealed volume (f4 warm storage): k data and m parity shards on k + m
+    /// distinct stores; the replicas are dropped once every shard is written, synced and
+    /// checked and the directory switched. Again on an encoded volume: finishes the drops.
+    Encode {
+        /// Logical volume id.
+        id: u32,
+        /// Data shards.
+        #[arg(long, default_value_t = 10)]
+        k: u8,
+        /// Parity shards (up to m lost shards are survived).
+        #[arg(long, default_value_t = 4)]
+        m: u8,
+        /// Block size: a needle lies inside one block (f4: 1 GiB).
+        #[arg(long, default_value_t = 1 << 30)]
+        block_bytes: u64,
+        /// The volume is erasure-coded already: encode its live needles again as a new
+        /// generation (online), so that deleted needles' space comes back.
+        #[arg(long)]
+        reencode: bool,
+    },
     /// Copy the volume from a healthy replica onto another machine (bulk copy) and switch
-    /// the directory to it.
+    /// the directory to it. For an erasure-coded volume: rebuild shard `--shard` from k
+    /// others onto `--to` (or a store the directory picks).
     Repair {
         /// Logical volume id.
         id: u32,
         /// The store to copy onto: its id or URL (see `haystack status`).
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// Erasure-coded volumes: the shard to rebuild.
+        #[arg(long)]
+        shard: Option<u16>,
         /// The replica to replace: store id or URL (default: the one whose store is down).
         #[arg(long)]
         from: Option<String>,
@@ -503,6 +527,7 @@ struct StoreArgs {
 mod client;
 mod cluster;
 mod config;
+mod ec_tool;
 mod gc_tool;
 mod photo_tool;
 mod s3_tool;
@@ -794,8 +819,41 @@ fn main() -> ExitCode {
                 VolumeCommand::RebuildIndex { id } => {
                     volume_tool::rebuild_index(&directory, id, json).await
                 }
-                VolumeCommand::Repair { id, to, from } => {
-                    volume_tool::repair(&directory, id, &to, from.as_deref(), json).await
+                VolumeCommand::Repair {
+                    id,
+                    to,
+                    shard,
+                    from,
+                } => match shard {
+                    Some(shard) => {
+                        volume_tool::repair_shard(&directory, id, shard, to.as_deref(), json).await
+                    }
+                    None => match to {
+                        Some(to) => {
+                            volume_tool::repair(&directory, id, &to, from.as_deref(), json).await
+                        }
+                        None => Err("--to STORE is required to repair a replica".to_string()),
+                    },
+                },
+                VolumeCommand::Encode {
+                    id,
+                    k,
+                    m,
+                    block_bytes,
+                    reencode,
+                } => {
+                    ec_tool::encode(
+                        &directory,
+                        id,
+                        haystack_proto::directory::EncodeRequest {
+                            k,
+                            m,
+                            block_bytes,
+                            reencode,
+                        },
+                        json,
+                    )
+                    .await
                 }
             },
             Command::Gc {

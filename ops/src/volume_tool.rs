@@ -138,6 +138,9 @@ async fn repair_needle(
 pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(3600))?;
     let dir = dc.volume(id).await.map_err(text)?;
+    if dir.ec.is_some() {
+        return crate::ec_tool::verify(directory, &dir, json).await;
+    }
     let urls: Vec<String> = dir.replicas.iter().map(|r| r.url.clone()).collect();
     let mut out = Vec::new();
     for url in &urls {
@@ -388,6 +391,26 @@ fn find_store<'a>(
         .iter()
         .find(|s| s.store_id.to_string() == w || s.url.trim_end_matches('/') == w)
         .ok_or_else(|| format!("no store {what:?} is registered (see `haystack status`)"))
+}
+
+/// Rebuilds shard `shard` of erasure-coded volume `id` (on store `to`, id or URL, or one the
+/// directory picks).
+pub async fn repair_shard(
+    directory: &str,
+    id: u32,
+    shard: u16,
+    to: Option<&str>,
+    json: bool,
+) -> Result<(), String> {
+    let to = match to {
+        Some(t) => {
+            let (dc, _) = clients(directory, Duration::from_secs(60))?;
+            let stores = dc.stores().await.map_err(text)?;
+            Some(find_store(&stores, t)?.store_id)
+        }
+        None => None,
+    };
+    crate::ec_tool::repair(directory, id, shard, to, json).await
 }
 
 /// Haystack's bulk repair: copies logical volume `id` from a healthy replica onto store `to`

@@ -57,6 +57,35 @@ fn table() -> Vec<Route> {
         r("store", Method::GET, "/v1/volumes/{volume}/needles", Read),
         r("store", Method::GET, "/v1/volumes/{volume}/digest", Read),
         r("store", Method::POST, "/v1/volumes/{volume}/repair", Admin),
+        r("store", Method::DELETE, "/v1/volumes/{spare_volume}", Admin),
+        r("store", Method::GET, "/v1/ec/{volume}", Read),
+        r("store", Method::GET, "/v1/ec/{volume}/state", Internal),
+        r("store", Method::GET, "/v1/ec/{volume}/index", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/build", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/install", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/activate", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/cleanup", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/rebuild", Internal),
+        r("store", Method::POST, "/v1/ec/{volume}/verify", Admin),
+        r("store", Method::PUT, "/v1/ec/{volume}/manifest", Internal),
+        r(
+            "store",
+            Method::DELETE,
+            "/v1/ec/{volume}/staged/{generation}",
+            Internal,
+        ),
+        r(
+            "store",
+            Method::GET,
+            "/v1/ec/{volume}/staged/{generation}/{name}",
+            Internal,
+        ),
+        r(
+            "store",
+            Method::GET,
+            "/v1/ec/{volume}/shards/{shard}",
+            Internal,
+        ),
         r("store", Method::POST, "/v1/volumes/{volume}/gc", Admin),
         r("store", Method::POST, "/v1/volumes/{volume}/compact", Admin),
         r(
@@ -108,6 +137,18 @@ fn table() -> Vec<Route> {
         ),
         r("directory", Method::POST, "/v1/assign", Internal),
         r("directory", Method::GET, "/v1/repairs", Read),
+        r(
+            "directory",
+            Method::POST,
+            "/v1/volumes/{volume_id}/encode",
+            Admin,
+        ),
+        r(
+            "directory",
+            Method::POST,
+            "/v1/volumes/{volume_id}/ec/rebuild",
+            Admin,
+        ),
         r("directory", Method::POST, "/v1/repairs", Internal),
         r("directory", Method::GET, "/v1/kv/{space}", Internal),
         r("directory", Method::PUT, "/v1/kv/{space}", Internal),
@@ -228,6 +269,7 @@ fn source_routes(src: &str) -> BTreeSet<(String, String)> {
 fn every_route_in_the_sources_is_in_the_table() {
     let sources = [
         ("store", include_str!("../../store/src/http.rs")),
+        ("store", include_str!("../../store/src/http_ec.rs")),
         ("directory", include_str!("../../directory/src/http.rs")),
         ("directory", include_str!("../../directory/src/http_kv.rs")),
         ("cache", include_str!("../../cache/src/http.rs")),
@@ -312,7 +354,10 @@ impl World {
             .replace("{alt}", "0")
             .replace("{cookie}", &haystack_proto::format_cookie(p.cookie))
             .replace("{store_id}", &self.store_id.to_string())
-            .replace("{space}", "authtest");
+            .replace("{space}", "authtest")
+            .replace("{generation}", "0")
+            .replace("{name}", "index")
+            .replace("{shard}", "0");
         format!("{}{path}", self.base(route.service))
     }
 

@@ -287,6 +287,75 @@ pub struct LogicalVolumeInfo {
     pub replicas: Vec<ReplicaStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set when the volume is erasure-coded: `replicas` are then its shards' stores, in shard
+    /// order (0..k data, k..k+m parity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec: Option<EcScheme>,
+}
+
+/// An erasure-coded volume's scheme (issue 14; docs/FORMAT.md, "Erasure-coded volumes").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EcScheme {
+    pub k: u8,
+    pub m: u8,
+    pub block_bytes: u64,
+    pub generation: u32,
+    /// Store ids of the replicas the volume had before it was encoded, not yet dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<u64>,
+}
+
+/// `POST /v1/volumes/{id}/encode`: erasure-code a sealed volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeRequest {
+    pub k: u8,
+    pub m: u8,
+    /// Block size (default 1 GiB, f4's).
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: u64,
+    /// On an erasure-coded volume: encode its live needles again as a new generation (with
+    /// this scheme), so that deleted needles' space comes back.
+    #[serde(default)]
+    pub reencode: bool,
+}
+
+fn default_block_bytes() -> u64 {
+    1 << 30
+}
+
+/// What an encode did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodeReport {
+    pub volume: u32,
+    pub k: u8,
+    pub m: u8,
+    pub block_bytes: u64,
+    pub generation: u32,
+    /// Store ids of the shards, in shard order.
+    pub shards: Vec<u64>,
+    pub needles: u64,
+    /// Deletes the replicas had that the shards were given after the switch.
+    pub deletes_carried: u64,
+    /// Replicas dropped.
+    pub replicas_dropped: u64,
+    /// Already erasure-coded: only leftovers (replicas, staging) were cleaned up.
+    pub already: bool,
+    /// Bytes of shard files before and after (all shards; 0 when unknown).
+    #[serde(default)]
+    pub shard_bytes_before: u64,
+    #[serde(default)]
+    pub shard_bytes_after: u64,
+}
+
+/// `POST /v1/volumes/{id}/ec/rebuild`: rebuild shard `shard` (on store `to`, or one the
+/// placement picks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcRebuildRequest {
+    pub shard: u16,
+    #[serde(default)]
+    pub to: Option<u64>,
 }
 
 /// Liveness of a store machine as the directory sees it.

@@ -117,6 +117,7 @@ const URL_OWNERS: &[&str] = &[
     "client/src/",
     "proto/src/needle.rs",
     "store/src/http.rs",
+    "store/src/http_ec.rs",
     "directory/src/http.rs",
     "directory/src/http_kv.rs",
     "cache/src/http.rs",

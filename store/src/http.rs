@@ -144,9 +144,34 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> Option<&str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A volume of this store, or its shard of an erasure-coded volume.
+pub(crate) enum Target {
+    Replica(Arc<crate::volume::Volume>),
+    Ec(Arc<crate::ec::EcVolume>),
+}
+
+/// The volume a request names: a replica here, else this store's shard of it.
+pub(crate) fn target(store: &Store, id: u32) -> Result<Target, StoreError> {
+    match store.volume(id) {
+        Ok(v) => Ok(Target::Replica(v)),
+        Err(StoreError::NoVolume(_)) => store
+            .ec_volume(id)
+            .map(Target::Ec)
+            .ok_or(StoreError::NoVolume(id)),
+        Err(e) => Err(e),
+    }
+}
+
 async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
     let a = needle_addr(&req)?;
-    let vol = store.volume(a.volume)?;
+    let vol = match target(&store, a.volume)? {
+        Target::Replica(v) => v,
+        Target::Ec(ec) => {
+            let n = ec.read(a.key, a.alt, a.cookie, store.peers()).await?;
+            crate::metrics::hot().gets.increment(1);
+            return Ok(answer_needle(&req, n));
+        }
+    };
     if req.method() == Method::HEAD {
         let m = vol.read_meta(a.key, a.alt, a.cookie).await?;
         let mut r = HttpResponse::Ok();
@@ -159,14 +184,29 @@ async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult
     }
     let n = vol.read(a.key, a.alt, a.cookie).await?;
     crate::metrics::hot().gets.increment(1);
+    Ok(answer_needle(&req, n))
+}
+
+/// The answer to a GET (or, for an erasure-coded volume, a HEAD) of a needle read whole:
+/// ETag, If-None-Match, Range.
+fn answer_needle(req: &HttpRequest, n: crate::volume::Needle) -> HttpResponse {
     let tag = etag(n.crc, n.data.len());
-    if if_none_match(header_str(&req, header::IF_NONE_MATCH), &tag) {
-        return Ok(HttpResponse::NotModified()
+    if req.method() == Method::HEAD {
+        let mut r = HttpResponse::Ok();
+        r.insert_header((
+            header::CONTENT_TYPE,
+            content_type_or_default(&n.content_type),
+        ))
+        .insert_header((header::ACCEPT_RANGES, "bytes"));
+        return r.body(HeadBody(n.data.len() as u64));
+    }
+    if if_none_match(header_str(req, header::IF_NONE_MATCH), &tag) {
+        return HttpResponse::NotModified()
             .insert_header((header::ETAG, tag))
-            .finish());
+            .finish();
     }
     let len = n.data.len() as u64;
-    let mut r = match decide(header_str(&req, header::RANGE), len) {
+    let mut r = match decide(header_str(req, header::RANGE), len) {
         RangeDecision::Full => {
             let mut r = HttpResponse::Ok();
             r.insert_header((
@@ -175,7 +215,7 @@ async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult
             ));
             r.insert_header((header::ETAG, tag));
             r.insert_header((header::ACCEPT_RANGES, "bytes"));
-            return Ok(r.body(n.data));
+            return r.body(n.data);
         }
         RangeDecision::Partial { start, end } => {
             let mut r = HttpResponse::PartialContent();
@@ -185,15 +225,15 @@ async fn get_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult
                 content_type_or_default(&n.content_type),
             ));
             r.insert_header((header::ETAG, tag));
-            return Ok(r.body(n.data.slice(start as usize..=end as usize)));
+            return r.body(n.data.slice(start as usize..=end as usize));
         }
         RangeDecision::Unsatisfiable => HttpResponse::RangeNotSatisfiable(),
     };
     r.insert_header((header::CONTENT_RANGE, format!("bytes */{len}")));
-    Ok(r.json(ErrorBody {
+    r.json(ErrorBody {
         error: "range_not_satisfiable".into(),
         message: format!("the needle has {len} bytes"),
-    }))
+    })
 }
 
 /// The body of a HEAD answer: declares the needle's length, sends nothing.
@@ -288,10 +328,16 @@ async fn put_needle(
 
 async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
     let a = needle_addr(&req)?;
-    store
-        .volume(a.volume)?
-        .delete(a.key, a.alt, a.cookie)
-        .await?;
+    match target(&store, a.volume)? {
+        Target::Replica(v) => v.delete(a.key, a.alt, a.cookie).await?,
+        Target::Ec(ec) => {
+            let peers = store.peers().clone();
+            // Its own task, as every write: a dropped request cannot cut it half way.
+            tokio::spawn(async move { ec.delete(a.key, a.alt, Some(a.cookie), &peers).await })
+                .await
+                .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??
+        }
+    }
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -362,7 +408,10 @@ async fn list_volumes(store: web::Data<Arc<Store>>) -> HttpResponse {
 
 async fn get_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    Ok(HttpResponse::Ok().json(store.volume(vid)?.info()))
+    Ok(HttpResponse::Ok().json(match target(&store, vid)? {
+        Target::Replica(v) => v.info(),
+        Target::Ec(ec) => ec.info(),
+    }))
 }
 
 async fn seal_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
@@ -482,7 +531,10 @@ async fn list_needles(
             )))
         }
     };
-    let entries = store.volume(vid)?.needle_entries();
+    let entries = match target(&store, vid)? {
+        Target::Replica(v) => v.needle_entries(),
+        Target::Ec(ec) => ec.needles(),
+    };
     let needles: Vec<serde_json::Value> = entries
         .into_iter()
         .filter(|e| {
@@ -550,7 +602,7 @@ async fn gc_volume(
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let v = store.volume(vid)?;
+    let v = target(&store, vid)?;
     let mut keys = Vec::with_capacity(body.needles.len());
     for n in &body.needles {
         let key: u64 = n
@@ -561,7 +613,11 @@ async fn gc_volume(
     }
     let (mut deleted, mut missing) = (0u64, 0u64);
     for (key, alt) in keys {
-        match v.delete_unreferenced(key, alt).await {
+        let r = match &v {
+            Target::Replica(v) => v.delete_unreferenced(key, alt).await,
+            Target::Ec(ec) => ec.delete(key, alt, None, store.peers()).await,
+        };
+        match r {
             Ok(()) => deleted += 1,
             Err(StoreError::NotFound) => missing += 1,
             Err(e) => return Err(e.into()),
@@ -605,7 +661,7 @@ async fn not_found() -> HttpResponse {
     })
 }
 
-async fn method_not_allowed() -> HttpResponse {
+pub(crate) async fn method_not_allowed() -> HttpResponse {
     HttpResponse::MethodNotAllowed().json(ErrorBody {
         error: "method_not_allowed".into(),
         message: "method not allowed on this route (see docs/API.md)".into(),
@@ -622,6 +678,9 @@ fn route_label(path: &str) -> &'static str {
         } else {
             "other"
         };
+    }
+    if path.starts_with("/v1/ec/") {
+        return crate::http_ec::route_label(path);
     }
     if path.starts_with("/v1/volumes") {
         return match (segs, path.rsplit('/').next()) {
@@ -691,6 +750,22 @@ pub fn access(method: &Method, path: &str) -> Access {
         }
         "/v1/volumes/{volume}/batch" => Access::Write,
         "/bench/memory/{volume}/{key}/{alt}/{cookie}" => Access::Public,
+        // Erasure-coded volumes: the description is a listing; what the directory drives
+        // (build, install, activate, cleanup, rebuild, manifest, staged files) and what stores
+        // read from each other (shard ranges, index, state) is the cluster's own; verify, like
+        // every other operator action, is admin.
+        "/v1/ec/{volume}" if read => Access::Read,
+        "/v1/ec/{volume}/state"
+        | "/v1/ec/{volume}/index"
+        | "/v1/ec/{volume}/build"
+        | "/v1/ec/{volume}/install"
+        | "/v1/ec/{volume}/activate"
+        | "/v1/ec/{volume}/cleanup"
+        | "/v1/ec/{volume}/rebuild"
+        | "/v1/ec/{volume}/manifest"
+        | "/v1/ec/{volume}/staged/{generation}"
+        | "/v1/ec/{volume}/staged/{generation}/{name}"
+        | "/v1/ec/{volume}/shards/{shard}" => Access::Internal,
         _ => Access::Admin,
     }
 }
@@ -757,6 +832,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/v1/volumes/{volume}")
                 .route(web::get().to(get_volume))
                 .route(web::post().to(create_volume))
+                .route(web::delete().to(crate::http_ec::drop_volume))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
@@ -764,6 +840,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(list_volumes))
                 .default_service(web::to(method_not_allowed)),
         )
+        .configure(crate::http_ec::routes)
         .service(web::resource("/health").route(web::get().to(health)))
         .service(web::resource("/metrics").route(web::get().to(metrics_page)));
 }

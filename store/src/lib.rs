@@ -4,11 +4,13 @@
 
 pub mod checkpoint;
 pub mod disk;
+pub mod ec;
 pub mod engine;
 pub mod error;
 pub mod format;
 pub mod heartbeat;
 pub mod http;
+pub mod http_ec;
 pub mod index;
 pub mod metrics;
 pub mod scrub;

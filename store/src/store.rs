@@ -126,13 +126,19 @@ impl StoreConfig {
 pub struct Store {
     cfg: StoreConfig,
     engine: IoEngine,
-    volumes: RwLock<HashMap<u32, Arc<Volume>>>,
+    pub(crate) volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     /// Volumes whose files are here but did not open: what they look like to the directory.
     quarantined: RwLock<HashMap<u32, VolumeInfo>>,
-    create_lock: tokio::sync::Mutex<()>,
+    pub(crate) create_lock: tokio::sync::Mutex<()>,
     /// Woken when a volume is created or stops taking writes (full, disk error): the
     /// heartbeat goes at once.
     changed: Arc<tokio::sync::Notify>,
+    /// This store's shards of erasure-coded volumes (`crate::ec`).
+    pub(crate) ec: RwLock<HashMap<u32, Arc<crate::ec::EcVolume>>>,
+    /// The client erasure-coded reads fetch other shards' ranges with.
+    pub(crate) peers: haystack_client::StoreClient,
+    /// One erasure-coding build, install or rebuild at a time per store.
+    pub(crate) ec_lock: tokio::sync::Mutex<()>,
 }
 
 impl Store {
@@ -196,11 +202,20 @@ impl Store {
                 }
             }
         }
+        let ec = crate::ec::ops::open_all(&cfg.data_dir, &engine, &mut quarantined).await?;
         metrics::gauge!("haystack_store_volumes_quarantined").set(quarantined.len() as f64);
         let changed = Arc::new(tokio::sync::Notify::new());
         for v in volumes.values() {
             v.notify_changes(changed.clone());
         }
+        let peers = cfg
+            .security
+            .http_builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .build()
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let peer_creds =
+            haystack_client::Credentials::internal(cfg.security.keys.as_ref(), "store");
         Ok(Arc::new(Store {
             cfg,
             engine,
@@ -208,6 +223,13 @@ impl Store {
             quarantined: RwLock::new(quarantined),
             create_lock: tokio::sync::Mutex::new(()),
             changed,
+            ec: RwLock::new(ec),
+            peers: haystack_client::StoreClient::with_timeout(
+                peers,
+                std::time::Duration::from_secs(10),
+            )
+            .with_credentials(peer_creds),
+            ec_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -240,7 +262,8 @@ impl Store {
     /// Creates a volume; `max_bytes` overrides the configured maximum size.
     pub async fn create_volume(&self, id: u32, max_bytes: Option<u64>) -> Result<Arc<Volume>> {
         let _g = self.create_lock.lock().await;
-        if !matches!(self.volume(id), Err(StoreError::NoVolume(_))) {
+        if !matches!(self.volume(id), Err(StoreError::NoVolume(_))) || self.ec_volume(id).is_some()
+        {
             return Err(StoreError::VolumeExists(id));
         }
         if let Some(m) = max_bytes {
@@ -276,6 +299,14 @@ impl Store {
     pub fn list(&self) -> Vec<VolumeInfo> {
         let mut l: Vec<VolumeInfo> = self.volumes().iter().map(|v| v.info()).collect();
         l.extend(read(&self.quarantined).values().cloned());
+        // An erasure-coded volume shows as sealed, unless a replica of it is still here (an
+        // encode whose replicas are not dropped yet): one entry per id.
+        let mut seen: std::collections::HashSet<u32> = l.iter().map(|v| v.id).collect();
+        for e in read(&self.ec).values() {
+            if seen.insert(e.id()) {
+                l.push(e.info());
+            }
+        }
         l.sort_by_key(|v| v.id);
         l
     }

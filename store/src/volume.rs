@@ -440,6 +440,11 @@ impl Volume {
         self.id
     }
 
+    /// The tag every needle of this volume carries (its superblock's).
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
     pub fn path(&self) -> &Path {
         &self.dat_path
     }

@@ -25,7 +25,8 @@ use haystack_client::Credentials;
 use haystack_proto::auth::{ClusterKeys, Role};
 use haystack_proto::directory::LogicalVolumeInfo;
 use haystack_service::auth::{unix_now, Security};
-use haystack_store::{EngineKind, StoreConfig};
+pub use haystack_store::EngineKind;
+use haystack_store::StoreConfig;
 use tokio::sync::watch;
 
 /// What to start. `Default` is two stores, replication 2, 64 MiB volumes.

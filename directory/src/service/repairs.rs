@@ -172,6 +172,10 @@ impl Directory {
             let Some(v) = view.volumes.get(&r.volume) else {
                 return refuse(format!("no logical volume {}", r.volume));
             };
+            if v.info.ec.is_some() {
+                // Its shard stores rebuild what they lose from k others, not from a copy.
+                return refuse(format!("volume {} is erasure-coded", r.volume));
+            }
             let url = r.store_url.trim_end_matches('/');
             match v
                 .replicas
@@ -520,6 +524,8 @@ impl Directory {
             view.volumes
                 .iter()
                 .filter(|(_, v)| !v.pending && v.replicas.len() >= 2)
+                // Shards of an erasure-coded volume are not copies of each other.
+                .filter(|(_, v)| v.info.ec.is_none())
                 .filter(|(_, v)| {
                     v.replicas
                         .iter()

@@ -148,6 +148,7 @@ pub(super) fn build_view(state: &State, config: &DirectoryConfig, old: &View) ->
                     used_bytes: used,
                     replicas: statuses,
                     reason,
+                    ec: vol.ec.clone(),
                 },
                 replicas,
                 // On its way only while every replica's store is up to create it; a volume

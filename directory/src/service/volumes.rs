@@ -67,6 +67,7 @@ impl Directory {
                 created_ms: self.clock.now_ms(),
                 reason: None,
                 reported_by: Vec::new(),
+                ec: None,
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
@@ -213,7 +214,14 @@ impl Directory {
         if dead.is_empty() {
             return Ok(None);
         }
+        // Erasure-coded volumes lose shards, not replicas: those are rebuilt from k others.
+        if let Some(id) = self.rebuild_lost_shard_once().await? {
+            return Ok(Some(id));
+        }
         for v in view.volumes.values() {
+            if v.info.ec.is_some() {
+                continue;
+            }
             let Some(lost) = v.info.replicas.iter().find(|r| dead.contains(&r.store_id)) else {
                 continue;
             };

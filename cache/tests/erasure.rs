@@ -1,0 +1,785 @@
+//! Erasure-coded volumes (issue 14) read through the cache: a sealed volume encoded 4+2 by the
+//! directory serves every needle byte for byte, whole, in ranges and as video; with two shard
+//! stores stopped every needle is still served (degraded reads, counted); the lost shards are
+//! rebuilt on other stores and verify clean, parity included; deletes before and after the
+//! encode stay deleted. Over both I/O engines.
+
+use std::time::{Duration, Instant};
+
+use haystack_cache::Admission;
+use haystack_proto::directory::{EncodeReport, LogicalVolumeInfo, PhotoInfo};
+use haystack_testkit::ClusterOptions;
+use haystack_testkit::EngineKind;
+
+use crate::common::{bytes, get, needle_url, video_url, Env};
+
+const K: usize = 4;
+
+/// A photo and its variants' (alternate key, bytes).
+type Stored = (PhotoInfo, Vec<(u32, Vec<u8>)>);
+const M: usize = 2;
+
+async fn post_json(http: &reqwest::Client, url: &str, body: serde_json::Value) -> (u16, Vec<u8>) {
+    let r = http.post(url).json(&body).send().await.expect("POST");
+    let s = r.status().as_u16();
+    (s, r.bytes().await.expect("body").to_vec())
+}
+
+/// GETs `url` until it answers something other than 502/503 (the cache may hold the volume's
+/// replica list from before the switch for up to a second), at most 20 s.
+async fn get_settled(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(http, url, headers).await;
+        if !(r.0 == 502 || r.0 == 503) || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metric(http: &reqwest::Client, store: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{store}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every needle of `photos` (whole, and a range of each) and the video, through the cache.
+async fn read_everything(env: &Env, photos: &[Stored], video: &(PhotoInfo, Vec<u8>)) {
+    let base = env.cache().url.clone();
+    for (p, variants) in photos {
+        for (alt, data) in variants {
+            let url = needle_url(&base, p, *alt);
+            let (st, _, body) = get_settled(&env.http, &url, &[]).await;
+            assert_eq!(st, 200, "{url}: {}", String::from_utf8_lossy(&body));
+            assert!(body == *data, "{url}: wrong bytes");
+            let (st, _, body) = get_settled(&env.http, &url, &[("range", "bytes=100-1099")]).await;
+            assert_eq!(st, 206, "{url} range");
+            assert!(body == data[100..1100], "{url}: wrong range bytes");
+        }
+    }
+    let url = video_url(&base, &video.0);
+    let (st, _, body) = get_settled(&env.http, &url, &[]).await;
+    assert_eq!(st, 200, "video");
+    assert!(body == video.1, "video: wrong bytes");
+    let (st, _, body) = get_settled(&env.http, &url, &[("range", "bytes=250000-450000")]).await;
+    assert_eq!(st, 206, "video range");
+    assert!(
+        body == video.1[250_000..=450_000],
+        "video range: wrong bytes"
+    );
+}
+
+async fn encode_read_degrade_rebuild(engine: EngineKind) {
+    let mut env = Env::start(
+        ClusterOptions {
+            stores: K + M + 2,
+            replication: 2,
+            min_writable_volumes: 1,
+            volume_bytes: 256 << 20,
+            engine,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    // Photos of many sizes, some with two variants, and a video of three chunks.
+    let mut photos = Vec::new();
+    for i in 0..24u64 {
+        let size = 1_200 + (i as usize * 7_919) % 150_000;
+        let mut variants = vec![(0u32, bytes(size, i))];
+        if i % 3 == 0 {
+            variants.push((1, bytes(size / 3 + 1_100, 1_000 + i)));
+        }
+        let spec: Vec<(u32, Vec<u8>, &str)> = variants
+            .iter()
+            .map(|(a, d)| (*a, d.clone(), "image/jpeg"))
+            .collect();
+        let p = env.put_photo(&spec).await;
+        photos.push((p, variants));
+    }
+    let chunks: Vec<Vec<u8>> = (0..3).map(|i| bytes(200_000, 500 + i)).collect();
+    let vp = env.put_video(&chunks, "video/mp4").await;
+    let video = (vp, chunks.concat());
+    // One photo deleted before the encode: its needles are not encoded.
+    let gone_before = photos.remove(5).0;
+    env.dir.delete(gone_before.id).await.expect("delete");
+    let mut volumes: Vec<u32> = photos.iter().map(|p| p.0.volume_id).collect();
+    volumes.push(video.0.volume_id);
+    volumes.sort_unstable();
+    volumes.dedup();
+    let dir = env.cluster.directory_url();
+    let mut shard_stores: Vec<(u32, Vec<String>)> = Vec::new();
+    for &v in &volumes {
+        // Seal: the record, then every replica.
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{dir}/v1/volumes/{v}/state"),
+            serde_json::json!({"state": "sealed"}),
+        )
+        .await;
+        assert_eq!(st, 200, "seal {v}: {}", String::from_utf8_lossy(&body));
+        let info: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in &info.replicas {
+            let (st, _) = post_json(
+                &env.http,
+                &format!("{}/v1/volumes/{v}/seal", r.url),
+                serde_json::json!({}),
+            )
+            .await;
+            assert_eq!(st, 200);
+        }
+        // An encode of a scheme wider than the cluster is refused and changes nothing.
+        let (st, _) = post_json(
+            &env.http,
+            &format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": 8, "m": 4, "block_bytes": 65536}),
+        )
+        .await;
+        assert_eq!(st, 409, "a 12-shard scheme on 8 stores");
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": K, "m": M, "block_bytes": 256 << 10}),
+        )
+        .await;
+        assert_eq!(st, 200, "encode {v}: {}", String::from_utf8_lossy(&body));
+        let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rep.shards.len(), K + M);
+        assert_eq!(rep.replicas_dropped, 2, "both replicas dropped");
+        assert!(!rep.already);
+        // The replicas' files are gone from their stores.
+        for r in &info.replicas {
+            let i = env
+                .cluster
+                .store_urls()
+                .iter()
+                .position(|u| *u == r.url)
+                .unwrap();
+            assert!(
+                !env.cluster
+                    .store_dir(i)
+                    .join(format!("vol-{v}.dat"))
+                    .exists(),
+                "replica of {v} on store {i} still there"
+            );
+        }
+        let after: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ec = after.ec.expect("erasure-coded now");
+        assert_eq!((ec.k as usize, ec.m as usize), (K, M));
+        assert!(ec.retired.is_empty());
+        // Encoding again only cleans up (nothing left).
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": K, "m": M}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let again: EncodeReport = serde_json::from_slice(&body).unwrap();
+        assert!(again.already);
+        shard_stores.push((v, after.replicas.iter().map(|r| r.url.clone()).collect()));
+    }
+    // 1. Healthy reads, byte for byte.
+    read_everything(&env, &photos, &video).await;
+    let (st, _, _) = get_settled(
+        &env.http,
+        &needle_url(&env.cache().url, &gone_before, 0),
+        &[],
+    )
+    .await;
+    assert_eq!(st, 404, "a photo deleted before the encode stays deleted");
+    // A delete after the encode hides the photo at once.
+    let gone_after = photos.remove(0).0;
+    env.dir
+        .delete(gone_after.id)
+        .await
+        .expect("delete after encode");
+    let (st, _, _) = get_settled(
+        &env.http,
+        &needle_url(&env.cache().url, &gone_after, 0),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        st, 404,
+        "a photo deleted after the encode is gone through the cache"
+    );
+    for (v, urls) in &shard_stores {
+        if *v != gone_after.volume_id {
+            continue;
+        }
+        for u in urls {
+            let (st, _, _) = get(&env.http, &needle_url(u, &gone_after, 0), &[]).await;
+            assert_eq!(st, 404, "deleted needle served by shard store {u}");
+        }
+    }
+    // 2. m shard stores of the first volume stopped: a data shard's and a parity shard's.
+    let (v0, urls) = shard_stores[0].clone();
+    let stopped: Vec<usize> = [0usize, K + M - 1]
+        .iter()
+        .map(|s| {
+            env.cluster
+                .store_urls()
+                .iter()
+                .position(|u| *u == urls[*s])
+                .unwrap()
+        })
+        .collect();
+    let live_store = urls[1].clone();
+    let degraded_before = metric(
+        &env.http,
+        &live_store,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await;
+    for i in &stopped {
+        env.cluster.stop_store(*i);
+    }
+    read_everything(&env, &photos, &video).await;
+    let degraded_after = metric(
+        &env.http,
+        &live_store,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await;
+    assert!(
+        degraded_after > degraded_before,
+        "reads with a data shard's store down were degraded reads ({degraded_before} -> {degraded_after})"
+    );
+    // 3. Rebuild both lost shards on the spare stores (once the directory sees their stores
+    // down, so that it does not place a shard back on them), then verify every shard.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stores: Vec<serde_json::Value> = env
+            .http
+            .get(format!("{dir}/v1/stores"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let down = stores
+            .iter()
+            .filter(|s| {
+                stopped
+                    .iter()
+                    .any(|i| s["url"] == env.cluster.store_urls()[*i].as_str())
+            })
+            .filter(|s| s["state"] == "down")
+            .count();
+        if down == stopped.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory did not see the stopped stores down"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for shard in [0usize, K + M - 1] {
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{dir}/v1/volumes/{v0}/ec/rebuild"),
+            serde_json::json!({"shard": shard}),
+        )
+        .await;
+        assert_eq!(
+            st,
+            200,
+            "rebuild shard {shard}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let rebuilt: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v0}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (s, r) in rebuilt.replicas.iter().enumerate() {
+        assert!(
+            !stopped
+                .iter()
+                .any(|i| env.cluster.store_urls()[*i] == r.url),
+            "shard {s} still on a stopped store"
+        );
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{}/v1/ec/{v0}/verify?parity=true", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(
+            st,
+            200,
+            "verify shard {s}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            rep["bad_pieces"].as_array().unwrap().len(),
+            0,
+            "shard {s}: {rep}"
+        );
+        assert_eq!(
+            rep["corrupt"].as_array().unwrap().len(),
+            0,
+            "shard {s}: {rep}"
+        );
+        assert_eq!(
+            rep["parity_mismatches"].as_array().unwrap().len(),
+            0,
+            "shard {s}: {rep}"
+        );
+        if s >= K {
+            assert!(
+                rep["parity_checked"].as_u64().unwrap() > 0,
+                "parity of shard {s} checked"
+            );
+        }
+    }
+    // The rebuilt shards serve healthy reads with their old stores still down, and the delete
+    // made before the rebuild holds on the rebuilt shards' stores.
+    read_everything(&env, &photos, &video).await;
+    if gone_after.volume_id == v0 {
+        for r in &rebuilt.replicas {
+            let (st, _, _) = get(&env.http, &needle_url(&r.url, &gone_after, 0), &[]).await;
+            assert_eq!(
+                st, 404,
+                "deleted needle served by {} after the rebuild",
+                r.url
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_volume_serves_healthy_degraded_and_rebuilt_io_uring() {
+    encode_read_degrade_rebuild(EngineKind::IoUring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_volume_serves_healthy_degraded_and_rebuilt_sync() {
+    encode_read_degrade_rebuild(EngineKind::Sync).await;
+}
+
+/// Seals volume `v`: the record, then every replica.
+async fn seal(env: &Env, v: u32) -> LogicalVolumeInfo {
+    let dir = env.cluster.directory_url();
+    let (st, _) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/state"),
+        serde_json::json!({"state": "sealed"}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let info: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for r in &info.replicas {
+        let (st, _) = post_json(
+            &env.http,
+            &format!("{}/v1/volumes/{v}/seal", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    info
+}
+
+/// Then deletes and a re-encode (online) give the space back.
+/// An encode that dies after its build and some installs (the directory's steps driven by
+/// hand, then abandoned, as a crash of the directory would leave them) changes nothing the
+/// readers see: the replicas serve; running the encode again completes it. Then bytes flipped
+/// in a data shard on disk are never served: the read is rebuilt from the other shards.
+async fn interrupted_encode_then_corrupt_shard(engine: EngineKind) {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 3,
+            replication: 2,
+            min_writable_volumes: 1,
+            engine,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..10u64 {
+        let data = bytes(3_000 + i as usize * 9_000, 77 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    let info = seal(&env, v).await;
+    let source = info.replicas[0].url.clone();
+    let urls = env.cluster.store_urls();
+    // Steps 1 and 2 (of 3 shards, two installed), then the "crash".
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{source}/v1/ec/{v}/build"),
+        serde_json::json!({"generation": 0, "k": 2, "m": 1, "block_bytes": 131072}),
+    )
+    .await;
+    assert_eq!(st, 200, "build: {}", String::from_utf8_lossy(&body));
+    for (i, u) in urls.iter().enumerate().take(2) {
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{u}/v1/ec/{v}/install"),
+            serde_json::json!({"generation": 0, "shard": i, "from": source, "shards": urls}),
+        )
+        .await;
+        assert_eq!(st, 201, "install {i}: {}", String::from_utf8_lossy(&body));
+    }
+    let dir = env.cluster.directory_url();
+    let now: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(now.ec.is_none(), "no switch without the directory's write");
+    let ids = |v: &LogicalVolumeInfo| v.replicas.iter().map(|r| r.store_id).collect::<Vec<_>>();
+    assert_eq!(ids(&now), ids(&info), "the replicas are still the volume's");
+    // The replicas serve every needle, from the cache and from each replica.
+    read_photos(&env, &photos).await;
+    for r in &info.replicas {
+        for (p, _) in &photos {
+            let (st, _, _) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "replica {} after the abandoned encode", r.url);
+        }
+    }
+    // The encode run again completes.
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 131072}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    read_photos(&env, &photos).await;
+    // Flip a byte inside a needle of data shard 0 on its store's disk.
+    let after: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let s0 = urls
+        .iter()
+        .position(|u| *u == after.replicas[0].url)
+        .unwrap();
+    let path = env.cluster.store_dir(s0).join(format!("ec-{v}-0.s0"));
+    let mut raw = std::fs::read(&path).unwrap();
+    // The header is 64 bytes; the first needle's data starts 40 + 10 bytes into it.
+    raw[64 + 40 + 10 + 100] ^= 0x5a;
+    std::fs::write(&path, &raw).unwrap();
+    let degraded_before = metric(
+        &env.http,
+        &after.replicas[1].url,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await
+        + metric(
+            &env.http,
+            &after.replicas[0].url,
+            "haystack_store_ec_degraded_reads_total",
+        )
+        .await;
+    read_photos(&env, &photos).await;
+    for r in &after.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(
+                body == variants[0].1,
+                "wrong bytes from shard store {}",
+                r.url
+            );
+        }
+    }
+    let degraded_after = metric(
+        &env.http,
+        &after.replicas[1].url,
+        "haystack_store_ec_degraded_reads_total",
+    )
+    .await
+        + metric(
+            &env.http,
+            &after.replicas[0].url,
+            "haystack_store_ec_degraded_reads_total",
+        )
+        .await;
+    assert!(
+        degraded_after > degraded_before,
+        "the corrupt needle was rebuilt, not served"
+    );
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{}/v1/ec/{v}/verify", after.replicas[0].url),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rep["bad_pieces"].as_array().unwrap().len(), 1, "{rep}");
+    assert_eq!(rep["corrupt"].as_array().unwrap().len(), 1, "{rep}");
+
+    // Deletes, then a re-encode without them while reads go on: space comes back, every live
+    // needle is served byte for byte throughout, the deleted ones never come back.
+    let mut deleted = Vec::new();
+    let mut kept = Vec::new();
+    for (i, p) in photos.into_iter().enumerate() {
+        if i % 2 == 1 {
+            env.dir.delete(p.0.id).await.expect("delete");
+            deleted.push(p.0);
+        } else {
+            kept.push(p);
+        }
+    }
+    let on_disk = |gen_filter: &dyn Fn(&str) -> bool| -> u64 {
+        (0..urls.len())
+            .flat_map(|i| std::fs::read_dir(env.cluster.store_dir(i)).unwrap())
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&format!("ec-{v}-")) && !n.contains(".build") && gen_filter(&n)
+            })
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let before = on_disk(&|_| true);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (http, stop, kept) = (env.http.clone(), stop.clone(), kept.clone());
+        let base = env.cache().url.clone();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && reads < 20_000 {
+                for (p, variants) in &kept {
+                    let (st, _, body) = get(&http, &needle_url(&base, p, 0), &[]).await;
+                    assert_eq!(
+                        st,
+                        200,
+                        "read during the re-encode: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    assert!(body == variants[0].1, "wrong bytes during the re-encode");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 131072, "reencode": true}),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.await.expect("reader");
+    assert!(reads > 0);
+    assert_eq!(st, 200, "re-encode: {}", String::from_utf8_lossy(&body));
+    let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rep.generation, 1);
+    assert_eq!(rep.needles as usize, kept.len());
+    let after = on_disk(&|_| true);
+    assert!(after < before, "space came back: {before} -> {after} bytes");
+    assert_eq!(
+        on_disk(&|n: &str| n.starts_with(&format!("ec-{v}-0."))),
+        0,
+        "generation 0 removed"
+    );
+    read_photos(&env, &kept).await;
+    let shard_urls: Vec<String> = {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(i.ec.as_ref().map(|e| e.generation), Some(1));
+        i.replicas.iter().map(|r| r.url.clone()).collect()
+    };
+    for u in &shard_urls {
+        for p in &deleted {
+            let (st, _, _) = get(&env.http, &needle_url(u, p, 0), &[]).await;
+            assert_eq!(st, 404, "a deleted needle came back on {u}");
+        }
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{u}/v1/ec/{v}/verify?parity=true"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rep["bad_pieces"].as_array().unwrap().len(), 0, "{rep}");
+        assert_eq!(rep["corrupt"].as_array().unwrap().len(), 0, "{rep}");
+        assert_eq!(
+            rep["parity_mismatches"].as_array().unwrap().len(),
+            0,
+            "{rep}"
+        );
+    }
+}
+
+async fn read_photos(env: &Env, photos: &[Stored]) {
+    for (p, variants) in photos {
+        for (alt, data) in variants {
+            let url = needle_url(&env.cache().url, p, *alt);
+            let (st, _, body) = get_settled(&env.http, &url, &[]).await;
+            assert_eq!(st, 200, "{url}: {}", String::from_utf8_lossy(&body));
+            assert!(body == *data, "{url}: wrong bytes");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_encode_and_corrupt_shard_io_uring() {
+    interrupted_encode_then_corrupt_shard(EngineKind::IoUring).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_encode_and_corrupt_shard_sync() {
+    interrupted_encode_then_corrupt_shard(EngineKind::Sync).await;
+}
+
+/// A shard store down past `rereplicate_after_ms` has its shard rebuilt on another store by
+/// the directory alone; every needle is served from the new shard set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
+    let mut env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            store_timeout_ms: 2_000,
+            rereplicate_after_ms: 1_000,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..6u64 {
+        let data = bytes(5_000 + i as usize * 4_000, 300 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(&env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+    let urls = env.cluster.store_urls();
+    let lost_url = {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        i.replicas[1].url.clone()
+    };
+    let lost = urls.iter().position(|u| *u == lost_url).unwrap();
+    env.cluster.stop_store(lost);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let moved = loop {
+        let i: LogicalVolumeInfo = env
+            .http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if i.replicas[1].url != lost_url {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard 1 was not rebuilt elsewhere"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(moved.replicas.len(), rep.shards.len());
+    assert!(moved.replicas.iter().all(|r| r.url != lost_url));
+    read_photos(&env, &photos).await;
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{}/v1/ec/{v}/verify", moved.replicas[1].url),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r["bad_pieces"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
+}

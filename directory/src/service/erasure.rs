@@ -1,0 +1,640 @@
+//! Erasure-coded volumes (issue 14, f4): encoding a sealed volume onto k + m stores with an
+//! atomic switch of its record, carrying over deletes and dropping the replicas afterwards, and
+//! rebuilding a lost shard onto another store (by an operator, or automatically for a store down
+//! longer than `rereplicate_after_ms`). The stores do the byte work (`/v1/ec/...`); this module
+//! only orders it. The order and what a crash at each step leaves: docs/FORMAT.md, "Encode
+//! order of operations".
+
+use haystack_proto::directory::{EcRebuildRequest, EcScheme, EncodeReport, EncodeRequest};
+
+use super::*;
+
+/// The store's build report, as far as the directory reads it.
+#[derive(serde::Deserialize)]
+struct BuildReport {
+    needles: u64,
+}
+
+/// The store's description of its shard, as far as the directory reads it.
+#[derive(serde::Deserialize)]
+struct EcInfo {
+    generation: u32,
+    needles: u64,
+    #[serde(default)]
+    shard_file_bytes: u64,
+}
+
+/// A needle in a store's listing.
+#[derive(serde::Deserialize)]
+struct Listed {
+    key: String,
+    alt: u32,
+    deleted: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Listing {
+    needles: Vec<Listed>,
+}
+
+/// A client for the stores' long erasure-coding steps: no overall timeout, the directory's
+/// TLS settings and internal credentials.
+fn bulk_client(security: &haystack_service::auth::Security) -> Result<StoreClient, DirectoryError> {
+    let http = security
+        .http_builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| DirectoryError::Internal(e.to_string()))?;
+    Ok(
+        StoreClient::new(http).with_credentials(haystack_client::Credentials::internal(
+            security.keys.as_ref(),
+            "directory",
+        )),
+    )
+}
+
+fn store_failed(what: &str, e: ClientError) -> DirectoryError {
+    match e.status() {
+        Some(s) if (400..500).contains(&s) => DirectoryError::BadRequest(format!("{what}: {e}")),
+        _ => DirectoryError::Unavailable(format!("{what}: {e}")),
+    }
+}
+
+fn check_scheme(r: &EncodeRequest) -> Result<(), DirectoryError> {
+    if r.k == 0 || r.m == 0 || r.k as usize + r.m as usize > 64 {
+        return Err(DirectoryError::BadRequest(
+            "k and m must be at least 1, and k + m at most 64".into(),
+        ));
+    }
+    if r.block_bytes < 64 << 10 || !r.block_bytes.is_multiple_of(4096) || r.block_bytes > 4 << 30 {
+        return Err(DirectoryError::BadRequest(
+            "block_bytes must be a multiple of 4096 between 64 KiB and 4 GiB".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Directory {
+    /// Erasure-codes sealed volume `id`: one replica's store builds the shards, each chosen
+    /// store installs its shard (checked and synced), the record switches to the shards in one
+    /// conditional write, deletes the replicas took meanwhile are carried over, the replicas
+    /// are dropped. Again on an erasure-coded volume: finishes what a crash left (drops).
+    pub async fn encode_volume(
+        &self,
+        id: u32,
+        req: EncodeRequest,
+    ) -> Result<EncodeReport, DirectoryError> {
+        check_scheme(&req)?;
+        self.refresh().await?;
+        let cur =
+            self.meta.get_volume(id).await?.ok_or_else(|| {
+                DirectoryError::NotFound(format!("logical volume {id} not found"))
+            })?;
+        let client = bulk_client(&self.config.security)?;
+        if let Some(ec) = cur.value.ec.clone() {
+            let dropped = self.drop_retired(id, &client).await?;
+            if req.reencode {
+                let mut r = self.reencode(id, &req, &client).await?;
+                r.replicas_dropped = dropped;
+                return Ok(r);
+            }
+            return Ok(EncodeReport {
+                volume: id,
+                k: ec.k,
+                m: ec.m,
+                block_bytes: ec.block_bytes,
+                generation: ec.generation,
+                shards: cur.value.replicas.clone(),
+                needles: 0,
+                deletes_carried: 0,
+                replicas_dropped: dropped,
+                already: true,
+                shard_bytes_before: 0,
+                shard_bytes_after: 0,
+            });
+        }
+        if cur.value.state != VolumeState::Sealed {
+            return Err(DirectoryError::Conflict(format!(
+                "volume {id} is {:?}: seal it before encoding it",
+                cur.value.state
+            )));
+        }
+        let view = self.view();
+        let info = self.volume(id)?;
+        let source = info
+            .replicas
+            .iter()
+            .find(|r| r.up && r.reported)
+            .ok_or_else(|| DirectoryError::Unavailable(format!("no replica of volume {id} is up")))?
+            .clone();
+        let n = req.k as usize + req.m as usize;
+        let candidates: Vec<Candidate> = view
+            .stores
+            .values()
+            .filter(|s| store_up(s))
+            .map(|s| Candidate {
+                store_id: s.id,
+                zone: s.zone.clone(),
+                rack: s.rack.clone(),
+                free_bytes: s.free_bytes,
+                volumes: view
+                    .volumes
+                    .values()
+                    .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
+                    .count() as u32,
+            })
+            .collect();
+        let need = info.used_bytes / req.k as u64 + (1 << 20);
+        let targets = placement::place(&candidates, n, need).map_err(|e| {
+            DirectoryError::Conflict(format!("cannot place {n} shards on distinct stores: {e}"))
+        })?;
+        let urls: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                view.stores
+                    .get(t)
+                    .map(|s| s.url.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let generation = 0u32;
+        tracing::info!(volume_id = id, k = req.k, m = req.m, from = %source.url, shards = ?targets, "erasure-coding a volume");
+        // 1. Build on the source.
+        let body = serde_json::json!({
+            "generation": generation, "k": req.k, "m": req.m, "block_bytes": req.block_bytes,
+        });
+        let built: BuildReport = client
+            .ec_op(&source.url, id, "build", &body)
+            .await
+            .map_err(|e| store_failed("building the shards", e))?;
+        // 2. Every shard installed (checked and synced) on its store.
+        let installs = urls.iter().enumerate().map(|(i, url)| {
+            let body = serde_json::json!({
+                "generation": generation, "shard": i, "from": source.url, "shards": urls,
+            });
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .ec_op::<_, EcInfo>(&url, id, "install", &body)
+                    .await
+                    .map_err(|e| store_failed(&format!("installing shard {i} on {url}"), e))
+            }
+        });
+        for r in join_all(installs).await {
+            let got = r?;
+            if got.generation != generation || got.needles != built.needles {
+                return Err(DirectoryError::Internal(format!(
+                    "a shard store holds {} needles of generation {}, the build made {}",
+                    got.needles, got.generation, built.needles
+                )));
+            }
+        }
+        // 3. The switch: one conditional write of the record.
+        let retired = cur.value.replicas.clone();
+        let mut vol = cur.value.clone();
+        vol.replicas = targets.clone();
+        vol.reported_by = targets.clone();
+        vol.ec = Some(EcScheme {
+            k: req.k,
+            m: req.m,
+            block_bytes: req.block_bytes,
+            generation,
+            retired: retired.clone(),
+        });
+        match self
+            .meta
+            .put_volume(&vol, Expect::Version(cur.version))
+            .await?
+        {
+            Cas::Applied { version } => {
+                self.remember_volume(id, version, vol);
+            }
+            Cas::Conflict { .. } => {
+                return Err(DirectoryError::Conflict(format!(
+                    "volume {id} changed during the encode; run it again"
+                )))
+            }
+        }
+        metrics::counter!("haystack_directory_volumes_encoded_total").increment(1);
+        tracing::info!(volume_id = id, shards = ?targets, "volume switched to its erasure-coded shards");
+        // 4. Deletes the replicas took since the build, then the replicas dropped.
+        let carried = self
+            .carry_deletes(id, &retired, &urls, &client)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(volume_id = id, error = %e, "carrying deletes over failed; retired replicas are kept");
+                u64::MAX
+            });
+        let dropped = if carried == u64::MAX {
+            0
+        } else {
+            self.drop_retired(id, &client).await?
+        };
+        if let Err(e) = client.ec_drop_staged(&source.url, id, generation).await {
+            tracing::warn!(volume_id = id, error = %e, "dropping the encode's staging failed");
+        }
+        Ok(EncodeReport {
+            volume: id,
+            k: req.k,
+            m: req.m,
+            block_bytes: req.block_bytes,
+            generation,
+            shards: targets,
+            needles: built.needles,
+            deletes_carried: if carried == u64::MAX { 0 } else { carried },
+            replicas_dropped: dropped,
+            already: false,
+            shard_bytes_before: 0,
+            shard_bytes_after: 0,
+        })
+    }
+
+    /// Re-encodes an erasure-coded volume without its deleted needles, online: a shard store
+    /// builds generation g + 1 from the live needles (reads go on from generation g), every
+    /// shard store installs its new shard without switching, then each switches (a store
+    /// still on g reads its peers' g files, kept until every store switched), the record
+    /// takes the new generation, and the old files are removed.
+    async fn reencode(
+        &self,
+        id: u32,
+        req: &EncodeRequest,
+        client: &StoreClient,
+    ) -> Result<EncodeReport, DirectoryError> {
+        let info = self.volume(id)?;
+        if info.replicas.len() != req.k as usize + req.m as usize {
+            return Err(DirectoryError::BadRequest(format!(
+                "volume {id} has {} shards; a re-encode keeps its k + m",
+                info.replicas.len()
+            )));
+        }
+        if let Some(r) = info.replicas.iter().find(|r| !r.up) {
+            return Err(DirectoryError::Unavailable(format!(
+                "shard store {} is down: rebuild its shard first",
+                r.store_id
+            )));
+        }
+        let urls: Vec<String> = info.replicas.iter().map(|r| r.url.clone()).collect();
+        let mut generation = 0;
+        let mut before = 0;
+        for u in &urls {
+            let e: EcInfo = client
+                .ec_get(u, id, None)
+                .await
+                .map_err(|e| store_failed("reading a shard's state", e))?;
+            generation = generation.max(e.generation);
+            before += e.shard_file_bytes;
+        }
+        let generation = generation + 1;
+        let source = urls[0].clone();
+        let body = serde_json::json!({
+            "generation": generation, "k": req.k, "m": req.m, "block_bytes": req.block_bytes,
+        });
+        let built: BuildReport = client
+            .ec_op(&source, id, "build", &body)
+            .await
+            .map_err(|e| store_failed("building the new generation", e))?;
+        let installs = urls.iter().enumerate().map(|(i, url)| {
+            let body = serde_json::json!({
+                "generation": generation, "shard": i, "from": source, "shards": urls,
+                "activate": false,
+            });
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                client
+                    .ec_op::<_, EcInfo>(&url, id, "install", &body)
+                    .await
+                    .map_err(|e| store_failed(&format!("installing shard {i} on {url}"), e))
+            }
+        });
+        for r in join_all(installs).await {
+            r?;
+        }
+        let mut after = 0;
+        for (i, url) in urls.iter().enumerate() {
+            let body = serde_json::json!({"generation": generation, "shard": i, "shards": urls});
+            let e: EcInfo = client
+                .ec_op(url, id, "activate", &body)
+                .await
+                .map_err(|e| store_failed(&format!("switching shard {i}"), e))?;
+            after += e.shard_file_bytes;
+        }
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                break;
+            };
+            let mut vol = cur.value.clone();
+            if let Some(e) = vol.ec.as_mut() {
+                e.generation = generation;
+                e.k = req.k;
+                e.m = req.m;
+                e.block_bytes = req.block_bytes;
+            }
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                self.remember_volume(id, version, vol);
+                break;
+            }
+        }
+        for url in &urls {
+            let r: Result<serde_json::Value, _> = client
+                .ec_op(url, id, "cleanup", &serde_json::json!({}))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(volume_id = id, error = %e, "removing an old generation failed");
+            }
+        }
+        if let Err(e) = client.ec_drop_staged(&source, id, generation).await {
+            tracing::warn!(volume_id = id, error = %e, "dropping the re-encode's staging failed");
+        }
+        metrics::counter!("haystack_directory_volumes_reencoded_total").increment(1);
+        tracing::info!(
+            volume_id = id,
+            generation,
+            needles = built.needles,
+            before,
+            after,
+            "volume re-encoded"
+        );
+        Ok(EncodeReport {
+            volume: id,
+            k: req.k,
+            m: req.m,
+            block_bytes: req.block_bytes,
+            generation,
+            shards: info.replicas.iter().map(|r| r.store_id).collect(),
+            needles: built.needles,
+            deletes_carried: 0,
+            replicas_dropped: 0,
+            already: false,
+            shard_bytes_before: before,
+            shard_bytes_after: after,
+        })
+    }
+
+    /// Deletes found on any old replica but not on the shards are applied to every shard.
+    async fn carry_deletes(
+        &self,
+        id: u32,
+        retired: &[u64],
+        shard_urls: &[String],
+        client: &StoreClient,
+    ) -> Result<u64, DirectoryError> {
+        let view = self.view();
+        let mut deleted: HashSet<(String, u32)> = HashSet::new();
+        for sid in retired {
+            let Some(s) = view.stores.get(sid) else {
+                continue;
+            };
+            let l: Listing = client
+                .needles(&s.url, id)
+                .await
+                .map_err(|e| store_failed("listing a replica", e))?;
+            deleted.extend(
+                l.needles
+                    .into_iter()
+                    .filter(|n| n.deleted)
+                    .map(|n| (n.key, n.alt)),
+            );
+        }
+        let first = shard_urls
+            .first()
+            .ok_or_else(|| DirectoryError::Internal("no shard".into()))?;
+        let l: Listing = client
+            .needles(first, id)
+            .await
+            .map_err(|e| store_failed("listing the shards", e))?;
+        let todo: Vec<serde_json::Value> = l
+            .needles
+            .into_iter()
+            .filter(|n| !n.deleted && deleted.contains(&(n.key.clone(), n.alt)))
+            .map(|n| serde_json::json!({"key": n.key, "alt": n.alt}))
+            .collect();
+        if todo.is_empty() {
+            return Ok(0);
+        }
+        let body = serde_json::json!({ "needles": todo });
+        for url in shard_urls {
+            let _: serde_json::Value = client
+                .gc(url, id, &body)
+                .await
+                .map_err(|e| store_failed("carrying deletes over", e))?;
+        }
+        tracing::info!(
+            volume_id = id,
+            deletes = todo.len(),
+            "deletes carried over to the shards"
+        );
+        Ok(todo.len() as u64)
+    }
+
+    /// Drops the replicas an encode retired (each store that confirms leaves the list).
+    async fn drop_retired(&self, id: u32, client: &StoreClient) -> Result<u64, DirectoryError> {
+        let view = self.view();
+        let Some(cur) = self.meta.get_volume(id).await? else {
+            return Ok(0);
+        };
+        let Some(ec) = cur.value.ec.clone() else {
+            return Ok(0);
+        };
+        let mut left = Vec::new();
+        let mut dropped = 0;
+        for sid in &ec.retired {
+            let Some(s) = view.stores.get(sid) else {
+                continue;
+            };
+            match client.drop_volume(&s.url, id).await {
+                Ok(()) => dropped += 1,
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => {
+                    tracing::warn!(volume_id = id, store_id = sid, error = %e, "dropping a retired replica failed; kept for the next run");
+                    left.push(*sid);
+                }
+            }
+        }
+        if left.len() != ec.retired.len() {
+            let mut vol = cur.value.clone();
+            if let Some(e) = vol.ec.as_mut() {
+                e.retired = left;
+            }
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                self.remember_volume(id, version, vol);
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Rebuilds shard `req.shard` of erasure-coded volume `id` onto store `req.to` (or one
+    /// the placement picks among the up stores holding no shard of it), then points the
+    /// record and every shard store's manifest at it.
+    pub async fn rebuild_shard(
+        &self,
+        id: u32,
+        req: EcRebuildRequest,
+    ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        self.refresh().await?;
+        let cur =
+            self.meta.get_volume(id).await?.ok_or_else(|| {
+                DirectoryError::NotFound(format!("logical volume {id} not found"))
+            })?;
+        let Some(ec) = cur.value.ec.clone() else {
+            return Err(DirectoryError::BadRequest(format!(
+                "volume {id} is not erasure-coded"
+            )));
+        };
+        let shard = req.shard as usize;
+        if shard >= cur.value.replicas.len() {
+            return Err(DirectoryError::BadRequest(format!(
+                "volume {id} has {} shards",
+                cur.value.replicas.len()
+            )));
+        }
+        let view = self.view();
+        let to = match req.to {
+            Some(t) => {
+                if !view.stores.get(&t).is_some_and(store_up) {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {t} is not registered or not up"
+                    )));
+                }
+                if cur
+                    .value
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .any(|(i, r)| *r == t && i != shard)
+                {
+                    return Err(DirectoryError::BadRequest(format!(
+                        "store {t} holds another shard of volume {id}"
+                    )));
+                }
+                t
+            }
+            None => {
+                let candidates: Vec<Candidate> = view
+                    .stores
+                    .values()
+                    .filter(|s| store_up(s) && !cur.value.replicas.contains(&s.id))
+                    .map(|s| Candidate {
+                        store_id: s.id,
+                        zone: s.zone.clone(),
+                        rack: s.rack.clone(),
+                        free_bytes: s.free_bytes,
+                        volumes: 0,
+                    })
+                    .collect();
+                placement::place(&candidates, 1, 1 << 20).map_err(|e| {
+                    DirectoryError::Conflict(format!("no store can take the shard: {e}"))
+                })?[0]
+            }
+        };
+        let mut shards = cur.value.replicas.clone();
+        shards[shard] = to;
+        let urls: Vec<String> = shards
+            .iter()
+            .map(|s| {
+                view.stores
+                    .get(s)
+                    .map(|s| s.url.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let client = bulk_client(&self.config.security)?;
+        let body = serde_json::json!({
+            "generation": ec.generation, "shard": shard, "shards": urls,
+        });
+        let _: serde_json::Value = client
+            .ec_op(&urls[shard], id, "rebuild", &body)
+            .await
+            .map_err(|e| store_failed(&format!("rebuilding shard {shard}"), e))?;
+        let mut vol = cur.value.clone();
+        vol.replicas = shards.clone();
+        vol.reported_by.retain(|r| shards.contains(r));
+        if !vol.reported_by.contains(&to) {
+            vol.reported_by.push(to);
+        }
+        match self
+            .meta
+            .put_volume(&vol, Expect::Version(cur.version))
+            .await?
+        {
+            Cas::Applied { version } => self.remember_volume(id, version, vol),
+            Cas::Conflict { .. } => {
+                return Err(DirectoryError::Conflict(format!(
+                    "volume {id} changed during the rebuild; run it again"
+                )))
+            }
+        }
+        // Every other shard store learns where the shard is now (best effort: one that is
+        // down learns it by the next rebuild or repair run).
+        let body = serde_json::json!({ "shards": urls });
+        for (i, url) in urls.iter().enumerate() {
+            if i == shard {
+                continue;
+            }
+            let r: Result<serde_json::Value, _> = client.ec_put_manifest(url, id, &body).await;
+            if let Err(e) = r {
+                tracing::warn!(volume_id = id, shard = i, error = %e, "shard store did not take the new shard list");
+            }
+        }
+        metrics::counter!("haystack_directory_ec_shards_rebuilt_total").increment(1);
+        tracing::info!(volume_id = id, shard, to, "erasure-coded shard rebuilt");
+        self.refresh().await?;
+        self.volume(id)
+    }
+
+    /// Automatic shard rebuild, one shard per call: the first shard of an erasure-coded volume
+    /// whose store has been down longer than `rereplicate_after_ms` is rebuilt elsewhere.
+    pub async fn rebuild_lost_shard_once(&self) -> Result<Option<u32>, DirectoryError> {
+        let after = self.config.rereplicate_after_ms;
+        if after == 0 {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let view = self.view();
+        for v in view.volumes.values() {
+            if v.info.ec.is_none() {
+                continue;
+            }
+            for (i, r) in v.info.replicas.iter().enumerate() {
+                let dead = view.stores.get(&r.store_id).is_none_or(|s| {
+                    s.state == StoreState::Down && now.saturating_sub(s.last_heartbeat_ms) > after
+                });
+                if !dead {
+                    continue;
+                }
+                let id = v.info.id;
+                tracing::warn!(
+                    volume_id = id,
+                    shard = i,
+                    store_id = r.store_id,
+                    "rebuilding the shard of a store that stayed down"
+                );
+                match self
+                    .rebuild_shard(
+                        id,
+                        EcRebuildRequest {
+                            shard: i as u16,
+                            to: None,
+                        },
+                    )
+                    .await
+                {
+                    Ok(_) => return Ok(Some(id)),
+                    Err(e) => {
+                        tracing::warn!(volume_id = id, shard = i, error = %e, "automatic shard rebuild failed");
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
