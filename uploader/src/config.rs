@@ -135,6 +135,11 @@ pub fn default_variants() -> Vec<VariantSpec> {
 }
 
 impl UploaderConfig {
+    /// `body_idle_timeout_ms` as a duration.
+    pub fn body_idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.body_idle_timeout_ms)
+    }
+
     /// Checks the configuration once, at start-up.
     pub fn validate(&self) -> Result<(), UploaderError> {
         let bad = |m: String| Err(UploaderError::Config(m));

@@ -343,8 +343,7 @@ async fn post_photo(
     let key = idempotency_key(&req)?;
     let ack = write_ack(&req)?;
     let cfg = state.uploader.config();
-    let idle = std::time::Duration::from_millis(cfg.body_idle_timeout_ms);
-    let body = photo_body(&req, payload, cfg.max_photo_bytes, idle).await?;
+    let body = photo_body(&req, payload, cfg.max_photo_bytes, cfg.body_idle_timeout()).await?;
     let (photo, outcome) = state
         .uploader
         .upload_photo(body, key.as_deref(), ack)
@@ -377,8 +376,7 @@ async fn post_video(
                 ));
             };
             if field.name() != Some("file") {
-                let idle =
-                    std::time::Duration::from_millis(state.uploader.config().body_idle_timeout_ms);
+                let idle = state.uploader.config().body_idle_timeout();
                 read_limited(field, 64 << 10, None, idle).await?;
                 continue;
             }

@@ -482,10 +482,10 @@ impl Uploader {
         let mut buf = BytesMut::with_capacity(chunk_bytes);
         let mut total: u64 = 0;
         let mut ended = false;
+        let idle = self.cfg.body_idle_timeout();
         while !ended {
             // Fill one chunk (or reach the end of the body).
             while buf.len() < chunk_bytes {
-                let idle = Duration::from_millis(self.cfg.body_idle_timeout_ms);
                 let next = haystack_service::body::next_within(&mut body, idle)
                     .await
                     .map_err(|e| UploaderError::BodyTimeout(e.to_string()))?;
