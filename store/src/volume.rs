@@ -342,20 +342,15 @@ impl Volume {
             let mut s = SortedIndex::open(&sidx_path)?;
             // Deletes after sealing are flagged in the volume and logged in the index file;
             // the mapped index's own flag may not have reached the disk.
-            let raw = disk.read_all(&idx_file)?;
-            if raw.len() >= IDX_HEADER_LEN {
-                for r in raw[IDX_HEADER_LEN..].chunks_exact(IDX_RECORD_LEN) {
-                    let Some(rec) = parse_idx_record(r) else {
-                        break;
-                    };
-                    if rec.kind == IDX_DELETE
-                        && s.get(rec.key, rec.alt).map(|l| (l.offset, l.deleted))
-                            == Some((rec.offset, false))
-                    {
-                        s.mark_deleted(rec.key, rec.alt);
-                    }
+            recover::read_idx_records(&disk, &idx_file, id, |rec| {
+                if rec.kind == IDX_DELETE
+                    && s.get(rec.key, rec.alt).map(|l| (l.offset, l.deleted))
+                        == Some((rec.offset, false))
+                {
+                    s.mark_deleted(rec.key, rec.alt);
                 }
-            }
+                true
+            })?;
             let mut end = SUPERBLOCK_LEN;
             for (_, _, l) in s.iter() {
                 end = end.max(l.offset + l.extent as u64);
@@ -364,7 +359,7 @@ impl Volume {
             (VolIndex::Sealed(s), end, Mode::Sealed)
         } else {
             let Recovered {
-                entries,
+                index,
                 tail,
                 problem,
                 damage,
@@ -381,8 +376,8 @@ impl Volume {
                 &cfg,
             )?;
             found_damage = damage;
-            for (_, _, l) in &entries {
-                stats.count(l);
+            for (_, _, l) in index.iter() {
+                stats.count(&l);
             }
             let mode = if let Some(p) = problem {
                 Mode::ReadOnly(p)
@@ -391,7 +386,7 @@ impl Volume {
             } else {
                 Mode::Writable
             };
-            (VolIndex::Mem(MemIndex::from_sorted(entries)), tail, mode)
+            (VolIndex::Mem(index), tail, mode)
         };
         let v = Volume {
             id,

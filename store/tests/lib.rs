@@ -7,6 +7,7 @@ mod corruption;
 mod engine;
 mod faults;
 mod http_api;
+mod memory;
 mod model;
 mod powercut;
 mod recovery;

@@ -825,7 +825,7 @@ impl Volume {
             let mut idx = disk.create(&tmp)?;
             let file_len = file.metadata()?.len();
             let Recovered {
-                entries,
+                index,
                 tail,
                 problem,
                 damage,
@@ -845,11 +845,13 @@ impl Volume {
             disk.sync_all(&idx)?;
             disk.rename(&tmp, &idx_path)?;
             disk.sync_dir(&dir)?;
+            let entries: Vec<IndexEntry> = index.iter().collect();
             let index = if sealed {
+                drop(index);
                 SortedIndex::write(&sidx_path, entries.iter().copied())?;
                 VolIndex::Sealed(SortedIndex::open(&sidx_path)?)
             } else {
-                VolIndex::Mem(MemIndex::from_sorted(entries.iter().copied()))
+                VolIndex::Mem(index)
             };
             Ok((index, entries, tail, idx, damage))
         })

@@ -5,8 +5,13 @@
 
 use super::*;
 
-/// Loads the index file and scans the tail; returns the index entries sorted by (key, alt)
-/// and the tail offset. Repairs the index file and cuts a torn tail as it goes.
+/// Loads the index file and scans the tail; returns the index and the tail offset. Repairs
+/// the index file and cuts a torn tail as it goes.
+///
+/// Working memory is the index being built plus a few fixed buffers: the index file is read a
+/// chunk at a time and every record goes straight into the index, so a volume of a million
+/// needles opens inside a small memory limit (issue 18: the earlier version held the whole
+/// file, every record and a sorted copy at once, about 120 bytes per needle at the peak).
 pub(super) fn recover_writable(
     disk: &crate::disk::Disk,
     vol: Identity,
@@ -16,40 +21,46 @@ pub(super) fn recover_writable(
     cfg: &VolumeConfig,
 ) -> Result<Recovered> {
     let Identity { id, max_bytes, tag } = vol;
-    // 1. The index file.
-    let raw = disk.read_all(idx_file)?;
-    let mut records: Vec<IdxRecord> = Vec::new();
-    let mut good_len = 0usize;
-    let header_ok = crate::checkpoint::header_ok(&raw, id);
-    if header_ok {
-        good_len = IDX_HEADER_LEN;
-        for r in raw[IDX_HEADER_LEN..].chunks_exact(IDX_RECORD_LEN) {
-            match parse_idx_record(r) {
-                Some(rec)
-                    if rec.offset >= SUPERBLOCK_LEN
-                        && rec.offset % format::ALIGN == 0
-                        && rec.extent > 0
-                        && rec.offset + rec.extent as u64 <= file_len =>
-                {
-                    records.push(rec);
-                    good_len += IDX_RECORD_LEN;
-                }
-                _ => break,
-            }
+    // 1. The index file. Newest put per (key, alt) wins; a delete applies to the put at its
+    // offset, whichever of the two the file holds first.
+    let mut index = MemIndex::new();
+    let mut cover = Coverage::default();
+    let mut deletes = PendingDeletes::default();
+    let mut kept = 0usize;
+    let read = read_idx_records(disk, idx_file, id, |rec| {
+        let valid = rec.offset >= SUPERBLOCK_LEN
+            && rec.offset % format::ALIGN == 0
+            && rec.extent > 0
+            && rec.offset + rec.extent as u64 <= file_len;
+        if !valid {
+            return false;
         }
-    }
-    if !header_ok || good_len != raw.len() {
+        kept += 1;
+        let loc = Loc {
+            offset: rec.offset,
+            extent: rec.extent,
+            deleted: false,
+        };
+        if rec.kind == IDX_PUT {
+            cover.add(rec.offset, rec.extent);
+            put_newest(&mut index, rec.key, rec.alt, loc);
+        } else if rec.kind == IDX_DELETE {
+            deletes.apply_or_keep(&mut index, rec.key, rec.alt, rec.offset);
+        }
+        true
+    })?;
+    if !read.header_ok || read.good_len != read.file_len {
         tracing::warn!(
             volume = id,
-            kept_records = records.len(),
-            dropped_bytes = raw.len() - good_len,
+            kept_records = kept,
+            dropped_bytes = read.file_len - read.good_len,
             "index file has a bad tail; cutting it"
         );
-        let cut = if !header_ok {
+        let cut = if !read.header_ok {
             disk.set_len(idx_file, 0)
                 .and_then(|()| disk.append(idx_file, &idx_header(id)))
         } else {
-            disk.set_len(idx_file, good_len as u64)
+            disk.set_len(idx_file, read.good_len)
         };
         // A checkpoint that cannot be repaired (a full disk) costs a longer scan, not the
         // volume.
@@ -61,48 +72,16 @@ pub(super) fn recover_writable(
     // order, and the newest are lost with the process: the file may cover a needle at a high
     // offset and miss one below it. The scan therefore starts at the first gap in the
     // coverage, not at the end of the highest indexed needle.
-    let mut spans: Vec<(u64, u32)> = records
-        .iter()
-        .filter(|r| r.kind == IDX_PUT)
-        .map(|r| (r.offset, r.extent))
-        .collect();
-    spans.sort_unstable();
-    let mut scan_from = SUPERBLOCK_LEN;
-    for &(o, e) in &spans {
-        if o == scan_from {
-            scan_from += e as u64;
-        } else if o > scan_from {
-            break;
-        }
-    }
+    let scan_from = cover.first_gap();
     // Needles the index file vouches for end here: a tail is never cut below it.
-    let indexed_end = spans
-        .iter()
-        .map(|&(o, e)| o + e as u64)
-        .max()
-        .unwrap_or(SUPERBLOCK_LEN);
-    // Newest put per (key, alt) wins; a delete applies to the put at its offset.
-    records.sort_unstable_by_key(|r| (r.key, r.alt, r.offset, r.kind));
-    let mut entries: Vec<(u64, u32, Loc)> = Vec::with_capacity(records.len());
-    for r in &records {
-        match (entries.last_mut(), r.kind) {
-            (Some(last), IDX_DELETE) if last.0 == r.key && last.1 == r.alt => {
-                if last.2.offset == r.offset {
-                    last.2.deleted = true;
-                }
-            }
-            (_, IDX_DELETE) => {}
-            (Some(last), _) if last.0 == r.key && last.1 == r.alt => *last = r.entry(),
-            _ => entries.push(r.entry()),
-        }
-    }
-    drop(records);
+    let indexed_end = cover.end();
 
     // 2. The tail past the last indexed needle.
     let limit = file_len.min(max_bytes);
     let mut pos = scan_from;
-    let mut scanned: Vec<(u64, u32, Loc)> = Vec::new();
-    let mut new_records = Vec::new();
+    let mut recovered = 0usize;
+    let mut new_records = RecordSink::default();
+    let mut problem = None;
     let mut damage: Vec<Damage> = Vec::new();
     loop {
         let scan = read_needle_at(disk, file, pos, limit, tag)?;
@@ -113,10 +92,16 @@ pub(super) fn recover_writable(
                     extent: extent as u32,
                     deleted: h.deleted(),
                 };
-                scanned.push((h.key, h.alt, loc));
-                new_records.extend_from_slice(&idx_record(IDX_PUT, h.key, h.alt, loc));
+                // Scanned needles are at least as new as every indexed one at a lower offset;
+                // the highest offset wins, and a delete flag is never lost.
+                put_newest(&mut index, h.key, h.alt, loc);
+                recovered += 1;
+                new_records.push(IDX_PUT, h.key, h.alt, loc);
                 if loc.deleted {
-                    new_records.extend_from_slice(&idx_record(IDX_DELETE, h.key, h.alt, loc));
+                    new_records.push(IDX_DELETE, h.key, h.alt, loc);
+                }
+                if let Err(p) = new_records.flush_if_full(disk, file, idx_file, id) {
+                    problem.get_or_insert(p);
                 }
                 pos += extent;
             }
@@ -136,13 +121,7 @@ pub(super) fn recover_writable(
                     // Past a damaged region longer than the window: the next needle the index
                     // file knows of, or the end of the last one. A tail is never cut below
                     // a needle the index file records.
-                    None if pos < indexed_end => Some(
-                        spans
-                            .iter()
-                            .map(|&(o, _)| o)
-                            .find(|&o| o > pos)
-                            .unwrap_or(indexed_end),
-                    ),
+                    None if pos < indexed_end => Some(cover.next_known(pos, &index)),
                     None => None,
                 };
                 match next {
@@ -189,6 +168,8 @@ pub(super) fn recover_writable(
             }
         }
     }
+    // Deletes whose put the index file did not hold may be of needles the scan found.
+    deletes.apply_rest(&mut index);
     // Nothing past the tail may ever parse as a needle: a later scan would walk from a new
     // needle into the bytes of an unacknowledged write whose first page was lost, and index
     // them. Everything past the tail, to the end of the file, is made zeros (not only one
@@ -196,29 +177,14 @@ pub(super) fn recover_writable(
     // bytes further on).
     // Past this point nothing is fatal: a volume that cannot be made clean for writes still
     // serves reads, read-only, with the reason reported.
-    let mut problem = None;
     if let Err(e) = clear_past_tail(disk, file, pos, file_len) {
         tracing::error!(volume = id, offset = pos, error = %e, "clearing the bytes past the tail failed; volume stays read-only");
         problem = Some(format!(
             "stale bytes past the tail could not be cleared ({e})"
         ));
     }
-    if !new_records.is_empty() {
-        // Needles found in the tail may never have been synced (their writer died before its
-        // fdatasync): make them durable before the index file vouches for them.
-        match disk.sync_data(file) {
-            Ok(()) => {
-                // The index file is a checkpoint: without room for it (ENOSPC on a full disk)
-                // the volume still opens; the next open scans the same tail again.
-                if let Err(e) = disk.append(idx_file, &new_records) {
-                    tracing::warn!(volume = id, error = %e, "appending recovered records to the index file failed; the next open scans again");
-                }
-            }
-            Err(e) => {
-                tracing::error!(volume = id, error = %e, "syncing recovered needles failed; volume stays read-only");
-                problem.get_or_insert_with(|| format!("disk error: {e}"));
-            }
-        }
+    if let Err(p) = new_records.flush(disk, file, idx_file, id) {
+        problem.get_or_insert(p);
     }
     if let Err(e) = disk.sync_data(idx_file) {
         tracing::warn!(volume = id, error = %e, "syncing the index file failed; the next open scans again");
@@ -227,48 +193,227 @@ pub(super) fn recover_writable(
         .iter()
         .filter(|d| d.kind == DamageKind::Skipped)
         .count();
-    if !scanned.is_empty() || skipped_corrupt > 0 {
+    if recovered > 0 || skipped_corrupt > 0 {
         tracing::info!(
             volume = id,
-            recovered = scanned.len(),
+            recovered,
             skipped_corrupt,
             "needles recovered from the volume tail"
         );
-        // Scanned needles are newer than every indexed one: merge, scanned last wins.
-        scanned.sort_by_key(|e| (e.0, e.1)); // stable: later offsets stay later
-        let mut merged: Vec<(u64, u32, Loc)> = Vec::with_capacity(entries.len() + scanned.len());
-        let (mut a, mut b) = (
-            entries.into_iter().peekable(),
-            scanned.into_iter().peekable(),
-        );
-        loop {
-            let take_a = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(x), Some(y)) => (x.0, x.1) <= (y.0, y.1),
-            };
-            let next = if take_a { a.next() } else { b.next() };
-            if let Some(e) = next {
-                match merged.last_mut() {
-                    // The newest (highest offset) version of a needle wins.
-                    Some(last) if (last.0, last.1) == (e.0, e.1) => {
-                        if e.2.offset >= last.2.offset {
-                            *last = e;
-                        }
-                    }
-                    _ => merged.push(e),
-                }
-            }
-        }
-        entries = merged;
     }
     Ok(Recovered {
-        entries,
+        index,
         tail: pos,
         problem,
         damage,
     })
+}
+
+/// Puts `loc` for (key, alt) unless the index holds a newer (higher offset) needle; for the
+/// same needle, a delete flag already set stays set.
+fn put_newest(index: &mut MemIndex, key: u64, alt: u32, loc: Loc) {
+    match index.get(key, alt) {
+        Some(old) if old.offset > loc.offset => {}
+        Some(old) if old.offset == loc.offset => {
+            if loc.deleted && !old.deleted {
+                index.mark_deleted(key, alt);
+            }
+        }
+        _ => {
+            index.insert(key, alt, loc);
+        }
+    }
+}
+
+/// Delete records whose put was not (yet) in the index when they were read: applied at the
+/// end, to whatever needle then sits at their offset. Normally empty.
+#[derive(Default)]
+struct PendingDeletes(Vec<(u64, u32, u64)>);
+
+impl PendingDeletes {
+    fn apply_or_keep(&mut self, index: &mut MemIndex, key: u64, alt: u32, offset: u64) {
+        match index.get(key, alt) {
+            Some(l) if l.offset == offset => {
+                index.mark_deleted(key, alt);
+            }
+            _ => self.0.push((key, alt, offset)),
+        }
+    }
+
+    fn apply_rest(self, index: &mut MemIndex) {
+        for (key, alt, offset) in self.0 {
+            if index.get(key, alt).is_some_and(|l| l.offset == offset) {
+                index.mark_deleted(key, alt);
+            }
+        }
+    }
+}
+
+/// The byte ranges of the volume file that put records vouch for, merged: a handful of
+/// intervals for a whole volume (records arrive nearly in offset order).
+#[derive(Default)]
+struct Coverage(std::collections::BTreeMap<u64, u64>);
+
+impl Coverage {
+    fn add(&mut self, offset: u64, extent: u32) {
+        let (mut start, mut end) = (offset, offset + extent as u64);
+        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        while let Some((&s, &e)) = self.0.range(start..=end).next() {
+            self.0.remove(&s);
+            end = end.max(e);
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Where the first needle the records do not cover may start.
+    fn first_gap(&self) -> u64 {
+        match self.0.first_key_value() {
+            Some((&s, &e)) if s == SUPERBLOCK_LEN => e,
+            _ => SUPERBLOCK_LEN,
+        }
+    }
+
+    /// The end of the highest needle the records vouch for.
+    fn end(&self) -> u64 {
+        self.0.last_key_value().map_or(SUPERBLOCK_LEN, |(_, &e)| e)
+    }
+
+    /// The first place past `pos` where a needle the index file knows of starts (or its
+    /// coverage ends): the end of a damaged region that no scan window bridged. Reads the
+    /// whole index; only damage calls it.
+    fn next_known(&self, pos: u64, index: &MemIndex) -> u64 {
+        let in_index = index
+            .iter()
+            .map(|(_, _, l)| l.offset)
+            .filter(|&o| o > pos)
+            .min();
+        let interval_end = self
+            .0
+            .range(..=pos)
+            .next_back()
+            .map(|(_, &e)| e)
+            .filter(|&e| e > pos);
+        let next_start = self.0.range(pos + 1..).next().map(|(&s, _)| s);
+        [in_index, interval_end, next_start]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.end())
+    }
+}
+
+/// Index records for needles the scan found, appended to the index file a chunk at a time,
+/// each chunk only after the volume file's data is synced (the needles may never have been:
+/// their writer died before its fdatasync). Once a sync fails nothing more is appended.
+#[derive(Default)]
+struct RecordSink {
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl RecordSink {
+    const CHUNK: usize = 1 << 20;
+
+    fn push(&mut self, kind: u8, key: u64, alt: u32, loc: Loc) {
+        if !self.failed {
+            self.buf.extend_from_slice(&idx_record(kind, key, alt, loc));
+        }
+    }
+
+    fn flush_if_full(
+        &mut self,
+        disk: &crate::disk::Disk,
+        file: &File,
+        idx_file: &File,
+        id: u32,
+    ) -> std::result::Result<(), String> {
+        if self.buf.len() >= Self::CHUNK {
+            self.flush(disk, file, idx_file, id)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn flush(
+        &mut self,
+        disk: &crate::disk::Disk,
+        file: &File,
+        idx_file: &File,
+        id: u32,
+    ) -> std::result::Result<(), String> {
+        if self.buf.is_empty() || self.failed {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.buf);
+        match disk.sync_data(file) {
+            // The index file is a checkpoint: without room for it (ENOSPC on a full disk) the
+            // volume still opens; the next open scans the same tail again.
+            Ok(()) => {
+                if let Err(e) = disk.append(idx_file, &buf) {
+                    tracing::warn!(volume = id, error = %e, "appending recovered records to the index file failed; the next open scans again");
+                    self.failed = true;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(volume = id, error = %e, "syncing recovered needles failed; volume stays read-only");
+                self.failed = true;
+                Err(format!("disk error: {e}"))
+            }
+        }
+    }
+}
+
+/// What streaming the index file found.
+pub(super) struct IdxRead {
+    pub(super) header_ok: bool,
+    /// Bytes of header and good records before the first bad one.
+    pub(super) good_len: u64,
+    pub(super) file_len: u64,
+}
+
+/// Streams the index file's records, in file order, a chunk at a time, to `f` until the first
+/// record that does not parse or that `f` refuses (returns false). Nothing is read when the
+/// header is not volume `id`'s.
+pub(super) fn read_idx_records(
+    disk: &crate::disk::Disk,
+    idx_file: &File,
+    id: u32,
+    mut f: impl FnMut(&IdxRecord) -> bool,
+) -> io::Result<IdxRead> {
+    const CHUNK: usize = IDX_RECORD_LEN * 32 * 1024;
+    let file_len = idx_file.metadata()?.len();
+    let mut header = [0u8; IDX_HEADER_LEN];
+    let got = disk.read_at(idx_file, &mut header, 0)?;
+    let header_ok = crate::checkpoint::header_ok(&header[..got], id);
+    let mut read = IdxRead {
+        header_ok,
+        good_len: 0,
+        file_len,
+    };
+    if !header_ok {
+        return Ok(read);
+    }
+    read.good_len = IDX_HEADER_LEN as u64;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let got = disk.read_at(idx_file, &mut buf, read.good_len)?;
+        let whole = got - got % IDX_RECORD_LEN;
+        for r in buf[..whole].chunks_exact(IDX_RECORD_LEN) {
+            match parse_idx_record(r) {
+                Some(rec) if f(&rec) => read.good_len += IDX_RECORD_LEN as u64,
+                _ => return Ok(read),
+            }
+        }
+        if got < CHUNK {
+            return Ok(read);
+        }
+    }
 }
 
 /// A region of a volume file that recovery could not index: skipped (valid needles follow)
@@ -304,8 +449,8 @@ pub(super) struct Identity {
 
 /// What recovery of a writable volume found.
 pub(super) struct Recovered {
-    /// Index entries sorted by (key, alt).
-    pub(super) entries: Vec<IndexEntry>,
+    /// The volume's index.
+    pub(super) index: MemIndex,
     /// Where the next needle goes.
     pub(super) tail: u64,
     /// Why the volume must stay read-only, if it must.
