@@ -643,7 +643,8 @@ fn build_server(
 ) -> std::io::Result<actix_web::dev::Server> {
     let workers = node.cfg.http_workers;
     let shutdown_secs = node.cfg.shutdown_timeout_secs;
-    let guard = Guard::new("cache", &node.cfg.security, access).map_err(std::io::Error::other)?;
+    let guard =
+        Guard::serving_reads("cache", &node.cfg.security, access).map_err(std::io::Error::other)?;
     let tls = node.cfg.security.tls.clone();
     guard
         .check_listener(listener.local_addr()?)

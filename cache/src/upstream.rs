@@ -79,11 +79,15 @@ impl Clients {
             .build()
             .map_err(io)?;
         let creds = Credentials::internal(cfg.security.keys.as_ref(), "cache");
+        let mut stores =
+            StoreClient::with_timeout(http.clone(), Duration::from_millis(cfg.store_timeout_ms));
+        // Needle reads are public unless reads are signed; then the cache proves itself to the
+        // stores as the cluster's own (a token per read, so only then).
+        if cfg.security.signed_reads_ttl_secs.is_some() {
+            stores = stores.with_credentials(creds.clone());
+        }
         Ok(Clients {
-            stores: StoreClient::with_timeout(
-                http.clone(),
-                Duration::from_millis(cfg.store_timeout_ms),
-            ),
+            stores,
             http,
             directory: DirectoryClient::with_http(&cfg.directory_url, dir_http)
                 .with_credentials(creds.clone()),

@@ -65,7 +65,9 @@ fn terminate(role: &Role) {
     }
 }
 
-pub async fn run(args: ServerArgs) -> Result<(), String> {
+/// `haystack server`: the whole local cluster; `signed_reads_ttl` (the global flag) is passed
+/// to every role.
+pub async fn run(args: ServerArgs, signed_reads_ttl: Option<u64>) -> Result<(), String> {
     let mut a = crate::config::load(args.config.as_deref())?.server;
     crate::set(&mut a.data_dir, args.data_dir);
     crate::set(&mut a.stores, args.stores);
@@ -94,6 +96,9 @@ pub async fn run(args: ServerArgs) -> Result<(), String> {
     ];
     if let Some(p) = &args.config {
         config_args.extend(["--config".into(), p.display().to_string()]);
+    }
+    if let Some(ttl) = signed_reads_ttl {
+        config_args.extend(["--signed-reads-ttl".into(), ttl.to_string()]);
     }
     let dir_url = format!("http://127.0.0.1:{}", a.directory_port);
     let cache_url = format!("http://127.0.0.1:{}", a.cache_port);

@@ -48,6 +48,11 @@ struct Cli {
         requires = "tls_cert"
     )]
     tls_client_auth: bool,
+    /// Signed read URLs (private photos): read URLs carry an expiry and an HMAC and live this
+    /// many seconds (rounded up by at most a quarter); stores and caches serve reads only on
+    /// a valid signature. Every role of a cluster must be given the same value.
+    #[arg(long, global = true, env = "HAYSTACK_SIGNED_READS_TTL", value_parser = clap::value_parser!(u64).range(1..))]
+    signed_reads_ttl: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -753,7 +758,12 @@ fn main() -> ExitCode {
         }),
         _ => None,
     };
-    let security = match security::load(cli.cluster_secret_file.as_deref(), cli.audit_log, tls) {
+    let security = match security::load(
+        cli.cluster_secret_file.as_deref(),
+        cli.audit_log,
+        tls,
+        cli.signed_reads_ttl,
+    ) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("haystack: {e}");
@@ -782,7 +792,7 @@ fn main() -> ExitCode {
             Command::Cache(a) => run_cache(a, security).await,
             Command::Uploader(a) => run_uploader(a, security).await,
             Command::S3 { command, args } => run_s3(command, args, security).await,
-            Command::Server(a) => cluster::run(a).await,
+            Command::Server(a) => cluster::run(a, security.signed_reads_ttl_secs).await,
             Command::Token {
                 command:
                     TokenCommand::Create {

@@ -14,11 +14,12 @@ use haystack_service::tls::{Tls, TlsFiles};
 pub const SECRET_ENV: &str = "HAYSTACK_CLUSTER_SECRET";
 
 /// The security settings of this process: keys from the environment or the secret file
-/// (none when neither is given), and the audit log.
+/// (none when neither is given), the audit log, TLS and signed reads.
 pub fn load(
     secret_file: Option<&Path>,
     audit_log: Option<std::path::PathBuf>,
     tls: Option<TlsFiles>,
+    signed_reads_ttl_secs: Option<u64>,
 ) -> Result<Security, String> {
     let secret = match (std::env::var(SECRET_ENV).ok(), secret_file) {
         (Some(s), _) if !s.trim().is_empty() => Some(s),
@@ -36,10 +37,16 @@ pub fn load(
         Some(files) => Some(std::sync::Arc::new(Tls::load(files)?)),
         None => None,
     };
+    if signed_reads_ttl_secs.is_some() && keys.is_none() {
+        return Err(format!(
+            "--signed-reads-ttl needs the cluster secret (--cluster-secret-file or {SECRET_ENV})"
+        ));
+    }
     Ok(Security {
         keys,
         audit_log,
         tls,
+        signed_reads_ttl_secs,
     })
 }
 

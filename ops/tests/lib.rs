@@ -7,4 +7,5 @@ mod gc;
 mod rereplication;
 mod server;
 mod shutdown;
+mod signed;
 mod tls;

@@ -23,6 +23,12 @@ pub const WRITE_TOKEN_TTL_SECS: u64 = 3600;
 /// Seconds an internal token minted by a service for one request lives.
 pub const INTERNAL_TOKEN_TTL_SECS: u64 = 300;
 
+/// The query parameter of a signed read URL that holds its expiry (unix seconds).
+pub const READ_EXPIRES_PARAM: &str = "expires";
+
+/// The query parameter of a signed read URL that holds its signature.
+pub const READ_SIGNATURE_PARAM: &str = "sig";
+
 /// What a route asks of its caller. Anything a service does not name as `Public` asks for
 /// at least `Read`, so a route added later is never open by accident.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,6 +125,8 @@ pub enum TokenError {
     Expired,
     /// A write token for another volume, key or alternate key.
     OutOfScope,
+    /// No signature where one is needed (a read URL without one).
+    Missing,
 }
 
 impl std::fmt::Display for TokenError {
@@ -128,6 +136,7 @@ impl std::fmt::Display for TokenError {
             TokenError::BadSignature => "bad token signature",
             TokenError::Expired => "expired token",
             TokenError::OutOfScope => "token out of scope",
+            TokenError::Missing => "no signature",
         })
     }
 }
@@ -139,6 +148,7 @@ impl std::error::Error for TokenError {}
 pub struct ClusterKeys {
     bearer: [u8; 32],
     write: [u8; 32],
+    read: [u8; 32],
 }
 
 impl std::fmt::Debug for ClusterKeys {
@@ -213,6 +223,7 @@ impl ClusterKeys {
         Ok(ClusterKeys {
             bearer: derive(s.as_bytes(), b"haystack bearer token v1"),
             write: derive(s.as_bytes(), b"haystack write token v1"),
+            read: derive(s.as_bytes(), b"haystack signed read url v1"),
         })
     }
 
@@ -316,6 +327,78 @@ impl ClusterKeys {
         }
         Ok(scope)
     }
+}
+
+impl ClusterKeys {
+    /// The signature of a read URL whose path (from `/v1/` on: a needle's or a video's) is
+    /// `path`, until `expires` (unix seconds): HMAC-SHA256 under the read key over the path
+    /// and the expiry, truncated to 128 bits, in hex. Whatever base (a CDN's) is in front of
+    /// the path is not signed, so the same URL works through any prefix that forwards the
+    /// path unchanged.
+    pub fn sign_read(&self, path: &str, expires: u64) -> String {
+        let sig = mac_bytes(&self.read, &[read_message(path, expires).as_bytes()]);
+        hex(&sig[..16])
+    }
+
+    /// The query string (`expires=...&sig=...`, no `?`) that makes a read URL of `path`
+    /// valid until `expires`.
+    pub fn signed_read_query(&self, path: &str, expires: u64) -> String {
+        format!(
+            "{READ_EXPIRES_PARAM}={expires}&{READ_SIGNATURE_PARAM}={}",
+            self.sign_read(path, expires)
+        )
+    }
+
+    /// Checks the signature of a read URL of `path` whose query string is `query` at `now`.
+    /// Every failure (no signature, a malformed one, a wrong one, an expired one) is the
+    /// caller's to answer alike.
+    pub fn verify_read(&self, path: &str, query: &str, now: u64) -> Result<(), TokenError> {
+        let (mut expires, mut sig) = (None, None);
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let slot = match k {
+                READ_EXPIRES_PARAM => &mut expires,
+                READ_SIGNATURE_PARAM => &mut sig,
+                _ => continue,
+            };
+            // A parameter given twice is not a URL the directory made.
+            if slot.replace(v).is_some() {
+                return Err(TokenError::Malformed);
+            }
+        }
+        let (Some(expires), Some(sig)) = (expires, sig) else {
+            return Err(TokenError::Missing);
+        };
+        if expires.is_empty() || !expires.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(TokenError::Malformed);
+        }
+        let expires: u64 = expires.parse().map_err(|_| TokenError::Malformed)?;
+        let sig = unhex(sig)
+            .filter(|s| s.len() == 16)
+            .ok_or(TokenError::Malformed)?;
+        let mut m = mac(&self.read);
+        m.update(read_message(path, expires).as_bytes());
+        m.verify_truncated_left(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        if now > expires {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+}
+
+fn read_message(path: &str, expires: u64) -> String {
+    format!("hr1\n{path}\n{expires}")
+}
+
+/// The expiry a signed read URL made at `now` with a lifetime of `ttl` seconds gets: at least
+/// `ttl` away, rounded up to a multiple of a quarter of `ttl`, so that the URLs of one photo
+/// stay the same for a while and a CDN keeps caching them under one key.
+pub fn read_url_expiry(now: u64, ttl: u64) -> u64 {
+    let step = (ttl / 4).max(1);
+    (now.saturating_add(ttl))
+        .div_ceil(step)
+        .saturating_mul(step)
 }
 
 /// What one write token allows: needles of one key, a range of alternate keys, one volume.
@@ -423,5 +506,63 @@ mod tests {
         assert_eq!(bearer("Bearer "), None);
         assert!(ClusterKeys::from_secret("short").is_err());
         assert!(format!("{:?}", keys()).contains("redacted"));
+    }
+
+    #[test]
+    fn a_signed_read_url_verifies_for_its_needle_until_it_expires() {
+        let k = keys();
+        let a = crate::NeedleAddr::new(3, 77, 1, 0xabc).path();
+        let a = a.as_str();
+        let q = k.signed_read_query(a, 1000);
+        assert!(q.starts_with("expires=1000&sig="), "{q}");
+        assert_eq!(k.verify_read(a, &q, 1000), Ok(()));
+        assert_eq!(k.verify_read(a, &format!("w=1&{q}&x"), 10), Ok(()));
+        assert_eq!(k.verify_read(a, &q, 1001), Err(TokenError::Expired));
+        // Another needle, alternate key, cookie or volume; another secret; a later expiry.
+        for other in [
+            crate::NeedleAddr::new(3, 78, 1, 0xabc),
+            crate::NeedleAddr::new(3, 77, 2, 0xabc),
+            crate::NeedleAddr::new(3, 77, 1, 0xabd),
+            crate::NeedleAddr::new(4, 77, 1, 0xabc),
+        ] {
+            assert_eq!(
+                k.verify_read(&other.path(), &q, 0),
+                Err(TokenError::BadSignature)
+            );
+        }
+        assert_eq!(
+            k.verify_read("/v1/videos/3/77/abc", &q, 0),
+            Err(TokenError::BadSignature)
+        );
+        let other = ClusterKeys::from_secret("ffffffffffffffffffffffffffffffffff").unwrap();
+        assert_eq!(other.verify_read(a, &q, 0), Err(TokenError::BadSignature));
+        let later = q.replacen("expires=1000", "expires=9999", 1);
+        assert_eq!(k.verify_read(a, &later, 0), Err(TokenError::BadSignature));
+        for bad in [
+            "",
+            "expires=1000",
+            "sig=00",
+            "expires=&sig=00",
+            "expires=-1&sig=00",
+            "expires=1000&sig=zz",
+            "expires=1000&sig=0011",
+        ] {
+            assert!(k.verify_read(a, bad, 0).is_err(), "{bad}");
+        }
+        let twice = format!("{q}&expires=1000");
+        assert_eq!(k.verify_read(a, &twice, 0), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn read_url_expiries_are_at_least_the_ttl_away_and_stable_for_a_quarter_of_it() {
+        assert_eq!(read_url_expiry(1000, 3600), 5400);
+        assert_eq!(read_url_expiry(900, 3600), 4500);
+        for now in [0u64, 1, 899, 900, 12345] {
+            let e = read_url_expiry(now, 3600);
+            assert!(e >= now + 3600 && e < now + 3600 + 900, "{now} -> {e}");
+            assert_eq!(e % 900, 0);
+        }
+        assert_eq!(read_url_expiry(5, 1), 6);
+        assert_eq!(read_url_expiry(u64::MAX - 1, 10), u64::MAX);
     }
 }

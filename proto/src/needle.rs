@@ -10,6 +10,9 @@ use crate::{format_cookie, parse_cookie};
 /// The path prefix of needle URLs on stores and caches.
 pub const NEEDLES_PREFIX: &str = "/v1/needles/";
 
+/// The path prefix of whole-video URLs (served by caches).
+pub const VIDEOS_PREFIX: &str = "/v1/videos/";
+
 /// The shape of a needle path, for error messages.
 pub const NEEDLE_PATH_SHAPE: &str = "/v1/needles/{volume}/{key}/{alt}/{cookie}";
 

@@ -27,6 +27,13 @@ use haystack_proto::ErrorBody;
 /// A service's route classification: which class a request (method, path) falls in.
 pub type Classify = fn(&Method, &str) -> Access;
 
+/// The paths of read URLs that signed reads cover: needles (stores and caches) and whole
+/// videos (caches).
+pub const SIGNED_PREFIXES: [&str; 2] = [
+    haystack_proto::needle::NEEDLES_PREFIX,
+    haystack_proto::needle::VIDEOS_PREFIX,
+];
+
 /// The security settings of one role, filled by whoever starts it (`haystack` reads the
 /// secret from `--cluster-secret-file` or `HAYSTACK_CLUSTER_SECRET`). Not part of the config
 /// file's role sections: the secret is read from its own file or the environment.
@@ -40,6 +47,12 @@ pub struct Security {
     pub audit_log: Option<PathBuf>,
     /// TLS on every listener and internal client (None: plain HTTP).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Signed read URLs (private photos), cluster-wide: the lifetime in seconds of the read
+    /// URLs the directory (and the uploader, for whole videos) hands out, each with an expiry
+    /// and an HMAC; stores and caches then serve needle and video reads only on a valid,
+    /// unexpired signature, or to the cluster's own callers (a bearer token). None: read URLs
+    /// are plain and the cookie alone is the capability. Needs `keys`.
+    pub signed_reads_ttl_secs: Option<u64>,
 }
 
 impl std::fmt::Debug for Security {
@@ -48,6 +61,7 @@ impl std::fmt::Debug for Security {
             .field("keys", &self.keys.as_ref().map(|_| "<redacted>"))
             .field("audit_log", &self.audit_log)
             .field("tls", &self.tls)
+            .field("signed_reads_ttl_secs", &self.signed_reads_ttl_secs)
             .finish()
     }
 }
@@ -59,7 +73,25 @@ impl Security {
             keys: Some(keys),
             audit_log: None,
             tls: None,
+            signed_reads_ttl_secs: None,
         }
+    }
+
+    /// `url`, a read URL of a needle or a whole video (`.../v1/needles/...` or
+    /// `.../v1/videos/...`), signed until a little over `signed_reads_ttl_secs` from now when
+    /// signed reads are on; unchanged otherwise. The signature covers the path from `/v1/` on
+    /// (whatever base, a CDN's included, is in front) and the expiry.
+    pub fn sign_read_url(&self, url: String) -> String {
+        let (Some(ttl), Some(keys)) = (self.signed_reads_ttl_secs, &self.keys) else {
+            return url;
+        };
+        let Some(at) = SIGNED_PREFIXES.iter().filter_map(|p| url.rfind(p)).max() else {
+            return url;
+        };
+        let expires = haystack_proto::auth::read_url_expiry(unix_now(), ttl);
+        let query = keys.signed_read_query(&url[at..], expires);
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{query}")
     }
 
     /// A reqwest client builder for this role's internal clients: TLS with the role's CA (and
@@ -147,6 +179,9 @@ pub struct Guard {
     keys: Option<ClusterKeys>,
     classify: Classify,
     audit: Option<AuditLog>,
+    /// Public reads under [`SIGNED_PREFIXES`] need a signature (stores and caches with
+    /// signed reads on).
+    signed_reads: bool,
 }
 
 impl Guard {
@@ -156,16 +191,44 @@ impl Guard {
         security: &Security,
         classify: Classify,
     ) -> Result<Arc<Guard>, String> {
+        Guard::build(service, security, classify).map(Arc::new)
+    }
+
+    fn build(
+        service: &'static str,
+        security: &Security,
+        classify: Classify,
+    ) -> Result<Guard, String> {
         let audit = match &security.audit_log {
             Some(p) => Some(AuditLog::open(p)?),
             None => None,
         };
-        Ok(Arc::new(Guard {
+        Ok(Guard {
             service,
             keys: security.keys.clone(),
             classify,
             audit,
-        }))
+            signed_reads: false,
+        })
+    }
+
+    /// The guard of a role that serves read URLs (a store, a cache): as [`Guard::new`], and
+    /// when `security` turns signed reads on, public GETs and HEADs under
+    /// [`SIGNED_PREFIXES`] need a valid signature or a bearer token of the cluster's.
+    pub fn serving_reads(
+        service: &'static str,
+        security: &Security,
+        classify: Classify,
+    ) -> Result<Arc<Guard>, String> {
+        let signed_reads = security.signed_reads_ttl_secs.is_some();
+        if signed_reads && security.keys.is_none() {
+            return Err(format!(
+                "{service}: signed reads need the cluster secret (--cluster-secret-file or HAYSTACK_CLUSTER_SECRET)"
+            ));
+        }
+        let mut guard = Guard::build(service, security, classify)?;
+        guard.signed_reads = signed_reads;
+        Ok(Arc::new(guard))
     }
 
     /// Refuses to serve a listener that is not loopback without keys: an open store or
@@ -201,11 +264,28 @@ impl Guard {
         access: Access,
         authorization: Option<&str>,
         write_token: bool,
+        signed_read: Option<(&str, &str)>,
     ) -> Result<Option<Claims>, (StatusCode, &'static str, String)> {
         let Some(keys) = &self.keys else {
             return Ok(None);
         };
         let token = authorization.and_then(bearer);
+        if let (Access::Public, Some((path, query))) = (access, signed_read) {
+            // The cluster's own readers (a cache filling, a repair, the S3 role) prove
+            // themselves with a token; anyone else with the URL's signature. Every failure gets
+            // the same answer, before anything about the photo is looked at.
+            if let Some(c) = token.and_then(|t| keys.verify(t, unix_now()).ok()) {
+                return Ok(Some(c));
+            }
+            return match keys.verify_read(path, query, unix_now()) {
+                Ok(()) => Ok(None),
+                Err(_) => Err((
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "this URL needs a valid, unexpired signature".to_string(),
+                )),
+            };
+        }
         let Some(token) = token else {
             if access == Access::Public {
                 return Ok(None);
@@ -301,12 +381,17 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let guard = self.guard.clone();
         let access = guard.class(req.method(), req.path());
+        let signed_read = (guard.signed_reads
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && SIGNED_PREFIXES.iter().any(|p| req.path().starts_with(p)))
+        .then(|| (req.path(), req.query_string()));
         let decision = guard.decide(
             access,
             req.headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
             req.headers().contains_key(WRITE_TOKEN_HEADER),
+            signed_read,
         );
         // Admin actions and deletes are audited (who deleted a photo is an operator's
         // question as much as who sealed a volume).

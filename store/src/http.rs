@@ -899,8 +899,8 @@ fn build_server(
     store: Arc<Store>,
     opts: &ServerOptions,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let guard =
-        Guard::new("store", &store.config().security, access).map_err(std::io::Error::other)?;
+    let guard = Guard::serving_reads("store", &store.config().security, access)
+        .map_err(std::io::Error::other)?;
     let tls = store.config().security.tls.clone();
     guard
         .check_listener(listener.local_addr()?)

@@ -61,6 +61,9 @@ pub struct ClusterOptions {
     /// TLS for the directory and the stores (their URLs turn https://), and for every client
     /// of the cluster's own (`admin_http`, the roles' internal clients).
     pub tls: Option<std::sync::Arc<haystack_service::tls::Tls>>,
+    /// Signed read URLs with this lifetime, seconds (`Security::signed_reads_ttl_secs`): the
+    /// directory signs, the stores (and caches started with [`Cluster::security`]) check.
+    pub signed_reads_ttl_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -83,6 +86,7 @@ impl Default for ClusterOptions {
             },
             slow_store: None,
             tls: None,
+            signed_reads_ttl_secs: None,
         }
     }
 }
@@ -208,6 +212,7 @@ impl Cluster {
         let dir_listener = bind_loopback();
         let security = Security {
             tls: opts.tls.clone(),
+            signed_reads_ttl_secs: opts.signed_reads_ttl_secs,
             ..Security::with_keys(keys.clone())
         };
         let https = opts.tls.is_some();
@@ -320,6 +325,7 @@ impl Cluster {
     pub fn security(&self) -> Security {
         Security {
             tls: self.opts.tls.clone(),
+            signed_reads_ttl_secs: self.opts.signed_reads_ttl_secs,
             ..Security::with_keys(self.keys.clone())
         }
     }

@@ -467,7 +467,10 @@ impl Uploader {
         if a.replayed {
             let info = self.committed(&a, PhotoKind::Video).await?;
             tracing::info!(id = info.id, "video upload replayed");
-            return Ok((video_answer(&info, content_type), Outcome::Replayed));
+            return Ok((
+                video_answer(&self.config().security, &info, content_type),
+                Outcome::Replayed,
+            ));
         }
         let mut digest = idempotency_key.map(|_| Sha256::new());
         if a.replicas.is_empty() {
@@ -565,7 +568,10 @@ impl Uploader {
                 orphan = a.id,
                 "video upload replayed at commit"
             );
-            return Ok((video_answer(&info, content_type), Outcome::Replayed));
+            return Ok((
+                video_answer(&self.config().security, &info, content_type),
+                Outcome::Replayed,
+            ));
         }
         metrics::counter!("haystack_uploader_videos_total").increment(1);
         tracing::info!(
@@ -575,7 +581,10 @@ impl Uploader {
             chunks = n_chunks,
             "video committed"
         );
-        Ok((video_answer(&info, content_type), Outcome::Created))
+        Ok((
+            video_answer(&self.config().security, &info, content_type),
+            Outcome::Created,
+        ))
     }
 
     /// Starts writing one chunk to every replica, first waiting for a slot when
@@ -659,7 +668,11 @@ impl Uploader {
                     .await
                     .map(|(ct, _)| ct)
                     .unwrap_or_else(|| "application/octet-stream".into());
-                Ok(MediaResponse::Video(video_answer(&info, ct)))
+                Ok(MediaResponse::Video(video_answer(
+                    &self.config().security,
+                    &info,
+                    ct,
+                )))
             }
             PhotoKind::Photo => {
                 let original = info.variants.iter().find(|v| v.alt == 0);
@@ -737,11 +750,16 @@ pub fn video_url(info: &PhotoInfo) -> String {
     haystack_client::urls::cache::video(base, info.volume_id, info.id, info.cookie)
 }
 
-fn video_answer(info: &PhotoInfo, content_type: String) -> VideoResponse {
+fn video_answer(
+    security: &haystack_service::auth::Security,
+    info: &PhotoInfo,
+    content_type: String,
+) -> VideoResponse {
     VideoResponse {
         id: info.id,
         kind: PhotoKind::Video,
-        url: video_url(info),
+        // Signed like the directory's read URLs when signed reads are on.
+        url: security.sign_read_url(video_url(info)),
         content_type,
         bytes: info.chunks.iter().map(|c| c.size_bytes).sum(),
         chunks: info.chunks.len() as u32,

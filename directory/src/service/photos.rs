@@ -412,6 +412,13 @@ impl Directory {
             .map_or("", |r| r.url.as_str())
     }
 
+    /// The read URL of one needle of `p` under `base`, signed when signed reads are on.
+    fn read_url_of(&self, base: &str, p: &Photo, alt: u32) -> String {
+        self.config
+            .security
+            .sign_read_url(needle_url(base, p.volume_id, p.id, alt, p.cookie))
+    }
+
     pub(super) fn photo_info(&self, p: &Photo) -> PhotoInfo {
         let view = self.view();
         let (replicas, writable) = match view.volumes.get(&p.volume_id) {
@@ -432,7 +439,7 @@ impl Directory {
                     alt: v.alt,
                     size_bytes: v.size_bytes,
                     content_type: v.content_type.clone(),
-                    url: needle_url(base, p.volume_id, p.id, v.alt, p.cookie),
+                    url: self.read_url_of(base, p, v.alt),
                 })
                 .collect(),
             chunks: p
@@ -442,7 +449,7 @@ impl Directory {
                     alt: c.alt,
                     offset: c.offset,
                     size_bytes: c.size_bytes,
-                    url: needle_url(base, p.volume_id, p.id, c.alt, p.cookie),
+                    url: self.read_url_of(base, p, c.alt),
                 })
                 .collect(),
             created_ms: p.created_ms,
@@ -483,7 +490,7 @@ impl Directory {
             .map(|v| v.replicas.clone())
             .unwrap_or_default();
         let base = self.read_base(&replicas, &view);
-        Ok(needle_url(base, p.volume_id, p.id, alt, p.cookie))
+        Ok(self.read_url_of(base, &p, alt))
     }
 
     /// Marks a photo deleted (durably, first), then tells its stores to delete the needles and
