@@ -1,6 +1,6 @@
 //! Volume benchmark: writes photos of 4 variants through `Volume::write_batch`, then measures
-//! reopen time and the heap the index holds per photo (writable, then sealed with the
-//! mapped index). Heap is counted by a counting global allocator: live bytes requested.
+//! reopen time, the heap the index holds per photo and the heap's peak during the open
+//! (writable, then sealed with the mapped index). Heap is counted by a counting global allocator: live bytes requested.
 //!
 //!     cargo bench -p haystack-store --bench volume -- [PHOTOS] [DATA_BYTES] [DIR]
 //!
@@ -18,12 +18,19 @@ use haystack_store::{EngineKind, IoEngine, NeedleData, Volume, VolumeConfig};
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// The highest `LIVE` since the last `reset_peak`.
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
-            LIVE.fetch_add(l.size(), Ordering::Relaxed);
+            grew(l.size());
         }
         p
     }
@@ -34,7 +41,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
-            LIVE.fetch_add(new, Ordering::Relaxed);
+            grew(new);
             LIVE.fetch_sub(l.size(), Ordering::Relaxed);
         }
         q
@@ -46,6 +53,17 @@ static A: Counting = Counting;
 
 fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak at the live heap now, and returns that.
+fn reset_peak() -> usize {
+    let now = live();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+fn peak() -> usize {
+    PEAK.load(Ordering::Relaxed)
 }
 
 fn main() {
@@ -122,17 +140,19 @@ fn main() {
     vol.flush_index();
     drop(vol);
 
-    let before = live();
+    let before = reset_peak();
     let t = Instant::now();
     let vol = Volume::open(&dir, 1, engine.clone(), cfg.clone()).expect("reopen");
     let open_s = t.elapsed().as_secs_f64();
     let heap = live() - before;
+    let heap_peak = peak() - before;
     println!(
-        "reopen writable: {:.3} s for {} needles; heap after open {} bytes = {:.2} bytes/photo (index's own count {:.2} bytes/photo; before reopen {:.2})",
+        "reopen writable: {:.3} s for {} needles; heap after open {} bytes = {:.2} bytes/photo, peak during open {} bytes (index's own count {:.2} bytes/photo; before reopen {:.2})",
         open_s,
         photos * 4,
         heap,
         heap as f64 / photos as f64,
+        heap_peak,
         vol.index_heap_bytes() as f64 / photos as f64,
         heap_writable_live as f64 / photos as f64,
     );
@@ -147,16 +167,17 @@ fn main() {
     rt.block_on(vol.seal()).expect("seal");
     println!("seal: {:.3} s", t.elapsed().as_secs_f64());
     drop(vol);
-    let before = live();
+    let before = reset_peak();
     let t = Instant::now();
     let vol = Volume::open(&dir, 1, engine, cfg).expect("reopen sealed");
     let open_s = t.elapsed().as_secs_f64();
     let heap = live() - before;
     println!(
-        "reopen sealed: {:.3} s; heap after open {} bytes = {:.3} bytes/photo",
+        "reopen sealed: {:.3} s; heap after open {} bytes = {:.3} bytes/photo, peak during open {} bytes",
         open_s,
         heap,
-        heap as f64 / photos as f64
+        heap as f64 / photos as f64,
+        peak() - before
     );
     rt.block_on(async {
         let n = vol
