@@ -30,6 +30,9 @@ pub struct UploaderConfig {
     /// When set, POST and DELETE need `Authorization: Bearer <api_key>`. Default none (the
     /// `haystack` command reads `--api-key` or the `HAYSTACK_API_KEY` environment variable).
     pub api_key: Option<String>,
+    /// More API keys, each with a name and limits of its own (`[[uploader.api_keys]]`); any of
+    /// them (or `api_key`) opens POST and DELETE. Default none.
+    pub api_keys: Vec<ApiKey>,
     /// Serve on a non-loopback address without an API key. Default false: [`crate::run`]
     /// refuses to start instead.
     pub allow_public_without_key: bool,
@@ -97,6 +100,7 @@ impl Default for UploaderConfig {
         UploaderConfig {
             directory_url: "http://127.0.0.1:8082".into(),
             api_key: None,
+            api_keys: Vec::new(),
             allow_public_without_key: false,
             max_photo_bytes: 50 << 20,
             body_idle_timeout_ms: 30_000,
@@ -119,6 +123,44 @@ impl Default for UploaderConfig {
             max_concurrent_uploads_per_client: 16,
             security: Default::default(),
         }
+    }
+}
+
+/// An API key of the upload API with limits of its own: one per application or tenant, so
+/// that one of them cannot take every upload slot. The config holds the key's SHA-256, not the
+/// key (`printf %s KEY | sha256sum`), so a copy of the config file opens nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Who holds it, in logs and metrics: 1 to 64 letters, digits or `-_.`.
+    pub name: String,
+    /// SHA-256 of the key, 64 hex digits.
+    pub sha256: String,
+    /// Uploads this key may start per minute, sustained (a token bucket); over it 429 with
+    /// Retry-After. 0: no per-key rate. Default 0.
+    #[serde(default)]
+    pub uploads_per_minute: u32,
+    /// Uploads above the per-minute rate at once (the bucket's size). Default: the rate.
+    #[serde(default)]
+    pub upload_burst: u32,
+    /// Uploads in progress at once under this key, from every client together; more are 429.
+    /// 0: no bound. Default 0.
+    #[serde(default)]
+    pub max_concurrent_uploads: usize,
+}
+
+impl ApiKey {
+    /// The SHA-256 digest, when `sha256` is 64 hex digits.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        let h = self.sha256.trim();
+        if h.len() != 64 {
+            return None;
+        }
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(d)
     }
 }
 
@@ -154,6 +196,33 @@ impl UploaderConfig {
         if let Some(k) = &self.api_key {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) {
                 return bad("api_key must be non-empty visible ASCII".into());
+            }
+        }
+        let mut key_names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
+        for k in &self.api_keys {
+            let name_ok = !k.name.is_empty()
+                && k.name.len() <= 64
+                && k.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !name_ok {
+                return bad(format!(
+                    "api_keys: name {:?} must be 1 to 64 letters, digits or -_.",
+                    k.name
+                ));
+            }
+            let Some(d) = k.digest() else {
+                return bad(format!(
+                    "api_keys: key {:?}: sha256 must be 64 hex digits (printf %s KEY | sha256sum)",
+                    k.name
+                ));
+            };
+            if !key_names.insert(k.name.as_str()) || !digests.insert(d) {
+                return bad(format!(
+                    "api_keys: key {:?} is listed twice (by name or by key)",
+                    k.name
+                ));
             }
         }
         if self.max_photo_bytes == 0 || self.max_photo_bytes > u32::MAX as u64 {

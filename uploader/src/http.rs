@@ -7,6 +7,7 @@ use haystack_client::store::WriteAck;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use futures_util::{Stream, TryStreamExt};
 use haystack_proto::auth::Access;
 use haystack_proto::ErrorBody;
 use haystack_service::auth::Guard;
+use sha2::{Digest, Sha256};
 
 use crate::error::UploaderError;
 use crate::service::{Outcome, Uploader, MAX_IDEMPOTENCY_KEY};
@@ -93,18 +95,31 @@ struct State {
 
 type ClientLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
 
-/// The upload limits per client address: a token bucket (governor's GCRA) and a count of
-/// uploads in progress.
+/// The upload limits: per client address a token bucket (governor's GCRA) and a count of
+/// uploads in progress; the API keys, each with its own bucket and count.
 struct Limits {
     rate: Option<ClientLimiter>,
     max_in_flight: usize,
     in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Every key that opens POST and DELETE (`api_key` and `api_keys`); empty: no key needed.
+    keys: Vec<Arc<KeyEntry>>,
 }
 
-/// An upload in progress: its client's count goes down when it is dropped.
+/// One API key as the server holds it: the SHA-256 of the key, its limits and its uploads in
+/// progress.
+struct KeyEntry {
+    name: String,
+    digest: [u8; 32],
+    rate: Option<governor::DefaultDirectRateLimiter>,
+    max_in_flight: usize,
+    in_flight: AtomicUsize,
+}
+
+/// An upload in progress: its client's count (and its key's) goes down when it is dropped.
 struct UploadSlot {
     ip: IpAddr,
     in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    _key: Option<KeySlot>,
 }
 
 impl Drop for UploadSlot {
@@ -119,36 +134,148 @@ impl Drop for UploadSlot {
     }
 }
 
+/// One upload counted against its key until dropped.
+struct KeySlot(Arc<KeyEntry>);
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn bucket(per_min: u32, burst: u32) -> Option<governor::Quota> {
+    std::num::NonZeroU32::new(per_min).map(|per_min| {
+        let burst = std::num::NonZeroU32::new(burst).unwrap_or(per_min);
+        governor::Quota::per_minute(per_min).allow_burst(burst)
+    })
+}
+
+fn rate_limited(
+    limit: &'static str,
+    what: String,
+    not_until: governor::NotUntil<governor::clock::QuantaInstant>,
+) -> UploaderError {
+    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+        &governor::clock::DefaultClock::default(),
+    ));
+    metrics::counter!("haystack_uploader_rate_limited_total", "limit" => limit).increment(1);
+    UploaderError::RateLimited {
+        what,
+        retry_after_secs: wait.as_secs() + 1,
+    }
+}
+
 impl Limits {
     fn new(cfg: &crate::UploaderConfig) -> Limits {
-        let rate = std::num::NonZeroU32::new(cfg.uploads_per_minute_per_client).map(|per_min| {
-            let burst = std::num::NonZeroU32::new(cfg.upload_burst_per_client).unwrap_or(per_min);
-            governor::RateLimiter::keyed(governor::Quota::per_minute(per_min).allow_burst(burst))
-        });
+        let rate = bucket(
+            cfg.uploads_per_minute_per_client,
+            cfg.upload_burst_per_client,
+        )
+        .map(governor::RateLimiter::keyed);
+        let mut keys: Vec<Arc<KeyEntry>> = Vec::new();
+        if let Some(k) = &cfg.api_key {
+            keys.push(Arc::new(KeyEntry {
+                name: "api_key".into(),
+                digest: Sha256::digest(k.as_bytes()).into(),
+                rate: None,
+                max_in_flight: 0,
+                in_flight: AtomicUsize::new(0),
+            }));
+        }
+        for k in &cfg.api_keys {
+            // validate() has checked every digest.
+            let Some(digest) = k.digest() else { continue };
+            keys.push(Arc::new(KeyEntry {
+                name: k.name.clone(),
+                digest,
+                rate: bucket(k.uploads_per_minute, k.upload_burst)
+                    .map(governor::RateLimiter::direct),
+                max_in_flight: k.max_concurrent_uploads,
+                in_flight: AtomicUsize::new(0),
+            }));
+        }
         Limits {
             rate,
             max_in_flight: cfg.max_concurrent_uploads_per_client,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            keys,
         }
     }
 
-    /// Admits an upload from `req`'s client, or refuses it with 429.
-    fn admit(&self, req: &HttpRequest) -> ApiResult<UploadSlot> {
+    /// Checks `Authorization: Bearer <key>` when keys are configured: the key's SHA-256 is
+    /// compared with every configured one in constant time. Returns the key (None when no key
+    /// is needed).
+    fn authorize(&self, req: &HttpRequest) -> ApiResult<Option<Arc<KeyEntry>>> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if given.is_empty() {
+            return Err(UploaderError::Unauthorized);
+        }
+        let d: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let mut found = None;
+        for k in &self.keys {
+            let diff = k
+                .digest
+                .iter()
+                .zip(d)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff == 0 {
+                found = Some(k.clone());
+            }
+        }
+        found.map(Some).ok_or(UploaderError::Unauthorized)
+    }
+
+    /// Admits an upload from `req`'s client under `key`, or refuses it with 429: the key's
+    /// rate and bound on uploads in progress, then the client address's.
+    fn admit(&self, req: &HttpRequest, key: Option<Arc<KeyEntry>>) -> ApiResult<UploadSlot> {
         let ip = req
             .peer_addr()
             .map(|a| a.ip())
             .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let key_slot = match key {
+            Some(k) => {
+                if let Some(rate) = &k.rate {
+                    if let Err(not_until) = rate.check() {
+                        return Err(rate_limited(
+                            "key_rate",
+                            format!("API key {} is over its upload rate", k.name),
+                            not_until,
+                        ));
+                    }
+                }
+                let before = k.in_flight.fetch_add(1, Ordering::Relaxed);
+                let slot = KeySlot(k);
+                if slot.0.max_in_flight > 0 && before >= slot.0.max_in_flight {
+                    metrics::counter!("haystack_uploader_rate_limited_total", "limit" => "key_concurrent")
+                        .increment(1);
+                    return Err(UploaderError::RateLimited {
+                        what: format!(
+                            "API key {} has {before} uploads in progress already",
+                            slot.0.name
+                        ),
+                        retry_after_secs: 1,
+                    });
+                }
+                Some(slot)
+            }
+            None => None,
+        };
         if let Some(rate) = &self.rate {
             if let Err(not_until) = rate.check_key(&ip) {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
+                return Err(rate_limited(
+                    "rate",
+                    format!("{ip} is over its upload rate"),
+                    not_until,
                 ));
-                metrics::counter!("haystack_uploader_rate_limited_total", "limit" => "rate")
-                    .increment(1);
-                return Err(UploaderError::RateLimited {
-                    what: format!("{ip} is over its upload rate"),
-                    retry_after_secs: wait.as_secs() + 1,
-                });
             }
         }
         let mut m = haystack_service::sync::lock(&self.in_flight);
@@ -162,9 +289,13 @@ impl Limits {
             });
         }
         *n += 1;
+        if let Some(k) = &key_slot {
+            tracing::debug!(api_key = %k.0.name, %ip, "upload admitted");
+        }
         Ok(UploadSlot {
             ip,
             in_flight: self.in_flight.clone(),
+            _key: key_slot,
         })
     }
 }
@@ -176,31 +307,6 @@ fn header_str(req: &HttpRequest, name: header::HeaderName) -> ApiResult<Option<&
             .to_str()
             .map(Some)
             .map_err(|_| UploaderError::BadRequest(format!("{name} is not visible ASCII"))),
-    }
-}
-
-/// Checks `Authorization: Bearer <key>` when a key is configured (constant-time compare).
-fn authorize(req: &HttpRequest, state: &State) -> ApiResult<()> {
-    let Some(key) = state.uploader.config().api_key.as_deref() else {
-        return Ok(());
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    let same = given.len() == key.len()
-        && given
-            .bytes()
-            .zip(key.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    if same {
-        Ok(())
-    } else {
-        Err(UploaderError::Unauthorized)
     }
 }
 
@@ -338,8 +444,8 @@ async fn post_photo(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> ApiResult<HttpResponse> {
-    authorize(&req, &state)?;
-    let _slot = state.limits.admit(&req)?;
+    let api_key = state.limits.authorize(&req)?;
+    let _slot = state.limits.admit(&req, api_key)?;
     let key = idempotency_key(&req)?;
     let ack = write_ack(&req)?;
     let cfg = state.uploader.config();
@@ -358,8 +464,8 @@ async fn post_video(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> ApiResult<HttpResponse> {
-    authorize(&req, &state)?;
-    let _slot = state.limits.admit(&req)?;
+    let api_key = state.limits.authorize(&req)?;
+    let _slot = state.limits.admit(&req, api_key)?;
     let key = idempotency_key(&req)?;
     let max = state.uploader.config().max_video_bytes;
     let declared = content_length(&req)?;
@@ -423,7 +529,7 @@ async fn get_photo(req: HttpRequest, state: web::Data<State>) -> ApiResult<HttpR
 }
 
 async fn delete_photo(req: HttpRequest, state: web::Data<State>) -> ApiResult<HttpResponse> {
-    authorize(&req, &state)?;
+    state.limits.authorize(&req)?;
     let id = path_id(&req)?;
     state.uploader.delete(id).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -21,7 +21,7 @@ pub mod service;
 use std::future::Future;
 use std::net::TcpListener;
 
-pub use config::{UploaderConfig, VariantSpec};
+pub use config::{ApiKey, UploaderConfig, VariantSpec};
 pub use error::UploaderError;
 pub use service::Uploader;
 
@@ -35,7 +35,11 @@ pub async fn run(
 ) -> Result<(), UploaderError> {
     config.validate()?;
     let addr = listener.local_addr()?;
-    if config.api_key.is_none() && !addr.ip().is_loopback() && !config.allow_public_without_key {
+    if config.api_key.is_none()
+        && config.api_keys.is_empty()
+        && !addr.ip().is_loopback()
+        && !config.allow_public_without_key
+    {
         return Err(UploaderError::Config(format!(
             "refusing to serve uploads on {addr} without an API key: set --api-key (or \
              HAYSTACK_API_KEY), bind a loopback address, or allow it explicitly \
