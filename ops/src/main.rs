@@ -770,6 +770,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.command, Command::Server(_)) {
+        if let Err(e) = security::check_signed_reads(&security) {
+            eprintln!("haystack: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     client::set_tls(security.tls.clone());
     client::set_credentials(security::tool_credentials(
         cli.token.as_deref(),

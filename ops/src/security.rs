@@ -37,17 +37,23 @@ pub fn load(
         Some(files) => Some(std::sync::Arc::new(Tls::load(files)?)),
         None => None,
     };
-    if signed_reads_ttl_secs.is_some() && keys.is_none() {
-        return Err(format!(
-            "--signed-reads-ttl needs the cluster secret (--cluster-secret-file or {SECRET_ENV})"
-        ));
-    }
     Ok(Security {
         keys,
         audit_log,
         tls,
         signed_reads_ttl_secs,
     })
+}
+
+/// Refuses signed reads without the cluster secret in a role (`haystack server` passes its
+/// own secret file to the roles, so it is not checked there).
+pub fn check_signed_reads(security: &Security) -> Result<(), String> {
+    if security.signed_reads_ttl_secs.is_some() && security.keys.is_none() {
+        return Err(format!(
+            "--signed-reads-ttl needs the cluster secret (--cluster-secret-file or {SECRET_ENV})"
+        ));
+    }
+    Ok(())
 }
 
 /// What the operator tools prove: the token given, else an admin token minted from the

@@ -38,6 +38,16 @@ struct Ports {
 }
 
 fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::process::Child {
+    start_with(data, config, p, &[])
+}
+
+/// `haystack server` with `extra` arguments after the others.
+fn start_with(
+    data: &std::path::Path,
+    config: &std::path::Path,
+    p: Ports,
+    extra: &[&str],
+) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_haystack"))
         .args([
             "server",
@@ -58,6 +68,7 @@ fn start(data: &std::path::Path, config: &std::path::Path, p: Ports) -> std::pro
             "--max-volume-bytes",
             &(64u64 << 20).to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -384,6 +395,41 @@ fn server_runs_the_photo_lifecycle_end_to_end() {
             .expect("body");
         assert_eq!(original.as_ref(), &jpeg[..]);
         check_video_range(&c, &video_url, &video).await;
+    });
+    stop(child);
+}
+
+/// `haystack server --signed-reads-ttl` (issue 17): the flag reaches every role, so the
+/// uploader's URLs are signed and the cache serves them, and only them. Before the fix the
+/// server refused the flag: it checked for the cluster secret before making it.
+#[test]
+fn server_with_signed_reads_serves_signed_urls_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "").expect("write config");
+    let ports = Ports {
+        directory: free_ports(1),
+        store: free_ports(3),
+        cache: free_ports(1),
+        uploader: free_ports(1),
+        s3: free_ports(1),
+    };
+    let child = start_with(&data, &config, ports, &["--signed-reads-ttl", "600"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        let jpeg = make_jpeg(64, 48);
+        let up = format!("http://127.0.0.1:{}", ports.uploader);
+        let photo = upload_photo(&c, &up, &jpeg).await;
+        let url = photo["urls"]["original"].as_str().expect("URL").to_string();
+        assert!(url.contains("?expires=") && url.contains("&sig="), "{url}");
+        let r = c.get(&url).send().await.expect("signed GET");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.expect("body").as_ref(), &jpeg[..]);
+        let bare = url.split('?').next().expect("path");
+        let r = c.get(bare).send().await.expect("unsigned GET");
+        assert_eq!(r.status(), 403);
     });
     stop(child);
 }
