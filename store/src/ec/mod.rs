@@ -10,6 +10,7 @@
 pub mod build;
 pub mod codec;
 pub mod format;
+mod index;
 pub mod layout;
 pub mod ops;
 
@@ -32,6 +33,7 @@ use format::{
     decode_table, delete_header, delete_record, parse_deletes, IndexFile, IndexRecord, Manifest,
     ShardHeader, PIECE_BYTES, SHARD_HEADER_LEN,
 };
+use index::EcIndex;
 use layout::Geometry;
 
 /// The largest raw range one request may ask of a shard.
@@ -108,7 +110,7 @@ pub struct EcVolume {
     tag: u32,
     file: Arc<File>,
     file_len: u64,
-    records: Vec<IndexRecord>,
+    index: EcIndex,
     deleted: RwLock<HashSet<(u64, u32)>>,
     delete_log: Mutex<Arc<File>>,
 }
@@ -215,7 +217,7 @@ impl EcVolume {
             tag: index.tag,
             file: Arc::new(file),
             file_len,
-            records: index.records,
+            index: EcIndex::new(index.records, h.geometry.block_bytes),
             deleted: RwLock::new(deleted),
             delete_log: Mutex::new(Arc::new(log)),
             manifest: RwLock::new(manifest),
@@ -247,20 +249,22 @@ impl EcVolume {
     }
 
     fn lookup(&self, key: u64, alt: u32) -> Result<IndexRecord> {
-        let i = self
-            .records
-            .binary_search_by(|r| (r.key, r.alt).cmp(&(key, alt)))
-            .map_err(|_| StoreError::NotFound)?;
+        let r = self.index.get(key, alt).ok_or(StoreError::NotFound)?;
         if self.is_deleted(key, alt) {
             return Err(StoreError::NotFound);
         }
-        Ok(self.records[i])
+        Ok(r)
+    }
+
+    /// Heap bytes of the needle index (packed: a few bytes a needle).
+    pub fn index_heap_bytes(&self) -> usize {
+        self.index.heap_bytes()
     }
 
     /// Every needle (listing for garbage collection and the encode's reconciliation).
     pub fn needles(&self) -> Vec<NeedleEntry> {
         let del = haystack_service::sync::read(&self.deleted);
-        self.records
+        self.index
             .iter()
             .map(|r| NeedleEntry {
                 key: r.key,
@@ -274,7 +278,7 @@ impl EcVolume {
     pub fn ec_info(&self) -> EcInfo {
         let del = haystack_service::sync::read(&self.deleted);
         let (mut live, mut dead, mut ndel) = (0u64, 0u64, 0u64);
-        for r in &self.records {
+        for r in self.index.iter() {
             if del.contains(&(r.key, r.alt)) {
                 dead += r.extent as u64;
                 ndel += 1;
@@ -291,7 +295,7 @@ impl EcVolume {
             shard: self.shard as u16,
             block_bytes: self.geometry.block_bytes,
             blocks: self.geometry.blocks,
-            needles: self.records.len() as u64,
+            needles: self.index.len() as u64,
             deleted_needles: ndel,
             live_bytes: live,
             dead_bytes: dead,
@@ -363,10 +367,9 @@ impl EcVolume {
     pub fn live_records(&self) -> Vec<IndexRecord> {
         let del = haystack_service::sync::read(&self.deleted);
         let mut v: Vec<IndexRecord> = self
-            .records
+            .index
             .iter()
             .filter(|r| !del.contains(&(r.key, r.alt)))
-            .copied()
             .collect();
         v.sort_by_key(|r| (r.block, r.offset));
         v
@@ -642,7 +645,7 @@ impl EcVolume {
             }
         }
         if self.shard < g.k as usize {
-            for r in &self.records {
+            for r in self.index.iter() {
                 let (s, at) = g.locate(r.block as u64, r.offset as u64);
                 if s != self.shard {
                     continue;
