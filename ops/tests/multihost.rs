@@ -34,8 +34,9 @@ struct Opts {
     rereplicate_after_ms: u64,
     /// Planned volume size and the stores' maximum.
     volume_bytes: u64,
-    /// Store `.0` keeps its data on a tmpfs of `.1` bytes.
-    small_disk: Option<(usize, u64)>,
+    /// Every store keeps its data on a tmpfs of this many bytes (the directory places
+    /// volumes on the stores with the most free space: equal small disks share them).
+    small_disk: Option<u64>,
     /// The cache's admission policy: `none` sends every read to a store (failover and
     /// liveness are what is tested), `all` keeps what was read (hits are).
     admission: &'static str,
@@ -68,8 +69,11 @@ fn client(bearer: Option<&str>) -> reqwest::Client {
             reqwest::header::HeaderValue::from_str(&format!("Bearer {t}")).expect("ASCII token"),
         );
     }
+    // No idle connections kept: one pooled across a cut is reset by the peer when reused
+    // after the heal (IncompleteMessage), which says nothing about the cluster.
     reqwest::Client::builder()
         .default_headers(headers)
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(3))
         .build()
@@ -188,8 +192,8 @@ longest_side = 32
         let mut store_dirs = Vec::new();
         for (i, h) in store_hosts.iter().enumerate() {
             let data = match o.small_disk {
-                Some((s, bytes)) if s == i => net.small_disk(*h, bytes).expect("tmpfs disk"),
-                _ => net.dir().join(format!("store{i}")),
+                Some(bytes) => net.small_disk(*h, bytes).expect("tmpfs disk"),
+                None => net.dir().join(format!("store{i}")),
             };
             let mut args = common("store");
             args.extend([
@@ -227,7 +231,11 @@ longest_side = 32
             API_KEY.into(),
         ]);
         net.spawn(uploader_host, "uploader", bin, &args);
-        let admin = client(Some(&keys.mint(Role::Admin, "multihost-test", unix_now() + 3600)));
+        let admin = client(Some(&keys.mint(
+            Role::Admin,
+            "multihost-test",
+            unix_now() + 3600,
+        )));
         let h = Hosts {
             net,
             store_hosts,
@@ -242,28 +250,32 @@ longest_side = 32
             public: client(None),
         };
         let _ = directory;
-        for url in [
-            h.directory_url(),
-            cache_url,
-            h.uploader_url(),
-        ]
-        .into_iter()
-        .chain((0..o.stores).map(|i| h.store_url(i)))
+        for url in [h.directory_url(), cache_url, h.uploader_url()]
+            .into_iter()
+            .chain((0..o.stores).map(|i| h.store_url(i)))
         {
             let c = h.public.clone();
-            Net::until(&format!("{url} answers /health"), Duration::from_secs(30), async || {
-                h.net.assert_running();
-                let r = c.get(format!("{url}/health")).send().await.ok()?;
-                r.status().is_success().then_some(())
-            })
+            Net::until(
+                &format!("{url} answers /health"),
+                Duration::from_secs(30),
+                async || {
+                    h.net.assert_running();
+                    let r = c.get(format!("{url}/health")).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                },
+            )
             .await;
         }
-        h.wait_all_volumes_whole(None, Duration::from_secs(30)).await;
+        h.wait_all_volumes_whole(None, Duration::from_secs(30))
+            .await;
         Some(h)
     }
 
     fn directory_url(&self) -> String {
-        format!("http://{}:{DIRECTORY_PORT}", self.net.ip(self.directory_host))
+        format!(
+            "http://{}:{DIRECTORY_PORT}",
+            self.net.ip(self.directory_host)
+        )
     }
 
     fn uploader_url(&self) -> String {
@@ -365,7 +377,10 @@ longest_side = 32
             .as_str()
             .and_then(|s| s.parse().ok())
             .expect("photo id");
-        let url = v["urls"]["original"].as_str().expect("original URL").to_string();
+        let url = v["urls"]["original"]
+            .as_str()
+            .expect("original URL")
+            .to_string();
         Ok(Acked {
             id,
             url,
@@ -385,7 +400,12 @@ longest_side = 32
 
     /// GET through the cache: status and body.
     async fn read(&self, url: &str) -> Result<(u16, Vec<u8>), String> {
-        let r = self.public.get(url).send().await.map_err(|e| e.to_string())?;
+        let r = self
+            .public
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
         let s = r.status().as_u16();
         Ok((s, r.bytes().await.map_err(|e| e.to_string())?.to_vec()))
     }
@@ -491,15 +511,20 @@ fn a_store_host_lost_under_load() {
                 ))
             })
             .collect();
-        Net::until("20 acknowledged uploads", Duration::from_secs(30), async || {
-            (acked.lock().unwrap().len() >= 20).then_some(())
-        })
+        Net::until(
+            "20 acknowledged uploads",
+            Duration::from_secs(30),
+            async || (acked.lock().unwrap().len() >= 20).then_some(()),
+        )
         .await;
         // Pick the store holding the most acknowledged photos, and lose it.
         let mut per_store: HashMap<String, usize> = HashMap::new();
-        for (_, a) in acked.lock().unwrap().clone() {
+        let so_far: Vec<(Instant, Acked)> = acked.lock().unwrap().clone();
+        for (_, a) in so_far {
             for r in h.photo(a.id).await.replicas {
-                *per_store.entry(r.url.trim_end_matches('/').to_string()).or_default() += 1;
+                *per_store
+                    .entry(r.url.trim_end_matches('/').to_string())
+                    .or_default() += 1;
             }
         }
         let lost = (0..h.stores.len())
@@ -507,7 +532,12 @@ fn a_store_host_lost_under_load() {
             .expect("a store");
         let lost_id = h.store_id(lost).await;
         let lost_url = h.store_url(lost);
-        let before: Vec<Acked> = acked.lock().unwrap().iter().map(|(_, a)| a.clone()).collect();
+        let before: Vec<Acked> = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect();
         let killed_at = Instant::now();
         h.net.kill_host(h.store_hosts[lost]);
         h.net.cut(h.store_hosts[lost]);
@@ -515,15 +545,11 @@ fn a_store_host_lost_under_load() {
         let mut read_errors = Vec::new();
         let read_until = Instant::now() + Duration::from_secs(12);
         while Instant::now() < read_until {
-            let sample: Vec<Acked> = acked
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .take(10)
-                .map(|(_, a)| a.clone())
-                .chain(before.iter().cloned())
-                .collect();
+            let recent: Vec<Acked> = {
+                let all = acked.lock().unwrap();
+                all.iter().rev().take(10).map(|(_, a)| a.clone()).collect()
+            };
+            let sample: Vec<Acked> = recent.into_iter().chain(before.iter().cloned()).collect();
             for a in &sample {
                 if let Err(e) = h.check_read(a).await {
                     read_errors.push(e);
@@ -534,7 +560,10 @@ fn a_store_host_lost_under_load() {
         for l in loads {
             l.await.expect("load task");
         }
-        assert!(read_errors.is_empty(), "reads of acknowledged photos failed: {read_errors:#?}");
+        assert!(
+            read_errors.is_empty(),
+            "reads of acknowledged photos failed: {read_errors:#?}"
+        );
         // Uploads move off the lost store within 10 s.
         let acked_all: Vec<(Instant, Acked)> = acked.lock().unwrap().clone();
         let late: Vec<&Acked> = acked_all
@@ -542,11 +571,16 @@ fn a_store_host_lost_under_load() {
             .filter(|(t, _)| *t >= killed_at + Duration::from_secs(10))
             .map(|(_, a)| a)
             .collect();
-        assert!(!late.is_empty(), "no upload started 10 s after the loss was acknowledged");
+        assert!(
+            !late.is_empty(),
+            "no upload started 10 s after the loss was acknowledged"
+        );
         for a in &late {
             let p = h.photo(a.id).await;
             assert!(
-                p.replicas.iter().all(|r| r.url.trim_end_matches('/') != lost_url),
+                p.replicas
+                    .iter()
+                    .all(|r| r.url.trim_end_matches('/') != lost_url),
                 "photo {} uploaded after 10 s went to a volume on the lost store: {p:?}",
                 a.id
             );
@@ -677,8 +711,7 @@ fn a_store_host_partitioned_and_healed() {
         // While it is cut: delete half of the photos it holds and two it does not, upload more.
         let mut deleted: Vec<Acked> = Vec::new();
         for (i, a) in acked.iter().enumerate() {
-            if (on_cut.contains(&i) && i % 2 == 0) || (!on_cut.contains(&i) && deleted.len() < 2)
-            {
+            if (on_cut.contains(&i) && i % 2 == 0) || (!on_cut.contains(&i) && deleted.len() < 2) {
                 h.delete(a.id).await;
                 deleted.push(a.clone());
             }
@@ -686,29 +719,42 @@ fn a_store_host_partitioned_and_healed() {
         let gone: HashSet<u64> = deleted.iter().map(|a| a.id).collect();
         let mut refused = 0;
         let mut seed = 1_000;
-        while cut_at.elapsed() < Duration::from_secs(8) {
+        let uploads_from = Instant::now();
+        let mut during = 0;
+        while cut_at.elapsed() < Duration::from_secs(8)
+            || uploads_from.elapsed() < Duration::from_secs(4)
+        {
             match h.upload(seed).await {
                 Ok(a) => {
                     where_.insert(a.id, replica_urls(&h, &a).await);
                     acked.push(a);
+                    during += 1;
                 }
                 Err(_) => refused += 1,
             }
             seed += 1;
         }
+        assert!(
+            during > 0,
+            "no upload went through while one store was cut off"
+        );
         // During the partition: live photos are read (the other replica), deleted ones are not.
         for a in &acked {
             if gone.contains(&a.id) {
                 match h.read(&a.url).await {
                     Ok((404, _)) => {}
-                    other => panic!("deleted photo {} served during the partition: {other:?}", a.id),
+                    other => panic!(
+                        "deleted photo {} served during the partition: {other:?}",
+                        a.id
+                    ),
                 }
             } else {
                 h.check_read(a).await.expect("read during the partition");
             }
         }
         h.net.heal(h.store_hosts[cut]);
-        h.wait_all_volumes_whole(None, Duration::from_secs(30)).await;
+        h.wait_all_volumes_whole(None, Duration::from_secs(30))
+            .await;
         for a in &acked {
             if gone.contains(&a.id) {
                 assert_deleted_everywhere(&h, a, &where_[&a.id]).await;
@@ -718,8 +764,8 @@ fn a_store_host_partitioned_and_healed() {
             }
         }
         eprintln!(
-            "store host partitioned: {} photos acknowledged, {} deleted during the cut, {refused} \
-             uploads refused during it",
+            "store host partitioned: {} photos acknowledged ({during} during the cut), {} deleted \
+             during the cut, {refused} uploads refused during it",
             acked.len(),
             deleted.len()
         );
@@ -776,7 +822,10 @@ fn the_directory_host_cut_off() {
                 cold_known.push(a);
             }
         }
-        assert!(!cold_known.is_empty(), "no unread photo on a volume the cache knows");
+        assert!(
+            !cold_known.is_empty(),
+            "no unread photo on a volume the cache knows"
+        );
         h.net.cut(h.directory_host);
         let cut_at = Instant::now();
         // Long enough for the cache's replica lists (3 s) and the stores' liveness (2 s) to
@@ -784,7 +833,9 @@ fn the_directory_host_cut_off() {
         let mut rounds = 0;
         while cut_at.elapsed() < Duration::from_secs(8) || rounds < 2 {
             for a in hot.iter().chain(&cold_known) {
-                h.check_read(a).await.expect("read with the directory cut off");
+                h.check_read(a)
+                    .await
+                    .expect("read with the directory cut off");
             }
             rounds += 1;
         }
@@ -797,14 +848,21 @@ fn the_directory_host_cut_off() {
             .send()
             .await
             .expect("the uploader answers");
-        assert!(r.status().is_server_error(), "upload without a directory: {}", r.status());
+        assert!(
+            r.status().is_server_error(),
+            "upload without a directory: {}",
+            r.status()
+        );
         let v: serde_json::Value = r.json().await.expect("a JSON error");
         assert!(v["error"].is_object() || v["error"].is_string(), "{v}");
         h.net.heal(h.directory_host);
-        h.wait_all_volumes_whole(None, Duration::from_secs(30)).await;
-        let a = Net::until("an upload after the heal", Duration::from_secs(20), async || {
-            h.upload(99).await.ok()
-        })
+        h.wait_all_volumes_whole(None, Duration::from_secs(30))
+            .await;
+        let a = Net::until(
+            "an upload after the heal",
+            Duration::from_secs(20),
+            async || h.upload(99).await.ok(),
+        )
         .await;
         h.check_read(&a).await.expect("read after the heal");
         for a in hot.iter().chain(&cold_known) {
@@ -834,7 +892,7 @@ fn a_store_host_disk_full() {
                 stores: 3,
                 rereplicate_after_ms: 0,
                 volume_bytes: 8 << 20,
-                small_disk: Some((0, 48 << 20)),
+                small_disk: Some(48 << 20),
                 admission: "none",
             },
         )
@@ -884,15 +942,20 @@ fn a_store_host_disk_full() {
             );
         };
         // The store says why, in its own volume list and through the directory.
-        let store_vols: Vec<haystack_proto::VolumeInfo> = h
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            volumes: Vec<haystack_proto::VolumeInfo>,
+        }
+        let store_vols = h
             .admin
             .get(format!("{full_url}/v1/volumes"))
             .send()
             .await
             .expect("store volumes")
-            .json()
+            .json::<Listed>()
             .await
-            .expect("store volumes JSON");
+            .expect("store volumes JSON")
+            .volumes;
         let filled: Vec<&haystack_proto::VolumeInfo> = store_vols
             .iter()
             .filter(|v| v.reason.as_deref().is_some_and(|r| r.contains("disk full")))

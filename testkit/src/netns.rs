@@ -18,7 +18,7 @@
 //! veth end with an address in the private range 10.77.S.0/24: the test process talks to the
 //! services through it with its ordinary HTTP clients. `S` is picked per network so that tests
 //! running at once (threads of one test binary, or other processes) never share a subnet, and
-//! every name carries a per-network id (`h` + hex of pid and a counter; interface names stay
+//! every name carries a per-network id (`h{pid}x{n}` in hex; interface names stay
 //! within Linux's 15 characters). Traffic never leaves the namespaces the test made.
 //!
 //! A host is cut off by taking its switch-side veth down (both directions, established TCP
@@ -119,6 +119,37 @@ fn free_subnet(start: u32) -> Result<u8, String> {
         .ok_or_else(|| "every 10.77.S.0/24 subnet is in use".to_string())
 }
 
+/// Deletes the namespaces (and root veths) of networks whose test process is gone: a test
+/// killed from outside (a timeout's SIGKILL) never ran its `Drop`.
+fn remove_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        // Ours: h{pid hex}x{n hex}-{host}.
+        let Some(rest) = name.strip_prefix('h') else {
+            continue;
+        };
+        let Some((id, _host)) = rest.split_once('-') else {
+            continue;
+        };
+        let Some((pid, n)) = id.split_once('x') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (u32::from_str_radix(pid, 16), u32::from_str_radix(n, 16)) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = ip(&["link", "del", &format!("h{id}r")]);
+        if ip(&["netns", "del", name]).is_ok() {
+            eprintln!("netns: removed {name}, left behind by dead process {pid}");
+        }
+    }
+}
+
 /// Free bytes of the file system holding `dir` (`df`, no libc needed).
 pub fn free_bytes(dir: &Path) -> Result<u64, String> {
     let out = Command::new("df")
@@ -130,7 +161,13 @@ pub fn free_bytes(dir: &Path) -> Result<u64, String> {
         .lines()
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
-        .ok_or_else(|| format!("df {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr)))
+        .ok_or_else(|| {
+            format!(
+                "df {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 impl Net {
@@ -138,7 +175,10 @@ impl Net {
     /// `Err` says why namespaces cannot be made here (not root, no `ip`, no kernel support).
     pub fn create() -> Result<Net, String> {
         let n = NETS.fetch_add(1, Ordering::Relaxed);
-        let id = format!("h{:x}", (std::process::id() << 4 | (n & 0xf)) & 0xff_ffff);
+        remove_stale();
+        // The whole pid (at most 0x400000 on Linux), so that a later run can tell whether the
+        // process that made a network is still alive.
+        let id = format!("h{:x}x{:x}", std::process::id(), n & 0xf);
         let dir = tempfile::Builder::new()
             .prefix("haystack-netns-")
             .tempdir()
@@ -241,7 +281,10 @@ impl Net {
             &["link", "set", &port, "master", &format!("{}br", self.id)],
         )?;
         ip_in(&self.switch_ns, &["link", "set", &port, "up"])?;
-        ip_in(&ns, &["addr", "add", &format!("{ip_addr}/24"), "dev", &inner])?;
+        ip_in(
+            &ns,
+            &["addr", "add", &format!("{ip_addr}/24"), "dev", &inner],
+        )?;
         ip_in(&ns, &["link", "set", &inner, "up"])?;
         Ok(HostId(i))
     }
@@ -276,9 +319,20 @@ impl Net {
             .open(&p.log)
             .expect("a log file in the network's directory");
         // `ip netns exec` enters the namespace and execs the program: the child's pid is the
-        // program's own.
-        Command::new("ip")
-            .args(["netns", "exec", &self.hosts[p.host].ns])
+        // program's own. It gets SIGKILL when the test process dies (the death signal survives
+        // exec), so a test killed from outside leaves no server behind.
+        let mut cmd = Command::new("ip");
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.args(["netns", "exec", &self.hosts[p.host].ns])
             .arg(&p.program)
             .args(&p.args)
             .env("NO_COLOR", "1")
@@ -349,13 +403,20 @@ impl Net {
 
     /// Cuts host `h` off the network: its port on the bridge goes down.
     pub fn cut(&self, h: HostId) {
-        ip_in(&self.switch_ns, &["link", "set", &self.hosts[h.0].port, "down"])
-            .expect("link down");
+        ip_in(
+            &self.switch_ns,
+            &["link", "set", &self.hosts[h.0].port, "down"],
+        )
+        .expect("link down");
     }
 
     /// Heals a cut: the host's port on the bridge comes back up.
     pub fn heal(&self, h: HostId) {
-        ip_in(&self.switch_ns, &["link", "set", &self.hosts[h.0].port, "up"]).expect("link up");
+        ip_in(
+            &self.switch_ns,
+            &["link", "set", &self.hosts[h.0].port, "up"],
+        )
+        .expect("link up");
     }
 
     /// A small disk for host `h`: a tmpfs of `bytes` mounted on a fresh directory of the
@@ -411,7 +472,8 @@ impl Net {
             f.sync_all()
                 .map_err(|e| format!("sync {}: {e}", path.display()))?;
         }
-        f.sync_all().map_err(|e| format!("sync {}: {e}", path.display()))
+        f.sync_all()
+            .map_err(|e| format!("sync {}: {e}", path.display()))
     }
 
     /// Waits (up to `timeout`) until `f` answers `Some`, polling every 100 ms; panics with
@@ -440,7 +502,12 @@ impl Net {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let from = lines.len().saturating_sub(40);
-            eprintln!("----- {} on {} (last {} lines) -----", p.name, self.hosts[p.host].name, lines.len() - from);
+            eprintln!(
+                "----- {} on {} (last {} lines) -----",
+                p.name,
+                self.hosts[p.host].name,
+                lines.len() - from
+            );
             for l in &lines[from..] {
                 eprintln!("{l}");
             }

@@ -59,6 +59,9 @@ fn a_network_is_made_cut_healed_and_removed() {
     let root = text(Command::new("ip").args(["-4", "-o", "addr", "show"]));
     assert!(!root.contains(&test_ip), "root veth left behind: {root}");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains(disk.to_str().unwrap()), "tmpfs left mounted");
+    assert!(
+        !mounts.contains(disk.to_str().unwrap()),
+        "tmpfs left mounted"
+    );
     assert!(!netns.contains(&id), "namespaces left behind: {netns}");
 }
