@@ -1004,3 +1004,205 @@ fn a_store_host_disk_full() {
         );
     });
 }
+
+/// `haystack` as the operator runs it from the test's own namespace, with the cluster secret.
+fn haystack_cli(h: &Hosts, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .arg("--cluster-secret-file")
+        .arg(h.net.dir().join("cluster.secret"))
+        .args(args)
+        .output()
+        .expect("haystack runs")
+}
+
+/// A store machine drained while uploads and reads go on (`haystack store drain ID`): every
+/// replica it held is moved to other machines and it turns retired; `haystack store remove`
+/// refuses while it holds data and while it still runs, and removes it once it is drained and
+/// stopped. No acknowledged photo is lost and every replica serves every photo.
+#[test]
+fn a_store_host_drained_then_removed() {
+    let _serial = serial();
+    let rt = runtime();
+    rt.block_on(async {
+        let Some(h) = Hosts::start(
+            "a_store_host_drained_then_removed",
+            Opts {
+                stores: 4,
+                rereplicate_after_ms: 0,
+                volume_bytes: 16 << 20,
+                small_disk: None,
+                admission: "none",
+            },
+        )
+        .await
+        else {
+            return;
+        };
+        let h = Arc::new(h);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        for seed in 0..12 {
+            let a = h.upload(seed).await.expect("upload");
+            acked.lock().unwrap().push((Instant::now(), a));
+        }
+        let victim = {
+            let stores: Vec<StoreInfo> = h
+                .admin
+                .get(format!("{}/v1/stores", h.directory_url()))
+                .send()
+                .await
+                .expect("stores")
+                .json()
+                .await
+                .expect("stores JSON");
+            stores
+                .iter()
+                .max_by_key(|s| s.replicas)
+                .expect("a store")
+                .clone()
+        };
+        assert!(victim.replicas > 0, "{victim:?}");
+        let victim_id = victim.store_id.to_string();
+        let dir = h.directory_url();
+        let out = haystack_cli(&h, &["store", "remove", &victim_id, "--directory", &dir]);
+        assert!(
+            !out.status.success(),
+            "remove of a store holding data succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("drain"), "{err}");
+        // Drain under load.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = tokio::spawn(upload_load(
+            h.clone(),
+            100,
+            acked.clone(),
+            failed.clone(),
+            stop.clone(),
+        ));
+        let started = Instant::now();
+        let h2 = h.clone();
+        let (id2, dir2) = (victim_id.clone(), dir.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            haystack_cli(
+                &h2,
+                &[
+                    "store",
+                    "drain",
+                    &id2,
+                    "--directory",
+                    &dir2,
+                    "--timeout-secs",
+                    "60",
+                ],
+            )
+        })
+        .await
+        .expect("drain task");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.await.expect("load");
+        assert!(
+            out.status.success(),
+            "drain failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let drained_in = started.elapsed();
+        let stores: Vec<StoreInfo> = h
+            .admin
+            .get(format!("{dir}/v1/stores"))
+            .send()
+            .await
+            .expect("stores")
+            .json()
+            .await
+            .expect("stores JSON");
+        let v = stores
+            .iter()
+            .find(|s| s.store_id == victim.store_id)
+            .expect("victim listed");
+        assert_eq!(
+            v.lifecycle,
+            haystack_proto::directory::StoreLifecycle::Retired,
+            "{v:?}"
+        );
+        assert_eq!(v.replicas, 0, "{v:?}");
+        let vols = h.volumes().await.expect("volumes");
+        for vol in &vols {
+            assert_eq!(vol.replicas.len(), 2, "{vol:?}");
+            assert!(
+                vol.replicas.iter().all(|r| r.store_id != victim.store_id),
+                "{vol:?}"
+            );
+            assert_ne!(vol.replicas[0].store_id, vol.replicas[1].store_id);
+        }
+        // Every acknowledged photo, from every replica, through the cache.
+        let all: Vec<Acked> = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, a)| a.clone())
+            .collect();
+        for a in &all {
+            h.check_read(a).await.expect("read after the drain");
+            // A write that raced the copy is repaired from the kept replica: give it a moment.
+            let mut tries = 0;
+            loop {
+                let p = h.photo(a.id).await;
+                let mut ok = true;
+                for r in &p.replicas {
+                    let url = format!(
+                        "{}/v1/needles/{}/{}/0/{}",
+                        r.url.trim_end_matches('/'),
+                        p.volume_id,
+                        p.id,
+                        format_cookie(p.cookie)
+                    );
+                    let got = h.public.get(&url).send().await.expect("replica read");
+                    ok &= got.status() == 200
+                        && got.bytes().await.expect("body").as_ref() == a.body.as_slice();
+                }
+                if ok {
+                    break;
+                }
+                tries += 1;
+                assert!(tries < 100, "photo {} not on every replica: {p:?}", a.id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Remove: refused while the retired store still runs, done once it is stopped.
+        let out = haystack_cli(&h, &["store", "remove", &victim_id, "--directory", &dir]);
+        assert!(!out.status.success(), "remove of a running store succeeded");
+        let i = (0..h.stores.len())
+            .find(|i| h.store_url(*i) == victim.url.trim_end_matches('/'))
+            .expect("victim is one of ours");
+        h.net.kill_host(h.store_hosts[i]);
+        let out = Net::until(
+            "remove of the stopped store",
+            Duration::from_secs(20),
+            async || {
+                let out = haystack_cli(&h, &["store", "remove", &victim_id, "--directory", &dir]);
+                out.status.success().then_some(out)
+            },
+        )
+        .await;
+        assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+        let stores: Vec<StoreInfo> = h
+            .admin
+            .get(format!("{dir}/v1/stores"))
+            .send()
+            .await
+            .expect("stores")
+            .json()
+            .await
+            .expect("stores JSON");
+        assert!(stores.iter().all(|s| s.store_id != victim.store_id));
+        eprintln!(
+            "drain: store {} emptied of {} volumes in {drained_in:?} under load ({} photos \
+             acknowledged, {} uploads refused), then removed",
+            victim.store_id,
+            victim.replicas,
+            all.len(),
+            failed.lock().unwrap().len()
+        );
+    });
+}
