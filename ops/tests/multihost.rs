@@ -52,7 +52,6 @@ struct Hosts {
     uploader_host: HostId,
     stores: Vec<ProcId>,
     store_dirs: Vec<PathBuf>,
-    keys: ClusterKeys,
     /// Sends an admin token (directory and store admin routes).
     admin: reqwest::Client,
     /// Sends the uploader's API key.
@@ -244,13 +243,12 @@ longest_side = 32
             uploader_host,
             stores,
             store_dirs,
-            keys,
             admin,
             app: client(Some(API_KEY)),
             public: client(None),
         };
         let _ = directory;
-        for url in [h.directory_url(), cache_url, h.uploader_url()]
+        for url in [h.directory_url(), h.cache_url(), h.uploader_url()]
             .into_iter()
             .chain((0..o.stores).map(|i| h.store_url(i)))
         {

@@ -13,7 +13,7 @@ fn text(cmd: &mut Command) -> String {
 
 #[test]
 fn a_network_is_made_cut_healed_and_removed() {
-    let Some(net) = Net::create_or_skip("a_network_is_made_cut_healed_and_removed") else {
+    let Some(mut net) = Net::create_or_skip("a_network_is_made_cut_healed_and_removed") else {
         return;
     };
     let a = net.add_host("a").expect("host a");
