@@ -131,6 +131,27 @@ impl DirectoryClient {
             .await
     }
 
+    /// Sets a store's lifecycle: `draining` starts a drain, `active` stops one.
+    pub async fn set_store_lifecycle(
+        &self,
+        id: u64,
+        lifecycle: haystack_proto::directory::StoreLifecycle,
+    ) -> Result<StoreInfo, ClientError> {
+        self.post(
+            url::store_lifecycle(&self.base, id),
+            &haystack_proto::directory::StoreLifecycleRequest { lifecycle },
+        )
+        .await
+    }
+
+    /// Removes a store that holds nothing and is down from the records.
+    pub async fn remove_store(&self, id: u64) -> Result<(), ClientError> {
+        let u = url::store(&self.base, id);
+        crate::http::send(self.creds.apply(self.http.delete(&u)), &u)
+            .await
+            .map(|_| ())
+    }
+
     /// Sets a volume's recorded state (seal, read-only, writable again).
     pub async fn set_volume_state(
         &self,

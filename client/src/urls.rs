@@ -26,6 +26,12 @@ pub mod directory {
     pub fn stores(base: &str) -> String {
         join(base, "/v1/stores")
     }
+    pub fn store(base: &str, id: u64) -> String {
+        join(base, &format!("/v1/stores/{id}"))
+    }
+    pub fn store_lifecycle(base: &str, id: u64) -> String {
+        join(base, &format!("/v1/stores/{id}/lifecycle"))
+    }
     pub fn assign(base: &str) -> String {
         join(base, "/v1/assign")
     }

@@ -109,6 +109,23 @@ async fn stores(dir: Dir) -> Res {
     Ok(HttpResponse::Ok().json(dir.stores()))
 }
 
+async fn set_store_lifecycle(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<haystack_proto::directory::StoreLifecycleRequest>,
+) -> Res {
+    let id = parse_u64(&path, "store id")?;
+    Ok(HttpResponse::Ok().json(
+        dir.set_store_lifecycle(id, body.into_inner().lifecycle)
+            .await?,
+    ))
+}
+
+async fn remove_store(dir: Dir, path: web::Path<String>) -> Res {
+    dir.remove_store(parse_u64(&path, "store id")?).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 async fn volumes(dir: Dir) -> Res {
     Ok(HttpResponse::Ok().json(dir.volumes()))
 }
@@ -313,6 +330,11 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/stores/register", web::post().to(register))
             .route("/v1/stores", web::get().to(stores))
             .route("/v1/stores/{store_id}/heartbeat", web::post().to(heartbeat))
+            .route(
+                "/v1/stores/{store_id}/lifecycle",
+                web::post().to(set_store_lifecycle),
+            )
+            .route("/v1/stores/{store_id}", web::delete().to(remove_store))
             .route("/v1/volumes", web::get().to(volumes))
             .route("/v1/volumes", web::post().to(create_volume))
             .route("/v1/volumes/{volume_id}", web::get().to(volume))

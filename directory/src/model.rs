@@ -2,7 +2,9 @@
 //! machines and node-id leases. Each is stored as one value under a u64 key with a version
 //! that conditional writes compare (see [`crate::meta`]).
 
-use haystack_proto::directory::{PhotoKind, RepairAction, StoreState, Variant, VideoChunk};
+use haystack_proto::directory::{
+    PhotoKind, RepairAction, StoreLifecycle, StoreState, Variant, VideoChunk,
+};
 use haystack_proto::{VolumeInfo, VolumeState};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +103,9 @@ pub struct StoreMachine {
     #[serde(default)]
     pub volumes: Vec<VolumeInfo>,
     pub registered_ms: u64,
+    /// Active, draining or retired (records written before drains existed: active).
+    #[serde(default)]
+    pub lifecycle: StoreLifecycle,
 }
 
 /// A directory instance's claim on a node id for photo ids.

@@ -82,10 +82,60 @@ pub fn place(
     Ok(chosen.iter().map(|c| c.store_id).collect())
 }
 
+/// Picks one machine to take a replica beside the `kept` ones (a replica moved off a
+/// draining machine): the same rules as [`place`] with the kept replicas' zones and racks
+/// counted as used, so a move never puts two replicas where `place` would not.
+pub fn place_beside(
+    candidates: &[Candidate],
+    kept: &[Candidate],
+    need_bytes: u64,
+) -> Result<u64, PlacementError> {
+    let zones: HashSet<&str> = kept.iter().map(zone_of).collect();
+    let racks: HashSet<(&str, &str)> = kept
+        .iter()
+        .map(|c| (zone_of(c), c.rack.as_deref().unwrap_or("")))
+        .collect();
+    candidates
+        .iter()
+        .filter(|c| c.free_bytes >= need_bytes && !kept.iter().any(|k| k.store_id == c.store_id))
+        .max_by_key(|c| {
+            let z = zone_of(c);
+            let r = c.rack.as_deref().unwrap_or("");
+            (
+                !zones.contains(z),
+                !racks.contains(&(z, r)),
+                c.free_bytes,
+                std::cmp::Reverse(c.volumes),
+                std::cmp::Reverse(c.store_id),
+            )
+        })
+        .map(|c| c.store_id)
+        .ok_or(PlacementError {
+            eligible: 0,
+            wanted: 1,
+            need_bytes,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_moved_replica_goes_to_a_zone_the_kept_ones_do_not_use() {
+        let cands = vec![
+            cand(1, Some("a"), Some("r1"), 100),
+            cand(2, Some("a"), Some("r2"), 900),
+            cand(3, Some("b"), Some("r1"), 50),
+        ];
+        let kept = vec![cand(9, Some("a"), Some("r9"), 0)];
+        assert_eq!(place_beside(&cands, &kept, 10), Ok(3));
+        // Within one zone, a rack the kept replica does not use; then the most free bytes.
+        let kept = vec![cand(9, Some("a"), Some("r2"), 0)];
+        assert_eq!(place_beside(&cands[..2], &kept, 10), Ok(1));
+        assert!(place_beside(&cands, &kept, 10_000).is_err());
+    }
 
     fn cand(id: u64, zone: Option<&str>, rack: Option<&str>, free: u64) -> Candidate {
         Candidate {

@@ -173,7 +173,8 @@ pub async fn run_with(
 enum Round {
     /// Liveness sweeps, volume creation, the cached view (`Directory::maintain`).
     Maintenance,
-    /// Copies of the volumes of stores down too long (`Directory::rereplicate_once`).
+    /// Copies of the volumes of stores down too long (`Directory::rereplicate_once`), then
+    /// moves of replicas off draining stores (`Directory::drain_once`).
     Rereplication,
     /// The due tasks of the repair queue (`Directory::repair_once`); busy while tasks are
     /// left that are due.
@@ -194,7 +195,11 @@ impl Worker for Periodic {
     async fn step(&mut self) -> Result<Next, String> {
         let r = match self.round {
             Round::Maintenance => self.dir.maintain().await.map(|_| ()),
-            Round::Rereplication => self.dir.rereplicate_once().await.map(|_| ()),
+            // A lost replica first, then a move off a draining store.
+            Round::Rereplication => match self.dir.rereplicate_once().await {
+                Ok(None) => self.dir.drain_once().await.map(|_| ()),
+                r => r.map(|_| ()),
+            },
             Round::Repair => self.dir.repair_once().await.map(|_| ()),
             Round::AntiEntropy => self.dir.anti_entropy_once().await.map(|_| ()),
         };

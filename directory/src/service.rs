@@ -19,7 +19,7 @@ use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
     DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
-    RepairAction, Replica, ReplicaStatus, StoreInfo, StoreState, VariantInfo,
+    RepairAction, Replica, ReplicaStatus, StoreInfo, StoreLifecycle, StoreState, VariantInfo,
 };
 use haystack_proto::{
     Heartbeat, HeartbeatReply, NeedleAddr, StoreRegistered, StoreRegistration, VolumeState,
@@ -34,6 +34,7 @@ use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
 use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 use crate::placement::{self, Candidate};
 
+mod drain;
 mod erasure;
 mod kv;
 mod photos;

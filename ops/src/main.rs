@@ -59,8 +59,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a store machine: volumes of needles served over HTTP.
-    Store(StoreArgs),
+    /// Run a store machine: volumes of needles served over HTTP (`haystack store --listen
+    /// ADDR ...`), or take one out of the cluster (`haystack store drain ID`, `haystack store
+    /// remove ID`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Store {
+        #[command(subcommand)]
+        command: Option<StoreCommand>,
+        #[command(flatten)]
+        args: StoreArgs,
+    },
     /// Run a directory: photo → volume → replicas, placement, liveness, read URLs.
     Directory(DirectoryArgs),
     /// Run a cache node: hot photos and videos in memory in front of the stores.
@@ -161,6 +169,47 @@ enum TokenCommand {
         #[arg(long, default_value_t = 86_400)]
         ttl_secs: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Empty a store machine: the directory stops placing replicas on it and moves every
+    /// replica it holds onto other machines (placement rules kept, each volume read-only while
+    /// its copy is made), then marks it retired. Waits for that unless --no-wait.
+    Drain {
+        /// The store: its id or URL (see `haystack status`).
+        id: String,
+        #[command(flatten)]
+        tool: StoreToolArgs,
+        /// Return once the drain is started.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds (the drain goes on).
+        #[arg(long, default_value_t = 86_400)]
+        timeout_secs: u64,
+    },
+    /// Remove a drained (retired), stopped store from the directory's records; refused while
+    /// it holds data or still heartbeats.
+    Remove {
+        /// The store: its id or URL.
+        id: String,
+        #[command(flatten)]
+        tool: StoreToolArgs,
+    },
+}
+
+#[derive(Args)]
+struct StoreToolArgs {
+    /// The directory's URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8082",
+        env = "HAYSTACK_DIRECTORY"
+    )]
+    directory: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -538,6 +587,7 @@ mod photo_tool;
 mod s3_tool;
 mod security;
 mod status;
+mod store_tool;
 mod volume_tool;
 
 fn init_logs(json: bool) {
@@ -741,6 +791,10 @@ fn main() -> ExitCode {
                 command: Some(_),
                 ..
             }
+            | Command::Store {
+                command: Some(_),
+                ..
+            }
     ) {
         // Command-line tools die quietly when their output pipe closes (`haystack status |
         // head`), as Unix tools do. Servers keep Rust's default (SIGPIPE ignored), so that a
@@ -793,7 +847,33 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Store(a) => run_store(a, security).await,
+            Command::Store {
+                command: None,
+                args,
+            } => run_store(args, security).await,
+            Command::Store {
+                command:
+                    Some(StoreCommand::Drain {
+                        id,
+                        tool,
+                        no_wait,
+                        timeout_secs,
+                    }),
+                ..
+            } => {
+                store_tool::drain(
+                    &tool.directory,
+                    &id,
+                    no_wait,
+                    std::time::Duration::from_secs(timeout_secs),
+                    tool.json,
+                )
+                .await
+            }
+            Command::Store {
+                command: Some(StoreCommand::Remove { id, tool }),
+                ..
+            } => store_tool::remove(&tool.directory, &id, tool.json).await,
             Command::Directory(a) => run_directory(a, security).await,
             Command::Cache(a) => run_cache(a, security).await,
             Command::Uploader(a) => run_uploader(a, security).await,

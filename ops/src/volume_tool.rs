@@ -382,7 +382,7 @@ struct RepairResult {
 }
 
 /// Finds a store by id (decimal) or URL.
-fn find_store<'a>(
+pub(crate) fn find_store<'a>(
     stores: &'a [haystack_proto::directory::StoreInfo],
     what: &str,
 ) -> Result<&'a haystack_proto::directory::StoreInfo, String> {

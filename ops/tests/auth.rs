@@ -120,6 +120,13 @@ fn table() -> Vec<Route> {
             "/v1/stores/{store_id}/heartbeat",
             Internal,
         ),
+        r(
+            "directory",
+            Method::POST,
+            "/v1/stores/{store_id}/lifecycle",
+            Admin,
+        ),
+        r("directory", Method::DELETE, "/v1/stores/{store_id}", Admin),
         r("directory", Method::GET, "/v1/volumes", Read),
         r("directory", Method::POST, "/v1/volumes", Admin),
         r("directory", Method::GET, "/v1/volumes/{volume_id}", Read),

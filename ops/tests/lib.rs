@@ -4,6 +4,7 @@ mod auth;
 mod cluster;
 mod crash;
 mod gc;
+mod multihost;
 mod rereplication;
 mod server;
 mod shutdown;

@@ -366,6 +366,25 @@ pub enum StoreState {
     Down,
 }
 
+/// Where a store machine is in its life as an operator set it: `active` (takes new replicas),
+/// `draining` (`haystack store drain`: takes no new replicas while the directory moves every
+/// replica it holds onto other machines), `retired` (holds nothing; may be removed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreLifecycle {
+    #[default]
+    Active,
+    Draining,
+    Retired,
+}
+
+/// `POST /v1/stores/{id}/lifecycle`: `draining` starts a drain, `active` stops one (or brings a
+/// retired store back); `retired` is set by the directory once a drain has emptied the store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreLifecycleRequest {
+    pub lifecycle: StoreLifecycle,
+}
+
 /// `GET /v1/stores`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreInfo {
@@ -382,6 +401,13 @@ pub struct StoreInfo {
     pub state: StoreState,
     pub healthy: bool,
     pub volumes: Vec<u32>,
+    /// Active, draining or retired (older directories: active).
+    #[serde(default)]
+    pub lifecycle: StoreLifecycle,
+    /// Logical volumes with a replica (or shard) on this store in the directory's records,
+    /// whatever the store reported: what a drain still has to move.
+    #[serde(default)]
+    pub replicas: u32,
 }
 
 /// `GET /health`.

@@ -24,6 +24,10 @@ pub enum StoreError {
     ReadOnly { volume: u32, reason: String },
     #[error("volume {0} is full")]
     Full(u32),
+    /// The volume's file could not grow: the file system has no space left (ENOSPC). The
+    /// volume is read-only with the reason [`crate::volume::DISK_FULL`].
+    #[error("volume {0} cannot grow: the disk is full (no space left on device)")]
+    DiskFull(u32),
     #[error("body too large: at most {max} bytes")]
     TooLarge { max: u64 },
     /// No part of a request body arrived within the idle timeout.

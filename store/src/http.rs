@@ -54,6 +54,7 @@ impl ApiError {
             VolumeExists(_) => (StatusCode::CONFLICT, "volume_exists"),
             ReadOnly { .. } => (StatusCode::CONFLICT, "read_only"),
             Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "volume_full"),
+            DiskFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "disk_full"),
             TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -43,6 +43,11 @@ pub use recover::{Damage, DamageKind};
 pub use repair::{bucket_of, Digest, NeedleEntry, RepairOutcome, MAX_DIGEST_BUCKETS};
 use write::{Append, GroupCommit, Queued};
 
+/// Why a volume stopped taking writes when its file could not grow for want of space on the
+/// file system (ENOSPC): the volume has room, the disk has not. It is reported in the
+/// volume's `reason` (store and directory status) and answered as 507 `disk_full`.
+pub const DISK_FULL: &str = "disk full: no space left on device";
+
 /// Limits of one volume.
 #[derive(Clone, Debug)]
 pub struct VolumeConfig {
@@ -478,6 +483,7 @@ impl Volume {
         match &*lock(&self.mode) {
             Mode::Writable => Ok(()),
             Mode::ReadOnly(r) if r == "full" => Err(StoreError::Full(self.id)),
+            Mode::ReadOnly(r) if r == DISK_FULL => Err(StoreError::DiskFull(self.id)),
             Mode::ReadOnly(r) => Err(StoreError::ReadOnly {
                 volume: self.id,
                 reason: r.clone(),

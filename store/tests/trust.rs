@@ -419,6 +419,60 @@ fn enospc_on_a_preallocation_step_still_takes_a_write_that_fits() {
     }
 }
 
+/// Found by the multi-host disk-full scenario (issue 16): a volume whose file could not grow
+/// because the disk was full turned read-only with the reason "full", which says the volume
+/// reached its size; the operator could not tell a full disk from a full volume. Now the
+/// reason says the disk is full and the write is refused as `DiskFull` (507 `disk_full`).
+#[test]
+fn a_full_disk_makes_the_volume_read_only_saying_the_disk_is_full() {
+    for kind in ENGINES {
+        let Some(disk) = SmallDisk::mount(4 << 20) else {
+            return;
+        };
+        rt().block_on(async {
+            let cfg = haystack_store::VolumeConfig {
+                max_bytes: 64 << 20,
+                max_needle_bytes: 1 << 20,
+                max_write_bytes: 2 << 20,
+                prealloc_step: 256 << 10,
+            };
+            let vol =
+                haystack_store::Volume::create(disk.dir.path(), 1, engine(kind), cfg).unwrap();
+            vol.write_batch(vec![needle(1, 0, 5, b"before")])
+                .await
+                .unwrap();
+            disk.fill();
+            let mut k = 2u64;
+            let err = loop {
+                match vol
+                    .write_batch(vec![needle(k, 0, 5, &vec![3u8; 100 << 10])])
+                    .await
+                {
+                    Ok(_) => k += 1,
+                    Err(e) => break e,
+                }
+                assert!(k < 100, "the full disk took every write");
+            };
+            assert!(
+                matches!(err, haystack_store::StoreError::DiskFull(1)),
+                "{err:?}"
+            );
+            let info = vol.info();
+            assert_eq!(info.state, haystack_proto::VolumeState::ReadOnly);
+            assert_eq!(
+                info.reason.as_deref(),
+                Some(haystack_store::volume::DISK_FULL),
+                "{info:?}"
+            );
+            // Nothing written before is harmed.
+            assert_eq!(&vol.read(1, 0, 5).await.unwrap().data[..], b"before");
+            for j in 2..k {
+                assert_eq!(vol.read(j, 0, 5).await.unwrap().data.len(), 100 << 10);
+            }
+        });
+    }
+}
+
 /// Suspected (issue 11): no timeout on I/O completions, so a hung device held the append
 /// lock forever. A hung fdatasync now fails after the engine's timeout, the volume turns
 /// read-only, and reads go on.

@@ -16,6 +16,8 @@
 //! start owns it, and the others' /metrics say so. Tests that read metrics should read the
 //! service under test in its own process or tolerate that.
 
+pub mod netns;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;

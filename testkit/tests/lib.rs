@@ -1,6 +1,8 @@
 //! The harness itself: a cluster starts, takes a photo on every replica, loses a store and
-//! gets it back with its data; and the self-healing of a cluster (`selfheal`).
+//! gets it back with its data; the self-healing of a cluster (`selfheal`); the multi-host
+//! harness of network namespaces (`netns`).
 
+mod netns;
 mod selfheal;
 
 use haystack_proto::directory::{AssignRequest, AssignResponse};

@@ -260,6 +260,11 @@ impl Meta {
             .await
     }
 
+    /// Deletes a store record at `version` (`DELETE /v1/stores/{id}`).
+    pub async fn delete_store(&self, id: u64, version: u64) -> Result<Cas, MetaError> {
+        self.store.delete_if(Table::Stores, id, version).await
+    }
+
     pub async fn list_stores(&self) -> Result<Vec<Versioned<StoreMachine>>, MetaError> {
         let mut v: Vec<Versioned<StoreMachine>> = self.list_typed(Table::Stores).await?;
         v.sort_by_key(|x| x.value.id);

@@ -131,7 +131,7 @@ impl Directory {
         let candidates: Vec<Candidate> = view
             .stores
             .values()
-            .filter(|s| store_up(s))
+            .filter(|s| takes_replicas(s))
             .map(|s| Candidate {
                 store_id: s.id,
                 zone: s.zone.clone(),
@@ -522,7 +522,7 @@ impl Directory {
                 let candidates: Vec<Candidate> = view
                     .stores
                     .values()
-                    .filter(|s| store_up(s) && !cur.value.replicas.contains(&s.id))
+                    .filter(|s| takes_replicas(s) && !cur.value.replicas.contains(&s.id))
                     .map(|s| Candidate {
                         store_id: s.id,
                         zone: s.zone.clone(),

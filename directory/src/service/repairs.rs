@@ -578,7 +578,11 @@ impl Directory {
 
     /// Compares one volume's replicas. `None`: equal; `Some(n)`: they differed, `n` repairs
     /// were queued.
-    async fn compare_volume(&self, id: u32, replicas: &[Replica]) -> Result<Option<usize>, String> {
+    pub(super) async fn compare_volume(
+        &self,
+        id: u32,
+        replicas: &[Replica],
+    ) -> Result<Option<usize>, String> {
         let roots = self.digests(id, replicas, 1).await?;
         if roots.iter().all(|d| d.buckets == roots[0].buckets) {
             return Ok(None);

@@ -30,6 +30,7 @@ impl Directory {
                         healthy: true,
                         volumes: Vec::new(),
                         registered_ms: now,
+                        lifecycle: StoreLifecycle::Active,
                     },
                 ),
             };
@@ -226,7 +227,12 @@ impl Directory {
     }
 
     pub fn stores(&self) -> Vec<StoreInfo> {
-        self.view().stores.values().map(store_info).collect()
+        let view = self.view();
+        let counts = Self::replica_counts(&view);
+        view.stores
+            .values()
+            .map(|s| store_info(s, counts.get(&s.id).copied().unwrap_or(0)))
+            .collect()
     }
 
     // ---- volumes -------------------------------------------------------------------------

@@ -169,7 +169,7 @@ pub(super) fn build_view(state: &State, config: &DirectoryConfig, old: &View) ->
     }
 }
 
-pub(super) fn store_info(s: &StoreMachine) -> StoreInfo {
+pub(super) fn store_info(s: &StoreMachine, replicas: u32) -> StoreInfo {
     StoreInfo {
         store_id: s.id,
         url: s.url.clone(),
@@ -181,7 +181,15 @@ pub(super) fn store_info(s: &StoreMachine) -> StoreInfo {
         state: s.state,
         healthy: s.healthy,
         volumes: s.volumes.iter().map(|v| v.id).collect(),
+        lifecycle: s.lifecycle,
+        replicas,
     }
+}
+
+/// Whether new replicas may be placed on the store: up, healthy and active (not draining or
+/// retired).
+pub(super) fn takes_replicas(s: &StoreMachine) -> bool {
+    store_up(s) && s.lifecycle == StoreLifecycle::Active
 }
 
 pub(super) fn check_url(url: &str) -> Result<(), DirectoryError> {

@@ -30,7 +30,7 @@ impl Directory {
             let candidates: Vec<Candidate> = view
                 .stores
                 .values()
-                .filter(|s| store_up(s))
+                .filter(|s| takes_replicas(s))
                 .map(|s| {
                     let mut promised = 0u64;
                     let mut volumes = 0u32;
@@ -240,7 +240,7 @@ impl Directory {
             let candidates: Vec<Candidate> = view
                 .stores
                 .values()
-                .filter(|s| store_up(s))
+                .filter(|s| takes_replicas(s))
                 .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
                 .map(|s| Candidate {
                     store_id: s.id,

@@ -251,15 +251,17 @@ impl Volume {
             .map_err(|e| io::Error::other(e.to_string()))
             .and_then(|r| r);
             if let Err(e) = &r {
+                // The volume has room but the file system has not: say so (an operator
+                // frees space), rather than "full", which means the volume reached its size.
                 let full = e.raw_os_error() == Some(libc::ENOSPC);
                 if full {
-                    self.set_read_only("full".into());
+                    self.set_read_only(DISK_FULL.into());
                 } else {
                     self.set_read_only(format!("disk error: {e}"));
                 }
                 for q in batch {
                     let _ = q.tx.send(Err(if full {
-                        StoreError::Full(self.id)
+                        StoreError::DiskFull(self.id)
                     } else {
                         StoreError::Io(io::Error::new(e.kind(), e.to_string()))
                     }));

@@ -1,0 +1,292 @@
+//! Draining and removing store machines (issue 16): `draining` stores take no new replicas
+//! and the drain worker moves every replica they hold onto other machines, one volume at a
+//! time, with the re-replication machinery (the target store imports the volume from a
+//! healthy replica, the copy's needle count is checked, then the directory's replica is
+//! replaced); an emptied store turns `retired`. A store is removed from the records only when
+//! it holds no replica and is no longer heartbeating.
+//!
+//! A volume being moved is read-only for the copy (recorded state, reason "moving a replica
+//! off draining store N"), as in `haystack volume repair`: a write after the copy started
+//! would be missing from it. A copy whose needle count differs from its source is not used;
+//! the move is tried again in the next round. An upload assigned before the volume turned
+//! read-only can still land on the source after the count was compared: once the replica is
+//! replaced, the replicas are compared by digests (anti-entropy, `repairs.rs`) and any
+//! difference is queued for repair.
+
+use super::*;
+
+impl Directory {
+    /// Every store with the number of logical volumes that have a replica or shard on it.
+    pub(super) fn replica_counts(view: &View) -> BTreeMap<u64, u32> {
+        let mut n: BTreeMap<u64, u32> = BTreeMap::new();
+        for v in view.volumes.values() {
+            let mut on: HashSet<u64> = v.info.replicas.iter().map(|r| r.store_id).collect();
+            if let Some(ec) = &v.info.ec {
+                on.extend(ec.retired.iter().copied());
+            }
+            for s in on {
+                *n.entry(s).or_default() += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets a store's lifecycle (`POST /v1/stores/{id}/lifecycle`). `retired` is refused while
+    /// the store holds replicas (drain it: `draining`).
+    pub async fn set_store_lifecycle(
+        &self,
+        id: u64,
+        lifecycle: StoreLifecycle,
+    ) -> Result<StoreInfo, DirectoryError> {
+        let held = Self::replica_counts(&self.view())
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        if lifecycle == StoreLifecycle::Retired && held > 0 {
+            return Err(DirectoryError::Conflict(format!(
+                "store {id} holds replicas of {held} volumes: drain it (lifecycle draining), \
+                 it turns retired once empty"
+            )));
+        }
+        for _ in 0..CAS_RETRIES {
+            let Some(cur) = self.meta.get_store(id).await? else {
+                return Err(DirectoryError::NotFound(format!("store {id} not found")));
+            };
+            let mut machine = cur.value;
+            if machine.lifecycle == lifecycle {
+                return Ok(store_info(&machine, held));
+            }
+            machine.lifecycle = lifecycle;
+            if let Cas::Applied { version } = self
+                .meta
+                .put_store(&machine, Expect::Version(cur.version))
+                .await?
+            {
+                tracing::warn!(
+                    store_id = id,
+                    ?lifecycle,
+                    replicas = held,
+                    "store lifecycle set"
+                );
+                let info = store_info(&machine, held);
+                self.remember_store(Versioned {
+                    version,
+                    value: machine,
+                });
+                return Ok(info);
+            }
+        }
+        Err(DirectoryError::Conflict(
+            "store record is contended; retry".into(),
+        ))
+    }
+
+    /// Removes a store from the records (`DELETE /v1/stores/{id}`): refused while any volume
+    /// has a replica or shard on it, and while it still heartbeats (stop it first, or it
+    /// registers again).
+    pub async fn remove_store(&self, id: u64) -> Result<(), DirectoryError> {
+        let held = Self::replica_counts(&self.view())
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        if held > 0 {
+            return Err(DirectoryError::Conflict(format!(
+                "store {id} holds replicas of {held} volumes: drain it first \
+                 (`haystack store drain {id}`)"
+            )));
+        }
+        let Some(cur) = self.meta.get_store(id).await? else {
+            return Err(DirectoryError::NotFound(format!("store {id} not found")));
+        };
+        if cur.value.state == StoreState::Up {
+            return Err(DirectoryError::Conflict(format!(
+                "store {id} is still up (heartbeating): stop it first, or it registers again"
+            )));
+        }
+        match self.meta.delete_store(id, cur.version).await? {
+            Cas::Applied { .. } => {
+                tracing::warn!(store_id = id, url = %cur.value.url, "store removed");
+                self.with_state(|st| {
+                    st.stores.remove(&id);
+                });
+                Ok(())
+            }
+            Cas::Conflict { .. } => Err(DirectoryError::Conflict(
+                "store record changed meanwhile; retry".into(),
+            )),
+        }
+    }
+
+    /// One step of the drain worker: moves one replica off a draining store, or retires a
+    /// draining store that holds nothing. Returns the volume moved.
+    pub async fn drain_once(&self) -> Result<Option<u32>, DirectoryError> {
+        let view = self.view();
+        let draining: Vec<u64> = view
+            .stores
+            .values()
+            .filter(|s| s.lifecycle == StoreLifecycle::Draining)
+            .map(|s| s.id)
+            .collect();
+        if draining.is_empty() {
+            return Ok(None);
+        }
+        let counts = Self::replica_counts(&view);
+        for sid in draining {
+            if counts.get(&sid).copied().unwrap_or(0) == 0 {
+                self.set_store_lifecycle(sid, StoreLifecycle::Retired)
+                    .await?;
+                tracing::warn!(store_id = sid, "drained store holds nothing: retired");
+                continue;
+            }
+            for v in view.volumes.values() {
+                if v.info.ec.is_some() || !v.info.replicas.iter().any(|r| r.store_id == sid) {
+                    continue;
+                }
+                match self.move_replica(&view, v.info.id, sid).await {
+                    Ok(true) => return Ok(Some(v.info.id)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(volume_id = v.info.id, store_id = sid, error = %e, "moving a replica off a draining store failed; retried later")
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Copies volume `id` onto a store that takes replicas (placement rules kept against the
+    /// replicas that stay) and replaces the replica on `from` with it. `Ok(false)`: nothing
+    /// could be done now (no healthy source, no target).
+    async fn move_replica(&self, view: &View, id: u32, from: u64) -> Result<bool, DirectoryError> {
+        let Some(v) = view.volumes.get(&id) else {
+            return Ok(false);
+        };
+        let as_candidate = |s: &StoreMachine| Candidate {
+            store_id: s.id,
+            zone: s.zone.clone(),
+            rack: s.rack.clone(),
+            free_bytes: s.free_bytes,
+            volumes: view
+                .volumes
+                .values()
+                .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
+                .count() as u32,
+        };
+        let kept: Vec<Candidate> = v
+            .info
+            .replicas
+            .iter()
+            .filter(|r| r.store_id != from)
+            .filter_map(|r| view.stores.get(&r.store_id))
+            .map(as_candidate)
+            .collect();
+        let candidates: Vec<Candidate> = view
+            .stores
+            .values()
+            .filter(|s| takes_replicas(s))
+            .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
+            .map(as_candidate)
+            .collect();
+        // The source: a healthy replica, the draining one last (it may be going away).
+        let mut sources: Vec<&ReplicaStatus> = v
+            .info
+            .replicas
+            .iter()
+            .filter(|r| r.up && r.reported)
+            .collect();
+        sources.sort_by_key(|r| r.store_id == from);
+        let Some(source) = sources.first() else {
+            tracing::warn!(volume_id = id, "no healthy replica to move from yet");
+            return Ok(false);
+        };
+        let need = v.info.used_bytes.max(1 << 20);
+        let Ok(to) = placement::place_beside(&candidates, &kept, need) else {
+            tracing::warn!(
+                volume_id = id,
+                store_id = from,
+                "no store can take the replica of a draining store"
+            );
+            return Ok(false);
+        };
+        let Some(target) = view.stores.get(&to) else {
+            return Ok(false);
+        };
+        let was_writable = self
+            .meta
+            .get_volume(id)
+            .await?
+            .is_some_and(|c| c.value.state == VolumeState::Writable);
+        if was_writable {
+            self.set_volume_state(
+                id,
+                VolumeState::ReadOnly,
+                Some(format!("moving a replica off draining store {from}")),
+            )
+            .await?;
+        }
+        tracing::warn!(volume_id = id, from_store = from, source = %source.url, to = %target.url, "moving a replica off a draining store");
+        let moved = self.copy_and_replace(id, from, &source.url, target).await;
+        if was_writable {
+            if let Err(e) = self.set_volume_state(id, VolumeState::Writable, None).await {
+                tracing::error!(volume_id = id, error = %e, "volume stays read-only after a move");
+            }
+        }
+        moved.map(|()| true)
+    }
+
+    async fn copy_and_replace(
+        &self,
+        id: u32,
+        from: u64,
+        source: &str,
+        target: &StoreMachine,
+    ) -> Result<(), DirectoryError> {
+        let http = self
+            .config
+            .security
+            .http_builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| DirectoryError::Internal(e.to_string()))?;
+        let stores = StoreClient::new(http).with_credentials(Credentials::internal(
+            self.config.security.keys.as_ref(),
+            "directory",
+        ));
+        let copied = stores
+            .import(&target.url, id, source)
+            .await
+            .map_err(|e| DirectoryError::Unavailable(format!("copy onto {}: {e}", target.url)))?;
+        let src = stores
+            .volume(source, id)
+            .await
+            .map_err(|e| DirectoryError::Unavailable(format!("source {source}: {e}")))?;
+        if copied.needles != src.needles {
+            return Err(DirectoryError::Conflict(format!(
+                "the copy on {} has {} needles, the source {}: not used",
+                target.url, copied.needles, src.needles
+            )));
+        }
+        self.replace_replica(id, from, target.id).await?;
+        metrics::counter!("haystack_directory_drain_moves_total").increment(1);
+        // An upload assigned before the volume turned read-only may have written to the
+        // source after the copy was taken: compare the replicas now (anti-entropy) and queue
+        // the repair of any difference.
+        let replicas = self.view().volumes.get(&id).map(|v| v.replicas.clone());
+        if let Some(r) = replicas {
+            match self.compare_volume(id, &r).await {
+                Ok(Some(queued)) => {
+                    tracing::warn!(
+                        volume_id = id,
+                        queued,
+                        "moved replica differed; repairs queued"
+                    )
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(volume_id = id, error = %e, "comparing the moved replica failed")
+                }
+            }
+        }
+        Ok(())
+    }
+}
