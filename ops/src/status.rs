@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use haystack_proto::directory::{LogicalVolumeInfo, StoreInfo, StoreState};
+use haystack_proto::directory::{LogicalVolumeInfo, StoreInfo, StoreLifecycle, StoreState};
 use serde::Serialize;
 
 use crate::client::clients;
@@ -80,13 +80,13 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
     }
     println!("MACHINES");
     println!(
-        "{:<20} {:<28} {:<5} {:<8} {:>22} VOLUMES",
-        "ID", "URL", "STATE", "HEALTHY", "FREE / CAPACITY"
+        "{:<20} {:<28} {:<5} {:<8} {:<9} {:>22} VOLUMES",
+        "ID", "URL", "STATE", "HEALTHY", "LIFECYCLE", "FREE / CAPACITY"
     );
     for s in &status.stores {
         let vols: Vec<String> = s.volumes.iter().map(|v| v.to_string()).collect();
         println!(
-            "{:<20} {:<28} {:<5} {:<8} {:>22} {}",
+            "{:<20} {:<28} {:<5} {:<8} {:<9} {:>22} {}",
             s.store_id,
             s.url,
             if s.state == StoreState::Up {
@@ -95,6 +95,11 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
                 "DOWN"
             },
             if s.healthy { "yes" } else { "NO" },
+            match s.lifecycle {
+                StoreLifecycle::Active => "active",
+                StoreLifecycle::Draining => "draining",
+                StoreLifecycle::Retired => "retired",
+            },
             format!("{} / {}", gib(s.free_bytes), gib(s.capacity_bytes)),
             vols.join(",")
         );

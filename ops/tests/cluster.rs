@@ -247,7 +247,11 @@ fn stores_register_get_volumes_and_go_down() {
         .expect("haystack status");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.contains("MACHINES") && text.contains("VOLUMES") && text.contains(&store_urls[0]),
+        text.contains("MACHINES")
+            && text.contains("VOLUMES")
+            && text.contains(&store_urls[0])
+            && text.contains("LIFECYCLE")
+            && text.contains("active"),
         "{text}"
     );
     // A flipped byte in the photo's needle on store0's disk: served by nobody, found by
