@@ -61,14 +61,18 @@ TICK=$(getconf CLK_TCK)
 say() { echo "# $*" >&2; }
 
 cleanup() {
-    local p
+    local p kids=()
+    # `haystack server` stops its roles itself (up to 40 s each); whatever is left after
+    # 60 s, the roles included, is killed.
+    [[ -n $HS_PID ]] && kids=($(ps -o pid= --ppid "$HS_PID" 2>/dev/null || true))
     for p in $G_PID $HS_PID; do
         kill -TERM "$p" 2>/dev/null || true
     done
-    for p in $G_PID $HS_PID; do
-        for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for p in $G_PID $HS_PID "${kids[@]}"; do
+        for _ in $(seq 600); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
     done
+    rm -rf "$BASE/hs-logs"; mv "$BASE/hs/logs" "$BASE/hs-logs" 2>/dev/null || true
     rm -rf "$BASE/hs" "$BASE/garage/meta" "$BASE/garage/data"
 }
 trap cleanup EXIT
@@ -126,10 +130,15 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 curl -sf "http://127.0.0.1:$HS_S3_PORT/health" >/dev/null || { say "our S3 role did not start"; exit 1; }
+# the stores have registered and the directory has a writable volume to assign
+for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$HS_DIR_PORT/health" 2>/dev/null | grep -q '"writable_volumes":[1-9]' && break
+    sleep 0.2
+done
 export HAYSTACK_CLUSTER_SECRET_FILE=$BASE/hs/cluster.secret
-S3TOOL=("$HS" s3 --directory "http://127.0.0.1:$HS_DIR_PORT" --master-key-file "$BASE/hs/s3/master.key")
-"${S3TOOL[@]}" bucket create "$BUCKET" >&2
-keyout=$("${S3TOOL[@]}" key create --bucket "$BUCKET" --read --write)
+export HAYSTACK_DIRECTORY=http://127.0.0.1:$HS_DIR_PORT HAYSTACK_S3_MASTER_KEY=$BASE/hs/s3/master.key
+"$HS" s3 bucket create "$BUCKET" >&2
+keyout=$("$HS" s3 key create --bucket "$BUCKET" --read --write)
 HS_KEY=$(awk '/access key id:/ {print $NF}' <<<"$keyout")
 HS_SECRET=$(awk '/secret access key:/ {print $NF}' <<<"$keyout")
 # The processes that serve S3: the role, the directory and the stores.
