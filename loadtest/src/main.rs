@@ -96,7 +96,9 @@ impl TargetArgs {
             });
         }
         if let Some(u) = &self.s3 {
-            let missing = || LoadError::Config("--s3 needs --s3-access-key and --s3-secret-key (or HAYSTACK_S3_ACCESS_KEY and HAYSTACK_S3_SECRET_KEY)".into());
+            let missing = || {
+                LoadError::Config("--s3 needs --s3-access-key and --s3-secret-key (or HAYSTACK_S3_ACCESS_KEY and HAYSTACK_S3_SECRET_KEY)".into())
+            };
             return Ok(TargetKind::S3(S3Endpoint {
                 url: trim(u),
                 bucket: self.s3_bucket.clone(),

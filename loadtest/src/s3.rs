@@ -135,10 +135,7 @@ impl S3Endpoint {
         // Sorted by name, as canonical requests list them.
         let headers = [
             ("host".to_string(), host),
-            (
-                "x-amz-content-sha256".to_string(),
-                payload_hash.to_string(),
-            ),
+            ("x-amz-content-sha256".to_string(), payload_hash.to_string()),
             ("x-amz-date".to_string(), amz_date.clone()),
         ];
         let signed_headers = "host;x-amz-content-sha256;x-amz-date";

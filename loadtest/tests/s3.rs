@@ -200,5 +200,10 @@ async fn a_wrong_secret_is_refused_by_the_server() {
     let (report, _) = run(&cfg).await.unwrap();
     let p = &report.phases[0].ops["put"];
     assert_eq!(p.ok, 0);
-    assert_eq!(p.failures.get("http_403").copied(), Some(5), "{:?}", p.failures);
+    assert_eq!(
+        p.failures.get("http_403").copied(),
+        Some(5),
+        "{:?}",
+        p.failures
+    );
 }
