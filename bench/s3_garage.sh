@@ -177,13 +177,14 @@ EOF
     GC=("$GARAGE" -c "$G/garage.toml")
     RUST_LOG=${GARAGE_LOG:-warn} "${GC[@]}" server >"$BASE/garage.log" 2>&1 &
     G_PID=$!
-    node=
-    for _ in $(seq 100); do
-        node=$("${GC[@]}" node id -q 2>/dev/null | cut -d@ -f1) && [[ -n $node ]] && break
+    up=0
+    for _ in $(seq 150); do
+        "${GC[@]}" status >/dev/null 2>&1 && { up=1; break; }
         kill -0 "$G_PID" 2>/dev/null || { say "garage exited (see $BASE/garage.log)"; exit 1; }
         sleep 0.2
     done
-    [[ -n $node ]] || { say "garage did not answer (see $BASE/garage.log)"; exit 1; }
+    [[ $up == 1 ]] || { say "garage did not answer (see $BASE/garage.log)"; exit 1; }
+    node=$("${GC[@]}" node id -q 2>/dev/null | cut -d@ -f1)
     "${GC[@]}" layout assign -z dc1 -c 100G "$node" >&2
     "${GC[@]}" layout apply --version 1 >&2
     "${GC[@]}" bucket create "$BUCKET" >&2
