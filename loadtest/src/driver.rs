@@ -26,6 +26,9 @@ pub struct RunConfig {
     pub limits: Limits,
     /// Photos uploaded before the measured phase (closed-loop), so reads find content.
     pub preload: u64,
+    /// S3 only: objects `{prefix}/0..existing` an earlier run uploaded, read without a
+    /// preload (see [`Runner::adopt_s3_objects`]).
+    pub existing: u64,
     /// Videos uploaded before the measured phase.
     pub videos: u64,
     /// Time bound of the preload and of the verify phase each.
@@ -54,6 +57,7 @@ impl RunConfig {
                 duration: Duration::from_secs(10),
             },
             preload: 100,
+            existing: 0,
             videos: 0,
             setup_limit: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
@@ -81,6 +85,16 @@ impl RunConfig {
             return Err(LoadError::Config(
                 "the nginx baseline accepts PUT and GET only: use a mix without delete".into(),
             ));
+        }
+        if self.existing > 0 {
+            let s3 = matches!(self.target, TargetKind::S3(_));
+            let fixed = matches!(self.shape.sizes, crate::dist::SizeDist::Fixed(_));
+            if !s3 || !fixed {
+                return Err(LoadError::Config(
+                    "existing objects need the S3 target and a fixed size (--size fixed:SIZE)"
+                        .into(),
+                ));
+            }
         }
         if let Mode::Open { rate, .. } = self.mode {
             if !(rate.is_finite() && rate > 0.0) {
@@ -113,6 +127,9 @@ impl RunConfig {
             variants.join(","),
             self.preload
         );
+        if self.existing > 0 {
+            s.push_str(&format!(", {} objects uploaded before", self.existing));
+        }
         if self.videos > 0 {
             s.push_str(&format!(
                 ", {} videos of {} read in ranges of {}",
@@ -141,6 +158,9 @@ pub async fn run(cfg: &RunConfig) -> Result<(RunReport, Runner)> {
         cfg.allow_remote,
     )?;
     let runner = Runner::new(target, cfg.shape.clone()).await?;
+    if cfg.existing > 0 {
+        runner.adopt_s3_objects(cfg.existing)?;
+    }
     let report = run_with(cfg, &runner).await;
     Ok((report, runner))
 }

@@ -5,7 +5,8 @@
 //! serving one file per photo, and the generator of BENCHMARKS.md.
 //!
 //! Map: [`dist`] (sizes, Zipf), [`payload`] (JPEG pool, video bytes), [`schedule`]
-//! (open-loop send times), [`target`] (uploader, directory + stores, nginx), [`workload`]
+//! (open-loop send times), [`target`] (uploader, directory + stores, nginx, S3), [`s3`] (the
+//! S3 target's SigV4-signed requests), [`workload`]
 //! (phases, population, progress), [`stats`] and [`report`] (figures), [`verify`],
 //! [`driver`] (whole runs and comparisons), [`machine`], [`benchmarks`] (BENCHMARKS.md).
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod machine;
 pub mod payload;
 pub mod report;
+pub mod s3;
 pub mod schedule;
 pub mod stats;
 pub mod target;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use haystack_loadtest::dist::{parse_size, SizeDist};
 use haystack_loadtest::report::ResultFile;
+use haystack_loadtest::s3::{PayloadSigning, S3Endpoint};
 use haystack_loadtest::schedule::Arrivals;
 use haystack_loadtest::target::TargetKind;
 use haystack_loadtest::workload::{parse_variants, Limits, Mix, Mode, Shape};
@@ -51,6 +52,29 @@ struct TargetArgs {
     /// Bearer key for the uploader's POST and DELETE.
     #[arg(long, env = "HAYSTACK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// An S3 endpoint's base URL (ours, `haystack s3`, or any other): objects are PUT, read
+    /// and deleted by path in --s3-bucket, signed with SigV4.
+    #[arg(long, conflicts_with_all = ["uploader", "directory"])]
+    s3: Option<String>,
+    /// With --s3: the bucket (it must exist, and the key may read and write it).
+    #[arg(long, default_value = "loadtest")]
+    s3_bucket: String,
+    /// With --s3: the access key id.
+    #[arg(long, env = "HAYSTACK_S3_ACCESS_KEY", hide_env_values = true)]
+    s3_access_key: Option<String>,
+    /// With --s3: the secret access key (better in the environment than on a command line).
+    #[arg(long, env = "HAYSTACK_S3_SECRET_KEY", hide_env_values = true)]
+    s3_secret_key: Option<String>,
+    /// With --s3: the region signatures name.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
+    /// With --s3: objects are PREFIX/N (default: a tag unique to the run).
+    #[arg(long)]
+    s3_prefix: Option<String>,
+    /// With --s3: `signed` (the body's SHA-256 in x-amz-content-sha256, as awscli sends over
+    /// HTTP) or `unsigned` (UNSIGNED-PAYLOAD).
+    #[arg(long, default_value = "signed")]
+    s3_payload: String,
     /// Allow traffic to non-loopback addresses (never for tests or benchmarks).
     #[arg(long)]
     allow_remote: bool,
@@ -71,6 +95,20 @@ impl TargetArgs {
                 token: self.token.clone(),
             });
         }
+        if let Some(u) = &self.s3 {
+            let missing = || {
+                LoadError::Config("--s3 needs --s3-access-key and --s3-secret-key (or HAYSTACK_S3_ACCESS_KEY and HAYSTACK_S3_SECRET_KEY)".into())
+            };
+            return Ok(TargetKind::S3(S3Endpoint {
+                url: trim(u),
+                bucket: self.s3_bucket.clone(),
+                access_key: self.s3_access_key.clone().ok_or_else(missing)?,
+                secret_key: self.s3_secret_key.clone().ok_or_else(missing)?,
+                region: self.s3_region.clone(),
+                prefix: self.s3_prefix.clone().unwrap_or_else(run_tag),
+                payload: self.s3_payload.parse::<PayloadSigning>()?,
+            }));
+        }
         if let Some(n) = nginx {
             return Ok(TargetKind::Nginx {
                 url: trim(n),
@@ -78,7 +116,7 @@ impl TargetArgs {
             });
         }
         Err(LoadError::Config(
-            "say what to drive: --uploader URL or --directory URL".into(),
+            "say what to drive: --uploader URL, --directory URL or --s3 URL".into(),
         ))
     }
 }
@@ -172,6 +210,11 @@ struct RunArgs {
     /// Photos uploaded before the measured phase.
     #[arg(long, default_value_t = 1000)]
     preload: u64,
+    /// With --s3 and a fixed --size: objects PREFIX/0 .. PREFIX/N-1 an earlier run with the
+    /// same --s3-prefix, --size and --seed uploaded; reads (and --verify) use them without a
+    /// preload.
+    #[arg(long, default_value_t = 0)]
+    s3_existing: u64,
     /// Videos uploaded before the measured phase (uploader only).
     #[arg(long, default_value_t = 0)]
     videos: u64,
@@ -259,10 +302,13 @@ fn command_line() -> String {
         if hide {
             *a = "***".into();
             hide = false;
-        } else if a == "--api-key" {
+        } else if a == "--api-key" || a == "--s3-secret-key" {
             hide = true;
-        } else if a.starts_with("--api-key=") {
-            *a = "--api-key=***".into();
+        } else if let Some(flag) = ["--api-key=", "--s3-secret-key="]
+            .into_iter()
+            .find(|f| a.starts_with(f))
+        {
+            *a = format!("{flag}***");
         }
     }
     args.iter()
@@ -318,6 +364,7 @@ async fn main_run(a: RunArgs) -> Result<ExitCode> {
         duration: secs(a.duration, "--duration")?,
     };
     cfg.preload = a.preload;
+    cfg.existing = a.s3_existing;
     cfg.videos = a.videos;
     cfg.setup_limit = secs(a.setup_limit, "--setup-limit")?;
     cfg.timeout = secs(a.shape.timeout, "--timeout")?;

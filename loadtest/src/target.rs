@@ -1,8 +1,9 @@
 //! What the load is driven against, through its public HTTP API only: the uploader (writes
 //! and deletes; reads through the URLs it returns, i.e. the cache tier), the directory and
 //! the stores directly (assign, PUT to every replica, commit: the path of `haystack photo
-//! put`, for clusters without an uploader), or nginx serving one file per photo (WebDAV PUT,
-//! GET of the same path: the baseline Haystack replaced).
+//! put`, for clusters without an uploader), nginx serving one file per photo (WebDAV PUT,
+//! GET of the same path: the baseline Haystack replaced), or any S3 endpoint (SigV4-signed
+//! PUT, GET and DELETE of objects by path, see [`crate::s3`]).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -18,6 +19,7 @@ use haystack_proto::NeedleAddr;
 use reqwest::{header, StatusCode};
 
 use crate::error::{LoadError, Result};
+use crate::s3::{now_secs, S3Endpoint};
 use crate::stats::Failure;
 
 /// The variants a photo may have, in the order [`Object::urls`] keeps them.
@@ -40,6 +42,8 @@ pub enum TargetKind {
     },
     /// `PUT {url}/dav/{tag}/xx/yy/n`, GET of the same URL.
     Nginx { url: String, tag: String },
+    /// `PUT`, `GET` and `DELETE {url}/{bucket}/{prefix}/{n}`, signed (SigV4).
+    S3(S3Endpoint),
 }
 
 impl TargetKind {
@@ -51,6 +55,7 @@ impl TargetKind {
                 format!("directory + stores (no uploader) via {directory}")
             }
             TargetKind::Nginx { url, .. } => format!("nginx file-per-photo {url}"),
+            TargetKind::S3(e) => format!("S3 {} bucket {}", e.url, e.bucket),
         }
     }
 
@@ -59,6 +64,7 @@ impl TargetKind {
         match self {
             TargetKind::Uploader { url, .. } | TargetKind::Nginx { url, .. } => vec![url],
             TargetKind::Direct { directory, .. } => vec![directory],
+            TargetKind::S3(e) => vec![&e.url],
         }
     }
 }
@@ -181,6 +187,9 @@ impl Target {
         timeout: Duration,
         allow_remote: bool,
     ) -> Result<Target> {
+        if let TargetKind::S3(e) = &kind {
+            e.validate()?;
+        }
         for u in kind.urls() {
             check_loopback(u, allow_remote)?;
         }
@@ -269,7 +278,42 @@ impl Target {
                 urls[0] = Some(u.into());
                 Ok(Object::new(path, urls, size, seed))
             }
+            TargetKind::S3(e) => {
+                let u = e.object_url(n);
+                let hash = e.put_payload_hash(&body);
+                let resp = self
+                    .s3_request(e, reqwest::Method::PUT, &u, &hash)?
+                    .header(header::CONTENT_TYPE, "image/jpeg")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| Failure::of(&e))?;
+                if resp.status() != StatusCode::OK {
+                    return Err(Failure::Status(resp.status().as_u16()));
+                }
+                let mut urls: [Option<Box<str>>; 4] = Default::default();
+                urls[0] = Some(u.into());
+                Ok(Object::new(n.to_string(), urls, size, seed))
+            }
         }
+    }
+
+    /// A request to an S3 endpoint with its signature headers (`payload_hash` is what
+    /// `x-amz-content-sha256` says of the body).
+    fn s3_request(
+        &self,
+        e: &S3Endpoint,
+        method: reqwest::Method,
+        url: &str,
+        payload_hash: &str,
+    ) -> Outcome<reqwest::RequestBuilder> {
+        self.loopback(url)?;
+        let parsed = reqwest::Url::parse(url).map_err(|_| Failure::Mismatch)?;
+        let mut req = self.client.request(method.clone(), parsed.clone());
+        for (k, v) in e.sign(method.as_str(), &parsed, payload_hash, now_secs()) {
+            req = req.header(k, v);
+        }
+        Ok(req)
     }
 
     async fn direct_upload(&self, directory: &str, body: Vec<u8>, seed: u64) -> Outcome<Object> {
@@ -345,7 +389,7 @@ impl Target {
         Ok(Object::new(a.id.to_string(), urls, size, seed))
     }
 
-    /// Deletes a photo (204 from the uploader, 200 from the directory).
+    /// Deletes a photo or object (204 from the uploader and S3, 200 from the directory).
     pub async fn delete(&self, obj: &Object) -> Outcome<()> {
         let req = match &self.kind {
             TargetKind::Uploader { url, api_key } => {
@@ -362,6 +406,12 @@ impl Target {
                 // the baseline's nginx allows PUT only; deletes are not part of the comparison
                 return Err(Failure::Status(405));
             }
+            TargetKind::S3(e) => self.s3_request(
+                e,
+                reqwest::Method::DELETE,
+                obj.url(0),
+                haystack_s3::sigv4::EMPTY_SHA256,
+            )?,
         };
         let resp = req.send().await.map_err(|e| Failure::of(&e))?;
         if resp.status().is_success() {
@@ -402,8 +452,17 @@ impl Target {
     }
 
     /// GETs a URL (optionally a byte range `start..end`); the body of a 200 or 206.
+    /// An S3 target signs the request.
     pub async fn get(&self, url: &str, range: Option<(u64, u64)>) -> Outcome<Bytes> {
-        let mut req = self.client.get(url);
+        let mut req = match &self.kind {
+            TargetKind::S3(e) => self.s3_request(
+                e,
+                reqwest::Method::GET,
+                url,
+                haystack_s3::sigv4::EMPTY_SHA256,
+            )?,
+            _ => self.client.get(url),
+        };
         if let Some((a, b)) = range {
             req = req.header(header::RANGE, format!("bytes={a}-{}", b - 1));
         }

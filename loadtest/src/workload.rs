@@ -18,7 +18,7 @@ use crate::payload::{video_bytes, JpegPool};
 use crate::report::PhaseReport;
 use crate::schedule::{Arrivals, Schedule};
 use crate::stats::{Failure, Op, Recorder};
-use crate::target::{ObjState, Object, Target, VARIANTS};
+use crate::target::{ObjState, Object, Target, TargetKind, VARIANTS};
 
 /// Relative weights of the operations of the measured phase.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -357,6 +357,32 @@ impl Runner {
         self.s.videos.all()
     }
 
+    /// Takes the S3 objects `{prefix}/0` .. `{prefix}/{count - 1}`, all of the run's one fixed
+    /// size, as uploaded already (by an earlier run with the same prefix, seed and size), so a
+    /// read-only phase can run on its own; this run's uploads are numbered from `count` on.
+    pub fn adopt_s3_objects(&self, count: u64) -> Result<()> {
+        let TargetKind::S3(e) = &self.s.target.kind else {
+            return Err(LoadError::Config(
+                "existing objects are for the S3 target only".into(),
+            ));
+        };
+        let SizeDist::Fixed(size) = self.s.shape.sizes else {
+            return Err(LoadError::Config(
+                "existing S3 objects need a fixed size (--size fixed:SIZE)".into(),
+            ));
+        };
+        for n in 0..count {
+            let mut urls: [Option<Box<str>>; 4] = Default::default();
+            urls[0] = Some(e.object_url(n).into());
+            let seed = upload_seed(&self.s.shape, n);
+            self.s
+                .photos
+                .push(Arc::new(Object::new(n.to_string(), urls, size, seed)));
+        }
+        self.s.uploads.fetch_max(count, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Runs one phase of `mix` under `mode` until `limits`.
     pub async fn phase(&self, name: &str, mix: Mix, mode: Mode, limits: Limits) -> PhaseReport {
         let rec = Arc::new(Recorder::new());
@@ -545,7 +571,7 @@ async fn exec(s: &Shared, rec: &Recorder, op: Op, intended: Option<Instant>, rng
 async fn upload(s: &Shared, rec: &Recorder, intended: Option<Instant>, rng: &mut SmallRng) {
     let n = s.uploads.fetch_add(1, Ordering::Relaxed);
     let size = s.shape.sizes.sample(rng);
-    let seed = s.shape.seed.wrapping_mul(0x1000_0000_01b3) ^ n;
+    let seed = upload_seed(&s.shape, n);
     let body = match s.pool.payload(size, seed) {
         Ok(b) => b,
         Err(e) => {
@@ -562,6 +588,11 @@ async fn upload(s: &Shared, rec: &Recorder, intended: Option<Instant>, rng: &mut
         }
         Err(f) => rec.fail(Op::Put, &f),
     }
+}
+
+/// The payload seed of the run's `n`-th upload.
+fn upload_seed(shape: &Shape, n: u64) -> u64 {
+    shape.seed.wrapping_mul(0x1000_0000_01b3) ^ n
 }
 
 fn pick_variant<R: Rng + ?Sized>(w: &[u32; 4], rng: &mut R) -> usize {

@@ -1412,6 +1412,10 @@ pub(crate) async fn serve(
             .default_service(web::to(dispatch))
     })
     .disable_signals()
+    // An object's answer is written as its head, then its body as it streams from the
+    // stores: with Nagle on, a keep-alive client's delayed ACK held the body ~40 ms (GET
+    // 4 KiB p50 44 ms at 32 in flight, bench/results/45-s3.md).
+    .tcp_nodelay(true)
     .client_request_timeout(haystack_service::REQUEST_HEAD_TIMEOUT)
     .workers(workers)
     .shutdown_timeout(timeout);
