@@ -161,17 +161,7 @@ impl Directory {
         let Some(v) = view.volumes.get(&id) else {
             return Ok(false);
         };
-        let as_candidate = |s: &StoreMachine| Candidate {
-            store_id: s.id,
-            zone: s.zone.clone(),
-            rack: s.rack.clone(),
-            free_bytes: s.free_bytes,
-            volumes: view
-                .volumes
-                .values()
-                .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
-                .count() as u32,
-        };
+        let as_candidate = |s: &StoreMachine| placement_candidate(view, s);
         let kept: Vec<Candidate> = v
             .info
             .replicas

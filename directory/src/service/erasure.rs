@@ -132,17 +132,7 @@ impl Directory {
             .stores
             .values()
             .filter(|s| takes_replicas(s))
-            .map(|s| Candidate {
-                store_id: s.id,
-                zone: s.zone.clone(),
-                rack: s.rack.clone(),
-                free_bytes: s.free_bytes,
-                volumes: view
-                    .volumes
-                    .values()
-                    .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
-                    .count() as u32,
-            })
+            .map(|s| placement_candidate(&view, s))
             .collect();
         let need = info.used_bytes / req.k as u64 + (1 << 20);
         let targets = placement::place(&candidates, n, need).map_err(|e| {

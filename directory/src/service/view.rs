@@ -186,6 +186,22 @@ pub(super) fn store_info(s: &StoreMachine, replicas: u32) -> StoreInfo {
     }
 }
 
+/// Store `s` as placement sees it: its zone, rack and free bytes, and how many logical
+/// volumes of `view` have a replica (or shard) on it.
+pub(super) fn placement_candidate(view: &View, s: &StoreMachine) -> Candidate {
+    Candidate {
+        store_id: s.id,
+        zone: s.zone.clone(),
+        rack: s.rack.clone(),
+        free_bytes: s.free_bytes,
+        volumes: view
+            .volumes
+            .values()
+            .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
+            .count() as u32,
+    }
+}
+
 /// Whether new replicas may be placed on the store: up, healthy and active (not draining or
 /// retired).
 pub(super) fn takes_replicas(s: &StoreMachine) -> bool {

@@ -242,17 +242,7 @@ impl Directory {
                 .values()
                 .filter(|s| takes_replicas(s))
                 .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
-                .map(|s| Candidate {
-                    store_id: s.id,
-                    zone: s.zone.clone(),
-                    rack: s.rack.clone(),
-                    free_bytes: s.free_bytes,
-                    volumes: view
-                        .volumes
-                        .values()
-                        .filter(|o| o.info.replicas.iter().any(|r| r.store_id == s.id))
-                        .count() as u32,
-                })
+                .map(|s| placement_candidate(&view, s))
                 .collect();
             let need = v.info.used_bytes.max(1 << 20);
             let Ok(picked) = placement::place(&candidates, 1, need) else {
