@@ -6,12 +6,11 @@
 //! test, so a new route cannot go untested (nor unclassified: the layer protects it anyway).
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 
 use haystack_proto::auth::{Access, ClusterKeys, Role};
 use haystack_proto::directory::PhotoInfo;
 use haystack_service::auth::unix_now;
-use haystack_testkit::{bind_loopback, random_secret, spawn_node, stopped, Cluster, Node};
+use haystack_testkit::{bind_loopback, random_secret, Cluster, Node};
 use reqwest::Method;
 
 /// One route: the service, the method, the path as its route table writes it (a scope's
@@ -432,32 +431,7 @@ async fn start() -> World {
     .await;
     let cache_l = bind_loopback();
     let cache_url = format!("http://{}", cache_l.local_addr().expect("addr"));
-    let ccfg = haystack_cache::CacheConfig {
-        directory_url: cluster.directory_url(),
-        capacity_bytes: 16 << 20,
-        http_workers: 1,
-        security: cluster.security(),
-        ..Default::default()
-    };
-    let cache = spawn_node("cache", cache_l, move |l, rx| async move {
-        haystack_cache::run(l, ccfg, stopped(rx))
-            .await
-            .expect("cache runs");
-    });
-    let up_l: TcpListener = bind_loopback();
-    let uploader_url = format!("http://{}", up_l.local_addr().expect("addr"));
-    let ucfg = haystack_uploader::UploaderConfig {
-        directory_url: cluster.directory_url(),
-        http_workers: 1,
-        image_workers: 1,
-        security: cluster.security(),
-        ..Default::default()
-    };
-    let uploader = spawn_node("uploader", up_l, move |l, rx| async move {
-        haystack_uploader::run(l, ucfg, stopped(rx))
-            .await
-            .expect("uploader runs");
-    });
+    let (cache, uploader, uploader_url) = crate::roles::cache_and_uploader(&cluster, cache_l);
     let admin = cluster.admin_http();
     // A photo through the public API, and its record through the directory.
     let jpeg = {

@@ -6,6 +6,7 @@ mod crash;
 mod gc;
 mod multihost;
 mod rereplication;
+mod roles;
 mod server;
 mod shutdown;
 mod signed;

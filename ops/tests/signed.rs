@@ -6,7 +6,7 @@
 
 use haystack_proto::auth::{READ_EXPIRES_PARAM, READ_SIGNATURE_PARAM};
 use haystack_service::auth::unix_now;
-use haystack_testkit::{bind_loopback, spawn_node, stopped, Cluster, ClusterOptions};
+use haystack_testkit::{bind_loopback, Cluster, ClusterOptions};
 
 fn jpeg() -> Vec<u8> {
     let img = image::RgbImage::from_fn(80, 60, |x, y| image::Rgb([x as u8, y as u8, 42]));
@@ -68,32 +68,7 @@ async fn signed_read_urls_are_served_and_anything_else_is_the_same_403() {
         ..Default::default()
     })
     .await;
-    let ccfg = haystack_cache::CacheConfig {
-        directory_url: cluster.directory_url(),
-        capacity_bytes: 16 << 20,
-        http_workers: 1,
-        security: cluster.security(),
-        ..Default::default()
-    };
-    let _cache = spawn_node("cache", cache_l, move |l, rx| async move {
-        haystack_cache::run(l, ccfg, stopped(rx))
-            .await
-            .expect("cache runs");
-    });
-    let up_l = bind_loopback();
-    let uploader_url = format!("http://{}", up_l.local_addr().expect("addr"));
-    let ucfg = haystack_uploader::UploaderConfig {
-        directory_url: cluster.directory_url(),
-        http_workers: 1,
-        image_workers: 1,
-        security: cluster.security(),
-        ..Default::default()
-    };
-    let _uploader = spawn_node("uploader", up_l, move |l, rx| async move {
-        haystack_uploader::run(l, ucfg, stopped(rx))
-            .await
-            .expect("uploader runs");
-    });
+    let (_cache, _uploader, uploader_url) = crate::roles::cache_and_uploader(&cluster, cache_l);
     let public = reqwest::Client::new();
     let keys = cluster.keys().clone();
 
