@@ -26,6 +26,8 @@ use crate::meta::{Chunk, DataRef};
 const REPLICAS_TTL: Duration = Duration::from_secs(5);
 /// Needle overhead counted in an assign's size hint.
 const NEEDLE_OVERHEAD: u64 = 256;
+/// Volumes a run's first chunk is offered to before the PUT answers 503 SlowDown.
+const WRITE_ATTEMPTS: usize = 4;
 
 /// Replicas of volumes and when the directory said so.
 type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
@@ -174,23 +176,12 @@ impl DataWriter<'_> {
         Ok(())
     }
 
+    /// Writes one chunk to every replica of the assigned volume. The first chunk of a run may
+    /// still move: when a replica refuses it (volume full, read-only, store down), the run is
+    /// assigned again on another volume, up to [`WRITE_ATTEMPTS`] volumes in all, as the
+    /// uploader does for photos; the abandoned id was never committed and is `haystack gc`'s.
+    /// Later chunks join those already written and cannot move: their failure is a 503.
     async fn flush(&mut self, chunk: Bytes) -> Result<(), S3Error> {
-        if self.assigned.is_none() {
-            let chunks = self.size_hint.div_ceil(self.data.chunk_bytes as u64).max(1);
-            let a = self
-                .data
-                .dir
-                .assign(&AssignRequest {
-                    kind: PhotoKind::Video,
-                    size_hint_bytes: self.size_hint + chunks * NEEDLE_OVERHEAD,
-                    ..Default::default()
-                })
-                .await?;
-            self.assigned = Some(a);
-        }
-        let Some(a) = &self.assigned else {
-            return Err(S3Error::Internal("no assignment".into()));
-        };
         let alt = self.chunks.len() as u32 + 1;
         let size = chunk.len() as u64;
         let needle = Needle {
@@ -198,15 +189,54 @@ impl DataWriter<'_> {
             content_type: "application/octet-stream".into(),
             data: chunk,
         };
-        self.data
-            .stores
-            .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
-            .await
-            .map_err(|errs| {
-                let detail: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-                tracing::warn!(id = a.id, volume = a.volume_id, alt, errors = ?detail, "object chunk write failed");
-                S3Error::SlowDown(format!("a replica refused a chunk: {}", detail.join("; ")))
-            })?;
+        let mut excluded = Vec::new();
+        let mut failures = Vec::new();
+        loop {
+            if self.assigned.is_none() {
+                let chunks = self.size_hint.div_ceil(self.data.chunk_bytes as u64).max(1);
+                let a = self
+                    .data
+                    .dir
+                    .assign(&AssignRequest {
+                        kind: PhotoKind::Video,
+                        size_hint_bytes: self.size_hint + chunks * NEEDLE_OVERHEAD,
+                        exclude_volumes: excluded.clone(),
+                        ..Default::default()
+                    })
+                    .await?;
+                self.assigned = Some(a);
+            }
+            let Some(a) = &self.assigned else {
+                return Err(S3Error::Internal("no assignment".into()));
+            };
+            let errs = match self
+                .data
+                .stores
+                .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
+                .await
+            {
+                Ok(()) => break,
+                Err(errs) => errs,
+            };
+            let detail: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            tracing::warn!(id = a.id, volume = a.volume_id, alt, errors = ?detail, "object chunk write failed");
+            metrics::counter!("haystack_s3_chunk_write_failures_total").increment(1);
+            failures.push(format!("volume {}: {}", a.volume_id, detail.join("; ")));
+            if errs.iter().any(|e| e.is_too_large()) {
+                // No volume takes it: `s3.chunk_bytes` is above the stores' needle limit.
+                return Err(S3Error::Internal(format!(
+                    "a store refused a {size}-byte chunk as too large (s3.chunk_bytes is above the stores' max needle size)"
+                )));
+            }
+            if alt != 1 || failures.len() >= WRITE_ATTEMPTS {
+                return Err(S3Error::SlowDown(format!(
+                    "no volume took the object's data: {}",
+                    failures.join(" | ")
+                )));
+            }
+            excluded.push(a.volume_id);
+            self.assigned = None;
+        }
         self.chunks.push(Chunk {
             alt,
             offset: self.written,

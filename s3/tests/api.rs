@@ -561,3 +561,51 @@ async fn garbage_collection_sees_object_data_as_live() {
         b"new"
     );
 }
+
+/// A store that stops taking writes (down, full, read-only) must not fail PUTs while other
+/// volumes can take them: the first chunk moves to another volume, as the uploader's photos
+/// do. Regression: the S3 role answered 503 SlowDown for every PUT assigned to such a volume
+/// (seen as failed PUTs in the Garage side-by-side run when a volume filled up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_move_to_another_volume_when_a_store_refuses_them() {
+    let mut h = Harness::start_with(haystack_testkit::ClusterOptions {
+        stores: 2,
+        replication: 1,
+        min_writable_volumes: 4,
+        volume_bytes: 256 << 20,
+        // The directory keeps assigning the stopped store's volumes for the whole test.
+        store_timeout_ms: 120_000,
+        ..Default::default()
+    })
+    .await;
+    let c = h.client();
+    c.create_bucket("moves").await;
+    let stopped = h.cluster.store_url(1);
+    let vols = h.cluster.volumes().await;
+    let on = |url: &str| {
+        vols.iter()
+            .filter(|v| v.writable && v.replicas.iter().any(|r| r.url == url))
+            .count()
+    };
+    assert!(
+        on(&stopped) > 0 && on(&h.cluster.store_url(0)) > 0,
+        "precondition: writable volumes on both stores: {vols:?}"
+    );
+    h.cluster.stop_store(1);
+    // Small objects (one chunk) and one of 2.5 chunks (1 MiB chunks in this harness).
+    for i in 0..12usize {
+        let size = if i == 5 { (5 << 20) / 2 } else { 1000 + i };
+        let body: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
+        let r = c
+            .send(Req::new("PUT", key_path("moves", &format!("k{i}"))).body(body.clone()))
+            .await;
+        assert_eq!(r.status(), 200, "PUT {i}: {:?}", r.text().await);
+        let r = c.get("moves", &format!("k{i}")).await;
+        assert_eq!(r.status(), 200, "GET {i}");
+        assert_eq!(
+            r.bytes().await.expect("body").as_ref(),
+            body.as_slice(),
+            "k{i}"
+        );
+    }
+}

@@ -29,7 +29,7 @@ pub fn key_path(bucket: &str, key: &str) -> String {
 }
 
 pub struct Harness {
-    _cluster: Cluster,
+    pub cluster: Cluster,
     pub url: String,
     pub key: String,
     pub secret: String,
@@ -41,11 +41,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
-        let cluster = Cluster::start(ClusterOptions {
+        Harness::start_with(ClusterOptions {
             volume_bytes: 256 << 20,
             ..Default::default()
         })
-        .await;
+        .await
+    }
+
+    /// The S3 role over a cluster started with `opts`.
+    pub async fn start_with(opts: ClusterOptions) -> Harness {
+        let cluster = Cluster::start(opts).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = S3Config {
             directory_url: cluster.directory_url(),
@@ -87,7 +92,7 @@ impl Harness {
             .await
             .expect("create key");
         let h = Harness {
-            _cluster: cluster,
+            cluster,
             url,
             key,
             secret,
