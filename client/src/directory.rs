@@ -125,6 +125,20 @@ impl DirectoryClient {
         self.get(url::volume(&self.base, id)).await
     }
 
+    /// Makes an asynchronous remote replica of volume `id` a replica (`haystack volume
+    /// promote`).
+    pub async fn promote_remote(
+        &self,
+        id: u32,
+        store_id: u64,
+    ) -> Result<LogicalVolumeInfo, ClientError> {
+        self.post(
+            url::volume_promote(&self.base, id),
+            &haystack_proto::directory::PromoteRequest { store_id },
+        )
+        .await
+    }
+
     /// Creates a logical volume now (operators; volumes are otherwise created automatically).
     pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, ClientError> {
         self.post(url::volumes(&self.base), &serde_json::json!({}))

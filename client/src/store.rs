@@ -259,6 +259,57 @@ impl StoreClient {
         self.post_op(store, id, "import", Some(&body)).await
     }
 
+    /// Seeds (or, with `replace`, re-seeds) an asynchronous remote replica of volume `id` on
+    /// `store` from `from`'s export; it is marked a remote copy before it opens.
+    pub async fn import_remote_copy(
+        &self,
+        store: &str,
+        id: u32,
+        from: &str,
+        replace: bool,
+    ) -> Result<VolumeInfo, ClientError> {
+        let body = serde_json::json!({ "from": from, "remote_copy": true, "replace": replace });
+        self.post_op(store, id, "import", Some(&body)).await
+    }
+
+    /// Makes the remote copy of volume `id` on `store` an ordinary replica (after the
+    /// directory promoted it).
+    pub async fn promote_remote_copy(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<VolumeInfo, ClientError> {
+        self.post_op::<(), _>(store, id, "promote", None).await
+    }
+
+    /// Where the asynchronous remote replica of volume `id` on `store` stands.
+    pub async fn ship_position(
+        &self,
+        store: &str,
+        id: u32,
+    ) -> Result<haystack_proto::ShipPosition, ClientError> {
+        let u = url::ship(store, id, None);
+        call(self.req(reqwest::Method::GET, &u), &u).await
+    }
+
+    /// Appends shipped bytes at `offset` of the remote replica; its new position.
+    pub async fn ship_append(
+        &self,
+        store: &str,
+        id: u32,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<haystack_proto::ShipPosition, ClientError> {
+        let u = url::ship(store, id, Some(offset));
+        call(
+            self.req(reqwest::Method::POST, &u)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes),
+            &u,
+        )
+        .await
+    }
+
     /// Drops a sealed replica of volume `id` (`DELETE /v1/volumes/{id}`: after the volume was
     /// erasure-coded and the directory switched to its shards).
     pub async fn drop_volume(&self, store: &str, id: u32) -> Result<(), ClientError> {

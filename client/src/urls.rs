@@ -64,6 +64,10 @@ pub mod directory {
     pub fn volume_encode(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/encode"))
     }
+    /// `POST` makes an asynchronous remote replica a replica of the volume.
+    pub fn volume_promote(base: &str, id: u32) -> String {
+        join(base, &format!("/v1/volumes/{id}/promote"))
+    }
     /// `POST` rebuilds a shard of an erasure-coded volume.
     pub fn volume_ec_rebuild(base: &str, id: u32) -> String {
         join(base, &format!("/v1/volumes/{id}/ec/rebuild"))
@@ -148,6 +152,14 @@ pub mod store {
                 "/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}"
             ),
         )
+    }
+    /// `GET` where an asynchronous remote replica stands; `POST ?offset=N` appends shipped
+    /// bytes to it.
+    pub fn ship(base: &str, id: u32, offset: Option<u64>) -> String {
+        match offset {
+            Some(o) => join(base, &format!("/v1/volumes/{id}/ship?offset={o}")),
+            None => join(base, &format!("/v1/volumes/{id}/ship")),
+        }
     }
     /// `GET` the digest of the volume's needle list in `buckets` buckets.
     pub fn digest(base: &str, id: u32, buckets: u32) -> String {

@@ -57,6 +57,13 @@ pub struct DirectoryConfig {
     /// Anti-entropy: every this many ms the replicas of each volume are compared by digests
     /// of their needle lists and the differences repaired. 0 turns it off. Default 600000.
     pub anti_entropy_interval_ms: u64,
+    /// Zones whose stores hold only asynchronous remote replicas (issue 13): never a
+    /// synchronous replica, never written by uploads; each volume's appends are shipped to
+    /// them in order. Empty (the default): no remote replicas.
+    pub remote_zones: Vec<String>,
+    /// Asynchronous remote replicas per replicated logical volume, placed on stores in
+    /// `remote_zones` (distinct zones where there are several). Default 1.
+    pub async_replicas: usize,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -89,6 +96,8 @@ impl Default for DirectoryConfig {
             idempotency_ttl_ms: 86_400_000,
             rereplicate_after_ms: 900_000,
             anti_entropy_interval_ms: 600_000,
+            remote_zones: Vec::new(),
+            async_replicas: 1,
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),
@@ -195,6 +204,13 @@ fn valid_keyspace(k: &str) -> bool {
         && k.as_bytes()[0].is_ascii_lowercase()
         && k.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl DirectoryConfig {
+    /// Whether a store in `zone` holds only asynchronous remote replicas.
+    pub fn is_remote_zone(&self, zone: Option<&str>) -> bool {
+        zone.is_some_and(|z| self.remote_zones.iter().any(|r| r == z))
+    }
 }
 
 impl DirectoryConfig {

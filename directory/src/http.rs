@@ -179,6 +179,15 @@ async fn replace_replica(
     ))
 }
 
+async fn promote_remote(
+    dir: Dir,
+    path: web::Path<String>,
+    body: web::Json<haystack_proto::directory::PromoteRequest>,
+) -> Res {
+    let id = parse_u32(&path, "volume id")?;
+    Ok(HttpResponse::Ok().json(dir.promote_remote(id, body.into_inner().store_id).await?))
+}
+
 async fn assign(dir: Dir, body: web::Bytes) -> Res {
     // The body is optional; when present it must be a valid AssignRequest.
     let req = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -345,6 +354,10 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route(
                 "/v1/volumes/{volume_id}/replace",
                 web::post().to(replace_replica),
+            )
+            .route(
+                "/v1/volumes/{volume_id}/promote",
+                web::post().to(promote_remote),
             )
             .route(
                 "/v1/volumes/{volume_id}/encode",

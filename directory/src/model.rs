@@ -80,6 +80,10 @@ pub struct LogicalVolume {
     /// read-only until a repair moves the replica.
     #[serde(default)]
     pub reported_by: Vec<u64>,
+    /// Asynchronous remote replicas (issue 13): stores in remote zones the volume's appends
+    /// are shipped to; never read while a replica serves, never written by uploads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<u64>,
     /// Erasure-coded (issue 14): `replicas` are then the stores of its shards, in shard order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec: Option<haystack_proto::directory::EcScheme>,
@@ -106,6 +110,12 @@ pub struct StoreMachine {
     /// Active, draining or retired (records written before drains existed: active).
     #[serde(default)]
     pub lifecycle: StoreLifecycle,
+    /// In a remote zone (`remote_zones`): holds asynchronous remote replicas only.
+    #[serde(default)]
+    pub remote: bool,
+    /// How far the remote replicas this store ships to are behind it (last heartbeat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shipping: Vec<haystack_proto::ShipStatus>,
 }
 
 /// A directory instance's claim on a node id for photo ids.

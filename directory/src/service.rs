@@ -19,10 +19,12 @@ use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
     DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
-    RepairAction, Replica, ReplicaStatus, StoreInfo, StoreLifecycle, StoreState, VariantInfo,
+    RemoteReplicaStatus, RepairAction, Replica, ReplicaStatus, StoreInfo, StoreLifecycle,
+    StoreState, VariantInfo,
 };
 use haystack_proto::{
-    Heartbeat, HeartbeatReply, NeedleAddr, StoreRegistered, StoreRegistration, VolumeState,
+    Heartbeat, HeartbeatReply, NeedleAddr, ShipOrder, ShipTarget, StoreRegistered,
+    StoreRegistration, VolumeState,
 };
 use rand::Rng;
 
@@ -38,6 +40,7 @@ mod drain;
 mod erasure;
 mod kv;
 mod photos;
+mod remote;
 mod repairs;
 mod stores;
 

@@ -160,6 +160,7 @@ impl FakeStore {
             free_bytes: 50 << 30,
             healthy: true,
             volumes: self.volumes.iter().map(|v| volume_info(*v)).collect(),
+            shipping: Vec::new(),
         }
     }
 

@@ -70,6 +70,7 @@ async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
             free_bytes: 10 << 30,
             healthy: true,
             volumes,
+            shipping: Vec::new(),
         },
     )
     .await

@@ -362,6 +362,16 @@ enum VolumeCommand {
         #[arg(long)]
         reencode: bool,
     },
+    /// Make an asynchronous remote replica a replica of the volume: after every local
+    /// replica was lost, it serves reads and re-replication copies from it. Whatever it had
+    /// not received yet (its lag in `haystack status`) is lost.
+    Promote {
+        /// Logical volume id.
+        id: u32,
+        /// The remote replica's store: its id or URL (see `haystack status`).
+        #[arg(long)]
+        store: String,
+    },
     /// Copy the volume from a healthy replica onto another machine (bulk copy) and switch
     /// the directory to it. For an erasure-coded volume: rebuild shard `--shard` from k
     /// others onto `--to` (or a store the directory picks).
@@ -914,6 +924,9 @@ fn main() -> ExitCode {
                 VolumeCommand::Compact { id } => volume_tool::compact(&directory, id, json).await,
                 VolumeCommand::RebuildIndex { id } => {
                     volume_tool::rebuild_index(&directory, id, json).await
+                }
+                VolumeCommand::Promote { id, store } => {
+                    volume_tool::promote(&directory, id, &store, json).await
                 }
                 VolumeCommand::Repair {
                     id,

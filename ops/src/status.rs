@@ -128,11 +128,23 @@ pub async fn run(directory: &str, json: bool) -> Result<(), String> {
             (true, _) => "writable".to_string(),
             (false, s) => format!("{s:?}").to_lowercase(),
         };
-        let replicas: Vec<String> = d
+        let mut replicas: Vec<String> = d
             .replicas
             .iter()
             .map(|r| format!("{}{}", r.url, if r.up { "" } else { " (DOWN)" }))
             .collect();
+        // Asynchronous remote replicas, with how far behind their shipper last said they are.
+        replicas.extend(d.remote_replicas.iter().map(|r| {
+            let lag = match (r.lag_bytes, r.lag_secs) {
+                (Some(b), Some(s)) => format!("lag {b} B, {s} s"),
+                _ => "lag ?".into(),
+            };
+            format!(
+                "remote {}{} ({lag})",
+                r.url,
+                if r.up { "" } else { " (DOWN)" }
+            )
+        }));
         let scrubbed = match v.scrubbed_unix {
             Some(t) => format!("{}h ago", now.saturating_sub(t) / 3600),
             None => "never".into(),

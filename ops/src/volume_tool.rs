@@ -33,6 +33,45 @@ struct SealResult {
 
 /// Seals logical volume `id`: the directory stops assigning uploads to it, then every
 /// replica seals (read-only for good, index moved to a mapped sorted file).
+/// `haystack volume promote ID --store S`: an asynchronous remote replica becomes a replica.
+pub async fn promote(directory: &str, id: u32, store: &str, json: bool) -> Result<(), String> {
+    let (dc, _) = clients(directory, Duration::from_secs(60))?;
+    let vol = dc.volume(id).await.map_err(text)?;
+    let remote = vol
+        .remote_replicas
+        .iter()
+        .find(|r| {
+            r.store_id.to_string() == store
+                || r.url.trim_end_matches('/') == store.trim_end_matches('/')
+        })
+        .ok_or_else(|| {
+            format!(
+                "volume {id} has no remote replica on {store}; its remote replicas: {:?}",
+                vol.remote_replicas
+                    .iter()
+                    .map(|r| format!("{} ({})", r.store_id, r.url))
+                    .collect::<Vec<_>>()
+            )
+        })?;
+    let lag = remote.lag_bytes;
+    let after = dc.promote_remote(id, remote.store_id).await.map_err(text)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&after).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "volume {id}: remote replica on {} ({}) promoted; it was {} bytes behind at its last report; replicas now {:?}",
+            remote.store_id,
+            remote.url,
+            lag.map_or("an unknown number of".to_string(), |l| l.to_string()),
+            after.replicas.iter().map(|r| r.store_id).collect::<Vec<_>>()
+        );
+    }
+    Ok(())
+}
+
 pub async fn seal(directory: &str, id: u32, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(300))?;
     let dir = dc

@@ -273,6 +273,30 @@ pub struct ReplicaStatus {
     pub reported: bool,
 }
 
+/// An asynchronous remote replica of a logical volume and its lag, as its shipper last
+/// reported it (None: no report yet).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteReplicaStatus {
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+    pub url: String,
+    pub up: bool,
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
+    #[serde(default)]
+    pub lag_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /v1/volumes/{id}/promote`: make an asynchronous remote replica a replica of the
+/// volume (the source of repairs after every local replica was lost).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromoteRequest {
+    #[serde(with = "dec_u64")]
+    pub store_id: u64,
+}
+
 /// `GET /v1/volumes` and `GET /v1/volumes/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogicalVolumeInfo {
@@ -285,6 +309,10 @@ pub struct LogicalVolumeInfo {
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     pub replicas: Vec<ReplicaStatus>,
+    /// Asynchronous replicas in remote zones (issue 13): never read while a local replica
+    /// serves, written by shipping, not by uploads; with how far behind each is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_replicas: Vec<RemoteReplicaStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Set when the volume is erasure-coded: `replicas` are then its shards' stores, in shard

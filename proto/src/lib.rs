@@ -93,6 +93,64 @@ pub struct Heartbeat {
     /// False when the store has seen disk errors it cannot serve around.
     pub healthy: bool,
     pub volumes: Vec<VolumeInfo>,
+    /// How far each asynchronous remote replica this store ships to is behind it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shipping: Vec<ShipStatus>,
+}
+
+/// One asynchronous remote replica as its shipper sees it (in heartbeats, on /metrics).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipStatus {
+    pub volume: u32,
+    /// The remote replica's store.
+    pub store_id: u64,
+    /// Bytes of the volume durable here and not yet on the remote replica.
+    pub lag_bytes: u64,
+    /// Seconds since the remote replica last held everything durable here (0: it does now).
+    pub lag_secs: u64,
+    /// Bytes shipped to it by this process since it started.
+    pub shipped_bytes: u64,
+    /// The last failure, while shipping fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An order to ship a volume's appends to its asynchronous remote replicas, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipOrder {
+    pub volume: u32,
+    /// This store's URL as the remote replicas reach it (seeding imports from it).
+    pub source_url: String,
+    pub targets: Vec<ShipTarget>,
+}
+
+/// A remote replica to ship to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipTarget {
+    pub store_id: u64,
+    pub url: String,
+}
+
+/// Where an asynchronous remote replica stands (`GET /v1/volumes/{v}/ship`): the end of its
+/// volume file, the volume's tag, and the last needle it holds, so that its shipper can check
+/// the two files still agree below that end (a compaction on either side breaks that).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipPosition {
+    pub tail: u64,
+    pub tag: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ShipMark>,
+}
+
+/// A needle by its place in a volume file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShipMark {
+    pub offset: u64,
+    #[serde(with = "crate::directory::dec_u64")]
+    pub key: u64,
+    pub alt: u32,
+    #[serde(with = "crate::directory::hex_u64")]
+    pub cookie: u64,
 }
 
 /// What the directory asks of a store in its answer to a heartbeat.
@@ -101,6 +159,9 @@ pub struct HeartbeatReply {
     /// Volumes the store should create (new logical volume replicas placed on it).
     #[serde(default)]
     pub create_volumes: Vec<u32>,
+    /// Volumes whose appends this store ships to their asynchronous remote replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ship: Vec<ShipOrder>,
 }
 
 /// A JSON error body, as every service answers a 4xx or 5xx.

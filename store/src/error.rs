@@ -64,6 +64,9 @@ pub enum StoreError {
     /// A repair's good copy is not the needle this volume holds under that key.
     #[error("{0}")]
     Mismatch(String),
+    /// A shipped run of bytes does not start at the remote replica's end.
+    #[error("shipped bytes start at {offset}, the volume ends at {tail}")]
+    ShipOutOfStep { offset: u64, tail: u64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

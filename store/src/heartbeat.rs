@@ -74,6 +74,7 @@ fn heartbeat(store: &Store, id: u64, cfg: &HeartbeatConfig) -> Heartbeat {
         free_bytes,
         healthy,
         volumes,
+        shipping: store.shipping.statuses(store),
     }
 }
 
@@ -100,6 +101,7 @@ async fn register(
 }
 
 async fn apply(store: &Store, reply: HeartbeatReply) {
+    store.shipping.set_orders(reply.ship);
     for id in reply.create_volumes {
         if store.volume(id).is_err() {
             match store.create_volume(id, None).await {

@@ -66,6 +66,7 @@ impl ApiError {
             NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_space"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Mismatch(_) => (StatusCode::CONFLICT, "needle_mismatch"),
+            ShipOutOfStep { .. } => (StatusCode::CONFLICT, "ship_out_of_step"),
         }
     }
 }
@@ -473,6 +474,13 @@ async fn export_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
 #[derive(Deserialize)]
 struct ImportRequest {
     from: String,
+    /// Seed an asynchronous remote replica (marked before it opens).
+    #[serde(default)]
+    remote_copy: bool,
+    /// With `remote_copy`: replace a remote replica held here already (a re-seed after its
+    /// source was compacted); an ordinary replica is never replaced.
+    #[serde(default)]
+    replace: bool,
 }
 
 async fn import_volume(
@@ -481,16 +489,85 @@ async fn import_volume(
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let from = body.into_inner().from;
+    let ImportRequest {
+        from,
+        remote_copy,
+        replace,
+    } = body.into_inner();
     if !(from.starts_with("http://") || from.starts_with("https://")) {
         return Err(bad("from must be a store's base URL (http://host:port)"));
     }
+    if replace && !remote_copy {
+        return Err(bad("replace applies to remote copies only"));
+    }
     let store = store.get_ref().clone();
     // Its own task: a dropped request does not leave a half-imported volume behind.
-    let info = tokio::spawn(async move { store.import_volume(vid, &from).await })
+    let info = tokio::spawn(async move {
+        if remote_copy {
+            store.import_remote_copy(vid, &from, replace).await
+        } else {
+            store.import_volume(vid, &from).await
+        }
+    })
+    .await
+    .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??;
+    Ok(HttpResponse::Created().json(info))
+}
+
+/// `GET /v1/volumes/{v}/ship`: where this asynchronous remote replica stands.
+async fn ship_position(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let v = store.volume(vid)?;
+    if !v.is_remote_copy() {
+        return Err(ApiError(StoreError::BadRequest(format!(
+            "volume {vid} is not an asynchronous remote replica here"
+        ))));
+    }
+    Ok(HttpResponse::Ok().json(remote_position(&v).await?))
+}
+
+async fn remote_position(v: &crate::volume::Volume) -> ApiResult<haystack_proto::ShipPosition> {
+    let mut pos = v.ship_position();
+    if let Some(m) = pos.last.as_mut() {
+        if let Some(h) = v.header_at(m.offset).await? {
+            m.cookie = h.cookie;
+        }
+    }
+    Ok(pos)
+}
+
+/// `POST /v1/volumes/{v}/promote`: this remote copy becomes an ordinary replica.
+async fn promote_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let v = store.volume(vid)?;
+    v.clear_remote_copy()?;
+    tracing::warn!(volume = vid, "remote copy promoted to a replica");
+    Ok(HttpResponse::Ok().json(v.info()))
+}
+
+#[derive(Deserialize)]
+struct ShipQuery {
+    offset: u64,
+}
+
+/// `POST /v1/volumes/{v}/ship?offset=N`: shipped bytes appended at N (this replica's end).
+async fn ship_append(
+    req: HttpRequest,
+    q: web::Query<ShipQuery>,
+    payload: web::Payload,
+    store: web::Data<Arc<Store>>,
+) -> ApiResult<HttpResponse> {
+    let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let v = store.volume(vid)?;
+    let cfg = store.config();
+    let max = cfg.max_write_bytes.max(cfg.max_needle_bytes + 4096);
+    let body = read_body(&req, payload, max).await?;
+    let v2 = v.clone();
+    // Its own task: a dropped request does not cut an append between write and index.
+    tokio::spawn(async move { v2.ship_append(q.offset, body.to_vec()).await })
         .await
         .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??;
-    Ok(HttpResponse::Created().json(info))
+    Ok(HttpResponse::Ok().json(remote_position(&v).await?))
 }
 
 #[derive(Deserialize)]
@@ -696,6 +773,8 @@ fn route_label(path: &str) -> &'static str {
             (4, Some("needles")) => "/v1/volumes/{volume}/needles",
             (4, Some("gc")) => "/v1/volumes/{volume}/gc",
             (4, Some("digest")) => "/v1/volumes/{volume}/digest",
+            (4, Some("ship")) => "/v1/volumes/{volume}/ship",
+            (4, Some("promote")) => "/v1/volumes/{volume}/promote",
             (4, Some("repair")) => "/v1/volumes/{volume}/repair",
             (4, Some("rebuild-index")) => "/v1/volumes/{volume}/rebuild-index",
             _ => "other",
@@ -750,6 +829,8 @@ pub fn access(method: &Method, path: &str) -> Access {
             Access::Read
         }
         "/v1/volumes/{volume}/batch" => Access::Write,
+        // Shipping to asynchronous remote replicas is store to store.
+        "/v1/volumes/{volume}/ship" => Access::Internal,
         "/bench/memory/{volume}/{key}/{alt}/{cookie}" => Access::Public,
         // Erasure-coded volumes: the description is a listing; what the directory drives
         // (build, install, activate, cleanup, rebuild, manifest, staged files) and what stores
@@ -792,6 +873,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/v1/volumes/{volume}/import")
                 .route(web::post().to(import_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/promote")
+                .route(web::post().to(promote_volume))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/v1/volumes/{volume}/ship")
+                .route(web::get().to(ship_position))
+                .route(web::post().to(ship_append))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(

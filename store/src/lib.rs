@@ -15,6 +15,7 @@ pub mod index;
 pub mod metrics;
 pub mod scrub;
 pub mod server;
+pub mod ship;
 #[cfg(feature = "test-hooks")]
 pub mod sim;
 pub mod store;

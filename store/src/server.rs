@@ -65,6 +65,13 @@ pub async fn run_with(
     let scrubber = Scrubber::new(store.clone(), scrub);
     workers.spawn("scrub", scrubber, Options::default(), None);
     if let Some(hb) = config.heartbeat {
+        // Shipping follows the directory's orders, which come with heartbeat answers.
+        workers.spawn(
+            "ship",
+            crate::ship::Shipper::new(store.clone()),
+            Options::default(),
+            None,
+        );
         let w = HeartbeatWorker::new(store.clone(), hb);
         let opts = w.options();
         workers.spawn("heartbeat", w, opts, Some(store.change_notify()));

@@ -139,6 +139,8 @@ pub struct Store {
     pub(crate) peers: haystack_client::StoreClient,
     /// One erasure-coding build, install or rebuild at a time per store.
     pub(crate) ec_lock: tokio::sync::Mutex<()>,
+    /// Orders and lags of shipping to asynchronous remote replicas (`crate::ship`).
+    pub shipping: crate::ship::Shipping,
 }
 
 impl Store {
@@ -230,6 +232,7 @@ impl Store {
             )
             .with_credentials(peer_creds),
             ec_lock: tokio::sync::Mutex::new(()),
+            shipping: Default::default(),
         }))
     }
 
@@ -317,9 +320,48 @@ impl Store {
     /// A sealed source gives a sealed copy. An existing replica here is replaced only when it
     /// holds no needle (the directory may have asked for an empty one first).
     pub async fn import_volume(&self, id: u32, from: &str) -> Result<VolumeInfo> {
+        self.import_inner(id, from, false, false).await
+    }
+
+    /// Seeds an asynchronous remote replica of volume `id` from `from`'s export: the same
+    /// copy as [`Store::import_volume`], marked a remote copy (shipping extends it, compaction
+    /// leaves it alone). With `replace`, a remote copy held here already is dropped first
+    /// (its source no longer agrees with it); an ordinary replica never is.
+    pub async fn import_remote_copy(
+        &self,
+        id: u32,
+        from: &str,
+        replace: bool,
+    ) -> Result<VolumeInfo> {
+        self.import_inner(id, from, true, replace).await
+    }
+
+    async fn import_inner(
+        &self,
+        id: u32,
+        from: &str,
+        remote_copy: bool,
+        replace: bool,
+    ) -> Result<VolumeInfo> {
         use futures_util::StreamExt;
         use std::io::Write;
         let _g = self.create_lock.lock().await;
+        if let Ok(v) = self.volume(id) {
+            if replace && v.is_remote_copy() {
+                write(&self.volumes).remove(&id);
+                v.flush_index();
+                let (dat, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
+                for p in [dat, idx, sidx] {
+                    let _ = std::fs::remove_file(p);
+                }
+                tracing::warn!(
+                    volume = id,
+                    "remote copy dropped for a re-seed from its source"
+                );
+            } else if v.is_remote_copy() != remote_copy && v.info().needles > 0 {
+                return Err(StoreError::VolumeExists(id));
+            }
+        }
         if let Err(e @ StoreError::Unavailable { .. }) = self.volume(id) {
             return Err(StoreError::BadRequest(format!(
                 "{e}; its files are kept for inspection: import to another store"
@@ -406,6 +448,11 @@ impl Store {
                     parsed.volume_id
                 )));
             }
+            if remote_copy {
+                crate::volume::mark_remote_copy(&dir, id)?;
+            } else {
+                crate::volume::unmark_remote_copy(&dir, id)?;
+            }
             std::fs::rename(&tmp, &dat)?;
             std::fs::File::open(&dir)?.sync_all()?;
             // Its configured maximum comes from the superblock.
@@ -445,8 +492,9 @@ impl Store {
             .volumes()
             .into_iter()
             .map(|v| (v.info(), v))
-            .filter(|(info, _)| {
+            .filter(|(info, v)| {
                 info.compaction.is_none()
+                    && !v.is_remote_copy()
                     && info.dead_bytes >= self.cfg.auto_compact_min_dead_bytes
                     && info.dead_bytes as f64 >= ratio * info.size_bytes as f64
             })

@@ -31,6 +31,7 @@ use crate::index::{Loc, MemIndex, SortedIndex};
 mod compact;
 mod recover;
 mod repair;
+mod ship;
 mod write;
 
 #[cfg(feature = "test-hooks")]
@@ -41,6 +42,7 @@ pub use compact::{CompactReport, ExportSnapshot, RebuildReport};
 use recover::{recover_writable, Recovered};
 pub use recover::{Damage, DamageKind};
 pub use repair::{bucket_of, Digest, NeedleEntry, RepairOutcome, MAX_DIGEST_BUCKETS};
+pub use ship::{mark_remote_copy, unmark_remote_copy};
 use write::{Append, GroupCommit, Queued};
 
 /// Why a volume stopped taking writes when its file could not grow for want of space on the
@@ -251,6 +253,12 @@ pub struct Volume {
     damage: Mutex<Vec<Damage>>,
     /// When the scrubber last finished a pass (Unix seconds; 0: never).
     scrubbed: AtomicU64,
+    /// Every byte below it is durable (a group commit covered it): what shipping to remote
+    /// replicas may send (`ship`).
+    durable: AtomicU64,
+    /// An asynchronous remote replica (`vol-{id}.remote` exists): byte for byte its source's
+    /// file, extended only by shipping, never compacted on its own.
+    remote_copy: AtomicBool,
 }
 
 use haystack_service::sync::lock;
@@ -307,6 +315,8 @@ impl Volume {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
+        // A new volume is no remote copy, whatever an earlier one of this id was.
+        unmark_remote_copy(dir, id)?;
         Self::open(dir, id, engine, cfg)
     }
 
@@ -425,6 +435,8 @@ impl Volume {
             on_change: std::sync::OnceLock::new(),
             damage: Mutex::new(found_damage),
             scrubbed: AtomicU64::new(0),
+            durable: AtomicU64::new(tail),
+            remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
         };
         tracing::info!(
             volume = id,

@@ -66,7 +66,13 @@ pub struct ClusterOptions {
     /// Signed read URLs with this lifetime, seconds (`Security::signed_reads_ttl_secs`): the
     /// directory signs, the stores (and caches started with [`Cluster::security`]) check.
     pub signed_reads_ttl_secs: Option<u64>,
+    /// Stores in the remote zone `remote` (after the `stores` local ones: indices
+    /// `stores..stores + remote_stores`), holding asynchronous remote replicas only.
+    pub remote_stores: usize,
 }
+
+/// The zone of a test cluster's remote stores (`ClusterOptions::remote_stores`).
+pub const REMOTE_ZONE: &str = "remote";
 
 impl Default for ClusterOptions {
     fn default() -> Self {
@@ -89,6 +95,7 @@ impl Default for ClusterOptions {
             slow_store: None,
             tls: None,
             signed_reads_ttl_secs: None,
+            remote_stores: 0,
         }
     }
 }
@@ -233,6 +240,11 @@ impl Cluster {
             notify_timeout_ms: 2_000,
             rereplicate_after_ms: opts.rereplicate_after_ms,
             anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
+            remote_zones: if opts.remote_stores > 0 {
+                vec![REMOTE_ZONE.to_string()]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
         let mut directory = spawn_node("directory", dir_listener, move |l, rx| async move {
@@ -251,7 +263,7 @@ impl Cluster {
             store_addrs: Vec::new(),
             keys,
         };
-        for i in 0..c.opts.stores {
+        for i in 0..c.opts.stores + c.opts.remote_stores {
             let l = bind_loopback();
             c.store_addrs.push(l.local_addr().expect("addr"));
             let node = c.spawn_store(i, l);
@@ -275,6 +287,7 @@ impl Cluster {
         let directory_url = self.directory.url();
         let scrub = self.opts.scrub.clone();
         let scheme = self.scheme();
+        let zone = (i >= self.opts.stores).then(|| REMOTE_ZONE.to_string());
         let slow_batch_ms = match self.opts.slow_store {
             Some((s, ms)) if s == i => ms,
             _ => 0,
@@ -286,7 +299,7 @@ impl Cluster {
                 heartbeat: Some(haystack_store::heartbeat::HeartbeatConfig {
                     directory_url,
                     public_url,
-                    zone: None,
+                    zone,
                     rack: None,
                     interval: Duration::from_secs(1),
                 }),

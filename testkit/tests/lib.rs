@@ -1,8 +1,9 @@
 //! The harness itself: a cluster starts, takes a photo on every replica, loses a store and
 //! gets it back with its data; the self-healing of a cluster (`selfheal`); the multi-host
-//! harness of network namespaces (`netns`).
+//! harness of network namespaces (`netns`); asynchronous remote replicas (`remote`).
 
 mod netns;
+mod remote;
 mod selfheal;
 
 use haystack_proto::directory::{AssignRequest, AssignResponse};

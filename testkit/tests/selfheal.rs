@@ -16,7 +16,7 @@ use haystack_proto::directory::{
 use haystack_proto::NeedleAddr;
 use haystack_testkit::{Cluster, ClusterOptions};
 
-fn clients(c: &Cluster) -> (DirectoryClient, StoreClient) {
+pub(crate) fn clients(c: &Cluster) -> (DirectoryClient, StoreClient) {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -31,7 +31,7 @@ fn clients(c: &Cluster) -> (DirectoryClient, StoreClient) {
 }
 
 /// 8 KiB that appear nowhere else in a volume (the id is in every line).
-fn payload(id: u64) -> Bytes {
+pub(crate) fn payload(id: u64) -> Bytes {
     let mut v = Vec::with_capacity(8192);
     while v.len() < 8192 {
         v.extend_from_slice(format!("photo {id:020} byte {:06} |", v.len()).as_bytes());
@@ -65,7 +65,7 @@ fn needle(data: &Bytes) -> Needle {
 }
 
 /// Assigns, writes the photo to every replica and commits it.
-async fn put_photo(dc: &DirectoryClient, sc: &StoreClient) -> (AssignResponse, Bytes) {
+pub(crate) async fn put_photo(dc: &DirectoryClient, sc: &StoreClient) -> (AssignResponse, Bytes) {
     let a = dc.assign(&AssignRequest::default()).await.unwrap();
     let data = payload(a.id);
     sc.write_batch_all(
@@ -104,7 +104,7 @@ fn flip_byte(dir: &Path, volume: u32, data: &[u8]) {
 }
 
 /// Waits (up to `secs`) until `check` holds.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -119,11 +119,11 @@ where
     }
 }
 
-async fn serves(sc: &StoreClient, url: &str, addr: &NeedleAddr, data: &Bytes) -> bool {
+pub(crate) async fn serves(sc: &StoreClient, url: &str, addr: &NeedleAddr, data: &Bytes) -> bool {
     matches!(sc.get_needle(url, addr).await, Ok(n) if n.data == *data)
 }
 
-async fn not_found(sc: &StoreClient, url: &str, addr: &NeedleAddr) -> bool {
+pub(crate) async fn not_found(sc: &StoreClient, url: &str, addr: &NeedleAddr) -> bool {
     matches!(sc.get_needle(url, addr).await, Err(e) if e.is_not_found())
 }
 

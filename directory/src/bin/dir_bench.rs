@@ -137,6 +137,7 @@ async fn prepare(dir: &Directory, volumes: usize) -> Result<(), Box<dyn std::err
                         scrubbed_unix: None,
                     })
                     .collect(),
+                shipping: Vec::new(),
             },
         )
         .await?;

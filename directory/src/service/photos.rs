@@ -537,10 +537,20 @@ impl Directory {
 
     pub(super) async fn notify_delete(&self, p: &Photo) -> DeleteResponse {
         let view = self.view();
+        // The asynchronous remote replicas too: a delete must not wait for anything there.
+        // One that has not received the needle yet answers 404 (done); the needle then
+        // arrives with its delete flag if the source deleted it first, and anti-entropy
+        // applies the rest.
         let replicas: Vec<Replica> = view
             .volumes
             .get(&p.volume_id)
-            .map(|v| v.replicas.clone())
+            .map(|v| {
+                let remote = v.info.remote_replicas.iter().map(|r| Replica {
+                    store_id: r.store_id,
+                    url: r.url.clone(),
+                });
+                v.replicas.iter().cloned().chain(remote).collect()
+            })
             .unwrap_or_default();
         let caches = self.config.purge_targets();
         let alts: Vec<u32> = p.alts().collect();

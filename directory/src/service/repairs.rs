@@ -341,10 +341,12 @@ impl Directory {
                 // The store was removed: nothing left to repair on it.
                 return Tried::Done;
             };
-            let replica = view
-                .volumes
-                .get(&rec.volume_id)
-                .is_some_and(|v| v.replicas.iter().any(|r| r.store_id == t.store_id));
+            let replica = view.volumes.get(&rec.volume_id).is_some_and(|v| {
+                v.replicas.iter().any(|r| r.store_id == t.store_id)
+                    // A remote replica takes queued deletes, never copies (shipping fills it).
+                    || (t.action == RepairAction::Delete
+                        && v.info.remote_replicas.iter().any(|r| r.store_id == t.store_id))
+            });
             if !replica {
                 // The replica moved (bulk repair, re-replication): the copy came from a
                 // good replica.

@@ -31,12 +31,15 @@ impl Directory {
                         volumes: Vec::new(),
                         registered_ms: now,
                         lifecycle: StoreLifecycle::Active,
+                        remote: false,
+                        shipping: Vec::new(),
                     },
                 ),
             };
             machine.url = req.public_url.trim_end_matches('/').to_string();
             machine.zone = req.zone.clone();
             machine.rack = req.rack.clone();
+            machine.remote = self.config.is_remote_zone(req.zone.as_deref());
             machine.capacity_bytes = req.capacity_bytes;
             machine.free_bytes = req.free_bytes;
             machine.last_heartbeat_ms = now;
@@ -85,6 +88,8 @@ impl Directory {
             machine.free_bytes = hb.free_bytes;
             machine.healthy = hb.healthy;
             machine.volumes = hb.volumes.clone();
+            machine.shipping = hb.shipping.clone();
+            machine.remote = self.config.is_remote_zone(machine.zone.as_deref());
             machine.last_heartbeat_ms = self.clock.now_ms();
             machine.state = StoreState::Up;
             if let Cas::Applied { version } = self
@@ -174,7 +179,10 @@ impl Directory {
                 .map(|v| v.value.id)
                 .collect()
         });
-        HeartbeatReply { create_volumes }
+        HeartbeatReply {
+            create_volumes,
+            ship: self.ship_orders(store_id),
+        }
     }
 
     /// Marks down every store silent for longer than `store_timeout_ms`.

@@ -147,6 +147,7 @@ pub(super) fn build_view(state: &State, config: &DirectoryConfig, old: &View) ->
                     capacity_bytes: capacity,
                     used_bytes: used,
                     replicas: statuses,
+                    remote_replicas: remote_statuses(state, vol),
                     reason,
                     ec: vol.ec.clone(),
                 },
@@ -167,6 +168,36 @@ pub(super) fn build_view(state: &State, config: &DirectoryConfig, old: &View) ->
             .collect(),
         writable,
     }
+}
+
+/// The remote replicas of `vol` and their lag as the store shipping to them reported it
+/// (the most recent report among the volume's replicas).
+fn remote_statuses(state: &State, vol: &LogicalVolume) -> Vec<RemoteReplicaStatus> {
+    vol.remote
+        .iter()
+        .map(|rid| {
+            let store = state.stores.get(rid).map(|s| &s.value);
+            let report = vol
+                .replicas
+                .iter()
+                .filter_map(|sid| state.stores.get(sid).map(|s| &s.value))
+                .filter(|s| store_up(s))
+                .flat_map(|s| {
+                    s.shipping
+                        .iter()
+                        .filter(|x| x.volume == vol.id && x.store_id == *rid)
+                })
+                .min_by_key(|x| x.lag_bytes);
+            RemoteReplicaStatus {
+                store_id: *rid,
+                url: store.map(|s| s.url.clone()).unwrap_or_default(),
+                up: store.is_some_and(store_up),
+                lag_bytes: report.map(|r| r.lag_bytes),
+                lag_secs: report.map(|r| r.lag_secs),
+                error: report.and_then(|r| r.error.clone()),
+            }
+        })
+        .collect()
 }
 
 pub(super) fn store_info(s: &StoreMachine, replicas: u32) -> StoreInfo {
@@ -205,7 +236,7 @@ pub(super) fn placement_candidate(view: &View, s: &StoreMachine) -> Candidate {
 /// Whether new replicas may be placed on the store: up, healthy and active (not draining or
 /// retired).
 pub(super) fn takes_replicas(s: &StoreMachine) -> bool {
-    store_up(s) && s.lifecycle == StoreLifecycle::Active
+    store_up(s) && s.lifecycle == StoreLifecycle::Active && !s.remote
 }
 
 pub(super) fn check_url(url: &str) -> Result<(), DirectoryError> {

@@ -67,6 +67,7 @@ impl Directory {
                 created_ms: self.clock.now_ms(),
                 reason: None,
                 reported_by: Vec::new(),
+                remote: Vec::new(),
                 ec: None,
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
@@ -352,6 +353,9 @@ impl Directory {
                 }
                 e => return Err(e),
             }
+        }
+        if let Err(e) = self.ensure_remote_replicas().await {
+            tracing::warn!(error = %e, "placing asynchronous remote replicas failed; next round");
         }
         self.renew_lease().await?;
         for v in self.view().volumes.values() {

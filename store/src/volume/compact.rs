@@ -509,7 +509,7 @@ impl Volume {
     }
 
     /// The directory holding the volume's files.
-    fn dir(&self) -> PathBuf {
+    pub(super) fn dir(&self) -> PathBuf {
         self.dat_path
             .parent()
             .map(Path::to_path_buf)

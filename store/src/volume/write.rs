@@ -136,6 +136,8 @@ impl Volume {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
+        // Every byte below this batch's end was laid down before the sync that covered it.
+        self.durable.fetch_max(base + len, Ordering::AcqRel);
         let mut locs = Vec::with_capacity(needles.len());
         {
             let mut idx = self.write_index();
@@ -187,7 +189,7 @@ impl Volume {
     /// whoever gets the append lock writes every buffer queued so far, in queue order, with
     /// as few positioned writes as `max_write_bytes` allows, so a burst of uploads costs one
     /// write (and, in the group commit after it, one fdatasync).
-    async fn append(&self, buf: Vec<u8>) -> Result<u64> {
+    pub(super) async fn append(&self, buf: Vec<u8>) -> Result<u64> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.queue).push(Queued { buf, tx });
         {
@@ -203,7 +205,7 @@ impl Volume {
 
     /// Lays down queued writes back to back at the tail. Caller holds the append lock. Every
     /// queued write gets its answer: an offset, or why it was refused.
-    async fn write_queued(&self, ap: &mut Append, batch: Vec<Queued>) {
+    pub(super) async fn write_queued(&self, ap: &mut Append, batch: Vec<Queued>) {
         if self.check_writable().is_err() {
             for q in batch {
                 let _ = q.tx.send(self.check_writable().map(|_| 0));
