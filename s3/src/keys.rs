@@ -75,6 +75,14 @@ impl MasterKey {
         }
         let mut key = [0u8; 32];
         rand::rng().fill_bytes(&mut key);
+        // Written whole under a private name, then linked into place: a link never replaces
+        // an existing file and appears at once, so no reader sees a half-written key and two
+        // first starts cannot both win.
+        let tmp = path.with_extension(format!(
+            "tmp.{}.{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -82,10 +90,17 @@ impl MasterKey {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        match opts.open(path) {
-            Ok(mut f) => {
-                f.write_all(&key)?;
-                f.sync_all()?;
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(&key)?;
+            f.sync_all()
+        });
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
                 tracing::info!(path = %path.display(), "created the s3 master key");
                 Ok(Self(*Key::from_slice(&key)))
             }
@@ -156,5 +171,28 @@ mod tests {
         assert!(other.open(&sealed).is_err());
         let (id, secret) = generate();
         assert_eq!((id.len(), secret.len()), (20, 40));
+    }
+
+    /// The S3 role and `haystack s3 key create` may start at once on a fresh data dir: each
+    /// must get the one key, never a half-written file. Regression: a reader saw the file
+    /// between its creation and its 32 bytes ("holds 0 bytes, not 32", seen in the S3 tests).
+    #[test]
+    fn concurrent_first_starts_agree_on_one_key() {
+        for round in 0..50 {
+            let d = tempfile::tempdir().expect("tempdir");
+            let p = d.path().join(format!("master-{round}.key"));
+            let sealed: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| MasterKey::load_or_create(&p).map(|k| k.seal("x"))))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("thread").expect("every start gets the key"))
+                    .collect()
+            });
+            let k = MasterKey::load_or_create(&p).expect("load");
+            for s in &sealed {
+                assert_eq!(k.open(s).expect("sealed under the one key"), "x");
+            }
+        }
     }
 }
