@@ -783,3 +783,101 @@ async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
     assert_eq!(r["bad_pieces"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
 }
+
+/// The automatic encode policy (`encode_after_secs`): with the age at one second, a sealed
+/// volume turns erasure-coded on its own (no encode request is made), its replicas are
+/// dropped, and every needle is still served byte for byte through the cache and by every
+/// shard store. Writable volumes are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_volume_is_encoded_by_the_policy_on_its_own() {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            encode_after_secs: 1,
+            encode_scheme: "2+1".into(),
+            encode_block_bytes: 65536,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..8u64 {
+        let data = bytes(2_000 + i as usize * 6_000, 900 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    let dir = env.cluster.directory_url();
+    let get_volume = async |v: u32| -> LogicalVolumeInfo {
+        env.http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let replicas = seal(&env, v).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let encoded = loop {
+        let i = get_volume(v).await;
+        if i.ec.as_ref().is_some_and(|e| e.retired.is_empty()) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sealed volume was not encoded by the policy: {i:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ec = encoded.ec.clone().unwrap();
+    assert_eq!((ec.k, ec.m, ec.block_bytes), (2, 1, 65536));
+    assert_eq!(encoded.replicas.len(), 3);
+    read_photos(&env, &photos).await;
+    for r in &encoded.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(
+                body == variants[0].1,
+                "wrong bytes from shard store {}",
+                r.url
+            );
+        }
+    }
+    // The replicas' files are gone from their stores.
+    let urls = env.cluster.store_urls();
+    for r in &replicas.replicas {
+        let i = urls.iter().position(|u| *u == r.url).unwrap();
+        assert!(
+            !env.cluster
+                .store_dir(i)
+                .join(format!("vol-{v}.dat"))
+                .exists(),
+            "replica of {v} on store {i} still there"
+        );
+    }
+    // Volumes that were never sealed are not encoded.
+    let all: Vec<LogicalVolumeInfo> = env
+        .http
+        .get(format!("{dir}/v1/volumes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for i in all.iter().filter(|i| i.id != v) {
+        assert!(
+            i.ec.is_none(),
+            "volume {} encoded without being sealed",
+            i.id
+        );
+    }
+}

@@ -36,6 +36,7 @@ use crate::placement::{self, Candidate};
 
 mod drain;
 mod erasure;
+pub(crate) use erasure::check_scheme;
 mod kv;
 mod photos;
 mod repairs;

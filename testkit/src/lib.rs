@@ -27,8 +27,8 @@ use haystack_client::Credentials;
 use haystack_proto::auth::{ClusterKeys, Role};
 use haystack_proto::directory::LogicalVolumeInfo;
 use haystack_service::auth::{unix_now, Security};
-pub use haystack_store::EngineKind;
 use haystack_store::StoreConfig;
+pub use haystack_store::{EngineKind, ScrubConfig};
 use tokio::sync::watch;
 
 /// What to start. `Default` is two stores, replication 2, 64 MiB volumes.
@@ -66,6 +66,11 @@ pub struct ClusterOptions {
     /// Signed read URLs with this lifetime, seconds (`Security::signed_reads_ttl_secs`): the
     /// directory signs, the stores (and caches started with [`Cluster::security`]) check.
     pub signed_reads_ttl_secs: Option<u64>,
+    /// The directory's automatic encode policy: age in seconds (0: off, the default), scheme
+    /// `k+m` and block size (`encode_after_secs`, `encode_scheme`, `encode_block_bytes`).
+    pub encode_after_secs: u64,
+    pub encode_scheme: String,
+    pub encode_block_bytes: u64,
 }
 
 impl Default for ClusterOptions {
@@ -89,6 +94,9 @@ impl Default for ClusterOptions {
             slow_store: None,
             tls: None,
             signed_reads_ttl_secs: None,
+            encode_after_secs: 0,
+            encode_scheme: "2+1".to_string(),
+            encode_block_bytes: 64 << 10,
         }
     }
 }
@@ -233,6 +241,9 @@ impl Cluster {
             notify_timeout_ms: 2_000,
             rereplicate_after_ms: opts.rereplicate_after_ms,
             anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
+            encode_after_secs: opts.encode_after_secs,
+            encode_scheme: opts.encode_scheme.clone(),
+            encode_block_bytes: opts.encode_block_bytes,
             ..Default::default()
         };
         let mut directory = spawn_node("directory", dir_listener, move |l, rx| async move {

@@ -68,6 +68,7 @@ impl Directory {
                 reason: None,
                 reported_by: Vec::new(),
                 ec: None,
+                sealed_ms: None,
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
@@ -106,6 +107,9 @@ impl Directory {
                 )));
             }
             let mut vol = cur.value;
+            if state == VolumeState::Sealed && vol.sealed_ms.is_none() {
+                vol.sealed_ms = Some(self.clock.now_ms());
+            }
             vol.state = state;
             vol.reason = if state == VolumeState::Writable {
                 None
