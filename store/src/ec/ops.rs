@@ -164,6 +164,14 @@ impl Store {
         haystack_service::sync::read(&self.ec).get(&id).cloned()
     }
 
+    /// Every shard of an erasure-coded volume this store holds.
+    pub fn ec_volumes(&self) -> Vec<Arc<EcVolume>> {
+        haystack_service::sync::read(&self.ec)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn ec_volume_or_404(&self, id: u32) -> Result<Arc<EcVolume>> {
         self.ec_volume(id).ok_or(StoreError::NoVolume(id))
     }
