@@ -366,6 +366,9 @@ mod tests {
             ..Default::default()
         };
         let r = c.encode_request().expect("4+2");
-        assert_eq!((r.k, r.m, r.block_bytes, r.reencode), (4, 2, 1 << 30, false));
+        assert_eq!(
+            (r.k, r.m, r.block_bytes, r.reencode),
+            (4, 2, 1 << 30, false)
+        );
     }
 }
