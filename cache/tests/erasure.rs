@@ -783,3 +783,225 @@ async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
     assert_eq!(r["bad_pieces"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
 }
+
+/// The automatic encode policy (`encode_after_secs`): with the age at one second, a sealed
+/// volume turns erasure-coded on its own (no encode request is made), its replicas are
+/// dropped, and every needle is still served byte for byte through the cache and by every
+/// shard store. Writable volumes are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_volume_is_encoded_by_the_policy_on_its_own() {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            encode_after_secs: 1,
+            encode_scheme: "2+1".into(),
+            encode_block_bytes: 65536,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..8u64 {
+        let data = bytes(2_000 + i as usize * 6_000, 900 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    let dir = env.cluster.directory_url();
+    let get_volume = async |v: u32| -> LogicalVolumeInfo {
+        env.http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let replicas = seal(&env, v).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let encoded = loop {
+        let i = get_volume(v).await;
+        if i.ec.as_ref().is_some_and(|e| e.retired.is_empty()) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sealed volume was not encoded by the policy: {i:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ec = encoded.ec.clone().unwrap();
+    assert_eq!((ec.k, ec.m, ec.block_bytes), (2, 1, 65536));
+    assert_eq!(encoded.replicas.len(), 3);
+    read_photos(&env, &photos).await;
+    for r in &encoded.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(
+                body == variants[0].1,
+                "wrong bytes from shard store {}",
+                r.url
+            );
+        }
+    }
+    // The replicas' files are gone from their stores.
+    let urls = env.cluster.store_urls();
+    for r in &replicas.replicas {
+        let i = urls.iter().position(|u| *u == r.url).unwrap();
+        assert!(
+            !env.cluster
+                .store_dir(i)
+                .join(format!("vol-{v}.dat"))
+                .exists(),
+            "replica of {v} on store {i} still there"
+        );
+    }
+    // Volumes that were never sealed are not encoded.
+    let all: Vec<LogicalVolumeInfo> = env
+        .http
+        .get(format!("{dir}/v1/volumes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for i in all.iter().filter(|i| i.id != v) {
+        assert!(
+            i.ec.is_none(),
+            "volume {} encoded without being sealed",
+            i.id
+        );
+    }
+}
+
+/// Background scrubbing of shards: a byte flipped in a data shard's file on disk, with no
+/// read at all, is found by the shard store's scrubber (piece CRCs), the shard is rebuilt in
+/// place from the other shards, verify then passes on every shard (parity included) and every
+/// needle is served byte for byte without a degraded read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shard_is_found_by_the_scrubber_and_rebuilt() {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 3,
+            replication: 2,
+            min_writable_volumes: 1,
+            scrub: haystack_testkit::ScrubConfig {
+                bytes_per_sec: Some(64 << 20),
+                min_interval: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..8u64 {
+        let data = bytes(4_000 + i as usize * 5_000, 1_300 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(&env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let info: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let urls = env.cluster.store_urls();
+    let s0 = urls
+        .iter()
+        .position(|u| *u == info.replicas[0].url)
+        .unwrap();
+    let rebuilt_before = metric(
+        &env.http,
+        &info.replicas[0].url,
+        "haystack_store_scrub_shards_rebuilt_total",
+    )
+    .await;
+    // Flip a byte inside the first needle's data in data shard 0 (header 64 bytes, needle
+    // header 40, content type 10).
+    {
+        use std::os::unix::fs::FileExt;
+        let path = env.cluster.store_dir(s0).join(format!("ec-{v}-0.s0"));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 64 + 40 + 10 + 100).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5a], 64 + 40 + 10 + 100).unwrap();
+    }
+    // No reads: the scrubber finds it and rebuilds the shard.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = metric(
+            &env.http,
+            &info.replicas[0].url,
+            "haystack_store_scrub_shards_rebuilt_total",
+        )
+        .await;
+        if n > rebuilt_before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scrubber did not rebuild the corrupt shard"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut degraded_before = 0.0;
+    for r in &info.replicas {
+        degraded_before +=
+            metric(&env.http, &r.url, "haystack_store_ec_degraded_reads_total").await;
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{}/v1/ec/{v}/verify?parity=true", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for f in ["bad_pieces", "corrupt", "parity_mismatches"] {
+            assert_eq!(rep[f].as_array().unwrap().len(), 0, "{}: {rep}", r.url);
+        }
+    }
+    for r in &info.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(body == variants[0].1, "wrong bytes from {}", r.url);
+        }
+    }
+    let mut degraded_after = 0.0;
+    for r in &info.replicas {
+        degraded_after += metric(&env.http, &r.url, "haystack_store_ec_degraded_reads_total").await;
+    }
+    assert_eq!(
+        degraded_after, degraded_before,
+        "the rebuilt shard serves healthy reads"
+    );
+}

@@ -64,6 +64,17 @@ pub struct DirectoryConfig {
     /// Asynchronous remote replicas per replicated logical volume, placed on stores in
     /// `remote_zones` (distinct zones where there are several). Default 1.
     pub async_replicas: usize,
+    /// Automatic erasure coding (issue 14, f4's warm storage): a sealed volume sealed this many
+    /// seconds ago (or created, when sealed before the time was recorded) is encoded with
+    /// `encode_scheme` by a background worker. 0 turns it off (the default): encoding is then
+    /// only `haystack volume encode`.
+    pub encode_after_secs: u64,
+    /// The scheme of automatic encodes, `k+m` (k data and m parity shards on k + m distinct
+    /// stores). Default `10+4`.
+    pub encode_scheme: String,
+    /// Block size of automatic encodes (a multiple of 4096 from 64 KiB to 4 GiB). Default
+    /// 1 GiB, f4's.
+    pub encode_block_bytes: u64,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -98,6 +109,9 @@ impl Default for DirectoryConfig {
             anti_entropy_interval_ms: 600_000,
             remote_zones: Vec::new(),
             async_replicas: 1,
+            encode_after_secs: 0,
+            encode_scheme: "10+4".to_string(),
+            encode_block_bytes: 1 << 30,
             metadata_timeout_ms: 5_000,
             http_workers: 2,
             scylla: ScyllaConfig::default(),
@@ -248,6 +262,7 @@ impl DirectoryConfig {
         if self.http_workers == 0 {
             return bad("http_workers must be > 0".into());
         }
+        self.encode_request()?;
         for u in self
             .cache_url
             .iter()
@@ -259,6 +274,31 @@ impl DirectoryConfig {
             }
         }
         Ok(url)
+    }
+
+    /// The request of an automatic encode: `encode_scheme` and `encode_block_bytes`, checked.
+    pub fn encode_request(
+        &self,
+    ) -> Result<haystack_proto::directory::EncodeRequest, DirectoryError> {
+        let bad = |why: String| DirectoryError::Config(why);
+        let (k, m) = self
+            .encode_scheme
+            .split_once('+')
+            .and_then(|(k, m)| Some((k.trim().parse::<u8>().ok()?, m.trim().parse::<u8>().ok()?)))
+            .ok_or_else(|| {
+                bad(format!(
+                    "encode_scheme {:?} is not k+m (e.g. 10+4)",
+                    self.encode_scheme
+                ))
+            })?;
+        let req = haystack_proto::directory::EncodeRequest {
+            k,
+            m,
+            block_bytes: self.encode_block_bytes,
+            reencode: false,
+        };
+        crate::service::check_scheme(&req).map_err(|e| bad(format!("encode_scheme: {e}")))?;
+        Ok(req)
     }
 
     /// The caches told to purge on delete.
@@ -325,5 +365,26 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+        for bad in ["10", "10+0", "0+4", "60+5", "a+b"] {
+            let c = DirectoryConfig {
+                encode_scheme: bad.into(),
+                ..Default::default()
+            };
+            assert!(c.validate().is_err(), "encode_scheme {bad:?} accepted");
+        }
+        let c = DirectoryConfig {
+            encode_block_bytes: 1000,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err(), "a block size not a multiple of 4096");
+        let c = DirectoryConfig {
+            encode_scheme: " 4 + 2 ".into(),
+            ..Default::default()
+        };
+        let r = c.encode_request().expect("4+2");
+        assert_eq!(
+            (r.k, r.m, r.block_bytes, r.reencode),
+            (4, 2, 1 << 30, false)
+        );
     }
 }

@@ -87,6 +87,10 @@ pub struct LogicalVolume {
     /// Erasure-coded (issue 14): `replicas` are then the stores of its shards, in shard order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec: Option<haystack_proto::directory::EcScheme>,
+    /// When the volume was sealed (ms since the epoch); absent on volumes sealed before this
+    /// was recorded. The automatic encode policy counts a sealed volume's age from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_ms: Option<u64>,
 }
 
 /// A store machine.

@@ -1,4 +1,5 @@
-//! The entry point: open the metadata backend, start the maintenance loop and the HTTP server
+//! The entry point: open the metadata backend, start the maintenance loop, the other background
+//! workers (re-replication, repair, anti-entropy, automatic encoding) and the HTTP server
 //! on a given listener, and stop gracefully when the shutdown future completes.
 
 use std::future::Future;
@@ -155,6 +156,25 @@ pub async fn run_with(
         );
     }
 
+    // Automatic erasure coding of sealed volumes (off unless `encode_after_secs` is set).
+    if dir.config().encode_after_secs > 0 {
+        let every = tick.max(Duration::from_secs(1));
+        workers.spawn(
+            "auto_encode",
+            Periodic {
+                dir: dir.clone(),
+                every,
+                round: Round::Encode(Default::default()),
+            },
+            Options {
+                backoff_min: every,
+                backoff_max: every * 30,
+                ..Options::default()
+            },
+            None,
+        );
+    }
+
     let server_task = tokio::spawn(server);
     shutdown.await;
     tracing::info!("directory shutting down");
@@ -181,6 +201,9 @@ enum Round {
     Repair,
     /// Replica comparison by digests (`Directory::anti_entropy_once`).
     AntiEntropy,
+    /// The automatic encode policy (`Directory::encode_due_once`), with its per-volume
+    /// back-off; busy while volumes are due.
+    Encode(std::collections::HashMap<u32, u64>),
 }
 
 /// A directory round as a background worker: one round per step, then idle for the
@@ -202,6 +225,18 @@ impl Worker for Periodic {
             },
             Round::Repair => self.dir.repair_once().await.map(|_| ()),
             Round::AntiEntropy => self.dir.anti_entropy_once().await.map(|_| ()),
+            Round::Encode(ref mut not_before) => {
+                if self
+                    .dir
+                    .encode_due_once(not_before)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    return Ok(Next::Busy);
+                }
+                Ok(())
+            }
         };
         r.map_err(|e| e.to_string())?;
         Ok(Next::Idle(self.every))

@@ -38,6 +38,7 @@ use crate::placement::{self, Candidate};
 
 mod drain;
 mod erasure;
+pub(crate) use erasure::check_scheme;
 mod kv;
 mod photos;
 mod remote;

@@ -37,6 +37,9 @@ pub struct RunConfig {
     pub timeout: Duration,
     /// Read every acknowledged upload back at the end.
     pub verify: bool,
+    /// A shell command run after the preload, before the measured phase (`sh -c`); the run
+    /// stops there, without a measured phase, if it fails.
+    pub after_preload: Option<String>,
     /// A title for the benchmark page.
     pub title: String,
     /// The command line, recorded in the report.
@@ -62,6 +65,7 @@ impl RunConfig {
             setup_limit: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
             verify: false,
+            after_preload: None,
             title: String::new(),
             command: String::new(),
         }
@@ -200,6 +204,23 @@ pub async fn run_with(cfg: &RunConfig, runner: &Runner) -> RunReport {
             .upload_videos(cfg.videos, setup_width.min(4), cfg.setup_limit)
             .await;
         report.phases.push(p);
+    }
+    if let Some(cmd) = &cfg.after_preload {
+        let c = cmd.clone();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh").arg("-c").arg(&c).status()
+        })
+        .await;
+        match status {
+            Ok(Ok(s)) if s.success() => {
+                tracing::info!(command = %cmd, "after-preload command done");
+            }
+            other => {
+                tracing::error!(command = %cmd, outcome = ?other, "after-preload command failed; no measured phase");
+                report.load_after = load_average();
+                return report;
+            }
+        }
     }
     report
         .phases

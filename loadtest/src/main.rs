@@ -230,6 +230,11 @@ struct RunArgs {
     /// Read every acknowledged upload back at the end and compare it byte for byte.
     #[arg(long)]
     verify: bool,
+    /// A shell command (`sh -c`) run after the preload, before the measured phase: e.g. seal
+    /// and erasure-code the volumes the preload filled, or stop a store. The run stops there
+    /// if it exits non-zero.
+    #[arg(long)]
+    after_preload: Option<String>,
 }
 
 #[derive(Args)]
@@ -369,6 +374,7 @@ async fn main_run(a: RunArgs) -> Result<ExitCode> {
     cfg.setup_limit = secs(a.setup_limit, "--setup-limit")?;
     cfg.timeout = secs(a.shape.timeout, "--timeout")?;
     cfg.verify = a.verify;
+    cfg.after_preload = a.after_preload.clone();
     cfg.title = a.out.title.clone();
     cfg.command = command_line();
     let (report, _runner) = haystack_loadtest::run(&cfg).await?;

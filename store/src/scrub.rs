@@ -1,6 +1,13 @@
 //! The scrubber: a background worker that reads and checks every live needle of every volume
 //! at a throttled rate, the volume scrubbed longest ago first, and reports each corrupt needle
 //! to the directory, which has it rewritten from a good replica (no reader needs to meet it).
+//! The shards of erasure-coded volumes this store holds take their turn at the same rate:
+//! every piece of the shard (data or parity) is read and checked against the shard's CRC
+//! table; a shard with a bad piece (or a bad table) is rebuilt in place from k other shards
+//! (`Store::ec_rebuild`, the path a lost shard takes; the manifest names every shard's store,
+//! so no directory round trip is needed and the directory's record does not change). Parity
+//! recomputed from the data shards is left to `POST /v1/ec/{v}/verify?parity=true`: it costs
+//! k remote reads per piece.
 //!
 //! Throttling: each step checks about a tenth of a second's worth of the configured rate,
 //! then sleeps for the rest of that tenth. A needle read slower than `slow_read_ms` means the
@@ -20,6 +27,8 @@ use haystack_proto::directory::{DamageKind, DamageReport};
 use haystack_service::Next;
 use serde::{Deserialize, Serialize};
 
+use crate::ec::ops::RebuildRequest;
+use crate::ec::EcVolume;
 use crate::store::Store;
 use crate::volume::{IndexEntry, Volume};
 
@@ -60,12 +69,30 @@ pub fn weekly_rate(capacity_bytes: u64) -> u64 {
 struct State {
     /// Volume id -> Unix seconds of its last finished pass.
     volumes: BTreeMap<u32, u64>,
+    /// Erasure-coded volume id -> Unix seconds of the last finished pass over this store's
+    /// shard of it.
+    #[serde(default)]
+    shards: BTreeMap<u32, u64>,
 }
 
 const STATE_FILE: &str = "scrub.json";
 
+/// A pass in progress: over a replica's live needles, or over this store's shard of an
+/// erasure-coded volume.
+enum Pass {
+    Replica(ReplicaPass),
+    Shard(ShardPass),
+}
+
+/// A pass over a shard, piece by piece against its CRC table (`None`: the table is bad).
+struct ShardPass {
+    ec: Arc<EcVolume>,
+    crcs: Option<Vec<u32>>,
+    next: u64,
+}
+
 /// A pass over one volume in progress.
-struct Pass {
+struct ReplicaPass {
     volume: Arc<Volume>,
     entries: Vec<IndexEntry>,
     file: Arc<File>,
@@ -85,6 +112,8 @@ pub struct Scrubber {
     /// Corrupt needles already reported, with when (reported again after an hour if still
     /// corrupt on the next pass).
     reported: HashMap<(u32, u64, u32), Instant>,
+    /// Erasure-coded volume id -> Unix seconds of the last finished pass over its shard here.
+    shards_scrubbed: HashMap<u32, u64>,
 }
 
 fn now_unix() -> u64 {
@@ -135,6 +164,7 @@ impl Scrubber {
             directory,
             state_path,
             reported: HashMap::new(),
+            shards_scrubbed: state.shards.into_iter().collect(),
         }
     }
 
@@ -148,6 +178,12 @@ impl Scrubber {
                 .filter(|v| v.scrubbed_unix() > 0)
                 .map(|v| (v.id(), v.scrubbed_unix()))
                 .collect(),
+            shards: self
+                .store
+                .ec_volumes()
+                .iter()
+                .filter_map(|e| Some((e.id(), *self.shards_scrubbed.get(&e.id())?)))
+                .collect(),
         };
         let tmp = self.state_path.with_extension("json.tmp");
         let r = serde_json::to_vec(&state)
@@ -159,33 +195,190 @@ impl Scrubber {
         }
     }
 
-    /// Starts a pass over the volume scrubbed longest ago (never scrubbed first).
-    fn start_pass(&mut self) -> bool {
-        let Some(v) = self
+    /// Starts a pass over the volume or shard scrubbed longest ago (never scrubbed first).
+    async fn start_pass(&mut self) -> bool {
+        let replica = self
             .store
             .volumes()
             .into_iter()
-            .min_by_key(|v| (v.scrubbed_unix(), v.id()))
-        else {
+            .map(|v| (v.scrubbed_unix(), 0u8, v.id()))
+            .min();
+        let shard = self
+            .store
+            .ec_volumes()
+            .into_iter()
+            .map(|e| {
+                let at = self.shards_scrubbed.get(&e.id()).copied().unwrap_or(0);
+                (at, 1u8, e.id())
+            })
+            .min();
+        let Some((at, kind, id)) = replica.into_iter().chain(shard).min() else {
             return false;
         };
-        if v.scrubbed_unix() + self.cfg.min_interval.as_secs() > now_unix() {
+        if at + self.cfg.min_interval.as_secs() > now_unix() {
             return false;
         }
+        if kind == 1 {
+            let Some(ec) = self.store.ec_volume(id) else {
+                return false;
+            };
+            let crcs = match ec.crc_table().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(volume = id, error = %e, "scrub: reading a shard's CRC table failed");
+                    None
+                }
+            };
+            tracing::debug!(
+                volume = id,
+                shard = ec.shard(),
+                pieces = ec.pieces(),
+                "scrub pass over a shard starts"
+            );
+            self.pass = Some(Pass::Shard(ShardPass { ec, crcs, next: 0 }));
+            return true;
+        }
+        let Ok(v) = self.store.volume(id) else {
+            return false;
+        };
         let (entries, file) = v.live_entries();
         tracing::debug!(
             volume = v.id(),
             needles = entries.len(),
             "scrub pass starts"
         );
-        self.pass = Some(Pass {
+        self.pass = Some(Pass::Replica(ReplicaPass {
             volume: v,
             entries,
             file,
             next: 0,
             corrupt: 0,
-        });
+        }));
         true
+    }
+
+    /// One step of a pass over a shard: pieces checked up to the step's budget; a bad one (or
+    /// a bad table) ends the pass with a rebuild of the shard.
+    async fn step_shard(&mut self) -> Result<Next, String> {
+        let budget = (self.rate / 10).max(1);
+        let started = Instant::now();
+        let mut spent = 0u64;
+        let mut slow = false;
+        let Some(Pass::Shard(p)) = self.pass.as_mut() else {
+            return Ok(Next::Busy);
+        };
+        let (id, shard) = (p.ec.id(), p.ec.shard());
+        let mut bad = p.crcs.is_none();
+        if bad {
+            tracing::error!(
+                volume = id,
+                shard,
+                "scrub: the shard's CRC table is corrupt"
+            );
+        }
+        let mut failed = None;
+        if let Some(crcs) = &p.crcs {
+            while spent < budget && (p.next as usize) < crcs.len() {
+                let piece = p.next;
+                p.next += 1;
+                let t = Instant::now();
+                match p.ec.check_piece(piece, crcs[piece as usize]).await {
+                    Ok((true, n)) => spent += n,
+                    Ok((false, n)) => {
+                        spent += n;
+                        tracing::error!(
+                            volume = id,
+                            shard,
+                            piece,
+                            "scrub: a shard piece does not match its CRC"
+                        );
+                        bad = true;
+                        break;
+                    }
+                    Err(e) => {
+                        failed = Some(format!(
+                            "scrub read of shard {shard} of volume {id} failed: {e}"
+                        ));
+                        break;
+                    }
+                }
+                if t.elapsed() > self.cfg.slow_read {
+                    slow = true;
+                    break;
+                }
+            }
+        }
+        let done = p.crcs.as_ref().is_none_or(|c| p.next as usize >= c.len());
+        metrics::counter!("haystack_store_scrub_bytes_total").increment(spent);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if bad {
+            let Some(Pass::Shard(p)) = self.pass.take() else {
+                return Ok(Next::Busy);
+            };
+            metrics::counter!("haystack_store_scrub_corrupt_shards_total").increment(1);
+            // A failed rebuild leaves the shard unscrubbed: the next pass starts with it.
+            self.rebuild_shard(p.ec).await?;
+            self.shards_scrubbed.insert(id, now_unix());
+            self.save();
+            return Ok(Next::Idle(Duration::from_millis(200)));
+        }
+        if done {
+            if let Some(Pass::Shard(p)) = self.pass.take() {
+                self.shards_scrubbed.insert(id, now_unix());
+                tracing::info!(
+                    volume = id,
+                    shard,
+                    pieces = p.next,
+                    "scrub pass over a shard finished"
+                );
+                self.save();
+            }
+        }
+        if slow {
+            metrics::counter!("haystack_store_scrub_pauses_total").increment(1);
+            return Ok(Next::Idle(Duration::from_secs(1)));
+        }
+        let want = Duration::from_secs_f64(spent as f64 / self.rate as f64);
+        let rest = want.saturating_sub(started.elapsed());
+        Ok(Next::Idle(if done {
+            rest.max(Duration::from_millis(200))
+        } else {
+            rest
+        }))
+    }
+
+    /// Rebuilds this store's shard of `ec` in place from k other shards (its own task, so a
+    /// shutdown during the step does not cut it half way).
+    async fn rebuild_shard(&self, ec: Arc<EcVolume>) -> Result<(), String> {
+        let (id, shard) = (ec.id(), ec.shard());
+        let req = RebuildRequest {
+            generation: ec.generation(),
+            shard: shard as u16,
+            shards: ec.manifest().shards,
+        };
+        drop(ec);
+        let store = self.store.clone();
+        match tokio::spawn(async move { store.ec_rebuild(id, req).await }).await {
+            Ok(Ok(r)) => {
+                metrics::counter!("haystack_store_scrub_shards_rebuilt_total").increment(1);
+                tracing::warn!(
+                    volume = id,
+                    shard,
+                    bytes = r.bytes,
+                    elapsed_ms = r.elapsed_ms,
+                    "scrub: corrupt shard rebuilt from the other shards"
+                );
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!(
+                "rebuilding corrupt shard {shard} of volume {id} failed: {e}"
+            )),
+            Err(e) => Err(format!(
+                "rebuilding corrupt shard {shard} of volume {id}: {e}"
+            )),
+        }
     }
 
     async fn report(&mut self, volume: u32, key: u64, alt: u32) {
@@ -232,8 +425,11 @@ impl haystack_service::Worker for Scrubber {
         if self.rate == 0 {
             return Ok(Next::Done);
         }
-        if self.pass.is_none() && !self.start_pass() {
+        if self.pass.is_none() && !self.start_pass().await {
             return Ok(Next::Idle(Duration::from_secs(10)));
+        }
+        if matches!(self.pass, Some(Pass::Shard(_))) {
+            return self.step_shard().await;
         }
         let budget = (self.rate / 10).max(1);
         let started = Instant::now();
@@ -242,7 +438,7 @@ impl haystack_service::Worker for Scrubber {
         let mut slow = false;
         let mut failed = None;
         let done = {
-            let Some(p) = self.pass.as_mut() else {
+            let Some(Pass::Replica(p)) = self.pass.as_mut() else {
                 return Ok(Next::Busy);
             };
             while spent < budget && p.next < p.entries.len() {
@@ -282,7 +478,7 @@ impl haystack_service::Worker for Scrubber {
             return Err(e);
         }
         if done {
-            if let Some(p) = self.pass.take() {
+            if let Some(Pass::Replica(p)) = self.pass.take() {
                 let at = now_unix();
                 p.volume.set_scrubbed_unix(at);
                 metrics::gauge!("haystack_store_scrub_last_pass_unix_seconds", "volume" => p.volume.id().to_string())

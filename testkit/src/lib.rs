@@ -27,8 +27,8 @@ use haystack_client::Credentials;
 use haystack_proto::auth::{ClusterKeys, Role};
 use haystack_proto::directory::LogicalVolumeInfo;
 use haystack_service::auth::{unix_now, Security};
-pub use haystack_store::EngineKind;
 use haystack_store::StoreConfig;
+pub use haystack_store::{EngineKind, ScrubConfig};
 use tokio::sync::watch;
 
 /// What to start. `Default` is two stores, replication 2, 64 MiB volumes.
@@ -69,6 +69,11 @@ pub struct ClusterOptions {
     /// Stores in the remote zone `remote` (after the `stores` local ones: indices
     /// `stores..stores + remote_stores`), holding asynchronous remote replicas only.
     pub remote_stores: usize,
+    /// The directory's automatic encode policy: age in seconds (0: off, the default), scheme
+    /// `k+m` and block size (`encode_after_secs`, `encode_scheme`, `encode_block_bytes`).
+    pub encode_after_secs: u64,
+    pub encode_scheme: String,
+    pub encode_block_bytes: u64,
 }
 
 /// The zone of a test cluster's remote stores (`ClusterOptions::remote_stores`).
@@ -96,6 +101,9 @@ impl Default for ClusterOptions {
             tls: None,
             signed_reads_ttl_secs: None,
             remote_stores: 0,
+            encode_after_secs: 0,
+            encode_scheme: "2+1".to_string(),
+            encode_block_bytes: 64 << 10,
         }
     }
 }
@@ -245,6 +253,9 @@ impl Cluster {
             } else {
                 Vec::new()
             },
+            encode_after_secs: opts.encode_after_secs,
+            encode_scheme: opts.encode_scheme.clone(),
+            encode_block_bytes: opts.encode_block_bytes,
             ..Default::default()
         };
         let mut directory = spawn_node("directory", dir_listener, move |l, rx| async move {

@@ -1,13 +1,48 @@
 //! Erasure-coded volumes (issue 14, f4): encoding a sealed volume onto k + m stores with an
 //! atomic switch of its record, carrying over deletes and dropping the replicas afterwards, and
 //! rebuilding a lost shard onto another store (by an operator, or automatically for a store down
-//! longer than `rereplicate_after_ms`). The stores do the byte work (`/v1/ec/...`); this module
+//! longer than `rereplicate_after_ms`), and the automatic encode policy (`encode_after_secs`:
+//! sealed volumes old enough are encoded by a background worker). The stores do the byte work (`/v1/ec/...`); this module
 //! only orders it. The order and what a crash at each step leaves: docs/FORMAT.md, "Encode
 //! order of operations".
+
+use std::collections::HashMap;
 
 use haystack_proto::directory::{EcRebuildRequest, EcScheme, EncodeReport, EncodeRequest};
 
 use super::*;
+
+/// How long the automatic encode policy leaves a volume alone after it worked on it (a
+/// failed encode, or retired replicas still to drop), ms.
+const ENCODE_RETRY_MS: u64 = 60_000;
+
+/// The automatic encode policy, apart from any I/O (so it is tested alone): the volumes an
+/// encode round should work on, oldest first. A sealed volume still on replicas is due once
+/// it was sealed at least `after_ms` ago (counted from its creation when the seal time was
+/// not recorded); an erasure-coded volume is due while retired replicas are left to drop (a
+/// crash after the switch: encoding it again finishes the drops). A volume in `not_before` is
+/// left alone until that time.
+pub(crate) fn due_for_encode<'a>(
+    volumes: impl IntoIterator<Item = &'a LogicalVolume>,
+    now_ms: u64,
+    after_ms: u64,
+    not_before: &HashMap<u32, u64>,
+) -> Vec<u32> {
+    let mut due: Vec<(u64, u32)> = volumes
+        .into_iter()
+        .filter(|v| not_before.get(&v.id).is_none_or(|t| now_ms >= *t))
+        .filter_map(|v| match &v.ec {
+            Some(ec) => (!ec.retired.is_empty()).then_some((0, v.id)),
+            None if v.state == VolumeState::Sealed => {
+                let since = v.sealed_ms.unwrap_or(v.created_ms);
+                (now_ms.saturating_sub(since) >= after_ms).then_some((since, v.id))
+            }
+            None => None,
+        })
+        .collect();
+    due.sort_unstable();
+    due.into_iter().map(|(_, id)| id).collect()
+}
 
 /// The store's build report, as far as the directory reads it.
 #[derive(serde::Deserialize)]
@@ -60,7 +95,8 @@ fn store_failed(what: &str, e: ClientError) -> DirectoryError {
     }
 }
 
-fn check_scheme(r: &EncodeRequest) -> Result<(), DirectoryError> {
+/// Checks an encode's scheme and block size.
+pub(crate) fn check_scheme(r: &EncodeRequest) -> Result<(), DirectoryError> {
     if r.k == 0 || r.m == 0 || r.k as usize + r.m as usize > 64 {
         return Err(DirectoryError::BadRequest(
             "k and m must be at least 1, and k + m at most 64".into(),
@@ -75,6 +111,61 @@ fn check_scheme(r: &EncodeRequest) -> Result<(), DirectoryError> {
 }
 
 impl Directory {
+    /// One round of the automatic encode policy (`encode_after_secs`; 0: off): encodes the
+    /// first volume [`due_for_encode`] names with `encode_scheme` and `encode_block_bytes`.
+    /// Whatever the outcome, that volume is then left alone for `ENCODE_RETRY_MS` (kept in
+    /// `not_before`, the worker's). Answers the volume worked on, if any.
+    pub async fn encode_due_once(
+        &self,
+        not_before: &mut HashMap<u32, u64>,
+    ) -> Result<Option<u32>, DirectoryError> {
+        let after = self.config.encode_after_secs;
+        if after == 0 {
+            return Ok(None);
+        }
+        let req = self.config.encode_request()?;
+        let now = self.clock.now_ms();
+        not_before.retain(|_, t| *t > now);
+        let due = self.with_state(|st| {
+            due_for_encode(
+                st.volumes.values().map(|v| &v.value),
+                now,
+                after.saturating_mul(1000),
+                not_before,
+            )
+        });
+        let Some(&id) = due.first() else {
+            return Ok(None);
+        };
+        not_before.insert(id, now + ENCODE_RETRY_MS);
+        tracing::info!(
+            volume_id = id,
+            k = req.k,
+            m = req.m,
+            after_secs = after,
+            "automatic encode of a sealed volume"
+        );
+        match self.encode_volume(id, req).await {
+            Ok(r) => {
+                metrics::counter!("haystack_directory_auto_encodes_total", "result" => "ok")
+                    .increment(1);
+                tracing::info!(
+                    volume_id = id,
+                    needles = r.needles,
+                    replicas_dropped = r.replicas_dropped,
+                    already = r.already,
+                    "automatic encode done"
+                );
+            }
+            Err(e) => {
+                metrics::counter!("haystack_directory_auto_encodes_total", "result" => "error")
+                    .increment(1);
+                tracing::warn!(volume_id = id, error = %e, retry_ms = ENCODE_RETRY_MS, "automatic encode failed; the volume is tried again later");
+            }
+        }
+        Ok(Some(id))
+    }
+
     /// Erasure-codes sealed volume `id`: one replica's store builds the shards, each chosen
     /// store installs its shard (checked and synced), the record switches to the shards in one
     /// conditional write, deletes the replicas took meanwhile are carried over, the replicas
@@ -626,5 +717,61 @@ impl Directory {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(id: u32, state: VolumeState, created_ms: u64, sealed_ms: Option<u64>) -> LogicalVolume {
+        LogicalVolume {
+            id,
+            replicas: vec![1, 2],
+            state,
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            created_ms,
+            reason: None,
+            reported_by: vec![1, 2],
+            remote: Vec::new(),
+            ec: None,
+            sealed_ms,
+        }
+    }
+
+    #[test]
+    fn sealed_volumes_old_enough_are_due_oldest_first() {
+        let mut encoded = vol(5, VolumeState::Sealed, 0, Some(0));
+        encoded.ec = Some(EcScheme {
+            k: 2,
+            m: 1,
+            block_bytes: 1 << 20,
+            generation: 0,
+            retired: vec![],
+        });
+        let mut half_done = encoded.clone();
+        half_done.id = 6;
+        half_done.ec.as_mut().unwrap().retired = vec![2];
+        let vols = [
+            vol(1, VolumeState::Writable, 0, None),
+            vol(2, VolumeState::Sealed, 0, Some(9_000)),
+            vol(3, VolumeState::Sealed, 0, Some(5_000)),
+            vol(4, VolumeState::Sealed, 1_000, None),
+            vol(7, VolumeState::ReadOnly, 0, None),
+            encoded,
+            half_done,
+        ];
+        let none = HashMap::new();
+        // At 10 s with a 4 s age: 4 (created at 1 s, no seal time) and 3 (sealed at 5 s);
+        // 2 (sealed at 9 s) is too young; 6 has a replica left to drop.
+        assert_eq!(due_for_encode(&vols, 10_000, 4_000, &none), vec![6, 4, 3]);
+        assert_eq!(
+            due_for_encode(&vols, 13_000, 4_000, &none),
+            vec![6, 4, 3, 2]
+        );
+        // A volume in its back-off is left alone until its time.
+        let wait = HashMap::from([(4, 20_000), (6, 10_000)]);
+        assert_eq!(due_for_encode(&vols, 10_000, 4_000, &wait), vec![6, 3]);
     }
 }

@@ -69,6 +69,7 @@ impl Directory {
                 reported_by: Vec::new(),
                 remote: Vec::new(),
                 ec: None,
+                sealed_ms: None,
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
@@ -107,6 +108,9 @@ impl Directory {
                 )));
             }
             let mut vol = cur.value;
+            if state == VolumeState::Sealed && vol.sealed_ms.is_none() {
+                vol.sealed_ms = Some(self.clock.now_ms());
+            }
             vol.state = state;
             vol.reason = if state == VolumeState::Writable {
                 None

@@ -13,6 +13,7 @@ pub mod format;
 mod index;
 pub mod layout;
 pub mod ops;
+mod pause;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -603,12 +604,10 @@ impl EcVolume {
         Ok(())
     }
 
-    /// Checks this store's shard: every piece against the CRC table, every needle of a data
-    /// shard, and for a parity shard with `parity` set, every piece against parity recomputed
-    /// from the data shards.
-    pub async fn verify(&self, parity: bool, peers: &StoreClient) -> Result<EcVerifyReport> {
-        let g = self.geometry;
-        let shard_len = g.shard_len(self.shard);
+    /// This store's shard's CRC table: one CRC32 per piece of `format::PIECE_BYTES`; `None`
+    /// when the table itself does not check out.
+    pub async fn crc_table(&self) -> Result<Option<Vec<u32>>> {
+        let shard_len = self.geometry.shard_len(self.shard);
         let npieces = format::pieces(shard_len);
         let table = self
             .engine
@@ -618,6 +617,36 @@ impl EcVolume {
                 (npieces * 4 + 4) as usize,
             )
             .await?;
+        Ok(decode_table(&table, npieces).ok())
+    }
+
+    /// Pieces of this store's shard (the scrubber's unit of work).
+    pub fn pieces(&self) -> u64 {
+        format::pieces(self.geometry.shard_len(self.shard))
+    }
+
+    /// Reads piece `p` of this store's shard and checks it against `want`, its CRC in the
+    /// table; answers whether it matched and how many bytes were read.
+    pub async fn check_piece(&self, p: u64, want: u32) -> Result<(bool, u64)> {
+        let shard_len = self.geometry.shard_len(self.shard);
+        let at = p * PIECE_BYTES;
+        let b = self
+            .read_local(at, PIECE_BYTES.min(shard_len.saturating_sub(at)))
+            .await?;
+        let ok = crc32fast::hash(&b) == want;
+        if !ok {
+            metrics::counter!("haystack_store_crc_errors_total").increment(1);
+        }
+        Ok((ok, b.len() as u64))
+    }
+
+    /// Checks this store's shard: every piece against the CRC table, every needle of a data
+    /// shard, and for a parity shard with `parity` set, every piece against parity recomputed
+    /// from the data shards.
+    pub async fn verify(&self, parity: bool, peers: &StoreClient) -> Result<EcVerifyReport> {
+        let g = self.geometry;
+        let shard_len = g.shard_len(self.shard);
+        let npieces = self.pieces();
         let mut report = EcVerifyReport {
             volume: self.id,
             generation: self.generation,
@@ -629,18 +658,12 @@ impl EcVolume {
             parity_checked: 0,
             parity_mismatches: Vec::new(),
         };
-        let crcs = match decode_table(&table, npieces) {
-            Ok(c) => c,
-            Err(_) => {
-                report.bad_pieces = (0..npieces).collect();
-                return Ok(report);
-            }
+        let Some(crcs) = self.crc_table().await? else {
+            report.bad_pieces = (0..npieces).collect();
+            return Ok(report);
         };
         for (p, want) in crcs.iter().enumerate() {
-            let at = p as u64 * PIECE_BYTES;
-            let b = self.read_local(at, PIECE_BYTES.min(shard_len - at)).await?;
-            if crc32fast::hash(&b) != *want {
-                metrics::counter!("haystack_store_crc_errors_total").increment(1);
+            if !self.check_piece(p as u64, *want).await?.0 {
                 report.bad_pieces.push(p as u64);
             }
         }

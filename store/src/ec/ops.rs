@@ -164,6 +164,14 @@ impl Store {
         haystack_service::sync::read(&self.ec).get(&id).cloned()
     }
 
+    /// Every shard of an erasure-coded volume this store holds.
+    pub fn ec_volumes(&self) -> Vec<Arc<EcVolume>> {
+        haystack_service::sync::read(&self.ec)
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub fn ec_volume_or_404(&self, id: u32) -> Result<Arc<EcVolume>> {
         self.ec_volume(id).ok_or(StoreError::NoVolume(id))
     }
@@ -308,7 +316,8 @@ impl Store {
             .await
     }
 
-    /// Removes the files of every generation but the current one.
+    /// Removes the files of every generation but the current one, and the staging directories
+    /// of other generations' builds (a re-encode that crashed before dropping its staging).
     pub async fn ec_cleanup(&self, id: u32) -> Result<u64> {
         let _g = self.ec_lock.lock().await;
         let cur = self.ec_volume_or_404(id)?.generation();
@@ -326,7 +335,17 @@ impl Store {
             let Some(gen) = rest.split('.').next().and_then(|g| g.parse::<u32>().ok()) else {
                 continue;
             };
-            if gen != cur && !path.is_dir() {
+            if gen == cur {
+                continue;
+            }
+            // Files of other generations, and the staging of a build whose re-encode never
+            // finished (a crash before its `drop_staged`).
+            if path.is_dir() {
+                if name.ends_with(".build") || name.ends_with(".build.tmp") {
+                    std::fs::remove_dir_all(&path)?;
+                    removed += 1;
+                }
+            } else {
                 std::fs::remove_file(&path)?;
                 removed += 1;
             }
@@ -434,6 +453,7 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        super::pause::at(&dir, "ec-install").await;
         let geometry = index.geometry;
         let (d2, t2, disk) = (dir.clone(), tmp.clone(), self.engine().disk().clone());
         let checked = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -456,6 +476,18 @@ impl Store {
         if let Err(e) = checked {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
+        }
+        if !req.activate {
+            // A re-encode's install: the new generation's files are in place, and this store
+            // goes on serving its current one until `activate` (docs/FORMAT.md, re-encode
+            // step 2). The answer is the serving shard's state.
+            tracing::info!(
+                volume = id,
+                generation = req.generation,
+                shard,
+                "erasure-coded shard installed, not switched to yet"
+            );
+            return self.ec_volume_or_404(id).map(|v| v.ec_info());
         }
         self.switch_to(id, req.generation, req.shard, req.shards, geometry)
             .await
@@ -483,22 +515,19 @@ impl Store {
         let (d2, e2) = (dir.clone(), self.engine().clone());
         let bytes = serde_json::to_vec_pretty(&man).map_err(|e| io::Error::other(e.to_string()))?;
         let v = tokio::task::spawn_blocking(move || {
+            super::pause::blocking(&d2, "ec-switch");
             write_atomic(&d2, &manifest_path(&d2, id), &bytes)?;
             EcVolume::open(&d2, id, e2)
         })
         .await
         .map_err(join_err)??;
         let old = haystack_service::sync::write(&self.ec).insert(id, v.clone());
+        // Another shard of the same generation (an abandoned encode's) is removed at once; an
+        // older generation stays until `cleanup`, since peers still on it read its ranges
+        // here (docs/FORMAT.md, re-encode steps 3 and 5).
         if let Some(old) = old {
-            if old.generation() != generation || old.shard() != shard as usize {
-                remove_generation_files(
-                    &dir,
-                    id,
-                    old.generation(),
-                    old.shard(),
-                    generation,
-                    shard as usize,
-                );
+            if old.generation() == generation && old.shard() != shard as usize {
+                let _ = std::fs::remove_file(shard_path(&dir, id, generation, old.shard()));
             }
         }
         self.change_notify().notify_one();
@@ -639,6 +668,7 @@ impl Store {
                 reason: "only a sealed replica can be dropped".into(),
             });
         }
+        super::pause::at(&self.config().data_dir, "ec-drop").await;
         haystack_service::sync::write(&self.volumes).remove(&id);
         let (dat, idx, sidx) = crate::volume::volume_paths(&self.config().data_dir, id);
         for p in [dat, idx, sidx] {
@@ -761,22 +791,4 @@ fn check_shard_file(
         return Err(bad("a piece does not match its CRC".into()));
     }
     Ok(())
-}
-
-/// Removes the files of an old generation or shard of a volume here.
-fn remove_generation_files(
-    dir: &Path,
-    id: u32,
-    generation: u32,
-    shard: usize,
-    new_gen: u32,
-    new_shard: usize,
-) {
-    let sp = shard_path(dir, id, generation, shard);
-    if (generation, shard) != (new_gen, new_shard) {
-        let _ = std::fs::remove_file(sp);
-    }
-    if generation != new_gen {
-        let _ = std::fs::remove_file(index_path(dir, id, generation));
-    }
 }

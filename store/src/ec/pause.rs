@@ -1,0 +1,54 @@
+//! Test-only pause points in the erasure-coding steps (feature `test-hooks`), so that a crash
+//! test can SIGKILL a store process exactly there (ops/tests/ec_crash.rs).
+//!
+//! A test arms point `P` of one store by creating the file `test-pause-P` in its data
+//! directory. A store that reaches an armed point creates `test-paused-P` (the test waits for
+//! it), then waits until `test-pause-P` is removed (at most ten minutes) and goes on. The test
+//! either kills the process while it waits, or removes the file to let it go on. Points:
+//! - `ec-build`: a build's staging files written and synced, before the staging directory's
+//!   rename (docs/FORMAT.md, encode step 1 and re-encode step 1);
+//! - `ec-install`: a shard fetched into its temporary file, before its check and rename
+//!   (encode step 2, re-encode step 2);
+//! - `ec-switch`: before the manifest's rename that switches the store to a shard or
+//!   generation (encode step 2, re-encode step 3, a rebuild);
+//! - `ec-drop`: before a retired replica's files are removed (encode step 4).
+//!
+//! Without the feature (every production build) each point is an empty inline function.
+
+use std::path::Path;
+
+/// Waits at `point` if a test armed it in `data_dir` (blocking; call off the async workers).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn blocking(data_dir: &Path, point: &str) {
+    use std::time::{Duration, Instant};
+    let armed = data_dir.join(format!("test-pause-{point}"));
+    if !armed.exists() {
+        return;
+    }
+    let paused = data_dir.join(format!("test-paused-{point}"));
+    if let Err(e) = std::fs::write(&paused, b"") {
+        tracing::warn!(point, error = %e, "test hook: writing the paused marker failed");
+    }
+    tracing::warn!(point, "test hook: paused");
+    let until = Instant::now() + Duration::from_secs(600);
+    while armed.exists() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&paused);
+    tracing::warn!(point, "test hook: going on");
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn blocking(_data_dir: &Path, _point: &str) {}
+
+/// [`blocking`] from async code (on the blocking pool).
+#[cfg(feature = "test-hooks")]
+pub(crate) async fn at(data_dir: &Path, point: &'static str) {
+    let d = data_dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || blocking(&d, point)).await;
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) async fn at(_data_dir: &Path, _point: &'static str) {}
