@@ -125,6 +125,23 @@ impl DirectoryClient {
         self.get(url::volume(&self.base, id)).await
     }
 
+    /// The rebalance plan (`spread`: instead of the configured `rebalance_spread`).
+    pub async fn rebalance_plan(
+        &self,
+        spread: Option<f64>,
+    ) -> Result<haystack_proto::directory::RebalancePlan, ClientError> {
+        self.get(url::rebalance(&self.base, spread)).await
+    }
+
+    /// Runs a rebalance plan now; what each move did.
+    pub async fn rebalance(
+        &self,
+        spread: Option<f64>,
+    ) -> Result<haystack_proto::directory::RebalancePlan, ClientError> {
+        self.post(url::rebalance(&self.base, spread), &serde_json::json!({}))
+            .await
+    }
+
     /// Makes an asynchronous remote replica of volume `id` a replica (`haystack volume
     /// promote`).
     pub async fn promote_remote(

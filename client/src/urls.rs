@@ -76,6 +76,13 @@ pub mod directory {
     pub fn repairs(base: &str) -> String {
         join(base, "/v1/repairs")
     }
+    /// `GET` the rebalance plan, `POST` runs it; `spread` overrides the configured one.
+    pub fn rebalance(base: &str, spread: Option<f64>) -> String {
+        match spread {
+            Some(s) => join(base, &format!("/v1/rebalance?spread={s}")),
+            None => join(base, "/v1/rebalance"),
+        }
+    }
     pub fn health(base: &str) -> String {
         join(base, "/health")
     }

@@ -75,6 +75,15 @@ pub struct DirectoryConfig {
     /// Block size of automatic encodes (a multiple of 4096 from 64 KiB to 4 GiB). Default
     /// 1 GiB, f4's.
     pub encode_block_bytes: u64,
+    /// Rebalancing: replicas move from the fullest store to the emptiest until the spread of
+    /// disk use (fraction of capacity held in replicas, fullest minus emptiest) is within
+    /// this. Default 0.10.
+    pub rebalance_spread: f64,
+    /// Automatic rebalancing: at most one move per this many ms (throttling: each move is a
+    /// bulk copy of a volume, with the volume read-only meanwhile). 0, the default, leaves
+    /// rebalancing to `haystack rebalance` (as HDFS and SeaweedFS do): a new machine gets new
+    /// volumes at once, and moving old ones is an operator's call. 60000 is a sensible value.
+    pub rebalance_interval_ms: u64,
     /// Every metadata-store call gives up after this many ms and answers 503. Default 5000.
     pub metadata_timeout_ms: u64,
     /// actix-web worker threads. Default 2.
@@ -108,6 +117,8 @@ impl Default for DirectoryConfig {
             rereplicate_after_ms: 900_000,
             anti_entropy_interval_ms: 600_000,
             remote_zones: Vec::new(),
+            rebalance_spread: 0.10,
+            rebalance_interval_ms: 0,
             async_replicas: 1,
             encode_after_secs: 0,
             encode_scheme: "10+4".to_string(),

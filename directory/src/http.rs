@@ -188,6 +188,31 @@ async fn promote_remote(
     Ok(HttpResponse::Ok().json(dir.promote_remote(id, body.into_inner().store_id).await?))
 }
 
+#[derive(serde::Deserialize)]
+struct RebalanceQuery {
+    /// Overrides `rebalance_spread` for this plan.
+    spread: Option<f64>,
+}
+
+fn check_spread(q: &RebalanceQuery) -> Result<(), DirectoryError> {
+    match q.spread {
+        Some(s) if !(0.0..=1.0).contains(&s) => Err(DirectoryError::BadRequest(
+            "spread must be a fraction between 0 and 1".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn rebalance_plan(dir: Dir, q: web::Query<RebalanceQuery>) -> Res {
+    check_spread(&q)?;
+    Ok(HttpResponse::Ok().json(dir.rebalance_plan(q.spread, crate::service::MAX_REBALANCE_MOVES)))
+}
+
+async fn rebalance_run(dir: Dir, q: web::Query<RebalanceQuery>) -> Res {
+    check_spread(&q)?;
+    Ok(HttpResponse::Ok().json(dir.rebalance(q.spread).await?))
+}
+
 async fn assign(dir: Dir, body: web::Bytes) -> Res {
     // The body is optional; when present it must be a valid AssignRequest.
     let req = if body.iter().all(|b| b.is_ascii_whitespace()) {
@@ -305,7 +330,7 @@ pub fn access(method: &actix_web::http::Method, path: &str) -> Access {
         (true, [] | ["dashboard"] | ["health"] | ["metrics"]) => Access::Public,
         (true, ["v1", "stores"] | ["v1", "volumes"] | ["v1", "volumes", _]) => Access::Read,
         (true, ["v1", "photos", _] | ["v1", "photos", _, "url"]) => Access::Read,
-        (true, ["v1", "repairs"]) => Access::Read,
+        (true, ["v1", "repairs"] | ["v1", "rebalance"]) => Access::Read,
         // Damage reports come from the caches (read repair) and the stores (scrubbing).
         (false, ["v1", "repairs"]) => Access::Internal,
         // The ordered keyspaces hold the S3 role's buckets, objects and sealed key secrets:
@@ -367,6 +392,8 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
                 "/v1/volumes/{volume_id}/ec/rebuild",
                 web::post().to(rebuild_shard),
             )
+            .route("/v1/rebalance", web::get().to(rebalance_plan))
+            .route("/v1/rebalance", web::post().to(rebalance_run))
             .route("/v1/assign", web::post().to(assign))
             .route("/v1/repairs", web::post().to(report_damage))
             .route("/v1/repairs", web::get().to(repairs))

@@ -117,10 +117,172 @@ pub fn place_beside(
         })
 }
 
+/// A store as the rebalancer sees it: its capacity and the bytes of the replicas it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Load {
+    pub store_id: u64,
+    pub capacity_bytes: u64,
+    pub held_bytes: u64,
+}
+
+/// A replicated volume the rebalancer may move a replica of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Movable {
+    pub volume: u32,
+    pub bytes: u64,
+    /// Its replicas' stores.
+    pub stores: Vec<u64>,
+}
+
+/// One move of a rebalance plan: the replica of `volume` on `from` copied onto `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub volume: u32,
+    pub from: u64,
+    pub to: u64,
+    pub bytes: u64,
+}
+
+fn use_of(l: &Load) -> f64 {
+    l.held_bytes as f64 / l.capacity_bytes as f64
+}
+
+/// The spread of disk use among `loads`: the fullest store's fraction minus the emptiest's.
+pub fn spread(loads: &[Load]) -> f64 {
+    let fracs = loads.iter().filter(|l| l.capacity_bytes > 0).map(use_of);
+    let (lo, hi) = fracs.fold((f64::MAX, f64::MIN), |(lo, hi), f| (lo.min(f), hi.max(f)));
+    if hi < lo {
+        0.0
+    } else {
+        hi - lo
+    }
+}
+
+/// A greedy plan of at most `max_moves` moves bringing the spread of disk use (fraction of
+/// capacity held in replicas) within `max_spread`: each move takes, from the fullest store
+/// to the emptiest one that holds no replica of it, the volume that narrows their gap the
+/// most; a volume moves at most once per plan. Stops when the spread is within bounds or no
+/// move narrows the gap. Zones and racks are checked by the caller, which may skip a move.
+pub fn rebalance_plan(
+    loads: &[Load],
+    volumes: &[Movable],
+    max_spread: f64,
+    max_moves: usize,
+) -> Vec<Move> {
+    let mut loads: Vec<Load> = loads
+        .iter()
+        .filter(|l| l.capacity_bytes > 0)
+        .cloned()
+        .collect();
+    let mut volumes: Vec<Movable> = volumes.to_vec();
+    let mut plan = Vec::new();
+    while plan.len() < max_moves && loads.len() >= 2 {
+        loads.sort_by(|a, b| {
+            use_of(b)
+                .total_cmp(&use_of(a))
+                .then(a.store_id.cmp(&b.store_id))
+        });
+        let (full, empty) = (&loads[0], &loads[loads.len() - 1]);
+        let gap = use_of(full) - use_of(empty);
+        if gap <= max_spread {
+            break;
+        }
+        let after = |b: u64| {
+            let f = (full.held_bytes - b) as f64 / full.capacity_bytes as f64;
+            let e = (empty.held_bytes + b) as f64 / empty.capacity_bytes as f64;
+            (f - e).abs()
+        };
+        let best = volumes
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.bytes > 0 && v.bytes <= full.held_bytes)
+            .filter(|(_, v)| {
+                v.stores.contains(&full.store_id) && !v.stores.contains(&empty.store_id)
+            })
+            .filter(|(_, v)| after(v.bytes) < gap)
+            .min_by(|(_, a), (_, b)| after(a.bytes).total_cmp(&after(b.bytes)))
+            .map(|(i, _)| i);
+        let Some(i) = best else {
+            break;
+        };
+        let v = volumes.swap_remove(i);
+        let m = Move {
+            volume: v.volume,
+            from: full.store_id,
+            to: empty.store_id,
+            bytes: v.bytes,
+        };
+        let last = loads.len() - 1;
+        loads[0].held_bytes -= v.bytes;
+        loads[last].held_bytes += v.bytes;
+        plan.push(m);
+    }
+    plan
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn load(id: u64, held: u64) -> Load {
+        Load {
+            store_id: id,
+            capacity_bytes: 1000,
+            held_bytes: held,
+        }
+    }
+
+    #[test]
+    fn a_new_empty_store_gets_replicas_until_the_spread_is_within_bounds() {
+        // Stores 1 and 2 hold five 100-byte volumes each; store 3 is new.
+        let loads = [load(1, 500), load(2, 500), load(3, 0)];
+        let volumes: Vec<Movable> = (0..10)
+            .map(|v| Movable {
+                volume: v,
+                bytes: 100,
+                stores: vec![1 + (v as u64 % 2)],
+            })
+            .collect();
+        let plan = rebalance_plan(&loads, &volumes, 0.15, 100);
+        assert!(plan.iter().all(|m| m.to == 3), "{plan:?}");
+        let mut after = loads.to_vec();
+        for m in &plan {
+            after
+                .iter_mut()
+                .find(|l| l.store_id == m.from)
+                .unwrap()
+                .held_bytes -= m.bytes;
+            after
+                .iter_mut()
+                .find(|l| l.store_id == m.to)
+                .unwrap()
+                .held_bytes += m.bytes;
+        }
+        assert!(spread(&after) <= 0.15, "{after:?}");
+        assert_eq!(plan.len(), 3, "{plan:?}");
+        // Within bounds already: nothing to do.
+        assert!(rebalance_plan(&after, &volumes, 0.15, 100).is_empty());
+    }
+
+    #[test]
+    fn a_move_never_lands_beside_another_replica_or_widens_the_gap() {
+        // Store 2 holds a replica of the only volume on store 1: nothing can move there.
+        let loads = [load(1, 300), load(2, 0)];
+        let v = [Movable {
+            volume: 7,
+            bytes: 300,
+            stores: vec![1, 2],
+        }];
+        assert!(rebalance_plan(&loads, &v, 0.01, 10).is_empty());
+        // One volume larger than twice the gap would only flip it.
+        let v = [Movable {
+            volume: 8,
+            bytes: 300,
+            stores: vec![1],
+        }];
+        assert!(rebalance_plan(&[load(1, 320), load(2, 20)], &v, 0.01, 10).is_empty());
+    }
 
     #[test]
     fn a_moved_replica_goes_to_a_zone_the_kept_ones_do_not_use() {

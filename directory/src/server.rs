@@ -156,6 +156,25 @@ pub async fn run_with(
         );
     }
 
+    // Rebalancing: at most one replica move per interval (off when the interval is 0).
+    if dir.config().rebalance_interval_ms > 0 {
+        let every = Duration::from_millis(dir.config().rebalance_interval_ms);
+        workers.spawn(
+            "rebalance",
+            Periodic {
+                dir: dir.clone(),
+                every,
+                round: Round::Rebalance,
+            },
+            Options {
+                backoff_min: every,
+                backoff_max: every,
+                ..Options::default()
+            },
+            None,
+        );
+    }
+
     // Automatic erasure coding of sealed volumes (off unless `encode_after_secs` is set).
     if dir.config().encode_after_secs > 0 {
         let every = tick.max(Duration::from_secs(1));
@@ -201,6 +220,8 @@ enum Round {
     Repair,
     /// Replica comparison by digests (`Directory::anti_entropy_once`).
     AntiEntropy,
+    /// One rebalancing move (`Directory::rebalance_once`).
+    Rebalance,
     /// The automatic encode policy (`Directory::encode_due_once`), with its per-volume
     /// back-off; busy while volumes are due.
     Encode(std::collections::HashMap<u32, u64>),
@@ -225,6 +246,7 @@ impl Worker for Periodic {
             },
             Round::Repair => self.dir.repair_once().await.map(|_| ()),
             Round::AntiEntropy => self.dir.anti_entropy_once().await.map(|_| ()),
+            Round::Rebalance => self.dir.rebalance_once().await.map(|_| ()),
             Round::Encode(ref mut not_before) => {
                 if self
                     .dir

@@ -19,8 +19,8 @@ use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
     DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
-    RemoteReplicaStatus, RepairAction, Replica, ReplicaStatus, StoreInfo, StoreLifecycle,
-    StoreState, VariantInfo,
+    RebalanceMove, RebalancePlan, RemoteReplicaStatus, RepairAction, Replica, ReplicaStatus,
+    StoreInfo, StoreLifecycle, StoreState, VariantInfo,
 };
 use haystack_proto::{
     Heartbeat, HeartbeatReply, NeedleAddr, ShipOrder, ShipTarget, StoreRegistered,
@@ -41,10 +41,12 @@ mod erasure;
 pub(crate) use erasure::check_scheme;
 mod kv;
 mod photos;
+mod rebalance;
 mod remote;
 mod repairs;
 mod stores;
 
+pub use rebalance::MAX_MOVES_PER_RUN as MAX_REBALANCE_MOVES;
 pub use repairs::AntiEntropyReport;
 mod view;
 mod volumes;

@@ -116,6 +116,27 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Move replicas from the fullest stores to the emptiest until disk use (fraction of
+    /// capacity held in replicas) is within the spread: prints the plan, then runs it (each
+    /// move a bulk copy, the volume read-only meanwhile).
+    Rebalance {
+        /// The directory's URL.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8082",
+            env = "HAYSTACK_DIRECTORY"
+        )]
+        directory: String,
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// The spread to reach (default: the directory's `rebalance_spread`).
+        #[arg(long)]
+        spread: Option<f64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Garbage collection: delete needles that no photo references (failed uploads, deleted
     /// photos whose store deletes were missed).
     Gc {
@@ -795,6 +816,7 @@ fn main() -> ExitCode {
             | Command::Photo { .. }
             | Command::Volume { .. }
             | Command::Gc { .. }
+            | Command::Rebalance { .. }
             | Command::Token { .. }
             | Command::Config { .. }
             | Command::S3 {
@@ -965,6 +987,12 @@ fn main() -> ExitCode {
                     .await
                 }
             },
+            Command::Rebalance {
+                directory,
+                dry_run,
+                spread,
+                json,
+            } => volume_tool::rebalance(&directory, spread, dry_run, json).await,
             Command::Gc {
                 directory,
                 grace_secs,

@@ -33,6 +33,52 @@ struct SealResult {
 
 /// Seals logical volume `id`: the directory stops assigning uploads to it, then every
 /// replica seals (read-only for good, index moved to a mapped sorted file).
+/// `haystack rebalance [--dry-run] [--spread F]`: the plan, then (unless a dry run) its run.
+pub async fn rebalance(
+    directory: &str,
+    spread: Option<f64>,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), String> {
+    // Each move is a bulk copy of a volume: allow a long run.
+    let (dc, _) = clients(directory, Duration::from_secs(6 * 3600))?;
+    let plan = if dry_run {
+        dc.rebalance_plan(spread).await.map_err(text)?
+    } else {
+        dc.rebalance(spread).await.map_err(text)?
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "disk use spread {:.4} (fullest minus emptiest store), bound {:.4}: {} move(s){}",
+            plan.spread,
+            plan.max_spread,
+            plan.moves.len(),
+            if dry_run { " planned" } else { "" }
+        );
+        for m in &plan.moves {
+            let what = match (&m.done, &m.error) {
+                (_, Some(e)) => format!("failed: {e}"),
+                (Some(true), _) => "done".into(),
+                (Some(false), _) => "skipped (no healthy source, or placement refused)".into(),
+                (None, _) => "planned".into(),
+            };
+            println!(
+                "  volume {:>6}: store {} -> store {} ({} bytes) {what}",
+                m.volume, m.from_store_id, m.to_store_id, m.bytes
+            );
+        }
+    }
+    if plan.moves.iter().any(|m| m.error.is_some()) {
+        return Err("some moves failed (see above); run again to retry".into());
+    }
+    Ok(())
+}
+
 /// `haystack volume promote ID --store S`: an asynchronous remote replica becomes a replica.
 pub async fn promote(directory: &str, id: u32, store: &str, json: bool) -> Result<(), String> {
     let (dc, _) = clients(directory, Duration::from_secs(60))?;

@@ -150,6 +150,8 @@ fn table() -> Vec<Route> {
             "/v1/volumes/{volume_id}/promote",
             Admin,
         ),
+        r("directory", Method::GET, "/v1/rebalance", Read),
+        r("directory", Method::POST, "/v1/rebalance", Admin),
         r("directory", Method::POST, "/v1/assign", Internal),
         r("directory", Method::GET, "/v1/repairs", Read),
         r(

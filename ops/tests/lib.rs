@@ -6,6 +6,7 @@ mod crash;
 mod ec_crash;
 mod gc;
 mod multihost;
+mod rebalance;
 mod rereplication;
 mod roles;
 mod server;

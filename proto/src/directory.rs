@@ -289,6 +289,33 @@ pub struct RemoteReplicaStatus {
     pub error: Option<String>,
 }
 
+/// A rebalance plan (`GET /v1/rebalance`), or what a run did (`POST /v1/rebalance`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RebalancePlan {
+    /// The spread of disk use the plan aims within (fraction of capacity held in replicas,
+    /// fullest store minus emptiest).
+    pub max_spread: f64,
+    /// The spread now, before any move of the plan.
+    pub spread: f64,
+    pub moves: Vec<RebalanceMove>,
+}
+
+/// One replica move of a rebalance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceMove {
+    pub volume: u32,
+    #[serde(with = "dec_u64")]
+    pub from_store_id: u64,
+    #[serde(with = "dec_u64")]
+    pub to_store_id: u64,
+    pub bytes: u64,
+    /// After a run: whether the move was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `POST /v1/volumes/{id}/promote`: make an asynchronous remote replica a replica of the
 /// volume (the source of repairs after every local replica was lost).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -298,7 +298,8 @@ impl Cluster {
         let directory_url = self.directory.url();
         let scrub = self.opts.scrub.clone();
         let scheme = self.scheme();
-        let zone = (i >= self.opts.stores).then(|| REMOTE_ZONE.to_string());
+        let remote = (self.opts.stores..self.opts.stores + self.opts.remote_stores).contains(&i);
+        let zone = remote.then(|| REMOTE_ZONE.to_string());
         let slow_batch_ms = match self.opts.slow_store {
             Some((s, ms)) if s == i => ms,
             _ => 0,
@@ -414,6 +415,16 @@ impl Cluster {
         if let Some(mut n) = self.stores[i].take() {
             n.stop();
         }
+    }
+
+    /// Adds a new, empty store machine (a local one) and returns its index.
+    pub fn add_store(&mut self) -> usize {
+        let l = bind_loopback();
+        let i = self.store_addrs.len();
+        self.store_addrs.push(l.local_addr().expect("addr"));
+        let node = self.spawn_store(i, l);
+        self.stores.push(Some(node));
+        i
     }
 
     /// Starts store `i` again on its port and data directory.

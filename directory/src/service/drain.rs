@@ -142,7 +142,7 @@ impl Directory {
                 if v.info.ec.is_some() || !v.info.replicas.iter().any(|r| r.store_id == sid) {
                     continue;
                 }
-                match self.move_replica(&view, v.info.id, sid).await {
+                match self.move_replica(&view, v.info.id, sid, None).await {
                     Ok(true) => return Ok(Some(v.info.id)),
                     Ok(false) => {}
                     Err(e) => {
@@ -155,9 +155,15 @@ impl Directory {
     }
 
     /// Copies volume `id` onto a store that takes replicas (placement rules kept against the
-    /// replicas that stay) and replaces the replica on `from` with it. `Ok(false)`: nothing
-    /// could be done now (no healthy source, no target).
-    async fn move_replica(&self, view: &View, id: u32, from: u64) -> Result<bool, DirectoryError> {
+    /// replicas that stay; `only_to`: that store or none) and replaces the replica on `from`
+    /// with it. `Ok(false)`: nothing could be done now (no healthy source, no target).
+    pub(super) async fn move_replica(
+        &self,
+        view: &View,
+        id: u32,
+        from: u64,
+        only_to: Option<u64>,
+    ) -> Result<bool, DirectoryError> {
         let Some(v) = view.volumes.get(&id) else {
             return Ok(false);
         };
@@ -174,6 +180,7 @@ impl Directory {
             .stores
             .values()
             .filter(|s| takes_replicas(s))
+            .filter(|s| only_to.is_none_or(|t| t == s.id))
             .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
             .map(as_candidate)
             .collect();
@@ -194,7 +201,7 @@ impl Directory {
             tracing::warn!(
                 volume_id = id,
                 store_id = from,
-                "no store can take the replica of a draining store"
+                "no store can take the replica being moved"
             );
             return Ok(false);
         };
@@ -210,11 +217,11 @@ impl Directory {
             self.set_volume_state(
                 id,
                 VolumeState::ReadOnly,
-                Some(format!("moving a replica off draining store {from}")),
+                Some(format!("moving a replica off store {from}")),
             )
             .await?;
         }
-        tracing::warn!(volume_id = id, from_store = from, source = %source.url, to = %target.url, "moving a replica off a draining store");
+        tracing::warn!(volume_id = id, from_store = from, source = %source.url, to = %target.url, "moving a replica");
         let moved = self.copy_and_replace(id, from, &source.url, target).await;
         if was_writable {
             if let Err(e) = self.set_volume_state(id, VolumeState::Writable, None).await {
