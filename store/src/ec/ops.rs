@@ -706,7 +706,11 @@ impl EcPeerState {
     }
 }
 
-/// Rebuilds ranges of a shard from the others, fetched over HTTP.
+/// Rebuilds ranges of a shard from the others, fetched over HTTP. Every source range is
+/// asked `checked`: a store answers it only when the pieces it lies in match its shard's CRC
+/// table, so a corrupt shard counts as missing and another one is decoded from; with fewer
+/// than k good sources the rebuild fails (and writes nothing), rather than computing a new
+/// CRC table over wrong bytes.
 struct RangeFetcher {
     id: u32,
     generation: u32,
@@ -727,16 +731,17 @@ impl RangeFetcher {
             pending.push(async move {
                 let r = self
                     .peers
-                    .ec_shard_range(&url, self.id, s, self.generation, at, len)
+                    .ec_shard_range(&url, self.id, s, self.generation, (at, len), true)
                     .await;
                 (s, r)
             });
         }
         let mut got: Vec<Option<Vec<u8>>> = vec![None; g.shards()];
         let mut have = 0;
+        let mut failed = Vec::new();
         while let Some((s, r)) = pending.next().await {
-            if let Ok(b) = r {
-                if b.len() as u64 <= len {
+            match r {
+                Ok(b) if b.len() as u64 <= len => {
                     let mut b = b.to_vec();
                     b.resize(len as usize, 0);
                     got[s] = Some(b);
@@ -745,12 +750,19 @@ impl RangeFetcher {
                         break;
                     }
                 }
+                Ok(b) => failed.push(format!("shard {s}: {} bytes for {len}", b.len())),
+                Err(e) => {
+                    tracing::warn!(volume = self.id, shard = s, offset = at, error = %e, "rebuild source not used");
+                    failed.push(format!("shard {s}: {e}"));
+                }
             }
         }
         if have < g.k as usize {
             return Err(StoreError::Io(io::Error::other(format!(
-                "only {have} shards answered, {} needed",
-                g.k
+                "rebuilding shard {lost} at offset {at}: only {have} other shards answered with \
+                 pieces matching their CRCs, {} needed ({})",
+                g.k,
+                failed.join("; ")
             ))));
         }
         let refs: Vec<Option<&[u8]>> = got.iter().map(|r| r.as_deref()).collect();
