@@ -360,6 +360,76 @@ impl Store {
         Ok(removed)
     }
 
+    /// The erasure-coded volumes this store holds any file of (`ec-{id}.*`, `ec-{id}-*`:
+    /// manifest, delete log, shards, indexes, staging), served or not; sent in heartbeats.
+    pub fn ec_file_volumes(&self) -> Vec<u32> {
+        let mut ids = std::collections::BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir(&self.config().data_dir) else {
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ec-")) else {
+                continue;
+            };
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if let Ok(id) = rest[..end].parse::<u32>() {
+                ids.insert(id);
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Removes every file of erasure-coded volume `id` here and stops serving it: the
+    /// manifest first (so a crash half way leaves files no manifest opens, reported and
+    /// removed again at the next heartbeat), then shards and indexes of every generation,
+    /// the delete log and builds' staging. The directory asks it (heartbeat answer,
+    /// `drop_ec`) when the volume's record does not name this store: an abandoned encode's
+    /// shard, or one rebuilt elsewhere. Replica files (`vol-{id}.*`) are not touched.
+    pub async fn ec_discard(&self, id: u32) -> Result<u64> {
+        let _g = self.ec_lock.lock().await;
+        haystack_service::sync::write(&self.ec).remove(&id);
+        let dir = self.config().data_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut removed = 0;
+            match std::fs::remove_file(manifest_path(&dir, id)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let (a, b) = (format!("ec-{id}-"), format!("ec-{id}."));
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !name.starts_with(&a) && !name.starts_with(&b) {
+                    continue;
+                }
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+                removed += 1;
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(removed)
+        })
+        .await
+        .map_err(join_err)??;
+        self.change_notify().notify_one();
+        tracing::warn!(
+            volume = id,
+            removed,
+            "erasure-coding files the directory's record does not name removed"
+        );
+        Ok(removed)
+    }
+
     /// The path of a staged file (`s{i}` or `ecx`) of a finished build.
     pub fn ec_staged_path(
         &self,
