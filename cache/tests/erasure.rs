@@ -1005,3 +1005,317 @@ async fn a_corrupt_shard_is_found_by_the_scrubber_and_rebuilt() {
         "the rebuilt shard serves healthy reads"
     );
 }
+
+/// Waits until the directory lists the stores at `urls` in `state` ("up" or "down").
+async fn wait_store_state(env: &Env, urls: &[String], state: &str) {
+    let dir = env.cluster.directory_url();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stores: Vec<serde_json::Value> = env
+            .http
+            .get(format!("{dir}/v1/stores"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let n = stores
+            .iter()
+            .filter(|s| urls.iter().any(|u| s["url"] == u.as_str()) && s["state"] == state)
+            .count();
+        if n == urls.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory did not see {urls:?} {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Flips the byte at `at` of a file.
+fn flip_byte(path: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+}
+
+/// A rebuild never decodes from a corrupt shard: on a 4+2 volume with a byte flipped in data
+/// shard 0 on disk and the stores of shards 1 and 5 stopped, only four shards answer and one
+/// of them is corrupt, so the rebuild of shard 1 is refused with a clear error and writes
+/// nothing (before the fix it decoded from the corrupt piece and wrote a wrong shard with a
+/// CRC table of its own). With shard 5's store back, the rebuild skips the corrupt shard; the
+/// corrupt shard is then rebuilt in place, and every shard verifies (parity included) and
+/// every needle reads byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_skips_a_corrupt_source_shard() {
+    let mut env = Env::start(
+        ClusterOptions {
+            stores: K + M + 1,
+            replication: 2,
+            min_writable_volumes: 1,
+            store_timeout_ms: 2_000,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..12u64 {
+        let data = bytes(3_000 + i as usize * 7_000, 2_100 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(&env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": K, "m": M, "block_bytes": 131072}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let get_volume = async |v: u32| -> LogicalVolumeInfo {
+        env.http
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let info = get_volume(v).await;
+    let urls = env.cluster.store_urls();
+    let at: Vec<usize> = info
+        .replicas
+        .iter()
+        .map(|r| urls.iter().position(|u| *u == r.url).unwrap())
+        .collect();
+    let spare = (0..urls.len()).find(|i| !at.contains(i)).unwrap();
+    // A byte of the first needle's data in data shard 0 (shard header 64 bytes, needle header
+    // 40, content type 10), then the stores of shards 1 and 5 stopped.
+    flip_byte(
+        &env.cluster.store_dir(at[0]).join(format!("ec-{v}-0.s0")),
+        64 + 40 + 10 + 100,
+    );
+    env.cluster.stop_store(at[1]);
+    env.cluster.stop_store(at[K + M - 1]);
+    wait_store_state(
+        &env,
+        &[urls[at[1]].clone(), urls[at[K + M - 1]].clone()],
+        "down",
+    )
+    .await;
+    // 1. Shards 0 (corrupt), 2, 3 and 4 answer: too few good ones.
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/ec/rebuild"),
+        serde_json::json!({"shard": 1}),
+    )
+    .await;
+    let msg = String::from_utf8_lossy(&body).into_owned();
+    assert_ne!(st, 200, "a rebuild decoded from a corrupt shard: {msg}");
+    assert!(msg.contains("CRC"), "the error says why: {msg}");
+    let left: Vec<String> = std::fs::read_dir(env.cluster.store_dir(spare))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("ec-{v}")))
+        .collect();
+    assert!(left.is_empty(), "a refused rebuild left files: {left:?}");
+    assert_eq!(
+        get_volume(v).await.replicas[1].url,
+        urls[at[1]],
+        "the record is unchanged"
+    );
+    // 2. Shard 5's store back: the rebuild uses shards 2 to 5, not the corrupt one.
+    env.cluster.start_store(at[K + M - 1]);
+    wait_store_state(&env, &[urls[at[K + M - 1]].clone()], "up").await;
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/ec/rebuild"),
+        serde_json::json!({"shard": 1}),
+    )
+    .await;
+    assert_eq!(st, 200, "rebuild 1: {}", String::from_utf8_lossy(&body));
+    // 3. The corrupt shard rebuilt in place.
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/ec/rebuild"),
+        serde_json::json!({"shard": 0, "to": info.replicas[0].store_id}),
+    )
+    .await;
+    assert_eq!(st, 200, "rebuild 0: {}", String::from_utf8_lossy(&body));
+    let after = get_volume(v).await;
+    assert_eq!(after.replicas[1].url, urls[spare], "shard 1 on the spare");
+    for r in &after.replicas {
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{}/v1/ec/{v}/verify?parity=true", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200, "verify {}", r.url);
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for f in ["bad_pieces", "corrupt", "parity_mismatches"] {
+            assert_eq!(rep[f].as_array().unwrap().len(), 0, "{}: {rep}", r.url);
+        }
+    }
+    read_photos(&env, &photos).await;
+    for r in &after.replicas {
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(body == variants[0].1, "wrong bytes from {}", r.url);
+        }
+    }
+}
+
+/// The files of erasure-coded volume `v` in store `i`'s data directory.
+fn ec_files_of(env: &Env, i: usize, v: u32) -> Vec<String> {
+    std::fs::read_dir(env.cluster.store_dir(i))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("ec-{v}-")) || n.starts_with(&format!("ec-{v}.")))
+        .collect()
+}
+
+/// An abandoned encode's shards on a store its rerun did not pick are removed: an encode
+/// driven by hand installs its shards on three stores (one of which holds no replica) and is
+/// abandoned; that store is stopped, so the encode run again places its shards elsewhere;
+/// started again, the store reports the files in its heartbeats and the directory has it
+/// drop them (before the fix they stayed forever). The shard stores the record names keep
+/// theirs: every shard verifies and every needle reads byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_encodes_shards_are_removed_from_stores_the_rerun_did_not_pick() {
+    let mut env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            store_timeout_ms: 2_000,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..8u64 {
+        let data = bytes(2_500 + i as usize * 8_000, 3_100 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    let info = seal(&env, v).await;
+    let urls = env.cluster.store_urls();
+    let replicas: Vec<usize> = info
+        .replicas
+        .iter()
+        .map(|r| urls.iter().position(|u| *u == r.url).unwrap())
+        .collect();
+    let x = (0..urls.len()).find(|i| !replicas.contains(i)).unwrap();
+    // The abandoned encode: built on a replica, installed on x and both replicas' stores.
+    let source = info.replicas[0].url.clone();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{source}/v1/ec/{v}/build"),
+        serde_json::json!({"generation": 0, "k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "build: {}", String::from_utf8_lossy(&body));
+    let attempt: Vec<String> = [x, replicas[0], replicas[1]]
+        .iter()
+        .map(|i| urls[*i].clone())
+        .collect();
+    for (i, u) in attempt.iter().enumerate() {
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{u}/v1/ec/{v}/install"),
+            serde_json::json!({"generation": 0, "shard": i, "from": source, "shards": attempt}),
+        )
+        .await;
+        assert_eq!(st, 201, "install {i}: {}", String::from_utf8_lossy(&body));
+    }
+    assert!(!ec_files_of(&env, x, v).is_empty(), "x holds a shard");
+    // x stopped: the rerun places the shards on the three other stores.
+    env.cluster.stop_store(x);
+    wait_store_state(&env, &[urls[x].clone()], "down").await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let after: LogicalVolumeInfo = env
+        .http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(after.ec.is_some());
+    assert!(after.replicas.iter().all(|r| r.url != urls[x]));
+    read_photos(&env, &photos).await;
+    assert!(
+        !ec_files_of(&env, x, v).is_empty(),
+        "the leftover is there while x is down"
+    );
+    // x back: its leftover files go.
+    env.cluster.start_store(x);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = ec_files_of(&env, x, v);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned encode's files stay on store {x}: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    read_photos(&env, &photos).await;
+    for r in &after.replicas {
+        let i = urls.iter().position(|u| *u == r.url).unwrap();
+        assert!(
+            !ec_files_of(&env, i, v).is_empty(),
+            "{} kept its shard",
+            r.url
+        );
+        let (st, body) = post_json(
+            &env.http,
+            &format!("{}/v1/ec/{v}/verify?parity=true", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(st, 200, "verify {}", r.url);
+        let rep: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        for f in ["bad_pieces", "corrupt", "parity_mismatches"] {
+            assert_eq!(rep[f].as_array().unwrap().len(), 0, "{}: {rep}", r.url);
+        }
+        for (p, variants) in &photos {
+            let (st, _, body) = get(&env.http, &needle_url(&r.url, p, 0), &[]).await;
+            assert_eq!(st, 200, "shard store {}", r.url);
+            assert!(body == variants[0].1, "wrong bytes from {}", r.url);
+        }
+    }
+}

@@ -388,17 +388,18 @@ impl StoreClient {
     }
 
     /// Raw bytes `offset..offset + len` of shard `shard`'s data (fewer at its end): what a
-    /// degraded read or a rebuild fetches.
+    /// degraded read or a rebuild fetches. `checked`: the store answers them only when every
+    /// 1 MiB piece they lie in matches its shard's CRC table (500 `corrupt_needle` otherwise).
     pub async fn ec_shard_range(
         &self,
         store: &str,
         id: u32,
         shard: usize,
         generation: u32,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        checked: bool,
     ) -> Result<Bytes, ClientError> {
-        let u = url::ec_shard_range(store, id, shard, generation, offset, len);
+        let u = url::ec_shard_range(store, id, shard, generation, (offset, len), checked);
         let r = send(self.req(reqwest::Method::GET, &u), &u).await?;
         Ok(r.bytes().await?)
     }

@@ -144,19 +144,21 @@ pub mod store {
             None => join(base, &format!("/v1/ec/{id}/staged/{generation}")),
         }
     }
-    /// `GET` raw bytes of one shard of an erasure-coded volume.
+    /// `GET` raw bytes of one shard of an erasure-coded volume; `checked`: only when every
+    /// 1 MiB piece they lie in matches the shard's CRC table.
     pub fn ec_shard_range(
         base: &str,
         id: u32,
         shard: usize,
         generation: u32,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        checked: bool,
     ) -> String {
+        let checked = if checked { "&checked=true" } else { "" };
         join(
             base,
             &format!(
-                "/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}"
+                "/v1/ec/{id}/shards/{shard}?generation={generation}&offset={offset}&len={len}{checked}"
             ),
         )
     }

@@ -9,7 +9,7 @@
 //! turns its volumes read-only at the next sweep, and they come back as soon as it heartbeats
 //! again, with no write to the volume records.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -107,6 +107,11 @@ pub struct Directory {
     repair_stores: StoreClient,
     /// Wakes the repair worker when a repair is queued.
     repair_wake: Arc<tokio::sync::Notify>,
+    /// Erasure-coding leftovers (`service/erasure.rs`): (store, volume) -> the version of the
+    /// volume's record when the store last reported files of it that the record does not
+    /// name; and the volumes with a shard rebuild in flight here.
+    ec_leftovers: Mutex<HashMap<(u64, u32), u64>>,
+    ec_busy: Mutex<HashSet<u32>>,
 }
 
 impl Directory {
@@ -144,6 +149,8 @@ impl Directory {
                     "directory",
                 )),
             repair_wake: Arc::new(tokio::sync::Notify::new()),
+            ec_leftovers: Mutex::new(HashMap::new()),
+            ec_busy: Mutex::new(HashSet::new()),
             config,
         };
         let node = match dir.config.node_id {

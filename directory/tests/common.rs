@@ -161,6 +161,7 @@ impl FakeStore {
             healthy: true,
             volumes: self.volumes.iter().map(|v| volume_info(*v)).collect(),
             shipping: Vec::new(),
+            ec_files: Vec::new(),
         }
     }
 

@@ -71,6 +71,7 @@ async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
             healthy: true,
             volumes,
             shipping: Vec::new(),
+            ec_files: Vec::new(),
         },
     )
     .await

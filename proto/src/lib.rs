@@ -96,6 +96,11 @@ pub struct Heartbeat {
     /// How far each asynchronous remote replica this store ships to is behind it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shipping: Vec<ShipStatus>,
+    /// Erasure-coded volumes this store holds any file of (manifest, shard, index, delete log,
+    /// a build's staging), whether it serves them or not: the directory answers which of them
+    /// its records do not name this store for (`HeartbeatReply::drop_ec`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ec_files: Vec<u32>,
 }
 
 /// One asynchronous remote replica as its shipper sees it (in heartbeats, on /metrics).
@@ -162,6 +167,11 @@ pub struct HeartbeatReply {
     /// Volumes whose appends this store ships to their asynchronous remote replicas.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ship: Vec<ShipOrder>,
+    /// Erasure-coded volumes whose files this store should remove: their record is
+    /// erasure-coded and does not name this store (the leftovers of an abandoned encode, or
+    /// of a shard since placed elsewhere).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_ec: Vec<u32>,
 }
 
 /// A JSON error body, as every service answers a 4xx or 5xx.

@@ -75,6 +75,7 @@ fn heartbeat(store: &Store, id: u64, cfg: &HeartbeatConfig) -> Heartbeat {
         healthy,
         volumes,
         shipping: store.shipping.statuses(store),
+        ec_files: store.ec_file_volumes(),
     }
 }
 
@@ -102,6 +103,11 @@ async fn register(
 
 async fn apply(store: &Store, reply: HeartbeatReply) {
     store.shipping.set_orders(reply.ship);
+    for id in reply.drop_ec {
+        if let Err(e) = store.ec_discard(id).await {
+            tracing::warn!(volume = id, error = %e, "cannot remove erasure-coding leftovers");
+        }
+    }
     for id in reply.create_volumes {
         if store.volume(id).is_err() {
             match store.create_volume(id, None).await {

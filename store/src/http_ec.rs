@@ -197,6 +197,9 @@ struct RangeQuery {
     generation: u32,
     offset: u64,
     len: u64,
+    /// Answer only pieces that match the shard's CRC table (a rebuild's reads).
+    #[serde(default)]
+    checked: bool,
 }
 
 async fn ec_shard_range(
@@ -213,7 +216,9 @@ async fn ec_shard_range(
         .parse()
         .map_err(|_| bad("shard is not a number"))?;
     let v = store.ec_volume_or_404(id)?;
-    let b = v.shard_range(shard, q.generation, q.offset, q.len).await?;
+    let b = v
+        .shard_range(shard, q.generation, (q.offset, q.len), q.checked)
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .body(b))

@@ -138,6 +138,7 @@ async fn prepare(dir: &Directory, volumes: usize) -> Result<(), Box<dyn std::err
                     })
                     .collect(),
                 shipping: Vec::new(),
+                ec_files: Vec::new(),
             },
         )
         .await?;

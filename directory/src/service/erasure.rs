@@ -4,7 +4,9 @@
 //! longer than `rereplicate_after_ms`), and the automatic encode policy (`encode_after_secs`:
 //! sealed volumes old enough are encoded by a background worker). The stores do the byte work (`/v1/ec/...`); this module
 //! only orders it. The order and what a crash at each step leaves: docs/FORMAT.md, "Encode
-//! order of operations".
+//! order of operations". Leftovers (an abandoned encode's shards on stores its rerun did not
+//! pick, a build's staging) are found from the stores' heartbeats and dropped by them
+//! ([`Directory::leftover_shards`]).
 
 use std::collections::HashMap;
 
@@ -42,6 +44,26 @@ pub(crate) fn due_for_encode<'a>(
         .collect();
     due.sort_unstable();
     due.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Marks a volume's shard rebuild in flight on this instance until dropped: its target holds
+/// the new shard before the record names it, so it must not be taken for a leftover.
+struct Busy<'a> {
+    set: &'a Mutex<HashSet<u32>>,
+    id: u32,
+}
+
+impl<'a> Busy<'a> {
+    fn new(set: &'a Mutex<HashSet<u32>>, id: u32) -> Self {
+        haystack_service::sync::lock(set).insert(id);
+        Busy { set, id }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        haystack_service::sync::lock(self.set).remove(&self.id);
+    }
 }
 
 /// The store's build report, as far as the directory reads it.
@@ -553,6 +575,59 @@ impl Directory {
         Ok(dropped)
     }
 
+    /// The erasure-coded volumes a heartbeating store should remove its files of: among
+    /// those it reports files of (`ec_files`), each whose record is erasure-coded and does
+    /// not name the store, seen so at two heartbeats in a row with the record unchanged in
+    /// between (read from the metadata store, not this instance's snapshot) and with no
+    /// rebuild of it in flight here. A shard the current record names is never dropped; the
+    /// second look keeps a rebuild's new shard (installed just before the record names it)
+    /// safe from another directory instance too, unless that instance stalls for a whole
+    /// heartbeat interval between the two.
+    pub(super) async fn leftover_shards(
+        &self,
+        store_id: u64,
+        hb: &Heartbeat,
+    ) -> Result<Vec<u32>, DirectoryError> {
+        let candidates: Vec<u32> = self.read_state(|st| {
+            hb.ec_files
+                .iter()
+                .copied()
+                .filter(|id| {
+                    st.volumes.get(id).is_some_and(|v| {
+                        v.value.ec.is_some() && !v.value.replicas.contains(&store_id)
+                    })
+                })
+                .collect()
+        });
+        haystack_service::sync::lock(&self.ec_leftovers)
+            .retain(|(s, v), _| *s != store_id || candidates.contains(v));
+        let mut out = Vec::new();
+        for id in candidates {
+            if haystack_service::sync::lock(&self.ec_busy).contains(&id) {
+                continue;
+            }
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                continue;
+            };
+            let mut seen = haystack_service::sync::lock(&self.ec_leftovers);
+            if cur.value.ec.is_none() || cur.value.replicas.contains(&store_id) {
+                seen.remove(&(store_id, id));
+                continue;
+            }
+            if seen.insert((store_id, id), cur.version) == Some(cur.version) {
+                seen.remove(&(store_id, id));
+                tracing::warn!(
+                    volume_id = id,
+                    store_id,
+                    "store holds erasure-coding files its volume's record does not name; asked to drop them"
+                );
+                metrics::counter!("haystack_directory_ec_leftovers_dropped_total").increment(1);
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Rebuilds shard `req.shard` of erasure-coded volume `id` onto store `req.to` (or one
     /// the placement picks among the up stores holding no shard of it), then points the
     /// record and every shard store's manifest at it.
@@ -561,6 +636,7 @@ impl Directory {
         id: u32,
         req: EcRebuildRequest,
     ) -> Result<LogicalVolumeInfo, DirectoryError> {
+        let _busy = Busy::new(&self.ec_busy, id);
         self.refresh().await?;
         let cur =
             self.meta.get_volume(id).await?.ok_or_else(|| {

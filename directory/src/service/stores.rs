@@ -107,7 +107,9 @@ impl Directory {
                     value: machine,
                 });
                 self.note_reported(store_id, &hb).await?;
-                return Ok(self.volumes_to_create(store_id, &hb));
+                let mut reply = self.volumes_to_create(store_id, &hb);
+                reply.drop_ec = self.leftover_shards(store_id, &hb).await?;
+                return Ok(reply);
             }
         }
         Err(DirectoryError::Conflict(
@@ -182,6 +184,7 @@ impl Directory {
         HeartbeatReply {
             create_volumes,
             ship: self.ship_orders(store_id),
+            drop_ec: Vec::new(),
         }
     }
 

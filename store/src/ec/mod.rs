@@ -125,6 +125,49 @@ fn corrupt(volume: u32, offset: u64, detail: String) -> StoreError {
     }
 }
 
+/// Reads `offset..offset + len` of a shard file's data (clamped to its end) after checking
+/// every piece it lies in against the file's CRC table: a piece that does not match (or a
+/// table that does not check out) is `Corrupt`, never answered. Blocking.
+fn read_checked(
+    disk: &crate::disk::Disk,
+    f: &File,
+    volume: u32,
+    shard_len: u64,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let end = shard_len.min(offset.saturating_add(len));
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let npieces = format::pieces(shard_len);
+    let mut tb = vec![0u8; (npieces * 4 + 4) as usize];
+    disk.read_exact_at(f, &mut tb, SHARD_HEADER_LEN + shard_len)?;
+    let table = decode_table(&tb, npieces)
+        .map_err(|e| corrupt(volume, offset, format!("shard CRC table: {e}")))?;
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for p in offset / PIECE_BYTES..end.div_ceil(PIECE_BYTES) {
+        let at = p * PIECE_BYTES;
+        let plen = PIECE_BYTES.min(shard_len - at);
+        let b = build::read_padded(disk, f, at, plen, shard_len)?;
+        if crc32fast::hash(&b) != table[p as usize] {
+            tracing::warn!(
+                volume,
+                piece = p,
+                "shard piece does not match its CRC; not answered"
+            );
+            return Err(corrupt(
+                volume,
+                at,
+                format!("shard piece {p} does not match its CRC"),
+            ));
+        }
+        let (from, to) = (offset.max(at) - at, end.min(at + plen) - at);
+        out.extend_from_slice(&b[from as usize..to as usize]);
+    }
+    Ok(out)
+}
+
 /// Reads the whole file at `path`.
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path)
@@ -323,12 +366,14 @@ impl EcVolume {
     }
 
     /// Raw bytes of this store's shard data (what peers fetch): clamped to the shard's end.
+    /// `checked`: only after every piece they lie in matched the shard's CRC table (else
+    /// `Corrupt`): what a rebuild asks, so that a corrupt shard is never decoded from.
     pub async fn shard_range(
         &self,
         shard: usize,
         generation: u32,
-        offset: u64,
-        len: u64,
+        (offset, len): (u64, u64),
+        checked: bool,
     ) -> Result<Vec<u8>> {
         if len > MAX_RANGE_BYTES {
             return Err(StoreError::BadRequest(format!(
@@ -339,12 +384,16 @@ impl EcVolume {
             return Err(StoreError::NotFound);
         }
         if generation == self.generation {
+            if checked {
+                return self.read_local_checked(offset, len).await;
+            }
             return self.read_local(offset, len).await;
         }
         // Another generation's file still here (a re-encode's new one installed but not
         // switched to yet, or the previous one a peer has not left yet).
         let path = shard_path(&self.dir, self.id, generation, shard);
         let disk = self.engine.disk().clone();
+        let id = self.id;
         tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
             let f = match File::open(&path) {
                 Ok(f) => f,
@@ -356,6 +405,9 @@ impl EcVolume {
             let h = ShardHeader::decode(&hb)
                 .map_err(|e| StoreError::Io(io::Error::other(format!("shard header: {e}"))))?;
             let shard_len = h.geometry.shard_len(shard);
+            if checked {
+                return read_checked(&disk, &f, id, shard_len, offset, len);
+            }
             Ok(build::read_padded(&disk, &f, offset, len, shard_len)?
                 [..shard_len.saturating_sub(offset).min(len) as usize]
                 .to_vec())
@@ -390,7 +442,14 @@ impl EcVolume {
         } else {
             let url = self.manifest().shards[shard].clone();
             peers
-                .ec_shard_range(&url, self.id, shard, self.generation, at, rec.extent as u64)
+                .ec_shard_range(
+                    &url,
+                    self.id,
+                    shard,
+                    self.generation,
+                    (at, rec.extent as u64),
+                    false,
+                )
                 .await
                 .map(|b| b.to_vec())
                 .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
@@ -401,7 +460,18 @@ impl EcVolume {
             }
         }
         metrics::counter!("haystack_store_ec_degraded_reads_total").increment(1);
-        let b = self.rebuild_range(rec, shard, peers).await?;
+        let b = self.rebuild_range(rec, shard, peers, false).await?;
+        if build::check_needle(&b, rec.key, rec.alt, self.tag, at).is_ok() {
+            return Ok(b);
+        }
+        // A source shard's bytes were wrong: again, from pieces that match their CRC tables.
+        tracing::warn!(
+            volume = self.id,
+            key = rec.key,
+            alt = rec.alt,
+            "degraded read decoded wrong bytes; decoding again from checked pieces"
+        );
+        let b = self.rebuild_range(rec, shard, peers, true).await?;
         build::check_needle(&b, rec.key, rec.alt, self.tag, at).map_err(|e| match e {
             StoreError::Corrupt { offset, detail, .. } => corrupt(self.id, offset, detail),
             e => e,
@@ -426,6 +496,15 @@ impl EcVolume {
         crate::metrics::hot().get_disk_reads.increment(ops as u64);
         crate::metrics::hot().bytes_read.increment(b.len() as u64);
         Ok(b)
+    }
+
+    /// [`read_local`](Self::read_local), the pieces checked against the shard's CRC table.
+    async fn read_local_checked(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let (disk, f, id) = (self.engine.disk().clone(), self.file.clone(), self.id);
+        let shard_len = self.geometry.shard_len(self.shard);
+        tokio::task::spawn_blocking(move || read_checked(&disk, &f, id, shard_len, offset, len))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?
     }
 
     /// A needle's bytes checked (magic, CRCs, key, alternate key, tag) and turned into a
@@ -469,7 +548,14 @@ impl EcVolume {
             metrics::counter!("haystack_store_ec_reads_total", "path" => "remote").increment(1);
             let url = self.manifest().shards[shard].clone();
             peers
-                .ec_shard_range(&url, self.id, shard, self.generation, at, rec.extent as u64)
+                .ec_shard_range(
+                    &url,
+                    self.id,
+                    shard,
+                    self.generation,
+                    (at, rec.extent as u64),
+                    false,
+                )
                 .await
                 .map(|b| b.to_vec())
                 .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
@@ -491,21 +577,37 @@ impl EcVolume {
             tracing::warn!(volume = self.id, key, alt, shard, error = %e, "data shard read failed; degraded read");
         }
         metrics::counter!("haystack_store_ec_degraded_reads_total").increment(1);
-        let buf = self.rebuild_range(&rec, shard, peers).await?;
-        self.finish(&rec, cookie, buf)
+        let buf = self.rebuild_range(&rec, shard, peers, false).await?;
+        match self.finish(&rec, cookie, buf) {
+            Err(StoreError::Corrupt { .. }) => {
+                // A source shard's bytes were wrong (the needle's CRC caught it): again, from
+                // pieces that match their shards' CRC tables, skipping the corrupt shard.
+                tracing::warn!(
+                    volume = self.id,
+                    key,
+                    alt,
+                    "degraded read decoded wrong bytes; decoding again from checked pieces"
+                );
+                let buf = self.rebuild_range(&rec, shard, peers, true).await?;
+                self.finish(&rec, cookie, buf)
+            }
+            other => other,
+        }
     }
 
-    /// Rebuilds a needle's bytes from the same range of k shards other than `lost`.
+    /// Rebuilds a needle's bytes from the same range of k shards other than `lost`;
+    /// `checked`: from pieces that match their shards' CRC tables only.
     async fn rebuild_range(
         &self,
         rec: &IndexRecord,
         lost: usize,
         peers: &StoreClient,
+        checked: bool,
     ) -> Result<Vec<u8>> {
         let (a0, alen) = Geometry::aligned(rec.offset as u64, rec.extent as u64);
         let row_base = (rec.block as u64 / self.geometry.k as u64) * self.geometry.block_bytes;
         let ranges = self
-            .fetch_row_ranges(lost, row_base + a0, alen, peers)
+            .fetch_row_ranges(lost, (row_base + a0, alen), peers, checked)
             .await?;
         let g = &self.geometry;
         let refs: Vec<Option<&[u8]>> = ranges.iter().map(|r| r.as_deref()).collect();
@@ -517,12 +619,14 @@ impl EcVolume {
 
     /// The range `at..at + len` of shard data from k shards other than `lost` (zeros past a
     /// shard's end), fetched at once from every other shard; `None` for the others.
+    /// `checked`: a shard answers only pieces that match its CRC table, so a corrupt one
+    /// counts as missing and another is used.
     pub async fn fetch_row_ranges(
         &self,
         lost: usize,
-        at: u64,
-        len: u64,
+        (at, len): (u64, u64),
         peers: &StoreClient,
+        checked: bool,
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let g = self.geometry;
         let man = self.manifest();
@@ -534,11 +638,13 @@ impl EcVolume {
             let url = man.shards[s].clone();
             let local = s == self.shard;
             pending.push(async move {
-                let r = if local {
+                let r = if local && checked {
+                    self.read_local_checked(at, len).await
+                } else if local {
                     self.read_local(at, len).await
                 } else {
                     peers
-                        .ec_shard_range(&url, self.id, s, self.generation, at, len)
+                        .ec_shard_range(&url, self.id, s, self.generation, (at, len), checked)
                         .await
                         .map(|b| b.to_vec())
                         .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))
@@ -689,7 +795,14 @@ impl EcVolume {
                 let mut data = Vec::with_capacity(k);
                 for s in 0..k {
                     let mut b = peers
-                        .ec_shard_range(&man.shards[s], self.id, s, self.generation, at, alen)
+                        .ec_shard_range(
+                            &man.shards[s],
+                            self.id,
+                            s,
+                            self.generation,
+                            (at, alen),
+                            false,
+                        )
                         .await
                         .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))?
                         .to_vec();

@@ -360,6 +360,76 @@ impl Store {
         Ok(removed)
     }
 
+    /// The erasure-coded volumes this store holds any file of (`ec-{id}.*`, `ec-{id}-*`:
+    /// manifest, delete log, shards, indexes, staging), served or not; sent in heartbeats.
+    pub fn ec_file_volumes(&self) -> Vec<u32> {
+        let mut ids = std::collections::BTreeSet::new();
+        let Ok(entries) = std::fs::read_dir(&self.config().data_dir) else {
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("ec-")) else {
+                continue;
+            };
+            let end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if let Ok(id) = rest[..end].parse::<u32>() {
+                ids.insert(id);
+            }
+        }
+        ids.into_iter().collect()
+    }
+
+    /// Removes every file of erasure-coded volume `id` here and stops serving it: the
+    /// manifest first (so a crash half way leaves files no manifest opens, reported and
+    /// removed again at the next heartbeat), then shards and indexes of every generation,
+    /// the delete log and builds' staging. The directory asks it (heartbeat answer,
+    /// `drop_ec`) when the volume's record does not name this store: an abandoned encode's
+    /// shard, or one rebuilt elsewhere. Replica files (`vol-{id}.*`) are not touched.
+    pub async fn ec_discard(&self, id: u32) -> Result<u64> {
+        let _g = self.ec_lock.lock().await;
+        haystack_service::sync::write(&self.ec).remove(&id);
+        let dir = self.config().data_dir.clone();
+        let removed = tokio::task::spawn_blocking(move || -> io::Result<u64> {
+            let mut removed = 0;
+            match std::fs::remove_file(manifest_path(&dir, id)) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            let (a, b) = (format!("ec-{id}-"), format!("ec-{id}."));
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !name.starts_with(&a) && !name.starts_with(&b) {
+                    continue;
+                }
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+                removed += 1;
+            }
+            std::fs::File::open(&dir)?.sync_all()?;
+            Ok(removed)
+        })
+        .await
+        .map_err(join_err)??;
+        self.change_notify().notify_one();
+        tracing::warn!(
+            volume = id,
+            removed,
+            "erasure-coding files the directory's record does not name removed"
+        );
+        Ok(removed)
+    }
+
     /// The path of a staged file (`s{i}` or `ecx`) of a finished build.
     pub fn ec_staged_path(
         &self,
@@ -706,7 +776,11 @@ impl EcPeerState {
     }
 }
 
-/// Rebuilds ranges of a shard from the others, fetched over HTTP.
+/// Rebuilds ranges of a shard from the others, fetched over HTTP. Every source range is
+/// asked `checked`: a store answers it only when the pieces it lies in match its shard's CRC
+/// table, so a corrupt shard counts as missing and another one is decoded from; with fewer
+/// than k good sources the rebuild fails (and writes nothing), rather than computing a new
+/// CRC table over wrong bytes.
 struct RangeFetcher {
     id: u32,
     generation: u32,
@@ -727,16 +801,17 @@ impl RangeFetcher {
             pending.push(async move {
                 let r = self
                     .peers
-                    .ec_shard_range(&url, self.id, s, self.generation, at, len)
+                    .ec_shard_range(&url, self.id, s, self.generation, (at, len), true)
                     .await;
                 (s, r)
             });
         }
         let mut got: Vec<Option<Vec<u8>>> = vec![None; g.shards()];
         let mut have = 0;
+        let mut failed = Vec::new();
         while let Some((s, r)) = pending.next().await {
-            if let Ok(b) = r {
-                if b.len() as u64 <= len {
+            match r {
+                Ok(b) if b.len() as u64 <= len => {
                     let mut b = b.to_vec();
                     b.resize(len as usize, 0);
                     got[s] = Some(b);
@@ -745,12 +820,19 @@ impl RangeFetcher {
                         break;
                     }
                 }
+                Ok(b) => failed.push(format!("shard {s}: {} bytes for {len}", b.len())),
+                Err(e) => {
+                    tracing::warn!(volume = self.id, shard = s, offset = at, error = %e, "rebuild source not used");
+                    failed.push(format!("shard {s}: {e}"));
+                }
             }
         }
         if have < g.k as usize {
             return Err(StoreError::Io(io::Error::other(format!(
-                "only {have} shards answered, {} needed",
-                g.k
+                "rebuilding shard {lost} at offset {at}: only {have} other shards answered with \
+                 pieces matching their CRCs, {} needed ({})",
+                g.k,
+                failed.join("; ")
             ))));
         }
         let refs: Vec<Option<&[u8]>> = got.iter().map(|r| r.as_deref()).collect();
