@@ -580,20 +580,59 @@ async fn puts_move_to_another_volume_when_a_store_refuses_them() {
     .await;
     let c = h.client();
     c.create_bucket("moves").await;
-    let stopped = h.cluster.store_url(1);
-    let vols = h.cluster.volumes().await;
-    let on = |url: &str| {
-        vols.iter()
-            .filter(|v| v.writable && v.replicas.iter().any(|r| r.url == url))
-            .count()
-    };
-    assert!(
-        on(&stopped) > 0 && on(&h.cluster.store_url(0)) > 0,
-        "precondition: writable volumes on both stores: {vols:?}"
-    );
+    // Writable volumes on both stores: the cluster may have made its first ones before the
+    // second store registered, so more are created (placement favours the store with fewer)
+    // until both hold some.
+    let urls = [h.cluster.store_url(0), h.cluster.store_url(1)];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let vols = h.cluster.volumes().await;
+        let on = |url: &str| {
+            vols.iter()
+                .filter(|v| v.writable && v.replicas.iter().any(|r| r.url == url))
+                .count()
+        };
+        if urls.iter().all(|u| on(u) > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "precondition: writable volumes on both stores: {vols:?}"
+        );
+        let n = vols.len();
+        let r = h
+            .cluster
+            .admin_http()
+            .post(format!("{}/v1/volumes", h.cluster.directory_url()))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .expect("create volume");
+        assert!(r.status().is_success(), "{:?}", r.text().await);
+        h.cluster.wait_writable(n + 1).await;
+    }
     h.cluster.stop_store(1);
-    // Small objects (one chunk) and one of 2.5 chunks (1 MiB chunks in this harness).
-    for i in 0..12usize {
+    // Small objects (one chunk) and one of 2.5 chunks (1 MiB chunks in this harness), until
+    // some PUT was assigned a volume of the stopped store and moved (at least 12, at most 80).
+    let moved = || async {
+        let metrics = reqwest::get(format!("{}/metrics", h.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metrics
+            .lines()
+            .find(|l| l.starts_with("haystack_s3_chunk_write_failures_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            > 0.0
+    };
+    for i in 0..80usize {
+        if i >= 12 && moved().await {
+            return;
+        }
         let size = if i == 5 { (5 << 20) / 2 } else { 1000 + i };
         let body: Vec<u8> = (0..size).map(|b| (b * 31 + i) as u8).collect();
         let r = c
@@ -608,4 +647,5 @@ async fn puts_move_to_another_volume_when_a_store_refuses_them() {
             "k{i}"
         );
     }
+    panic!("80 PUTs and none was assigned a volume of the stopped store");
 }
