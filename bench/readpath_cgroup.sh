@@ -20,8 +20,8 @@
 # processes and store HTTP workers, 2), SEALED=1 (also measure the store after sealing the
 # volume: its index then lives in a memory-mapped file), STORE_OUTSIDE=1 (open the store
 # outside its cgroup and move it in, with the limit lowered by the resident memory it brings:
-# opening a 1,000,000-needle volume peaks near 120 MB, more than a 64 MiB limit; nginx and the
-# 100,000 runs start inside), BASE (/tmp/haystack-readpath),
+# needed before f9b25c8, when opening a 1,000,000-needle volume peaked near 120 MB; since then
+# the store starts inside, as in run D of bench/results/17-readpath.md), BASE (/tmp/haystack-readpath),
 # KEEP=1 (keep the data), SKIP_BUILD=1.
 #
 # Needs root (cgroups, drop_caches), nginx, wrk, python3 and curl; without root or a memory
