@@ -50,12 +50,17 @@ pub(super) fn recover_writable(
         true
     })?;
     if !read.header_ok || read.good_len != read.file_len {
-        tracing::warn!(
-            volume = id,
-            kept_records = kept,
-            dropped_bytes = read.file_len - read.good_len,
-            "index file has a bad tail; cutting it"
-        );
+        if read.file_len == 0 {
+            // No index file yet (an imported or seeded volume): one is started, no warning.
+            tracing::debug!(volume = id, "no index file records; the volume is scanned");
+        } else {
+            tracing::warn!(
+                volume = id,
+                kept_records = kept,
+                dropped_bytes = read.file_len - read.good_len,
+                "index file has a bad tail; cutting it"
+            );
+        }
         let cut = if !read.header_ok {
             disk.set_len(idx_file, 0)
                 .and_then(|()| disk.append(idx_file, &idx_header(id)))
