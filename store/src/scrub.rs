@@ -169,6 +169,24 @@ impl Scrubber {
     }
 
     /// Writes `scrub.json` (temporary file, then rename; losing it only repeats work).
+    /// How long to rest after a step that read `spent` bytes since `started`: a second when
+    /// a read was slow (foreground I/O comes first); otherwise this step's bytes take
+    /// `spent / rate` seconds of budget, and a pass that ended rests at least a fifth of a
+    /// second (small volumes would spin).
+    fn pace(&self, spent: u64, started: Instant, done: bool, slow: bool) -> Next {
+        if slow {
+            metrics::counter!("haystack_store_scrub_pauses_total").increment(1);
+            return Next::Idle(Duration::from_secs(1));
+        }
+        let want = Duration::from_secs_f64(spent as f64 / self.rate as f64);
+        let rest = want.saturating_sub(started.elapsed());
+        Next::Idle(if done {
+            rest.max(Duration::from_millis(200))
+        } else {
+            rest
+        })
+    }
+
     fn save(&self) {
         let state = State {
             volumes: self
@@ -336,17 +354,7 @@ impl Scrubber {
                 self.save();
             }
         }
-        if slow {
-            metrics::counter!("haystack_store_scrub_pauses_total").increment(1);
-            return Ok(Next::Idle(Duration::from_secs(1)));
-        }
-        let want = Duration::from_secs_f64(spent as f64 / self.rate as f64);
-        let rest = want.saturating_sub(started.elapsed());
-        Ok(Next::Idle(if done {
-            rest.max(Duration::from_millis(200))
-        } else {
-            rest
-        }))
+        Ok(self.pace(spent, started, done, slow))
     }
 
     /// Rebuilds this store's shard of `ec` in place from k other shards (its own task, so a
@@ -492,18 +500,6 @@ impl haystack_service::Worker for Scrubber {
                 self.save();
             }
         }
-        if slow {
-            metrics::counter!("haystack_store_scrub_pauses_total").increment(1);
-            return Ok(Next::Idle(Duration::from_secs(1)));
-        }
-        // Keep to the rate: this step's bytes take `spent / rate` seconds of budget; a pass
-        // that ended rests at least a fifth of a second (small volumes would spin).
-        let want = Duration::from_secs_f64(spent as f64 / self.rate as f64);
-        let rest = want.saturating_sub(started.elapsed());
-        Ok(Next::Idle(if done {
-            rest.max(Duration::from_millis(200))
-        } else {
-            rest
-        }))
+        Ok(self.pace(spent, started, done, slow))
     }
 }
