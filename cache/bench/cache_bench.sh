@@ -5,6 +5,8 @@
 #   bash cache/bench/cache_bench.sh              # 3 reps of 20 s per test
 #   REPS=1 DUR=10 bash cache/bench/cache_bench.sh
 #   SKIP_NGINX=1 ...                             # only our side
+#   ONLY="hit miss" ...                          # only these tests
+#   PERF=1 ...                                   # perf record -g of store, hit, miss (rep 1)
 #
 # Tests (wrk -t2 -c64, random paths over N4K needles of 4 KiB, page cache warm):
 #   nginx   GET 4 KiB from nginx (file per photo), GET only: TESTS=get4k (the baseline's PUT
@@ -142,11 +144,19 @@ wrk -t2 -c64 -d15s -s "$SHARED/get_random.lua" "http://127.0.0.1:$MPORT" -- "$BA
 for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CONNS" \
     "miss $MPORT $MPID+$SPID $THREADS $CONNS" "store_c1 $SPORT $SPID 1 1" "miss_c1 $MPORT $MPID+$SPID 1 1"; do
     read -r name port pids t c <<<"$spec"
+    [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
     pids=${pids//+/ }
     rps=() p50=() p99=()
     for r in $(seq "$REPS"); do
         h0=$(stat $HPORT hits); m0=$(stat $HPORT misses); s0=$(stat $MPORT store_reads); d0=$(stat $MPORT directory_requests)
+        prof=""
+        if [[ -n ${PERF:-} && $r == 1 && ($name == miss || $name == hit || $name == store) ]]; then
+            # PERF=1: a call-graph profile of the serving process during the first rep.
+            perf record -q -F 999 -g -p "${pids%% *}" -o "$BASE/perf-$name.data" -- sleep "$DUR" >/dev/null 2>&1 &
+            prof=$!
+        fi
         run "$name" "$port" "$pids" "$t" "$c"
+        [[ -z $prof ]] || wait "$prof" || true
         h1=$(stat $HPORT hits); m1=$(stat $HPORT misses); s1=$(stat $MPORT store_reads); d1=$(stat $MPORT directory_requests)
         q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
         say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") hit_node_hits=$((h1 - h0)) hit_node_misses=$((m1 - m0)) miss_node_store_reads=$((s1 - s0)) miss_node_directory_requests=$((d1 - d0)) load=$(cut -d' ' -f1-3 /proc/loadavg)"

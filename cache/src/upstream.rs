@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
-use haystack_client::{ClientError, Credentials, DirectoryClient, StoreClient};
+use haystack_client::{
+    ClientError, ConnFailure, Credentials, DirectoryClient, StoreClient, StoreReader,
+};
 use haystack_proto::directory::{DamageKind, DamageReport};
 use haystack_proto::NeedleAddr;
 
@@ -49,11 +51,18 @@ enum Fail {
 }
 
 /// The HTTP clients of one worker thread: peers (per-request timeouts), the stores (over the
-/// same connection pool, `store_timeout_ms` per read) and the directory (its own timeout).
+/// same connection pool, `store_timeout_ms` per read), the stores' needle readers (a pool of
+/// plain HTTP/1.1 connections per store, for misses) and the directory (its own timeout).
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub http: reqwest::Client,
     pub stores: StoreClient,
+    /// One [`StoreReader`] per store base URL (`None`: an https store, read by `stores`). Its
+    /// connections belong to this worker's runtime, so the map is per worker too.
+    readers: Arc<Mutex<HashMap<String, Option<Arc<StoreReader>>>>>,
+    store_timeout: Duration,
+    /// What the readers prove to the stores (signed reads only).
+    reader_creds: Credentials,
     pub directory: DirectoryClient,
     /// What this node proves to its peers (purges it repeats).
     pub creds: Credentials,
@@ -79,20 +88,39 @@ impl Clients {
             .build()
             .map_err(io)?;
         let creds = Credentials::internal(cfg.security.keys.as_ref(), "cache");
-        let mut stores =
-            StoreClient::with_timeout(http.clone(), Duration::from_millis(cfg.store_timeout_ms));
+        let store_timeout = Duration::from_millis(cfg.store_timeout_ms);
+        let mut stores = StoreClient::with_timeout(http.clone(), store_timeout);
         // Needle reads are public unless reads are signed; then the cache proves itself to the
         // stores as the cluster's own (a token per read, so only then).
+        let mut reader_creds = Credentials::None;
         if cfg.security.signed_reads_ttl_secs.is_some() {
             stores = stores.with_credentials(creds.clone());
+            reader_creds = creds.clone();
         }
         Ok(Clients {
             stores,
             http,
+            readers: Arc::default(),
+            store_timeout,
+            reader_creds,
             directory: DirectoryClient::with_http(&cfg.directory_url, dir_http)
                 .with_credentials(creds.clone()),
             creds,
         })
+    }
+}
+
+impl Clients {
+    /// The needle reader of the store at `url`, made at its first use (`None` for a store
+    /// this reader cannot speak to: https).
+    fn reader(&self, url: &str) -> Option<Arc<StoreReader>> {
+        let mut m = lock(&self.readers);
+        if let Some(r) = m.get(url) {
+            return r.clone();
+        }
+        let r = StoreReader::new(url, self.store_timeout, self.reader_creds.clone()).map(Arc::new);
+        m.insert(url.to_string(), r.clone());
+        r
     }
 }
 
@@ -439,7 +467,11 @@ impl Upstream {
         let _busy = InFlight::start(&r.state.inflight);
         let addr = NeedleAddr::new(k.volume, k.key, k.alt, cookie);
         let started = Instant::now();
-        let outcome = match c.stores.get_needle(&r.url, &addr).await {
+        let read = match c.reader(&r.url) {
+            Some(reader) => reader.get_needle(&addr).await,
+            None => c.stores.get_needle(&r.url, &addr).await,
+        };
+        let outcome = match read {
             Ok(n) => {
                 let header = |v: Option<bytes::Bytes>| {
                     v.and_then(|b| HeaderValue::from_maybe_shared(b).ok())
@@ -459,6 +491,11 @@ impl Upstream {
             Err(e) if e.is_not_found() => Err(Fail::NotFound),
             Err(e) if e.code() == Some("corrupt_needle") => Err(Fail::Corrupt(e.to_string())),
             Err(ClientError::Transport(e)) => Err(Fail::Other(describe(&e))),
+            Err(ClientError::Conn { kind, detail, .. }) => Err(Fail::Other(match kind {
+                ConnFailure::Timeout => "timed out".into(),
+                ConnFailure::Connect => "connection failed".into(),
+                _ => format!("request failed: {detail}"),
+            })),
             Err(ClientError::Api { status, body, .. }) => {
                 let code = if body.error == "http" {
                     String::new()

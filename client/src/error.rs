@@ -8,6 +8,14 @@ pub enum ClientError {
     /// (reqwest's error names the URL).
     #[error("request failed: {0}")]
     Transport(#[from] reqwest::Error),
+    /// A connection of [`crate::StoreReader`] failed, timed out or answered something that is
+    /// not HTTP/1.1 as the store speaks it.
+    #[error("{url}: {detail}")]
+    Conn {
+        url: String,
+        kind: ConnFailure,
+        detail: String,
+    },
     /// The service answered with an error status; `body` is its JSON error body (or, when it
     /// sent none, code `http` and the text it sent).
     #[error("{url} answered {status}: {} ({})", body.message, body.error)]
@@ -19,6 +27,19 @@ pub enum ClientError {
     /// The answer was not the JSON expected.
     #[error("{url}: undecodable answer: {detail}")]
     Decode { url: String, detail: String },
+}
+
+/// How a [`ClientError::Conn`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnFailure {
+    /// The connection could not be made.
+    Connect,
+    /// No whole answer within the timeout.
+    Timeout,
+    /// The connection failed or was closed mid-exchange.
+    Io,
+    /// The answer was not HTTP/1.1 as expected.
+    Protocol,
 }
 
 impl ClientError {
@@ -44,16 +65,31 @@ impl ClientError {
 
     /// Worth retrying later: transport failures and 503s.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ClientError::Transport(_)) || self.status() == Some(503)
+        matches!(self, ClientError::Transport(_) | ClientError::Conn { .. })
+            || self.status() == Some(503)
     }
 
     /// The request timed out.
     pub fn is_timeout(&self) -> bool {
         matches!(self, ClientError::Transport(e) if e.is_timeout())
+            || matches!(
+                self,
+                ClientError::Conn {
+                    kind: ConnFailure::Timeout,
+                    ..
+                }
+            )
     }
 
     /// The connection could not be made.
     pub fn is_connect(&self) -> bool {
         matches!(self, ClientError::Transport(e) if e.is_connect())
+            || matches!(
+                self,
+                ClientError::Conn {
+                    kind: ConnFailure::Connect,
+                    ..
+                }
+            )
     }
 }

@@ -1,6 +1,7 @@
 //! Rust clients of the haystack services' HTTP APIs (docs/API.md): [`DirectoryClient`] (one
 //! directory), [`StoreClient`] (any store machine: needles and volume administration),
-//! [`CacheClient`] (purges). Every URL a service builds to call another service is built here,
+//! [`CacheClient`] (purges), and [`StoreReader`], the cache's pooled HTTP/1.1 reader of whole
+//! needles (its miss path, without reqwest). Every URL a service builds to call another service is built here,
 //! in [`urls`]; the servers' own route tables stay with the servers.
 //!
 //! The crate depends on haystack-proto and the HTTP client only, so that a service calling
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod cache;
 pub mod directory;
 pub mod error;
+pub mod reader;
 pub mod store;
 pub mod urls;
 
@@ -20,5 +22,6 @@ mod http;
 pub use auth::Credentials;
 pub use cache::CacheClient;
 pub use directory::DirectoryClient;
-pub use error::ClientError;
+pub use error::{ClientError, ConnFailure};
+pub use reader::StoreReader;
 pub use store::StoreClient;
