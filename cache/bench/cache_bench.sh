@@ -7,6 +7,7 @@
 #   SKIP_NGINX=1 ...                             # only our side
 #   ONLY="hit miss" ...                          # only these tests
 #   PERF=1 ...                                   # perf record -g of store, hit, miss (rep 1)
+#   PERF=stat ...                                # perf stat (instructions, cycles) instead
 #
 # Tests (wrk -t2 -c64, random paths over N4K needles of 4 KiB, page cache warm):
 #   nginx   GET 4 KiB from nginx (file per photo), GET only: TESTS=get4k (the baseline's PUT
@@ -62,7 +63,7 @@ fi
 
 [[ -n ${SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache --bin haystack --bin cache_serve >&2)
 HAY=$TARGET/release/haystack
-CACHE=$TARGET/release/cache_serve
+CACHE=${CACHE_BIN:-$TARGET/release/cache_serve}
 DATA=$BASE/data
 rm -rf "$DATA"
 mkdir -p "$DATA"
@@ -152,7 +153,12 @@ for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CON
         prof=""
         if [[ -n ${PERF:-} && $r == 1 && ($name == miss || $name == hit || $name == store) ]]; then
             # PERF=1: a call-graph profile of the serving process during the first rep.
-            perf record -q -F 999 -g -p "${pids%% *}" -o "$BASE/perf-$name.data" -- sleep "$DUR" >/dev/null 2>&1 &
+            if [[ $PERF == stat ]]; then
+                # PERF=stat: instructions and cycles instead (a count that load does not change).
+                perf stat -x, -e instructions,cycles,task-clock -p "${pids%% *}" -o "$BASE/perf-$name.stat" -- sleep "$DUR" >/dev/null 2>&1 &
+            else
+                perf record -q -F 999 -g -p "${pids%% *}" -o "$BASE/perf-$name.data" -- sleep "$DUR" >/dev/null 2>&1 &
+            fi
             prof=$!
         fi
         run "$name" "$port" "$pids" "$t" "$c"

@@ -199,6 +199,17 @@ impl Memory {
         kept
     }
 
+    /// Ends a read that will not complete (its leader went away): forgets its slot, and the
+    /// waiters, seeing the channel closed, probe again (one of them leads a new read).
+    pub fn abandon(&self, t: Ticket) {
+        let mut s = self.shard(&t.key);
+        if matches!(s.flights.get(&(t.key, t.cookie)), Some((id, _)) if *id == t.id) {
+            s.flights.remove(&(t.key, t.cookie));
+        }
+        drop(s);
+        drop(t);
+    }
+
     /// Puts a needle in memory directly (tests and warm-up).
     pub fn insert(&self, k: NeedleKey, n: Arc<Needle>) -> bool {
         let mut s = self.shard(&k);
@@ -391,5 +402,16 @@ mod tests {
         assert!(matches!(m.probe(k(4, 0), 5), Probe::Lead(..)));
         // The leader above was dropped without completing: the next probe leads again.
         assert!(matches!(m.probe(k(4, 0), 5), Probe::Lead(..)));
+        // An abandoned read forgets its slot; its waiters see the channel closed.
+        let Probe::Lead(t, _) = m.probe(k(5, 0), 5) else {
+            panic!()
+        };
+        let Probe::Join(mut rx) = m.probe(k(5, 0), 5) else {
+            panic!()
+        };
+        m.abandon(t);
+        assert!(!m.shard(&k(5, 0)).flights.contains_key(&(k(5, 0), 5)));
+        assert!(rx.wait_for(|v| v.is_some()).await.is_err());
+        assert!(matches!(m.probe(k(5, 0), 5), Probe::Lead(..)));
     }
 }

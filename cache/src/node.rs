@@ -1,6 +1,6 @@
 //! `Node`: one cache node's state (memory, upstream, video chunk lists, the ring of peers,
 //! counters) and the read of a needle through it: a hit, or a miss that joins or starts the
-//! one store read of that needle.
+//! one store read of that needle (run by the request that started it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use actix_web::HttpRequest;
 use crate::config::{CacheConfig, Cidr};
 use crate::error::CacheError;
 use crate::live::Liveness;
-use crate::memory::{FlightRx, Memory, Needle, NeedleKey, Probe};
+use crate::memory::{FlightRx, Memory, Needle, NeedleKey, Probe, Ticket};
 use crate::metrics::{Stats, StatsSnapshot};
 use crate::ring::{Ring, VNODES};
 use crate::upstream::{Clients, Upstream};
@@ -110,6 +110,10 @@ impl Node {
 
     /// A needle: from memory, or from the one store read of it under way, or from a new one.
     /// A wrong cookie is `NotFound`, whether the needle is in memory or not.
+    ///
+    /// The read runs in the task of the request that started it (no task per read). If that
+    /// request goes away (its client disconnected), the read is abandoned and the requests
+    /// waiting on it probe again: one of them leads a new read.
     pub async fn needle(
         self: &Arc<Self>,
         c: &Clients,
@@ -117,62 +121,44 @@ impl Node {
         cookie: u64,
         from_cdn: bool,
     ) -> Result<Arc<Needle>, CacheError> {
-        match self.memory.probe(k, cookie) {
-            Probe::Hit(n) => {
-                if n.cookie != cookie {
-                    return Err(CacheError::NotFound);
-                }
-                self.stats.hits.add(1);
-                Ok(n)
-            }
-            Probe::Join(rx) => {
-                self.stats.misses.add(1);
-                self.stats.coalesced.add(1);
-                wait(rx, k).await
-            }
-            Probe::Lead(ticket, rx) => {
-                self.stats.misses.add(1);
-                self.stats.store_reads.add(1);
-                // The read runs as its own task: a client that goes away does not cancel the
-                // read the others wait on.
-                let node = self.clone();
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let k = ticket.key();
-                    let read = node.upstream.read(&c, k, cookie, &node.stats);
-                    let read = if node.cfg.check_live_on_miss {
-                        let live = node.live.check(&c, k.volume, k.key, cookie, &node.stats);
-                        match tokio::join!(live, read) {
-                            (Ok(()), r) => r,
-                            (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => {
-                                Err(e)
-                            }
-                            (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
-                            (Err(e), r) => {
-                                node.warn_liveness_unknown(k, &e);
-                                r
-                            }
-                        }
-                    } else {
-                        read.await
-                    };
-                    let (result, admit) = match read {
-                        Ok((n, writable)) => (Ok(n), node.cfg.admission.admits(from_cdn, writable)),
-                        Err(e) => (Err(e), false),
-                    };
-                    let ok = result.is_ok();
-                    let kept = node.memory.complete(ticket, result, admit);
-                    if kept {
-                        node.stats.admitted.add(1);
-                    } else if ok {
-                        node.stats.not_admitted.add(1);
+        let mut joined = false;
+        loop {
+            match self.memory.probe(k, cookie) {
+                Probe::Hit(n) => {
+                    if n.cookie != cookie {
+                        return Err(CacheError::NotFound);
                     }
-                });
-                wait(rx, k).await
+                    if !joined {
+                        self.stats.hits.add(1);
+                    }
+                    return Ok(n);
+                }
+                Probe::Join(rx) => {
+                    if !joined {
+                        self.stats.misses.add(1);
+                        self.stats.coalesced.add(1);
+                        joined = true;
+                    }
+                    match wait(rx).await {
+                        Some(r) => return r,
+                        // The leader went away: probe again.
+                        None => continue,
+                    }
+                }
+                Probe::Lead(ticket, _) => {
+                    if !joined {
+                        self.stats.misses.add(1);
+                    }
+                    self.stats.store_reads.add(1);
+                    let lead = Lead {
+                        node: self,
+                        ticket: Some(ticket),
+                    };
+                    return lead.read(c, cookie, from_cdn).await;
+                }
             }
         }
     }
-
     fn warn_liveness_unknown(&self, k: NeedleKey, e: &CacheError) {
         use std::sync::atomic::Ordering;
         let now = self.started.elapsed().as_millis() as u64 + 1_000;
@@ -204,19 +190,179 @@ impl Node {
     }
 }
 
-async fn wait(mut rx: FlightRx, k: NeedleKey) -> Result<Arc<Needle>, CacheError> {
+/// The outcome of the read `rx` follows; `None` when its leader went away without one.
+async fn wait(mut rx: FlightRx) -> Option<Result<Arc<Needle>, CacheError>> {
     match rx.wait_for(|v| v.is_some()).await {
-        Ok(v) => match &*v {
-            Some(r) => r.clone(),
-            None => unreachable_read(k),
-        },
-        Err(_) => unreachable_read(k),
+        Ok(v) => v.as_ref().cloned(),
+        Err(_) => None,
     }
 }
 
-fn unreachable_read(k: NeedleKey) -> Result<Arc<Needle>, CacheError> {
-    Err(CacheError::StoreUnavailable {
-        volume: k.volume,
-        detail: "the read was abandoned".into(),
-    })
+/// A store read this request leads: completed with its outcome, or abandoned if the request
+/// is dropped first (so that the waiters start over instead of waiting forever).
+struct Lead<'a> {
+    node: &'a Arc<Node>,
+    ticket: Option<Ticket>,
+}
+
+impl Lead<'_> {
+    async fn read(
+        mut self,
+        c: &Clients,
+        cookie: u64,
+        from_cdn: bool,
+    ) -> Result<Arc<Needle>, CacheError> {
+        let node = self.node;
+        let Some(k) = self.ticket.as_ref().map(Ticket::key) else {
+            return Err(CacheError::NotFound);
+        };
+        let read = node.upstream.read(c, k, cookie, &node.stats);
+        let read = if node.cfg.check_live_on_miss {
+            let live = node.live.check(c, k.volume, k.key, cookie, &node.stats);
+            match tokio::join!(live, read) {
+                (Ok(()), r) => r,
+                (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => Err(e),
+                (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
+                (Err(e), r) => {
+                    node.warn_liveness_unknown(k, &e);
+                    r
+                }
+            }
+        } else {
+            read.await
+        };
+        let (result, admit) = match read {
+            Ok((n, writable)) => (Ok(n), node.cfg.admission.admits(from_cdn, writable)),
+            Err(e) => (Err(e), false),
+        };
+        let Some(ticket) = self.ticket.take() else {
+            return result;
+        };
+        let ok = result.is_ok();
+        let kept = node.memory.complete(ticket, result.clone(), admit);
+        if kept {
+            node.stats.admitted.add(1);
+        } else if ok {
+            node.stats.not_admitted.add(1);
+        }
+        result
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            self.node.memory.abandon(t);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A directory and a store in one test server on 127.0.0.1: volume 1's replica is itself,
+    /// and every needle read is answered after `delay` with `body`. Counts the needle reads.
+    async fn slow_store(delay: Duration, body: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let volume = serde_json::to_vec(&haystack_proto::directory::LogicalVolumeInfo {
+            id: 1,
+            state: haystack_proto::VolumeState::Writable,
+            effective_state: haystack_proto::VolumeState::Writable,
+            writable: true,
+            capacity_bytes: 1 << 30,
+            used_bytes: 0,
+            replicas: vec![haystack_proto::directory::ReplicaStatus {
+                store_id: 1,
+                url: url.clone(),
+                up: true,
+                reported: true,
+            }],
+            remote_replicas: vec![],
+            reason: None,
+            ec: None,
+        })
+        .unwrap();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (volume, counted) = (volume.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut b = [0u8; 4096];
+                            match s.read(&mut b).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        let needle = buf.starts_with(b"GET /v1/needles/");
+                        buf.clear();
+                        let body: &[u8] = if needle {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            body
+                        } else {
+                            &volume
+                        };
+                        let head =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                        if s.write_all(head.as_bytes()).await.is_err()
+                            || s.write_all(body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, reads)
+    }
+
+    /// The read runs in the first request's task: when that request goes away, the requests
+    /// waiting on its read are not left waiting or failed; one of them reads again.
+    #[tokio::test]
+    async fn waiters_outlive_a_leader_that_goes_away() {
+        let (url, reads) = slow_store(Duration::from_millis(300), b"needle bytes").await;
+        let cfg = CacheConfig {
+            directory_url: url,
+            check_live_on_miss: false,
+            ..CacheConfig::default()
+        };
+        let node = Node::new(cfg).unwrap();
+        let c = Clients::new(&node.cfg).unwrap();
+        let k = NeedleKey {
+            volume: 1,
+            key: 7,
+            alt: 0,
+        };
+        let leader = {
+            let (node, c) = (node.clone(), c.clone());
+            tokio::spawn(async move { node.needle(&c, k, 9, false).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (node, c) = (node.clone(), c.clone());
+                tokio::spawn(async move { node.needle(&c, k, 9, false).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        // The first request's client disconnects: its handler is dropped.
+        leader.abort();
+        for w in waiters {
+            let n = w.await.unwrap().unwrap();
+            assert_eq!(&n.data[..], b"needle bytes");
+        }
+        // The abandoned read, then one more by a waiter.
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        let s = node.snapshot();
+        assert_eq!((s.misses, s.coalesced, s.store_reads), (4, 3, 2), "{s:?}");
+    }
 }
