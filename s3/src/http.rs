@@ -105,6 +105,8 @@ struct Ctx {
     query: BTreeMap<String, String>,
     resource: String,
     head: bool,
+    /// `x-amz-copy-source` is present (CopyObject, UploadPartCopy).
+    copy: bool,
 }
 
 impl Ctx {
@@ -215,6 +217,7 @@ fn parse(req: &HttpRequest, s3: &SharedS3) -> Result<Ctx, S3Error> {
     Ok(Ctx {
         method: req.method().as_str().to_string(),
         head: req.method() == actix_web::http::Method::HEAD,
+        copy: req.headers().contains_key("x-amz-copy-source"),
         bucket,
         key,
         query,
@@ -235,6 +238,7 @@ fn op_name(c: &Ctx) -> &'static str {
         ("GET", true, false) => "ListObjects",
         ("POST", true, false) if c.has("delete") => "DeleteObjects",
         ("PUT", true, true) if c.has("uploadId") => "UploadPart",
+        ("PUT", true, true) if c.copy => "CopyObject",
         ("PUT", true, true) => "PutObject",
         ("GET", true, true) if c.has("uploadId") => "ListParts",
         ("GET", true, true) => "GetObject",
@@ -554,7 +558,7 @@ async fn handle(
             permit(&auth.who, &bucket, true)?;
             upload_part(req, payload, s3, c, &auth, &bucket, key).await
         }
-        "PUT" if req.headers().contains_key("x-amz-copy-source") => {
+        "PUT" if c.copy => {
             permit(&auth.who, &bucket, true)?;
             copy_object(req, s3, &auth, &bucket, key).await
         }
@@ -1186,30 +1190,12 @@ async fn copy_object(
     key: &str,
 ) -> Result<HttpResponse, S3Error> {
     let h = req.headers();
-    let src = hdr(h, "x-amz-copy-source").unwrap_or("");
-    let src = src.split_once("?versionId=").map_or(src, |(s, _)| s);
-    let src = percent_decode_str(src.trim_start_matches('/'))
-        .decode_utf8()
-        .map_err(|_| S3Error::InvalidArgument("x-amz-copy-source is not UTF-8".into()))?
-        .into_owned();
-    let (src_bucket, src_key) = src
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source must be BUCKET/KEY".into()))?;
-    let sb = s3.bucket(src_bucket).await?.value;
+    let (src_bucket, src_key) = copy_source(h)?;
+    let src_key = src_key.as_str();
+    let sb = s3.bucket(&src_bucket).await?.value;
     permit(&auth.who, &sb, false)?;
     let so = s3.object(&sb, src_key).await?.value;
-    // The copy-source conditions.
-    if let Some(m) = hdr(h, "x-amz-copy-source-if-match") {
-        if !etag_matches(m, &so.etag) {
-            return Err(S3Error::PreconditionFailed);
-        }
-    }
-    if let Some(m) = hdr(h, "x-amz-copy-source-if-none-match") {
-        if etag_matches(m, &so.etag) {
-            return Err(S3Error::PreconditionFailed);
-        }
-    }
+    copy_source_conditions(h, &so)?;
     let replace = match hdr(h, "x-amz-metadata-directive") {
         None | Some("COPY") => false,
         Some("REPLACE") => true,
@@ -1233,14 +1219,7 @@ async fn copy_object(
         so.headers.clone()
     };
     // The bytes are copied: records never share data ids, so deleting one never loses another.
-    let mut w = s3.data.writer(so.size);
-    if so.size > 0 {
-        let mut stream = Box::pin(s3.data.read(so.data.clone(), 0, so.size - 1));
-        while let Some(piece) = stream.next().await {
-            w.write(piece?).await?;
-        }
-    }
-    let data = w.finish().await?;
+    let (data, _) = copy_bytes(s3, &so, 0, so.size).await?;
     let rec = ObjectRecord {
         size: so.size,
         etag: so.etag.clone(),
@@ -1261,6 +1240,87 @@ async fn copy_object(
     Ok(xml_ok(x.finish(root)))
 }
 
+/// The bucket and key `x-amz-copy-source` names: `[/]BUCKET/KEY`, URL-encoded, optionally
+/// `?versionId=null` (the current object; this server keeps no other versions, so any other
+/// version id is refused rather than silently answered with the current object).
+fn copy_source(h: &HeaderMap) -> Result<(String, String), S3Error> {
+    let raw = hdr(h, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source is not ASCII".into()))?;
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| S3Error::InvalidArgument("x-amz-copy-source is not UTF-8".into()))
+    };
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "versionId" {
+            return Err(S3Error::InvalidArgument(format!(
+                "x-amz-copy-source: unknown parameter {k:?} (only versionId is taken)"
+            )));
+        }
+        let v = decode(v)?;
+        if v != "null" {
+            return Err(S3Error::InvalidArgument(format!(
+                "Invalid version id specified: {v:?} (this server keeps no object versions; \
+                 only versionId=null, the current object, is accepted)"
+            )));
+        }
+    }
+    let src = decode(path.strip_prefix('/').unwrap_or(path))?;
+    let (bucket, key) = src
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source must be BUCKET/KEY".into()))?;
+    check_key(key)?;
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// The copy-source conditions (`x-amz-copy-source-if-match`, `-if-none-match`,
+/// `-if-modified-since`, `-if-unmodified-since`), ordered as GET's; any that fails is 412.
+fn copy_source_conditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
+    match conditions(h, o, "x-amz-copy-source-") {
+        Err(S3Error::NotModified) => Err(S3Error::PreconditionFailed),
+        r => r,
+    }
+}
+
+/// Copies `len` bytes of `so` from `first` into new data, streamed a chunk at a time through
+/// the writer (never the whole run in memory); the data (None when empty) and the MD5 of the
+/// bytes copied. A whole copy of a single-PUT object is checked against its ETag. On failure
+/// nothing is committed (written chunks are an uncommitted id, `haystack gc`'s).
+async fn copy_bytes(
+    s3: &SharedS3,
+    so: &ObjectRecord,
+    first: u64,
+    len: u64,
+) -> Result<(Option<crate::meta::DataRef>, [u8; 16]), S3Error> {
+    use md5::{Digest as _, Md5};
+    let mut md5 = Md5::new();
+    let mut w = s3.data.writer(len);
+    if len > 0 {
+        let mut stream = Box::pin(s3.data.read(so.data.clone(), first, first + len - 1));
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            md5.update(&piece);
+            w.write(piece).await?;
+        }
+    }
+    let digest: [u8; 16] = md5.finalize().into();
+    let whole = first == 0 && len == so.size && !so.etag.contains('-');
+    if whole && hex::encode(digest) != so.etag {
+        // Checked before the commit: a source that does not read back as written is not copied.
+        return Err(S3Error::Internal(format!(
+            "the copy source read back with MD5 {} instead of its ETag {}",
+            hex::encode(digest),
+            so.etag
+        )));
+    }
+    let data = w.finish().await?;
+    Ok((data, digest))
+}
+
 /// Seconds of an HTTP date header, if it parses.
 fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
     hdr(h, name)
@@ -1271,22 +1331,28 @@ fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
 
 /// The conditional headers of GET and HEAD, in S3's order.
 fn preconditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
+    conditions(h, o, "")
+}
+
+/// `{prefix}if-match` (else `if-unmodified-since`) failing is PreconditionFailed,
+/// `{prefix}if-none-match` (else `if-modified-since`) failing is NotModified: S3's order.
+fn conditions(h: &HeaderMap, o: &ObjectRecord, prefix: &str) -> Result<(), S3Error> {
+    let name = |n: &str| format!("{prefix}{n}");
     let modified = o.last_modified_ms / 1000;
-    let if_match = hdr(h, "if-match");
-    if let Some(m) = if_match {
+    if let Some(m) = hdr(h, &name("if-match")) {
         if !etag_matches(m, &o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
-    } else if let Some(t) = http_date(h, "if-unmodified-since") {
+    } else if let Some(t) = http_date(h, &name("if-unmodified-since")) {
         if modified > t {
             return Err(S3Error::PreconditionFailed);
         }
     }
-    if let Some(m) = hdr(h, "if-none-match") {
+    if let Some(m) = hdr(h, &name("if-none-match")) {
         if etag_matches(m, &o.etag) {
             return Err(S3Error::NotModified);
         }
-    } else if let Some(t) = http_date(h, "if-modified-since") {
+    } else if let Some(t) = http_date(h, &name("if-modified-since")) {
         if modified <= t {
             return Err(S3Error::NotModified);
         }

@@ -260,6 +260,45 @@ async fn conditional_requests_and_copy() {
     let r = c.get("cond", "copy2").await;
     assert_eq!(r.headers()["x-amz-meta-k"], "v2");
     assert_eq!(r.headers()["content-type"], "text/x-two");
+    // The source named with versionId=null (the current object) copies; another version id,
+    // or a copy-source date condition that fails, is refused.
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "copy3"))
+                .h("x-amz-copy-source", "/cond/meta?versionId=null")
+                .h(
+                    "x-amz-copy-source-if-modified-since",
+                    "Mon, 01 Jan 2001 00:00:00 GMT",
+                ),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for (k, v) in [
+        (
+            "x-amz-copy-source",
+            "/cond/meta?versionId=L4kqtJlcpXroDTDmpUMLUo",
+        ),
+        (
+            "x-amz-copy-source-if-modified-since",
+            "Fri, 01 Jan 2100 00:00:00 GMT",
+        ),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT",
+        ),
+    ] {
+        let mut r = Req::new("PUT", key_path("cond", "copy4")).h(k, v);
+        if k != "x-amz-copy-source" {
+            r = r.h("x-amz-copy-source", "/cond/meta");
+        }
+        let (status, _) = error_code(c.send(r).await).await;
+        assert_eq!(
+            status,
+            if k == "x-amz-copy-source" { 400 } else { 412 },
+            "{k}"
+        );
+    }
+    assert_eq!(error_code(c.get("cond", "copy4").await).await.0, 404);
     // The source deleted: the copies keep their own bytes.
     assert_eq!(
         c.send(Req::new("DELETE", key_path("cond", "meta")))
