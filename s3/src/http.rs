@@ -237,6 +237,7 @@ fn op_name(c: &Ctx) -> &'static str {
         ("GET", true, false) if c.q("list-type") == Some("2") => "ListObjectsV2",
         ("GET", true, false) => "ListObjects",
         ("POST", true, false) if c.has("delete") => "DeleteObjects",
+        ("PUT", true, true) if c.has("uploadId") && c.copy => "UploadPartCopy",
         ("PUT", true, true) if c.has("uploadId") => "UploadPart",
         ("PUT", true, true) if c.copy => "CopyObject",
         ("PUT", true, true) => "PutObject",
@@ -1069,9 +1070,30 @@ async fn upload_part(
     b: &Bucket,
     key: &str,
 ) -> Result<HttpResponse, S3Error> {
-    if req.headers().contains_key("x-amz-copy-source") {
-        return Err(S3Error::NotImplemented("UploadPartCopy".into()));
+    if c.copy {
+        return upload_part_copy(req, s3, c, auth, b, key).await;
     }
+    let (upload_id, number) = part_target(c)?;
+    s3.upload(b, key, upload_id).await?;
+    let (data, fin) = store_body(req, payload, s3, auth).await?;
+    let part = Part {
+        number,
+        etag: hex::encode(fin.md5),
+        size: fin.len,
+        last_modified_ms: now_ms(),
+        data,
+    };
+    record_part(s3, b, key, upload_id, &part).await?;
+    let mut r = HttpResponse::Ok();
+    r.insert_header(("etag", format!("\"{}\"", part.etag)));
+    if let Some((a, v)) = &fin.checksum {
+        r.insert_header((a.header(), v.as_str()));
+    }
+    Ok(r.finish())
+}
+
+/// The upload id and part number of an UploadPart or UploadPartCopy.
+fn part_target(c: &Ctx) -> Result<(&str, u32), S3Error> {
     let upload_id = c
         .q("uploadId")
         .ok_or_else(|| S3Error::InvalidArgument("uploadId is missing".into()))?;
@@ -1084,30 +1106,80 @@ async fn upload_part(
             "Part number must be an integer between 1 and {MAX_PARTS}, inclusive"
         )));
     }
-    s3.upload(b, key, upload_id).await?;
-    let (data, fin) = store_body(req, payload, s3, auth).await?;
-    let part = Part {
-        number: number as u32,
-        etag: hex::encode(fin.md5),
-        size: fin.len,
-        last_modified_ms: now_ms(),
-        data: data.clone(),
-    };
+    Ok((upload_id, number as u32))
+}
+
+/// Records a part whose data is committed; on any failure the data is forgotten and nothing
+/// is recorded.
+async fn record_part(
+    s3: &SharedS3,
+    b: &Bucket,
+    key: &str,
+    upload_id: &str,
+    part: &Part,
+) -> Result<(), S3Error> {
     // The upload may have been completed or aborted meanwhile.
     if s3.upload(b, key, upload_id).await.is_err() {
-        s3.forget(data).await;
+        s3.forget(part.data.clone()).await;
         return Err(S3Error::NoSuchUpload);
     }
-    if let Err(e) = s3.put_part(b, &part, upload_id).await {
-        s3.forget(data).await;
+    if let Err(e) = s3.put_part(b, part, upload_id).await {
+        s3.forget(part.data.clone()).await;
         return Err(e);
     }
-    let mut r = HttpResponse::Ok();
-    r.insert_header(("etag", format!("\"{}\"", part.etag)));
-    if let Some((a, v)) = &fin.checksum {
-        r.insert_header((a.header(), v.as_str()));
+    Ok(())
+}
+
+/// UploadPartCopy: part `partNumber` of the upload is bytes of another object (all of it, or
+/// `x-amz-copy-source-range`), copied into new data as CopyObject copies (records never share
+/// data ids); the part's ETag is the MD5 of the bytes copied.
+async fn upload_part_copy(
+    req: &HttpRequest,
+    s3: &SharedS3,
+    c: &Ctx,
+    auth: &Authed,
+    b: &Bucket,
+    key: &str,
+) -> Result<HttpResponse, S3Error> {
+    let h = req.headers();
+    let (upload_id, number) = part_target(c)?;
+    let (sb, src_key) = copy_source(h)?;
+    s3.upload(b, key, upload_id).await?;
+    let sb = s3.bucket(&sb).await?.value;
+    permit(&auth.who, &sb, false)?;
+    let so = s3.object(&sb, &src_key).await?.value;
+    copy_source_conditions(h, &so)?;
+    let (first, len) = match copy_source_range(h, so.size)? {
+        Some((first, last)) => (first, last - first + 1),
+        None => (0, so.size),
+    };
+    if len > s3.cfg.max_object_bytes {
+        return Err(S3Error::EntityTooLarge);
     }
-    Ok(r.finish())
+    let (data, md5) = copy_bytes(s3, &so, first, len).await?;
+    let part = Part {
+        number,
+        etag: hex::encode(md5),
+        size: len,
+        last_modified_ms: now_ms(),
+        data,
+    };
+    record_part(s3, b, key, upload_id, &part).await?;
+    tracing::debug!(
+        bucket = %b.name,
+        key,
+        upload_id,
+        part = number,
+        source = %format!("{}/{src_key}", sb.name),
+        first,
+        bytes = len,
+        "part copied"
+    );
+    let root = "CopyPartResult";
+    let mut x = Xml::new(root);
+    x.el("ETag", format!("\"{}\"", part.etag))
+        .el("LastModified", sigv4::format_iso8601(part.last_modified_ms));
+    Ok(xml_ok(x.finish(root)))
 }
 
 async fn complete(
@@ -1284,6 +1356,39 @@ fn copy_source_conditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error
         Err(S3Error::NotModified) => Err(S3Error::PreconditionFailed),
         r => r,
     }
+}
+
+/// `x-amz-copy-source-range: bytes=FIRST-LAST` (inclusive, both given) within an object of
+/// `size` bytes: (first, last), None when absent. A malformed value, or one outside the
+/// source, is InvalidArgument, as S3 answers it.
+fn copy_source_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
+    let Some(v) = h.get("x-amz-copy-source-range") else {
+        return Ok(None);
+    };
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let parsed = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((num(a)?, num(b)?)));
+    let Some((first, last)) = parsed else {
+        return Err(S3Error::InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where \
+             first and last are the zero-based offsets of the first and last bytes to copy"
+                .into(),
+        ));
+    };
+    if first > last || last >= size {
+        return Err(S3Error::InvalidArgument(format!(
+            "Range specified is not valid for source object of size: {size}"
+        )));
+    }
+    Ok(Some((first, last)))
 }
 
 /// Copies `len` bytes of `so` from `first` into new data, streamed a chunk at a time through
