@@ -105,6 +105,8 @@ struct Ctx {
     query: BTreeMap<String, String>,
     resource: String,
     head: bool,
+    /// `x-amz-copy-source` is present (CopyObject, UploadPartCopy).
+    copy: bool,
 }
 
 impl Ctx {
@@ -215,6 +217,7 @@ fn parse(req: &HttpRequest, s3: &SharedS3) -> Result<Ctx, S3Error> {
     Ok(Ctx {
         method: req.method().as_str().to_string(),
         head: req.method() == actix_web::http::Method::HEAD,
+        copy: req.headers().contains_key("x-amz-copy-source"),
         bucket,
         key,
         query,
@@ -234,7 +237,9 @@ fn op_name(c: &Ctx) -> &'static str {
         ("GET", true, false) if c.q("list-type") == Some("2") => "ListObjectsV2",
         ("GET", true, false) => "ListObjects",
         ("POST", true, false) if c.has("delete") => "DeleteObjects",
+        ("PUT", true, true) if c.has("uploadId") && c.copy => "UploadPartCopy",
         ("PUT", true, true) if c.has("uploadId") => "UploadPart",
+        ("PUT", true, true) if c.copy => "CopyObject",
         ("PUT", true, true) => "PutObject",
         ("GET", true, true) if c.has("uploadId") => "ListParts",
         ("GET", true, true) => "GetObject",
@@ -554,7 +559,7 @@ async fn handle(
             permit(&auth.who, &bucket, true)?;
             upload_part(req, payload, s3, c, &auth, &bucket, key).await
         }
-        "PUT" if req.headers().contains_key("x-amz-copy-source") => {
+        "PUT" if c.copy => {
             permit(&auth.who, &bucket, true)?;
             copy_object(req, s3, &auth, &bucket, key).await
         }
@@ -1065,9 +1070,30 @@ async fn upload_part(
     b: &Bucket,
     key: &str,
 ) -> Result<HttpResponse, S3Error> {
-    if req.headers().contains_key("x-amz-copy-source") {
-        return Err(S3Error::NotImplemented("UploadPartCopy".into()));
+    if c.copy {
+        return upload_part_copy(req, s3, c, auth, b, key).await;
     }
+    let (upload_id, number) = part_target(c)?;
+    s3.upload(b, key, upload_id).await?;
+    let (data, fin) = store_body(req, payload, s3, auth).await?;
+    let part = Part {
+        number,
+        etag: hex::encode(fin.md5),
+        size: fin.len,
+        last_modified_ms: now_ms(),
+        data,
+    };
+    record_part(s3, b, key, upload_id, &part).await?;
+    let mut r = HttpResponse::Ok();
+    r.insert_header(("etag", format!("\"{}\"", part.etag)));
+    if let Some((a, v)) = &fin.checksum {
+        r.insert_header((a.header(), v.as_str()));
+    }
+    Ok(r.finish())
+}
+
+/// The upload id and part number of an UploadPart or UploadPartCopy.
+fn part_target(c: &Ctx) -> Result<(&str, u32), S3Error> {
     let upload_id = c
         .q("uploadId")
         .ok_or_else(|| S3Error::InvalidArgument("uploadId is missing".into()))?;
@@ -1080,30 +1106,80 @@ async fn upload_part(
             "Part number must be an integer between 1 and {MAX_PARTS}, inclusive"
         )));
     }
-    s3.upload(b, key, upload_id).await?;
-    let (data, fin) = store_body(req, payload, s3, auth).await?;
-    let part = Part {
-        number: number as u32,
-        etag: hex::encode(fin.md5),
-        size: fin.len,
-        last_modified_ms: now_ms(),
-        data: data.clone(),
-    };
+    Ok((upload_id, number as u32))
+}
+
+/// Records a part whose data is committed; on any failure the data is forgotten and nothing
+/// is recorded.
+async fn record_part(
+    s3: &SharedS3,
+    b: &Bucket,
+    key: &str,
+    upload_id: &str,
+    part: &Part,
+) -> Result<(), S3Error> {
     // The upload may have been completed or aborted meanwhile.
     if s3.upload(b, key, upload_id).await.is_err() {
-        s3.forget(data).await;
+        s3.forget(part.data.clone()).await;
         return Err(S3Error::NoSuchUpload);
     }
-    if let Err(e) = s3.put_part(b, &part, upload_id).await {
-        s3.forget(data).await;
+    if let Err(e) = s3.put_part(b, part, upload_id).await {
+        s3.forget(part.data.clone()).await;
         return Err(e);
     }
-    let mut r = HttpResponse::Ok();
-    r.insert_header(("etag", format!("\"{}\"", part.etag)));
-    if let Some((a, v)) = &fin.checksum {
-        r.insert_header((a.header(), v.as_str()));
+    Ok(())
+}
+
+/// UploadPartCopy: part `partNumber` of the upload is bytes of another object (all of it, or
+/// `x-amz-copy-source-range`), copied into new data as CopyObject copies (records never share
+/// data ids); the part's ETag is the MD5 of the bytes copied.
+async fn upload_part_copy(
+    req: &HttpRequest,
+    s3: &SharedS3,
+    c: &Ctx,
+    auth: &Authed,
+    b: &Bucket,
+    key: &str,
+) -> Result<HttpResponse, S3Error> {
+    let h = req.headers();
+    let (upload_id, number) = part_target(c)?;
+    let (sb, src_key) = copy_source(h)?;
+    s3.upload(b, key, upload_id).await?;
+    let sb = s3.bucket(&sb).await?.value;
+    permit(&auth.who, &sb, false)?;
+    let so = s3.object(&sb, &src_key).await?.value;
+    copy_source_conditions(h, &so)?;
+    let (first, len) = match copy_source_range(h, so.size)? {
+        Some((first, last)) => (first, last - first + 1),
+        None => (0, so.size),
+    };
+    if len > s3.cfg.max_object_bytes {
+        return Err(S3Error::EntityTooLarge);
     }
-    Ok(r.finish())
+    let (data, md5) = copy_bytes(s3, &so, first, len).await?;
+    let part = Part {
+        number,
+        etag: hex::encode(md5),
+        size: len,
+        last_modified_ms: now_ms(),
+        data,
+    };
+    record_part(s3, b, key, upload_id, &part).await?;
+    tracing::debug!(
+        bucket = %b.name,
+        key,
+        upload_id,
+        part = number,
+        source = %format!("{}/{src_key}", sb.name),
+        first,
+        bytes = len,
+        "part copied"
+    );
+    let root = "CopyPartResult";
+    let mut x = Xml::new(root);
+    x.el("ETag", format!("\"{}\"", part.etag))
+        .el("LastModified", sigv4::format_iso8601(part.last_modified_ms));
+    Ok(xml_ok(x.finish(root)))
 }
 
 async fn complete(
@@ -1186,30 +1262,12 @@ async fn copy_object(
     key: &str,
 ) -> Result<HttpResponse, S3Error> {
     let h = req.headers();
-    let src = hdr(h, "x-amz-copy-source").unwrap_or("");
-    let src = src.split_once("?versionId=").map_or(src, |(s, _)| s);
-    let src = percent_decode_str(src.trim_start_matches('/'))
-        .decode_utf8()
-        .map_err(|_| S3Error::InvalidArgument("x-amz-copy-source is not UTF-8".into()))?
-        .into_owned();
-    let (src_bucket, src_key) = src
-        .split_once('/')
-        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source must be BUCKET/KEY".into()))?;
-    let sb = s3.bucket(src_bucket).await?.value;
+    let (src_bucket, src_key) = copy_source(h)?;
+    let src_key = src_key.as_str();
+    let sb = s3.bucket(&src_bucket).await?.value;
     permit(&auth.who, &sb, false)?;
     let so = s3.object(&sb, src_key).await?.value;
-    // The copy-source conditions.
-    if let Some(m) = hdr(h, "x-amz-copy-source-if-match") {
-        if !etag_matches(m, &so.etag) {
-            return Err(S3Error::PreconditionFailed);
-        }
-    }
-    if let Some(m) = hdr(h, "x-amz-copy-source-if-none-match") {
-        if etag_matches(m, &so.etag) {
-            return Err(S3Error::PreconditionFailed);
-        }
-    }
+    copy_source_conditions(h, &so)?;
     let replace = match hdr(h, "x-amz-metadata-directive") {
         None | Some("COPY") => false,
         Some("REPLACE") => true,
@@ -1233,14 +1291,7 @@ async fn copy_object(
         so.headers.clone()
     };
     // The bytes are copied: records never share data ids, so deleting one never loses another.
-    let mut w = s3.data.writer(so.size);
-    if so.size > 0 {
-        let mut stream = Box::pin(s3.data.read(so.data.clone(), 0, so.size - 1));
-        while let Some(piece) = stream.next().await {
-            w.write(piece?).await?;
-        }
-    }
-    let data = w.finish().await?;
+    let (data, _) = copy_bytes(s3, &so, 0, so.size).await?;
     let rec = ObjectRecord {
         size: so.size,
         etag: so.etag.clone(),
@@ -1261,6 +1312,120 @@ async fn copy_object(
     Ok(xml_ok(x.finish(root)))
 }
 
+/// The bucket and key `x-amz-copy-source` names: `[/]BUCKET/KEY`, URL-encoded, optionally
+/// `?versionId=null` (the current object; this server keeps no other versions, so any other
+/// version id is refused rather than silently answered with the current object).
+fn copy_source(h: &HeaderMap) -> Result<(String, String), S3Error> {
+    let raw = hdr(h, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source is not ASCII".into()))?;
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| S3Error::InvalidArgument("x-amz-copy-source is not UTF-8".into()))
+    };
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "versionId" {
+            return Err(S3Error::InvalidArgument(format!(
+                "x-amz-copy-source: unknown parameter {k:?} (only versionId is taken)"
+            )));
+        }
+        let v = decode(v)?;
+        if v != "null" {
+            return Err(S3Error::InvalidArgument(format!(
+                "Invalid version id specified: {v:?} (this server keeps no object versions; \
+                 only versionId=null, the current object, is accepted)"
+            )));
+        }
+    }
+    let src = decode(path.strip_prefix('/').unwrap_or(path))?;
+    let (bucket, key) = src
+        .split_once('/')
+        .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+        .ok_or_else(|| S3Error::InvalidArgument("x-amz-copy-source must be BUCKET/KEY".into()))?;
+    check_key(key)?;
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// The copy-source conditions (`x-amz-copy-source-if-match`, `-if-none-match`,
+/// `-if-modified-since`, `-if-unmodified-since`), ordered as GET's; any that fails is 412.
+fn copy_source_conditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
+    match conditions(h, o, "x-amz-copy-source-") {
+        Err(S3Error::NotModified) => Err(S3Error::PreconditionFailed),
+        r => r,
+    }
+}
+
+/// `x-amz-copy-source-range: bytes=FIRST-LAST` (inclusive, both given) within an object of
+/// `size` bytes: (first, last), None when absent. A malformed value, or one outside the
+/// source, is InvalidArgument, as S3 answers it.
+fn copy_source_range(h: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
+    let Some(v) = h.get("x-amz-copy-source-range") else {
+        return Ok(None);
+    };
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    let parsed = v
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((num(a)?, num(b)?)));
+    let Some((first, last)) = parsed else {
+        return Err(S3Error::InvalidArgument(
+            "The x-amz-copy-source-range value must be of the form bytes=first-last where \
+             first and last are the zero-based offsets of the first and last bytes to copy"
+                .into(),
+        ));
+    };
+    if first > last || last >= size {
+        return Err(S3Error::InvalidArgument(format!(
+            "Range specified is not valid for source object of size: {size}"
+        )));
+    }
+    Ok(Some((first, last)))
+}
+
+/// Copies `len` bytes of `so` from `first` into new data, streamed a chunk at a time through
+/// the writer (never the whole run in memory); the data (None when empty) and the MD5 of the
+/// bytes copied. A whole copy of a single-PUT object is checked against its ETag. On failure
+/// nothing is committed (written chunks are an uncommitted id, `haystack gc`'s).
+async fn copy_bytes(
+    s3: &SharedS3,
+    so: &ObjectRecord,
+    first: u64,
+    len: u64,
+) -> Result<(Option<crate::meta::DataRef>, [u8; 16]), S3Error> {
+    use md5::{Digest as _, Md5};
+    let mut md5 = Md5::new();
+    let mut w = s3.data.writer(len);
+    if len > 0 {
+        let mut stream = Box::pin(s3.data.read(so.data.clone(), first, first + len - 1));
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            md5.update(&piece);
+            w.write(piece).await?;
+        }
+    }
+    let digest: [u8; 16] = md5.finalize().into();
+    let whole = first == 0 && len == so.size && !so.etag.contains('-');
+    if whole && hex::encode(digest) != so.etag {
+        // Checked before the commit: a source that does not read back as written is not copied.
+        return Err(S3Error::Internal(format!(
+            "the copy source read back with MD5 {} instead of its ETag {}",
+            hex::encode(digest),
+            so.etag
+        )));
+    }
+    let data = w.finish().await?;
+    Ok((data, digest))
+}
+
 /// Seconds of an HTTP date header, if it parses.
 fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
     hdr(h, name)
@@ -1271,22 +1436,28 @@ fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
 
 /// The conditional headers of GET and HEAD, in S3's order.
 fn preconditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
+    conditions(h, o, "")
+}
+
+/// `{prefix}if-match` (else `if-unmodified-since`) failing is PreconditionFailed,
+/// `{prefix}if-none-match` (else `if-modified-since`) failing is NotModified: S3's order.
+fn conditions(h: &HeaderMap, o: &ObjectRecord, prefix: &str) -> Result<(), S3Error> {
+    let name = |n: &str| format!("{prefix}{n}");
     let modified = o.last_modified_ms / 1000;
-    let if_match = hdr(h, "if-match");
-    if let Some(m) = if_match {
+    if let Some(m) = hdr(h, &name("if-match")) {
         if !etag_matches(m, &o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
-    } else if let Some(t) = http_date(h, "if-unmodified-since") {
+    } else if let Some(t) = http_date(h, &name("if-unmodified-since")) {
         if modified > t {
             return Err(S3Error::PreconditionFailed);
         }
     }
-    if let Some(m) = hdr(h, "if-none-match") {
+    if let Some(m) = hdr(h, &name("if-none-match")) {
         if etag_matches(m, &o.etag) {
             return Err(S3Error::NotModified);
         }
-    } else if let Some(t) = http_date(h, "if-modified-since") {
+    } else if let Some(t) = http_date(h, &name("if-modified-since")) {
         if modified <= t {
             return Err(S3Error::NotModified);
         }

@@ -1,6 +1,6 @@
 //! The S3 operations end to end: buckets, object round trips with their headers, ranges,
 //! conditional requests, copy, multi-delete, listing 10,000 keys with delimiters and pages,
-//! and a 100 MB multipart upload read back in ranges across parts.
+//! a 100 MB multipart upload read back in ranges across parts, and UploadPartCopy.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -260,6 +260,45 @@ async fn conditional_requests_and_copy() {
     let r = c.get("cond", "copy2").await;
     assert_eq!(r.headers()["x-amz-meta-k"], "v2");
     assert_eq!(r.headers()["content-type"], "text/x-two");
+    // The source named with versionId=null (the current object) copies; another version id,
+    // or a copy-source date condition that fails, is refused.
+    let r = c
+        .send(
+            Req::new("PUT", key_path("cond", "copy3"))
+                .h("x-amz-copy-source", "/cond/meta?versionId=null")
+                .h(
+                    "x-amz-copy-source-if-modified-since",
+                    "Mon, 01 Jan 2001 00:00:00 GMT",
+                ),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for (k, v) in [
+        (
+            "x-amz-copy-source",
+            "/cond/meta?versionId=L4kqtJlcpXroDTDmpUMLUo",
+        ),
+        (
+            "x-amz-copy-source-if-modified-since",
+            "Fri, 01 Jan 2100 00:00:00 GMT",
+        ),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT",
+        ),
+    ] {
+        let mut r = Req::new("PUT", key_path("cond", "copy4")).h(k, v);
+        if k != "x-amz-copy-source" {
+            r = r.h("x-amz-copy-source", "/cond/meta");
+        }
+        let (status, _) = error_code(c.send(r).await).await;
+        assert_eq!(
+            status,
+            if k == "x-amz-copy-source" { 400 } else { 412 },
+            "{k}"
+        );
+    }
+    assert_eq!(error_code(c.get("cond", "copy4").await).await.0, 404);
     // The source deleted: the copies keep their own bytes.
     assert_eq!(
         c.send(Req::new("DELETE", key_path("cond", "meta")))
@@ -648,4 +687,395 @@ async fn puts_move_to_another_volume_when_a_store_refuses_them() {
         );
     }
     panic!("80 PUTs and none was assigned a volume of the stopped store");
+}
+
+/// Starts a multipart upload of `bucket/key`; its upload id.
+async fn start_upload(c: &Client, bucket: &str, key: &str) -> String {
+    let r = c
+        .send(Req::new("POST", key_path(bucket, key)).q("uploads", ""))
+        .await;
+    assert_eq!(r.status(), 200);
+    between(&r.text().await.expect("body"), "<UploadId>", "</UploadId>").expect("upload id")
+}
+
+/// UploadPartCopy of `source` (`/bucket/key` as sent) into part `n`, with more headers.
+async fn copy_part(
+    c: &Client,
+    (bucket, key, upload): (&str, &str, &str),
+    n: u32,
+    source: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = Req::new("PUT", key_path(bucket, key))
+        .q("partNumber", &n.to_string())
+        .q("uploadId", upload)
+        .h("x-amz-copy-source", source);
+    for (k, v) in headers {
+        r = r.h(k, v);
+    }
+    c.send(r).await
+}
+
+/// Completes an upload with these parts (number, quoted ETag); the answer.
+async fn complete_upload(
+    c: &Client,
+    bucket: &str,
+    key: &str,
+    upload: &str,
+    parts: &[(u32, String)],
+) -> reqwest::Response {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (n, e) in parts {
+        xml.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>{e}</ETag></Part>"
+        ));
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    c.send(
+        Req::new("POST", key_path(bucket, key))
+            .q("uploadId", upload)
+            .body(xml),
+    )
+    .await
+}
+
+/// The quoted ETag of a CopyPartResult (XML-escaped quotes or not).
+fn copy_part_etag(text: &str) -> String {
+    let e = between(text, "<ETag>", "</ETag>").unwrap_or_else(|| panic!("no ETag: {text}"));
+    e.replace("&quot;", "\"")
+}
+
+/// UploadPartCopy: a part copied from a whole object, one from a range of it, and one
+/// uploaded, completed into one object with the multipart ETag; the object keeps its bytes
+/// when the source is overwritten and deleted (its data ids stay live for gc, the source's
+/// old ones do not). A range across the parts of a multipart source copies too. Before
+/// UploadPartCopy was implemented every copy here answered 501 NotImplemented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_part_copy_whole_ranged_and_uploaded_parts() {
+    use haystack_proto::directory::CondemnState;
+    use haystack_s3::meta::ObjectRecord;
+
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("pc-src").await;
+    c.create_bucket("pc-dst").await;
+    // 6 MiB + 123 bytes: seven 1 MiB chunks in this harness, the last a short one.
+    let src = pseudo_random((6 << 20) + 123, 11);
+    let r = c.put("pc-src", "dir/source one.bin", src.clone()).await;
+    assert_eq!(r.status(), 200);
+    let src_etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let upload = start_upload(&c, "pc-dst", "joined.bin").await;
+    let dst = ("pc-dst", "joined.bin", upload.as_str());
+
+    // Part 1: the whole source (the copy source URL-encoded, as SDKs send it).
+    let r = copy_part(&c, dst, 1, "/pc-src/dir/source%20one.bin", &[]).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.expect("body");
+    assert!(text.contains("<CopyPartResult"), "{text}");
+    assert!(text.contains("<LastModified>"), "{text}");
+    let e1 = copy_part_etag(&text);
+    assert_eq!(e1, src_etag, "a whole copy's ETag is the source's MD5");
+    // Part 2: an unaligned range across chunk boundaries, 5 MiB + 10 bytes, with a source
+    // condition that holds (no leading slash, versionId=null: both as S3 takes them).
+    let (first, last) = (1000usize, 1000 + (5 << 20) + 9);
+    let r = copy_part(
+        &c,
+        dst,
+        2,
+        "pc-src/dir/source%20one.bin?versionId=null",
+        &[
+            ("x-amz-copy-source-range", &format!("bytes={first}-{last}")),
+            ("x-amz-copy-source-if-match", &src_etag),
+            (
+                "x-amz-copy-source-if-unmodified-since",
+                "Fri, 01 Jan 2100 00:00:00 GMT",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let e2 = copy_part_etag(&r.text().await.expect("body"));
+    assert_eq!(
+        e2,
+        format!("\"{}\"", hex::encode(Md5::digest(&src[first..=last])))
+    );
+    // Part 3: uploaded.
+    let tail = b"and an uploaded tail".to_vec();
+    let r = c
+        .send(
+            Req::new("PUT", key_path("pc-dst", "joined.bin"))
+                .q("partNumber", "3")
+                .q("uploadId", &upload)
+                .body(tail.clone()),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let e3 = r.headers()["etag"].to_str().expect("etag").to_string();
+    // ListParts sees the copied sizes.
+    let text = c
+        .send(Req::new("GET", key_path("pc-dst", "joined.bin")).q("uploadId", &upload))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        all_between(&text, "<Size>", "</Size>"),
+        [
+            src.len().to_string(),
+            (last - first + 1).to_string(),
+            tail.len().to_string()
+        ]
+    );
+    let r = complete_upload(
+        &c,
+        "pc-dst",
+        "joined.bin",
+        &upload,
+        &[(1, e1.clone()), (2, e2.clone()), (3, e3.clone())],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let mut md5s = Vec::new();
+    for e in [&e1, &e2, &e3] {
+        md5s.extend(hex::decode(e.trim_matches('"')).expect("hex etag"));
+    }
+    let want_etag = format!("\"{}-3\"", hex::encode(Md5::digest(&md5s)));
+    let mut want = src.clone();
+    want.extend_from_slice(&src[first..=last]);
+    want.extend_from_slice(&tail);
+    // The boundary between the two copied parts is at src.len().
+    let boundary = src.len();
+    let check = |label: &'static str| {
+        let (c, want, want_etag) = (&c, &want, &want_etag);
+        async move {
+            let r = c.get("pc-dst", "joined.bin").await;
+            assert_eq!(r.status(), 200, "{label}");
+            assert_eq!(r.headers()["etag"], want_etag.as_str(), "{label}");
+            let got = r.bytes().await.expect("body");
+            assert!(got.as_ref() == want.as_slice(), "{label}: bytes differ");
+            let (a, b) = (boundary - 5, boundary + 15);
+            let r = c
+                .send(
+                    Req::new("GET", key_path("pc-dst", "joined.bin"))
+                        .h("range", &format!("bytes={a}-{b}")),
+                )
+                .await;
+            assert_eq!(r.status(), 206, "{label}");
+            let got = r.bytes().await.expect("body");
+            assert!(got.as_ref() == &want[a..=b], "{label}: range differs");
+        }
+    };
+    check("completed").await;
+
+    // The source overwritten, then deleted: the copied parts keep their own bytes.
+    let bucket = h.s3.bucket("pc-src").await.expect("bucket").value;
+    let old: ObjectRecord =
+        h.s3.object(&bucket, "dir/source one.bin")
+            .await
+            .expect("record")
+            .value;
+    assert_eq!(
+        c.put("pc-src", "dir/source one.bin", b"replaced".to_vec())
+            .await
+            .status(),
+        200
+    );
+    check("source overwritten").await;
+    assert_eq!(
+        c.send(Req::new("DELETE", key_path("pc-src", "dir/source one.bin")))
+            .await
+            .status(),
+        204
+    );
+    check("source deleted").await;
+    // What gc asks of every id: the source's old data is garbage, the object's is live.
+    let dir = h.s3.meta.directory();
+    for d in &old.data {
+        assert_eq!(
+            dir.condemn(d.photo).await.expect("condemn").state,
+            CondemnState::Deleted
+        );
+    }
+    let dst_bucket = h.s3.bucket("pc-dst").await.expect("bucket").value;
+    let joined: ObjectRecord =
+        h.s3.object(&dst_bucket, "joined.bin")
+            .await
+            .expect("record")
+            .value;
+    assert_eq!(joined.data.len(), 3);
+    for d in &joined.data {
+        assert!(
+            old.data.iter().all(|o| o.photo != d.photo),
+            "shared data id"
+        );
+        assert_eq!(
+            dir.condemn(d.photo).await.expect("condemn").state,
+            CondemnState::Live
+        );
+    }
+    check("after gc's questions").await;
+
+    // A range across the parts of a multipart source (the object just made), as the one part
+    // of another upload.
+    let upload2 = start_upload(&c, "pc-dst", "second.bin").await;
+    let (a, b) = (src.len() - 100, src.len() + 100);
+    let r = copy_part(
+        &c,
+        ("pc-dst", "second.bin", &upload2),
+        1,
+        "/pc-dst/joined.bin",
+        &[("x-amz-copy-source-range", &format!("bytes={a}-{b}"))],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let e = copy_part_etag(&r.text().await.expect("body"));
+    let r = complete_upload(&c, "pc-dst", "second.bin", &upload2, &[(1, e)]).await;
+    assert_eq!(r.status(), 200);
+    let got = c
+        .get("pc-dst", "second.bin")
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    assert!(got.as_ref() == &want[a..=b]);
+}
+
+/// UploadPartCopy refusals, each an S3 error that records no part: a range past the source
+/// or malformed, a missing source key or bucket, a source condition that fails, a version
+/// other than null, a key that may not read the source bucket, an unknown upload. A copied
+/// part keeps UploadPart's size rule at completion (EntityTooSmall but the last). Before
+/// UploadPartCopy was implemented these answered 501 NotImplemented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_part_copy_refusals_commit_nothing() {
+    use haystack_s3::keys::Grant;
+
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("pcr-src").await;
+    c.create_bucket("pcr-dst").await;
+    let r = c.put("pcr-src", "small", b"0123456789".to_vec()).await;
+    let etag = r.headers()["etag"].to_str().expect("etag").to_string();
+    let upload = start_upload(&c, "pcr-dst", "k").await;
+    let dst = ("pcr-dst", "k", upload.as_str());
+    let src = "/pcr-src/small";
+    let refused = |n: u32, source: &'static str, headers: Vec<(&'static str, String)>| {
+        let c = &c;
+        async move {
+            let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            error_code(copy_part(c, dst, n, source, &hs).await).await
+        }
+    };
+    let invalid = (400, "InvalidArgument".to_string());
+    // Ranges: past the end (S3 answers InvalidArgument), reversed, malformed, open-ended.
+    for range in ["bytes=0-10", "bytes=10-10", "bytes=5-4"] {
+        assert_eq!(
+            refused(4, src, vec![("x-amz-copy-source-range", range.into())]).await,
+            invalid,
+            "{range}"
+        );
+    }
+    for range in ["bytes=3-", "bytes=-3", "0-3", "bytes=a-b", "bytes=0-1,3-4"] {
+        assert_eq!(
+            refused(4, src, vec![("x-amz-copy-source-range", range.into())]).await,
+            invalid,
+            "{range}"
+        );
+    }
+    // Missing source key, bucket; a malformed source.
+    assert_eq!(
+        refused(4, "/pcr-src/nope", vec![]).await,
+        (404, "NoSuchKey".into())
+    );
+    assert_eq!(
+        refused(4, "/no-such-bucket-x/small", vec![]).await,
+        (404, "NoSuchBucket".into())
+    );
+    assert_eq!(refused(4, "/pcr-src", vec![]).await, invalid);
+    // Versions other than null.
+    assert_eq!(
+        refused(4, "/pcr-src/small?versionId=3HL4kqtJlcpXroDTDmJ", vec![]).await,
+        invalid
+    );
+    // Source conditions that fail: 412.
+    let failed = (412, "PreconditionFailed".to_string());
+    for (k, v) in [
+        ("x-amz-copy-source-if-match", "\"0000\"".to_string()),
+        ("x-amz-copy-source-if-none-match", etag.clone()),
+        (
+            "x-amz-copy-source-if-unmodified-since",
+            "Mon, 01 Jan 2001 00:00:00 GMT".to_string(),
+        ),
+        (
+            "x-amz-copy-source-if-modified-since",
+            "Fri, 01 Jan 2100 00:00:00 GMT".to_string(),
+        ),
+    ] {
+        assert_eq!(refused(4, src, vec![(k, v)]).await, failed, "{k}");
+    }
+    // An unknown upload.
+    let r = copy_part(&c, ("pcr-dst", "k", "0000nosuchupload"), 1, src, &[]).await;
+    assert_eq!(error_code(r).await, (404, "NoSuchUpload".to_string()));
+    // A bad part number.
+    assert_eq!(refused(0, src, vec![]).await, invalid);
+    // A key that may write the destination but not read the source bucket.
+    let (id, secret) =
+        h.s3.create_key(
+            vec![Grant {
+                bucket: "pcr-dst".into(),
+                read: true,
+                write: true,
+            }],
+            false,
+        )
+        .await
+        .expect("key");
+    let writer = Client {
+        key: id,
+        secret,
+        ..h.client()
+    };
+    let r = copy_part(&writer, dst, 4, src, &[]).await;
+    assert_eq!(error_code(r).await, (403, "AccessDenied".to_string()));
+    // Nothing was recorded for any of them.
+    let text = c
+        .send(Req::new("GET", key_path("pcr-dst", "k")).q("uploadId", &upload))
+        .await
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        all_between(&text, "<PartNumber>", "</PartNumber>").is_empty(),
+        "{text}"
+    );
+
+    // The same key may copy within its own bucket; a small copied part that is not the last
+    // fails completion as a small uploaded part does.
+    assert_eq!(c.put("pcr-dst", "own", b"abc".to_vec()).await.status(), 200);
+    let r = copy_part(&writer, dst, 1, "/pcr-dst/own", &[]).await;
+    assert_eq!(r.status(), 200);
+    let e1 = copy_part_etag(&r.text().await.expect("body"));
+    let r = copy_part(&c, dst, 2, src, &[("x-amz-copy-source-range", "bytes=2-5")]).await;
+    assert_eq!(r.status(), 200);
+    let e2 = copy_part_etag(&r.text().await.expect("body"));
+    let r = complete_upload(
+        &c,
+        "pcr-dst",
+        "k",
+        &upload,
+        &[(1, e1.clone()), (2, e2.clone())],
+    )
+    .await;
+    assert_eq!(error_code(r).await, (400, "EntityTooSmall".to_string()));
+    // As the one part, it completes.
+    let r = complete_upload(&c, "pcr-dst", "k", &upload, &[(2, e2)]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        c.get("pcr-dst", "k")
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .as_ref(),
+        b"2345"
+    );
 }

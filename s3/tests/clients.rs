@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::common::*;
 
 const BOTO3_SCRIPT: &str = r#"
-import io, os, sys, urllib.request, urllib.error
+import hashlib, io, os, sys, urllib.request, urllib.error
 import boto3, botocore
 from botocore.config import Config
 
@@ -54,6 +54,22 @@ except botocore.exceptions.ClientError as e:
     assert e.response["Error"]["Code"] == "PreconditionFailed", e.response
 s3.copy_object(Bucket="boto-bucket", Key="copy.txt", CopySource={"Bucket": "boto-bucket", "Key": "a/one.txt"})
 assert s3.get_object(Bucket="boto-bucket", Key="copy.txt")["Body"].read() == b"one"
+# UploadPartCopy: a range of big.bin and all of a/one.txt as the parts of a new object.
+u = s3.create_multipart_upload(Bucket="boto-bucket", Key="joined.bin")["UploadId"]
+lo, hi = 1000, 1000 + 5 * 1024 * 1024 + 6
+p1 = s3.upload_part_copy(Bucket="boto-bucket", Key="joined.bin", UploadId=u, PartNumber=1, CopySource={"Bucket": "boto-bucket", "Key": "big.bin"}, CopySourceRange=f"bytes={lo}-{hi}")["CopyPartResult"]
+p2 = s3.upload_part_copy(Bucket="boto-bucket", Key="joined.bin", UploadId=u, PartNumber=2, CopySource="boto-bucket/a/one.txt")["CopyPartResult"]
+assert p1["ETag"] == '"%s"' % hashlib.md5(data[lo:hi + 1]).hexdigest(), p1
+assert p2["ETag"] == '"%s"' % hashlib.md5(b"one").hexdigest() and "LastModified" in p2, p2
+s3.complete_multipart_upload(Bucket="boto-bucket", Key="joined.bin", UploadId=u, MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["ETag"]}]})
+assert s3.get_object(Bucket="boto-bucket", Key="joined.bin")["Body"].read() == data[lo:hi + 1] + b"one"
+# The managed copy goes multipart past 8 MiB: UploadPartCopy with ranges, as boto3 makes them
+# (6 MiB parts: 4, where the source has 3, so the ETag shows it was not a CopyObject).
+from boto3.s3.transfer import TransferConfig
+s3.copy({"Bucket": "boto-bucket", "Key": "big.bin"}, "boto-bucket", "big-copy.bin", Config=TransferConfig(multipart_chunksize=6 * 1024 * 1024))
+h = s3.head_object(Bucket="boto-bucket", Key="big-copy.bin")
+assert h["ContentLength"] == len(data) and h["ETag"].endswith('-4"'), h
+assert s3.get_object(Bucket="boto-bucket", Key="big-copy.bin")["Body"].read() == data
 # A wrong secret: SignatureDoesNotMatch, nothing written.
 bad = boto3.client("s3", endpoint_url=ep, aws_access_key_id=key, aws_secret_access_key="wrong", region_name="us-east-1")
 try:
@@ -148,6 +164,42 @@ async fn boto3_awscli_and_s3cmd() {
             "--only-show-errors",
         ]);
         assert!(std::fs::read(w.join("back.bin")).expect("back") == data);
+        // A copy past awscli's 8 MiB threshold is multipart, its parts UploadPartCopy: from a
+        // single PUT, so the copy's ETag ("-2") shows it was not one CopyObject.
+        aws(&[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "cli-bucket",
+            "--key",
+            "d/single.bin",
+            "--body",
+            "f.bin",
+        ]);
+        aws(&[
+            "s3",
+            "cp",
+            "s3://cli-bucket/d/single.bin",
+            "s3://cli-bucket/d/g.bin",
+            "--only-show-errors",
+        ]);
+        let head = aws(&[
+            "s3api",
+            "head-object",
+            "--bucket",
+            "cli-bucket",
+            "--key",
+            "d/g.bin",
+        ]);
+        assert!(head.contains("-2\\\""), "{head}");
+        aws(&[
+            "s3",
+            "cp",
+            "s3://cli-bucket/d/g.bin",
+            "copy.bin",
+            "--only-show-errors",
+        ]);
+        assert!(std::fs::read(w.join("copy.bin")).expect("copy") == data);
         aws(&[
             "s3api",
             "head-object",
