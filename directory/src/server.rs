@@ -237,6 +237,11 @@ struct Periodic {
 
 impl Worker for Periodic {
     async fn step(&mut self) -> Result<Next, String> {
+        // With several directories over one metadata store, only the coordinator runs the
+        // background rounds; the maintenance round (which takes the lease) runs everywhere.
+        if !matches!(self.round, Round::Maintenance) && !self.dir.is_coordinator() {
+            return Ok(Next::Idle(self.every));
+        }
         let r = match self.round {
             Round::Maintenance => self.dir.maintain().await.map(|_| ()),
             // A lost replica first, then a move off a draining store.

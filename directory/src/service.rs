@@ -97,6 +97,10 @@ pub struct Directory {
     clock: Arc<dyn Clock>,
     ids: IdGenerator,
     lease: Mutex<Option<Lease>>,
+    /// Random id of this instance (per start), the holder named in the coordinator lease.
+    instance: u64,
+    /// The coordinator lease while this instance holds it: (record version, expiry ms).
+    coordinator: Mutex<Option<(u64, u64)>>,
     state: Mutex<State>,
     view: RwLock<Arc<View>>,
     /// Calls to stores and caches (volume creation, delete notifications), with the
@@ -133,6 +137,8 @@ impl Directory {
             clock,
             ids: IdGenerator::new(0),
             lease: Mutex::new(None),
+            instance: rand::random(),
+            coordinator: Mutex::new(None),
             state: Mutex::new(State::default()),
             view: RwLock::new(Arc::new(View::default())),
             stores: StoreClient::new(http.clone()).with_credentials(Credentials::internal(
@@ -159,6 +165,7 @@ impl Directory {
         };
         dir.ids = IdGenerator::new(node);
         dir.refresh().await?;
+        dir.hold_coordinator().await?;
         tracing::info!(node, backend = dir.meta.backend(), "directory started");
         Ok(dir)
     }
@@ -344,6 +351,120 @@ impl Directory {
         Ok(())
     }
 
+    // ---- coordinator lease -----------------------------------------------------------------
+
+    /// How long the coordinator lease lasts unless renewed (renewed every maintenance round
+    /// once half of it is gone): how long the background work waits after its coordinator
+    /// crashed.
+    fn coordinator_lease_ms(&self) -> u64 {
+        (self.config.maintenance_interval_ms * 10).max(5_000)
+    }
+
+    /// Whether this instance holds the coordinator lease now: only the coordinator runs the
+    /// background work that changes placement (volume creation, re-replication, drain, the
+    /// repair queue, anti-entropy, rebalancing, automatic encoding, remote replicas), so
+    /// several directories over one metadata store never do it twice. Requests (assign,
+    /// commit, lookup, delete, heartbeats, an operator's commands) are served by every
+    /// instance.
+    pub fn is_coordinator(&self) -> bool {
+        let now = self.clock.now_ms();
+        let held = match self.coordinator.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        held.is_some_and(|(_, expires)| expires > now)
+    }
+
+    fn set_coordinator(&self, held: Option<(u64, u64)>) {
+        match self.coordinator.lock() {
+            Ok(mut g) => *g = held,
+            Err(p) => *p.into_inner() = held,
+        }
+        metrics::gauge!("haystack_directory_coordinator").set(if held.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+
+    /// Takes the coordinator lease when it is free or expired, renews it when held and half
+    /// gone; whether this instance holds it now.
+    pub(crate) async fn hold_coordinator(&self) -> Result<bool, DirectoryError> {
+        let now = self.clock.now_ms();
+        let span = self.coordinator_lease_ms();
+        let held = match self.coordinator.lock() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        };
+        if let Some((_, expires)) = held {
+            if expires.saturating_sub(now) > span / 2 {
+                return Ok(true);
+            }
+        }
+        let expect = match held.filter(|(_, expires)| *expires > now) {
+            Some((version, _)) => Expect::Version(version),
+            None => match self.meta.get_coordinator().await? {
+                None => Expect::Absent,
+                Some(cur) if cur.value.holder == self.instance || cur.value.expires_ms <= now => {
+                    Expect::Version(cur.version)
+                }
+                Some(_) => {
+                    self.set_coordinator(None);
+                    return Ok(false);
+                }
+            },
+        };
+        let lease = NodeLease {
+            holder: self.instance,
+            expires_ms: now + span,
+        };
+        match self.meta.put_coordinator(&lease, expect).await? {
+            Cas::Applied { version } => {
+                if held.is_none() {
+                    tracing::info!(
+                        node = self.ids.node(),
+                        lease_ms = span,
+                        "coordinator lease taken: this instance runs the background work"
+                    );
+                }
+                self.set_coordinator(Some((version, lease.expires_ms)));
+                Ok(true)
+            }
+            Cas::Conflict { .. } => {
+                if held.is_some() {
+                    tracing::warn!(
+                        node = self.ids.node(),
+                        "coordinator lease lost to another instance; background work stops here"
+                    );
+                }
+                self.set_coordinator(None);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives the coordinator lease up (a clean shutdown), so that another instance, or this
+    /// one restarted, takes it at once instead of after it expires.
+    async fn release_coordinator(&self) {
+        let held = match self.coordinator.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some((version, _)) = held {
+            let lease = NodeLease {
+                holder: self.instance,
+                expires_ms: 0,
+            };
+            if let Err(e) = self
+                .meta
+                .put_coordinator(&lease, Expect::Version(version))
+                .await
+            {
+                tracing::warn!(error = %e, "releasing the coordinator lease failed; it expires by itself");
+            }
+        }
+    }
+
     // ---- stores --------------------------------------------------------------------------
 
     /// Health: whether the backend answers, and what is up.
@@ -356,11 +477,13 @@ impl Directory {
             stores_up: view.stores.values().filter(|s| store_up(s)).count() as u32,
             writable_volumes: view.writable.len() as u32,
             pid: std::process::id(),
+            coordinator: self.is_coordinator(),
         }
     }
 
     /// Closes the metadata store (the embedded file is released when this returns).
     pub async fn close(&self) {
+        self.release_coordinator().await;
         self.meta.raw().close().await;
     }
 }

@@ -55,6 +55,11 @@ impl TestDirectory {
     pub async fn start(config: DirectoryConfig, data: &Path) -> Self {
         let store = EmbeddedStore::open(data).expect("open embedded store");
         let faults = Arc::new(FaultyStore::new(Arc::new(store)));
+        Self::start_over(config, faults).await
+    }
+
+    /// A directory over a metadata store another one may share.
+    pub async fn start_over(config: DirectoryConfig, faults: Arc<FaultyStore>) -> Self {
         let listener = loopback();
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
@@ -96,7 +101,8 @@ impl TestDirectory {
     }
 }
 
-/// A fake store machine: answers 200 to everything and records `METHOD path`.
+/// A fake store machine: answers 200 to everything (a volume copy with the volume) and
+/// records `METHOD path`.
 pub struct FakeStore {
     pub id: u64,
     pub url: String,
@@ -120,7 +126,16 @@ impl FakeStore {
                     l.lock()
                         .expect("log")
                         .push(format!("{} {}", req.method(), req.path()));
-                    HttpResponse::Ok().finish()
+                    // A copy answers the volume it made, as a store does.
+                    let imported = req
+                        .path()
+                        .strip_prefix("/v1/volumes/")
+                        .and_then(|r| r.strip_suffix("/import"))
+                        .and_then(|v| v.parse::<u32>().ok());
+                    match imported {
+                        Some(v) => HttpResponse::Ok().json(volume_info(v)),
+                        None => HttpResponse::Ok().finish(),
+                    }
                 }
             }))
         })

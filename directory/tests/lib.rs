@@ -7,5 +7,6 @@ mod conformance;
 mod crash;
 mod http_api;
 mod model;
+mod multi;
 mod service;
 mod wire;

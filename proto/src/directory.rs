@@ -477,6 +477,10 @@ pub struct DirectoryHealth {
     /// another one that took the port).
     #[serde(default)]
     pub pid: u32,
+    /// Whether this instance holds the coordinator lease: with several directories over one
+    /// metadata store, only the coordinator runs the background work (docs/directory.md).
+    #[serde(default)]
+    pub coordinator: bool,
 }
 
 /// `POST /v1/volumes/{id}/state`: an operator sets a logical volume's recorded state.

@@ -13,6 +13,7 @@ pub struct FaultyStore {
     inner: Arc<dyn MetadataStore>,
     down: AtomicBool,
     hang: AtomicBool,
+    keep_open: AtomicBool,
 }
 
 impl FaultyStore {
@@ -21,11 +22,18 @@ impl FaultyStore {
             inner,
             down: AtomicBool::new(false),
             hang: AtomicBool::new(false),
+            keep_open: AtomicBool::new(false),
         }
     }
 
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While set, `close` leaves the inner store open (another directory of the test shares
+    /// it).
+    pub fn set_keep_open(&self, keep: bool) {
+        self.keep_open.store(keep, Ordering::SeqCst);
     }
 
     /// While set, every call waits forever (a hung backend).
@@ -117,6 +125,8 @@ impl MetadataStore for FaultyStore {
     }
 
     async fn close(&self) {
-        self.inner.close().await
+        if !self.keep_open.load(Ordering::SeqCst) {
+            self.inner.close().await
+        }
     }
 }

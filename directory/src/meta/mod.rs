@@ -9,6 +9,9 @@
 //! Values are one format byte (`1` = JSON) followed by the JSON of the record, so the format
 //! can change later while old records stay readable.
 
+/// The key of the coordinator lease in the `nodes` table (node id leases are 0..=1023).
+pub const COORDINATOR_KEY: u64 = 1 << 16;
+
 pub mod embedded;
 pub mod faulty;
 pub mod ordered;
@@ -323,6 +326,22 @@ impl Meta {
                 ))
             })
             .collect()
+    }
+
+    /// The coordinator lease: the one directory instance that runs the background work
+    /// (`nodes` table, key [`COORDINATOR_KEY`]).
+    pub async fn get_coordinator(&self) -> Result<Option<Versioned<NodeLease>>, MetaError> {
+        self.get_typed(Table::Nodes, COORDINATOR_KEY).await
+    }
+
+    pub async fn put_coordinator(
+        &self,
+        lease: &NodeLease,
+        expect: Expect,
+    ) -> Result<Cas, MetaError> {
+        self.store
+            .put_if(Table::Nodes, COORDINATOR_KEY, expect, encode(lease))
+            .await
     }
 
     pub async fn get_lease(&self, node: u16) -> Result<Option<Versioned<NodeLease>>, MetaError> {

@@ -350,16 +350,19 @@ impl Directory {
     pub async fn maintain(&self) -> Result<(), DirectoryError> {
         self.refresh().await?;
         self.sweep_liveness().await?;
-        if let Err(e) = self.ensure_capacity().await {
-            match e {
-                DirectoryError::NoWritableVolume(_) => {
-                    tracing::debug!(error = %e, "no room for a new volume yet")
+        // Volume creation and remote replicas are the coordinator's (one instance of several).
+        if self.hold_coordinator().await? {
+            if let Err(e) = self.ensure_capacity().await {
+                match e {
+                    DirectoryError::NoWritableVolume(_) => {
+                        tracing::debug!(error = %e, "no room for a new volume yet")
+                    }
+                    e => return Err(e),
                 }
-                e => return Err(e),
             }
-        }
-        if let Err(e) = self.ensure_remote_replicas().await {
-            tracing::warn!(error = %e, "placing asynchronous remote replicas failed; next round");
+            if let Err(e) = self.ensure_remote_replicas().await {
+                tracing::warn!(error = %e, "placing asynchronous remote replicas failed; next round");
+            }
         }
         self.renew_lease().await?;
         for v in self.view().volumes.values() {
