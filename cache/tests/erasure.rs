@@ -784,6 +784,110 @@ async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
     assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
 }
 
+/// A drained store that holds a shard hands it on (issue 16): the shard is rebuilt on a store
+/// that holds none of the volume, the record switches to it, the store turns `retired`, and
+/// every needle is still served byte for byte. Before, the drain skipped erasure-coded volumes
+/// while counting their shards, so the store never emptied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_store_hands_its_shards_on() {
+    let env = Env::start(
+        ClusterOptions {
+            stores: 4,
+            replication: 2,
+            min_writable_volumes: 1,
+            ..Default::default()
+        },
+        1,
+        |_, c| c.admission = Admission::None,
+    )
+    .await;
+    let mut photos = Vec::new();
+    for i in 0..6u64 {
+        let data = bytes(5_000 + i as usize * 4_000, 700 + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(&env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    let volume = |http: reqwest::Client| {
+        let url = format!("{dir}/v1/volumes/{v}");
+        async move {
+            let i: LogicalVolumeInfo = http.get(url).send().await.unwrap().json().await.unwrap();
+            i
+        }
+    };
+    let before = volume(env.http.clone()).await;
+    let drained = before.replicas[1].store_id;
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/stores/{drained}/lifecycle"),
+        serde_json::json!({"lifecycle": "draining"}),
+    )
+    .await;
+    assert_eq!(st, 200, "drain: {}", String::from_utf8_lossy(&body));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stores: serde_json::Value = env
+            .http
+            .get(format!("{dir}/v1/stores"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let me = stores
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["store_id"].as_str() == Some(drained.to_string().as_str()))
+            .cloned()
+            .unwrap_or_default();
+        if me["lifecycle"] == "retired" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the draining store never emptied: {me}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = volume(env.http.clone()).await;
+    assert_eq!(after.replicas.len(), before.replicas.len());
+    assert!(
+        after.replicas.iter().all(|r| r.store_id != drained),
+        "{after:?}"
+    );
+    let mut on: Vec<u64> = after.replicas.iter().map(|r| r.store_id).collect();
+    on.sort_unstable();
+    on.dedup();
+    assert_eq!(
+        on.len(),
+        after.replicas.len(),
+        "one shard per store: {after:?}"
+    );
+    read_photos(&env, &photos).await;
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{}/v1/ec/{v}/verify", after.replicas[1].url),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(r["bad_pieces"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["corrupt"].as_array().unwrap().len(), 0, "{r}");
+}
+
 /// The automatic encode policy (`encode_after_secs`): with the age at one second, a sealed
 /// volume turns erasure-coded on its own (no encode request is made), its replicas are
 /// dropped, and every needle is still served byte for byte through the cache and by every

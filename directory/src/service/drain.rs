@@ -139,7 +139,35 @@ impl Directory {
                 continue;
             }
             for v in view.volumes.values() {
-                if v.info.ec.is_some() || !v.info.replicas.iter().any(|r| r.store_id == sid) {
+                if !v.info.replicas.iter().any(|r| r.store_id == sid) {
+                    continue;
+                }
+                // An erasure-coded volume's shard is rebuilt from the others onto a store that
+                // takes replicas and holds no shard of it; the record then names that store,
+                // and the drained store's file is dropped once its heartbeats show it
+                // (`drop_ec`).
+                if v.info.ec.is_some() {
+                    let Some(shard) = v.info.replicas.iter().position(|r| r.store_id == sid) else {
+                        continue;
+                    };
+                    let req = haystack_proto::directory::EcRebuildRequest {
+                        shard: shard as u16,
+                        to: None,
+                    };
+                    match self.rebuild_shard(v.info.id, req).await {
+                        Ok(_) => {
+                            tracing::info!(
+                                volume_id = v.info.id,
+                                shard,
+                                store_id = sid,
+                                "shard moved off a draining store"
+                            );
+                            return Ok(Some(v.info.id));
+                        }
+                        Err(e) => {
+                            tracing::warn!(volume_id = v.info.id, shard, store_id = sid, error = %e, "moving a shard off a draining store failed; retried later")
+                        }
+                    }
                     continue;
                 }
                 match self.move_replica(&view, v.info.id, sid, None).await {
