@@ -75,6 +75,15 @@ pub struct DirectoryConfig {
     /// Block size of automatic encodes (a multiple of 4096 from 64 KiB to 4 GiB). Default
     /// 1 GiB, f4's.
     pub encode_block_bytes: u64,
+    /// Placement of new volumes' replicas: `spread` (the default: distinct zones and racks,
+    /// then the most free space) or `chained` (chained declustering, as in Petal: the stores
+    /// outside remote zones form a ring in store-id order, each new volume starts on the
+    /// machine after the previous volume's first replica and its other replicas go on the next
+    /// machines clockwise, a machine that cannot take one skipped; a lost machine's reads then
+    /// fall on its two ring neighbours). Under `chained`, re-replication and drain put a
+    /// replacement on the nearest eligible machine after the lost one (the chain restored);
+    /// rebalancing moves by disk use and does not keep the chain.
+    pub placement: crate::placement::Policy,
     /// Rebalancing: replicas move from the fullest store to the emptiest until the spread of
     /// disk use (fraction of capacity held in replicas, fullest minus emptiest) is within
     /// this. Default 0.10.
@@ -117,6 +126,7 @@ impl Default for DirectoryConfig {
             rereplicate_after_ms: 900_000,
             anti_entropy_interval_ms: 600_000,
             remote_zones: Vec::new(),
+            placement: crate::placement::Policy::Spread,
             rebalance_spread: 0.10,
             rebalance_interval_ms: 0,
             async_replicas: 1,
@@ -361,6 +371,10 @@ mod tests {
         let partial: DirectoryConfig =
             serde_json::from_str(r#"{"replication_factor": 2}"#).expect("partial");
         assert_eq!(partial.replication_factor, 2);
+        let chained: DirectoryConfig =
+            serde_json::from_str(r#"{"placement": "chained"}"#).expect("placement");
+        assert_eq!(chained.placement, crate::placement::Policy::Chained);
+        assert!(serde_json::from_str::<DirectoryConfig>(r#"{"placement": "ring"}"#).is_err());
         assert!(serde_json::from_str::<DirectoryConfig>(r#"{"nope": 1}"#).is_err());
     }
 

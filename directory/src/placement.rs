@@ -1,9 +1,25 @@
 //! Choosing the store machines for a new logical volume: R distinct machines, spread over
 //! distinct zones, then distinct racks, where labelled, and among those the ones with the most
 //! free space (less what is already promised to volumes they have not created yet) and the
-//! fewest volumes. Pure functions, so the policy is tested alone.
+//! fewest volumes ([`Policy::Spread`]); or, with [`Policy::Chained`] (chained declustering, as
+//! in Petal), R machines next to each other on a ring of the stores in id order, consecutive
+//! volumes starting on consecutive machines. Pure functions, so the policy is tested alone.
 
 use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+/// How the replicas of a new volume (and a replica replacing a lost or moved one) are placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// [`place`]: distinct zones and racks first, then the most free bytes.
+    #[default]
+    Spread,
+    /// [`place_chained`]: neighbouring machines of the ring of store ids, so the read load of a
+    /// lost machine falls on its two ring neighbours (R = 2), not on every machine.
+    Chained,
+}
 
 /// A machine that may take a replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +131,111 @@ pub fn place_beside(
             wanted: 1,
             need_bytes,
         })
+}
+
+/// Clockwise distance on the ring of store ids from `start` (inclusive): ids at or after
+/// `start` first, in order, then the ones before it (wrapping).
+fn ring_key(id: u64, start: u64) -> (bool, u64) {
+    (id < start, id)
+}
+
+/// Chained declustering: `replicas` distinct machines with at least `need_bytes` free, next
+/// to each other on the ring of store ids. The first is the first eligible machine at or
+/// after `start` (clockwise); each next one is the nearest eligible machine after the one
+/// before it. A machine not in `candidates` (down, draining, retired, remote) or without room
+/// is skipped: the next eligible one takes its turn. Zones, then racks, stay the rule they are
+/// in [`place`]: when an eligible machine in a zone not used yet exists, the nearest such one
+/// is taken instead of a nearer machine in a used zone (then the same for racks), so the
+/// number of distinct zones is `min(replicas, zones among eligible machines)` as there.
+/// Number the stores so that ring neighbours sit in different zones and the chain holds.
+pub fn place_chained(
+    candidates: &[Candidate],
+    start: u64,
+    replicas: usize,
+    need_bytes: u64,
+) -> Result<Vec<u64>, PlacementError> {
+    let eligible: Vec<&Candidate> = {
+        let mut seen = HashSet::new();
+        candidates
+            .iter()
+            .filter(|c| seen.insert(c.store_id) && c.free_bytes >= need_bytes)
+            .collect()
+    };
+    if eligible.len() < replicas {
+        return Err(PlacementError {
+            eligible: eligible.len(),
+            wanted: replicas,
+            need_bytes,
+        });
+    }
+    let mut chosen: Vec<&Candidate> = Vec::with_capacity(replicas);
+    let mut cursor = start;
+    for _ in 0..replicas {
+        let Some(next) = nearest_on_ring(&eligible, &chosen, cursor) else {
+            break;
+        };
+        cursor = next.store_id.wrapping_add(1);
+        chosen.push(next);
+    }
+    Ok(chosen.iter().map(|c| c.store_id).collect())
+}
+
+/// The nearest machine of `eligible` clockwise from `cursor` (inclusive) that is not in
+/// `used`, preferring a zone, then a rack, that `used` does not have.
+fn nearest_on_ring<'a>(
+    eligible: &[&'a Candidate],
+    used: &[&Candidate],
+    cursor: u64,
+) -> Option<&'a Candidate> {
+    let zones: HashSet<&str> = used.iter().map(|c| zone_of(c)).collect();
+    let racks: HashSet<(&str, &str)> = used
+        .iter()
+        .map(|c| (zone_of(c), c.rack.as_deref().unwrap_or("")))
+        .collect();
+    eligible
+        .iter()
+        .filter(|c| !used.iter().any(|u| u.store_id == c.store_id))
+        .max_by_key(|c| {
+            let z = zone_of(c);
+            (
+                !zones.contains(z),
+                !racks.contains(&(z, c.rack.as_deref().unwrap_or(""))),
+                std::cmp::Reverse(ring_key(c.store_id, cursor)),
+            )
+        })
+        .copied()
+}
+
+/// [`place_beside`] for [`Policy::Chained`]: the machine taking the replica that was on
+/// `lost` (a dead or draining store) is the nearest eligible one clockwise after `lost`,
+/// zones and racks of the `kept` replicas counted as used. The volume's replicas end up where
+/// [`place_chained`] would put them on the ring without `lost`: the chain is restored.
+pub fn place_chained_beside(
+    candidates: &[Candidate],
+    kept: &[Candidate],
+    lost: u64,
+    need_bytes: u64,
+) -> Result<u64, PlacementError> {
+    let eligible: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.free_bytes >= need_bytes && c.store_id != lost)
+        .filter(|c| !kept.iter().any(|k| k.store_id == c.store_id))
+        .collect();
+    let kept: Vec<&Candidate> = kept.iter().collect();
+    nearest_on_ring(&eligible, &kept, lost.wrapping_add(1))
+        .map(|c| c.store_id)
+        .ok_or(PlacementError {
+            eligible: 0,
+            wanted: 1,
+            need_bytes,
+        })
+}
+
+/// Where [`place_chained`] starts the next volume: the store after the first replica of the
+/// newest replicated volume (`previous`), so new volumes walk the ring one machine at a time;
+/// the lowest id when there is none.
+pub fn chain_start(previous: Option<u64>) -> u64 {
+    previous.map_or(0, |p| p.wrapping_add(1))
 }
 
 /// A store as the rebalancer sees it: its capacity and the bytes of the replicas it holds.
@@ -340,6 +461,115 @@ mod tests {
         assert_eq!(place(&cs, 1, 50).ok(), Some(vec![1]));
     }
 
+    fn ring(n: u64) -> Vec<Candidate> {
+        (1..=n).map(|id| cand(id * 10, None, None, 100)).collect()
+    }
+
+    #[test]
+    fn chained_volumes_walk_the_ring_on_neighbouring_machines() {
+        // Six stores, ids 10..=60; each new volume starts after the previous one's first.
+        let cs = ring(6);
+        let mut previous = None;
+        let mut layout = Vec::new();
+        for _ in 0..8 {
+            let got = place_chained(&cs, chain_start(previous), 2, 10).expect("placed");
+            previous = Some(got[0]);
+            layout.push(got);
+        }
+        let want: Vec<Vec<u64>> = [
+            [10, 20],
+            [20, 30],
+            [30, 40],
+            [40, 50],
+            [50, 60],
+            [60, 10],
+            [10, 20],
+            [20, 30],
+        ]
+        .iter()
+        .map(|p| p.to_vec())
+        .collect();
+        assert_eq!(layout, want);
+        // R = 3: three consecutive machines, wrapping round.
+        assert_eq!(place_chained(&cs, 51, 3, 10), Ok(vec![60, 10, 20]));
+    }
+
+    #[test]
+    fn chained_skips_machines_that_cannot_take_the_replica() {
+        // 30 is down (not a candidate) and 40 is full: 20's volume goes to 20 and 50, and a
+        // volume starting at 30 starts at 50.
+        let cs: Vec<Candidate> = ring(6)
+            .into_iter()
+            .filter(|c| c.store_id != 30)
+            .map(|mut c| {
+                if c.store_id == 40 {
+                    c.free_bytes = 5;
+                }
+                c
+            })
+            .collect();
+        assert_eq!(place_chained(&cs, 20, 2, 10), Ok(vec![20, 50]));
+        assert_eq!(place_chained(&cs, 30, 2, 10), Ok(vec![50, 60]));
+        // Too few eligible machines: refused, never two replicas on one.
+        assert!(place_chained(&cs[..2], 0, 3, 10).is_err());
+        // Duplicate ids count once.
+        let dup = vec![cand(1, None, None, 100), cand(1, None, None, 100)];
+        assert!(place_chained(&dup, 0, 2, 10).is_err());
+    }
+
+    #[test]
+    fn chained_keeps_zones_apart_before_the_chain() {
+        // Ring 1(a) 2(a) 3(b) 4(b): after 1, the nearest machine in another zone is 3.
+        let cs = vec![
+            cand(1, Some("a"), None, 100),
+            cand(2, Some("a"), None, 100),
+            cand(3, Some("b"), None, 100),
+            cand(4, Some("b"), None, 100),
+        ];
+        assert_eq!(place_chained(&cs, 1, 2, 10), Ok(vec![1, 3]));
+        assert_eq!(place_chained(&cs, 4, 2, 10), Ok(vec![4, 1]));
+        // Zones interleaved on the ring: plain neighbours.
+        let cs = vec![
+            cand(1, Some("a"), None, 100),
+            cand(2, Some("b"), None, 100),
+            cand(3, Some("a"), None, 100),
+            cand(4, Some("b"), None, 100),
+        ];
+        assert_eq!(place_chained(&cs, 2, 2, 10), Ok(vec![2, 3]));
+        // Once every zone is used, the chain again.
+        assert_eq!(place_chained(&cs, 2, 3, 10), Ok(vec![2, 3, 4]));
+    }
+
+    #[test]
+    fn a_chained_replacement_goes_next_to_the_lost_one() {
+        let cs = ring(6);
+        // Volume on 30 and 40; 40 is lost: its replica goes to 50, the ring without 40.
+        let kept = vec![cand(30, None, None, 100)];
+        let others: Vec<Candidate> = cs
+            .iter()
+            .filter(|c| c.store_id != 30 && c.store_id != 40)
+            .cloned()
+            .collect();
+        assert_eq!(place_chained_beside(&others, &kept, 40, 10), Ok(50));
+        // 30 lost instead, 40 kept: the next after 30 that holds none is 50.
+        let kept = vec![cand(40, None, None, 100)];
+        assert_eq!(place_chained_beside(&cs, &kept, 30, 10), Ok(50));
+        // Wrapping round; a full machine skipped; nothing left: refused.
+        let kept = vec![cand(50, None, None, 100)];
+        let mut cs2 = cs.clone();
+        cs2[0].free_bytes = 1;
+        assert_eq!(place_chained_beside(&cs2, &kept, 60, 10), Ok(20));
+        assert!(place_chained_beside(&cs[..1], &[cand(10, None, None, 0)], 60, 10).is_err());
+        // A zone the kept replica does not use wins over the nearest machine.
+        let zoned = vec![
+            cand(1, Some("a"), None, 100),
+            cand(2, Some("a"), None, 100),
+            cand(3, Some("b"), None, 100),
+        ];
+        let kept = vec![cand(9, Some("a"), None, 0)];
+        assert_eq!(place_chained_beside(&zoned, &kept, 0, 10), Ok(3));
+    }
+
     fn candidates() -> impl Strategy<Value = Vec<Candidate>> {
         prop::collection::vec(
             (
@@ -391,6 +621,43 @@ mod tests {
                         .map(|c| zone_of(c))
                         .collect();
                     prop_assert_eq!(zones_used.len(), r.min(zones_avail.len()));
+                }
+                Err(e) => prop_assert!(eligible.len() < r, "refused with {} eligible", e.eligible),
+            }
+        }
+
+        #[test]
+        fn chained_replicas_land_on_distinct_machines_and_zones(
+            cs in candidates(), r in 1usize..5, need in 0u64..500, start in 0u64..24,
+        ) {
+            let mut seen = HashSet::new();
+            let eligible: Vec<&Candidate> = cs
+                .iter()
+                .filter(|c| seen.insert(c.store_id))
+                .filter(|c| c.free_bytes >= need)
+                .collect();
+            match place_chained(&cs, start, r, need) {
+                Ok(ids) => {
+                    prop_assert_eq!(ids.len(), r);
+                    let distinct: HashSet<u64> = ids.iter().copied().collect();
+                    prop_assert_eq!(distinct.len(), r, "replicas on the same machine");
+                    for id in &ids {
+                        prop_assert!(eligible.iter().any(|c| c.store_id == *id));
+                    }
+                    let zones_avail: HashSet<&str> = eligible.iter().map(|c| zone_of(c)).collect();
+                    let zones_used: HashSet<&str> = ids
+                        .iter()
+                        .filter_map(|id| eligible.iter().find(|c| c.store_id == *id))
+                        .map(|c| zone_of(c))
+                        .collect();
+                    prop_assert_eq!(zones_used.len(), r.min(zones_avail.len()));
+                    // Without zones or racks, the first is the first eligible at or after
+                    // `start` and the others follow it on the ring.
+                    if eligible.iter().all(|c| c.zone.is_none() && c.rack.is_none()) {
+                        let mut ring: Vec<u64> = eligible.iter().map(|c| c.store_id).collect();
+                        ring.sort_by_key(|id| ring_key(*id, start));
+                        prop_assert_eq!(&ids[..], &ring[..r]);
+                    }
                 }
                 Err(e) => prop_assert!(eligible.len() < r, "refused with {} eligible", e.eligible),
             }

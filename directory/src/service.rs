@@ -34,7 +34,7 @@ use crate::error::DirectoryError;
 use crate::ids::{self, IdGenerator, MAX_NODE_ID};
 use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
 use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
-use crate::placement::{self, Candidate};
+use crate::placement::{self, Candidate, Policy};
 
 mod drain;
 mod erasure;

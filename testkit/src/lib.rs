@@ -17,6 +17,7 @@
 //! service under test in its own process or tolerate that.
 
 pub mod netns;
+pub mod placement;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,9 @@ pub struct ClusterOptions {
     pub encode_after_secs: u64,
     pub encode_scheme: String,
     pub encode_block_bytes: u64,
+    /// The directory's placement of new volumes' replicas (`spread`, the default, or
+    /// `chained`).
+    pub placement: haystack_directory::placement::Policy,
 }
 
 /// The zone of a test cluster's remote stores (`ClusterOptions::remote_stores`).
@@ -104,6 +108,7 @@ impl Default for ClusterOptions {
             encode_after_secs: 0,
             encode_scheme: "2+1".to_string(),
             encode_block_bytes: 64 << 10,
+            placement: Default::default(),
         }
     }
 }
@@ -256,6 +261,7 @@ impl Cluster {
             encode_after_secs: opts.encode_after_secs,
             encode_scheme: opts.encode_scheme.clone(),
             encode_block_bytes: opts.encode_block_bytes,
+            placement: opts.placement,
             ..Default::default()
         };
         let mut directory = spawn_node("directory", dir_listener, move |l, rx| async move {

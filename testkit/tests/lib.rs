@@ -1,7 +1,9 @@
 //! The harness itself: a cluster starts, takes a photo on every replica, loses a store and
 //! gets it back with its data; the self-healing of a cluster (`selfheal`); the multi-host
-//! harness of network namespaces (`netns`); asynchronous remote replicas (`remote`).
+//! harness of network namespaces (`netns`); asynchronous remote replicas (`remote`); the
+//! chained placement's layout after a store is lost (`chained`).
 
+mod chained;
 mod netns;
 mod remote;
 mod selfheal;

@@ -225,7 +225,11 @@ impl Directory {
             return Ok(false);
         };
         let need = v.info.used_bytes.max(1 << 20);
-        let Ok(to) = placement::place_beside(&candidates, &kept, need) else {
+        let to = match self.config.placement {
+            Policy::Chained => placement::place_chained_beside(&candidates, &kept, from, need),
+            Policy::Spread => placement::place_beside(&candidates, &kept, need),
+        };
+        let Ok(to) = to else {
             tracing::warn!(
                 volume_id = id,
                 store_id = from,

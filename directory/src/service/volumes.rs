@@ -21,8 +21,9 @@ impl Directory {
             .ok_or_else(|| DirectoryError::NotFound(format!("logical volume {id} not found")))
     }
 
-    /// Creates a logical volume on R machines chosen by [`placement::place`]; the stores create
-    /// their replicas when their next heartbeat answer tells them to.
+    /// Creates a logical volume on R machines chosen by [`placement::place`] (or
+    /// [`placement::place_chained`] under `placement = "chained"`); the stores create their
+    /// replicas when their next heartbeat answer tells them to.
     pub async fn create_volume(&self) -> Result<LogicalVolumeInfo, DirectoryError> {
         for _ in 0..CAS_RETRIES {
             let view = self.view();
@@ -51,11 +52,24 @@ impl Directory {
                     }
                 })
                 .collect();
-            let replicas = placement::place(
-                &candidates,
+            let (r, need) = (
                 self.config.replication_factor,
                 self.config.volume_capacity_bytes,
-            )
+            );
+            let replicas = match self.config.placement {
+                Policy::Spread => placement::place(&candidates, r, need),
+                Policy::Chained => {
+                    // The newest replicated volume's first replica: the chain goes on after it.
+                    let previous = view
+                        .volumes
+                        .values()
+                        .rev()
+                        .find(|v| v.info.ec.is_none())
+                        .and_then(|v| v.info.replicas.first())
+                        .map(|r| r.store_id);
+                    placement::place_chained(&candidates, placement::chain_start(previous), r, need)
+                }
+            }
             .map_err(|e| DirectoryError::NoWritableVolume(format!("cannot place a volume: {e}")))?;
             let id = view.volumes.keys().next_back().map_or(1, |m| m + 1);
             let vol = LogicalVolume {
@@ -250,11 +264,27 @@ impl Directory {
                 .map(|s| placement_candidate(&view, s))
                 .collect();
             let need = v.info.used_bytes.max(1 << 20);
-            let Ok(picked) = placement::place(&candidates, 1, need) else {
+            let picked = match self.config.placement {
+                Policy::Spread => placement::place(&candidates, 1, need)
+                    .map(|p| p.first().copied().unwrap_or_default()),
+                Policy::Chained => {
+                    // Next to the lost replica on the ring: the chain without the dead store.
+                    let kept: Vec<Candidate> = v
+                        .info
+                        .replicas
+                        .iter()
+                        .filter(|r| r.store_id != lost.store_id)
+                        .filter_map(|r| view.stores.get(&r.store_id))
+                        .map(|s| placement_candidate(&view, s))
+                        .collect();
+                    placement::place_chained_beside(&candidates, &kept, lost.store_id, need)
+                }
+            };
+            let Ok(picked) = picked else {
                 tracing::warn!(volume_id = v.info.id, "no store can take a new replica yet");
                 continue;
             };
-            let Some(target) = view.stores.get(&picked[0]) else {
+            let Some(target) = view.stores.get(&picked) else {
                 continue;
             };
             let id = v.info.id;
