@@ -1,5 +1,5 @@
 //! Rust clients of the haystack services' HTTP APIs (docs/API.md): [`DirectoryClient`] (one
-//! directory), [`StoreClient`] (any store machine: needles and volume administration),
+//! directory, or a list of equivalent ones with failover), [`StoreClient`] (any store machine: needles and volume administration),
 //! [`CacheClient`] (purges), and [`StoreReader`], the cache's pooled HTTP/1.1 reader of whole
 //! needles (its miss path, without reqwest). Every URL a service builds to call another service is built here,
 //! in [`urls`]; the servers' own route tables stay with the servers.
