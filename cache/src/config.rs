@@ -37,9 +37,14 @@ impl Admission {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// Base URL of the directory (volume replicas, video chunk lists).
-    /// Default `http://127.0.0.1:8082`.
-    pub directory_url: String,
+    /// Base URL of the directory (volume replicas, video chunk lists, liveness). Give it, or
+    /// `directory_urls`, not both; with neither the directory is `http://127.0.0.1:8082`.
+    /// Default none.
+    pub directory_url: Option<String>,
+    /// Base URLs of several equivalent directories (instances over one ScyllaDB keyspace),
+    /// tried in this order: requests go to the first that answers and stay with it until it
+    /// fails (docs/ARCHITECTURE.md, client/). Default none.
+    pub directory_urls: Option<Vec<String>>,
     /// Bytes of memory for cached needles: data plus a fixed [`ENTRY_OVERHEAD_BYTES`] per
     /// entry. A number, or a string such as `"1GiB"` or `"512MiB"`. Default 1 GiB.
     #[serde(with = "size_serde")]
@@ -101,7 +106,8 @@ pub const ENTRY_OVERHEAD_BYTES: u64 = 256;
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            directory_url: "http://127.0.0.1:8082".into(),
+            directory_url: None,
+            directory_urls: None,
             capacity_bytes: 1 << 30,
             max_entry_bytes: 16 << 20,
             shards: 16,
@@ -124,16 +130,20 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
+    /// The directories, in the order they are tried: `directory_urls`, or `directory_url`,
+    /// or `http://127.0.0.1:8082`; each an http(s) URL, none twice.
+    pub fn directories(&self) -> Result<Vec<String>, CacheError> {
+        haystack_client::directory::resolve_urls(
+            self.directory_url.as_deref(),
+            self.directory_urls.as_deref(),
+        )
+        .map_err(CacheError::Config)
+    }
+
     /// Checks every field once, at start-up; the error names the field.
     pub fn validate(&self) -> Result<(), CacheError> {
         let bad = |m: String| Err(CacheError::Config(m));
-        if !self.directory_url.starts_with("http://") && !self.directory_url.starts_with("https://")
-        {
-            return bad(format!(
-                "directory_url {:?} is not an http(s) URL",
-                self.directory_url
-            ));
-        }
+        self.directories()?;
         if self.shards == 0 || self.shards > 4096 {
             return bad(format!("shards must be 1..=4096, not {}", self.shards));
         }
@@ -344,6 +354,26 @@ mod tests {
             ..Default::default()
         };
         assert!(cidr.validate().is_err());
+    }
+
+    #[test]
+    fn one_directory_or_a_list() {
+        let c: CacheConfig = serde_json::from_str(r#"{"directory_url": "http://d:1/"}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1".to_string()]);
+        let c: CacheConfig =
+            serde_json::from_str(r#"{"directory_urls": ["http://d:1", "https://e:2"]}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1", "https://e:2"]);
+        c.validate().unwrap();
+        for bad in [
+            r#"{"directory_url": "http://d:1", "directory_urls": ["http://e:2"]}"#,
+            r#"{"directory_urls": []}"#,
+            r#"{"directory_urls": ["http://d:1", "http://d:1/"]}"#,
+            r#"{"directory_urls": ["d:1"]}"#,
+        ] {
+            let c: CacheConfig = serde_json::from_str(bad).unwrap();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("directory"), "{bad}: {e}");
+        }
     }
 
     #[test]

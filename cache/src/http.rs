@@ -653,7 +653,7 @@ fn build_server(
     let mut server = HttpServer::new(move || {
         // Each worker thread gets its own clients, so its connections to stores and peers
         // live on its own runtime.
-        let clients = Clients::new(&node.cfg).unwrap_or_else(|_| shared.clone());
+        let clients = Clients::new(&node, Some(&shared)).unwrap_or_else(|_| shared.clone());
         App::new()
             .app_data(data.clone())
             .app_data(web::Data::new(clients))
@@ -680,7 +680,8 @@ pub async fn run(
 ) -> std::result::Result<(), CacheError> {
     crate::metrics::install();
     let node = Node::new(config)?;
-    let shared = Clients::new(&node.cfg)?;
+    let shared = Clients::new(&node, None)?;
+    let directories = shared.directory.base_urls().to_vec();
     let addr = listener
         .local_addr()
         .map_err(|e| CacheError::io("reading the listener's address", e))?;
@@ -692,7 +693,7 @@ pub async fn run(
         capacity_bytes = node.cfg.capacity_bytes,
         admission = ?node.cfg.admission,
         peers = node.cfg.peers.len(),
-        directory = %node.cfg.directory_url,
+        ?directories,
         "cache listening"
     );
     tokio::spawn(async move {

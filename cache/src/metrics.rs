@@ -81,6 +81,8 @@ pub struct Stats {
     pub purges: Sharded,
     /// Directory requests (volume replicas, video chunk lists).
     pub directory_requests: Sharded,
+    /// Directory requests that moved from one directory of the list to the next.
+    pub directory_failovers: Sharded,
 }
 
 /// A snapshot of a node's counters and memory (`GET /v1/stats`).
@@ -99,6 +101,8 @@ pub struct StatsSnapshot {
     pub forward_failures: u64,
     pub purges: u64,
     pub directory_requests: u64,
+    #[serde(default)]
+    pub directory_failovers: u64,
     pub evictions: u64,
     pub entries: u64,
     pub bytes: u64,
@@ -122,6 +126,7 @@ impl Stats {
             forward_failures: self.forward_failures.get(),
             purges: self.purges.get(),
             directory_requests: self.directory_requests.get(),
+            directory_failovers: self.directory_failovers.get(),
             evictions: mem.evictions,
             entries: mem.entries,
             bytes: mem.bytes,
@@ -140,7 +145,7 @@ pub fn store_latency(outcome: &'static str, secs: f64) {
 /// process's recorder holds.
 pub fn render(s: &StatsSnapshot) -> String {
     install();
-    let counters: [(&'static str, u64); 14] = [
+    let counters: [(&'static str, u64); 15] = [
         ("haystack_cache_hits_total", s.hits),
         ("haystack_cache_misses_total", s.misses),
         ("haystack_cache_coalesced_misses_total", s.coalesced),
@@ -156,6 +161,10 @@ pub fn render(s: &StatsSnapshot) -> String {
         (
             "haystack_cache_directory_requests_total",
             s.directory_requests,
+        ),
+        (
+            "haystack_cache_directory_failovers_total",
+            s.directory_failovers,
         ),
         ("haystack_cache_evictions_total", s.evictions),
     ];

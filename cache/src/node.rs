@@ -330,12 +330,12 @@ mod tests {
     async fn waiters_outlive_a_leader_that_goes_away() {
         let (url, reads) = slow_store(Duration::from_millis(300), b"needle bytes").await;
         let cfg = CacheConfig {
-            directory_url: url,
+            directory_url: Some(url),
             check_live_on_miss: false,
             ..CacheConfig::default()
         };
         let node = Node::new(cfg).unwrap();
-        let c = Clients::new(&node.cfg).unwrap();
+        let c = Clients::new(&node, None).unwrap();
         let k = NeedleKey {
             volume: 1,
             key: 7,

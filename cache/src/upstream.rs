@@ -69,7 +69,14 @@ pub struct Clients {
 }
 
 impl Clients {
-    pub fn new(cfg: &crate::CacheConfig) -> Result<Clients, CacheError> {
+    /// The clients of `node`. With `share`, the directory client keeps `share`'s list and the
+    /// directory it sticks to (over a pool of its own), so one failover serves every worker;
+    /// without, a new one counts its failovers in the node's stats.
+    pub fn new(
+        node: &std::sync::Arc<crate::node::Node>,
+        share: Option<&Clients>,
+    ) -> Result<Clients, CacheError> {
+        let cfg = &node.cfg;
         let io = |e: reqwest::Error| CacheError::Config(format!("building an HTTP client: {e}"));
         let connect = Duration::from_millis(cfg.store_timeout_ms.min(1_000));
         let http = cfg
@@ -84,6 +91,7 @@ impl Clients {
             .security
             .http_builder()
             .timeout(Duration::from_millis(cfg.directory_timeout_ms))
+            .connect_timeout(Duration::from_millis(cfg.directory_timeout_ms.min(1_000)))
             .tcp_nodelay(true)
             .build()
             .map_err(io)?;
@@ -97,14 +105,23 @@ impl Clients {
             stores = stores.with_credentials(creds.clone());
             reader_creds = creds.clone();
         }
+        let directory = match share {
+            Some(s) => s.directory.with_pool(dir_http),
+            None => {
+                let counted = node.clone();
+                DirectoryClient::with_urls(&cfg.directories()?, dir_http)
+                    .map_err(CacheError::Config)?
+                    .with_credentials(creds.clone())
+                    .on_failover("cache", move || counted.stats.directory_failovers.add(1))
+            }
+        };
         Ok(Clients {
             stores,
             http,
             readers: Arc::default(),
             store_timeout,
             reader_creds,
-            directory: DirectoryClient::with_http(&cfg.directory_url, dir_http)
-                .with_credentials(creds.clone()),
+            directory,
             creds,
         })
     }

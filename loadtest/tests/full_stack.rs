@@ -68,7 +68,7 @@ async fn start(api_key: Option<&str>) -> Stack {
     })
     .await;
     let ccfg = haystack_cache::CacheConfig {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         capacity_bytes: 64 << 20,
         http_workers: 1,
         security: cluster.security(),
@@ -82,7 +82,7 @@ async fn start(api_key: Option<&str>) -> Stack {
     let ul = TcpListener::bind("127.0.0.1:0").unwrap();
     let uploader_url = format!("http://{}", ul.local_addr().unwrap());
     let ucfg = haystack_uploader::UploaderConfig {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         api_key: api_key.map(str::to_string),
         video_chunk_bytes: 1 << 20,
         image_workers: 2,

@@ -42,7 +42,7 @@ async fn start() -> S3Role {
     let cluster = Cluster::start(ClusterOptions::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = S3Config {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         master_key_file: dir.path().join("master.key"),
         security: cluster.security(),
         ..Default::default()

@@ -25,10 +25,11 @@ pub fn credentials() -> Credentials {
     CREDENTIALS.get().cloned().unwrap_or_default()
 }
 
-/// A client whose requests give up after `timeout`.
+/// A client whose requests give up after `timeout` (and connections after 5 s at most).
 pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     haystack_service::tls::http_builder(TLS.get().and_then(|t| t.as_deref()))
         .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
         .build()
         .map_err(|e| e.to_string())
 }
@@ -38,14 +39,16 @@ pub fn store_client(timeout: Duration) -> Result<StoreClient, String> {
     Ok(StoreClient::new(client(timeout)?).with_credentials(credentials()))
 }
 
-/// The directory at `directory` and the stores, both with `timeout`.
+/// The directory at `directory` (one URL or several equivalent ones, tried in order) and the
+/// stores, both with `timeout`.
 pub fn clients(
-    directory: &str,
+    directory: &[String],
     timeout: Duration,
 ) -> Result<(DirectoryClient, StoreClient), String> {
     let http = client(timeout)?;
-    Ok((
-        DirectoryClient::with_http(directory, http.clone()).with_credentials(credentials()),
-        StoreClient::new(http).with_credentials(credentials()),
-    ))
+    let dc = DirectoryClient::with_urls(directory, http.clone())
+        .map_err(|e| format!("--directory: {e}"))?
+        .with_credentials(credentials())
+        .on_failover("tool", || ());
+    Ok((dc, StoreClient::new(http).with_credentials(credentials())))
 }

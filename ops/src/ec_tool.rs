@@ -23,7 +23,7 @@ fn print<T: Serialize>(v: &T) -> Result<(), String> {
 
 /// Erasure-codes sealed volume `id` with k data and m parity shards of `block_bytes` blocks.
 pub async fn encode(
-    directory: &str,
+    directory: &[String],
     id: u32,
     req: EncodeRequest,
     json: bool,
@@ -70,7 +70,11 @@ struct ShardVerify {
 
 /// Verifies every shard of an erasure-coded volume: piece CRCs, needles, and parity against
 /// parity recomputed from the data shards.
-pub async fn verify(directory: &str, vol: &LogicalVolumeInfo, json: bool) -> Result<(), String> {
+pub async fn verify(
+    directory: &[String],
+    vol: &LogicalVolumeInfo,
+    json: bool,
+) -> Result<(), String> {
     let (_, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
     let mut out = Vec::new();
     for (i, r) in vol.replicas.iter().enumerate() {
@@ -138,7 +142,7 @@ pub async fn verify(directory: &str, vol: &LogicalVolumeInfo, json: bool) -> Res
 /// Rebuilds shard `shard` of an erasure-coded volume on store `to` (id) or one the directory
 /// picks.
 pub async fn repair(
-    directory: &str,
+    directory: &[String],
     id: u32,
     shard: u16,
     to: Option<u64>,

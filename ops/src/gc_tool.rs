@@ -94,7 +94,7 @@ async fn condemn(dir: &DirectoryClient, key: u64, dry_run: bool) -> Known {
 }
 
 pub async fn run(
-    directory: &str,
+    directory: &[String],
     grace_secs: u64,
     dry_run: bool,
     json: bool,

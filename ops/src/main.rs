@@ -91,27 +91,31 @@ enum Command {
     Photo {
         #[command(subcommand)]
         command: PhotoCommand,
-        /// The directory's URL.
+        /// The directory's URL; several equivalent directories comma-separated (or the flag
+        /// repeated), tried in order.
         #[arg(
             long,
             default_value = "http://127.0.0.1:8082",
             env = "HAYSTACK_DIRECTORY",
+            value_delimiter = ',',
             global = true
         )]
-        directory: String,
+        directory: Vec<String>,
     },
     /// Operator tools on one logical volume.
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
-        /// The directory's URL.
+        /// The directory's URL; several equivalent directories comma-separated (or the flag
+        /// repeated), tried in order.
         #[arg(
             long,
             default_value = "http://127.0.0.1:8082",
             env = "HAYSTACK_DIRECTORY",
+            value_delimiter = ',',
             global = true
         )]
-        directory: String,
+        directory: Vec<String>,
         /// Machine-readable output.
         #[arg(long, global = true)]
         json: bool,
@@ -120,13 +124,15 @@ enum Command {
     /// capacity held in replicas) is within the spread: prints the plan, then runs it (each
     /// move a bulk copy, the volume read-only meanwhile).
     Rebalance {
-        /// The directory's URL.
+        /// The directory's URL; several equivalent directories comma-separated (or the flag
+        /// repeated), tried in order.
         #[arg(
             long,
             default_value = "http://127.0.0.1:8082",
-            env = "HAYSTACK_DIRECTORY"
+            env = "HAYSTACK_DIRECTORY",
+            value_delimiter = ','
         )]
-        directory: String,
+        directory: Vec<String>,
         /// Only show the plan.
         #[arg(long)]
         dry_run: bool,
@@ -140,13 +146,15 @@ enum Command {
     /// Garbage collection: delete needles that no photo references (failed uploads, deleted
     /// photos whose store deletes were missed).
     Gc {
-        /// The directory's URL.
+        /// The directory's URL; several equivalent directories comma-separated (or the flag
+        /// repeated), tried in order.
         #[arg(
             long,
             default_value = "http://127.0.0.1:8082",
-            env = "HAYSTACK_DIRECTORY"
+            env = "HAYSTACK_DIRECTORY",
+            value_delimiter = ','
         )]
-        directory: String,
+        directory: Vec<String>,
         /// Needles of photos younger than this (seconds) are left alone: their upload may
         /// still be running.
         #[arg(long, default_value_t = 3600)]
@@ -221,13 +229,15 @@ enum StoreCommand {
 
 #[derive(Args)]
 struct StoreToolArgs {
-    /// The directory's URL.
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order.
     #[arg(
         long,
         default_value = "http://127.0.0.1:8082",
-        env = "HAYSTACK_DIRECTORY"
+        env = "HAYSTACK_DIRECTORY",
+        value_delimiter = ','
     )]
-    directory: String,
+    directory: Vec<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -286,9 +296,10 @@ struct S3ToolArgs {
     /// TOML config file; the [s3] section is read (directory URL, master key file).
     #[arg(long, global = true, env = "HAYSTACK_CONFIG")]
     config: Option<PathBuf>,
-    /// The directory's URL. Default http://127.0.0.1:8082.
-    #[arg(long, global = true, env = "HAYSTACK_DIRECTORY")]
-    directory: Option<String>,
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order. Default http://127.0.0.1:8082.
+    #[arg(long, global = true, env = "HAYSTACK_DIRECTORY", value_delimiter = ',')]
+    directory: Option<Vec<String>>,
     /// The master key file that seals secrets (the S3 servers' own). Default
     /// ./data/s3/master.key.
     #[arg(long, global = true, env = "HAYSTACK_S3_MASTER_KEY")]
@@ -303,9 +314,10 @@ struct S3Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8083", env = "HAYSTACK_S3_LISTEN")]
     listen: SocketAddr,
-    /// The directory's URL. Default http://127.0.0.1:8082.
-    #[arg(long, env = "HAYSTACK_DIRECTORY")]
-    directory: Option<String>,
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY", value_delimiter = ',')]
+    directory: Option<Vec<String>>,
     /// The master key file that seals access keys' secrets. Default ./data/s3/master.key.
     #[arg(long, env = "HAYSTACK_S3_MASTER_KEY")]
     master_key_file: Option<PathBuf>,
@@ -413,13 +425,15 @@ enum VolumeCommand {
 
 #[derive(Args)]
 struct StatusArgs {
-    /// The directory's URL.
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order.
     #[arg(
         long,
         default_value = "http://127.0.0.1:8082",
-        env = "HAYSTACK_DIRECTORY"
+        env = "HAYSTACK_DIRECTORY",
+        value_delimiter = ','
     )]
-    directory: String,
+    directory: Vec<String>,
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -509,9 +523,10 @@ struct CacheArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8081", env = "HAYSTACK_CACHE_LISTEN")]
     listen: SocketAddr,
-    /// The directory's URL. Default http://127.0.0.1:8082.
-    #[arg(long, env = "HAYSTACK_DIRECTORY")]
-    directory: Option<String>,
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY", value_delimiter = ',')]
+    directory: Option<Vec<String>>,
     /// Memory for cached needles: bytes, or a size such as 1GiB or 512MiB. Default 1GiB.
     #[arg(long, env = "HAYSTACK_CACHE_CAPACITY", value_parser = parse_size)]
     capacity: Option<u64>,
@@ -539,9 +554,10 @@ struct UploaderArgs {
         env = "HAYSTACK_UPLOADER_LISTEN"
     )]
     listen: SocketAddr,
-    /// The directory's URL. Default http://127.0.0.1:8082.
-    #[arg(long, env = "HAYSTACK_DIRECTORY")]
-    directory: Option<String>,
+    /// The directory's URL; several equivalent directories comma-separated (or the flag
+    /// repeated), tried in order. Default http://127.0.0.1:8082.
+    #[arg(long, env = "HAYSTACK_DIRECTORY", value_delimiter = ',')]
+    directory: Option<Vec<String>>,
     /// POST and DELETE then need `Authorization: Bearer KEY`.
     #[arg(long, env = "HAYSTACK_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -583,10 +599,11 @@ struct StoreArgs {
     /// HTTP worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
-    /// Directory to register with and heartbeat to (e.g. http://127.0.0.1:8082); none: run
-    /// standalone.
-    #[arg(long, env = "HAYSTACK_DIRECTORY")]
-    directory: Option<String>,
+    /// Directory to register with and heartbeat to (e.g. http://127.0.0.1:8082); several
+    /// equivalent directories comma-separated (or the flag repeated): the first that answers,
+    /// kept while it answers. None: run standalone.
+    #[arg(long, env = "HAYSTACK_DIRECTORY", value_delimiter = ',')]
+    directory: Option<Vec<String>>,
     /// URL other services use to reach this store (default: http://LISTEN).
     #[arg(long)]
     public_url: Option<String>,
@@ -665,6 +682,18 @@ pub(crate) fn set<T>(slot: &mut T, flag: Option<T>) {
     }
 }
 
+/// `--directory` (or `HAYSTACK_DIRECTORY`) wins over both keys of a role's config file.
+fn set_directories(
+    one: &mut Option<String>,
+    list: &mut Option<Vec<String>>,
+    flag: Option<Vec<String>>,
+) {
+    if let Some(d) = flag {
+        *one = None;
+        *list = Some(d);
+    }
+}
+
 async fn run_store(a: StoreArgs, security: Security) -> Result<(), String> {
     let mut cfg: StoreConfig = config::load(a.config.as_deref())?.store;
     set(&mut cfg.data_dir, a.data_dir);
@@ -681,17 +710,24 @@ async fn run_store(a: StoreArgs, security: Security) -> Result<(), String> {
     } else {
         "http"
     };
-    let heartbeat = a
+    let directory_urls = a
         .directory
-        .map(|directory_url| haystack_store::heartbeat::HeartbeatConfig {
-            directory_url: directory_url.trim_end_matches('/').to_string(),
-            public_url: a.public_url.unwrap_or_else(|| {
-                format!("{scheme}://{}", listener.local_addr().unwrap_or(a.listen))
-            }),
-            zone: a.zone,
-            rack: a.rack,
-            interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
-        });
+        .map(|d| {
+            haystack_client::directory::check_urls(&d).map_err(|e| format!("--directory: {e}"))
+        })
+        .transpose()?;
+    let heartbeat =
+        directory_urls.map(
+            |directory_urls| haystack_store::heartbeat::HeartbeatConfig {
+                directory_urls,
+                public_url: a.public_url.unwrap_or_else(|| {
+                    format!("{scheme}://{}", listener.local_addr().unwrap_or(a.listen))
+                }),
+                zone: a.zone,
+                rack: a.rack,
+                interval: std::time::Duration::from_secs(a.heartbeat_secs.max(1)),
+            },
+        );
     let scrub = haystack_store::ScrubConfig {
         bytes_per_sec: cfg.scrub_mib_per_sec.map(|m| m.saturating_mul(1 << 20)),
         slow_read: std::time::Duration::from_millis(cfg.scrub_slow_read_ms),
@@ -733,7 +769,7 @@ async fn run_directory(a: DirectoryArgs, security: Security) -> Result<(), Strin
 
 async fn run_cache(a: CacheArgs, security: Security) -> Result<(), String> {
     let mut cfg = config::load(a.config.as_deref())?.cache;
-    set(&mut cfg.directory_url, a.directory);
+    set_directories(&mut cfg.directory_url, &mut cfg.directory_urls, a.directory);
     set(&mut cfg.capacity_bytes, a.capacity);
     set(&mut cfg.peers, a.peers);
     set(&mut cfg.self_url, a.self_url.map(Some));
@@ -751,7 +787,7 @@ async fn run_cache(a: CacheArgs, security: Security) -> Result<(), String> {
 
 async fn run_uploader(a: UploaderArgs, security: Security) -> Result<(), String> {
     let mut cfg = config::load(a.config.as_deref())?.uploader;
-    set(&mut cfg.directory_url, a.directory);
+    set_directories(&mut cfg.directory_url, &mut cfg.directory_urls, a.directory);
     set(&mut cfg.api_key, a.api_key.map(Some));
     if a.allow_public_without_key {
         cfg.allow_public_without_key = true;
@@ -766,7 +802,7 @@ async fn run_uploader(a: UploaderArgs, security: Security) -> Result<(), String>
 
 fn s3_tool_config(t: S3ToolArgs) -> Result<haystack_s3::S3Config, String> {
     let mut cfg = config::load(t.config.as_deref())?.s3;
-    set(&mut cfg.directory_url, t.directory);
+    set_directories(&mut cfg.directory_url, &mut cfg.directory_urls, t.directory);
     set(&mut cfg.master_key_file, t.master_key_file);
     Ok(cfg)
 }
@@ -775,7 +811,7 @@ async fn run_s3(command: Option<S3Command>, a: S3Args, security: Security) -> Re
     match command {
         None => {
             let mut cfg = config::load(a.config.as_deref())?.s3;
-            set(&mut cfg.directory_url, a.directory);
+            set_directories(&mut cfg.directory_url, &mut cfg.directory_urls, a.directory);
             set(&mut cfg.master_key_file, a.master_key_file);
             cfg.security = security;
             let listener = TcpListener::bind(a.listen)

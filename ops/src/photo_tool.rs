@@ -11,7 +11,7 @@ use haystack_proto::NeedleAddr;
 
 use crate::client::clients;
 
-fn client(directory: &str) -> Result<(DirectoryClient, StoreClient), String> {
+fn client(directory: &[String]) -> Result<(DirectoryClient, StoreClient), String> {
     clients(directory, Duration::from_secs(120))
 }
 
@@ -33,7 +33,7 @@ fn content_type_of(path: &Path) -> &'static str {
 
 /// Stores a file as a photo's original (alt 0) on every replica, then commits it; prints the
 /// photo as the directory records it.
-pub async fn put(directory: &str, file: &Path) -> Result<(), String> {
+pub async fn put(directory: &[String], file: &Path) -> Result<(), String> {
     let data = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let data = Bytes::from(data);
     let ct = content_type_of(file);
@@ -88,7 +88,7 @@ async fn lookup(dir: &DirectoryClient, id: &str) -> Result<PhotoInfo, String> {
 }
 
 /// Prints the photo as the directory records it.
-pub async fn info(directory: &str, id: &str) -> Result<(), String> {
+pub async fn info(directory: &[String], id: &str) -> Result<(), String> {
     let p = lookup(&client(directory)?.0, id).await?;
     println!(
         "{}",
@@ -98,7 +98,7 @@ pub async fn info(directory: &str, id: &str) -> Result<(), String> {
 }
 
 /// Writes variant `alt` of a photo to `out`, read from the first replica that answers.
-pub async fn get(directory: &str, id: &str, alt: u32, out: &Path) -> Result<(), String> {
+pub async fn get(directory: &[String], id: &str, alt: u32, out: &Path) -> Result<(), String> {
     let (dir, stores) = client(directory)?;
     let p = lookup(&dir, id).await?;
     let addr = NeedleAddr::new(p.volume_id, p.id, alt, p.cookie);
@@ -123,7 +123,7 @@ pub async fn get(directory: &str, id: &str, alt: u32, out: &Path) -> Result<(), 
 }
 
 /// Deletes a photo (the directory tells the stores and caches).
-pub async fn delete(directory: &str, id: &str) -> Result<(), String> {
+pub async fn delete(directory: &[String], id: &str) -> Result<(), String> {
     let (dir, _) = client(directory)?;
     let d = dir
         .delete(parse_id(id)?)

@@ -39,7 +39,7 @@ fn gib(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-pub async fn run(directory: &str, json: bool) -> Result<(), String> {
+pub async fn run(directory: &[String], json: bool) -> Result<(), String> {
     let (dir, store_client) = clients(directory, Duration::from_secs(5))?;
     let stores = dir.stores().await.map_err(|e| e.to_string())?;
     let volumes = dir.volumes().await.map_err(|e| e.to_string())?;

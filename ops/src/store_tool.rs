@@ -18,7 +18,7 @@ fn text(e: haystack_client::ClientError) -> String {
 /// Starts draining store `what` (id or URL) and, unless `no_wait`, waits up to `timeout` for
 /// it to be retired, showing the replicas left.
 pub async fn drain(
-    directory: &str,
+    directory: &[String],
     what: &str,
     no_wait: bool,
     timeout: Duration,
@@ -86,7 +86,7 @@ pub async fn drain(
 }
 
 /// Removes store `what` (id or URL) from the directory's records.
-pub async fn remove(directory: &str, what: &str, json: bool) -> Result<(), String> {
+pub async fn remove(directory: &[String], what: &str, json: bool) -> Result<(), String> {
     let (dc, _) = clients(directory, Duration::from_secs(60))?;
     let stores = dc.stores().await.map_err(text)?;
     let s = find_store(&stores, what)?.clone();

@@ -35,7 +35,7 @@ struct SealResult {
 /// replica seals (read-only for good, index moved to a mapped sorted file).
 /// `haystack rebalance [--dry-run] [--spread F]`: the plan, then (unless a dry run) its run.
 pub async fn rebalance(
-    directory: &str,
+    directory: &[String],
     spread: Option<f64>,
     dry_run: bool,
     json: bool,
@@ -80,7 +80,7 @@ pub async fn rebalance(
 }
 
 /// `haystack volume promote ID --store S`: an asynchronous remote replica becomes a replica.
-pub async fn promote(directory: &str, id: u32, store: &str, json: bool) -> Result<(), String> {
+pub async fn promote(directory: &[String], id: u32, store: &str, json: bool) -> Result<(), String> {
     let (dc, _) = clients(directory, Duration::from_secs(60))?;
     let vol = dc.volume(id).await.map_err(text)?;
     let remote = vol
@@ -118,7 +118,7 @@ pub async fn promote(directory: &str, id: u32, store: &str, json: bool) -> Resul
     Ok(())
 }
 
-pub async fn seal(directory: &str, id: u32, json: bool) -> Result<(), String> {
+pub async fn seal(directory: &[String], id: u32, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(300))?;
     let dir = dc
         .set_volume_state(
@@ -220,7 +220,7 @@ async fn repair_needle(
 
 /// Full CRC scan of every replica of logical volume `id`; corrupt needles are reported and,
 /// with `repair`, rewritten from a replica that has them intact.
-pub async fn verify(directory: &str, id: u32, repair: bool, json: bool) -> Result<(), String> {
+pub async fn verify(directory: &[String], id: u32, repair: bool, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(3600))?;
     let dir = dc.volume(id).await.map_err(text)?;
     if dir.ec.is_some() {
@@ -370,7 +370,7 @@ fn print_reports<T: Serialize>(
 
 /// Compacts every replica of logical volume `id`, one replica at a time (the others keep
 /// serving at full speed), following each one's progress.
-pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String> {
+pub async fn compact(directory: &[String], id: u32, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
     let poll = store_client(Duration::from_secs(10))?;
     let dir = dc.volume(id).await.map_err(text)?;
@@ -421,7 +421,7 @@ pub async fn compact(directory: &str, id: u32, json: bool) -> Result<(), String>
 }
 
 /// Rebuilds the index of every replica of logical volume `id` from its volume file.
-pub async fn rebuild_index(directory: &str, id: u32, json: bool) -> Result<(), String> {
+pub async fn rebuild_index(directory: &[String], id: u32, json: bool) -> Result<(), String> {
     let (dc, stores) = clients(directory, Duration::from_secs(6 * 3600))?;
     let dir = dc.volume(id).await.map_err(text)?;
     let mut out = Vec::new();
@@ -481,7 +481,7 @@ pub(crate) fn find_store<'a>(
 /// Rebuilds shard `shard` of erasure-coded volume `id` (on store `to`, id or URL, or one the
 /// directory picks).
 pub async fn repair_shard(
-    directory: &str,
+    directory: &[String],
     id: u32,
     shard: u16,
     to: Option<&str>,
@@ -503,7 +503,7 @@ pub async fn repair_shard(
 /// in place of `from` (by default the replica whose store is down). The volume is read-only
 /// while it runs and writable again after, unless it was sealed or read-only before.
 pub async fn repair(
-    directory: &str,
+    directory: &[String],
     id: u32,
     to: &str,
     from: Option<&str>,

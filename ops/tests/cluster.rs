@@ -28,7 +28,8 @@ fn spawn(args: &[String], log: &Path) -> Child {
 }
 
 /// Store `i` of the test (data in `root/store{i}`, 64 MiB volumes, 1 s heartbeats) on a free
-/// port, registered with the directory at `dbase`; returns it and its URL.
+/// port, registered with the directory at `dbase` (named after a dead directory URL:
+/// `--directory DEAD,LIVE`, the store fails over); returns it and its URL.
 fn spawn_store(root: &Path, i: usize, dbase: &str, log: &Path) -> (Child, String) {
     let port = free_port();
     let child = spawn(
@@ -39,7 +40,7 @@ fn spawn_store(root: &Path, i: usize, dbase: &str, log: &Path) -> (Child, String
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--directory".into(),
-            dbase.to_string(),
+            format!("{},{dbase}", haystack_testkit::dead_url()),
             "--heartbeat-secs".into(),
             "1".into(),
             "--max-volume-bytes".into(),

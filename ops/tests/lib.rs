@@ -3,6 +3,7 @@
 mod auth;
 mod cluster;
 mod crash;
+mod directories;
 mod ec_crash;
 mod gc;
 mod multihost;

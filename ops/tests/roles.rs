@@ -9,7 +9,7 @@ use haystack_testkit::{bind_loopback, spawn_node, stopped, Cluster, Node};
 /// [`Cluster::security`]. Returns them and the uploader's URL.
 pub fn cache_and_uploader(cluster: &Cluster, cache_l: TcpListener) -> (Node, Node, String) {
     let ccfg = haystack_cache::CacheConfig {
-        directory_url: cluster.directory_url(),
+        directory_urls: Some(cluster.directory_urls()),
         capacity_bytes: 16 << 20,
         http_workers: 1,
         security: cluster.security(),
@@ -23,7 +23,7 @@ pub fn cache_and_uploader(cluster: &Cluster, cache_l: TcpListener) -> (Node, Nod
     let up_l = bind_loopback();
     let uploader_url = format!("http://{}", up_l.local_addr().expect("addr"));
     let ucfg = haystack_uploader::UploaderConfig {
-        directory_url: cluster.directory_url(),
+        directory_urls: Some(cluster.directory_urls()),
         http_workers: 1,
         image_workers: 1,
         security: cluster.security(),

@@ -104,7 +104,7 @@ async fn a_cluster_over_mutual_tls_serves_end_to_end_and_refuses_plain_and_forei
         ..cluster.security()
     };
     let ccfg = haystack_cache::CacheConfig {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         capacity_bytes: 16 << 20,
         http_workers: 1,
         security: public_security.clone(),
@@ -119,7 +119,7 @@ async fn a_cluster_over_mutual_tls_serves_end_to_end_and_refuses_plain_and_forei
     let up_l = bind_loopback();
     let uploader_url = format!("https://{}", up_l.local_addr().expect("addr"));
     let ucfg = haystack_uploader::UploaderConfig {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         http_workers: 1,
         image_workers: 1,
         security: public_security,

@@ -10,8 +10,13 @@ use crate::error::S3Error;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Config {
-    /// Base URL of the directory. Default `http://127.0.0.1:8082`.
-    pub directory_url: String,
+    /// Base URL of the directory (one). Give it, or `directory_urls`, not both; with neither
+    /// the directory is `http://127.0.0.1:8082`. Default none.
+    pub directory_url: Option<String>,
+    /// Base URLs of several equivalent directories (instances over one ScyllaDB keyspace),
+    /// tried in this order: requests go to the first that answers and stay with it until it
+    /// fails (docs/ARCHITECTURE.md, client/). Default none.
+    pub directory_urls: Option<Vec<String>>,
     /// The file holding the 32-byte key that seals access keys' secrets in the metadata store
     /// (created, mode 0600, when missing). Every S3 process and `haystack s3 key` must read
     /// the same file. Default `./data/s3/master.key`.
@@ -46,7 +51,8 @@ pub struct S3Config {
 impl Default for S3Config {
     fn default() -> Self {
         Self {
-            directory_url: "http://127.0.0.1:8082".to_string(),
+            directory_url: None,
+            directory_urls: None,
             master_key_file: PathBuf::from("./data/s3/master.key"),
             region: "us-east-1".to_string(),
             virtual_host_domains: vec!["s3.localhost".to_string()],
@@ -62,8 +68,19 @@ impl Default for S3Config {
 }
 
 impl S3Config {
+    /// The directories, in the order they are tried: `directory_urls`, or `directory_url`,
+    /// or `http://127.0.0.1:8082`; each an http(s) URL, none twice.
+    pub fn directories(&self) -> Result<Vec<String>, S3Error> {
+        haystack_client::directory::resolve_urls(
+            self.directory_url.as_deref(),
+            self.directory_urls.as_deref(),
+        )
+        .map_err(S3Error::Config)
+    }
+
     pub fn validate(&self) -> Result<(), S3Error> {
         let bad = |m: &str| Err(S3Error::Config(m.to_string()));
+        self.directories()?;
         if self.chunk_bytes < 4096 || self.chunk_bytes > (1 << 30) {
             return bad("chunk_bytes must be between 4 KiB and 1 GiB");
         }
@@ -77,5 +94,31 @@ impl S3Config {
             return bad("region must not be empty");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_directory_or_a_list() {
+        let c: S3Config = serde_json::from_str(r#"{"directory_url": "http://d:1"}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1".to_string()]);
+        let c: S3Config =
+            serde_json::from_str(r#"{"directory_urls": ["http://d:1", "http://e:2"]}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1", "http://e:2"]);
+        c.validate().unwrap();
+        S3Config::default().validate().unwrap();
+        for bad in [
+            r#"{"directory_url": "http://d:1", "directory_urls": ["http://e:2"]}"#,
+            r#"{"directory_urls": []}"#,
+            r#"{"directory_urls": ["http://d:1", "http://d:1"]}"#,
+            r#"{"directory_url": "d:1"}"#,
+        ] {
+            let c: S3Config = serde_json::from_str(bad).unwrap();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("directory"), "{bad}: {e}");
+        }
     }
 }

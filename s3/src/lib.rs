@@ -56,11 +56,16 @@ pub fn build_with_credentials(
         .security
         .http_builder()
         .timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(64)
         .build()
         .map_err(|e| S3Error::Config(format!("http client: {e}")))?;
-    let dir = DirectoryClient::with_http(&config.directory_url, http.clone())
-        .with_credentials(creds.clone());
+    let dir = DirectoryClient::with_urls(&config.directories()?, http.clone())
+        .map_err(S3Error::Config)?
+        .with_credentials(creds.clone())
+        .on_failover("s3", || {
+            ::metrics::counter!("haystack_s3_directory_failovers_total").increment(1)
+        });
     let stores = StoreClient::with_timeout(http, Duration::from_secs(60)).with_credentials(creds);
     let data = data::Data::new(dir.clone(), stores, config.chunk_bytes);
     Ok(service::S3::new(meta::Meta::new(dir), data, config, master))

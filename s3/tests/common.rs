@@ -53,7 +53,7 @@ impl Harness {
         let cluster = Cluster::start(opts).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = S3Config {
-            directory_url: cluster.directory_url(),
+            directory_urls: Some(cluster.directory_urls()),
             master_key_file: dir.path().join("master.key"),
             chunk_bytes: 1 << 20,
             security: cluster.security(),

@@ -7,3 +7,4 @@ mod auth;
 mod bad_input;
 mod clients;
 mod common;
+mod directories;

@@ -15,8 +15,12 @@ use crate::store::Store;
 /// Where the directory is and how this store presents itself to it.
 #[derive(Clone, Debug)]
 pub struct HeartbeatConfig {
-    /// Base URL of the directory, e.g. `http://127.0.0.1:8082`.
-    pub directory_url: String,
+    /// Base URLs of the directory, e.g. `http://127.0.0.1:8082`: one, or several equivalent
+    /// instances (over one ScyllaDB keyspace) in the order they are tried. The store
+    /// registers with and heartbeats to the first that answers and stays with it while it
+    /// answers: liveness is a record in the shared metadata store, so a heartbeat through any
+    /// instance keeps the store up for all of them.
+    pub directory_urls: Vec<String>,
     /// Base URL at which other services reach this store.
     pub public_url: String,
     pub zone: Option<String>,
@@ -131,26 +135,44 @@ pub struct HeartbeatWorker {
     interval: Duration,
 }
 
+/// The store's client of its directories: internal credentials, a short connect timeout (a
+/// refused or unanswered connection moves any request to the next directory), failovers
+/// counted in `haystack_store_directory_failovers_total`.
+pub fn directory_client(
+    store: &Store,
+    urls: &[String],
+    timeout: Duration,
+) -> Result<DirectoryClient, String> {
+    let http = store
+        .config()
+        .security
+        .http_builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .build()
+        .map_err(|e| format!("building the directory client: {e}"))?;
+    Ok(DirectoryClient::with_urls(urls, http)?
+        .with_credentials(haystack_client::Credentials::internal(
+            store.config().security.keys.as_ref(),
+            "store",
+        ))
+        .on_failover("store", || {
+            metrics::counter!("haystack_store_directory_failovers_total").increment(1)
+        }))
+}
+
 impl HeartbeatWorker {
-    pub fn new(store: Arc<Store>, cfg: HeartbeatConfig) -> Self {
-        let http = store
-            .config()
-            .security
-            .http_builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
-        let client = DirectoryClient::with_http(&cfg.directory_url, http).with_credentials(
-            haystack_client::Credentials::internal(store.config().security.keys.as_ref(), "store"),
-        );
+    /// The worker, or why its directory URLs are refused (none, not http(s), one twice).
+    pub fn new(store: Arc<Store>, cfg: HeartbeatConfig) -> Result<Self, String> {
+        let client = directory_client(&store, &cfg.directory_urls, Duration::from_secs(5))?;
         let interval = cfg.interval;
-        HeartbeatWorker {
+        Ok(HeartbeatWorker {
             store,
             cfg,
             client,
             id: None,
             interval,
-        }
+        })
     }
 
     /// How the runner should retry a failed step: after one interval, every time.
@@ -169,8 +191,13 @@ impl haystack_service::Worker for HeartbeatWorker {
         let Some(sid) = self.id else {
             let r = register(&self.client, &self.store, &self.cfg)
                 .await
-                .map_err(|e| format!("registration with {} failed: {e}", self.cfg.directory_url))?;
-            tracing::info!(store_id = r.store_id, directory = %self.cfg.directory_url, "registered with the directory");
+                .map_err(|e| {
+                    format!(
+                        "registration with the directory ({}) failed: {e}",
+                        self.cfg.directory_urls.join(", ")
+                    )
+                })?;
+            tracing::info!(store_id = r.store_id, directory = %self.client.base_url(), "registered with the directory");
             self.id = Some(r.store_id);
             if r.heartbeat_interval_secs > 0 {
                 self.interval = Duration::from_secs(r.heartbeat_interval_secs);

@@ -42,9 +42,9 @@ pub struct ScrubConfig {
     pub slow_read: Duration,
     /// A volume is not scrubbed again sooner than this after its last pass.
     pub min_interval: Duration,
-    /// Where to report corrupt needles: the directory and this store's public URL (the store
-    /// fills it from its heartbeat settings).
-    pub report_to: Option<(String, String)>,
+    /// Where to report corrupt needles: the directory's URLs (tried in order) and this store's
+    /// public URL (the store fills it from its heartbeat settings).
+    pub report_to: Option<(Vec<String>, String)>,
 }
 
 impl Default for ScrubConfig {
@@ -138,20 +138,12 @@ impl Scrubber {
                     .set(*at as f64);
             }
         }
-        let directory = cfg.report_to.as_ref().and_then(|(dir, _)| {
-            let http = store
-                .config()
-                .security
-                .http_builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .ok()?;
-            Some(DirectoryClient::with_http(dir, http).with_credentials(
-                haystack_client::Credentials::internal(
-                    store.config().security.keys.as_ref(),
-                    "store",
-                ),
-            ))
+        let directory = cfg.report_to.as_ref().and_then(|(dirs, _)| {
+            crate::heartbeat::directory_client(&store, dirs, Duration::from_secs(10))
+                .map_err(
+                    |e| tracing::warn!(error = %e, "scrub: corrupt needles will not be reported"),
+                )
+                .ok()
         });
         let rate = cfg.bytes_per_sec.unwrap_or_else(|| {
             weekly_rate(crate::heartbeat::disk_space(&store.config().data_dir).0)

@@ -53,6 +53,10 @@ pub async fn run_with(
     config: RunConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    if let Some(hb) = &config.heartbeat {
+        haystack_client::directory::check_urls(&hb.directory_urls)
+            .map_err(StoreError::BadRequest)?;
+    }
     let token = CancellationToken::new();
     let workers = WorkerSet::new(token.child_token());
     let mut scrub = config.scrub.clone();
@@ -60,7 +64,7 @@ pub async fn run_with(
         scrub.report_to = config
             .heartbeat
             .as_ref()
-            .map(|h| (h.directory_url.clone(), h.public_url.clone()));
+            .map(|h| (h.directory_urls.clone(), h.public_url.clone()));
     }
     let scrubber = Scrubber::new(store.clone(), scrub);
     workers.spawn("scrub", scrubber, Options::default(), None);
@@ -72,7 +76,7 @@ pub async fn run_with(
             Options::default(),
             None,
         );
-        let w = HeartbeatWorker::new(store.clone(), hb);
+        let w = HeartbeatWorker::new(store.clone(), hb).map_err(StoreError::BadRequest)?;
         let opts = w.options();
         workers.spawn("heartbeat", w, opts, Some(store.change_notify()));
     }

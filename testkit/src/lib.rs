@@ -78,6 +78,11 @@ pub struct ClusterOptions {
     /// The directory's placement of new volumes' replicas (`spread`, the default, or
     /// `chained`).
     pub placement: haystack_directory::placement::Policy,
+    /// A directory URL nothing answers (a port bound, then closed) listed before the real
+    /// directory: the stores register and heartbeat through the list, and
+    /// [`Cluster::directory_urls`] answers it, so that every role a test starts with it fails
+    /// over. Default false.
+    pub dead_directory_first: bool,
 }
 
 /// The zone of a test cluster's remote stores (`ClusterOptions::remote_stores`).
@@ -109,6 +114,7 @@ impl Default for ClusterOptions {
             encode_scheme: "2+1".to_string(),
             encode_block_bytes: 64 << 10,
             placement: Default::default(),
+            dead_directory_first: false,
         }
     }
 }
@@ -202,11 +208,19 @@ pub fn init_logs() {
         .try_init();
 }
 
+/// A loopback URL nothing listens on: a port bound, then closed (connections are refused;
+/// another test could take the port later, which is unlikely within one test).
+pub fn dead_url() -> String {
+    format!("http://{}", bind_loopback().local_addr().expect("addr"))
+}
+
 /// A directory and `stores` store machines on loopback, data in a temporary directory.
 pub struct Cluster {
     opts: ClusterOptions,
     root: tempfile::TempDir,
     directory: Node,
+    /// The dead URL listed first when `dead_directory_first`.
+    dead_directory: Option<String>,
     stores: Vec<Option<Node>>,
     store_addrs: Vec<SocketAddr>,
     keys: ClusterKeys,
@@ -272,10 +286,12 @@ impl Cluster {
         if https {
             directory = directory.with_https();
         }
+        let dead_directory = opts.dead_directory_first.then(dead_url);
         let mut c = Cluster {
             opts,
             root,
             directory,
+            dead_directory,
             stores: Vec::new(),
             store_addrs: Vec::new(),
             keys,
@@ -301,7 +317,7 @@ impl Cluster {
             security: self.security(),
             ..Default::default()
         };
-        let directory_url = self.directory.url();
+        let directory_urls = self.directory_urls();
         let scrub = self.opts.scrub.clone();
         let scheme = self.scheme();
         let remote = (self.opts.stores..self.opts.stores + self.opts.remote_stores).contains(&i);
@@ -315,7 +331,7 @@ impl Cluster {
             let run = haystack_store::RunConfig {
                 store: cfg,
                 heartbeat: Some(haystack_store::heartbeat::HeartbeatConfig {
-                    directory_url,
+                    directory_urls,
                     public_url,
                     zone,
                     rack: None,
@@ -392,6 +408,16 @@ impl Cluster {
     /// The directory's base URL.
     pub fn directory_url(&self) -> String {
         self.directory.url()
+    }
+
+    /// The directory URLs the stores use: the directory's, after a dead one when
+    /// `dead_directory_first`.
+    pub fn directory_urls(&self) -> Vec<String> {
+        self.dead_directory
+            .iter()
+            .cloned()
+            .chain([self.directory.url()])
+            .collect()
     }
 
     /// Store `i`'s base URL (also while it is stopped).

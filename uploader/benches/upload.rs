@@ -124,7 +124,7 @@ async fn photos(args: &[String]) {
     })
     .await;
     let (url, _stop) = start_uploader(UploaderConfig {
-        directory_url: cluster.directory_url(),
+        directory_url: Some(cluster.directory_url()),
         write_ack: ack,
         ..Default::default()
     });
@@ -235,7 +235,7 @@ async fn video(args: &[String]) {
         "{directory_url:?}"
     );
     let (url, _stop) = start_uploader(UploaderConfig {
-        directory_url,
+        directory_url: Some(directory_url),
         video_chunk_bytes: chunk_mib << 20,
         ..Default::default()
     });

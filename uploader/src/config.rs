@@ -25,8 +25,13 @@ pub struct VariantSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UploaderConfig {
-    /// Base URL of the directory. Default `http://127.0.0.1:8082`.
-    pub directory_url: String,
+    /// Base URL of the directory (one). Give it, or `directory_urls`, not both; with neither
+    /// the directory is `http://127.0.0.1:8082`. Default none.
+    pub directory_url: Option<String>,
+    /// Base URLs of several equivalent directories (instances over one ScyllaDB keyspace),
+    /// tried in this order: requests go to the first that answers and stay with it until it
+    /// fails (docs/ARCHITECTURE.md, client/). Default none.
+    pub directory_urls: Option<Vec<String>>,
     /// When set, POST and DELETE need `Authorization: Bearer <api_key>`. Default none (the
     /// `haystack` command reads `--api-key` or the `HAYSTACK_API_KEY` environment variable).
     pub api_key: Option<String>,
@@ -98,7 +103,8 @@ pub struct UploaderConfig {
 impl Default for UploaderConfig {
     fn default() -> Self {
         UploaderConfig {
-            directory_url: "http://127.0.0.1:8082".into(),
+            directory_url: None,
+            directory_urls: None,
             api_key: None,
             api_keys: Vec::new(),
             allow_public_without_key: false,
@@ -182,17 +188,20 @@ impl UploaderConfig {
         std::time::Duration::from_millis(self.body_idle_timeout_ms)
     }
 
+    /// The directories, in the order they are tried: `directory_urls`, or `directory_url`,
+    /// or `http://127.0.0.1:8082`; each an http(s) URL, none twice.
+    pub fn directories(&self) -> Result<Vec<String>, UploaderError> {
+        haystack_client::directory::resolve_urls(
+            self.directory_url.as_deref(),
+            self.directory_urls.as_deref(),
+        )
+        .map_err(UploaderError::Config)
+    }
+
     /// Checks the configuration once, at start-up.
     pub fn validate(&self) -> Result<(), UploaderError> {
         let bad = |m: String| Err(UploaderError::Config(m));
-        if !(self.directory_url.starts_with("http://")
-            || self.directory_url.starts_with("https://"))
-        {
-            return bad(format!(
-                "directory_url {:?} is not an http(s) URL",
-                self.directory_url
-            ));
-        }
+        self.directories()?;
         if let Some(k) = &self.api_key {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic()) {
                 return bad("api_key must be non-empty visible ASCII".into());
@@ -301,6 +310,31 @@ mod tests {
         let partial: UploaderConfig = serde_json::from_str(r#"{"jpeg_quality": 90}"#).unwrap();
         assert_eq!(partial.jpeg_quality, 90);
         assert_eq!(partial.variants, default_variants());
+    }
+
+    #[test]
+    fn one_directory_or_a_list() {
+        let c: UploaderConfig = serde_json::from_str(r#"{"directory_url": "http://d:1"}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1".to_string()]);
+        let c: UploaderConfig =
+            serde_json::from_str(r#"{"directory_urls": ["http://d:1", "http://e:2/"]}"#).unwrap();
+        assert_eq!(c.directories().unwrap(), vec!["http://d:1", "http://e:2"]);
+        c.validate().unwrap();
+        assert_eq!(
+            UploaderConfig::default().directories().unwrap(),
+            vec!["http://127.0.0.1:8082"]
+        );
+        for bad in [
+            r#"{"directory_url": "http://d:1", "directory_urls": ["http://e:2"]}"#,
+            r#"{"directory_urls": []}"#,
+            r#"{"directory_urls": ["http://d:1", "http://d:1"]}"#,
+            r#"{"directory_urls": ["http://d:1", "d:2"]}"#,
+            r#"{"directory_url": "ftp://d"}"#,
+        ] {
+            let c: UploaderConfig = serde_json::from_str(bad).unwrap();
+            let e = c.validate().expect_err(bad).to_string();
+            assert!(e.contains("directory"), "{bad}: {e}");
+        }
     }
 
     #[test]

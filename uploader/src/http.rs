@@ -677,7 +677,7 @@ pub(crate) async fn serve(
     let handle = server.handle();
     tracing::info!(
         %addr,
-        directory = %cfg.directory_url,
+        directories = ?cfg.directories().unwrap_or_default(),
         auth = cfg.api_key.is_some(),
         "uploader listening"
     );

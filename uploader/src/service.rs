@@ -156,9 +156,14 @@ impl Uploader {
             .build()
             .map_err(|e| UploaderError::Config(format!("building the HTTP client: {e}")))?;
         let creds = haystack_client::Credentials::internal(cfg.security.keys.as_ref(), "uploader");
+        let dir = DirectoryClient::with_urls(&cfg.directories()?, dir_http)
+            .map_err(UploaderError::Config)?
+            .with_credentials(creds.clone())
+            .on_failover("uploader", || {
+                metrics::counter!("haystack_uploader_directory_failovers_total").increment(1)
+            });
         Ok(Uploader {
-            dir: DirectoryClient::with_http(&cfg.directory_url, dir_http)
-                .with_credentials(creds.clone()),
+            dir,
             stores: StoreClient::with_timeout(
                 store_http,
                 Duration::from_millis(cfg.store_timeout_ms),

@@ -92,7 +92,7 @@ async fn post_and_delete_need_the_key() {
 async fn a_public_address_without_a_key_refuses_to_start() {
     let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
     let cfg = UploaderConfig {
-        directory_url: "http://127.0.0.1:9".into(),
+        directory_url: Some("http://127.0.0.1:9".into()),
         ..Default::default()
     };
     let r = haystack_uploader::run(listener, cfg, std::future::pending()).await;

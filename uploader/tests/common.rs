@@ -25,7 +25,7 @@ pub struct Harness {
 /// to provoke, 1 MiB video chunks.
 pub fn test_config(directory_url: String) -> UploaderConfig {
     UploaderConfig {
-        directory_url,
+        directory_url: Some(directory_url),
         max_photo_bytes: 4 << 20,
         video_chunk_bytes: 1 << 20,
         max_video_bytes: 32 << 20,

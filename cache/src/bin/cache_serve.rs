@@ -17,7 +17,7 @@ struct Args {
     /// A JSON file with a CacheConfig (fields given here as flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The directory's URL.
+    /// The directory's URL, or several comma-separated (tried in order).
     #[arg(long)]
     directory: Option<String>,
     /// Memory for cached needles, e.g. 1GiB or 512MiB.
@@ -64,7 +64,8 @@ fn main() -> ExitCode {
         None => CacheConfig::default(),
     };
     if let Some(d) = args.directory {
-        cfg.directory_url = d;
+        cfg.directory_url = None;
+        cfg.directory_urls = Some(d.split(',').map(str::to_string).collect());
     }
     if let Some(c) = args.capacity {
         cfg.capacity_bytes = c;

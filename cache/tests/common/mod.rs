@@ -96,7 +96,7 @@ pub struct Env {
 /// Settings the tests share: small, quick to notice failures.
 pub fn test_config(directory_url: &str) -> CacheConfig {
     CacheConfig {
-        directory_url: directory_url.to_string(),
+        directory_url: Some(directory_url.to_string()),
         capacity_bytes: 64 << 20,
         shards: 4,
         store_timeout_ms: 2_000,
