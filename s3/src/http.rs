@@ -1352,7 +1352,7 @@ fn copy_source(h: &HeaderMap) -> Result<(String, String), S3Error> {
 /// The copy-source conditions (`x-amz-copy-source-if-match`, `-if-none-match`,
 /// `-if-modified-since`, `-if-unmodified-since`), ordered as GET's; any that fails is 412.
 fn copy_source_conditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
-    match conditions(h, o, "x-amz-copy-source-") {
+    match conditions(h, o, &COPY_SOURCE_CONDITIONS) {
         Err(S3Error::NotModified) => Err(S3Error::PreconditionFailed),
         r => r,
     }
@@ -1436,28 +1436,46 @@ fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
 
 /// The conditional headers of GET and HEAD, in S3's order.
 fn preconditions(h: &HeaderMap, o: &ObjectRecord) -> Result<(), S3Error> {
-    conditions(h, o, "")
+    conditions(h, o, &CONDITIONS)
 }
 
-/// `{prefix}if-match` (else `if-unmodified-since`) failing is PreconditionFailed,
-/// `{prefix}if-none-match` (else `if-modified-since`) failing is NotModified: S3's order.
-fn conditions(h: &HeaderMap, o: &ObjectRecord, prefix: &str) -> Result<(), S3Error> {
-    let name = |n: &str| format!("{prefix}{n}");
+/// The names of the four conditional headers: if-match, if-unmodified-since, if-none-match,
+/// if-modified-since (a GET's own, or a copy's about its source).
+type ConditionNames = [&'static str; 4];
+
+const CONDITIONS: ConditionNames = [
+    "if-match",
+    "if-unmodified-since",
+    "if-none-match",
+    "if-modified-since",
+];
+
+const COPY_SOURCE_CONDITIONS: ConditionNames = [
+    "x-amz-copy-source-if-match",
+    "x-amz-copy-source-if-unmodified-since",
+    "x-amz-copy-source-if-none-match",
+    "x-amz-copy-source-if-modified-since",
+];
+
+/// `if-match` (else `if-unmodified-since`) failing is PreconditionFailed, `if-none-match`
+/// (else `if-modified-since`) failing is NotModified: S3's order, for the names given.
+fn conditions(h: &HeaderMap, o: &ObjectRecord, names: &ConditionNames) -> Result<(), S3Error> {
+    let [if_match, if_unmodified_since, if_none_match, if_modified_since] = *names;
     let modified = o.last_modified_ms / 1000;
-    if let Some(m) = hdr(h, &name("if-match")) {
+    if let Some(m) = hdr(h, if_match) {
         if !etag_matches(m, &o.etag) {
             return Err(S3Error::PreconditionFailed);
         }
-    } else if let Some(t) = http_date(h, &name("if-unmodified-since")) {
+    } else if let Some(t) = http_date(h, if_unmodified_since) {
         if modified > t {
             return Err(S3Error::PreconditionFailed);
         }
     }
-    if let Some(m) = hdr(h, &name("if-none-match")) {
+    if let Some(m) = hdr(h, if_none_match) {
         if etag_matches(m, &o.etag) {
             return Err(S3Error::NotModified);
         }
-    } else if let Some(t) = http_date(h, &name("if-modified-since")) {
+    } else if let Some(t) = http_date(h, if_modified_since) {
         if modified <= t {
             return Err(S3Error::NotModified);
         }
