@@ -45,6 +45,84 @@ fn zone_of(c: &Candidate) -> &str {
     c.zone.as_deref().unwrap_or("")
 }
 
+fn rack_of(c: &Candidate) -> (&str, &str) {
+    (zone_of(c), c.rack.as_deref().unwrap_or(""))
+}
+
+/// The zones and racks a volume's chosen (or kept) replicas are in.
+#[derive(Default)]
+struct Used<'a> {
+    zones: HashSet<&'a str>,
+    racks: HashSet<(&'a str, &'a str)>,
+}
+
+impl<'a> Used<'a> {
+    fn of(chosen: impl IntoIterator<Item = &'a Candidate>) -> Self {
+        let mut u = Used::default();
+        for c in chosen {
+            u.add(c);
+        }
+        u
+    }
+
+    fn add(&mut self, c: &'a Candidate) {
+        self.zones.insert(zone_of(c));
+        self.racks.insert(rack_of(c));
+    }
+
+    /// Whether `c` is in a zone, and in a rack, none of them is in (the first two ranks of
+    /// every placement rule).
+    fn fresh(&self, c: &Candidate) -> (bool, bool) {
+        (
+            !self.zones.contains(zone_of(c)),
+            !self.racks.contains(&rack_of(c)),
+        )
+    }
+}
+
+/// The distinct candidates with `need_bytes` free, or an error when fewer than `replicas`.
+fn eligible(
+    candidates: &[Candidate],
+    replicas: usize,
+    need_bytes: u64,
+) -> Result<Vec<&Candidate>, PlacementError> {
+    let mut seen = HashSet::new();
+    let eligible: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| seen.insert(c.store_id) && c.free_bytes >= need_bytes)
+        .collect();
+    if eligible.len() < replicas {
+        return Err(PlacementError {
+            eligible: eligible.len(),
+            wanted: replicas,
+            need_bytes,
+        });
+    }
+    Ok(eligible)
+}
+
+/// How [`place`] and [`place_beside`] rank a machine (highest first): a new zone, a new rack,
+/// the most free bytes, the fewest volumes, the lowest id.
+fn spread_rank(
+    used: &Used,
+    c: &Candidate,
+) -> (
+    bool,
+    bool,
+    u64,
+    std::cmp::Reverse<u32>,
+    std::cmp::Reverse<u64>,
+) {
+    let (zone, rack) = used.fresh(c);
+    (
+        zone,
+        rack,
+        c.free_bytes,
+        std::cmp::Reverse(c.volumes),
+        std::cmp::Reverse(c.store_id),
+    )
+}
+
 /// Picks `replicas` distinct machines with at least `need_bytes` free.
 ///
 /// Greedy: each pick prefers a machine in a zone not used yet, then in a rack not used yet, then
@@ -55,44 +133,16 @@ pub fn place(
     replicas: usize,
     need_bytes: u64,
 ) -> Result<Vec<u64>, PlacementError> {
-    let eligible: Vec<&Candidate> = {
-        let mut seen = HashSet::new();
-        candidates
-            .iter()
-            .filter(|c| seen.insert(c.store_id) && c.free_bytes >= need_bytes)
-            .collect()
-    };
-    if eligible.len() < replicas {
-        return Err(PlacementError {
-            eligible: eligible.len(),
-            wanted: replicas,
-            need_bytes,
-        });
-    }
+    let eligible = eligible(candidates, replicas, need_bytes)?;
     let mut chosen: Vec<&Candidate> = Vec::with_capacity(replicas);
-    let mut zones: HashSet<&str> = HashSet::new();
-    let mut racks: HashSet<(&str, &str)> = HashSet::new();
+    let mut used = Used::default();
     for _ in 0..replicas {
         let best = eligible
             .iter()
             .filter(|c| !chosen.iter().any(|x| x.store_id == c.store_id))
-            .max_by(|a, b| {
-                let key = |c: &Candidate| {
-                    let z = zone_of(c);
-                    let r = c.rack.as_deref().unwrap_or("");
-                    (
-                        !zones.contains(z),
-                        !racks.contains(&(z, r)),
-                        c.free_bytes,
-                        std::cmp::Reverse(c.volumes),
-                        std::cmp::Reverse(c.store_id),
-                    )
-                };
-                key(a).cmp(&key(b))
-            });
+            .max_by_key(|c| spread_rank(&used, c));
         let Some(best) = best else { break };
-        zones.insert(zone_of(best));
-        racks.insert((zone_of(best), best.rack.as_deref().unwrap_or("")));
+        used.add(best);
         chosen.push(best);
     }
     Ok(chosen.iter().map(|c| c.store_id).collect())
@@ -106,25 +156,11 @@ pub fn place_beside(
     kept: &[Candidate],
     need_bytes: u64,
 ) -> Result<u64, PlacementError> {
-    let zones: HashSet<&str> = kept.iter().map(zone_of).collect();
-    let racks: HashSet<(&str, &str)> = kept
-        .iter()
-        .map(|c| (zone_of(c), c.rack.as_deref().unwrap_or("")))
-        .collect();
+    let used = Used::of(kept);
     candidates
         .iter()
         .filter(|c| c.free_bytes >= need_bytes && !kept.iter().any(|k| k.store_id == c.store_id))
-        .max_by_key(|c| {
-            let z = zone_of(c);
-            let r = c.rack.as_deref().unwrap_or("");
-            (
-                !zones.contains(z),
-                !racks.contains(&(z, r)),
-                c.free_bytes,
-                std::cmp::Reverse(c.volumes),
-                std::cmp::Reverse(c.store_id),
-            )
-        })
+        .max_by_key(|c| spread_rank(&used, c))
         .map(|c| c.store_id)
         .ok_or(PlacementError {
             eligible: 0,
@@ -154,20 +190,7 @@ pub fn place_chained(
     replicas: usize,
     need_bytes: u64,
 ) -> Result<Vec<u64>, PlacementError> {
-    let eligible: Vec<&Candidate> = {
-        let mut seen = HashSet::new();
-        candidates
-            .iter()
-            .filter(|c| seen.insert(c.store_id) && c.free_bytes >= need_bytes)
-            .collect()
-    };
-    if eligible.len() < replicas {
-        return Err(PlacementError {
-            eligible: eligible.len(),
-            wanted: replicas,
-            need_bytes,
-        });
-    }
+    let eligible = eligible(candidates, replicas, need_bytes)?;
     let mut chosen: Vec<&Candidate> = Vec::with_capacity(replicas);
     let mut cursor = start;
     for _ in 0..replicas {
@@ -187,21 +210,13 @@ fn nearest_on_ring<'a>(
     used: &[&Candidate],
     cursor: u64,
 ) -> Option<&'a Candidate> {
-    let zones: HashSet<&str> = used.iter().map(|c| zone_of(c)).collect();
-    let racks: HashSet<(&str, &str)> = used
-        .iter()
-        .map(|c| (zone_of(c), c.rack.as_deref().unwrap_or("")))
-        .collect();
+    let taken = Used::of(used.iter().copied());
     eligible
         .iter()
         .filter(|c| !used.iter().any(|u| u.store_id == c.store_id))
         .max_by_key(|c| {
-            let z = zone_of(c);
-            (
-                !zones.contains(z),
-                !racks.contains(&(z, c.rack.as_deref().unwrap_or(""))),
-                std::cmp::Reverse(ring_key(c.store_id, cursor)),
-            )
+            let (zone, rack) = taken.fresh(c);
+            (zone, rack, std::cmp::Reverse(ring_key(c.store_id, cursor)))
         })
         .copied()
 }
