@@ -701,6 +701,46 @@ async fn interrupted_encode_and_corrupt_shard_sync() {
 
 /// A shard store down past `rereplicate_after_ms` has its shard rebuilt on another store by
 /// the directory alone; every needle is served from the new shard set.
+/// The directory's record of volume `v`.
+async fn volume_info(env: &Env, v: u32) -> LogicalVolumeInfo {
+    let dir = env.cluster.directory_url();
+    env.http
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .expect("volume")
+        .json()
+        .await
+        .expect("volume JSON")
+}
+
+/// Six photos (bytes seeded from `seed`) put, the first one's volume sealed and encoded 2+1:
+/// the volume, the photos on it and the encode report.
+async fn encoded_2_1(env: &Env, seed: u64) -> (u32, Vec<Stored>, EncodeReport) {
+    let mut photos = Vec::new();
+    for i in 0..6u64 {
+        let data = bytes(5_000 + i as usize * 4_000, seed + i);
+        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+        photos.push((p, vec![(0u32, data)]));
+    }
+    let v = photos[0].0.volume_id;
+    photos.retain(|p| p.0.volume_id == v);
+    seal(env, v).await;
+    let dir = env.cluster.directory_url();
+    let (st, body) = post_json(
+        &env.http,
+        &format!("{dir}/v1/volumes/{v}/encode"),
+        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+    )
+    .await;
+    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
+    (
+        v,
+        photos,
+        serde_json::from_slice(&body).expect("encode report"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
     let mut env = Env::start(
@@ -716,50 +756,14 @@ async fn a_shard_store_down_past_the_timeout_is_rebuilt_elsewhere() {
         |_, c| c.admission = Admission::None,
     )
     .await;
-    let mut photos = Vec::new();
-    for i in 0..6u64 {
-        let data = bytes(5_000 + i as usize * 4_000, 300 + i);
-        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
-        photos.push((p, vec![(0u32, data)]));
-    }
-    let v = photos[0].0.volume_id;
-    photos.retain(|p| p.0.volume_id == v);
-    seal(&env, v).await;
-    let dir = env.cluster.directory_url();
-    let (st, body) = post_json(
-        &env.http,
-        &format!("{dir}/v1/volumes/{v}/encode"),
-        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
-    )
-    .await;
-    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
-    let rep: EncodeReport = serde_json::from_slice(&body).unwrap();
+    let (v, photos, rep) = encoded_2_1(&env, 300).await;
     let urls = env.cluster.store_urls();
-    let lost_url = {
-        let i: LogicalVolumeInfo = env
-            .http
-            .get(format!("{dir}/v1/volumes/{v}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        i.replicas[1].url.clone()
-    };
+    let lost_url = volume_info(&env, v).await.replicas[1].url.clone();
     let lost = urls.iter().position(|u| *u == lost_url).unwrap();
     env.cluster.stop_store(lost);
     let deadline = Instant::now() + Duration::from_secs(60);
     let moved = loop {
-        let i: LogicalVolumeInfo = env
-            .http
-            .get(format!("{dir}/v1/volumes/{v}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let i = volume_info(&env, v).await;
         if i.replicas[1].url != lost_url {
             break i;
         }
@@ -801,31 +805,9 @@ async fn a_draining_store_hands_its_shards_on() {
         |_, c| c.admission = Admission::None,
     )
     .await;
-    let mut photos = Vec::new();
-    for i in 0..6u64 {
-        let data = bytes(5_000 + i as usize * 4_000, 700 + i);
-        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
-        photos.push((p, vec![(0u32, data)]));
-    }
-    let v = photos[0].0.volume_id;
-    photos.retain(|p| p.0.volume_id == v);
-    seal(&env, v).await;
+    let (v, photos, _) = encoded_2_1(&env, 700).await;
     let dir = env.cluster.directory_url();
-    let (st, body) = post_json(
-        &env.http,
-        &format!("{dir}/v1/volumes/{v}/encode"),
-        serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
-    )
-    .await;
-    assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
-    let volume = |http: reqwest::Client| {
-        let url = format!("{dir}/v1/volumes/{v}");
-        async move {
-            let i: LogicalVolumeInfo = http.get(url).send().await.unwrap().json().await.unwrap();
-            i
-        }
-    };
-    let before = volume(env.http.clone()).await;
+    let before = volume_info(&env, v).await;
     let drained = before.replicas[1].store_id;
     let (st, body) = post_json(
         &env.http,
@@ -861,7 +843,7 @@ async fn a_draining_store_hands_its_shards_on() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let after = volume(env.http.clone()).await;
+    let after = volume_info(&env, v).await;
     assert_eq!(after.replicas.len(), before.replicas.len());
     assert!(
         after.replicas.iter().all(|r| r.store_id != drained),
