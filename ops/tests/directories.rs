@@ -101,27 +101,13 @@ async fn uploads_and_cache_misses_go_on_past_a_dead_first_directory() {
         (1..=2).contains(&cache_failovers),
         "cache failovers {cache_failovers}: {stats}"
     );
-    let metrics = public
-        .get(format!("{uploader_url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&public, &uploader_url).await;
     assert_eq!(
         counter(&metrics, "haystack_uploader_directory_failovers_total"),
         1,
         "one failover, then the uploader sticks to the live directory"
     );
-    let metrics = public
-        .get(format!("{cache_url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_text(&public, &cache_url).await;
     assert!(
         counter(&metrics, "haystack_cache_directory_failovers_total") >= 1,
         "{metrics}"
@@ -433,4 +419,15 @@ async fn two_live_directories_over_scylla() {
         .expect("text");
     assert!(counter(&metrics, "haystack_uploader_directory_failovers_total") >= 1);
     drop(stores);
+}
+
+/// A role's `/metrics` page.
+async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
 }
