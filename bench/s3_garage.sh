@@ -16,6 +16,10 @@
 #
 #   bash bench/s3_garage.sh
 #   DUR=10 CONNS=16 HS_REPLICATION=2 bash bench/s3_garage.sh
+#   SIZES=fixed:1MiB bash bench/s3_garage.sh       # the 1 MiB rows alone
+#   PERF=1 ONLY=put-1MiB bash bench/s3_garage.sh   # perf record -g of the servers in that
+#                                                  # phase (every phase without ONLY), kept
+#                                                  # in $BASE/perf-SIDE-OP-SIZE.data
 #
 # Garage (AGPL) is never part of this repository: the script uses $GARAGE (default
 # /work/garage-bin/bin/garage, or `garage` on PATH), builds it with `cargo install garage
@@ -215,11 +219,21 @@ phase() {
     la0=$(cut -d' ' -f1 /proc/loadavg)
     say "$(date -u +%H:%M:%S) load $la0: $side $op $size"
     c0=$(cpu_ticks "${pids[@]}")
+    local perf_pid=
+    if [[ ${PERF:-0} == 1 && ( -z ${ONLY:-} || $ONLY == "$op-${size#fixed:}" ) ]]; then
+        perf record -F 999 -g -o "$BASE/perf-$side-$op-${size#fixed:}.data" \
+            -p "$(IFS=,; echo "${pids[*]}")" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
     HAYSTACK_S3_ACCESS_KEY=$key HAYSTACK_S3_SECRET_KEY=$secret "$LT" run --s3 "$url" \
         --s3-bucket "$BUCKET" --s3-prefix "$prefix" --s3-payload "$PAYLOAD" --size "$size" \
         --seed "$SEED" --preload 0 --s3-existing "$existing" --mix "$op=1" -c "$CONNS" \
         -d "$DUR" -n "$count" --quiet --json >"$out"
     c1=$(cpu_ticks "${pids[@]}")
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid"; wait "$perf_pid" || true
+        say "profile: $BASE/perf-$side-$op-${size#fixed:}.data"
+    fi
     la1=$(cut -d' ' -f1 /proc/loadavg)
     ROWS+=("$(python3 - "$out" "$side" "$op" "$size" "$((c1 - c0))" "$TICK" "$la0" "$la1" <<'EOF'
 import json, sys
@@ -243,7 +257,7 @@ EOF
 sides=(haystack)
 [[ $HAVE_GARAGE == 1 ]] && sides+=(garage)
 declare -A issued
-for size in fixed:4KiB fixed:1MiB; do
+for size in ${SIZES:-fixed:4KiB fixed:1MiB}; do
     count=$COUNT_4K
     [[ $size == fixed:1MiB ]] && count=$COUNT_1M
     for side in "${sides[@]}"; do

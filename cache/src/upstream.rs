@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::header::HeaderValue;
 use haystack_client::{
-    ClientError, ConnFailure, Credentials, DirectoryClient, StoreClient, StoreReader,
+    ClientError, ConnFailure, Credentials, DirectoryClient, StoreClient, StoreReader, StoreReaders,
 };
 use haystack_proto::directory::{DamageKind, DamageReport};
 use haystack_proto::NeedleAddr;
@@ -59,10 +59,9 @@ pub struct Clients {
     pub stores: StoreClient,
     /// One [`StoreReader`] per store base URL (`None`: an https store, read by `stores`). Its
     /// connections belong to this worker's runtime, so the map is per worker too.
-    readers: Arc<Mutex<HashMap<String, Option<Arc<StoreReader>>>>>,
-    store_timeout: Duration,
-    /// What the readers prove to the stores (signed reads only).
-    reader_creds: Credentials,
+    /// What they prove to the stores: nothing, or the cache's credentials when reads are
+    /// signed.
+    readers: StoreReaders,
     pub directory: DirectoryClient,
     /// What this node proves to its peers (purges it repeats).
     pub creds: Credentials,
@@ -118,9 +117,7 @@ impl Clients {
         Ok(Clients {
             stores,
             http,
-            readers: Arc::default(),
-            store_timeout,
-            reader_creds,
+            readers: StoreReaders::new(store_timeout, reader_creds),
             directory,
             creds,
         })
@@ -131,13 +128,7 @@ impl Clients {
     /// The needle reader of the store at `url`, made at its first use (`None` for a store
     /// this reader cannot speak to: https).
     fn reader(&self, url: &str) -> Option<Arc<StoreReader>> {
-        let mut m = lock(&self.readers);
-        if let Some(r) = m.get(url) {
-            return r.clone();
-        }
-        let r = StoreReader::new(url, self.store_timeout, self.reader_creds.clone()).map(Arc::new);
-        m.insert(url.to_string(), r.clone());
-        r
+        self.readers.get(url)
     }
 }
 

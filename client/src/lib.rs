@@ -23,5 +23,5 @@ pub use auth::Credentials;
 pub use cache::CacheClient;
 pub use directory::DirectoryClient;
 pub use error::{ClientError, ConnFailure};
-pub use reader::StoreReader;
+pub use reader::{StoreReader, StoreReaders};
 pub use store::StoreClient;

@@ -1,8 +1,10 @@
-//! [`StoreReader`]: whole-needle reads from one store over its own pool of keep-alive
-//! HTTP/1.1 connections, for the cache's miss path (docs/ARCHITECTURE.md, "client").
+//! [`StoreReader`]: needle reads (whole, or one byte range) from one store over its own pool
+//! of keep-alive HTTP/1.1 connections, for the cache's miss path and the S3 role's object
+//! GETs (docs/ARCHITECTURE.md, "client"); [`StoreReaders`], one reader per store for one
+//! runtime.
 //!
-//! A miss is one request of one shape (`GET /v1/needles/...`, a small body with a
-//! `Content-Length`), so this reader writes the request line from the needle address, parses
+//! A read is one request of one shape (`GET /v1/needles/...`, maybe with a `Range`, a body
+//! with a `Content-Length`), so this reader writes the request line from the needle address, parses
 //! the answer's head with `httparse` and reads the body straight into the buffer the needle
 //! keeps: no URL parsing, no per-connection task, no request or header maps. The exchange runs
 //! in the caller's task, on the caller's runtime; a pool therefore belongs to one runtime (the
@@ -14,8 +16,9 @@
 //! body), and [`ClientError::Conn`] for a connection that failed, timed out or answered
 //! something that is not HTTP/1.1.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -113,7 +116,21 @@ impl StoreReader {
 
     /// Reads a needle whole (`GET /v1/needles/...`).
     pub async fn get_needle(&self, addr: &NeedleAddr) -> Result<NeedleBody, ClientError> {
-        let request = self.request(addr);
+        self.read(self.request(addr, None)).await
+    }
+
+    /// Reads bytes `first..=last` of a needle (fewer when it is shorter), as
+    /// [`crate::StoreClient::get_needle_range`] does.
+    pub async fn get_needle_range(
+        &self,
+        addr: &NeedleAddr,
+        first: u64,
+        last: u64,
+    ) -> Result<NeedleBody, ClientError> {
+        self.read(self.request(addr, Some((first, last)))).await
+    }
+
+    async fn read(&self, request: Vec<u8>) -> Result<NeedleBody, ClientError> {
         match tokio::time::timeout(self.timeout, self.exchange(&request)).await {
             Ok(r) => r,
             Err(_) => Err(self.fail(
@@ -123,11 +140,14 @@ impl StoreReader {
         }
     }
 
-    fn request(&self, addr: &NeedleAddr) -> Vec<u8> {
+    fn request(&self, addr: &NeedleAddr, range: Option<(u64, u64)>) -> Vec<u8> {
         use std::io::Write;
-        let mut r = Vec::with_capacity(160);
+        let mut r = Vec::with_capacity(192);
         // Writing to a Vec cannot fail.
         let _ = write!(r, "GET {addr} HTTP/1.1\r\nhost: {}\r\n", self.authority);
+        if let Some((first, last)) = range {
+            let _ = write!(r, "range: bytes={first}-{last}\r\n");
+        }
         if let Some(h) = self.creds.header() {
             let _ = write!(r, "authorization: {h}\r\n");
         }
@@ -203,6 +223,39 @@ impl StoreReader {
             Some((_, p)) if p.parse::<u16>().is_ok() => self.authority.clone(),
             _ => format!("{}:80", self.authority),
         }
+    }
+}
+
+/// One [`StoreReader`] per store base URL, made at first use, for one runtime: a reader's
+/// connections belong to the runtime that opened them, so a server keeps one set per worker
+/// thread. Clones share the set.
+#[derive(Clone, Debug)]
+pub struct StoreReaders {
+    readers: Arc<Mutex<HashMap<String, Option<Arc<StoreReader>>>>>,
+    timeout: Duration,
+    creds: Credentials,
+}
+
+impl StoreReaders {
+    /// Readers whose reads give up after `timeout` and prove `creds` to the stores.
+    pub fn new(timeout: Duration, creds: Credentials) -> Self {
+        Self {
+            readers: Arc::default(),
+            timeout,
+            creds,
+        }
+    }
+
+    /// The reader of the store at `url` (`None` for a store a [`StoreReader`] cannot speak
+    /// to: https; use [`crate::StoreClient`] there).
+    pub fn get(&self, url: &str) -> Option<Arc<StoreReader>> {
+        let mut m = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = m.get(url) {
+            return r.clone();
+        }
+        let r = StoreReader::new(url, self.timeout, self.creds.clone()).map(Arc::new);
+        m.insert(url.to_string(), r.clone());
+        r
     }
 }
 
@@ -517,6 +570,47 @@ mod tests {
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(r.idle_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_range_read_asks_for_its_bytes_and_takes_the_206() {
+        let r = reader("http://127.0.0.1:1");
+        let a = NeedleAddr::new(1, 2, 0, 3);
+        let req = String::from_utf8(r.request(&a, Some((5, 9)))).unwrap();
+        assert!(req.starts_with("GET /v1/needles/1/2/0/"), "{req}");
+        assert!(req.contains("\r\nrange: bytes=5-9\r\n"), "{req}");
+        assert!(!String::from_utf8(r.request(&a, None))
+            .unwrap()
+            .contains("range"));
+        let (url, conns) = server(vec![
+            b"HTTP/1.1 206 Partial Content\r\ncontent-range: bytes 5-9/20\r\ncontent-length: 5\r\n\r\nworld",
+            OK,
+        ])
+        .await;
+        let r = reader(&url);
+        assert_eq!(
+            &r.get_needle_range(&a, 5, 9).await.unwrap().data[..],
+            b"world"
+        );
+        // The connection stays usable after a 206.
+        assert_eq!(&r.get_needle(&a).await.unwrap().data[..], b"hello");
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_reader_set_makes_one_reader_per_store_and_none_for_https() {
+        let rs = StoreReaders::new(Duration::from_secs(1), Credentials::None);
+        let a = rs.get("http://127.0.0.1:8080").unwrap();
+        let b = rs.get("http://127.0.0.1:8080").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = rs.clone().get("http://127.0.0.1:8081").unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(rs.get("https://127.0.0.1:8443").is_none());
+        // Clones share the set.
+        assert!(Arc::ptr_eq(
+            &rs.clone().get("http://127.0.0.1:8081").unwrap(),
+            &c
+        ));
     }
 
     #[tokio::test]

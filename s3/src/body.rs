@@ -180,31 +180,37 @@ where
         }
     }
 
-    /// Pulls more raw bytes; false at the end of the stream.
+    /// Pulls more raw bytes into the buffer; false at the end of the stream.
     async fn fill(&mut self) -> Result<bool, S3Error> {
-        if self.ended {
-            return Ok(false);
-        }
-        let next = haystack_service::body::next_within(
-            &mut self.stream,
-            haystack_service::body::BODY_IDLE_TIMEOUT,
-        )
-        .await
-        .map_err(|_| S3Error::RequestTimeout)?;
-        match next {
-            Some(Ok(b)) => {
+        match self.pull().await? {
+            Some(b) => {
                 self.buf.extend_from_slice(&b);
                 Ok(true)
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "reading a request body failed");
-                Err(S3Error::IncompleteBody)
-            }
-            None => {
-                self.ended = true;
-                Ok(false)
+            None => Ok(false),
+        }
+    }
+
+    /// The next piece of the raw stream (empty pieces skipped); None at its end.
+    async fn pull(&mut self) -> Result<Option<Bytes>, S3Error> {
+        while !self.ended {
+            let next = haystack_service::body::next_within(
+                &mut self.stream,
+                haystack_service::body::BODY_IDLE_TIMEOUT,
+            )
+            .await
+            .map_err(|_| S3Error::RequestTimeout)?;
+            match next {
+                Some(Ok(b)) if b.is_empty() => {}
+                Some(Ok(b)) => return Ok(Some(b)),
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "reading a request body failed");
+                    return Err(S3Error::IncompleteBody);
+                }
+                None => self.ended = true,
             }
         }
+        Ok(None)
     }
 
     /// A line without its CRLF, once one is buffered.
@@ -271,12 +277,18 @@ where
                 State::Done => return Ok(None),
                 State::Data { left, sig } if *left == usize::MAX => {
                     let _ = sig;
-                    // Plain body: pass on whatever arrives.
-                    if self.buf.is_empty() && !self.fill().await? {
-                        self.state = State::Done;
-                        return Ok(None);
-                    }
-                    let piece = self.buf.split().freeze();
+                    // Plain body: pass on whatever arrives, as it arrived (no copy).
+                    let piece = if self.buf.is_empty() {
+                        match self.pull().await? {
+                            Some(b) => b,
+                            None => {
+                                self.state = State::Done;
+                                return Ok(None);
+                            }
+                        }
+                    } else {
+                        self.buf.split().freeze()
+                    };
                     self.take(&piece)?;
                     return Ok(Some(piece));
                 }

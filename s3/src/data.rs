@@ -2,7 +2,9 @@
 //! `chunk_bytes`, each one needle (alternate key = chunk number) written to every replica of
 //! a volume the directory assigned, then committed to the directory as one photo id of kind
 //! video: the needles are durable on every replica before the id is committed, and before any
-//! S3 record points at it. Reads fetch needle ranges from a replica (the next on failure).
+//! S3 record points at it. Reads fetch needle ranges from a replica (the next on failure),
+//! through the worker's [`StoreReaders`] when the caller has them (object GETs), else the
+//! shared [`StoreClient`].
 //! A replaced or deleted object's ids are deleted through the directory; whatever a crash
 //! leaves behind (an uncommitted id, a committed one no record names) is `haystack gc`'s.
 
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use haystack_client::store::Needle;
-use haystack_client::{DirectoryClient, StoreClient};
+use haystack_client::{Credentials, DirectoryClient, StoreClient, StoreReaders};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, PhotoKind, Replica, VideoChunk,
 };
@@ -37,18 +39,34 @@ type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
 pub struct Data {
     dir: DirectoryClient,
     stores: StoreClient,
+    /// What a worker's [`StoreReaders`] prove to the stores (the same as `stores`).
+    creds: Credentials,
     chunk_bytes: usize,
     replicas: Arc<Mutex<ReplicaCache>>,
 }
 
+/// How long one needle read through a [`StoreReaders`] may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Data {
-    pub fn new(dir: DirectoryClient, stores: StoreClient, chunk_bytes: u64) -> Self {
+    pub fn new(
+        dir: DirectoryClient,
+        stores: StoreClient,
+        creds: Credentials,
+        chunk_bytes: u64,
+    ) -> Self {
         Self {
             dir,
             stores,
+            creds,
             chunk_bytes: chunk_bytes as usize,
             replicas: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Needle readers for one worker thread's runtime (pass them to [`Data::read`]).
+    pub fn readers(&self) -> StoreReaders {
+        StoreReaders::new(READ_TIMEOUT, self.creds.clone())
     }
 
     /// A writer for one run of bytes of about `size_hint` bytes.
@@ -86,12 +104,14 @@ impl Data {
         Ok(r)
     }
 
-    /// Bytes `first..=last` of the object whose data is `parts`, as a stream of needle reads.
+    /// Bytes `first..=last` of the object whose data is `parts`, as a stream of needle reads
+    /// (through `readers` when given: they must belong to the runtime that polls the stream).
     pub fn read(
         &self,
         parts: Vec<DataRef>,
         first: u64,
         last: u64,
+        readers: Option<StoreReaders>,
     ) -> impl Stream<Item = Result<Bytes, S3Error>> + 'static {
         // The needle ranges to read, in order.
         let mut segments = Vec::new();
@@ -112,18 +132,31 @@ impl Data {
             base += p.size;
         }
         let this = self.clone();
-        futures_util::stream::unfold((this, segments.into_iter()), |(this, mut it)| async move {
-            let (addr, from, to) = it.next()?;
-            let r = this.read_segment(&addr, from, to).await;
-            Some((r, (this, it)))
-        })
+        futures_util::stream::unfold(
+            (this, readers, segments.into_iter()),
+            |(this, readers, mut it)| async move {
+                let (addr, from, to) = it.next()?;
+                let r = this.read_segment(readers.as_ref(), &addr, from, to).await;
+                Some((r, (this, readers, it)))
+            },
+        )
     }
 
-    async fn read_segment(&self, addr: &NeedleAddr, from: u64, to: u64) -> Result<Bytes, S3Error> {
+    async fn read_segment(
+        &self,
+        readers: Option<&StoreReaders>,
+        addr: &NeedleAddr,
+        from: u64,
+        to: u64,
+    ) -> Result<Bytes, S3Error> {
         let replicas = self.replicas(addr.volume).await?;
         let mut last_err = None;
         for r in &replicas {
-            match self.stores.get_needle_range(&r.url, addr, from, to).await {
+            let read = match readers.and_then(|rs| rs.get(&r.url)) {
+                Some(reader) => reader.get_needle_range(addr, from, to).await,
+                None => self.stores.get_needle_range(&r.url, addr, from, to).await,
+            };
+            match read {
                 Ok(n) if n.data.len() as u64 == to - from + 1 => return Ok(n.data),
                 Ok(n) => {
                     last_err = Some(format!("{} answered {} bytes", r.url, n.data.len()));
@@ -166,6 +199,12 @@ impl DataWriter<'_> {
     pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), S3Error> {
         let cap = self.data.chunk_bytes;
         while !bytes.is_empty() {
+            if self.buf.capacity() == 0 {
+                // The whole chunk at once (or what the run has left of its size hint): growing
+                // it by doubling would copy its bytes again at every step.
+                let left = self.size_hint.saturating_sub(self.written) as usize;
+                self.buf.reserve(left.max(bytes.len()).min(cap));
+            }
             let take = (cap - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes.split_to(take));
             if self.buf.len() == cap {

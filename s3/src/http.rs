@@ -15,6 +15,7 @@ use actix_web::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use haystack_client::StoreReaders;
 use haystack_proto::range::{decide, RangeDecision};
 use percent_encoding::percent_decode_str;
 
@@ -1405,7 +1406,7 @@ async fn copy_bytes(
     let mut md5 = Md5::new();
     let mut w = s3.data.writer(len);
     if len > 0 {
-        let mut stream = Box::pin(s3.data.read(so.data.clone(), first, first + len - 1));
+        let mut stream = Box::pin(s3.data.read(so.data.clone(), first, first + len - 1, None));
         while let Some(piece) = stream.next().await {
             let piece = piece?;
             md5.update(&piece);
@@ -1532,7 +1533,10 @@ async fn get_object(
         let empty = futures_util::stream::empty::<Result<Bytes, S3Error>>();
         return Ok(r.no_chunking(len).streaming(empty));
     }
-    let stream = s3.data.read(o.data.clone(), first, last);
+    let readers = req
+        .app_data::<web::Data<StoreReaders>>()
+        .map(|r| r.get_ref().clone());
+    let stream = s3.data.read(o.data.clone(), first, last, readers);
     Ok(r.no_chunking(len).streaming(log_errors(stream)))
 }
 
@@ -1595,8 +1599,11 @@ pub(crate) async fn serve(
     let tls = s3.cfg.security.tls.clone();
     let state = web::Data::new(State { s3 });
     let server = HttpServer::new(move || {
+        // Each worker's needle readers: their connections live on the worker's runtime.
+        let readers = web::Data::new(state.s3.data.readers());
         App::new()
             .app_data(state.clone())
+            .app_data(readers)
             .app_data(web::PayloadConfig::new(usize::MAX))
             .default_service(web::to(dispatch))
     })

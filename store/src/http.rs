@@ -284,6 +284,12 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, max: u64) -> Ap
         if buf.len() as u64 + chunk.len() as u64 > max {
             return Err(ApiError(StoreError::TooLarge { max }));
         }
+        if buf.capacity() - buf.len() < chunk.len() {
+            // Past the first MiB the bytes are arriving: make room for the rest of the
+            // declared length at once rather than copying the body at every doubling.
+            let rest = declared.unwrap_or(0).saturating_sub(buf.len() as u64) as usize;
+            buf.reserve(rest.max(chunk.len()));
+        }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())

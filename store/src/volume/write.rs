@@ -101,7 +101,12 @@ impl Volume {
                 )));
             }
         }
-        let mut buf = Vec::new();
+        // The batch's exact size up front: growing the buffer would copy the needles again.
+        let total: u64 = needles
+            .iter()
+            .map(|n| crate::format::needle_extent(n.content_type.len(), n.data.len()))
+            .sum();
+        let mut buf = Vec::with_capacity(total as usize);
         let mut rel = Vec::with_capacity(needles.len());
         for n in &needles {
             let start = buf.len() as u64;
