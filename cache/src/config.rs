@@ -72,7 +72,8 @@ pub struct CacheConfig {
     /// Default none.
     pub self_url: Option<String>,
     /// One read from one store replica (connect, answer and body) gives up after this and the
-    /// next replica is tried. Default 2000 ms.
+    /// next replica is tried; a read queued behind others on a pipelined connection
+    /// (`StoreReader`) waits at most twice this. Default 2000 ms.
     pub store_timeout_ms: u64,
     /// A directory request gives up after this. Default 2000 ms.
     pub directory_timeout_ms: u64,

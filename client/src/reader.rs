@@ -1,23 +1,36 @@
-//! [`StoreReader`]: needle reads (whole, or one byte range) from one store over its own pool
-//! of keep-alive HTTP/1.1 connections, for the cache's miss path and the S3 role's object
-//! GETs (docs/ARCHITECTURE.md, "client"); [`StoreReaders`], one reader per store for one
-//! runtime.
+//! [`StoreReader`]: needle reads (whole, or one byte range) from one store over a few
+//! pipelined keep-alive HTTP/1.1 connections, for the cache's miss path and the S3 role's
+//! object GETs (docs/ARCHITECTURE.md, "client"); [`StoreReaders`], one reader per store for
+//! one runtime.
 //!
 //! A read is one request of one shape (`GET /v1/needles/...`, maybe with a `Range`, a body
-//! with a `Content-Length`), so this reader writes the request line from the needle address, parses
-//! the answer's head with `httparse` and reads the body straight into the buffer the needle
-//! keeps: no URL parsing, no per-connection task, no request or header maps. The exchange runs
-//! in the caller's task, on the caller's runtime; a pool therefore belongs to one runtime (the
-//! cache keeps one per worker thread). Everything else a service asks a store goes through
-//! [`crate::StoreClient`] (reqwest), and so do https stores: this reader speaks plain HTTP only.
+//! with a `Content-Length`), so this reader writes the request line from the needle address,
+//! parses the answer's head with `httparse` and reads the body straight into an allocation of
+//! its exact size: no URL parsing, no request or header maps.
+//!
+//! Pipelining: each connection has one task that takes every read queued for it, writes them
+//! in one `write`, then reads their answers in order (HTTP/1.1 answers come in request
+//! order) and hands each to its caller. Concurrent reads of one worker thus share the
+//! syscalls and wake-ups of both sides, which were most of a cache miss's cost (issue 18:
+//! `send` alone was half the miss node's profile); a store answers a batch of pipelined GETs
+//! for about half the CPU per request of one GET per round trip. A read goes to the
+//! connection with the fewest reads queued, and a new connection (up to [`MAX_PIPES`]) is
+//! opened when every one has some, so one slow answer holds up only its own connection's
+//! queue. The tasks run on the runtime that made the reader, so a reader belongs to one
+//! runtime (a server keeps one [`StoreReaders`] per worker thread).
 //!
 //! The answers mean what they mean for [`crate::StoreClient::get_needle`]: the same
 //! [`NeedleBody`], the same [`ClientError::Api`] for an error status (with the JSON error
 //! body), and [`ClientError::Conn`] for a connection that failed, timed out or answered
-//! something that is not HTTP/1.1.
+//! something that is not HTTP/1.1. A connection the store closed before answering (a stale
+//! kept-alive one, or one closed after an answer that said `connection: close`) has its
+//! unanswered reads sent again on a new connection, once: a GET is safe to repeat. Everything
+//! else a service asks a store goes through [`crate::StoreClient`] (reqwest), and so do https
+//! stores: this reader speaks plain HTTP only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,13 +38,20 @@ use bytes::{Buf, BytesMut};
 use haystack_proto::{ErrorBody, NeedleAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ConnFailure;
 use crate::store::NeedleBody;
 use crate::{ClientError, Credentials};
 
-/// Idle connections kept per store (more are closed when they come back).
-pub const MAX_IDLE: usize = 64;
+/// Connections (each with its queue) kept per store and runtime, at most.
+pub const MAX_PIPES: usize = 4;
+
+/// Reads written to a connection in one batch, at most.
+const MAX_DEPTH: usize = 32;
+
+/// How many times a read is sent on a connection that then closed without answering it.
+const MAX_SENDS: u8 = 2;
 
 /// The largest response head accepted (the store's is a few hundred bytes).
 const MAX_HEAD: usize = 16 * 1024;
@@ -45,18 +65,44 @@ const MAX_HEADERS: usize = 24;
 /// The largest body accepted; a needle is far smaller (the store's own limit).
 const MAX_BODY: usize = 1 << 31;
 
-/// A store's whole-needle reads over pooled keep-alive connections.
+/// A store's needle reads over pipelined keep-alive connections.
 #[derive(Debug)]
 pub struct StoreReader {
+    target: Arc<Target>,
+    pipes: Mutex<Vec<Arc<Pipe>>>,
+}
+
+/// Where a reader's connections go.
+#[derive(Debug)]
+struct Target {
     /// The base URL, as given (errors name it).
     base: String,
     /// `host[:port]` for the Host header.
     authority: String,
     /// The address to connect to, when the host is an IP address; else resolved per connect.
     addr: Option<SocketAddr>,
-    idle: Mutex<Vec<Conn>>,
+    /// How long one answer (or a connect) may take.
     timeout: Duration,
     creds: Credentials,
+}
+
+/// One connection's queue; its task owns the connection.
+#[derive(Debug)]
+struct Pipe {
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Reads queued or in flight on it.
+    load: Arc<AtomicUsize>,
+    /// Whether its task holds an open connection (tests and `idle_connections`).
+    open: Arc<AtomicUsize>,
+}
+
+/// One read waiting for its answer.
+#[derive(Debug)]
+struct Job {
+    request: Vec<u8>,
+    reply: oneshot::Sender<Result<Answer, (ConnFailure, String)>>,
+    /// Times it was written to a connection.
+    sends: u8,
 }
 
 #[derive(Debug)]
@@ -75,10 +121,21 @@ struct Head {
     etag: Option<bytes::Bytes>,
 }
 
+/// Counts a read on its pipe until it is answered or given up.
+struct Load(Arc<AtomicUsize>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl StoreReader {
-    /// A reader of the store at `base` (`http://host:port`, maybe with a trailing slash), each
-    /// read given up after `timeout`. `None` for a URL this reader does not speak (https, or
-    /// one with a path): use [`crate::StoreClient`] for those.
+    /// A reader of the store at `base` (`http://host:port`, maybe with a trailing slash): a
+    /// connect or an answer that takes longer than `timeout` fails its reads (a read waits at
+    /// most twice that, queueing included). `None` for a URL this reader does not speak (https, or
+    /// one with a path): use [`crate::StoreClient`] for those. Its connections are opened at
+    /// the first reads, by tasks of the runtime those reads run on.
     pub fn new(base: &str, timeout: Duration, creds: Credentials) -> Option<StoreReader> {
         let authority = base.strip_prefix("http://")?.trim_end_matches('/');
         if authority.is_empty()
@@ -95,23 +152,28 @@ impl StoreReader {
                 .map(|ip| SocketAddr::new(ip, 80))
         });
         Some(StoreReader {
-            base: base.trim_end_matches('/').to_string(),
-            authority: authority.to_string(),
-            addr,
-            idle: Mutex::new(Vec::new()),
-            timeout,
-            creds,
+            target: Arc::new(Target {
+                base: base.trim_end_matches('/').to_string(),
+                authority: authority.to_string(),
+                addr,
+                timeout,
+                creds,
+            }),
+            pipes: Mutex::new(Vec::new()),
         })
     }
 
     /// The base URL this reader reads from.
     pub fn base(&self) -> &str {
-        &self.base
+        &self.target.base
     }
 
-    /// Connections idle in the pool now.
+    /// Connections open now.
     pub fn idle_connections(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.lock()
+            .iter()
+            .map(|p| p.open.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Reads a needle whole (`GET /v1/needles/...`).
@@ -130,13 +192,58 @@ impl StoreReader {
         self.read(self.request(addr, Some((first, last)))).await
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Pipe>>> {
+        self.pipes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connection with the fewest reads queued; a new one when every one has some and
+    /// there is room. Pipes whose task has ended are dropped.
+    fn pick(&self) -> (Arc<Pipe>, Load) {
+        let mut pipes = self.lock();
+        pipes.retain(|p| !p.jobs.is_closed());
+        let best = pipes
+            .iter()
+            .min_by_key(|p| p.load.load(Ordering::Acquire))
+            .cloned();
+        let pipe = match best {
+            Some(p) if p.load.load(Ordering::Acquire) == 0 || pipes.len() >= MAX_PIPES => p,
+            _ => {
+                let p = Arc::new(Pipe::start(self.target.clone()));
+                pipes.push(p.clone());
+                p
+            }
+        };
+        pipe.load.fetch_add(1, Ordering::AcqRel);
+        let load = Load(pipe.load.clone());
+        (pipe, load)
+    }
+
     async fn read(&self, request: Vec<u8>) -> Result<NeedleBody, ClientError> {
-        match tokio::time::timeout(self.timeout, self.exchange(&request)).await {
-            Ok(r) => r,
-            Err(_) => Err(self.fail(
-                ConnFailure::Timeout,
-                format!("no answer within {:?}", self.timeout),
-            )),
+        let (pipe, _load) = self.pick();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            request,
+            reply,
+            sends: 0,
+        };
+        if pipe.jobs.send(job).is_err() {
+            return Err(self
+                .target
+                .fail(ConnFailure::Io, "the reader stopped".into()));
+        }
+        // The pipe's task bounds every connect and answer by the timeout (then drops the
+        // connection and fails the reads written to it); this also bounds the wait behind
+        // an earlier batch, so a read gives up after at most twice the timeout.
+        let wait = self.target.timeout.saturating_mul(2);
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(Ok(a))) => a.into_result(&self.target.base),
+            Ok(Ok(Err((kind, detail)))) => Err(self.target.fail(kind, detail)),
+            Ok(Err(_)) => Err(self
+                .target
+                .fail(ConnFailure::Io, "the reader stopped".into())),
+            Err(_) => Err(self
+                .target
+                .fail(ConnFailure::Timeout, format!("no answer within {wait:?}"))),
         }
     }
 
@@ -144,17 +251,23 @@ impl StoreReader {
         use std::io::Write;
         let mut r = Vec::with_capacity(192);
         // Writing to a Vec cannot fail.
-        let _ = write!(r, "GET {addr} HTTP/1.1\r\nhost: {}\r\n", self.authority);
+        let _ = write!(
+            r,
+            "GET {addr} HTTP/1.1\r\nhost: {}\r\n",
+            self.target.authority
+        );
         if let Some((first, last)) = range {
             let _ = write!(r, "range: bytes={first}-{last}\r\n");
         }
-        if let Some(h) = self.creds.header() {
+        if let Some(h) = self.target.creds.header() {
             let _ = write!(r, "authorization: {h}\r\n");
         }
         r.extend_from_slice(b"\r\n");
         r
     }
+}
 
+impl Target {
     fn fail(&self, kind: ConnFailure, detail: String) -> ClientError {
         ClientError::Conn {
             url: self.base.clone(),
@@ -163,54 +276,26 @@ impl StoreReader {
         }
     }
 
-    /// One exchange on an idle connection, or on a new one. A kept-alive connection the store
-    /// closed meanwhile fails before any answer byte; the read is then sent once more on a new
-    /// connection (a GET is safe to repeat).
-    async fn exchange(&self, request: &[u8]) -> Result<NeedleBody, ClientError> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        if let Some(mut conn) = idle {
-            match conn.exchange(request).await {
-                Ok((body, keep)) => {
-                    self.give_back(conn, keep);
-                    return body.into_result(&self.base);
-                }
-                Err(Exchange::Stale) => {}
-                Err(Exchange::Failed(kind, detail)) => return Err(self.fail(kind, detail)),
+    async fn connect(&self) -> Result<Conn, (ConnFailure, String)> {
+        let connect = async {
+            match self.addr {
+                Some(a) => TcpStream::connect(a).await,
+                None => TcpStream::connect(self.authority_with_port().as_str()).await,
             }
-        }
-        let mut conn = self.connect().await?;
-        match conn.exchange(request).await {
-            Ok((body, keep)) => {
-                self.give_back(conn, keep);
-                body.into_result(&self.base)
+        };
+        let stream = match tokio::time::timeout(self.timeout, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err((ConnFailure::Connect, format!("connecting: {e}"))),
+            Err(_) => {
+                return Err((
+                    ConnFailure::Timeout,
+                    format!("no connection within {:?}", self.timeout),
+                ))
             }
-            Err(Exchange::Stale) => Err(self.fail(
-                ConnFailure::Io,
-                "the store closed the connection without answering".into(),
-            )),
-            Err(Exchange::Failed(kind, detail)) => Err(self.fail(kind, detail)),
-        }
-    }
-
-    fn give_back(&self, conn: Conn, keep: bool) {
-        if keep {
-            if let Ok(mut v) = self.idle.lock() {
-                if v.len() < MAX_IDLE {
-                    v.push(conn);
-                }
-            }
-        }
-    }
-
-    async fn connect(&self) -> Result<Conn, ClientError> {
-        let stream = match self.addr {
-            Some(a) => TcpStream::connect(a).await,
-            None => TcpStream::connect(self.authority_with_port().as_str()).await,
-        }
-        .map_err(|e| self.fail(ConnFailure::Connect, format!("connecting: {e}")))?;
+        };
         stream
             .set_nodelay(true)
-            .map_err(|e| self.fail(ConnFailure::Connect, format!("setting TCP_NODELAY: {e}")))?;
+            .map_err(|e| (ConnFailure::Connect, format!("setting TCP_NODELAY: {e}")))?;
         Ok(Conn {
             stream,
             buf: BytesMut::new(),
@@ -223,6 +308,277 @@ impl StoreReader {
             Some((_, p)) if p.parse::<u16>().is_ok() => self.authority.clone(),
             _ => format!("{}:80", self.authority),
         }
+    }
+}
+
+impl Pipe {
+    /// A queue and the task that serves it, on the current runtime.
+    fn start(target: Arc<Target>) -> Pipe {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(target, rx, open.clone()));
+        Pipe {
+            jobs,
+            load: Arc::new(AtomicUsize::new(0)),
+            open,
+        }
+    }
+}
+
+/// A connection's task: batches of queued reads written at once, their answers read in order.
+/// Ends when the reader (every sender) is gone.
+async fn serve(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Job>, open: Arc<AtomicUsize>) {
+    let mut conn: Option<Conn> = None;
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut batch = Vec::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(j) => pending.push_back(j),
+                None => return,
+            }
+        }
+        while pending.len() < MAX_DEPTH {
+            match rx.try_recv() {
+                Ok(j) => pending.push_back(j),
+                Err(_) => break,
+            }
+        }
+        // Reads whose caller went away are not sent (those already sent are read off the
+        // connection below, answer by answer, so that it stays in step).
+        pending.retain(|j| !j.reply.is_closed());
+        if pending.is_empty() {
+            continue;
+        }
+        let fresh = conn.is_none();
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match target.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    for j in pending.drain(..) {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            },
+        };
+        open.store(1, Ordering::Release);
+        conn = Some(c);
+        let Some(c) = conn.as_mut() else { continue };
+        batch.clear();
+        for j in pending.iter_mut() {
+            batch.extend_from_slice(&j.request);
+            j.sends += 1;
+        }
+        let sent = pending.len();
+        let outcome = c.exchange_batch(&batch, &mut pending, sent, &target).await;
+        match outcome {
+            Batch::Done => {}
+            Batch::Closed { answered } => {
+                // The store closed the connection: the reads it did not answer go again on a
+                // new one. After answers that is the normal end of a connection; before any,
+                // it was a stale kept-alive one, and a read it catches twice fails (as does
+                // every read on a new connection closed before answering: a store that
+                // cannot answer).
+                conn = None;
+                open.store(0, Ordering::Release);
+                let refused = answered == 0 && fresh;
+                let mut again = VecDeque::with_capacity(pending.len());
+                for mut j in pending.drain(..) {
+                    if answered > 0 {
+                        j.sends = j.sends.saturating_sub(1);
+                    }
+                    if refused || j.sends >= MAX_SENDS {
+                        let _ = j.reply.send(Err((
+                            ConnFailure::Io,
+                            "the store closed the connection without answering".into(),
+                        )));
+                    } else {
+                        again.push_back(j);
+                    }
+                }
+                pending = again;
+            }
+            Batch::Failed(kind, detail) => {
+                conn = None;
+                open.store(0, Ordering::Release);
+                for j in pending.drain(..) {
+                    let _ = j.reply.send(Err((kind, detail.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// How a batch ended.
+enum Batch {
+    /// Every read answered; the connection may be used again.
+    Done,
+    /// The connection was closed after `answered` answers (by the store, or after an answer
+    /// that said `connection: close`); the rest are still in the queue.
+    Closed { answered: usize },
+    /// The connection failed; the reads still queued fail with this.
+    Failed(ConnFailure, String),
+}
+
+/// An answer as read off the wire.
+#[derive(Debug)]
+enum Answer {
+    Ok(NeedleBody),
+    Error { status: u16, body: bytes::Bytes },
+}
+
+impl Answer {
+    fn into_result(self, base: &str) -> Result<NeedleBody, ClientError> {
+        match self {
+            Answer::Ok(b) => Ok(b),
+            Answer::Error { status, body } => Err(ClientError::Api {
+                url: base.to_string(),
+                status,
+                body: serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
+                    error: "http".to_string(),
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            }),
+        }
+    }
+}
+
+/// Why one answer could not be read.
+enum Read {
+    /// The connection was closed before any byte of this answer.
+    Closed,
+    Failed(ConnFailure, String),
+}
+
+impl Conn {
+    /// Writes `batch` (the first `sent` queued reads) and hands each its answer, in order.
+    async fn exchange_batch(
+        &mut self,
+        batch: &[u8],
+        pending: &mut VecDeque<Job>,
+        sent: usize,
+        target: &Target,
+    ) -> Batch {
+        // Bytes left from an earlier answer would be a desynchronized connection.
+        if !self.buf.is_empty() {
+            return Batch::Failed(
+                ConnFailure::Protocol,
+                "unexpected bytes on an idle connection".into(),
+            );
+        }
+        if let Err(e) = self.stream.write_all(batch).await {
+            return match e.kind() {
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                    Batch::Closed { answered: 0 }
+                }
+                _ => Batch::Failed(ConnFailure::Io, format!("sending: {e}")),
+            };
+        }
+        for answered in 0..sent {
+            let read = tokio::time::timeout(target.timeout, self.answer()).await;
+            let (answer, keep) = match read {
+                Ok(Ok(a)) => a,
+                Ok(Err(Read::Closed)) => return Batch::Closed { answered },
+                Ok(Err(Read::Failed(kind, detail))) => return Batch::Failed(kind, detail),
+                Err(_) => {
+                    return Batch::Failed(
+                        ConnFailure::Timeout,
+                        format!("no answer within {:?}", target.timeout),
+                    )
+                }
+            };
+            if let Some(j) = pending.pop_front() {
+                let _ = j.reply.send(Ok(answer));
+            }
+            if !keep {
+                return Batch::Closed {
+                    answered: answered + 1,
+                };
+            }
+        }
+        if !self.buf.is_empty() {
+            return Batch::Failed(
+                ConnFailure::Protocol,
+                "more bytes than the answers asked for".into(),
+            );
+        }
+        Batch::Done
+    }
+
+    /// Reads one answer; also says whether the connection may be used again.
+    async fn answer(&mut self) -> Result<(Answer, bool), Read> {
+        let head = loop {
+            if let Some(head) =
+                parse_head(&self.buf).map_err(|d| Read::Failed(ConnFailure::Protocol, d))?
+            {
+                break head;
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(Read::Failed(
+                    ConnFailure::Protocol,
+                    format!("answer head longer than {MAX_HEAD} bytes"),
+                ));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(READ_BUF);
+            }
+            let n = match self.stream.read_buf(&mut self.buf).await {
+                Ok(n) => n,
+                Err(e)
+                    if self.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    return Err(Read::Closed)
+                }
+                Err(e) => return Err(Read::Failed(ConnFailure::Io, format!("reading: {e}"))),
+            };
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    Read::Closed
+                } else {
+                    Read::Failed(
+                        ConnFailure::Io,
+                        "the store closed the connection mid-answer".into(),
+                    )
+                });
+            }
+        };
+        // The body gets an allocation of its own, of its exact size (a cached needle holds
+        // no more memory than its bytes); what the buffer holds of it is copied, and what
+        // follows it (the next answers) stays in the buffer.
+        let cl = head.content_length;
+        let have = (self.buf.len() - head.len).min(cl);
+        let mut body = BytesMut::with_capacity(cl);
+        body.extend_from_slice(&self.buf[head.len..head.len + have]);
+        self.buf.advance(head.len + have);
+        while body.len() < cl {
+            let want = (cl - body.len()) as u64;
+            match (&mut self.stream).take(want).read_buf(&mut body).await {
+                Ok(0) => {
+                    return Err(Read::Failed(
+                        ConnFailure::Io,
+                        "the store closed the connection mid-body".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Read::Failed(ConnFailure::Io, format!("reading: {e}"))),
+            }
+        }
+        let body = body.freeze();
+        let answer = if (200..300).contains(&head.status) {
+            Answer::Ok(NeedleBody {
+                content_type: head.content_type,
+                etag: head.etag,
+                data: body,
+            })
+        } else {
+            Answer::Error {
+                status: head.status,
+                body,
+            }
+        };
+        Ok((answer, head.keep_alive))
     }
 }
 
@@ -256,134 +612,6 @@ impl StoreReaders {
         let r = StoreReader::new(url, self.timeout, self.creds.clone()).map(Arc::new);
         m.insert(url.to_string(), r.clone());
         r
-    }
-}
-
-/// An answer as read off the wire.
-enum Answer {
-    Ok(NeedleBody),
-    Error { status: u16, body: bytes::Bytes },
-}
-
-impl Answer {
-    fn into_result(self, base: &str) -> Result<NeedleBody, ClientError> {
-        match self {
-            Answer::Ok(b) => Ok(b),
-            Answer::Error { status, body } => Err(ClientError::Api {
-                url: base.to_string(),
-                status,
-                body: serde_json::from_slice(&body).unwrap_or_else(|_| ErrorBody {
-                    error: "http".to_string(),
-                    message: String::from_utf8_lossy(&body).into_owned(),
-                }),
-            }),
-        }
-    }
-}
-
-/// Why an exchange did not give an answer.
-enum Exchange {
-    /// The connection was closed before any byte of the answer (a stale keep-alive one).
-    Stale,
-    Failed(ConnFailure, String),
-}
-
-impl Conn {
-    /// Sends one request and reads its answer; also says whether the connection may be used
-    /// again.
-    async fn exchange(&mut self, request: &[u8]) -> Result<(Answer, bool), Exchange> {
-        // Bytes left from an earlier answer would be a desynchronized connection.
-        if !self.buf.is_empty() {
-            return Err(Exchange::Failed(
-                ConnFailure::Protocol,
-                "unexpected bytes on an idle connection".into(),
-            ));
-        }
-        if let Err(e) = self.stream.write_all(request).await {
-            return Err(match e.kind() {
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-                    Exchange::Stale
-                }
-                _ => Exchange::Failed(ConnFailure::Io, format!("sending: {e}")),
-            });
-        }
-        let head = loop {
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_BUF);
-            }
-            let n = match self.stream.read_buf(&mut self.buf).await {
-                Ok(n) => n,
-                Err(e)
-                    if self.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset =>
-                {
-                    return Err(Exchange::Stale)
-                }
-                Err(e) => return Err(Exchange::Failed(ConnFailure::Io, format!("reading: {e}"))),
-            };
-            if n == 0 {
-                return Err(if self.buf.is_empty() {
-                    Exchange::Stale
-                } else {
-                    Exchange::Failed(
-                        ConnFailure::Io,
-                        "the store closed the connection mid-answer".into(),
-                    )
-                });
-            }
-            if let Some(head) =
-                parse_head(&self.buf).map_err(|d| Exchange::Failed(ConnFailure::Protocol, d))?
-            {
-                break head;
-            }
-            if self.buf.len() > MAX_HEAD {
-                return Err(Exchange::Failed(
-                    ConnFailure::Protocol,
-                    format!("answer head longer than {MAX_HEAD} bytes"),
-                ));
-            }
-        };
-        // The body gets an allocation of its own, of its exact size (a cached needle holds
-        // no more memory than its bytes); what the head's read brought of it is copied.
-        let cl = head.content_length;
-        let have = (self.buf.len() - head.len).min(cl);
-        let mut body = BytesMut::with_capacity(cl);
-        body.extend_from_slice(&self.buf[head.len..head.len + have]);
-        self.buf.advance(head.len + have);
-        // More than the answer: the connection cannot be trusted again.
-        let keep = head.keep_alive && self.buf.is_empty();
-        self.buf.clear();
-        while body.len() < cl {
-            match self.stream.read_buf(&mut body).await {
-                Ok(0) => {
-                    return Err(Exchange::Failed(
-                        ConnFailure::Io,
-                        "the store closed the connection mid-body".into(),
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => return Err(Exchange::Failed(ConnFailure::Io, format!("reading: {e}"))),
-            }
-        }
-        if body.len() > cl {
-            return Err(Exchange::Failed(
-                ConnFailure::Protocol,
-                "more bytes than the Content-Length".into(),
-            ));
-        }
-        let body = body.freeze();
-        let answer = if (200..300).contains(&head.status) {
-            Answer::Ok(NeedleBody {
-                content_type: head.content_type,
-                etag: head.etag,
-                data: body,
-            })
-        } else {
-            Answer::Error {
-                status: head.status,
-                body,
-            }
-        };
-        Ok((answer, keep))
     }
 }
 
@@ -448,21 +676,22 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn only_plain_http_base_urls_make_a_reader() {
         let t = Duration::from_secs(1);
         let r = StoreReader::new("http://127.0.0.1:8080/", t, Credentials::None).unwrap();
-        assert_eq!(r.addr, Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(r.authority, "127.0.0.1:8080");
+        assert_eq!(r.target.addr, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(r.target.authority, "127.0.0.1:8080");
         assert_eq!(r.base(), "http://127.0.0.1:8080");
         let r = StoreReader::new("http://store-3:9000", t, Credentials::None).unwrap();
-        assert_eq!(r.addr, None);
-        assert_eq!(r.authority_with_port(), "store-3:9000");
+        assert_eq!(r.target.addr, None);
+        assert_eq!(r.target.authority_with_port(), "store-3:9000");
         let r = StoreReader::new("http://[::1]:81", t, Credentials::None).unwrap();
-        assert_eq!(r.addr, Some("[::1]:81".parse().unwrap()));
+        assert_eq!(r.target.addr, Some("[::1]:81".parse().unwrap()));
         let r = StoreReader::new("http://store", t, Credentials::None).unwrap();
-        assert_eq!(r.authority_with_port(), "store:80");
+        assert_eq!(r.target.authority_with_port(), "store:80");
         for bad in [
             "https://127.0.0.1:1",
             "http://",
@@ -526,16 +755,19 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for a in answers {
-                        // Read one request head.
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        // Read one request head (pipelined ones stay in the buffer).
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
                             let mut b = [0u8; 1024];
                             match s.read(&mut b).await {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => buf.extend_from_slice(&b[..n]),
                             }
-                        }
+                        };
                         assert!(buf.starts_with(b"GET /v1/needles/1/2/0/"));
-                        buf.clear();
+                        buf.drain(..end);
                         if a.is_empty() {
                             // Never answer.
                             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -611,6 +843,92 @@ mod tests {
             &rs.clone().get("http://127.0.0.1:8081").unwrap(),
             &c
         ));
+    }
+
+    /// A server on 127.0.0.1 that answers every request with its own path, and notes the most
+    /// requests one `read` brought it.
+    async fn echo_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let (conns, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (c2, m2) = (conns.clone(), most.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                c2.fetch_add(1, Ordering::SeqCst);
+                let most = m2.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut b = [0u8; 4096];
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                        let mut out = Vec::new();
+                        let mut seen = 0;
+                        while let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..i + 4).collect();
+                            let path = head.split(|b| *b == b' ').nth(1).unwrap().to_vec();
+                            out.extend_from_slice(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                    path.len()
+                                )
+                                .as_bytes(),
+                            );
+                            out.extend_from_slice(&path);
+                            seen += 1;
+                        }
+                        most.fetch_max(seen, Ordering::SeqCst);
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, conns, most)
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_are_pipelined_and_each_gets_its_own_answer() {
+        let (url, conns, most) = echo_server().await;
+        let r = reader(&url);
+        let addrs: Vec<NeedleAddr> = (0..40u64).map(|k| NeedleAddr::new(1, k, 0, 7)).collect();
+        for _ in 0..3 {
+            let reads = addrs.iter().map(|a| r.get_needle(a));
+            let answers = futures_util::future::join_all(reads).await;
+            for (a, n) in addrs.iter().zip(answers) {
+                assert_eq!(n.unwrap().data, a.to_string().into_bytes());
+            }
+        }
+        // A few connections, each written several reads at once.
+        let c = conns.load(Ordering::SeqCst);
+        assert!((1..=MAX_PIPES).contains(&c), "{c} connections");
+        assert!(
+            most.load(Ordering::SeqCst) > 1,
+            "no batch reached the server"
+        );
+        assert_eq!(r.idle_connections(), c);
+    }
+
+    #[tokio::test]
+    async fn reads_a_closed_connection_left_unanswered_are_sent_again() {
+        // Each connection answers one read, says `connection: close` and closes: the reads
+        // pipelined behind it go again on a new connection.
+        let (url, conns) = server(vec![
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello",
+        ])
+        .await;
+        let r = reader(&url);
+        let a = NeedleAddr::new(1, 2, 0, 3);
+        let n = 3 * MAX_PIPES;
+        let answers = futures_util::future::join_all((0..n).map(|_| r.get_needle(&a))).await;
+        for x in answers {
+            assert_eq!(&x.unwrap().data[..], b"hello");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), n);
+        assert_eq!(r.idle_connections(), 0);
     }
 
     #[tokio::test]
