@@ -564,3 +564,28 @@ impl DirectoryClient {
         self.get(url::health).await
     }
 }
+
+/// Calls `call` until it succeeds or fails with an error that is not
+/// [`ClientError::is_retryable`] (a 503 such as `no_writable_volume` while the directory
+/// creates volumes, or a directory briefly unreachable), pausing 100 ms and then twice as long
+/// each time: `retries` retries, about 3 s for 5. The last error is returned. `what` names the
+/// call in the log.
+pub async fn retrying<T, F, Fut>(what: &str, retries: u32, call: F) -> Result<T, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..retries {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => {
+                tracing::info!(error = %e, what, "directory not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    call().await
+}

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use haystack_client::directory::retrying;
 use haystack_client::store::Needle;
 use haystack_client::{Credentials, DirectoryClient, StoreClient, StoreReaders};
 use haystack_proto::directory::{
@@ -30,6 +31,8 @@ const REPLICAS_TTL: Duration = Duration::from_secs(5);
 const NEEDLE_OVERHEAD: u64 = 256;
 /// Volumes a run's first chunk is offered to before the PUT answers 503 SlowDown.
 const WRITE_ATTEMPTS: usize = 4;
+/// Retries of an assign the directory cannot answer yet (100 ms, doubling: about 3 s).
+const ASSIGN_RETRIES: u32 = 5;
 
 /// Replicas of volumes and when the directory said so.
 type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
@@ -233,16 +236,18 @@ impl DataWriter<'_> {
         loop {
             if self.assigned.is_none() {
                 let chunks = self.size_hint.div_ceil(self.data.chunk_bytes as u64).max(1);
-                let a = self
-                    .data
-                    .dir
-                    .assign(&AssignRequest {
-                        kind: PhotoKind::Video,
-                        size_hint_bytes: self.size_hint + chunks * NEEDLE_OVERHEAD,
-                        exclude_volumes: excluded.clone(),
-                        ..Default::default()
-                    })
-                    .await?;
+                let req = AssignRequest {
+                    kind: PhotoKind::Video,
+                    size_hint_bytes: self.size_hint + chunks * NEEDLE_OVERHEAD,
+                    exclude_volumes: excluded.clone(),
+                    ..Default::default()
+                };
+                // While every writable volume has just filled up, the directory answers 503
+                // until it has made new ones: wait for them (about 3 s), as the uploader does.
+                let a = retrying("assigning a volume", ASSIGN_RETRIES, || {
+                    self.data.dir.assign(&req)
+                })
+                .await?;
                 self.assigned = Some(a);
             }
             let Some(a) = &self.assigned else {

@@ -689,6 +689,54 @@ async fn puts_move_to_another_volume_when_a_store_refuses_them() {
     panic!("80 PUTs and none was assigned a volume of the stopped store");
 }
 
+/// When every writable volume fills at once, the directory answers assigns 503
+/// `no_writable_volume` until its maintenance has made new ones: a PUT waits for them (about
+/// 3 s), as the uploader does. Regression: the S3 role passed the 503 on as SlowDown at once
+/// (three 1 MiB PUTs of the Garage side-by-side run of 2026-12-02 20:08 UTC failed so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_wait_for_new_volumes_when_every_writable_one_fills() {
+    let h = Harness::start_with(haystack_testkit::ClusterOptions {
+        stores: 2,
+        replication: 1,
+        min_writable_volumes: 1,
+        // Room for two 1 MiB objects per volume.
+        volume_bytes: 5 << 19,
+        ..Default::default()
+    })
+    .await;
+    let c = h.client();
+    c.create_bucket("fills").await;
+    let mut failed = Vec::new();
+    for round in 0..4usize {
+        // Six at once: more than the writable volumes hold.
+        let puts = (0..6usize).map(|i| {
+            let c = &c;
+            async move {
+                let k = format!("r{round}-{i}");
+                let body = vec![(round * 6 + i) as u8; 1 << 20];
+                let r = c
+                    .send(Req::new("PUT", key_path("fills", &k)).body(body))
+                    .await;
+                (k, r.status().as_u16(), r.text().await.unwrap_or_default())
+            }
+        });
+        for (k, status, text) in futures_util::future::join_all(puts).await {
+            if status != 200 {
+                failed.push(format!("{k}: {status} {text}"));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "PUTs failed: {failed:#?}");
+    for round in 0..4usize {
+        for i in 0..6usize {
+            let r = c.get("fills", &format!("r{round}-{i}")).await;
+            assert_eq!(r.status(), 200);
+            let b = r.bytes().await.expect("body");
+            assert!(b.len() == 1 << 20 && b.iter().all(|x| *x == (round * 6 + i) as u8));
+        }
+    }
+}
+
 /// Starts a multipart upload of `bucket/key`; its upload id.
 async fn start_upload(c: &Client, bucket: &str, key: &str) -> String {
     let r = c

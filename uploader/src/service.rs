@@ -107,8 +107,7 @@ fn request_hash(digest: Sha256) -> String {
     out
 }
 
-/// Calls the directory, and again after 100 ms, 200 ms, ... (`retries` times) while it
-/// answers 503 or cannot be reached; `what` names the call in the error.
+/// [`haystack_client::directory::retrying`], its last error as the uploader's.
 async fn directory_retrying<T, F, Fut>(
     what: &str,
     retries: u32,
@@ -118,19 +117,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let mut delay = Duration::from_millis(100);
-    for _ in 0..retries {
-        match call().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() => {
-                tracing::info!(error = %e, what, "directory not ready; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(e) => return Err(UploaderError::from_directory(what, e)),
-        }
-    }
-    call()
+    haystack_client::directory::retrying(what, retries, call)
         .await
         .map_err(|e| UploaderError::from_directory(what, e))
 }
