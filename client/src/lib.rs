@@ -1,7 +1,7 @@
 //! Rust clients of the haystack services' HTTP APIs (docs/API.md): [`DirectoryClient`] (one
 //! directory, or a list of equivalent ones with failover), [`StoreClient`] (any store machine: needles and volume administration),
-//! [`CacheClient`] (purges), and [`StoreReader`], the cache's pooled HTTP/1.1 reader of whole
-//! needles (its miss path, without reqwest). Every URL a service builds to call another service is built here,
+//! [`CacheClient`] (purges), and [`StoreReader`], a pipelined HTTP/1.1 reader of needles for
+//! the cache's misses and the S3 role's object GETs (without reqwest). Every URL a service builds to call another service is built here,
 //! in [`urls`]; the servers' own route tables stay with the servers.
 //!
 //! The crate depends on haystack-proto and the HTTP client only, so that a service calling
