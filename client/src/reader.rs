@@ -22,15 +22,16 @@
 //! The answers mean what they mean for [`crate::StoreClient::get_needle`]: the same
 //! [`NeedleBody`], the same [`ClientError::Api`] for an error status (with the JSON error
 //! body), and [`ClientError::Conn`] for a connection that failed, timed out or answered
-//! something that is not HTTP/1.1. A connection the store closed before answering (a stale
-//! kept-alive one, or one closed after an answer that said `connection: close`) has its
-//! unanswered reads sent again on a new connection, once: a GET is safe to repeat. Everything
+//! something that is not HTTP/1.1. A connection the store closed with reads unanswered (a stale
+//! kept-alive one, or one closed after an answer that said `connection: close`) has them sent
+//! again on a new connection (a GET is safe to repeat); a new connection closed before any
+//! answer fails them, so the resends end. Everything
 //! else a service asks a store goes through [`crate::StoreClient`] (reqwest), and so do https
 //! stores: this reader speaks plain HTTP only.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,14 +45,14 @@ use crate::error::ConnFailure;
 use crate::store::NeedleBody;
 use crate::{ClientError, Credentials};
 
+/// A reader's timeout when its maker names none ([`crate::StoreClient::readers`]).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Connections (each with its queue) kept per store and runtime, at most.
 pub const MAX_PIPES: usize = 4;
 
 /// Reads written to a connection in one batch, at most.
 const MAX_DEPTH: usize = 32;
-
-/// How many times a read is sent on a connection that then closed without answering it.
-const MAX_SENDS: u8 = 2;
 
 /// The largest response head accepted (the store's is a few hundred bytes).
 const MAX_HEAD: usize = 16 * 1024;
@@ -91,9 +92,9 @@ struct Target {
 struct Pipe {
     jobs: mpsc::UnboundedSender<Job>,
     /// Reads queued or in flight on it.
-    load: Arc<AtomicUsize>,
-    /// Whether its task holds an open connection (tests and `idle_connections`).
-    open: Arc<AtomicUsize>,
+    load: AtomicUsize,
+    /// Whether its task holds an open connection (`open_connections`).
+    open: Arc<AtomicBool>,
 }
 
 /// One read waiting for its answer.
@@ -101,8 +102,6 @@ struct Pipe {
 struct Job {
     request: Vec<u8>,
     reply: oneshot::Sender<Result<Answer, (ConnFailure, String)>>,
-    /// Times it was written to a connection.
-    sends: u8,
 }
 
 #[derive(Debug)]
@@ -122,11 +121,11 @@ struct Head {
 }
 
 /// Counts a read on its pipe until it is answered or given up.
-struct Load(Arc<AtomicUsize>);
+struct Load(Arc<Pipe>);
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.load.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -169,11 +168,11 @@ impl StoreReader {
     }
 
     /// Connections open now.
-    pub fn idle_connections(&self) -> usize {
+    pub fn open_connections(&self) -> usize {
         self.lock()
             .iter()
-            .map(|p| p.open.load(Ordering::Acquire))
-            .sum()
+            .filter(|p| p.open.load(Ordering::Acquire))
+            .count()
     }
 
     /// Reads a needle whole (`GET /v1/needles/...`).
@@ -198,7 +197,7 @@ impl StoreReader {
 
     /// The connection with the fewest reads queued; a new one when every one has some and
     /// there is room. Pipes whose task has ended are dropped.
-    fn pick(&self) -> (Arc<Pipe>, Load) {
+    fn pick(&self) -> Load {
         let mut pipes = self.lock();
         pipes.retain(|p| !p.jobs.is_closed());
         let best = pipes
@@ -214,19 +213,13 @@ impl StoreReader {
             }
         };
         pipe.load.fetch_add(1, Ordering::AcqRel);
-        let load = Load(pipe.load.clone());
-        (pipe, load)
+        Load(pipe)
     }
 
     async fn read(&self, request: Vec<u8>) -> Result<NeedleBody, ClientError> {
-        let (pipe, _load) = self.pick();
+        let load = self.pick();
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            request,
-            reply,
-            sends: 0,
-        };
-        if pipe.jobs.send(job).is_err() {
+        if load.0.jobs.send(Job { request, reply }).is_err() {
             return Err(self
                 .target
                 .fail(ConnFailure::Io, "the reader stopped".into()));
@@ -315,11 +308,11 @@ impl Pipe {
     /// A queue and the task that serves it, on the current runtime.
     fn start(target: Arc<Target>) -> Pipe {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let open = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicBool::new(false));
         tokio::spawn(serve(target, rx, open.clone()));
         Pipe {
             jobs,
-            load: Arc::new(AtomicUsize::new(0)),
+            load: AtomicUsize::new(0),
             open,
         }
     }
@@ -327,7 +320,7 @@ impl Pipe {
 
 /// A connection's task: batches of queued reads written at once, their answers read in order.
 /// Ends when the reader (every sender) is gone.
-async fn serve(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Job>, open: Arc<AtomicUsize>) {
+async fn serve(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Job>, open: Arc<AtomicBool>) {
     let mut conn: Option<Conn> = None;
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut batch = Vec::new();
@@ -351,58 +344,47 @@ async fn serve(target: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Job>, open: 
             continue;
         }
         let fresh = conn.is_none();
-        let c = match conn.take() {
-            Some(c) => c,
-            None => match target.connect().await {
-                Ok(c) => c,
+        if fresh {
+            match target.connect().await {
+                Ok(c) => {
+                    conn = Some(c);
+                    open.store(true, Ordering::Release);
+                }
                 Err(e) => {
                     for j in pending.drain(..) {
                         let _ = j.reply.send(Err(e.clone()));
                     }
                     continue;
                 }
-            },
-        };
-        open.store(1, Ordering::Release);
-        conn = Some(c);
+            }
+        }
         let Some(c) = conn.as_mut() else { continue };
         batch.clear();
-        for j in pending.iter_mut() {
+        for j in &pending {
             batch.extend_from_slice(&j.request);
-            j.sends += 1;
         }
-        let sent = pending.len();
-        let outcome = c.exchange_batch(&batch, &mut pending, sent, &target).await;
-        match outcome {
+        match c.exchange_batch(&batch, &mut pending, &target).await {
             Batch::Done => {}
             Batch::Closed { answered } => {
                 // The store closed the connection: the reads it did not answer go again on a
                 // new one. After answers that is the normal end of a connection; before any,
-                // it was a stale kept-alive one, and a read it catches twice fails (as does
-                // every read on a new connection closed before answering: a store that
-                // cannot answer).
+                // a kept-alive one went stale. Only a new connection closed before any answer
+                // fails its reads (a store that cannot answer), so every round answers a read
+                // or is followed by a new connection: the resends end.
                 conn = None;
-                open.store(0, Ordering::Release);
-                let refused = answered == 0 && fresh;
-                let mut again = VecDeque::with_capacity(pending.len());
-                for mut j in pending.drain(..) {
-                    if answered > 0 {
-                        j.sends = j.sends.saturating_sub(1);
-                    }
-                    if refused || j.sends >= MAX_SENDS {
+                open.store(false, Ordering::Release);
+                if answered == 0 && fresh {
+                    for j in pending.drain(..) {
                         let _ = j.reply.send(Err((
                             ConnFailure::Io,
                             "the store closed the connection without answering".into(),
                         )));
-                    } else {
-                        again.push_back(j);
                     }
                 }
-                pending = again;
             }
             Batch::Failed(kind, detail) => {
                 conn = None;
-                open.store(0, Ordering::Release);
+                open.store(false, Ordering::Release);
                 for j in pending.drain(..) {
                     let _ = j.reply.send(Err((kind, detail.clone())));
                 }
@@ -453,21 +435,14 @@ enum Read {
 }
 
 impl Conn {
-    /// Writes `batch` (the first `sent` queued reads) and hands each its answer, in order.
+    /// Writes `batch` (every queued read) and hands each read its answer, in order.
     async fn exchange_batch(
         &mut self,
         batch: &[u8],
         pending: &mut VecDeque<Job>,
-        sent: usize,
         target: &Target,
     ) -> Batch {
-        // Bytes left from an earlier answer would be a desynchronized connection.
-        if !self.buf.is_empty() {
-            return Batch::Failed(
-                ConnFailure::Protocol,
-                "unexpected bytes on an idle connection".into(),
-            );
-        }
+        let sent = pending.len();
         if let Err(e) = self.stream.write_all(batch).await {
             return match e.kind() {
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
@@ -801,7 +776,7 @@ mod tests {
             assert_eq!(n.etag.as_deref(), Some(&b"\"e\""[..]));
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(r.idle_connections(), 1);
+        assert_eq!(r.open_connections(), 1);
     }
 
     #[tokio::test]
@@ -909,7 +884,7 @@ mod tests {
             most.load(Ordering::SeqCst) > 1,
             "no batch reached the server"
         );
-        assert_eq!(r.idle_connections(), c);
+        assert_eq!(r.open_connections(), c);
     }
 
     #[tokio::test]
@@ -928,7 +903,7 @@ mod tests {
             assert_eq!(&x.unwrap().data[..], b"hello");
         }
         assert_eq!(conns.load(Ordering::SeqCst), n);
-        assert_eq!(r.idle_connections(), 0);
+        assert_eq!(r.open_connections(), 0);
     }
 
     #[tokio::test]
@@ -960,7 +935,7 @@ mod tests {
         let e = r.get_needle(&a).await.unwrap_err();
         assert_eq!((e.status(), e.code()), (Some(500), Some("http")), "{e}");
         // `connection: close` was honoured.
-        assert_eq!(r.idle_connections(), 0);
+        assert_eq!(r.open_connections(), 0);
     }
 
     #[tokio::test]
@@ -972,7 +947,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.is_timeout() && e.is_retryable(), "{e}");
-        assert_eq!(r.idle_connections(), 0);
+        assert_eq!(r.open_connections(), 0);
 
         let (url, _) = server(vec![b"SSH-2.0-OpenSSH_9.2\r\n\r\n"]).await;
         let e = reader(&url)
