@@ -57,10 +57,9 @@ enum Fail {
 pub struct Clients {
     pub http: reqwest::Client,
     pub stores: StoreClient,
-    /// One [`StoreReader`] per store base URL (`None`: an https store, read by `stores`). Its
-    /// connections belong to this worker's runtime, so the map is per worker too.
-    /// What they prove to the stores: nothing, or the cache's credentials when reads are
-    /// signed.
+    /// One [`StoreReader`] per store base URL (`None`: an https store, read by `stores`), made
+    /// by `stores` (its timeout and credentials); per worker, as their connections' tasks run
+    /// on the worker's runtime.
     readers: StoreReaders,
     pub directory: DirectoryClient,
     /// What this node proves to its peers (purges it repeats).
@@ -99,10 +98,8 @@ impl Clients {
         let mut stores = StoreClient::with_timeout(http.clone(), store_timeout);
         // Needle reads are public unless reads are signed; then the cache proves itself to the
         // stores as the cluster's own (a token per read, so only then).
-        let mut reader_creds = Credentials::None;
         if cfg.security.signed_reads_ttl_secs.is_some() {
             stores = stores.with_credentials(creds.clone());
-            reader_creds = creds.clone();
         }
         let directory = match share {
             Some(s) => s.directory.with_pool(dir_http),
@@ -115,9 +112,9 @@ impl Clients {
             }
         };
         Ok(Clients {
+            readers: stores.readers(),
             stores,
             http,
-            readers: StoreReaders::new(store_timeout, reader_creds),
             directory,
             creds,
         })

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::http::{api_error, call, send};
 use crate::urls::{self, store as url};
-use crate::{ClientError, Credentials};
+use crate::{ClientError, Credentials, StoreReaders};
 
 /// A client of the store machines over one reqwest client (one connection pool).
 #[derive(Clone, Debug)]
@@ -73,6 +73,15 @@ impl StoreClient {
             timeout: Some(timeout),
             creds: Credentials::None,
         }
+    }
+
+    /// Needle readers ([`StoreReaders`], for one runtime) that read as this client does: the
+    /// same credentials, and its timeout ([`crate::reader::DEFAULT_TIMEOUT`] when it has none).
+    pub fn readers(&self) -> StoreReaders {
+        StoreReaders::new(
+            self.timeout.unwrap_or(crate::reader::DEFAULT_TIMEOUT),
+            self.creds.clone(),
+        )
     }
 
     fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {

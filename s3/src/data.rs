@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use haystack_client::directory::retrying;
 use haystack_client::store::Needle;
-use haystack_client::{Credentials, DirectoryClient, StoreClient, StoreReaders};
+use haystack_client::{DirectoryClient, StoreClient, StoreReaders};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, PhotoKind, Replica, VideoChunk,
 };
@@ -42,34 +42,24 @@ type ReplicaCache = HashMap<u32, (Instant, Vec<Replica>)>;
 pub struct Data {
     dir: DirectoryClient,
     stores: StoreClient,
-    /// What a worker's [`StoreReaders`] prove to the stores (the same as `stores`).
-    creds: Credentials,
     chunk_bytes: usize,
     replicas: Arc<Mutex<ReplicaCache>>,
 }
 
-/// How long one needle read through a [`StoreReaders`] may take.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl Data {
-    pub fn new(
-        dir: DirectoryClient,
-        stores: StoreClient,
-        creds: Credentials,
-        chunk_bytes: u64,
-    ) -> Self {
+    pub fn new(dir: DirectoryClient, stores: StoreClient, chunk_bytes: u64) -> Self {
         Self {
             dir,
             stores,
-            creds,
             chunk_bytes: chunk_bytes as usize,
             replicas: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
-    /// Needle readers for one worker thread's runtime (pass them to [`Data::read`]).
+    /// Needle readers for one worker thread's runtime (pass them to [`Data::read`]): they read
+    /// as the shared store client does (its timeout and credentials).
     pub fn readers(&self) -> StoreReaders {
-        StoreReaders::new(READ_TIMEOUT, self.creds.clone())
+        self.stores.readers()
     }
 
     /// A writer for one run of bytes of about `size_hint` bytes.

@@ -66,9 +66,8 @@ pub fn build_with_credentials(
         .on_failover("s3", || {
             ::metrics::counter!("haystack_s3_directory_failovers_total").increment(1)
         });
-    let stores =
-        StoreClient::with_timeout(http, Duration::from_secs(60)).with_credentials(creds.clone());
-    let data = data::Data::new(dir.clone(), stores, creds, config.chunk_bytes);
+    let stores = StoreClient::with_timeout(http, Duration::from_secs(60)).with_credentials(creds);
+    let data = data::Data::new(dir.clone(), stores, config.chunk_bytes);
     Ok(service::S3::new(meta::Meta::new(dir), data, config, master))
 }
 
