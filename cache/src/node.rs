@@ -218,7 +218,7 @@ impl Lead<'_> {
         };
         let read = node.upstream.read(c, k, cookie, &node.stats);
         let read = if node.cfg.check_live_on_miss {
-            let live = node.live.check(c, k.volume, k.key, cookie, &node.stats);
+            let live = node.live.check(c, k.volume, k.key, cookie);
             match tokio::join!(live, read) {
                 (Ok(()), r) => r,
                 (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => Err(e),

@@ -62,6 +62,8 @@ pub struct Clients {
     /// on the worker's runtime.
     readers: StoreReaders,
     pub directory: DirectoryClient,
+    /// This worker's liveness lookups, sent many to a request.
+    pub live: Arc<crate::live::LiveBatcher>,
     /// What this node proves to its peers (purges it repeats).
     pub creds: Credentials,
 }
@@ -116,6 +118,7 @@ impl Clients {
             stores,
             http,
             directory,
+            live: Arc::new(crate::live::LiveBatcher::new(node.clone())),
             creds,
         })
     }

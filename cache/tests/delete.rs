@@ -107,3 +107,68 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
         assert_eq!(st, 404, "read {i} served a deleted photo");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photos() {
+    use haystack_cache::Admission;
+    // Every read a miss, every photo new to the cache: each miss needs the directory's word.
+    let env = Env::single(|c| c.admission = Admission::None).await;
+    let mut photos = Vec::new();
+    for i in 0..48u64 {
+        photos.push(
+            env.put_photo(&[(0, bytes(1500, 200 + i), "image/jpeg")])
+                .await,
+        );
+    }
+    // One of them deleted, with its needle written back on store 1 (a store that missed the
+    // delete, as in the test above).
+    let dead = photos.remove(0);
+    env.dir.delete(dead.id).await.expect("delete");
+    let orphan = needle_url(&env.cluster.store_url(1), &dead, 0);
+    let put = env
+        .http
+        .put(&orphan)
+        .header("content-type", "image/jpeg")
+        .body(bytes(1500, 200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // One read first, so that the volume's replicas are known and the burst below asks the
+    // directory about liveness only.
+    let warm = photos.remove(0);
+    let (st, _, _) = get(&env.http, &needle_url(&env.cache().url, &warm, 0), &[]).await;
+    assert_eq!(st, 200);
+    let before = env.cache().stats().await.directory_requests;
+    // Every photo read at once, the deleted one several times among them.
+    let mut urls: Vec<(String, Option<Vec<u8>>)> = photos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let want = bytes(1500, 202 + i as u64);
+            (needle_url(&env.cache().url, p, 0), Some(want))
+        })
+        .collect();
+    for at in [0, 10, 20, 30, 40] {
+        urls.insert(at, (needle_url(&env.cache().url, &dead, 0), None));
+    }
+    let reads =
+        futures_util::future::join_all(urls.iter().map(|(u, _)| get(&env.http, u, &[]))).await;
+    for ((url, want), (st, _, body)) in urls.iter().zip(reads) {
+        match want {
+            Some(w) => {
+                assert_eq!(st, 200, "{url}");
+                assert!(body == *w, "{url}: wrong bytes");
+            }
+            None => assert_eq!(st, 404, "{url}: a deleted photo was served"),
+        }
+    }
+    // Misses that came while a lookup was under way shared the next one: fewer requests to
+    // the directory than photos (one lookup per photo before batching).
+    let asked = env.cache().stats().await.directory_requests - before;
+    let distinct = photos.len() as u64 + 1;
+    assert!(
+        asked < distinct,
+        "{asked} directory requests for {distinct} photos missed at once"
+    );
+}

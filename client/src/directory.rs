@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, CondemnResponse, DamageReply, DamageReport,
-    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, RepairTaskInfo,
-    ReplaceReplicaRequest, StoreInfo, UrlResponse, VolumeStateRequest,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LiveRequest, LiveResponse, LogicalVolumeInfo,
+    PhotoInfo, RepairTaskInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse, VolumeStateRequest,
 };
 use haystack_proto::kv::{KvPut, KvRecord, KvScan, KvWriteResult};
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
@@ -333,6 +333,13 @@ impl DirectoryClient {
 
     pub async fn lookup(&self, id: u64) -> Result<PhotoInfo, ClientError> {
         self.get(|b| url::photo(b, id)).await
+    }
+
+    /// Which of `ids` (at most [`haystack_proto::directory::MAX_LIVE_BATCH`]) are live photos,
+    /// with their volume and cookie: one request for many lookups.
+    pub async fn live(&self, ids: &[u64]) -> Result<LiveResponse, ClientError> {
+        let req = LiveRequest { ids: ids.to_vec() };
+        self.post(Retry::Idempotent, url::photos_live, &req).await
     }
 
     pub async fn read_url(&self, id: u64, alt: u32) -> Result<String, ClientError> {

@@ -42,6 +42,10 @@ pub mod directory {
     pub fn photo(base: &str, id: u64) -> String {
         join(base, &format!("/v1/photos/{id}"))
     }
+    /// `POST`: which of many photos are live.
+    pub fn photos_live(base: &str) -> String {
+        join(base, "/v1/photos/live")
+    }
     pub fn photo_url(base: &str, id: u64, alt: u32) -> String {
         join(base, &format!("/v1/photos/{id}/url?alt={alt}"))
     }

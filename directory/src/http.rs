@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use haystack_proto::auth::{Access, WriteScope, WRITE_TOKEN_TTL_SECS};
 use haystack_proto::directory::{
-    AssignRequest, DamageReport, KeyedCommit, ReplaceReplicaRequest, UrlResponse,
+    AssignRequest, DamageReport, KeyedCommit, LiveRequest, ReplaceReplicaRequest, UrlResponse,
     VolumeStateRequest,
 };
 use haystack_proto::{ErrorBody, Heartbeat, StoreRegistration};
@@ -257,6 +257,10 @@ async fn lookup(dir: Dir, path: web::Path<String>) -> Res {
     Ok(HttpResponse::Ok().json(dir.lookup(parse_u64(&path, "photo id")?).await?))
 }
 
+async fn live(dir: Dir, body: web::Json<LiveRequest>) -> Res {
+    Ok(HttpResponse::Ok().json(dir.live(&body.ids).await?))
+}
+
 async fn delete(dir: Dir, path: web::Path<String>) -> Res {
     Ok(HttpResponse::Ok().json(dir.delete(parse_u64(&path, "photo id")?).await?))
 }
@@ -330,6 +334,8 @@ pub fn access(method: &actix_web::http::Method, path: &str) -> Access {
         (true, [] | ["dashboard"] | ["health"] | ["metrics"]) => Access::Public,
         (true, ["v1", "stores"] | ["v1", "volumes"] | ["v1", "volumes", _]) => Access::Read,
         (true, ["v1", "photos", _] | ["v1", "photos", _, "url"]) => Access::Read,
+        // A lookup of many photos at once (the caches' liveness check), sent as a POST.
+        (false, ["v1", "photos", "live"]) => Access::Read,
         (true, ["v1", "repairs"] | ["v1", "rebalance"]) => Access::Read,
         // Damage reports come from the caches (read repair) and the stores (scrubbing).
         (false, ["v1", "repairs"]) => Access::Internal,
@@ -398,6 +404,7 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/v1/repairs", web::post().to(report_damage))
             .route("/v1/repairs", web::get().to(repairs))
             .route("/v1/photos", web::post().to(commit))
+            .route("/v1/photos/live", web::post().to(live))
             .route("/v1/photos/{id}", web::get().to(lookup))
             .route("/v1/photos/{id}", web::delete().to(delete))
             .route("/v1/photos/{id}/url", web::get().to(read_url))

@@ -18,9 +18,9 @@ use futures_util::future::join_all;
 use haystack_client::{CacheClient, ClientError, Credentials, StoreClient};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, ChunkInfo, CommitRequest, CondemnResponse, CondemnState,
-    DeleteResponse, DirectoryHealth, KeyedCommit, LogicalVolumeInfo, PhotoInfo, PhotoKind,
-    RebalanceMove, RebalancePlan, RemoteReplicaStatus, RepairAction, Replica, ReplicaStatus,
-    StoreInfo, StoreLifecycle, StoreState, VariantInfo,
+    DeleteResponse, DirectoryHealth, KeyedCommit, LivePhoto, LiveResponse, LogicalVolumeInfo,
+    PhotoInfo, PhotoKind, RebalanceMove, RebalancePlan, RemoteReplicaStatus, RepairAction, Replica,
+    ReplicaStatus, StoreInfo, StoreLifecycle, StoreState, VariantInfo, MAX_LIVE_BATCH,
 };
 use haystack_proto::{
     Heartbeat, HeartbeatReply, NeedleAddr, ShipOrder, ShipTarget, StoreRegistered,

@@ -273,6 +273,24 @@ async fn http_upload_flow_lookup_read_urls_and_delete() {
         .url
         .ends_with(&format!("/2/{:016x}", v.cookie)));
 
+    // Many lookups at once (the caches' liveness check): the live ones come back with their
+    // volume and cookie; deleted, condemned and unknown ids are left out.
+    let unknown = v.id + 1_000_000;
+    let ids = [a.id, b.id, v.id, k2.id, k1.id, unknown, v.id];
+    let mut live = c.live(&ids).await.expect("live").live;
+    live.sort_by_key(|p| p.id);
+    let mut want = vec![
+        (v.id, v.volume_id, v.cookie),
+        (k2.id, k2.volume_id, k2.cookie),
+    ];
+    want.sort();
+    let got: Vec<(u64, u32, u64)> = live.iter().map(|p| (p.id, p.volume_id, p.cookie)).collect();
+    assert_eq!(got, want);
+    assert!(c.live(&[]).await.expect("no ids").live.is_empty());
+    let too_many: Vec<u64> = (0..haystack_proto::directory::MAX_LIVE_BATCH as u64 + 1).collect();
+    let e = c.live(&too_many).await.expect_err("too many ids");
+    assert_eq!(e.status(), Some(400), "{e}");
+
     let metrics = reqwest::get(format!("{}/metrics", dir.url))
         .await
         .expect("metrics")

@@ -173,6 +173,7 @@ fn table() -> Vec<Route> {
         r("directory", Method::GET, "/v1/kv/{space}/scan", Internal),
         r("directory", Method::POST, "/v1/photos", Internal),
         r("directory", Method::GET, "/v1/photos/{id}", Read),
+        r("directory", Method::POST, "/v1/photos/live", Read),
         r(
             "directory",
             Method::DELETE,

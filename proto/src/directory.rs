@@ -242,6 +242,35 @@ pub struct PhotoInfo {
     pub volume_writable: bool,
 }
 
+/// At most this many ids in one `POST /v1/photos/live`.
+pub const MAX_LIVE_BATCH: usize = 512;
+
+/// `POST /v1/photos/live`: which of these photos are live (committed, not deleted) and where.
+/// The caches ask it on misses, many photos per request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRequest {
+    #[serde(with = "dec_u64_vec")]
+    pub ids: Vec<u64>,
+}
+
+/// One live photo in a [`LiveResponse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivePhoto {
+    #[serde(with = "dec_u64")]
+    pub id: u64,
+    pub volume_id: u32,
+    #[serde(with = "hex_u64")]
+    pub cookie: u64,
+}
+
+/// The answer to a [`LiveRequest`]: the live photos among the ids asked for, in any order;
+/// an id left out is not live (never committed, deleted, or unknown), as a 404 from
+/// `GET /v1/photos/{id}` would say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveResponse {
+    pub live: Vec<LivePhoto>,
+}
+
 /// `GET /v1/photos/{id}/url?alt=N`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UrlResponse {

@@ -475,6 +475,37 @@ impl Directory {
         Ok(self.photo_info(&p.value))
     }
 
+    /// Which of `ids` are live photos, with their volume and cookie (`POST /v1/photos/live`):
+    /// the caches' check on a miss, many photos per request. The same test as
+    /// [`Directory::lookup`]: committed and not deleted. Each live photo comes back once.
+    pub async fn live(&self, ids: &[u64]) -> Result<LiveResponse, DirectoryError> {
+        if ids.len() > MAX_LIVE_BATCH {
+            return Err(DirectoryError::BadRequest(format!(
+                "at most {MAX_LIVE_BATCH} ids per request, not {}",
+                ids.len()
+            )));
+        }
+        // Each photo once, however often it was asked for.
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let found = join_all(ids.iter().map(|id| self.meta.get_photo(*id))).await;
+        let mut live = Vec::with_capacity(ids.len());
+        for p in found {
+            if let Some(p) = p? {
+                if !p.value.deleted {
+                    live.push(LivePhoto {
+                        id: p.value.id,
+                        volume_id: p.value.volume_id,
+                        cookie: p.value.cookie,
+                    });
+                }
+            }
+        }
+        metrics::counter!("haystack_directory_lookup_total").increment(ids.len() as u64);
+        Ok(LiveResponse { live })
+    }
+
     /// The read URL of one variant or chunk (by alternate key).
     pub async fn read_url(&self, id: u64, alt: u32) -> Result<String, DirectoryError> {
         let p = self.live_photo(id).await?.value;
