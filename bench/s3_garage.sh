@@ -12,12 +12,13 @@
 # server processes read before and after each phase, divided by the phase's successful
 # requests. For our cluster that is the S3 role, the directory and the stores (the cache and
 # the uploader take no part in S3 traffic and are left out); for Garage its one process.
-# The load generator runs on the same cores and is not counted.
+# The load generator runs on the same cores; its own CPU per request (bash's `time` of it)
+# has a column of its own.
 #
 #   bash bench/s3_garage.sh
 #   DUR=10 CONNS=16 HS_REPLICATION=2 bash bench/s3_garage.sh
 #   SIZES=fixed:1MiB bash bench/s3_garage.sh       # the 1 MiB rows alone
-#   PERF=1 ONLY=put-1MiB bash bench/s3_garage.sh   # perf record -g of the servers in that
+#   PERF=1 ONLY=put-1MiB bash bench/s3_garage.sh   # perf record -g (PERF_CALLGRAPH="--call-graph dwarf") of the servers in that
 #                                                  # phase (every phase without ONLY), kept
 #                                                  # in $BASE/perf-SIDE-OP-SIZE.data
 #
@@ -221,23 +222,27 @@ phase() {
     c0=$(cpu_ticks "${pids[@]}")
     local perf_pid=
     if [[ ${PERF:-0} == 1 && ( -z ${ONLY:-} || $ONLY == "$op-${size#fixed:}" ) ]]; then
-        perf record -F 999 -g -o "$BASE/perf-$side-$op-${size#fixed:}.data" \
+        perf record -F ${PERF_FREQ:-999} ${PERF_CALLGRAPH:--g} -o "$BASE/perf-$side-$op-${size#fixed:}.data" \
             -p "$(IFS=,; echo "${pids[*]}")" >/dev/null 2>&1 &
         perf_pid=$!
     fi
-    HAYSTACK_S3_ACCESS_KEY=$key HAYSTACK_S3_SECRET_KEY=$secret "$LT" run --s3 "$url" \
+    # The load generator's own CPU (user + system seconds), from bash's `time`.
+    local TIMEFORMAT='%3U %3S'
+    { time HAYSTACK_S3_ACCESS_KEY=$key HAYSTACK_S3_SECRET_KEY=$secret "$LT" run --s3 "$url" \
         --s3-bucket "$BUCKET" --s3-prefix "$prefix" --s3-payload "$PAYLOAD" --size "$size" \
         --seed "$SEED" --preload 0 --s3-existing "$existing" --mix "$op=1" -c "$CONNS" \
-        -d "$DUR" -n "$count" --quiet --json >"$out"
+        -d "$DUR" -n "$count" --quiet --json >"$out" 2>"$BASE/loadtest.err"; } 2>"$BASE/loadtest.time"
+    local lg_cpu
+    lg_cpu=$(awk '{printf "%.3f", $1 + $2}' "$BASE/loadtest.time")
     c1=$(cpu_ticks "${pids[@]}")
     if [[ -n $perf_pid ]]; then
         kill -INT "$perf_pid"; wait "$perf_pid" || true
         say "profile: $BASE/perf-$side-$op-${size#fixed:}.data"
     fi
     la1=$(cut -d' ' -f1 /proc/loadavg)
-    ROWS+=("$(python3 - "$out" "$side" "$op" "$size" "$((c1 - c0))" "$TICK" "$la0" "$la1" <<'EOF'
+    ROWS+=("$(python3 - "$out" "$side" "$op" "$size" "$((c1 - c0))" "$TICK" "$la0" "$la1" "$lg_cpu" <<'EOF'
 import json, sys
-path, side, op, size, ticks, tick, la0, la1 = sys.argv[1:]
+path, side, op, size, ticks, tick, la0, la1, lg_cpu = sys.argv[1:]
 r = json.load(open(path))
 o = r["phases"][-1]["ops"].get(op, {})
 ok = o.get("ok", 0)
@@ -245,9 +250,10 @@ lat = o.get("latency_us", {})
 fails = ",".join(f"{k}={v}" for k, v in o.get("failures", {}).items()) or "0"
 cpu_s = int(ticks) / int(tick)
 per = f"{cpu_s / ok * 1e6:,.0f} µs" if ok else "-"
+lg = f"{float(lg_cpu) / ok * 1e6:,.0f} µs" if ok else "-"
 print(f"| {op.upper()} {size.split(':')[1]} | {side} | {o.get('ops_per_s', 0):,.0f} | "
       f"{lat.get('p50', 0) / 1000:.2f} | {lat.get('p99', 0) / 1000:.2f} | {per} | "
-      f"{cpu_s:.1f} s / {ok:,} | {fails} | {la0} → {la1} |")
+      f"{cpu_s:.1f} s / {ok:,} | {lg} | {fails} | {la0} → {la1} |")
 EOF
 )")
     # the number of PUTs issued: GETs read objects 0 .. that - 1
@@ -275,6 +281,6 @@ echo "closed loop, $CONNS in flight, each phase at most $DUR s (PUT 4 KiB: $COUN
 echo "ours: haystack server, $HS_STORES stores, replication $HS_REPLICATION; CPU = S3 role + directory + stores."
 [[ $HAVE_GARAGE == 1 ]] || echo "Garage: SKIPPED (not installed)"
 echo
-echo "| workload | server | objects/s | p50 ms | p99 ms | server CPU per request | server CPU / requests | failures | load 1-min before → after |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| workload | server | objects/s | p50 ms | p99 ms | server CPU per request | server CPU / requests | load generator CPU per request | failures | load 1-min before → after |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

@@ -90,6 +90,67 @@ pub async fn wait_healthy(c: &reqwest::Client, base: &str, pid: u32) {
     }
 }
 
+/// Starts a store on a free port and waits until it answers as itself. A port taken by
+/// someone else between choosing and binding it (other tests run alongside) means another
+/// port; a store that exits for any other reason, or does not answer within a minute, fails
+/// the test with the end of its log.
+fn start_up(
+    rt: &tokio::runtime::Runtime,
+    c: &reqwest::Client,
+    dir: &Path,
+    log: &Path,
+    engine: &str,
+) -> (Reaped, String) {
+    for _ in 0..10 {
+        let port = free_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut child = Reaped(start(dir, port, log, engine));
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let up = rt.block_on(async {
+            loop {
+                if let Ok(r) = c.get(format!("{base}/health")).send().await {
+                    if let Ok(v) = r.json::<serde_json::Value>().await {
+                        if v["pid"].as_u64() == Some(pid as u64) {
+                            return Ok(());
+                        }
+                    }
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("exited with {status}"));
+                }
+                if Instant::now() > deadline {
+                    return Err("did not answer /health within 60 s".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        match up {
+            Ok(()) => return (child, base),
+            Err(why) => {
+                let logged = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: String = logged
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if tail.contains(&format!(
+                    "cannot listen on 127.0.0.1:{port}: Address already in use"
+                )) {
+                    eprintln!("port {port} was taken before the store bound it; another port");
+                    continue;
+                }
+                panic!("the store (pid {pid}) at {base} {why}; the end of its log:\n{tail}");
+            }
+        }
+    }
+    panic!("ten ports in a row were taken before the store could bind them");
+}
+
 /// The bytes written under `key`: derived from the key, so any mix-up shows.
 pub fn body(key: u64) -> Vec<u8> {
     let len = 1 + (key.wrapping_mul(2654435761) % 6000) as usize;
@@ -209,11 +270,8 @@ fn run(engine: &str) {
     let fates: Arc<Mutex<HashMap<u64, Fate>>> = Arc::new(Mutex::new(HashMap::new()));
     let c = reqwest::Client::new();
     for round in 0..kills() {
-        let port = free_port();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut child = Reaped(start(&data, port, &log, engine));
+        let (mut child, base) = start_up(&rt, &c, &data, &log, engine);
         rt.block_on(async {
-            wait_healthy(&c, &base, child.id()).await;
             // Check what the last round left: everything it touched, plus a sample of older.
             let snapshot = fates.lock().unwrap().clone();
             let (lo, hi) = if round == 0 {
@@ -258,11 +316,8 @@ fn run(engine: &str) {
         });
     }
     // Final restart: every key ever touched.
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = Reaped(start(&data, port, &log, engine));
+    let (mut child, base) = start_up(&rt, &c, &data, &log, engine);
     rt.block_on(async {
-        wait_healthy(&c, &base, child.id()).await;
         let snapshot = fates.lock().unwrap().clone();
         let keys: Vec<u64> = snapshot.keys().copied().collect();
         let acked = snapshot.values().filter(|f| **f == Fate::Acked).count();
