@@ -2,6 +2,7 @@
 //! whichever node had it and however it got there.
 
 use crate::common::{bytes, get, needle_url, video_url, Env};
+use haystack_proto::directory::PhotoInfo;
 
 const HOP: &str = "x-haystack-cache-hop";
 
@@ -89,16 +90,7 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
     // missed the delete is in until the directory's retry (or anti-entropy) reaches it. (The
     // directory retries missed deletes within seconds now, so stopping the store during the
     // delete no longer leaves the orphan long enough to test; the needle is written back.)
-    let orphan = needle_url(&env.cluster.store_url(1), &p, 0);
-    let put = env
-        .http
-        .put(&orphan)
-        .header("content-type", "image/jpeg")
-        .body(bytes(2000, 104))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 201);
+    let orphan = write_orphan(&env, &p, bytes(2000, 104)).await;
     let (st, _, _) = get(&env.http, &orphan, &[]).await;
     assert_eq!(st, 200, "the test needs the orphan needle on store 1");
     // Many misses, each choosing a replica: none serves the deleted photo.
@@ -124,16 +116,7 @@ async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photo
     // delete, as in the test above).
     let dead = photos.remove(0);
     env.dir.delete(dead.id).await.expect("delete");
-    let orphan = needle_url(&env.cluster.store_url(1), &dead, 0);
-    let put = env
-        .http
-        .put(&orphan)
-        .header("content-type", "image/jpeg")
-        .body(bytes(1500, 200))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 201);
+    write_orphan(&env, &dead, bytes(1500, 200)).await;
     // One read first, so that the volume's replicas are known and the burst below asks the
     // directory about liveness only.
     let warm = photos.remove(0);
@@ -171,4 +154,20 @@ async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photo
         asked < distinct,
         "{asked} directory requests for {distinct} photos missed at once"
     );
+}
+
+/// Writes photo `p`'s needle back on store 1, as a store that missed its delete still holds
+/// it; returns the needle's URL on that store.
+async fn write_orphan(env: &Env, p: &PhotoInfo, body: Vec<u8>) -> String {
+    let orphan = needle_url(&env.cluster.store_url(1), p, 0);
+    let put = env
+        .http
+        .put(&orphan)
+        .header("content-type", "image/jpeg")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    orphan
 }

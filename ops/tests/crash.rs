@@ -129,15 +129,8 @@ fn start_up(
             Ok(()) => return (child, base),
             Err(why) => {
                 let logged = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String = logged
-                    .lines()
-                    .rev()
-                    .take(40)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
+                let lines: Vec<&str> = logged.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
                 if tail.contains(&format!(
                     "cannot listen on 127.0.0.1:{port}: Address already in use"
                 )) {
