@@ -34,6 +34,12 @@ pub struct DirectoryConfig {
     /// Also create volumes when the writable volumes together have less room than this.
     /// Default 256 MiB.
     pub min_writable_free_bytes: u64,
+    /// And keep the writable room at least this many seconds of the recent write rate (the
+    /// bytes assigned here per second, or the growth of the volumes the stores report,
+    /// whichever is higher), so that a burst of uploads never waits for a volume to be made.
+    /// It covers the stores' heartbeat lag and the creation of a volume. 0: off (only the two
+    /// rules above). Default 15.
+    pub writable_headroom_secs: u64,
     /// This instance's node id in photo ids (0..=1023). Default none: claim a free one with a
     /// lease in the metadata store, which is what several instances over ScyllaDB need.
     pub node_id: Option<u16>,
@@ -117,6 +123,7 @@ impl Default for DirectoryConfig {
             full_fraction: 0.95,
             min_writable_volumes: 2,
             min_writable_free_bytes: 256 << 20,
+            writable_headroom_secs: 15,
             node_id: None,
             cache_url: None,
             cdn_prefix: None,

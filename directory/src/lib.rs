@@ -29,4 +29,4 @@ pub mod service;
 pub use config::DirectoryConfig;
 pub use error::DirectoryError;
 pub use server::{run, run_with};
-pub use service::Directory;
+pub use service::{Directory, MAX_CREATES_PER_TICK};

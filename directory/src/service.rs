@@ -36,6 +36,8 @@ use crate::meta::{Cas, Expect, Meta, MetadataStore, Versioned};
 use crate::model::{fnv1a64, LogicalVolume, NodeLease, Photo, StoreMachine, UploadKey};
 use crate::placement::{self, Candidate, Policy};
 
+mod capacity;
+pub use capacity::MAX_CREATES_PER_TICK;
 mod drain;
 mod erasure;
 pub(crate) use erasure::check_scheme;
@@ -116,6 +118,10 @@ pub struct Directory {
     /// name; and the volumes with a shard rebuild in flight here.
     ec_leftovers: Mutex<HashMap<(u64, u32), u64>>,
     ec_busy: Mutex<HashSet<u32>>,
+    /// Bytes assigned by this instance (size hints), and the write rate sampled from it and
+    /// the reported volume sizes once per maintenance tick (`service/capacity.rs`).
+    assigned_bytes: AtomicU64,
+    write_rate: Mutex<capacity::WriteRate>,
 }
 
 impl Directory {
@@ -157,6 +163,8 @@ impl Directory {
             repair_wake: Arc::new(tokio::sync::Notify::new()),
             ec_leftovers: Mutex::new(HashMap::new()),
             ec_busy: Mutex::new(HashSet::new()),
+            assigned_bytes: AtomicU64::new(0),
+            write_rate: Mutex::new(capacity::WriteRate::default()),
             config,
         };
         let node = match dir.config.node_id {

@@ -231,6 +231,72 @@ async fn volumes_are_created_when_writable_space_runs_low() {
     assert!(third > second);
 }
 
+/// A volume as a store reports it: `used` of 1 GiB written.
+fn gib_volume(id: u32, used: u64) -> VolumeInfo {
+    let mut v = volume_info(id);
+    v.max_bytes = 1 << 30;
+    v.size_bytes = used;
+    v
+}
+
+#[tokio::test]
+async fn a_burst_of_writes_gets_volumes_made_ahead_of_it() {
+    // Regression: volumes were made only when the writable ones had less than
+    // `min_writable_free_bytes` left, one per tick; under a burst every writable volume filled
+    // at once and writes waited (503) for the next one (S3 PUT 1 MiB stalled at each volume).
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(1), store, clock.clone()).await;
+    let s = register(&d, 1, None).await;
+    d.maintain().await.expect("tick");
+    let ids: Vec<u32> = d.volumes().iter().map(|v| v.id).collect();
+    assert_eq!(ids.len(), 2, "min_writable_volumes");
+    beat(&d, s, ids.iter().map(|&v| gib_volume(v, 0)).collect()).await;
+    clock.advance_ms(1_000);
+    d.maintain().await.expect("tick");
+    assert_eq!(d.volumes().len(), 2, "quiet: 2 GiB writable is enough");
+
+    // 600 MiB assigned in one second: 15 s of that is 9,000 MiB, and 2 GiB is writable.
+    for _ in 0..600 {
+        d.assign(&AssignRequest {
+            kind: PhotoKind::Video,
+            size_hint_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .expect("assign");
+    }
+    clock.advance_ms(1_000);
+    d.maintain().await.expect("tick");
+    assert_eq!(d.wanted_writable_bytes(), (600 * 15) << 20);
+    assert_eq!(
+        d.volumes().len(),
+        2 + haystack_directory::MAX_CREATES_PER_TICK,
+        "as many as one tick makes"
+    );
+
+    // The stores create them; the next tick makes the rest: 9 GiB >= 9,000 MiB.
+    let ids: Vec<u32> = d.volumes().iter().map(|v| v.id).collect();
+    beat(&d, s, ids.iter().map(|&v| gib_volume(v, 0)).collect()).await;
+    clock.advance_ms(1_000);
+    d.maintain().await.expect("tick");
+    assert_eq!(d.volumes().len(), 9, "enough room for the rate");
+    let ids: Vec<u32> = d.volumes().iter().map(|v| v.id).collect();
+    beat(&d, s, ids.iter().map(|&v| gib_volume(v, 0)).collect()).await;
+    clock.advance_ms(1_000);
+    d.maintain().await.expect("tick");
+    assert_eq!(d.volumes().len(), 9, "and no more");
+
+    // The burst is over: after the rate's window it is 0, and nothing more is made.
+    clock.advance_ms(20_000);
+    beat(&d, s, ids.iter().map(|&v| gib_volume(v, 0)).collect()).await;
+    d.maintain().await.expect("tick");
+    clock.advance_ms(1_000);
+    d.maintain().await.expect("tick");
+    assert_eq!(d.sample_write_rate(), 0);
+    assert_eq!(d.wanted_writable_bytes(), 1 << 20);
+    assert_eq!(d.volumes().len(), 9);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_over_one_backend_race_safely() {
     let (_d, store) = embedded();

@@ -270,6 +270,7 @@ async fn two_live_directories_over_scylla() {
             volume_capacity_bytes: 64 << 20,
             min_writable_volumes: 2,
             min_writable_free_bytes: 0,
+            writable_headroom_secs: 0,
             cache_url: Some(cache_url.clone()),
             scylla: haystack_directory::config::ScyllaConfig {
                 replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 1}".into(),

@@ -142,6 +142,7 @@ maintenance_interval_ms = 200
 volume_capacity_bytes = {vb}
 min_writable_volumes = 3
 min_writable_free_bytes = 0
+writable_headroom_secs = 0
 cache_url = "{cache_url}"
 notify_timeout_ms = 1000
 rereplicate_after_ms = {rr}

@@ -262,6 +262,8 @@ impl Cluster {
             volume_capacity_bytes: opts.volume_bytes,
             min_writable_volumes: opts.min_writable_volumes,
             min_writable_free_bytes: 0,
+            // Tests count and fill volumes themselves: no volumes made ahead of the write rate.
+            writable_headroom_secs: 0,
             cache_url: opts.cache_url.clone(),
             cache_purge_urls: opts.cache_purge_urls.clone(),
             notify_timeout_ms: 2_000,

@@ -29,6 +29,7 @@ impl Directory {
             |v: &VolumeView| v.free_bytes() as f64 / (1 + v.recent.load(Ordering::Relaxed)) as f64;
         let pick = if score(b) > score(a) { b } else { a };
         pick.recent.fetch_add(1, Ordering::Relaxed);
+        self.note_assigned(req.size_hint_bytes);
         metrics::counter!("haystack_directory_assign_total").increment(1);
         Ok(AssignResponse {
             id: self.ids.next_id(),

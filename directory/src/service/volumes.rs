@@ -356,33 +356,14 @@ impl Directory {
         }
     }
 
-    /// Creates a volume when fewer than `min_writable_volumes` are writable or on their way,
-    /// or when the writable ones have less room than `min_writable_free_bytes`.
-    pub async fn ensure_capacity(&self) -> Result<Option<u32>, DirectoryError> {
-        let view = self.view();
-        let pending = view.volumes.values().filter(|v| v.pending).count();
-        let free: u64 = view
-            .writable
-            .iter()
-            .filter_map(|id| view.volumes.get(id))
-            .map(|v| v.free_bytes())
-            .sum();
-        let enough_volumes = view.writable.len() + pending >= self.config.min_writable_volumes;
-        let enough_space = free >= self.config.min_writable_free_bytes || pending > 0;
-        if enough_volumes && enough_space {
-            return Ok(None);
-        }
-        let info = self.create_volume().await?;
-        Ok(Some(info.id))
-    }
-
     /// One round of the maintenance loop.
     pub async fn maintain(&self) -> Result<(), DirectoryError> {
         self.refresh().await?;
         self.sweep_liveness().await?;
         // Volume creation and remote replicas are the coordinator's (one instance of several).
         if self.hold_coordinator().await? {
-            if let Err(e) = self.ensure_capacity().await {
+            self.sample_write_rate();
+            if let Err(e) = self.ensure_capacity_all().await {
                 match e {
                     DirectoryError::NoWritableVolume(_) => {
                         tracing::debug!(error = %e, "no room for a new volume yet")
