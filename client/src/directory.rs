@@ -13,7 +13,7 @@ use haystack_proto::directory::{
     DeleteResponse, DirectoryHealth, KeyedCommit, LiveRequest, LiveResponse, LogicalVolumeInfo,
     PhotoInfo, RepairTaskInfo, ReplaceReplicaRequest, StoreInfo, UrlResponse, VolumeStateRequest,
 };
-use haystack_proto::kv::{KvPut, KvRecord, KvScan, KvWriteResult};
+use haystack_proto::kv::{KvPut, KvRecord, KvReplace, KvReplaced, KvScan, KvWriteResult};
 use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistered, StoreRegistration, VolumeState};
 use serde::de::DeserializeOwned;
 
@@ -523,6 +523,26 @@ impl DirectoryClient {
         };
         self.failover(Retry::ConnectOnly, |base| {
             let u = url::kv(base, space, &[("key", key)]);
+            let body = &body;
+            async move { call(self.creds.apply(self.http.put(&u).json(body)), &u).await }
+        })
+        .await
+    }
+
+    /// Writes a record whatever version it is at, after committing `commit` when given (one
+    /// request: `PUT /v1/kv/{space}/replace`); answers the record replaced. A directory older
+    /// than the route answers 404 or 405 ([`ClientError::is_unsupported`]): commit and write
+    /// with [`DirectoryClient::commit`] and [`DirectoryClient::kv_put`] instead.
+    pub async fn kv_replace(
+        &self,
+        space: u64,
+        key: &str,
+        value: String,
+        commit: Option<CommitRequest>,
+    ) -> Result<KvReplaced, ClientError> {
+        let body = KvReplace { value, commit };
+        self.failover(Retry::ConnectOnly, |base| {
+            let u = url::kv_replace(base, space, key);
             let body = &body;
             async move { call(self.creds.apply(self.http.put(&u).json(body)), &u).await }
         })

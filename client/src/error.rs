@@ -63,6 +63,11 @@ impl ClientError {
         self.status() == Some(404)
     }
 
+    /// The server has no such route (404 or 405): an older version, without the call.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self.status(), Some(404 | 405))
+    }
+
     /// Worth retrying later: transport failures and 503s.
     pub fn is_retryable(&self) -> bool {
         matches!(self, ClientError::Transport(_) | ClientError::Conn { .. })

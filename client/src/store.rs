@@ -108,6 +108,40 @@ impl StoreClient {
         send(r, &u).await.map(drop)
     }
 
+    /// [`StoreClient::put_needle`] of a needle whose bytes are `parts` one after the other,
+    /// sent as they are (hyper writes them with `writev`), never copied into one buffer.
+    pub async fn put_needle_parts(
+        &self,
+        store: &str,
+        addr: &NeedleAddr,
+        content_type: &str,
+        parts: &[Bytes],
+    ) -> Result<(), ClientError> {
+        if let [one] = parts {
+            return self
+                .put_needle(store, addr, content_type, one.clone())
+                .await;
+        }
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let frames = parts
+            .iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .map(Ok::<Bytes, std::convert::Infallible>)
+            .collect::<Vec<_>>();
+        let u = urls::needle(store, addr);
+        // The length is known: said in the header, hyper sends the body with it rather than
+        // chunked (the store reads a needle body of a declared length).
+        let r = self
+            .req(reqwest::Method::PUT, &u)
+            .header("content-type", content_type)
+            .header("content-length", len)
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                frames,
+            )));
+        send(r, &u).await.map(drop)
+    }
+
     /// Writes a batch body (`haystack_proto::batch`) to volume `volume`; Ok once the store
     /// answered 201 (every needle durable).
     pub async fn put_batch(
@@ -683,6 +717,28 @@ impl StoreClient {
         let addr = NeedleAddr::new(volume, key, needle.alt, cookie);
         let writes = replicas.iter().map(|r| async move {
             self.put_needle(&r.url, &addr, &needle.content_type, needle.data.clone())
+                .await
+                .map_err(|e| ReplicaError::of(&r.url, e))
+        });
+        collect(futures_util::future::join_all(writes).await)
+    }
+
+    /// [`StoreClient::put_needle_all`] of a needle whose bytes are `parts` one after the
+    /// other ([`StoreClient::put_needle_parts`]: no copy into one buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_needle_parts_all(
+        &self,
+        replicas: &[Replica],
+        volume: u32,
+        key: u64,
+        cookie: u64,
+        alt: u32,
+        content_type: &str,
+        parts: &[Bytes],
+    ) -> Result<(), Vec<ReplicaError>> {
+        let addr = NeedleAddr::new(volume, key, alt, cookie);
+        let writes = replicas.iter().map(|r| async move {
+            self.put_needle_parts(&r.url, &addr, content_type, parts)
                 .await
                 .map_err(|e| ReplicaError::of(&r.url, e))
         });

@@ -94,6 +94,13 @@ pub mod directory {
     pub fn kv(base: &str, space: u64, params: &[(&str, &str)]) -> String {
         with_query(join(base, &format!("/v1/kv/{space}")), params)
     }
+    /// A write of a record whatever its version (`PUT`, [`haystack_proto::kv::KvReplace`]).
+    pub fn kv_replace(base: &str, space: u64, key: &str) -> String {
+        with_query(
+            join(base, &format!("/v1/kv/{space}/replace")),
+            &[("key", key)],
+        )
+    }
     /// A scan of an ordered keyspace.
     pub fn kv_scan(base: &str, space: u64, params: &[(&str, &str)]) -> String {
         with_query(join(base, &format!("/v1/kv/{space}/scan")), params)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use haystack_proto::kv::{KvPut, MAX_SCAN};
+use haystack_proto::kv::{KvPut, KvReplace, MAX_SCAN};
 use serde::Deserialize;
 
 use crate::error::DirectoryError;
@@ -46,6 +46,17 @@ async fn put(dir: Dir, path: web::Path<String>, q: web::Query<KeyQuery>, body: w
     Ok(HttpResponse::Ok().json(dir.kv_put(space(&path)?, &q.key, put).await?))
 }
 
+async fn replace(
+    dir: Dir,
+    path: web::Path<String>,
+    q: web::Query<KeyQuery>,
+    body: web::Bytes,
+) -> Res {
+    let put: KvReplace = serde_json::from_slice(&body)
+        .map_err(|e| DirectoryError::BadRequest(format!("malformed JSON body: {e}")))?;
+    Ok(HttpResponse::Ok().json(dir.kv_replace(space(&path)?, &q.key, put).await?))
+}
+
 async fn delete(dir: Dir, path: web::Path<String>, q: web::Query<KeyQuery>) -> Res {
     let version = q
         .version
@@ -69,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/{space}", web::get().to(get))
             .route("/{space}", web::put().to(put))
             .route("/{space}", web::delete().to(delete))
-            .route("/{space}/scan", web::get().to(scan)),
+            .route("/{space}/scan", web::get().to(scan))
+            .route("/{space}/replace", web::put().to(replace)),
     );
 }

@@ -297,6 +297,64 @@ async fn a_burst_of_writes_gets_volumes_made_ahead_of_it() {
     assert_eq!(d.volumes().len(), 9);
 }
 
+#[tokio::test]
+async fn kv_replace_commits_then_writes_and_answers_what_it_replaced() {
+    use haystack_proto::directory::VideoChunk;
+    use haystack_proto::kv::KvReplace;
+    let (_d, store) = embedded();
+    let d = directory(config(1), store, Arc::new(ManualClock::new(T0))).await;
+    let s = register(&d, 1, None).await;
+    let v = d.ensure_capacity().await.expect("ensure").expect("created");
+    beat(&d, s, vec![volume_info(v)]).await;
+    let a = d
+        .assign(&AssignRequest {
+            kind: PhotoKind::Video,
+            ..Default::default()
+        })
+        .expect("assign");
+    let commit = CommitRequest {
+        id: a.id,
+        cookie: a.cookie,
+        volume_id: a.volume_id,
+        kind: PhotoKind::Video,
+        variants: Vec::new(),
+        chunks: vec![VideoChunk {
+            alt: 1,
+            offset: 0,
+            size_bytes: 10,
+        }],
+    };
+    let put = |value: &str, commit: Option<CommitRequest>| KvReplace {
+        value: value.to_string(),
+        commit,
+    };
+    assert!(d.lookup(a.id).await.is_err(), "not committed yet");
+    let r = d
+        .kv_replace(7, "k", put("{\"n\":1}", Some(commit.clone())))
+        .await
+        .expect("replace");
+    assert_eq!((r.version, r.previous), (1, None));
+    assert_eq!(d.lookup(a.id).await.expect("committed").id, a.id);
+
+    let r = d
+        .kv_replace(7, "k", put("{\"n\":2}", None))
+        .await
+        .expect("replace");
+    assert_eq!(r.version, 2);
+    assert_eq!(r.previous.expect("replaced").value, "{\"n\":1}");
+
+    // A commit the directory refuses writes nothing.
+    let bad = CommitRequest {
+        volume_id: 999,
+        ..commit
+    };
+    assert!(matches!(
+        d.kv_replace(7, "k", put("{\"n\":3}", Some(bad))).await,
+        Err(DirectoryError::BadRequest(_))
+    ));
+    assert_eq!(d.kv_get(7, "k").await.expect("get").value, "{\"n\":2}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_over_one_backend_race_safely() {
     let (_d, store) = embedded();

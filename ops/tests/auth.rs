@@ -171,6 +171,7 @@ fn table() -> Vec<Route> {
         r("directory", Method::PUT, "/v1/kv/{space}", Internal),
         r("directory", Method::DELETE, "/v1/kv/{space}", Internal),
         r("directory", Method::GET, "/v1/kv/{space}/scan", Internal),
+        r("directory", Method::PUT, "/v1/kv/{space}/replace", Internal),
         r("directory", Method::POST, "/v1/photos", Internal),
         r("directory", Method::GET, "/v1/photos/{id}", Read),
         r("directory", Method::POST, "/v1/photos/live", Read),

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::directory::dec_u64;
+use crate::directory::{dec_u64, CommitRequest};
 
 /// The most records one scan answers.
 pub const MAX_SCAN: usize = 1000;
@@ -34,6 +34,27 @@ pub struct KvWriteResult {
     pub applied: bool,
     #[serde(default)]
     pub version: Option<u64>,
+}
+
+/// `PUT /v1/kv/{space}/replace?key=K`: write `value` whatever version the record is at (or
+/// create it), after committing `commit` (a photo, as `POST /v1/photos` would) when given: one
+/// request for what an S3 PUT needs once its bytes are on the stores. The write happens only
+/// if the commit did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvReplace {
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<CommitRequest>,
+}
+
+/// The answer to a [`KvReplace`]: the record's new version and the record it replaced (None:
+/// there was none).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvReplaced {
+    #[serde(with = "dec_u64")]
+    pub version: u64,
+    #[serde(default)]
+    pub previous: Option<KvRecord>,
 }
 
 /// `GET /v1/kv/{space}/scan?prefix=P&after=A&limit=N`: the records whose key starts with P and

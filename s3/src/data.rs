@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use haystack_client::directory::retrying;
-use haystack_client::store::Needle;
 use haystack_client::{DirectoryClient, StoreClient, StoreReaders};
 use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, PhotoKind, Replica, VideoChunk,
@@ -69,7 +68,8 @@ impl Data {
             size_hint,
             assigned: None,
             chunks: Vec::new(),
-            buf: BytesMut::new(),
+            parts: Vec::new(),
+            buffered: 0,
             written: 0,
         }
     }
@@ -167,6 +167,12 @@ impl Data {
         )))
     }
 
+    /// Commits a run written by [`DataWriter::finish_uncommitted`].
+    pub async fn commit(&self, c: &CommitRequest) -> Result<(), S3Error> {
+        self.dir.commit(c).await?;
+        Ok(())
+    }
+
     /// Deletes the ids of data no record names any more (best effort: `haystack gc` finds
     /// whatever this misses).
     pub async fn forget(&self, parts: &[DataRef]) {
@@ -178,13 +184,23 @@ impl Data {
     }
 }
 
+/// A run of bytes on every replica, its id not committed yet.
+pub struct Written {
+    pub data: DataRef,
+    /// What commits the id (a photo of kind video whose chunks are the run's needles).
+    pub commit: CommitRequest,
+}
+
 /// Writes one run of bytes; nothing is committed before [`DataWriter::finish`].
 pub struct DataWriter<'a> {
     data: &'a Data,
     size_hint: u64,
     assigned: Option<AssignResponse>,
     chunks: Vec<Chunk>,
-    buf: BytesMut,
+    /// The body's pieces of the chunk being gathered, as they arrived (never copied: the
+    /// chunk is sent as these pieces), and their total length.
+    parts: Vec<Bytes>,
+    buffered: usize,
     written: u64,
 }
 
@@ -192,16 +208,12 @@ impl DataWriter<'_> {
     pub async fn write(&mut self, mut bytes: Bytes) -> Result<(), S3Error> {
         let cap = self.data.chunk_bytes;
         while !bytes.is_empty() {
-            if self.buf.capacity() == 0 {
-                // The whole chunk at once (or what the run has left of its size hint): growing
-                // it by doubling would copy its bytes again at every step.
-                let left = self.size_hint.saturating_sub(self.written) as usize;
-                self.buf.reserve(left.max(bytes.len()).min(cap));
-            }
-            let take = (cap - self.buf.len()).min(bytes.len());
-            self.buf.extend_from_slice(&bytes.split_to(take));
-            if self.buf.len() == cap {
-                let chunk = self.buf.split().freeze();
+            let take = (cap - self.buffered).min(bytes.len());
+            self.parts.push(bytes.split_to(take));
+            self.buffered += take;
+            if self.buffered == cap {
+                let chunk = std::mem::take(&mut self.parts);
+                self.buffered = 0;
                 self.flush(chunk).await?;
             }
         }
@@ -213,14 +225,9 @@ impl DataWriter<'_> {
     /// assigned again on another volume, up to [`WRITE_ATTEMPTS`] volumes in all, as the
     /// uploader does for photos; the abandoned id was never committed and is `haystack gc`'s.
     /// Later chunks join those already written and cannot move: their failure is a 503.
-    async fn flush(&mut self, chunk: Bytes) -> Result<(), S3Error> {
+    async fn flush(&mut self, chunk: Vec<Bytes>) -> Result<(), S3Error> {
         let alt = self.chunks.len() as u32 + 1;
-        let size = chunk.len() as u64;
-        let needle = Needle {
-            alt,
-            content_type: "application/octet-stream".into(),
-            data: chunk,
-        };
+        let size: u64 = chunk.iter().map(|p| p.len() as u64).sum();
         let mut excluded = Vec::new();
         let mut failures = Vec::new();
         loop {
@@ -246,7 +253,15 @@ impl DataWriter<'_> {
             let errs = match self
                 .data
                 .stores
-                .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
+                .put_needle_parts_all(
+                    &a.replicas,
+                    a.volume_id,
+                    a.id,
+                    a.cookie,
+                    alt,
+                    "application/octet-stream",
+                    &chunk,
+                )
                 .await
             {
                 Ok(()) => break,
@@ -281,39 +296,51 @@ impl DataWriter<'_> {
     }
 
     /// Writes what is left and commits the id; None for no bytes at all.
-    pub async fn finish(mut self) -> Result<Option<DataRef>, S3Error> {
-        if !self.buf.is_empty() {
-            let rest = self.buf.split().freeze();
+    pub async fn finish(self) -> Result<Option<DataRef>, S3Error> {
+        let data = self.data;
+        let Some(w) = self.finish_uncommitted().await? else {
+            return Ok(None);
+        };
+        data.dir.commit(&w.commit).await?;
+        Ok(Some(w.data))
+    }
+
+    /// Writes what is left; the id is not committed: the caller commits it (`w.commit`),
+    /// alone or with the record that names the data. None for no bytes at all.
+    pub async fn finish_uncommitted(mut self) -> Result<Option<Written>, S3Error> {
+        if self.buffered > 0 {
+            let rest = std::mem::take(&mut self.parts);
+            self.buffered = 0;
             self.flush(rest).await?;
         }
         let Some(a) = self.assigned.take() else {
             return Ok(None);
         };
-        self.data
-            .dir
-            .commit(&CommitRequest {
-                id: a.id,
-                cookie: a.cookie,
-                volume_id: a.volume_id,
-                kind: PhotoKind::Video,
-                variants: Vec::new(),
-                chunks: self
-                    .chunks
-                    .iter()
-                    .map(|c| VideoChunk {
-                        alt: c.alt,
-                        offset: c.offset,
-                        size_bytes: c.size,
-                    })
-                    .collect(),
-            })
-            .await?;
-        Ok(Some(DataRef {
-            photo: a.id,
-            volume: a.volume_id,
+        let commit = CommitRequest {
+            id: a.id,
             cookie: a.cookie,
-            size: self.written,
-            chunks: self.chunks,
+            volume_id: a.volume_id,
+            kind: PhotoKind::Video,
+            variants: Vec::new(),
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| VideoChunk {
+                    alt: c.alt,
+                    offset: c.offset,
+                    size_bytes: c.size,
+                })
+                .collect(),
+        };
+        Ok(Some(Written {
+            data: DataRef {
+                photo: a.id,
+                volume: a.volume_id,
+                cookie: a.cookie,
+                size: self.written,
+                chunks: self.chunks,
+            },
+            commit,
         }))
     }
 }

@@ -83,6 +83,10 @@ pub enum S3Error {
     SlowDown(String),
     #[error("We encountered an internal error: {0}")]
     Internal(String),
+    /// The directory did not answer a request (or failed with a 5xx): whether it acted on it
+    /// is not known ([`S3Error::may_have_applied`]).
+    #[error("We encountered an internal error: {0}")]
+    Uncertain(String),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("{0}")]
@@ -131,7 +135,7 @@ impl S3Error {
             NotImplemented(_) => ("NotImplemented", 501),
             ConditionalRequestConflict => ("ConditionalRequestConflict", 409),
             SlowDown(_) => ("SlowDown", 503),
-            Internal(_) | Config(_) | Io(_) => ("InternalError", 500),
+            Internal(_) | Uncertain(_) | Config(_) | Io(_) => ("InternalError", 500),
         }
     }
 }
@@ -140,7 +144,18 @@ impl From<ClientError> for S3Error {
     fn from(e: ClientError) -> Self {
         match e.status() {
             Some(503) => S3Error::SlowDown(e.to_string()),
-            _ => S3Error::Internal(e.to_string()),
+            Some(400..=499) => S3Error::Internal(e.to_string()),
+            // No answer, or a server error: the write may have been done all the same.
+            _ => S3Error::Uncertain(e.to_string()),
         }
+    }
+}
+
+impl S3Error {
+    /// Whether a write that failed with this may still have been applied by the directory (no
+    /// answer, a timeout, a 5xx): the data its record would name must then be kept, never
+    /// deleted, as the record may name it.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self, S3Error::Uncertain(_) | S3Error::SlowDown(_))
     }
 }

@@ -998,6 +998,21 @@ async fn store_body(
     s3: &SharedS3,
     auth: &Authed,
 ) -> Result<(Option<crate::meta::DataRef>, crate::body::Finished), S3Error> {
+    let (written, fin) = store_body_uncommitted(req, payload, s3, auth).await?;
+    let Some(w) = written else {
+        return Ok((None, fin));
+    };
+    s3.data.commit(&w.commit).await?;
+    Ok((Some(w.data), fin))
+}
+
+/// Streams a body to the stores and checks it; its id is left for the caller to commit.
+async fn store_body_uncommitted(
+    req: &HttpRequest,
+    payload: web::Payload,
+    s3: &SharedS3,
+    auth: &Authed,
+) -> Result<(Option<crate::data::Written>, crate::body::Finished), S3Error> {
     let exp = expectations(req, s3, auth, s3.cfg.max_object_bytes)?;
     let hint = exp.length.unwrap_or(s3.cfg.chunk_bytes);
     let mut r = BodyReader::new(payload, auth.framing.clone(), exp);
@@ -1006,8 +1021,8 @@ async fn store_body(
         w.write(b).await?;
     }
     let fin = r.finish()?;
-    let data = w.finish().await?;
-    Ok((data, fin))
+    let written = w.finish_uncommitted().await?;
+    Ok((written, fin))
 }
 
 async fn put_object(
@@ -1034,7 +1049,11 @@ async fn put_object(
     if if_none_match && s3.object(b, key).await.is_ok() {
         return Err(S3Error::PreconditionFailed);
     }
-    let (data, fin) = store_body(req, payload, s3, auth).await?;
+    let (written, fin) = store_body_uncommitted(req, payload, s3, auth).await?;
+    let (data, commit) = match written {
+        Some(w) => (Some(w.data), Some(w.commit)),
+        None => (None, None),
+    };
     let rec = ObjectRecord {
         size: fin.len,
         etag: hex::encode(fin.md5),
@@ -1048,10 +1067,10 @@ async fn put_object(
             .map(|(a, v)| (a.header().to_string(), v.clone())),
     };
     if let Err(e) = s3
-        .put_object(b, key, &rec, if_none_match, if_match.as_deref())
+        .put_object(b, key, &rec, if_none_match, if_match.as_deref(), commit)
         .await
     {
-        s3.forget(data).await;
+        s3.forget_unless_applied(data, &e).await;
         return Err(e);
     }
     let mut r = HttpResponse::Ok();
@@ -1110,8 +1129,8 @@ fn part_target(c: &Ctx) -> Result<(&str, u32), S3Error> {
     Ok((upload_id, number as u32))
 }
 
-/// Records a part whose data is committed; on any failure the data is forgotten and nothing
-/// is recorded.
+/// Records a part whose data is committed; on a failure the data is forgotten, unless the
+/// directory may have written the part's record all the same.
 async fn record_part(
     s3: &SharedS3,
     b: &Bucket,
@@ -1125,7 +1144,7 @@ async fn record_part(
         return Err(S3Error::NoSuchUpload);
     }
     if let Err(e) = s3.put_part(b, part, upload_id).await {
-        s3.forget(part.data.clone()).await;
+        s3.forget_unless_applied(part.data.clone(), &e).await;
         return Err(e);
     }
     Ok(())
@@ -1302,8 +1321,8 @@ async fn copy_object(
         part_sizes: so.part_sizes.clone(),
         checksum: so.checksum.clone(),
     };
-    if let Err(e) = s3.put_object(b, key, &rec, false, None).await {
-        s3.forget(data).await;
+    if let Err(e) = s3.put_object(b, key, &rec, false, None, None).await {
+        s3.forget_unless_applied(data, &e).await;
         return Err(e);
     }
     let root = "CopyObjectResult";

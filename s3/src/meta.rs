@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use haystack_client::DirectoryClient;
+use haystack_proto::directory::CommitRequest;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +183,31 @@ impl Meta {
     ) -> Result<bool, S3Error> {
         let json = serde_json::to_string(value).map_err(corrupt)?;
         Ok(self.dir.kv_put(space, key, expect, json).await?.applied)
+    }
+
+    /// Writes `value` whatever version the record is at, after committing `commit` (one
+    /// directory request); answers the record replaced. `Ok(None)`: the directory is older
+    /// than that call (nothing was done; commit and [`Meta::put`] instead).
+    pub async fn replace<T: Serialize + DeserializeOwned>(
+        &self,
+        space: u64,
+        key: &str,
+        value: &T,
+        commit: Option<CommitRequest>,
+    ) -> Result<Option<Option<Rec<T>>>, S3Error> {
+        let json = serde_json::to_string(value).map_err(corrupt)?;
+        match self.dir.kv_replace(space, key, json, commit).await {
+            Ok(r) => Ok(Some(match r.previous {
+                None => None,
+                Some(p) => Some(Rec {
+                    value: serde_json::from_str(&p.value).map_err(corrupt)?,
+                    key: p.key,
+                    version: p.version,
+                }),
+            })),
+            Err(e) if e.is_unsupported() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn delete(&self, space: u64, key: &str, version: u64) -> Result<bool, S3Error> {

@@ -18,6 +18,7 @@ use crate::meta::{
     new_bucket_id, part_key, upload_key, Bucket, DataRef, Meta, ObjectRecord, Part, Rec, Upload,
     SPACE_BUCKETS, SPACE_KEYS,
 };
+use haystack_proto::directory::CommitRequest;
 
 /// How long a looked-up access key is trusted (a revoked key stops working within this).
 const KEY_TTL: Duration = Duration::from_secs(10);
@@ -257,8 +258,13 @@ impl S3 {
             .ok_or(S3Error::NoSuchKey)
     }
 
-    /// Points `key` at `rec` (whose data is committed): only if absent when `if_none_match`,
-    /// only over that ETag when `if_match`. The data it replaces is deleted after.
+    /// Points `key` at `rec`: only if absent when `if_none_match`, only over that ETag when
+    /// `if_match`. `commit` commits `rec`'s data first (None: it is committed already); without
+    /// a condition both go in one directory request. The data it replaces is deleted after,
+    /// unless `rec` names it too.
+    ///
+    /// On an error the caller deletes `rec`'s data only when [`S3Error::may_have_applied`] is
+    /// false: a write the directory may have done names it.
     pub async fn put_object(
         &self,
         b: &Bucket,
@@ -266,7 +272,24 @@ impl S3 {
         rec: &ObjectRecord,
         if_none_match: bool,
         if_match: Option<&str>,
+        commit: Option<CommitRequest>,
     ) -> Result<(), S3Error> {
+        if !if_none_match && if_match.is_none() {
+            if let Some(previous) = self
+                .meta
+                .replace::<ObjectRecord>(b.objects(), key, rec, commit.clone())
+                .await?
+            {
+                if let Some(old) = previous {
+                    self.forget_replaced(&old.value.data, &rec.data).await;
+                }
+                return Ok(());
+            }
+            // A directory without the one-request write: commit, then compare-and-set.
+        }
+        if let Some(c) = &commit {
+            self.data.commit(c).await?;
+        }
         for _ in 0..CAS_ATTEMPTS {
             let current = self.meta.get::<ObjectRecord>(b.objects(), key).await?;
             if let Some(c) = &current {
@@ -284,12 +307,23 @@ impl S3 {
             let expect = current.as_ref().map(|c| c.version);
             if self.meta.put(b.objects(), key, expect, rec).await? {
                 if let Some(old) = current {
-                    self.data.forget(&old.value.data).await;
+                    self.forget_replaced(&old.value.data, &rec.data).await;
                 }
                 return Ok(());
             }
         }
         Err(S3Error::ConditionalRequestConflict)
+    }
+
+    /// Deletes the data of a replaced record, but none that the new record names (a write
+    /// repeated after an answer was lost replaces the record with itself).
+    async fn forget_replaced(&self, old: &[DataRef], new: &[DataRef]) {
+        let gone: Vec<DataRef> = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.photo == o.photo))
+            .cloned()
+            .collect();
+        self.data.forget(&gone).await;
     }
 
     /// Removes `key` (no error when it is not there).
@@ -500,7 +534,7 @@ impl S3 {
             part_sizes: used.iter().map(|p| p.size).collect(),
             checksum: None,
         };
-        self.put_object(b, key, &rec, false, None).await?;
+        self.put_object(b, key, &rec, false, None, None).await?;
         // The upload is over: its record and part records go, unused parts' data too.
         let used_numbers: Vec<u32> = used.iter().map(|p| p.number).collect();
         self.meta
@@ -560,6 +594,19 @@ impl S3 {
     pub async fn forget(&self, d: Option<DataRef>) {
         if let Some(d) = d {
             self.data.forget(&[d]).await;
+        }
+    }
+
+    /// [`S3::forget`] after a failed record write, unless the directory may have done the
+    /// write (`e.may_have_applied()`): then the record may name the data, which stays (a
+    /// leak at worst, never an object whose bytes are gone).
+    pub async fn forget_unless_applied(&self, d: Option<DataRef>, e: &S3Error) {
+        match d {
+            Some(d) if e.may_have_applied() => {
+                metrics::counter!("haystack_s3_data_kept_after_uncertain_write_total").increment(1);
+                tracing::warn!(id = d.photo, volume = d.volume, error = %e, "object record write failed without a clear answer; its data is kept, as the record may name it");
+            }
+            d => self.forget(d).await,
         }
     }
 }

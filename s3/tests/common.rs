@@ -51,9 +51,15 @@ impl Harness {
     /// The S3 role over a cluster started with `opts`.
     pub async fn start_with(opts: ClusterOptions) -> Harness {
         let cluster = Cluster::start(opts).await;
+        let urls = cluster.directory_urls();
+        Harness::start_on(cluster, urls).await
+    }
+
+    /// The S3 role over `cluster`, reaching its directory at `directory_urls` (a proxy).
+    pub async fn start_on(cluster: Cluster, directory_urls: Vec<String>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = S3Config {
-            directory_urls: Some(cluster.directory_urls()),
+            directory_urls: Some(directory_urls),
             master_key_file: dir.path().join("master.key"),
             chunk_bytes: 1 << 20,
             security: cluster.security(),

@@ -8,3 +8,4 @@ mod bad_input;
 mod clients;
 mod common;
 mod directories;
+mod lost_answers;

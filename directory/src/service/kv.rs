@@ -3,7 +3,7 @@
 //! the S3 role (haystack-s3) keeps its buckets, objects, multipart uploads and access keys
 //! here, so that any number of S3 processes share one metadata store.
 
-use haystack_proto::kv::{KvPut, KvRecord, KvScan, KvWriteResult, MAX_SCAN};
+use haystack_proto::kv::{KvPut, KvRecord, KvReplace, KvReplaced, KvScan, KvWriteResult, MAX_SCAN};
 
 use super::*;
 use crate::meta::ordered::check_key;
@@ -23,6 +23,14 @@ fn record(key: String, stored: crate::meta::Stored) -> Result<KvRecord, Director
             "corrupt kv record {key:?}: unknown format"
         ))),
     }
+}
+
+/// A document as stored: its format byte, then the JSON text.
+fn stored(value: &str) -> Vec<u8> {
+    let mut data = Vec::with_capacity(value.len() + 1);
+    data.push(FORMAT_JSON);
+    data.extend_from_slice(value.as_bytes());
+    data
 }
 
 fn outcome(cas: Cas) -> KvWriteResult {
@@ -53,9 +61,7 @@ impl Directory {
         put: KvPut,
     ) -> Result<KvWriteResult, DirectoryError> {
         check_key(key).map_err(DirectoryError::BadRequest)?;
-        let mut data = Vec::with_capacity(put.value.len() + 1);
-        data.push(FORMAT_JSON);
-        data.extend_from_slice(put.value.as_bytes());
+        let data = stored(&put.value);
         let expect = match put.expect_version {
             None => Expect::Absent,
             Some(v) => Expect::Version(v),
@@ -63,6 +69,45 @@ impl Directory {
         Ok(outcome(
             self.meta.raw().kv_put_if(space, key, expect, data).await?,
         ))
+    }
+
+    /// Writes a record whatever version it is at (a compare-and-set loop here, so that the
+    /// caller needs no read first), after committing the request's photo when it carries one;
+    /// answers the record replaced.
+    pub async fn kv_replace(
+        &self,
+        space: u64,
+        key: &str,
+        put: KvReplace,
+    ) -> Result<KvReplaced, DirectoryError> {
+        check_key(key).map_err(DirectoryError::BadRequest)?;
+        if let Some(c) = put.commit {
+            self.commit(c).await?;
+        }
+        let data = stored(&put.value);
+        for _ in 0..CAS_RETRIES {
+            let current = self.meta.raw().kv_get(space, key).await?;
+            let expect = current
+                .as_ref()
+                .map_or(Expect::Absent, |c| Expect::Version(c.version));
+            match self
+                .meta
+                .raw()
+                .kv_put_if(space, key, expect, data.clone())
+                .await?
+            {
+                Cas::Applied { version } => {
+                    return Ok(KvReplaced {
+                        version,
+                        previous: current.map(|c| record(key.to_string(), c)).transpose()?,
+                    })
+                }
+                Cas::Conflict { .. } => continue,
+            }
+        }
+        Err(DirectoryError::Conflict(format!(
+            "record {key:?} is contended; retry"
+        )))
     }
 
     pub async fn kv_delete(
