@@ -44,8 +44,9 @@ impl WriteRate {
 
     /// Records the totals at `at_ms` and returns the rate in bytes per second.
     pub fn sample(&mut self, at_ms: u64, assigned: u64, used: u64, window_ms: u64) -> u64 {
-        if self.samples.back().is_some_and(|s| at_ms <= s.at_ms) {
-            // A clock that did not move (or went back): keep the newest totals only.
+        // A clock that did not move, or went back: samples from its "future" go, so that
+        // every pair kept is in time order.
+        while self.samples.back().is_some_and(|s| at_ms <= s.at_ms) {
             self.samples.pop_back();
         }
         self.samples.push_back(Sample {
@@ -196,6 +197,18 @@ mod tests {
         assert_eq!(r.sample(10_000, 0, 1_000 * MIB, 10_000), 100 * MIB);
         // Compaction shrinks the volumes: no negative rate.
         assert_eq!(r.sample(20_000, 0, 100 * MIB, 10_000), 0);
+    }
+
+    #[test]
+    fn a_clock_that_goes_back_starts_over_from_there() {
+        // Regression: only the newest sample was dropped, so a clock set back past two samples
+        // left a pair out of order, and the rate's `b.at_ms - a.at_ms` underflowed (a panic
+        // in debug builds, a wrapped duration in release ones).
+        let mut r = WriteRate::default();
+        r.sample(10_000, 0, 0, 10_000);
+        r.sample(11_000, 100 * MIB, 0, 10_000);
+        assert_eq!(r.sample(5_000, 100 * MIB, 0, 10_000), 0, "one sample left");
+        assert_eq!(r.sample(6_000, 300 * MIB, 0, 10_000), 200 * MIB);
     }
 
     #[test]
