@@ -258,7 +258,7 @@ async fn ask(
             .map(|p| (p.id, (p.volume_id, p.cookie)))
             .collect()),
         // A directory older than the batch route: one lookup per photo, as before it.
-        Err(e) if matches!(e.status(), Some(404 | 405)) => {
+        Err(e) if e.is_unsupported() => {
             let mut live = HashMap::with_capacity(ids.len());
             for id in ids {
                 stats.directory_requests.add(1);

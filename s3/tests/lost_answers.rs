@@ -54,7 +54,8 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
 /// its own and its answer comes back, except that while `armed` is set the first request whose
 /// head starts with `PUT /v1/kv/` is done by the directory and its answer dropped (the
 /// connection closed). With `old`, it answers 404 to `PUT /v1/kv/{space}/replace` as a
-/// directory older than that route does. Counts the answers dropped.
+/// directory older than that route does. Counts the directory's answers not relayed (dropped,
+/// or replaced by that 404).
 async fn lossy_proxy(
     upstream: SocketAddr,
     armed: Arc<AtomicBool>,
@@ -78,6 +79,7 @@ async fn lossy_proxy(
                             "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
                         );
+                        dropped.fetch_add(1, Ordering::SeqCst);
                         if client.write_all(answer.as_bytes()).await.is_err() {
                             return;
                         }
@@ -165,7 +167,7 @@ async fn a_put_whose_record_answer_is_lost_leaves_the_object_whole() {
 async fn puts_go_on_through_a_directory_without_the_one_request_write() {
     // A rolling upgrade: S3 roles of this version in front of an older directory (no
     // `PUT /v1/kv/{space}/replace`) commit and write the record in two steps, as before.
-    let (h, _, _) = behind_proxy(true).await;
+    let (h, _, refused) = behind_proxy(true).await;
     let c = h.client();
     c.create_bucket("older").await;
     for round in 0..3u8 {
@@ -176,4 +178,8 @@ async fn puts_go_on_through_a_directory_without_the_one_request_write() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.expect("body").as_ref(), body.as_slice());
     }
+    assert!(
+        refused.load(Ordering::SeqCst) >= 3,
+        "each PUT tried the one-request write first"
+    );
 }

@@ -144,7 +144,7 @@ impl Directory {
                 free_bytes = free,
                 coming_bytes = coming,
                 wanted_bytes = wanted,
-                "writable room below what the write rate needs; creating a volume"
+                "writable room below what is wanted (min_writable_free_bytes, or the write rate's headroom); creating a volume"
             );
         }
         let info = self.create_volume().await?;
