@@ -127,8 +127,15 @@ async fn a_new_store_gets_replicas_moved_onto_it() {
         assert!(Instant::now() < deadline, "no plan: {plan:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // The greedy plan fills the new store; with a spread this narrow it may also even out the
+    // old stores between themselves (that depends on which volumes the random assigns
+    // filled), so not every move need go to the new store, but none leaves it.
     assert!(
-        plan.moves.iter().all(|m| m.to_store_id == new_id),
+        plan.moves.iter().any(|m| m.to_store_id == new_id),
+        "{plan:?}"
+    );
+    assert!(
+        plan.moves.iter().all(|m| m.from_store_id != new_id),
         "{plan:?}"
     );
     let before: Vec<LogicalVolumeInfo> = cl.volumes().await;
@@ -140,13 +147,19 @@ async fn a_new_store_gets_replicas_moved_onto_it() {
     );
     let ran = rebalance(&cl, &["--spread", spread]).await;
     let done: Vec<_> = ran.moves.iter().filter(|m| m.done == Some(true)).collect();
-    assert!(!done.is_empty(), "{ran:?}");
+    let done_to_new = done.iter().filter(|m| m.to_store_id == new_id).count();
+    assert!(done_to_new > 0, "{ran:?}");
     let after: Vec<LogicalVolumeInfo> = cl.volumes().await;
-    let on_new = after
-        .iter()
-        .filter(|v| v.replicas.iter().any(|r| r.url == new_url))
-        .count();
-    assert_eq!(on_new, done.len(), "{after:?}");
+    // Every volume moved there has its replica there (the directory may also have made new
+    // volumes on the new, emptiest store while moved ones were read-only: not counted).
+    for m in done.iter().filter(|m| m.to_store_id == new_id) {
+        let v = after.iter().find(|v| v.id == m.volume).unwrap();
+        assert!(
+            v.replicas.iter().any(|r| r.url == new_url),
+            "volume {} not on the new store: {v:?}",
+            m.volume
+        );
+    }
     // Moved volumes are writable again, and every photo reads back from where the
     // directory says it is now.
     for m in &done {
