@@ -191,3 +191,37 @@ fn compaction_refuses_a_corrupt_needle_and_changes_nothing() {
         });
     }
 }
+
+/// Regression: compaction left the durable tail (what shipping to a remote replica reads up
+/// to) at the old file's end, past the new file's: the shipper sent bytes beyond the end of
+/// the file to the remote copy and took the remote's longer tail for caught up, so needles
+/// written later never reached it. It also covers a rebuild's tail.
+#[test]
+fn compaction_brings_the_durable_tail_to_the_new_end() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 1, kind);
+            for key in 0..20u64 {
+                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(vol.durable_tail(), vol.info().size_bytes);
+            for key in 0..10u64 {
+                vol.delete(key, 0, 5).await.unwrap();
+            }
+            vol.compact().await.unwrap();
+            let end = vol.info().size_bytes;
+            assert_eq!(vol.durable_tail(), end, "{kind:?}");
+            assert!(vol.ship_read(end, 1 << 20).await.unwrap().is_none());
+            vol.write_batch(vec![needle(50, 0, 5, b"after")])
+                .await
+                .unwrap();
+            let after = vol.info().size_bytes;
+            assert_eq!(vol.durable_tail(), after);
+            let shipped = vol.ship_read(end, 1 << 20).await.unwrap().expect("bytes");
+            assert_eq!(shipped.len() as u64, after - end);
+        });
+    }
+}
