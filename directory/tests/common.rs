@@ -216,6 +216,7 @@ pub fn volume_info(id: u32) -> VolumeInfo {
         reason: None,
         compaction: None,
         scrubbed_unix: None,
+        tag: None,
     }
 }
 

@@ -704,3 +704,109 @@ async fn a_store_that_loses_a_volume_is_not_told_to_recreate_it_empty() {
     beat(&d, c, vec![volume_info(vol)]).await;
     assert!(d.volume(vol).expect("vol").writable);
 }
+
+/// Heartbeats store `id` with these volumes; the volumes the answer orders it to ship.
+async fn ship_orders(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
+    let url = d
+        .stores()
+        .into_iter()
+        .find(|s| s.store_id == id)
+        .expect("known store")
+        .url;
+    d.heartbeat(
+        id,
+        Heartbeat {
+            store_id: id,
+            public_url: url,
+            capacity_bytes: 100 << 30,
+            free_bytes: 10 << 30,
+            healthy: true,
+            volumes,
+            shipping: Vec::new(),
+            ec_files: Vec::new(),
+        },
+    )
+    .await
+    .expect("heartbeat")
+    .ship
+    .iter()
+    .map(|o| o.volume)
+    .collect()
+}
+
+#[tokio::test]
+async fn the_shipper_stays_the_replica_its_remote_copy_was_made_from() {
+    // Regression: the shipper was always the first replica up, so when a volume's first
+    // replica reported it after the second had seeded the remote copy, or came back after a
+    // failover, shipping moved to it and the remote copy (agreeing only with the file it was
+    // made from) was re-seeded in full; while both held orders they re-seeded it in turns.
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(
+        DirectoryConfig {
+            remote_zones: vec!["far".into()],
+            async_replicas: 1,
+            ..config(2)
+        },
+        store,
+        clock.clone(),
+    )
+    .await;
+    let locals = [register(&d, 1, None).await, register(&d, 2, None).await];
+    let remote = register(&d, 3, Some("far")).await;
+    let vol = d.create_volume().await.expect("create").id;
+    d.ensure_remote_replicas().await.expect("place remote");
+    let info = d.volume(vol).expect("vol");
+    assert_eq!(info.remote_replicas.len(), 1, "{info:?}");
+    let order: Vec<u64> = info.replicas.iter().map(|r| r.store_id).collect();
+    assert_eq!(order.len(), 2);
+    assert!(locals.iter().all(|s| order.contains(s)));
+    let tagged = |tag: u32| VolumeInfo {
+        tag: Some(tag),
+        ..volume_info(vol)
+    };
+    // The second replica reports first: it ships, and seeds the remote from its file.
+    assert!(ship_orders(&d, order[0], vec![]).await.is_empty());
+    assert_eq!(
+        ship_orders(&d, order[1], vec![tagged(0xB)]).await,
+        vec![vol]
+    );
+    assert!(ship_orders(&d, remote, vec![tagged(0xB)]).await.is_empty());
+    // The first replica reports the volume later: shipping stays where the copy came from.
+    assert!(ship_orders(&d, order[0], vec![tagged(0xA)])
+        .await
+        .is_empty());
+    assert_eq!(
+        ship_orders(&d, order[1], vec![tagged(0xB)]).await,
+        vec![vol]
+    );
+    // Its shipper down, the other replica takes over (and re-seeds the copy from its file).
+    clock.advance_ms(12_000);
+    assert!(ship_orders(&d, order[0], vec![tagged(0xA)])
+        .await
+        .is_empty());
+    ship_orders(&d, remote, vec![tagged(0xB)]).await;
+    d.sweep_liveness().await.expect("sweep");
+    assert_eq!(
+        ship_orders(&d, order[0], vec![tagged(0xA)]).await,
+        vec![vol]
+    );
+    ship_orders(&d, remote, vec![tagged(0xA)]).await;
+    // The old shipper returns: the copy is now the other's, so shipping does not move back.
+    assert!(ship_orders(&d, order[1], vec![tagged(0xB)])
+        .await
+        .is_empty());
+    assert_eq!(
+        ship_orders(&d, order[0], vec![tagged(0xA)]).await,
+        vec![vol]
+    );
+    // A remote copy of neither file (none yet): the first replica up that holds it.
+    ship_orders(&d, remote, vec![]).await;
+    assert_eq!(
+        ship_orders(&d, order[0], vec![tagged(0xA)]).await,
+        vec![vol]
+    );
+    assert!(ship_orders(&d, order[1], vec![tagged(0xB)])
+        .await
+        .is_empty());
+}

@@ -48,6 +48,11 @@ pub struct VolumeInfo {
     /// When the store's scrubber last finished a full pass over this replica (Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scrubbed_unix: Option<u64>,
+    /// The volume file's tag (superblock bytes 36..40; None for version 1 files and
+    /// erasure-coded volumes). A copy made from a replica's export has that replica's tag,
+    /// which is how the directory keeps a remote copy's shipper the replica it came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u32>,
 }
 
 /// How far a running compaction got: bytes of live needles copied, of those known so far.

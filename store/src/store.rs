@@ -27,6 +27,7 @@ fn quarantine_info(cfg: &StoreConfig, id: u32, reason: String) -> VolumeInfo {
         reason: Some(format!("unavailable: {reason}")),
         compaction: None,
         scrubbed_unix: None,
+        tag: None,
     }
 }
 
@@ -325,8 +326,9 @@ impl Store {
 
     /// Seeds an asynchronous remote replica of volume `id` from `from`'s export: the same
     /// copy as [`Store::import_volume`], marked a remote copy (shipping extends it, compaction
-    /// leaves it alone). With `replace`, a remote copy held here already is dropped first
-    /// (its source no longer agrees with it); an ordinary replica never is.
+    /// leaves it alone). With `replace`, a remote copy held here already (its source no
+    /// longer agrees with it) keeps serving until the new copy is whole, synced and checked,
+    /// then gives way to it; an ordinary replica never is replaced.
     pub async fn import_remote_copy(
         &self,
         id: u32,
@@ -346,18 +348,12 @@ impl Store {
         use futures_util::StreamExt;
         use std::io::Write;
         let _g = self.create_lock.lock().await;
+        // A remote copy being re-seeded keeps serving (and stays on disk) until its
+        // replacement is whole: a source lost mid-copy must not leave this store with nothing.
+        let mut reseeding = None;
         if let Ok(v) = self.volume(id) {
             if replace && v.is_remote_copy() {
-                write(&self.volumes).remove(&id);
-                v.flush_index();
-                let (dat, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
-                for p in [dat, idx, sidx] {
-                    let _ = std::fs::remove_file(p);
-                }
-                tracing::warn!(
-                    volume = id,
-                    "remote copy dropped for a re-seed from its source"
-                );
+                reseeding = Some(v);
             } else if v.is_remote_copy() != remote_copy && v.info().needles > 0 {
                 return Err(StoreError::VolumeExists(id));
             }
@@ -367,7 +363,7 @@ impl Store {
                 "{e}; its files are kept for inspection: import to another store"
             )));
         }
-        if let Ok(v) = self.volume(id) {
+        if let (None, Ok(v)) = (&reseeding, self.volume(id)) {
             if v.info().needles > 0 {
                 return Err(StoreError::VolumeExists(id));
             }
@@ -430,6 +426,43 @@ impl Store {
                 return Err(e);
             }
         }
+        let checked = {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut sb = [0u8; crate::format::SUPERBLOCK_LEN as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&tmp)?, &mut sb, 0)?;
+                let parsed = crate::format::Superblock::decode(&sb)
+                    .map_err(|source| StoreError::BadVolumeFile { volume: id, source })?;
+                if parsed.volume_id != id {
+                    return Err(StoreError::BadRequest(format!(
+                        "the source sent volume {} for volume {id}",
+                        parsed.volume_id
+                    )));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+        };
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        if let Some(old) = reseeding {
+            // The new copy is whole and synced: only now does the old one go. Its index files
+            // go before the rename, so a crash in between leaves the old file, re-indexed by
+            // a scan, never an old index over new bytes.
+            write(&self.volumes).remove(&id);
+            old.flush_index();
+            let (_, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
+            for p in [idx, sidx] {
+                let _ = std::fs::remove_file(p);
+            }
+            tracing::warn!(
+                volume = id,
+                "remote copy replaced by a re-seed from its source"
+            );
+        }
         let (dir, eng, vc) = (
             self.cfg.data_dir.clone(),
             self.engine.clone(),
@@ -437,17 +470,6 @@ impl Store {
         );
         let v = tokio::task::spawn_blocking(move || {
             let (dat, _, _) = crate::volume::volume_paths(&dir, id);
-            let mut sb = [0u8; crate::format::SUPERBLOCK_LEN as usize];
-            std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(&tmp)?, &mut sb, 0)?;
-            let parsed = crate::format::Superblock::decode(&sb)
-                .map_err(|source| StoreError::BadVolumeFile { volume: id, source })?;
-            if parsed.volume_id != id {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::BadRequest(format!(
-                    "the source sent volume {} for volume {id}",
-                    parsed.volume_id
-                )));
-            }
             if remote_copy {
                 crate::volume::mark_remote_copy(&dir, id)?;
             } else {

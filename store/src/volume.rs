@@ -801,6 +801,7 @@ impl Volume {
             reason,
             compaction: self.compaction_progress(),
             scrubbed_unix: Some(self.scrubbed_unix()).filter(|t| *t > 0),
+            tag: (self.tag != 0).then_some(self.tag),
         }
     }
 

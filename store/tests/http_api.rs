@@ -514,3 +514,93 @@ fn a_volume_is_copied_between_stores_and_needles_are_listed() {
         b.stop().await;
     });
 }
+
+/// A re-seed of a remote copy whose source fails (here: a source that is gone, and one
+/// without the volume) leaves the copy held before whole and serving; one that
+/// succeeds replaces it.
+#[test]
+fn a_failed_reseed_keeps_the_remote_copy_it_would_replace() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = reqwest::Client::new();
+        c.post(a.url("/v1/volumes/6")).send().await.unwrap();
+        let ns: Vec<_> = (0..20u64)
+            .map(|k| needle(k, 0, 0x66, &vec![k as u8; 500 + k as usize]))
+            .collect();
+        let r = c
+            .post(a.url("/v1/volumes/6/batch"))
+            .body(encode_batch(&ns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let seed = |from: String, replace: bool| {
+            c.post(b.url("/v1/volumes/6/import"))
+                .json(&serde_json::json!({"from": from, "remote_copy": true, "replace": replace}))
+                .send()
+        };
+        let r = seed(a.url(""), false).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let serves_all = || async {
+            for k in 0..20u64 {
+                let r = c
+                    .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() != StatusCode::OK
+                    || r.bytes().await.unwrap().as_ref() != &vec![k as u8; 500 + k as usize][..]
+                {
+                    return false;
+                }
+            }
+            c.get(b.url("/v1/volumes/6/ship"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == StatusCode::OK
+        };
+        assert!(serves_all().await);
+        // A source that answers nothing.
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (st, _) = json_error(seed(gone, true).await.unwrap()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(
+            serves_all().await,
+            "a failed re-seed dropped the remote copy"
+        );
+        // A source without the volume (it answers 404).
+        let a2 = tempfile::tempdir().unwrap();
+        let empty = start_server(a2.path(), ENGINES[0]).await;
+        let (st, _) = json_error(seed(empty.url(""), true).await.unwrap()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+        assert!(
+            serves_all().await,
+            "a failed re-seed dropped the remote copy"
+        );
+        assert!(!db.path().join("vol-6.dat.import").exists());
+        // A re-seed that succeeds replaces the copy: the source's newer needles are there.
+        let more: Vec<_> = (20..30u64)
+            .map(|k| needle(k, 0, 0x66, &vec![k as u8; 500 + k as usize]))
+            .collect();
+        c.post(a.url("/v1/volumes/6/batch"))
+            .body(encode_batch(&more))
+            .send()
+            .await
+            .unwrap();
+        let r = seed(a.url(""), true).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let info: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(info["needles"], 30, "{info}");
+        assert!(serves_all().await);
+        empty.stop().await;
+        a.stop().await;
+        b.stop().await;
+    });
+}

@@ -135,6 +135,7 @@ async fn prepare(dir: &Directory, volumes: usize) -> Result<(), Box<dyn std::err
                         reason: None,
                         compaction: None,
                         scrubbed_unix: None,
+                        tag: None,
                     })
                     .collect(),
                 shipping: Vec::new(),

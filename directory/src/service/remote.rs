@@ -6,8 +6,12 @@ use super::*;
 
 impl Directory {
     /// The volumes store `store_id` ships and to whom: it is the shipper of a replicated
-    /// volume with remote replicas when it is the first of the volume's replicas that is up
-    /// and holds it (one shipper at a time; the next takes over when it goes down).
+    /// volume with remote replicas when, of the volume's replicas that are up and hold it, it
+    /// is the first whose file a remote copy was made from (the same tag), else the first
+    /// (one shipper at a time; the next takes over when it goes down). A remote copy agrees
+    /// only with the file it was made from: naming another shipper costs a full re-seed, so
+    /// a replica that returns after a failover does not take shipping back, and a new
+    /// volume's first shipper keeps it when the other replicas report the volume later.
     pub(super) fn ship_orders(&self, store_id: u64) -> Vec<ShipOrder> {
         let view = self.view();
         let Some(me) = view.stores.get(&store_id) else {
@@ -18,14 +22,7 @@ impl Directory {
                 .values()
                 .map(|v| &v.value)
                 .filter(|v| v.ec.is_none() && !v.remote.is_empty())
-                .filter(|v| {
-                    let shipper = v.replicas.iter().find(|sid| {
-                        view.stores
-                            .get(sid)
-                            .is_some_and(|s| store_up(s) && s.volumes.iter().any(|r| r.id == v.id))
-                    });
-                    shipper == Some(&store_id)
-                })
+                .filter(|v| shipper(&view, v) == Some(store_id))
                 .map(|v| ShipOrder {
                     volume: v.id,
                     source_url: me.url.clone(),
@@ -163,4 +160,30 @@ impl Directory {
             "volume {id} is contended; retry the promotion"
         )))
     }
+}
+
+/// The shipper of volume `v` (see [`Directory::ship_orders`]).
+fn shipper(view: &View, v: &LogicalVolume) -> Option<u64> {
+    let held = |sid: &u64| {
+        view.stores
+            .get(sid)
+            .and_then(|s| s.volumes.iter().find(|r| r.id == v.id))
+    };
+    // The tags remote copies last reported, whether or not their stores are up now.
+    let copied_from: Vec<u32> = v
+        .remote
+        .iter()
+        .filter_map(|rid| held(rid).and_then(|r| r.tag))
+        .collect();
+    let candidates: Vec<(u64, Option<u32>)> = v
+        .replicas
+        .iter()
+        .filter(|sid| view.stores.get(sid).is_some_and(store_up))
+        .filter_map(|sid| held(sid).map(|r| (*sid, r.tag)))
+        .collect();
+    candidates
+        .iter()
+        .find(|(_, tag)| tag.is_some_and(|t| copied_from.contains(&t)))
+        .or(candidates.first())
+        .map(|(sid, _)| *sid)
 }

@@ -362,6 +362,7 @@ impl EcVolume {
             reason: Some(format!("erasure-coded {}+{}, shard {}", e.k, e.m, e.shard)),
             compaction: None,
             scrubbed_unix: None,
+            tag: None,
         }
     }
 

@@ -81,6 +81,7 @@ pub(crate) async fn open_all(
                         reason: Some(format!("unavailable: {e}")),
                         compaction: None,
                         scrubbed_unix: None,
+                        tag: None,
                     },
                 );
             }
