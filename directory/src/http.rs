@@ -367,49 +367,43 @@ pub fn configure(dir: Arc<Directory>) -> impl FnOnce(&mut web::ServiceConfig) {
             .route("/dashboard", web::get().to(dashboard))
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics_text))
-            .route("/v1/stores/register", web::post().to(register))
-            .route("/v1/stores", web::get().to(stores))
-            .route("/v1/stores/{store_id}/heartbeat", web::post().to(heartbeat))
-            .route(
-                "/v1/stores/{store_id}/lifecycle",
-                web::post().to(set_store_lifecycle),
+            // Dynamic segments are matched by regex, one resource after another: scopes with
+            // static prefixes keep a request from trying every other family's patterns (twice:
+            // routing, then `match_pattern` for the metrics' route label).
+            .configure(crate::http_kv::routes)
+            .service(
+                web::scope("/v1/photos")
+                    .route("", web::post().to(commit))
+                    .route("/live", web::post().to(live))
+                    .route("/{id}", web::get().to(lookup))
+                    .route("/{id}", web::delete().to(delete))
+                    .route("/{id}/url", web::get().to(read_url))
+                    .route("/{id}/condemn", web::post().to(condemn)),
             )
-            .route("/v1/stores/{store_id}", web::delete().to(remove_store))
-            .route("/v1/volumes", web::get().to(volumes))
-            .route("/v1/volumes", web::post().to(create_volume))
-            .route("/v1/volumes/{volume_id}", web::get().to(volume))
-            .route(
-                "/v1/volumes/{volume_id}/state",
-                web::post().to(set_volume_state),
+            .route("/v1/assign", web::post().to(assign))
+            .service(
+                web::scope("/v1/stores")
+                    .route("", web::get().to(stores))
+                    .route("/register", web::post().to(register))
+                    .route("/{store_id}/heartbeat", web::post().to(heartbeat))
+                    .route("/{store_id}/lifecycle", web::post().to(set_store_lifecycle))
+                    .route("/{store_id}", web::delete().to(remove_store)),
             )
-            .route(
-                "/v1/volumes/{volume_id}/replace",
-                web::post().to(replace_replica),
-            )
-            .route(
-                "/v1/volumes/{volume_id}/promote",
-                web::post().to(promote_remote),
-            )
-            .route(
-                "/v1/volumes/{volume_id}/encode",
-                web::post().to(encode_volume),
-            )
-            .route(
-                "/v1/volumes/{volume_id}/ec/rebuild",
-                web::post().to(rebuild_shard),
+            .service(
+                web::scope("/v1/volumes")
+                    .route("", web::get().to(volumes))
+                    .route("", web::post().to(create_volume))
+                    .route("/{volume_id}", web::get().to(volume))
+                    .route("/{volume_id}/state", web::post().to(set_volume_state))
+                    .route("/{volume_id}/replace", web::post().to(replace_replica))
+                    .route("/{volume_id}/promote", web::post().to(promote_remote))
+                    .route("/{volume_id}/encode", web::post().to(encode_volume))
+                    .route("/{volume_id}/ec/rebuild", web::post().to(rebuild_shard)),
             )
             .route("/v1/rebalance", web::get().to(rebalance_plan))
             .route("/v1/rebalance", web::post().to(rebalance_run))
-            .route("/v1/assign", web::post().to(assign))
             .route("/v1/repairs", web::post().to(report_damage))
             .route("/v1/repairs", web::get().to(repairs))
-            .route("/v1/photos", web::post().to(commit))
-            .route("/v1/photos/live", web::post().to(live))
-            .route("/v1/photos/{id}", web::get().to(lookup))
-            .route("/v1/photos/{id}", web::delete().to(delete))
-            .route("/v1/photos/{id}/url", web::get().to(read_url))
-            .route("/v1/photos/{id}/condemn", web::post().to(condemn))
-            .configure(crate::http_kv::routes)
             .default_service(web::to(not_found));
     }
 }

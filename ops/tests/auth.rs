@@ -270,9 +270,14 @@ fn source_routes(src: &str) -> BTreeSet<(String, String)> {
             }
         } else if l.starts_with(".route( \"") || l.starts_with(".route(\"") {
             if let (Some(p), Some(m)) = (lit(".route("), method_of(l)) {
+                // Inside a scope every path is relative to it but those of the top level
+                // (`/v1/...`), which end the scope.
+                if p.starts_with("/v1/") {
+                    scope = None;
+                }
                 match &scope {
-                    Some(sc) if p.starts_with("/{") => out.insert((m, format!("{sc}{p}"))),
-                    _ => out.insert((m, p)),
+                    Some(sc) => out.insert((m, format!("{sc}{p}"))),
+                    None => out.insert((m, p)),
                 };
             }
         } else if l.starts_with(".route(web::") {
