@@ -16,7 +16,9 @@
 #   hit     GET 4 KiB through a release cache node (2 workers, 1 GiB), every needle in memory
 #   miss    GET 4 KiB through a cache node with --admission none: every request reads the store
 #           (the photos are committed to the directory; the node's liveness answers are warm)
-#   store_c1 / miss_c1: the same two with one connection (-t1 -c1): latency added per request
+#   store_c1 / hit_c1 / miss_c1: the same three with one connection (-t1 -c1): latency added
+#           per request; before them, `haystack-loadtest rtt` (the loopback round trip between
+#           two threads, blocking and spinning): the floor under the hop a miss adds
 # stdout: one "median ..." line per test; every run also in $BASE/results.log, with the
 # cache's hit/miss counters and the CPU each server used.
 # Disk: ~450 MB of volume under $BASE (removed at the end); nginx's file tree stays in
@@ -61,7 +63,7 @@ if [[ -z ${SKIP_NGINX:-} && -n $SHARED ]]; then
     TESTS=get4k WORKERS_LIST=2 REPS=$REPS DUR=$DUR COLD=0 N4K=$N4K bash "$SHARED/nginx_baseline.sh" | sed 's/^/nginx /' | tee -a "$LOG"
 fi
 
-[[ -n ${SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache --bin haystack --bin cache_serve >&2)
+[[ -n ${SKIP_BUILD:-} ]] || (cd "$ROOT" && cargo build --release -p haystack-ops -p haystack-cache -p haystack-loadtest --bin haystack --bin cache_serve --bin haystack-loadtest >&2)
 HAY=$TARGET/release/haystack
 CACHE=${CACHE_BIN:-$TARGET/release/cache_serve}
 DATA=$BASE/data
@@ -142,8 +144,12 @@ say "# hit cache warmed: entries=$(stat $HPORT entries) bytes=$(stat $HPORT byte
 # Warm the store's page cache, the miss node's connections and its liveness answers.
 wrk -t2 -c64 -d15s -s "$SHARED/get_random.lua" "http://127.0.0.1:$MPORT" -- "$BASE/paths_4k.txt" 8 >/dev/null 2>&1 || true
 
+if [[ -z ${ONLY:-} || " $ONLY " == *"_c1 "* ]] && [[ -x $TARGET/release/haystack-loadtest ]]; then
+    "$TARGET/release/haystack-loadtest" rtt --rounds 20000 --reps 3 | sed 's/^/rtt /' | tee -a "$LOG" >&2
+fi
 for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CONNS" \
-    "miss $MPORT $MPID+$SPID $THREADS $CONNS" "store_c1 $SPORT $SPID 1 1" "miss_c1 $MPORT $MPID+$SPID 1 1"; do
+    "miss $MPORT $MPID+$SPID $THREADS $CONNS" "store_c1 $SPORT $SPID 1 1" \
+    "hit_c1 $HPORT $HPID 1 1" "miss_c1 $MPORT $MPID+$SPID 1 1"; do
     read -r name port pids t c <<<"$spec"
     [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
     pids=${pids//+/ }

@@ -8,7 +8,8 @@
 //! (open-loop send times), [`target`] (uploader, directory + stores, nginx, S3), [`s3`] (the
 //! S3 target's SigV4-signed requests), [`workload`]
 //! (phases, population, progress), [`stats`] and [`report`] (figures), [`verify`],
-//! [`driver`] (whole runs and comparisons), [`machine`], [`benchmarks`] (BENCHMARKS.md).
+//! [`driver`] (whole runs and comparisons), [`machine`], [`benchmarks`] (BENCHMARKS.md),
+//! [`rtt`] (the loopback round trip, the floor under any added hop).
 
 pub mod benchmarks;
 pub mod dist;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod machine;
 pub mod payload;
 pub mod report;
+pub mod rtt;
 pub mod s3;
 pub mod schedule;
 pub mod stats;

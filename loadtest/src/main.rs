@@ -34,6 +34,19 @@ enum Cmd {
     Compare(CompareArgs),
     /// Render BENCHMARKS.md from bench/results/ (fragments and saved runs).
     Report(ReportArgs),
+    /// The loopback round trip between two threads (blocking and spinning client): the
+    /// floor under any hop a request adds, such as a cache miss's exchange with a store.
+    Rtt(RttArgs),
+}
+
+#[derive(Args)]
+struct RttArgs {
+    /// Round trips measured for each way of waiting.
+    #[arg(long, default_value_t = 50_000)]
+    rounds: usize,
+    /// Repeat the pair of measurements this many times (the machine's spread shows).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
 #[derive(Args)]
@@ -443,6 +456,35 @@ fn main_report(a: ReportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn main_rtt(a: RttArgs) -> Result<ExitCode> {
+    use haystack_loadtest::rtt::{measure, Wait, MESSAGE};
+    if a.rounds == 0 || a.reps == 0 {
+        return Err(LoadError::Config(
+            "--rounds and --reps must be at least 1".into(),
+        ));
+    }
+    println!(
+        "loopback TCP round trip of {MESSAGE} bytes, {} rounds each, p50 / p90 / p99 in µs",
+        a.rounds
+    );
+    for rep in 1..=a.reps {
+        for (w, r) in measure(a.rounds, &[Wait::Block, Wait::Spin])? {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            println!(
+                "rep {rep} {:<5} {:6.1} {:6.1} {:6.1}",
+                match w {
+                    Wait::Block => "block",
+                    Wait::Spin => "spin",
+                },
+                us(r.p50),
+                us(r.p90),
+                us(r.p99)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -466,6 +508,7 @@ fn main() -> ExitCode {
             Cmd::Run(a) => main_run(a).await,
             Cmd::Compare(a) => main_compare(a).await,
             Cmd::Report(a) => main_report(a),
+            Cmd::Rtt(a) => main_rtt(a),
         }
     });
     match res {
