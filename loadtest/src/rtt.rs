@@ -36,6 +36,9 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> LoadError + '_ {
 /// Measures `rounds` round trips for each of `waits` in turn, over one loopback connection
 /// to an echo thread of this process (warm-up rounds first, not counted).
 pub fn measure(rounds: usize, waits: &[Wait]) -> Result<Vec<(Wait, Rtt)>> {
+    if rounds == 0 {
+        return Err(LoadError::Config("rtt: at least one round".into()));
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io("bind"))?;
     let addr = listener.local_addr().map_err(io("address"))?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {

@@ -545,10 +545,9 @@ async fn remote_position(v: &crate::volume::Volume) -> ApiResult<haystack_proto:
 /// `POST /v1/volumes/{v}/promote`: this remote copy becomes an ordinary replica.
 async fn promote_volume(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
-    let v = store.volume(vid)?;
-    v.clear_remote_copy()?;
+    let info = store.promote(vid).await?;
     tracing::warn!(volume = vid, "remote copy promoted to a replica");
-    Ok(HttpResponse::Ok().json(v.info()))
+    Ok(HttpResponse::Ok().json(info))
 }
 
 #[derive(Deserialize)]

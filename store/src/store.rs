@@ -12,6 +12,24 @@ use crate::engine::{EngineKind, IoEngine};
 use crate::error::{Result, StoreError};
 use crate::volume::{Volume, VolumeConfig};
 
+fn lock_map(
+    m: &std::sync::Mutex<HashMap<u32, u32>>,
+) -> std::sync::MutexGuard<'_, HashMap<u32, u32>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets a re-seed's incoming tag when the import ends, however it ends.
+struct Reseeding<'a> {
+    map: &'a std::sync::Mutex<HashMap<u32, u32>>,
+    id: u32,
+}
+
+impl Drop for Reseeding<'_> {
+    fn drop(&mut self) {
+        lock_map(self.map).remove(&self.id);
+    }
+}
+
 /// What a quarantined volume looks like in listings and heartbeats.
 fn quarantine_info(cfg: &StoreConfig, id: u32, reason: String) -> VolumeInfo {
     let (dat, _, _) = crate::volume::volume_paths(&cfg.data_dir, id);
@@ -131,6 +149,10 @@ pub struct Store {
     /// Volumes whose files are here but did not open: what they look like to the directory.
     quarantined: RwLock<HashMap<u32, VolumeInfo>>,
     pub(crate) create_lock: tokio::sync::Mutex<()>,
+    /// Remote copies being re-seeded, and the tag of the copy on its way: heartbeats report
+    /// that tag while the old copy still serves, so that the directory keeps the shipping
+    /// with the replica the new copy comes from (not the one the old copy came from).
+    reseeding: std::sync::Mutex<HashMap<u32, u32>>,
     /// Woken when a volume is created or stops taking writes (full, disk error): the
     /// heartbeat goes at once.
     changed: Arc<tokio::sync::Notify>,
@@ -225,6 +247,7 @@ impl Store {
             volumes: RwLock::new(volumes),
             quarantined: RwLock::new(quarantined),
             create_lock: tokio::sync::Mutex::new(()),
+            reseeding: std::sync::Mutex::new(HashMap::new()),
             changed,
             ec: RwLock::new(ec),
             peers: haystack_client::StoreClient::with_timeout(
@@ -312,6 +335,12 @@ impl Store {
             }
         }
         l.sort_by_key(|v| v.id);
+        let reseeding = lock_map(&self.reseeding);
+        for v in l.iter_mut() {
+            if let Some(t) = reseeding.get(&v.id) {
+                v.tag = Some(*t).filter(|t| *t != 0);
+            }
+        }
         l
     }
 
@@ -401,10 +430,25 @@ impl Store {
         let mut file = std::fs::File::create(&tmp)?;
         let mut got = 0u64;
         let mut body = resp.bytes_stream();
+        let _incoming = Reseeding {
+            map: &self.reseeding,
+            id,
+        };
+        let mut head: Vec<u8> = Vec::new();
         let copied: Result<std::fs::File> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| bad_source(e.to_string()))?;
                 got += chunk.len() as u64;
+                let sb_len = crate::format::SUPERBLOCK_LEN as usize;
+                if reseeding.is_some() && head.len() < sb_len {
+                    head.extend_from_slice(&chunk[..chunk.len().min(sb_len - head.len())]);
+                    if head.len() == sb_len {
+                        if let Ok(sb) = crate::format::Superblock::decode(&head) {
+                            lock_map(&self.reseeding).insert(id, sb.tag);
+                            self.changed.notify_one();
+                        }
+                    }
+                }
                 file = tokio::task::spawn_blocking(move || {
                     file.write_all(&chunk)?;
                     Ok::<_, std::io::Error>(file)
@@ -448,35 +492,76 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        if let Some(old) = reseeding {
-            // The new copy is whole and synced: only now does the old one go. Its index files
-            // go before the rename, so a crash in between leaves the old file, re-indexed by
-            // a scan, never an old index over new bytes.
-            write(&self.volumes).remove(&id);
-            old.flush_index();
-            let (_, idx, sidx) = crate::volume::volume_paths(&self.cfg.data_dir, id);
-            for p in [idx, sidx] {
-                let _ = std::fs::remove_file(p);
-            }
-            tracing::warn!(
-                volume = id,
-                "remote copy replaced by a re-seed from its source"
-            );
-        }
         let (dir, eng, vc) = (
             self.cfg.data_dir.clone(),
             self.engine.clone(),
             self.cfg.volume_config(None),
         );
-        let v = tokio::task::spawn_blocking(move || {
-            let (dat, _, _) = crate::volume::volume_paths(&dir, id);
-            if remote_copy {
-                crate::volume::mark_remote_copy(&dir, id)?;
-            } else {
-                crate::volume::unmark_remote_copy(&dir, id)?;
+        // The new copy is whole and synced: only now does an old one go, and only if it is
+        // still the remote copy it was when the download began (not promoted meanwhile:
+        // promotion takes the same lock, so it waited or came first).
+        let _quiet = match &reseeding {
+            Some(old) => {
+                let same = self.volume(id).is_ok_and(|c| Arc::ptr_eq(&c, old));
+                if !same || !old.is_remote_copy() {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(StoreError::BadRequest(format!(
+                        "volume {id} changed during its re-seed; nothing replaced"
+                    )));
+                }
+                // No write, delete or compaction of the old copy is in flight past this.
+                let gate = old.quiesce().await;
+                write(&self.volumes).remove(&id);
+                old.flush_index();
+                Some(gate)
             }
-            std::fs::rename(&tmp, &dat)?;
-            std::fs::File::open(&dir)?.sync_all()?;
+            None => None,
+        };
+        let swapped = {
+            let (dir, tmp) = (dir.clone(), tmp.clone());
+            let replacing = reseeding.is_some();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
+                if replacing {
+                    // The old index files go before the rename (and the rename only if they
+                    // are gone), so a crash in between leaves the old file, re-indexed by a
+                    // scan, never an old index over new bytes.
+                    for p in [idx, sidx] {
+                        match std::fs::remove_file(&p) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                if remote_copy {
+                    crate::volume::mark_remote_copy(&dir, id)?;
+                } else {
+                    crate::volume::unmark_remote_copy(&dir, id)?;
+                }
+                std::fs::rename(&tmp, &dat)?;
+                std::fs::File::open(&dir)?.sync_all()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+        };
+        if let Err(e) = swapped {
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(old) = &reseeding {
+                // Its file is as it was: it goes on serving (a scan rebuilds its index at
+                // the next open if its index files went).
+                write(&self.volumes).insert(id, old.clone());
+            }
+            return Err(e);
+        }
+        if reseeding.is_some() {
+            tracing::warn!(
+                volume = id,
+                "remote copy replaced by a re-seed from its source"
+            );
+        }
+        let v = tokio::task::spawn_blocking(move || {
             // Its configured maximum comes from the superblock.
             Volume::open(&dir, id, eng, vc)
         })
@@ -496,6 +581,15 @@ impl Store {
             "volume imported"
         );
         Ok(info)
+    }
+
+    /// Promotion: remote copy `id` becomes an ordinary replica. Under the lock imports take,
+    /// so that a re-seed running meanwhile finds it promoted and replaces nothing.
+    pub async fn promote(&self, id: u32) -> Result<VolumeInfo> {
+        let _g = self.create_lock.lock().await;
+        let v = self.volume(id)?;
+        v.clear_remote_copy()?;
+        Ok(v.info())
     }
 
     /// Whom to wake when a volume is created or stops taking writes (the heartbeat worker).

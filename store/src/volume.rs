@@ -522,6 +522,12 @@ impl Volume {
         }
     }
 
+    /// Waits until no write, delete, shipped append or compaction of this volume is in
+    /// flight, and keeps new ones out while the guard lives (a re-seed swapping files).
+    pub(crate) async fn quiesce(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().await
+    }
+
     /// Stops writes, deletes and compactions until a restart (see `Mode::Failed`).
     pub(crate) fn set_failed(&self, reason: String) {
         let mut m = lock(&self.mode);

@@ -195,7 +195,7 @@ fn compaction_refuses_a_corrupt_needle_and_changes_nothing() {
 /// Regression: compaction left the durable tail (what shipping to a remote replica reads up
 /// to) at the old file's end, past the new file's: the shipper sent bytes beyond the end of
 /// the file to the remote copy and took the remote's longer tail for caught up, so needles
-/// written later never reached it. It also covers a rebuild's tail.
+/// written later never reached it. (A rebuild takes the same `adopt`; not exercised here.)
 #[test]
 fn compaction_brings_the_durable_tail_to_the_new_end() {
     for kind in ENGINES {

@@ -604,3 +604,127 @@ fn a_failed_reseed_keeps_the_remote_copy_it_would_replace() {
         b.stop().await;
     });
 }
+
+/// A source that sends an export's head and first bytes, then waits for `go` before the rest.
+async fn stalling_source(
+    real: String,
+    go: tokio::sync::oneshot::Receiver<()>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut req = Vec::new();
+        let mut b = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "the importer closed early");
+            req.extend_from_slice(&b[..n]);
+        }
+        let body = reqwest::get(&real).await.unwrap().bytes().await.unwrap();
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-haystack-sealed: false\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body[..4096]).await.unwrap();
+        let _ = go.await;
+        s.write_all(&body[4096..]).await.unwrap();
+        s.flush().await.unwrap();
+    });
+    (url, task)
+}
+
+/// Regression: while a re-seed downloaded, the remote reported the tag of the copy it was
+/// replacing, so the directory gave shipping back to the replica that copy came from, which
+/// re-seeded it in turn once the new copy was in. Now heartbeats carry the incoming copy's
+/// tag from its first bytes on, the old copy serving until the swap; and a promotion asked
+/// meanwhile waits for the swap and then promotes the new copy (never undone by it).
+#[test]
+fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        // Two replicas of volume 6 with files of their own (distinct tags, other needles).
+        for (s, keys) in [(&a, 0..10u64), (&c, 100..130u64)] {
+            http.post(s.url("/v1/volumes/6")).send().await.unwrap();
+            let ns: Vec<_> = keys
+                .map(|k| needle(k, 0, 0x66, &vec![k as u8; 3000]))
+                .collect();
+            http.post(s.url("/v1/volumes/6/batch"))
+                .body(encode_batch(&ns))
+                .send()
+                .await
+                .unwrap();
+        }
+        let (tag_a, tag_c) = (volume_tag(da.path(), 6), volume_tag(dc.path(), 6));
+        assert_ne!(tag_a, tag_c);
+        let b_tag = || {
+            b.store
+                .list()
+                .iter()
+                .find(|v| v.id == 6)
+                .and_then(|v| v.tag)
+        };
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        assert_eq!(b_tag(), Some(tag_a));
+        // Re-seed from c through a source that stalls after the first 4 KiB.
+        let (go, wait) = tokio::sync::oneshot::channel();
+        let (slow, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
+        let store = b.store.clone();
+        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &slow, true).await });
+        let mut seen = None;
+        for _ in 0..200 {
+            seen = b_tag();
+            if seen == Some(tag_c) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(seen, Some(tag_c), "the incoming copy's tag is not reported");
+        // The old copy still serves meanwhile.
+        let r = http
+            .get(b.url("/v1/needles/6/3/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // A promotion asked now waits for the swap, then promotes the new copy.
+        let store = b.store.clone();
+        let promote = tokio::spawn(async move { store.promote(6).await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !promote.is_finished(),
+            "promotion did not wait for the re-seed"
+        );
+        go.send(()).unwrap();
+        let info = reseed.await.unwrap().unwrap();
+        assert_eq!(info.needles, 30);
+        feeder.await.unwrap();
+        promote.await.unwrap().unwrap();
+        assert!(!b.store.volume(6).unwrap().is_remote_copy());
+        assert_eq!(b_tag(), Some(tag_c));
+        for k in 100..130u64 {
+            let r = http
+                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &vec![k as u8; 3000][..]);
+        }
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
