@@ -899,17 +899,26 @@ fn a_store_host_disk_full() {
         else {
             return;
         };
-        let full_id = h.store_id(0).await;
-        let full_url = h.store_url(0);
+        // The disk to fill: the first store that holds a volume (the stores register in
+        // any order, and the first volumes go to the first two that do).
         let vols = h.volumes().await.expect("volumes");
-        let on_full: Vec<u32> = vols
-            .iter()
-            .filter(|v| v.replicas.iter().any(|r| r.store_id == full_id))
-            .map(|v| v.id)
-            .collect();
-        assert!(!on_full.is_empty(), "no volume on the small disk: {vols:?}");
+        let mut full = None;
+        for i in 0..3 {
+            let id = h.store_id(i).await;
+            if vols
+                .iter()
+                .any(|v| v.replicas.iter().any(|r| r.store_id == id))
+            {
+                full = Some((i, id));
+                break;
+            }
+        }
+        let Some((full_index, full_id)) = full else {
+            panic!("no store holds a volume: {vols:?}");
+        };
+        let full_url = h.store_url(full_index);
         h.net
-            .fill_disk(&h.store_dirs[0], 128 << 10)
+            .fill_disk(&h.store_dirs[full_index], 128 << 10)
             .expect("fill the disk");
         let mut acked = Vec::new();
         let mut refused = Vec::new();
@@ -985,7 +994,7 @@ fn a_store_host_disk_full() {
             h.check_read(a).await.expect("read with the disk full");
             h.check_every_replica(a).await;
         }
-        h.net.restart(h.stores[0]);
+        h.net.restart(h.stores[full_index]);
         let c = h.public.clone();
         Net::until("the full store back", Duration::from_secs(30), async || {
             let r = c.get(format!("{full_url}/health")).send().await.ok()?;

@@ -261,7 +261,7 @@ fn main() {
         let mut tail = 64u64;
         let mut batches = 0;
         while let Some(b) = v
-            .ship_read(tail, haystack_store::ship::SHIP_BATCH_BYTES)
+            .ship_read(tail, haystack_store::ship::SHIP_BATCH_BYTES, v.file_generation())
             .await
             .expect("ship read")
         {

@@ -158,6 +158,9 @@ impl Shipper {
         let key = (o.volume, remote_id);
         let shipping = &self.store.shipping;
         let v = self.store.volume(o.volume).map_err(|e| e.to_string())?;
+        // The file the remote is checked against: reads of a later one (a compaction
+        // finishing mid-step) come back empty, and the next step checks again.
+        let generation = v.file_generation();
         let pos = match self.client.ship_position(remote, o.volume).await {
             Ok(p) => Some(p),
             Err(e) if e.code() == Some("no_such_volume") => None,
@@ -203,7 +206,7 @@ impl Shipper {
         let mut sent = false;
         for _ in 0..BATCHES_PER_STEP {
             let Some(bytes) = v
-                .ship_read(tail, SHIP_BATCH_BYTES)
+                .ship_read(tail, SHIP_BATCH_BYTES, generation)
                 .await
                 .map_err(|e| e.to_string())?
             else {
@@ -223,7 +226,7 @@ impl Shipper {
                 s.shipped_bytes += n;
             });
         }
-        if tail >= v.durable_tail() {
+        if v.file_generation() == generation && tail >= v.durable_tail() {
             shipping.update(key, |s| {
                 s.caught_up_secs = now_secs();
                 s.error = None;

@@ -256,6 +256,10 @@ pub struct Volume {
     /// Every byte below it is durable (a group commit covered it): what shipping to remote
     /// replicas may send (`ship`).
     durable: AtomicU64,
+    /// Which file the offsets mean: bumped each time a compaction or rebuild adopts a new
+    /// one (under the gate), so that a shipper that agreed with a remote on one file never
+    /// sends bytes of the next at the first one's offsets.
+    generation: AtomicU64,
     /// An asynchronous remote replica (`vol-{id}.remote` exists): byte for byte its source's
     /// file, extended only by shipping, never compacted on its own.
     remote_copy: AtomicBool,
@@ -436,6 +440,7 @@ impl Volume {
             damage: Mutex::new(found_damage),
             scrubbed: AtomicU64::new(0),
             durable: AtomicU64::new(tail),
+            generation: AtomicU64::new(0),
             remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
         };
         tracing::info!(

@@ -214,14 +214,70 @@ fn compaction_brings_the_durable_tail_to_the_new_end() {
             vol.compact().await.unwrap();
             let end = vol.info().size_bytes;
             assert_eq!(vol.durable_tail(), end, "{kind:?}");
-            assert!(vol.ship_read(end, 1 << 20).await.unwrap().is_none());
+            let generation = vol.file_generation();
+            assert!(vol
+                .ship_read(end, 1 << 20, generation)
+                .await
+                .unwrap()
+                .is_none());
             vol.write_batch(vec![needle(50, 0, 5, b"after")])
                 .await
                 .unwrap();
             let after = vol.info().size_bytes;
             assert_eq!(vol.durable_tail(), after);
-            let shipped = vol.ship_read(end, 1 << 20).await.unwrap().expect("bytes");
+            let shipped = vol
+                .ship_read(end, 1 << 20, generation)
+                .await
+                .unwrap()
+                .expect("bytes");
             assert_eq!(shipped.len() as u64, after - end);
+        });
+    }
+}
+
+/// A shipper that checked a remote against one file and is mid-step when a compaction swaps
+/// the file must not read the new file at the old file's offsets (it sent bytes that
+/// straddle needles of the new file, and the remote's mark still matched afterwards, so the
+/// needles moved below that offset never reached it). Its reads of the old generation now
+/// come back empty; a read of the new generation goes on.
+#[test]
+fn a_ship_read_of_a_file_compaction_replaced_reads_nothing() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 1, kind);
+            for key in 0..5u64 {
+                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
+                    .await
+                    .unwrap();
+            }
+            // Where a remote that holds the first five needles stands.
+            let remote_tail = vol.info().size_bytes;
+            for key in 5..20u64 {
+                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
+                    .await
+                    .unwrap();
+            }
+            let generation = vol.file_generation();
+            assert!(vol
+                .ship_read(remote_tail, 1 << 20, generation)
+                .await
+                .unwrap()
+                .is_some());
+            for key in 0..3u64 {
+                vol.delete(key, 0, 5).await.unwrap();
+            }
+            vol.compact().await.unwrap();
+            assert_ne!(vol.file_generation(), generation);
+            assert!(
+                vol.ship_read(remote_tail, 1 << 20, generation)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{kind:?}: bytes of the compacted file went out at the old file's offset"
+            );
+            let now = vol.file_generation();
+            assert!(vol.ship_read(64, 1 << 20, now).await.unwrap().is_some());
         });
     }
 }

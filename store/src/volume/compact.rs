@@ -752,6 +752,7 @@ impl Volume {
         // The new file is synced whole, and the old file's offsets mean nothing now: what is
         // durable ends at the new tail (shipping reads up to it, never past the file's end).
         self.durable.store(tail, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let (mut live_bytes, mut dead) = (0u64, 0u64);
         for e in entries {
             if e.2.deleted {

@@ -35,6 +35,11 @@ impl Volume {
         self.durable.load(Ordering::Acquire)
     }
 
+    /// Which file the volume's offsets mean now (see [`Volume::ship_read`]).
+    pub fn file_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Whether this volume is an asynchronous remote replica.
     pub fn is_remote_copy(&self) -> bool {
         self.remote_copy.load(Ordering::Acquire)
@@ -99,7 +104,16 @@ impl Volume {
     /// is larger), ending on a needle boundary; None when nothing durable is past `from`.
     /// A region no needle header explains (a torn write recovery stepped over) is sent as it
     /// is, up to the next needle the index knows, so the remote stays byte for byte in step.
-    pub async fn ship_read(&self, from: u64, max: u64) -> Result<Option<Bytes>> {
+    /// `generation` is [`Volume::file_generation`] when the shipper checked the remote
+    /// against this file: None too when a compaction or rebuild has swapped the file since
+    /// (the shipper checks again), so no byte of a new file goes out at an old file's offset.
+    pub async fn ship_read(&self, from: u64, max: u64, generation: u64) -> Result<Option<Bytes>> {
+        // The file cannot be swapped while this is held (compaction adopts under the write
+        // side), so the read below is of the generation checked here.
+        let _gate = self.gate.read().await;
+        if self.file_generation() != generation {
+            return Ok(None);
+        }
         let end = self.durable_tail();
         if from >= end {
             return Ok(None);
