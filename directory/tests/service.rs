@@ -14,7 +14,7 @@ use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, CondemnState, KeyedCommit, PhotoKind, StoreState,
     Variant,
 };
-use haystack_proto::{Heartbeat, StoreRegistration, VolumeInfo, VolumeState};
+use haystack_proto::{Heartbeat, HeartbeatReply, StoreRegistration, VolumeInfo, VolumeState};
 
 use crate::common::volume_info;
 
@@ -54,7 +54,8 @@ async fn register(d: &Directory, n: u32, zone: Option<&str>) -> u64 {
     .store_id
 }
 
-async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
+/// Heartbeats store `id` with these volumes; the directory's whole answer.
+async fn heartbeat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> HeartbeatReply {
     let url = d
         .stores()
         .into_iter()
@@ -76,7 +77,11 @@ async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
     )
     .await
     .expect("heartbeat")
-    .create_volumes
+}
+
+/// Heartbeats store `id` with these volumes; the volumes the answer asks it to create.
+async fn beat(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
+    heartbeat(d, id, volumes).await.create_volumes
 }
 
 fn embedded() -> (tempfile::TempDir, Arc<dyn MetadataStore>) {
@@ -707,31 +712,12 @@ async fn a_store_that_loses_a_volume_is_not_told_to_recreate_it_empty() {
 
 /// Heartbeats store `id` with these volumes; the volumes the answer orders it to ship.
 async fn ship_orders(d: &Directory, id: u64, volumes: Vec<VolumeInfo>) -> Vec<u32> {
-    let url = d
-        .stores()
-        .into_iter()
-        .find(|s| s.store_id == id)
-        .expect("known store")
-        .url;
-    d.heartbeat(
-        id,
-        Heartbeat {
-            store_id: id,
-            public_url: url,
-            capacity_bytes: 100 << 30,
-            free_bytes: 10 << 30,
-            healthy: true,
-            volumes,
-            shipping: Vec::new(),
-            ec_files: Vec::new(),
-        },
-    )
-    .await
-    .expect("heartbeat")
-    .ship
-    .iter()
-    .map(|o| o.volume)
-    .collect()
+    heartbeat(d, id, volumes)
+        .await
+        .ship
+        .iter()
+        .map(|o| o.volume)
+        .collect()
 }
 
 #[tokio::test]

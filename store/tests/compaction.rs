@@ -19,6 +19,15 @@ fn bytes_for(key: u64, version: u32, len: usize) -> Vec<u8> {
 /// key -> (version, length) of the acknowledged state; None once deleted.
 type Model = Arc<Mutex<HashMap<u64, Option<(u32, usize)>>>>;
 
+/// Writes needles `keys` (cookie 5, 3,000 bytes each), one batch each.
+async fn write_each(vol: &std::sync::Arc<haystack_store::Volume>, keys: std::ops::Range<u64>) {
+    for key in keys {
+        vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
+            .await
+            .unwrap();
+    }
+}
+
 async fn check(vol: &haystack_store::Volume, model: &Model) {
     let m = model.lock().unwrap().clone();
     for (key, state) in m {
@@ -151,11 +160,7 @@ fn compaction_refuses_a_corrupt_needle_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let vol = create(dir.path(), 1, kind);
-            for key in 0..20u64 {
-                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
-                    .await
-                    .unwrap();
-            }
+            write_each(&vol, 0..20u64).await;
             vol.delete(3, 0, 5).await.unwrap();
             // Flip a data byte of needle 10 on disk.
             let loc_probe = vol.verify().await.unwrap();
@@ -202,11 +207,7 @@ fn compaction_brings_the_durable_tail_to_the_new_end() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let vol = create(dir.path(), 1, kind);
-            for key in 0..20u64 {
-                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
-                    .await
-                    .unwrap();
-            }
+            write_each(&vol, 0..20u64).await;
             assert_eq!(vol.durable_tail(), vol.info().size_bytes);
             for key in 0..10u64 {
                 vol.delete(key, 0, 5).await.unwrap();
@@ -246,18 +247,10 @@ fn a_ship_read_of_a_file_compaction_replaced_reads_nothing() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let vol = create(dir.path(), 1, kind);
-            for key in 0..5u64 {
-                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
-                    .await
-                    .unwrap();
-            }
+            write_each(&vol, 0..5u64).await;
             // Where a remote that holds the first five needles stands.
             let remote_tail = vol.info().size_bytes;
-            for key in 5..20u64 {
-                vol.write_batch(vec![needle(key, 0, 5, &bytes_for(key, 0, 3000))])
-                    .await
-                    .unwrap();
-            }
+            write_each(&vol, 5..20u64).await;
             let generation = vol.file_generation();
             assert!(vol
                 .ship_read(remote_tail, 1 << 20, generation)
