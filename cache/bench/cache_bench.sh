@@ -19,6 +19,9 @@
 #   store_c1 / hit_c1 / miss_c1: the same three with one connection (-t1 -c1): latency added
 #           per request; before them, `haystack-loadtest rtt` (the loopback round trip between
 #           two threads, blocking and spinning): the floor under the hop a miss adds
+#   floor_actix / floor_hyper / floor_raw: `haystack-loadtest floor` (N4K objects of 4 KiB in
+#           memory, 2 workers) answering GET with one HTTP stack and no other work: the ceiling
+#           a hit or a store read on that stack cannot pass (issue 18, part 3)
 # stdout: one "median ..." line per test; every run also in $BASE/results.log, with the
 # cache's hit/miss counters and the CPU each server used.
 # Disk: ~450 MB of volume under $BASE (removed at the end); nginx's file tree stays in
@@ -33,6 +36,7 @@ DPORT=${DPORT:-18182}
 SPORT=${SPORT:-18190}
 HPORT=${HPORT:-18181}
 MPORT=${MPORT:-18183}
+FPORT=${FPORT:-18195}
 DUR=${DUR:-20}
 REPS=${REPS:-3}
 CONNS=${CONNS:-64}
@@ -50,7 +54,7 @@ ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
 
 command -v wrk >/dev/null || apt-get install -y -q wrk >&2
 # Another benchmark on this machine would share the ports (nginx's 18080 too) and the CPUs.
-for p in 18080 "$DPORT" "$SPORT" "$HPORT" "$MPORT"; do
+for p in 18080 "$DPORT" "$SPORT" "$HPORT" "$MPORT" "$FPORT"; do
     if ss -ltn | awk '{print $4}' | grep -q ":$p\$"; then
         echo "port $p is in use (another benchmark running?); not starting" >&2
         exit 1
@@ -125,11 +129,11 @@ up "http://127.0.0.1:$MPORT"
 
 stat() { curl -s "http://127.0.0.1:$1/v1/stats" | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['$2'])"; }
 
-run() { # name port pid-list threads conns
-    local name=$1 port=$2 pids=$3 t=$4 c=$5 out t0 t1 e0=() e1=() cpu="" i
+run() { # name port pid-list threads conns [paths]
+    local name=$1 port=$2 pids=$3 t=$4 c=$5 paths=${6:-$BASE/paths_4k.txt} out t0 t1 e0=() e1=() cpu="" i
     for i in $pids; do e0+=("$(ticks "$i")"); done
     t0=$(date +%s.%N)
-    out=$(wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$SHARED/get_random.lua" "http://127.0.0.1:$port" -- "$BASE/paths_4k.txt" "$RANDOM" 2>&1 | grep '^RESULT' || echo "RESULT rps=0")
+    out=$(wrk -t"$t" -c"$c" -d"${DUR}s" --timeout 5s -s "$SHARED/get_random.lua" "http://127.0.0.1:$port" -- "$paths" "$RANDOM" 2>&1 | grep '^RESULT' || echo "RESULT rps=0")
     t1=$(date +%s.%N)
     for i in $pids; do e1+=("$(ticks "$i")"); done
     for i in "${!e0[@]}"; do
@@ -173,6 +177,33 @@ for spec in "store $SPORT $SPID $THREADS $CONNS" "hit $HPORT $HPID $THREADS $CON
         q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
         say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") hit_node_hits=$((h1 - h0)) hit_node_misses=$((m1 - m0)) miss_node_store_reads=$((s1 - s0)) miss_node_directory_requests=$((d1 - d0)) load=$(cut -d' ' -f1-3 /proc/loadavg)"
     done
+    echo "ours median test=$name rps=$(median "${rps[@]}") p50_us=$(median "${p50[@]}") p99_us=$(median "${p99[@]}") runs_rps=$(IFS=/; echo "${rps[*]}")" | tee -a "$LOG"
+done
+
+# The ceiling of each HTTP stack: the same wrk and paths shape, objects answered from memory.
+seq 0 $((N4K - 1)) | sed 's|^|/o/|' >"$BASE/paths_floor.txt"
+for stack in actix hyper raw; do
+    name=floor_$stack
+    [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
+    "$TARGET/release/haystack-loadtest" floor --stack "$stack" --addr "127.0.0.1:$FPORT" --objects "$N4K" \
+        --workers "$WORKERS" --serve-secs $((REPS * (DUR + 5) + 30)) 2>"$BASE/$name.log" &
+    FPID=$!
+    PIDS+=($FPID)
+    for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$FPORT/o/0" && break; sleep 0.1; done
+    rps=() p50=() p99=()
+    for r in $(seq "$REPS"); do
+        prof=""
+        if [[ -n ${PERF:-} && $PERF != stat && $r == 1 ]]; then
+            perf record -q -F 999 -g -p "$FPID" -o "$BASE/perf-$name.data" -- sleep "$DUR" >/dev/null 2>&1 &
+            prof=$!
+        fi
+        run "$name" "$FPORT" "$FPID" "$THREADS" "$CONNS" "$BASE/paths_floor.txt"
+        [[ -z $prof ]] || wait "$prof" || true
+        q=$(kv rps "$RES"); rps+=("$q"); p50+=("$(kv p50_us "$RES")"); p99+=("$(kv p99_us "$RES")")
+        say "run test=$name rep=$r rps=$q p50_us=$(kv p50_us "$RES") p99_us=$(kv p99_us "$RES") requests=$(kv requests "$RES") errors_status=$(kv err_status "$RES") server_cpu_pct=$(kv cpu_pct "$RES") load=$(cut -d' ' -f1-3 /proc/loadavg)"
+    done
+    kill "$FPID" 2>/dev/null || true
+    wait "$FPID" 2>/dev/null || true
     echo "ours median test=$name rps=$(median "${rps[@]}") p50_us=$(median "${p50[@]}") p99_us=$(median "${p99[@]}") runs_rps=$(IFS=/; echo "${rps[*]}")" | tee -a "$LOG"
 done
 say "# $(date -Is) done; load=$(cut -d' ' -f1-3 /proc/loadavg)"

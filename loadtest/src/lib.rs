@@ -9,12 +9,14 @@
 //! S3 target's SigV4-signed requests), [`workload`]
 //! (phases, population, progress), [`stats`] and [`report`] (figures), [`verify`],
 //! [`driver`] (whole runs and comparisons), [`machine`], [`benchmarks`] (BENCHMARKS.md),
-//! [`rtt`] (the loopback round trip, the floor under any added hop).
+//! [`rtt`] (the loopback round trip, the floor under any added hop), [`floor`] (the ceiling
+//! of each candidate HTTP stack).
 
 pub mod benchmarks;
 pub mod dist;
 pub mod driver;
 pub mod error;
+pub mod floor;
 pub mod machine;
 pub mod payload;
 pub mod report;

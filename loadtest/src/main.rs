@@ -37,6 +37,28 @@ enum Cmd {
     /// The loopback round trip between two threads (blocking and spinning client): the
     /// floor under any hop a request adds, such as a cache miss's exchange with a store.
     Rtt(RttArgs),
+    /// Serve objects from memory with one HTTP stack until a deadline (drive it with wrk):
+    /// the ceiling of that stack on this machine.
+    Floor(FloorArgs),
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    #[arg(long, value_enum)]
+    stack: haystack_loadtest::floor::Stack,
+    #[arg(long, default_value = "127.0.0.1:18195")]
+    addr: std::net::SocketAddr,
+    /// Objects served, `GET /o/0` to `GET /o/{objects-1}`.
+    #[arg(long, default_value_t = 20_000)]
+    objects: usize,
+    /// Bytes in each object.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seconds to serve before stopping.
+    #[arg(long, default_value_t = 60)]
+    serve_secs: u64,
 }
 
 #[derive(Args)]
@@ -485,6 +507,24 @@ fn main_rtt(a: RttArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn main_floor(a: FloorArgs) -> Result<ExitCode> {
+    use haystack_loadtest::floor::{bounded, serve, Objects};
+    let serve_for = bounded(std::time::Duration::from_secs(a.serve_secs))?;
+    if a.objects == 0 || a.size == 0 || a.objects.saturating_mul(a.size) > 8 << 30 {
+        return Err(LoadError::Config(
+            "--objects and --size must be at least 1 and hold at most 8 GiB".into(),
+        ));
+    }
+    let objects = Objects::new(a.objects, a.size);
+    let listener = std::net::TcpListener::bind(a.addr)
+        .map_err(|e| LoadError::Config(format!("floor: bind {}: {e}", a.addr)))?;
+    // The server runs its own runtime(s): off this one's threads.
+    std::thread::spawn(move || serve(a.stack, listener, objects, a.workers, serve_for))
+        .join()
+        .map_err(|_| LoadError::Config("floor: the server panicked".into()))??;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -509,6 +549,7 @@ fn main() -> ExitCode {
             Cmd::Compare(a) => main_compare(a).await,
             Cmd::Report(a) => main_report(a),
             Cmd::Rtt(a) => main_rtt(a),
+            Cmd::Floor(a) => main_floor(a),
         }
     });
     match res {
