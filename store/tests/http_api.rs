@@ -605,7 +605,8 @@ fn a_failed_reseed_keeps_the_remote_copy_it_would_replace() {
     });
 }
 
-/// A source that sends an export's head and first bytes, then waits for `go` before the rest.
+/// A source that sends an export's head and first bytes, then waits for `go` before the rest;
+/// if `go` is dropped instead, it closes the connection there (a download cut midway).
 async fn stalling_source(
     real: String,
     go: tokio::sync::oneshot::Receiver<()>,
@@ -629,7 +630,9 @@ async fn stalling_source(
         );
         s.write_all(head.as_bytes()).await.unwrap();
         s.write_all(&body[..4096]).await.unwrap();
-        let _ = go.await;
+        if go.await.is_err() {
+            return;
+        }
         s.write_all(&body[4096..]).await.unwrap();
         s.flush().await.unwrap();
     });
@@ -723,6 +726,124 @@ fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
                 .unwrap();
             assert_eq!(r.bytes().await.unwrap().as_ref(), &vec![k as u8; 3000][..]);
         }
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
+/// A re-seed cut midway (the source's connection closes after 4 KiB), and one the store
+/// dies in the middle of (the download dropped, the store stopped and opened again on the
+/// same directory), leave the remote copy held before: serving, still a remote copy with its
+/// source's tag, and no half-downloaded file; a re-seed afterwards replaces it.
+#[test]
+fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let mut b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        for (s, keys) in [(&a, 0..10u64), (&c, 100..130u64)] {
+            http.post(s.url("/v1/volumes/6")).send().await.unwrap();
+            let ns: Vec<_> = keys
+                .map(|k| needle(k, 0, 0x66, &vec![k as u8; 3000]))
+                .collect();
+            http.post(s.url("/v1/volumes/6/batch"))
+                .body(encode_batch(&ns))
+                .send()
+                .await
+                .unwrap();
+        }
+        let tag_a = volume_tag(da.path(), 6);
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let import_file = db.path().join("vol-6.dat.import");
+        let holds_the_old_copy = |b: &TestServer| {
+            let url = b.url("");
+            let store = b.store.clone();
+            let http = http.clone();
+            async move {
+                let v = store.volume(6).expect("volume 6 is there");
+                assert!(v.is_remote_copy(), "no longer a remote copy");
+                let tag = store.list().iter().find(|v| v.id == 6).and_then(|v| v.tag);
+                assert_eq!(tag, Some(tag_a), "not the old copy's tag");
+                for k in 0..10u64 {
+                    let r = http
+                        .get(format!("{url}/v1/needles/6/{k}/0/66"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), StatusCode::OK, "needle {k}");
+                    assert_eq!(r.bytes().await.unwrap().as_ref(), &vec![k as u8; 3000][..]);
+                }
+            }
+        };
+        // Cut midway: the source closes after the first 4 KiB.
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (cut, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
+        let store = b.store.clone();
+        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &cut, true).await });
+        for _ in 0..200 {
+            if import_file.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(import_file.exists(), "the download did not begin");
+        drop(go);
+        feeder.await.unwrap();
+        let err = reseed.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, haystack_store::StoreError::BadRequest(_)),
+            "{err:?}"
+        );
+        assert!(!import_file.exists(), "the cut download's file stayed");
+        holds_the_old_copy(&b).await;
+        // The store dies mid-download: the download is dropped where it stands (its file
+        // stays, as after a crash), the store stops and opens again.
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (slow, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
+        let store = b.store.clone();
+        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &slow, true).await });
+        for _ in 0..200 {
+            if import_file.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(import_file.exists(), "the download did not begin");
+        reseed.abort();
+        assert!(reseed.await.unwrap_err().is_cancelled());
+        assert!(import_file.exists());
+        b.stop().await;
+        drop(go);
+        feeder.await.unwrap();
+        b = start_server(db.path(), ENGINES[1]).await;
+        assert!(!import_file.exists(), "the dead download's file stayed");
+        holds_the_old_copy(&b).await;
+        // And a whole re-seed afterwards replaces it.
+        let info = b
+            .store
+            .import_remote_copy(6, &c.url(""), true)
+            .await
+            .unwrap();
+        assert_eq!(info.needles, 30);
+        assert!(b.store.volume(6).unwrap().is_remote_copy());
+        assert_eq!(
+            b.store
+                .list()
+                .iter()
+                .find(|v| v.id == 6)
+                .and_then(|v| v.tag),
+            Some(volume_tag(dc.path(), 6))
+        );
         a.stop().await;
         b.stop().await;
         c.stop().await;

@@ -846,6 +846,11 @@ impl Volume {
                     "index rebuild of volume {id}: {p}"
                 ))));
             }
+            // `adopt` counts every byte below the tail durable (shipping reads up to it). The
+            // scan syncs the file before it records what it found, but not once appending
+            // those records failed (a full disk), nor when the file ends at the tail: sync it
+            // here whatever happened (nothing dirty, nothing to write, in the usual case).
+            disk.sync_data(&file)?;
             disk.sync_all(&idx)?;
             disk.rename(&tmp, &idx_path)?;
             disk.sync_dir(&dir)?;
