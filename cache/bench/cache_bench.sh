@@ -185,11 +185,13 @@ seq 0 $((N4K - 1)) | sed 's|^|/o/|' >"$BASE/paths_floor.txt"
 for stack in actix hyper raw; do
     name=floor_$stack
     [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
+    secs=$((REPS * (DUR + 5) + 30))
     "$TARGET/release/haystack-loadtest" floor --stack "$stack" --addr "127.0.0.1:$FPORT" --objects "$N4K" \
-        --workers "$WORKERS" --serve-secs $((REPS * (DUR + 5) + 30)) 2>"$BASE/$name.log" &
+        --workers "$WORKERS" --serve-secs $((secs > 3600 ? 3600 : secs)) 2>"$BASE/$name.log" &
     FPID=$!
     PIDS+=($FPID)
     for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$FPORT/o/0" && break; sleep 0.1; done
+    curl -sf -o /dev/null "http://127.0.0.1:$FPORT/o/0" || { echo "floor server ($stack) did not start: $BASE/$name.log" >&2; exit 1; }
     rps=() p50=() p99=()
     for r in $(seq "$REPS"); do
         prof=""
@@ -204,6 +206,7 @@ for stack in actix hyper raw; do
     done
     kill "$FPID" 2>/dev/null || true
     wait "$FPID" 2>/dev/null || true
+    unset 'PIDS[-1]' # gone: cleanup must not signal a pid the system may give another process
     echo "ours median test=$name rps=$(median "${rps[@]}") p50_us=$(median "${p50[@]}") p99_us=$(median "${p99[@]}") runs_rps=$(IFS=/; echo "${rps[*]}")" | tee -a "$LOG"
 done
 say "# $(date -Is) done; load=$(cut -d' ' -f1-3 /proc/loadavg)"

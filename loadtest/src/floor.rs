@@ -8,7 +8,8 @@
 //! Stacks: `actix` (actix-web, what every role serves with today: one single-threaded
 //! runtime per worker), `hyper` (hyper's HTTP/1.1 server on a multi-threaded tokio runtime,
 //! the other well-kept Rust server), and `raw` (request heads parsed with `httparse`, pipelined
-//! answers written with one vectored write: the body is never copied into a write buffer).
+//! answers written with one vectored write: the body is never copied into a write buffer; GET
+//! only: a request body would be read as the next head, which closes the connection).
 //! Each serves until its deadline and then stops by itself.
 
 use std::io::IoSlice;
@@ -88,9 +89,18 @@ pub fn serve(
                 let deadline = tokio::time::sleep(serve_for);
                 tokio::pin!(deadline);
                 loop {
-                    let (s, _) = tokio::select! {
+                    let s = tokio::select! {
                         _ = &mut deadline => return Ok(()),
-                        a = listener.accept() => a.map_err(io("accept"))?,
+                        a = listener.accept() => match a {
+                            Ok((s, _)) => s,
+                            // A connection that died before it was accepted, or no file
+                            // descriptor left for now: the server goes on.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "floor: accept failed");
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        },
                     };
                     let _ = s.set_nodelay(true);
                     let objects = objects.clone();
@@ -130,13 +140,15 @@ fn serve_actix(
         })
         .workers(workers)
         .disable_signals()
+        // At the deadline, kept-alive connections (wrk's) are closed, not waited for.
+        .shutdown_timeout(0)
         .listen(listener)
         .map_err(io("listen"))?
         .run();
         let handle = server.handle();
         actix_web::rt::spawn(async move {
             actix_web::rt::time::sleep(serve_for).await;
-            handle.stop(true).await;
+            handle.stop(false).await;
         });
         server.await.map_err(io("serve"))
     })
@@ -166,25 +178,51 @@ async fn hyper_conn(s: TcpStream, objects: Arc<Objects>) {
         .await;
 }
 
-/// One answer's head, as the raw stack writes it.
-fn raw_head(out: &mut Vec<u8>, found: Option<(&Bytes, &str)>) {
-    use std::io::Write;
-    match found {
-        Some((body, etag)) => {
-            let _ = write!(
-                out,
-                "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\netag: {etag}\r\ncache-control: public, max-age=31536000, immutable\r\n\r\n",
-                body.len()
-            );
+/// The `Date` header's value, formatted at most once a second per connection (actix and
+/// hyper send one too, from a cache of their own, so the answers are the same size).
+struct DateCache {
+    at: u64,
+    value: String,
+}
+
+impl DateCache {
+    fn get(&mut self) -> &str {
+        let now = std::time::SystemTime::now();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.at || self.value.is_empty() {
+            self.at = secs;
+            self.value = httpdate::fmt_http_date(now);
         }
-        None => out.extend_from_slice(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
+        &self.value
     }
+}
+
+/// One answer's head, as the raw stack writes it.
+fn raw_head(out: &mut Vec<u8>, date: &str, found: Option<(&Bytes, &str)>) {
+    use std::io::Write;
+    let _ = match found {
+        Some((body, etag)) => write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-type: image/jpeg\r\ncontent-length: {}\r\netag: {etag}\r\ncache-control: public, max-age=31536000, immutable\r\ndate: {date}\r\n\r\n",
+            body.len()
+        ),
+        None => write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\ndate: {date}\r\n\r\n"
+        ),
+    };
 }
 
 async fn raw_conn(mut s: TcpStream, objects: Arc<Objects>) {
     let mut buf = BytesMut::with_capacity(8192);
     let mut heads: Vec<Vec<u8>> = Vec::new();
     let mut bodies: Vec<Bytes> = Vec::new();
+    let mut date = DateCache {
+        at: 0,
+        value: String::new(),
+    };
     loop {
         match s.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
@@ -206,7 +244,7 @@ async fn raw_conn(mut s: TcpStream, objects: Arc<Objects>) {
                 _ => None,
             };
             let mut head = Vec::with_capacity(160);
-            raw_head(&mut head, found);
+            raw_head(&mut head, date.get(), found);
             heads.push(head);
             bodies.push(found.map(|(b, _)| b.clone()).unwrap_or_default());
             let _ = buf.split_to(n);
@@ -285,14 +323,7 @@ mod tests {
         c.write_all(request).unwrap();
         let mut got = Vec::new();
         let mut b = [0u8; 4096];
-        // Read until the expected number of answers' bodies (16 bytes each, or empty) came.
-        while got
-            .windows(12)
-            .filter(|w| w.starts_with(b"HTTP/1.1 "))
-            .count()
-            < want
-            || !(got.ends_with(&[0x5a; 4]) || got.ends_with(b"\r\n\r\n"))
-        {
+        while complete_answers(&got) < want {
             let n = c.read(&mut b).unwrap();
             assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
             got.extend_from_slice(&b[..n]);
@@ -300,6 +331,29 @@ mod tests {
         drop(c);
         server.join().unwrap().unwrap();
         String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Whole answers (head and Content-Length bytes of body) at the start of `got`.
+    fn complete_answers(mut got: &[u8]) -> usize {
+        let mut n = 0;
+        loop {
+            let mut h = [httparse::EMPTY_HEADER; 16];
+            let mut r = httparse::Response::new(&mut h);
+            let Ok(httparse::Status::Complete(head)) = r.parse(got) else {
+                return n;
+            };
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .unwrap_or(0);
+            if got.len() < head + len {
+                return n;
+            }
+            got = &got[head + len..];
+            n += 1;
+        }
     }
 
     #[test]
@@ -340,5 +394,45 @@ mod tests {
             one < a.find("404").unwrap() && a.find("404").unwrap() < zero,
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn the_raw_stack_waits_for_a_split_head_and_finishes_a_large_answer() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            serve(
+                Stack::Raw,
+                l,
+                Objects::new(2, 8 << 20),
+                1,
+                Duration::from_secs(4),
+            )
+        });
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(b"GET /o/1 HT").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        c.write_all(b"TP/1.1\r\n\r\nGET /o/0 HTTP/1.1\r\n\r\n")
+            .unwrap();
+        // Read slowly at first, so that the server's socket fills and its writes come short.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = Vec::new();
+        let mut b = vec![0u8; 1 << 16];
+        while complete_answers(&got) < 2 {
+            let n = c.read(&mut b).unwrap();
+            assert!(n > 0, "closed early after {} bytes", got.len());
+            got.extend_from_slice(&b[..n]);
+        }
+        drop(c);
+        server.join().unwrap().unwrap();
+        let first = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(&got[first..first + 8], &1u64.to_le_bytes());
+        assert!(got[first + 8..first + (8 << 20)].iter().all(|&x| x == 0x5a));
+        let rest = &got[first + (8 << 20)..];
+        assert!(rest.starts_with(b"HTTP/1.1 200 OK"));
+        let second = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert_eq!(rest.len(), second + (8 << 20));
+        assert_eq!(&rest[second..second + 8], &0u64.to_le_bytes());
     }
 }
