@@ -302,11 +302,9 @@ async fn a_burst_of_writes_gets_volumes_made_ahead_of_it() {
     assert_eq!(d.volumes().len(), 9);
 }
 
-#[tokio::test]
-async fn kv_replace_commits_then_writes_and_answers_what_it_replaced() {
-    use haystack_proto::directory::VideoChunk;
-    use haystack_proto::kv::KvReplace;
-    let (_d, store) = embedded();
+/// A directory with one store and one writable volume, and an id assigned on it.
+async fn one_store_and_an_assignment() -> (tempfile::TempDir, Directory, AssignResponse) {
+    let (dir, store) = embedded();
     let d = directory(config(1), store, Arc::new(ManualClock::new(T0))).await;
     let s = register(&d, 1, None).await;
     let v = d.ensure_capacity().await.expect("ensure").expect("created");
@@ -317,6 +315,54 @@ async fn kv_replace_commits_then_writes_and_answers_what_it_replaced() {
             ..Default::default()
         })
         .expect("assign");
+    (dir, d, a)
+}
+
+/// S3 data commits as kind `object`: chunks like a video, never variants, and its lookup
+/// says `object` (so that gc tells it from the photo API's videos).
+#[tokio::test]
+async fn an_object_id_has_chunks_and_no_variants_and_keeps_its_kind() {
+    use haystack_proto::directory::{Variant, VideoChunk};
+    let (_d, d, a) = one_store_and_an_assignment().await;
+    let chunk = VideoChunk {
+        alt: 1,
+        offset: 0,
+        size_bytes: 10,
+    };
+    let commit = |variants: Vec<Variant>, chunks: Vec<VideoChunk>| CommitRequest {
+        id: a.id,
+        cookie: a.cookie,
+        volume_id: a.volume_id,
+        kind: PhotoKind::Object,
+        variants,
+        chunks,
+    };
+    let variant = Variant {
+        name: "original".into(),
+        alt: 0,
+        size_bytes: 10,
+        content_type: "image/jpeg".into(),
+    };
+    for (what, bad) in [
+        ("no chunks", commit(vec![], vec![])),
+        ("a variant", commit(vec![variant], vec![chunk.clone()])),
+    ] {
+        let e = d.commit(bad).await.expect_err(what);
+        assert!(matches!(e, DirectoryError::BadRequest(_)), "{what}: {e:?}");
+    }
+    let info = d.commit(commit(vec![], vec![chunk])).await.expect("commit");
+    assert_eq!(info.kind, PhotoKind::Object);
+    assert_eq!(
+        d.lookup(a.id).await.expect("lookup").kind,
+        PhotoKind::Object
+    );
+}
+
+#[tokio::test]
+async fn kv_replace_commits_then_writes_and_answers_what_it_replaced() {
+    use haystack_proto::directory::VideoChunk;
+    use haystack_proto::kv::KvReplace;
+    let (_d, d, a) = one_store_and_an_assignment().await;
     let commit = CommitRequest {
         id: a.id,
         cookie: a.cookie,

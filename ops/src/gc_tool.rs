@@ -14,12 +14,20 @@
 //! volume or alternate keys, and a deleted or condemned id never comes back), so one answer
 //! per id serves every replica of the run, however long the run takes. A dry run only looks
 //! ids up and condemns nothing.
+//!
+//! S3 data (ids of kind `object`) is live as a photo to the directory whatever S3 records
+//! name it. Before it walks the replicas, gc lists every S3 part and object record
+//! (`haystack_s3::gc::named_data`); an `object` id none names, committed at least
+//! `--s3-min-age-secs` (and `--grace-secs`) before that listing began, is deleted through the
+//! directory (final, as for an S3 DELETE) and its needles are then orphans like any other.
+//! Why that cannot race a record being written: `haystack_s3::gc`. When the listing fails,
+//! every S3 id is kept.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use haystack_client::DirectoryClient;
-use haystack_proto::directory::{CondemnResponse, CondemnState, PhotoInfo};
+use haystack_proto::directory::{CondemnResponse, CondemnState, PhotoInfo, PhotoKind};
 use serde::{Deserialize, Serialize};
 
 use crate::client::clients;
@@ -54,6 +62,9 @@ struct ReplicaGc {
     live_needles: u64,
     too_young: u64,
     unreferenced: u64,
+    /// S3 data ids on this replica that no S3 record names (their needles are among
+    /// `unreferenced`).
+    s3_unnamed: u64,
     deleted: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -96,6 +107,7 @@ async fn condemn(dir: &DirectoryClient, key: u64, dry_run: bool) -> Known {
 pub async fn run(
     directory: &[String],
     grace_secs: u64,
+    s3_min_age_secs: u64,
     dry_run: bool,
     json: bool,
 ) -> Result<(), String> {
@@ -106,6 +118,29 @@ pub async fn run(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let young_after = now_ms.saturating_sub(grace_secs * 1000);
+    // Taken before the listing begins (see the module comment).
+    let s3_old_before = now_ms.saturating_sub(s3_min_age_secs.max(grace_secs) * 1000);
+    let s3_named =
+        match haystack_s3::gc::named_data(&haystack_s3::meta::Meta::new(dir.clone())).await {
+            Ok(n) => {
+                if !json {
+                    println!(
+                        "S3 records: {} bucket(s), {} part(s), {} object(s) name {} data id(s)",
+                        n.buckets,
+                        n.parts,
+                        n.objects,
+                        n.ids.len()
+                    );
+                }
+                Some(n.ids)
+            }
+            Err(e) => {
+                eprintln!("listing the S3 records failed ({e}): every S3 data id is kept");
+                None
+            }
+        };
+    // S3 data ids found unnamed (and deleted through the directory unless a dry run).
+    let mut s3_unnamed: std::collections::HashSet<u64> = Default::default();
     let mut photos: HashMap<u64, Known> = HashMap::new();
     let k_unknown = Known::Unknown;
     let mut out = Vec::new();
@@ -157,9 +192,36 @@ pub async fn run(
                         e.insert(k);
                     }
                 }
+                let unnamed = s3_unnamed.contains(&key)
+                    || match (photos.get(&key), &s3_named) {
+                        (Some(Known::Photo(p)), Some(named)) => {
+                            p.kind == PhotoKind::Object
+                                && p.created_ms < s3_old_before
+                                && !named.contains(&key)
+                        }
+                        _ => false,
+                    };
+                if unnamed {
+                    rep.s3_unnamed += 1;
+                    if !s3_unnamed.contains(&key) && !dry_run {
+                        // Deleted as an S3 DELETE deletes its data: final, never live again.
+                        match dir.delete(key).await {
+                            Ok(_) => {
+                                photos.insert(key, Known::Gone);
+                            }
+                            Err(e) => {
+                                tracing::warn!(id = key, error = %e, "deleting unnamed S3 data failed; kept");
+                                rep.s3_unnamed -= 1;
+                                continue;
+                            }
+                        }
+                    }
+                    s3_unnamed.insert(key);
+                }
                 let known = photos.get(&key).unwrap_or(&k_unknown);
                 for alt in alts {
                     let referenced = match known {
+                        _ if unnamed => false,
                         Known::Unknown => true,
                         Known::Gone => false,
                         Known::Photo(p) => {
@@ -206,13 +268,18 @@ pub async fn run(
         );
         for r in &out {
             println!(
-                "{:>6}  {:<28} {:>10} {:>10} {:>13} {:>8}{}",
+                "{:>6}  {:<28} {:>10} {:>10} {:>13} {:>8}{}{}",
                 r.volume,
                 r.url,
                 r.live_needles,
                 r.too_young,
                 r.unreferenced,
                 r.deleted,
+                if r.s3_unnamed > 0 {
+                    format!("  ({} unnamed S3 data id(s))", r.s3_unnamed)
+                } else {
+                    String::new()
+                },
                 r.error
                     .as_ref()
                     .map(|e| format!("  ({e})"))

@@ -159,6 +159,12 @@ enum Command {
         /// still be running.
         #[arg(long, default_value_t = 3600)]
         grace_secs: u64,
+        /// S3 data no S3 record names is deleted only this long (seconds) after its commit,
+        /// and never sooner than --grace-secs. Keep it well above the S3 role's record
+        /// deadline (60 s) plus a directory request's timeouts and the clock skew between
+        /// this host and the directory.
+        #[arg(long, default_value_t = haystack_s3::gc::MIN_AGE.as_secs())]
+        s3_min_age_secs: u64,
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
@@ -1032,9 +1038,10 @@ fn main() -> ExitCode {
             Command::Gc {
                 directory,
                 grace_secs,
+                s3_min_age_secs,
                 dry_run,
                 json,
-            } => gc_tool::run(&directory, grace_secs, dry_run, json).await,
+            } => gc_tool::run(&directory, grace_secs, s3_min_age_secs, dry_run, json).await,
         }
     });
     match result {

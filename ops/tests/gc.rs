@@ -140,3 +140,207 @@ async fn an_id_gc_condemned_is_never_committed_and_a_committed_one_keeps_its_nee
         assert_eq!(got.bytes().await.unwrap().as_ref(), BODY);
     }
 }
+
+/// S3 data: a run of bytes on the stores, its id not committed yet.
+async fn s3_data(s3: &haystack_s3::service::S3, bytes: &[u8]) -> haystack_s3::data::Written {
+    let mut w = s3.data.writer(bytes.len() as u64);
+    w.write(bytes::Bytes::copy_from_slice(bytes)).await.unwrap();
+    w.finish_uncommitted()
+        .await
+        .unwrap()
+        .expect("bytes written")
+}
+
+/// The needle URLs of S3 data on every replica of its volume.
+async fn s3_needles(c: &reqwest::Client, dir: &str, d: &haystack_s3::meta::DataRef) -> Vec<String> {
+    let v: Value = c
+        .get(format!("{dir}/v1/volumes/{}", d.volume))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let replicas = v["replicas"].as_array().expect("replicas");
+    assert!(!replicas.is_empty(), "{v}");
+    let mut out = Vec::new();
+    for r in replicas {
+        for ch in &d.chunks {
+            out.push(format!(
+                "{}/v1/needles/{}/{}/{}/{}",
+                r["url"].as_str().unwrap(),
+                d.volume,
+                d.photo,
+                ch.alt,
+                format_cookie(d.cookie)
+            ));
+        }
+    }
+    out
+}
+
+async fn statuses(c: &reqwest::Client, urls: &[String]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for u in urls {
+        out.push(c.get(u).send().await.unwrap().status().as_u16());
+    }
+    out
+}
+
+fn s3_unnamed(report: &[Value]) -> u64 {
+    report
+        .iter()
+        .map(|r| r["s3_unnamed"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `haystack gc` knows S3 data: an id of kind `object` that no S3 record names (here: data
+/// committed by a PUT that died before its record was written) is deleted once old enough,
+/// while data an object record or a part record names, data too young, and a video of the
+/// photo API (which no S3 record names either) keep their needles. Before, gc kept every
+/// committed S3 id: they were videos to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_s3_data_no_record_names_and_only_that() {
+    use haystack_s3::meta::{ObjectRecord, Part};
+    let cl = Cluster::start(ClusterOptions {
+        volume_bytes: 64 << 20,
+        ..Default::default()
+    })
+    .await;
+    let dir = cl.directory_url();
+    let c = cl.admin_http();
+    let keys = tempfile::tempdir().unwrap();
+    let s3 = haystack_s3::build(haystack_s3::S3Config {
+        directory_urls: Some(cl.directory_urls()),
+        master_key_file: keys.path().join("master.key"),
+        chunk_bytes: 1 << 20,
+        security: cl.security(),
+        ..Default::default()
+    })
+    .unwrap();
+    s3.create_bucket("gc-test").await.unwrap();
+    let b = s3.bucket("gc-test").await.unwrap().value;
+
+    // An object, named by its record.
+    let obj = s3_data(&s3, b"an object").await;
+    let rec = ObjectRecord {
+        size: 9,
+        etag: "e".into(),
+        last_modified_ms: 1,
+        headers: Default::default(),
+        data: vec![obj.data.clone()],
+        part_sizes: vec![],
+        checksum: None,
+    };
+    s3.put_object(&b, "kept", &rec, false, None, Some(obj.commit))
+        .await
+        .unwrap();
+    // A part of an upload in progress, named by its part record.
+    let upload = s3
+        .create_upload(&b, "big", Default::default())
+        .await
+        .unwrap();
+    let part = s3_data(&s3, b"a part").await;
+    let p = Part {
+        number: 1,
+        etag: "p".into(),
+        size: 6,
+        last_modified_ms: 1,
+        data: Some(part.data.clone()),
+    };
+    s3.put_part(&b, &p, &upload, Some(part.commit))
+        .await
+        .unwrap();
+    // Data committed and never named: a PUT that died between its commit and its record.
+    let orphan = s3_data(&s3, b"nobody's").await;
+    s3.data.commit(&orphan.commit).await.unwrap();
+    // A video of the photo API: committed, named by no S3 record, not S3's.
+    let video = write_uncommitted(&c, &dir).await;
+    let mut vc = CommitRequest {
+        id: video.id,
+        cookie: video.cookie,
+        volume_id: video.volume_id,
+        kind: PhotoKind::Video,
+        variants: vec![],
+        chunks: vec![haystack_proto::directory::VideoChunk {
+            alt: 0,
+            offset: 0,
+            size_bytes: BODY.len() as u64,
+        }],
+    };
+    let r = c
+        .post(format!("{dir}/v1/photos"))
+        .json(&vc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    vc.chunks.clear();
+
+    let min_age = 4u64;
+    tokio::time::sleep(std::time::Duration::from_secs(min_age + 1)).await;
+    // Committed just now: younger than the minimum age, kept.
+    let young = s3_data(&s3, b"too young").await;
+    s3.data.commit(&young.commit).await.unwrap();
+    let age = min_age.to_string();
+
+    // A dry run reports the orphan (on every replica) and deletes nothing.
+    let orphan_needles = s3_needles(&c, &dir, &orphan.data).await;
+    let report = gc(&cl, &["--s3-min-age-secs", &age, "--dry-run"]).await;
+    assert_eq!(
+        s3_unnamed(&report),
+        orphan_needles.len() as u64,
+        "{report:?}"
+    );
+    assert_eq!(deleted(&report), 0);
+    assert!(statuses(&c, &orphan_needles)
+        .await
+        .iter()
+        .all(|&s| s == 200));
+
+    // The first replica that lists it has the directory delete the id, which deletes its
+    // needles on every replica: later replicas no longer list them.
+    let report = gc(&cl, &["--s3-min-age-secs", &age]).await;
+    assert!(s3_unnamed(&report) >= 1, "{report:?}");
+    let r = c
+        .get(format!("{dir}/v1/photos/{}", orphan.data.photo))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 200, "the unnamed S3 data is still a live id");
+    assert!(
+        statuses(&c, &orphan_needles)
+            .await
+            .iter()
+            .all(|&s| s == 404),
+        "the unnamed S3 data's needles stayed: {report:?}"
+    );
+    // Everything else keeps its needles and its id.
+    for (what, d) in [
+        ("the object's data", &obj.data),
+        ("the part's data", &part.data),
+        ("the young data", &young.data),
+    ] {
+        let urls = s3_needles(&c, &dir, d).await;
+        assert!(
+            statuses(&c, &urls).await.iter().all(|&s| s == 200),
+            "{what} lost needles: {report:?}"
+        );
+        let r = c
+            .get(format!("{dir}/v1/photos/{}", d.photo))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{what} is no longer live");
+    }
+    for r in &video.replicas {
+        let got = c.get(needle_url(r, &video)).send().await.unwrap();
+        assert_eq!(got.status(), 200, "the video lost its needle on {}", r.url);
+    }
+    let r = c
+        .get(format!("{dir}/v1/photos/{}", video.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the video is no longer live");
+}

@@ -56,13 +56,16 @@ pub mod hex_u64 {
     }
 }
 
-/// Whether a photo id holds a still image (variants) or a video (chunks).
+/// Whether a photo id holds a still image (variants), a video (chunks), or the bytes of an
+/// S3 object or part (chunks, like a video; written and named by the S3 role's records, and
+/// collected by `haystack gc` once no record names it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PhotoKind {
     #[default]
     Photo,
     Video,
+    Object,
 }
 
 /// One stored form of a photo: original, large, medium, small, thumb...

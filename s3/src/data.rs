@@ -320,7 +320,9 @@ impl DataWriter<'_> {
             id: a.id,
             cookie: a.cookie,
             volume_id: a.volume_id,
-            kind: PhotoKind::Video,
+            // Placed like a video; committed as S3 data, which gc collects once no record
+            // names it (crate::gc).
+            kind: PhotoKind::Object,
             variants: Vec::new(),
             chunks: self
                 .chunks

@@ -26,6 +26,7 @@ use crate::meta::{Bucket, ObjectHeaders, ObjectRecord, Part};
 use crate::service::{check_key, etag_matches, now_ms, SharedS3, MAX_KEYS, MAX_PARTS};
 use crate::sigv4::{self, AuthHeader, Credential};
 use crate::xml::{self, Xml};
+use haystack_proto::directory::CommitRequest;
 
 /// Largest XML request body (DeleteObjects of 1000 keys of 1 KiB fits).
 const MAX_XML_BODY: u64 = 2 << 20;
@@ -991,21 +992,6 @@ async fn read_small(
     Ok(out)
 }
 
-/// Streams a body to the stores; the data is committed only once the body checked out.
-async fn store_body(
-    req: &HttpRequest,
-    payload: web::Payload,
-    s3: &SharedS3,
-    auth: &Authed,
-) -> Result<(Option<crate::meta::DataRef>, crate::body::Finished), S3Error> {
-    let (written, fin) = store_body_uncommitted(req, payload, s3, auth).await?;
-    let Some(w) = written else {
-        return Ok((None, fin));
-    };
-    s3.data.commit(&w.commit).await?;
-    Ok((Some(w.data), fin))
-}
-
 /// Streams a body to the stores and checks it; its id is left for the caller to commit.
 async fn store_body_uncommitted(
     req: &HttpRequest,
@@ -1050,10 +1036,7 @@ async fn put_object(
         return Err(S3Error::PreconditionFailed);
     }
     let (written, fin) = store_body_uncommitted(req, payload, s3, auth).await?;
-    let (data, commit) = match written {
-        Some(w) => (Some(w.data), Some(w.commit)),
-        None => (None, None),
-    };
+    let (data, commit) = split(written);
     let rec = ObjectRecord {
         size: fin.len,
         etag: hex::encode(fin.md5),
@@ -1095,7 +1078,8 @@ async fn upload_part(
     }
     let (upload_id, number) = part_target(c)?;
     s3.upload(b, key, upload_id).await?;
-    let (data, fin) = store_body(req, payload, s3, auth).await?;
+    let (written, fin) = store_body_uncommitted(req, payload, s3, auth).await?;
+    let (data, commit) = split(written);
     let part = Part {
         number,
         etag: hex::encode(fin.md5),
@@ -1103,7 +1087,7 @@ async fn upload_part(
         last_modified_ms: now_ms(),
         data,
     };
-    record_part(s3, b, key, upload_id, &part).await?;
+    record_part(s3, b, key, upload_id, &part, commit).await?;
     let mut r = HttpResponse::Ok();
     r.insert_header(("etag", format!("\"{}\"", part.etag)));
     if let Some((a, v)) = &fin.checksum {
@@ -1129,21 +1113,30 @@ fn part_target(c: &Ctx) -> Result<(&str, u32), S3Error> {
     Ok((upload_id, number as u32))
 }
 
-/// Records a part whose data is committed; on a failure the data is forgotten, unless the
-/// directory may have written the part's record all the same.
+/// A written run's data reference and the commit that makes it an id (None for no bytes).
+fn split(w: Option<crate::data::Written>) -> (Option<crate::meta::DataRef>, Option<CommitRequest>) {
+    match w {
+        Some(w) => (Some(w.data), Some(w.commit)),
+        None => (None, None),
+    }
+}
+
+/// Commits a part's data and records the part; on a failure the data is forgotten, unless
+/// the directory may have written the part's record all the same.
 async fn record_part(
     s3: &SharedS3,
     b: &Bucket,
     key: &str,
     upload_id: &str,
     part: &Part,
+    commit: Option<CommitRequest>,
 ) -> Result<(), S3Error> {
-    // The upload may have been completed or aborted meanwhile.
+    // The upload may have been completed or aborted meanwhile: nothing is committed then
+    // (the needles written are an uncommitted id, gc's).
     if s3.upload(b, key, upload_id).await.is_err() {
-        s3.forget(part.data.clone()).await;
         return Err(S3Error::NoSuchUpload);
     }
-    if let Err(e) = s3.put_part(b, part, upload_id).await {
+    if let Err(e) = s3.put_part(b, part, upload_id, commit).await {
         s3.forget_unless_applied(part.data.clone(), &e).await;
         return Err(e);
     }
@@ -1176,7 +1169,8 @@ async fn upload_part_copy(
     if len > s3.cfg.max_object_bytes {
         return Err(S3Error::EntityTooLarge);
     }
-    let (data, md5) = copy_bytes(s3, &so, first, len).await?;
+    let (written, md5) = copy_bytes(s3, &so, first, len).await?;
+    let (data, commit) = split(written);
     let part = Part {
         number,
         etag: hex::encode(md5),
@@ -1184,7 +1178,7 @@ async fn upload_part_copy(
         last_modified_ms: now_ms(),
         data,
     };
-    record_part(s3, b, key, upload_id, &part).await?;
+    record_part(s3, b, key, upload_id, &part, commit).await?;
     tracing::debug!(
         bucket = %b.name,
         key,
@@ -1311,7 +1305,8 @@ async fn copy_object(
         so.headers.clone()
     };
     // The bytes are copied: records never share data ids, so deleting one never loses another.
-    let (data, _) = copy_bytes(s3, &so, 0, so.size).await?;
+    let (written, _) = copy_bytes(s3, &so, 0, so.size).await?;
+    let (data, commit) = split(written);
     let rec = ObjectRecord {
         size: so.size,
         etag: so.etag.clone(),
@@ -1321,7 +1316,7 @@ async fn copy_object(
         part_sizes: so.part_sizes.clone(),
         checksum: so.checksum.clone(),
     };
-    if let Err(e) = s3.put_object(b, key, &rec, false, None, None).await {
+    if let Err(e) = s3.put_object(b, key, &rec, false, None, commit).await {
         s3.forget_unless_applied(data, &e).await;
         return Err(e);
     }
@@ -1420,7 +1415,7 @@ async fn copy_bytes(
     so: &ObjectRecord,
     first: u64,
     len: u64,
-) -> Result<(Option<crate::meta::DataRef>, [u8; 16]), S3Error> {
+) -> Result<(Option<crate::data::Written>, [u8; 16]), S3Error> {
     use md5::{Digest as _, Md5};
     let mut md5 = Md5::new();
     let mut w = s3.data.writer(len);
@@ -1442,8 +1437,7 @@ async fn copy_bytes(
             so.etag
         )));
     }
-    let data = w.finish().await?;
-    Ok((data, digest))
+    Ok((w.finish_uncommitted().await?, digest))
 }
 
 /// Seconds of an HTTP date header, if it parses.

@@ -19,6 +19,7 @@ pub mod body;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod gc;
 pub mod http;
 pub mod keys;
 pub mod meta;

@@ -287,10 +287,15 @@ impl S3 {
             }
             // A directory without the one-request write: commit, then compare-and-set.
         }
-        if let Some(c) = &commit {
-            self.data.commit(c).await?;
-        }
+        let committed = match &commit {
+            Some(c) => {
+                self.data.commit(c).await?;
+                Some(Instant::now())
+            }
+            None => None,
+        };
         for _ in 0..CAS_ATTEMPTS {
+            within_record_deadline(committed)?;
             let current = self.meta.get::<ObjectRecord>(b.objects(), key).await?;
             if let Some(c) = &current {
                 if if_none_match {
@@ -425,10 +430,25 @@ impl S3 {
             .ok_or(S3Error::NoSuchUpload)
     }
 
-    /// Records a part (its data committed); a part uploaded again replaces the earlier one.
-    pub async fn put_part(&self, b: &Bucket, part: &Part, upload_id: &str) -> Result<(), S3Error> {
+    /// Records a part, after committing its data (`commit`; None: committed already, or no
+    /// data); a part uploaded again replaces the earlier one.
+    pub async fn put_part(
+        &self,
+        b: &Bucket,
+        part: &Part,
+        upload_id: &str,
+        commit: Option<CommitRequest>,
+    ) -> Result<(), S3Error> {
         let k = part_key(upload_id, part.number);
+        let committed = match &commit {
+            Some(c) => {
+                self.data.commit(c).await?;
+                Some(Instant::now())
+            }
+            None => None,
+        };
         for _ in 0..CAS_ATTEMPTS {
+            within_record_deadline(committed)?;
             let current = self.meta.get::<Part>(b.parts(), &k).await?;
             if self
                 .meta
@@ -611,6 +631,22 @@ impl S3 {
     }
 }
 
+/// Refuses a record write [`crate::gc::RECORD_DEADLINE`] or more after the commit of the data
+/// it would name: gc may collect data no record named that long after its commit, so such a
+/// record could name deleted bytes. A definite error: the caller deletes the data.
+fn within_record_deadline(committed: Option<Instant>) -> Result<(), S3Error> {
+    match committed {
+        Some(t) if t.elapsed() >= crate::gc::RECORD_DEADLINE => {
+            metrics::counter!("haystack_s3_record_deadline_passed_total").increment(1);
+            Err(S3Error::Internal(format!(
+                "the record was not written within {} s of its data's commit; nothing was written",
+                crate::gc::RECORD_DEADLINE.as_secs()
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The common prefix `key` rolls up into: the prefix and the key up to and including the first
 /// delimiter after it.
 pub fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
@@ -650,5 +686,19 @@ mod tests {
         assert!(etag_matches("\"abc\", \"def\"", "def"));
         assert!(etag_matches("*", "x"));
         assert!(!etag_matches("\"abc\"", "abcd"));
+    }
+
+    #[test]
+    fn a_record_is_not_written_once_the_deadline_after_its_commit_passed() {
+        assert!(within_record_deadline(None).is_ok());
+        assert!(within_record_deadline(Some(Instant::now())).is_ok());
+        let long_ago =
+            Instant::now().checked_sub(crate::gc::RECORD_DEADLINE + Duration::from_secs(1));
+        if let Some(t) = long_ago {
+            let e = within_record_deadline(Some(t)).unwrap_err();
+            // A definite refusal: the caller deletes the data it committed.
+            assert!(!e.may_have_applied(), "{e:?}");
+        }
+        assert!(crate::gc::MIN_AGE > crate::gc::RECORD_DEADLINE * 10);
     }
 }

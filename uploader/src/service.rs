@@ -648,6 +648,8 @@ impl Uploader {
             .await
             .map_err(|e| UploaderError::from_directory("looking up", e))?;
         match info.kind {
+            // The S3 role's data: not a photo or video of this API.
+            PhotoKind::Object => Err(UploaderError::NotFound),
             PhotoKind::Video => {
                 let first = info.chunks.first().map(|c| c.alt).unwrap_or(1);
                 let ct = self

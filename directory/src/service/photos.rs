@@ -134,8 +134,11 @@ impl Directory {
             PhotoKind::Photo if !req.chunks.is_empty() => {
                 return bad("a photo has no chunks".into())
             }
-            PhotoKind::Video if req.chunks.is_empty() => {
-                return bad("a video needs at least one chunk".into())
+            PhotoKind::Video | PhotoKind::Object if req.chunks.is_empty() => {
+                return bad("a video or an object needs at least one chunk".into())
+            }
+            PhotoKind::Object if !req.variants.is_empty() => {
+                return bad("an object has no variants".into())
             }
             _ => {}
         }

@@ -1,0 +1,100 @@
+//! What `haystack gc` needs to know of the S3 role's data: which data ids its records name
+//! ([`named_data`]), and the two times that make collecting the rest safe against a record
+//! being written meanwhile ([`RECORD_DEADLINE`], [`MIN_AGE`]).
+//!
+//! The S3 role commits each run of bytes (a PUT's body, a part, a copy) as one id of kind
+//! `object`, then writes the record that names it: an object record, or a part record of a
+//! multipart upload. A crash between a record's change and the deletion of the data it no
+//! longer names, or an upload never completed nor aborted whose records were lost with its
+//! bucket, leaves committed ids that no record names. gc collects them:
+//!
+//! 1. It notes the time, then lists every bucket's part records, then every bucket's object
+//!    records, collecting the data ids they name. CompleteMultipartUpload writes the object
+//!    record before it deletes the part records, so a part's data is seen in one or the
+//!    other, whichever the scan reaches first.
+//! 2. An `object` id that no listed record names and that was committed at least
+//!    [`MIN_AGE`] before the scan began is deleted through the directory.
+//!
+//! Step 2 is safe because records never name data committed long before: a record is
+//! written in the same directory request as its data's commit (an unconditional PUT), or
+//! after it, and then the S3 role gives up (and deletes the data) once [`RECORD_DEADLINE`]
+//! has passed since the commit. So a record naming an id committed before the scan began
+//! minus [`MIN_AGE`] was written before the scan began, and the scan saw it unless it was
+//! replaced or deleted since, after which nothing names the id again (records never share
+//! data ids; a copy copies the bytes).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::error::S3Error;
+use crate::meta::{Bucket, DataRef, Meta, ObjectRecord, Part, SPACE_BUCKETS};
+
+/// The longest the S3 role writes a record after committing the data it names; past it the
+/// write is abandoned (500, the data deleted).
+pub const RECORD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The least age (since its commit) of an unnamed `object` id before gc deletes it: the
+/// record deadline, a directory request's timeouts and retries after it, and clock skew
+/// between the gc host and the directory, with a wide margin.
+pub const MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// Records per scan request.
+const PAGE: usize = 1000;
+
+/// Pages through one space, handing each record to `f` (only a page in memory at a time).
+async fn each<T: serde::de::DeserializeOwned>(
+    meta: &Meta,
+    space: u64,
+    mut f: impl FnMut(T),
+) -> Result<u64, S3Error> {
+    let (mut after, mut n) = (String::new(), 0u64);
+    loop {
+        let page = meta.scan::<T>(space, "", &after, PAGE).await?;
+        let last = page.len() < PAGE;
+        if let Some(r) = page.last() {
+            after = r.key.clone();
+        }
+        for r in page {
+            n += 1;
+            f(r.value);
+        }
+        if last {
+            return Ok(n);
+        }
+    }
+}
+
+/// What the S3 records name, as [`named_data`] found it.
+#[derive(Debug, Default)]
+pub struct Named {
+    /// Data ids named by a part or an object record.
+    pub ids: HashSet<u64>,
+    pub buckets: u64,
+    pub parts: u64,
+    pub objects: u64,
+}
+
+/// Every data id a part record or an object record of any bucket names: all part records
+/// first, then all object records (see the module comment for why in this order). Holds the
+/// ids in memory (about 30 bytes each in the set).
+pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
+    let mut buckets: Vec<Bucket> = Vec::new();
+    each::<Bucket>(meta, SPACE_BUCKETS, |b| buckets.push(b)).await?;
+    let mut named = Named {
+        buckets: buckets.len() as u64,
+        ..Default::default()
+    };
+    for b in &buckets {
+        let ids = &mut named.ids;
+        named.parts +=
+            each::<Part>(meta, b.parts(), |p| ids.extend(p.data.map(|d| d.photo))).await?;
+    }
+    for b in &buckets {
+        let ids = &mut named.ids;
+        named.objects += each::<ObjectRecord>(meta, b.objects(), |o| {
+            ids.extend(o.data.iter().map(|d: &DataRef| d.photo))
+        })
+        .await?;
+    }
+    Ok(named)
+}
