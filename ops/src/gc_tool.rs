@@ -117,9 +117,10 @@ pub async fn run(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let young_after = now_ms.saturating_sub(grace_secs * 1000);
+    let young_after = now_ms.saturating_sub(grace_secs.saturating_mul(1000));
     // Taken before the listing begins (see the module comment).
-    let s3_old_before = now_ms.saturating_sub(s3_min_age_secs.max(grace_secs) * 1000);
+    let s3_old_before = now_ms.saturating_sub(s3_min_age_secs.max(grace_secs).saturating_mul(1000));
+    let mut s3_failed = None;
     let s3_named =
         match haystack_s3::gc::named_data(&haystack_s3::meta::Meta::new(dir.clone())).await {
             Ok(n) => {
@@ -136,6 +137,7 @@ pub async fn run(
             }
             Err(e) => {
                 eprintln!("listing the S3 records failed ({e}): every S3 data id is kept");
+                s3_failed = Some(e.to_string());
                 None
             }
         };
@@ -293,6 +295,12 @@ pub async fn run(
     let failed = out.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {
         return Err(format!("{failed} replica(s) could not be collected"));
+    }
+    if let Some(e) = s3_failed {
+        // Everything else was collected; the exit status says S3 data was not looked at.
+        return Err(format!(
+            "the S3 records could not be listed ({e}; gc needs an admin token): S3 data was kept"
+        ));
     }
     Ok(())
 }

@@ -163,8 +163,12 @@ enum Command {
         /// and never sooner than --grace-secs. Keep it well above the S3 role's record
         /// deadline (60 s) plus a directory request's timeouts and the clock skew between
         /// this host and the directory.
-        #[arg(long, default_value_t = haystack_s3::gc::MIN_AGE.as_secs())]
+        #[arg(long, default_value_t = haystack_s3::gc::MIN_AGE.as_secs(), value_parser = clap::value_parser!(u64).range(600..))]
         s3_min_age_secs: u64,
+        /// Tests only: allow --s3-min-age-secs below 600, which can delete the data of an S3
+        /// write in flight.
+        #[arg(long, hide = true)]
+        unsafe_s3_min_age: Option<u64>,
         /// Only report what would be deleted.
         #[arg(long)]
         dry_run: bool,
@@ -1039,9 +1043,13 @@ fn main() -> ExitCode {
                 directory,
                 grace_secs,
                 s3_min_age_secs,
+                unsafe_s3_min_age,
                 dry_run,
                 json,
-            } => gc_tool::run(&directory, grace_secs, s3_min_age_secs, dry_run, json).await,
+            } => {
+                let s3_min_age = unsafe_s3_min_age.unwrap_or(s3_min_age_secs);
+                gc_tool::run(&directory, grace_secs, s3_min_age, dry_run, json).await
+            }
         }
     });
     match result {

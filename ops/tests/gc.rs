@@ -196,9 +196,9 @@ fn s3_unnamed(report: &[Value]) -> u64 {
 
 /// `haystack gc` knows S3 data: an id of kind `object` that no S3 record names (here: data
 /// committed by a PUT that died before its record was written) is deleted once old enough,
-/// while data an object record or a part record names, data too young, and a video of the
-/// photo API (which no S3 record names either) keep their needles. Before, gc kept every
-/// committed S3 id: they were videos to it.
+/// while data an object record or a part record names, data younger than the minimum age (an
+/// hour by default), and a video of the photo API (which no S3 record names either) keep
+/// their needles. Before, gc kept every committed S3 id: they were videos to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_deletes_s3_data_no_record_names_and_only_that() {
     use haystack_s3::meta::{ObjectRecord, Part};
@@ -277,16 +277,33 @@ async fn gc_deletes_s3_data_no_record_names_and_only_that() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     vc.chunks.clear();
 
-    let min_age = 4u64;
+    // A minimum age below 600 s could delete the data of a write in flight: refused.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_haystack"))
+        .args(["gc", "--s3-min-age-secs", "5", "--directory", &dir])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("600"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With the default minimum age (an hour) the fresh orphan is left alone.
+    let orphan_needles = s3_needles(&c, &dir, &orphan.data).await;
+    let report = gc(&cl, &[]).await;
+    assert_eq!(s3_unnamed(&report), 0, "{report:?}");
+    assert!(statuses(&c, &orphan_needles)
+        .await
+        .iter()
+        .all(|&s| s == 200));
+
+    let min_age = 3u64;
     tokio::time::sleep(std::time::Duration::from_secs(min_age + 1)).await;
-    // Committed just now: younger than the minimum age, kept.
-    let young = s3_data(&s3, b"too young").await;
-    s3.data.commit(&young.commit).await.unwrap();
     let age = min_age.to_string();
 
-    // A dry run reports the orphan (on every replica) and deletes nothing.
-    let orphan_needles = s3_needles(&c, &dir, &orphan.data).await;
-    let report = gc(&cl, &["--s3-min-age-secs", &age, "--dry-run"]).await;
+    // A dry run reports the orphan (one chunk, on every replica) and deletes nothing.
+    let report = gc(&cl, &["--unsafe-s3-min-age", &age, "--dry-run"]).await;
     assert_eq!(
         s3_unnamed(&report),
         orphan_needles.len() as u64,
@@ -300,7 +317,7 @@ async fn gc_deletes_s3_data_no_record_names_and_only_that() {
 
     // The first replica that lists it has the directory delete the id, which deletes its
     // needles on every replica: later replicas no longer list them.
-    let report = gc(&cl, &["--s3-min-age-secs", &age]).await;
+    let report = gc(&cl, &["--unsafe-s3-min-age", &age]).await;
     assert!(s3_unnamed(&report) >= 1, "{report:?}");
     let r = c
         .get(format!("{dir}/v1/photos/{}", orphan.data.photo))
@@ -319,7 +336,6 @@ async fn gc_deletes_s3_data_no_record_names_and_only_that() {
     for (what, d) in [
         ("the object's data", &obj.data),
         ("the part's data", &part.data),
-        ("the young data", &young.data),
     ] {
         let urls = s3_needles(&c, &dir, d).await;
         assert!(

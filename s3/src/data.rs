@@ -187,7 +187,9 @@ impl Data {
 /// A run of bytes on every replica, its id not committed yet.
 pub struct Written {
     pub data: DataRef,
-    /// What commits the id (a photo of kind video whose chunks are the run's needles).
+    /// What commits the id (kind `object`, its chunks the run's needles): committed by the
+    /// record write that names the data (`S3::put_object`, `S3::put_part`), so that the
+    /// record follows within `gc::RECORD_DEADLINE`.
     pub commit: CommitRequest,
 }
 
@@ -293,16 +295,6 @@ impl DataWriter<'_> {
         });
         self.written += size;
         Ok(())
-    }
-
-    /// Writes what is left and commits the id; None for no bytes at all.
-    pub async fn finish(self) -> Result<Option<DataRef>, S3Error> {
-        let data = self.data;
-        let Some(w) = self.finish_uncommitted().await? else {
-            return Ok(None);
-        };
-        data.dir.commit(&w.commit).await?;
-        Ok(Some(w.data))
     }
 
     /// Writes what is left; the id is not committed: the caller commits it (`w.commit`),

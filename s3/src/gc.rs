@@ -16,12 +16,18 @@
 //!    [`MIN_AGE`] before the scan began is deleted through the directory.
 //!
 //! Step 2 is safe because records never name data committed long before: a record is
-//! written in the same directory request as its data's commit (an unconditional PUT), or
-//! after it, and then the S3 role gives up (and deletes the data) once [`RECORD_DEADLINE`]
-//! has passed since the commit. So a record naming an id committed before the scan began
-//! minus [`MIN_AGE`] was written before the scan began, and the scan saw it unless it was
-//! replaced or deleted since, after which nothing names the id again (records never share
-//! data ids; a copy copies the bytes).
+//! written in the same directory request as its data's commit (an unconditional PUT or
+//! copy), or after it, and then the S3 role gives up (and deletes the data) once
+//! [`RECORD_DEADLINE`] has passed since the commit. So a record naming an id committed before
+//! the scan began minus [`MIN_AGE`] was written before the scan began, and the scan saw it
+//! unless it was replaced or deleted since, after which nothing names the id again (records
+//! never share data ids; a copy copies the bytes).
+//!
+//! Assumed, not enforced here: a record write the directory did not answer (a timeout)
+//! lands within [`MIN_AGE`] of being sent or never. The deadline is checked before a write
+//! is sent; a metadata backend that could apply a timed-out write hours later (a ScyllaDB
+//! lightweight transaction left half-done and finished by a later one on the same key) would
+//! let such a record name data gc has deleted.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -38,8 +44,8 @@ pub const RECORD_DEADLINE: Duration = Duration::from_secs(60);
 /// between the gc host and the directory, with a wide margin.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// Records per scan request.
-const PAGE: usize = 1000;
+/// Records per scan request (the directory's most).
+const PAGE: usize = haystack_proto::kv::MAX_SCAN;
 
 /// Pages through one space, handing each record to `f` (only a page in memory at a time).
 async fn each<T: serde::de::DeserializeOwned>(
@@ -49,17 +55,16 @@ async fn each<T: serde::de::DeserializeOwned>(
 ) -> Result<u64, S3Error> {
     let (mut after, mut n) = (String::new(), 0u64);
     loop {
+        // Only an empty page ends the space: a directory that answers fewer records than
+        // asked for (a lower limit of its own) must not end the listing early.
         let page = meta.scan::<T>(space, "", &after, PAGE).await?;
-        let last = page.len() < PAGE;
-        if let Some(r) = page.last() {
-            after = r.key.clone();
-        }
+        let Some(r) = page.last() else {
+            return Ok(n);
+        };
+        after = r.key.clone();
         for r in page {
             n += 1;
             f(r.value);
-        }
-        if last {
-            return Ok(n);
         }
     }
 }

@@ -61,8 +61,8 @@ pub struct Chunk {
     pub size: u64,
 }
 
-/// A run of an object's bytes stored as one committed photo id of the directory (kind video:
-/// its needles are the chunks), so `haystack gc` keeps them while the id is live.
+/// A run of an object's bytes stored as one committed photo id of the directory (kind
+/// `object`: its needles are the chunks); `haystack gc` keeps it while a record names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataRef {
     pub photo: u64,
