@@ -121,26 +121,28 @@ pub async fn run(
     // Taken before the listing begins (see the module comment).
     let s3_old_before = now_ms.saturating_sub(s3_min_age_secs.max(grace_secs).saturating_mul(1000));
     let mut s3_failed = None;
-    let s3_named =
-        match haystack_s3::gc::named_data(&haystack_s3::meta::Meta::new(dir.clone())).await {
-            Ok(n) => {
-                if !json {
-                    println!(
-                        "S3 records: {} bucket(s), {} part(s), {} object(s) name {} data id(s)",
+    let s3_named = match haystack_s3::gc::named_data(&haystack_s3::meta::Meta::new(dir.clone()))
+        .await
+    {
+        Ok(n) => {
+            if !json {
+                println!(
+                        "S3 records: {} bucket(s), {} part(s), {} object(s), {} upload(s) being completed: {} data id(s) named",
                         n.buckets,
                         n.parts,
                         n.objects,
+                        n.held,
                         n.ids.len()
                     );
-                }
-                Some(n.ids)
             }
-            Err(e) => {
-                eprintln!("listing the S3 records failed ({e}): every S3 data id is kept");
-                s3_failed = Some(e.to_string());
-                None
-            }
-        };
+            Some(n.ids)
+        }
+        Err(e) => {
+            eprintln!("listing the S3 records failed ({e}): every S3 data id is kept");
+            s3_failed = Some(e.to_string());
+            None
+        }
+    };
     // S3 data ids found unnamed (and deleted through the directory unless a dry run).
     let mut s3_unnamed: std::collections::HashSet<u64> = Default::default();
     let mut photos: HashMap<u64, Known> = HashMap::new();

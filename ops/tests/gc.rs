@@ -248,7 +248,7 @@ async fn gc_deletes_s3_data_no_record_names_and_only_that() {
         last_modified_ms: 1,
         data: Some(part.data.clone()),
     };
-    s3.put_part(&b, &p, &upload, Some(part.commit))
+    s3.put_part(&b, "big", &p, &upload, Some(part.commit))
         .await
         .unwrap();
     // Data committed and never named: a PUT that died between its commit and its record.

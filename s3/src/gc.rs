@@ -11,7 +11,11 @@
 //! 1. It notes the time, then lists every bucket's part records, then every bucket's object
 //!    records, collecting the data ids they name. CompleteMultipartUpload writes the object
 //!    record before it deletes the part records, so a part's data is seen in one or the
-//!    other, whichever the scan reaches first.
+//!    other, whichever the scan reaches first. A complete first claims its upload (no abort
+//!    or part replacement deletes data under it); a part uploaded again under it keeps the
+//!    data it replaced, which the complete may have read and name in its object: so the
+//!    uploads held by a complete are listed between the parts and the objects, and their
+//!    objects read again once the complete's deadline has passed.
 //! 2. An `object` id that no listed record names and that was committed at least
 //!    [`MIN_AGE`] before the scan began is deleted through the directory.
 //!
@@ -33,16 +37,24 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::error::S3Error;
-use crate::meta::{Bucket, DataRef, Meta, ObjectRecord, Part, SPACE_BUCKETS};
+use crate::meta::{Bucket, DataRef, Meta, ObjectRecord, Part, Upload, SPACE_BUCKETS};
+use crate::service::now_ms;
 
 /// The longest the S3 role writes a record after committing the data it names; past it the
 /// write is abandoned (500, the data deleted).
 pub const RECORD_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a CompleteMultipartUpload's claim on its upload holds (twice the record
+/// deadline: the claim is taken before the deadline starts, and clocks differ a little).
+pub const CLAIM_TTL: Duration = Duration::from_secs(2 * 60);
+
 /// The least age (since its commit) of an unnamed `object` id before gc deletes it: the
 /// record deadline, a directory request's timeouts and retries after it, and clock skew
 /// between the gc host and the directory, with a wide margin.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// How far the S3 role's clock and gc's may differ, for waiting out a complete's deadline.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
 
 /// Records per scan request (the directory's most).
 const PAGE: usize = haystack_proto::kv::MAX_SCAN;
@@ -77,11 +89,16 @@ pub struct Named {
     pub buckets: u64,
     pub parts: u64,
     pub objects: u64,
+    /// Uploads a CompleteMultipartUpload held when listed (their objects read again after
+    /// its deadline).
+    pub held: u64,
 }
 
 /// Every data id a part record or an object record of any bucket names: all part records
-/// first, then all object records (see the module comment for why in this order). Holds the
-/// ids in memory (about 30 bytes each in the set).
+/// first, then the uploads a complete holds, then all object records (see the module
+/// comment for why in this order), then the objects of the held uploads once their
+/// completes' deadline passed (a wait of up to three minutes when one is in progress).
+/// Holds the ids in memory (about 30 bytes each in the set).
 pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
     let mut buckets: Vec<Bucket> = Vec::new();
     each::<Bucket>(meta, SPACE_BUCKETS, |b| buckets.push(b)).await?;
@@ -94,12 +111,44 @@ pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
         named.parts +=
             each::<Part>(meta, b.parts(), |p| ids.extend(p.data.map(|d| d.photo))).await?;
     }
+    // Uploads a CompleteMultipartUpload holds: it read their parts before some part may
+    // have been uploaded again (the data replaced then is kept, but no part record names
+    // it), and it writes its object record within RECORD_DEADLINE of its claim. Listed
+    // after the parts: a claim older than a part scan that missed its data is seen here,
+    // or its complete already wrote the object, which the object scan below sees.
+    let mut held: Vec<(u64, String, u64)> = Vec::new();
+    for b in &buckets {
+        each::<Upload>(meta, b.uploads(), |u| {
+            if let Some(t) = u.completing_ms {
+                held.push((b.objects(), u.key, t));
+            }
+        })
+        .await?;
+    }
     for b in &buckets {
         let ids = &mut named.ids;
         named.objects += each::<ObjectRecord>(meta, b.objects(), |o| {
             ids.extend(o.data.iter().map(|d: &DataRef| d.photo))
         })
         .await?;
+    }
+    // Each held upload's object, read again once its complete can no longer write it.
+    for (space, key, claimed_ms) in held {
+        let now = now_ms();
+        let until = claimed_ms.saturating_add((RECORD_DEADLINE + CLOCK_MARGIN).as_millis() as u64);
+        if until > now {
+            let wait = Duration::from_millis(until - now).min(CLAIM_TTL + CLOCK_MARGIN);
+            tracing::info!(
+                key,
+                wait_ms = wait.as_millis() as u64,
+                "waiting out a multipart complete in progress"
+            );
+            tokio::time::sleep(wait).await;
+        }
+        if let Some(o) = meta.get::<ObjectRecord>(space, &key).await? {
+            named.ids.extend(o.value.data.iter().map(|d| d.photo));
+        }
+        named.held += 1;
     }
     Ok(named)
 }

@@ -1131,12 +1131,16 @@ async fn record_part(
     part: &Part,
     commit: Option<CommitRequest>,
 ) -> Result<(), S3Error> {
-    // The upload may have been completed or aborted meanwhile: nothing is committed then
-    // (the needles written are an uncommitted id, gc's).
-    if s3.upload(b, key, upload_id).await.is_err() {
-        return Err(S3Error::NoSuchUpload);
+    // The upload may have been completed or aborted meanwhile, or be completing: nothing is
+    // committed then (the needles written are an uncommitted id, gc's).
+    match s3.upload(b, key, upload_id).await {
+        Err(_) => return Err(S3Error::NoSuchUpload),
+        Ok(u) if u.value.completing(crate::service::now_ms()) => {
+            return Err(S3Error::ConditionalRequestConflict)
+        }
+        Ok(_) => {}
     }
-    if let Err(e) = s3.put_part(b, part, upload_id, commit).await {
+    if let Err(e) = s3.put_part(b, key, part, upload_id, commit).await {
         s3.forget_unless_applied(part.data.clone(), &e).await;
         return Err(e);
     }

@@ -110,6 +110,20 @@ pub struct Upload {
     pub upload_id: String,
     pub initiated_ms: u64,
     pub headers: ObjectHeaders,
+    /// Set by the CompleteMultipartUpload that claimed the upload (its wall-clock time):
+    /// while it is fresh, the upload's parts are not replaced or aborted under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completing_ms: Option<u64>,
+}
+
+impl Upload {
+    /// Whether a CompleteMultipartUpload holds the upload now: claimed less than
+    /// [`crate::gc::CLAIM_TTL`] ago (a complete never writes its record later than
+    /// [`crate::gc::RECORD_DEADLINE`] after its claim; an older claim is of one that died).
+    pub fn completing(&self, now_ms: u64) -> bool {
+        self.completing_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < crate::gc::CLAIM_TTL.as_millis() as u64)
+    }
 }
 
 /// The key of an upload in its bucket's uploads space (key order, then upload id).

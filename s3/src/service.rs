@@ -407,6 +407,7 @@ impl S3 {
             upload_id: upload_id.clone(),
             initiated_ms: now_ms(),
             headers,
+            completing_ms: None,
         };
         if !self
             .meta
@@ -435,6 +436,7 @@ impl S3 {
     pub async fn put_part(
         &self,
         b: &Bucket,
+        key: &str,
         part: &Part,
         upload_id: &str,
         commit: Option<CommitRequest>,
@@ -456,7 +458,25 @@ impl S3 {
                 .await?
             {
                 if let Some(old) = current.and_then(|c| c.value.data) {
-                    self.data.forget(&[old]).await;
+                    // A complete that claimed the upload before this write may have read the
+                    // part it replaced and name that data: then it stays (gc collects it if
+                    // the complete does not name it). Checked after the write: a complete
+                    // claiming later reads this part, not the old one.
+                    let held = self
+                        .meta
+                        .get::<Upload>(b.uploads(), &upload_key(key, upload_id))
+                        .await
+                        .map(|u| u.is_none_or(|u| u.value.completing_ms.is_some()));
+                    if held.unwrap_or(true) {
+                        tracing::info!(
+                            id = old.photo,
+                            upload_id,
+                            part = part.number,
+                            "replaced part's data kept: a complete may name it"
+                        );
+                    } else {
+                        self.data.forget(&[old]).await;
+                    }
                 }
                 return Ok(());
             }
@@ -522,43 +542,66 @@ impl S3 {
             }
             prev = *n;
         }
-        let all = self.all_parts(b, upload_id).await?;
-        let by_number: HashMap<u32, &Rec<Part>> = all.iter().map(|p| (p.value.number, p)).collect();
-        let mut used = Vec::with_capacity(listed.len());
-        for (n, etag) in listed {
-            let p = by_number.get(&(*n as u32)).ok_or(S3Error::InvalidPart)?;
-            if p.value.etag != etag.trim().trim_matches('"') {
-                return Err(S3Error::InvalidPart);
-            }
-            used.push(&p.value);
+        // Claim the upload: from here on no part of it is replaced with its data deleted, and
+        // no abort deletes its parts' data, under this complete (`Upload::completing`).
+        if upload.value.completing(now_ms()) {
+            return Err(S3Error::ConditionalRequestConflict);
         }
-        // Every part but the last is at least 5 MiB (checked once all were found, as S3 does).
-        if used[..used.len() - 1]
-            .iter()
-            .any(|p| p.size < MIN_PART_BYTES)
-        {
-            return Err(S3Error::EntityTooSmall);
-        }
-        let mut md5 = Md5::new();
-        for p in &used {
-            let raw = hex::decode(&p.etag)
-                .map_err(|_| S3Error::Internal("a part's etag is not hex".into()))?;
-            md5.update(&raw);
-        }
-        let rec = ObjectRecord {
-            size: used.iter().map(|p| p.size).sum(),
-            etag: format!("{}-{}", hex::encode(md5.finalize()), used.len()),
-            last_modified_ms: now_ms(),
-            headers: upload.value.headers.clone(),
-            data: used.iter().filter_map(|p| p.data.clone()).collect(),
-            part_sizes: used.iter().map(|p| p.size).collect(),
-            checksum: None,
+        let claim = Upload {
+            completing_ms: Some(now_ms()),
+            ..upload.value.clone()
         };
-        self.put_object(b, key, &rec, false, None, None).await?;
+        let ukey = upload_key(key, upload_id);
+        if !self
+            .meta
+            .put(b.uploads(), &ukey, Some(upload.version), &claim)
+            .await?
+        {
+            // Completed, aborted or claimed meanwhile.
+            return Err(S3Error::ConditionalRequestConflict);
+        }
+        let claimed = Instant::now();
+        let claimed_version = upload.version + 1;
+        let built = match self.all_parts(b, upload_id).await {
+            Ok(all) => completed_record(&all, listed, &upload.value.headers).map(|r| (all, r)),
+            Err(e) => Err(e),
+        };
+        // The parts' data may be old: only the claim keeps gc from collecting data a part
+        // record stopped naming, and gc trusts it for RECORD_DEADLINE (crate::gc).
+        let written = match built {
+            Ok((all, (rec, used))) => match within_record_deadline(Some(claimed)) {
+                Ok(()) => self
+                    .put_object(b, key, &rec, false, None, None)
+                    .await
+                    .map(|()| (all, rec, used)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (all, rec, used_numbers) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // Nothing written (or, for an unclear answer, maybe the object: then the
+                // claim stays until it expires, and an abort keeps what the object names).
+                if !e.may_have_applied() {
+                    let free = Upload {
+                        completing_ms: None,
+                        ..upload.value.clone()
+                    };
+                    if let Err(re) = self
+                        .meta
+                        .put(b.uploads(), &ukey, Some(claimed_version), &free)
+                        .await
+                    {
+                        tracing::warn!(upload_id, error = %re, "releasing a failed complete's claim failed; it expires");
+                    }
+                }
+                return Err(e);
+            }
+        };
         // The upload is over: its record and part records go, unused parts' data too.
-        let used_numbers: Vec<u32> = used.iter().map(|p| p.number).collect();
         self.meta
-            .delete(b.uploads(), &upload_key(key, upload_id), upload.version)
+            .delete(b.uploads(), &ukey, claimed_version)
             .await?;
         for p in all {
             if !used_numbers.contains(&p.value.number) {
@@ -571,18 +614,37 @@ impl S3 {
         Ok(rec)
     }
 
+    /// Removes an upload and its parts. Refused while a CompleteMultipartUpload holds it;
+    /// after one that died (its claim expired), data the object record at `key` names is
+    /// kept: that complete may have written it.
     pub async fn abort(&self, b: &Bucket, key: &str, upload_id: &str) -> Result<(), S3Error> {
-        let upload = self.upload(b, key, upload_id).await?;
-        self.meta
-            .delete(b.uploads(), &upload_key(key, upload_id), upload.version)
-            .await?;
-        for p in self.all_parts(b, upload_id).await? {
-            if let Some(d) = &p.value.data {
-                self.data.forget(std::slice::from_ref(d)).await;
+        let ukey = upload_key(key, upload_id);
+        for _ in 0..CAS_ATTEMPTS {
+            let upload = self.upload(b, key, upload_id).await?;
+            if upload.value.completing(now_ms()) {
+                return Err(S3Error::ConditionalRequestConflict);
             }
-            self.meta.delete(b.parts(), &p.key, p.version).await?;
+            if self.meta.delete(b.uploads(), &ukey, upload.version).await? {
+                let named: Vec<u64> = if upload.value.completing_ms.is_some() {
+                    match self.meta.get::<ObjectRecord>(b.objects(), key).await? {
+                        Some(o) => o.value.data.iter().map(|d| d.photo).collect(),
+                        None => Vec::new(),
+                    }
+                } else {
+                    Vec::new()
+                };
+                for p in self.all_parts(b, upload_id).await? {
+                    if let Some(d) = &p.value.data {
+                        if !named.contains(&d.photo) {
+                            self.data.forget(std::slice::from_ref(d)).await;
+                        }
+                    }
+                    self.meta.delete(b.parts(), &p.key, p.version).await?;
+                }
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(S3Error::ConditionalRequestConflict)
     }
 
     /// Uploads with `prefix` after (`key_marker`, `upload_id_marker`), at most `max`.
@@ -629,6 +691,47 @@ impl S3 {
             d => self.forget(d).await,
         }
     }
+}
+
+/// The object record a CompleteMultipartUpload of `listed` (part number, ETag) makes of the
+/// upload's parts, and the part numbers it uses.
+fn completed_record(
+    all: &[Rec<Part>],
+    listed: &[(i64, String)],
+    headers: &crate::meta::ObjectHeaders,
+) -> Result<(ObjectRecord, Vec<u32>), S3Error> {
+    let by_number: HashMap<u32, &Rec<Part>> = all.iter().map(|p| (p.value.number, p)).collect();
+    let mut used = Vec::with_capacity(listed.len());
+    for (n, etag) in listed {
+        let p = by_number.get(&(*n as u32)).ok_or(S3Error::InvalidPart)?;
+        if p.value.etag != etag.trim().trim_matches('"') {
+            return Err(S3Error::InvalidPart);
+        }
+        used.push(&p.value);
+    }
+    // Every part but the last is at least 5 MiB (checked once all were found, as S3 does).
+    if used[..used.len() - 1]
+        .iter()
+        .any(|p| p.size < MIN_PART_BYTES)
+    {
+        return Err(S3Error::EntityTooSmall);
+    }
+    let mut md5 = Md5::new();
+    for p in &used {
+        let raw = hex::decode(&p.etag)
+            .map_err(|_| S3Error::Internal("a part's etag is not hex".into()))?;
+        md5.update(&raw);
+    }
+    let rec = ObjectRecord {
+        size: used.iter().map(|p| p.size).sum(),
+        etag: format!("{}-{}", hex::encode(md5.finalize()), used.len()),
+        last_modified_ms: now_ms(),
+        headers: headers.clone(),
+        data: used.iter().filter_map(|p| p.data.clone()).collect(),
+        part_sizes: used.iter().map(|p| p.size).collect(),
+        checksum: None,
+    };
+    Ok((rec, used.iter().map(|p| p.number).collect()))
 }
 
 /// Refuses a record write [`crate::gc::RECORD_DEADLINE`] or more after the commit of the data

@@ -1127,3 +1127,103 @@ async fn upload_part_copy_refusals_commit_nothing() {
         b"2345"
     );
 }
+
+/// Regression: CompleteMultipartUpload read the parts and then wrote the object record, and
+/// nothing held the upload in between: a part uploaded again meanwhile had the data it
+/// replaced deleted, an abort meanwhile deleted every part's data, and a second complete
+/// could pick other parts; the completed (acknowledged) object then named deleted bytes.
+/// Now a complete claims the upload first (`Upload::completing_ms`): while the claim is
+/// fresh, aborts and other completes are refused and a replaced part's data is kept; after
+/// a complete that died (its claim expired), an abort keeps the data the object names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_holds_its_upload_against_part_replacement_and_abort() {
+    use haystack_s3::error::S3Error;
+    use haystack_s3::meta::{upload_key, ObjectRecord, Part, Upload};
+    let h = Harness::start().await;
+    let s3 = &h.s3;
+    let dir = s3.meta.directory().clone();
+    s3.create_bucket("claims").await.unwrap();
+    let b = s3.bucket("claims").await.unwrap().value;
+    let up = s3.create_upload(&b, "k", Default::default()).await.unwrap();
+    let (b, up) = (&b, &up);
+    let part = |n: u32, bytes: &'static [u8]| async move {
+        let mut w = s3.data.writer(bytes.len() as u64);
+        w.write(bytes::Bytes::from_static(bytes)).await.unwrap();
+        let w = w.finish_uncommitted().await.unwrap().unwrap();
+        let p = Part {
+            number: n,
+            etag: format!("{n}"),
+            size: bytes.len() as u64,
+            last_modified_ms: 1,
+            data: Some(w.data.clone()),
+        };
+        s3.put_part(b, "k", &p, up, Some(w.commit)).await.unwrap();
+        w.data
+    };
+    let first = part(1, b"first version of part 1").await;
+    let other = part(2, b"part 2").await;
+    // A complete claims the upload (as `S3::complete` does before it reads the parts).
+    let claim = |at: u64| async move {
+        let u = s3.upload(b, "k", up).await.unwrap();
+        let held = Upload {
+            completing_ms: Some(at),
+            ..u.value
+        };
+        assert!(s3
+            .meta
+            .put(b.uploads(), &upload_key("k", up), Some(u.version), &held)
+            .await
+            .unwrap());
+    };
+    claim(haystack_s3::service::now_ms()).await;
+    assert!(
+        matches!(
+            s3.abort(b, "k", up).await,
+            Err(S3Error::ConditionalRequestConflict)
+        ),
+        "an abort went under a complete"
+    );
+    assert!(
+        matches!(
+            s3.complete(b, "k", up, &[(1, "1".into())]).await,
+            Err(S3Error::ConditionalRequestConflict)
+        ),
+        "a second complete went under the first"
+    );
+    // A part write that passed its check before the claim lands now: the data it replaces
+    // may be what the complete read, so it stays.
+    let second = part(1, b"second version of part 1").await;
+    assert!(
+        dir.lookup(first.photo).await.is_ok(),
+        "the replaced part's data was deleted under a complete"
+    );
+    // That complete died after writing the object (naming the first version), before it
+    // removed the upload; its claim expired. An abort now removes the upload and the data
+    // of its parts, except what the object names.
+    let rec = ObjectRecord {
+        size: 23,
+        etag: "x-1".into(),
+        last_modified_ms: 1,
+        headers: Default::default(),
+        data: vec![first.clone()],
+        part_sizes: vec![23],
+        checksum: None,
+    };
+    s3.put_object(b, "k", &rec, false, None, None)
+        .await
+        .unwrap();
+    claim(1).await;
+    s3.abort(b, "k", up).await.unwrap();
+    assert!(
+        dir.lookup(first.photo).await.is_ok(),
+        "the object's data was deleted"
+    );
+    for (what, d) in [("the second version", &second), ("part 2", &other)] {
+        let e = dir.lookup(d.photo).await.expect_err(what);
+        assert!(e.is_not_found(), "{what} was not deleted: {e}");
+    }
+    assert!(matches!(
+        s3.upload(b, "k", up).await,
+        Err(S3Error::NoSuchUpload)
+    ));
+}
