@@ -6,8 +6,8 @@
 //! stack cannot pass.
 //!
 //! Stacks: `actix` (actix-web, what every role serves with today: one single-threaded
-//! runtime per worker), `hyper` (hyper's HTTP/1.1 server on a multi-threaded tokio runtime,
-//! the other well-kept Rust server), and `raw` (request heads parsed with `httparse`, pipelined
+//! runtime per worker), `hyper` (hyper's HTTP/1.1 server, the other well-kept Rust server,
+//! run the same way: an acceptor handing connections in turn to single-threaded workers), and `raw` (request heads parsed with `httparse`, pipelined
 //! answers written with one vectored write: the body is never copied into a write buffer; GET
 //! only: a request body would be read as the next head, which closes the connection).
 //! Each serves until its deadline and then stops by itself.
@@ -77,41 +77,83 @@ pub fn serve(
     let workers = workers.max(1);
     match stack {
         Stack::Actix => serve_actix(listener, objects, workers, serve_for),
-        Stack::Hyper | Stack::Raw => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-                .map_err(io("runtime"))?;
+        Stack::Hyper | Stack::Raw => serve_threads(stack, listener, objects, workers, serve_for),
+    }
+}
+
+/// hyper and raw the way actix-web runs: one thread accepts and hands each connection, in
+/// turn, to one of `workers` threads, each with a single-threaded runtime of its own (a
+/// work-stealing runtime parks and wakes its threads far more, which on this VM costs more
+/// than the HTTP stack itself and would not compare the stacks).
+fn serve_threads(
+    stack: Stack,
+    listener: std::net::TcpListener,
+    objects: Arc<Objects>,
+    workers: usize,
+    serve_for: Duration,
+) -> Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("runtime"))
+    };
+    let mut queues = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        queues.push(tx);
+        let (rt, objects) = (runtime()?, objects.clone());
+        threads.push(std::thread::spawn(move || {
             rt.block_on(async move {
-                listener.set_nonblocking(true).map_err(io("listener"))?;
-                let listener = TcpListener::from_std(listener).map_err(io("listener"))?;
-                let deadline = tokio::time::sleep(serve_for);
-                tokio::pin!(deadline);
-                loop {
-                    let s = tokio::select! {
-                        _ = &mut deadline => return Ok(()),
-                        a = listener.accept() => match a {
-                            Ok((s, _)) => s,
-                            // A connection that died before it was accepted, or no file
-                            // descriptor left for now: the server goes on.
-                            Err(e) => {
-                                tracing::warn!(error = %e, "floor: accept failed");
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        },
+                let mut conns = tokio::task::JoinSet::new();
+                while let Some(s) = rx.recv().await {
+                    let Ok(s) = TcpStream::from_std(s) else {
+                        continue;
                     };
-                    let _ = s.set_nodelay(true);
-                    let objects = objects.clone();
                     match stack {
-                        Stack::Hyper => tokio::spawn(hyper_conn(s, objects)),
-                        _ => tokio::spawn(raw_conn(s, objects)),
+                        Stack::Hyper => conns.spawn(hyper_conn(s, objects.clone())),
+                        _ => conns.spawn(raw_conn(s, objects.clone())),
                     };
                 }
+                // The acceptor is done (the deadline): the connections go with the runtime.
+                conns.abort_all();
             })
-        }
+        }));
     }
+    let accepted = runtime()?.block_on(async move {
+        listener.set_nonblocking(true).map_err(io("listener"))?;
+        let listener = TcpListener::from_std(listener).map_err(io("listener"))?;
+        let deadline = tokio::time::sleep(serve_for);
+        tokio::pin!(deadline);
+        let mut next = 0usize;
+        loop {
+            let s = tokio::select! {
+                _ = &mut deadline => return Ok(()),
+                a = listener.accept() => match a {
+                    Ok((s, _)) => s,
+                    // A connection that died before it was accepted, or no file descriptor
+                    // left for now: the server goes on.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "floor: accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = s.set_nodelay(true);
+            if let Ok(s) = s.into_std() {
+                let _ = queues[next % queues.len()].send(s);
+                next += 1;
+            }
+        }
+    });
+    // Dropping the queues (with the acceptor's future) ends every worker.
+    for t in threads {
+        t.join()
+            .map_err(|_| LoadError::Config("floor: a worker panicked".into()))?;
+    }
+    accepted
 }
 
 fn serve_actix(
