@@ -44,17 +44,19 @@ use crate::service::now_ms;
 /// write is abandoned (500, the data deleted).
 pub const RECORD_DEADLINE: Duration = Duration::from_secs(60);
 
-/// How long a CompleteMultipartUpload's claim on its upload holds (twice the record
-/// deadline: the claim is taken before the deadline starts, and clocks differ a little).
-pub const CLAIM_TTL: Duration = Duration::from_secs(2 * 60);
+/// How long a CompleteMultipartUpload's claim on its upload holds for other S3 processes
+/// (aborts, completes, part uploads), by their wall clocks: ten times the record deadline,
+/// so that clocks minutes apart still agree a claim is live while its complete can write.
+pub const CLAIM_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// The least age (since its commit) of an unnamed `object` id before gc deletes it: the
 /// record deadline, a directory request's timeouts and retries after it, and clock skew
 /// between the gc host and the directory, with a wide margin.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// How far the S3 role's clock and gc's may differ, for waiting out a complete's deadline.
-const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+/// Added to the record deadline when waiting out a complete: a write sent at the deadline
+/// still has to reach the directory.
+const WAIT_MARGIN: Duration = Duration::from_secs(30);
 
 /// Records per scan request (the directory's most).
 const PAGE: usize = haystack_proto::kv::MAX_SCAN;
@@ -97,7 +99,7 @@ pub struct Named {
 /// Every data id a part record or an object record of any bucket names: all part records
 /// first, then the uploads a complete holds, then all object records (see the module
 /// comment for why in this order), then the objects of the held uploads once their
-/// completes' deadline passed (a wait of up to three minutes when one is in progress).
+/// completes' deadline passed (a wait of 90 s when a complete is in progress).
 /// Holds the ids in memory (about 30 bytes each in the set).
 pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
     let mut buckets: Vec<Bucket> = Vec::new();
@@ -116,11 +118,14 @@ pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
     // it), and it writes its object record within RECORD_DEADLINE of its claim. Listed
     // after the parts: a claim older than a part scan that missed its data is seen here,
     // or its complete already wrote the object, which the object scan below sees.
-    let mut held: Vec<(u64, String, u64)> = Vec::new();
+    let uploads_listed = std::time::Instant::now();
+    let mut held: Vec<(u64, String, bool)> = Vec::new();
+    let now = now_ms();
     for b in &buckets {
         each::<Upload>(meta, b.uploads(), |u| {
-            if let Some(t) = u.completing_ms {
-                held.push((b.objects(), u.key, t));
+            if u.completing_ms.is_some() {
+                let live = u.completing(now);
+                held.push((b.objects(), u.key, live));
             }
         })
         .await?;
@@ -132,19 +137,21 @@ pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
         })
         .await?;
     }
-    // Each held upload's object, read again once its complete can no longer write it.
-    for (space, key, claimed_ms) in held {
-        let now = now_ms();
-        let until = claimed_ms.saturating_add((RECORD_DEADLINE + CLOCK_MARGIN).as_millis() as u64);
-        if until > now {
-            let wait = Duration::from_millis(until - now).min(CLAIM_TTL + CLOCK_MARGIN);
-            tracing::info!(
-                key,
-                wait_ms = wait.as_millis() as u64,
-                "waiting out a multipart complete in progress"
-            );
-            tokio::time::sleep(wait).await;
-        }
+    // Each held upload's object, read again once its complete can no longer write it. A
+    // complete sends its object record within RECORD_DEADLINE of its claim, and its claim
+    // was made before the uploads were listed: so waiting that long from the listing's
+    // start (this process's monotonic clock; no clocks compared) is enough, and one wait
+    // serves every held upload. Claims long expired by this host's clock are of completes
+    // that died: nothing to wait for.
+    if held.iter().any(|h| h.2) {
+        let wait = (RECORD_DEADLINE + WAIT_MARGIN).saturating_sub(uploads_listed.elapsed());
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "waiting out multipart completes in progress"
+        );
+        tokio::time::sleep(wait).await;
+    }
+    for (space, key, _) in held {
         if let Some(o) = meta.get::<ObjectRecord>(space, &key).await? {
             named.ids.extend(o.value.data.iter().map(|d| d.photo));
         }

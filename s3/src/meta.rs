@@ -118,11 +118,12 @@ pub struct Upload {
 
 impl Upload {
     /// Whether a CompleteMultipartUpload holds the upload now: claimed less than
-    /// [`crate::gc::CLAIM_TTL`] ago (a complete never writes its record later than
-    /// [`crate::gc::RECORD_DEADLINE`] after its claim; an older claim is of one that died).
+    /// [`crate::gc::CLAIM_TTL`] ago by this host's clock (a complete never sends its record
+    /// later than [`crate::gc::RECORD_DEADLINE`] after its claim; an older claim is of one
+    /// that died). A stamp as far in the future is a wrong clock's, and stale too.
     pub fn completing(&self, now_ms: u64) -> bool {
-        self.completing_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < crate::gc::CLAIM_TTL.as_millis() as u64)
+        let ttl = crate::gc::CLAIM_TTL.as_millis() as u64;
+        self.completing_ms.is_some_and(|t| now_ms.abs_diff(t) < ttl)
     }
 }
 

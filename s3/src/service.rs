@@ -274,6 +274,24 @@ impl S3 {
         if_match: Option<&str>,
         commit: Option<CommitRequest>,
     ) -> Result<(), S3Error> {
+        self.put_object_since(b, key, rec, if_none_match, if_match, commit, None)
+            .await
+    }
+
+    /// [`S3::put_object`], for data `rec` names that was committed (or claimed) at `since`
+    /// rather than by `commit` here: no write is sent past the record deadline from then.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_object_since(
+        &self,
+        b: &Bucket,
+        key: &str,
+        rec: &ObjectRecord,
+        if_none_match: bool,
+        if_match: Option<&str>,
+        commit: Option<CommitRequest>,
+        since: Option<Instant>,
+    ) -> Result<(), S3Error> {
+        within_record_deadline(since)?;
         if !if_none_match && if_match.is_none() {
             if let Some(previous) = self
                 .meta
@@ -292,7 +310,7 @@ impl S3 {
                 self.data.commit(c).await?;
                 Some(Instant::now())
             }
-            None => None,
+            None => since,
         };
         for _ in 0..CAS_ATTEMPTS {
             within_record_deadline(committed)?;
@@ -552,6 +570,8 @@ impl S3 {
             ..upload.value.clone()
         };
         let ukey = upload_key(key, upload_id);
+        // Before the claim is sent: the deadline runs from no later than gc can see it.
+        let claimed = Instant::now();
         if !self
             .meta
             .put(b.uploads(), &ukey, Some(upload.version), &claim)
@@ -560,7 +580,6 @@ impl S3 {
             // Completed, aborted or claimed meanwhile.
             return Err(S3Error::ConditionalRequestConflict);
         }
-        let claimed = Instant::now();
         let claimed_version = upload.version + 1;
         let built = match self.all_parts(b, upload_id).await {
             Ok(all) => completed_record(&all, listed, &upload.value.headers).map(|r| (all, r)),
@@ -569,13 +588,10 @@ impl S3 {
         // The parts' data may be old: only the claim keeps gc from collecting data a part
         // record stopped naming, and gc trusts it for RECORD_DEADLINE (crate::gc).
         let written = match built {
-            Ok((all, (rec, used))) => match within_record_deadline(Some(claimed)) {
-                Ok(()) => self
-                    .put_object(b, key, &rec, false, None, None)
-                    .await
-                    .map(|()| (all, rec, used)),
-                Err(e) => Err(e),
-            },
+            Ok((all, (rec, used))) => self
+                .put_object_since(b, key, &rec, false, None, None, Some(claimed))
+                .await
+                .map(|()| (all, rec, used)),
             Err(e) => Err(e),
         };
         let (all, rec, used_numbers) = match written {
@@ -599,17 +615,49 @@ impl S3 {
                 return Err(e);
             }
         };
-        // The upload is over: its record and part records go, unused parts' data too.
-        self.meta
+        // The upload is over: its record and part records go, unused parts' data too. Only
+        // while the claim is still this complete's: one that lost it (its claim expired and
+        // another complete took the upload) leaves the parts to that one.
+        if !self
+            .meta
             .delete(b.uploads(), &ukey, claimed_version)
-            .await?;
+            .await?
+        {
+            tracing::warn!(
+                upload_id,
+                "a complete's claim was taken over; its parts are left to the other"
+            );
+            return Ok(rec);
+        }
+        let named: Vec<u64> = rec.data.iter().map(|d| d.photo).collect();
         for p in all {
-            if !used_numbers.contains(&p.value.number) {
-                if let Some(d) = &p.value.data {
-                    self.data.forget(std::slice::from_ref(d)).await;
+            let mut current = p;
+            for _ in 0..CAS_ATTEMPTS {
+                // A part written again after this complete read it (an UploadPart that
+                // checked before the claim): its newer data is unnamed, the record goes too.
+                let unused = !used_numbers.contains(&current.value.number)
+                    || current
+                        .value
+                        .data
+                        .as_ref()
+                        .is_some_and(|d| !named.contains(&d.photo));
+                if self
+                    .meta
+                    .delete(b.parts(), &current.key, current.version)
+                    .await?
+                {
+                    if unused {
+                        if let Some(d) = &current.value.data {
+                            self.data.forget(std::slice::from_ref(d)).await;
+                        }
+                    }
+                    break;
+                }
+                match self.meta.get::<Part>(b.parts(), &current.key).await? {
+                    Some(newer) => current = newer,
+                    None => break,
                 }
             }
-            self.meta.delete(b.parts(), &p.key, p.version).await?;
         }
         Ok(rec)
     }

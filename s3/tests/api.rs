@@ -1175,6 +1175,17 @@ async fn a_complete_holds_its_upload_against_part_replacement_and_abort() {
             .await
             .unwrap());
     };
+    // A complete that fails before its write (a part it names does not match) releases
+    // its claim: the upload is free again at once.
+    assert!(matches!(
+        s3.complete(b, "k", up, &[(1, "not-the-etag".into())]).await,
+        Err(S3Error::InvalidPart)
+    ));
+    let u = s3.upload(b, "k", up).await.unwrap();
+    assert_eq!(
+        u.value.completing_ms, None,
+        "a failed complete kept its claim"
+    );
     claim(haystack_s3::service::now_ms()).await;
     assert!(
         matches!(
