@@ -639,6 +639,22 @@ async fn stalling_source(
     (url, task)
 }
 
+/// Volume 6 on `a` (needles 0..10) and on `c` (needles 100..130), each a file of its own
+/// (distinct tags), 3,000 bytes of the key's low byte per needle, cookie 0x66.
+async fn two_sources_of_volume_6(http: &reqwest::Client, a: &TestServer, c: &TestServer) {
+    for (s, keys) in [(a, 0..10u64), (c, 100..130u64)] {
+        http.post(s.url("/v1/volumes/6")).send().await.unwrap();
+        let ns: Vec<_> = keys
+            .map(|k| needle(k, 0, 0x66, &vec![k as u8; 3000]))
+            .collect();
+        http.post(s.url("/v1/volumes/6/batch"))
+            .body(encode_batch(&ns))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// Regression: while a re-seed downloaded, the remote reported the tag of the copy it was
 /// replacing, so the directory gave shipping back to the replica that copy came from, which
 /// re-seeded it in turn once the new copy was in. Now heartbeats carry the incoming copy's
@@ -657,17 +673,7 @@ fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
         let c = start_server(dc.path(), ENGINES[0]).await;
         let http = reqwest::Client::new();
         // Two replicas of volume 6 with files of their own (distinct tags, other needles).
-        for (s, keys) in [(&a, 0..10u64), (&c, 100..130u64)] {
-            http.post(s.url("/v1/volumes/6")).send().await.unwrap();
-            let ns: Vec<_> = keys
-                .map(|k| needle(k, 0, 0x66, &vec![k as u8; 3000]))
-                .collect();
-            http.post(s.url("/v1/volumes/6/batch"))
-                .body(encode_batch(&ns))
-                .send()
-                .await
-                .unwrap();
-        }
+        two_sources_of_volume_6(&http, &a, &c).await;
         let (tag_a, tag_c) = (volume_tag(da.path(), 6), volume_tag(dc.path(), 6));
         assert_ne!(tag_a, tag_c);
         let b_tag = || {
@@ -748,17 +754,7 @@ fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
         let mut b = start_server(db.path(), ENGINES[1]).await;
         let c = start_server(dc.path(), ENGINES[0]).await;
         let http = reqwest::Client::new();
-        for (s, keys) in [(&a, 0..10u64), (&c, 100..130u64)] {
-            http.post(s.url("/v1/volumes/6")).send().await.unwrap();
-            let ns: Vec<_> = keys
-                .map(|k| needle(k, 0, 0x66, &vec![k as u8; 3000]))
-                .collect();
-            http.post(s.url("/v1/volumes/6/batch"))
-                .body(encode_batch(&ns))
-                .send()
-                .await
-                .unwrap();
-        }
+        two_sources_of_volume_6(&http, &a, &c).await;
         let tag_a = volume_tag(da.path(), 6);
         b.store
             .import_remote_copy(6, &a.url(""), false)
