@@ -565,6 +565,9 @@ impl S3 {
         if upload.value.completing(now_ms()) {
             return Err(S3Error::ConditionalRequestConflict);
         }
+        if upload.value.completing_ms.is_some() {
+            return self.settle_expired(b, key, upload_id, upload, listed).await;
+        }
         let claim = Upload {
             completing_ms: Some(now_ms()),
             ..upload.value.clone()
@@ -660,6 +663,44 @@ impl S3 {
             }
         }
         Ok(rec)
+    }
+
+    /// A complete of an upload whose claim expired: the complete that claimed it died or got
+    /// no clear answer to its object write. If the object at `key` is the one these parts
+    /// make (that write applied, and the object still stands), the upload is finished and
+    /// that object answered. Otherwise nothing is written: the object may have been written
+    /// and then deleted or replaced, with its data, and writing it again would bring back a
+    /// deleted object naming deleted bytes (NoSuchUpload: abort the upload and upload again).
+    async fn settle_expired(
+        &self,
+        b: &Bucket,
+        key: &str,
+        upload_id: &str,
+        upload: Rec<Upload>,
+        listed: &[(i64, String)],
+    ) -> Result<ObjectRecord, S3Error> {
+        let all = self.all_parts(b, upload_id).await?;
+        let (want, used) = completed_record(&all, listed, &upload.value.headers)?;
+        let ids = |d: &[DataRef]| d.iter().map(|d| d.photo).collect::<Vec<_>>();
+        let current = self.meta.get::<ObjectRecord>(b.objects(), key).await?;
+        let Some(current) = current.filter(|o| ids(&o.value.data) == ids(&want.data)) else {
+            tracing::warn!(
+                upload_id,
+                key,
+                "a complete after one that died, whose object is not there: refused"
+            );
+            return Err(S3Error::NoSuchUpload);
+        };
+        let ukey = upload_key(key, upload_id);
+        if self.meta.delete(b.uploads(), &ukey, upload.version).await? {
+            for p in all {
+                let unused = !used.contains(&p.value.number);
+                if self.meta.delete(b.parts(), &p.key, p.version).await? && unused {
+                    self.forget(p.value.data).await;
+                }
+            }
+        }
+        Ok(current.value)
     }
 
     /// Removes an upload and its parts. Refused while a CompleteMultipartUpload holds it;

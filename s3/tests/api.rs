@@ -1238,3 +1238,81 @@ async fn a_complete_holds_its_upload_against_part_replacement_and_abort() {
         Err(S3Error::NoSuchUpload)
     ));
 }
+
+/// After a complete that died past its object write (its claim expired), a complete again
+/// answers the object the first one wrote while it stands, and writes nothing once it was
+/// deleted (its data went with it). Before, it claimed the upload anew and wrote the object
+/// again: a deleted object came back, naming deleted bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_after_one_that_died_settles_and_never_revives_a_deleted_object() {
+    use haystack_s3::error::S3Error;
+    use haystack_s3::meta::{upload_key, ObjectRecord, Part, Upload};
+    let h = Harness::start().await;
+    let s3 = &h.s3;
+    let dir = s3.meta.directory().clone();
+    s3.create_bucket("settle").await.unwrap();
+    let b = &s3.bucket("settle").await.unwrap().value;
+    let mut uploads = Vec::new();
+    for key in ["a", "b"] {
+        let up = s3.create_upload(b, key, Default::default()).await.unwrap();
+        let mut w = s3.data.writer(5);
+        w.write(bytes::Bytes::from_static(b"bytes")).await.unwrap();
+        let w = w.finish_uncommitted().await.unwrap().unwrap();
+        let p = Part {
+            number: 1,
+            etag: "0123abcd".into(),
+            size: 5,
+            last_modified_ms: 1,
+            data: Some(w.data.clone()),
+        };
+        s3.put_part(b, key, &p, &up, Some(w.commit)).await.unwrap();
+        // A complete claimed the upload long ago, wrote the object and died.
+        let rec = ObjectRecord {
+            size: 5,
+            etag: "x-1".into(),
+            last_modified_ms: 1,
+            headers: Default::default(),
+            data: vec![w.data.clone()],
+            part_sizes: vec![5],
+            checksum: None,
+        };
+        s3.put_object(b, key, &rec, false, None, None)
+            .await
+            .unwrap();
+        let u = s3.upload(b, key, &up).await.unwrap();
+        let stale = Upload {
+            completing_ms: Some(1),
+            ..u.value
+        };
+        assert!(s3
+            .meta
+            .put(b.uploads(), &upload_key(key, &up), Some(u.version), &stale)
+            .await
+            .unwrap());
+        uploads.push((key, up, w.data));
+    }
+    let listed = [(1i64, "\"0123abcd\"".to_string())];
+    // "a" stands: the complete answers it and finishes the upload; its data stays.
+    let (key, up, data) = &uploads[0];
+    let o = s3.complete(b, key, up, &listed).await.unwrap();
+    assert_eq!(o.data[0].photo, data.photo);
+    assert!(matches!(
+        s3.upload(b, key, up).await,
+        Err(S3Error::NoSuchUpload)
+    ));
+    assert!(dir.lookup(data.photo).await.is_ok());
+    // "b" was deleted since, its data with it: nothing is written, no object comes back.
+    let (key, up, data) = &uploads[1];
+    s3.delete_object(b, key).await.unwrap();
+    assert!(dir.lookup(data.photo).await.is_err());
+    assert!(matches!(
+        s3.complete(b, key, up, &listed).await,
+        Err(S3Error::NoSuchUpload)
+    ));
+    assert!(
+        matches!(s3.object(b, key).await, Err(S3Error::NoSuchKey)),
+        "a deleted object came back"
+    );
+    // The upload can still be aborted.
+    s3.abort(b, key, up).await.unwrap();
+}
