@@ -738,6 +738,31 @@ fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
     });
 }
 
+/// A re-seed of `b`'s remote copy of volume 6 from `c` through a [`stalling_source`], once its
+/// download has begun (`import_file` exists): the source's `go`, its task, the re-seed's.
+async fn stalled_reseed(
+    b: &TestServer,
+    c: &TestServer,
+    import_file: &std::path::Path,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+    tokio::task::JoinHandle<Result<haystack_proto::VolumeInfo, haystack_store::StoreError>>,
+) {
+    let (go, wait) = tokio::sync::oneshot::channel::<()>();
+    let (source, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
+    let store = b.store.clone();
+    let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
+    for _ in 0..200 {
+        if import_file.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(import_file.exists(), "the download did not begin");
+    (go, feeder, reseed)
+}
+
 /// A re-seed cut midway (the source's connection closes after 4 KiB), and one the store
 /// dies in the middle of (the download dropped, the store stopped and opened again on the
 /// same directory), leave the remote copy held before: serving, still a remote copy with its
@@ -782,17 +807,7 @@ fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
             }
         };
         // Cut midway: the source closes after the first 4 KiB.
-        let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let (cut, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
-        let store = b.store.clone();
-        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &cut, true).await });
-        for _ in 0..200 {
-            if import_file.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(import_file.exists(), "the download did not begin");
+        let (go, feeder, reseed) = stalled_reseed(&b, &c, &import_file).await;
         drop(go);
         feeder.await.unwrap();
         let err = reseed.await.unwrap().unwrap_err();
@@ -804,17 +819,7 @@ fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
         holds_the_old_copy(&b).await;
         // The store dies mid-download: the download is dropped where it stands (its file
         // stays, as after a crash), the store stops and opens again.
-        let (go, wait) = tokio::sync::oneshot::channel::<()>();
-        let (slow, feeder) = stalling_source(c.url("/v1/volumes/6/export"), wait).await;
-        let store = b.store.clone();
-        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &slow, true).await });
-        for _ in 0..200 {
-            if import_file.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(import_file.exists(), "the download did not begin");
+        let (go, feeder, reseed) = stalled_reseed(&b, &c, &import_file).await;
         reseed.abort();
         assert!(reseed.await.unwrap_err().is_cancelled());
         assert!(import_file.exists());
