@@ -705,14 +705,36 @@ async fn a_write_token_writes_its_needles_only() {
 }
 
 /// A slowloris client (one header byte a second, never finishing its head) is cut off by
-/// every server of the cluster within the request head timeout, while other clients are
+/// every server of the cluster (the directory and a store on actix, the S3 role on hyper) within the request head timeout, while other clients are
 /// served meanwhile. Bounded: at most 40 bytes (40 s) per server; no assertion on speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = Cluster::start(Default::default()).await;
+    // The S3 role too: it runs on hyper (haystack-service's server), the others on actix.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let s3_l = haystack_testkit::bind_loopback();
+    let s3_url = format!("http://{}", s3_l.local_addr().expect("addr"));
+    let s3cfg = haystack_s3::S3Config {
+        directory_urls: Some(cluster.directory_urls()),
+        master_key_file: keys.path().join("master.key"),
+        http_workers: 1,
+        security: cluster.security(),
+        ..Default::default()
+    };
+    let _s3 = haystack_testkit::spawn_node("s3", s3_l, move |l, rx| async move {
+        haystack_s3::run(l, s3cfg, haystack_testkit::stopped(rx))
+            .await
+            .expect("s3 runs");
+    });
     let plain = reqwest::Client::new();
-    for base in [cluster.directory_url(), cluster.store_url(0)] {
+    for _ in 0..100 {
+        if plain.get(format!("{s3_url}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for base in [cluster.directory_url(), cluster.store_url(0), s3_url] {
         let addr = base.trim_start_matches("http://").to_string();
         let mut slow = tokio::net::TcpStream::connect(&addr)
             .await

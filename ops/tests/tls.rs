@@ -122,7 +122,7 @@ async fn a_cluster_over_mutual_tls_serves_end_to_end_and_refuses_plain_and_forei
         directory_url: Some(cluster.directory_url()),
         http_workers: 1,
         image_workers: 1,
-        security: public_security,
+        security: public_security.clone(),
         ..Default::default()
     };
     let _uploader = spawn_node("uploader", up_l, move |l, rx| async move {
@@ -186,6 +186,52 @@ async fn a_cluster_over_mutual_tls_serves_end_to_end_and_refuses_plain_and_forei
     let r = member.get(&needle).send().await.expect("store GET");
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &data[..]);
+    // The S3 role over TLS (its hyper server, not actix's): it answers its health, and an
+    // unsigned listing gets S3's XML refusal; plain HTTP gets no answer.
+    let s3_l = bind_loopback();
+    let s3_url = format!("https://{}", s3_l.local_addr().expect("addr"));
+    let s3cfg = haystack_s3::S3Config {
+        directory_urls: Some(cluster.directory_urls()),
+        master_key_file: dir.path().join("s3-master.key"),
+        http_workers: 1,
+        security: public_security,
+        ..Default::default()
+    };
+    let _s3 = spawn_node("s3", s3_l, move |l, rx| async move {
+        haystack_s3::run(l, s3cfg, stopped(rx))
+            .await
+            .expect("s3 runs");
+    })
+    .with_https();
+    let mut health = None;
+    for _ in 0..100 {
+        if let Ok(r) = public.get(format!("{s3_url}/health")).send().await {
+            health = Some(r.status());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(health, Some(reqwest::StatusCode::OK), "S3 health over TLS");
+    let r = public
+        .get(format!("{s3_url}/"))
+        .send()
+        .await
+        .expect("S3 list");
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("<Code>AccessDenied</Code>"));
+    let plain = s3_url.replacen("https://", "http://", 1);
+    let r = reqwest::Client::new()
+        .get(format!("{plain}/health"))
+        .send()
+        .await;
+    assert!(
+        !matches!(&r, Ok(resp) if resp.status().is_success()),
+        "the S3 role answered plain HTTP: {r:?}"
+    );
     // A client that does not trust the cluster's CA does not talk to the uploader.
     let untrusting = client(&foreign.2, None);
     assert!(untrusting
