@@ -705,13 +705,13 @@ async fn a_write_token_writes_its_needles_only() {
 }
 
 /// A slowloris client (one header byte a second, never finishing its head) is cut off by
-/// every server of the cluster (the directory and a store on actix, the S3 role on hyper) within the request head timeout, while other clients are
+/// every server of the cluster (the directory, a store and the S3 role) within the request head timeout, while other clients are
 /// served meanwhile. Bounded: at most 40 bytes (40 s) per server; no assertion on speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_header_client_is_cut_off_while_others_are_served() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cluster = Cluster::start(Default::default()).await;
-    // The S3 role too: it runs on hyper (haystack-service's server), the others on actix.
+    // The S3 role too (it takes no cluster tokens; its own head timeout must hold).
     let keys = tempfile::tempdir().expect("tempdir");
     let s3_l = haystack_testkit::bind_loopback();
     let s3_url = format!("http://{}", s3_l.local_addr().expect("addr"));

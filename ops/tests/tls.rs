@@ -186,7 +186,7 @@ async fn a_cluster_over_mutual_tls_serves_end_to_end_and_refuses_plain_and_forei
     let r = member.get(&needle).send().await.expect("store GET");
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("body").as_ref(), &data[..]);
-    // The S3 role over TLS (its hyper server, not actix's): it answers its health, and an
+    // The S3 role over TLS: it answers its health, and an
     // unsigned listing gets S3's XML refusal; plain HTTP gets no answer.
     let s3_l = bind_loopback();
     let s3_url = format!("https://{}", s3_l.local_addr().expect("addr"));

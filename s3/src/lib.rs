@@ -12,11 +12,9 @@
 //! - [`data`]: object bytes as committed chunked ids on the stores.
 //! - [`service`]: the bucket, object and multipart operations.
 //! - [`xml`]: S3's XML answers and request bodies.
-//! - [`http`]: the server (hyper, through haystack-service's), routing and authentication;
-//!   errors become S3 XML there.
+//! - [`http`]: the actix-web server, routing and authentication; errors become S3 XML there.
 //! - [`metrics`], [`error`].
 
-mod answer;
 pub mod body;
 pub mod config;
 pub mod data;

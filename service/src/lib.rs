@@ -2,15 +2,13 @@
 //! work, stops and reports it the same way: [`worker`] (named background loops with
 //! throttling, back-off, triggers and a shutdown deadline, their state on /metrics),
 //! [`metrics`] (the process's one Prometheus recorder and the per-request HTTP metrics) and
-//! [`server`] (the hyper HTTP/1.1 server of the roles that serve bodies of bytes), [`sync`]
-//! (lock helpers) and [`auth`] (the one authentication layer every HTTP server wraps
+//! [`sync`] (lock helpers) and [`auth`] (the one authentication layer every HTTP server wraps
 //! its app in, with the audit log). Depends on tokio, tracing, metrics and its Prometheus
-//! exporter, actix-web (for the auth middleware), hyper (for [`server`]) and haystack-proto: no service's internals.
+//! exporter, actix-web (for the auth middleware) and haystack-proto: no service's internals.
 
 pub mod auth;
 pub mod body;
 pub mod metrics;
-pub mod server;
 pub mod sync;
 pub mod tls;
 pub mod worker;
