@@ -94,6 +94,68 @@ struct Listing {
     needles: Vec<Listed>,
 }
 
+/// The replica an encode builds from: one that holds every live needle any replica holds.
+/// The encode drops every replica once the shards serve, so a needle only some replicas have
+/// (a write the first replica missed under a quorum write, a copy repair still pending, a
+/// needle a damaged index lost) must be in the build, or it is gone. Every replica must be up
+/// to be compared; a needle deleted on any replica is not required (its delete is carried
+/// over to the shards after the switch). Refused (the caller retries later) when no replica
+/// holds them all: the repairs must land first.
+async fn encode_source(
+    id: u32,
+    replicas: &[ReplicaStatus],
+    client: &StoreClient,
+) -> Result<ReplicaStatus, DirectoryError> {
+    if replicas.is_empty() {
+        return Err(DirectoryError::Unavailable(format!(
+            "volume {id} has no replica"
+        )));
+    }
+    if let Some(r) = replicas.iter().find(|r| !(r.up && r.reported)) {
+        return Err(DirectoryError::Unavailable(format!(
+            "the replica of volume {id} on store {} is not up: every replica is compared \
+             before an encode drops them",
+            r.store_id
+        )));
+    }
+    let mut deleted: HashSet<(String, u32)> = HashSet::new();
+    let mut live: Vec<HashSet<(String, u32)>> = Vec::with_capacity(replicas.len());
+    for r in replicas {
+        let l: Listing = client
+            .needles(&r.url, id)
+            .await
+            .map_err(|e| store_failed("listing a replica before the encode", e))?;
+        let mut mine = HashSet::with_capacity(l.needles.len());
+        for n in l.needles {
+            if n.deleted {
+                deleted.insert((n.key, n.alt));
+            } else {
+                mine.insert((n.key, n.alt));
+            }
+        }
+        live.push(mine);
+    }
+    let wanted: HashSet<&(String, u32)> = live
+        .iter()
+        .flatten()
+        .filter(|n| !deleted.contains(*n))
+        .collect();
+    let mut fewest = usize::MAX;
+    for (r, mine) in replicas.iter().zip(&live) {
+        let missing = wanted.iter().filter(|n| !mine.contains(**n)).count();
+        if missing == 0 {
+            return Ok(r.clone());
+        }
+        fewest = fewest.min(missing);
+    }
+    metrics::counter!("haystack_directory_encodes_refused_total", "reason" => "replicas_differ")
+        .increment(1);
+    Err(DirectoryError::Conflict(format!(
+        "no replica of volume {id} holds every live needle the others hold (the fullest lacks \
+         {fewest}): the replicas must be repaired before the volume is encoded"
+    )))
+}
+
 /// A client for the stores' long erasure-coding steps: no overall timeout, the directory's
 /// TLS settings and internal credentials.
 fn bulk_client(security: &haystack_service::auth::Security) -> Result<StoreClient, DirectoryError> {
@@ -188,7 +250,8 @@ impl Directory {
         Ok(Some(id))
     }
 
-    /// Erasure-codes sealed volume `id`: one replica's store builds the shards, each chosen
+    /// Erasure-codes sealed volume `id`: the store of a replica holding every live needle any
+    /// replica holds ([`encode_source`]; every replica up) builds the shards, each chosen
     /// store installs its shard (checked and synced), the record switches to the shards in one
     /// conditional write, deletes the replicas took meanwhile are carried over, the replicas
     /// are dropped. Again on an erasure-coded volume: finishes what a crash left (drops).
@@ -234,12 +297,7 @@ impl Directory {
         }
         let view = self.view();
         let info = self.volume(id)?;
-        let source = info
-            .replicas
-            .iter()
-            .find(|r| r.up && r.reported)
-            .ok_or_else(|| DirectoryError::Unavailable(format!("no replica of volume {id} is up")))?
-            .clone();
+        let source = encode_source(id, &info.replicas, &client).await?;
         let n = req.k as usize + req.m as usize;
         let candidates: Vec<Candidate> = view
             .stores
