@@ -1,6 +1,6 @@
 //! The directory's one integration-test binary: the backend conformance suite, the service's
-//! liveness and placement behaviour, the HTTP API over real loopback ports, wire forms and
-//! house rules.
+//! liveness and placement behaviour, the HTTP API over real loopback ports, the repair worker
+//! against racing deletes, wire forms and house rules.
 
 mod common;
 mod conformance;
@@ -8,5 +8,6 @@ mod crash;
 mod http_api;
 mod model;
 mod multi;
+mod repairs;
 mod service;
 mod wire;

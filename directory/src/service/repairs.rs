@@ -384,7 +384,10 @@ impl Directory {
             t.alts.clone()
         };
         let r = match action {
-            RepairAction::Copy => self.copy_needles(p, t.store_id, &url, &alts).await,
+            RepairAction::Copy => match self.copy_needles(p, t.store_id, &url, &alts).await {
+                Ok(()) => self.undo_copy_if_deleted(p, &url, &alts).await,
+                Err(e) => Err(e),
+            },
             RepairAction::Delete => {
                 self.delete_needles(p.volume_id, photo_id, &url, &alts)
                     .await
@@ -411,6 +414,31 @@ impl Directory {
                 Tried::Failed(e)
             }
         }
+    }
+
+    /// After a copy: if the photo was deleted (or condemned, or is gone) while the copy ran,
+    /// the copy is deleted again. The delete reached the target before the copy did, found no
+    /// needle (a store answers 404 and keeps no mark) and counted as done, so without this the
+    /// copy would serve the deleted photo until anti-entropy or gc came by.
+    async fn undo_copy_if_deleted(
+        &self,
+        p: &Photo,
+        target: &str,
+        alts: &[u32],
+    ) -> Result<(), String> {
+        let now = self
+            .meta
+            .get_photo(p.id)
+            .await
+            .map_err(|e| format!("re-reading the photo after the copy: {e}"))?;
+        if now.is_some_and(|n| !n.value.deleted && !n.value.condemned) {
+            return Ok(());
+        }
+        metrics::counter!("haystack_directory_repair_copies_undone_total").increment(1);
+        tracing::info!(photo_id = p.id, %target, "the photo was deleted during its repair copy; the copy is deleted");
+        self.delete_needles(p.volume_id, p.id, target, alts)
+            .await
+            .map_err(|e| format!("the photo was deleted during the copy; deleting the copy: {e}"))
     }
 
     /// Copies every needle in `alts` of photo `p` onto the replica at `target` from the other
