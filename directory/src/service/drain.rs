@@ -295,27 +295,10 @@ impl Directory {
                 target.url, copied.needles, src.needles
             )));
         }
+        // replace_replica compares the replicas once the record switched (a write or a
+        // delete that reached the source after the copy was taken is queued for repair).
         self.replace_replica(id, from, target.id).await?;
         metrics::counter!("haystack_directory_drain_moves_total").increment(1);
-        // An upload assigned before the volume turned read-only may have written to the
-        // source after the copy was taken: compare the replicas now (anti-entropy) and queue
-        // the repair of any difference.
-        let replicas = self.view().volumes.get(&id).map(|v| v.replicas.clone());
-        if let Some(r) = replicas {
-            match self.compare_volume(id, &r).await {
-                Ok(Some(queued)) => {
-                    tracing::warn!(
-                        volume_id = id,
-                        queued,
-                        "moved replica differed; repairs queued"
-                    )
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(volume_id = id, error = %e, "comparing the moved replica failed")
-                }
-            }
-        }
         Ok(())
     }
 }

@@ -200,6 +200,7 @@ impl Directory {
                 self.refresh().await?;
                 self.remember_volume(id, version, vol);
                 self.push_volume_creation(id, &[to], &self.view());
+                self.compare_moved(id).await;
                 return self.volume(id);
             }
         }
@@ -208,12 +209,41 @@ impl Directory {
         )))
     }
 
+    /// After a replica moved (re-replication, drain, `haystack volume repair`): the copy was
+    /// taken while the volume was read-only, which stops writes, not deletes, and a delete
+    /// that reached the source after the copy passed its needle never reached the new replica
+    /// (it was not one yet); a write assigned before the volume turned read-only may also
+    /// have landed after the copy. The replicas are compared now, as anti-entropy does, and
+    /// every difference the photo records explain is queued for repair (a deleted photo's
+    /// needle deleted, a live one's copied), instead of waiting for the next anti-entropy
+    /// pass. Best effort: a failure is logged and left to that pass.
+    async fn compare_moved(&self, id: u32) {
+        let replicas = self.view().volumes.get(&id).map(|v| v.replicas.clone());
+        let Some(r) = replicas else {
+            return;
+        };
+        match self.compare_volume(id, &r).await {
+            Ok(Some(queued)) => {
+                tracing::warn!(
+                    volume_id = id,
+                    queued,
+                    "moved replica differed; repairs queued"
+                )
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(volume_id = id, error = %e, "comparing the moved replica failed; left to anti-entropy")
+            }
+        }
+    }
+
     /// Automatic re-replication, one volume per call: the first volume with a replica on a
     /// store down for longer than `rereplicate_after_ms` gets a new replica on an up store
     /// that does not hold it (placement's rules), copied there by the store itself from a
     /// healthy replica (`POST {target}/v1/volumes/{id}/import`), then put in place of the dead
     /// one. The volume is read-only meanwhile (a replica is down), so the copy misses no
-    /// write. Returns the volume it repaired. Run from its own loop: a copy takes as long as
+    /// write; deletes made during the copy are found by the comparison `replace_replica`
+    /// runs. Returns the volume it repaired. Run from its own loop: a copy takes as long as
     /// the volume is big.
     pub async fn rereplicate_once(&self) -> Result<Option<u32>, DirectoryError> {
         let after = self.config.rereplicate_after_ms;
