@@ -5,6 +5,7 @@ mod cluster;
 mod crash;
 mod directories;
 mod ec_crash;
+mod ec_switch;
 mod gc;
 mod multihost;
 mod rebalance;

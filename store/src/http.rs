@@ -338,12 +338,19 @@ async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
     let a = needle_addr(&req)?;
     match target(&store, a.volume)? {
         Target::Replica(v) => v.delete(a.key, a.alt, a.cookie).await?,
-        Target::Ec(ec) => {
-            let peers = store.peers().clone();
-            // Its own task, as every write: a dropped request cannot cut it half way.
-            tokio::spawn(async move { ec.delete(a.key, a.alt, Some(a.cookie), &peers).await })
-                .await
-                .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??
+        Target::Ec(_) => {
+            let store = store.get_ref().clone();
+            // Its own task, as every write: a dropped request cannot cut it half way. The
+            // volume's instance is taken again under the switch lock (`Store::ec_deletes`).
+            tokio::spawn(async move {
+                let _switch = store.ec_deletes.read().await;
+                let ec = store
+                    .ec_volume(a.volume)
+                    .ok_or(StoreError::NoVolume(a.volume))?;
+                ec.delete(a.key, a.alt, Some(a.cookie), store.peers()).await
+            })
+            .await
+            .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??
         }
     }
     Ok(HttpResponse::NoContent().finish())
@@ -695,6 +702,13 @@ async fn gc_volume(
         keys.push((key, n.alt));
     }
     let (mut deleted, mut missing) = (0u64, 0u64);
+    // Deletes on an erasure-coded volume hold the switch lock and use the instance current
+    // under it (`Store::ec_deletes`).
+    let _switch = match v {
+        Target::Ec(_) => Some(store.ec_deletes.read().await),
+        Target::Replica(_) => None,
+    };
+    let v = target(&store, vid)?;
     for (key, alt) in keys {
         let r = match &v {
             Target::Replica(v) => v.delete_unreferenced(key, alt).await,

@@ -162,6 +162,12 @@ pub struct Store {
     pub(crate) peers: haystack_client::StoreClient,
     /// One erasure-coding build, install or rebuild at a time per store.
     pub(crate) ec_lock: tokio::sync::Mutex<()>,
+    /// Held shared by every delete on an erasure-coded volume (from finding the volume's
+    /// open instance to marking it) and exclusively by a switch to another shard or
+    /// generation (from opening the new instance, which reads the delete log, to putting it
+    /// in place): a delete acknowledged during a switch is never marked on the instance being
+    /// replaced only.
+    pub(crate) ec_deletes: tokio::sync::RwLock<()>,
     /// Orders and lags of shipping to asynchronous remote replicas (`crate::ship`).
     pub shipping: crate::ship::Shipping,
 }
@@ -256,6 +262,7 @@ impl Store {
             )
             .with_credentials(peer_creds),
             ec_lock: tokio::sync::Mutex::new(()),
+            ec_deletes: tokio::sync::RwLock::new(()),
             shipping: Default::default(),
         }))
     }

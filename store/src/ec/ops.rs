@@ -585,14 +585,25 @@ impl Store {
         };
         let (d2, e2) = (dir.clone(), self.engine().clone());
         let bytes = serde_json::to_vec_pretty(&man).map_err(|e| io::Error::other(e.to_string()))?;
+        let d3 = d2.clone();
+        tokio::task::spawn_blocking(move || {
+            super::pause::blocking(&d3, "ec-switch");
+            write_atomic(&d3, &manifest_path(&d3, id), &bytes)
+        })
+        .await
+        .map_err(join_err)??;
+        // No delete runs from the read of the delete log (in `open`) to the swap: one
+        // acknowledged meanwhile would be marked on the old instance only.
+        let switch = self.ec_deletes.write().await;
         let v = tokio::task::spawn_blocking(move || {
-            super::pause::blocking(&d2, "ec-switch");
-            write_atomic(&d2, &manifest_path(&d2, id), &bytes)?;
-            EcVolume::open(&d2, id, e2)
+            let v = EcVolume::open(&d2, id, e2)?;
+            super::pause::blocking(&d2, "ec-switch-opened");
+            Ok::<_, crate::error::StoreError>(v)
         })
         .await
         .map_err(join_err)??;
         let old = haystack_service::sync::write(&self.ec).insert(id, v.clone());
+        drop(switch);
         // Another shard of the same generation (an abandoned encode's) is removed at once; an
         // older generation stays until `cleanup`, since peers still on it read its ranges
         // here (docs/FORMAT.md, re-encode steps 3 and 5).

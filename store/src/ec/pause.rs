@@ -11,6 +11,8 @@
 //!   (encode step 2, re-encode step 2);
 //! - `ec-switch`: before the manifest's rename that switches the store to a shard or
 //!   generation (encode step 2, re-encode step 3, a rebuild);
+//! - `ec-switch-opened`: the new shard or generation opened (its delete log read), before it
+//!   replaces the open one;
 //! - `ec-drop`: before a retired replica's files are removed (encode step 4).
 //!
 //! Without the feature (every production build) each point is an empty inline function.

@@ -1,0 +1,215 @@
+//! A delete acknowledged while a store switches an erasure-coded volume to another
+//! generation (a re-encode; the same switch serves an install and a rebuild) stays deleted on
+//! that store. The store is held at the `ec-switch-opened` pause point (store/src/ec/pause.rs:
+//! the new generation opened, its delete log read, not yet in place) while the photo is
+//! deleted. Before, the delete was marked on the instance being replaced only, and the store
+//! served the deleted needle from the new one until it restarted.
+
+use std::time::{Duration, Instant};
+
+use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Variant};
+use haystack_proto::format_cookie;
+use haystack_testkit::{Cluster, ClusterOptions};
+
+async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> (u16, String) {
+    let r = c.post(&url).json(&body).send().await.expect("POST");
+    let s = r.status().as_u16();
+    (s, r.text().await.unwrap_or_default())
+}
+
+/// A photo of one needle (alt 0) written to every replica and committed: its needle path.
+async fn put_photo(c: &reqwest::Client, dir: &str, seed: u8) -> (AssignResponse, String) {
+    let a: AssignResponse = c
+        .post(format!("{dir}/v1/assign"))
+        .json(&AssignRequest::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body: Vec<u8> = (0..6_000u32)
+        .map(|i| (i as u8).wrapping_mul(seed))
+        .collect();
+    let path = format!(
+        "/v1/needles/{}/{}/0/{}",
+        a.volume_id,
+        a.id,
+        format_cookie(a.cookie)
+    );
+    for r in &a.replicas {
+        let s = c
+            .put(format!("{}{path}", r.url))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 201);
+    }
+    let commit = CommitRequest {
+        id: a.id,
+        cookie: a.cookie,
+        volume_id: a.volume_id,
+        kind: Default::default(),
+        variants: vec![Variant {
+            name: "original".into(),
+            alt: 0,
+            size_bytes: body.len() as u64,
+            content_type: "image/jpeg".into(),
+        }],
+        chunks: vec![],
+    };
+    let r = c
+        .post(format!("{dir}/v1/photos"))
+        .json(&commit)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    (a, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_a_generation_switch_stays_deleted() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path) = put_photo(&c, &dir, 3).await;
+    let (b, b_path) = put_photo(&c, &dir, 5).await;
+    let v = a.volume_id;
+    let (s, body) = post(
+        &c,
+        format!("{dir}/v1/volumes/{v}/state"),
+        serde_json::json!({"state": "sealed"}),
+    )
+    .await;
+    assert_eq!(s, 200, "seal: {body}");
+    // Each replica's store seals its copy (as `haystack volume seal` has them do).
+    for r in &a.replicas {
+        let (s, body) = post(
+            &c,
+            format!("{}/v1/volumes/{v}/seal", r.url),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(s, 200, "store seal: {body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = post(
+            &c,
+            format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+        )
+        .await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && body.contains("seal"),
+            "encode: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let info: serde_json::Value = c
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let held_url = info["replicas"][1]["url"]
+        .as_str()
+        .expect("shard 1's store")
+        .to_string();
+    let held = cl
+        .store_urls()
+        .iter()
+        .position(|u| *u == held_url)
+        .expect("its index");
+    assert_eq!(
+        c.get(format!("{held_url}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The re-encode, held on one shard store once its new generation is open.
+    let armed = cl.store_dir(held).join("test-pause-ec-switch-opened");
+    let paused = cl.store_dir(held).join("test-paused-ec-switch-opened");
+    std::fs::write(&armed, b"").expect("arm");
+    let (c2, d2) = (c.clone(), dir.clone());
+    let reencode = tokio::spawn(async move {
+        post(
+            &c2,
+            format!("{d2}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536, "reencode": true}),
+        )
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the store never reached the pause point"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The delete, while that store holds both generations.
+    let (c3, d3, id) = (c.clone(), dir.clone(), a.id);
+    let delete = tokio::spawn(async move {
+        c3.delete(format!("{d3}/v1/photos/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    std::fs::remove_file(&armed).expect("release");
+    let (s, body) = reencode.await.expect("re-encode task");
+    assert_eq!(s, 200, "re-encode: {body}");
+    assert!(delete.await.expect("delete task").is_success());
+    // Every shard store, the held one included, answers 404 for the deleted photo and still
+    // serves the other.
+    let info: serde_json::Value = c
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let urls: Vec<String> = info["replicas"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(urls.contains(&held_url), "{info}");
+    for u in &urls {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = c.get(format!("{u}{path}")).send().await.unwrap().status();
+            if s == 404 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{u} still serves the deleted photo ({s})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if b.volume_id == v {
+            let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
+            assert_eq!(s, 200, "{u}");
+        }
+    }
+}
