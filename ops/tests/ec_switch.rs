@@ -70,21 +70,17 @@ async fn put_photo(c: &reqwest::Client, dir: &str, seed: u8) -> (AssignResponse,
     (a, path)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delete_during_a_generation_switch_stays_deleted() {
-    let cl = Cluster::start(ClusterOptions {
-        stores: 3,
-        replication: 2,
-        ..Default::default()
-    })
-    .await;
-    let c = cl.admin_http();
-    let dir = cl.directory_url();
-    let (a, path) = put_photo(&c, &dir, 3).await;
-    let (b, b_path) = put_photo(&c, &dir, 5).await;
+/// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
+/// its needle path, the second and its path.
+async fn encoded(
+    c: &reqwest::Client,
+    dir: &str,
+) -> (AssignResponse, String, AssignResponse, String) {
+    let (a, path) = put_photo(c, dir, 3).await;
+    let (b, b_path) = put_photo(c, dir, 5).await;
     let v = a.volume_id;
     let (s, body) = post(
-        &c,
+        c,
         format!("{dir}/v1/volumes/{v}/state"),
         serde_json::json!({"state": "sealed"}),
     )
@@ -93,7 +89,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     // Each replica's store seals its copy (as `haystack volume seal` has them do).
     for r in &a.replicas {
         let (s, body) = post(
-            &c,
+            c,
             format!("{}/v1/volumes/{v}/seal", r.url),
             serde_json::json!({}),
         )
@@ -103,7 +99,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (s, body) = post(
-            &c,
+            c,
             format!("{dir}/v1/volumes/{v}/encode"),
             serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
         )
@@ -117,6 +113,21 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    (a, path, b, b_path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_a_generation_switch_stays_deleted() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path, b, b_path) = encoded(&c, &dir).await;
+    let v = a.volume_id;
     let info: serde_json::Value = c
         .get(format!("{dir}/v1/volumes/{v}"))
         .send()
@@ -211,5 +222,105 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
             let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
             assert_eq!(s, 200, "{u}");
         }
+    }
+}
+
+/// Waits until `store_dir` shows its store paused at `point`.
+async fn paused_at(store_dir: &std::path::Path, point: &str) {
+    let paused = store_dir.join(format!("test-paused-{point}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "the store never reached {point}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A shard rebuilt onto a new store learns its peers' deletes when it starts; a delete made
+/// while it rebuilds goes to the shard stores of the record, which does not name the new one
+/// yet. Once the record switched, the directory carries those deletes over to it. Before, the
+/// rebuilt shard's store served the deleted photo for good (anti-entropy skips erasure-coded
+/// volumes). The new store is held at `ec-switch` (rebuilt, not yet switched) while the photo
+/// is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_a_shard_rebuild_reaches_the_rebuilt_shard() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 4,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path, _, _) = encoded(&c, &dir).await;
+    let v = a.volume_id;
+    let info: serde_json::Value = c
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shard_urls: Vec<String> = info["replicas"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let urls = cl.store_urls();
+    let z = urls
+        .iter()
+        .position(|u| !shard_urls.contains(u))
+        .expect("a store with no shard");
+    let stores: Vec<serde_json::Value> = c
+        .get(format!("{dir}/v1/stores"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let z_id: u64 = stores
+        .iter()
+        .find(|s| s["url"].as_str() == Some(urls[z].as_str()))
+        .and_then(|s| s["store_id"].as_str()?.parse().ok())
+        .expect("the new store's id");
+    let armed = cl.store_dir(z).join("test-pause-ec-switch");
+    std::fs::write(&armed, b"").expect("arm");
+    let (c2, d2) = (c.clone(), dir.clone());
+    let rebuild = tokio::spawn(async move {
+        post(
+            &c2,
+            format!("{d2}/v1/volumes/{v}/ec/rebuild"),
+            serde_json::json!({"shard": 1, "to": z_id}),
+        )
+        .await
+    });
+    paused_at(&cl.store_dir(z), "ec-switch").await;
+    let r = c
+        .delete(format!("{dir}/v1/photos/{}", a.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "delete: {}", r.status());
+    std::fs::remove_file(&armed).expect("release");
+    let (s, body) = rebuild.await.expect("rebuild task");
+    assert_eq!(s, 200, "rebuild: {body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c
+            .get(format!("{}{path}", urls[z]))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rebuilt shard's store still serves the deleted photo ({s})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -800,6 +800,32 @@ impl Directory {
                 tracing::warn!(volume_id = id, shard = i, error = %e, "shard store did not take the new shard list");
             }
         }
+        // Deletes made while the shard was rebuilt went to the shard stores of the record at
+        // the time, not the new one (it learned its peers' deletes when it started): carried
+        // over now that the record names it (later deletes reach it directly).
+        let peers: Vec<u64> = shards
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != shard)
+            .map(|(_, s)| *s)
+            .collect();
+        match self
+            .carry_deletes(id, &peers, &urls[shard..=shard], &client)
+            .await
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!(
+                    volume_id = id,
+                    shard,
+                    deletes = n,
+                    "deletes made during the rebuild carried over"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(volume_id = id, shard, error = %e, "carrying deletes to the rebuilt shard failed; a delete made during the rebuild may be served by it")
+            }
+        }
         metrics::counter!("haystack_directory_ec_shards_rebuilt_total").increment(1);
         tracing::info!(volume_id = id, shard, to, "erasure-coded shard rebuilt");
         self.refresh().await?;
