@@ -37,6 +37,9 @@ pub struct Needle {
     pub content_type: HeaderValue,
     /// The store's strong ETag (quoted).
     pub etag: HeaderValue,
+    /// When it was read from a store (hits older than `recheck_hits_after_ms` ask whether the
+    /// photo is still live).
+    pub fetched: std::time::Instant,
 }
 
 impl Needle {
@@ -288,6 +291,7 @@ mod tests {
             cookie,
             content_type: HeaderValue::from_static("image/jpeg"),
             etag: HeaderValue::from_static("\"x\""),
+            fetched: std::time::Instant::now(),
         })
     }
 

@@ -131,6 +131,21 @@ impl Node {
                     if !joined {
                         self.stats.hits.add(1);
                     }
+                    if self.stale(&n) {
+                        match self.live.check(c, k.volume, k.key, cookie).await {
+                            Ok(()) => {}
+                            Err(CacheError::NotFound) => {
+                                // Deleted, and the purge never came here.
+                                metrics::counter!("haystack_cache_stale_hits_dropped_total")
+                                    .increment(1);
+                                tracing::warn!(volume = k.volume, key = k.key, "a cached photo is no longer live: dropped (its purge did not reach this node)");
+                                self.videos.purge(k.key);
+                                self.memory.purge_photo(k.volume, k.key);
+                                return Err(CacheError::NotFound);
+                            }
+                            Err(e) => self.warn_liveness_unknown(k, &e),
+                        }
+                    }
                     return Ok(n);
                 }
                 Probe::Join(rx) => {
@@ -159,6 +174,14 @@ impl Node {
             }
         }
     }
+    /// Whether a hit on `n` must ask if its photo is still live (`recheck_hits_after_ms`).
+    fn stale(&self, n: &Needle) -> bool {
+        let after = self.cfg.recheck_hits_after_ms;
+        self.cfg.check_live_on_miss
+            && after > 0
+            && n.fetched.elapsed() >= Duration::from_millis(after)
+    }
+
     fn warn_liveness_unknown(&self, k: NeedleKey, e: &CacheError) {
         use std::sync::atomic::Ordering;
         let now = self.started.elapsed().as_millis() as u64 + 1_000;

@@ -491,6 +491,7 @@ impl Upstream {
                     data: n.data,
                     cookie,
                     etag,
+                    fetched: std::time::Instant::now(),
                 }))
             }
             Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => Err(Fail::Other(

@@ -171,3 +171,46 @@ async fn write_orphan(env: &Env, p: &PhotoInfo, body: Vec<u8>) -> String {
     assert_eq!(put.status(), 201);
     orphan
 }
+
+/// A node the purge never reaches (here one the directory does not know and no peer fans out
+/// to; in production a peer unreachable during the fan-out) stops serving a deleted photo once
+/// its entry is older than `recheck_hits_after_ms`: the hit asks whether the photo is still
+/// live, and drops it. Before, hits were never checked and such a node served the deleted
+/// photo until the entry was evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_purge_missed_stops_serving_the_deleted_photo() {
+    use haystack_cache::Admission;
+    let env = Env::single(|_| {}).await;
+    let mut cfg = env.node_config();
+    cfg.admission = Admission::All;
+    cfg.recheck_hits_after_ms = 300;
+    cfg.directory_info_ttl_ms = 100;
+    let lone = crate::common::CacheNode::start(haystack_testkit::bind_loopback(), cfg);
+    crate::common::wait_healthy(&lone.url).await;
+    let data = bytes(2500, 105);
+    let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+    let url = needle_url(&lone.url, &p, 0);
+    let (st, _, body) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 200);
+    assert!(body == data);
+    // A hit (kept, and younger than the recheck age).
+    let (st, _, _) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 200);
+    env.dir.delete(p.id).await.expect("delete");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (st, _, _) = get(&env.http, &url, &[]).await;
+        if st == 404 {
+            break;
+        }
+        assert_eq!(st, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node the purge missed still serves the deleted photo"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And it stays gone.
+    let (st, _, _) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 404);
+}
