@@ -37,9 +37,10 @@ pub struct Needle {
     pub content_type: HeaderValue,
     /// The store's strong ETag (quoted).
     pub etag: HeaderValue,
-    /// When it was read from a store (hits older than `recheck_hits_after_ms` ask whether the
-    /// photo is still live).
+    /// When it was read from a store, and how long after that its photo was last found live
+    /// (ms): a hit asks again once `recheck_hits_after_ms` passed since either.
     pub fetched: std::time::Instant,
+    pub live_at_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Needle {
@@ -292,6 +293,7 @@ mod tests {
             content_type: HeaderValue::from_static("image/jpeg"),
             etag: HeaderValue::from_static("\"x\""),
             fetched: std::time::Instant::now(),
+            live_at_ms: Default::default(),
         })
     }
 

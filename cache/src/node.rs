@@ -131,9 +131,11 @@ impl Node {
                     if !joined {
                         self.stats.hits.add(1);
                     }
-                    if self.stale(&n) {
+                    if let Some(age) = self.stale(&n) {
                         match self.live.check(c, k.volume, k.key, cookie).await {
-                            Ok(()) => {}
+                            Ok(()) => n
+                                .live_at_ms
+                                .store(age, std::sync::atomic::Ordering::Relaxed),
                             Err(CacheError::NotFound) => {
                                 // Deleted, and the purge never came here.
                                 metrics::counter!("haystack_cache_stale_hits_dropped_total")
@@ -174,12 +176,19 @@ impl Node {
             }
         }
     }
-    /// Whether a hit on `n` must ask if its photo is still live (`recheck_hits_after_ms`).
-    fn stale(&self, n: &Needle) -> bool {
+    /// Whether a hit on `n` must ask if its photo is still live (`recheck_hits_after_ms`
+    /// since it was read or last found live): its age in ms if so.
+    fn stale(&self, n: &Needle) -> Option<u64> {
         let after = self.cfg.recheck_hits_after_ms;
-        self.cfg.check_live_on_miss
-            && after > 0
-            && n.fetched.elapsed() >= Duration::from_millis(after)
+        if !self.cfg.check_live_on_miss || after == 0 {
+            return None;
+        }
+        let age = n.fetched.elapsed().as_millis() as u64;
+        (age >= n
+            .live_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(after))
+        .then_some(age)
     }
 
     fn warn_liveness_unknown(&self, k: NeedleKey, e: &CacheError) {

@@ -492,6 +492,7 @@ impl Upstream {
                     cookie,
                     etag,
                     fetched: std::time::Instant::now(),
+                    live_at_ms: Default::default(),
                 }))
             }
             Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => Err(Fail::Other(
