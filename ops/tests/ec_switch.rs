@@ -7,68 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Variant};
-use haystack_proto::format_cookie;
+use haystack_proto::directory::AssignResponse;
 use haystack_testkit::{Cluster, ClusterOptions};
 
-async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> (u16, String) {
-    let r = c.post(&url).json(&body).send().await.expect("POST");
-    let s = r.status().as_u16();
-    (s, r.text().await.unwrap_or_default())
-}
-
-/// A photo of one needle (alt 0) written to every replica and committed: its needle path.
-async fn put_photo(c: &reqwest::Client, dir: &str, seed: u8) -> (AssignResponse, String) {
-    let a: AssignResponse = c
-        .post(format!("{dir}/v1/assign"))
-        .json(&AssignRequest::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let body: Vec<u8> = (0..6_000u32)
-        .map(|i| (i as u8).wrapping_mul(seed))
-        .collect();
-    let path = format!(
-        "/v1/needles/{}/{}/0/{}",
-        a.volume_id,
-        a.id,
-        format_cookie(a.cookie)
-    );
-    for r in &a.replicas {
-        let s = c
-            .put(format!("{}{path}", r.url))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(s, 201);
-    }
-    let commit = CommitRequest {
-        id: a.id,
-        cookie: a.cookie,
-        volume_id: a.volume_id,
-        kind: Default::default(),
-        variants: vec![Variant {
-            name: "original".into(),
-            alt: 0,
-            size_bytes: body.len() as u64,
-            content_type: "image/jpeg".into(),
-        }],
-        chunks: vec![],
-    };
-    let r = c
-        .post(format!("{dir}/v1/photos"))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    (a, path)
-}
+use crate::common::{get_json, post, put_photo, store_id};
 
 /// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
 /// its needle path, the second and its path.
@@ -76,8 +18,8 @@ async fn encoded(
     c: &reqwest::Client,
     dir: &str,
 ) -> (AssignResponse, String, AssignResponse, String) {
-    let (a, path) = put_photo(c, dir, 3).await;
-    let (b, b_path) = put_photo(c, dir, 5).await;
+    let (a, path, _) = put_photo(c, dir, 6_000, 3).await;
+    let (b, b_path, _) = put_photo(c, dir, 6_000, 5).await;
     let v = a.volume_id;
     let (s, body) = post(
         c,
@@ -128,14 +70,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     let dir = cl.directory_url();
     let (a, path, b, b_path) = encoded(&c, &dir).await;
     let v = a.volume_id;
-    let info: serde_json::Value = c
-        .get(format!("{dir}/v1/volumes/{v}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
     let held_url = info["replicas"][1]["url"]
         .as_str()
         .expect("shard 1's store")
@@ -190,14 +125,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     assert!(delete.await.expect("delete task").is_success());
     // Every shard store, the held one included, answers 404 for the deleted photo and still
     // serves the other.
-    let info: serde_json::Value = c
-        .get(format!("{dir}/v1/volumes/{v}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
     let urls: Vec<String> = info["replicas"]
         .as_array()
         .expect("shards")
@@ -253,14 +181,7 @@ async fn a_delete_during_a_shard_rebuild_reaches_the_rebuilt_shard() {
     let dir = cl.directory_url();
     let (a, path, _, _) = encoded(&c, &dir).await;
     let v = a.volume_id;
-    let info: serde_json::Value = c
-        .get(format!("{dir}/v1/volumes/{v}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
     let shard_urls: Vec<String> = info["replicas"]
         .as_array()
         .expect("shards")
@@ -272,19 +193,7 @@ async fn a_delete_during_a_shard_rebuild_reaches_the_rebuilt_shard() {
         .iter()
         .position(|u| !shard_urls.contains(u))
         .expect("a store with no shard");
-    let stores: Vec<serde_json::Value> = c
-        .get(format!("{dir}/v1/stores"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let z_id: u64 = stores
-        .iter()
-        .find(|s| s["url"].as_str() == Some(urls[z].as_str()))
-        .and_then(|s| s["store_id"].as_str()?.parse().ok())
-        .expect("the new store's id");
+    let z_id = store_id(&c, &dir, &urls[z]).await;
     let armed = cl.store_dir(z).join("test-pause-ec-switch");
     std::fs::write(&armed, b"").expect("arm");
     let (c2, d2) = (c.clone(), dir.clone());

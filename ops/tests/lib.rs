@@ -2,6 +2,7 @@
 
 mod auth;
 mod cluster;
+mod common;
 mod crash;
 mod directories;
 mod ec_crash;

@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, LogicalVolumeInfo, PhotoInfo, Variant,
-};
-use haystack_proto::format_cookie;
+use haystack_proto::directory::{LogicalVolumeInfo, PhotoInfo};
 use haystack_testkit::{Cluster, ClusterOptions};
+
+use crate::common::{put_photo, store_id};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_down_past_the_timeout_is_replaced_by_a_copy() {
@@ -22,52 +21,7 @@ async fn a_store_down_past_the_timeout_is_replaced_by_a_copy() {
     .await;
     let c = cl.admin_http();
     let dir = cl.directory_url();
-    let a: AssignResponse = c
-        .post(format!("{dir}/v1/assign"))
-        .json(&AssignRequest::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let body: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
-    let path = format!(
-        "/v1/needles/{}/{}/0/{}",
-        a.volume_id,
-        a.id,
-        format_cookie(a.cookie)
-    );
-    for r in &a.replicas {
-        let s = c
-            .put(format!("{}{path}", r.url))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(s, 201);
-    }
-    let commit = CommitRequest {
-        id: a.id,
-        cookie: a.cookie,
-        volume_id: a.volume_id,
-        kind: Default::default(),
-        variants: vec![Variant {
-            name: "original".into(),
-            alt: 0,
-            size_bytes: body.len() as u64,
-            content_type: "image/jpeg".into(),
-        }],
-        chunks: vec![],
-    };
-    let r = c
-        .post(format!("{dir}/v1/photos"))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    let (a, path, body) = put_photo(&c, &dir, 20_000, 0).await;
     let lost_url = a.replicas[0].url.clone();
     let lost = cl.store_urls().iter().position(|u| *u == lost_url).unwrap();
     cl.stop_store(lost);
@@ -134,52 +88,7 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
     .await;
     let c = cl.admin_http();
     let dir = cl.directory_url();
-    let a: AssignResponse = c
-        .post(format!("{dir}/v1/assign"))
-        .json(&AssignRequest::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let body: Vec<u8> = (0..9_000u32).map(|i| (i % 251) as u8).collect();
-    let path = format!(
-        "/v1/needles/{}/{}/0/{}",
-        a.volume_id,
-        a.id,
-        format_cookie(a.cookie)
-    );
-    for r in &a.replicas {
-        let s = c
-            .put(format!("{}{path}", r.url))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(s, 201);
-    }
-    let commit = CommitRequest {
-        id: a.id,
-        cookie: a.cookie,
-        volume_id: a.volume_id,
-        kind: Default::default(),
-        variants: vec![Variant {
-            name: "original".into(),
-            alt: 0,
-            size_bytes: body.len() as u64,
-            content_type: "image/jpeg".into(),
-        }],
-        chunks: vec![],
-    };
-    let r = c
-        .post(format!("{dir}/v1/photos"))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    let (a, path, _) = put_photo(&c, &dir, 9_000, 1).await;
     let spare = cl
         .store_urls()
         .into_iter()
@@ -218,19 +127,7 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
         200
     );
     // The copy replaces the second replica.
-    let stores: Vec<serde_json::Value> = c
-        .get(format!("{dir}/v1/stores"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let spare_id: u64 = stores
-        .iter()
-        .find(|s| s["url"].as_str() == Some(spare.as_str()))
-        .and_then(|s| s["store_id"].as_str()?.parse().ok())
-        .expect("the spare store's id");
+    let spare_id = store_id(&c, &dir, &spare).await;
     let r = c
         .post(format!("{dir}/v1/volumes/{v}/replace"))
         .json(&serde_json::json!({

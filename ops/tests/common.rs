@@ -1,0 +1,94 @@
+//! Helpers the ops tests share over an in-process cluster: a photo put the way the uploader
+//! does (assign, a needle on every replica, commit), JSON calls, a store's id by its URL.
+
+use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Variant};
+use haystack_proto::format_cookie;
+
+/// POSTs `body` as JSON: the status and the answer's text.
+pub async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> (u16, String) {
+    let r = c.post(&url).json(&body).send().await.expect("POST");
+    let s = r.status().as_u16();
+    (s, r.text().await.unwrap_or_default())
+}
+
+/// GETs `url` as JSON.
+pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
+    c.get(&url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// The id of the store at `url`, from the directory's store list.
+pub async fn store_id(c: &reqwest::Client, dir: &str, url: &str) -> u64 {
+    let stores = get_json(c, format!("{dir}/v1/stores")).await;
+    stores
+        .as_array()
+        .expect("stores")
+        .iter()
+        .find(|s| s["url"].as_str() == Some(url))
+        .and_then(|s| s["store_id"].as_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("no store at {url}: {stores}"))
+}
+
+/// A photo of one needle (alt 0, `len` bytes seeded by `seed`) written to every replica and
+/// committed: the assignment, its needle path and its bytes.
+pub async fn put_photo(
+    c: &reqwest::Client,
+    dir: &str,
+    len: u32,
+    seed: u8,
+) -> (AssignResponse, String, Vec<u8>) {
+    let a: AssignResponse = c
+        .post(format!("{dir}/v1/assign"))
+        .json(&AssignRequest::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body: Vec<u8> = (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed))
+        .collect();
+    let path = format!(
+        "/v1/needles/{}/{}/0/{}",
+        a.volume_id,
+        a.id,
+        format_cookie(a.cookie)
+    );
+    for r in &a.replicas {
+        let s = c
+            .put(format!("{}{path}", r.url))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(s, 201);
+    }
+    let commit = CommitRequest {
+        id: a.id,
+        cookie: a.cookie,
+        volume_id: a.volume_id,
+        kind: Default::default(),
+        variants: vec![Variant {
+            name: "original".into(),
+            alt: 0,
+            size_bytes: body.len() as u64,
+            content_type: "image/jpeg".into(),
+        }],
+        chunks: vec![],
+    };
+    let r = c
+        .post(format!("{dir}/v1/photos"))
+        .json(&commit)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    (a, path, body)
+}
