@@ -1406,30 +1406,28 @@ async fn an_abandoned_encodes_shards_are_removed_from_stores_the_rerun_did_not_p
     }
 }
 
-/// PUTs (or DELETEs, with no body) one needle straight on one store, as a write or delete
-/// only that replica took.
-async fn on_one_store(env: &Env, store: &str, v: u32, key: u64, body: Option<&[u8]>) {
-    let url = format!("{store}/v1/needles/{v}/{key}/0/{:016x}", 0x5eedu64);
-    let http = env.cluster.admin_http();
-    let r = match body {
-        Some(b) => http
-            .put(&url)
-            .header("content-type", "image/jpeg")
-            .body(b.to_vec()),
-        None => http.delete(&url),
+/// A committed photo on volume `v` whose needle only the replica at `url` took.
+async fn on_one_replica(env: &Env, v: u32, url: &str, data: &[u8]) -> PhotoInfo {
+    for _ in 0..50 {
+        let p = env
+            .put_photo_on(Some(url), &[(0, data.to_vec(), "image/jpeg")])
+            .await;
+        if p.volume_id == v {
+            return p;
+        }
     }
-    .send()
-    .await
-    .expect("store request");
-    assert!(r.status().is_success(), "{url}: {}", r.status());
+    panic!("no photo was assigned to volume {v}");
 }
 
 /// An encode drops every replica once the shards serve, so it must build from a replica that
-/// holds every needle the others hold. A needle only the second replica took (a write the
-/// first missed under a quorum write, a copy repair still pending) is refused while no replica
-/// holds everything, and once one does the encode builds from it: the needle is served by the
-/// shards after the replicas are gone. Before, the encode built from the first replica that
-/// was up and the needle was lost with the replicas it dropped.
+/// holds every needle of a live photo the others hold. Photo X committed with its needle on
+/// the second replica only, photo Y on the first only (writes the other replica missed under
+/// a quorum write, their copy repairs not done): refused while no replica holds both. Once Y
+/// is deleted the second replica holds every live photo; an uncommitted needle only the first
+/// holds (an upload that failed before its commit) does not stop the encode, which builds
+/// from the second: X is served by every shard store after both replicas were dropped.
+/// Before, the encode built from the first replica that was up, and X was lost with the
+/// replicas it dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encode_builds_from_a_replica_holding_every_needle_or_refuses() {
     let env = Env::start(
@@ -1453,11 +1451,21 @@ async fn an_encode_builds_from_a_replica_holding_every_needle_or_refuses() {
     photos.retain(|p| p.0.volume_id == v);
     let info = volume_info(&env, v).await;
     let (first, second) = (info.replicas[0].url.clone(), info.replicas[1].url.clone());
-    // Needle X on the second replica only, needle Y on the first only.
-    let (x, y) = (bytes(7_000, 950), bytes(7_500, 951));
-    let (x_key, y_key) = (9_000_001u64, 9_000_002u64);
-    on_one_store(&env, &second, v, x_key, Some(&x)).await;
-    on_one_store(&env, &first, v, y_key, Some(&y)).await;
+    let (xd, yd) = (bytes(7_000, 950), bytes(7_500, 951));
+    let x = on_one_replica(&env, v, &second, &xd).await;
+    let y = on_one_replica(&env, v, &first, &yd).await;
+    // An uncommitted needle on the first replica only.
+    let orphan = format!("{first}/v1/needles/{v}/9000003/0/{:016x}", 0x5eedu64);
+    let r = env
+        .cluster
+        .admin_http()
+        .put(&orphan)
+        .header("content-type", "image/jpeg")
+        .body(bytes(3_000, 952))
+        .send()
+        .await
+        .expect("orphan PUT");
+    assert!(r.status().is_success(), "{}", r.status());
     seal(&env, v).await;
     let dir = env.cluster.directory_url();
     let encode = || async {
@@ -1468,33 +1476,23 @@ async fn an_encode_builds_from_a_replica_holding_every_needle_or_refuses() {
         )
         .await
     };
-    // Neither replica holds both: refused, the volume stays replicated.
+    // Neither replica holds both X and Y: refused, the volume stays replicated.
     let (st, body) = encode().await;
     assert_eq!(st, 409, "{}", String::from_utf8_lossy(&body));
     assert!(volume_info(&env, v).await.ec.is_none());
-    // Y deleted where it was: the second replica now holds every live needle.
-    on_one_store(&env, &first, v, y_key, None).await;
+    // Y deleted: the second replica holds every live photo (not the orphan).
+    env.dir.delete(y.id).await.expect("delete Y");
     let (st, body) = encode().await;
     assert_eq!(st, 200, "encode: {}", String::from_utf8_lossy(&body));
     let rep: EncodeReport = serde_json::from_slice(&body).expect("report");
     assert_eq!(rep.replicas_dropped, 2, "{rep:?}");
-    // X is served by every shard store, Y by none; the photos too.
+    // X is served by every shard store, Y by none; the other photos too.
     let after = volume_info(&env, v).await;
     for r in &after.replicas {
-        let (st, _, got) = get(
-            &env.http,
-            &format!("{}/v1/needles/{v}/{x_key}/0/{:016x}", r.url, 0x5eedu64),
-            &[],
-        )
-        .await;
+        let (st, _, got) = get(&env.http, &needle_url(&r.url, &x, 0), &[]).await;
         assert_eq!(st, 200, "X on shard store {}", r.url);
-        assert!(got == x, "X: wrong bytes from {}", r.url);
-        let (st, _, _) = get(
-            &env.http,
-            &format!("{}/v1/needles/{v}/{y_key}/0/{:016x}", r.url, 0x5eedu64),
-            &[],
-        )
-        .await;
+        assert!(got == xd, "X: wrong bytes from {}", r.url);
+        let (st, _, _) = get(&env.http, &needle_url(&r.url, &y, 0), &[]).await;
         assert_eq!(st, 404, "deleted Y on shard store {}", r.url);
     }
     read_photos(&env, &photos).await;

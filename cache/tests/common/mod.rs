@@ -170,6 +170,16 @@ impl Env {
     /// Stores a photo with these variants (alt, bytes, content type) on every replica and
     /// commits it.
     pub async fn put_photo(&self, variants: &[(u32, Vec<u8>, &str)]) -> PhotoInfo {
+        self.put_photo_on(None, variants).await
+    }
+
+    /// [`Env::put_photo`], the needles written only to the replica at `only` when given (a
+    /// write the other replicas missed, committed as a `quorum` or `one` write is).
+    pub async fn put_photo_on(
+        &self,
+        only: Option<&str>,
+        variants: &[(u32, Vec<u8>, &str)],
+    ) -> PhotoInfo {
         let total: u64 = variants.iter().map(|v| v.1.len() as u64).sum();
         let a = self
             .dir
@@ -181,7 +191,11 @@ impl Env {
             })
             .await
             .expect("assign");
-        for r in &a.replicas {
+        for r in a
+            .replicas
+            .iter()
+            .filter(|r| only.is_none_or(|u| u == r.url))
+        {
             for (alt, data, ct) in variants {
                 self.put_needle(&r.url, a.volume_id, a.id, *alt, a.cookie, data, ct)
                     .await;

@@ -94,17 +94,20 @@ struct Listing {
     needles: Vec<Listed>,
 }
 
-/// The replica an encode builds from: one that holds every live needle any replica holds.
-/// The encode drops every replica once the shards serve, so a needle only some replicas have
-/// (a write the first replica missed under a quorum write, a copy repair still pending, a
-/// needle a damaged index lost) must be in the build, or it is gone. Every replica must be up
-/// to be compared; a needle deleted on any replica is not required (its delete is carried
-/// over to the shards after the switch). Refused (the caller retries later) when no replica
+/// The replica an encode builds from: one that holds every needle of a committed, live photo
+/// any replica holds. The encode drops every replica once the shards serve, so such a needle
+/// only some replicas have (a write the first replica missed under a quorum write, a copy
+/// repair still pending, a needle a damaged index lost) must be in the build, or it is gone.
+/// Every replica must be up to be compared. Not required: a needle deleted on any replica
+/// (its delete is carried over to the shards after the switch) and a needle whose photo the
+/// directory does not hold live (an upload that failed before its commit, a deleted or
+/// condemned photo: garbage either way). Refused (the caller retries later) when no replica
 /// holds them all: the repairs must land first.
 async fn encode_source(
     id: u32,
     replicas: &[ReplicaStatus],
     client: &StoreClient,
+    meta: &Meta,
 ) -> Result<ReplicaStatus, DirectoryError> {
     if replicas.is_empty() {
         return Err(DirectoryError::Unavailable(format!(
@@ -140,19 +143,49 @@ async fn encode_source(
         .flatten()
         .filter(|n| !deleted.contains(*n))
         .collect();
+    // Whether photo `key` is committed and live (asked once per photo).
+    let mut photo_live: HashMap<String, bool> = HashMap::new();
     let mut fewest = usize::MAX;
     for (r, mine) in replicas.iter().zip(&live) {
-        let missing = wanted.iter().filter(|n| !mine.contains(**n)).count();
-        if missing == 0 {
+        let mut lacking: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !mine.contains(**n))
+            .map(|n| &n.0)
+            .collect();
+        lacking.sort_unstable();
+        lacking.dedup();
+        let mut required = 0;
+        for key in lacking {
+            let is_live = match photo_live.get(key) {
+                Some(l) => *l,
+                None => {
+                    // A key that is not a photo id cannot be a committed photo's needle.
+                    let l = match key.parse::<u64>() {
+                        Ok(pid) => meta
+                            .get_photo(pid)
+                            .await?
+                            .is_some_and(|p| !p.value.deleted && !p.value.condemned),
+                        Err(_) => false,
+                    };
+                    photo_live.insert(key.clone(), l);
+                    l
+                }
+            };
+            if is_live {
+                required += 1;
+            }
+        }
+        if required == 0 {
             return Ok(r.clone());
         }
-        fewest = fewest.min(missing);
+        fewest = fewest.min(required);
     }
     metrics::counter!("haystack_directory_encodes_refused_total", "reason" => "replicas_differ")
         .increment(1);
     Err(DirectoryError::Conflict(format!(
-        "no replica of volume {id} holds every live needle the others hold (the fullest lacks \
-         {fewest}): the replicas must be repaired before the volume is encoded"
+        "no replica of volume {id} holds every live photo's needles the others hold (the \
+         fullest lacks {fewest} photos): the replicas must be repaired before the volume is \
+         encoded"
     )))
 }
 
@@ -250,8 +283,8 @@ impl Directory {
         Ok(Some(id))
     }
 
-    /// Erasure-codes sealed volume `id`: the store of a replica holding every live needle any
-    /// replica holds ([`encode_source`]; every replica up) builds the shards, each chosen
+    /// Erasure-codes sealed volume `id`: the store of a replica holding every live photo's
+    /// needles any replica holds ([`encode_source`]; every replica up) builds the shards, each chosen
     /// store installs its shard (checked and synced), the record switches to the shards in one
     /// conditional write, deletes the replicas took meanwhile are carried over, the replicas
     /// are dropped. Again on an erasure-coded volume: finishes what a crash left (drops).
@@ -297,7 +330,7 @@ impl Directory {
         }
         let view = self.view();
         let info = self.volume(id)?;
-        let source = encode_source(id, &info.replicas, &client).await?;
+        let source = encode_source(id, &info.replicas, &client, &self.meta).await?;
         let n = req.k as usize + req.m as usize;
         let candidates: Vec<Candidate> = view
             .stores
