@@ -37,9 +37,10 @@ pub struct Needle {
     pub content_type: HeaderValue,
     /// The store's strong ETag (quoted).
     pub etag: HeaderValue,
-    /// When it was read from a store, and how long after that its photo was last found live
-    /// (ms): a hit asks again once `recheck_hits_after_ms` passed since either.
+    /// When it was read from a store.
     pub fetched: std::time::Instant,
+    /// How long after `fetched` its photo was last found live (ms): a hit asks again once
+    /// `recheck_hits_after_ms` passed since then.
     pub live_at_ms: std::sync::atomic::AtomicU64,
 }
 

@@ -714,17 +714,23 @@ async fn volume_info(env: &Env, v: u32) -> LogicalVolumeInfo {
         .expect("volume JSON")
 }
 
-/// Six photos (bytes seeded from `seed`) put, the first one's volume sealed and encoded 2+1:
-/// the volume, the photos on it and the encode report.
-async fn encoded_2_1(env: &Env, seed: u64) -> (u32, Vec<Stored>, EncodeReport) {
+/// `n` photos (bytes seeded from `seed`) put: the first one's volume and those on it.
+async fn photos_on_one_volume(env: &Env, n: u64, seed: u64) -> (u32, Vec<Stored>) {
     let mut photos = Vec::new();
-    for i in 0..6u64 {
+    for i in 0..n {
         let data = bytes(5_000 + i as usize * 4_000, seed + i);
         let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
         photos.push((p, vec![(0u32, data)]));
     }
     let v = photos[0].0.volume_id;
     photos.retain(|p| p.0.volume_id == v);
+    (v, photos)
+}
+
+/// Six photos (bytes seeded from `seed`) put, the first one's volume sealed and encoded 2+1:
+/// the volume, the photos on it and the encode report.
+async fn encoded_2_1(env: &Env, seed: u64) -> (u32, Vec<Stored>, EncodeReport) {
+    let (v, photos) = photos_on_one_volume(env, 6, seed).await;
     seal(env, v).await;
     let dir = env.cluster.directory_url();
     let (st, body) = post_json(
@@ -1441,14 +1447,7 @@ async fn an_encode_builds_from_a_replica_holding_every_needle_or_refuses() {
         |_, c| c.admission = Admission::None,
     )
     .await;
-    let mut photos = Vec::new();
-    for i in 0..3u64 {
-        let data = bytes(6_000 + i as usize * 1_000, 900 + i);
-        let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
-        photos.push((p, vec![(0u32, data)]));
-    }
-    let v = photos[0].0.volume_id;
-    photos.retain(|p| p.0.volume_id == v);
+    let (v, photos) = photos_on_one_volume(&env, 3, 900).await;
     let info = volume_info(&env, v).await;
     let (first, second) = (info.replicas[0].url.clone(), info.replicas[1].url.clone());
     let (xd, yd) = (bytes(7_000, 950), bytes(7_500, 951));

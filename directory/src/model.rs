@@ -30,6 +30,11 @@ pub struct Photo {
 }
 
 impl Photo {
+    /// Neither deleted nor condemned: its needles are to be kept and served.
+    pub fn live(&self) -> bool {
+        !self.deleted && !self.condemned
+    }
+
     /// Every alternate key the photo has needles under.
     pub fn alts(&self) -> impl Iterator<Item = u32> + '_ {
         self.variants

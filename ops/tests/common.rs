@@ -1,5 +1,8 @@
 //! Helpers the ops tests share over an in-process cluster: a photo put the way the uploader
-//! does (assign, a needle on every replica, commit), JSON calls, a store's id by its URL.
+//! does (assign, a needle on every replica, commit), JSON calls, a store's id by its URL, and
+//! waiting for a deleted needle to be gone.
+
+use std::time::{Duration, Instant};
 
 use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Variant};
 use haystack_proto::format_cookie;
@@ -91,4 +94,20 @@ pub async fn put_photo(
         .unwrap();
     assert!(r.status().is_success());
     (a, path, body)
+}
+
+/// Waits (at most 30 s, polling) until `url` answers 404; `what` names it in the failure.
+pub async fn until_gone(c: &reqwest::Client, url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.get(url).send().await.expect("GET").status();
+        if s == 404 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} still serves the deleted photo ({s})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

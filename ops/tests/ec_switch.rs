@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use haystack_proto::directory::AssignResponse;
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{get_json, post, put_photo, store_id};
+use crate::common::{get_json, post, put_photo, store_id, until_gone};
 
 /// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
 /// its needle path, the second and its path.
@@ -90,7 +90,6 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     );
     // The re-encode, held on one shard store once its new generation is open.
     let armed = cl.store_dir(held).join("test-pause-ec-switch-opened");
-    let paused = cl.store_dir(held).join("test-paused-ec-switch-opened");
     std::fs::write(&armed, b"").expect("arm");
     let (c2, d2) = (c.clone(), dir.clone());
     let reencode = tokio::spawn(async move {
@@ -101,14 +100,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
         )
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !paused.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the store never reached the pause point"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    paused_at(&cl.store_dir(held), "ec-switch-opened").await;
     // The delete, while that store holds both generations.
     let (c3, d3, id) = (c.clone(), dir.clone(), a.id);
     let delete = tokio::spawn(async move {
@@ -134,18 +126,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
         .collect();
     assert!(urls.contains(&held_url), "{info}");
     for u in &urls {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = c.get(format!("{u}{path}")).send().await.unwrap().status();
-            if s == 404 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{u} still serves the deleted photo ({s})"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_gone(&c, &format!("{u}{path}"), u).await;
         if b.volume_id == v {
             let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
             assert_eq!(s, 200, "{u}");
@@ -215,21 +196,10 @@ async fn a_delete_during_a_shard_rebuild_reaches_the_rebuilt_shard() {
     std::fs::remove_file(&armed).expect("release");
     let (s, body) = rebuild.await.expect("rebuild task");
     assert_eq!(s, 200, "rebuild: {body}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = c
-            .get(format!("{}{path}", urls[z]))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if s == 404 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rebuilt shard's store still serves the deleted photo ({s})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_gone(
+        &c,
+        &format!("{}{path}", urls[z]),
+        "the rebuilt shard's store",
+    )
+    .await;
 }

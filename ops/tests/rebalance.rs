@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use haystack_proto::directory::{
-    AssignRequest, AssignResponse, CommitRequest, LogicalVolumeInfo, PhotoInfo, RebalancePlan,
-    StoreInfo, Variant,
+    AssignResponse, LogicalVolumeInfo, PhotoInfo, RebalancePlan, StoreInfo,
 };
 use haystack_proto::format_cookie;
 use haystack_testkit::{Cluster, ClusterOptions};
@@ -31,52 +30,13 @@ async fn rebalance(cl: &Cluster, extra: &[&str]) -> RebalancePlan {
 
 /// Uploads one photo of `len` bytes through the directory and the stores; its bytes.
 async fn put(cl: &Cluster, len: usize, seed: u32) -> (AssignResponse, Vec<u8>) {
-    let c = cl.admin_http();
-    let dir = cl.directory_url();
-    let a: AssignResponse = c
-        .post(format!("{dir}/v1/assign"))
-        .json(&AssignRequest::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let body: Vec<u8> = (0..len as u32)
-        .map(|i| (i.wrapping_mul(31) ^ seed) as u8)
-        .collect();
-    for r in &a.replicas {
-        let url = format!(
-            "{}/v1/needles/{}/{}/0/{}",
-            r.url,
-            a.volume_id,
-            a.id,
-            format_cookie(a.cookie)
-        );
-        let s = c.put(url).body(body.clone()).send().await.unwrap().status();
-        assert_eq!(s, 201);
-    }
-    let commit = CommitRequest {
-        id: a.id,
-        cookie: a.cookie,
-        volume_id: a.volume_id,
-        kind: Default::default(),
-        variants: vec![Variant {
-            name: "original".into(),
-            alt: 0,
-            size_bytes: len as u64,
-            content_type: "image/jpeg".into(),
-        }],
-        chunks: Vec::new(),
-    };
-    let s = c
-        .post(format!("{dir}/v1/photos"))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(s, 200, "commit");
+    let (a, _, body) = crate::common::put_photo(
+        &cl.admin_http(),
+        &cl.directory_url(),
+        len as u32,
+        seed as u8,
+    )
+    .await;
     (a, body)
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use haystack_proto::directory::{LogicalVolumeInfo, PhotoInfo};
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{put_photo, store_id};
+use crate::common::{put_photo, store_id, until_gone};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_down_past_the_timeout_is_replaced_by_a_copy() {
@@ -139,21 +139,5 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
         .unwrap();
     assert!(r.status().is_success(), "replace: {}", r.status());
     // The deleted photo is gone from the copy too (the repair worker applies the queued delete).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = c
-            .get(format!("{spare}{path}"))
-            .send()
-            .await
-            .unwrap()
-            .status();
-        if s == 404 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the deleted photo is still served by the copy ({s})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_gone(&c, &format!("{spare}{path}"), "the copy").await;
 }

@@ -161,10 +161,7 @@ async fn encode_source(
                 None => {
                     // A key that is not a photo id cannot be a committed photo's needle.
                     let l = match key.parse::<u64>() {
-                        Ok(pid) => meta
-                            .get_photo(pid)
-                            .await?
-                            .is_some_and(|p| !p.value.deleted && !p.value.condemned),
+                        Ok(pid) => meta.get_photo(pid).await?.is_some_and(|p| p.value.live()),
                         Err(_) => false,
                     };
                     photo_live.insert(key.clone(), l);

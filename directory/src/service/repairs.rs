@@ -199,7 +199,7 @@ impl Directory {
         if r.cookie.is_some_and(|c| c != p.cookie) {
             return refuse("wrong cookie".into());
         }
-        if p.deleted || p.condemned {
+        if !p.live() {
             return refuse(format!("photo {} is deleted", r.key));
         }
         self.enqueue_repair(
@@ -366,7 +366,7 @@ impl Directory {
             }
             return Tried::Done;
         };
-        let action = if p.deleted || p.condemned {
+        let action = if !p.live() {
             RepairAction::Delete
         } else if t.action == RepairAction::Delete {
             tracing::warn!(
@@ -431,7 +431,7 @@ impl Directory {
             .get_photo(p.id)
             .await
             .map_err(|e| format!("re-reading the photo after the copy: {e}"))?;
-        if now.is_some_and(|n| !n.value.deleted && !n.value.condemned) {
+        if now.is_some_and(|n| n.value.live()) {
             return Ok(());
         }
         metrics::counter!("haystack_directory_repair_copies_undone_total").increment(1);
@@ -669,7 +669,7 @@ impl Directory {
         };
         let p = p.value;
         let mut queued = 0;
-        if p.deleted || p.condemned {
+        if !p.live() {
             for (r, s) in replicas.iter().zip(states) {
                 if *s == Some(false) {
                     let added = self
