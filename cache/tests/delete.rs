@@ -79,8 +79,11 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
     use haystack_cache::Admission;
     // Nothing kept: every read is a miss that may go to either replica.
     // (With check_live_on_miss off, the first of these reads fails: checked when written.)
-    let env = Env::single(|c| c.admission = Admission::None).await;
-    let p = env.put_photo(&[(0, bytes(2000, 104), "image/jpeg")]).await;
+    let mut env = Env::single(|c| c.admission = Admission::None).await;
+    let store0 = env.cluster.store_url(0);
+    let p = env
+        .put_photo_on(Some(&store0), &[(0, bytes(2000, 104), "image/jpeg")])
+        .await;
     let url = needle_url(&env.cache().url, &p, 0);
     let (st, _, _) = get(&env.http, &url, &[]).await;
     assert_eq!(st, 200);
@@ -89,8 +92,8 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
     // Store 1 holds a live copy of the deleted photo's needle anyway: the state a store that
     // missed the delete is in until the directory's retry (or anti-entropy) reaches it. (The
     // directory retries missed deletes within seconds now, so stopping the store during the
-    // delete no longer leaves the orphan long enough to test; the needle is written back.)
-    let orphan = write_orphan(&env, &p, bytes(2000, 104)).await;
+    // delete no longer leaves the orphan long enough to test; the needle is written there.)
+    let orphan = write_orphan(&mut env, &p, bytes(2000, 104)).await;
     let (st, _, _) = get(&env.http, &orphan, &[]).await;
     assert_eq!(st, 200, "the test needs the orphan needle on store 1");
     // Many misses, each choosing a replica: none serves the deleted photo.
@@ -104,19 +107,23 @@ async fn a_store_that_missed_the_delete_does_not_bring_the_photo_back() {
 async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photos() {
     use haystack_cache::Admission;
     // Every read a miss, every photo new to the cache: each miss needs the directory's word.
-    let env = Env::single(|c| c.admission = Admission::None).await;
-    let mut photos = Vec::new();
-    for i in 0..48u64 {
+    let mut env = Env::single(|c| c.admission = Admission::None).await;
+    let store0 = env.cluster.store_url(0);
+    let mut photos = vec![
+        env.put_photo_on(Some(&store0), &[(0, bytes(1500, 200), "image/jpeg")])
+            .await,
+    ];
+    for i in 1..48u64 {
         photos.push(
             env.put_photo(&[(0, bytes(1500, 200 + i), "image/jpeg")])
                 .await,
         );
     }
-    // One of them deleted, with its needle written back on store 1 (a store that missed the
+    // One of them (written to store 0 only) deleted, with its needle on store 1 (a store that missed the
     // delete, as in the test above).
     let dead = photos.remove(0);
     env.dir.delete(dead.id).await.expect("delete");
-    write_orphan(&env, &dead, bytes(1500, 200)).await;
+    write_orphan(&mut env, &dead, bytes(1500, 200)).await;
     // One read first, so that the volume's replicas are known and the burst below asks the
     // directory about liveness only.
     let warm = photos.remove(0);
@@ -156,10 +163,29 @@ async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photo
     );
 }
 
-/// Writes photo `p`'s needle back on store 1, as a store that missed its delete still holds
-/// it; returns the needle's URL on that store.
-async fn write_orphan(env: &Env, p: &PhotoInfo, body: Vec<u8>) -> String {
+/// Writes deleted photo `p`'s needle on store 1, as a store that missed its delete would hold
+/// it; returns the needle's URL on that store. The photo must have been written to store 0
+/// only: store 1 refuses to write a needle it holds deleted for good, and one whose delete it
+/// answered 404 until it restarts, so it is restarted first.
+async fn write_orphan(env: &mut Env, p: &PhotoInfo, body: Vec<u8>) -> String {
+    env.cluster.stop_store(1);
+    env.cluster.start_store(1);
     let orphan = needle_url(&env.cluster.store_url(1), p, 0);
+    let health = format!("{}/health", env.cluster.store_url(1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !env
+        .http
+        .get(&health)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store 1 did not come back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let put = env
         .http
         .put(&orphan)

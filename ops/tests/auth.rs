@@ -452,14 +452,7 @@ async fn start() -> World {
     let (cache, uploader, uploader_url) = crate::roles::cache_and_uploader(&cluster, cache_l);
     let admin = cluster.admin_http();
     // A photo through the public API, and its record through the directory.
-    let jpeg = {
-        let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, 7]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        image::DynamicImage::ImageRgb8(img)
-            .write_to(&mut out, image::ImageFormat::Jpeg)
-            .expect("encode");
-        out.into_inner()
-    };
+    let jpeg = crate::common::jpeg(7);
     let mut posted = None;
     for _ in 0..200 {
         if let Ok(r) = reqwest::Client::new()

@@ -1,6 +1,6 @@
 //! Helpers the ops tests share over an in-process cluster: a photo put the way the uploader
-//! does (assign, a needle on every replica, commit), JSON calls, a store's id by its URL, and
-//! waiting for a deleted needle to be gone.
+//! does (assign, a needle on every replica, commit), JSON calls, a store's id by its URL,
+//! waiting for a deleted needle to be gone or a store to reach a pause point, and a JPEG.
 
 use std::time::{Duration, Instant};
 
@@ -110,4 +110,25 @@ pub async fn until_gone(c: &reqwest::Client, url: &str, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits (at most 60 s) until the store whose data directory is `store_dir` holds at pause
+/// point `point` (store/src/pause.rs).
+pub async fn paused_at(store_dir: &std::path::Path, point: &str) {
+    let paused = store_dir.join(format!("test-paused-{point}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "the store never reached {point}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small JPEG (64x48) whose blue channel is `shade`.
+pub fn jpeg(shade: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, shade]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .expect("encode");
+    out.into_inner()
 }

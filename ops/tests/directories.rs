@@ -11,14 +11,7 @@ use std::process::Command;
 
 use haystack_testkit::{bind_loopback, dead_url, Cluster, ClusterOptions};
 
-fn jpeg(shade: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8, y as u8, shade]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(img)
-        .write_to(&mut out, image::ImageFormat::Jpeg)
-        .expect("encode");
-    out.into_inner()
-}
+use crate::common::jpeg;
 
 /// The value of counter `name` in a Prometheus text, 0 when absent.
 fn counter(text: &str, name: &str) -> u64 {

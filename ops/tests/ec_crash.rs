@@ -1,6 +1,6 @@
 //! Kill -9 during an erasure-coding encode and re-encode (issue 14). A directory and four
 //! stores run as `haystack` child processes. A store is held at a pause point of an encode or
-//! re-encode step (the store's `test-hooks` feature, store/src/ec/pause.rs: this crate's
+//! re-encode step (the store's `test-hooks` feature, store/src/pause.rs: this crate's
 //! tests turn it on) and SIGKILLed there, or the directory is SIGKILLed while a store waits at
 //! one. After each restart either the replicas or the complete erasure-coded volume serve
 //! every live needle byte for byte from every store the directory lists for it (deleted ones
@@ -160,7 +160,7 @@ impl Procs {
         .await;
     }
 
-    /// Arms pause point `point` on store `i` (store/src/ec/pause.rs).
+    /// Arms pause point `point` on store `i` (store/src/pause.rs).
     fn arm(&self, i: usize, point: &str) {
         std::fs::write(self.store_dir(i).join(format!("test-pause-{point}")), b"").expect("arm");
     }

@@ -1,6 +1,6 @@
 //! A delete acknowledged while a store switches an erasure-coded volume to another
 //! generation (a re-encode; the same switch serves an install and a rebuild) stays deleted on
-//! that store. The store is held at the `ec-switch-opened` pause point (store/src/ec/pause.rs:
+//! that store. The store is held at the `ec-switch-opened` pause point (store/src/pause.rs:
 //! the new generation opened, its delete log read, not yet in place) while the photo is
 //! deleted. Before, the delete was marked on the instance being replaced only, and the store
 //! served the deleted needle from the new one until it restarted.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use haystack_proto::directory::AssignResponse;
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{get_json, post, put_photo, store_id, until_gone};
+use crate::common::{get_json, paused_at, post, put_photo, store_id, until_gone};
 
 /// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
 /// its needle path, the second and its path.
@@ -131,16 +131,6 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
             let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
             assert_eq!(s, 200, "{u}");
         }
-    }
-}
-
-/// Waits until `store_dir` shows its store paused at `point`.
-async fn paused_at(store_dir: &std::path::Path, point: &str) {
-    let paused = store_dir.join(format!("test-paused-{point}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !paused.exists() {
-        assert!(Instant::now() < deadline, "the store never reached {point}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -8,6 +8,7 @@ mod directories;
 mod ec_crash;
 mod ec_switch;
 mod gc;
+mod late_writes;
 mod multihost;
 mod rebalance;
 mod rereplication;

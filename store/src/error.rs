@@ -65,6 +65,10 @@ pub enum StoreError {
     #[error("{0}")]
     Mismatch(String),
     /// A shipped run of bytes does not start at the remote replica's end.
+    /// A write of a needle this volume holds deleted, or whose delete it took while not
+    /// holding it (`absent` memory): a write never undoes a delete.
+    #[error("needle {key}/{alt} was deleted on this volume; a write never brings it back")]
+    Deleted { key: u64, alt: u32 },
     #[error("shipped bytes start at {offset}, the volume ends at {tail}")]
     ShipOutOfStep { offset: u64, tail: u64 },
 }

@@ -67,6 +67,7 @@ impl ApiError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Mismatch(_) => (StatusCode::CONFLICT, "needle_mismatch"),
             ShipOutOfStep { .. } => (StatusCode::CONFLICT, "ship_out_of_step"),
+            Deleted { .. } => (StatusCode::GONE, "deleted"),
         }
     }
 }
@@ -388,6 +389,7 @@ async fn put_batch(
         may_write(&req, &store, vid, n.key, n.alt)?;
     }
     let n = needles.len();
+    crate::pause::at(&store.config().data_dir, "batch-write").await;
     vol.write_batch(needles).await?;
     if let Some(s) = req.app_data::<web::Data<SlowBatches>>() {
         tokio::time::sleep(s.0).await;

@@ -13,6 +13,7 @@ pub mod http;
 pub mod http_ec;
 pub mod index;
 pub mod metrics;
+pub(crate) mod pause;
 pub mod scrub;
 pub mod server;
 pub mod ship;

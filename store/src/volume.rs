@@ -28,6 +28,7 @@ use crate::format::{
 };
 use crate::index::{Loc, MemIndex, SortedIndex};
 
+mod absent;
 mod compact;
 mod recover;
 mod repair;
@@ -263,6 +264,10 @@ pub struct Volume {
     /// An asynchronous remote replica (`vol-{id}.remote` exists): byte for byte its source's
     /// file, extended only by shipping, never compacted on its own.
     remote_copy: AtomicBool,
+    /// Deletes of needles this volume did not hold, so that the writes they overtook are
+    /// refused (`absent`). Taken under the index lock's read side by a delete and its write
+    /// side by a write's indexing, so that one of the two always sees the other.
+    absent: Mutex<absent::AbsentDeletes>,
 }
 
 use haystack_service::sync::lock;
@@ -442,6 +447,7 @@ impl Volume {
             durable: AtomicU64::new(tail),
             generation: AtomicU64::new(0),
             remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
+            absent: Mutex::new(absent::AbsentDeletes::default()),
         };
         tracing::info!(
             volume = id,
@@ -549,6 +555,45 @@ impl Volume {
         match st.get(key, alt) {
             Some(l) if !l.deleted => Ok((l, st.file.clone())),
             _ => Err(StoreError::NotFound),
+        }
+    }
+
+    /// [`Volume::lookup`] for a delete: a delete (with its cookie, not garbage collection's)
+    /// of a needle the index has no entry for is remembered, under the same read lock, so
+    /// that a write it overtook is refused (`absent`).
+    fn lookup_for_delete(
+        &self,
+        key: u64,
+        alt: u32,
+        cookie: Option<u64>,
+    ) -> Result<(Loc, Arc<File>)> {
+        let st = self.read_index();
+        match st.get(key, alt) {
+            Some(l) if !l.deleted => Ok((l, st.file.clone())),
+            Some(_) => Err(StoreError::NotFound),
+            None => {
+                if let Some(c) = cookie {
+                    lock(&self.absent).insert(key, alt, c, std::time::Instant::now());
+                }
+                Err(StoreError::NotFound)
+            }
+        }
+    }
+
+    /// Whether a write of this needle would undo a delete: the index holds it deleted, or
+    /// has no entry for it and a delete of it (with this cookie) was taken while the volume
+    /// did not hold it. Called with the index lock held (either side).
+    fn undoes_delete(
+        &self,
+        st: &State,
+        key: u64,
+        alt: u32,
+        cookie: u64,
+        absent: &absent::AbsentDeletes,
+    ) -> bool {
+        match st.get(key, alt) {
+            Some(l) => l.deleted,
+            None => !absent.is_empty() && absent.holds(key, alt, cookie, std::time::Instant::now()),
         }
     }
 
@@ -700,7 +745,7 @@ impl Volume {
     async fn delete_inner(&self, key: u64, alt: u32, cookie: Option<u64>) -> Result<()> {
         let _gate = self.gate.read().await;
         self.check_deletable()?;
-        let (loc, file) = self.lookup(key, alt)?;
+        let (loc, file) = self.lookup_for_delete(key, alt, cookie)?;
         let buf = self.engine.read_at(&file, loc.offset, HEADER_LEN).await?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
         if h.key != key || h.alt != alt {

@@ -850,3 +850,71 @@ fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
         c.stop().await;
     });
 }
+
+/// A write never undoes a delete. A replica write the uploader did not wait for (write
+/// acknowledgement `one` or `quorum`) can reach a store after the photo was deleted: the
+/// delete found the needle there (a repair copy landed first) or found nothing (404). Either
+/// way the late write is refused, 410 `deleted`, and the needle stays unreadable, by PUT and
+/// by batch, before and after a restart of the store for the delete it held. A needle the
+/// delete never named (another cookie for one it did not hold) is written as usual.
+#[test]
+fn a_write_arriving_after_the_delete_does_not_bring_the_needle_back() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let s = start_server(dir.path(), kind).await;
+            let c = reqwest::Client::new();
+            assert_eq!(
+                c.post(s.url("/v1/volumes/1"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status(),
+                StatusCode::CREATED
+            );
+            let put = |path: &str| c.put(s.url(path)).body(vec![7u8; 100]).send();
+            let batch = |key: u64, cookie: u64| {
+                let body = encode_batch(&[needle(key, 0, cookie, &[9u8; 50])]);
+                c.post(s.url("/v1/volumes/1/batch")).body(body).send()
+            };
+
+            // Held, then deleted: a late PUT or batch of the same needle is refused.
+            let held = "/v1/needles/1/10/0/00000000000000aa";
+            assert_eq!(put(held).await.unwrap().status(), StatusCode::CREATED);
+            assert_eq!(
+                c.delete(s.url(held)).send().await.unwrap().status(),
+                StatusCode::NO_CONTENT
+            );
+            let (st, code) = json_error(put(held).await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::GONE, "deleted"));
+            let (st, code) = json_error(batch(10, 0xaa).await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::GONE, "deleted"));
+            assert_eq!(c.get(s.url(held)).send().await.unwrap().status(), 404);
+
+            // Never held: the delete finds nothing (404) and the late write is refused too.
+            let absent = "/v1/needles/1/11/0/00000000000000bb";
+            assert_eq!(c.delete(s.url(absent)).send().await.unwrap().status(), 404);
+            let (st, code) = json_error(put(absent).await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::GONE, "deleted"));
+            let (st, code) = json_error(batch(11, 0xbb).await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::GONE, "deleted"));
+            assert_eq!(c.get(s.url(absent)).send().await.unwrap().status(), 404);
+
+            // Another cookie is another needle: written and read as usual.
+            let absent = "/v1/needles/1/12/0/00000000000000bb";
+            assert_eq!(c.delete(s.url(absent)).send().await.unwrap().status(), 404);
+            let other = "/v1/needles/1/12/0/00000000000000cc";
+            assert_eq!(put(other).await.unwrap().status(), StatusCode::CREATED);
+            assert_eq!(c.get(s.url(other)).send().await.unwrap().status(), 200);
+            s.stop().await;
+
+            // After a restart the delete of the held needle is still on disk and still wins.
+            let s = start_server(dir.path(), kind).await;
+            let put = |path: &str| c.put(s.url(path)).body(vec![7u8; 100]).send();
+            let (st, code) = json_error(put(held).await.unwrap()).await;
+            assert_eq!((st, code.as_str()), (StatusCode::GONE, "deleted"));
+            assert_eq!(c.get(s.url(held)).send().await.unwrap().status(), 404);
+            s.stop().await;
+        });
+    }
+}

@@ -115,6 +115,18 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
         let mut vol = create(dir.path(), 1, kind);
         let mut model: Model = HashMap::new();
         let mut deleted: HashSet<(u64, u32)> = HashSet::new();
+        // What the volume refuses to write again (a write never undoes a delete): needles its
+        // index holds deleted (until a compaction drops them), and deletes it took of needles
+        // it did not hold (in memory: until the volume is opened again), with their cookie.
+        let mut gone: HashSet<(u64, u32)> = HashSet::new();
+        let mut absent: HashMap<(u64, u32), u64> = HashMap::new();
+        let refuses = |gone: &HashSet<(u64, u32)>,
+                       absent: &HashMap<(u64, u32), u64>,
+                       model: &Model,
+                       k: (u64, u32),
+                       cookie: u64| {
+            gone.contains(&k) || (!model.contains_key(&k) && absent.get(&k) == Some(&cookie))
+        };
         let mut sealed = false;
         for op in ops {
             match op {
@@ -129,6 +141,10 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     let r = vol.write_batch(vec![needle(key, alt, cookie, &d)]).await;
                     if sealed {
                         assert!(matches!(r, Err(StoreError::ReadOnly { .. })), "{r:?}");
+                    } else if refuses(&gone, &absent, &model, (key, alt), cookie) {
+                        assert!(matches!(r, Err(StoreError::Deleted { .. })), "{r:?}");
+                        gone.insert((key, alt));
+                        deleted.insert((key, alt));
                     } else {
                         r.unwrap();
                         model.insert((key, alt), (cookie, d));
@@ -148,10 +164,24 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     if sealed {
                         assert!(r.is_err());
                     } else {
-                        assert_eq!(r.unwrap().len(), n as usize);
+                        // The needles that would undo a delete are refused (and the batch
+                        // answers so); the others are written.
+                        let refused: Vec<bool> = (0..n)
+                            .map(|a| refuses(&gone, &absent, &model, (key, a), cookie))
+                            .collect();
+                        if refused.contains(&true) {
+                            assert!(matches!(r, Err(StoreError::Deleted { .. })), "{r:?}");
+                        } else {
+                            assert_eq!(r.unwrap().len(), n as usize);
+                        }
                         for a in 0..n {
-                            model.insert((key, a), (cookie, data(key, a, len, a as u8)));
-                            deleted.remove(&(key, a));
+                            if refused[a as usize] {
+                                gone.insert((key, a));
+                                deleted.insert((key, a));
+                            } else {
+                                model.insert((key, a), (cookie, data(key, a, len, a as u8)));
+                                deleted.remove(&(key, a));
+                            }
                         }
                     }
                 }
@@ -173,14 +203,21 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                             r.unwrap();
                             model.remove(&(key, alt));
                             deleted.insert((key, alt));
+                            gone.insert((key, alt));
                         }
-                        _ => assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
+                        held => {
+                            assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+                            if held.is_none() && !gone.contains(&(key, alt)) {
+                                absent.insert((key, alt), cookie);
+                            }
+                        }
                     }
                 }
                 Op::Reopen => {
                     vol.flush_index();
                     drop(vol);
                     vol = reopen(dir.path(), 1, kind);
+                    absent.clear();
                     check_after_reopen(&vol, &model, &deleted, "reopen").await;
                 }
                 Op::Seal => {
@@ -194,12 +231,17 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     assert_eq!(info.dead_bytes, 0, "{info:?}");
                     assert_eq!(info.needles as usize, model.len(), "{info:?}");
                     assert!(info.compaction.is_none());
+                    gone.clear();
                 }
                 Op::CompactCrash(p) => {
                     let at = CRASH_POINTS[p as usize];
                     assert!(vol.compact_until(Some(at)).await.is_err());
                     drop(vol);
                     vol = reopen(dir.path(), 1, kind);
+                    absent.clear();
+                    if at != CrashPoint::BeforeMarker {
+                        gone.clear();
+                    }
                     let names: Vec<String> = std::fs::read_dir(dir.path())
                         .unwrap()
                         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

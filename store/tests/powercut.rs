@@ -323,7 +323,33 @@ impl Harness {
     }
 }
 
+/// A write refused because it would undo a delete (`StoreError::Deleted`): allowed only
+/// when the model allows the needle not to be live. The refused write changes nothing the
+/// model tracks (the needle stays unreadable).
+fn refused_deleted<T>(
+    h: &Harness,
+    key: u64,
+    alt: u32,
+    r: &Result<T, StoreError>,
+    what: &str,
+) -> bool {
+    if !matches!(r, Err(StoreError::Deleted { .. })) {
+        return false;
+    }
+    let slot = h.slots.get(&(key, alt)).cloned().unwrap_or_default();
+    assert!(
+        slot.allowed(&None),
+        "{what}: {key}/{alt} refused as deleted while the model holds it live: {:?}",
+        slot.acked.as_ref().map(|v| v.0)
+    );
+    true
+}
+
 fn allowed_err<T: std::fmt::Debug>(h: &Harness, r: &Result<T, StoreError>, what: &str) {
+    if let Err(StoreError::Deleted { .. }) = r {
+        // Checked by `refused_deleted` against the needle's slot.
+        return;
+    }
     if let Err(e) = r {
         assert!(
             h.faulty || h.sim.is_dead(),
@@ -365,6 +391,9 @@ fn run(seed: u64, ops: Vec<Op>) {
                         assert!(r.is_err(), "{when}: a sealed volume took a write");
                         continue;
                     }
+                    if refused_deleted(&h, key, alt, &r, &when) {
+                        continue;
+                    }
                     allowed_err(&h, &r, &when);
                     h.attempted(key, alt, Some((cookie, d)), r.is_ok());
                 }
@@ -384,6 +413,19 @@ fn run(seed: u64, ops: Vec<Op>) {
                     if h.sealed {
                         assert!(r.is_err(), "{when}: a sealed volume took a write");
                         continue;
+                    }
+                    if matches!(r, Err(StoreError::Deleted { .. })) {
+                        // Some needle of the batch was refused (the others written, not
+                        // acknowledged): at least one must be allowed not to be live.
+                        assert!(
+                            (0..n).any(|a| h
+                                .slots
+                                .get(&(key, a))
+                                .cloned()
+                                .unwrap_or_default()
+                                .allowed(&None)),
+                            "{when}: refused as deleted while the model holds it live"
+                        );
                     }
                     allowed_err(&h, &r, &when);
                     let ok = r.is_ok();
@@ -414,6 +456,7 @@ fn run(seed: u64, ops: Vec<Op>) {
                     // every one that was acknowledged is a possible state too.
                     let mut per_key: HashMap<(u64, u32), Vec<(Val, bool)>> = HashMap::new();
                     for ((key, alt, cookie, d), r) in vals.into_iter().zip(results) {
+                        refused_deleted(&h, key, alt, &r, &when);
                         allowed_err(&h, &r, &when);
                         per_key
                             .entry((key, alt))

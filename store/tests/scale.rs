@@ -1,5 +1,5 @@
 //! The index past its uncompressed tail: tens of thousands of needles written by interleaved
-//! writers, deleted and rewritten at random, checked against a model before and after reopen.
+//! writers, deleted and rewritten at random (a rewrite of a deleted one refused), checked against a model before and after reopen.
 
 use std::collections::HashMap;
 
@@ -28,18 +28,27 @@ fn many_needles_interleaved_writers_deletes_and_reopen() {
                         }
                         continue;
                     }
-                    let k = if rng.random_ratio(1, 20) && !keys.is_empty() {
-                        keys[rng.random_range(0..keys.len())] // rewrite
+                    let (k, rewrite) = if rng.random_ratio(1, 20) && !keys.is_empty() {
+                        (keys[rng.random_range(0..keys.len())], true)
                     } else {
                         let k = next[w];
                         next[w] += 16;
                         keys.push(k);
-                        k
+                        (k, false)
                     };
                     let d: Vec<u8> = (0..rng.random_range(1..200usize))
                         .map(|i| (k as usize + i) as u8)
                         .collect();
-                    vol.write_batch(vec![needle(k, 0, 1, &d)]).await.unwrap();
+                    let r = vol.write_batch(vec![needle(k, 0, 1, &d)]).await;
+                    if rewrite && !model.contains_key(&k) {
+                        // A write never undoes a delete.
+                        assert!(
+                            matches!(r, Err(haystack_store::StoreError::Deleted { .. })),
+                            "{r:?}"
+                        );
+                        continue;
+                    }
+                    r.unwrap();
                     model.insert(k, d);
                 }
                 // Crash-like reopen: the index checkpoint's buffer is lost half of the time.

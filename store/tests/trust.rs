@@ -589,3 +589,59 @@ fn a_failed_volume_creation_leaves_no_temporary_file() {
         s.stop().await;
     });
 }
+
+/// A write and the delete of the same needle sent at once, many times over (the delete of a
+/// quorum write's slow replica): whichever lands first, the needle ends deleted, the write
+/// answers either success (it was indexed before the delete) or `Deleted`, and a reopen
+/// finds it deleted too. Before writes checked deletes, every pair whose delete landed first
+/// left the needle live.
+#[test]
+fn a_delete_racing_the_write_of_its_needle_always_wins() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 1, kind);
+            let (mut written, mut refused) = (0, 0);
+            for key in 0..200u64 {
+                let (v, d) = (vol.clone(), vol.clone());
+                let w = tokio::spawn(async move {
+                    v.write_batch(vec![needle(key, 0, 5, &[key as u8; 300])])
+                        .await
+                });
+                // The delete a little later each time, so that it lands before the write,
+                // while it is in flight, or after it.
+                let del = tokio::spawn(async move {
+                    for _ in 0..key % 8 {
+                        tokio::task::yield_now().await;
+                    }
+                    if key % 3 == 0 {
+                        tokio::time::sleep(std::time::Duration::from_micros(key * 40)).await;
+                    }
+                    d.delete(key, 0, 5).await
+                });
+                let (w, del) = (w.await.unwrap(), del.await.unwrap());
+                match (&w, &del) {
+                    (Ok(_), Ok(())) => written += 1,
+                    (Err(StoreError::Deleted { .. }), Err(StoreError::NotFound)) => refused += 1,
+                    other => panic!("key {key}: {other:?}"),
+                }
+                assert!(
+                    matches!(vol.read(key, 0, 5).await, Err(StoreError::NotFound)),
+                    "key {key} is live after its delete"
+                );
+            }
+            eprintln!("{kind:?}: {written} written then deleted, {refused} refused");
+            vol.flush_index();
+            drop(vol);
+            let vol = reopen(dir.path(), 1, kind);
+            for key in 0..200u64 {
+                assert!(
+                    matches!(vol.read(key, 0, 5).await, Err(StoreError::NotFound)),
+                    "key {key} is live after a reopen"
+                );
+            }
+            let info = vol.info();
+            assert_eq!(info.needles, info.deleted_needles, "{info:?}");
+        });
+    }
+}

@@ -171,7 +171,7 @@ pub fn build(
     disk.write_all_at(&ix, &index.encode(), 0)?;
     disk.sync_all(&ix)?;
     disk.sync_dir(&tmp_dir)?;
-    super::pause::blocking(data_dir, "ec-build");
+    crate::pause::blocking(data_dir, "ec-build");
     disk.rename(&tmp_dir, &final_dir)?;
     disk.sync_dir(data_dir)?;
     let report = BuildReport {

@@ -13,7 +13,6 @@ pub mod format;
 mod index;
 pub mod layout;
 pub mod ops;
-mod pause;
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};

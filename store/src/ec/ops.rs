@@ -524,7 +524,7 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        super::pause::at(&dir, "ec-install").await;
+        crate::pause::at(&dir, "ec-install").await;
         let geometry = index.geometry;
         let (d2, t2, disk) = (dir.clone(), tmp.clone(), self.engine().disk().clone());
         let checked = tokio::task::spawn_blocking(move || -> Result<()> {
@@ -587,7 +587,7 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&man).map_err(|e| io::Error::other(e.to_string()))?;
         let d3 = d2.clone();
         tokio::task::spawn_blocking(move || {
-            super::pause::blocking(&d3, "ec-switch");
+            crate::pause::blocking(&d3, "ec-switch");
             write_atomic(&d3, &manifest_path(&d3, id), &bytes)
         })
         .await
@@ -597,7 +597,7 @@ impl Store {
         let switch = self.ec_deletes.write().await;
         let v = tokio::task::spawn_blocking(move || {
             let v = EcVolume::open(&d2, id, e2)?;
-            super::pause::blocking(&d2, "ec-switch-opened");
+            crate::pause::blocking(&d2, "ec-switch-opened");
             Ok::<_, crate::error::StoreError>(v)
         })
         .await
@@ -750,7 +750,7 @@ impl Store {
                 reason: "only a sealed replica can be dropped".into(),
             });
         }
-        super::pause::at(&self.config().data_dir, "ec-drop").await;
+        crate::pause::at(&self.config().data_dir, "ec-drop").await;
         haystack_service::sync::write(&self.volumes).remove(&id);
         let (dat, idx, sidx) = crate::volume::volume_paths(&self.config().data_dir, id);
         for p in [dat, idx, sidx] {

@@ -131,6 +131,29 @@ impl Volume {
         }
         let _gate = self.gate.read().await;
         self.check_writable()?;
+        // A write never undoes a delete: a write that arrives after its needle's delete is
+        // refused before a byte of it is laid down. (A delete landing while this write is in
+        // flight is caught again when it is indexed, below.)
+        {
+            let st = self.read_index();
+            let absent = lock(&self.absent);
+            if let Some(n) = needles
+                .iter()
+                .find(|n| self.undoes_delete(&st, n.key, n.alt, n.cookie, &absent))
+            {
+                metrics::counter!("haystack_store_writes_refused_deleted_total").increment(1);
+                tracing::warn!(
+                    volume = self.id,
+                    key = n.key,
+                    alt = n.alt,
+                    "a write of a needle arrived after its delete; refused"
+                );
+                return Err(StoreError::Deleted {
+                    key: n.key,
+                    alt: n.alt,
+                });
+            }
+        }
         let base = self.append(buf).await?;
         metrics::counter!("haystack_store_bytes_written_total").increment(len);
         if let Err(e) = self
@@ -144,9 +167,17 @@ impl Volume {
         // Every byte below this batch's end was laid down before the sync that covered it.
         self.durable.fetch_max(base + len, Ordering::AcqRel);
         let mut locs = Vec::with_capacity(needles.len());
+        // Needles whose delete landed while this write was in flight (it would undo it,
+        // `Volume::undoes_delete`): laid down, but indexed deleted (records PUT then DELETE,
+        // as a delete leaves them) and flagged deleted in the file below, so that every later
+        // open or rebuild finds them deleted. (A power cut before that flag's sync can leave
+        // such a needle live after recovery: a delete racing the same needle's write inside
+        // the store, then a cut within milliseconds; docs/ARCHITECTURE.md.)
+        let mut refused: Vec<(u64, u32, Loc)> = Vec::new();
         {
             let mut idx = self.write_index();
             let mut log = lock(&self.idx_log);
+            let absent = lock(&self.absent);
             for (n, (start, extent)) in needles.iter().zip(rel) {
                 let loc = Loc {
                     offset: base + start,
@@ -154,6 +185,29 @@ impl Volume {
                     deleted: false,
                 };
                 locs.push(loc);
+                if self.undoes_delete(&idx, n.key, n.alt, n.cookie, &absent) {
+                    refused.push((n.key, n.alt, loc));
+                    if let VolIndex::Mem(m) = &mut idx.index {
+                        match m.get(n.key, n.alt) {
+                            Some(old) if old.offset > loc.offset => continue,
+                            Some(_) => {}
+                            None => {
+                                self.stats.deleted_needles.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        m.insert(
+                            n.key,
+                            n.alt,
+                            Loc {
+                                deleted: true,
+                                ..loc
+                            },
+                        );
+                        log.push(IDX_PUT, n.key, n.alt, loc);
+                        log.push(IDX_DELETE, n.key, n.alt, loc);
+                    }
+                    continue;
+                }
                 if let VolIndex::Mem(m) = &mut idx.index {
                     // Newest wins: appends are in offset order, and a racing writer of the same
                     // (key, alt) may reach this point first.
@@ -187,7 +241,46 @@ impl Volume {
                 .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)));
             j.touched.extend(needles.iter().map(|n| (n.key, n.alt)))
         });
+        if let Some(&(key, alt, _)) = refused.first() {
+            self.flag_refused(&refused).await?;
+            metrics::counter!("haystack_store_writes_refused_deleted_total")
+                .increment(refused.len() as u64);
+            tracing::warn!(
+                volume = self.id,
+                key,
+                alt,
+                refused = refused.len(),
+                "a delete landed while a write of its needle was in flight; the write is refused"
+            );
+            return Err(StoreError::Deleted { key, alt });
+        }
         Ok(locs)
+    }
+
+    /// Sets the delete flag of needles a write laid down but refused (they would have undone
+    /// a delete), synced, so that no scan of the volume file (recovery past the index file,
+    /// an index rebuild) ever finds them live.
+    async fn flag_refused(&self, refused: &[(u64, u32, Loc)]) -> Result<()> {
+        let file = self.file();
+        for &(_, _, loc) in refused {
+            if let Err(e) = self
+                .engine
+                .write_all_at(&file, loc.offset + FLAGS_OFFSET, vec![FLAG_DELETED])
+                .await
+            {
+                self.set_read_only(format!("disk error: {e}"));
+                return Err(StoreError::Io(e));
+            }
+        }
+        if let Err(e) = self
+            .commit
+            .commit(&self.engine, &file, refused.len() as u64)
+            .await
+        {
+            self.set_read_only(format!("disk error: {e}"));
+            return Err(StoreError::Io(e));
+        }
+        Ok(())
     }
 
     /// Writes `buf` at the tail and returns its offset. Concurrent appends are combined:

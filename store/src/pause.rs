@@ -1,5 +1,7 @@
-//! Test-only pause points in the erasure-coding steps (feature `test-hooks`), so that a crash
-//! test can SIGKILL a store process exactly there (ops/tests/ec_crash.rs).
+//! Test-only pause points (feature `test-hooks`): in the erasure-coding steps, so that a crash
+//! test can SIGKILL a store process exactly there (ops/tests/ec_crash.rs), and in the write
+//! path, so that a test can hold a replica's write while the photo is deleted
+//! (ops/tests/late_writes.rs).
 //!
 //! A test arms point `P` of one store by creating the file `test-pause-P` in its data
 //! directory. A store that reaches an armed point creates `test-paused-P` (the test waits for
@@ -13,7 +15,8 @@
 //!   generation (encode step 2, re-encode step 3, a rebuild);
 //! - `ec-switch-opened`: the new shard or generation opened (its delete log read), before it
 //!   replaces the open one;
-//! - `ec-drop`: before a retired replica's files are removed (encode step 4).
+//! - `ec-drop`: before a retired replica's files are removed (encode step 4);
+//! - `batch-write`: a batch write's body received and parsed, before it is written.
 //!
 //! Without the feature (every production build) each point is an empty inline function.
 
