@@ -142,9 +142,8 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     if sealed {
                         assert!(matches!(r, Err(StoreError::ReadOnly { .. })), "{r:?}");
                     } else if refuses(&gone, &absent, &model, (key, alt), cookie) {
+                        // Refused before anything is written: nothing changes.
                         assert!(matches!(r, Err(StoreError::Deleted { .. })), "{r:?}");
-                        gone.insert((key, alt));
-                        deleted.insert((key, alt));
                     } else {
                         r.unwrap();
                         model.insert((key, alt), (cookie, d));
@@ -164,21 +163,13 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                     if sealed {
                         assert!(r.is_err());
                     } else {
-                        // The needles that would undo a delete are refused (and the batch
-                        // answers so); the others are written.
-                        let refused: Vec<bool> = (0..n)
-                            .map(|a| refuses(&gone, &absent, &model, (key, a), cookie))
-                            .collect();
-                        if refused.contains(&true) {
+                        // A batch with a needle that would undo a delete is refused whole,
+                        // before anything is written.
+                        if (0..n).any(|a| refuses(&gone, &absent, &model, (key, a), cookie)) {
                             assert!(matches!(r, Err(StoreError::Deleted { .. })), "{r:?}");
                         } else {
                             assert_eq!(r.unwrap().len(), n as usize);
-                        }
-                        for a in 0..n {
-                            if refused[a as usize] {
-                                gone.insert((key, a));
-                                deleted.insert((key, a));
-                            } else {
+                            for a in 0..n {
                                 model.insert((key, a), (cookie, data(key, a, len, a as u8)));
                                 deleted.remove(&(key, a));
                             }

@@ -415,8 +415,8 @@ fn run(seed: u64, ops: Vec<Op>) {
                         continue;
                     }
                     if matches!(r, Err(StoreError::Deleted { .. })) {
-                        // Some needle of the batch was refused (the others written, not
-                        // acknowledged): at least one must be allowed not to be live.
+                        // The batch was refused (nothing of it written): at least one of its
+                        // needles must be allowed not to be live.
                         assert!(
                             (0..n).any(|a| h
                                 .slots
