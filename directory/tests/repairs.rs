@@ -1,5 +1,6 @@
-//! The repair worker against a delete that lands while it copies: the copy must not leave the
-//! deleted photo's needle live on the replica it filled. Two scripted store machines (test
+//! Deletes against work under way: the repair worker copying when a delete lands (the copy
+//! must not leave the deleted photo's needle live on the replica it filled), and a replica
+//! switched in while a delete's calls are under way (it must get the delete too). Two scripted store machines (test
 //! doubles over loopback HTTP): the source, whose needle GET deletes the photo through the
 //! directory before it answers (the delete arriving mid-copy, deterministically), and the
 //! target, which does not hold the needle yet (its needle DELETE answers 404, as a store's
@@ -149,5 +150,138 @@ async fn a_delete_during_a_repair_copy_leaves_no_live_copy() {
             .iter()
             .any(|l| *l == format!("POST /v1/volumes/{v}/gc")),
         "the copy made after the delete was left live: {log:?}"
+    );
+}
+
+/// A scripted store whose needle DELETE first moves volume `plan.0`'s replica from store
+/// `plan.1` to store `plan.2` through the directory at `dir` (once), then answers 204: the
+/// record switching while a delete's calls are under way, deterministically. Anything else
+/// answers 200. Returns its URL and request log.
+fn switching_store(
+    dir: String,
+    plan: Arc<Mutex<Option<(u32, u64, u64)>>>,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let listener = loopback();
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = HttpServer::new(move || {
+        let (l, dir, plan) = (l.clone(), dir.clone(), plan.clone());
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let (l, dir, plan) = (l.clone(), dir.clone(), plan.clone());
+            async move {
+                l.lock()
+                    .expect("log")
+                    .push(format!("{} {}", req.method(), req.path()));
+                let needle_delete =
+                    req.method() == "DELETE" && req.path().starts_with("/v1/needles/");
+                let step = plan.lock().expect("plan").take();
+                match (needle_delete, step) {
+                    (true, Some((v, from, to))) => {
+                        let r = reqwest::Client::new()
+                            .post(format!("{dir}/v1/volumes/{v}/replace"))
+                            .json(&serde_json::json!({
+                                "from_store_id": from.to_string(),
+                                "to_store_id": to.to_string(),
+                            }))
+                            .send()
+                            .await
+                            .expect("replace through the directory");
+                        assert!(r.status().is_success(), "replace: {}", r.status());
+                        HttpResponse::NoContent().finish()
+                    }
+                    (true, None) => HttpResponse::NoContent().finish(),
+                    (false, step) => {
+                        *plan.lock().expect("plan") = step;
+                        HttpResponse::Ok().json(serde_json::json!({}))
+                    }
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (url, log)
+}
+
+/// A delete whose calls to the stores are under way while the volume's replica moves (re-
+/// replication, a drain, `haystack volume repair`): the new replica, not one when the delete
+/// read the record, must get the delete too. Store B moves the replica from A to C when its
+/// delete arrives. Before, the delete called A and B only and C kept the needle live (the
+/// move's own comparison of the replicas could run before B's delete had landed; until
+/// anti-entropy, and nothing at all for an erasure-coded shard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_switched_in_during_a_delete_gets_the_delete() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cfg = DirectoryConfig {
+        replication_factor: 2,
+        min_writable_volumes: 1,
+        ..test_config(data.path())
+    };
+    let dir = TestDirectory::start(cfg, data.path()).await;
+    let plan = Arc::new(Mutex::new(None));
+    let (b_url, _) = switching_store(dir.url.clone(), plan.clone());
+    let mut a = FakeStore::start(None).await;
+    let mut b = FakeStore::start(None).await;
+    b.url = b_url;
+    a.register(&dir.client).await;
+    b.register(&dir.client).await;
+    let mut assigned = None;
+    for _ in 0..MAX_POLLS {
+        a.heartbeat(&dir.client).await;
+        b.heartbeat(&dir.client).await;
+        if let Ok(x) = dir.client.assign(&AssignRequest::default()).await {
+            assigned = Some(x);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let x = assigned.expect("a volume on A and B");
+    // C joins once the volume is placed (on A and B: the only stores then).
+    let mut c = FakeStore::start(None).await;
+    c.register(&dir.client).await;
+    c.heartbeat(&dir.client).await;
+    dir.client
+        .commit_keyed(&KeyedCommit {
+            commit: CommitRequest {
+                id: x.id,
+                cookie: x.cookie,
+                volume_id: x.volume_id,
+                kind: PhotoKind::Photo,
+                variants: vec![Variant {
+                    name: "original".into(),
+                    alt: 0,
+                    size_bytes: 4096,
+                    content_type: "image/jpeg".into(),
+                }],
+                chunks: Vec::new(),
+            },
+            idempotency_key: None,
+            request_hash: None,
+            pending_replicas: Vec::new(),
+        })
+        .await
+        .expect("commit");
+    *plan.lock().expect("plan") = Some((x.volume_id, a.id, c.id));
+    dir.client.delete(x.id).await.expect("delete");
+    let info = dir.client.volume(x.volume_id).await.expect("volume");
+    assert!(
+        info.replicas.iter().any(|r| r.store_id == c.id),
+        "the replica moved to C during the delete: {info:?}"
+    );
+    let needle = format!(
+        "DELETE /v1/needles/{}/{}/0/{}",
+        x.volume_id,
+        x.id,
+        haystack_proto::format_cookie(x.cookie)
+    );
+    assert!(
+        c.requests().contains(&needle),
+        "the replica switched in during the delete never got it: {:?}",
+        c.requests()
     );
 }

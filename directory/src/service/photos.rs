@@ -570,6 +570,51 @@ impl Directory {
         Ok(self.notify_delete(&photo).await)
     }
 
+    /// The stores volume `id`'s record names now (replicas, shards, remote replicas) that
+    /// `called` does not. A record that cannot be read adds none (logged): the switch that
+    /// changed it then compares the replicas itself.
+    async fn replicas_added_since(&self, id: u32, called: &[Replica]) -> Vec<Replica> {
+        let cur = match self.meta.get_volume(id).await {
+            Ok(Some(v)) => v.value,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(volume_id = id, error = %e, "reading the volume again after a delete failed");
+                return Vec::new();
+            }
+        };
+        let view = self.view();
+        let mut added = Vec::new();
+        for store_id in cur.replicas.iter().chain(&cur.remote) {
+            if called.iter().any(|r| r.store_id == *store_id)
+                || added.iter().any(|r: &Replica| r.store_id == *store_id)
+            {
+                continue;
+            }
+            let url = match view.stores.get(store_id) {
+                Some(s) => Some(s.url.clone()),
+                None => self
+                    .meta
+                    .get_store(*store_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|s| s.value.url),
+            };
+            match url {
+                Some(url) => added.push(Replica {
+                    store_id: *store_id,
+                    url,
+                }),
+                None => tracing::warn!(
+                    volume_id = id,
+                    store_id,
+                    "a replica's store is unknown; anti-entropy will carry the delete"
+                ),
+            }
+        }
+        added
+    }
+
     pub(super) async fn notify_delete(&self, p: &Photo) -> DeleteResponse {
         let view = self.view();
         // The asynchronous remote replicas too: a delete must not wait for anything there.
@@ -616,8 +661,26 @@ impl Directory {
                 .iter()
                 .map(move |a| async move { done("cache", base, self.caches.purge(base, a).await) })
         });
-        let store_calls = join_all(store_calls.collect::<Vec<_>>()).await;
+        let mut store_calls = join_all(store_calls.collect::<Vec<_>>()).await;
         let cache_results = join_all(cache_calls.collect::<Vec<_>>()).await;
+        // A replica switched in while the calls above ran (a move, a shard rebuild) was not
+        // called: the record is read again once they answered, and the stores it names now
+        // get the delete too. A switch after this read is followed by its own comparison
+        // (`compare_moved`, a rebuild's carried deletes), which finds the delete on the
+        // replicas called above.
+        let late = self.replicas_added_since(p.volume_id, &replicas).await;
+        if !late.is_empty() {
+            tracing::info!(photo_id = p.id, volume_id = p.volume_id, stores = ?late.iter().map(|r| r.store_id).collect::<Vec<_>>(), "the volume's replicas changed during a delete; the new ones get it too");
+            metrics::counter!("haystack_directory_deletes_to_switched_replicas_total")
+                .increment(late.len() as u64);
+            let calls = late.iter().flat_map(|r| {
+                addrs.iter().map(move |a| async move {
+                    let ok = done("store", &r.url, self.stores.delete_needle(&r.url, a).await);
+                    (r.store_id, ok)
+                })
+            });
+            store_calls.extend(join_all(calls.collect::<Vec<_>>()).await);
+        }
         // A replica that missed the delete (down, partitioned, refusing) gets it retried by
         // the repair worker until it takes it: the needle must not stay readable there.
         let mut missed: Vec<u64> = store_calls
