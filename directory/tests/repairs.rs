@@ -285,3 +285,109 @@ async fn a_replica_switched_in_during_a_delete_gets_the_delete() {
         c.requests()
     );
 }
+
+/// A cache node that refuses the first `refusals` purges (503), then takes them (204);
+/// returns its URL and request log.
+fn flaky_cache(refusals: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let listener = loopback();
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = HttpServer::new(move || {
+        let l = l.clone();
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let l = l.clone();
+            async move {
+                let mut log = l.lock().expect("log");
+                log.push(format!("{} {}", req.method(), req.path()));
+                if log.len() <= refusals {
+                    HttpResponse::ServiceUnavailable()
+                        .json(serde_json::json!({"error": "unavailable", "message": "not now"}))
+                } else {
+                    HttpResponse::NoContent().finish()
+                }
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (url, log)
+}
+
+/// A cache that misses a delete's purge is asked again until it takes it. Before, the
+/// failure was counted and never retried: the node served the deleted photo from memory until
+/// its hit recheck (60 s by default) or eviction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_cache_purge_is_retried_until_taken() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (cache_url, cache_log) = flaky_cache(2);
+    let cfg = DirectoryConfig {
+        replication_factor: 1,
+        min_writable_volumes: 1,
+        cache_purge_urls: vec![cache_url],
+        ..test_config(data.path())
+    };
+    let dir = TestDirectory::start(cfg, data.path()).await;
+    let mut s = FakeStore::start(None).await;
+    s.register(&dir.client).await;
+    let mut assigned = None;
+    for _ in 0..MAX_POLLS {
+        s.heartbeat(&dir.client).await;
+        if let Ok(x) = dir.client.assign(&AssignRequest::default()).await {
+            assigned = Some(x);
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let x = assigned.expect("a volume");
+    dir.client
+        .commit_keyed(&KeyedCommit {
+            commit: CommitRequest {
+                id: x.id,
+                cookie: x.cookie,
+                volume_id: x.volume_id,
+                kind: PhotoKind::Photo,
+                variants: vec![Variant {
+                    name: "original".into(),
+                    alt: 0,
+                    size_bytes: 4096,
+                    content_type: "image/jpeg".into(),
+                }],
+                chunks: Vec::new(),
+            },
+            idempotency_key: None,
+            request_hash: None,
+            pending_replicas: Vec::new(),
+        })
+        .await
+        .expect("commit");
+    let d = dir.client.delete(x.id).await.expect("delete");
+    assert_eq!((d.cache_purges_ok, d.cache_purges_failed), (0, 1), "{d:?}");
+    // Retried after 1 s (refused again), then after 2 s more (taken); then no more.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cache_log.lock().expect("log").len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge was not retried: {:?}",
+            cache_log.lock().expect("log")
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let log = cache_log.lock().expect("log").clone();
+    let purge = format!(
+        "DELETE /v1/needles/{}/{}/0/{}",
+        x.volume_id,
+        x.id,
+        haystack_proto::format_cookie(x.cookie)
+    );
+    assert_eq!(
+        log,
+        vec![purge; 3],
+        "taken on the third call, then left alone"
+    );
+}

@@ -704,6 +704,19 @@ impl Directory {
                 tracing::error!(photo_id = p.id, store_id, error = %e, "queueing the retry of a failed needle delete failed; anti-entropy will find it");
             }
         }
+        // A cache that missed the purge (down, partitioned, refusing) is asked again in the
+        // background; until it takes it, its hits on the photo stop once they are older
+        // than its `recheck_hits_after_ms` (the cache asks the directory then).
+        let missed_purges: Vec<(String, NeedleAddr)> = caches
+            .iter()
+            .flat_map(|base| addrs.iter().map(move |a| (base.clone(), *a)))
+            .zip(&cache_results)
+            .filter(|(_, ok)| !**ok)
+            .map(|(call, _)| call)
+            .collect();
+        if !missed_purges.is_empty() {
+            tokio::spawn(retry_purges(self.caches.clone(), p.id, missed_purges));
+        }
         let store_results: Vec<bool> = store_calls.iter().map(|(_, ok)| *ok).collect();
         let count = |xs: &[bool], want: bool| xs.iter().filter(|x| **x == want).count() as u32;
         DeleteResponse {
@@ -714,5 +727,35 @@ impl Directory {
             cache_purges_ok: count(&cache_results, true),
             cache_purges_failed: count(&cache_results, false),
         }
+    }
+}
+
+/// Waits before each retry of a missed cache purge: about two minutes in all.
+const PURGE_RETRY_DELAYS_MS: [u64; 7] = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000];
+
+/// Retries cache purges a delete's notification missed, with a growing pause, until each is
+/// taken (404 counts: nothing to purge) or the delays run out (counted, logged). In memory
+/// only: a directory restart drops them, and the caches' hit recheck bounds what is left.
+async fn retry_purges(caches: CacheClient, photo_id: u64, mut left: Vec<(String, NeedleAddr)>) {
+    for delay in PURGE_RETRY_DELAYS_MS {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        let results = join_all(left.iter().map(|(base, a)| caches.purge(base, a))).await;
+        let before = left.len();
+        left = left
+            .into_iter()
+            .zip(results)
+            .filter(|(_, r)| !matches!(r, Ok(()) | Err(ClientError::Api { status: 404, .. })))
+            .map(|(call, _)| call)
+            .collect();
+        metrics::counter!("haystack_directory_cache_purges_retried_total")
+            .increment((before - left.len()) as u64);
+        if left.is_empty() {
+            return;
+        }
+    }
+    metrics::counter!("haystack_directory_cache_purges_abandoned_total")
+        .increment(left.len() as u64);
+    for (base, _) in &left {
+        tracing::warn!(photo_id, cache = %base, "cache purge still failing after retries; the cache's hit recheck drops the photo");
     }
 }
