@@ -918,3 +918,69 @@ fn a_write_arriving_after_the_delete_does_not_bring_the_needle_back() {
         });
     }
 }
+
+/// An asynchronous remote replica can get a photo's delete before the shipper sends it the
+/// needle (the shipper read it before its own delete): it answers 404 and remembers the
+/// delete, and the needle, when it arrives, is indexed deleted and flagged so. Before, the
+/// shipped needle was indexed live and the remote served the deleted photo (for good after a
+/// promotion; anti-entropy does not compare remote replicas).
+#[test]
+fn a_needle_shipped_after_its_delete_reached_the_remote_stays_deleted() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[0]).await;
+        let c = reqwest::Client::new();
+        assert_eq!(
+            c.post(a.url("/v1/volumes/1"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        let r = c
+            .post(b.url("/v1/volumes/1/import"))
+            .json(&serde_json::json!({"from": a.url(""), "remote_copy": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+        let needle = "/v1/needles/1/5/0/00000000000000aa";
+        let kept = "/v1/needles/1/6/0/00000000000000bb";
+        for n in [needle, kept] {
+            let r = c.put(a.url(n)).body(vec![3u8; 700]).send().await.unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        // The delete reaches the remote first (it does not hold the needle yet).
+        assert_eq!(c.delete(b.url(needle)).send().await.unwrap().status(), 404);
+        // The shipper's bytes: the source's file from the remote's end to its own.
+        let pos: serde_json::Value = c
+            .get(b.url("/v1/volumes/1/ship"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let from = pos["tail"].as_u64().expect("tail");
+        let to = a.store.volume(1).unwrap().info().size_bytes;
+        let file = std::fs::read(da.path().join("vol-1.dat")).unwrap();
+        let r = c
+            .post(b.url(&format!("/v1/volumes/1/ship?offset={from}")))
+            .body(file[from as usize..to as usize].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+        assert_eq!(c.get(b.url(needle)).send().await.unwrap().status(), 404);
+        assert_eq!(c.get(b.url(kept)).send().await.unwrap().status(), 200);
+        b.stop().await;
+        // Still deleted after a restart (the delete is in the index file and the flag).
+        let b = start_server(db.path(), ENGINES[0]).await;
+        assert_eq!(c.get(b.url(needle)).send().await.unwrap().status(), 404);
+        assert_eq!(c.get(b.url(kept)).send().await.unwrap().status(), 200);
+        b.stop().await;
+        a.stop().await;
+    });
+}

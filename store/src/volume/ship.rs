@@ -211,10 +211,29 @@ impl Volume {
             return Err(StoreError::Io(e));
         }
         self.durable.fetch_max(base + len, Ordering::AcqRel);
-        let found = self.needles_in(&bytes, base);
+        let shipped = self.needles_in(&bytes, base);
+        // A needle whose delete reached this replica before the needle did (it answered 404
+        // and remembered it, `absent`) is indexed deleted and flagged so in the file below:
+        // the shipper read it before its own delete.
+        let mut late_deleted: Vec<(u64, u32, Loc)> = Vec::new();
+        let mut found: Vec<(u64, u32, Loc)> = Vec::with_capacity(shipped.len());
         {
             let mut idx = self.write_index();
             let mut log = lock(&self.idx_log);
+            let absent = lock(&self.absent);
+            for &(key, alt, cookie, loc) in &shipped {
+                let undone = !loc.deleted && self.undoes_delete(&idx, key, alt, cookie, &absent);
+                let loc = if undone {
+                    late_deleted.push((key, alt, loc));
+                    Loc {
+                        deleted: true,
+                        ..loc
+                    }
+                } else {
+                    loc
+                };
+                found.push((key, alt, loc));
+            }
             if let VolIndex::Mem(m) = &mut idx.index {
                 for &(key, alt, loc) in &found {
                     match m.get(key, alt) {
@@ -242,13 +261,18 @@ impl Volume {
             j.puts.extend(found.iter().copied());
             j.touched.extend(found.iter().map(|(k, a, _)| (*k, *a)))
         });
+        if !late_deleted.is_empty() {
+            self.flag_refused(&late_deleted).await?;
+            metrics::counter!("haystack_store_ship_deletes_applied_total")
+                .increment(late_deleted.len() as u64);
+        }
         metrics::counter!("haystack_store_ship_received_bytes_total").increment(len);
         Ok(base + len)
     }
 
     /// The needles of this volume inside `b` (which sits at `base` in the file), each fully
-    /// checked; bytes that are not one are stepped over 8 at a time.
-    fn needles_in(&self, b: &[u8], base: u64) -> Vec<(u64, u32, Loc)> {
+    /// checked, with their cookies; bytes that are not one are stepped over 8 at a time.
+    fn needles_in(&self, b: &[u8], base: u64) -> Vec<(u64, u32, u64, Loc)> {
         let mut out = Vec::new();
         let mut at = 0usize;
         while at + HEADER_LEN <= b.len() {
@@ -258,6 +282,7 @@ impl Volume {
                     out.push((
                         p.header.key,
                         p.header.alt,
+                        p.header.cookie,
                         Loc {
                             offset: base + at as u64,
                             extent: extent as u32,

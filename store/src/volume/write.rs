@@ -260,7 +260,7 @@ impl Volume {
     /// Sets the delete flag of needles a write laid down but refused (they would have undone
     /// a delete), synced, so that no scan of the volume file (recovery past the index file,
     /// an index rebuild) ever finds them live.
-    async fn flag_refused(&self, refused: &[(u64, u32, Loc)]) -> Result<()> {
+    pub(super) async fn flag_refused(&self, refused: &[(u64, u32, Loc)]) -> Result<()> {
         let file = self.file();
         for &(_, _, loc) in refused {
             if let Err(e) = self
