@@ -64,11 +64,11 @@ pub enum StoreError {
     /// A repair's good copy is not the needle this volume holds under that key.
     #[error("{0}")]
     Mismatch(String),
-    /// A shipped run of bytes does not start at the remote replica's end.
-    /// A write of a needle this volume holds deleted, or whose delete it took while not
-    /// holding it (`absent` memory): a write never undoes a delete.
+    /// A write of a needle this volume holds deleted, or took a delete of in the last
+    /// minutes (`volume/recent.rs`): a write never undoes a delete.
     #[error("needle {key}/{alt} was deleted on this volume; a write never brings it back")]
     Deleted { key: u64, alt: u32 },
+    /// A shipped run of bytes does not start at the remote replica's end.
     #[error("shipped bytes start at {offset}, the volume ends at {tail}")]
     ShipOutOfStep { offset: u64, tail: u64 },
 }

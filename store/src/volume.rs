@@ -28,8 +28,8 @@ use crate::format::{
 };
 use crate::index::{Loc, MemIndex, SortedIndex};
 
-mod absent;
 mod compact;
+mod recent;
 mod recover;
 mod repair;
 mod ship;
@@ -264,10 +264,10 @@ pub struct Volume {
     /// An asynchronous remote replica (`vol-{id}.remote` exists): byte for byte its source's
     /// file, extended only by shipping, never compacted on its own.
     remote_copy: AtomicBool,
-    /// Deletes of needles this volume did not hold, so that the writes they overtook are
-    /// refused (`absent`). Taken under the index lock's read side by a delete and its write
-    /// side by a write's indexing, so that one of the two always sees the other.
-    absent: Mutex<absent::AbsentDeletes>,
+    /// The deletes of the last minutes, so that the writes they overtook are refused
+    /// (`recent`). Taken under the index lock's read side by a delete and its write side by a
+    /// write's indexing, so that one of the two always sees the other.
+    recent_deletes: Mutex<recent::RecentDeletes>,
 }
 
 use haystack_service::sync::lock;
@@ -447,7 +447,7 @@ impl Volume {
             durable: AtomicU64::new(tail),
             generation: AtomicU64::new(0),
             remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
-            absent: Mutex::new(absent::AbsentDeletes::default()),
+            recent_deletes: Mutex::new(recent::RecentDeletes::default()),
         };
         tracing::info!(
             volume = id,
@@ -558,9 +558,9 @@ impl Volume {
         }
     }
 
-    /// [`Volume::lookup`] for a delete: a delete (with its cookie, not garbage collection's)
-    /// of a needle the index has no entry for is remembered, under the same read lock, so
-    /// that a write it overtook is refused (`absent`).
+    /// [`Volume::lookup`] for a delete. Every delete is remembered (`recent`), under the same
+    /// read lock, before it looks further: a write it overtook is refused whether the needle
+    /// is held here, held live but being deleted, or not held at all.
     fn lookup_for_delete(
         &self,
         key: u64,
@@ -568,33 +568,26 @@ impl Volume {
         cookie: Option<u64>,
     ) -> Result<(Loc, Arc<File>)> {
         let st = self.read_index();
+        lock(&self.recent_deletes).insert(key, alt, cookie, std::time::Instant::now());
         match st.get(key, alt) {
             Some(l) if !l.deleted => Ok((l, st.file.clone())),
-            Some(_) => Err(StoreError::NotFound),
-            None => {
-                if let Some(c) = cookie {
-                    lock(&self.absent).insert(key, alt, c, std::time::Instant::now());
-                }
-                Err(StoreError::NotFound)
-            }
+            _ => Err(StoreError::NotFound),
         }
     }
 
-    /// Whether a write of this needle would undo a delete: the index holds it deleted, or
-    /// has no entry for it and a delete of it (with this cookie) was taken while the volume
-    /// did not hold it. Called with the index lock held (either side).
+    /// Whether a write of this needle would undo a delete: the index holds it deleted, or a
+    /// delete of it (with this cookie, or garbage collection's) was taken in the last minutes
+    /// (`recent`). Called with the index lock held (either side).
     fn undoes_delete(
         &self,
         st: &State,
         key: u64,
         alt: u32,
         cookie: u64,
-        absent: &absent::AbsentDeletes,
+        recent: &recent::RecentDeletes,
     ) -> bool {
-        match st.get(key, alt) {
-            Some(l) => l.deleted,
-            None => !absent.is_empty() && absent.holds(key, alt, cookie, std::time::Instant::now()),
-        }
+        st.get(key, alt).is_some_and(|l| l.deleted)
+            || (!recent.is_empty() && recent.holds(key, alt, cookie, std::time::Instant::now()))
     }
 
     /// A failed read (a bad sector, a flaky path): counted and reported; the caller reads

@@ -116,17 +116,16 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
         let mut model: Model = HashMap::new();
         let mut deleted: HashSet<(u64, u32)> = HashSet::new();
         // What the volume refuses to write again (a write never undoes a delete): needles its
-        // index holds deleted (until a compaction drops them), and deletes it took of needles
-        // it did not hold (in memory: until the volume is opened again), with their cookie.
+        // index holds deleted (until a compaction drops them), and every delete it took (in
+        // memory: until the volume is opened again), with its cookie (the latest per needle).
         let mut gone: HashSet<(u64, u32)> = HashSet::new();
         let mut absent: HashMap<(u64, u32), u64> = HashMap::new();
-        let refuses = |gone: &HashSet<(u64, u32)>,
-                       absent: &HashMap<(u64, u32), u64>,
-                       model: &Model,
-                       k: (u64, u32),
-                       cookie: u64| {
-            gone.contains(&k) || (!model.contains_key(&k) && absent.get(&k) == Some(&cookie))
-        };
+        let refuses =
+            |gone: &HashSet<(u64, u32)>,
+             absent: &HashMap<(u64, u32), u64>,
+             _model: &Model,
+             k: (u64, u32),
+             cookie: u64| { gone.contains(&k) || absent.get(&k) == Some(&cookie) };
         let mut sealed = false;
         for op in ops {
             match op {
@@ -189,6 +188,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                 }
                 Op::Delete { key, alt, cookie } => {
                     let r = vol.delete(key, alt, cookie).await;
+                    absent.insert((key, alt), cookie);
                     match model.get(&(key, alt)) {
                         Some((c, _)) if *c == cookie => {
                             r.unwrap();
@@ -196,12 +196,7 @@ fn run(kind: EngineKind, ops: Vec<Op>) {
                             deleted.insert((key, alt));
                             gone.insert((key, alt));
                         }
-                        held => {
-                            assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
-                            if held.is_none() && !gone.contains(&(key, alt)) {
-                                absent.insert((key, alt), cookie);
-                            }
-                        }
+                        _ => assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}"),
                     }
                 }
                 Op::Reopen => {

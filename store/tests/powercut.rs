@@ -167,6 +167,9 @@ struct Harness {
     sealed: bool,
     /// A fault or a cut was armed or fired since the last reopen: failures are allowed.
     faulty: bool,
+    /// Deletes asked since the last open (key, alt, cookie): the volume remembers them in
+    /// memory and refuses a write of those needles whatever it holds.
+    deletes_since_open: std::collections::HashSet<(u64, u32, u64)>,
 }
 
 fn cfg() -> VolumeConfig {
@@ -318,18 +321,20 @@ impl Harness {
         let vol = vol.unwrap_or_else(|| self.open());
         self.sealed = vol.info().state == haystack_proto::VolumeState::Sealed;
         self.faulty = false;
+        self.deletes_since_open.clear();
         self.observe(&vol, when, true).await;
         vol
     }
 }
 
 /// A write refused because it would undo a delete (`StoreError::Deleted`): allowed only
-/// when the model allows the needle not to be live. The refused write changes nothing the
-/// model tracks (the needle stays unreadable).
+/// when the model allows the needle not to be live, or a delete of it with this cookie was
+/// asked since the volume opened. The refused write changes nothing the model tracks.
 fn refused_deleted<T>(
     h: &Harness,
     key: u64,
     alt: u32,
+    cookie: u64,
     r: &Result<T, StoreError>,
     what: &str,
 ) -> bool {
@@ -338,7 +343,7 @@ fn refused_deleted<T>(
     }
     let slot = h.slots.get(&(key, alt)).cloned().unwrap_or_default();
     assert!(
-        slot.allowed(&None),
+        slot.allowed(&None) || h.deletes_since_open.contains(&(key, alt, cookie)),
         "{what}: {key}/{alt} refused as deleted while the model holds it live: {:?}",
         slot.acked.as_ref().map(|v| v.0)
     );
@@ -370,6 +375,7 @@ fn run(seed: u64, ops: Vec<Op>) {
         version: 0,
         sealed: false,
         faulty: false,
+        deletes_since_open: Default::default(),
     };
     crate::common::rt().block_on(async move {
         let mut vol = Volume::create(&h.data_dir(), 1, h.engine(), cfg()).unwrap();
@@ -391,7 +397,7 @@ fn run(seed: u64, ops: Vec<Op>) {
                         assert!(r.is_err(), "{when}: a sealed volume took a write");
                         continue;
                     }
-                    if refused_deleted(&h, key, alt, &r, &when) {
+                    if refused_deleted(&h, key, alt, cookie, &r, &when) {
                         continue;
                     }
                     allowed_err(&h, &r, &when);
@@ -423,7 +429,8 @@ fn run(seed: u64, ops: Vec<Op>) {
                                 .get(&(key, a))
                                 .cloned()
                                 .unwrap_or_default()
-                                .allowed(&None)),
+                                .allowed(&None)
+                                || h.deletes_since_open.contains(&(key, a, cookie))),
                             "{when}: refused as deleted while the model holds it live"
                         );
                     }
@@ -456,7 +463,7 @@ fn run(seed: u64, ops: Vec<Op>) {
                     // every one that was acknowledged is a possible state too.
                     let mut per_key: HashMap<(u64, u32), Vec<(Val, bool)>> = HashMap::new();
                     for ((key, alt, cookie, d), r) in vals.into_iter().zip(results) {
-                        refused_deleted(&h, key, alt, &r, &when);
+                        refused_deleted(&h, key, alt, cookie, &r, &when);
                         allowed_err(&h, &r, &when);
                         per_key
                             .entry((key, alt))
@@ -484,6 +491,7 @@ fn run(seed: u64, ops: Vec<Op>) {
                     }
                 }
                 Op::Delete { key, alt, cookie } => {
+                    h.deletes_since_open.insert((key, alt, cookie));
                     let r = vol.delete(key, alt, cookie).await;
                     match &r {
                         Ok(()) => h.attempted(key, alt, None, true),

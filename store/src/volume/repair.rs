@@ -194,8 +194,14 @@ impl Volume {
                 return Ok(RepairOutcome::Rewritten);
             }
         }
-        // Not in the index: an append, which only a writable volume takes.
-        self.write_batch(vec![good]).await?;
+        // Not in the index: an append, which only a writable volume takes. A delete of it in
+        // the last minutes refuses it (a write never undoes a delete): left deleted.
+        match self.write_batch(vec![good]).await {
+            Err(StoreError::Deleted { .. }) => return Ok(RepairOutcome::Deleted),
+            r => {
+                r?;
+            }
+        }
         tracing::info!(
             volume = self.id,
             key,

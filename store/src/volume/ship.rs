@@ -213,16 +213,16 @@ impl Volume {
         self.durable.fetch_max(base + len, Ordering::AcqRel);
         let shipped = self.needles_in(&bytes, base);
         // A needle whose delete reached this replica before the needle did (it answered 404
-        // and remembered it, `absent`) is indexed deleted and flagged so in the file below:
+        // and remembered it, `recent`) is indexed deleted and flagged so in the file below:
         // the shipper read it before its own delete.
         let mut late_deleted: Vec<(u64, u32, Loc)> = Vec::new();
         let mut found: Vec<(u64, u32, Loc)> = Vec::with_capacity(shipped.len());
         {
             let mut idx = self.write_index();
             let mut log = lock(&self.idx_log);
-            let absent = lock(&self.absent);
+            let recent = lock(&self.recent_deletes);
             for &(key, alt, cookie, loc) in &shipped {
-                let undone = !loc.deleted && self.undoes_delete(&idx, key, alt, cookie, &absent);
+                let undone = !loc.deleted && self.undoes_delete(&idx, key, alt, cookie, &recent);
                 let loc = if undone {
                     late_deleted.push((key, alt, loc));
                     Loc {

@@ -136,10 +136,10 @@ impl Volume {
         // flight is caught again when it is indexed, below.)
         {
             let st = self.read_index();
-            let absent = lock(&self.absent);
+            let recent = lock(&self.recent_deletes);
             if let Some(n) = needles
                 .iter()
-                .find(|n| self.undoes_delete(&st, n.key, n.alt, n.cookie, &absent))
+                .find(|n| self.undoes_delete(&st, n.key, n.alt, n.cookie, &recent))
             {
                 metrics::counter!("haystack_store_writes_refused_deleted_total").increment(1);
                 tracing::warn!(
@@ -177,7 +177,7 @@ impl Volume {
         {
             let mut idx = self.write_index();
             let mut log = lock(&self.idx_log);
-            let absent = lock(&self.absent);
+            let recent = lock(&self.recent_deletes);
             for (n, (start, extent)) in needles.iter().zip(rel) {
                 let loc = Loc {
                     offset: base + start,
@@ -185,7 +185,7 @@ impl Volume {
                     deleted: false,
                 };
                 locs.push(loc);
-                if self.undoes_delete(&idx, n.key, n.alt, n.cookie, &absent) {
+                if self.undoes_delete(&idx, n.key, n.alt, n.cookie, &recent) {
                     refused.push((n.key, n.alt, loc));
                     if let VolIndex::Mem(m) = &mut idx.index {
                         match m.get(n.key, n.alt) {
@@ -243,8 +243,7 @@ impl Volume {
         });
         if let Some(&(key, alt, _)) = refused.first() {
             self.flag_refused(&refused).await?;
-            metrics::counter!("haystack_store_writes_refused_deleted_total")
-                .increment(refused.len() as u64);
+            metrics::counter!("haystack_store_writes_refused_deleted_total").increment(1);
             tracing::warn!(
                 volume = self.id,
                 key,
