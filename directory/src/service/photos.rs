@@ -571,9 +571,15 @@ impl Directory {
     }
 
     /// The stores volume `id`'s record names now (replicas, shards, remote replicas) that
-    /// `called` does not. A record that cannot be read adds none (logged): the switch that
-    /// changed it then compares the replicas itself.
-    async fn replicas_added_since(&self, id: u32, called: &[Replica]) -> Vec<Replica> {
+    /// `called` does not, with their URLs; the ids of those whose URL is not known here go
+    /// in `unknown`. A record that cannot be read adds none (logged): the switch that changed
+    /// it then compares the replicas itself.
+    async fn replicas_added_since(
+        &self,
+        id: u32,
+        called: &[Replica],
+        unknown: &mut Vec<u64>,
+    ) -> Vec<Replica> {
         let cur = match self.meta.get_volume(id).await {
             Ok(Some(v)) => v.value,
             Ok(None) => return Vec::new(),
@@ -605,11 +611,7 @@ impl Directory {
                     store_id: *store_id,
                     url,
                 }),
-                None => tracing::warn!(
-                    volume_id = id,
-                    store_id,
-                    "a replica's store is unknown; anti-entropy will carry the delete"
-                ),
+                None => unknown.push(*store_id),
             }
         }
         added
@@ -668,7 +670,13 @@ impl Directory {
         // get the delete too. A switch after this read is followed by its own comparison
         // (`compare_moved`, a rebuild's carried deletes), which finds the delete on the
         // replicas called above.
-        let late = self.replicas_added_since(p.volume_id, &replicas).await;
+        let mut unknown = Vec::new();
+        let late = self
+            .replicas_added_since(p.volume_id, &replicas, &mut unknown)
+            .await;
+        // A store named whose URL this instance does not know yet: the repair worker delivers
+        // the delete once it does.
+        store_calls.extend(unknown.into_iter().map(|s| (s, false)));
         if !late.is_empty() {
             tracing::info!(photo_id = p.id, volume_id = p.volume_id, stores = ?late.iter().map(|r| r.store_id).collect::<Vec<_>>(), "the volume's replicas changed during a delete; the new ones get it too");
             metrics::counter!("haystack_directory_deletes_to_switched_replicas_total")
@@ -707,15 +715,17 @@ impl Directory {
         // A cache that missed the purge (down, partitioned, refusing) is asked again in the
         // background; until it takes it, its hits on the photo stop once they are older
         // than its `recheck_hits_after_ms` (the cache asks the directory then).
-        let missed_purges: Vec<(String, NeedleAddr)> = caches
+        // A purge forgets the whole photo (every alternate key), so one retry per cache.
+        let mut missed_purges: Vec<(String, NeedleAddr)> = caches
             .iter()
             .flat_map(|base| addrs.iter().map(move |a| (base.clone(), *a)))
             .zip(&cache_results)
             .filter(|(_, ok)| !**ok)
             .map(|(call, _)| call)
             .collect();
+        missed_purges.dedup_by(|a, b| a.0 == b.0);
         if !missed_purges.is_empty() {
-            tokio::spawn(retry_purges(self.caches.clone(), p.id, missed_purges));
+            spawn_purge_retries(self.caches.clone(), p.id, missed_purges);
         }
         let store_results: Vec<bool> = store_calls.iter().map(|(_, ok)| *ok).collect();
         let count = |xs: &[bool], want: bool| xs.iter().filter(|x| **x == want).count() as u32;
@@ -732,6 +742,33 @@ impl Directory {
 
 /// Waits before each retry of a missed cache purge: about two minutes in all.
 const PURGE_RETRY_DELAYS_MS: [u64; 7] = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000];
+
+/// Photos whose missed purges are being retried at once, at most: past it a missed purge is
+/// given up at once (counted; the caches' hit recheck bounds it), so that a cache that is
+/// down for long cannot pile up tasks and sockets in the directory.
+const MAX_PURGE_RETRIES_IN_FLIGHT: usize = 256;
+
+static PURGE_RETRIES_IN_FLIGHT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Starts [`retry_purges`] for one photo's missed purges, unless too many are under way.
+fn spawn_purge_retries(caches: CacheClient, photo_id: u64, left: Vec<(String, NeedleAddr)>) {
+    use std::sync::atomic::Ordering;
+    if PURGE_RETRIES_IN_FLIGHT.fetch_add(1, Ordering::AcqRel) >= MAX_PURGE_RETRIES_IN_FLIGHT {
+        PURGE_RETRIES_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        metrics::counter!("haystack_directory_cache_purges_abandoned_total")
+            .increment(left.len() as u64);
+        tracing::warn!(
+            photo_id,
+            "too many cache purges being retried; this one is not"
+        );
+        return;
+    }
+    tokio::spawn(async move {
+        retry_purges(caches, photo_id, left).await;
+        PURGE_RETRIES_IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    });
+}
 
 /// Retries cache purges a delete's notification missed, with a growing pause, until each is
 /// taken (404 counts: nothing to purge) or the delays run out (counted, logged). In memory
