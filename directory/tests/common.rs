@@ -25,6 +25,41 @@ pub fn loopback() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
 
+/// The requests a scripted double got, as "METHOD /path", in order.
+pub type RequestLog = Arc<Mutex<Vec<String>>>;
+
+/// A scripted test double on a loopback port (one actix worker): every request is logged,
+/// then answered by `handler`, which gets the request and how many the double has had,
+/// this one included. Its URL and its log.
+pub fn scripted<F, Fut>(handler: F) -> (String, RequestLog)
+where
+    F: Fn(HttpRequest, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = HttpResponse> + 'static,
+{
+    let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
+    let l = log.clone();
+    let listener = loopback();
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = HttpServer::new(move || {
+        let (l, handler) = (l.clone(), handler.clone());
+        App::new().default_service(web::to(move |req: HttpRequest| {
+            let n = {
+                let mut log = l.lock().expect("log");
+                log.push(format!("{} {}", req.method(), req.path()));
+                log.len()
+            };
+            handler(req, n)
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (url, log)
+}
+
 /// A config for tests: fast maintenance, R = 3, small planned volumes.
 pub fn test_config(data: &Path) -> DirectoryConfig {
     DirectoryConfig {

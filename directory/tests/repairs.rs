@@ -8,7 +8,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::HttpResponse;
 use haystack_proto::directory::{
     AssignRequest, CommitRequest, KeyedCommit, PhotoKind, RepairAction, Variant,
 };
@@ -20,49 +20,32 @@ use crate::common::*;
 /// A scripted store: `source` deletes the photo through the directory at `dir` on a needle
 /// GET, then answers the needle's bytes; otherwise needle DELETEs answer 404, a repair
 /// answers that every needle was written, anything else 200. Returns its URL and request log.
-fn scripted_store(dir: String, source: bool) -> (String, Arc<Mutex<Vec<String>>>) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    let listener = loopback();
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = HttpServer::new(move || {
-        let (l, dir) = (l.clone(), dir.clone());
-        App::new().default_service(web::to(move |req: HttpRequest| {
-            let (l, dir) = (l.clone(), dir.clone());
-            async move {
-                let line = format!("{} {}", req.method(), req.path());
-                l.lock().expect("log").push(line.clone());
-                let needle = req.path().starts_with("/v1/needles/");
-                match (req.method().as_str(), needle) {
-                    ("GET", true) if source => {
-                        let photo = req.path().split('/').nth(4).unwrap_or("").to_string();
-                        let r = reqwest::Client::new()
-                            .delete(format!("{dir}/v1/photos/{photo}"))
-                            .send()
-                            .await
-                            .expect("delete through the directory");
-                        assert!(r.status().is_success(), "delete: {}", r.status());
-                        HttpResponse::Ok()
-                            .content_type("image/jpeg")
-                            .body(vec![7u8; 4096])
-                    }
-                    ("DELETE", true) if !source => HttpResponse::NotFound().json(
-                        serde_json::json!({"error": "not_found", "message": "no such needle"}),
-                    ),
-                    ("POST", false) if req.path().ends_with("/repair") => HttpResponse::Ok()
-                        .json(serde_json::json!({"results": [{"outcome": "appended"}]})),
-                    _ => HttpResponse::Ok().json(serde_json::json!({})),
+fn scripted_store(dir: String, source: bool) -> (String, RequestLog) {
+    scripted(move |req, _| {
+        let dir = dir.clone();
+        async move {
+            let needle = req.path().starts_with("/v1/needles/");
+            match (req.method().as_str(), needle) {
+                ("GET", true) if source => {
+                    let photo = req.path().split('/').nth(4).unwrap_or("").to_string();
+                    let r = reqwest::Client::new()
+                        .delete(format!("{dir}/v1/photos/{photo}"))
+                        .send()
+                        .await
+                        .expect("delete through the directory");
+                    assert!(r.status().is_success(), "delete: {}", r.status());
+                    HttpResponse::Ok()
+                        .content_type("image/jpeg")
+                        .body(vec![7u8; 4096])
                 }
+                ("DELETE", true) if !source => HttpResponse::NotFound()
+                    .json(serde_json::json!({"error": "not_found", "message": "no such needle"})),
+                ("POST", false) if req.path().ends_with("/repair") => HttpResponse::Ok()
+                    .json(serde_json::json!({"results": [{"outcome": "appended"}]})),
+                _ => HttpResponse::Ok().json(serde_json::json!({})),
             }
-        }))
+        }
     })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    (url, log)
 }
 
 /// Before the fix the target kept the copy: the delete had reached it first (404, counted as
@@ -157,55 +140,35 @@ async fn a_delete_during_a_repair_copy_leaves_no_live_copy() {
 /// `plan.1` to store `plan.2` through the directory at `dir` (once), then answers 204: the
 /// record switching while a delete's calls are under way, deterministically. Anything else
 /// answers 200. Returns its URL and request log.
-fn switching_store(
-    dir: String,
-    plan: Arc<Mutex<Option<(u32, u64, u64)>>>,
-) -> (String, Arc<Mutex<Vec<String>>>) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    let listener = loopback();
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = HttpServer::new(move || {
-        let (l, dir, plan) = (l.clone(), dir.clone(), plan.clone());
-        App::new().default_service(web::to(move |req: HttpRequest| {
-            let (l, dir, plan) = (l.clone(), dir.clone(), plan.clone());
-            async move {
-                l.lock()
-                    .expect("log")
-                    .push(format!("{} {}", req.method(), req.path()));
-                let needle_delete =
-                    req.method() == "DELETE" && req.path().starts_with("/v1/needles/");
-                let step = plan.lock().expect("plan").take();
-                match (needle_delete, step) {
-                    (true, Some((v, from, to))) => {
-                        let r = reqwest::Client::new()
-                            .post(format!("{dir}/v1/volumes/{v}/replace"))
-                            .json(&serde_json::json!({
-                                "from_store_id": from.to_string(),
-                                "to_store_id": to.to_string(),
-                            }))
-                            .send()
-                            .await
-                            .expect("replace through the directory");
-                        assert!(r.status().is_success(), "replace: {}", r.status());
-                        HttpResponse::NoContent().finish()
-                    }
-                    (true, None) => HttpResponse::NoContent().finish(),
-                    (false, step) => {
-                        *plan.lock().expect("plan") = step;
-                        HttpResponse::Ok().json(serde_json::json!({}))
-                    }
-                }
+fn switching_store(dir: String, plan: Arc<Mutex<Option<(u32, u64, u64)>>>) -> (String, RequestLog) {
+    scripted(move |req, _| {
+        let (dir, plan) = (dir.clone(), plan.clone());
+        async move {
+            let needle_delete = req.method() == "DELETE" && req.path().starts_with("/v1/needles/");
+            let step = if needle_delete {
+                plan.lock().expect("plan").take()
+            } else {
+                None
+            };
+            if let Some((v, from, to)) = step {
+                let r = reqwest::Client::new()
+                    .post(format!("{dir}/v1/volumes/{v}/replace"))
+                    .json(&serde_json::json!({
+                        "from_store_id": from.to_string(),
+                        "to_store_id": to.to_string(),
+                    }))
+                    .send()
+                    .await
+                    .expect("replace through the directory");
+                assert!(r.status().is_success(), "replace: {}", r.status());
             }
-        }))
+            if needle_delete {
+                HttpResponse::NoContent().finish()
+            } else {
+                HttpResponse::Ok().json(serde_json::json!({}))
+            }
+        }
     })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    (url, log)
 }
 
 /// A delete whose calls to the stores are under way while the volume's replica moves (re-
@@ -288,34 +251,15 @@ async fn a_replica_switched_in_during_a_delete_gets_the_delete() {
 
 /// A cache node that refuses the first `refusals` purges (503), then takes them (204);
 /// returns its URL and request log.
-fn flaky_cache(refusals: usize) -> (String, Arc<Mutex<Vec<String>>>) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let l = log.clone();
-    let listener = loopback();
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let server = HttpServer::new(move || {
-        let l = l.clone();
-        App::new().default_service(web::to(move |req: HttpRequest| {
-            let l = l.clone();
-            async move {
-                let mut log = l.lock().expect("log");
-                log.push(format!("{} {}", req.method(), req.path()));
-                if log.len() <= refusals {
-                    HttpResponse::ServiceUnavailable()
-                        .json(serde_json::json!({"error": "unavailable", "message": "not now"}))
-                } else {
-                    HttpResponse::NoContent().finish()
-                }
-            }
-        }))
+fn flaky_cache(refusals: usize) -> (String, RequestLog) {
+    scripted(move |_, n| async move {
+        if n <= refusals {
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"error": "unavailable", "message": "not now"}))
+        } else {
+            HttpResponse::NoContent().finish()
+        }
     })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    tokio::spawn(server);
-    (url, log)
 }
 
 /// A cache that misses a delete's purges is asked again, once per photo, until it takes it.
