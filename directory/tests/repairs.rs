@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use actix_web::HttpResponse;
 use haystack_proto::directory::{
-    AssignRequest, CommitRequest, KeyedCommit, PhotoKind, RepairAction, Variant,
+    AssignRequest, AssignResponse, CommitRequest, KeyedCommit, PhotoKind, RepairAction, Variant,
 };
 
 use haystack_directory::DirectoryConfig;
@@ -48,6 +48,49 @@ fn scripted_store(dir: String, source: bool) -> (String, RequestLog) {
     })
 }
 
+/// Heartbeats `stores` until the directory assigns a photo (a volume placed on them).
+async fn assign_on(dir: &TestDirectory, stores: &mut [&mut FakeStore]) -> AssignResponse {
+    for _ in 0..MAX_POLLS {
+        for s in stores.iter_mut() {
+            s.heartbeat(&dir.client).await;
+        }
+        if let Ok(a) = dir.client.assign(&AssignRequest::default()).await {
+            return a;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("no volume was placed on the stores");
+}
+
+/// Commits assignment `a` as a photo of one JPEG variant per alternate key of `alts`, the
+/// replicas in `pending` named as not written yet.
+async fn commit_photo(dir: &TestDirectory, a: &AssignResponse, alts: &[u32], pending: Vec<u64>) {
+    dir.client
+        .commit_keyed(&KeyedCommit {
+            commit: CommitRequest {
+                id: a.id,
+                cookie: a.cookie,
+                volume_id: a.volume_id,
+                kind: PhotoKind::Photo,
+                variants: alts
+                    .iter()
+                    .map(|&alt| Variant {
+                        name: format!("v{alt}"),
+                        alt,
+                        size_bytes: 4096,
+                        content_type: "image/jpeg".into(),
+                    })
+                    .collect(),
+                chunks: Vec::new(),
+            },
+            idempotency_key: None,
+            request_hash: None,
+            pending_replicas: pending,
+        })
+        .await
+        .expect("commit");
+}
+
 /// Before the fix the target kept the copy: the delete had reached it first (404, counted as
 /// done) and the repair worker never looked at the photo again after copying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,42 +111,14 @@ async fn a_delete_during_a_repair_copy_leaves_no_live_copy() {
         s.register(&dir.client).await;
         stores.push(s);
     }
-    let mut assigned = None;
-    for _ in 0..MAX_POLLS {
-        for s in stores.iter_mut() {
-            s.heartbeat(&dir.client).await;
-        }
-        if let Ok(a) = dir.client.assign(&AssignRequest::default()).await {
-            assigned = Some(a);
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let a = assigned.expect("a volume on both scripted stores");
+    let a = {
+        let mut refs: Vec<&mut FakeStore> = stores.iter_mut().collect();
+        assign_on(&dir, &mut refs).await
+    };
     let target = stores[1].id;
     assert!(a.replicas.iter().any(|r| r.store_id == target), "{a:?}");
     // The write reached the source only: the commit names the target as still missing it.
-    dir.client
-        .commit_keyed(&KeyedCommit {
-            commit: CommitRequest {
-                id: a.id,
-                cookie: a.cookie,
-                volume_id: a.volume_id,
-                kind: PhotoKind::Photo,
-                variants: vec![Variant {
-                    name: "original".into(),
-                    alt: 0,
-                    size_bytes: 4096,
-                    content_type: "image/jpeg".into(),
-                }],
-                chunks: Vec::new(),
-            },
-            idempotency_key: None,
-            request_hash: None,
-            pending_replicas: vec![target],
-        })
-        .await
-        .expect("commit");
+    commit_photo(&dir, &a, &[0], vec![target]).await;
     let queued = dir.client.repairs().await.expect("repairs");
     assert!(
         queued
@@ -193,42 +208,12 @@ async fn a_replica_switched_in_during_a_delete_gets_the_delete() {
     b.url = b_url;
     a.register(&dir.client).await;
     b.register(&dir.client).await;
-    let mut assigned = None;
-    for _ in 0..MAX_POLLS {
-        a.heartbeat(&dir.client).await;
-        b.heartbeat(&dir.client).await;
-        if let Ok(x) = dir.client.assign(&AssignRequest::default()).await {
-            assigned = Some(x);
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let x = assigned.expect("a volume on A and B");
+    let x = assign_on(&dir, &mut [&mut a, &mut b]).await;
     // C joins once the volume is placed (on A and B: the only stores then).
     let mut c = FakeStore::start(None).await;
     c.register(&dir.client).await;
     c.heartbeat(&dir.client).await;
-    dir.client
-        .commit_keyed(&KeyedCommit {
-            commit: CommitRequest {
-                id: x.id,
-                cookie: x.cookie,
-                volume_id: x.volume_id,
-                kind: PhotoKind::Photo,
-                variants: vec![Variant {
-                    name: "original".into(),
-                    alt: 0,
-                    size_bytes: 4096,
-                    content_type: "image/jpeg".into(),
-                }],
-                chunks: Vec::new(),
-            },
-            idempotency_key: None,
-            request_hash: None,
-            pending_replicas: Vec::new(),
-        })
-        .await
-        .expect("commit");
+    commit_photo(&dir, &x, &[0], Vec::new()).await;
     *plan.lock().expect("plan") = Some((x.volume_id, a.id, c.id));
     dir.client.delete(x.id).await.expect("delete");
     let info = dir.client.volume(x.volume_id).await.expect("volume");
@@ -278,45 +263,8 @@ async fn a_missed_cache_purge_is_retried_until_taken() {
     let dir = TestDirectory::start(cfg, data.path()).await;
     let mut s = FakeStore::start(None).await;
     s.register(&dir.client).await;
-    let mut assigned = None;
-    for _ in 0..MAX_POLLS {
-        s.heartbeat(&dir.client).await;
-        if let Ok(x) = dir.client.assign(&AssignRequest::default()).await {
-            assigned = Some(x);
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    let x = assigned.expect("a volume");
-    dir.client
-        .commit_keyed(&KeyedCommit {
-            commit: CommitRequest {
-                id: x.id,
-                cookie: x.cookie,
-                volume_id: x.volume_id,
-                kind: PhotoKind::Photo,
-                variants: vec![
-                    Variant {
-                        name: "original".into(),
-                        alt: 0,
-                        size_bytes: 4096,
-                        content_type: "image/jpeg".into(),
-                    },
-                    Variant {
-                        name: "thumb".into(),
-                        alt: 1,
-                        size_bytes: 512,
-                        content_type: "image/jpeg".into(),
-                    },
-                ],
-                chunks: Vec::new(),
-            },
-            idempotency_key: None,
-            request_hash: None,
-            pending_replicas: Vec::new(),
-        })
-        .await
-        .expect("commit");
+    let x = assign_on(&dir, &mut [&mut s]).await;
+    commit_photo(&dir, &x, &[0, 1], Vec::new()).await;
     let d = dir.client.delete(x.id).await.expect("delete");
     // Both alternate keys' purges refused; a purge forgets the whole photo, so the retry
     // (after 1 s) sends one, which is taken; then no more.
