@@ -268,6 +268,34 @@ pub struct Volume {
     /// (`recent`). Taken under the index lock's read side by a delete and its write side by a
     /// write's indexing, so that one of the two always sees the other.
     recent_deletes: Mutex<recent::RecentDeletes>,
+    /// Told each time a write in flight (`recent`) is settled: a delete of its needle waits.
+    writes_settled: tokio::sync::Notify,
+}
+
+/// A write of these needles in flight, from its check until it is indexed and settled
+/// (flags of a refused write synced) or failed: a delete of one of them waits for it.
+struct Writing<'a> {
+    vol: &'a Volume,
+    needles: Vec<(u64, u32)>,
+}
+
+impl<'a> Writing<'a> {
+    /// Counts the write in; the caller holds `recent` (the lock of its check).
+    fn begin(
+        vol: &'a Volume,
+        recent: &mut recent::RecentDeletes,
+        needles: Vec<(u64, u32)>,
+    ) -> Self {
+        recent.begin_writes(&needles);
+        Writing { vol, needles }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        lock(&self.vol.recent_deletes).end_writes(&self.needles);
+        self.vol.writes_settled.notify_waiters();
+    }
 }
 
 use haystack_service::sync::lock;
@@ -448,6 +476,7 @@ impl Volume {
             generation: AtomicU64::new(0),
             remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
             recent_deletes: Mutex::new(recent::RecentDeletes::default()),
+            writes_settled: tokio::sync::Notify::new(),
         };
         tracing::info!(
             volume = id,
@@ -560,18 +589,39 @@ impl Volume {
 
     /// [`Volume::lookup`] for a delete. Every delete is remembered (`recent`), under the same
     /// read lock, before it looks further: a write it overtook is refused whether the needle
-    /// is held here, held live but being deleted, or not held at all.
+    /// is held here, held live but being deleted, or not held at all. Also says whether a
+    /// write of the needle is in flight (the delete then waits for it before it answers).
     fn lookup_for_delete(
         &self,
         key: u64,
         alt: u32,
         cookie: Option<u64>,
-    ) -> Result<(Loc, Arc<File>)> {
+    ) -> (Result<(Loc, Arc<File>)>, bool) {
         let st = self.read_index();
-        lock(&self.recent_deletes).insert(key, alt, cookie, std::time::Instant::now());
-        match st.get(key, alt) {
+        let mut recent = lock(&self.recent_deletes);
+        recent.insert(key, alt, cookie, std::time::Instant::now());
+        let found = match st.get(key, alt) {
             Some(l) if !l.deleted => Ok((l, st.file.clone())),
             _ => Err(StoreError::NotFound),
+        };
+        (found, recent.writing(key, alt))
+    }
+
+    /// Waits until no write of `(key, alt)` is in flight. A write that starts after a delete
+    /// was remembered is refused at its check, so this ends once those in flight settle.
+    async fn writes_of_settled(&self, key: u64, alt: u32) {
+        loop {
+            let mut settled = std::pin::pin!(self.writes_settled.notified());
+            {
+                let recent = lock(&self.recent_deletes);
+                if !recent.writing(key, alt) {
+                    return;
+                }
+                // Registered under the lock the writer takes to end its write: its
+                // notification cannot be missed.
+                settled.as_mut().enable();
+            }
+            settled.await;
         }
     }
 
@@ -738,13 +788,54 @@ impl Volume {
     async fn delete_inner(&self, key: u64, alt: u32, cookie: Option<u64>) -> Result<()> {
         let _gate = self.gate.read().await;
         self.check_deletable()?;
-        let (loc, file) = self.lookup_for_delete(key, alt, cookie)?;
-        let buf = self.engine.read_at(&file, loc.offset, HEADER_LEN).await?;
+        let (found, writing) = self.lookup_for_delete(key, alt, cookie);
+        let answer = match found {
+            Ok((loc, file)) => self.delete_at(key, alt, cookie, loc, &file, false).await,
+            Err(e) => Err(e),
+        };
+        if !writing {
+            return answer;
+        }
+        // A write of this needle was in flight when the delete was remembered: it is refused
+        // when it is indexed (laid down, then flagged deleted), or it failed. The delete
+        // answers only once that write is over and the newest copy's flag is set and synced by
+        // this delete itself, so that no power cut after the answer can bring back bytes the
+        // write laid down (they may have reached the disk live before their flag did, or
+        // their flag may have failed to).
+        self.writes_of_settled(key, alt).await;
+        let newest = {
+            let st = self.read_index();
+            st.get(key, alt).map(|l| (l, st.file.clone()))
+        };
+        if let Some((loc, file)) = newest {
+            metrics::counter!("haystack_store_deletes_waited_for_writes_total").increment(1);
+            match self.delete_at(key, alt, cookie, loc, &file, true).await {
+                Ok(()) | Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        answer
+    }
+
+    /// Sets the delete flag of the needle at `loc` and syncs it, then its index record. A
+    /// wrong cookie is `NotFound`; so is a needle flagged deleted already, unless `settle`,
+    /// which sets and syncs the flag again (whether an earlier write of it was durable is
+    /// not known).
+    async fn delete_at(
+        &self,
+        key: u64,
+        alt: u32,
+        cookie: Option<u64>,
+        loc: Loc,
+        file: &Arc<File>,
+        settle: bool,
+    ) -> Result<()> {
+        let buf = self.engine.read_at(file, loc.offset, HEADER_LEN).await?;
         let h = NeedleHeader::decode(&buf).map_err(|e| self.corrupt(loc, e.to_string()))?;
         if h.key != key || h.alt != alt {
             return Err(self.corrupt(loc, "header does not match the index".into()));
         }
-        if h.deleted() {
+        if h.deleted() && !settle {
             self.learn_deleted(key, alt, loc);
             return Err(StoreError::NotFound);
         }
@@ -754,7 +845,7 @@ impl Volume {
         if let Err(e) = self
             .engine
             .write_all_at(
-                &file,
+                file,
                 loc.offset + FLAGS_OFFSET,
                 vec![h.flags | FLAG_DELETED],
             )
@@ -763,7 +854,7 @@ impl Volume {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
-        if let Err(e) = self.commit.commit(&self.engine, &file, 1).await {
+        if let Err(e) = self.commit.commit(&self.engine, file, 1).await {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }

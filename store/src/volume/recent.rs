@@ -12,6 +12,11 @@
 //! Garbage collection's deletes (the directory's retried deletes, `haystack gc`) carry no
 //! cookie: they hold against a write with any cookie. Bounded: at most [`MAX`] needles per
 //! volume, the oldest forgotten first (counted).
+//!
+//! The same lock also counts the writes in flight per needle (past their check, not yet
+//! indexed and settled): a delete that finds one waits for it before it answers, so that it
+//! never acknowledges while bytes that would undo it may still reach the disk live
+//! (`Volume::delete`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -29,6 +34,8 @@ pub(super) struct RecentDeletes {
     /// In the order they were remembered, for expiry and the bound: (key, alt, seq).
     order: VecDeque<(u64, u32, u64)>,
     next_seq: u64,
+    /// Writes in flight per needle (a batch or a shipped append past its check).
+    writing: HashMap<(u64, u32), u32>,
 }
 
 struct Remembered {
@@ -86,6 +93,30 @@ impl RecentDeletes {
         self.by_needle.is_empty()
     }
 
+    /// A write of these needles is past its check and on its way to the disk.
+    pub(super) fn begin_writes(&mut self, needles: &[(u64, u32)]) {
+        for &n in needles {
+            *self.writing.entry(n).or_insert(0) += 1;
+        }
+    }
+
+    /// That write is indexed and settled (or failed).
+    pub(super) fn end_writes(&mut self, needles: &[(u64, u32)]) {
+        for n in needles {
+            if let Some(c) = self.writing.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    self.writing.remove(n);
+                }
+            }
+        }
+    }
+
+    /// Whether a write of `(key, alt)` is in flight.
+    pub(super) fn writing(&self, key: u64, alt: u32) -> bool {
+        !self.writing.is_empty() && self.writing.contains_key(&(key, alt))
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&(k, a, seq)) = self.order.front() {
             // A place whose entry a later delete replaced is dropped as soon as it is first.
@@ -136,6 +167,24 @@ mod tests {
             "expired on the next insert"
         );
         assert_eq!(d.order.len(), 1);
+    }
+
+    #[test]
+    fn writes_in_flight_are_counted_per_needle() {
+        let mut d = RecentDeletes::default();
+        assert!(!d.writing(1, 0));
+        d.begin_writes(&[(1, 0), (2, 0)]);
+        d.begin_writes(&[(1, 0)]);
+        assert!(d.writing(1, 0) && d.writing(2, 0) && !d.writing(1, 1));
+        d.end_writes(&[(1, 0), (2, 0)]);
+        assert!(
+            d.writing(1, 0),
+            "one of the two writes of 1/0 is still in flight"
+        );
+        assert!(!d.writing(2, 0));
+        d.end_writes(&[(1, 0)]);
+        assert!(!d.writing(1, 0));
+        assert!(d.writing.is_empty());
     }
 
     #[test]

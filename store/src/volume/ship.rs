@@ -189,7 +189,8 @@ impl Volume {
         }
         let _gate = self.gate.read().await;
         let len = bytes.len() as u64;
-        let base = {
+        let mut applied = 0u64;
+        let (base, shipped, _writing) = {
             let mut ap = self.append.lock().await;
             if ap.tail != offset {
                 return Err(StoreError::ShipOutOfStep {
@@ -197,24 +198,46 @@ impl Volume {
                     tail: ap.tail,
                 });
             }
+            // A needle whose delete reached this replica before the needle did (it answered
+            // 404 and remembered it, `recent`; the shipper read it before its own delete) is
+            // laid down with its delete flag already set: it never reaches the disk live. A
+            // delete landing while these bytes are in flight waits for them (`Writing`) and
+            // is caught when they are indexed, below.
+            let mut shipped = self.needles_in(&bytes, offset);
+            let mut bytes = bytes;
+            let writing = {
+                let st = self.read_index();
+                let mut recent = lock(&self.recent_deletes);
+                for (key, alt, cookie, loc) in shipped.iter_mut() {
+                    if !loc.deleted && self.undoes_delete(&st, *key, *alt, *cookie, &recent) {
+                        bytes[(loc.offset - offset + FLAGS_OFFSET) as usize] |= FLAG_DELETED;
+                        loc.deleted = true;
+                        applied += 1;
+                    }
+                }
+                Writing::begin(
+                    self,
+                    &mut recent,
+                    shipped.iter().map(|&(k, a, _, _)| (k, a)).collect(),
+                )
+            };
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let batch = vec![Queued {
-                buf: bytes.clone(),
-                tx,
-            }];
+            let batch = vec![Queued { buf: bytes, tx }];
             self.write_queued(&mut ap, batch).await;
-            rx.await
-                .map_err(|_| StoreError::Io(io::Error::other("append abandoned")))??
+            let base = rx
+                .await
+                .map_err(|_| StoreError::Io(io::Error::other("append abandoned")))??;
+            (base, shipped, writing)
         };
+        debug_assert_eq!(
+            base, offset,
+            "shipped bytes land at the end they were checked at"
+        );
         if let Err(e) = self.commit.commit(&self.engine, &self.file(), 1).await {
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
         self.durable.fetch_max(base + len, Ordering::AcqRel);
-        let shipped = self.needles_in(&bytes, base);
-        // A needle whose delete reached this replica before the needle did (it answered 404
-        // and remembered it, `recent`) is indexed deleted and flagged so in the file below:
-        // the shipper read it before its own delete.
         let mut late_deleted: Vec<(u64, u32, Loc)> = Vec::new();
         let mut found: Vec<(u64, u32, Loc)> = Vec::with_capacity(shipped.len());
         {
@@ -263,8 +286,10 @@ impl Volume {
         });
         if !late_deleted.is_empty() {
             self.flag_refused(&late_deleted).await?;
-            metrics::counter!("haystack_store_ship_deletes_applied_total")
-                .increment(late_deleted.len() as u64);
+            applied += late_deleted.len() as u64;
+        }
+        if applied > 0 {
+            metrics::counter!("haystack_store_ship_deletes_applied_total").increment(applied);
         }
         metrics::counter!("haystack_store_ship_received_bytes_total").increment(len);
         Ok(base + len)

@@ -133,10 +133,11 @@ impl Volume {
         self.check_writable()?;
         // A write never undoes a delete: a write that arrives after its needle's delete is
         // refused before a byte of it is laid down. (A delete landing while this write is in
-        // flight is caught again when it is indexed, below.)
-        {
+        // flight is caught again when it is indexed, below, and that delete waits for this
+        // write to be over before it answers: `_writing`.)
+        let _writing = {
             let st = self.read_index();
-            let recent = lock(&self.recent_deletes);
+            let mut recent = lock(&self.recent_deletes);
             if let Some(n) = needles
                 .iter()
                 .find(|n| self.undoes_delete(&st, n.key, n.alt, n.cookie, &recent))
@@ -153,7 +154,12 @@ impl Volume {
                     alt: n.alt,
                 });
             }
-        }
+            Writing::begin(
+                self,
+                &mut recent,
+                needles.iter().map(|n| (n.key, n.alt)).collect(),
+            )
+        };
         let base = self.append(buf).await?;
         metrics::counter!("haystack_store_bytes_written_total").increment(len);
         if let Err(e) = self
@@ -170,9 +176,9 @@ impl Volume {
         // Needles whose delete landed while this write was in flight (it would undo it,
         // `Volume::undoes_delete`): laid down, but indexed deleted (records PUT then DELETE,
         // as a delete leaves them) and flagged deleted in the file below, so that every later
-        // open or rebuild finds them deleted. (A power cut before that flag's sync can leave
-        // such a needle live after recovery: a delete racing the same needle's write inside
-        // the store, then a cut within milliseconds; docs/ARCHITECTURE.md.)
+        // open or rebuild finds them deleted. (That delete has not answered: it waits for this
+        // write to be over, then sets and syncs the flag itself, so a power cut before this
+        // write's flag is synced cannot bring back an acknowledged delete.)
         let mut refused: Vec<(u64, u32, Loc)> = Vec::new();
         {
             let mut idx = self.write_index();
