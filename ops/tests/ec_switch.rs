@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use haystack_proto::directory::AssignResponse;
+use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Replica, Variant};
 use haystack_testkit::{Cluster, ClusterOptions};
 
 use crate::common::{get_json, paused_at, post, put_photo, store_id, until_gone};
@@ -20,7 +20,13 @@ async fn encoded(
 ) -> (AssignResponse, String, AssignResponse, String) {
     let (a, path, _) = put_photo(c, dir, 6_000, 3).await;
     let (b, b_path, _) = put_photo(c, dir, 6_000, 5).await;
-    let v = a.volume_id;
+    seal_and_encode(c, dir, a.volume_id, &a.replicas).await;
+    (a, path, b, b_path)
+}
+
+/// Seals volume `v` (the directory's record and each replica's store, as `haystack volume
+/// seal` does) and encodes it 2+1.
+async fn seal_and_encode(c: &reqwest::Client, dir: &str, v: u32, replicas: &[Replica]) {
     let (s, body) = post(
         c,
         format!("{dir}/v1/volumes/{v}/state"),
@@ -28,8 +34,7 @@ async fn encoded(
     )
     .await;
     assert_eq!(s, 200, "seal: {body}");
-    // Each replica's store seals its copy (as `haystack volume seal` has them do).
-    for r in &a.replicas {
+    for r in replicas {
         let (s, body) = post(
             c,
             format!("{}/v1/volumes/{v}/seal", r.url),
@@ -55,7 +60,6 @@ async fn encoded(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    (a, path, b, b_path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,4 +196,106 @@ async fn a_delete_during_a_shard_rebuild_reaches_the_rebuilt_shard() {
         "the rebuilt shard's store",
     )
     .await;
+}
+
+/// An encode keeps one replica (the one holding every live photo's needles that any replica
+/// holds) and drops the others. A needle whose id had no photo record yet counted as no
+/// photo's: its commit could still come (a slow commit, or one cut short and completed later
+/// from its idempotency key), and once it came the photo had no bytes left anywhere. Now the
+/// encode condemns such an id (as garbage collection does): a commit after it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encode_never_drops_the_only_copy_of_a_photo_committed_after_it() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, _, _) = put_photo(&c, &dir, 6_000, 3).await;
+    let v = a.volume_id;
+    // A second photo on the same volume, written to its second replica only, not committed.
+    let mut late = None;
+    for _ in 0..200 {
+        let p: AssignResponse = c
+            .post(format!("{dir}/v1/assign"))
+            .json(&AssignRequest::default())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p.volume_id == v && p.replicas.len() == 2 {
+            late = Some(p);
+            break;
+        }
+    }
+    let p = late.expect("an assignment on the first photo's volume");
+    let body = vec![7u8; 5_000];
+    let path = format!(
+        "/v1/needles/{v}/{}/0/{}",
+        p.id,
+        haystack_proto::format_cookie(p.cookie)
+    );
+    let s = c
+        .put(format!("{}{path}", p.replicas[1].url))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(s, 201);
+    seal_and_encode(&c, &dir, v, &a.replicas).await;
+    let commit = CommitRequest {
+        id: p.id,
+        cookie: p.cookie,
+        volume_id: v,
+        kind: Default::default(),
+        variants: vec![Variant {
+            name: "original".into(),
+            alt: 0,
+            size_bytes: body.len() as u64,
+            content_type: "image/jpeg".into(),
+        }],
+        chunks: vec![],
+    };
+    let r = c
+        .post(format!("{dir}/v1/photos"))
+        .json(&commit)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    if status.is_success() {
+        // Then its bytes must be somewhere: on a shard store of the volume.
+        let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
+        let mut read = Vec::new();
+        for r in info["replicas"].as_array().expect("shards") {
+            let url = r["url"].as_str().expect("url");
+            let got = c.get(format!("{url}{path}")).send().await.unwrap();
+            read.push(got.status().as_u16());
+            if got.status() == 200 {
+                assert_eq!(got.bytes().await.unwrap(), body);
+                return;
+            }
+        }
+        // (The photo committed before the encode reads back the same way.)
+        let a_path = format!(
+            "/v1/needles/{v}/{}/0/{}",
+            a.id,
+            haystack_proto::format_cookie(a.cookie)
+        );
+        let url = info["replicas"][0]["url"].as_str().expect("url");
+        let got = c.get(format!("{url}{a_path}")).send().await.unwrap();
+        assert_eq!(got.status(), 200, "the photo committed before the encode");
+        panic!("the commit after the encode was accepted, and no shard store has the photo's bytes: {read:?}");
+    }
+    assert_eq!(
+        status,
+        409,
+        "a commit of an id the encode condemned: {}",
+        r.text().await.unwrap_or_default()
+    );
 }

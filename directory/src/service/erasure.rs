@@ -99,15 +99,18 @@ struct Listing {
 /// only some replicas have (a write the first replica missed under a quorum write, a copy
 /// repair still pending, a needle a damaged index lost) must be in the build, or it is gone.
 /// Every replica must be up to be compared. Not required: a needle deleted on any replica
-/// (its delete is carried over to the shards after the switch) and a needle whose photo the
-/// directory does not hold live (an upload that failed before its commit, a deleted or
-/// condemned photo: garbage either way). Refused (the caller retries later) when no replica
-/// holds them all: the repairs must land first.
+/// (its delete is carried over to the shards after the switch) and a needle whose photo is
+/// deleted or condemned, or whose id has no photo record: such an id is condemned first (as
+/// garbage collection does, `Directory::condemn`), because its commit may still come (a slow
+/// one, or one cut short and completed later from its idempotency key) and would then name
+/// needles the encode dropped; an upload still in flight on the sealed volume then fails its
+/// commit and is retried elsewhere. Refused (the caller retries later) when no replica holds
+/// them all: the repairs must land first.
 async fn encode_source(
+    dir: &Directory,
     id: u32,
     replicas: &[ReplicaStatus],
     client: &StoreClient,
-    meta: &Meta,
 ) -> Result<ReplicaStatus, DirectoryError> {
     if replicas.is_empty() {
         return Err(DirectoryError::Unavailable(format!(
@@ -161,7 +164,10 @@ async fn encode_source(
                 None => {
                     // A key that is not a photo id cannot be a committed photo's needle.
                     let l = match key.parse::<u64>() {
-                        Ok(pid) => meta.get_photo(pid).await?.is_some_and(|p| p.value.live()),
+                        Ok(pid) => matches!(
+                            dir.condemn_by(pid, "an erasure-coding encode").await?.state,
+                            CondemnState::Live
+                        ),
                         Err(_) => false,
                     };
                     photo_live.insert(key.clone(), l);
@@ -327,7 +333,7 @@ impl Directory {
         }
         let view = self.view();
         let info = self.volume(id)?;
-        let source = encode_source(id, &info.replicas, &client, &self.meta).await?;
+        let source = encode_source(self, id, &info.replicas, &client).await?;
         let n = req.k as usize + req.m as usize;
         let candidates: Vec<Candidate> = view
             .stores

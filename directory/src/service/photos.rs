@@ -364,6 +364,16 @@ impl Directory {
     /// of the id can succeed. So gc never deletes the needles of a photo that is, or can later
     /// become, committed, however long ago it looked.
     pub async fn condemn(&self, id: u64) -> Result<CondemnResponse, DirectoryError> {
+        self.condemn_by(id, "garbage collection").await
+    }
+
+    /// [`Directory::condemn`] for `by` (a deleter about to drop needles of ids that have no
+    /// photo: garbage collection, an erasure-coding encode dropping its replicas).
+    pub(super) async fn condemn_by(
+        &self,
+        id: u64,
+        by: &'static str,
+    ) -> Result<CondemnResponse, DirectoryError> {
         if id == 0 {
             return Err(DirectoryError::BadRequest("id must not be 0".into()));
         }
@@ -390,7 +400,7 @@ impl Directory {
                     if let Cas::Applied { .. } =
                         self.meta.put_photo(&tombstone, Expect::Absent).await?
                     {
-                        tracing::info!(photo_id = id, "id condemned by garbage collection");
+                        tracing::info!(photo_id = id, by, "id with no photo condemned");
                         metrics::counter!("haystack_directory_condemned_total").increment(1);
                         return Ok(answer(CondemnState::Condemned, None));
                     }
