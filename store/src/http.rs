@@ -406,10 +406,11 @@ struct CreateVolume {
 
 async fn create_volume(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let vid = parse_volume(req.match_info().get("volume").unwrap_or(""))?;
+    let body = small_body(body)?;
     let opts: CreateVolume = if body.iter().all(|b| b.is_ascii_whitespace()) {
         CreateVolume::default()
     } else {
@@ -875,6 +876,7 @@ pub fn access(method: &Method, path: &str) -> Access {
 
 /// Routes of the store API, for embedding in an actix `App`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    extractor_errors(cfg);
     cfg.service(web::scope("/v1/needles").default_service(web::to(needle_dispatch)))
         .service(
             web::resource("/v1/volumes/{volume}/batch")
@@ -955,8 +957,38 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(method_not_allowed)),
         )
         .configure(crate::http_ec::routes)
-        .service(web::resource("/health").route(web::get().to(health)))
-        .service(web::resource("/metrics").route(web::get().to(metrics_page)));
+        .service(
+            web::resource("/health")
+                .route(web::get().to(health))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/metrics")
+                .route(web::get().to(metrics_page))
+                .default_service(web::to(method_not_allowed)),
+        );
+}
+
+/// Extractor failures (a malformed query or JSON body, a body over the extractor's limit)
+/// answer JSON like every other error.
+fn extractor_errors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(|e, _| {
+        ApiError(StoreError::BadRequest(format!("malformed JSON body: {e}"))).into()
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError(StoreError::BadRequest(format!("malformed query: {e}"))).into()
+    }));
+}
+
+/// The body of a request taken whole (small JSON control bodies, at most the extractor's
+/// limit of 256 KiB), or its failure as a JSON error.
+pub(crate) fn small_body(b: Result<Bytes, actix_web::Error>) -> ApiResult<Bytes> {
+    b.map_err(|e| match e.as_error::<actix_web::error::PayloadError>() {
+        Some(actix_web::error::PayloadError::Overflow) => {
+            ApiError(StoreError::TooLarge { max: 256 << 10 })
+        }
+        _ => bad(format!("reading the body: {e}")),
+    })
 }
 
 /// Serves the same needle URL from memory, through the same server and middleware, with

@@ -70,11 +70,11 @@ async fn ec_index(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<H
 
 async fn ec_build(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let id = volume_of(&req)?;
-    let r: BuildRequest = json(&body)?;
+    let r: BuildRequest = json(&crate::http::small_body(body)?)?;
     let store = store.get_ref().clone();
     let report = own_task(async move { store.ec_build(id, r).await }).await?;
     Ok(HttpResponse::Ok().json(report))
@@ -105,11 +105,11 @@ async fn ec_staged(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<
 
 async fn ec_install(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let id = volume_of(&req)?;
-    let r: InstallRequest = json(&body)?;
+    let r: InstallRequest = json(&crate::http::small_body(body)?)?;
     check_url(&r.from)?;
     for u in &r.shards {
         check_url(u)?;
@@ -121,11 +121,11 @@ async fn ec_install(
 
 async fn ec_rebuild(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let id = volume_of(&req)?;
-    let r: RebuildRequest = json(&body)?;
+    let r: RebuildRequest = json(&crate::http::small_body(body)?)?;
     for u in &r.shards {
         check_url(u)?;
     }
@@ -136,11 +136,11 @@ async fn ec_rebuild(
 
 async fn ec_activate(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let id = volume_of(&req)?;
-    let r: ActivateRequest = json(&body)?;
+    let r: ActivateRequest = json(&crate::http::small_body(body)?)?;
     for u in &r.shards {
         check_url(u)?;
     }
@@ -179,11 +179,11 @@ struct ManifestUpdate {
 
 async fn ec_manifest(
     req: HttpRequest,
-    body: Bytes,
+    body: Result<Bytes, actix_web::Error>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let v = store.ec_volume_or_404(volume_of(&req)?)?;
-    let m: ManifestUpdate = json(&body)?;
+    let m: ManifestUpdate = json(&crate::http::small_body(body)?)?;
     for u in &m.shards {
         check_url(u)?;
     }

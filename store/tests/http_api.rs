@@ -381,6 +381,42 @@ fn bad_input_gets_json_4xx() {
                 StatusCode::BAD_REQUEST,
                 "bad_request",
             ),
+            // Extractor failures answer JSON like every other error (they were text/plain,
+            // and the two public pages answered a wrong method with an empty 405).
+            (
+                c.get(s.url("/v1/volumes/1/needles?buckets=abc")),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/gc"))
+                    .header("content-type", "text/plain")
+                    .body("{}"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/1/gc"))
+                    .header("content-type", "application/json")
+                    .body("{not json"),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+            ),
+            (
+                c.post(s.url("/v1/volumes/4")).body(vec![b' '; 300 << 10]),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+            ),
+            (
+                c.post(s.url("/health")),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
+            (
+                c.delete(s.url("/metrics")),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+            ),
         ];
         for (i, (req, status, code)) in cases.into_iter().enumerate() {
             let (st, got) = json_error(req.send().await.unwrap()).await;
