@@ -17,6 +17,11 @@ use crate::sigv4;
 /// Longest chunk header or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
+/// Largest aws-chunked chunk accepted. A chunk is buffered whole (its signature covers all of
+/// it), so without this a header alone would have the process wait for and hold up to
+/// `max_object_bytes`; clients send 64 KiB to 1 MiB chunks.
+const MAX_CHUNK: usize = 16 << 20;
+
 /// How the body is framed.
 #[derive(Clone, Debug)]
 pub enum Framing {
@@ -330,6 +335,11 @@ where
                         .map_err(|_| S3Error::InvalidRequest(format!("bad chunk size {size:?}")))?;
                     if size as u64 > self.expect.max {
                         return Err(S3Error::EntityTooLarge);
+                    }
+                    if size > MAX_CHUNK {
+                        return Err(S3Error::InvalidRequest(format!(
+                            "a chunk of {size} bytes is larger than the {MAX_CHUNK} accepted"
+                        )));
                     }
                     if size > 0 {
                         self.state = State::Data { left: size, sig };

@@ -1,6 +1,6 @@
 //! Bad input gets a clear S3 error and commits nothing: malformed XML, oversize headers, bad
 //! part numbers, completes with parts out of order or missing, a body shorter than its
-//! Content-Length, unsupported sub-resources.
+//! Content-Length, unsupported sub-resources, an aws-chunked chunk declared huge.
 
 use std::io::{Read, Write};
 
@@ -202,4 +202,112 @@ async fn bad_input_is_refused_and_commits_nothing() {
     assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
     // Nothing was stored.
     assert_eq!(error_code(c.get("bad", "short").await).await.0, 404);
+}
+
+/// Sends a signed PUT whose aws-chunked body (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) is written
+/// by hand: the headers with `content-length` and `x-amz-decoded-content-length` as given,
+/// then `body` (maybe only its start), the connection left open. Reads the answer: its status
+/// and S3 error code.
+async fn put_aws_chunked(
+    h: &Harness,
+    c: &Client,
+    path: &str,
+    content_length: u64,
+    decoded_length: u64,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = Req::new("PUT", path.to_string())
+        .h("content-encoding", "aws-chunked")
+        .h("x-amz-decoded-content-length", &decoded_length.to_string())
+        .content_sha256("STREAMING-UNSIGNED-PAYLOAD-TRAILER");
+    let (_, headers) = c.sign(&r, &c.secret);
+    let mut req = format!("PUT {path} HTTP/1.1\r\ncontent-length: {content_length}\r\n");
+    for (k, v) in &headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut s = tokio::net::TcpStream::connect(h.url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    s.write_all(req.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    // Read the head, then the body up to its Content-Length (the server may keep the
+    // connection open, waiting for the rest of the request).
+    let mut answer = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                break;
+            }
+        }
+        let n = s.read(&mut piece).await.expect("read the answer");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&piece[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    (
+        status,
+        between(&text, "<Code>", "</Code>").unwrap_or_default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_chunk_declared_huge_is_refused_before_its_bytes() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("bad").await;
+    // A 5 GiB object in one 5 GiB chunk: only its header is sent. Buffering the chunk whole
+    // would wait for (and hold) all 5 GiB; the header alone must get the refusal.
+    let size: u64 = 0x1_4000_0000;
+    let path = key_path("bad", "huge");
+    let (status, code) = put_aws_chunked(
+        &h,
+        &c,
+        &path,
+        size + 100,
+        size,
+        format!("{size:x}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequest"));
+    assert_eq!(error_code(c.get("bad", "huge").await).await.0, 404);
+    // A chunk just over the limit is refused too; one at it is taken.
+    let over = (16u64 << 20) + 1;
+    let (status, code) = put_aws_chunked(
+        &h,
+        &c,
+        &path,
+        over + 100,
+        over,
+        format!("{over:x}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequest"));
+    assert_eq!(error_code(c.get("bad", "huge").await).await.0, 404);
+    let at = 16usize << 20;
+    let mut body = format!("{at:x}\r\n").into_bytes();
+    body.extend(std::iter::repeat_n(b'x', at));
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (status, _) = put_aws_chunked(&h, &c, &path, body.len() as u64, at as u64, &body).await;
+    assert_eq!(status, 200);
+    let got = c.get("bad", "huge").await.bytes().await.expect("body");
+    assert_eq!(got.len(), at);
 }

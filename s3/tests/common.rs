@@ -184,6 +184,8 @@ pub struct Req<'a> {
     pub body: Vec<u8>,
     /// Sign the payload's SHA-256 (else UNSIGNED-PAYLOAD).
     pub sign_payload: bool,
+    /// An `x-amz-content-sha256` to send and sign instead (`STREAMING-...`).
+    pub content_sha256: Option<String>,
 }
 
 impl<'a> Req<'a> {
@@ -195,6 +197,7 @@ impl<'a> Req<'a> {
             headers: Vec::new(),
             body: Vec::new(),
             sign_payload: true,
+            content_sha256: None,
         }
     }
     pub fn q(mut self, k: &str, v: &str) -> Self {
@@ -211,6 +214,11 @@ impl<'a> Req<'a> {
     }
     pub fn unsigned_payload(mut self) -> Self {
         self.sign_payload = false;
+        self
+    }
+    /// Sends and signs `x-amz-content-sha256: {v}` (an aws-chunked framing).
+    pub fn content_sha256(mut self, v: &str) -> Self {
+        self.content_sha256 = Some(v.into());
         self
     }
 }
@@ -269,7 +277,9 @@ impl Client {
     /// The URL and the headers (authorization included) of `r` signed with `secret`.
     pub fn sign(&self, r: &Req<'_>, secret: &str) -> (String, Vec<(String, String)>) {
         let date = amz_date(now());
-        let payload = if r.sign_payload {
+        let payload = if let Some(p) = &r.content_sha256 {
+            p.clone()
+        } else if r.sign_payload {
             sha256_hex(&r.body)
         } else {
             "UNSIGNED-PAYLOAD".to_string()
