@@ -22,6 +22,11 @@ const MAX_LINE: usize = 4096;
 /// `max_object_bytes`; clients send 64 KiB to 1 MiB chunks.
 const MAX_CHUNK: usize = 16 << 20;
 
+/// Most trailer lines, and most bytes of them in all, accepted after the last chunk (clients
+/// send one or two: a checksum and a signature).
+const MAX_TRAILERS: usize = 16;
+const MAX_TRAILER_BYTES: usize = 8 << 10;
+
 /// How the body is framed.
 #[derive(Clone, Debug)]
 pub enum Framing {
@@ -150,6 +155,8 @@ pub struct BodyReader<S> {
     sha256: Option<Sha256>,
     checksum: Option<Hasher>,
     trailers: Vec<(String, String)>,
+    /// Bytes of trailer lines read so far.
+    trailer_bytes: usize,
 }
 
 impl<S, E> BodyReader<S>
@@ -182,6 +189,7 @@ where
             len: 0,
             md5: Md5::new(),
             trailers: Vec::new(),
+            trailer_bytes: 0,
         }
     }
 
@@ -373,6 +381,13 @@ where
                     if line.is_empty() {
                         self.state = State::Done;
                         continue;
+                    }
+                    self.trailer_bytes += line.len();
+                    if self.trailers.len() == MAX_TRAILERS || self.trailer_bytes > MAX_TRAILER_BYTES
+                    {
+                        return Err(S3Error::InvalidRequest(format!(
+                            "more than {MAX_TRAILERS} trailer lines or {MAX_TRAILER_BYTES} bytes of them"
+                        )));
                     }
                     let (k, v) = line
                         .split_once(':')

@@ -1,6 +1,7 @@
 //! Bad input gets a clear S3 error and commits nothing: malformed XML, oversize headers, bad
 //! part numbers, completes with parts out of order or missing, a body shorter than its
-//! Content-Length, unsupported sub-resources, an aws-chunked chunk declared huge.
+//! Content-Length, unsupported sub-resources, an aws-chunked chunk declared huge or trailer
+//! lines without end.
 
 use std::io::{Read, Write};
 
@@ -310,4 +311,40 @@ async fn an_aws_chunk_declared_huge_is_refused_before_its_bytes() {
     assert_eq!(status, 200);
     let got = c.get("bad", "huge").await.bytes().await.expect("body");
     assert_eq!(got.len(), at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_aws_chunked_trailer_lines_are_refused() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("bad").await;
+    let path = key_path("bad", "trailers");
+    let body_with = |lines: usize| {
+        let mut b = b"5\r\nhello\r\n0\r\n".to_vec();
+        for i in 0..lines {
+            b.extend_from_slice(format!("x-amz-pad-{i}:v\r\n").as_bytes());
+        }
+        b.extend_from_slice(b"\r\n");
+        b
+    };
+    // Far more trailer lines than any client sends: refused, nothing written.
+    let body = body_with(1000);
+    let (status, code) = put_aws_chunked(&h, &c, &path, body.len() as u64, 5, &body).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequest"));
+    assert_eq!(error_code(c.get("bad", "trailers").await).await.0, 404);
+    // Trailer lines of 8 KiB in all, each under the line limit: refused too.
+    let mut body = b"5\r\nhello\r\n0\r\n".to_vec();
+    for i in 0..3 {
+        body.extend_from_slice(format!("x-amz-pad-{i}:{}\r\n", "v".repeat(3000)).as_bytes());
+    }
+    body.extend_from_slice(b"\r\n");
+    let (status, code) = put_aws_chunked(&h, &c, &path, body.len() as u64, 5, &body).await;
+    assert_eq!((status, code.as_str()), (400, "InvalidRequest"));
+    assert_eq!(error_code(c.get("bad", "trailers").await).await.0, 404);
+    // A few are fine.
+    let body = body_with(3);
+    let (status, _) = put_aws_chunked(&h, &c, &path, body.len() as u64, 5, &body).await;
+    assert_eq!(status, 200);
+    let got = c.get("bad", "trailers").await.bytes().await.expect("body");
+    assert_eq!(&got[..], b"hello");
 }
