@@ -1508,6 +1508,7 @@ async fn get_object(
     b: &Bucket,
     key: &str,
 ) -> Result<HttpResponse, S3Error> {
+    check_overrides(c)?;
     let o = s3.object(b, key).await?.value;
     let h = req.headers();
     let etag = format!("\"{}\"", o.etag);
@@ -1566,6 +1567,32 @@ fn log_errors(
             tracing::error!(error = %e, "object read failed mid-body");
         }
     })
+}
+
+/// The `response-*` query parameters of a GET or HEAD (`set_object_headers` applies them).
+const OVERRIDES: [&str; 6] = [
+    "response-content-type",
+    "response-content-encoding",
+    "response-cache-control",
+    "response-content-disposition",
+    "response-content-language",
+    "response-expires",
+];
+
+/// Every `response-*` override must be a valid header value (no CR, LF or other control
+/// character): refused with InvalidArgument before anything is read, not a 500 from the
+/// response builder.
+fn check_overrides(c: &Ctx) -> Result<(), S3Error> {
+    for q in OVERRIDES {
+        if let Some(v) = c.q(q) {
+            if header::HeaderValue::from_str(v).is_err() {
+                return Err(S3Error::InvalidArgument(format!(
+                    "{q} is not a valid header value"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn set_object_headers(r: &mut HttpResponseBuilder, o: &ObjectRecord, c: &Ctx) {

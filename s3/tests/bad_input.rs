@@ -1,7 +1,7 @@
 //! Bad input gets a clear S3 error and commits nothing: malformed XML, oversize headers, bad
 //! part numbers, completes with parts out of order or missing, a body shorter than its
 //! Content-Length, unsupported sub-resources, an aws-chunked chunk declared huge or trailer
-//! lines without end.
+//! lines without end, `response-*` overrides that are no header values.
 
 use std::io::{Read, Write};
 
@@ -347,4 +347,40 @@ async fn too_many_aws_chunked_trailer_lines_are_refused() {
     assert_eq!(status, 200);
     let got = c.get("bad", "trailers").await.bytes().await.expect("body");
     assert_eq!(&got[..], b"hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_override_that_is_no_header_value_is_invalid_argument() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("bad").await;
+    assert_eq!(c.put("bad", "obj", b"hello".to_vec()).await.status(), 200);
+    for (name, value) in [
+        ("response-content-type", "a\nb"),
+        ("response-content-disposition", "attachment\r\nx-evil: 1"),
+        ("response-cache-control", "no\u{0}store"),
+        ("response-expires", "\u{7f}"),
+    ] {
+        for method in ["GET", "HEAD"] {
+            let r = c
+                .send(Req::new(method, key_path("bad", "obj")).q(name, value))
+                .await;
+            let status = r.status().as_u16();
+            if method == "GET" {
+                assert_eq!(
+                    error_code(r).await,
+                    (400, "InvalidArgument".to_string()),
+                    "{method} {name}={value:?}"
+                );
+            } else {
+                assert_eq!(status, 400, "{method} {name}={value:?}");
+            }
+        }
+    }
+    // A valid override still applies.
+    let r = c
+        .send(Req::new("GET", key_path("bad", "obj")).q("response-content-type", "text/plain"))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain");
 }
