@@ -29,8 +29,23 @@ pub const MIN_PART_BYTES: u64 = 5 << 20;
 pub const MAX_PARTS: i64 = 10_000;
 /// Most keys a listing page returns.
 pub const MAX_KEYS: usize = 1000;
-/// The largest character: `{prefix}{MAX_CHAR}` sorts after every key that has the prefix.
+/// Longest object key, bytes (S3's limit).
+const MAX_KEY_BYTES: usize = 1024;
+
+/// The largest character (its UTF-8, F4 8F BF BF, is the largest any character encodes to).
 const MAX_CHAR: char = '\u{10FFFF}';
+
+/// A marker that sorts after every key starting with `prefix` and before every later key
+/// without it: `prefix` then MAX_CHAR, repeated until it is longer than any key (1024 bytes).
+/// One MAX_CHAR would not do: keys may hold MAX_CHAR themselves (`a/` then MAX_CHAR, then `x`
+/// sorts after `a/` then MAX_CHAR), and a listing resuming there would see `a/` again.
+fn after_prefix(prefix: &str) -> String {
+    let fill = MAX_KEY_BYTES.saturating_sub(prefix.len()) / MAX_CHAR.len_utf8() + 1;
+    let mut m = String::with_capacity(prefix.len() + fill * MAX_CHAR.len_utf8());
+    m.push_str(prefix);
+    m.extend(std::iter::repeat_n(MAX_CHAR, fill));
+    m
+}
 
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -63,7 +78,7 @@ pub fn check_key(key: &str) -> Result<(), S3Error> {
             "an object key must not be empty".into(),
         ));
     }
-    if key.len() > 1024 {
+    if key.len() > MAX_KEY_BYTES {
         return Err(S3Error::KeyTooLong);
     }
     if key.contains('\u{0}') {
@@ -377,7 +392,7 @@ impl S3 {
         let mut after = after.to_string();
         // Resuming after a common prefix: skip everything under it.
         if let Some(cp) = common_prefix(&after, prefix, delimiter) {
-            after = format!("{cp}{MAX_CHAR}");
+            after = after_prefix(cp);
         }
         if max == 0 {
             return Ok(out);
@@ -397,7 +412,7 @@ impl S3 {
                 if let Some(cp) = common_prefix(&r.key, prefix, delimiter) {
                     out.prefixes.push(cp.to_string());
                     out.last = Some(cp.to_string());
-                    after = format!("{cp}{MAX_CHAR}");
+                    after = after_prefix(cp);
                     continue 'scan;
                 }
                 after = r.key.clone();

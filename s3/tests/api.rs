@@ -1,6 +1,7 @@
 //! The S3 operations end to end: buckets, object round trips with their headers, ranges,
-//! conditional requests, copy, multi-delete, listing 10,000 keys with delimiters and pages,
-//! a 100 MB multipart upload read back in ranges across parts, and UploadPartCopy.
+//! conditional requests, copy, multi-delete, listing 10,000 keys with delimiters and pages
+//! (and keys holding U+10FFFF), a 100 MB multipart upload read back in ranges across parts,
+//! and UploadPartCopy.
 
 use base64::Engine;
 use md5::{Digest, Md5};
@@ -420,6 +421,68 @@ async fn listing_ten_thousand_keys_with_delimiters_and_pages() {
     assert!(text.contains("<KeyCount>0</KeyCount>"), "{text}");
     let (keys, _, _) = list_all(&c, "many", &[("prefix", "nothing/")], true).await;
     assert!(keys.is_empty());
+}
+
+/// Keys holding U+10FFFF, the largest character, right after a common prefix: listing with a
+/// delimiter must still step past the prefix (each comes back once, pages end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_steps_past_prefixes_of_keys_holding_the_largest_character() {
+    let h = Harness::start().await;
+    let c = h.client();
+    c.create_bucket("maxchar").await;
+    for k in [
+        "a/\u{10FFFF}x",
+        "a/\u{10FFFF}\u{10FFFF}",
+        "a/\u{10FFFF}/deeper",
+        "a/b",
+        "b/y",
+        "c",
+    ] {
+        assert_eq!(
+            c.put("maxchar", k, b"v".to_vec()).await.status(),
+            200,
+            "{k}"
+        );
+    }
+    for v2 in [true, false] {
+        // One page.
+        let (keys, prefixes, pages) = list_all(&c, "maxchar", &[("delimiter", "/")], v2).await;
+        assert_eq!(
+            (keys, prefixes, pages),
+            (
+                vec!["c".to_string()],
+                vec!["a/".to_string(), "b/".to_string()],
+                1
+            )
+        );
+        // Pages of one entry.
+        let (keys, prefixes, pages) =
+            list_all(&c, "maxchar", &[("delimiter", "/"), ("max-keys", "1")], v2).await;
+        assert_eq!(
+            (keys, prefixes, pages),
+            (
+                vec!["c".to_string()],
+                vec!["a/".to_string(), "b/".to_string()],
+                3
+            )
+        );
+        // Under a/, with the largest character as the delimiter itself.
+        let (keys, prefixes, _) = list_all(
+            &c,
+            "maxchar",
+            &[
+                ("prefix", "a/"),
+                ("delimiter", "\u{10FFFF}"),
+                ("max-keys", "1"),
+            ],
+            v2,
+        )
+        .await;
+        assert_eq!(
+            (keys, prefixes),
+            (vec!["a/b".to_string()], vec!["a/\u{10FFFF}".to_string()])
+        );
+    }
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
