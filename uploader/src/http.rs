@@ -7,7 +7,7 @@ use haystack_client::store::WriteAck;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,27 @@ struct Limits {
     in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// Every key that opens POST and DELETE (`api_key` and `api_keys`); empty: no key needed.
     keys: Vec<Arc<KeyEntry>>,
+    /// When `rate` last dropped the buckets of clients that went quiet (ms since `started`).
+    swept_ms: AtomicU64,
+    started: Instant,
+}
+
+/// How often the per-client buckets of quiet clients are dropped, at most.
+const SWEEP_EVERY_MS: u64 = 1_000;
+
+/// The client an upload counts against: its address, an IPv6 one by its /64 (one site's
+/// network, whose addresses its hosts pick freely: a client rotating them is one client), an
+/// IPv4-mapped one as the IPv4 address.
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !(u128::from(u64::MAX)),
+            )),
+        },
+        v4 => v4,
+    }
 }
 
 /// One API key as the server holds it: the SHA-256 of the key, its limits and its uploads in
@@ -166,6 +187,23 @@ fn rate_limited(
 }
 
 impl Limits {
+    /// Drops the buckets of clients whose bucket is full again (they would start afresh
+    /// anyway), at most once per [`SWEEP_EVERY_MS`], so that the addresses ever seen do not
+    /// pile up in memory.
+    fn sweep(&self, rate: &ClientLimiter) {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.swept_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= SWEEP_EVERY_MS
+            && self
+                .swept_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            rate.retain_recent();
+            rate.shrink_to_fit();
+        }
+    }
+
     fn new(cfg: &crate::UploaderConfig) -> Limits {
         let rate = bucket(
             cfg.uploads_per_minute_per_client,
@@ -199,6 +237,8 @@ impl Limits {
             max_in_flight: cfg.max_concurrent_uploads_per_client,
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             keys,
+            swept_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -237,10 +277,11 @@ impl Limits {
     /// Admits an upload from `req`'s client under `key`, or refuses it with 429: the key's
     /// rate and bound on uploads in progress, then the client address's.
     fn admit(&self, req: &HttpRequest, key: Option<Arc<KeyEntry>>) -> ApiResult<UploadSlot> {
-        let ip = req
-            .peer_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let ip = client_of(
+            req.peer_addr()
+                .map(|a| a.ip())
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        );
         let key_slot = match key {
             Some(k) => {
                 if let Some(rate) = &k.rate {
@@ -270,7 +311,9 @@ impl Limits {
             None => None,
         };
         if let Some(rate) = &self.rate {
-            if let Err(not_until) = rate.check_key(&ip) {
+            let checked = rate.check_key(&ip);
+            self.sweep(rate);
+            if let Err(not_until) = checked {
                 return Err(rate_limited(
                     "rate",
                     format!("{ip} is over its upload rate"),
@@ -507,7 +550,15 @@ async fn post_video(
     Ok(created(outcome, format!("/v1/photos/{}", video.id), &video))
 }
 
+/// The longest media type a store keeps with a needle (docs/FORMAT.md).
+const MAX_CONTENT_TYPE_LEN: usize = 255;
+
 fn check_video_type(t: &str) -> ApiResult<()> {
+    if t.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(UploaderError::BadRequest(format!(
+            "Content-Type longer than {MAX_CONTENT_TYPE_LEN} bytes"
+        )));
+    }
     if t.starts_with("video/") || VIDEO_TYPES.contains(&t) {
         Ok(())
     } else {
@@ -694,6 +745,57 @@ pub(crate) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn from(ip: &str) -> HttpRequest {
+        actix_web::test::TestRequest::default()
+            .peer_addr(std::net::SocketAddr::new(ip.parse().unwrap(), 40_000))
+            .to_http_request()
+    }
+
+    /// The per-client buckets of clients that went quiet are dropped (at most once a second,
+    /// on an admission): before, every address ever seen kept its entry for good.
+    #[test]
+    fn the_client_limiter_forgets_clients_that_went_quiet() {
+        let cfg = crate::UploaderConfig {
+            uploads_per_minute_per_client: 60_000,
+            upload_burst_per_client: 1,
+            ..Default::default()
+        };
+        let limits = Limits::new(&cfg);
+        for i in 0..500u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            drop(limits.admit(&from(&ip), None).unwrap());
+        }
+        let rate = limits.rate.as_ref().expect("a client rate is configured");
+        assert!(rate.len() >= 499, "{}", rate.len());
+        // Every bucket is full again after 1 ms; the sweep runs at most once a second.
+        std::thread::sleep(Duration::from_millis(1_100));
+        drop(limits.admit(&from("10.200.0.1"), None).unwrap());
+        assert!(rate.len() <= 2, "buckets kept: {}", rate.len());
+    }
+
+    /// The addresses of one IPv6 /64 (one site's network, handed out freely inside it) count
+    /// as one client: before, each address had a bucket of its own.
+    #[test]
+    fn the_addresses_of_one_ipv6_64_are_one_client() {
+        let cfg = crate::UploaderConfig {
+            uploads_per_minute_per_client: 1,
+            upload_burst_per_client: 1,
+            ..Default::default()
+        };
+        let limits = Limits::new(&cfg);
+        drop(limits.admit(&from("2001:db8:1:2::1"), None).unwrap());
+        assert!(matches!(
+            limits.admit(&from("2001:db8:1:2::abcd"), None),
+            Err(UploaderError::RateLimited { .. })
+        ));
+        drop(limits.admit(&from("2001:db8:1:3::1"), None).unwrap());
+        drop(limits.admit(&from("192.0.2.1"), None).unwrap());
+        assert!(matches!(
+            limits.admit(&from("::ffff:192.0.2.1"), None),
+            Err(UploaderError::RateLimited { .. })
+        ));
+    }
 
     #[test]
     fn route_labels() {
