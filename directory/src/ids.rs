@@ -18,7 +18,8 @@ const TIME_MASK: u64 = (1 << 41) - 1;
 /// A lock-free id generator for one node id.
 #[derive(Debug)]
 pub struct IdGenerator {
-    node: u64,
+    /// The node id, changed when the instance claims another (its lease was taken).
+    node: AtomicU64,
     /// `(ms since ID_EPOCH_MS) << SEQ_BITS | seq` of the last id handed out.
     last: AtomicU64,
 }
@@ -27,13 +28,19 @@ impl IdGenerator {
     /// `node` is masked to 10 bits.
     pub fn new(node: u16) -> Self {
         Self {
-            node: u64::from(node & MAX_NODE_ID),
+            node: AtomicU64::new(u64::from(node & MAX_NODE_ID)),
             last: AtomicU64::new(0),
         }
     }
 
     pub fn node(&self) -> u16 {
-        self.node as u16
+        self.node.load(Ordering::Acquire) as u16
+    }
+
+    /// Hands out ids under `node` from now on (masked to 10 bits).
+    pub fn set_node(&self, node: u16) {
+        self.node
+            .store(u64::from(node & MAX_NODE_ID), Ordering::Release);
     }
 
     /// The next id.
@@ -57,7 +64,8 @@ impl IdGenerator {
                 Ok(_) => {
                     let ms = next >> SEQ_BITS;
                     let seq = next & SEQ_MASK;
-                    return (ms << (NODE_BITS + SEQ_BITS)) | (self.node << SEQ_BITS) | seq;
+                    let node = self.node.load(Ordering::Acquire);
+                    return (ms << (NODE_BITS + SEQ_BITS)) | (node << SEQ_BITS) | seq;
                 }
                 Err(seen) => last = seen,
             }

@@ -350,13 +350,48 @@ impl Directory {
                 }
             }
             Cas::Conflict { .. } => {
+                // Another instance holds this node id now (this one stalled past its lease):
+                // no id is handed out under it again; another node id is claimed.
+                if let Ok(mut g) = self.lease.lock() {
+                    *g = None;
+                }
+                metrics::counter!("haystack_directory_node_leases_lost_total").increment(1);
                 tracing::error!(
                     node,
-                    "node id lease taken by another instance; ids may collide until restart"
+                    "node id lease taken by another instance; claiming another node id"
+                );
+                let new = self.claim_node_id().await?;
+                self.ids.set_node(new);
+                tracing::warn!(
+                    old = node,
+                    node = new,
+                    "directory hands out ids under a new node id"
                 );
             }
         }
         Ok(())
+    }
+
+    /// The next photo or store id. Refused (503) while this instance's node-id lease has
+    /// lapsed (it stalled past it: another instance may claim the node id and hand out the
+    /// same ids) until the maintenance round renews it or claims another node id. A node id
+    /// set in the config is the operator's to keep unique: not leased, never refused.
+    pub(crate) fn next_id(&self) -> Result<u64, DirectoryError> {
+        if self.config.node_id.is_none() {
+            let now = self.clock.now_ms();
+            let held = self
+                .lease
+                .lock()
+                .map(|g| g.as_ref().is_some_and(|l| l.expires_ms > now))
+                .unwrap_or(false);
+            if !held {
+                metrics::counter!("haystack_directory_ids_refused_lease_lapsed_total").increment(1);
+                return Err(DirectoryError::Unavailable(
+                    "this directory's node id lease lapsed: no ids until it is renewed".into(),
+                ));
+            }
+        }
+        Ok(self.ids.next_id())
     }
 
     // ---- coordinator lease -----------------------------------------------------------------

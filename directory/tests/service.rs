@@ -564,8 +564,14 @@ async fn an_idempotency_key_is_bound_to_one_photo_at_commit_until_it_expires() {
         Err(DirectoryError::BadRequest(_))
     ));
 
-    // After the TTL the key is free again: a new upload binds it.
+    // After the TTL the key is free again: a new upload binds it. (The hand-driven clock
+    // jumps past the node-id lease too, which a maintenance round renews, as it does every
+    // `maintenance_interval_ms` when the clock runs.)
     clock.advance_ms(61_000);
+    let store = d.stores()[0].store_id;
+    let volumes = d.volumes().iter().map(|v| volume_info(v.id)).collect();
+    beat(&d, store, volumes).await;
+    d.maintain().await.expect("maintenance");
     let fresh = d
         .assign_idempotent(&keyed(key))
         .await
@@ -841,4 +847,60 @@ async fn the_shipper_stays_the_replica_its_remote_copy_was_made_from() {
     assert!(ship_orders(&d, order[1], vec![tagged(0xB)])
         .await
         .is_empty());
+}
+
+/// A directory whose node-id lease another instance took (this one stalled past its lease;
+/// the other claimed the expired id) stops handing out ids under that node id: they would
+/// collide with the other's, and an upload under a colliding id overwrites another photo's
+/// needle (a store takes a rewrite of a live needle), an acknowledged photo lost. Before, it
+/// logged the conflict and went on with the same node id until restarted.
+#[tokio::test]
+async fn a_directory_whose_node_id_was_taken_stops_using_it() {
+    use haystack_directory::model::NodeLease;
+    let (_dir, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(1), store.clone(), clock.clone()).await;
+    let s = register(&d, 1, None).await;
+    let v = d.ensure_capacity().await.expect("ensure").expect("created");
+    beat(&d, s, vec![volume_info(v)]).await;
+    let node = d.node_id();
+    let node_of = |id: u64| haystack_proto::id::decode(id).node;
+    assert_eq!(
+        node_of(d.assign(&AssignRequest::default()).unwrap().id),
+        node
+    );
+    // The directory stalls past its lease; another instance claims the expired node id.
+    let meta = Meta::new(store.clone());
+    let lease = meta.get_lease(node).await.unwrap().expect("the lease");
+    clock.set_ms(lease.value.expires_ms + 1);
+    beat(&d, s, vec![volume_info(v)]).await;
+    let taken = meta
+        .put_lease(
+            node,
+            &NodeLease {
+                holder: 42,
+                expires_ms: lease.value.expires_ms + 3_600_000,
+            },
+            Expect::Version(lease.version),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        taken,
+        haystack_directory::meta::Cas::Applied { .. }
+    ));
+    // With its lease lapsed it hands out no id under that node id...
+    match d.assign(&AssignRequest::default()) {
+        Ok(a) => assert_ne!(node_of(a.id), node, "an id under a lapsed node id"),
+        Err(e) => assert!(matches!(e, DirectoryError::Unavailable(_)), "{e:?}"),
+    }
+    // ...and its next maintenance round finds the id taken and claims another.
+    d.maintain().await.expect("maintenance");
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    assert_ne!(
+        node_of(a.id),
+        node,
+        "an id under the node id another instance holds"
+    );
+    assert_ne!(d.node_id(), node);
 }

@@ -28,11 +28,12 @@ impl Directory {
         let score =
             |v: &VolumeView| v.free_bytes() as f64 / (1 + v.recent.load(Ordering::Relaxed)) as f64;
         let pick = if score(b) > score(a) { b } else { a };
+        let id = self.next_id()?;
         pick.recent.fetch_add(1, Ordering::Relaxed);
         self.note_assigned(req.size_hint_bytes);
         metrics::counter!("haystack_directory_assign_total").increment(1);
         Ok(AssignResponse {
-            id: self.ids.next_id(),
+            id,
             cookie: ids::new_cookie(),
             volume_id: pick.info.id,
             replicas: pick.replicas.clone(),

@@ -12,7 +12,10 @@ impl Directory {
         check_url(&req.public_url)?;
         let now = self.clock.now_ms();
         for _ in 0..CAS_RETRIES {
-            let id = req.store_id.unwrap_or_else(|| self.ids.next_id());
+            let id = match req.store_id {
+                Some(id) => id,
+                None => self.next_id()?,
+            };
             let existing = self.meta.get_store(id).await?;
             let (expect, mut machine) = match existing {
                 Some(cur) => (Expect::Version(cur.version), cur.value),
