@@ -517,9 +517,12 @@ impl VideoStream {
                     }
                 };
                 let ch = s.video.chunks[s.next];
+                // The range's bytes within this chunk (none of an empty one).
                 let from = s.start.max(ch.offset) - ch.offset;
-                let to = s.end.min(ch.offset + ch.size - 1) - ch.offset;
-                let part = n.data.slice(from as usize..=to as usize);
+                let to = (s.end + 1)
+                    .min(ch.offset + ch.size)
+                    .saturating_sub(ch.offset);
+                let part = n.data.slice((from.min(to) as usize)..(to as usize));
                 s.node.stats.bytes_served.add(part.len() as u64);
                 s.next += 1;
                 Some((Ok(part), (s, None, ahead)))

@@ -122,3 +122,26 @@ async fn wrong_cookie_volume_or_kind_is_404() {
     let r = env.http.post(video_url(base, &v)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
 }
+
+/// A video whose chunk list holds an empty chunk (the directory takes one; the uploader never
+/// writes one) is served whole and by ranges around it. Before, the stream's range arithmetic
+/// underflowed on it (`offset + size - 1`) and the worker panicked mid-answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_chunk_in_the_list_is_served_as_nothing() {
+    let env = Env::single(|_| {}).await;
+    let chunks = vec![bytes(1_000, 21), Vec::new(), bytes(1_000, 22)];
+    let whole: Vec<u8> = chunks.concat();
+    let v = env.put_video(&chunks, "video/mp4").await;
+    let url = video_url(&env.cache().url, &v);
+    let (st, _, body) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 200);
+    assert!(body == whole, "whole video differs");
+    for (range, a, b) in [
+        ("bytes=990-1009", 990usize, 1009usize),
+        ("bytes=0-999", 0, 999),
+    ] {
+        let (st, _, body) = get(&env.http, &url, &[("range", range)]).await;
+        assert_eq!(st, 206, "{range}");
+        assert_eq!(body, &whole[a..=b], "{range}");
+    }
+}
