@@ -77,8 +77,9 @@ pub struct CacheConfig {
     pub store_timeout_ms: u64,
     /// A directory request gives up after this. Default 2000 ms.
     pub directory_timeout_ms: u64,
-    /// A request forwarded to the owning peer gives up after this; the node then serves the
-    /// request itself. Default 5000 ms.
+    /// A request forwarded to the owning peer gives up when the peer's answer has not begun
+    /// after this (the node then serves the request itself), or when its body stops for this
+    /// long; a body still flowing is relayed however long the client takes. Default 5000 ms.
     pub peer_timeout_ms: u64,
     /// How long a volume's replicas, a video's chunk list and a photo's liveness from the
     /// directory are trusted before they are asked for again (replicas sooner after a replica

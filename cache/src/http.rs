@@ -216,21 +216,24 @@ async fn forward(req: &HttpRequest, node: &Node, c: &Clients, peer: &str) -> Opt
         reqwest::Method::GET
     };
     let who = if node.from_cdn(req) { "cdn" } else { "user" };
-    let mut rb = c
-        .http
-        .request(method, &url)
-        .timeout(Duration::from_millis(node.cfg.peer_timeout_ms))
-        .header(HOP_HEADER, who);
+    let mut rb = c.http.request(method, &url).header(HOP_HEADER, who);
     for h in [header::RANGE, header::IF_NONE_MATCH] {
         if let Some(v) = req.headers().get(&h) {
             rb = rb.header(h.as_str(), v.as_bytes());
         }
     }
-    let resp = match rb.send().await {
-        Ok(r) => r,
-        Err(e) => {
+    // `peer_timeout_ms` bounds the wait for the answer's head only: the body is relayed as
+    // fast as the client reads it (the client's idle read timeout covers a peer that stalls).
+    let sent = tokio::time::timeout(Duration::from_millis(node.cfg.peer_timeout_ms), rb.send());
+    let resp = match sent.await {
+        Ok(Ok(r)) => r,
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {} ms", node.cfg.peer_timeout_ms),
+            };
             node.stats.forward_failures.add(1);
-            tracing::warn!(peer, error = %e, "forwarding to the owning peer failed; serving here");
+            tracing::warn!(peer, %error, "forwarding to the owning peer failed; serving here");
             return None;
         }
     };

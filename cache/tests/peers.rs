@@ -63,3 +63,38 @@ async fn requests_are_forwarded_to_the_owner() {
     assert_eq!(sx.forward_failures, before.forward_failures + 1, "{sx:?}");
     assert_eq!(sx.store_reads, before.store_reads + 1, "{sx:?}");
 }
+
+/// A body relayed from the owning peer is not cut at `peer_timeout_ms`: that bounds the wait
+/// for the peer's answer, not how long a slow client takes to read the body. Before, the
+/// timeout was reqwest's total one, which covers the body too: a relay outliving it was cut
+/// short after a full Content-Length had been promised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_gets_the_whole_body_relayed_from_the_owner() {
+    use crate::common::video_url;
+    let env = Env::start(Default::default(), 2, |_, c| c.peer_timeout_ms = 300).await;
+    let urls: Vec<String> = env.caches.iter().map(|c| c.url.clone()).collect();
+    let ring = Ring::new(&urls, VNODES);
+    let chunks: Vec<Vec<u8>> = (0..16).map(|i| bytes(1 << 20, 40 + i)).collect();
+    let whole = chunks.concat();
+    let v = env.put_video(&chunks, "video/mp4").await;
+    let other = 1 - ring.owner(v.volume_id, v.id);
+    let mut r = env
+        .http
+        .get(video_url(&urls[other], &v))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut got = Vec::with_capacity(whole.len());
+    let mut pauses = 0;
+    while let Some(c) = r.chunk().await.expect("the relayed body is not cut short") {
+        got.extend_from_slice(&c);
+        // A slow reader for a while (well past the peer timeout), then a fast one.
+        if pauses < 12 {
+            pauses += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(got.len(), whole.len());
+    assert!(got == whole, "the relayed video differs");
+}
