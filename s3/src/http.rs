@@ -1501,6 +1501,25 @@ fn conditions(h: &HeaderMap, o: &ObjectRecord, names: &ConditionNames) -> Result
     Ok(())
 }
 
+/// Whether an `If-Range` value names this object (RFC 9110 §13.1.5, as S3 honours it): its
+/// ETag compared strongly (quoted, or bare as `If-Match` takes it; a weak `W/` tag never
+/// matches), or an HTTP date equal to Last-Modified to the second. Anything else does not.
+fn if_range(v: &str, o: &ObjectRecord) -> bool {
+    let v = v.trim();
+    if v.starts_with("W/") {
+        return false;
+    }
+    if let Some(tag) = v.strip_prefix('"') {
+        return tag.strip_suffix('"') == Some(o.etag.as_str());
+    }
+    match httpdate::parse_http_date(v) {
+        Ok(t) => t
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() == o.last_modified_ms / 1000),
+        Err(_) => v == o.etag,
+    }
+}
+
 async fn get_object(
     req: &HttpRequest,
     s3: &SharedS3,
@@ -1524,7 +1543,9 @@ async fn get_object(
         }
         return Err(e);
     }
-    let (status, first, last) = match decide(hdr(h, "range"), o.size) {
+    // If-Range that does not name this object ignores the Range: the whole object, 200.
+    let range = hdr(h, "range").filter(|_| hdr(h, "if-range").is_none_or(|v| if_range(v, &o)));
+    let (status, first, last) = match decide(range, o.size) {
         RangeDecision::Full => (StatusCode::OK, 0, o.size.saturating_sub(1)),
         RangeDecision::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         RangeDecision::Unsatisfiable => return Err(S3Error::InvalidRange),
