@@ -169,6 +169,16 @@ fn not_satisfiable(len: u64) -> HttpResponse {
         })
 }
 
+/// The request's Range, which only a GET has (RFC 9110 §14.2: ignored on a HEAD, as the store
+/// does).
+fn range_of(req: &HttpRequest) -> Option<&str> {
+    if req.method() == Method::GET {
+        header_str(req, header::RANGE)
+    } else {
+        None
+    }
+}
+
 /// Answers a GET or HEAD of a needle held in memory: 304, 200, 206 or 416.
 fn needle_response(req: &HttpRequest, n: &Needle, node: &Node) -> HttpResponse {
     if if_none_match(header_str(req, header::IF_NONE_MATCH), etag_str(&n.etag)) {
@@ -178,7 +188,7 @@ fn needle_response(req: &HttpRequest, n: &Needle, node: &Node) -> HttpResponse {
     }
     let len = n.data.len() as u64;
     let head = req.method() == Method::HEAD;
-    let (mut r, body) = match decide(header_str(req, header::RANGE), len) {
+    let (mut r, body) = match decide(range_of(req), len) {
         RangeDecision::Full => (HttpResponse::Ok(), n.data.clone()),
         RangeDecision::Partial { start, end } => {
             let mut r = HttpResponse::PartialContent();
@@ -383,7 +393,7 @@ async fn videos_inner(req: &HttpRequest, node: &Arc<Node>, c: &Clients) -> Resul
         cacheable(&mut r, &v.etag);
         return Ok(r.finish());
     }
-    let (mut r, start, end) = match decide(header_str(req, header::RANGE), v.len) {
+    let (mut r, start, end) = match decide(range_of(req), v.len) {
         RangeDecision::Full => (HttpResponse::Ok(), 0, v.len.checked_sub(1)),
         RangeDecision::Partial { start, end } => {
             let mut r = HttpResponse::PartialContent();

@@ -185,3 +185,33 @@ async fn bad_urls_and_unknown_volumes() {
     let (st, _, _) = get(&env.http, &format!("{base}/metrics"), &[]).await;
     assert_eq!(st, 200);
 }
+
+/// A Range header on a HEAD is ignored (RFC 9110 §14.2: Range applies to GET only), as the
+/// store does: the HEAD describes the whole photo or video, 200 with its full length, for a hit,
+/// a miss and a video alike. Before, the cache answered 206 with the range's length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_ignores_range() {
+    use crate::common::video_url;
+    let env = Env::single(|_| {}).await;
+    let data = bytes(5_000, 71);
+    let p = env.put_photo(&[(0, data, "image/jpeg")]).await;
+    let v = env
+        .put_video(&[bytes(3_000, 72), bytes(2_000, 73)], "video/mp4")
+        .await;
+    for (url, len) in [
+        (needle_url(&env.cache().url, &p, 0), "5000"),
+        (needle_url(&env.cache().url, &p, 0), "5000"),
+        (video_url(&env.cache().url, &v), "5000"),
+    ] {
+        let r = env
+            .http
+            .head(&url)
+            .header("range", "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        assert_eq!(hdr(r.headers(), "content-length"), len, "{url}");
+        assert!(r.headers().get("content-range").is_none(), "{url}");
+    }
+}
