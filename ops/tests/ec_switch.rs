@@ -299,3 +299,81 @@ async fn an_encode_never_drops_the_only_copy_of_a_photo_committed_after_it() {
         r.text().await.unwrap_or_default()
     );
 }
+
+/// Waits (at most 30 s) until `url` answers `status`.
+async fn until_status(c: &reqwest::Client, url: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = c.get(url).send().await {
+            if r.status().as_u16() == status {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An erasure-coded volume's delete log whose last record was torn (a power cut, a short
+/// write or a full disk before its sync) is cut back to its whole records when the store opens
+/// it. Before, the torn bytes stayed: the next delete's record went after them, synced and
+/// acknowledged, and the open after that stopped reading at the torn record: that delete was
+/// lost, and the store served the deleted photo again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_delete_log_record_does_not_hide_the_deletes_after_it() {
+    let mut cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path, _, _) = encoded(&c, &dir).await;
+    let v = a.volume_id;
+    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
+    let url = info["replicas"][0]["url"]
+        .as_str()
+        .expect("shard 0's store")
+        .to_string();
+    let i = cl
+        .store_urls()
+        .iter()
+        .position(|u| *u == url)
+        .expect("a store of the cluster");
+    // Half of a record at the end of that store's delete log.
+    cl.stop_store(i);
+    let log = cl.store_dir(i).join(format!("ec-{v}.ecd"));
+    let mut bytes = std::fs::read(&log).expect("the delete log");
+    bytes.extend_from_slice(&[0xab; 8]);
+    std::fs::write(&log, bytes).expect("torn record written");
+    cl.start_store(i);
+    until_status(&c, &format!("{url}{path}"), 200).await;
+    // The photo is deleted on that store (acknowledged: its record appended and synced),
+    // then the store restarts.
+    let holds_a = |state: &serde_json::Value| {
+        state["deleted"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d[0] == a.id.to_string() && d[1] == 0))
+    };
+    let r = c
+        .delete(format!("{url}{path}"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204, "delete");
+    assert!(holds_a(
+        &get_json(&c, format!("{url}/v1/ec/{v}/state")).await
+    ));
+    cl.stop_store(i);
+    cl.start_store(i);
+    until_status(&c, &format!("{url}/health"), 200).await;
+    let state = get_json(&c, format!("{url}/v1/ec/{v}/state")).await;
+    assert!(
+        holds_a(&state),
+        "the store lost the acknowledged delete of {} from its log: {state}",
+        a.id
+    );
+    let r = c.get(format!("{url}{path}")).send().await.expect("get");
+    assert_eq!(r.status(), 404, "the deleted photo is served again");
+}

@@ -31,7 +31,7 @@ use crate::error::{Result, StoreError};
 use crate::volume::{Needle, NeedleEntry};
 use format::{
     decode_table, delete_header, delete_record, parse_deletes, IndexFile, IndexRecord, Manifest,
-    ShardHeader, PIECE_BYTES, SHARD_HEADER_LEN,
+    ShardHeader, DELETE_HEADER_LEN, DELETE_RECORD_LEN, PIECE_BYTES, SHARD_HEADER_LEN,
 };
 use index::EcIndex;
 use layout::Geometry;
@@ -113,6 +113,9 @@ pub struct EcVolume {
     index: EcIndex,
     deleted: RwLock<HashSet<(u64, u32)>>,
     delete_log: Mutex<Arc<File>>,
+    /// Held across an append to the delete log and, when it fails, the cut back to the
+    /// records before it.
+    delete_append: Arc<Mutex<()>>,
 }
 
 fn corrupt(volume: u32, offset: u64, detail: String) -> StoreError {
@@ -237,10 +240,22 @@ impl EcVolume {
             disk.sync_all(&log)?;
             HashSet::new()
         } else {
-            parse_deletes(&raw, volume)
-                .map_err(|e| bad(format!("delete log: {e}")))?
-                .into_iter()
-                .collect()
+            let records =
+                parse_deletes(&raw, volume).map_err(|e| bad(format!("delete log: {e}")))?;
+            // A record torn by a power cut, a short write or a full disk (never acknowledged:
+            // a delete answers after its record's sync) is cut off, synced, before anything
+            // is appended: a record appended after it would be unreadable at the next open.
+            let whole = (DELETE_HEADER_LEN + records.len() * DELETE_RECORD_LEN) as u64;
+            if (raw.len() as u64) > whole {
+                tracing::warn!(
+                    volume,
+                    bytes = raw.len() as u64 - whole,
+                    "erasure-coded delete log: a torn record at its end cut off"
+                );
+                disk.set_len(&log, whole)?;
+                disk.sync_all(&log)?;
+            }
+            records.into_iter().collect()
         };
         tracing::info!(
             volume,
@@ -263,6 +278,7 @@ impl EcVolume {
             index: EcIndex::new(index.records, h.geometry.block_bytes),
             deleted: RwLock::new(deleted),
             delete_log: Mutex::new(Arc::new(log)),
+            delete_append: Arc::new(Mutex::new(())),
             manifest: RwLock::new(manifest),
         }))
     }
@@ -693,13 +709,8 @@ impl EcVolume {
             // The cookie is in the needle: read it (healthy or degraded).
             self.read(rec.key, rec.alt, c, peers).await?;
         }
-        let log = haystack_service::sync::lock(&self.delete_log).clone();
-        let disk = self.engine.disk().clone();
-        let l2 = log.clone();
-        tokio::task::spawn_blocking(move || disk.append(&l2, &delete_record(key, alt)))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))??;
-        self.engine.fdatasync(&log).await?;
+        self.append_deletes(delete_record(key, alt).to_vec())
+            .await?;
         haystack_service::sync::write(&self.deleted).insert((key, alt));
         tracing::info!(
             volume = self.id,
@@ -870,18 +881,33 @@ impl EcVolume {
         if fresh.is_empty() {
             return Ok(());
         }
-        let log = haystack_service::sync::lock(&self.delete_log).clone();
-        let disk = self.engine.disk().clone();
         let mut bytes = Vec::new();
         for (k, a) in &fresh {
             bytes.extend_from_slice(&delete_record(*k, *a));
         }
-        let l2 = log.clone();
-        tokio::task::spawn_blocking(move || disk.append(&l2, &bytes))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))??;
-        self.engine.fdatasync(&log).await?;
+        self.append_deletes(bytes).await?;
         haystack_service::sync::write(&self.deleted).extend(fresh);
+        Ok(())
+    }
+
+    /// Appends whole delete records to the log and syncs it. An append that fails is cut
+    /// back to the records before it (a part of a record left there would make every record
+    /// after it unreadable at the next open).
+    async fn append_deletes(&self, bytes: Vec<u8>) -> Result<()> {
+        let log = haystack_service::sync::lock(&self.delete_log).clone();
+        let disk = self.engine.disk().clone();
+        let serial = self.delete_append.clone();
+        let l2 = log.clone();
+        tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = haystack_service::sync::lock(&serial);
+            let before = l2.metadata()?.len();
+            disk.append(&l2, &bytes).inspect_err(|_| {
+                let _ = disk.set_len(&l2, before);
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e.to_string())))??;
+        self.engine.fdatasync(&log).await?;
         Ok(())
     }
 
