@@ -90,11 +90,12 @@ pub struct CacheConfig {
     /// so that a needle a store kept after a delete it missed is never served. When the
     /// directory cannot be reached the needle is served (and a warning logged). Default true.
     pub check_live_on_miss: bool,
-    /// With `check_live_on_miss`: a hit on a needle read from a store longer ago than this
-    /// asks too (through the same per-photo liveness cache), and a photo no longer live is
-    /// dropped and answered 404. Hits need no check while purges arrive; this bounds how long
-    /// a node a purge did not reach (a peer unreachable during the fan-out, a node the
-    /// directory does not know) serves a deleted photo. 0 never asks. Default 60000 ms.
+    /// With `check_live_on_miss`: a hit on a needle read from a store (or last found live)
+    /// longer ago than this asks the directory afresh (not the per-photo liveness remembered
+    /// for misses, which could be older than the delete; the answer refreshes it), and a photo
+    /// no longer live is dropped and answered 404. Hits need no check while purges arrive;
+    /// this bounds how long a node a purge did not reach (a peer unreachable during the
+    /// fan-out, a node the directory does not know) serves a deleted photo. 0 never asks. Default 60000 ms.
     pub recheck_hits_after_ms: u64,
     /// `Retry-After` seconds on a 503 (every replica or the directory unreachable). Default 1.
     pub retry_after_secs: u64,

@@ -1,6 +1,7 @@
 //! Which photos are live: on a miss the cache asks the directory (once per photo per
 //! `directory_info_ttl_ms`, in parallel with the store read) whether the photo is committed,
-//! not deleted, and has this volume and cookie.
+//! not deleted, and has this volume and cookie. A hit on a needle read more than
+//! `recheck_hits_after_ms` ago asks afresh, whatever is remembered ([`Ask::Afresh`]).
 //!
 //! The lookups of one worker are sent many to a request (`POST /v1/photos/live`): at most
 //! [`MAX_IN_FLIGHT`] requests at once, and whatever misses arrive meanwhile wait for the next
@@ -38,6 +39,15 @@ struct Known {
     volume: u32,
     cookie: u64,
     at: Instant,
+}
+
+/// Whether [`Liveness::check`] may use a remembered answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// One younger than `directory_info_ttl_ms` will do (a miss).
+    Remembered,
+    /// Ask the directory now (a hit rechecked after `recheck_hits_after_ms`).
+    Afresh,
 }
 
 /// Live photos as the directory last said.
@@ -88,16 +98,25 @@ impl Liveness {
 
     /// `Ok` when photo `id` is live in `volume` with `cookie`; `NotFound` when the directory
     /// says otherwise; `DirectoryUnavailable` when it could not be asked.
+    ///
+    /// With [`Ask::Remembered`] (a miss) an answer younger than the TTL is used; with
+    /// [`Ask::Afresh`] (the recheck of a stale hit) the directory is always asked (through the
+    /// same batcher), so that a "live" remembered just before a delete cannot stretch the
+    /// recheck interval to the TTL. Either way the answer refreshes what is remembered.
     pub async fn check(
         &self,
         c: &Clients,
         volume: u32,
         id: u64,
         cookie: u64,
+        ask: Ask,
     ) -> Result<(), CacheError> {
-        let cached = {
-            let mut m = lock(&self.known);
-            m.get(&id).copied()
+        let cached = match ask {
+            Ask::Remembered => {
+                let mut m = lock(&self.known);
+                m.get(&id).copied()
+            }
+            Ask::Afresh => None,
         };
         let k = match cached {
             Some(k) if k.at.elapsed() < self.ttl => k,
@@ -112,7 +131,11 @@ impl Liveness {
                             at: Instant::now(),
                         }
                     }
-                    None => return Err(CacheError::NotFound),
+                    None => {
+                        // Not live: an older "live" must not answer the next miss.
+                        lock(&self.known).pop(&id);
+                        return Err(CacheError::NotFound);
+                    }
                 }
             }
         };

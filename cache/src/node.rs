@@ -10,7 +10,7 @@ use actix_web::HttpRequest;
 
 use crate::config::{CacheConfig, Cidr};
 use crate::error::CacheError;
-use crate::live::Liveness;
+use crate::live::{Ask, Liveness};
 use crate::memory::{FlightRx, Memory, Needle, NeedleKey, Probe, Ticket};
 use crate::metrics::{Stats, StatsSnapshot};
 use crate::ring::{Ring, VNODES};
@@ -132,7 +132,11 @@ impl Node {
                         self.stats.hits.add(1);
                     }
                     if let Some(age) = self.stale(&n) {
-                        match self.live.check(c, k.volume, k.key, cookie).await {
+                        match self
+                            .live
+                            .check(c, k.volume, k.key, cookie, Ask::Afresh)
+                            .await
+                        {
                             Ok(()) => n
                                 .live_at_ms
                                 .store(age, std::sync::atomic::Ordering::Relaxed),
@@ -250,7 +254,7 @@ impl Lead<'_> {
         };
         let read = node.upstream.read(c, k, cookie, &node.stats);
         let read = if node.cfg.check_live_on_miss {
-            let live = node.live.check(c, k.volume, k.key, cookie);
+            let live = node.live.check(c, k.volume, k.key, cookie, Ask::Remembered);
             match tokio::join!(live, read) {
                 (Ok(()), r) => r,
                 (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => Err(e),

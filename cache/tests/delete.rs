@@ -240,3 +240,40 @@ async fn a_node_the_purge_missed_stops_serving_the_deleted_photo() {
     let (st, _, _) = get(&env.http, &url, &[]).await;
     assert_eq!(st, 404);
 }
+
+/// The stale-hit recheck asks the directory afresh: the per-photo liveness memory (kept
+/// `directory_info_ttl_ms`) answers misses, not rechecks. Before, a recheck was satisfied by
+/// the "live" answer the miss remembered just before the delete, so a node the purge missed
+/// served the deleted photo for the whole TTL (here 10 minutes), not `recheck_hits_after_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_hit_recheck_is_not_answered_from_the_remembered_liveness() {
+    use haystack_cache::Admission;
+    let env = Env::single(|_| {}).await;
+    let mut cfg = env.node_config();
+    cfg.admission = Admission::All;
+    cfg.recheck_hits_after_ms = 200;
+    cfg.directory_info_ttl_ms = 600_000;
+    // A node the directory does not know: no purge reaches it.
+    let lone = crate::common::CacheNode::start(haystack_testkit::bind_loopback(), cfg);
+    crate::common::wait_healthy(&lone.url).await;
+    let data = bytes(2500, 106);
+    let p = env.put_photo(&[(0, data.clone(), "image/jpeg")]).await;
+    let url = needle_url(&lone.url, &p, 0);
+    // A miss: the photo's liveness is remembered (for 10 minutes), the needle kept.
+    let (st, _, body) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 200);
+    assert!(body == data);
+    env.dir.delete(p.id).await.expect("delete");
+    // Past the recheck age: the hit asks the directory, which says the photo is deleted.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (st, _, _) = get(&env.http, &url, &[]).await;
+    assert_eq!(
+        st, 404,
+        "a recheck was answered by the liveness remembered before the delete"
+    );
+    let s = lone.stats().await;
+    assert_eq!(s.entries, 0, "{s:?}");
+    // And it stays gone (the next read is a miss, which must not trust the old answer either).
+    let (st, _, _) = get(&env.http, &url, &[]).await;
+    assert_eq!(st, 404);
+}
