@@ -602,9 +602,29 @@ impl Volume {
         recent.insert(key, alt, cookie, std::time::Instant::now());
         let found = match st.get(key, alt) {
             Some(l) if !l.deleted => Ok((l, st.file.clone())),
-            _ => Err(StoreError::NotFound),
+            Some(_) => Err(StoreError::NotFound),
+            None if recent.unsettled(key, alt) => Err(self.unsettled_error()),
+            None => Err(StoreError::NotFound),
         };
         (found, recent.writing(key, alt))
+    }
+
+    /// A delete of a needle a failed write may have left in the file unindexed: not "not
+    /// here" (the next open may take those bytes live), but "later" (503; the caller retries,
+    /// and after a restart the delete finds the needle or nothing).
+    fn unsettled_error(&self) -> StoreError {
+        metrics::counter!("haystack_store_deletes_refused_unsettled_total").increment(1);
+        StoreError::Unavailable {
+            volume: self.id,
+            reason: "a write of this needle failed after its bytes may have reached the disk: \
+                     the delete is taken once the store has restarted"
+                .into(),
+        }
+    }
+
+    /// Notes that a write of these needles failed after its bytes may have reached the file.
+    pub(super) fn write_failed(&self, needles: &[(u64, u32)]) {
+        lock(&self.recent_deletes).mark_unsettled(needles);
     }
 
     /// Waits until no write of `(key, alt)` is in flight. A write that starts after a delete
@@ -807,6 +827,9 @@ impl Volume {
             let st = self.read_index();
             st.get(key, alt).map(|l| (l, st.file.clone()))
         };
+        if newest.is_none() && lock(&self.recent_deletes).unsettled(key, alt) {
+            return Err(self.unsettled_error());
+        }
         if let Some((loc, file)) = newest {
             metrics::counter!("haystack_store_deletes_waited_for_writes_total").increment(1);
             match self.delete_at(key, alt, cookie, loc, &file, true).await {

@@ -36,6 +36,11 @@ pub(super) struct RecentDeletes {
     next_seq: u64,
     /// Writes in flight per needle (a batch or a shipped append past its check).
     writing: HashMap<(u64, u32), u32>,
+    /// Needles of writes that failed after their bytes may have reached the file (a write or
+    /// sync error): not indexed, yet the next open may find them whole and take them live.
+    unsettled: std::collections::HashSet<(u64, u32)>,
+    /// More than [`MAX`] of those: every needle counts as one.
+    unsettled_overflow: bool,
 }
 
 struct Remembered {
@@ -110,6 +115,23 @@ impl RecentDeletes {
                 }
             }
         }
+    }
+
+    /// A write of these needles failed after its bytes may have reached the file.
+    pub(super) fn mark_unsettled(&mut self, needles: &[(u64, u32)]) {
+        for &n in needles {
+            if self.unsettled.len() >= MAX {
+                self.unsettled_overflow = true;
+                return;
+            }
+            self.unsettled.insert(n);
+        }
+    }
+
+    /// Whether bytes of `(key, alt)` may be in the file unindexed (until the volume is opened
+    /// again, which settles them).
+    pub(super) fn unsettled(&self, key: u64, alt: u32) -> bool {
+        self.unsettled_overflow || self.unsettled.contains(&(key, alt))
     }
 
     /// Whether a write of `(key, alt)` is in flight.

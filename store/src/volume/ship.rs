@@ -215,18 +215,24 @@ impl Volume {
                         applied += 1;
                     }
                 }
-                Writing::begin(
-                    self,
-                    &mut recent,
-                    shipped.iter().map(|&(k, a, _, _)| (k, a)).collect(),
-                )
+                Writing::begin(self, &mut recent, keys_of(&shipped))
             };
             let (tx, rx) = tokio::sync::oneshot::channel();
             let batch = vec![Queued { buf: bytes, tx }];
             self.write_queued(&mut ap, batch).await;
-            let base = rx
+            let appended = rx
                 .await
-                .map_err(|_| StoreError::Io(io::Error::other("append abandoned")))??;
+                .map_err(|_| StoreError::Io(io::Error::other("append abandoned")))
+                .and_then(|r| r);
+            let base = match appended {
+                Ok(b) => b,
+                Err(e) => {
+                    if matches!(e, StoreError::Io(_)) {
+                        self.write_failed(&keys_of(&shipped));
+                    }
+                    return Err(e);
+                }
+            };
             (base, shipped, writing)
         };
         debug_assert_eq!(
@@ -234,6 +240,7 @@ impl Volume {
             "shipped bytes land at the end they were checked at"
         );
         if let Err(e) = self.commit.commit(&self.engine, &self.file(), 1).await {
+            self.write_failed(&keys_of(&shipped));
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
@@ -329,4 +336,9 @@ impl Volume {
         self.remote_copy.store(false, Ordering::Release);
         Ok(())
     }
+}
+
+/// The (key, alt) of shipped needles.
+fn keys_of(shipped: &[(u64, u32, u64, Loc)]) -> Vec<(u64, u32)> {
+    shipped.iter().map(|&(k, a, _, _)| (k, a)).collect()
 }

@@ -160,13 +160,23 @@ impl Volume {
                 needles.iter().map(|n| (n.key, n.alt)).collect(),
             )
         };
-        let base = self.append(buf).await?;
+        let keys = || -> Vec<(u64, u32)> { needles.iter().map(|n| (n.key, n.alt)).collect() };
+        let base = match self.append(buf).await {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(e, StoreError::Io(_)) {
+                    self.write_failed(&keys());
+                }
+                return Err(e);
+            }
+        };
         metrics::counter!("haystack_store_bytes_written_total").increment(len);
         if let Err(e) = self
             .commit
             .commit(&self.engine, &self.file(), needles.len() as u64)
             .await
         {
+            self.write_failed(&keys());
             self.set_read_only(format!("disk error: {e}"));
             return Err(StoreError::Io(e));
         }
