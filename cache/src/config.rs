@@ -88,7 +88,8 @@ pub struct CacheConfig {
     /// On a miss, also ask the directory (once per photo per `directory_info_ttl_ms`, in
     /// parallel with the store read) whether the photo is live with this volume and cookie,
     /// so that a needle a store kept after a delete it missed is never served. When the
-    /// directory cannot be reached the needle is served (and a warning logged). Default true.
+    /// directory cannot be reached the needle is served (and a warning logged), but with
+    /// `Cache-Control: public, max-age=60` instead of a year, and not kept. Default true.
     pub check_live_on_miss: bool,
     /// With `check_live_on_miss`: a hit on a needle read from a store (or last found live)
     /// longer ago than this asks the directory afresh (not the per-photo liveness remembered

@@ -30,6 +30,15 @@ use crate::video::Video;
 /// URL never change (a photo id and cookie are never reused; a delete makes the URL 404).
 const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 
+/// What a needle or video answer says instead when the directory could not confirm that its
+/// photo is live (unreachable; the store's bytes are served for availability, but the photo
+/// may have been deleted while that store was down): a minute, as long as a node a purge
+/// missed may serve a deleted photo by default (`recheck_hits_after_ms`), rather than a year;
+/// still storable, so that a CDN absorbs repeated reads of a popular photo during the outage.
+/// Revalidation (`If-None-Match`) after that minute gets the usual answer once the directory
+/// is back, or a 404 if the photo was deleted.
+const CACHE_BRIEFLY: &str = "public, max-age=60";
+
 type Result<T> = std::result::Result<T, CacheError>;
 
 /// The status and error code of every error: the one place they are decided.
@@ -150,13 +159,16 @@ impl MessageBody for HeadBody {
     }
 }
 
-/// Headers every 200/206/304 of a needle or video carries.
-fn cacheable(r: &mut HttpResponseBuilder, etag: &HeaderValue) {
+/// Headers every 200/206/304 of a needle or video carries: its ETag, and for how long it may
+/// be kept ([`CACHE_FOREVER`], or [`CACHE_BRIEFLY`] when its photo's liveness is unknown).
+fn cacheable(r: &mut HttpResponseBuilder, etag: &HeaderValue, live_unknown: bool) {
+    let cc = if live_unknown {
+        CACHE_BRIEFLY
+    } else {
+        CACHE_FOREVER
+    };
     r.insert_header((header::ETAG, etag.clone()))
-        .insert_header((
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(CACHE_FOREVER),
-        ));
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static(cc)));
 }
 
 fn not_satisfiable(len: u64) -> HttpResponse {
@@ -183,7 +195,7 @@ fn range_of(req: &HttpRequest) -> Option<&str> {
 fn needle_response(req: &HttpRequest, n: &Needle, node: &Node) -> HttpResponse {
     if if_none_match(header_str(req, header::IF_NONE_MATCH), etag_str(&n.etag)) {
         let mut r = HttpResponse::NotModified();
-        cacheable(&mut r, &n.etag);
+        cacheable(&mut r, &n.etag, n.live_unknown);
         return r.finish();
     }
     let len = n.data.len() as u64;
@@ -199,7 +211,7 @@ fn needle_response(req: &HttpRequest, n: &Needle, node: &Node) -> HttpResponse {
     };
     r.insert_header((header::CONTENT_TYPE, n.content_type.clone()))
         .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
-    cacheable(&mut r, &n.etag);
+    cacheable(&mut r, &n.etag, n.live_unknown);
     if head {
         return r.body(HeadBody(body.len() as u64));
     }
@@ -390,7 +402,7 @@ async fn videos_inner(req: &HttpRequest, node: &Arc<Node>, c: &Clients) -> Resul
     }
     if if_none_match(header_str(req, header::IF_NONE_MATCH), etag_str(&v.etag)) {
         let mut r = HttpResponse::NotModified();
-        cacheable(&mut r, &v.etag);
+        cacheable(&mut r, &v.etag, false);
         return Ok(r.finish());
     }
     let (mut r, start, end) = match decide(range_of(req), v.len) {
@@ -406,7 +418,7 @@ async fn videos_inner(req: &HttpRequest, node: &Arc<Node>, c: &Clients) -> Resul
         RangeDecision::Unsatisfiable => return Ok(not_satisfiable(v.len)),
     };
     r.insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
-    cacheable(&mut r, &v.etag);
+    cacheable(&mut r, &v.etag, false);
     let Some(end) = end else {
         // An empty video.
         r.insert_header((header::CONTENT_TYPE, "application/octet-stream"));
@@ -419,6 +431,11 @@ async fn videos_inner(req: &HttpRequest, node: &Arc<Node>, c: &Clients) -> Resul
     let first = *chunks.start();
     let n = chunk(node, c, &v, first, from_cdn).await?;
     r.insert_header((header::CONTENT_TYPE, n.content_type.clone()));
+    if n.live_unknown {
+        // The chunk list vouches for the video (asked within `directory_info_ttl_ms`), but the
+        // chunk's own check could not be made: short-lived, as for a needle.
+        cacheable(&mut r, &v.etag, true);
+    }
     let len = end - start + 1;
     if req.method() == Method::HEAD {
         return Ok(r.body(HeadBody(len)));

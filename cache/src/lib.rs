@@ -1,6 +1,6 @@
 //! The cache tier: hot photos and videos over HTTP in front of the stores, with the semantics
 //! a CDN origin needs (ETag, conditional GET, byte ranges across video chunks, long immutable
-//! caching, purge on delete).
+//! caching, short-lived when liveness is unknown, purge on delete).
 //!
 //! A node keeps needles in a bounded LRU by bytes ([`memory`]), admits them by Haystack's
 //! policy ([`config::Admission`]), reads misses from the replica with the fewest reads in

@@ -42,12 +42,28 @@ pub struct Needle {
     /// How long after `fetched` its photo was last found live (ms): a hit asks again once
     /// `recheck_hits_after_ms` passed since then.
     pub live_at_ms: std::sync::atomic::AtomicU64,
+    /// Served although the directory could not say whether its photo is live (unreachable):
+    /// answered with a short-lived `Cache-Control`, never kept in memory.
+    pub live_unknown: bool,
 }
 
 impl Needle {
     /// Bytes charged against the capacity.
     pub fn weight(&self) -> u64 {
         self.data.len() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+
+    /// A copy marked [`Needle::live_unknown`] (the bytes are shared, not copied).
+    pub fn live_unknown(&self) -> Arc<Needle> {
+        Arc::new(Needle {
+            data: self.data.clone(),
+            cookie: self.cookie,
+            content_type: self.content_type.clone(),
+            etag: self.etag.clone(),
+            fetched: self.fetched,
+            live_at_ms: self.live_at_ms.load(Ordering::Relaxed).into(),
+            live_unknown: true,
+        })
     }
 }
 
@@ -295,6 +311,7 @@ mod tests {
             etag: HeaderValue::from_static("\"x\""),
             fetched: std::time::Instant::now(),
             live_at_ms: Default::default(),
+            live_unknown: false,
         })
     }
 

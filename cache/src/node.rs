@@ -149,7 +149,12 @@ impl Node {
                                 self.memory.purge_photo(k.volume, k.key);
                                 return Err(CacheError::NotFound);
                             }
-                            Err(e) => self.warn_liveness_unknown(k, &e),
+                            Err(e) => {
+                                // Served (it was live when last asked) and kept, but not
+                                // answered as cacheable for a year: it may be deleted by now.
+                                self.warn_liveness_unknown(k, &e);
+                                return Ok(n.live_unknown());
+                            }
                         }
                     }
                     return Ok(n);
@@ -253,21 +258,26 @@ impl Lead<'_> {
             return Err(CacheError::NotFound);
         };
         let read = node.upstream.read(c, k, cookie, &node.stats);
-        let read = if node.cfg.check_live_on_miss {
+        let (read, live_unknown) = if node.cfg.check_live_on_miss {
             let live = node.live.check(c, k.volume, k.key, cookie, Ask::Remembered);
             match tokio::join!(live, read) {
-                (Ok(()), r) => r,
-                (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => Err(e),
-                (Err(CacheError::NotFound), _) => Err(CacheError::NotFound),
+                (Ok(()), r) => (r, false),
+                (Err(CacheError::NotFound), Err(e @ CacheError::NoSuchVolume(_))) => {
+                    (Err(e), false)
+                }
+                (Err(CacheError::NotFound), _) => (Err(CacheError::NotFound), false),
                 (Err(e), r) => {
                     node.warn_liveness_unknown(k, &e);
-                    r
+                    (r, true)
                 }
             }
         } else {
-            read.await
+            (read.await, false)
         };
         let (result, admit) = match read {
+            // Served for availability (the directory unreachable), but the photo may have
+            // been deleted while this store was down: not kept, and answered short-lived.
+            Ok((n, _)) if live_unknown => (Ok(n.live_unknown()), false),
             Ok((n, writable)) => (Ok(n), node.cfg.admission.admits(from_cdn, writable)),
             Err(e) => (Err(e), false),
         };

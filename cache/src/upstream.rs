@@ -499,6 +499,7 @@ impl Upstream {
                     etag,
                     fetched: std::time::Instant::now(),
                     live_at_ms: Default::default(),
+                    live_unknown: false,
                 }))
             }
             Err(e) if e.is_not_found() && e.code() == Some("no_such_volume") => Err(Fail::Other(

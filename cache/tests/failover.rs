@@ -124,3 +124,89 @@ async fn no_directory_and_nothing_known_is_503() {
         assert_eq!(hdr(&h, "retry-after"), "1", "{path}");
     }
 }
+
+/// The directory unreachable (its host cut off from the cache; the stores still reachable):
+/// what a store has is served, for availability, but the photo may have been deleted while
+/// that store was down, so the answer must not be cacheable for a year and the needle is not
+/// kept. The same holds for a stale hit whose recheck cannot be answered. Before, both were
+/// served `public, max-age=31536000, immutable` and the miss was admitted into memory (the
+/// second GET a hit): a CDN would have kept a possibly deleted photo for a year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_whose_liveness_is_unknown_is_served_short_lived_and_not_kept() {
+    use crate::common::{wait_healthy, CacheNode, Relay};
+    let env = Env::start(
+        haystack_testkit::ClusterOptions {
+            min_writable_volumes: 1,
+            ..Default::default()
+        },
+        1,
+        |_, _| {},
+    )
+    .await;
+    let mut relay = Relay::start(&env.cluster.directory_url()).await;
+    let mut cfg = env.node_config();
+    cfg.directory_url = Some(relay.url.clone());
+    // The volume's replicas stay known through the outage; hits are rechecked quickly.
+    cfg.directory_info_ttl_ms = 600_000;
+    cfg.recheck_hits_after_ms = 300;
+    let node = CacheNode::start(haystack_testkit::bind_loopback(), cfg);
+    wait_healthy(&node.url).await;
+    let a_data = bytes(3000, 91);
+    let a = env.put_photo(&[(0, a_data.clone(), "image/jpeg")]).await;
+    // Photo b in a's volume, so that reading a teaches the node where b's needles are.
+    let b_data = bytes(4000, 92);
+    let mut b = env.put_photo(&[(0, b_data.clone(), "image/jpeg")]).await;
+    for _ in 0..20 {
+        if b.volume_id == a.volume_id {
+            break;
+        }
+        b = env.put_photo(&[(0, b_data.clone(), "image/jpeg")]).await;
+    }
+    assert_eq!(b.volume_id, a.volume_id, "no photo landed in a's volume");
+    let (a_url, b_url) = (needle_url(&node.url, &a, 0), needle_url(&node.url, &b, 0));
+    // Liveness confirmed: cacheable for good, and kept.
+    let (st, h, _) = get(&env.http, &a_url, &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        hdr(&h, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    let (st, _, _) = get(&env.http, &a_url, &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(node.stats().await.hits, 1);
+
+    relay.cut().await;
+    // Misses whose liveness cannot be learnt: served, short-lived, not kept.
+    let before = node.stats().await;
+    for i in 0..2 {
+        let (st, h, body) = get(&env.http, &b_url, &[]).await;
+        assert_eq!(st, 200, "read {i}: {}", String::from_utf8_lossy(&body));
+        assert!(body == b_data, "read {i}: wrong bytes");
+        let cc = hdr(&h, "cache-control");
+        assert_eq!(cc, "public, max-age=60", "read {i}");
+        let etag = hdr(&h, "etag").to_string();
+        assert!(!etag.is_empty());
+        // A revalidation says the same.
+        let (st, h, _) = get(&env.http, &b_url, &[("if-none-match", &etag)]).await;
+        assert_eq!(st, 304, "read {i}");
+        assert_eq!(hdr(&h, "cache-control"), "public, max-age=60", "read {i}");
+    }
+    let s = node.stats().await;
+    assert_eq!(
+        s.hits, before.hits,
+        "a needle of unknown liveness was kept: {s:?}"
+    );
+    assert_eq!(s.store_reads - before.store_reads, 4, "{s:?}");
+    assert_eq!(s.admitted, before.admitted, "{s:?}");
+    assert_eq!(s.not_admitted - before.not_admitted, 4, "{s:?}");
+    assert_eq!(s.entries, before.entries, "{s:?}");
+
+    // A stale hit whose recheck cannot be answered: served from memory, short-lived too.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (st, h, body) = get(&env.http, &a_url, &[]).await;
+    assert_eq!(st, 200);
+    assert!(body == a_data);
+    assert_eq!(hdr(&h, "cache-control"), "public, max-age=60");
+    let s = node.stats().await;
+    assert_eq!(s.hits, before.hits + 1, "{s:?}");
+}

@@ -373,3 +373,63 @@ pub fn error_code(body: &[u8]) -> String {
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
         .unwrap_or_default()
 }
+
+/// A TCP relay in front of a service (a cache node's way to its directory) that a test can
+/// cut: [`Relay::cut`] closes its listener and every connection through it, so that from then
+/// on connections to it are refused, while everything else (the stores) stays reachable.
+pub struct Relay {
+    pub url: String,
+    cut: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Starts relaying connections to `to` (`http://host:port`).
+    pub async fn start(to: &str) -> Relay {
+        let target = to
+            .strip_prefix("http://")
+            .expect("an http URL")
+            .trim_end_matches('/')
+            .to_string();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    a = l.accept() => {
+                        let Ok((mut down, _)) = a else { continue };
+                        let target = target.clone();
+                        conns.spawn(async move {
+                            if let Ok(mut up) = tokio::net::TcpStream::connect(&target).await {
+                                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                            }
+                        });
+                    }
+                }
+            }
+            drop(l);
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        });
+        Relay {
+            url,
+            cut: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Closes the listener and every relayed connection (returns once they are closed).
+    pub async fn cut(&mut self) {
+        if let Some(tx) = self.cut.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
