@@ -421,6 +421,7 @@ impl Volume {
                     id,
                     max_bytes: sb.max_bytes,
                     tag: sb.tag,
+                    vouched_end: 0,
                 },
                 &file,
                 file_len,

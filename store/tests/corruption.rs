@@ -292,3 +292,76 @@ fn verify_scans_every_live_needle_and_names_the_corrupt_ones() {
         });
     }
 }
+
+/// An index rebuild (the operator's tool for a damaged volume) scans the whole file with no
+/// index file to vouch for anything: a zeroed header in the middle read as the end of the
+/// volume, and everything after it (acknowledged needles) was cut off and zeroed. Now a rebuild
+/// never cuts below the tail the volume had: the damage is skipped, the needles after it kept.
+#[test]
+fn an_index_rebuild_past_a_zeroed_header_keeps_the_needles_after_it() {
+    for kind in ENGINES {
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 4, kind);
+            let mut locs = Vec::new();
+            for k in 0..6u64 {
+                locs.extend(
+                    vol.write_batch(vec![needle(k, 0, 2, &[k as u8; 100])])
+                        .await
+                        .unwrap(),
+                );
+            }
+            let tail = vol.info().size_bytes;
+            let (dat, _, _) = volume_paths(dir.path(), 4);
+            let f = OpenOptions::new().write(true).open(&dat).unwrap();
+            f.write_all_at(&[0u8; HEADER_LEN], locs[3].offset).unwrap();
+            drop(f);
+            let _ = vol.rebuild_index().await;
+            assert_eq!(vol.info().size_bytes, tail, "{kind:?}: the tail was cut");
+            for k in [0u64, 1, 2, 4, 5] {
+                assert_eq!(
+                    vol.read(k, 0, 2).await.map(|n| n.data[0]).ok(),
+                    Some(k as u8),
+                    "{kind:?}: needle {k} after the rebuild"
+                );
+            }
+            drop(vol);
+            let vol = reopen(dir.path(), 4, kind);
+            for k in [0u64, 1, 2, 4, 5] {
+                assert_eq!(
+                    vol.read(k, 0, 2).await.map(|n| n.data[0]).ok(),
+                    Some(k as u8),
+                    "{kind:?}: needle {k} after a reopen"
+                );
+            }
+        });
+        // A damaged region wider than a scan window (`max_write_bytes`, 8 MiB here): the
+        // needle after it is found all the same.
+        let dir = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let vol = create(dir.path(), 5, kind);
+            let mut locs = Vec::new();
+            for k in 0..12u64 {
+                locs.extend(
+                    vol.write_batch(vec![needle(k, 0, 2, &vec![k as u8; 1 << 20])])
+                        .await
+                        .unwrap(),
+                );
+            }
+            let (dat, _, _) = volume_paths(dir.path(), 5);
+            let f = OpenOptions::new().write(true).open(&dat).unwrap();
+            let (from, to) = (locs[1].offset, locs[11].offset);
+            f.write_all_at(&vec![0u8; (to - from) as usize], from)
+                .unwrap();
+            drop(f);
+            let _ = vol.rebuild_index().await;
+            for k in [0u64, 11] {
+                assert_eq!(
+                    vol.read(k, 0, 2).await.map(|n| n.data[0]).ok(),
+                    Some(k as u8),
+                    "{kind:?}: needle {k} after a rebuild past 10 MiB of zeros"
+                );
+            }
+        });
+    }
+}

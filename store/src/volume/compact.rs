@@ -813,6 +813,9 @@ impl Volume {
         let mut ap = self.append.lock().await;
         let id = self.id;
         let dir = self.dir();
+        // Everything below the tail was laid down by this volume: damage in it is skipped by
+        // the scan, never taken for the end.
+        let vouched_end = ap.tail;
         let (file, sealed) = {
             let st = self.read_index();
             (st.file.clone(), matches!(st.index, VolIndex::Sealed(_)))
@@ -835,7 +838,12 @@ impl Volume {
                 damage,
             } = recover_writable(
                 &disk,
-                super::recover::Identity { id, max_bytes, tag },
+                super::recover::Identity {
+                    id,
+                    max_bytes,
+                    tag,
+                    vouched_end,
+                },
                 &file,
                 file_len,
                 &mut idx,

@@ -20,7 +20,12 @@ pub(super) fn recover_writable(
     idx_file: &mut File,
     cfg: &VolumeConfig,
 ) -> Result<Recovered> {
-    let Identity { id, max_bytes, tag } = vol;
+    let Identity {
+        id,
+        max_bytes,
+        tag,
+        vouched_end,
+    } = vol;
     // 1. The index file. Newest put per (key, alt) wins; a delete applies to the put at its
     // offset, whichever of the two the file holds first.
     let mut index = MemIndex::new();
@@ -78,8 +83,9 @@ pub(super) fn recover_writable(
     // offset and miss one below it. The scan therefore starts at the first gap in the
     // coverage, not at the end of the highest indexed needle.
     let scan_from = cover.first_gap();
-    // Needles the index file vouches for end here: a tail is never cut below it.
-    let indexed_end = cover.end();
+    // Needles the index file vouches for end here (or the caller's bound, if higher): a tail
+    // is never cut below it.
+    let indexed_end = cover.end().max(vouched_end.min(file_len));
 
     // 2. The tail past the last indexed needle.
     let limit = file_len.min(max_bytes);
@@ -126,7 +132,26 @@ pub(super) fn recover_writable(
                     // Past a damaged region longer than the window: the next needle the index
                     // file knows of, or the end of the last one. A tail is never cut below
                     // a needle the index file records.
-                    None if pos < indexed_end => Some(cover.next_known(pos, &index)),
+                    None if pos < indexed_end => {
+                        let known = cover.next_known(pos, &index);
+                        if known > pos {
+                            Some(known)
+                        } else {
+                            // Nothing the index file knows lies past here (a rebuild's full
+                            // scan): the next needle below the vouched end, window by window,
+                            // else the vouched end itself. Never back, never below it.
+                            let far = find_next_needle_far(
+                                disk,
+                                file,
+                                window_end,
+                                indexed_end,
+                                limit,
+                                tag,
+                                cfg.max_write_bytes.max(format::ALIGN),
+                            )?;
+                            Some(far.unwrap_or(indexed_end))
+                        }
+                    }
                     None => None,
                 };
                 match next {
@@ -450,6 +475,11 @@ pub(super) struct Identity {
     pub(super) id: u32,
     pub(super) max_bytes: u64,
     pub(super) tag: u32,
+    /// Bytes below this offset are never cut as a torn tail, whatever the index file holds:
+    /// an index rebuild passes the tail the volume had (every needle below it was written by
+    /// the volume, acknowledged or not), so that damage in the middle is skipped, not taken
+    /// for the end. 0 at an open (the index file vouches).
+    pub(super) vouched_end: u64,
 }
 
 /// What recovery of a writable volume found.
@@ -552,6 +582,29 @@ fn read_needle_at(
 }
 
 /// Looks for the first offset in [from, to) where a whole valid needle starts.
+/// [`find_next_needle`] over `[from, to)` in windows of `step` bytes (overlapping by a header,
+/// so that none is missed at a window's edge): memory for one window at a time.
+fn find_next_needle_far(
+    disk: &crate::disk::Disk,
+    file: &File,
+    from: u64,
+    to: u64,
+    limit: u64,
+    tag: u32,
+    step: u64,
+) -> io::Result<Option<u64>> {
+    let step = (step / format::ALIGN).max(1) * format::ALIGN;
+    let mut at = from.div_ceil(format::ALIGN) * format::ALIGN;
+    while at < to {
+        let end = to.min(at + step + HEADER_LEN as u64);
+        if let Some(n) = find_next_needle(disk, file, at, end, limit, tag)? {
+            return Ok(Some(n));
+        }
+        at += step;
+    }
+    Ok(None)
+}
+
 fn find_next_needle(
     disk: &crate::disk::Disk,
     file: &File,
