@@ -574,6 +574,26 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        if let Some(old) = &reseeding {
+            // Deletes the old copy took while the new one downloaded (its source may have
+            // exported the needle before its own delete): carried over before it serves.
+            match v.take_deletes_of(old).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("haystack_store_reseed_deletes_carried_total")
+                        .increment(n as u64);
+                    tracing::info!(
+                        volume = id,
+                        deleted = n,
+                        "deletes of the replaced copy carried over"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!("haystack_store_reseed_deletes_lost_total").increment(1);
+                    tracing::error!(volume = id, error = %e, "carrying the replaced copy's deletes over failed; anti-entropy or a new re-seed must apply them");
+                }
+            }
+        }
         if sealed {
             v.seal().await?;
         }

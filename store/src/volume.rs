@@ -623,6 +623,33 @@ impl Volume {
         }
     }
 
+    /// Takes the deletes `old` (the copy this one replaces: a re-seed) holds that this copy
+    /// does not: the needles `old` holds deleted and this one live, and every delete `old`
+    /// remembers (so that a late write is refused here too). A delete the old copy took while
+    /// this one was downloading would otherwise be lost with it. Returns how many needles were
+    /// deleted here.
+    pub(crate) async fn take_deletes_of(&self, old: &Volume) -> Result<usize> {
+        let mut carry = lock(&old.recent_deletes).remembered(std::time::Instant::now());
+        {
+            let st = self.read_index();
+            carry.extend(
+                old.needle_entries()
+                    .into_iter()
+                    .filter(|e| e.deleted && st.get(e.key, e.alt).is_some_and(|l| !l.deleted))
+                    .map(|e| (e.key, e.alt, None)),
+            );
+        }
+        let mut deleted = 0;
+        for (key, alt, cookie) in carry {
+            match self.delete_inner(key, alt, cookie).await {
+                Ok(()) => deleted += 1,
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Notes that a write of these needles failed after its bytes may have reached the file.
     pub(super) fn write_failed(&self, needles: &[(u64, u32)]) {
         lock(&self.recent_deletes).mark_unsettled(needles);

@@ -1022,3 +1022,69 @@ fn a_needle_shipped_after_its_delete_reached_the_remote_stays_deleted() {
         a.stop().await;
     });
 }
+
+/// A delete a remote copy takes while a re-seed downloads its replacement is carried over to
+/// the new copy. Before, the swap discarded the old copy with its delete flags and delete
+/// memory: the new file (its source's export, read before the source's own delete, or on a
+/// source the delete had not reached yet) held the needle live, and the remote copy served
+/// the deleted needle for good (shipping never carries flags below the tail).
+#[test]
+fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let import_file = db.path().join("vol-6.dat.import");
+        // A re-seed from the same source, stalled after its first bytes.
+        let (go, feeder, reseed) = stalled_reseed(&b, &a, &import_file).await;
+        let r = http
+            .delete(b.url("/v1/needles/6/5/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        go.send(()).unwrap();
+        reseed.await.unwrap().unwrap();
+        feeder.await.unwrap();
+        let r = http
+            .get(b.url("/v1/needles/6/5/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "the delete taken during the re-seed was lost"
+        );
+        let r = http
+            .get(b.url("/v1/needles/6/4/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        // A write of it arriving late is refused too (the delete memory came along).
+        assert!(matches!(
+            b.store
+                .volume(6)
+                .unwrap()
+                .write_batch(vec![needle(5, 0, 0x66, &[5; 3000])])
+                .await,
+            Err(haystack_store::StoreError::Deleted { .. })
+                | Err(haystack_store::StoreError::ReadOnly { .. })
+        ));
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}

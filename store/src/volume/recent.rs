@@ -117,6 +117,15 @@ impl RecentDeletes {
         }
     }
 
+    /// The deletes remembered and not expired at `now`: (key, alt, cookie).
+    pub(super) fn remembered(&self, now: Instant) -> Vec<(u64, u32, Option<u64>)> {
+        self.by_needle
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.at) < TTL)
+            .map(|(&(k, a), r)| (k, a, r.cookie))
+            .collect()
+    }
+
     /// A write of these needles failed after its bytes may have reached the file.
     pub(super) fn mark_unsettled(&mut self, needles: &[(u64, u32)]) {
         for &n in needles {
