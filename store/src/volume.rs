@@ -194,20 +194,31 @@ impl IdxLog {
 
     fn maybe_flush(&mut self) {
         if self.buf.len() >= IDX_FLUSH_AT {
-            self.flush();
+            let _ = self.flush();
         }
     }
 
     /// Writes buffered records. The index file is a checkpoint: a failure here costs a longer
-    /// tail scan on the next open, never data, so it is logged and not returned.
-    fn flush(&mut self) {
+    /// tail scan on the next open, never data (a caller that must vouch for its records, a
+    /// delete, looks at the result). An append that fails is cut back to the records before
+    /// it: a part of a record left there would misalign every record after it, and the next
+    /// open would cut them all off as a bad tail.
+    fn flush(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(e) = self.disk.append(&self.file, &self.buf) {
+        let before = self.file.metadata().map(|m| m.len());
+        let r = self.disk.append(&self.file, &self.buf);
+        if let Err(e) = &r {
             tracing::warn!(error = %e, "append to index file failed; the next open scans further");
+            if let Ok(len) = before {
+                if let Err(e) = self.disk.set_len(&self.file, len) {
+                    tracing::warn!(error = %e, "cutting a failed index append back failed");
+                }
+            }
         }
         self.buf.clear();
+        r
     }
 }
 
@@ -915,12 +926,17 @@ impl Volume {
         // read again), so a lost record would leave a deleted needle counted live, listed live
         // to garbage collection and to replica comparison. Reads were never at risk (they
         // check the flag in the volume file). Concurrent deletes share the sync.
-        let idx_file = {
+        let (idx_file, appended) = {
             let mut log = lock(&self.idx_log);
             log.push(IDX_DELETE, key, alt, loc);
-            log.flush();
-            log.file.clone()
+            let appended = log.flush();
+            (log.file.clone(), appended)
         };
+        if let Err(e) = appended {
+            // As a failed sync of it, below: the flag is durable, the record is not.
+            self.set_read_only(format!("disk error on the index file: {e}"));
+            return Err(StoreError::Io(e));
+        }
         if let Err(e) = self.idx_commit.commit(&self.engine, &idx_file, 1).await {
             // The flag in the volume file is durable (reads see the delete), but without its
             // record the next open would count the needle live: the delete is not
@@ -950,7 +966,7 @@ impl Volume {
             }
             *m = Mode::ReadOnly("sealing".into());
         }
-        lock(&self.idx_log).flush();
+        let _ = lock(&self.idx_log).flush();
         let entries: Vec<(u64, u32, Loc)> = match &self.read_index().index {
             VolIndex::Mem(m) => m.iter().collect(),
             VolIndex::Sealed(_) => return Ok(()),
@@ -970,7 +986,7 @@ impl Volume {
 
     /// Writes buffered index records out (on shutdown).
     pub fn flush_index(&self) {
-        lock(&self.idx_log).flush();
+        let _ = lock(&self.idx_log).flush();
     }
 
     pub fn info(&self) -> VolumeInfo {

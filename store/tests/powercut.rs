@@ -1029,3 +1029,54 @@ fn a_delete_after_a_failed_write_of_its_needle_is_not_acknowledged_until_a_resta
         }
     });
 }
+
+/// A delete whose index-file record was cut short (a short write, a full disk) is not
+/// acknowledged, and the half record is cut off. Before, the failed append was only logged:
+/// the delete was acknowledged without its record, and the half record misaligned every
+/// record appended after it, which the next open cut off as a bad tail: later deletes were
+/// counted live (listed live to garbage collection and replica comparison).
+#[test]
+fn a_failed_index_record_append_neither_acknowledges_nor_hides_later_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = Arc::new(SimDisk::new(&dir.path().join("attic")).unwrap());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let first = crate::common::rt().block_on(async {
+        let vol = Volume::create(&data, 1, IoEngine::simulated(sim.clone()), cfg()).unwrap();
+        for k in [1u64, 2] {
+            vol.write_batch(vec![needle(k, 0, 5, &[k as u8; 300])])
+                .await
+                .unwrap();
+        }
+        vol.flush_index();
+        // The delete's writes: its flag (0), then its index record (1).
+        sim.plan(FaultPlan {
+            nth: 1,
+            kinds: vec![OpKind::Write],
+            fault: FaultKind::ShortWrite,
+        });
+        let first = vol.delete(1, 0, 5).await;
+        vol.delete(2, 0, 5).await.unwrap();
+        vol.flush_index();
+        first
+    });
+    crate::common::rt().block_on(async {
+        let vol = Volume::open(&data, 1, IoEngine::simulated(sim.clone()), cfg()).unwrap();
+        let live: Vec<u64> = vol
+            .needle_entries()
+            .into_iter()
+            .filter(|e| !e.deleted)
+            .map(|e| e.key)
+            .collect();
+        assert!(
+            !live.contains(&2),
+            "the later delete was lost from the index: {live:?}"
+        );
+        if first.is_ok() {
+            assert!(
+                !live.contains(&1),
+                "an acknowledged delete counted live: {live:?}"
+            );
+        }
+    });
+}

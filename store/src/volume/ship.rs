@@ -286,7 +286,7 @@ impl Volume {
                 }
             }
         }
-        lock(&self.idx_log).flush();
+        let _ = lock(&self.idx_log).flush();
         self.journal(|j| {
             j.puts.extend(found.iter().copied());
             j.touched.extend(found.iter().map(|(k, a, _)| (*k, *a)))

@@ -251,7 +251,7 @@ impl Volume {
         // The records go to the index file now (a write, no sync), outside the index lock:
         // after a process crash the file then vouches for every acknowledged needle, so
         // recovery never has to tell a damaged acknowledged needle from a torn tail there.
-        lock(&self.idx_log).flush();
+        let _ = lock(&self.idx_log).flush();
         self.journal(|j| {
             j.puts
                 .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)));
