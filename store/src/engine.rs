@@ -203,9 +203,20 @@ impl IoEngine {
             Ok(r) => r,
             Err(_) => {
                 metrics::counter!("haystack_store_io_timeouts_total").increment(1);
+                // What the rings held then tells a completion the engine never reaped (ready
+                // completions while nothing is counted pending) from one the kernel never
+                // posted (pending, none ready).
+                let rings = match &self.inner {
+                    Inner::Uring(u) => u.0.iter().map(|r| r.state()).collect::<Vec<_>>().join("; "),
+                    Inner::Sync => "pread/pwrite engine".into(),
+                };
+                tracing::error!(what, timeout = ?self.timeout, %rings, "I/O timed out");
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("{what} did not complete within {:?}", self.timeout),
+                    format!(
+                        "{what} did not complete within {:?} ({rings})",
+                        self.timeout
+                    ),
                 ))
             }
         }
@@ -487,6 +498,20 @@ impl Uring {
             .name("io-uring-reaper".into())
             .spawn(move || reaper.reap_loop())?;
         Ok(u)
+    }
+
+    /// The ring's state, for a timeout's report: operations counted pending, slots waiting,
+    /// completions ready and not yet reaped, submissions not yet taken by the kernel.
+    fn state(&self) -> String {
+        let st = self.lock();
+        // SAFETY: the queues are only touched under the state lock (held); nothing is consumed.
+        let ready = unsafe { self.ring.completion_shared() }.len();
+        let queued = unsafe { self.ring.submission_shared() }.len();
+        format!(
+            "pending {}, waiting {}, ready {ready}, unsubmitted {queued}",
+            st.pending,
+            st.in_flight()
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
