@@ -281,6 +281,14 @@ impl Directory {
         (self.config.maintenance_interval_ms * 30).max(60_000)
     }
 
+    /// Claims another node id after this instance's was lost, and hands out ids under it.
+    async fn claim_new_node_id(&self) -> Result<(), DirectoryError> {
+        let old = self.ids.node();
+        let node = self.claim_node_id().await?;
+        tracing::warn!(old, node, "directory hands out ids under a new node id");
+        Ok(())
+    }
+
     async fn claim_node_id(&self) -> Result<u16, DirectoryError> {
         let holder: u64 = rand::random();
         let start: u16 = rand::rng().random_range(0..=MAX_NODE_ID);
@@ -297,6 +305,8 @@ impl Directory {
                 Some(_) => continue,
             };
             if let Cas::Applied { version } = self.meta.put_lease(node, &lease, expect).await? {
+                // Ids go under the new node id before the lease says they may be handed out.
+                self.ids.set_node(node);
                 *self
                     .lease
                     .lock()
@@ -324,10 +334,17 @@ impl Directory {
                 .map_err(|_| DirectoryError::Internal("lease lock poisoned".into()))?;
             match &*g {
                 Some(l) if l.expires_ms.saturating_sub(now) < self.lease_ms() / 2 => {
-                    (l.node, l.holder, l.version)
+                    Some((l.node, l.holder, l.version))
                 }
-                _ => return Ok(()),
+                Some(_) => return Ok(()),
+                None if self.config.node_id.is_none() => None,
+                None => return Ok(()),
             }
+        };
+        // No lease (given up to another instance, and claiming a new one failed then): claim
+        // one now.
+        let Some(current) = current else {
+            return self.claim_new_node_id().await;
         };
         let (node, holder, version) = current;
         let lease = NodeLease {
@@ -360,13 +377,7 @@ impl Directory {
                     node,
                     "node id lease taken by another instance; claiming another node id"
                 );
-                let new = self.claim_node_id().await?;
-                self.ids.set_node(new);
-                tracing::warn!(
-                    old = node,
-                    node = new,
-                    "directory hands out ids under a new node id"
-                );
+                self.claim_new_node_id().await?;
             }
         }
         Ok(())

@@ -904,3 +904,54 @@ async fn a_directory_whose_node_id_was_taken_stops_using_it() {
     );
     assert_ne!(d.node_id(), node);
 }
+
+/// A directory that lost its node id and could not claim another at once (here every node id
+/// is leased by others) claims one at a later maintenance round, as soon as one is free.
+/// Before, the failed claim left it without a lease for good, refusing every assign (503)
+/// until a restart.
+#[tokio::test]
+async fn a_directory_that_could_not_claim_a_new_node_id_claims_one_later() {
+    use haystack_directory::model::NodeLease;
+    let (_dir, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(1), store.clone(), clock.clone()).await;
+    let s = register(&d, 1, None).await;
+    let v = d.ensure_capacity().await.expect("ensure").expect("created");
+    beat(&d, s, vec![volume_info(v)]).await;
+    let node = d.node_id();
+    let meta = Meta::new(store.clone());
+    let lease = meta.get_lease(node).await.unwrap().expect("the lease");
+    clock.set_ms(lease.value.expires_ms + 1);
+    beat(&d, s, vec![volume_info(v)]).await;
+    // Other instances hold every node id, this one's included.
+    let other = |until| NodeLease {
+        holder: 42,
+        expires_ms: until,
+    };
+    let far = lease.value.expires_ms + 3_600_000;
+    for n in 0..=haystack_proto::id::MAX_NODE_ID {
+        let expect = match meta.get_lease(n).await.unwrap() {
+            Some(cur) => Expect::Version(cur.version),
+            None => Expect::Absent,
+        };
+        meta.put_lease(n, &other(far), expect).await.unwrap();
+    }
+    assert!(d.maintain().await.is_err(), "no node id to claim");
+    assert!(d.assign(&AssignRequest::default()).is_err());
+    // One node id comes free (its holder's lease expired).
+    let freed = (node + 1) & haystack_proto::id::MAX_NODE_ID;
+    let cur = meta.get_lease(freed).await.unwrap().expect("leased");
+    meta.put_lease(
+        freed,
+        &other(lease.value.expires_ms),
+        Expect::Version(cur.version),
+    )
+    .await
+    .unwrap();
+    beat(&d, s, vec![volume_info(v)]).await;
+    d.maintain().await.expect("maintenance");
+    let a = d
+        .assign(&AssignRequest::default())
+        .expect("assign under the new node id");
+    assert_eq!(haystack_proto::id::decode(a.id).node, freed);
+}

@@ -388,6 +388,9 @@ impl Directory {
 
     /// One round of the maintenance loop.
     pub async fn maintain(&self) -> Result<(), DirectoryError> {
+        // First: a round that fails further on must not let the node-id lease lapse (assigns
+        // would be refused until a round got through).
+        self.renew_lease().await?;
         self.refresh().await?;
         self.sweep_liveness().await?;
         // Volume creation and remote replicas are the coordinator's (one instance of several).
@@ -405,7 +408,6 @@ impl Directory {
                 tracing::warn!(error = %e, "placing asynchronous remote replicas failed; next round");
             }
         }
-        self.renew_lease().await?;
         for v in self.view().volumes.values() {
             let r = v.recent.load(Ordering::Relaxed);
             v.recent.store(r / 2, Ordering::Relaxed);
