@@ -293,11 +293,59 @@ async fn forward(req: &HttpRequest, node: &Node, c: &Clients, peer: &str) -> Opt
     if req.method() == Method::HEAD {
         return Some(r.body(HeadBody(len.unwrap_or(0))));
     }
-    let stream = resp.bytes_stream();
+    let stream = PeerBody {
+        inner: Box::pin(resp.bytes_stream()),
+        idle: Duration::from_millis(node.cfg.peer_timeout_ms),
+        timer: None,
+    };
     Some(match len {
         Some(n) => r.body(SizedStream::new(n, stream)),
         None => r.streaming(stream),
     })
+}
+
+/// A body relayed from a peer: it fails when the peer sends nothing for `idle` while a read
+/// waits for it. Its clock runs only while this stream is polled and the peer has nothing: a
+/// client that reads slowly (the stream not polled while its socket is full) is not the
+/// peer's stall. (reqwest's read timeout kept running while the body was not polled, and cut
+/// the bodies of slow clients.)
+struct PeerBody<S> {
+    inner: std::pin::Pin<Box<S>>,
+    idle: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> futures_util::Stream for PeerBody<S>
+where
+    S: futures_util::Stream<Item = reqwest::Result<Bytes>>,
+{
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match self.inner.as_mut().poll_next(cx) {
+            Poll::Ready(item) => {
+                self.timer = None;
+                Poll::Ready(item.map(|r| r.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the owning peer sent nothing for {idle:?} mid-body"),
+                    )))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 /// Everything under `/v1/needles/`: GET and HEAD serve, DELETE purges.

@@ -51,7 +51,7 @@ enum Fail {
 }
 
 /// The HTTP clients of one worker thread: peers (a timeout on the answer's head, an idle one
-/// on its body), the stores (over the
+/// on its body: `http::PeerBody`), the stores (over the
 /// same connection pool, `store_timeout_ms` per read), the stores' needle readers (a pool of
 /// plain HTTP/1.1 connections per store, for misses) and the directory (its own timeout).
 #[derive(Clone, Debug)]
@@ -84,11 +84,6 @@ impl Clients {
             .security
             .http_builder()
             .connect_timeout(connect)
-            // A relayed peer body may take as long as its client reads; a peer that stops
-            // sending mid-body is given up after this long without a byte.
-            .read_timeout(Duration::from_millis(
-                cfg.peer_timeout_ms.max(cfg.store_timeout_ms),
-            ))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build()

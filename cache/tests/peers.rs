@@ -71,7 +71,11 @@ async fn requests_are_forwarded_to_the_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_gets_the_whole_body_relayed_from_the_owner() {
     use crate::common::video_url;
-    let env = Env::start(Default::default(), 2, |_, c| c.peer_timeout_ms = 300).await;
+    let env = Env::start(Default::default(), 2, |_, c| {
+        c.peer_timeout_ms = 300;
+        c.store_timeout_ms = 300;
+    })
+    .await;
     let urls: Vec<String> = env.caches.iter().map(|c| c.url.clone()).collect();
     let ring = Ring::new(&urls, VNODES);
     let chunks: Vec<Vec<u8>> = (0..16).map(|i| bytes(1 << 20, 40 + i)).collect();
