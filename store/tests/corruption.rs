@@ -365,3 +365,67 @@ fn an_index_rebuild_past_a_zeroed_header_keeps_the_needles_after_it() {
         });
     }
 }
+
+/// The rebuild's search past a damaged region wider than a scan window also tests the last
+/// starts of the first window (a header must fit in a window to be tested there): a needle
+/// starting 32 bytes before the window's end is found and kept. (Found by a review of the
+/// rebuild change the same day, before it was released.)
+#[test]
+fn a_rebuild_finds_a_needle_at_the_edge_of_its_first_scan_window() {
+    use haystack_store::format::needle_extent;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let kind = ENGINES[0];
+        let vol = create(dir.path(), 8, kind);
+        let ct = "image/jpeg".len();
+        vol.write_batch(vec![needle(100, 0, 2, &[1; 100])])
+            .await
+            .unwrap();
+        // Needles filling exactly 8 MiB - 32 bytes (the window is 8 MiB, `max_write_bytes`),
+        // to be zeroed, then the needle that must be found.
+        let mut left = (8u64 << 20) - 32;
+        let mut k = 0u64;
+        let mut zeroed_from = None;
+        while left > 0 {
+            let mut d = left.min(1 << 20) as usize;
+            while needle_extent(ct, d) > left.min(needle_extent(ct, 1 << 20)) {
+                d -= 1;
+            }
+            if left - needle_extent(ct, d) != 0
+                && left - needle_extent(ct, d) < needle_extent(ct, 0)
+            {
+                d -= 64;
+            }
+            let loc = vol
+                .write_batch(vec![needle(k, 0, 2, &vec![7; d])])
+                .await
+                .unwrap()[0];
+            zeroed_from.get_or_insert(loc.offset);
+            left -= u64::from(loc.extent);
+            k += 1;
+        }
+        let edge = vol
+            .write_batch(vec![needle(999, 0, 2, &[9; 100])])
+            .await
+            .unwrap()[0];
+        let from = zeroed_from.unwrap();
+        assert_eq!(
+            edge.offset - from,
+            (8 << 20) - 32,
+            "the layout the test needs"
+        );
+        let (dat, _, _) = volume_paths(dir.path(), 8);
+        let f = OpenOptions::new().write(true).open(&dat).unwrap();
+        f.write_all_at(&vec![0u8; (edge.offset - from) as usize], from)
+            .unwrap();
+        drop(f);
+        let _ = vol.rebuild_index().await;
+        assert_eq!(vol.read(100, 0, 2).await.map(|n| n.data[0]).ok(), Some(1));
+        assert_eq!(
+            vol.read(999, 0, 2).await.map(|n| n.data[0]).ok(),
+            Some(9),
+            "the needle at the window's edge was lost (offset {})",
+            edge.offset
+        );
+    });
+}

@@ -140,10 +140,12 @@ pub(super) fn recover_writable(
                             // Nothing the index file knows lies past here (a rebuild's full
                             // scan): the next needle below the vouched end, window by window,
                             // else the vouched end itself. Never back, never below it.
+                            // From the last starts the window could not test (a header
+                            // must fit in it) on.
                             let far = find_next_needle_far(
                                 disk,
                                 file,
-                                window_end,
+                                window_end.saturating_sub(HEADER_LEN as u64).max(from),
                                 indexed_end,
                                 limit,
                                 tag,
