@@ -352,9 +352,11 @@ async fn a_torn_delete_log_record_does_not_hide_the_deletes_after_it() {
     // The photo is deleted on that store (acknowledged: its record appended and synced),
     // then the store restarts.
     let holds_a = |state: &serde_json::Value| {
-        state["deleted"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|d| d[0] == a.id.to_string() && d[1] == 0))
+        state["deleted"].as_array().is_some_and(|d| {
+            d.iter().any(|d| {
+                d[0].as_str().and_then(|k| k.parse::<u64>().ok()) == Some(a.id) && d[1] == 0
+            })
+        })
     };
     let r = c
         .delete(format!("{url}{path}"))
