@@ -568,9 +568,12 @@ impl Store {
                 "remote copy replaced by a re-seed from its source"
             );
         }
+        // Every byte received is the source's file up to its tail: damage in it is skipped at
+        // the open, never taken for the end.
+        let imported = got;
         let v = tokio::task::spawn_blocking(move || {
             // Its configured maximum comes from the superblock.
-            Volume::open(&dir, id, eng, vc)
+            Volume::open_vouched(&dir, id, eng, vc, imported)
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;

@@ -371,6 +371,19 @@ impl Volume {
     /// Opens an existing volume and recovers its index (see the module docs). Blocking: call
     /// it from a blocking context at start-up.
     pub fn open(dir: &Path, id: u32, engine: IoEngine, cfg: VolumeConfig) -> Result<Arc<Self>> {
+        Self::open_vouched(dir, id, engine, cfg, 0)
+    }
+
+    /// [`Volume::open`] of a file whose first `vouched_end` bytes are known to be the volume's
+    /// (an import: the source's file up to its tail): below that, a bad or zeroed header is
+    /// damage, skipped to the next needle, never taken for the end of the volume.
+    pub fn open_vouched(
+        dir: &Path,
+        id: u32,
+        engine: IoEngine,
+        cfg: VolumeConfig,
+        vouched_end: u64,
+    ) -> Result<Arc<Self>> {
         let started = std::time::Instant::now();
         let (dat, idx_path, sidx_path) = volume_paths(dir, id);
         let disk = engine.disk().clone();
@@ -432,7 +445,7 @@ impl Volume {
                     id,
                     max_bytes: sb.max_bytes,
                     tag: sb.tag,
-                    vouched_end: 0,
+                    vouched_end,
                 },
                 &file,
                 file_len,

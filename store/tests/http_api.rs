@@ -1088,3 +1088,46 @@ fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
         c.stop().await;
     });
 }
+
+/// An import (or a re-seed) of a volume whose file is damaged in the middle (a zeroed header)
+/// keeps every needle after the damage: the imported bytes are the source's up to its tail, so
+/// the damage is skipped, never taken for the end. Before, the new copy's first open had no
+/// index file to vouch for anything, took the zeroed header for the end and cut and zeroed
+/// everything after it.
+#[test]
+fn an_import_of_a_volume_damaged_in_the_middle_keeps_the_needles_after_the_damage() {
+    use std::os::unix::fs::FileExt;
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let http = reqwest::Client::new();
+        http.post(a.url("/v1/volumes/6")).send().await.unwrap();
+        let vol = a.store.volume(6).unwrap();
+        let mut locs = Vec::new();
+        for k in 0..6u64 {
+            locs.extend(
+                vol.write_batch(vec![needle(k, 0, 0x66, &vec![k as u8; 3000])])
+                    .await
+                    .unwrap(),
+            );
+        }
+        let (dat, _, _) = haystack_store::volume::volume_paths(da.path(), 6);
+        let f = std::fs::OpenOptions::new().write(true).open(&dat).unwrap();
+        f.write_all_at(&[0u8; haystack_store::format::HEADER_LEN], locs[3].offset)
+            .unwrap();
+        drop(f);
+        b.store.import_volume(6, &a.url("")).await.unwrap();
+        for k in [0u64, 1, 2, 4, 5] {
+            let r = http
+                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "needle {k} after the import");
+            assert_eq!(r.bytes().await.unwrap().as_ref(), &vec![k as u8; 3000][..]);
+        }
+        a.stop().await;
+        b.stop().await;
+    });
+}
