@@ -245,7 +245,8 @@ impl Volume {
             return Err(StoreError::Io(e));
         }
         self.durable.fetch_max(base + len, Ordering::AcqRel);
-        let mut late_deleted: Vec<(u64, u32, Loc)> = Vec::new();
+        // A delete that landed while these bytes were in flight: indexed deleted; that delete
+        // waits for this append (`Writing`), then sets and syncs the flag itself.
         let mut found: Vec<(u64, u32, Loc)> = Vec::with_capacity(shipped.len());
         {
             let mut idx = self.write_index();
@@ -254,7 +255,7 @@ impl Volume {
             for &(key, alt, cookie, loc) in &shipped {
                 let undone = !loc.deleted && self.undoes_delete(&idx, key, alt, cookie, &recent);
                 let loc = if undone {
-                    late_deleted.push((key, alt, loc));
+                    applied += 1;
                     Loc {
                         deleted: true,
                         ..loc
@@ -291,10 +292,6 @@ impl Volume {
             j.puts.extend(found.iter().copied());
             j.touched.extend(found.iter().map(|(k, a, _)| (*k, *a)))
         });
-        if !late_deleted.is_empty() {
-            self.flag_refused(&late_deleted).await?;
-            applied += late_deleted.len() as u64;
-        }
         if applied > 0 {
             metrics::counter!("haystack_store_ship_deletes_applied_total").increment(applied);
         }

@@ -185,11 +185,10 @@ impl Volume {
         let mut locs = Vec::with_capacity(needles.len());
         // Needles whose delete landed while this write was in flight (it would undo it,
         // `Volume::undoes_delete`): laid down, but indexed deleted (records PUT then DELETE,
-        // as a delete leaves them) and flagged deleted in the file below, so that every later
-        // open or rebuild finds them deleted. (That delete has not answered: it waits for this
-        // write to be over, then sets and syncs the flag itself, so a power cut before this
-        // write's flag is synced cannot bring back an acknowledged delete.)
-        let mut refused: Vec<(u64, u32, Loc)> = Vec::new();
+        // as a delete leaves them). Their delete flag in the file is that delete's to set: it
+        // waits for this write to be over (`Writing`), then sets and syncs the newest copy's
+        // flag and record before it answers.
+        let mut refused: Vec<(u64, u32)> = Vec::new();
         {
             let mut idx = self.write_index();
             let mut log = lock(&self.idx_log);
@@ -202,7 +201,7 @@ impl Volume {
                 };
                 locs.push(loc);
                 if self.undoes_delete(&idx, n.key, n.alt, n.cookie, &recent) {
-                    refused.push((n.key, n.alt, loc));
+                    refused.push((n.key, n.alt));
                     if let VolIndex::Mem(m) = &mut idx.index {
                         match m.get(n.key, n.alt) {
                             Some(old) if old.offset > loc.offset => continue,
@@ -257,8 +256,7 @@ impl Volume {
                 .extend(needles.iter().zip(&locs).map(|(n, l)| (n.key, n.alt, *l)));
             j.touched.extend(needles.iter().map(|n| (n.key, n.alt)))
         });
-        if let Some(&(key, alt, _)) = refused.first() {
-            self.flag_refused(&refused).await?;
+        if let Some(&(key, alt)) = refused.first() {
             metrics::counter!("haystack_store_writes_refused_deleted_total").increment(1);
             tracing::warn!(
                 volume = self.id,
@@ -270,32 +268,6 @@ impl Volume {
             return Err(StoreError::Deleted { key, alt });
         }
         Ok(locs)
-    }
-
-    /// Sets the delete flag of needles a write laid down but refused (they would have undone
-    /// a delete), synced, so that no scan of the volume file (recovery past the index file,
-    /// an index rebuild) ever finds them live.
-    pub(super) async fn flag_refused(&self, refused: &[(u64, u32, Loc)]) -> Result<()> {
-        let file = self.file();
-        for &(_, _, loc) in refused {
-            if let Err(e) = self
-                .engine
-                .write_all_at(&file, loc.offset + FLAGS_OFFSET, vec![FLAG_DELETED])
-                .await
-            {
-                self.set_read_only(format!("disk error: {e}"));
-                return Err(StoreError::Io(e));
-            }
-        }
-        if let Err(e) = self
-            .commit
-            .commit(&self.engine, &file, refused.len() as u64)
-            .await
-        {
-            self.set_read_only(format!("disk error: {e}"));
-            return Err(StoreError::Io(e));
-        }
-        Ok(())
     }
 
     /// Writes `buf` at the tail and returns its offset. Concurrent appends are combined:
