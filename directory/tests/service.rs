@@ -849,6 +849,44 @@ async fn the_shipper_stays_the_replica_its_remote_copy_was_made_from() {
         .is_empty());
 }
 
+/// A directory with one store and one writable volume, on a hand-driven clock set just past
+/// its node-id lease (it stalled): its metadata, the lease as it was, its node id, store, volume.
+struct Stalled {
+    _dir: tempfile::TempDir,
+    d: Directory,
+    meta: Meta,
+    lease: haystack_directory::meta::Versioned<haystack_directory::model::NodeLease>,
+    node: u16,
+    s: u64,
+    v: u32,
+}
+
+async fn stalled_past_its_lease() -> Stalled {
+    let (_dir, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = directory(config(1), store.clone(), clock.clone()).await;
+    let s = register(&d, 1, None).await;
+    let v = d.ensure_capacity().await.expect("ensure").expect("created");
+    beat(&d, s, vec![volume_info(v)]).await;
+    let node = d.node_id();
+    let id = d.assign(&AssignRequest::default()).unwrap().id;
+    assert_eq!(haystack_proto::id::decode(id).node, node);
+    let meta = Meta::new(store);
+    let lease = meta.get_lease(node).await.unwrap().expect("the lease");
+    clock.set_ms(lease.value.expires_ms + 1);
+    // The store heartbeats meanwhile (it did not stall).
+    beat(&d, s, vec![volume_info(v)]).await;
+    Stalled {
+        _dir,
+        d,
+        meta,
+        lease,
+        node,
+        s,
+        v,
+    }
+}
+
 /// A directory whose node-id lease another instance took (this one stalled past its lease;
 /// the other claimed the expired id) stops handing out ids under that node id: they would
 /// collide with the other's, and an upload under a colliding id overwrites another photo's
@@ -857,23 +895,16 @@ async fn the_shipper_stays_the_replica_its_remote_copy_was_made_from() {
 #[tokio::test]
 async fn a_directory_whose_node_id_was_taken_stops_using_it() {
     use haystack_directory::model::NodeLease;
-    let (_dir, store) = embedded();
-    let clock = Arc::new(ManualClock::new(T0));
-    let d = directory(config(1), store.clone(), clock.clone()).await;
-    let s = register(&d, 1, None).await;
-    let v = d.ensure_capacity().await.expect("ensure").expect("created");
-    beat(&d, s, vec![volume_info(v)]).await;
-    let node = d.node_id();
+    let Stalled {
+        _dir,
+        d,
+        meta,
+        lease,
+        node,
+        ..
+    } = stalled_past_its_lease().await;
     let node_of = |id: u64| haystack_proto::id::decode(id).node;
-    assert_eq!(
-        node_of(d.assign(&AssignRequest::default()).unwrap().id),
-        node
-    );
-    // The directory stalls past its lease; another instance claims the expired node id.
-    let meta = Meta::new(store.clone());
-    let lease = meta.get_lease(node).await.unwrap().expect("the lease");
-    clock.set_ms(lease.value.expires_ms + 1);
-    beat(&d, s, vec![volume_info(v)]).await;
+    // Another instance claims the expired node id.
     let taken = meta
         .put_lease(
             node,
@@ -912,17 +943,15 @@ async fn a_directory_whose_node_id_was_taken_stops_using_it() {
 #[tokio::test]
 async fn a_directory_that_could_not_claim_a_new_node_id_claims_one_later() {
     use haystack_directory::model::NodeLease;
-    let (_dir, store) = embedded();
-    let clock = Arc::new(ManualClock::new(T0));
-    let d = directory(config(1), store.clone(), clock.clone()).await;
-    let s = register(&d, 1, None).await;
-    let v = d.ensure_capacity().await.expect("ensure").expect("created");
-    beat(&d, s, vec![volume_info(v)]).await;
-    let node = d.node_id();
-    let meta = Meta::new(store.clone());
-    let lease = meta.get_lease(node).await.unwrap().expect("the lease");
-    clock.set_ms(lease.value.expires_ms + 1);
-    beat(&d, s, vec![volume_info(v)]).await;
+    let Stalled {
+        _dir,
+        d,
+        meta,
+        lease,
+        node,
+        s,
+        v,
+    } = stalled_past_its_lease().await;
     // Other instances hold every node id, this one's included.
     let other = |until| NodeLease {
         holder: 42,

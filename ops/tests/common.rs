@@ -73,6 +73,18 @@ pub async fn put_photo(
             .status();
         assert_eq!(s, 201);
     }
+    let r = commit(c, dir, &a, body.len() as u64).await;
+    assert!(r.status().is_success());
+    (a, path, body)
+}
+
+/// Commits `a` as a photo of one JPEG variant (alt 0) of `len` bytes.
+pub async fn commit(
+    c: &reqwest::Client,
+    dir: &str,
+    a: &AssignResponse,
+    len: u64,
+) -> reqwest::Response {
     let commit = CommitRequest {
         id: a.id,
         cookie: a.cookie,
@@ -81,19 +93,16 @@ pub async fn put_photo(
         variants: vec![Variant {
             name: "original".into(),
             alt: 0,
-            size_bytes: body.len() as u64,
+            size_bytes: len,
             content_type: "image/jpeg".into(),
         }],
         chunks: vec![],
     };
-    let r = c
-        .post(format!("{dir}/v1/photos"))
+    c.post(format!("{dir}/v1/photos"))
         .json(&commit)
         .send()
         .await
-        .unwrap();
-    assert!(r.status().is_success());
-    (a, path, body)
+        .unwrap()
 }
 
 /// Waits (at most 30 s, polling) until `url` answers 404; `what` names it in the failure.

@@ -7,10 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use haystack_proto::directory::{AssignRequest, AssignResponse, CommitRequest, Replica, Variant};
+use haystack_proto::directory::{AssignRequest, AssignResponse, Replica};
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{get_json, paused_at, post, put_photo, store_id, until_gone};
+use crate::common::{commit, get_json, paused_at, post, put_photo, store_id, until_gone};
 
 /// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
 /// its needle path, the second and its path.
@@ -248,25 +248,7 @@ async fn an_encode_never_drops_the_only_copy_of_a_photo_committed_after_it() {
         .status();
     assert_eq!(s, 201);
     seal_and_encode(&c, &dir, v, &a.replicas).await;
-    let commit = CommitRequest {
-        id: p.id,
-        cookie: p.cookie,
-        volume_id: v,
-        kind: Default::default(),
-        variants: vec![Variant {
-            name: "original".into(),
-            alt: 0,
-            size_bytes: body.len() as u64,
-            content_type: "image/jpeg".into(),
-        }],
-        chunks: vec![],
-    };
-    let r = c
-        .post(format!("{dir}/v1/photos"))
-        .json(&commit)
-        .send()
-        .await
-        .unwrap();
+    let r = commit(&c, &dir, &p, body.len() as u64).await;
     let status = r.status();
     if status.is_success() {
         // Then its bytes must be somewhere: on a shard store of the volume.
