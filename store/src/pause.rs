@@ -16,7 +16,9 @@
 //! - `ec-switch-opened`: the new shard or generation opened (its delete log read), before it
 //!   replaces the open one;
 //! - `ec-drop`: before a retired replica's files are removed (encode step 4);
-//! - `batch-write`: a batch write's body received and parsed, before it is written.
+//! - `batch-write`: a batch write's body received and parsed, before it is written;
+//! - `reseed-swap`: a re-seed's new copy downloaded and synced and the old copy quiesced,
+//!   before the files are swapped (store/tests/http_api.rs).
 //!
 //! Without the feature (every production build) each point is an empty inline function.
 

@@ -516,10 +516,15 @@ impl Store {
                         "volume {id} changed during its re-seed; nothing replaced"
                     )));
                 }
-                // No write, delete or compaction of the old copy is in flight past this.
+                // No write, delete or compaction of the old copy is in flight past this. It
+                // stays in the map, serving reads from its open file, until the new copy
+                // replaces it there: a request meanwhile must not hear `no_such_volume` (a
+                // delete's caller takes a 404 as done). Writes and deletes wait on its gate
+                // and are then refused with a 503 (`set_replaced`), so none lands on the
+                // replaced file; their retries reach the new copy.
                 let gate = old.quiesce().await;
-                write(&self.volumes).remove(&id);
                 old.flush_index();
+                old.set_replaced(true);
                 Some(gate)
             }
             None => None,
@@ -528,6 +533,7 @@ impl Store {
             let (dir, tmp) = (dir.clone(), tmp.clone());
             let replacing = reseeding.is_some();
             tokio::task::spawn_blocking(move || -> Result<()> {
+                crate::pause::blocking(&dir, "reseed-swap");
                 let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
                 if replacing {
                     // The old index files go before the rename (and the rename only if they
@@ -556,9 +562,9 @@ impl Store {
         if let Err(e) = swapped {
             let _ = std::fs::remove_file(&tmp);
             if let Some(old) = &reseeding {
-                // Its file is as it was: it goes on serving (a scan rebuilds its index at
-                // the next open if its index files went).
-                write(&self.volumes).insert(id, old.clone());
+                // Its file is as it was: it goes on serving and taking writes (a scan
+                // rebuilds its index at the next open if its index files went).
+                old.set_replaced(false);
             }
             return Err(e);
         }
@@ -597,11 +603,14 @@ impl Store {
                 }
             }
         }
-        if sealed {
-            v.seal().await?;
+        let sealing = if sealed { v.seal().await } else { Ok(()) };
+        // A re-seed's new copy replaces the old one even if its seal failed (the old file is
+        // gone; the seal is asked again by the next re-seed).
+        if sealing.is_ok() || reseeding.is_some() {
+            v.notify_changes(self.changed.clone());
+            write(&self.volumes).insert(id, v.clone());
         }
-        v.notify_changes(self.changed.clone());
-        write(&self.volumes).insert(id, v.clone());
+        sealing?;
         let info = v.info();
         tracing::info!(
             volume = id,

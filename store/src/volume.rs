@@ -244,6 +244,10 @@ pub struct Volume {
     tag: u32,
     /// Writers and deleters hold it shared; sealing holds it exclusively.
     gate: tokio::sync::RwLock<()>,
+    /// A re-seed replaced this copy's file (set under the gate's write side): writes and
+    /// deletes that waited for the swap are refused (503), and the caller's retry reaches
+    /// the copy that replaced it. Reads go on from the open file until the last handle goes.
+    replaced: AtomicBool,
     append: tokio::sync::Mutex<Append>,
     /// Encoded writes waiting for the holder of `append` to lay them down (write combining).
     queue: Mutex<Vec<Queued>>,
@@ -474,6 +478,7 @@ impl Volume {
             tag: sb.tag,
             cfg,
             gate: tokio::sync::RwLock::new(()),
+            replaced: AtomicBool::new(false),
             append: tokio::sync::Mutex::new(Append {
                 tail,
                 allocated: file_len,
@@ -557,6 +562,7 @@ impl Volume {
     }
 
     fn check_writable(&self) -> Result<()> {
+        self.check_current()?;
         match &*lock(&self.mode) {
             Mode::Writable => Ok(()),
             Mode::ReadOnly(r) if r == "full" => Err(StoreError::Full(self.id)),
@@ -578,6 +584,7 @@ impl Volume {
 
     /// Deletes are refused only when the files on disk are ahead of this process.
     fn check_deletable(&self) -> Result<()> {
+        self.check_current()?;
         match &*lock(&self.mode) {
             Mode::Failed(r) => Err(StoreError::ReadOnly {
                 volume: self.id,
@@ -591,6 +598,24 @@ impl Volume {
     /// flight, and keeps new ones out while the guard lives (a re-seed swapping files).
     pub(crate) async fn quiesce(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
         self.gate.write().await
+    }
+
+    /// Marks this copy replaced by a re-seed (or not, when the swap failed and it goes on
+    /// serving). Caller holds the gate's write side ([`Volume::quiesce`]).
+    pub(crate) fn set_replaced(&self, replaced: bool) {
+        self.replaced.store(replaced, Ordering::Release);
+    }
+
+    /// A write or delete of a copy a re-seed replaced while it waited: "later", not "not
+    /// here" (a 404 is done for a delete's caller, and the new copy may hold the needle).
+    pub(super) fn check_current(&self) -> Result<()> {
+        if self.replaced.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable {
+                volume: self.id,
+                reason: "this copy was replaced by a re-seed meanwhile; retry".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Stops writes, deletes and compactions until a restart (see `Mode::Failed`).

@@ -1089,6 +1089,100 @@ fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
     });
 }
 
+/// Regression: a re-seed took its volume out of the store's map while it swapped files and
+/// opened the new copy, so a delete arriving then answered 404 `no_such_volume`, which the
+/// directory counts as done: the new copy (whose source exported the needle before its own
+/// delete) then served the photo again. A delete already waiting on the old copy's gate
+/// landed on the replaced file the same way. Now the old copy serves reads until the new one
+/// replaces it, and writes and deletes that waited for the swap are refused with a 503 (the
+/// caller retries and reaches the new copy).
+#[test]
+fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        // A re-seed from c, held inside its swap.
+        let armed = db.path().join("test-pause-reseed-swap");
+        std::fs::write(&armed, b"").unwrap();
+        // Let the re-seed go on if an assertion below fails (the runtime's drop waits for it).
+        struct Disarm(std::path::PathBuf);
+        impl Drop for Disarm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _disarm = Disarm(armed.clone());
+        let store = b.store.clone();
+        let source = c.url("");
+        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
+        let paused = db.path().join("test-paused-reseed-swap");
+        for _ in 0..500 {
+            if paused.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(paused.exists(), "the re-seed did not reach its swap");
+        // The copy being replaced still serves.
+        let r = http
+            .get(b.url("/v1/needles/6/5/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "no copy served during the swap");
+        // A delete of a needle of the incoming copy, sent now, as the directory sends it.
+        let del = {
+            let (http, url) = (http.clone(), b.url("/v1/needles/6/105/0/66"));
+            tokio::spawn(async move { http.delete(url).send().await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        std::fs::remove_file(&armed).unwrap();
+        reseed.await.unwrap().unwrap();
+        let r = del.await.unwrap();
+        // The directory counts any 404 as done and retries anything else.
+        if r.status() != StatusCode::NOT_FOUND {
+            assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let r = http
+                .delete(b.url("/v1/needles/6/105/0/66"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        }
+        let r = http
+            .get(b.url("/v1/needles/6/105/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "a delete answered during the swap did not hold"
+        );
+        let r = http
+            .get(b.url("/v1/needles/6/104/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
 /// An import (or a re-seed) of a volume whose file is damaged in the middle (a zeroed header)
 /// keeps every needle after the damage: the imported bytes are the source's up to its tail, so
 /// the damage is skipped, never taken for the end. Before, the new copy's first open had no

@@ -188,6 +188,7 @@ impl Volume {
             ));
         }
         let _gate = self.gate.read().await;
+        self.check_current()?;
         let len = bytes.len() as u64;
         let mut applied = 0u64;
         let (base, shipped, _writing) = {
