@@ -54,9 +54,18 @@ pub const CLAIM_TTL: Duration = Duration::from_secs(10 * 60);
 /// between the gc host and the directory, with a wide margin.
 pub const MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// Added to the record deadline when waiting out a complete: a write sent at the deadline
-/// still has to reach the directory.
-const WAIT_MARGIN: Duration = Duration::from_secs(30);
+/// A CompleteMultipartUpload's object record must be answered within the record deadline
+/// and this of its claim, or the complete answers 500 (the write may have applied: its claim
+/// stays). Without that bound a write sent just before the deadline could be answered (and
+/// the object acknowledged) up to a directory request's timeout later, after gc read the
+/// held upload's object again and collected the data it names.
+pub const ANSWER_MARGIN: Duration = Duration::from_secs(30);
+
+/// How long gc waits, from its listing of the uploads, before it reads a held upload's object
+/// again: past the latest answer a complete may still act on (claim + [`RECORD_DEADLINE`] +
+/// [`ANSWER_MARGIN`]; the claim was made before the listing), with a margin for the two
+/// hosts' clocks running at slightly different rates.
+pub const COMPLETE_WAIT: Duration = Duration::from_secs(60 + 30 + 30);
 
 /// Records per scan request (the directory's most).
 const PAGE: usize = haystack_proto::kv::MAX_SCAN;
@@ -99,7 +108,8 @@ pub struct Named {
 /// Every data id a part record or an object record of any bucket names: all part records
 /// first, then the uploads a complete holds, then all object records (see the module
 /// comment for why in this order), then the objects of the held uploads once their
-/// completes' deadline passed (a wait of 90 s when a complete is in progress).
+/// completes' deadline passed (a wait of [`COMPLETE_WAIT`], 2 minutes, when a complete is in
+/// progress).
 /// Holds the ids in memory (about 30 bytes each in the set).
 pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
     let mut buckets: Vec<Bucket> = Vec::new();
@@ -138,13 +148,14 @@ pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
         .await?;
     }
     // Each held upload's object, read again once its complete can no longer write it. A
-    // complete sends its object record within RECORD_DEADLINE of its claim, and its claim
-    // was made before the uploads were listed: so waiting that long from the listing's
-    // start (this process's monotonic clock; no clocks compared) is enough, and one wait
-    // serves every held upload. Claims long expired by this host's clock are of completes
+    // complete acts on its object record's answer only within RECORD_DEADLINE +
+    // ANSWER_MARGIN of its claim (an answer later is a 500, never an acknowledged object),
+    // and its claim was made before the uploads were listed: so waiting longer than that from
+    // the listing's start (this process's monotonic clock; no clocks compared) is enough,
+    // and one wait serves every held upload. Claims long expired by this host's clock are of completes
     // that died: nothing to wait for.
     if held.iter().any(|h| h.2) {
-        let wait = (RECORD_DEADLINE + WAIT_MARGIN).saturating_sub(uploads_listed.elapsed());
+        let wait = COMPLETE_WAIT.saturating_sub(uploads_listed.elapsed());
         tracing::info!(
             wait_ms = wait.as_millis() as u64,
             "waiting out multipart completes in progress"
@@ -158,4 +169,22 @@ pub async fn named_data(meta: &Meta) -> Result<Named, S3Error> {
         named.held += 1;
     }
     Ok(named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: gc waited 90 s (the record deadline and 30 s) for a complete in progress,
+    /// but a complete acted on its object record's answer whenever it came: a write sent at
+    /// the deadline could be answered a directory request's timeout (60 s) later and the
+    /// object acknowledged after gc had read the held upload again and collected the data
+    /// only the new object named. Now the answer is bounded (`ANSWER_MARGIN`), and gc waits
+    /// past that bound, and past a directory request's timeout too.
+    #[test]
+    fn gc_waits_out_every_answer_a_complete_may_still_act_on() {
+        assert!(COMPLETE_WAIT > RECORD_DEADLINE + ANSWER_MARGIN);
+        assert!(COMPLETE_WAIT >= RECORD_DEADLINE + crate::DIRECTORY_TIMEOUT);
+        assert!(MIN_AGE > COMPLETE_WAIT * 10);
+    }
 }

@@ -47,6 +47,9 @@ pub fn build(config: S3Config) -> Result<service::S3, S3Error> {
 
 /// [`build`] with the given credentials for the directory and the stores (the operator tools
 /// pass theirs).
+/// The longest one request to a directory (or a store) may take, its body included.
+pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub fn build_with_credentials(
     config: S3Config,
     creds: Credentials,
@@ -56,7 +59,7 @@ pub fn build_with_credentials(
     let http = config
         .security
         .http_builder()
-        .timeout(Duration::from_secs(60))
+        .timeout(DIRECTORY_TIMEOUT)
         .connect_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(64)
         .build()
@@ -67,7 +70,7 @@ pub fn build_with_credentials(
         .on_failover("s3", || {
             ::metrics::counter!("haystack_s3_directory_failovers_total").increment(1)
         });
-    let stores = StoreClient::with_timeout(http, Duration::from_secs(60)).with_credentials(creds);
+    let stores = StoreClient::with_timeout(http, DIRECTORY_TIMEOUT).with_credentials(creds);
     let data = data::Data::new(dir.clone(), stores, config.chunk_bytes);
     Ok(service::S3::new(meta::Meta::new(dir), data, config, master))
 }

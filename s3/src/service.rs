@@ -307,11 +307,16 @@ impl S3 {
         since: Option<Instant>,
     ) -> Result<(), S3Error> {
         within_record_deadline(since)?;
+        // Data claimed at `since` (a complete's parts): gc waits for this write's answer only
+        // so long (crate::gc::COMPLETE_WAIT), so no later answer is acted on.
+        let answer_by = since.map(|t| t + crate::gc::RECORD_DEADLINE + crate::gc::ANSWER_MARGIN);
         if !if_none_match && if_match.is_none() {
-            if let Some(previous) = self
-                .meta
-                .replace::<ObjectRecord>(b.objects(), key, rec, commit.clone())
-                .await?
+            if let Some(previous) = answered_by(
+                answer_by,
+                self.meta
+                    .replace::<ObjectRecord>(b.objects(), key, rec, commit.clone()),
+            )
+            .await?
             {
                 if let Some(old) = previous {
                     self.forget_replaced(&old.value.data, &rec.data).await;
@@ -343,7 +348,7 @@ impl S3 {
                 return Err(S3Error::NoSuchKey);
             }
             let expect = current.as_ref().map(|c| c.version);
-            if self.meta.put(b.objects(), key, expect, rec).await? {
+            if answered_by(answer_by, self.meta.put(b.objects(), key, expect, rec)).await? {
                 if let Some(old) = current {
                     self.forget_replaced(&old.value.data, &rec.data).await;
                 }
@@ -854,6 +859,27 @@ fn within_record_deadline(committed: Option<Instant>) -> Result<(), S3Error> {
     }
 }
 
+/// Runs a record write whose answer counts only until `by` (when set): a later answer is an
+/// [`S3Error::Uncertain`] (500; the write may have applied), never acted on.
+async fn answered_by<T>(
+    by: Option<Instant>,
+    write: impl std::future::Future<Output = Result<T, S3Error>>,
+) -> Result<T, S3Error> {
+    let Some(by) = by else {
+        return write.await;
+    };
+    match tokio::time::timeout_at(by.into(), write).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("haystack_s3_record_answers_late_total").increment(1);
+            Err(S3Error::Uncertain(
+                "the directory did not answer the record write in time; it may have been written"
+                    .into(),
+            ))
+        }
+    }
+}
+
 /// The common prefix `key` rolls up into: the prefix and the key up to and including the first
 /// delimiter after it.
 pub fn common_prefix<'k>(key: &'k str, prefix: &str, delimiter: &str) -> Option<&'k str> {
@@ -893,6 +919,22 @@ mod tests {
         assert!(etag_matches("\"abc\", \"def\"", "def"));
         assert!(etag_matches("*", "x"));
         assert!(!etag_matches("\"abc\"", "abcd"));
+    }
+
+    #[tokio::test]
+    async fn a_record_write_answered_past_its_bound_is_uncertain() {
+        let by = Some(Instant::now() + Duration::from_millis(50));
+        let late = answered_by(by, async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, S3Error>(())
+        })
+        .await
+        .unwrap_err();
+        assert!(late.may_have_applied(), "{late:?}");
+        assert!(answered_by(by, async { Ok::<_, S3Error>(1) }).await.is_ok());
+        assert!(answered_by(None, async { Ok::<_, S3Error>(1) })
+            .await
+            .is_ok());
     }
 
     #[test]
