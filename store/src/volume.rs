@@ -422,7 +422,9 @@ impl Volume {
             let mut s = SortedIndex::open(&sidx_path)?;
             // Deletes after sealing are flagged in the volume and logged in the index file;
             // the mapped index's own flag may not have reached the disk.
-            recover::read_idx_records(&disk, &idx_file, id, |rec| {
+            let mut kept = 0usize;
+            let read = recover::read_idx_records(&disk, &idx_file, id, |rec| {
+                kept += 1;
                 if rec.kind == IDX_DELETE
                     && s.get(rec.key, rec.alt).map(|l| (l.offset, l.deleted))
                         == Some((rec.offset, false))
@@ -431,6 +433,9 @@ impl Volume {
                 }
                 true
             })?;
+            // A torn record at the end (a crash in an append) would hide every delete logged
+            // after it at the next open.
+            recover::cut_bad_idx_tail(&disk, &idx_file, id, &read, kept);
             let mut end = SUPERBLOCK_LEN;
             for (_, _, l) in s.iter() {
                 end = end.max(l.offset + l.extent as u64);

@@ -54,30 +54,7 @@ pub(super) fn recover_writable(
         }
         true
     })?;
-    if !read.header_ok || read.good_len != read.file_len {
-        if read.file_len == 0 {
-            // No index file yet (an imported or seeded volume): one is started, no warning.
-            tracing::debug!(volume = id, "no index file records; the volume is scanned");
-        } else {
-            tracing::warn!(
-                volume = id,
-                kept_records = kept,
-                dropped_bytes = read.file_len - read.good_len,
-                "index file has a bad tail; cutting it"
-            );
-        }
-        let cut = if !read.header_ok {
-            disk.set_len(idx_file, 0)
-                .and_then(|()| disk.append(idx_file, &idx_header(id)))
-        } else {
-            disk.set_len(idx_file, read.good_len)
-        };
-        // A checkpoint that cannot be repaired (a full disk) costs a longer scan, not the
-        // volume.
-        if let Err(e) = cut {
-            tracing::warn!(volume = id, error = %e, "repairing the index file failed; the next open scans again");
-        }
-    }
+    cut_bad_idx_tail(disk, idx_file, id, &read, kept);
     // Records reach the index file in the order writers finish their syncs, not in offset
     // order, and the newest are lost with the process: the file may cover a needle at a high
     // offset and miss one below it. The scan therefore starts at the first gap in the
@@ -407,6 +384,42 @@ pub(super) struct IdxRead {
     /// Bytes of header and good records before the first bad one.
     pub(super) good_len: u64,
     pub(super) file_len: u64,
+}
+
+/// Cuts the index file back to its header and the records [`read_idx_records`] took (a new
+/// header when it had none): appends after a torn or bad record would sit misaligned behind
+/// it and be dropped at every later open. `kept` is how many records were taken (for the log).
+pub(super) fn cut_bad_idx_tail(
+    disk: &crate::disk::Disk,
+    idx_file: &File,
+    id: u32,
+    read: &IdxRead,
+    kept: usize,
+) {
+    if !read.header_ok || read.good_len != read.file_len {
+        if read.file_len == 0 {
+            // No index file yet (an imported or seeded volume): one is started, no warning.
+            tracing::debug!(volume = id, "no index file yet; one is started");
+        } else {
+            tracing::warn!(
+                volume = id,
+                kept_records = kept,
+                dropped_bytes = read.file_len - read.good_len,
+                "index file has a bad tail; cutting it"
+            );
+        }
+        let cut = if !read.header_ok {
+            disk.set_len(idx_file, 0)
+                .and_then(|()| disk.append(idx_file, &idx_header(id)))
+        } else {
+            disk.set_len(idx_file, read.good_len)
+        };
+        // A checkpoint that cannot be repaired (a full disk) costs a longer scan, not the
+        // volume.
+        if let Err(e) = cut {
+            tracing::warn!(volume = id, error = %e, "repairing the index file failed; the next open scans again");
+        }
+    }
 }
 
 /// Streams the index file's records, in file order, a chunk at a time, to `f` until the first
