@@ -5,6 +5,8 @@
 #   bash store/bench/http_bench.sh            # everything, 3 reps of 20 s
 #   REPS=1 DUR=10 bash store/bench/http_bench.sh
 #   SKIP_NGINX=1 ...                          # only the store
+#   TESTS="put4k" COLD=0 ...                  # some of the tests (default: get4k ceiling put4k)
+#   BIN=/path/to/haystack ...                 # a binary built before (no cargo build): A/B runs
 #
 # Tests: get4k (warm page cache, random needles), ceiling (same server and URLs, bytes from
 # memory), put4k (durable: 201 only after fdatasync), cold get4k (page cache dropped; root).
@@ -40,8 +42,11 @@ if [[ -z ${SKIP_NGINX:-} && -n $SHARED ]]; then
     TESTS="get4k put4k" WORKERS_LIST=2 REPS=$REPS DUR=$DUR COLD=$COLD N4K=$N4K bash "$SHARED/nginx_baseline.sh" | sed 's/^/nginx /' | tee -a "$LOG"
 fi
 
-(cd "$ROOT" && cargo build --release -p haystack-ops >&2)
-BIN=$ROOT/target/release/haystack
+if [[ -z ${BIN:-} ]]; then
+    (cd "$ROOT" && cargo build --release -p haystack-ops >&2)
+    BIN=$ROOT/target/release/haystack
+fi
+TESTS=${TESTS:-get4k ceiling put4k}
 DATA=$BASE/data
 rm -rf "$DATA"
 "$BIN" store --data-dir "$DATA" --listen "127.0.0.1:$PORT" --engine "$ENGINE" --workers "$WORKERS" \
@@ -64,7 +69,7 @@ run() { # name script args...
 }
 
 wrk -t"$THREADS" -c"$CONNS" -d3s -s "$SHARED/get_random.lua" "http://127.0.0.1:$PORT" -- "$BASE/paths_4k.txt" >/dev/null 2>&1 || true
-for t in get4k ceiling put4k; do
+for t in $TESTS; do
     rps=() p50=() p99=()
     for r in $(seq "$REPS"); do
         g0=$(metric haystack_store_gets_total); d0=$(metric $DR)

@@ -1,5 +1,6 @@
-//! The I/O engine: positioned reads, writes and fdatasync on volume files, through io_uring
-//! or, when the kernel refuses io_uring, through plain pread/pwrite on the blocking pool.
+//! The I/O engine: positioned reads through io_uring (or, when the kernel refuses io_uring,
+//! pread on the blocking pool), writes and fdatasyncs with pwrite and fdatasync on the
+//! blocking pool.
 //!
 //! The engine is chosen once at start-up ([`IoEngine::new`]); its kind is logged and exported
 //! as the `haystack_store_io_engine` metric. Every storage test runs over both kinds.
@@ -8,13 +9,14 @@
 //! round-robin on its first submission). A caller pushes its SQE and calls `io_uring_enter`
 //! itself under its ring's short lock, then drains whatever completions are ready. A
 //! buffered read of a page-cached needle completes inside that call, so the common GET costs
-//! no thread hop at all. An operation that did not complete inline (a cold read, a write
-//! that must allocate, an fsync) is counted as pending; each ring's reaper thread sleeps in
-//! `io_uring_enter(GETEVENTS)` only while something is pending, and wakes the waiting task.
-//! Buffers and file handles of in-flight operations live in the engine's table until their
-//! completion arrives, so a caller that gives up (a dropped request) cannot free memory the
-//! kernel still writes to. Writes and fdatasyncs fail with `TimedOut` past the engine's
-//! timeout; completions with EINTR or EAGAIN are submitted again.
+//! no thread hop at all. A read that did not complete inline (a cold read) is counted as
+//! pending; each ring's reaper thread sleeps in `io_uring_enter(GETEVENTS)` only while
+//! something is pending, and wakes the waiting task. Buffers and file handles of in-flight
+//! reads live in the engine's table until their completion arrives, so a caller that gives
+//! up (a dropped request) cannot free memory the kernel still writes to. Completions with
+//! EINTR or EAGAIN are submitted again. Writes and fdatasyncs (both engines) fail with
+//! `TimedOut` past the engine's timeout; they left the ring after a submitted write went
+//! without a completion for over 30 s in test runs (docs/ARCHITECTURE.md, "I/O engine").
 //!
 //! With the `test-hooks` feature, [`IoEngine::simulated`] runs the pread/pwrite code over the
 //! power-loss simulator (`crate::sim`).
@@ -197,26 +199,40 @@ impl IoEngine {
         self
     }
 
-    /// Runs a write or sync under the engine's timeout.
-    async fn timed<T>(&self, what: &str, f: impl Future<Output = io::Result<T>>) -> io::Result<T> {
-        match tokio::time::timeout(self.timeout, f).await {
+    /// Runs a write or sync on the blocking pool under the engine's timeout. Past it, the
+    /// error says where the thread doing it waits in the kernel (its `wchan`: a hung device
+    /// shows there), or that the blocking pool had not started it.
+    async fn blocking_timed<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let on = tid.clone();
+        let op = blocking(move || {
+            // SAFETY: gettid has no preconditions.
+            on.store(
+                unsafe { libc::gettid() },
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            f()
+        });
+        match tokio::time::timeout(self.timeout, op).await {
             Ok(r) => r,
             Err(_) => {
                 metrics::counter!("haystack_store_io_timeouts_total").increment(1);
-                // What the rings held then tells a completion the engine never reaped (ready
-                // completions while nothing is counted pending) from one the kernel never
-                // posted (pending, none ready).
-                let rings = match &self.inner {
-                    Inner::Uring(u) => u.0.iter().map(|r| r.state()).collect::<Vec<_>>().join("; "),
-                    Inner::Sync => "pread/pwrite engine".into(),
+                let at = match tid.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => "not started by the blocking pool".to_string(),
+                    t => {
+                        let wchan = std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
+                            .unwrap_or_default();
+                        format!("thread {t} waits in {}", wchan.trim())
+                    }
                 };
-                tracing::error!(what, timeout = ?self.timeout, %rings, "I/O timed out");
+                tracing::error!(what, timeout = ?self.timeout, %at, "I/O timed out");
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!(
-                        "{what} did not complete within {:?} ({rings})",
-                        self.timeout
-                    ),
+                    format!("{what} did not complete within {:?} ({at})", self.timeout),
                 ))
             }
         }
@@ -327,46 +343,14 @@ impl IoEngine {
         buf: Vec<u8>,
     ) -> io::Result<()> {
         self.check(Fault::Writes)?;
-        self.timed("a write", self.write_untimed(file, offset, buf))
+        // Both engines write with pwrite on tokio's blocking pool: writes left the ring after
+        // a write submitted to it went without a completion for over 30 s, three times in
+        // test runs (docs/ARCHITECTURE.md, "I/O engine"). A volume's writes are group
+        // commits, so the thread hop is paid once per batch, as io-wq's was for a punted
+        // write.
+        let (file, disk) = (file.clone(), self.disk.clone());
+        self.blocking_timed("a write", move || disk.write_all_at(&file, &buf, offset))
             .await
-    }
-
-    async fn write_untimed(&self, file: &Arc<File>, offset: u64, buf: Vec<u8>) -> io::Result<()> {
-        match &self.inner {
-            Inner::Uring(u) => {
-                let total = buf.len();
-                let mut done = 0usize;
-                let mut buf = buf;
-                let mut retries = 0;
-                while done < total {
-                    let (res, b) = u
-                        .submit(Op::Write {
-                            file: file.clone(),
-                            offset: offset + done as u64,
-                            buf,
-                            start: done,
-                        })
-                        .await?;
-                    buf = b;
-                    let n = match res {
-                        Err(e) if retryable(&e) && retries < RETRIES => {
-                            retries += 1;
-                            continue;
-                        }
-                        r => r?,
-                    };
-                    if n == 0 {
-                        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
-                    }
-                    done += n;
-                }
-                Ok(())
-            }
-            Inner::Sync => {
-                let (file, disk) = (file.clone(), self.disk.clone());
-                blocking(move || disk.write_all_at(&file, &buf, offset)).await
-            }
-        }
     }
 
     /// fdatasync: everything written to `file` before this call is durable when it returns
@@ -374,25 +358,10 @@ impl IoEngine {
     pub async fn fdatasync(&self, file: &Arc<File>) -> io::Result<()> {
         metrics::counter!("haystack_store_fsyncs_total").increment(1);
         self.check(Fault::Syncs)?;
-        self.timed("an fdatasync", async {
-            match &self.inner {
-                Inner::Uring(u) => {
-                    let mut retries = 0;
-                    loop {
-                        let (res, _) = u.submit(Op::Fsync { file: file.clone() }).await?;
-                        match res {
-                            Err(e) if retryable(&e) && retries < RETRIES => retries += 1,
-                            r => return r.map(|_| ()),
-                        }
-                    }
-                }
-                Inner::Sync => {
-                    let (file, disk) = (file.clone(), self.disk.clone());
-                    blocking(move || disk.sync_data(&file)).await
-                }
-            }
-        })
-        .await
+        // On the blocking pool for both engines, as writes are.
+        let (file, disk) = (file.clone(), self.disk.clone());
+        self.blocking_timed("an fdatasync", move || disk.sync_data(&file))
+            .await
     }
 }
 
@@ -404,21 +373,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("blocking I/O task failed: {e}")))?
 }
 
+/// An operation on the ring (reads only; see the module comment).
 enum Op {
     Read {
         file: Arc<File>,
         offset: u64,
         buf: Vec<u8>,
         len: usize,
-    },
-    Write {
-        file: Arc<File>,
-        offset: u64,
-        buf: Vec<u8>,
-        start: usize,
-    },
-    Fsync {
-        file: Arc<File>,
     },
 }
 
@@ -500,20 +461,6 @@ impl Uring {
         Ok(u)
     }
 
-    /// The ring's state, for a timeout's report: operations counted pending, slots waiting,
-    /// completions ready and not yet reaped, submissions not yet taken by the kernel.
-    fn state(&self) -> String {
-        let st = self.lock();
-        // SAFETY: the queues are only touched under the state lock (held); nothing is consumed.
-        let ready = unsafe { self.ring.completion_shared() }.len();
-        let queued = unsafe { self.ring.submission_shared() }.len();
-        format!(
-            "pending {}, waiting {}, ready {ready}, unsubmitted {queued}",
-            st.pending,
-            st.in_flight()
-        )
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the table half-updated in a way that
         // matters more than losing the engine; recover the guard.
@@ -541,41 +488,20 @@ impl Uring {
             let Slot::Waiting { op, .. } = &mut st.slots[id] else {
                 unreachable!("slot was just filled")
             };
-            let sqe = match op {
-                Op::Read {
-                    file,
-                    offset,
-                    buf,
-                    len,
-                } => {
-                    let start = buf.len();
-                    buf.reserve(*len);
-                    // SAFETY: the spare capacity stays allocated (the Vec is kept in the
-                    // table) until the completion is reaped.
-                    let ptr = unsafe { buf.as_mut_ptr().add(start) };
-                    opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, *len as u32)
-                        .offset(*offset)
-                        .build()
-                }
-                Op::Write {
-                    file,
-                    offset,
-                    buf,
-                    start,
-                } => {
-                    let rest = &buf[*start..];
-                    opcode::Write::new(
-                        types::Fd(file.as_raw_fd()),
-                        rest.as_ptr(),
-                        rest.len() as u32,
-                    )
-                    .offset(*offset)
-                    .build()
-                }
-                Op::Fsync { file } => opcode::Fsync::new(types::Fd(file.as_raw_fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build(),
-            };
+            let Op::Read {
+                file,
+                offset,
+                buf,
+                len,
+            } = op;
+            let start = buf.len();
+            buf.reserve(*len);
+            // SAFETY: the spare capacity stays allocated (the Vec is kept in the table) until
+            // the completion is reaped.
+            let ptr = unsafe { buf.as_mut_ptr().add(start) };
+            let sqe = opcode::Read::new(types::Fd(file.as_raw_fd()), ptr, *len as u32)
+                .offset(*offset)
+                .build();
             let sqe = sqe.user_data(id as u64);
             // SAFETY: queues only touched under the state lock (held).
             let mut pushed = unsafe { self.ring.submission_shared().push(&sqe).is_ok() };
@@ -651,17 +577,11 @@ impl Uring {
             } else {
                 Ok(res as usize)
             };
-            let buf = match op {
-                Op::Read { mut buf, .. } => {
-                    if let Ok(n) = out {
-                        // SAFETY: the kernel initialised n bytes past the old length.
-                        unsafe { buf.set_len(buf.len() + n) };
-                    }
-                    buf
-                }
-                Op::Write { buf, .. } => buf,
-                Op::Fsync { .. } => Vec::new(),
-            };
+            let Op::Read { mut buf, .. } = op;
+            if let Ok(n) = out {
+                // SAFETY: the kernel initialised n bytes past the old length.
+                unsafe { buf.set_len(buf.len() + n) };
+            }
             if abandoned {
                 st.free.push(id as usize);
                 continue;
