@@ -202,6 +202,14 @@ impl Store {
                 tracing::warn!(file = %path.display(), "removing an unfinished volume import");
                 std::fs::remove_file(&path)?;
             }
+            // A re-seed's staging directory (`vol-N.reseed`): before its rename the old copy
+            // is whole; after it the new file holds every delete (an index file left here
+            // only saves a scan).
+            if path.extension().is_some_and(|e| e == "reseed") && path.is_dir() {
+                tracing::warn!(dir = %path.display(), "removing an unfinished re-seed's staging");
+                std::fs::remove_dir_all(&path)?;
+                continue;
+            }
             // A volume whose creation died half way (`vol-N.dat.tmp`) never held a needle.
             if path.to_string_lossy().ends_with(".dat.tmp") {
                 tracing::warn!(file = %path.display(), "removing an unfinished volume creation");
@@ -399,6 +407,9 @@ impl Store {
                 "{e}; its files are kept for inspection: import to another store"
             )));
         }
+        // Every delete the old copy takes from here on is journaled for the new one (its
+        // delete memory alone forgets after 10 minutes and past 4096 needles).
+        let _journal = reseeding.as_ref().map(|v| v.journal_deletes());
         if let (None, Ok(v)) = (&reseeding, self.volume(id)) {
             if v.info().needles > 0 {
                 return Err(StoreError::VolumeExists(id));
@@ -504,113 +515,48 @@ impl Store {
             self.engine.clone(),
             self.cfg.volume_config(None),
         );
-        // The new copy is whole and synced: only now does an old one go, and only if it is
-        // still the remote copy it was when the download began (not promoted meanwhile:
-        // promotion takes the same lock, so it waited or came first).
-        let _quiet = match &reseeding {
+        let v = match &reseeding {
             Some(old) => {
-                let same = self.volume(id).is_ok_and(|c| Arc::ptr_eq(&c, old));
-                if !same || !old.is_remote_copy() {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::BadRequest(format!(
-                        "volume {id} changed during its re-seed; nothing replaced"
-                    )));
-                }
-                // No write, delete or compaction of the old copy is in flight past this. It
-                // stays in the map, serving reads from its open file, until the new copy
-                // replaces it there: a request meanwhile must not hear `no_such_volume` (a
-                // delete's caller takes a 404 as done). Writes and deletes wait on its gate
-                // and are then refused with a 503 (`set_replaced`), so none lands on the
-                // replaced file; their retries reach the new copy.
-                let gate = old.quiesce().await;
-                old.flush_index();
-                old.set_replaced(true);
-                Some(gate)
+                self.reseed_swap(id, old, &tmp, got, sealed, (eng, vc))
+                    .await?
             }
-            None => None,
-        };
-        let swapped = {
-            let (dir, tmp) = (dir.clone(), tmp.clone());
-            let replacing = reseeding.is_some();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                crate::pause::blocking(&dir, "reseed-swap");
-                let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
-                if replacing {
-                    // The old index files go before the rename (and the rename only if they
-                    // are gone), so a crash in between leaves the old file, re-indexed by a
-                    // scan, never an old index over new bytes.
-                    for p in [idx, sidx] {
-                        match std::fs::remove_file(&p) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(e.into()),
+            None => {
+                let swapped = {
+                    let (dir, tmp) = (dir.clone(), tmp.clone());
+                    tokio::task::spawn_blocking(move || -> Result<()> {
+                        if remote_copy {
+                            crate::volume::mark_remote_copy(&dir, id)?;
+                        } else {
+                            crate::volume::unmark_remote_copy(&dir, id)?;
                         }
-                    }
+                        let (dat, _, _) = crate::volume::volume_paths(&dir, id);
+                        std::fs::rename(&tmp, &dat)?;
+                        std::fs::File::open(&dir)?.sync_all()?;
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+                };
+                if let Err(e) = swapped {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
                 }
-                if remote_copy {
-                    crate::volume::mark_remote_copy(&dir, id)?;
-                } else {
-                    crate::volume::unmark_remote_copy(&dir, id)?;
+                // Every byte received is the source's file up to its tail: damage in it is
+                // skipped at the open, never taken for the end.
+                let v = tokio::task::spawn_blocking(move || {
+                    // Its configured maximum comes from the superblock.
+                    Volume::open_vouched(&dir, id, eng, vc, got)
+                })
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+                if sealed {
+                    v.seal().await?;
                 }
-                std::fs::rename(&tmp, &dat)?;
-                std::fs::File::open(&dir)?.sync_all()?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+                v
+            }
         };
-        if let Err(e) = swapped {
-            let _ = std::fs::remove_file(&tmp);
-            if let Some(old) = &reseeding {
-                // Its file is as it was: it goes on serving and taking writes (a scan
-                // rebuilds its index at the next open if its index files went).
-                old.set_replaced(false);
-            }
-            return Err(e);
-        }
-        if reseeding.is_some() {
-            tracing::warn!(
-                volume = id,
-                "remote copy replaced by a re-seed from its source"
-            );
-        }
-        // Every byte received is the source's file up to its tail: damage in it is skipped at
-        // the open, never taken for the end.
-        let imported = got;
-        let v = tokio::task::spawn_blocking(move || {
-            // Its configured maximum comes from the superblock.
-            Volume::open_vouched(&dir, id, eng, vc, imported)
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
-        if let Some(old) = &reseeding {
-            // Deletes the old copy took while the new one downloaded (its source may have
-            // exported the needle before its own delete): carried over before it serves.
-            match v.take_deletes_of(old).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    metrics::counter!("haystack_store_reseed_deletes_carried_total")
-                        .increment(n as u64);
-                    tracing::info!(
-                        volume = id,
-                        deleted = n,
-                        "deletes of the replaced copy carried over"
-                    );
-                }
-                Err(e) => {
-                    metrics::counter!("haystack_store_reseed_deletes_lost_total").increment(1);
-                    tracing::error!(volume = id, error = %e, "carrying the replaced copy's deletes over failed; anti-entropy or a new re-seed must apply them");
-                }
-            }
-        }
-        let sealing = if sealed { v.seal().await } else { Ok(()) };
-        // A re-seed's new copy replaces the old one even if its seal failed (the old file is
-        // gone; the seal is asked again by the next re-seed).
-        if sealing.is_ok() || reseeding.is_some() {
-            v.notify_changes(self.changed.clone());
-            write(&self.volumes).insert(id, v.clone());
-        }
-        sealing?;
+        v.notify_changes(self.changed.clone());
+        write(&self.volumes).insert(id, v.clone());
         let info = v.info();
         tracing::info!(
             volume = id,
@@ -620,6 +566,160 @@ impl Store {
             "volume imported"
         );
         Ok(info)
+    }
+
+    /// A re-seed's last steps, once the new copy (`tmp`, `got` bytes) is whole and synced:
+    /// the new copy is opened in a staging directory and takes every delete the old copy
+    /// (`old`, still serving) took, then its files replace the old one's, then it is opened
+    /// in place. The deletes are flags in the new file before it is renamed into place, so no
+    /// failure after the rename (nor a restart then) loses them. From the old copy's quiesce
+    /// on, its writes and deletes wait on its gate; they are refused with a 503 once it is
+    /// replaced (`Volume::set_replaced`), never answered from the replaced file.
+    async fn reseed_swap(
+        &self,
+        id: u32,
+        old: &Arc<Volume>,
+        tmp: &std::path::Path,
+        got: u64,
+        sealed: bool,
+        (eng, vc): (crate::engine::IoEngine, crate::volume::VolumeConfig),
+    ) -> Result<Arc<Volume>> {
+        let dir = self.cfg.data_dir.clone();
+        let staging = dir.join(format!("vol-{id}.reseed"));
+        let blocking_err =
+            |e: tokio::task::JoinError| StoreError::Io(std::io::Error::other(e.to_string()));
+        let cleanup = |staging: &std::path::Path| {
+            let _ = std::fs::remove_dir_all(staging);
+        };
+        let staged = {
+            let (staging, tmp, eng, vc) =
+                (staging.clone(), tmp.to_path_buf(), eng.clone(), vc.clone());
+            tokio::task::spawn_blocking(move || -> Result<Arc<Volume>> {
+                if staging.exists() {
+                    std::fs::remove_dir_all(&staging)?;
+                }
+                std::fs::create_dir(&staging)?;
+                let (dat, _, _) = crate::volume::volume_paths(&staging, id);
+                std::fs::rename(&tmp, &dat)?;
+                // Every byte received is the source's file up to its tail: damage in it is
+                // skipped at the open, never taken for the end.
+                Volume::open_vouched(&staging, id, eng, vc, got)
+            })
+            .await
+            .map_err(blocking_err)?
+        };
+        let staged = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_file(tmp);
+                cleanup(&staging);
+                return Err(e);
+            }
+        };
+        // Only if it is still the remote copy it was when the download began (not promoted
+        // meanwhile: promotion takes the same lock, so it waited or came first).
+        let same = self.volume(id).is_ok_and(|c| Arc::ptr_eq(&c, old));
+        if !same || !old.is_remote_copy() {
+            drop(staged);
+            cleanup(&staging);
+            return Err(StoreError::BadRequest(format!(
+                "volume {id} changed during its re-seed; nothing replaced"
+            )));
+        }
+        // No write, delete, seal or compaction of the old copy is in flight past this. It
+        // stays in the map, serving reads from its open file, until the new copy replaces it
+        // there: a request meanwhile must not hear `no_such_volume` (a delete's caller takes
+        // a 404 as done).
+        let _quiet = old.quiesce().await;
+        // Deletes the old copy took while the new one downloaded (its source may have
+        // exported the needle before its own delete), flagged in the new file.
+        let carried = async {
+            let n = staged.take_deletes_of(old).await?;
+            if sealed {
+                staged.seal().await?;
+            }
+            Ok::<_, StoreError>(n)
+        }
+        .await;
+        match carried {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("haystack_store_reseed_deletes_carried_total")
+                    .increment(n as u64);
+                tracing::info!(
+                    volume = id,
+                    deleted = n,
+                    "deletes of the replaced copy carried over"
+                );
+            }
+            Err(e) => {
+                // Nothing replaced: the old copy goes on serving, with its deletes.
+                drop(staged);
+                cleanup(&staging);
+                return Err(e);
+            }
+        }
+        staged.flush_index();
+        drop(staged);
+        old.flush_index();
+        old.set_replaced(true);
+        let renamed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapped = {
+            let (dir, staging, renamed) = (dir.clone(), staging.clone(), renamed.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                crate::pause::blocking(&dir, "reseed-swap");
+                let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
+                let (new_dat, new_idx, new_sidx) = crate::volume::volume_paths(&staging, id);
+                // The old index files go before the rename (and the rename only if they are
+                // gone), so a crash in between leaves the old file, re-indexed by a scan,
+                // never an old index over new bytes; the new ones follow the new file.
+                for p in [&idx, &sidx] {
+                    match std::fs::remove_file(p) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                crate::volume::mark_remote_copy(&dir, id)?;
+                std::fs::rename(&new_dat, &dat)?;
+                renamed.store(true, std::sync::atomic::Ordering::Release);
+                for (from, to) in [(&new_idx, &idx), (&new_sidx, &sidx)] {
+                    if from.exists() {
+                        std::fs::rename(from, to)?;
+                    }
+                }
+                std::fs::File::open(&dir)?.sync_all()?;
+                let _ = std::fs::remove_dir_all(&staging);
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(blocking_err(e)))
+        };
+        if let Err(e) = swapped {
+            if renamed.load(std::sync::atomic::Ordering::Acquire) {
+                // The old file is gone from the directory: the old copy keeps serving reads
+                // and refusing writes and deletes (503) until a restart opens the new one
+                // (its deletes are in it).
+                tracing::error!(volume = id, error = %e, "a re-seed failed after its rename; writes and deletes wait for a restart");
+            } else {
+                // Its file is as it was: it goes on serving and taking writes (a scan
+                // rebuilds its index at the next open if its index files went).
+                old.set_replaced(false);
+                cleanup(&staging);
+            }
+            return Err(e);
+        }
+        tracing::warn!(
+            volume = id,
+            "remote copy replaced by a re-seed from its source"
+        );
+        let opened = tokio::task::spawn_blocking(move || Volume::open(&dir, id, eng, vc))
+            .await
+            .unwrap_or_else(|e| Err(blocking_err(e)));
+        if let Err(e) = &opened {
+            tracing::error!(volume = id, error = %e, "the re-seeded copy did not open; writes and deletes wait for a restart");
+        }
+        opened
     }
 
     /// Promotion: remote copy `id` becomes an ordinary replica. Under the lock imports take,

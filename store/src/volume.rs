@@ -283,6 +283,11 @@ pub struct Volume {
     /// (`recent`). Taken under the index lock's read side by a delete and its write side by a
     /// write's indexing, so that one of the two always sees the other.
     recent_deletes: Mutex<recent::RecentDeletes>,
+    /// While a re-seed downloads the copy that replaces this one: every delete taken since it
+    /// began, for the new copy ([`Volume::take_deletes_of`]). Unbounded while it lasts (24
+    /// bytes a delete), unlike the delete memory, which forgets after 10 minutes and past
+    /// 4096 needles. A leaf lock.
+    reseed_journal: Mutex<Option<Vec<DeleteOf>>>,
     /// Told each time a write in flight (`recent`) is settled: a delete of its needle waits.
     writes_settled: tokio::sync::Notify,
 }
@@ -329,6 +334,18 @@ pub fn volume_paths(dir: &Path, id: u32) -> (PathBuf, PathBuf, PathBuf) {
         dir.join(format!("vol-{id}.idx")),
         dir.join(format!("vol-{id}.sidx")),
     )
+}
+
+/// A delete taken: key, alternate key, and the cookie it named (None: garbage collection's).
+type DeleteOf = (u64, u32, Option<u64>);
+
+/// Ends a re-seed's delete journal when dropped ([`Volume::journal_deletes`]).
+pub(crate) struct DeleteJournal<'a>(&'a Volume);
+
+impl Drop for DeleteJournal<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.reseed_journal) = None;
+    }
 }
 
 impl Volume {
@@ -511,6 +528,7 @@ impl Volume {
             generation: AtomicU64::new(0),
             remote_copy: AtomicBool::new(ship::remote_marker(dir, id).exists()),
             recent_deletes: Mutex::new(recent::RecentDeletes::default()),
+            reseed_journal: Mutex::new(None),
             writes_settled: tokio::sync::Notify::new(),
         };
         tracing::info!(
@@ -655,6 +673,9 @@ impl Volume {
         let st = self.read_index();
         let mut recent = lock(&self.recent_deletes);
         recent.insert(key, alt, cookie, std::time::Instant::now());
+        if let Some(j) = lock(&self.reseed_journal).as_mut() {
+            j.push((key, alt, cookie));
+        }
         let found = match st.get(key, alt) {
             Some(l) if !l.deleted => Ok((l, st.file.clone())),
             Some(_) => Err(StoreError::NotFound),
@@ -684,6 +705,9 @@ impl Volume {
     /// deleted here.
     pub(crate) async fn take_deletes_of(&self, old: &Volume) -> Result<usize> {
         let mut carry = lock(&old.recent_deletes).remembered(std::time::Instant::now());
+        if let Some(j) = lock(&old.reseed_journal).as_ref() {
+            carry.extend(j.iter().copied());
+        }
         {
             let st = self.read_index();
             carry.extend(
@@ -702,6 +726,13 @@ impl Volume {
             }
         }
         Ok(deleted)
+    }
+
+    /// Journals every delete this copy takes from now until the guard drops (a re-seed's
+    /// download: see `reseed_journal`).
+    pub(crate) fn journal_deletes(&self) -> DeleteJournal<'_> {
+        *lock(&self.reseed_journal) = Some(Vec::new());
+        DeleteJournal(self)
     }
 
     /// Notes that a write of these needles failed after its bytes may have reached the file.
@@ -996,6 +1027,9 @@ impl Volume {
     /// Seals the volume: no more writes; the index moves to a sorted file mapped from disk.
     pub async fn seal(&self) -> Result<()> {
         let _gate = self.gate.write().await;
+        // A seal that waited while a re-seed replaced this copy would write its sorted index
+        // over the new copy's.
+        self.check_current()?;
         {
             let mut m = lock(&self.mode);
             if matches!(*m, Mode::Sealed) {

@@ -1183,6 +1183,151 @@ fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
     });
 }
 
+/// Regression: the deletes a remote copy took while its re-seed downloaded reached the new
+/// copy only through the 10-minute delete memory, which also forgets past 4096 needles: more
+/// deletes than that during one download (or a download longer than 10 minutes) and the
+/// first of them were lost with the old file, their needles served again by the new copy
+/// (whose source exported them before its own deletes). Now every delete taken during the
+/// download is journaled for the new copy.
+#[test]
+fn every_delete_taken_during_a_reseeds_download_holds_past_the_delete_memory() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        // Past the delete memory's bound (4096 needles per volume).
+        let n = 4096 + 4;
+        let keys = 10_000..10_000 + n;
+        let on_c = c.store.volume(6).unwrap();
+        for chunk in keys.clone().collect::<Vec<_>>().chunks(512) {
+            let ns: Vec<_> = chunk
+                .iter()
+                .map(|k| needle(*k, 0, 0x66, &[7; 16]))
+                .collect();
+            on_c.write_batch(ns).await.unwrap();
+        }
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let import_file = db.path().join("vol-6.dat.import");
+        let (go, feeder, reseed) = stalled_reseed(&b, &c, &import_file).await;
+        // The directory's deletes reach the remote copy during the download: it does not
+        // hold these needles yet (404, done for the directory).
+        let on_b = b.store.volume(6).unwrap();
+        for k in keys.clone() {
+            assert!(matches!(
+                on_b.delete(k, 0, 0x66).await,
+                Err(haystack_store::StoreError::NotFound)
+            ));
+        }
+        go.send(()).unwrap();
+        reseed.await.unwrap().unwrap();
+        feeder.await.unwrap();
+        for k in [keys.start, keys.start + 1, keys.end - 1] {
+            let r = http
+                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::NOT_FOUND,
+                "needle {k}, deleted during the download, came back with the new copy"
+            );
+        }
+        let r = http
+            .get(b.url("/v1/needles/6/104/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
+/// Regression: a seal of a remote copy that waited on its gate while a re-seed replaced it
+/// ran afterwards on the replaced copy and wrote that copy's sorted index (its offsets) as
+/// `vol-6.sidx`, over the new copy's files: after a restart the new copy opened sealed with
+/// the old one's index, and its needles were not found. Now the seal is refused (503) and the
+/// new copy is untouched.
+#[test]
+fn a_seal_waiting_during_a_reseeds_swap_does_not_touch_the_new_copy() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let mut b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let armed = db.path().join("test-pause-reseed-swap");
+        std::fs::write(&armed, b"").unwrap();
+        struct Disarm(std::path::PathBuf);
+        impl Drop for Disarm {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _disarm = Disarm(armed.clone());
+        let store = b.store.clone();
+        let source = c.url("");
+        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
+        let paused = db.path().join("test-paused-reseed-swap");
+        for _ in 0..500 {
+            if paused.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(paused.exists(), "the re-seed did not reach its swap");
+        let seal = {
+            let (http, url) = (http.clone(), b.url("/v1/volumes/6/seal"));
+            tokio::spawn(async move { http.post(url).send().await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        std::fs::remove_file(&armed).unwrap();
+        reseed.await.unwrap().unwrap();
+        let r = seal.await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Nor is a remote copy compacted (it follows its source's file byte for byte, and a
+        // re-seed may swap its files).
+        assert!(matches!(
+            b.store.volume(6).unwrap().compact().await,
+            Err(haystack_store::StoreError::BadRequest(_))
+        ));
+        b.stop().await;
+        b = start_server(db.path(), ENGINES[1]).await;
+        for k in [100u64, 105, 129] {
+            let r = http
+                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "needle {k} of the new copy");
+        }
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
 /// An import (or a re-seed) of a volume whose file is damaged in the middle (a zeroed header)
 /// keeps every needle after the damage: the imported bytes are the source's up to its tail, so
 /// the damage is skipped, never taken for the end. Before, the new copy's first open had no

@@ -459,6 +459,16 @@ impl Volume {
         stop: Option<CrashPoint>,
         c: Compaction,
     ) -> Result<CompactReport> {
+        // An asynchronous remote copy follows its source's file byte for byte (shipping
+        // checks offsets against it), and a re-seed may swap its files at any time.
+        if self.is_remote_copy() {
+            return Err(StoreError::BadRequest(format!(
+                "volume {} is an asynchronous remote copy: it follows its source's file and is \
+                 not compacted here",
+                self.id
+            )));
+        }
+        self.check_current()?;
         // A compaction that failed past its commit point left files that only a restart
         // (the roll-forward on open) may touch: a new compaction would truncate them.
         if let Mode::Failed(reason) = &*lock(&self.mode) {
