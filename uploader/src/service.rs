@@ -710,7 +710,19 @@ impl Uploader {
     }
 
     /// Deletes through the directory (which marks it deleted, then tells stores and caches).
+    /// Only a photo or a video: the S3 role's data (kind `object`) is 404 here, as for GET,
+    /// so an API key of this service cannot delete an acknowledged S3 object's bytes. (An
+    /// id's kind never changes: ids are never reused.) An id already deleted is passed on,
+    /// so a repeated DELETE is answered as the first was and its notifications are resent.
     pub async fn delete(&self, id: u64) -> Result<(), UploaderError> {
+        match self.dir.lookup(id).await {
+            Ok(info) if info.kind == PhotoKind::Object => return Err(UploaderError::NotFound),
+            Ok(_) => {}
+            Err(ClientError::Api {
+                status: 404, body, ..
+            }) if body.error == "deleted" => {}
+            Err(e) => return Err(UploaderError::from_directory("looking up", e)),
+        }
         let r = self
             .dir
             .delete(id)

@@ -319,6 +319,95 @@ async fn get_then_delete_then_every_url_is_404() {
     assert_eq!(missing.status().as_u16(), 404);
 }
 
+/// The S3 role's data (a directory record of kind `object`) is not a photo of this API: GET
+/// answers 404 and so does DELETE, which leaves the record and its needles alone. Before,
+/// DELETE passed any id to the directory, so any API key holder could delete an
+/// acknowledged S3 object's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_object_is_neither_read_nor_deleted_through_the_uploader() {
+    use haystack_proto::directory::{
+        AssignRequest, AssignResponse, CommitRequest, PhotoKind, VideoChunk,
+    };
+    let h = Harness::start().await;
+    let dir = h.cluster.directory_url();
+    let a: AssignResponse = h
+        .admin
+        .post(format!("{dir}/v1/assign"))
+        .json(&AssignRequest {
+            kind: PhotoKind::Video,
+            size_hint_bytes: 4096,
+            ..Default::default()
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = b"the bytes of an acknowledged S3 object".to_vec();
+    for r in &a.replicas {
+        let put = h
+            .admin
+            .put(format!(
+                "{}/v1/needles/{}/{}/1/{}",
+                r.url,
+                a.volume_id,
+                a.id,
+                haystack_proto::format_cookie(a.cookie)
+            ))
+            .header("content-type", "application/octet-stream")
+            .body(data.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status().as_u16(), 201, "needle PUT on {}", r.url);
+    }
+    let commit = h
+        .admin
+        .post(format!("{dir}/v1/photos"))
+        .json(&CommitRequest {
+            id: a.id,
+            cookie: a.cookie,
+            volume_id: a.volume_id,
+            kind: PhotoKind::Object,
+            variants: Vec::new(),
+            chunks: vec![VideoChunk {
+                alt: 1,
+                offset: 0,
+                size_bytes: data.len() as u64,
+            }],
+        })
+        .send()
+        .await
+        .unwrap();
+    assert!(commit.status().is_success(), "commit: {}", commit.status());
+    let got = h
+        .http
+        .get(format!("{}/v1/photos/{}", h.url, a.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 404);
+    let del = h
+        .http
+        .delete(format!("{}/v1/photos/{}", h.url, a.id))
+        .send()
+        .await
+        .unwrap();
+    let status = del.status().as_u16();
+    let text = del.text().await.unwrap_or_default();
+    assert_eq!(status, 404, "DELETE of an S3 object: {text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["error"], "not_found");
+    let info = h.lookup(&a.id.to_string()).await;
+    assert_eq!(info.kind, PhotoKind::Object);
+    for r in &info.replicas {
+        let (status, bytes) = h.read_needle(&r.url, &info, 1).await;
+        assert_eq!(status, 200, "the object's needle on {}", r.url);
+        assert_eq!(bytes, data);
+    }
+}
+
 /// A multipart/form-data body with one text field and the file, by hand.
 fn multipart(boundary: &str, file: &[u8], file_type: &str) -> Vec<u8> {
     let mut b = Vec::new();
