@@ -624,6 +624,17 @@ impl ReplicaError {
     pub fn is_too_large(&self) -> bool {
         self.status == Some(413)
     }
+
+    /// The replica answered that it will not take this write, however often asked: any 4xx
+    /// but 408 and 429 (409 `read_only`, 413 `too_large`, 404 `no_such_volume`...) and any
+    /// 5xx but 502, 503 and 504 (507 `volume_full`, 500 `disk_error`, after which the volume
+    /// stays read-only). Not a transport failure or a timeout: a replica that is slow, away
+    /// or briefly unavailable may take the needles later (a repair copy); one that refuses
+    /// never does.
+    pub fn is_definitive(&self) -> bool {
+        self.status
+            .is_some_and(|s| s >= 400 && !matches!(s, 408 | 429 | 502 | 503 | 504))
+    }
 }
 
 impl StoreClient {
@@ -647,10 +658,15 @@ impl StoreClient {
     }
 
     /// The batch to every replica at once, acknowledged per `ack`: Ok once that many replicas
-    /// answered 201, with the store ids of the replicas that had not (yet) answered. The
-    /// writes still under way go on in the background (their outcome is not waited for: the
-    /// directory's repair worker copies the needles onto any replica that lacks them). Err
-    /// with the failures once too many replicas failed for `ack` to be met.
+    /// answered 201, with the store ids of the replicas that had not (yet) answered, or
+    /// failed in a way that may pass (a transport error, a timeout, a 503: the directory's
+    /// repair worker copies the needles onto them later). The writes still under way go on
+    /// in the background; their outcome is not waited for. Err with the failures once too
+    /// many replicas failed for `ack` to be met, or as soon as one replica refused for good
+    /// ([`ReplicaError::is_definitive`]: a sealed or full volume, which no repair copy
+    /// could fill either), as with [`WriteAck::All`]: the caller moves to another volume.
+    /// A refusal that arrives after the acknowledgements can no longer fail the write: it
+    /// is logged (`warn`) with the replica.
     pub async fn write_batch_acked(
         &self,
         replicas: &[Replica],
@@ -680,18 +696,43 @@ impl StoreClient {
             .collect();
         let mut acked: Vec<u64> = Vec::new();
         let mut failed: Vec<ReplicaError> = Vec::new();
+        let record = |joined, acked: &mut Vec<u64>, failed: &mut Vec<ReplicaError>| match joined {
+            Ok((id, Ok(()))) => acked.push(id),
+            Ok((_, Err(e))) => failed.push(e),
+            Err(e) => failed.push(ReplicaError {
+                url: String::new(),
+                status: None,
+                code: None,
+                detail: format!("write task failed: {e}"),
+            }),
+        };
         while let Some(joined) = futures_util::StreamExt::next(&mut pending).await {
-            match joined {
-                Ok((id, Ok(()))) => acked.push(id),
-                Ok((_, Err(e))) => failed.push(e),
-                Err(e) => failed.push(ReplicaError {
-                    url: String::new(),
-                    status: None,
-                    code: None,
-                    detail: format!("write task failed: {e}"),
-                }),
+            record(joined, &mut acked, &mut failed);
+            if failed.iter().any(ReplicaError::is_definitive) {
+                return Err(failed);
             }
             if acked.len() >= need {
+                // Answers already in count too: a refusal that came with the last
+                // acknowledgement is not named pending.
+                while let Some(Some(joined)) = futures_util::FutureExt::now_or_never(
+                    futures_util::StreamExt::next(&mut pending),
+                ) {
+                    record(joined, &mut acked, &mut failed);
+                }
+                if failed.iter().any(ReplicaError::is_definitive) {
+                    return Err(failed);
+                }
+                if !pending.is_empty() {
+                    tokio::spawn(async move {
+                        while let Some(joined) = futures_util::StreamExt::next(&mut pending).await {
+                            if let Ok((_, Err(e))) = joined {
+                                if e.is_definitive() {
+                                    tracing::warn!(volume, replica = %e.url, error = %e.detail, "a replica refused a batch after the write was acknowledged; the directory's repair cannot copy onto it");
+                                }
+                            }
+                        }
+                    });
+                }
                 return Ok(replicas
                     .iter()
                     .map(|r| r.store_id)

@@ -188,3 +188,68 @@ async fn write_ack_one_commits_with_a_replica_down_and_the_replica_catches_up() 
     }
     assert_fully_written(&h, &p.id.to_string()).await;
 }
+
+/// A replica that refuses a write for good (its copy of the volume sealed, before a heartbeat
+/// tells the directory) fails that attempt under `write_ack = "one"` as under `all`: the photo
+/// moves to another assignment or the upload answers 503, and is never committed with the
+/// refusing replica named pending (the directory's repair can never copy onto a sealed copy,
+/// so the photo would stay under-replicated). Store 0 answers batches late, so the refusal
+/// arrives before the acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_refuses_is_not_left_pending_under_write_ack_one() {
+    let opts = ClusterOptions {
+        slow_store: Some((0, 1_500)),
+        ..Default::default()
+    };
+    let h = Harness::start_with(opts, |c| {
+        c.write_ack = haystack_client::store::WriteAck::One;
+    })
+    .await;
+    let refusing = h.cluster.store_url(1);
+    for v in h.cluster.volumes().await {
+        if v.writable {
+            let r = h
+                .admin
+                .post(format!("{refusing}/v1/volumes/{}/seal", v.id))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "seal {}: {}", v.id, r.status());
+        }
+    }
+    let resp = h.post_photo(jpeg(300, 200), "image/jpeg").await;
+    let status = resp.status().as_u16();
+    if status != 201 {
+        assert_eq!(status, 503, "a clean 503 or a success");
+        let e: Value = resp.json().await.unwrap();
+        assert!(
+            e["error"] == "write_failed" || e["error"] == "unavailable",
+            "{e}"
+        );
+        return;
+    }
+    let p: PhotoResponse = resp.json().await.unwrap();
+    let id = p.id.to_string();
+    // Committed: on a volume every replica of which takes it (a late replica catches up).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let info = h.lookup(&id).await;
+        let mut complete = true;
+        for v in &info.variants {
+            for r in &info.replicas {
+                let (status, _) = h.read_needle(&r.url, &info, v.alt).await;
+                complete &= status == 200;
+            }
+        }
+        if complete {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "photo {id} committed on volume {} whose replica {refusing} refused it",
+            info.volume_id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_fully_written(&h, &id).await;
+}
