@@ -14,9 +14,11 @@
 //! something is pending, and wakes the waiting task. Buffers and file handles of in-flight
 //! reads live in the engine's table until their completion arrives, so a caller that gives
 //! up (a dropped request) cannot free memory the kernel still writes to. Completions with
-//! EINTR or EAGAIN are submitted again. Writes and fdatasyncs (both engines) fail with
-//! `TimedOut` past the engine's timeout; they left the ring after a submitted write went
-//! without a completion for over 30 s in test runs (docs/ARCHITECTURE.md, "I/O engine").
+//! EINTR or EAGAIN are submitted again. Every operation fails with `TimedOut` past the
+//! engine's timeout (a read that completed inline pays no timer). Writes and fdatasyncs left
+//! the ring after a submitted write went without a completion for over 30 s in test runs
+//! (docs/ARCHITECTURE.md, "I/O engine"); one the blocking pool had not started when it timed
+//! out never runs.
 //!
 //! With the `test-hooks` feature, [`IoEngine::simulated`] runs the pread/pwrite code over the
 //! power-loss simulator (`crate::sim`).
@@ -88,9 +90,9 @@ pub struct IoEngine {
     /// The file-system operations of the volume code (opens, syncs, renames, recovery's
     /// reads); the power-loss simulator hooks in here.
     disk: crate::disk::Disk,
-    /// A write or an fdatasync that has not completed by then fails with `TimedOut` (the
-    /// volume then turns read-only), so a hung device cannot hold a volume's append lock
-    /// forever. Reads have their callers' timeouts.
+    /// An operation that has not completed by then fails with `TimedOut` (a write or sync
+    /// turns the volume read-only; a read fails like a read error), so a hung device cannot
+    /// hold a volume's append lock or gate forever.
     timeout: std::time::Duration,
 }
 
@@ -201,34 +203,53 @@ impl IoEngine {
 
     /// Runs a write or sync on the blocking pool under the engine's timeout. Past it, the
     /// error says where the thread doing it waits in the kernel (its `wchan`: a hung device
-    /// shows there), or that the blocking pool had not started it.
+    /// shows there), or, when the blocking pool had not started it, that it never will: a
+    /// write the caller gave up on must not land later (over a delete flag set meanwhile).
     async fn blocking_timed<T: Send + 'static>(
         &self,
         what: &str,
         f: impl FnOnce() -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
-        let tid = Arc::new(std::sync::atomic::AtomicI32::new(0));
-        let on = tid.clone();
+        use std::sync::atomic::{AtomicI32, Ordering};
+        // 0: not started; CANCELLED: given up before it started; else the thread's id.
+        const CANCELLED: i32 = -1;
+        let state = Arc::new(AtomicI32::new(0));
+        let on = state.clone();
         let op = blocking(move || {
             // SAFETY: gettid has no preconditions.
-            on.store(
-                unsafe { libc::gettid() },
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let tid = unsafe { libc::gettid() };
+            if on
+                .compare_exchange(0, tid, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "given up before it started",
+                ));
+            }
             f()
         });
         match tokio::time::timeout(self.timeout, op).await {
             Ok(r) => r,
             Err(_) => {
                 metrics::counter!("haystack_store_io_timeouts_total").increment(1);
-                let at = match tid.load(std::sync::atomic::Ordering::Relaxed) {
-                    0 => "not started by the blocking pool".to_string(),
-                    t => {
-                        let wchan = std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
-                            .unwrap_or_default();
-                        format!("thread {t} waits in {}", wchan.trim())
-                    }
-                };
+                let at =
+                    match state.compare_exchange(0, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => "not started by the blocking pool; it will not run".to_string(),
+                        Err(t) => {
+                            let wchan =
+                                std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
+                                    .ok()
+                                    .map(|w| w.trim().to_string());
+                            match wchan.as_deref() {
+                                // "0": not sleeping (on a CPU, or done by now).
+                                Some("0") => format!("thread {t} is running"),
+                                Some(w) if !w.is_empty() => format!("thread {t} waits in {w}"),
+                                _ => format!("thread {t}, its wait unknown"),
+                            }
+                        }
+                    };
                 tracing::error!(what, timeout = ?self.timeout, %at, "I/O timed out");
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -300,12 +321,15 @@ impl IoEngine {
                     disk_reads.increment(1);
                     ops += 1;
                     let (res, b) = u
-                        .submit(Op::Read {
-                            file: file.clone(),
-                            offset: offset + got as u64,
-                            buf,
-                            len: len - got,
-                        })
+                        .submit(
+                            Op::Read {
+                                file: file.clone(),
+                                offset: offset + got as u64,
+                                buf,
+                                len: len - got,
+                            },
+                            self.timeout,
+                        )
                         .await?;
                     buf = b;
                     let n = match res {
@@ -323,7 +347,7 @@ impl IoEngine {
                 // One pread (a regular file reads short only at its end; `Disk::read_at`
                 // loops for the rest), through the simulator when one is attached.
                 let (file, disk) = (file.clone(), self.disk.clone());
-                blocking(move || {
+                self.blocking_timed("a read", move || {
                     crate::metrics::hot().disk_reads.increment(1);
                     let mut buf = vec![0u8; len];
                     let got = disk.read_at(&file, &mut buf, offset)?;
@@ -469,7 +493,9 @@ impl Uring {
 
     /// Submits `op`; a completion that arrives inside the submit call (a page-cache hit) is
     /// returned at once, without a waker or a channel.
-    async fn submit(&self, op: Op) -> io::Result<Completion> {
+    /// One that did not complete inline fails with `TimedOut` after `timeout` (its buffer
+    /// stays in the table until the kernel is done with it).
+    async fn submit(&self, op: Op, timeout: std::time::Duration) -> io::Result<Completion> {
         let id = {
             let mut st = self.lock();
             let id = match st.free.pop() {
@@ -537,12 +563,25 @@ impl Uring {
             self.wake.notify_one();
             id
         };
-        Ok(OpFuture {
+        // A completion the kernel never posts must not hold its caller (a delete holds its
+        // volume's gate while it reads the needle's header) forever; only an operation that
+        // did not complete inline pays for the timer.
+        let waiting = OpFuture {
             uring: self,
             id,
             finished: false,
+        };
+        match tokio::time::timeout(timeout, waiting).await {
+            Ok(c) => Ok(c),
+            Err(_) => {
+                metrics::counter!("haystack_store_io_timeouts_total").increment(1);
+                tracing::error!(?timeout, "an io_uring read timed out");
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("a read did not complete within {timeout:?}"),
+                ))
+            }
         }
-        .await)
     }
 
     /// Completes every CQE in the completion queue. Caller holds the state lock.

@@ -177,7 +177,13 @@ impl Volume {
                     )));
                 }
                 if let Err(e) = self.engine.write_all_at(&file, loc.offset, buf).await {
-                    self.set_read_only(format!("disk error: {e}"));
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        // The rewrite (flag clear) may still land after this answer, over the
+                        // flag of a delete taken meanwhile: no delete until a restart.
+                        self.set_failed(format!("an in-place repair write timed out: {e}"));
+                    } else {
+                        self.set_read_only(format!("disk error: {e}"));
+                    }
                     return Err(StoreError::Io(e));
                 }
                 if let Err(e) = self.commit.commit(&self.engine, &file, 1).await {
