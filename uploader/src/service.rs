@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use haystack_client::store::{encode_batch, Needle, ReplicaError};
 use haystack_client::{ClientError, DirectoryClient, StoreClient};
 use haystack_proto::directory::{
@@ -472,7 +472,10 @@ impl Uploader {
             )));
         }
         let a = Arc::new(a);
-        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        // Each chunk's write is a task of its own, so it goes on while the body is read (a
+        // future here would only move while polled, and its store timeout would run out
+        // while the client paused). Dropping the set (a failed upload) aborts the rest.
+        let mut in_flight = tokio::task::JoinSet::new();
         let mut chunks: Vec<VideoChunk> = Vec::new();
         let mut buf = BytesMut::with_capacity(chunk_bytes);
         let mut total: u64 = 0;
@@ -535,8 +538,8 @@ impl Uploader {
         if total == 0 {
             return Err(UploaderError::BadRequest("the video body is empty".into()));
         }
-        while let Some(r) = in_flight.next().await {
-            r?;
+        while let Some(r) = in_flight.join_next().await {
+            chunk_written(r)?;
         }
         let n_chunks = chunks.len() as u32;
         let info = self
@@ -579,21 +582,19 @@ impl Uploader {
         ))
     }
 
-    /// Starts writing one chunk to every replica, first waiting for a slot when
+    /// Starts writing one chunk to every replica (a task), first waiting for a slot when
     /// `video_chunks_in_flight` writes are already running.
-    async fn send_chunk<'s>(
-        &'s self,
+    async fn send_chunk(
+        &self,
         a: &Arc<AssignResponse>,
         chunks: &mut Vec<VideoChunk>,
-        in_flight: &mut futures_util::stream::FuturesUnordered<
-            futures_util::future::BoxFuture<'s, Result<(), UploaderError>>,
-        >,
+        in_flight: &mut tokio::task::JoinSet<Result<(), UploaderError>>,
         data: Bytes,
         content_type: &str,
     ) -> Result<(), UploaderError> {
         while in_flight.len() >= self.cfg.video_chunks_in_flight {
-            if let Some(r) = in_flight.next().await {
-                r?;
+            if let Some(r) = in_flight.join_next().await {
+                chunk_written(r)?;
             }
         }
         let offset = chunks.last().map_or(0, |c| c.offset + c.size_bytes);
@@ -608,10 +609,10 @@ impl Uploader {
             content_type: content_type.to_string(),
             data,
         };
-        let a = a.clone();
-        in_flight.push(Box::pin(async move {
+        let (a, stores) = (a.clone(), self.stores.clone());
+        in_flight.spawn(async move {
             let len = needle.data.len() as u64;
-            self.stores
+            stores
                 .put_needle_all(&a.replicas, a.volume_id, a.id, a.cookie, &needle)
                 .await
                 .map_err(|errs| {
@@ -636,7 +637,7 @@ impl Uploader {
             metrics::counter!("haystack_uploader_bytes_written_total")
                 .increment(len * a.replicas.len() as u64);
             Ok(())
-        }));
+        });
         Ok(())
     }
 
@@ -742,6 +743,13 @@ impl Uploader {
     pub async fn directory_up(&self) -> bool {
         self.dir.health().await.is_ok()
     }
+}
+
+/// The outcome of one chunk's write task.
+fn chunk_written(
+    r: Result<Result<(), UploaderError>, tokio::task::JoinError>,
+) -> Result<(), UploaderError> {
+    r.map_err(|e| UploaderError::Internal(format!("video chunk task failed: {e}")))?
 }
 
 /// The video's one URL: the base of its read URLs (cut before `/v1/needles/`) and

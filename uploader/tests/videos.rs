@@ -146,3 +146,57 @@ async fn video_limits_and_idempotency() {
     let b: VideoResponse = b.json().await.unwrap();
     assert_eq!(a.id, b.id);
 }
+
+/// A client that sends slower than `store_timeout_ms` per chunk: each chunk's write goes on
+/// while the next is read, in a task of its own. Before, the writes were futures that only
+/// moved while the uploader waited for a slot, so a write started then and left while the body
+/// paused timed out on its next poll, though the stores had answered (503 `write_failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_writes_go_on_while_a_slow_body_is_read() {
+    let h = Harness::start_with(Default::default(), |c| {
+        c.store_timeout_ms = 1_000;
+        c.video_chunk_bytes = 4096;
+        c.video_chunks_in_flight = 2;
+    })
+    .await;
+    // Two chunks and a bit, a pause, one more chunk's worth, a pause, the end: the third
+    // chunk waits for a slot (both writes start, one finishes), then the body pauses past the
+    // store timeout with the other write in flight.
+    let data = video_bytes(3 * 4096 + 600);
+    let pieces = vec![
+        Bytes::copy_from_slice(&data[..2 * 4096 + 100]),
+        Bytes::copy_from_slice(&data[2 * 4096 + 100..3 * 4096 + 100]),
+        Bytes::copy_from_slice(&data[3 * 4096 + 100..]),
+    ];
+    let body = futures_util::stream::unfold((pieces, 0usize), |(pieces, i)| async move {
+        let piece = pieces.get(i)?.clone();
+        if i > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        }
+        Some((Ok::<_, std::io::Error>(piece), (pieces, i + 1)))
+    });
+    let resp = h
+        .http
+        .post(format!("{}/v1/videos", h.url))
+        .header("content-type", "video/mp4")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 201, "{text}");
+    let v: VideoResponse = serde_json::from_str(&text).unwrap();
+    assert_eq!(v.bytes, data.len() as u64);
+    assert_eq!(v.chunks, 4);
+    let info = h.lookup(&v.id.to_string()).await;
+    for r in &info.replicas {
+        let mut whole = Vec::new();
+        for c in &info.chunks {
+            let (status, bytes) = h.read_needle(&r.url, &info, c.alt).await;
+            assert_eq!(status, 200);
+            whole.extend_from_slice(&bytes);
+        }
+        assert!(whole == data, "the chunks on {} are the video", r.url);
+    }
+}
