@@ -420,6 +420,31 @@ where
     Ok(buf.freeze())
 }
 
+/// What a multipart form may hold besides its file, in all: boundaries, field headers and the
+/// other fields (read and dropped). A declared `Content-Length` gets the same allowance.
+const FORM_ALLOWANCE: u64 = 64 << 10;
+
+/// Reads a field that is not the file and drops it, counting its bytes against `left` (what
+/// the whole form may still hold); past it, `TooLarge { max }` at once.
+async fn skip_field(
+    mut field: actix_multipart::Field,
+    left: &mut u64,
+    max: u64,
+    idle: std::time::Duration,
+) -> ApiResult<()> {
+    while let Some(piece) = haystack_service::body::next_within(&mut field, idle)
+        .await
+        .map_err(|e| UploaderError::BodyTimeout(e.to_string()))?
+    {
+        let piece = piece
+            .map_err(|e| UploaderError::BadRequest(format!("reading the body failed: {e}")))?;
+        *left = left
+            .checked_sub(piece.len() as u64)
+            .ok_or(UploaderError::TooLarge { max })?;
+    }
+    Ok(())
+}
+
 const PHOTO_TYPES: &[&str] = &[
     "image/jpeg",
     "image/jpg",
@@ -441,16 +466,23 @@ async fn photo_body(
     let mt = media_type(req)?;
     if mt.as_deref() == Some("multipart/form-data") {
         // The form's own framing is small; the file inside is held to `max` by itself.
-        if declared.is_some_and(|n| n > max + (64 << 10)) {
+        if declared.is_some_and(|n| n > max + FORM_ALLOWANCE) {
             return Err(UploaderError::TooLarge { max });
         }
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        // Every field counts toward one total, so a chunked form is held to the limit too.
+        let mut left = max + FORM_ALLOWANCE;
         while let Some(field) = form.try_next().await.map_err(multipart_error)? {
             if field.name() == Some("file") {
-                return read_limited(field, max, declared, idle).await;
+                return read_limited(field, max.min(left), declared, idle)
+                    .await
+                    .map_err(|e| match e {
+                        UploaderError::TooLarge { .. } => UploaderError::TooLarge { max },
+                        e => e,
+                    });
             }
-            // Other fields are read and dropped, within the same limit.
-            read_limited(field, max, None, idle).await?;
+            // Other fields are read and dropped.
+            skip_field(field, &mut left, max, idle).await?;
         }
         return Err(UploaderError::BadRequest(
             "the multipart form has no field named \"file\"".into(),
@@ -514,10 +546,13 @@ async fn post_video(
     let declared = content_length(&req)?;
     let mt = media_type(&req)?.filter(|t| !t.is_empty());
     let (video, outcome) = if mt.as_deref() == Some("multipart/form-data") {
-        if declared.is_some_and(|n| n > max + (64 << 10)) {
+        if declared.is_some_and(|n| n > max + FORM_ALLOWANCE) {
             return Err(UploaderError::TooLarge { max });
         }
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
+        let idle = state.uploader.config().body_idle_timeout();
+        // The fields before the file, all together, within the form's allowance.
+        let mut left = FORM_ALLOWANCE;
         loop {
             let Some(field) = form.try_next().await.map_err(multipart_error)? else {
                 return Err(UploaderError::BadRequest(
@@ -525,8 +560,7 @@ async fn post_video(
                 ));
             };
             if field.name() != Some("file") {
-                let idle = state.uploader.config().body_idle_timeout();
-                read_limited(field, 64 << 10, None, idle).await?;
+                skip_field(field, &mut left, max, idle).await?;
                 continue;
             }
             let ct = field

@@ -1,6 +1,7 @@
 //! Bad input: each case answers its 4xx with a JSON error body, never a crash, and the
 //! uploader keeps serving afterwards.
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::common::*;
@@ -242,4 +243,90 @@ async fn a_declared_length_over_the_limit_is_refused_before_the_body() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("too_large"), "{text}");
+}
+
+/// A chunked multipart form is held to the photo limit as a whole: fields other than `file`
+/// count toward it too. Before, each such field was read up to the limit on its own and their
+/// number was not bounded, so a chunked form of any size was read through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_form_is_held_to_the_limit_across_its_fields() {
+    let h = Harness::start().await;
+    let boundary = "jUnKbOuNdArY";
+    let junk = |name: &str| {
+        let mut b =
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n")
+                .into_bytes();
+        b.extend(std::iter::repeat_n(b'j', 3 << 20));
+        b.extend_from_slice(b"\r\n");
+        Bytes::from(b)
+    };
+    let mut file = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    file.extend_from_slice(&jpeg(64, 48));
+    file.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    // Sent chunked (no Content-Length), in pieces.
+    let pieces: Vec<Result<Bytes, std::io::Error>> = [junk("a"), junk("b"), Bytes::from(file)]
+        .into_iter()
+        .flat_map(|b| {
+            (0..b.len())
+                .step_by(256 << 10)
+                .map(|i| Ok(b.slice(i..(i + (256 << 10)).min(b.len()))))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let resp = h
+        .http
+        .post(format!("{}/v1/photos", h.url))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("an answer");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 413, "{text}");
+    let e: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(e["error"], "too_large");
+    // A video form: the fields before the file get 64 KiB in all (each got 64 KiB before).
+    let mut form = Vec::new();
+    for i in 0..4 {
+        form.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\n")
+                .as_bytes(),
+        );
+        form.extend(std::iter::repeat_n(b'j', 32 << 10));
+        form.extend_from_slice(b"\r\n");
+    }
+    form.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\nContent-Type: video/mp4\r\n\r\nnot much of a video\r\n--{boundary}--\r\n")
+            .as_bytes(),
+    );
+    let form = Bytes::from(form);
+    let pieces: Vec<Result<Bytes, std::io::Error>> = (0..form.len())
+        .step_by(16 << 10)
+        .map(|i| Ok(form.slice(i..(i + (16 << 10)).min(form.len()))))
+        .collect();
+    let resp = h
+        .http
+        .post(format!("{}/v1/videos", h.url))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            pieces,
+        )))
+        .send()
+        .await
+        .expect("an answer");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, 413, "video form: {text}");
 }
