@@ -17,7 +17,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, TryStreamExt};
+use futures_util::Stream;
 use haystack_proto::auth::Access;
 use haystack_proto::ErrorBody;
 use haystack_service::auth::Guard;
@@ -424,6 +424,20 @@ where
 /// other fields (read and dropped). A declared `Content-Length` gets the same allowance.
 const FORM_ALLOWANCE: u64 = 64 << 10;
 
+/// The form's next field, or `BodyTimeout` when the form sends nothing for `idle` (the
+/// preamble, a field's header, the gap before the next field: a form that stalls there is cut
+/// off as one that stalls in a field's data).
+async fn next_field(
+    form: &mut actix_multipart::Multipart,
+    idle: std::time::Duration,
+) -> ApiResult<Option<actix_multipart::Field>> {
+    haystack_service::body::next_within(form, idle)
+        .await
+        .map_err(|e| UploaderError::BodyTimeout(e.to_string()))?
+        .transpose()
+        .map_err(multipart_error)
+}
+
 /// Reads a field that is not the file and drops it, counting its bytes against `left` (what
 /// the whole form may still hold); past it, `TooLarge { max }` at once.
 async fn skip_field(
@@ -472,7 +486,7 @@ async fn photo_body(
         let mut form = actix_multipart::Multipart::new(req.headers(), payload);
         // Every field counts toward one total, so a chunked form is held to the limit too.
         let mut left = max + FORM_ALLOWANCE;
-        while let Some(field) = form.try_next().await.map_err(multipart_error)? {
+        while let Some(field) = next_field(&mut form, idle).await? {
             if field.name() == Some("file") {
                 return read_limited(field, max.min(left), declared, idle)
                     .await
@@ -554,7 +568,7 @@ async fn post_video(
         // The fields before the file, all together, within the form's allowance.
         let mut left = FORM_ALLOWANCE;
         loop {
-            let Some(field) = form.try_next().await.map_err(multipart_error)? else {
+            let Some(field) = next_field(&mut form, idle).await? else {
                 return Err(UploaderError::BadRequest(
                     "the multipart form has no field named \"file\"".into(),
                 ));

@@ -330,3 +330,31 @@ async fn a_chunked_form_is_held_to_the_limit_across_its_fields() {
     let text = resp.text().await.unwrap_or_default();
     assert_eq!(status, 413, "video form: {text}");
 }
+
+/// A multipart form that stops in a field's header (before any field data) is answered 408
+/// `body_timeout` after the idle timeout, like a body that stops in a field. Before, waiting
+/// for the next field was not under the timeout: such a request held its slot for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_that_stalls_in_a_field_header_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start_with(Default::default(), |c| c.body_idle_timeout_ms = 1_000).await;
+    let addr = h.url.trim_start_matches("http://").to_string();
+    for path in ["/v1/photos", "/v1/videos"] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=sTaLl\r\nContent-Length: 100000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(b"--sTaLl\r\nContent-Disposition: form-da")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer within 10 s of a stalled form"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(text.contains("body_timeout"), "{path}: {text}");
+    }
+}
