@@ -659,3 +659,68 @@ async fn http_operator_seals_a_volume_and_moves_a_replica() {
     }
     dir.stop().await.expect("clean stop");
 }
+
+/// A replica of an erasure-coded volume is a shard slot: replacing it by a store that holds
+/// no shard (a rebalance move planned before an encode switched the record) would point the
+/// slot at nothing, and the drop of the old store's files would delete the real shard. The
+/// replace is refused with a 400 and the record is left as it is. Before, the slot was
+/// swapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_replace_refuses_a_replica_of_an_erasure_coded_volume() {
+    use haystack_directory::meta::Meta;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(data.path());
+    config.replication_factor = 2;
+    let dir = TestDirectory::start(config, data.path()).await;
+    let c = &dir.client;
+    let mut stores = vec![FakeStore::start(None).await, FakeStore::start(None).await];
+    bring_up(c, &mut stores).await;
+    let vol = c
+        .volumes()
+        .await
+        .expect("volumes")
+        .into_iter()
+        .find(|v| v.writable)
+        .expect("a writable volume");
+    let mut spare = FakeStore::start(None).await;
+    spare.register(c).await;
+    // The encode's switch: the record now names the shards' stores (here the same two).
+    let meta = Meta::new(dir.faults.clone());
+    let cur = meta.get_volume(vol.id).await.expect("get").expect("volume");
+    let mut encoded = cur.value.clone();
+    encoded.state = VolumeState::Sealed;
+    encoded.ec = Some(haystack_proto::directory::EcScheme {
+        k: 1,
+        m: 1,
+        block_bytes: 1 << 20,
+        generation: 1,
+        retired: Vec::new(),
+    });
+    meta.put_volume(
+        &encoded,
+        haystack_directory::meta::Expect::Version(cur.version),
+    )
+    .await
+    .expect("put");
+    let before = meta.get_volume(vol.id).await.expect("get").expect("volume");
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/volumes/{}/replace", dir.url, vol.id))
+        .json(&serde_json::json!({
+            "from_store_id": stores[0].id.to_string(),
+            "to_store_id": spare.id.to_string(),
+        }))
+        .send()
+        .await
+        .expect("send");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    assert_eq!(status, 400, "the replace was taken: {text}");
+    let b: ErrorBody = serde_json::from_str(&text).expect("error body is JSON");
+    assert_eq!(b.error, "bad_request", "{b:?}");
+    assert!(b.message.contains("erasure-coded"), "{b:?}");
+    let after = meta.get_volume(vol.id).await.expect("get").expect("volume");
+    assert_eq!(after.version, before.version, "the record was written");
+    assert_eq!(after.value.replicas, before.value.replicas);
+    dir.stop().await.expect("clean stop");
+}

@@ -240,11 +240,16 @@ impl Directory {
         let Some(target) = view.stores.get(&to) else {
             return Ok(false);
         };
-        let was_writable = self
-            .meta
-            .get_volume(id)
-            .await?
-            .is_some_and(|c| c.value.state == VolumeState::Writable);
+        let Some(cur) = self.meta.get_volume(id).await? else {
+            return Ok(false);
+        };
+        if cur.value.ec.is_some() {
+            // Encoded since the view was built (a rebalance plan racing an encode): its
+            // replicas are shard slots now, moved by a shard rebuild, never by a copy.
+            tracing::info!(volume_id = id, "volume erasure-coded meanwhile: not moved");
+            return Ok(false);
+        }
+        let was_writable = cur.value.state == VolumeState::Writable;
         if was_writable {
             self.set_volume_state(
                 id,

@@ -165,6 +165,15 @@ impl Directory {
                     "logical volume {id} not found"
                 )));
             };
+            // An erasure-coded volume's replicas are its shard slots: `to` holds no shard, and
+            // the old store's files would be dropped as no longer named (`drop_ec`), the real
+            // shard with them. A shard moves by a rebuild (`POST /v1/volumes/{id}/ec/rebuild`).
+            if cur.value.ec.is_some() {
+                return Err(DirectoryError::BadRequest(format!(
+                    "logical volume {id} is erasure-coded: a shard is moved by a shard \
+                     rebuild (`POST /v1/volumes/{id}/ec/rebuild`), not by a replace"
+                )));
+            }
             let has_from = cur.value.replicas.contains(&from);
             let has_to = cur.value.replicas.contains(&to);
             match (has_from, has_to) {
