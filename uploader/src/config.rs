@@ -60,7 +60,9 @@ pub struct UploaderConfig {
     /// takes about 300 MB while it is worked on). Default: the number of CPUs.
     pub image_workers: usize,
     /// Size of a video chunk (one needle), bytes. Default 4 MiB. Must stay below the stores'
-    /// `max_needle_bytes`.
+    /// `max_needle_bytes`, and be large enough that a video of `max_video_bytes` has few
+    /// enough chunks for their list to fit one commit to the directory (1 MiB of JSON, about
+    /// 19 000 chunks; checked by `validate`).
     pub video_chunk_bytes: u64,
     /// Video chunks being written to the replicas at once, per upload, while the next chunk is
     /// read; memory per video upload is about `(video_chunks_in_flight + 1) ×
@@ -168,6 +170,27 @@ impl ApiKey {
         }
         Some(d)
     }
+}
+
+/// The largest JSON body the directory takes (its `JsonConfig` limit): a video's commit, with
+/// its list of chunks, must fit.
+const DIRECTORY_BODY_LIMIT: u64 = 1 << 20;
+
+/// A commit's bytes besides the chunk list, generously: ids, cookie, kind, the idempotency
+/// key (up to 200 characters, escaped) and the request hash.
+const COMMIT_ENVELOPE: u64 = 4 << 10;
+
+/// The most bytes the chunk list of a video of `max_bytes` in chunks of `chunk_bytes` takes in
+/// a commit's JSON: per chunk `{"alt":A,"offset":O,"size_bytes":S},` with each number at its
+/// widest.
+fn video_chunk_list_bytes(max_bytes: u64, chunk_bytes: u64) -> u64 {
+    let digits = |n: u64| n.checked_ilog10().unwrap_or(0) as u64 + 1;
+    let chunks = max_bytes.div_ceil(chunk_bytes);
+    let per_chunk = r#"{"alt":,"offset":,"size_bytes":},"#.len() as u64
+        + digits(chunks)
+        + digits(max_bytes)
+        + digits(chunk_bytes);
+    chunks.saturating_mul(per_chunk)
 }
 
 /// `large` 2048, `medium` 1024, `thumb` 320 on alternate keys 1, 2, 3.
@@ -286,6 +309,18 @@ impl UploaderConfig {
         if self.max_video_bytes / self.video_chunk_bytes >= u32::MAX as u64 {
             return bad("max_video_bytes / video_chunk_bytes must fit in an alternate key".into());
         }
+        let list = video_chunk_list_bytes(self.max_video_bytes, self.video_chunk_bytes);
+        if list > DIRECTORY_BODY_LIMIT - COMMIT_ENVELOPE {
+            return bad(format!(
+                "a video of max_video_bytes ({}) in chunks of video_chunk_bytes ({}) is {} chunks, \
+                 whose list in the commit (up to {list} bytes) passes what the directory takes \
+                 in one request ({} bytes): raise video_chunk_bytes or lower max_video_bytes",
+                self.max_video_bytes,
+                self.video_chunk_bytes,
+                self.max_video_bytes.div_ceil(self.video_chunk_bytes),
+                DIRECTORY_BODY_LIMIT - COMMIT_ENVELOPE,
+            ));
+        }
         if self.write_attempts == 0 {
             return bad("write_attempts must be positive".into());
         }
@@ -335,6 +370,33 @@ mod tests {
             let e = c.validate().expect_err(bad).to_string();
             assert!(e.contains("directory"), "{bad}: {e}");
         }
+    }
+
+    /// A video's commit names every chunk, and the directory takes at most 1 MiB of JSON: a
+    /// config whose largest video needs more chunks than fit is refused at start-up. Before,
+    /// 4 KiB chunks of a 4 GiB video (a million chunks, some 60 MB of list) were taken, and
+    /// such a video's commit would fail after every chunk was written.
+    #[test]
+    fn refuses_more_video_chunks_than_a_commit_holds() {
+        let c = UploaderConfig {
+            video_chunk_bytes: 4096,
+            ..Default::default()
+        };
+        let e = c.validate().expect_err("a million chunks").to_string();
+        assert!(e.contains("video_chunk_bytes"), "{e}");
+        // The default and the list's own arithmetic: 1024 chunks of 54 bytes at most.
+        assert_eq!(video_chunk_list_bytes(4 << 30, 4 << 20), 1024 * 54);
+        let fits = UploaderConfig {
+            video_chunk_bytes: 256 << 10,
+            ..Default::default()
+        };
+        fits.validate().unwrap();
+        let small = UploaderConfig {
+            video_chunk_bytes: 4096,
+            max_video_bytes: 32 << 20,
+            ..Default::default()
+        };
+        small.validate().unwrap();
     }
 
     #[test]
