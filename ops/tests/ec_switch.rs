@@ -361,3 +361,65 @@ async fn a_torn_delete_log_record_does_not_hide_the_deletes_after_it() {
     let r = c.get(format!("{url}{path}")).send().await.expect("get");
     assert_eq!(r.status(), 404, "the deleted photo is served again");
 }
+
+/// Regression: an encode placed shards on the volume's own replica stores too, and such a
+/// store answered a needle DELETE, a gc and the needle listing from its replica while it held
+/// both. A delete made after the build (the record still replicated) reached the replicas
+/// only; the carry-over listed shard 0's store, saw the replica's view (already deleted) and
+/// carried nothing, so the shard store holding no replica served the deleted photo for good.
+/// Now a store holding both applies a delete to both, and the carry-over reads the shards'
+/// own delete log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_during_an_encode_reaches_every_shard() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path, _) = put_photo(&c, &dir, 6_000, 3).await;
+    let (b, b_path, _) = put_photo(&c, &dir, 6_000, 5).await;
+    let v = a.volume_id;
+    // Every store holds at install (encode step 2), after the build.
+    let armed: Vec<_> = (0..3)
+        .map(|i| cl.store_dir(i).join("test-pause-ec-install"))
+        .collect();
+    for f in &armed {
+        std::fs::write(f, b"").expect("arm");
+    }
+    let (c2, d2, replicas) = (c.clone(), dir.clone(), a.replicas.clone());
+    let encode = tokio::spawn(async move { seal_and_encode(&c2, &d2, v, &replicas).await });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(0..3).any(|i| cl.store_dir(i).join("test-paused-ec-install").exists()) {
+        assert!(Instant::now() < deadline, "no store reached ec-install");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = c
+        .delete(format!("{dir}/v1/photos/{}", a.id))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(s.is_success(), "{s}");
+    for f in &armed {
+        std::fs::remove_file(f).expect("release");
+    }
+    encode.await.expect("encode task");
+    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
+    let urls: Vec<String> = info["replicas"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(urls.len(), 3, "{info}");
+    for u in &urls {
+        until_gone(&c, &format!("{u}{path}"), u).await;
+        if b.volume_id == v {
+            let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
+            assert_eq!(s, 200, "{u}");
+        }
+    }
+}

@@ -335,10 +335,49 @@ async fn put_needle(
     })))
 }
 
+/// A delete on this store's shard of volume `id` when it also holds a replica of it (between
+/// an encode's install and the replica's drop): a delete must reach the shard too, or the
+/// shard (which outlives the replica) serves the needle again. Whether it deleted anything.
+async fn delete_on_shard_too(
+    store: &Arc<Store>,
+    id: u32,
+    key: u64,
+    alt: u32,
+    cookie: Option<u64>,
+) -> Result<bool, StoreError> {
+    if store.ec_volume(id).is_none() {
+        return Ok(false);
+    }
+    let store = store.clone();
+    // Its own task, as every write: a dropped request cannot cut it half way. The volume's
+    // instance is taken again under the switch lock (`Store::ec_deletes`).
+    tokio::spawn(async move {
+        let _switch = store.ec_deletes.read().await;
+        let Some(ec) = store.ec_volume(id) else {
+            return Ok(false);
+        };
+        match ec.delete(key, alt, cookie, store.peers()).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
 async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
     let a = needle_addr(&req)?;
     match target(&store, a.volume)? {
-        Target::Replica(v) => v.delete(a.key, a.alt, a.cookie).await?,
+        Target::Replica(v) => {
+            let on_replica = v.delete(a.key, a.alt, a.cookie).await;
+            let on_shard =
+                delete_on_shard_too(&store, a.volume, a.key, a.alt, Some(a.cookie)).await?;
+            match on_replica {
+                Err(StoreError::NotFound) if on_shard => {}
+                r => r?,
+            }
+        }
         Target::Ec(_) => {
             let store = store.get_ref().clone();
             // Its own task, as every write: a dropped request cannot cut it half way. The
@@ -714,7 +753,14 @@ async fn gc_volume(
     let v = target(&store, vid)?;
     for (key, alt) in keys {
         let r = match &v {
-            Target::Replica(v) => v.delete_unreferenced(key, alt).await,
+            Target::Replica(v) => {
+                let on_replica = v.delete_unreferenced(key, alt).await;
+                match delete_on_shard_too(&store, vid, key, alt, None).await {
+                    Ok(true) if matches!(on_replica, Err(StoreError::NotFound)) => Ok(()),
+                    Ok(_) => on_replica,
+                    Err(e) => Err(e),
+                }
+            }
             Target::Ec(ec) => ec.delete(key, alt, None, store.peers()).await,
         };
         match r {

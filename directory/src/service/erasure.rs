@@ -18,6 +18,9 @@ use super::*;
 /// failed encode, or retired replicas still to drop), ms.
 const ENCODE_RETRY_MS: u64 = 60_000;
 
+/// Needles per gc request when deletes are carried over to the shards.
+const CARRY_CHUNK: usize = 10_000;
+
 /// The automatic encode policy, apart from any I/O (so it is tested alone): the volumes an
 /// encode round should work on, oldest first. A sealed volume still on replicas is due once
 /// it was sealed at least `after_ms` ago (counted from its creation when the seal time was
@@ -573,7 +576,9 @@ impl Directory {
         })
     }
 
-    /// Deletes found on any old replica but not on the shards are applied to every shard.
+    /// Deletes found on any old replica but not in a shard store's delete log are applied to
+    /// that shard store (gc requests of at most [`CARRY_CHUNK`] needles). Returns the most any
+    /// one shard store lacked.
     async fn carry_deletes(
         &self,
         id: u32,
@@ -598,35 +603,42 @@ impl Directory {
                     .map(|n| (n.key, n.alt)),
             );
         }
-        let first = shard_urls
-            .first()
-            .ok_or_else(|| DirectoryError::Internal("no shard".into()))?;
-        let l: Listing = client
-            .needles(first, id)
-            .await
-            .map_err(|e| store_failed("listing the shards", e))?;
-        let todo: Vec<serde_json::Value> = l
-            .needles
-            .into_iter()
-            .filter(|n| !n.deleted && deleted.contains(&(n.key.clone(), n.alt)))
-            .map(|n| serde_json::json!({"key": n.key, "alt": n.alt}))
-            .collect();
-        if todo.is_empty() {
-            return Ok(0);
+        // Each shard store's own delete log, not a needle listing: a shard store that still
+        // holds a retired replica answers listings from the replica, whose deletes its shard
+        // (and the shard stores without a replica) may lack.
+        #[derive(serde::Deserialize)]
+        struct ShardState {
+            deleted: Vec<(String, u32)>,
         }
-        let body = serde_json::json!({ "needles": todo });
+        let mut carried = 0u64;
         for url in shard_urls {
-            let _: serde_json::Value = client
-                .gc(url, id, &body)
+            let st: ShardState = client
+                .ec_get(url, id, Some("state"))
                 .await
-                .map_err(|e| store_failed("carrying deletes over", e))?;
+                .map_err(|e| store_failed("reading a shard's deletes", e))?;
+            let have: HashSet<(String, u32)> = st.deleted.into_iter().collect();
+            let todo: Vec<serde_json::Value> = deleted
+                .iter()
+                .filter(|d| !have.contains(*d))
+                .map(|(key, alt)| serde_json::json!({"key": key, "alt": alt}))
+                .collect();
+            for chunk in todo.chunks(CARRY_CHUNK) {
+                let body = serde_json::json!({ "needles": chunk });
+                let _: serde_json::Value = client
+                    .gc(url, id, &body)
+                    .await
+                    .map_err(|e| store_failed("carrying deletes over", e))?;
+            }
+            carried = carried.max(todo.len() as u64);
         }
-        tracing::info!(
-            volume_id = id,
-            deletes = todo.len(),
-            "deletes carried over to the shards"
-        );
-        Ok(todo.len() as u64)
+        if carried > 0 {
+            tracing::info!(
+                volume_id = id,
+                deletes = carried,
+                "deletes carried over to the shards"
+            );
+        }
+        Ok(carried)
     }
 
     /// Drops the replicas an encode retired (each store that confirms leaves the list).
