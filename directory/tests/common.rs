@@ -36,19 +36,28 @@ where
     F: Fn(HttpRequest, usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = HttpResponse> + 'static,
 {
+    scripted_with_body(move |req, _, n| handler(req, n))
+}
+
+/// [`scripted`] whose handler also gets the request's body.
+pub fn scripted_with_body<F, Fut>(handler: F) -> (String, RequestLog)
+where
+    F: Fn(HttpRequest, web::Bytes, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = HttpResponse> + 'static,
+{
     let log: RequestLog = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     let listener = loopback();
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let server = HttpServer::new(move || {
         let (l, handler) = (l.clone(), handler.clone());
-        App::new().default_service(web::to(move |req: HttpRequest| {
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
             let n = {
                 let mut log = l.lock().expect("log");
                 log.push(format!("{} {}", req.method(), req.path()));
                 log.len()
             };
-            handler(req, n)
+            handler(req, body, n)
         }))
     })
     .workers(1)

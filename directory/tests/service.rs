@@ -984,3 +984,201 @@ async fn a_directory_that_could_not_claim_a_new_node_id_claims_one_later() {
         .expect("assign under the new node id");
     assert_eq!(haystack_proto::id::decode(a.id).node, freed);
 }
+
+/// Scripted store machines for volume copies, all alike: an import answers the volume it made
+/// (as a store does) unless its source is in `refused` (400: the source's export failed, as a
+/// store answers when its source fails); `GET /v1/volumes/{id}` answers the volume; anything
+/// else 200 `{}`. Every import's source is logged in `imports`, in order.
+struct CopyStores {
+    refused: Arc<std::sync::Mutex<HashSet<String>>>,
+    imports: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CopyStores {
+    fn new() -> Self {
+        Self {
+            refused: Arc::default(),
+            imports: Arc::default(),
+        }
+    }
+
+    /// Starts one; its URL.
+    fn start(&self) -> String {
+        let (refused, imports) = (self.refused.clone(), self.imports.clone());
+        crate::common::scripted_with_body(move |req, body, _| {
+            let (refused, imports) = (refused.clone(), imports.clone());
+            async move {
+                let volume = |suffix: &str| {
+                    req.path()
+                        .strip_prefix("/v1/volumes/")
+                        .and_then(|r| r.strip_suffix(suffix))
+                        .and_then(|v| v.parse::<u32>().ok())
+                };
+                if let (Some(v), "POST") = (volume("/import"), req.method().as_str()) {
+                    let b: serde_json::Value = serde_json::from_slice(&body).expect("import body");
+                    let from = b["from"].as_str().expect("from").to_string();
+                    imports.lock().expect("imports").push(from.clone());
+                    if refused.lock().expect("refused").contains(&from) {
+                        return actix_web::HttpResponse::BadRequest().json(serde_json::json!({
+                            "error": "bad_request", "message": "the source's export failed"
+                        }));
+                    }
+                    return actix_web::HttpResponse::Ok().json(volume_info(v));
+                }
+                if let (Some(v), "GET") = (volume(""), req.method().as_str()) {
+                    return actix_web::HttpResponse::Ok().json(volume_info(v));
+                }
+                actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+            }
+        })
+        .0
+    }
+}
+
+async fn register_at(d: &Directory, url: &str) -> u64 {
+    d.register(StoreRegistration {
+        store_id: None,
+        public_url: url.to_string(),
+        zone: None,
+        rack: None,
+        capacity_bytes: 100 << 30,
+        free_bytes: 10 << 30,
+    })
+    .await
+    .expect("register")
+    .store_id
+}
+
+/// A volume on three scripted stores and a fourth store that holds nothing; the stores'
+/// URLs by id, the volume's replicas in record order, the spare.
+async fn three_replicas_and_a_spare(
+    d: &Directory,
+    copies: &CopyStores,
+) -> (std::collections::HashMap<u64, String>, u32, Vec<u64>, u64) {
+    let mut urls = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let url = copies.start();
+        urls.insert(register_at(d, &url).await, url);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    for id in urls.keys() {
+        beat(d, *id, vec![volume_info(vol)]).await;
+    }
+    let order: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let url = copies.start();
+    let spare = register_at(d, &url).await;
+    urls.insert(spare, url);
+    beat(d, spare, vec![]).await;
+    (urls, vol, order, spare)
+}
+
+fn quarantined(id: u32) -> VolumeInfo {
+    VolumeInfo {
+        state: VolumeState::Unavailable,
+        reason: Some("volume cannot be opened; quarantined".into()),
+        ..volume_info(id)
+    }
+}
+
+/// A volume with one replica on a store down too long, one quarantined (its store reports it
+/// `unavailable`: it serves nothing, its export neither) and one healthy gets its new copy
+/// from the healthy one. Before, the quarantined replica was taken as the source (up and
+/// reported), the copy failed, and every later round picked it again: never re-replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rereplication_copies_from_a_healthy_replica_not_a_quarantined_one() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(3);
+    cfg.rereplicate_after_ms = 1_000;
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let copies = CopyStores::new();
+    let (urls, vol, order, spare) = three_replicas_and_a_spare(&d, &copies).await;
+    let (bad, good, dead) = (order[0], order[1], order[2]);
+    copies
+        .refused
+        .lock()
+        .expect("refused")
+        .insert(urls[&bad].clone());
+    clock.advance_ms(12_000);
+    beat(&d, bad, vec![quarantined(vol)]).await;
+    beat(&d, good, vec![volume_info(vol)]).await;
+    beat(&d, spare, vec![]).await;
+    d.sweep_liveness().await.expect("sweep");
+
+    assert_eq!(
+        d.rereplicate_once().await.expect("rereplicate"),
+        Some(vol),
+        "imports tried: {:?}",
+        copies.imports.lock().expect("imports")
+    );
+    let now: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    assert!(now.contains(&spare) && !now.contains(&dead), "{now:?}");
+    assert_eq!(
+        copies.imports.lock().expect("imports").last(),
+        Some(&urls[&good]),
+        "copied from the healthy replica"
+    );
+}
+
+/// A drain takes its copy from a healthy replica: a quarantined one is never the source, and
+/// when the import from the first source fails the next one is tried (here the draining store
+/// itself, last). Before, the first replica up and reported was the only source tried (the
+/// quarantined one): the move failed in every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(3);
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let copies = CopyStores::new();
+    let (urls, vol, order, spare) = three_replicas_and_a_spare(&d, &copies).await;
+    let (bad, failing, draining) = (order[0], order[1], order[2]);
+    beat(&d, bad, vec![quarantined(vol)]).await;
+    {
+        let mut refused = copies.refused.lock().expect("refused");
+        refused.insert(urls[&bad].clone());
+        refused.insert(urls[&failing].clone());
+    }
+    d.set_store_lifecycle(
+        draining,
+        haystack_proto::directory::StoreLifecycle::Draining,
+    )
+    .await
+    .expect("drain");
+
+    assert_eq!(
+        d.drain_once().await.expect("drain"),
+        Some(vol),
+        "imports tried: {:?}",
+        copies.imports.lock().expect("imports")
+    );
+    let now: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    assert!(now.contains(&spare) && !now.contains(&draining), "{now:?}");
+    let imports = copies.imports.lock().expect("imports").clone();
+    assert!(!imports.contains(&urls[&bad]), "{imports:?}");
+    assert_eq!(
+        imports,
+        vec![urls[&failing].clone(), urls[&draining].clone()],
+        "the failing source, then the next"
+    );
+}

@@ -13,6 +13,7 @@
 //! replaced, the replicas are compared by digests (anti-entropy, `repairs.rs`) and any
 //! difference is queued for repair.
 
+use super::volumes::copy_sources;
 use super::*;
 
 impl Directory {
@@ -212,18 +213,15 @@ impl Directory {
             .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
             .map(as_candidate)
             .collect();
-        // The source: a healthy replica, the draining one last (it may be going away).
-        let mut sources: Vec<&ReplicaStatus> = v
-            .info
-            .replicas
-            .iter()
-            .filter(|r| r.up && r.reported)
-            .collect();
+        // The sources, tried in turn: the healthy replicas, the one moved away last (it may
+        // be going away).
+        let mut sources: Vec<&ReplicaStatus> = copy_sources(view, v);
         sources.sort_by_key(|r| r.store_id == from);
-        let Some(source) = sources.first() else {
+        if sources.is_empty() {
             tracing::warn!(volume_id = id, "no healthy replica to move from yet");
             return Ok(false);
-        };
+        }
+        let sources: Vec<&str> = sources.iter().map(|r| r.url.as_str()).collect();
         let need = v.info.used_bytes.max(1 << 20);
         let to = match self.config.placement {
             Policy::Chained => placement::place_chained_beside(&candidates, &kept, from, need),
@@ -258,8 +256,8 @@ impl Directory {
             )
             .await?;
         }
-        tracing::warn!(volume_id = id, from_store = from, source = %source.url, to = %target.url, "moving a replica");
-        let moved = self.copy_and_replace(id, from, &source.url, target).await;
+        tracing::warn!(volume_id = id, from_store = from, sources = ?sources, to = %target.url, "moving a replica");
+        let moved = self.copy_and_replace(id, from, &sources, target).await;
         if was_writable {
             if let Err(e) = self.set_volume_state(id, VolumeState::Writable, None).await {
                 tracing::error!(volume_id = id, error = %e, "volume stays read-only after a move");
@@ -268,11 +266,13 @@ impl Directory {
         moved.map(|()| true)
     }
 
+    /// Copies volume `id` onto `target` from the first of `sources` whose copy succeeds, checks
+    /// the copy's needle count against that source's, and replaces the replica on `from`.
     async fn copy_and_replace(
         &self,
         id: u32,
         from: u64,
-        source: &str,
+        sources: &[&str],
         target: &StoreMachine,
     ) -> Result<(), DirectoryError> {
         let http = self
@@ -286,10 +286,27 @@ impl Directory {
             self.config.security.keys.as_ref(),
             "directory",
         ));
-        let copied = stores
-            .import(&target.url, id, source)
-            .await
-            .map_err(|e| DirectoryError::Unavailable(format!("copy onto {}: {e}", target.url)))?;
+        let mut failed = Vec::new();
+        let mut copied = None;
+        for &source in sources {
+            match stores.import(&target.url, id, source).await {
+                Ok(c) => {
+                    copied = Some((c, source));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(volume_id = id, %source, to = %target.url, error = %e, "copy failed; trying the next replica");
+                    failed.push(format!("from {source}: {e}"));
+                }
+            }
+        }
+        let Some((copied, source)) = copied else {
+            return Err(DirectoryError::Unavailable(format!(
+                "copy onto {}: {}",
+                target.url,
+                failed.join("; ")
+            )));
+        };
         let src = stores
             .volume(source, id)
             .await

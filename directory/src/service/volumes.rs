@@ -283,18 +283,17 @@ impl Directory {
             let Some(lost) = v.info.replicas.iter().find(|r| dead.contains(&r.store_id)) else {
                 continue;
             };
-            let Some(source) = v
-                .info
-                .replicas
-                .iter()
-                .find(|r| r.up && r.reported && !dead.contains(&r.store_id))
-            else {
+            let sources: Vec<&ReplicaStatus> = copy_sources(&view, v)
+                .into_iter()
+                .filter(|r| !dead.contains(&r.store_id))
+                .collect();
+            if sources.is_empty() {
                 tracing::error!(
                     volume_id = v.info.id,
                     "no healthy replica left to re-replicate from"
                 );
                 continue;
-            };
+            }
             let candidates: Vec<Candidate> = view
                 .stores
                 .values()
@@ -327,13 +326,6 @@ impl Directory {
                 continue;
             };
             let id = v.info.id;
-            tracing::warn!(
-                volume_id = id,
-                lost_store = lost.store_id,
-                from = %source.url,
-                to = %target.url,
-                "re-replicating a volume whose store stayed down"
-            );
             let copy = self
                 .config
                 .security
@@ -341,15 +333,33 @@ impl Directory {
                 .connect_timeout(Duration::from_secs(5))
                 .build()
                 .map_err(|e| DirectoryError::Internal(e.to_string()))?;
-            if let Err(e) = StoreClient::new(copy)
-                .with_credentials(haystack_client::Credentials::internal(
+            let copy =
+                StoreClient::new(copy).with_credentials(haystack_client::Credentials::internal(
                     self.config.security.keys.as_ref(),
                     "directory",
-                ))
-                .import(&target.url, id, &source.url)
-                .await
-            {
-                tracing::warn!(volume_id = id, to = %target.url, error = %e, "re-replication copy failed");
+                ));
+            // Each healthy replica in turn until one copy is made: a source whose export
+            // fails (a disk error since its last heartbeat) must not stall the volume.
+            let mut copied = false;
+            for source in &sources {
+                tracing::warn!(
+                    volume_id = id,
+                    lost_store = lost.store_id,
+                    from = %source.url,
+                    to = %target.url,
+                    "re-replicating a volume whose store stayed down"
+                );
+                match copy.import(&target.url, id, &source.url).await {
+                    Ok(_) => {
+                        copied = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume_id = id, from = %source.url, to = %target.url, error = %e, "re-replication copy failed; trying the next replica")
+                    }
+                }
+            }
+            if !copied {
                 continue;
             }
             self.replace_replica(id, lost.store_id, target.id).await?;
@@ -425,4 +435,22 @@ impl Directory {
     }
 
     // ---- photos --------------------------------------------------------------------------
+}
+
+/// The replicas of `v` a copy of the volume can be taken from, in the order to try them: on
+/// a store that is up and healthy, and reported by it in a state that serves reads (a volume
+/// its store reports `unavailable` is quarantined: it serves nothing, its export neither).
+pub(super) fn copy_sources<'a>(view: &View, v: &'a VolumeView) -> Vec<&'a ReplicaStatus> {
+    v.info
+        .replicas
+        .iter()
+        .filter(|r| r.up && r.reported)
+        .filter(|r| {
+            view.stores.get(&r.store_id).is_some_and(|s| {
+                s.volumes
+                    .iter()
+                    .any(|x| x.id == v.info.id && x.state != VolumeState::Unavailable)
+            })
+        })
+        .collect()
 }
