@@ -307,7 +307,7 @@ impl Directory {
             })?;
         let client = bulk_client(&self.config.security)?;
         if let Some(ec) = cur.value.ec.clone() {
-            let dropped = self.drop_retired(id, &client).await?;
+            let dropped = self.drop_retired(id, &client, true).await?;
             if req.reencode {
                 let mut r = self.reencode(id, &req, &client).await?;
                 r.replicas_dropped = dropped;
@@ -429,7 +429,8 @@ impl Directory {
         let dropped = if carried == u64::MAX {
             0
         } else {
-            self.drop_retired(id, &client).await?
+            // Carried just above.
+            self.drop_retired(id, &client, false).await?
         };
         if let Err(e) = client.ec_drop_staged(&source.url, id, generation).await {
             tracing::warn!(volume_id = id, error = %e, "dropping the encode's staging failed");
@@ -642,7 +643,12 @@ impl Directory {
     }
 
     /// Drops the replicas an encode retired (each store that confirms leaves the list).
-    async fn drop_retired(&self, id: u32, client: &StoreClient) -> Result<u64, DirectoryError> {
+    async fn drop_retired(
+        &self,
+        id: u32,
+        client: &StoreClient,
+        carry_first: bool,
+    ) -> Result<u64, DirectoryError> {
         let view = self.view();
         let Some(cur) = self.meta.get_volume(id).await? else {
             return Ok(0);
@@ -650,6 +656,28 @@ impl Directory {
         let Some(ec) = cur.value.ec.clone() else {
             return Ok(0);
         };
+        if ec.retired.is_empty() {
+            return Ok(0);
+        }
+        if carry_first {
+            // Deletes the retired replicas took that a shard store lacks go to it first: this may
+            // be a run finishing what a crash, a lost answer or a failed carry-over left after the
+            // switch (then nothing carried them yet), and a retired replica is the only record of
+            // a delete made before its shard was installed.
+            let urls: Vec<String> = cur
+                .value
+                .replicas
+                .iter()
+                .map(|sid| {
+                    view.stores.get(sid).map(|s| s.url.clone()).ok_or_else(|| {
+                        DirectoryError::Unavailable(format!(
+                            "shard store {sid} of volume {id} is unknown: retired replicas kept"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            self.carry_deletes(id, &ec.retired, &urls, client).await?;
+        }
         let mut left = Vec::new();
         let mut dropped = 0;
         for sid in &ec.retired {
