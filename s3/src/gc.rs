@@ -28,7 +28,13 @@
 //! never share data ids; a copy copies the bytes).
 //!
 //! Assumed, not enforced here: a record write the directory did not answer (a timeout)
-//! lands within [`MIN_AGE`] of being sent or never. The deadline is checked before a write
+//! lands within [`MIN_AGE`] of being sent or never; and a CompleteMultipartUpload's object
+//! record, which gc waits for only [`COMPLETE_WAIT`], within about a minute of being sent
+//! (the complete stops acting on its answer at claim + [`RECORD_DEADLINE`] +
+//! [`ANSWER_MARGIN`] and answers 500; a directory that stalled longer inside that one write
+//! and applied it later would leave the key naming data gc collected meanwhile, a part
+//! uploaded again under the complete: its GETs then fail). Enforcing it needs the directory
+//! to refuse a write past a deadline the request carries: not done. The deadline is checked before a write
 //! is sent; a metadata backend that could apply a timed-out write hours later (a ScyllaDB
 //! lightweight transaction left half-done and finished by a later one on the same key) would
 //! let such a record name data gc has deleted.
