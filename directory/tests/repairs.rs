@@ -6,6 +6,7 @@
 //! target, which does not hold the needle yet (its needle DELETE answers 404, as a store's
 //! does) and records what it is asked.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::HttpResponse;
@@ -13,6 +14,9 @@ use haystack_proto::directory::{
     AssignRequest, AssignResponse, CommitRequest, KeyedCommit, PhotoKind, RepairAction, Variant,
 };
 
+use haystack_directory::meta::embedded::EmbeddedStore;
+use haystack_directory::meta::faulty::FaultyStore;
+use haystack_directory::meta::{Cas, Expect, MetaError, MetadataStore, Stored, Table};
 use haystack_directory::DirectoryConfig;
 
 use crate::common::*;
@@ -293,4 +297,232 @@ async fn a_missed_cache_purge_is_retried_until_taken() {
     first.sort();
     assert_eq!(first, vec![purge(0), purge(1)], "{log:?}");
     assert!(first.contains(&log[2]), "{log:?}");
+}
+
+/// A metadata store over the embedded one that can lose the answer of the next conditional
+/// update of a volume record (the write lands, the caller gets an error: a timeout after the
+/// commit), and fail every table listing while `lists_down` is set (a refresh of the view).
+struct Lossy {
+    inner: Arc<dyn MetadataStore>,
+    lose_volume_answer: AtomicBool,
+    /// Set by that lost write when `down_lists_after` is: listings fail from then on.
+    lists_down: AtomicBool,
+    down_lists_after: AtomicBool,
+}
+
+impl Lossy {
+    fn new(data: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Arc::new(EmbeddedStore::open(data).expect("open embedded store")),
+            lose_volume_answer: AtomicBool::new(false),
+            lists_down: AtomicBool::new(false),
+            down_lists_after: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl MetadataStore for Lossy {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn get(&self, table: Table, key: u64) -> Result<Option<Stored>, MetaError> {
+        self.inner.get(table, key).await
+    }
+    async fn put_if(
+        &self,
+        table: Table,
+        key: u64,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        let update = table == Table::Volumes && matches!(expect, Expect::Version(_));
+        let r = self.inner.put_if(table, key, expect, data).await;
+        if update && matches!(r, Ok(Cas::Applied { .. })) {
+            if self.down_lists_after.swap(false, Ordering::SeqCst) {
+                self.lists_down.store(true, Ordering::SeqCst);
+            }
+            if self.lose_volume_answer.swap(false, Ordering::SeqCst) {
+                return Err(MetaError::Unavailable(
+                    "injected: the write landed, its answer was lost".into(),
+                ));
+            }
+        }
+        r
+    }
+    async fn delete_if(&self, table: Table, key: u64, version: u64) -> Result<Cas, MetaError> {
+        self.inner.delete_if(table, key, version).await
+    }
+    async fn list(&self, table: Table) -> Result<Vec<(u64, Stored)>, MetaError> {
+        if self.lists_down.load(Ordering::SeqCst) {
+            return Err(MetaError::Unavailable("injected: listings fail".into()));
+        }
+        self.inner.list(table).await
+    }
+    async fn ping(&self) -> Result<(), MetaError> {
+        self.inner.ping().await
+    }
+    async fn kv_get(&self, space: u64, key: &str) -> Result<Option<Stored>, MetaError> {
+        self.inner.kv_get(space, key).await
+    }
+    async fn kv_put_if(
+        &self,
+        space: u64,
+        key: &str,
+        expect: Expect,
+        data: Vec<u8>,
+    ) -> Result<Cas, MetaError> {
+        self.inner.kv_put_if(space, key, expect, data).await
+    }
+    async fn kv_delete_if(&self, space: u64, key: &str, version: u64) -> Result<Cas, MetaError> {
+        self.inner.kv_delete_if(space, key, version).await
+    }
+    async fn kv_scan(
+        &self,
+        space: u64,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Stored)>, MetaError> {
+        self.inner.kv_scan(space, prefix, after, limit).await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
+
+/// A scripted store holding one needle (alt 0 of the photo in `photo`), deleted or live:
+/// digests and listings say so (every bucket alike), anything else answers 200.
+fn holding_store(photo: Arc<Mutex<Option<u64>>>, deleted: bool) -> (String, RequestLog) {
+    scripted(move |req, _| {
+        let photo = photo.clone();
+        async move {
+            let q = req.query_string().to_string();
+            if req.path().ends_with("/digest") {
+                let n: usize = q
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("buckets="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                let h = if deleted { "d" } else { "l" };
+                return HttpResponse::Ok()
+                    .json(serde_json::json!({"needles": 1, "buckets": vec![h; n]}));
+            }
+            if req.path().ends_with("/needles") {
+                let key = photo.lock().expect("photo").unwrap_or(0).to_string();
+                return HttpResponse::Ok().json(serde_json::json!({
+                    "needles": [{"key": key, "alt": 0, "deleted": deleted}]
+                }));
+            }
+            HttpResponse::Ok().json(serde_json::json!({}))
+        }
+    })
+}
+
+/// A photo committed on A and B, then deleted (A and B hold its needle deleted), and store C
+/// holding a copy of the volume taken before the delete (its needle live): the replica on A
+/// is about to be replaced by C. The directory runs over `lossy`, anti-entropy off (only the
+/// move's own comparison can find the difference).
+struct CopiedBeforeADelete {
+    dir: TestDirectory,
+    volume: u32,
+    a: u64,
+    c: u64,
+    c_log: RequestLog,
+}
+
+async fn copied_before_a_delete(data: &std::path::Path, lossy: Arc<Lossy>) -> CopiedBeforeADelete {
+    let cfg = DirectoryConfig {
+        replication_factor: 2,
+        min_writable_volumes: 1,
+        anti_entropy_interval_ms: 0,
+        ..test_config(data)
+    };
+    let dir = TestDirectory::start_over(cfg, Arc::new(FaultyStore::new(lossy))).await;
+    let photo = Arc::new(Mutex::new(None));
+    let mut stores = Vec::new();
+    let mut c_log = None;
+    for deleted in [true, true, false] {
+        let (url, log) = holding_store(photo.clone(), deleted);
+        let mut s = FakeStore::start(None).await;
+        s.url = url;
+        s.register(&dir.client).await;
+        stores.push(s);
+        c_log = Some(log);
+    }
+    let mut c = stores.pop().expect("c");
+    let x = {
+        let mut refs: Vec<&mut FakeStore> = stores.iter_mut().collect();
+        assign_on(&dir, &mut refs).await
+    };
+    c.heartbeat(&dir.client).await;
+    *photo.lock().expect("photo") = Some(x.id);
+    commit_photo(&dir, &x, &[0], Vec::new()).await;
+    dir.client.delete(x.id).await.expect("delete");
+    CopiedBeforeADelete {
+        volume: x.volume_id,
+        a: stores[0].id,
+        c: c.id,
+        c_log: c_log.expect("c's log"),
+        dir,
+    }
+}
+
+/// Polls until C is asked to delete the photo's needle (the repair queue's gc delete).
+async fn wait_for_delete_on(c_log: &RequestLog, volume: u32) {
+    let gc = format!("POST /v1/volumes/{volume}/gc");
+    for _ in 0..MAX_POLLS {
+        if c_log.lock().expect("log").contains(&gc) {
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!(
+        "the delete made during the copy stayed live on the new replica: {:?}",
+        c_log.lock().expect("log")
+    );
+}
+
+/// A replace whose answer was lost (the record switched, the caller got a 503) and that is
+/// sent again: the retry finds the replica already replaced and still compares the replicas,
+/// so the photo deleted during the copy ends deleted on the new replica. Before, the first
+/// attempt failed before its comparison and the retry answered at once without one: the
+/// needle stayed live on C until anti-entropy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_retried_after_a_lost_answer_still_compares_the_replicas() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let lossy = Lossy::new(data.path());
+    let t = copied_before_a_delete(data.path(), lossy.clone()).await;
+    lossy.lose_volume_answer.store(true, Ordering::SeqCst);
+    let e = t
+        .dir
+        .client
+        .replace_replica(t.volume, t.a, t.c)
+        .await
+        .expect_err("the answer is lost");
+    assert_eq!(e.status(), Some(503), "{e}");
+    let v = t
+        .dir
+        .client
+        .replace_replica(t.volume, t.a, t.c)
+        .await
+        .expect("the retry answers the replaced volume");
+    assert!(v.replicas.iter().any(|r| r.store_id == t.c), "{v:?}");
+    wait_for_delete_on(&t.c_log, t.volume).await;
+}
+
+/// A replace applied whose refresh of the view then fails still compares the replicas (and
+/// answers the replaced volume). Before, the failed refresh answered 503 and skipped the
+/// comparison (and a retry found the replica replaced and answered without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_whose_refresh_fails_still_compares_the_replicas() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let lossy = Lossy::new(data.path());
+    let t = copied_before_a_delete(data.path(), lossy.clone()).await;
+    lossy.down_lists_after.store(true, Ordering::SeqCst);
+    let v = t.dir.client.replace_replica(t.volume, t.a, t.c).await;
+    lossy.lists_down.store(false, Ordering::SeqCst);
+    let v = v.expect("the replace applied");
+    assert!(v.replicas.iter().any(|r| r.store_id == t.c), "{v:?}");
+    wait_for_delete_on(&t.c_log, t.volume).await;
 }

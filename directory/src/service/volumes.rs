@@ -178,7 +178,13 @@ impl Directory {
             let has_to = cur.value.replicas.contains(&to);
             match (has_from, has_to) {
                 (false, true) => {
-                    self.refresh().await?;
+                    // Already replaced: a retry after an answer that was lost (the record
+                    // switched, then the caller got an error). The comparison that attempt
+                    // may not have reached is run here.
+                    if let Err(e) = self.refresh().await {
+                        tracing::warn!(volume_id = id, error = %e, "refreshing the view failed; comparing from it as it is");
+                    }
+                    self.compare_moved(id).await;
                     return self.volume(id);
                 }
                 (false, false) => {
@@ -206,7 +212,11 @@ impl Directory {
                 .await?
             {
                 tracing::info!(volume_id = id, from, to, "replica moved");
-                self.refresh().await?;
+                // The move is done whatever follows: a failed refresh (it only learns what
+                // other instances wrote) must not skip the creation push and the comparison.
+                if let Err(e) = self.refresh().await {
+                    tracing::warn!(volume_id = id, error = %e, "refreshing the view after a replica move failed; the next round does");
+                }
                 self.remember_volume(id, version, vol);
                 self.push_volume_creation(id, &[to], &self.view());
                 self.compare_moved(id).await;
@@ -227,8 +237,25 @@ impl Directory {
     /// needle deleted, a live one's copied), instead of waiting for the next anti-entropy
     /// pass. Best effort: a failure is logged and left to that pass.
     async fn compare_moved(&self, id: u32) {
-        let replicas = self.view().volumes.get(&id).map(|v| v.replicas.clone());
+        // Every replica's store must be in the view (the new one may have registered
+        // through another instance since the last refresh), or the new replica would be
+        // left out of the comparison.
+        let known = |d: &Self| {
+            d.view()
+                .volumes
+                .get(&id)
+                .filter(|v| v.replicas.len() == v.info.replicas.len())
+                .map(|v| v.replicas.clone())
+        };
+        let mut replicas = known(self);
+        if replicas.is_none() && self.refresh().await.is_ok() {
+            replicas = known(self);
+        }
         let Some(r) = replicas else {
+            tracing::warn!(
+                volume_id = id,
+                "a replica's store is not known here; the moved replica is left to anti-entropy"
+            );
             return;
         };
         match self.compare_volume(id, &r).await {
