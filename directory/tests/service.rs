@@ -1182,3 +1182,68 @@ async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
         "the failing source, then the next"
     );
 }
+
+/// A delete queued by one instance for a replica it just switched in is carried out by the
+/// instance working the repair queue even while that one's view still has the old replicas.
+/// Before, the worker took "not a replica in my view" for "the replica moved away" and dropped
+/// the task as done: the deleted photo's needle stayed live on the new replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_queued_by_another_instance_for_a_new_replica_is_not_dropped() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    let d1 = directory(cfg.clone(), store.clone(), clock.clone()).await;
+    let d2 = directory(cfg, store, clock.clone()).await;
+    let mut ids = Vec::new();
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        let (url, log) = crate::common::scripted(|_, _| async {
+            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+        });
+        ids.push(register_at(&d1, &url).await);
+        logs.push(log);
+    }
+    let vol = d1.create_volume().await.expect("create").id;
+    for id in &ids {
+        beat(&d1, *id, vec![volume_info(vol)]).await;
+    }
+    let (c_url, c_log) = crate::common::scripted(|_, _| async {
+        actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+    });
+    let c = register_at(&d1, &c_url).await;
+    beat(&d1, c, vec![]).await;
+    // The second instance knows every store, and the volume on its first two replicas.
+    d2.refresh().await.expect("refresh");
+
+    let a = d1.assign(&AssignRequest::default()).expect("assign");
+    d1.commit(keyed_commit(&a, "unused", None).commit)
+        .await
+        .expect("commit");
+    d1.delete(a.id).await.expect("delete");
+    // The first instance moves a replica onto C and queues the delete C missed (as its
+    // comparison of the moved replicas would).
+    d1.replace_replica(vol, ids[0], c).await.expect("replace");
+    assert!(d1
+        .enqueue_repair(
+            a.id,
+            vol,
+            c,
+            haystack_proto::directory::RepairAction::Delete,
+            Vec::new(),
+            "a delete the new replica missed",
+        )
+        .await
+        .expect("enqueue"));
+
+    // The queue is worked by the second instance, whose view is a round old.
+    d2.repair_once().await.expect("repair round");
+    let gc = format!("POST /v1/volumes/{vol}/gc");
+    let queue = d2.repairs().await.expect("repairs");
+    let log = c_log.lock().expect("log").clone();
+    assert!(
+        log.contains(&gc),
+        "the new replica never got the delete: {log:?}; queue: {queue:?}"
+    );
+    assert!(queue.is_empty(), "{queue:?}");
+}

@@ -335,24 +335,31 @@ impl Directory {
         photo: Option<&Photo>,
         t: &RepairTask,
     ) -> Tried {
-        let (url, up) = {
+        let seen = {
             let view = self.view();
-            let Some(s) = view.stores.get(&t.store_id) else {
-                // The store was removed: nothing left to repair on it.
-                return Tried::Done;
-            };
-            let replica = view.volumes.get(&rec.volume_id).is_some_and(|v| {
-                v.replicas.iter().any(|r| r.store_id == t.store_id)
-                    // A remote replica takes queued deletes, never copies (shipping fills it).
-                    || (t.action == RepairAction::Delete
-                        && v.info.remote_replicas.iter().any(|r| r.store_id == t.store_id))
-            });
-            if !replica {
-                // The replica moved (bulk repair, re-replication): the copy came from a
-                // good replica.
-                return Tried::Done;
-            }
-            (s.url.clone(), store_up(s))
+            view.stores.get(&t.store_id).and_then(|s| {
+                let replica = view.volumes.get(&rec.volume_id).is_some_and(|v| {
+                    v.replicas.iter().any(|r| r.store_id == t.store_id)
+                        // A remote replica takes queued deletes, never copies (shipping fills
+                        // it).
+                        || (t.action == RepairAction::Delete
+                            && v.info.remote_replicas.iter().any(|r| r.store_id == t.store_id))
+                });
+                replica.then(|| (s.url.clone(), store_up(s)))
+            })
+        };
+        let (url, up) = match seen {
+            Some(s) => s,
+            // This view may be older than the task: another instance may have switched the
+            // replica in (or the store registered through it) and queued the task since. The
+            // records decide before the task is dropped.
+            None => match self.replica_in_records(rec.volume_id, t).await {
+                Ok(Some(s)) => s,
+                // The store was removed, or the replica moved (bulk repair, re-replication):
+                // nothing left to repair on it; a copy came from a good replica.
+                Ok(None) => return Tried::Done,
+                Err(e) => return Tried::Failed(format!("re-reading the records: {e}")),
+            },
         };
         if !up {
             return Tried::Wait(DOWN_RETRY_MS);
@@ -414,6 +421,29 @@ impl Directory {
                 Tried::Failed(e)
             }
         }
+    }
+
+    /// Whether the task's store holds a replica of `volume` (a remote one counts for a
+    /// delete) by the records as they are now, not this instance's view; its URL and whether
+    /// it is up if so.
+    async fn replica_in_records(
+        &self,
+        volume: u32,
+        t: &RepairTask,
+    ) -> Result<Option<(String, bool)>, DirectoryError> {
+        let Some(v) = self.meta.get_volume(volume).await? else {
+            return Ok(None);
+        };
+        let replica = v.value.replicas.contains(&t.store_id)
+            || (t.action == RepairAction::Delete && v.value.remote.contains(&t.store_id));
+        if !replica {
+            return Ok(None);
+        }
+        Ok(self
+            .meta
+            .get_store(t.store_id)
+            .await?
+            .map(|s| (s.value.url.clone(), store_up(&s.value))))
     }
 
     /// After a copy: if the photo was deleted (or condemned, or is gone) while the copy ran,
