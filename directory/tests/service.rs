@@ -1247,3 +1247,104 @@ async fn a_delete_queued_by_another_instance_for_a_new_replica_is_not_dropped() 
     );
     assert!(queue.is_empty(), "{queue:?}");
 }
+
+/// A keyed commit of a fresh id cut between its two writes: it queued the copy for `pending`
+/// (a replica its quorum write left behind), bound its key `key`, and died before the photo
+/// record. The assignment.
+async fn cut_keyed_commit(
+    d: &Directory,
+    meta: &Meta,
+    now_ms: u64,
+    pending: u64,
+    key: &str,
+) -> AssignResponse {
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    let photo = Photo {
+        id: a.id,
+        volume_id: a.volume_id,
+        cookie: a.cookie,
+        kind: PhotoKind::Photo,
+        variants: keyed_commit(&a, key, None).commit.variants,
+        chunks: vec![],
+        created_ms: now_ms,
+        deleted: false,
+        deleted_ms: None,
+        condemned: false,
+    };
+    d.enqueue_repair(
+        a.id,
+        a.volume_id,
+        pending,
+        haystack_proto::directory::RepairAction::Copy,
+        Vec::new(),
+        "replica missing from a quorum write",
+    )
+    .await
+    .expect("enqueue");
+    let rec = UploadKey {
+        key: key.to_string(),
+        id: a.id,
+        cookie: a.cookie,
+        volume_id: a.volume_id,
+        kind: PhotoKind::Photo,
+        created_ms: now_ms,
+        photo: Some(photo),
+        request_hash: None,
+    };
+    meta.put_upload(fnv1a64(key.as_bytes()), &rec, Expect::Absent)
+        .await
+        .expect("put");
+    a
+}
+
+/// The photos with queued repairs.
+async fn queued_photos(d: &Directory) -> Vec<u64> {
+    d.repairs()
+        .await
+        .expect("repairs")
+        .into_iter()
+        .map(|t| t.photo_id)
+        .collect()
+}
+
+/// A keyed commit cut between its two writes, with a replica its quorum write left behind:
+/// the copy it queued first waits for the photo record as long as the key can still complete
+/// the commit (its idempotency window), not only the commit's own grace of a minute, and is
+/// dropped once the key can no longer complete it. Before, the copy was dropped after the
+/// minute: a commit completed later from its key left the photo with no copy queued.
+#[tokio::test]
+async fn a_copy_queued_by_a_cut_commit_waits_for_its_completion_from_the_key() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    cfg.idempotency_ttl_ms = 3_600_000;
+    let meta = Meta::new(store.clone());
+    let d = directory(cfg, store, clock.clone()).await;
+    let (s1, s2) = (register(&d, 1, None).await, register(&d, 2, None).await);
+    let vol = d.create_volume().await.expect("create").id;
+    beat(&d, s1, vec![volume_info(vol)]).await;
+    beat(&d, s2, vec![volume_info(vol)]).await;
+
+    // Two cut commits: the first is completed from its key after the grace, the second never.
+    let a = cut_keyed_commit(&d, &meta, T0, s2, "k-a").await;
+    let b = cut_keyed_commit(&d, &meta, T0, s2, "k-b").await;
+    clock.advance_ms(120_000);
+    d.repair_once().await.expect("repair round");
+    let r = d.assign_idempotent(&keyed("k-a")).await.expect("replay");
+    assert!(r.replayed && r.id == a.id, "{r:?}");
+    let queued = queued_photos(&d).await;
+    assert!(
+        queued.contains(&a.id),
+        "the completed photo's copy was dropped: {queued:?}"
+    );
+    assert!(
+        queued.contains(&b.id),
+        "dropped within the window: {queued:?}"
+    );
+    // Past the key's window (and the grace) the second can no longer be completed: dropped.
+    // The first's copy is tried (and fails: no store answers here), so it stays.
+    clock.advance_ms(3_600_000);
+    d.repair_once().await.expect("repair round");
+    assert_eq!(queued_photos(&d).await, vec![a.id]);
+}

@@ -25,6 +25,9 @@ const PARALLEL_REPAIRS: usize = 8;
 /// A copy queued by a commit is kept this long while its photo is not recorded yet (the
 /// commit queues the copy first, then writes the photo).
 const COMMIT_GRACE_MS: u64 = 60_000;
+/// Past that grace, how often such a copy looks for its photo again while the commit can
+/// still be completed from its idempotency key.
+const CUT_COMMIT_RETRY_MS: u64 = 60_000;
 
 /// What one anti-entropy pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -366,10 +369,17 @@ impl Directory {
         }
         let Some(p) = photo else {
             // Not recorded: a commit that queued its copies may not have written the photo
-            // yet; after the grace it never will (the upload failed): its needles are
-            // garbage collection's.
-            if self.clock.now_ms().saturating_sub(rec.created_ms) < COMMIT_GRACE_MS {
+            // yet. A keyed commit cut between its two writes is completed from its key's
+            // record by the next request with the key, as long as the key is live
+            // (`idempotency_ttl_ms` from its binding, which follows the queueing): the copy
+            // waits for that too. Past both the photo never comes (the upload failed): its
+            // needles are garbage collection's.
+            let age = self.clock.now_ms().saturating_sub(rec.created_ms);
+            if age < COMMIT_GRACE_MS {
                 return Tried::Wait(2_000);
+            }
+            if age < COMMIT_GRACE_MS.saturating_add(self.config.idempotency_ttl_ms) {
+                return Tried::Wait(CUT_COMMIT_RETRY_MS);
             }
             return Tried::Done;
         };
