@@ -526,3 +526,75 @@ async fn a_replace_whose_refresh_fails_still_compares_the_replicas() {
     assert!(v.replicas.iter().any(|r| r.store_id == t.c), "{v:?}");
     wait_for_delete_on(&t.c_log, t.volume).await;
 }
+
+/// An asynchronous remote replica that answers every request as a store that does not hold
+/// the volume yet (a seed in progress) for the first `unseeded` requests, then takes deletes;
+/// returns its URL and request log.
+fn seeding_remote(unseeded: usize) -> (String, RequestLog) {
+    scripted(move |req, n| async move {
+        if n <= unseeded {
+            return HttpResponse::NotFound().json(serde_json::json!({
+                "error": "no_such_volume", "message": "no such volume here"
+            }));
+        }
+        if req.method() == actix_web::http::Method::POST {
+            HttpResponse::Ok().json(serde_json::json!({"volume": 0, "deleted": 1, "missing": 0}))
+        } else {
+            HttpResponse::NoContent().finish()
+        }
+    })
+}
+
+/// Regression: a delete that reached an asynchronous remote replica while its seed was still
+/// downloading was answered 404 `no_such_volume`, which the directory took as done (as for a
+/// needle not held); the seed, exported by the source before its own delete, then held the
+/// needle live, shipping never sends a delete flag for bytes already shipped, anti-entropy
+/// skips remote replicas, and after a promotion the deleted photo was served again. Now a
+/// remote replica's `no_such_volume` is not done: the repair worker delivers the delete once
+/// the remote holds the volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_a_seeding_remote_replica_answered_no_such_volume_is_delivered_later() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cfg = DirectoryConfig {
+        replication_factor: 1,
+        min_writable_volumes: 1,
+        remote_zones: vec!["far".into()],
+        async_replicas: 1,
+        ..test_config(data.path())
+    };
+    let dir = TestDirectory::start(cfg, data.path()).await;
+    let mut a = FakeStore::start(None).await;
+    a.register(&dir.client).await;
+    let x = assign_on(&dir, &mut [&mut a]).await;
+    let (remote_url, remote_log) = seeding_remote(1);
+    let mut r = FakeStore::start(Some("far")).await;
+    r.url = remote_url;
+    r.register(&dir.client).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        a.heartbeat(&dir.client).await;
+        r.heartbeat(&dir.client).await;
+        let info = dir.client.volume(x.volume_id).await.expect("volume");
+        if info.remote_replicas.iter().any(|s| s.store_id == r.id) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no remote replica placed: {info:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    commit_photo(&dir, &x, &[0], Vec::new()).await;
+    dir.client.delete(x.id).await.expect("delete");
+    // The first answer was no_such_volume; the delete must come again (as the repair
+    // worker's cookie-less delete) and be taken.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while remote_log.lock().expect("log").len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete the unseeded remote answered no_such_volume was never sent again: {:?}",
+            remote_log.lock().expect("log")
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -632,8 +632,8 @@ impl Directory {
         let view = self.view();
         // The asynchronous remote replicas too: a delete must not wait for anything there.
         // One that has not received the needle yet answers 404 (done); the needle then
-        // arrives with its delete flag if the source deleted it first, and anti-entropy
-        // applies the rest.
+        // arrives with its delete flag if the source deleted it first. One that does not hold
+        // the volume yet (seeding) gets the delete again from the repair worker.
         let replicas: Vec<Replica> = view
             .volumes
             .get(&p.volume_id)
@@ -644,6 +644,14 @@ impl Directory {
                 });
                 v.replicas.iter().cloned().chain(remote).collect()
             })
+            .unwrap_or_default();
+        // A remote replica still seeding answers 404 `no_such_volume`: not done (its seed may
+        // hold the needle, exported before the source's own delete, and shipping never sends
+        // a delete flag for bytes already shipped), so the repair worker delivers it later.
+        let remote_ids: std::collections::HashSet<u64> = view
+            .volumes
+            .get(&p.volume_id)
+            .map(|v| v.info.remote_replicas.iter().map(|r| r.store_id).collect())
             .unwrap_or_default();
         let caches = self.config.purge_targets();
         let alts: Vec<u32> = p.alts().collect();
@@ -663,9 +671,13 @@ impl Directory {
             .iter()
             .map(|alt| NeedleAddr::new(p.volume_id, p.id, *alt, p.cookie))
             .collect();
+        let remote_ids = &remote_ids;
         let store_calls = replicas.iter().flat_map(|r| {
             addrs.iter().map(move |a| async move {
-                let ok = done("store", &r.url, self.stores.delete_needle(&r.url, a).await);
+                let res = self.stores.delete_needle(&r.url, a).await;
+                let unseeded = remote_ids.contains(&r.store_id)
+                    && matches!(&res, Err(e) if e.code() == Some("no_such_volume"));
+                let ok = !unseeded && done("store", &r.url, res);
                 (r.store_id, ok)
             })
         });

@@ -367,6 +367,17 @@ impl Directory {
         if !up {
             return Tried::Wait(DOWN_RETRY_MS);
         }
+        // An asynchronous remote replica: its `no_such_volume` means "still seeding", not done.
+        let remote = {
+            let view = self.view();
+            view.volumes.get(&rec.volume_id).is_some_and(|v| {
+                !v.replicas.iter().any(|r| r.store_id == t.store_id)
+                    && v.info
+                        .remote_replicas
+                        .iter()
+                        .any(|r| r.store_id == t.store_id)
+            })
+        };
         let Some(p) = photo else {
             // Not recorded: a commit that queued its copies may not have written the photo
             // yet. A keyed commit cut between its two writes is completed from its key's
@@ -406,7 +417,7 @@ impl Directory {
                 Err(e) => Err(e),
             },
             RepairAction::Delete => {
-                self.delete_needles(p.volume_id, photo_id, &url, &alts)
+                self.delete_needles(p.volume_id, photo_id, &url, &alts, remote)
                     .await
             }
         };
@@ -476,7 +487,7 @@ impl Directory {
         }
         metrics::counter!("haystack_directory_repair_copies_undone_total").increment(1);
         tracing::info!(photo_id = p.id, %target, "the photo was deleted during its repair copy; the copy is deleted");
-        self.delete_needles(p.volume_id, p.id, target, alts)
+        self.delete_needles(p.volume_id, p.id, target, alts, false)
             .await
             .map_err(|e| format!("the photo was deleted during the copy; deleting the copy: {e}"))
     }
@@ -559,13 +570,16 @@ impl Directory {
     }
 
     /// Deletes the needles `alts` of `photo_id` on the replica at `target`, whatever their
-    /// cookie (the store's garbage-collection delete); a needle already gone is done.
+    /// cookie (the store's garbage-collection delete); a needle already gone is done, and so
+    /// is a volume the store does not hold, unless `target` is an asynchronous `remote`
+    /// replica (then it is still seeding: its seed may hold the needle).
     async fn delete_needles(
         &self,
         volume_id: u32,
         photo_id: u64,
         target: &str,
         alts: &[u32],
+        remote: bool,
     ) -> Result<(), String> {
         let body = serde_json::json!({
             "needles": alts
@@ -579,7 +593,7 @@ impl Directory {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("no_such_volume") => Ok(()),
+            Err(e) if e.code() == Some("no_such_volume") && !remote => Ok(()),
             Err(e) => Err(format!("{target}: {e}")),
         }
     }
