@@ -1134,8 +1134,8 @@ async fn rereplication_copies_from_a_healthy_replica_not_a_quarantined_one() {
 }
 
 /// A drain takes its copy from a healthy replica: a quarantined one is never the source, and
-/// when the import from the first source fails the next one is tried (here the draining store
-/// itself, last). Before, the first replica up and reported was the only source tried (the
+/// when the import from the first source (the draining store itself) fails the next one is
+/// tried. Before, the first replica up and reported was the only source tried (the
 /// quarantined one): the move failed in every round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
@@ -1151,7 +1151,7 @@ async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
     {
         let mut refused = copies.refused.lock().expect("refused");
         refused.insert(urls[&bad].clone());
-        refused.insert(urls[&failing].clone());
+        refused.insert(urls[&draining].clone());
     }
     d.set_store_lifecycle(
         draining,
@@ -1178,8 +1178,46 @@ async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
     assert!(!imports.contains(&urls[&bad]), "{imports:?}");
     assert_eq!(
         imports,
-        vec![urls[&failing].clone(), urls[&draining].clone()],
-        "the failing source, then the next"
+        vec![urls[&draining].clone(), urls[&failing].clone()],
+        "the draining store (refusing), then the next"
+    );
+}
+
+/// Regression: a drain or rebalance copied the moved replica from another replica and tried
+/// the replica being moved last, then replaced it: a photo acknowledged under a quorum or one
+/// write-ack lives on one replica until its queued copies land, and when that replica was the
+/// one moved (its copies unable to land, on a sealed or full volume) the photo was lost with
+/// it. Now the replica being moved is the first source while it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_copies_from_the_replica_it_moves_first() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(3);
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let copies = CopyStores::new();
+    let (urls, vol, order, spare) = three_replicas_and_a_spare(&d, &copies).await;
+    let draining = order[0];
+    d.set_store_lifecycle(
+        draining,
+        haystack_proto::directory::StoreLifecycle::Draining,
+    )
+    .await
+    .expect("drain");
+    assert_eq!(d.drain_once().await.expect("drain"), Some(vol));
+    let now: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    assert!(now.contains(&spare) && !now.contains(&draining), "{now:?}");
+    let imports = copies.imports.lock().expect("imports").clone();
+    assert_eq!(
+        imports,
+        vec![urls[&draining].clone()],
+        "the new replica is a copy of the one it replaces"
     );
 }
 

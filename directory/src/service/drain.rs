@@ -213,10 +213,13 @@ impl Directory {
             .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
             .map(as_candidate)
             .collect();
-        // The sources, tried in turn: the healthy replicas, the one moved away last (it may
-        // be going away).
+        // The sources, tried in turn: the replica moved away first while it serves (it holds
+        // every needle it acknowledged, and a write acknowledged under a quorum or one
+        // write-ack may be on it alone, its copies to the others still queued: copying from
+        // another replica and dropping it would lose that photo; a delete it missed is found
+        // by the comparison after the move), then the other healthy replicas.
         let mut sources: Vec<&ReplicaStatus> = copy_sources(view, v);
-        sources.sort_by_key(|r| r.store_id == from);
+        sources.sort_by_key(|r| r.store_id != from);
         if sources.is_empty() {
             tracing::warn!(volume_id = id, "no healthy replica to move from yet");
             return Ok(false);
