@@ -1089,6 +1089,45 @@ fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
     });
 }
 
+/// Removes a pause point's file when dropped: a held store goes on if an assertion fails (the
+/// runtime's drop waits for it).
+struct Disarm(std::path::PathBuf);
+
+impl Drop for Disarm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A re-seed of b's remote copy of volume 6 from c, held at `reseed-swap` (new copy
+/// downloaded and staged, old copy quiesced, files not swapped yet): the armed file (remove it
+/// to let the re-seed go on), its guard, and the re-seed's task.
+async fn reseed_held_in_its_swap(
+    b: &TestServer,
+    c: &TestServer,
+    b_dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    Disarm,
+    tokio::task::JoinHandle<Result<haystack_proto::VolumeInfo, haystack_store::StoreError>>,
+) {
+    let armed = b_dir.join("test-pause-reseed-swap");
+    std::fs::write(&armed, b"").unwrap();
+    let disarm = Disarm(armed.clone());
+    let store = b.store.clone();
+    let source = c.url("");
+    let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
+    let paused = b_dir.join("test-paused-reseed-swap");
+    for _ in 0..500 {
+        if paused.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(paused.exists(), "the re-seed did not reach its swap");
+    (armed, disarm, reseed)
+}
+
 /// Regression: a re-seed took its volume out of the store's map while it swapped files and
 /// opened the new copy, so a delete arriving then answered 404 `no_such_volume`, which the
 /// directory counts as done: the new copy (whose source exported the needle before its own
@@ -1114,27 +1153,7 @@ fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
             .await
             .unwrap();
         // A re-seed from c, held inside its swap.
-        let armed = db.path().join("test-pause-reseed-swap");
-        std::fs::write(&armed, b"").unwrap();
-        // Let the re-seed go on if an assertion below fails (the runtime's drop waits for it).
-        struct Disarm(std::path::PathBuf);
-        impl Drop for Disarm {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        let _disarm = Disarm(armed.clone());
-        let store = b.store.clone();
-        let source = c.url("");
-        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
-        let paused = db.path().join("test-paused-reseed-swap");
-        for _ in 0..500 {
-            if paused.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(paused.exists(), "the re-seed did not reach its swap");
+        let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
         // The copy being replaced still serves.
         let r = http
             .get(b.url("/v1/needles/6/5/0/66"))
@@ -1277,26 +1296,7 @@ fn a_seal_waiting_during_a_reseeds_swap_does_not_touch_the_new_copy() {
             .import_remote_copy(6, &a.url(""), false)
             .await
             .unwrap();
-        let armed = db.path().join("test-pause-reseed-swap");
-        std::fs::write(&armed, b"").unwrap();
-        struct Disarm(std::path::PathBuf);
-        impl Drop for Disarm {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        let _disarm = Disarm(armed.clone());
-        let store = b.store.clone();
-        let source = c.url("");
-        let reseed = tokio::spawn(async move { store.import_remote_copy(6, &source, true).await });
-        let paused = db.path().join("test-paused-reseed-swap");
-        for _ in 0..500 {
-            if paused.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        assert!(paused.exists(), "the re-seed did not reach its swap");
+        let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
         let seal = {
             let (http, url) = (http.clone(), b.url("/v1/volumes/6/seal"));
             tokio::spawn(async move { http.post(url).send().await.unwrap() })
