@@ -371,8 +371,10 @@ async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
     match target(&store, a.volume)? {
         Target::Replica(v) => {
             let on_replica = v.delete(a.key, a.alt, a.cookie).await;
-            let on_shard =
-                delete_on_shard_too(&store, a.volume, a.key, a.alt, Some(a.cookie)).await?;
+            // The replica checked the cookie when it deleted the needle; otherwise the shard
+            // checks it (reading the needle, maybe from peers).
+            let cookie = on_replica.is_err().then_some(a.cookie);
+            let on_shard = delete_on_shard_too(&store, a.volume, a.key, a.alt, cookie).await?;
             match on_replica {
                 Err(StoreError::NotFound) if on_shard => {}
                 r => r?,

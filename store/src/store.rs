@@ -529,7 +529,16 @@ impl Store {
                         } else {
                             crate::volume::unmark_remote_copy(&dir, id)?;
                         }
-                        let (dat, _, _) = crate::volume::volume_paths(&dir, id);
+                        let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
+                        // Index files an earlier import left (it failed after its rename)
+                        // describe another file: never over these bytes.
+                        for p in [&sidx, &idx] {
+                            match std::fs::remove_file(p) {
+                                Ok(()) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
                         std::fs::rename(&tmp, &dat)?;
                         std::fs::File::open(&dir)?.sync_all()?;
                         Ok(())
@@ -673,7 +682,9 @@ impl Store {
                 // The old index files go before the rename (and the rename only if they are
                 // gone), so a crash in between leaves the old file, re-indexed by a scan,
                 // never an old index over new bytes; the new ones follow the new file.
-                for p in [&idx, &sidx] {
+                // The sorted index first: a sealed copy left with it and no index file would
+                // open without the deletes logged since its seal.
+                for p in [&sidx, &idx] {
                     match std::fs::remove_file(p) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -716,8 +727,13 @@ impl Store {
         let opened = tokio::task::spawn_blocking(move || Volume::open(&dir, id, eng, vc))
             .await
             .unwrap_or_else(|e| Err(blocking_err(e)));
-        if let Err(e) = &opened {
-            tracing::error!(volume = id, error = %e, "the re-seeded copy did not open; writes and deletes wait for a restart");
+        match &opened {
+            // The flags are in its file; the memory makes a needle shipped after its delete
+            // land deleted here too.
+            Ok(v) => v.remember_deletes_of(old),
+            Err(e) => {
+                tracing::error!(volume = id, error = %e, "the re-seeded copy did not open; writes and deletes wait for a restart");
+            }
         }
         opened
     }

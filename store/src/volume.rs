@@ -728,6 +728,21 @@ impl Volume {
         Ok(deleted)
     }
 
+    /// Remembers every delete `old` remembers or journaled (a re-seed's new copy, opened in
+    /// place after it took them as flags in its file): a needle shipped later, or a write,
+    /// that would undo one is laid down deleted or refused, as on the old copy.
+    pub(crate) fn remember_deletes_of(&self, old: &Volume) {
+        let now = std::time::Instant::now();
+        let mut carry = lock(&old.recent_deletes).remembered(now);
+        if let Some(j) = lock(&old.reseed_journal).as_ref() {
+            carry.extend(j.iter().copied());
+        }
+        let mut recent = lock(&self.recent_deletes);
+        for (key, alt, cookie) in carry {
+            recent.insert(key, alt, cookie, now);
+        }
+    }
+
     /// Journals every delete this copy takes from now until the guard drops (a re-seed's
     /// download: see `reseed_journal`).
     pub(crate) fn journal_deletes(&self) -> DeleteJournal<'_> {

@@ -1274,6 +1274,67 @@ fn every_delete_taken_during_a_reseeds_download_holds_past_the_delete_memory() {
     });
 }
 
+/// Regression (review of f36c0c7): the re-seeded copy that went into service was opened
+/// afresh, with an empty delete memory; the old copy's memory went with it. A delete the
+/// remote took during the download for a needle neither copy held yet (404, done for the
+/// directory) was then forgotten: when the source shipped that needle afterwards (its own
+/// delete still queued), it landed live. Now the new copy remembers the old copy's deletes.
+#[test]
+fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_download() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let import_file = db.path().join("vol-6.dat.import");
+        let (go, feeder, reseed) = stalled_reseed(&b, &c, &import_file).await;
+        // The delete of needle 500, held by no copy yet, reaches the remote (404: done).
+        assert!(matches!(
+            b.store.volume(6).unwrap().delete(500, 0, 0x66).await,
+            Err(haystack_store::StoreError::NotFound)
+        ));
+        go.send(()).unwrap();
+        reseed.await.unwrap().unwrap();
+        feeder.await.unwrap();
+        // The source writes it (its delete still on the way) and ships it.
+        let src = c.store.volume(6).unwrap();
+        src.write_batch(vec![needle(500, 0, 0x66, &[5; 3000])])
+            .await
+            .unwrap();
+        let remote = b.store.volume(6).unwrap();
+        let tail = remote.info().size_bytes;
+        let bytes = src
+            .ship_read(tail, 1 << 20, src.file_generation())
+            .await
+            .unwrap()
+            .expect("the needle's bytes");
+        remote.ship_append(tail, bytes.to_vec()).await.unwrap();
+        let r = http
+            .get(b.url("/v1/needles/6/500/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "a needle deleted during the re-seed's download landed live when shipped after it"
+        );
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
 /// Regression: a seal of a remote copy that waited on its gate while a re-seed replaced it
 /// ran afterwards on the replaced copy and wrote that copy's sorted index (its offsets) as
 /// `vol-6.sidx`, over the new copy's files: after a restart the new copy opened sealed with
