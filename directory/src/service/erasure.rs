@@ -593,10 +593,13 @@ impl Directory {
             let Some(s) = view.stores.get(sid) else {
                 continue;
             };
-            let l: Listing = client
-                .needles(&s.url, id)
-                .await
-                .map_err(|e| store_failed("listing a replica", e))?;
+            let l: Listing = match client.needles(&s.url, id).await {
+                Ok(l) => l,
+                // Dropped already, by a run whose carry-over had succeeded (its record update
+                // then lost): nothing left to carry from it.
+                Err(e) if e.code() == Some("no_such_volume") => continue,
+                Err(e) => return Err(store_failed("listing a replica", e)),
+            };
             deleted.extend(
                 l.needles
                     .into_iter()

@@ -590,6 +590,7 @@ impl Directory {
         id: u32,
         called: &[Replica],
         unknown: &mut Vec<u64>,
+        remote: &mut std::collections::HashSet<u64>,
     ) -> Vec<Replica> {
         let cur = match self.meta.get_volume(id).await {
             Ok(Some(v)) => v.value,
@@ -623,6 +624,9 @@ impl Directory {
                     url,
                 }),
                 None => unknown.push(*store_id),
+            }
+            if !cur.replicas.contains(store_id) {
+                remote.insert(*store_id);
             }
         }
         added
@@ -694,9 +698,11 @@ impl Directory {
         // (`compare_moved`, a rebuild's carried deletes), which finds the delete on the
         // replicas called above.
         let mut unknown = Vec::new();
+        let mut late_remote = std::collections::HashSet::new();
         let late = self
-            .replicas_added_since(p.volume_id, &replicas, &mut unknown)
+            .replicas_added_since(p.volume_id, &replicas, &mut unknown, &mut late_remote)
             .await;
+        let late_remote = &late_remote;
         // A store named whose URL this instance does not know yet: the repair worker delivers
         // the delete once it does.
         store_calls.extend(unknown.into_iter().map(|s| (s, false)));
@@ -706,7 +712,11 @@ impl Directory {
                 .increment(late.len() as u64);
             let calls = late.iter().flat_map(|r| {
                 addrs.iter().map(move |a| async move {
-                    let ok = done("store", &r.url, self.stores.delete_needle(&r.url, a).await);
+                    let res = self.stores.delete_needle(&r.url, a).await;
+                    // A remote replica found here is typically new, i.e. still seeding.
+                    let unseeded = late_remote.contains(&r.store_id)
+                        && matches!(&res, Err(e) if e.code() == Some("no_such_volume"));
+                    let ok = !unseeded && done("store", &r.url, res);
                     (r.store_id, ok)
                 })
             });
