@@ -20,6 +20,8 @@
 //! - `reseed-swap`: a re-seed's new copy downloaded and synced and the old copy quiesced,
 //!   before the files are swapped (store/tests/http_api.rs).
 //!
+//! [`fail`] injects an error at a point the same way (`test-fail-P`).
+//!
 //! Without the feature (every production build) each point is an empty inline function.
 
 use std::path::Path;
@@ -59,3 +61,23 @@ pub(crate) async fn at(data_dir: &Path, point: &'static str) {
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
 pub(crate) async fn at(_data_dir: &Path, _point: &'static str) {}
+
+/// A test's injected failure at `point`: an error when the file `test-fail-{point}` exists in
+/// `data_dir` (test builds only; points: `reseed-unlink`, before a re-seed's swap removes the
+/// old index files; `reseed-renamed`, right after its rename).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn fail(data_dir: &Path, point: &str) -> std::io::Result<()> {
+    if data_dir.join(format!("test-fail-{point}")).exists() {
+        tracing::warn!(point, "test hook: failing");
+        return Err(std::io::Error::other(format!(
+            "test hook: failed at {point}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn fail(_data_dir: &Path, _point: &str) -> std::io::Result<()> {
+    Ok(())
+}

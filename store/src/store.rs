@@ -677,6 +677,7 @@ impl Store {
             let (dir, staging, renamed) = (dir.clone(), staging.clone(), renamed.clone());
             tokio::task::spawn_blocking(move || -> Result<()> {
                 crate::pause::blocking(&dir, "reseed-swap");
+                crate::pause::fail(&dir, "reseed-unlink")?;
                 let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
                 let (new_dat, new_idx, new_sidx) = crate::volume::volume_paths(&staging, id);
                 // The old index files go before the rename (and the rename only if they are
@@ -694,6 +695,7 @@ impl Store {
                 crate::volume::mark_remote_copy(&dir, id)?;
                 std::fs::rename(&new_dat, &dat)?;
                 renamed.store(true, std::sync::atomic::Ordering::Release);
+                crate::pause::fail(&dir, "reseed-renamed")?;
                 for (from, to) in [(&new_idx, &idx), (&new_sidx, &sidx)] {
                     if from.exists() {
                         std::fs::rename(from, to)?;
@@ -710,7 +712,8 @@ impl Store {
             if renamed.load(std::sync::atomic::Ordering::Acquire) {
                 // The old file is gone from the directory: the old copy keeps serving reads
                 // and refusing writes and deletes (503) until a restart opens the new one
-                // (its deletes are in it).
+                // (its deletes are in it), even if a later re-seed fails before its rename.
+                old.set_superseded();
                 tracing::error!(volume = id, error = %e, "a re-seed failed after its rename; writes and deletes wait for a restart");
             } else {
                 // Its file is as it was: it goes on serving and taking writes (a scan
@@ -732,6 +735,7 @@ impl Store {
             // land deleted here too.
             Ok(v) => v.remember_deletes_of(old),
             Err(e) => {
+                old.set_superseded();
                 tracing::error!(volume = id, error = %e, "the re-seeded copy did not open; writes and deletes wait for a restart");
             }
         }

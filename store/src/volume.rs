@@ -248,6 +248,8 @@ pub struct Volume {
     /// deletes that waited for the swap are refused (503), and the caller's retry reaches
     /// the copy that replaced it. Reads go on from the open file until the last handle goes.
     replaced: AtomicBool,
+    /// Its file was renamed over: `replaced` is never cleared again ([`Volume::set_superseded`]).
+    superseded: AtomicBool,
     append: tokio::sync::Mutex<Append>,
     /// Encoded writes waiting for the holder of `append` to lay them down (write combining).
     queue: Mutex<Vec<Queued>>,
@@ -501,6 +503,7 @@ impl Volume {
             cfg,
             gate: tokio::sync::RwLock::new(()),
             replaced: AtomicBool::new(false),
+            superseded: AtomicBool::new(false),
             append: tokio::sync::Mutex::new(Append {
                 tail,
                 allocated: file_len,
@@ -626,7 +629,18 @@ impl Volume {
     /// Marks this copy replaced by a re-seed (or not, when the swap failed and it goes on
     /// serving). Caller holds the gate's write side ([`Volume::quiesce`]).
     pub(crate) fn set_replaced(&self, replaced: bool) {
-        self.replaced.store(replaced, Ordering::Release);
+        // A copy whose file was renamed over stays replaced, whatever a later re-seed that
+        // failed before its own rename says.
+        if replaced || !self.superseded.load(Ordering::Acquire) {
+            self.replaced.store(replaced, Ordering::Release);
+        }
+    }
+
+    /// Marks this copy's file as renamed over (a re-seed that failed after its rename): it
+    /// refuses writes and deletes until a restart opens the file now in its place.
+    pub(crate) fn set_superseded(&self) {
+        self.superseded.store(true, Ordering::Release);
+        self.replaced.store(true, Ordering::Release);
     }
 
     /// A write or delete of a copy a re-seed replaced while it waited: "later", not "not

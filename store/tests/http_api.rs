@@ -1335,6 +1335,61 @@ fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_d
     });
 }
 
+/// Regression (review of f36c0c7): a re-seed that failed after its rename left the old copy
+/// replaced (its file renamed over), but a second re-seed that failed before its own rename
+/// put it back in service: it took deletes (204) on its unlinked file, lost at the next
+/// restart. A copy whose file was renamed over now stays replaced until a restart.
+#[test]
+fn a_copy_whose_file_was_renamed_over_is_never_put_back_in_service() {
+    let (da, db, dc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    rt().block_on(async {
+        let a = start_server(da.path(), ENGINES[0]).await;
+        let b = start_server(db.path(), ENGINES[1]).await;
+        let c = start_server(dc.path(), ENGINES[0]).await;
+        let http = reqwest::Client::new();
+        two_sources_of_volume_6(&http, &a, &c).await;
+        b.store
+            .import_remote_copy(6, &a.url(""), false)
+            .await
+            .unwrap();
+        let fail_renamed = db.path().join("test-fail-reseed-renamed");
+        std::fs::write(&fail_renamed, b"").unwrap();
+        assert!(b
+            .store
+            .import_remote_copy(6, &c.url(""), true)
+            .await
+            .is_err());
+        std::fs::remove_file(&fail_renamed).unwrap();
+        let fail_unlink = db.path().join("test-fail-reseed-unlink");
+        std::fs::write(&fail_unlink, b"").unwrap();
+        assert!(b
+            .store
+            .import_remote_copy(6, &c.url(""), true)
+            .await
+            .is_err());
+        std::fs::remove_file(&fail_unlink).unwrap();
+        // The copy still in the map is the one whose file was renamed over: no delete is
+        // acknowledged on it.
+        let r = http
+            .delete(b.url("/v1/needles/6/5/0/66"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a delete was acknowledged on a copy whose file is gone"
+        );
+        a.stop().await;
+        b.stop().await;
+        c.stop().await;
+    });
+}
+
 /// Regression: a seal of a remote copy that waited on its gate while a re-seed replaced it
 /// ran afterwards on the replaced copy and wrote that copy's sorted index (its offsets) as
 /// `vol-6.sidx`, over the new copy's files: after a restart the new copy opened sealed with
