@@ -24,6 +24,53 @@ async fn encoded(
     (a, path, b, b_path)
 }
 
+/// The URL of the store of shard `shard` in a volume's record (`info`), and its index in the
+/// cluster.
+fn shard_store(cl: &Cluster, info: &serde_json::Value, shard: usize) -> (String, usize) {
+    let url = info["replicas"][shard]["url"]
+        .as_str()
+        .expect("the shard's store")
+        .to_string();
+    let i = cl
+        .store_urls()
+        .iter()
+        .position(|u| *u == url)
+        .expect("a store of the cluster");
+    (url, i)
+}
+
+/// Waits until every shard store of volume `v` answers 404 for the deleted photo at `path`,
+/// and checks each still serves the other photo (`other`, when it is in the same volume);
+/// returns the shard stores' URLs.
+async fn gone_from_every_shard_store(
+    c: &reqwest::Client,
+    dir: &str,
+    v: u32,
+    path: &str,
+    other: (&AssignResponse, &str),
+) -> Vec<String> {
+    let info = get_json(c, format!("{dir}/v1/volumes/{v}")).await;
+    let urls: Vec<String> = info["replicas"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for u in &urls {
+        until_gone(c, &format!("{u}{path}"), u).await;
+        if other.0.volume_id == v {
+            let s = c
+                .get(format!("{u}{}", other.1))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(s, 200, "{u}");
+        }
+    }
+    urls
+}
+
 /// Seals volume `v` (the directory's record and each replica's store, as `haystack volume
 /// seal` does) and encodes it 2+1.
 async fn seal_and_encode(c: &reqwest::Client, dir: &str, v: u32, replicas: &[Replica]) {
@@ -75,15 +122,7 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     let (a, path, b, b_path) = encoded(&c, &dir).await;
     let v = a.volume_id;
     let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
-    let held_url = info["replicas"][1]["url"]
-        .as_str()
-        .expect("shard 1's store")
-        .to_string();
-    let held = cl
-        .store_urls()
-        .iter()
-        .position(|u| *u == held_url)
-        .expect("its index");
+    let (held_url, held) = shard_store(&cl, &info, 1);
     assert_eq!(
         c.get(format!("{held_url}{path}"))
             .send()
@@ -121,21 +160,8 @@ async fn a_delete_during_a_generation_switch_stays_deleted() {
     assert!(delete.await.expect("delete task").is_success());
     // Every shard store, the held one included, answers 404 for the deleted photo and still
     // serves the other.
-    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
-    let urls: Vec<String> = info["replicas"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert!(urls.contains(&held_url), "{info}");
-    for u in &urls {
-        until_gone(&c, &format!("{u}{path}"), u).await;
-        if b.volume_id == v {
-            let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
-            assert_eq!(s, 200, "{u}");
-        }
-    }
+    let urls = gone_from_every_shard_store(&c, &dir, v, &path, (&b, &b_path)).await;
+    assert!(urls.contains(&held_url), "{urls:?}");
 }
 
 /// A shard rebuilt onto a new store learns its peers' deletes when it starts; a delete made
@@ -314,15 +340,7 @@ async fn a_torn_delete_log_record_does_not_hide_the_deletes_after_it() {
     let (a, path, _, _) = encoded(&c, &dir).await;
     let v = a.volume_id;
     let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
-    let url = info["replicas"][0]["url"]
-        .as_str()
-        .expect("shard 0's store")
-        .to_string();
-    let i = cl
-        .store_urls()
-        .iter()
-        .position(|u| *u == url)
-        .expect("a store of the cluster");
+    let (url, i) = shard_store(&cl, &info, 0);
     // Half of a record at the end of that store's delete log.
     cl.stop_store(i);
     let log = cl.store_dir(i).join(format!("ec-{v}.ecd"));
@@ -407,19 +425,6 @@ async fn a_delete_during_an_encode_reaches_every_shard() {
         std::fs::remove_file(f).expect("release");
     }
     encode.await.expect("encode task");
-    let info = get_json(&c, format!("{dir}/v1/volumes/{v}")).await;
-    let urls: Vec<String> = info["replicas"]
-        .as_array()
-        .expect("shards")
-        .iter()
-        .map(|r| r["url"].as_str().unwrap_or_default().to_string())
-        .collect();
-    assert_eq!(urls.len(), 3, "{info}");
-    for u in &urls {
-        until_gone(&c, &format!("{u}{path}"), u).await;
-        if b.volume_id == v {
-            let s = c.get(format!("{u}{b_path}")).send().await.unwrap().status();
-            assert_eq!(s, 200, "{u}");
-        }
-    }
+    let urls = gone_from_every_shard_store(&c, &dir, v, &path, (&b, &b_path)).await;
+    assert_eq!(urls.len(), 3, "{urls:?}");
 }

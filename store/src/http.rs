@@ -335,9 +335,29 @@ async fn put_needle(
     })))
 }
 
-/// A delete on this store's shard of volume `id` when it also holds a replica of it (between
-/// an encode's install and the replica's drop): a delete must reach the shard too, or the
-/// shard (which outlives the replica) serves the needle again. Whether it deleted anything.
+/// A delete on this store's shard of erasure-coded volume `id`, in its own task, as every
+/// write: a dropped request cannot cut it half way. The volume's instance is taken again
+/// under the switch lock (`Store::ec_deletes`). `cookie`: None deletes whatever the cookie.
+async fn ec_delete(
+    store: &Arc<Store>,
+    id: u32,
+    key: u64,
+    alt: u32,
+    cookie: Option<u64>,
+) -> Result<(), StoreError> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let _switch = store.ec_deletes.read().await;
+        let ec = store.ec_volume(id).ok_or(StoreError::NoVolume(id))?;
+        ec.delete(key, alt, cookie, store.peers()).await
+    })
+    .await
+    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// [`ec_delete`] when this store also holds a replica of the volume (between an encode's
+/// install and the replica's drop): a delete must reach the shard too, or the shard (which
+/// outlives the replica) serves the needle again. Whether it deleted anything.
 async fn delete_on_shard_too(
     store: &Arc<Store>,
     id: u32,
@@ -348,22 +368,11 @@ async fn delete_on_shard_too(
     if store.ec_volume(id).is_none() {
         return Ok(false);
     }
-    let store = store.clone();
-    // Its own task, as every write: a dropped request cannot cut it half way. The volume's
-    // instance is taken again under the switch lock (`Store::ec_deletes`).
-    tokio::spawn(async move {
-        let _switch = store.ec_deletes.read().await;
-        let Some(ec) = store.ec_volume(id) else {
-            return Ok(false);
-        };
-        match ec.delete(key, alt, cookie, store.peers()).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::NotFound) => Ok(false),
-            Err(e) => Err(e),
-        }
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+    match ec_delete(store, id, key, alt, cookie).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::NotFound | StoreError::NoVolume(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiResult<HttpResponse> {
@@ -380,20 +389,7 @@ async fn delete_needle(req: HttpRequest, store: web::Data<Arc<Store>>) -> ApiRes
                 r => r?,
             }
         }
-        Target::Ec(_) => {
-            let store = store.get_ref().clone();
-            // Its own task, as every write: a dropped request cannot cut it half way. The
-            // volume's instance is taken again under the switch lock (`Store::ec_deletes`).
-            tokio::spawn(async move {
-                let _switch = store.ec_deletes.read().await;
-                let ec = store
-                    .ec_volume(a.volume)
-                    .ok_or(StoreError::NoVolume(a.volume))?;
-                ec.delete(a.key, a.alt, Some(a.cookie), store.peers()).await
-            })
-            .await
-            .map_err(|e| ApiError(StoreError::Io(std::io::Error::other(e.to_string()))))??
-        }
+        Target::Ec(_) => ec_delete(&store, a.volume, a.key, a.alt, Some(a.cookie)).await?,
     }
     Ok(HttpResponse::NoContent().finish())
 }

@@ -12,6 +12,25 @@ use crate::engine::{EngineKind, IoEngine};
 use crate::error::{Result, StoreError};
 use crate::volume::{Volume, VolumeConfig};
 
+/// Runs `f` on the blocking pool; a task that panicked is an I/O error.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// Removes each of `paths` that exists.
+fn remove_if_present(paths: &[&std::path::Path]) -> std::io::Result<()> {
+    for p in paths {
+        match std::fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn lock_map(
     m: &std::sync::Mutex<HashMap<u32, u32>>,
 ) -> std::sync::MutexGuard<'_, HashMap<u32, u32>> {
@@ -523,7 +542,7 @@ impl Store {
             None => {
                 let swapped = {
                     let (dir, tmp) = (dir.clone(), tmp.clone());
-                    tokio::task::spawn_blocking(move || -> Result<()> {
+                    blocking(move || {
                         if remote_copy {
                             crate::volume::mark_remote_copy(&dir, id)?;
                         } else {
@@ -532,19 +551,12 @@ impl Store {
                         let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
                         // Index files an earlier import left (it failed after its rename)
                         // describe another file: never over these bytes.
-                        for p in [&sidx, &idx] {
-                            match std::fs::remove_file(p) {
-                                Ok(()) => {}
-                                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
+                        remove_if_present(&[&sidx, &idx])?;
                         std::fs::rename(&tmp, &dat)?;
                         std::fs::File::open(&dir)?.sync_all()?;
                         Ok(())
                     })
                     .await
-                    .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
                 };
                 if let Err(e) = swapped {
                     let _ = std::fs::remove_file(&tmp);
@@ -552,12 +564,8 @@ impl Store {
                 }
                 // Every byte received is the source's file up to its tail: damage in it is
                 // skipped at the open, never taken for the end.
-                let v = tokio::task::spawn_blocking(move || {
-                    // Its configured maximum comes from the superblock.
-                    Volume::open_vouched(&dir, id, eng, vc, got)
-                })
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+                // Its configured maximum comes from the superblock.
+                let v = blocking(move || Volume::open_vouched(&dir, id, eng, vc, got)).await?;
                 if sealed {
                     v.seal().await?;
                 }
@@ -595,15 +603,13 @@ impl Store {
     ) -> Result<Arc<Volume>> {
         let dir = self.cfg.data_dir.clone();
         let staging = dir.join(format!("vol-{id}.reseed"));
-        let blocking_err =
-            |e: tokio::task::JoinError| StoreError::Io(std::io::Error::other(e.to_string()));
         let cleanup = |staging: &std::path::Path| {
             let _ = std::fs::remove_dir_all(staging);
         };
         let staged = {
             let (staging, tmp, eng, vc) =
                 (staging.clone(), tmp.to_path_buf(), eng.clone(), vc.clone());
-            tokio::task::spawn_blocking(move || -> Result<Arc<Volume>> {
+            blocking(move || {
                 if staging.exists() {
                     std::fs::remove_dir_all(&staging)?;
                 }
@@ -615,7 +621,6 @@ impl Store {
                 Volume::open_vouched(&staging, id, eng, vc, got)
             })
             .await
-            .map_err(blocking_err)?
         };
         let staged = match staged {
             Ok(v) => v,
@@ -675,7 +680,7 @@ impl Store {
         let renamed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let swapped = {
             let (dir, staging, renamed) = (dir.clone(), staging.clone(), renamed.clone());
-            tokio::task::spawn_blocking(move || -> Result<()> {
+            blocking(move || {
                 crate::pause::blocking(&dir, "reseed-swap");
                 crate::pause::fail(&dir, "reseed-unlink")?;
                 let (dat, idx, sidx) = crate::volume::volume_paths(&dir, id);
@@ -685,13 +690,7 @@ impl Store {
                 // never an old index over new bytes; the new ones follow the new file.
                 // The sorted index first: a sealed copy left with it and no index file would
                 // open without the deletes logged since its seal.
-                for p in [&sidx, &idx] {
-                    match std::fs::remove_file(p) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                remove_if_present(&[&sidx, &idx])?;
                 crate::volume::mark_remote_copy(&dir, id)?;
                 std::fs::rename(&new_dat, &dat)?;
                 renamed.store(true, std::sync::atomic::Ordering::Release);
@@ -706,7 +705,6 @@ impl Store {
                 Ok(())
             })
             .await
-            .unwrap_or_else(|e| Err(blocking_err(e)))
         };
         if let Err(e) = swapped {
             if renamed.load(std::sync::atomic::Ordering::Acquire) {
@@ -727,9 +725,7 @@ impl Store {
             volume = id,
             "remote copy replaced by a re-seed from its source"
         );
-        let opened = tokio::task::spawn_blocking(move || Volume::open(&dir, id, eng, vc))
-            .await
-            .unwrap_or_else(|e| Err(blocking_err(e)));
+        let opened = blocking(move || Volume::open(&dir, id, eng, vc)).await;
         match &opened {
             // The flags are in its file; the memory makes a needle shipped after its delete
             // land deleted here too.

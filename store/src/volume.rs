@@ -718,10 +718,7 @@ impl Volume {
     /// this one was downloading would otherwise be lost with it. Returns how many needles were
     /// deleted here.
     pub(crate) async fn take_deletes_of(&self, old: &Volume) -> Result<usize> {
-        let mut carry = lock(&old.recent_deletes).remembered(std::time::Instant::now());
-        if let Some(j) = lock(&old.reseed_journal).as_ref() {
-            carry.extend(j.iter().copied());
-        }
+        let mut carry = old.deletes_to_carry(std::time::Instant::now());
         {
             let st = self.read_index();
             carry.extend(
@@ -747,14 +744,21 @@ impl Volume {
     /// that would undo one is laid down deleted or refused, as on the old copy.
     pub(crate) fn remember_deletes_of(&self, old: &Volume) {
         let now = std::time::Instant::now();
-        let mut carry = lock(&old.recent_deletes).remembered(now);
-        if let Some(j) = lock(&old.reseed_journal).as_ref() {
-            carry.extend(j.iter().copied());
-        }
+        let carry = old.deletes_to_carry(now);
         let mut recent = lock(&self.recent_deletes);
         for (key, alt, cookie) in carry {
             recent.insert(key, alt, cookie, now);
         }
+    }
+
+    /// The deletes this copy remembers and those its re-seed journal holds (for the copy
+    /// that replaces it).
+    fn deletes_to_carry(&self, now: std::time::Instant) -> Vec<DeleteOf> {
+        let mut carry = lock(&self.recent_deletes).remembered(now);
+        if let Some(j) = lock(&self.reseed_journal).as_ref() {
+            carry.extend(j.iter().copied());
+        }
+        carry
     }
 
     /// Journals every delete this copy takes from now until the guard drops (a re-seed's

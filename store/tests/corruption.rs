@@ -205,14 +205,7 @@ fn a_zeroed_header_below_indexed_needles_does_not_cut_them_off() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let vol = create(dir.path(), 4, kind);
-            let mut locs = Vec::new();
-            for k in 0..6u64 {
-                locs.extend(
-                    vol.write_batch(vec![needle(k, 0, 2, &[k as u8; 100])])
-                        .await
-                        .unwrap(),
-                );
-            }
+            let locs = six_needles(&vol).await;
             vol.flush_index();
             let tail = vol.info().size_bytes;
             drop(vol);
@@ -303,14 +296,7 @@ fn an_index_rebuild_past_a_zeroed_header_keeps_the_needles_after_it() {
         let dir = tempfile::tempdir().unwrap();
         rt().block_on(async {
             let vol = create(dir.path(), 4, kind);
-            let mut locs = Vec::new();
-            for k in 0..6u64 {
-                locs.extend(
-                    vol.write_batch(vec![needle(k, 0, 2, &[k as u8; 100])])
-                        .await
-                        .unwrap(),
-                );
-            }
+            let locs = six_needles(&vol).await;
             let tail = vol.info().size_bytes;
             let (dat, _, _) = volume_paths(dir.path(), 4);
             let f = OpenOptions::new().write(true).open(&dat).unwrap();
@@ -428,4 +414,20 @@ fn a_rebuild_finds_a_needle_at_the_edge_of_its_first_scan_window() {
             edge.offset
         );
     });
+}
+
+/// Needles 0 to 5 (alt 0, cookie 2, 100 bytes of their key) written one batch each; their
+/// places.
+async fn six_needles(
+    vol: &std::sync::Arc<haystack_store::Volume>,
+) -> Vec<haystack_store::index::Loc> {
+    let mut locs = Vec::new();
+    for k in 0..6u64 {
+        locs.extend(
+            vol.write_batch(vec![needle(k, 0, 2, &[k as u8; 100])])
+                .await
+                .unwrap(),
+        );
+    }
+    locs
 }

@@ -675,6 +675,25 @@ async fn stalling_source(
     (url, task)
 }
 
+/// Servers a, b and c on their directories, volume 6 on a and c with different needles
+/// ([`two_sources_of_volume_6`]), and on b a remote copy of a's: the re-seed tests' start.
+async fn b_holds_a_remote_copy_of_a(
+    da: &tempfile::TempDir,
+    db: &tempfile::TempDir,
+    dc: &tempfile::TempDir,
+) -> (TestServer, TestServer, TestServer, reqwest::Client) {
+    let a = start_server(da.path(), ENGINES[0]).await;
+    let b = start_server(db.path(), ENGINES[1]).await;
+    let c = start_server(dc.path(), ENGINES[0]).await;
+    let http = reqwest::Client::new();
+    two_sources_of_volume_6(&http, &a, &c).await;
+    b.store
+        .import_remote_copy(6, &a.url(""), false)
+        .await
+        .unwrap();
+    (a, b, c, http)
+}
+
 /// Volume 6 on `a` (needles 0..10) and on `c` (needles 100..130), each a file of its own
 /// (distinct tags), 3,000 bytes of the key's low byte per needle, cookie 0x66.
 async fn two_sources_of_volume_6(http: &reqwest::Client, a: &TestServer, c: &TestServer) {
@@ -1036,15 +1055,7 @@ fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
         tempfile::tempdir().unwrap(),
     );
     rt().block_on(async {
-        let a = start_server(da.path(), ENGINES[0]).await;
-        let b = start_server(db.path(), ENGINES[1]).await;
-        let c = start_server(dc.path(), ENGINES[0]).await;
-        let http = reqwest::Client::new();
-        two_sources_of_volume_6(&http, &a, &c).await;
-        b.store
-            .import_remote_copy(6, &a.url(""), false)
-            .await
-            .unwrap();
+        let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let import_file = db.path().join("vol-6.dat.import");
         // A re-seed from the same source, stalled after its first bytes.
         let (go, feeder, reseed) = stalled_reseed(&b, &a, &import_file).await;
@@ -1143,15 +1154,7 @@ fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
         tempfile::tempdir().unwrap(),
     );
     rt().block_on(async {
-        let a = start_server(da.path(), ENGINES[0]).await;
-        let b = start_server(db.path(), ENGINES[1]).await;
-        let c = start_server(dc.path(), ENGINES[0]).await;
-        let http = reqwest::Client::new();
-        two_sources_of_volume_6(&http, &a, &c).await;
-        b.store
-            .import_remote_copy(6, &a.url(""), false)
-            .await
-            .unwrap();
+        let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         // A re-seed from c, held inside its swap.
         let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
         // The copy being replaced still serves.
@@ -1287,15 +1290,7 @@ fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_d
         tempfile::tempdir().unwrap(),
     );
     rt().block_on(async {
-        let a = start_server(da.path(), ENGINES[0]).await;
-        let b = start_server(db.path(), ENGINES[1]).await;
-        let c = start_server(dc.path(), ENGINES[0]).await;
-        let http = reqwest::Client::new();
-        two_sources_of_volume_6(&http, &a, &c).await;
-        b.store
-            .import_remote_copy(6, &a.url(""), false)
-            .await
-            .unwrap();
+        let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let import_file = db.path().join("vol-6.dat.import");
         let (go, feeder, reseed) = stalled_reseed(&b, &c, &import_file).await;
         // The delete of needle 500, held by no copy yet, reaches the remote (404: done).
@@ -1347,15 +1342,7 @@ fn a_copy_whose_file_was_renamed_over_is_never_put_back_in_service() {
         tempfile::tempdir().unwrap(),
     );
     rt().block_on(async {
-        let a = start_server(da.path(), ENGINES[0]).await;
-        let b = start_server(db.path(), ENGINES[1]).await;
-        let c = start_server(dc.path(), ENGINES[0]).await;
-        let http = reqwest::Client::new();
-        two_sources_of_volume_6(&http, &a, &c).await;
-        b.store
-            .import_remote_copy(6, &a.url(""), false)
-            .await
-            .unwrap();
+        let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let fail_renamed = db.path().join("test-fail-reseed-renamed");
         std::fs::write(&fail_renamed, b"").unwrap();
         assert!(b
@@ -1403,15 +1390,7 @@ fn a_seal_waiting_during_a_reseeds_swap_does_not_touch_the_new_copy() {
         tempfile::tempdir().unwrap(),
     );
     rt().block_on(async {
-        let a = start_server(da.path(), ENGINES[0]).await;
-        let mut b = start_server(db.path(), ENGINES[1]).await;
-        let c = start_server(dc.path(), ENGINES[0]).await;
-        let http = reqwest::Client::new();
-        two_sources_of_volume_6(&http, &a, &c).await;
-        b.store
-            .import_remote_copy(6, &a.url(""), false)
-            .await
-            .unwrap();
+        let (a, mut b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
         let seal = {
             let (http, url) = (http.clone(), b.url("/v1/volumes/6/seal"));
