@@ -588,8 +588,14 @@ async fn a_delete_a_seeding_remote_replica_answered_no_such_volume_is_delivered_
     dir.client.delete(x.id).await.expect("delete");
     // The first answer was no_such_volume; the delete must come again (as the repair
     // worker's cookie-less delete) and be taken.
+    let gc = format!("POST /v1/volumes/{}/gc", x.volume_id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while remote_log.lock().expect("log").len() < 2 {
+    while !remote_log
+        .lock()
+        .expect("log")
+        .iter()
+        .any(|l| l.starts_with(&gc))
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "the delete the unseeded remote answered no_such_volume was never sent again: {:?}",

@@ -70,8 +70,13 @@ pub const ANSWER_MARGIN: Duration = Duration::from_secs(30);
 /// How long gc waits, from its listing of the uploads, before it reads a held upload's object
 /// again: past the latest answer a complete may still act on (claim + [`RECORD_DEADLINE`] +
 /// [`ANSWER_MARGIN`]; the claim was made before the listing), with a margin for the two
-/// hosts' clocks running at slightly different rates.
-pub const COMPLETE_WAIT: Duration = Duration::from_secs(60 + 30 + 30);
+/// hosts' clocks running at slightly different rates ([`CLOCK_MARGIN`]).
+pub const COMPLETE_WAIT: Duration = RECORD_DEADLINE
+    .saturating_add(ANSWER_MARGIN)
+    .saturating_add(CLOCK_MARGIN);
+
+/// Added to a complete's answer bound in [`COMPLETE_WAIT`].
+const CLOCK_MARGIN: Duration = Duration::from_secs(30);
 
 /// Records per scan request (the directory's most).
 const PAGE: usize = haystack_proto::kv::MAX_SCAN;

@@ -1446,8 +1446,13 @@ async fn copy_bytes(
 
 /// Seconds of an HTTP date header, if it parses.
 fn http_date(h: &HeaderMap, name: &str) -> Option<u64> {
-    hdr(h, name)
-        .and_then(|v| httpdate::parse_http_date(v).ok())
+    hdr(h, name).and_then(date_secs)
+}
+
+/// Seconds of an HTTP date, if it is one.
+fn date_secs(v: &str) -> Option<u64> {
+    httpdate::parse_http_date(v)
+        .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs())
 }
@@ -1512,11 +1517,9 @@ fn if_range(v: &str, o: &ObjectRecord) -> bool {
     if let Some(tag) = v.strip_prefix('"') {
         return tag.strip_suffix('"') == Some(o.etag.as_str());
     }
-    match httpdate::parse_http_date(v) {
-        Ok(t) => t
-            .duration_since(std::time::UNIX_EPOCH)
-            .is_ok_and(|d| d.as_secs() == o.last_modified_ms / 1000),
-        Err(_) => v == o.etag,
+    match date_secs(v) {
+        Some(t) => t == o.last_modified_ms / 1000,
+        None => v == o.etag,
     }
 }
 

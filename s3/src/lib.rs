@@ -45,11 +45,11 @@ pub fn build(config: S3Config) -> Result<service::S3, S3Error> {
     build_with_credentials(config, creds)
 }
 
-/// [`build`] with the given credentials for the directory and the stores (the operator tools
-/// pass theirs).
 /// The longest one request to a directory (or a store) may take, its body included.
 pub const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// [`build`] with the given credentials for the directory and the stores (the operator tools
+/// pass theirs).
 pub fn build_with_credentials(
     config: S3Config,
     creds: Credentials,

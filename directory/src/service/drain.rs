@@ -278,17 +278,7 @@ impl Directory {
         sources: &[&str],
         target: &StoreMachine,
     ) -> Result<(), DirectoryError> {
-        let http = self
-            .config
-            .security
-            .http_builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| DirectoryError::Internal(e.to_string()))?;
-        let stores = StoreClient::new(http).with_credentials(Credentials::internal(
-            self.config.security.keys.as_ref(),
-            "directory",
-        ));
+        let stores = super::erasure::bulk_client(&self.config.security)?;
         let mut failed = Vec::new();
         let mut copied = None;
         for &source in sources {

@@ -197,7 +197,11 @@ async fn encode_source(
 
 /// A client for the stores' long erasure-coding steps: no overall timeout, the directory's
 /// TLS settings and internal credentials.
-fn bulk_client(security: &haystack_service::auth::Security) -> Result<StoreClient, DirectoryError> {
+/// A store client for bulk operations (copies, builds, installs): no overall timeout, a
+/// 5 s connect timeout, the directory's internal credentials.
+pub(super) fn bulk_client(
+    security: &haystack_service::auth::Security,
+) -> Result<StoreClient, DirectoryError> {
     let http = security
         .http_builder()
         .connect_timeout(Duration::from_secs(5))

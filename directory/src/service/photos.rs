@@ -632,6 +632,24 @@ impl Directory {
         added
     }
 
+    /// A needle's delete on one replica: whether it is done (a 404 is, but a remote
+    /// replica's `no_such_volume`: one still seeding may hold the needle). `remote`: the
+    /// volume's remote replicas.
+    async fn delete_on_store(
+        &self,
+        r: &Replica,
+        a: &NeedleAddr,
+        remote: &std::collections::HashSet<u64>,
+    ) -> (u64, bool) {
+        let res = self.stores.delete_needle(&r.url, a).await;
+        let unseeded = remote.contains(&r.store_id)
+            && matches!(&res, Err(e) if e.code() == Some("no_such_volume"));
+        (
+            r.store_id,
+            !unseeded && delete_notified("store", &r.url, res),
+        )
+    }
+
     pub(super) async fn notify_delete(&self, p: &Photo) -> DeleteResponse {
         let view = self.view();
         // The asynchronous remote replicas too: a delete must not wait for anything there.
@@ -652,43 +670,27 @@ impl Directory {
         // A remote replica still seeding answers 404 `no_such_volume`: not done (its seed may
         // hold the needle, exported before the source's own delete, and shipping never sends
         // a delete flag for bytes already shipped), so the repair worker delivers it later.
-        let remote_ids: std::collections::HashSet<u64> = view
+        let mut remote_ids: std::collections::HashSet<u64> = view
             .volumes
             .get(&p.volume_id)
             .map(|v| v.info.remote_replicas.iter().map(|r| r.store_id).collect())
             .unwrap_or_default();
         let caches = self.config.purge_targets();
         let alts: Vec<u32> = p.alts().collect();
-        let done = |what: &'static str, base: &str, r: Result<(), ClientError>| match r {
-            Ok(()) => true,
-            Err(e) if e.is_not_found() => true,
-            Err(e @ ClientError::Api { .. }) => {
-                tracing::warn!(%base, what, status = e.status(), "delete notification refused");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(%base, what, error = %e, "delete notification failed");
-                false
-            }
-        };
         let addrs: Vec<NeedleAddr> = alts
             .iter()
             .map(|alt| NeedleAddr::new(p.volume_id, p.id, *alt, p.cookie))
             .collect();
-        let remote_ids = &remote_ids;
+        let remote = &remote_ids;
         let store_calls = replicas.iter().flat_map(|r| {
-            addrs.iter().map(move |a| async move {
-                let res = self.stores.delete_needle(&r.url, a).await;
-                let unseeded = remote_ids.contains(&r.store_id)
-                    && matches!(&res, Err(e) if e.code() == Some("no_such_volume"));
-                let ok = !unseeded && done("store", &r.url, res);
-                (r.store_id, ok)
-            })
-        });
-        let cache_calls = caches.iter().flat_map(|base| {
             addrs
                 .iter()
-                .map(move |a| async move { done("cache", base, self.caches.purge(base, a).await) })
+                .map(move |a| self.delete_on_store(r, a, remote))
+        });
+        let cache_calls = caches.iter().flat_map(|base| {
+            addrs.iter().map(move |a| async move {
+                delete_notified("cache", base, self.caches.purge(base, a).await)
+            })
         });
         let mut store_calls = join_all(store_calls.collect::<Vec<_>>()).await;
         let cache_results = join_all(cache_calls.collect::<Vec<_>>()).await;
@@ -698,11 +700,11 @@ impl Directory {
         // (`compare_moved`, a rebuild's carried deletes), which finds the delete on the
         // replicas called above.
         let mut unknown = Vec::new();
-        let mut late_remote = std::collections::HashSet::new();
         let late = self
-            .replicas_added_since(p.volume_id, &replicas, &mut unknown, &mut late_remote)
+            .replicas_added_since(p.volume_id, &replicas, &mut unknown, &mut remote_ids)
             .await;
-        let late_remote = &late_remote;
+        // A remote replica found here is typically new, i.e. still seeding.
+        let remote = &remote_ids;
         // A store named whose URL this instance does not know yet: the repair worker delivers
         // the delete once it does.
         store_calls.extend(unknown.into_iter().map(|s| (s, false)));
@@ -711,14 +713,9 @@ impl Directory {
             metrics::counter!("haystack_directory_deletes_to_switched_replicas_total")
                 .increment(late.len() as u64);
             let calls = late.iter().flat_map(|r| {
-                addrs.iter().map(move |a| async move {
-                    let res = self.stores.delete_needle(&r.url, a).await;
-                    // A remote replica found here is typically new, i.e. still seeding.
-                    let unseeded = late_remote.contains(&r.store_id)
-                        && matches!(&res, Err(e) if e.code() == Some("no_such_volume"));
-                    let ok = !unseeded && done("store", &r.url, res);
-                    (r.store_id, ok)
-                })
+                addrs
+                    .iter()
+                    .map(move |a| self.delete_on_store(r, a, remote))
             });
             store_calls.extend(join_all(calls.collect::<Vec<_>>()).await);
         }
@@ -827,5 +824,21 @@ async fn retry_purges(caches: CacheClient, photo_id: u64, mut left: Vec<(String,
         .increment(left.len() as u64);
     for (base, _) in &left {
         tracing::warn!(photo_id, cache = %base, "cache purge still failing after retries; the cache's hit recheck drops the photo");
+    }
+}
+
+/// Whether a delete notification to `base` (a store or a cache) is done: answered, or 404.
+fn delete_notified(what: &'static str, base: &str, r: Result<(), ClientError>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) if e.is_not_found() => true,
+        Err(e @ ClientError::Api { .. }) => {
+            tracing::warn!(%base, what, status = e.status(), "delete notification refused");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%base, what, error = %e, "delete notification failed");
+            false
+        }
     }
 }

@@ -353,18 +353,7 @@ impl Directory {
                 continue;
             };
             let id = v.info.id;
-            let copy = self
-                .config
-                .security
-                .http_builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .map_err(|e| DirectoryError::Internal(e.to_string()))?;
-            let copy =
-                StoreClient::new(copy).with_credentials(haystack_client::Credentials::internal(
-                    self.config.security.keys.as_ref(),
-                    "directory",
-                ));
+            let copy = super::erasure::bulk_client(&self.config.security)?;
             // Each healthy replica in turn until one copy is made: a source whose export
             // fails (a disk error since its last heartbeat) must not stall the volume.
             let mut copied = false;
