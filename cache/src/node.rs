@@ -330,6 +330,7 @@ mod tests {
             remote_replicas: vec![],
             reason: None,
             ec: None,
+            moved_away: vec![],
         })
         .unwrap();
         let reads = Arc::new(AtomicUsize::new(0));

@@ -362,6 +362,15 @@ impl StoreClient {
             .map(drop)
     }
 
+    /// Drops a store's copy of volume `id` that a move replaced, in whatever state it is
+    /// (`DELETE /v1/volumes/{id}?moved=true`).
+    pub async fn drop_moved_copy(&self, store: &str, id: u32) -> Result<(), ClientError> {
+        let u = format!("{}?moved=true", url::volume(store, id));
+        send(self.req(reqwest::Method::DELETE, &u), &u)
+            .await
+            .map(drop)
+    }
+
     /// A POST to an erasure-coded volume's operation with a JSON body; `T` is the store's
     /// answer (`build`, `install`, `verify`, `rebuild`, `manifest`).
     pub async fn ec_op<B: Serialize, T: DeserializeOwned>(

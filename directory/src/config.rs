@@ -60,6 +60,10 @@ pub struct DirectoryConfig {
     /// replicas copied from a healthy replica onto another store, which then replaces it.
     /// 0 turns it off. Default 900000 (15 minutes: a reboot is not a reason to copy).
     pub rereplicate_after_ms: u64,
+    /// A replica's old copy, once a move replaced it, is kept this many ms (a last-resort
+    /// source for the repairs the move queued), then dropped by the repair worker when no
+    /// repair of its volume is queued. Default 600000 (10 minutes).
+    pub moved_copy_keep_ms: u64,
     /// Anti-entropy: every this many ms the replicas of each volume are compared by digests
     /// of their needle lists and the differences repaired. 0 turns it off. Default 600000.
     pub anti_entropy_interval_ms: u64,
@@ -131,6 +135,7 @@ impl Default for DirectoryConfig {
             notify_timeout_ms: 2_000,
             idempotency_ttl_ms: 86_400_000,
             rereplicate_after_ms: 900_000,
+            moved_copy_keep_ms: 600_000,
             anti_entropy_interval_ms: 600_000,
             remote_zones: Vec::new(),
             placement: crate::placement::Policy::Spread,

@@ -96,6 +96,21 @@ pub struct LogicalVolume {
     /// was recorded. The automatic encode policy counts a sealed volume's age from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_ms: Option<u64>,
+    /// Stores still holding a copy that a move (drain, rebalance, re-replication, replace)
+    /// took out of `replicas`: a last-resort source for repairs, never read otherwise, and
+    /// dropped by the repair worker (`DELETE /v1/volumes/{id}?moved=true`) once it is
+    /// `moved_copy_keep_ms` old and no repair of the volume is queued. Until then the
+    /// store is not a target for a new replica of the volume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_away: Vec<MovedCopy>,
+}
+
+/// A copy a move replaced, not dropped yet (see [`LogicalVolume::moved_away`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedCopy {
+    pub store_id: u64,
+    /// When the record stopped naming it (ms since the epoch).
+    pub moved_ms: u64,
 }
 
 /// A store machine.

@@ -1221,6 +1221,83 @@ async fn a_drain_copies_from_the_replica_it_moves_first() {
     );
 }
 
+/// The copy a move replaced is dropped by the repair worker (`DELETE /v1/volumes/{v}?moved=true`
+/// on its store), and only once it is `moved_copy_keep_ms` old and no repair of its volume is
+/// queued (a repair may still need it as a last-resort source); until then its store is not a
+/// target for the volume. Before, nothing ever dropped it (see the ops test
+/// `rereplication::a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_replicas_old_copy_is_dropped_once_old_enough_and_unneeded() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    cfg.moved_copy_keep_ms = 5_000;
+    let meta = Meta::new(store.clone());
+    let d = directory(cfg, store, clock.clone()).await;
+    let mut ids = Vec::new();
+    let mut logs = Vec::new();
+    for _ in 0..3 {
+        let (url, log) = crate::common::scripted(|_, _| async {
+            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+        });
+        ids.push(register_at(&d, &url).await);
+        logs.push(log);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
+    let old = replicas[0];
+    let old_log = logs[ids.iter().position(|i| *i == old).expect("old")].clone();
+    for id in &ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(&d, *id, held).await;
+    }
+    d.replace_replica(vol, old, spare).await.expect("replace");
+    assert_eq!(d.volume(vol).expect("volume").moved_away, vec![old]);
+    let drop_call = format!("DELETE /v1/volumes/{vol}");
+    let dropped = || old_log.lock().expect("log").contains(&drop_call);
+
+    d.repair_once().await.expect("repair round");
+    assert!(!dropped(), "dropped before moved_copy_keep_ms");
+    clock.advance_ms(6_000);
+    assert!(d
+        .enqueue_repair(
+            12_345,
+            vol,
+            spare,
+            haystack_proto::directory::RepairAction::Copy,
+            Vec::new(),
+            "a copy the move left behind",
+        )
+        .await
+        .expect("enqueue"));
+    d.repair_once().await.expect("repair round");
+    assert!(
+        !dropped(),
+        "dropped while a repair of the volume was queued"
+    );
+    assert_eq!(d.volume(vol).expect("volume").moved_away, vec![old]);
+    // The repair is done (here: taken off the queue), and the next pass drops the copy.
+    let rec = meta.get_repair(12_345).await.expect("get").expect("queued");
+    meta.delete_repair(12_345, rec.version)
+        .await
+        .expect("delete");
+    d.repair_once().await.expect("repair round");
+    assert!(dropped(), "{:?}", old_log.lock().expect("log"));
+    assert!(d.volume(vol).expect("volume").moved_away.is_empty());
+}
+
 /// A delete queued by one instance for a replica it just switched in is carried out by the
 /// instance working the repair queue even while that one's view still has the old replicas.
 /// Before, the worker took "not a replica in my view" for "the replica moved away" and dropped

@@ -141,3 +141,98 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
     // The deleted photo is gone from the copy too (the repair worker applies the queued delete).
     until_gone(&c, &format!("{spare}{path}"), "the copy").await;
 }
+
+/// Regression: a replica that a move replaced kept its copy for good. Nothing told its store
+/// of the deletes made after the move, so the copy served deleted photos to anyone holding its
+/// URL (a cache or CDN with an older view), and a later move of the volume back onto that store
+/// was refused (the store already held the volume). Now the directory drops the old copy
+/// (`DELETE /v1/volumes/{v}?moved=true`) once it is `moved_copy_keep_ms` old and no repair of
+/// the volume is queued. Before the fix this failed at the first wait: the old copy still served
+/// the deleted photo after 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        moved_copy_keep_ms: 0,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, path, _) = put_photo(&c, &dir, 9_000, 1).await;
+    let v = a.volume_id;
+    let spare = cl
+        .store_urls()
+        .into_iter()
+        .find(|u| a.replicas.iter().all(|r| r.url != *u))
+        .expect("a store without the volume");
+    let spare_id = store_id(&c, &dir, &spare).await;
+    let (kept, old) = (a.replicas[0].clone(), a.replicas[1].clone());
+    let copy_and_replace = async |onto: &str, onto_id: u64, from: &str, replaced: u64| {
+        let r = c
+            .post(format!("{onto}/v1/volumes/{v}/import"))
+            .json(&serde_json::json!({ "from": from }))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        assert!(
+            status.is_success(),
+            "import onto {onto}: {status} {}",
+            r.text().await.unwrap()
+        );
+        let r = c
+            .post(format!("{dir}/v1/volumes/{v}/replace"))
+            .json(&serde_json::json!({
+                "from_store_id": replaced.to_string(),
+                "to_store_id": onto_id.to_string(),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "replace: {}", r.status());
+    };
+    // The second replica moves onto the spare store; then the photo is deleted.
+    copy_and_replace(&spare, spare_id, &kept.url, old.store_id).await;
+    let r = c
+        .delete(format!("{dir}/v1/photos/{}", a.id))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "delete: {}", r.status());
+    until_gone(&c, &format!("{}{path}", old.url), "the moved-away copy").await;
+    let held = c
+        .get(format!("{}/v1/volumes/{v}", old.url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(held, 404, "the old store still holds volume {v}");
+    // The volume moves back onto the old store (a copy of the spare's replica), and the photo
+    // stays deleted there.
+    copy_and_replace(&old.url, old.store_id, &spare, spare_id).await;
+    assert_eq!(
+        c.get(format!("{}{path}", old.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    until_gone(&c, &format!("{spare}{path}"), "the spare's moved-away copy").await;
+    let vol: LogicalVolumeInfo = c
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now: Vec<u64> = vol.replicas.iter().map(|r| r.store_id).collect();
+    assert_eq!(now.len(), 2);
+    assert!(
+        now.contains(&kept.store_id) && now.contains(&old.store_id),
+        "{vol:?}"
+    );
+}

@@ -378,6 +378,11 @@ pub struct LogicalVolumeInfo {
     /// order (0..k data, k..k+m parity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec: Option<EcScheme>,
+    /// Stores still holding a copy a move replaced (drain, rebalance, re-replication,
+    /// replace): never read but as a last-resort repair source, dropped once no repair of
+    /// the volume needs it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_away: Vec<u64>,
 }
 
 /// An erasure-coded volume's scheme (issue 14; docs/FORMAT.md, "Erasure-coded volumes").

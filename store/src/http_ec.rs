@@ -224,14 +224,23 @@ async fn ec_shard_range(
         .body(b))
 }
 
-/// `DELETE /v1/volumes/{v}`: drop a sealed replica (the directory, after switching the volume
-/// to its shards).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DropQuery {
+    #[serde(default)]
+    moved: bool,
+}
+
+/// `DELETE /v1/volumes/{v}[?moved=true]`: drop a sealed replica (the directory, after switching
+/// the volume to its shards), or with `moved` one in any state (the directory, once a move
+/// replaced it and no repair needs it).
 pub(crate) async fn drop_volume(
     req: HttpRequest,
+    q: web::Query<DropQuery>,
     store: web::Data<Arc<Store>>,
 ) -> ApiResult<HttpResponse> {
     let id = volume_of(&req)?;
-    store.drop_replica(id).await?;
+    store.drop_replica(id, q.moved).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

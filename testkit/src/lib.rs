@@ -55,6 +55,8 @@ pub struct ClusterOptions {
     pub store_timeout_ms: u64,
     /// Down time after which the directory re-replicates a store's volumes, ms (0: never).
     pub rereplicate_after_ms: u64,
+    /// How long the directory keeps a moved replica's old copy before it drops it, ms.
+    pub moved_copy_keep_ms: u64,
     /// The directory's anti-entropy interval, ms (0: off, the default here).
     pub anti_entropy_interval_ms: u64,
     /// The stores' scrubber (off by default here: `bytes_per_sec: Some(0)`).
@@ -101,6 +103,7 @@ impl Default for ClusterOptions {
             engine: EngineKind::Auto,
             store_timeout_ms: 3_000,
             rereplicate_after_ms: 0,
+            moved_copy_keep_ms: 600_000,
             anti_entropy_interval_ms: 0,
             scrub: haystack_store::ScrubConfig {
                 bytes_per_sec: Some(0),
@@ -268,6 +271,7 @@ impl Cluster {
             cache_purge_urls: opts.cache_purge_urls.clone(),
             notify_timeout_ms: 2_000,
             rereplicate_after_ms: opts.rereplicate_after_ms,
+            moved_copy_keep_ms: opts.moved_copy_keep_ms,
             anti_entropy_interval_ms: opts.anti_entropy_interval_ms,
             remote_zones: if opts.remote_stores > 0 {
                 vec![REMOTE_ZONE.to_string()]

@@ -211,6 +211,7 @@ impl Directory {
             .filter(|s| takes_replicas(s))
             .filter(|s| only_to.is_none_or(|t| t == s.id))
             .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
+            .filter(|s| !v.info.moved_away.contains(&s.id))
             .map(as_candidate)
             .collect();
         // The sources, tried in turn: the replica moved away first while it serves (it holds

@@ -980,6 +980,7 @@ mod tests {
             remote: Vec::new(),
             ec: None,
             sealed_ms,
+            moved_away: Vec::new(),
         }
     }
 

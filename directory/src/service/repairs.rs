@@ -248,6 +248,9 @@ impl Directory {
     pub async fn repair_once(&self) -> Result<usize, DirectoryError> {
         let recs = self.meta.list_repairs().await?;
         let now = self.clock.now_ms();
+        // Volumes with a repair queued at the start of the pass keep their moved-away copies.
+        let queued: std::collections::HashSet<u32> =
+            recs.iter().map(|(_, r)| r.value.volume_id).collect();
         let due: Vec<(u64, Versioned<RepairRecord>)> = recs
             .into_iter()
             .filter(|(_, r)| r.value.tasks.iter().any(|t| t.next_ms <= now))
@@ -262,7 +265,79 @@ impl Directory {
             remaining += l?;
         }
         metrics::gauge!("haystack_directory_repairs_pending").set(remaining as f64);
+        self.drop_moved_copies(&queued).await?;
         Ok(remaining)
+    }
+
+    /// Drops the copies that moves replaced (`LogicalVolume::moved_away`) once they are
+    /// `moved_copy_keep_ms` old and their volume has no repair queued (`queued`): such a copy
+    /// is read by nothing but a repair looking for a needle no replica serves, while it stays
+    /// it serves the photos deleted since the move to whoever holds its URL, and a move of the
+    /// volume back onto its store would be refused. A store that confirms (or no longer has
+    /// it, or is no longer registered) leaves the list; one that fails is tried next pass.
+    async fn drop_moved_copies(
+        &self,
+        queued: &std::collections::HashSet<u32>,
+    ) -> Result<(), DirectoryError> {
+        let now = self.clock.now_ms();
+        let keep = self.config.moved_copy_keep_ms;
+        let due: Vec<u32> = self
+            .view()
+            .volumes
+            .values()
+            .filter(|v| !v.info.moved_away.is_empty() && !queued.contains(&v.info.id))
+            .map(|v| v.info.id)
+            .collect();
+        for id in due {
+            let Some(cur) = self.meta.get_volume(id).await? else {
+                continue;
+            };
+            let view = self.view();
+            let mut gone = Vec::new();
+            for m in &cur.value.moved_away {
+                if now.saturating_sub(m.moved_ms) < keep
+                    || cur.value.replicas.contains(&m.store_id)
+                    || cur.value.remote.contains(&m.store_id)
+                {
+                    continue;
+                }
+                let Some(s) = view.stores.get(&m.store_id) else {
+                    gone.push(m.store_id);
+                    continue;
+                };
+                match self.repair_stores.drop_moved_copy(&s.url, id).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            volume_id = id,
+                            store_id = m.store_id,
+                            "moved-away copy dropped"
+                        );
+                        metrics::counter!("haystack_directory_moved_copies_dropped_total")
+                            .increment(1);
+                        gone.push(m.store_id);
+                    }
+                    Err(e) if e.status() == Some(404) => gone.push(m.store_id),
+                    Err(e) => {
+                        tracing::warn!(volume_id = id, store_id = m.store_id, error = %e, "dropping a moved-away copy failed; tried again next pass")
+                    }
+                }
+            }
+            if gone.is_empty() {
+                continue;
+            }
+            // Only the entries dropped leave (a move meanwhile may have added one); a
+            // conflict leaves them for the next pass, where the store answers 404.
+            let mut vol = cur.value.clone();
+            vol.moved_away.retain(|m| !gone.contains(&m.store_id));
+            if let Cas::Applied { version } = self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await?
+            {
+                self.remember_volume(id, version, vol);
+            }
+        }
+        Ok(())
     }
 
     /// Tries the due tasks of one record and writes back what is left (the record is removed
@@ -517,7 +592,20 @@ impl Directory {
                 })
                 .collect();
             s.sort();
-            s.into_iter().map(|(_, u)| u).collect()
+            // Last: the copies moves replaced and not dropped yet (a needle that reached only
+            // the moved replica, after its copy was taken).
+            s.into_iter()
+                .map(|(_, u)| u)
+                .chain(
+                    v.info
+                        .moved_away
+                        .iter()
+                        .filter(|&&sid| sid != target_id)
+                        .filter_map(|sid| view.stores.get(sid))
+                        .filter(|s| store_up(s))
+                        .map(|s| s.url.clone()),
+                )
+                .collect()
         };
         for &alt in alts {
             let addr = NeedleAddr::new(p.volume_id, p.id, alt, p.cookie);

@@ -150,6 +150,7 @@ pub(super) fn build_view(state: &State, config: &DirectoryConfig, old: &View) ->
                     remote_replicas: remote_statuses(state, vol),
                     reason,
                     ec: vol.ec.clone(),
+                    moved_away: vol.moved_away.iter().map(|m| m.store_id).collect(),
                 },
                 replicas,
                 // On its way only while every replica's store is up to create it; a volume

@@ -84,6 +84,7 @@ impl Directory {
                 remote: Vec::new(),
                 ec: None,
                 sealed_ms: None,
+                moved_away: Vec::new(),
             };
             match self.meta.put_volume(&vol, Expect::Absent).await? {
                 Cas::Applied { version } => {
@@ -206,6 +207,14 @@ impl Directory {
                 }
             }
             vol.reported_by.retain(|r| *r != from);
+            // The old copy stays until the repair worker drops it (`drop_moved_copies`); a
+            // store that is a replica again is never dropped.
+            vol.moved_away
+                .retain(|m| m.store_id != to && m.store_id != from);
+            vol.moved_away.push(crate::model::MovedCopy {
+                store_id: from,
+                moved_ms: self.clock.now_ms(),
+            });
             if let Cas::Applied { version } = self
                 .meta
                 .put_volume(&vol, Expect::Version(cur.version))
@@ -326,6 +335,7 @@ impl Directory {
                 .values()
                 .filter(|s| takes_replicas(s))
                 .filter(|s| !v.info.replicas.iter().any(|r| r.store_id == s.id))
+                .filter(|s| !v.info.moved_away.contains(&s.id))
                 .map(|s| placement_candidate(&view, s))
                 .collect();
             let need = v.info.used_bytes.max(1 << 20);

@@ -739,15 +739,17 @@ impl Store {
         Ok(report)
     }
 
-    /// Drops a sealed replica of a volume (`DELETE /v1/volumes/{v}`), once the directory
-    /// serves the volume from its shards.
-    pub async fn drop_replica(&self, id: u32) -> Result<()> {
+    /// Drops a replica of a volume (`DELETE /v1/volumes/{v}`): a sealed one once the directory
+    /// serves the volume from its shards, or (`moved`) one in any state once the directory
+    /// moved the replica to another store and no repair needs this copy any more.
+    pub async fn drop_replica(&self, id: u32, moved: bool) -> Result<()> {
         let _g = self.create_lock.lock().await;
         let v = self.volume(id)?;
-        if v.info().state != haystack_proto::VolumeState::Sealed {
+        if !moved && v.info().state != haystack_proto::VolumeState::Sealed {
             return Err(StoreError::ReadOnly {
                 volume: id,
-                reason: "only a sealed replica can be dropped".into(),
+                reason: "only a sealed replica can be dropped (or one moved away: ?moved=true)"
+                    .into(),
             });
         }
         crate::pause::at(&self.config().data_dir, "ec-drop").await;
@@ -761,7 +763,11 @@ impl Store {
         }
         std::fs::File::open(&self.config().data_dir)?.sync_all()?;
         self.change_notify().notify_one();
-        tracing::info!(volume = id, "sealed replica dropped (erasure-coded now)");
+        if moved {
+            tracing::info!(volume = id, "replica dropped (moved to another store)");
+        } else {
+            tracing::info!(volume = id, "sealed replica dropped (erasure-coded now)");
+        }
         Ok(())
     }
 }
