@@ -11,38 +11,50 @@ use haystack_directory::meta::{Cas, Expect, Meta, MetadataStore, Table};
 use haystack_directory::model::{Photo, UploadKey};
 use haystack_proto::directory::{PhotoKind, Variant};
 
+/// The version a creation answered (it must have applied).
+fn created(c: Cas) -> u64 {
+    match c {
+        Cas::Applied { version } => {
+            assert!(version >= 1, "a version starts at 1 or above");
+            version
+        }
+        c => panic!("creation not applied: {c:?}"),
+    }
+}
+
 async fn put_get_and_conditional_update(s: &dyn MetadataStore) {
     let k = u64::MAX - 7; // also checks that keys above i64::MAX survive the backend
     assert_eq!(s.get(Table::Photos, k).await.expect("get"), None);
-    assert_eq!(
+    let v1 = created(
         s.put_if(Table::Photos, k, Expect::Absent, b"one".to_vec())
             .await
             .expect("insert"),
-        Cas::Applied { version: 1 }
     );
     let got = s
         .get(Table::Photos, k)
         .await
         .expect("get")
         .expect("present");
-    assert_eq!((got.version, got.data.as_slice()), (1, b"one".as_slice()));
+    assert_eq!((got.version, got.data.as_slice()), (v1, b"one".as_slice()));
     assert_eq!(
         s.put_if(Table::Photos, k, Expect::Absent, b"dup".to_vec())
             .await
             .expect("insert again"),
-        Cas::Conflict { current: Some(1) }
+        Cas::Conflict { current: Some(v1) }
     );
     assert_eq!(
-        s.put_if(Table::Photos, k, Expect::Version(1), b"two".to_vec())
+        s.put_if(Table::Photos, k, Expect::Version(v1), b"two".to_vec())
             .await
             .expect("cas"),
-        Cas::Applied { version: 2 }
+        Cas::Applied { version: v1 + 1 }
     );
     assert_eq!(
-        s.put_if(Table::Photos, k, Expect::Version(1), b"stale".to_vec())
+        s.put_if(Table::Photos, k, Expect::Version(v1), b"stale".to_vec())
             .await
             .expect("stale cas"),
-        Cas::Conflict { current: Some(2) }
+        Cas::Conflict {
+            current: Some(v1 + 1)
+        }
     );
     assert_eq!(
         s.put_if(Table::Photos, 12345, Expect::Version(3), b"x".to_vec())
@@ -55,34 +67,51 @@ async fn put_get_and_conditional_update(s: &dyn MetadataStore) {
         .await
         .expect("get")
         .expect("present");
-    assert_eq!((got.version, got.data.as_slice()), (2, b"two".as_slice()));
+    assert_eq!(
+        (got.version, got.data.as_slice()),
+        (v1 + 1, b"two".as_slice())
+    );
     // Tables are separate key spaces.
     assert_eq!(s.get(Table::Volumes, k).await.expect("get"), None);
 }
 
 async fn list_returns_every_record(s: &dyn MetadataStore) {
+    let mut first = std::collections::HashMap::new();
     for k in 1..=20u64 {
         let r = s
             .put_if(Table::Volumes, k, Expect::Absent, k.to_le_bytes().to_vec())
             .await
             .expect("insert");
-        assert_eq!(r, Cas::Applied { version: 1 });
+        first.insert(k, created(r));
     }
-    assert!(matches!(
-        s.put_if(Table::Volumes, 3, Expect::Version(1), b"three".to_vec())
-            .await
-            .expect("update"),
-        Cas::Applied { version: 2 }
-    ));
+    assert_eq!(
+        s.put_if(
+            Table::Volumes,
+            3,
+            Expect::Version(first[&3]),
+            b"three".to_vec()
+        )
+        .await
+        .expect("update"),
+        Cas::Applied {
+            version: first[&3] + 1
+        }
+    );
     let mut all = s.list(Table::Volumes).await.expect("list");
     all.sort_by_key(|(k, _)| *k);
     assert_eq!(all.len(), 20);
     for (i, (k, v)) in all.iter().enumerate() {
         assert_eq!(*k, i as u64 + 1);
         if *k == 3 {
-            assert_eq!((v.version, v.data.as_slice()), (2, b"three".as_slice()));
+            assert_eq!(
+                (v.version, v.data.as_slice()),
+                (first[k] + 1, b"three".as_slice())
+            );
         } else {
-            assert_eq!((v.version, v.data.clone()), (1, k.to_le_bytes().to_vec()));
+            assert_eq!(
+                (v.version, v.data.clone()),
+                (first[k], k.to_le_bytes().to_vec())
+            );
         }
     }
     assert!(s.list(Table::Nodes).await.expect("list").is_empty());
@@ -91,14 +120,16 @@ async fn list_returns_every_record(s: &dyn MetadataStore) {
 async fn concurrent_writers_lose_nothing(s: Arc<dyn MetadataStore>) {
     // Read-modify-write of one counter from many tasks: no increment may be lost.
     let key = 777;
-    s.put_if(
-        Table::Stores,
-        key,
-        Expect::Absent,
-        0u64.to_le_bytes().to_vec(),
-    )
-    .await
-    .expect("seed");
+    let v1 = created(
+        s.put_if(
+            Table::Stores,
+            key,
+            Expect::Absent,
+            0u64.to_le_bytes().to_vec(),
+        )
+        .await
+        .expect("seed"),
+    );
     let writers = 8;
     let rounds = 15;
     let mut tasks = Vec::new();
@@ -145,7 +176,7 @@ async fn concurrent_writers_lose_nothing(s: Arc<dyn MetadataStore>) {
     let mut b = [0u8; 8];
     b.copy_from_slice(&end.data);
     assert_eq!(u64::from_le_bytes(b), writers * rounds);
-    assert_eq!(end.version, writers * rounds + 1);
+    assert_eq!(end.version, v1 + writers * rounds);
 
     // Racing creations of one key: exactly one wins.
     let mut tasks = Vec::new();
@@ -185,12 +216,9 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
         deleted_ms: None,
         condemned: false,
     };
-    assert_eq!(
-        meta.put_photo(&p, Expect::Absent).await.expect("put"),
-        Cas::Applied { version: 1 }
-    );
+    let v1 = created(meta.put_photo(&p, Expect::Absent).await.expect("put"));
     let got = meta.get_photo(42).await.expect("get").expect("present");
-    assert_eq!(got.version, 1);
+    assert_eq!(got.version, v1);
     assert_eq!(got.value, p);
     // An idempotency key's binding carries the whole photo record.
     let u = UploadKey {
@@ -203,10 +231,7 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
         photo: Some(p.clone()),
         request_hash: Some("sha256:00".into()),
     };
-    assert_eq!(
-        meta.put_upload(7, &u, Expect::Absent).await.expect("put"),
-        Cas::Applied { version: 1 }
-    );
+    created(meta.put_upload(7, &u, Expect::Absent).await.expect("put"));
     assert_eq!(
         meta.get_upload(7)
             .await
@@ -222,37 +247,51 @@ async fn typed_records_round_trip(s: Arc<dyn MetadataStore>) {
 async fn ordered_keyspaces(s: &dyn MetadataStore) {
     let space = u64::MAX - 1;
     assert_eq!(s.kv_get(space, "a").await.expect("get"), None);
-    assert_eq!(
+    let v1 = created(
         s.kv_put_if(space, "a", Expect::Absent, b"1".to_vec())
             .await
             .expect("put"),
-        Cas::Applied { version: 1 }
     );
     assert_eq!(
         s.kv_put_if(space, "a", Expect::Absent, b"x".to_vec())
             .await
             .expect("put again"),
-        Cas::Conflict { current: Some(1) }
+        Cas::Conflict { current: Some(v1) }
     );
     assert_eq!(
-        s.kv_put_if(space, "a", Expect::Version(1), b"2".to_vec())
+        s.kv_put_if(space, "a", Expect::Version(v1), b"2".to_vec())
             .await
             .expect("cas"),
-        Cas::Applied { version: 2 }
+        Cas::Applied { version: v1 + 1 }
     );
     assert_eq!(
-        s.kv_delete_if(space, "a", 1).await.expect("stale delete"),
-        Cas::Conflict { current: Some(2) }
+        s.kv_delete_if(space, "a", v1).await.expect("stale delete"),
+        Cas::Conflict {
+            current: Some(v1 + 1)
+        }
     );
     assert!(matches!(
-        s.kv_delete_if(space, "a", 2).await.expect("delete"),
+        s.kv_delete_if(space, "a", v1 + 1).await.expect("delete"),
         Cas::Applied { .. }
     ));
     assert_eq!(s.kv_get(space, "a").await.expect("get"), None);
     assert_eq!(
-        s.kv_delete_if(space, "a", 3).await.expect("delete absent"),
+        s.kv_delete_if(space, "a", v1 + 2)
+            .await
+            .expect("delete absent"),
         Cas::Conflict { current: None }
     );
+    // Created again: no version of its earlier life matches the new record.
+    let again = created(
+        s.kv_put_if(space, "a", Expect::Absent, b"3".to_vec())
+            .await
+            .expect("put again"),
+    );
+    assert!(again > v1 + 1, "{again} after {v1}..={}", v1 + 1);
+    assert!(matches!(
+        s.kv_delete_if(space, "a", again).await.expect("delete"),
+        Cas::Applied { .. }
+    ));
     // Other spaces do not see a space's keys.
     s.kv_put_if(space - 1, "zz", Expect::Absent, b"other".to_vec())
         .await
@@ -269,14 +308,14 @@ async fn ordered_keyspaces(s: &dyn MetadataStore) {
     keys.push("b".into());
     keys.push("b0".into());
     keys.push("é/unicode".into());
+    let mut first = std::collections::HashMap::new();
     for k in &keys {
-        assert_eq!(
+        let v = created(
             s.kv_put_if(space, k, Expect::Absent, k.as_bytes().to_vec())
                 .await
                 .expect("put"),
-            Cas::Applied { version: 1 },
-            "{k}"
         );
+        first.insert(k.clone(), v);
     }
     let mut sorted = keys.clone();
     sorted.sort();
@@ -287,7 +326,7 @@ async fn ordered_keyspaces(s: &dyn MetadataStore) {
         let page = s.kv_scan(space, "", &after, 7).await.expect("scan");
         for (k, v) in &page {
             assert_eq!(v.data, k.as_bytes(), "{k}");
-            assert_eq!(v.version, 1);
+            assert_eq!(v.version, first[k], "{k}");
         }
         seen.extend(page.iter().map(|(k, _)| k.clone()));
         match page.last() {
@@ -344,7 +383,7 @@ async fn ordered_keyspaces(s: &dyn MetadataStore) {
     for i in 0..40 {
         let k = format!("c/{i:03}");
         assert!(matches!(
-            s.kv_delete_if(space, &k, 1).await.expect("delete"),
+            s.kv_delete_if(space, &k, first[&k]).await.expect("delete"),
             Cas::Applied { .. }
         ));
     }
@@ -366,31 +405,56 @@ async fn conditional_delete(s: &dyn MetadataStore) {
         Cas::Conflict { current: None },
         "deleting an absent record applies nothing"
     );
-    s.put_if(t, 9, Expect::Absent, b"a".to_vec())
-        .await
-        .expect("put");
-    s.put_if(t, 9, Expect::Version(1), b"b".to_vec())
+    let v1 = created(
+        s.put_if(t, 9, Expect::Absent, b"a".to_vec())
+            .await
+            .expect("put"),
+    );
+    s.put_if(t, 9, Expect::Version(v1), b"b".to_vec())
         .await
         .expect("update");
     assert_eq!(
-        s.delete_if(t, 9, 1).await.expect("stale delete"),
-        Cas::Conflict { current: Some(2) },
+        s.delete_if(t, 9, v1).await.expect("stale delete"),
+        Cas::Conflict {
+            current: Some(v1 + 1)
+        },
         "a delete at a stale version is refused"
     );
     assert!(s.get(t, 9).await.expect("get").is_some());
     assert_eq!(
-        s.delete_if(t, 9, 2).await.expect("delete"),
-        Cas::Applied { version: 2 }
+        s.delete_if(t, 9, v1 + 1).await.expect("delete"),
+        Cas::Applied { version: v1 + 1 }
     );
     assert_eq!(s.get(t, 9).await.expect("get"), None);
     assert!(s.list(t).await.expect("list").is_empty());
-    // The key can be created again.
-    assert_eq!(
+    // The key can be created again, and no version of its earlier life matches the new
+    // record: a writer that read the old one (a repair worker that stalled while the record
+    // was done, removed and queued anew) neither updates nor removes the new one. Before,
+    // every record started at version 1, and both did.
+    let again = created(
         s.put_if(t, 9, Expect::Absent, b"c".to_vec())
             .await
             .expect("put again"),
-        Cas::Applied { version: 1 }
     );
+    assert!(again > v1 + 1, "{again} after {v1}..={}", v1 + 1);
+    for stale in [v1, v1 + 1] {
+        assert_eq!(
+            s.put_if(t, 9, Expect::Version(stale), b"stale".to_vec())
+                .await
+                .expect("stale update"),
+            Cas::Conflict {
+                current: Some(again)
+            }
+        );
+        assert_eq!(
+            s.delete_if(t, 9, stale).await.expect("stale delete"),
+            Cas::Conflict {
+                current: Some(again)
+            }
+        );
+    }
+    let got = s.get(t, 9).await.expect("get").expect("kept");
+    assert_eq!((got.version, got.data.as_slice()), (again, b"c".as_slice()));
 }
 
 /// The whole suite on one backend; `fresh` must give an empty store each call.
@@ -425,20 +489,23 @@ async fn conformance_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_embedded_survives_reopen() {
     let d = tempfile::tempdir().expect("tempdir");
-    {
+    let v = {
         let s = EmbeddedStore::open(d.path()).expect("open");
-        s.put_if(Table::Photos, 9, Expect::Absent, b"kept".to_vec())
-            .await
-            .expect("put");
+        let v = created(
+            s.put_if(Table::Photos, 9, Expect::Absent, b"kept".to_vec())
+                .await
+                .expect("put"),
+        );
         s.close().await;
         assert!(
             s.get(Table::Photos, 9).await.is_err(),
             "closed store answers"
         );
-    }
+        v
+    };
     let s = EmbeddedStore::open(d.path()).expect("reopen");
     let got = s.get(Table::Photos, 9).await.expect("get").expect("kept");
-    assert_eq!((got.version, got.data.as_slice()), (1, b"kept".as_slice()));
+    assert_eq!((got.version, got.data.as_slice()), (v, b"kept".as_slice()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

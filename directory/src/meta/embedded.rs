@@ -276,7 +276,7 @@ fn apply_batch(db: &Database, batch: &[WriteOp], buf: &mut Vec<u8>) -> Result<Ve
 /// the new value (version and data) in `buf`.
 fn decide(op: &WriteOp, current: Option<u64>, buf: &mut Vec<u8>) -> Cas {
     let next = match (op.expect, current) {
-        (Expect::Absent, None) if op.data.is_some() => Some(1),
+        (Expect::Absent, None) if op.data.is_some() => Some(super::first_version()),
         (Expect::Version(want), Some(have)) if want == have => Some(have + 1),
         _ => None,
     };

@@ -62,11 +62,23 @@ impl Table {
     }
 }
 
-/// A stored value and its version (1 for a new record, +1 per update).
+/// A stored value and its version ([`first_version`] for a new record, +1 per update).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     pub version: u64,
     pub data: Vec<u8>,
+}
+
+/// The version a record gets when it is created: the wall clock in microseconds since the
+/// epoch (at least 1). A key deleted and created again thus never starts over at a version its
+/// earlier life had, so a writer still holding one of those versions (a stalled coordinator
+/// working a repair record that was done, removed and queued anew meanwhile) gets a conflict
+/// instead of overwriting or removing the new record. Before, every record started at 1.
+pub fn first_version() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 2))
+        .clamp(1, u64::MAX >> 2)
 }
 
 /// The condition of a write.

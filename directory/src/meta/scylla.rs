@@ -249,12 +249,13 @@ impl MetadataStore for ScyllaStore {
         let s = self.stmts(table)?;
         match expect {
             Expect::Absent => {
+                let first = super::first_version();
                 let result = self
                     .session
-                    .execute_unpaged(&s.insert, (key as i64, 1i64, data.as_slice()))
+                    .execute_unpaged(&s.insert, (key as i64, first as i64, data.as_slice()))
                     .await
                     .map_err(|e| unavailable("insert", e))?;
-                lwt_outcome(result, 1)
+                lwt_outcome(result, first)
             }
             Expect::Version(v) => {
                 let next = v + 1;

@@ -132,7 +132,7 @@ pub async fn prepare(
         .await?,
         insert: prep(
             format!(
-                "UPDATE {ks}.kv SET version = 1, data = ? WHERE space = ? AND part = ? AND key = ? \
+                "UPDATE {ks}.kv SET version = ?, data = ? WHERE space = ? AND part = ? AND key = ? \
                  IF version = null AND state = {OPEN}"
             ),
             false,
@@ -354,12 +354,15 @@ pub async fn write(
     for attempt in 0..ATTEMPTS {
         let (start, part) = locate(session, st, space, key).await?;
         let (result, next) = match (&data, expect) {
-            (Some(d), Expect::Absent) => (
-                session
-                    .execute_unpaged(&st.insert, (d.as_slice(), space, part, key))
-                    .await,
-                1,
-            ),
+            (Some(d), Expect::Absent) => {
+                let first = super::first_version();
+                (
+                    session
+                        .execute_unpaged(&st.insert, (first as i64, d.as_slice(), space, part, key))
+                        .await,
+                    first,
+                )
+            }
             (Some(d), Expect::Version(v)) => (
                 session
                     .execute_unpaged(
