@@ -82,6 +82,26 @@ pub enum Fault {
     Syncs = 3,
 }
 
+/// The error inside a `TimedOut` for a write or sync that the blocking pool had not started
+/// when the engine gave up on it: it never runs, so nothing of it reaches the file (see
+/// [`never_started`]).
+#[derive(Debug)]
+pub struct NeverStarted(String);
+
+impl std::fmt::Display for NeverStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NeverStarted {}
+
+/// Whether `e` is a write or sync given up on before it started: the file is as it was.
+pub fn never_started(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::TimedOut
+        && e.get_ref().is_some_and(|inner| inner.is::<NeverStarted>())
+}
+
 /// The engine in use; cheap to clone.
 #[derive(Clone)]
 pub struct IoEngine {
@@ -233,28 +253,30 @@ impl IoEngine {
             Ok(r) => r,
             Err(_) => {
                 metrics::counter!("haystack_store_io_timeouts_total").increment(1);
-                let at =
-                    match state.compare_exchange(0, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
-                    {
-                        Ok(_) => "not started by the blocking pool; it will not run".to_string(),
-                        Err(t) => {
-                            let wchan =
-                                std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
-                                    .ok()
-                                    .map(|w| w.trim().to_string());
-                            match wchan.as_deref() {
-                                // "0": not sleeping (on a CPU, or done by now).
-                                Some("0") => format!("thread {t} is running"),
-                                Some(w) if !w.is_empty() => format!("thread {t} waits in {w}"),
-                                _ => format!("thread {t}, its wait unknown"),
-                            }
+                let cancelled =
+                    state.compare_exchange(0, CANCELLED, Ordering::AcqRel, Ordering::Acquire);
+                let never_ran = cancelled.is_ok();
+                let at = match cancelled {
+                    Ok(_) => "not started by the blocking pool; it will not run".to_string(),
+                    Err(t) => {
+                        let wchan = std::fs::read_to_string(format!("/proc/self/task/{t}/wchan"))
+                            .ok()
+                            .map(|w| w.trim().to_string());
+                        match wchan.as_deref() {
+                            // "0": not sleeping (on a CPU, or done by now).
+                            Some("0") => format!("thread {t} is running"),
+                            Some(w) if !w.is_empty() => format!("thread {t} waits in {w}"),
+                            _ => format!("thread {t}, its wait unknown"),
                         }
-                    };
+                    }
+                };
                 tracing::error!(what, timeout = ?self.timeout, %at, "I/O timed out");
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{what} did not complete within {:?} ({at})", self.timeout),
-                ))
+                let msg = format!("{what} did not complete within {:?} ({at})", self.timeout);
+                Err(if never_ran {
+                    io::Error::new(io::ErrorKind::TimedOut, NeverStarted(msg))
+                } else {
+                    io::Error::new(io::ErrorKind::TimedOut, msg)
+                })
             }
         }
     }

@@ -150,3 +150,50 @@ fn digests_agree_for_equal_lists_and_tell_differences_apart() {
         });
     }
 }
+
+/// Regression: an in-place repair rewrite that timed out before the blocking pool started it
+/// stopped the volume's deletes until a restart (`set_failed`), as one that may still land
+/// does; such a write never runs, so the file is as it was and the volume goes on. Before the
+/// fix the delete below failed ("failed: an in-place repair write timed out").
+#[test]
+fn a_repair_rewrite_given_up_before_it_started_does_not_stop_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let e = engine(haystack_store::EngineKind::IoUring)
+            .with_timeout(std::time::Duration::from_millis(100));
+        let vol = haystack_store::volume::Volume::create(dir.path(), 1, e, small_volume()).unwrap();
+        let locs = vol
+            .write_batch(vec![
+                needle(1, 0, 2, &[5u8; 300]),
+                needle(2, 0, 2, &[6u8; 300]),
+            ])
+            .await
+            .unwrap();
+        let (dat, _, _) = volume_paths(dir.path(), 1);
+        flip(&dat, locs[0].offset + HEADER_LEN as u64 + 60);
+        // The only blocking thread is busy until told: the rewrite is given up on unstarted.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let busy = tokio::task::spawn_blocking(move || held.recv().ok());
+        let err = vol.repair(needle(1, 0, 2, &[5u8; 300])).await.unwrap_err();
+        assert!(err.to_string().contains("not started"), "{err}");
+        release.send(()).unwrap();
+        busy.await.unwrap();
+        tokio::task::spawn_blocking(|| ()).await.unwrap();
+        assert!(matches!(
+            vol.read(1, 0, 2).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        vol.delete(2, 0, 2).await.expect("deletes go on");
+        assert_eq!(
+            vol.repair(needle(1, 0, 2, &[5u8; 300])).await.unwrap(),
+            RepairOutcome::Rewritten
+        );
+        assert_eq!(&vol.read(1, 0, 2).await.unwrap().data[..], &[5u8; 300]);
+    });
+}

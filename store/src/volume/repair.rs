@@ -177,7 +177,9 @@ impl Volume {
                     )));
                 }
                 if let Err(e) = self.engine.write_all_at(&file, loc.offset, buf).await {
-                    if e.kind() == std::io::ErrorKind::TimedOut {
+                    if crate::engine::never_started(&e) {
+                        // Given up before it started: it never runs, the file is as it was.
+                    } else if e.kind() == std::io::ErrorKind::TimedOut {
                         // The rewrite (flag clear) may still land after this answer, over the
                         // flag of a delete taken meanwhile: no delete until a restart.
                         self.set_failed(format!("an in-place repair write timed out: {e}"));
