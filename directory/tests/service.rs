@@ -1299,6 +1299,90 @@ async fn a_moved_replicas_old_copy_is_dropped_once_old_enough_and_unneeded() {
     assert!(d.volume(vol).expect("volume").moved_away.is_empty());
 }
 
+/// Regression: the repair worker judged "an asynchronous remote replica" from its own view
+/// even when the records, not its view, had told it the task's store holds a replica: with a
+/// view older than the remote's placement, a still-seeding remote's `no_such_volume` answer to
+/// a queued delete counted as done (as for an ordinary replica), and the seed, exported
+/// before the delete, kept the photo live there. Now the records say whether it is remote.
+/// Before the fix the task left the queue after the first pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeding_remote_known_only_from_the_records_keeps_its_delete_queued() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(1);
+    cfg.min_writable_volumes = 1;
+    cfg.remote_zones = vec!["far".into()];
+    cfg.async_replicas = 1;
+    let d1 = directory(cfg.clone(), store.clone(), clock.clone()).await;
+    let d2 = directory(cfg, store, clock.clone()).await;
+    let (a_url, _) = crate::common::scripted(|_, _| async {
+        actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+    });
+    let a = register_at(&d1, &a_url).await;
+    let vol = d1.create_volume().await.expect("create").id;
+    beat(&d1, a, vec![volume_info(vol)]).await;
+    // The second instance's view: the volume, no remote yet.
+    d2.refresh().await.expect("refresh");
+    let (r_url, r_log) = crate::common::scripted(|_, _| async {
+        actix_web::HttpResponse::NotFound().json(serde_json::json!({
+            "error": "no_such_volume", "message": "no such volume here"
+        }))
+    });
+    let r = d1
+        .register(StoreRegistration {
+            store_id: None,
+            public_url: r_url,
+            zone: Some("far".into()),
+            rack: None,
+            capacity_bytes: 100 << 30,
+            free_bytes: 10 << 30,
+        })
+        .await
+        .expect("register")
+        .store_id;
+    beat(&d1, r, vec![]).await;
+    d1.ensure_remote_replicas().await.expect("remote placed");
+    assert!(
+        d1.volume(vol)
+            .expect("volume")
+            .remote_replicas
+            .iter()
+            .any(|x| x.store_id == r),
+        "no remote replica placed"
+    );
+    let x = d1.assign(&AssignRequest::default()).expect("assign");
+    assert_eq!(x.volume_id, vol);
+    d1.commit(keyed_commit(&x, "k", None).commit)
+        .await
+        .expect("commit");
+    // The delete's own call to the remote is answered no_such_volume, which queues it
+    // (60ffd9e); queued here too in case that call went otherwise.
+    d1.delete(x.id).await.expect("delete");
+    d1.enqueue_repair(
+        x.id,
+        vol,
+        r,
+        haystack_proto::directory::RepairAction::Delete,
+        Vec::new(),
+        "a delete the seeding remote answered no_such_volume",
+    )
+    .await
+    .expect("enqueue");
+    // The queue is worked by the second instance, whose view is older than the remote.
+    d2.repair_once().await.expect("repair round");
+    let gc = format!("POST /v1/volumes/{vol}/gc");
+    assert!(
+        r_log.lock().expect("log").contains(&gc),
+        "the delete was not tried: {:?}",
+        r_log.lock().expect("log")
+    );
+    let queue = d2.repairs().await.expect("repairs");
+    assert!(
+        queue.iter().any(|t| t.store_id == r && t.photo_id == x.id),
+        "the seeding remote's delete left the queue: {queue:?}"
+    );
+}
+
 /// A delete queued by one instance for a replica it just switched in is carried out by the
 /// instance working the repair queue even while that one's view still has the old replicas.
 /// Before, the worker took "not a replica in my view" for "the replica moved away" and dropped

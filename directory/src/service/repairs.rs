@@ -413,20 +413,25 @@ impl Directory {
         photo: Option<&Photo>,
         t: &RepairTask,
     ) -> Tried {
+        // The store's URL, whether it is up, and whether it holds an asynchronous remote
+        // replica (its `no_such_volume` then means "still seeding", not done), all from the
+        // same source: this view, or the records when the view does not know the replica.
         let seen = {
             let view = self.view();
             view.stores.get(&t.store_id).and_then(|s| {
-                let replica = view.volumes.get(&rec.volume_id).is_some_and(|v| {
-                    v.replicas.iter().any(|r| r.store_id == t.store_id)
-                        // A remote replica takes queued deletes, never copies (shipping fills
-                        // it).
-                        || (t.action == RepairAction::Delete
-                            && v.info.remote_replicas.iter().any(|r| r.store_id == t.store_id))
-                });
-                replica.then(|| (s.url.clone(), store_up(s)))
+                let v = view.volumes.get(&rec.volume_id)?;
+                let ordinary = v.replicas.iter().any(|r| r.store_id == t.store_id);
+                // A remote replica takes queued deletes, never copies (shipping fills it).
+                let remote = !ordinary
+                    && t.action == RepairAction::Delete
+                    && v.info
+                        .remote_replicas
+                        .iter()
+                        .any(|r| r.store_id == t.store_id);
+                (ordinary || remote).then(|| (s.url.clone(), store_up(s), remote))
             })
         };
-        let (url, up) = match seen {
+        let (url, up, remote) = match seen {
             Some(s) => s,
             // This view may be older than the task: another instance may have switched the
             // replica in (or the store registered through it) and queued the task since. The
@@ -442,17 +447,6 @@ impl Directory {
         if !up {
             return Tried::Wait(DOWN_RETRY_MS);
         }
-        // An asynchronous remote replica: its `no_such_volume` means "still seeding", not done.
-        let remote = {
-            let view = self.view();
-            view.volumes.get(&rec.volume_id).is_some_and(|v| {
-                !v.replicas.iter().any(|r| r.store_id == t.store_id)
-                    && v.info
-                        .remote_replicas
-                        .iter()
-                        .any(|r| r.store_id == t.store_id)
-            })
-        };
         let Some(p) = photo else {
             // Not recorded: a commit that queued its copies may not have written the photo
             // yet. A keyed commit cut between its two writes is completed from its key's
@@ -520,26 +514,27 @@ impl Directory {
     }
 
     /// Whether the task's store holds a replica of `volume` (a remote one counts for a
-    /// delete) by the records as they are now, not this instance's view; its URL and whether
-    /// it is up if so.
+    /// delete) by the records as they are now, not this instance's view; its URL, whether it
+    /// is up and whether the replica is a remote one if so.
     async fn replica_in_records(
         &self,
         volume: u32,
         t: &RepairTask,
-    ) -> Result<Option<(String, bool)>, DirectoryError> {
+    ) -> Result<Option<(String, bool, bool)>, DirectoryError> {
         let Some(v) = self.meta.get_volume(volume).await? else {
             return Ok(None);
         };
-        let replica = v.value.replicas.contains(&t.store_id)
-            || (t.action == RepairAction::Delete && v.value.remote.contains(&t.store_id));
-        if !replica {
+        let ordinary = v.value.replicas.contains(&t.store_id);
+        let remote =
+            !ordinary && t.action == RepairAction::Delete && v.value.remote.contains(&t.store_id);
+        if !ordinary && !remote {
             return Ok(None);
         }
         Ok(self
             .meta
             .get_store(t.store_id)
             .await?
-            .map(|s| (s.value.url.clone(), store_up(&s.value))))
+            .map(|s| (s.value.url.clone(), store_up(&s.value), remote)))
     }
 
     /// After a copy: if the photo was deleted (or condemned, or is gone) while the copy ran,
