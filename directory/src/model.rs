@@ -111,6 +111,8 @@ pub struct MovedCopy {
     pub store_id: u64,
     /// When the record stopped naming it (ms since the epoch).
     pub moved_ms: u64,
+    /// The store whose replica replaced it.
+    pub replaced_by: u64,
 }
 
 /// A store machine.

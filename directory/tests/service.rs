@@ -1383,6 +1383,68 @@ async fn a_seeding_remote_known_only_from_the_records_keeps_its_delete_queued() 
     );
 }
 
+/// Regression: a commit naming, as left behind by its quorum write, a replica that a move
+/// replaced after the assignment was refused (400 "holds no replica", a 500 to the uploader's
+/// client) although the photo's bytes were on a quorum. Now the copy is queued for the store
+/// that replaced it (whose copy of the volume may predate the write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_commit_naming_a_replica_moved_since_queues_its_copy_for_the_replacement() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (url, _) = crate::common::scripted(|_, _| async {
+            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+        });
+        ids.push(register_at(&d, &url).await);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
+    for id in &ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(&d, *id, held).await;
+    }
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    assert_eq!(a.volume_id, vol);
+    // A store that never held the volume is refused, nothing queued.
+    let mut c = keyed_commit(&a, "k", None);
+    c.pending_replicas = vec![999];
+    assert!(matches!(
+        d.commit_keyed(c).await,
+        Err(DirectoryError::BadRequest(_))
+    ));
+    assert!(d.repairs().await.expect("repairs").is_empty());
+    let left_behind = replicas[1];
+    d.replace_replica(vol, left_behind, spare)
+        .await
+        .expect("replace");
+    let mut c = keyed_commit(&a, "k", None);
+    c.pending_replicas = vec![left_behind];
+    let info = d.commit_keyed(c).await.expect("commit");
+    assert_eq!(info.id, a.id);
+    let queue = d.repairs().await.expect("repairs");
+    assert!(
+        queue.iter().any(|t| t.photo_id == a.id
+            && t.store_id == spare
+            && t.action == haystack_proto::directory::RepairAction::Copy),
+        "{queue:?}"
+    );
+}
+
 /// A delete queued by one instance for a replica it just switched in is carried out by the
 /// instance working the repair queue even while that one's view still has the old replicas.
 /// Before, the worker took "not a replica in my view" for "the replica moved away" and dropped

@@ -184,6 +184,54 @@ impl Directory {
         .await
     }
 
+    /// The replicas to queue copies for, when some of `pending` (the stores a quorum write
+    /// left behind) are no longer replicas by this instance's view: the records decide, and
+    /// a store a move replaced since the assignment stands for the store that replaced it
+    /// (whose copy of the volume may have been taken before this write reached any replica;
+    /// followed through later moves). A store the records know neither way is refused (400).
+    async fn pending_after_moves(
+        &self,
+        volume: u32,
+        pending: Vec<u64>,
+    ) -> Result<Vec<u64>, DirectoryError> {
+        let Some(v) = self.meta.get_volume(volume).await? else {
+            return Err(DirectoryError::BadRequest(format!(
+                "logical volume {volume} does not exist"
+            )));
+        };
+        let v = v.value;
+        let mut out: Vec<u64> = Vec::new();
+        for s in pending {
+            let mut cur = s;
+            for _ in 0..=v.moved_away.len() {
+                if v.replicas.contains(&cur) {
+                    break;
+                }
+                match v.moved_away.iter().find(|m| m.store_id == cur) {
+                    Some(m) => cur = m.replaced_by,
+                    None => break,
+                }
+            }
+            if !v.replicas.contains(&cur) {
+                return Err(DirectoryError::BadRequest(format!(
+                    "store {s} holds no replica of volume {volume}"
+                )));
+            }
+            if cur != s {
+                tracing::info!(
+                    volume_id = volume,
+                    store_id = s,
+                    replaced_by = cur,
+                    "a replica a quorum write left behind moved since; its copy goes to the store that replaced it"
+                );
+            }
+            if !out.contains(&cur) {
+                out.push(cur);
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Directory::commit`], binding the request's idempotency key (if any) to the photo
     /// first. The key's record is written with a compare-and-set before the photo record, and
     /// carries the photo record, so a key is bound to one photo at a time whichever directory
@@ -232,14 +280,12 @@ impl Directory {
             .get(&req.volume_id)
             .map(|v| v.replicas.iter().map(|r| r.store_id).collect())
             .unwrap_or_default();
-        for s in &pending_replicas {
-            if !replicas.contains(s) {
-                return Err(DirectoryError::BadRequest(format!(
-                    "store {s} holds no replica of volume {}",
-                    req.volume_id
-                )));
-            }
-        }
+        let pending_replicas = if pending_replicas.iter().all(|s| replicas.contains(s)) {
+            pending_replicas
+        } else {
+            self.pending_after_moves(req.volume_id, pending_replicas)
+                .await?
+        };
         for s in pending_replicas {
             self.enqueue_repair(
                 photo.id,

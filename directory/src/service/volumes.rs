@@ -214,6 +214,7 @@ impl Directory {
             vol.moved_away.push(crate::model::MovedCopy {
                 store_id: from,
                 moved_ms: self.clock.now_ms(),
+                replaced_by: to,
             });
             if let Cas::Applied { version } = self
                 .meta
