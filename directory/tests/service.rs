@@ -1184,6 +1184,76 @@ async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
     );
 }
 
+/// Regression: a move whose copy did not match its source (needle counts differ: damage, or
+/// an append after the export began) left that copy on the target, which then refused every
+/// later import of the volume (409: it holds needles), so the move failed for good. Now the
+/// unused copy is dropped from the target (and the record is untouched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_does_not_match_its_source_is_dropped_from_the_target() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    let d = directory(cfg, store, clock.clone()).await;
+    let handler = |req: actix_web::HttpRequest, _| async move {
+        let path = req.path().to_string();
+        let v: u32 = path
+            .trim_start_matches("/v1/volumes/")
+            .split('/')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        match (req.method().as_str(), path.ends_with("/import")) {
+            ("POST", true) => actix_web::HttpResponse::Ok().json(VolumeInfo {
+                needles: 5,
+                ..volume_info(v)
+            }),
+            ("GET", false) => actix_web::HttpResponse::Ok().json(VolumeInfo {
+                needles: 6,
+                ..volume_info(v)
+            }),
+            ("DELETE", false) => actix_web::HttpResponse::NoContent().finish(),
+            _ => actix_web::HttpResponse::Ok().json(serde_json::json!({})),
+        }
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (url, _) = crate::common::scripted(handler);
+        ids.push(register_at(&d, &url).await);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    for id in &ids {
+        beat(&d, *id, vec![volume_info(vol)]).await;
+    }
+    let (spare_url, spare_log) = crate::common::scripted(handler);
+    let spare = register_at(&d, &spare_url).await;
+    beat(&d, spare, vec![]).await;
+    d.set_store_lifecycle(ids[0], haystack_proto::directory::StoreLifecycle::Draining)
+        .await
+        .expect("drain");
+    assert_eq!(
+        d.drain_once().await.expect("drain"),
+        None,
+        "the move failed"
+    );
+    let log = spare_log.lock().expect("log").clone();
+    let import = format!("POST /v1/volumes/{vol}/import");
+    let dropped = format!("DELETE /v1/volumes/{vol}");
+    assert!(log.contains(&import), "{log:?}");
+    assert!(
+        log.contains(&dropped),
+        "the unused copy stayed on the target: {log:?}"
+    );
+    let now: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    assert!(now.contains(&ids[0]) && !now.contains(&spare), "{now:?}");
+}
+
 /// Regression: a drain or rebalance copied the moved replica from another replica and tried
 /// the replica being moved last, then replaced it: a photo acknowledged under a quorum or one
 /// write-ack lives on one replica until its queued copies land, and when that replica was the

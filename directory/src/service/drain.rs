@@ -301,15 +301,26 @@ impl Directory {
                 failed.join("; ")
             )));
         };
-        let src = stores
-            .volume(source, id)
-            .await
-            .map_err(|e| DirectoryError::Unavailable(format!("source {source}: {e}")))?;
-        if copied.needles != src.needles {
-            return Err(DirectoryError::Conflict(format!(
+        let checked = match stores.volume(source, id).await {
+            Err(e) => Err(DirectoryError::Unavailable(format!("source {source}: {e}"))),
+            Ok(src) if copied.needles != src.needles => Err(DirectoryError::Conflict(format!(
                 "the copy on {} has {} needles, the source {}: not used",
                 target.url, copied.needles, src.needles
-            )));
+            ))),
+            Ok(_) => Ok(()),
+        };
+        if let Err(e) = checked {
+            // The copy is not used: it leaves the target, whose next import of the volume
+            // would otherwise be refused (it holds needles) for good.
+            match stores.drop_moved_copy(&target.url, id).await {
+                Ok(()) => {
+                    tracing::warn!(volume_id = id, to = %target.url, error = %e, "copy not used; dropped from the target")
+                }
+                Err(d) => {
+                    tracing::warn!(volume_id = id, to = %target.url, error = %e, drop_error = %d, "copy not used; dropping it from the target failed")
+                }
+            }
+            return Err(e);
         }
         // replace_replica compares the replicas once the record switched (a write or a
         // delete that reached the source after the copy was taken is queued for repair).
