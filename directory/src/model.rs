@@ -111,7 +111,8 @@ pub struct MovedCopy {
     pub store_id: u64,
     /// When the record stopped naming it (ms since the epoch).
     pub moved_ms: u64,
-    /// The store whose replica replaced it.
+    /// The store whose replica replaced it (0 on entries written before it was kept).
+    #[serde(default)]
     pub replaced_by: u64,
 }
 

@@ -1292,6 +1292,86 @@ async fn a_drain_copies_from_the_replica_it_moves_first() {
     );
 }
 
+/// A scripted store whose replicas compare equal (every digest the same), logging each
+/// DELETE with its query; its URL and that log.
+fn equal_store() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let drops: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = drops.clone();
+    let (url, _) = crate::common::scripted(move |req, _| {
+        let seen = seen.clone();
+        async move {
+            if req.method() == actix_web::http::Method::DELETE {
+                seen.lock()
+                    .expect("drops")
+                    .push(format!("{}?{}", req.path(), req.query_string()));
+                return actix_web::HttpResponse::NoContent().finish();
+            }
+            if req.path().ends_with("/digest") {
+                return actix_web::HttpResponse::Ok().json(serde_json::json!({
+                    "volume": 1, "needles": 0, "buckets": ["0000000000000000"]
+                }));
+            }
+            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+        }
+    });
+    (url, drops)
+}
+
+/// A moved-away copy whose store's machine was replaced, a new store id registered at the
+/// same URL, leaves the list without a DELETE: that URL's volume is the new store's now
+/// (it may even be a replica of the same volume, placed there by id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_copy_whose_url_another_store_took_is_forgotten_not_dropped() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    cfg.moved_copy_keep_ms = 0;
+    let d = directory(cfg, store, clock.clone()).await;
+    let mut ids = Vec::new();
+    let mut logs = Vec::new();
+    for _ in 0..3 {
+        let (url, drops) = equal_store();
+        ids.push((register_at(&d, &url).await, url));
+        logs.push(drops);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = ids
+        .iter()
+        .find(|(i, _)| !replicas.contains(i))
+        .expect("spare")
+        .0;
+    for (id, _) in &ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(&d, *id, held).await;
+    }
+    let old = replicas[0];
+    let pos = ids.iter().position(|(i, _)| *i == old).expect("old");
+    d.replace_replica(vol, old, spare).await.expect("replace");
+    // The old machine is replaced: a new store id at its URL.
+    let fresh = register_at(&d, &ids[pos].1).await;
+    assert_ne!(fresh, old);
+    beat(&d, fresh, vec![]).await;
+    d.repair_once().await.expect("repair round");
+    assert!(
+        logs[pos].lock().expect("log").is_empty(),
+        "a DELETE reached the URL's new store: {:?}",
+        logs[pos].lock().expect("log")
+    );
+    assert!(d.volume(vol).expect("volume").moved_away.is_empty());
+}
+
 /// The copy a move replaced is dropped by the repair worker (`DELETE /v1/volumes/{v}?moved=true`
 /// on its store), and only once it is `moved_copy_keep_ms` old and no repair of its volume is
 /// queued (a repair may still need it as a last-resort source); until then its store is not a
@@ -1309,11 +1389,9 @@ async fn a_moved_replicas_old_copy_is_dropped_once_old_enough_and_unneeded() {
     let mut ids = Vec::new();
     let mut logs = Vec::new();
     for _ in 0..3 {
-        let (url, log) = crate::common::scripted(|_, _| async {
-            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
-        });
+        let (url, drops) = equal_store();
         ids.push(register_at(&d, &url).await);
-        logs.push(log);
+        logs.push(drops);
     }
     let vol = d.create_volume().await.expect("create").id;
     let replicas: Vec<u64> = d
@@ -1336,7 +1414,12 @@ async fn a_moved_replicas_old_copy_is_dropped_once_old_enough_and_unneeded() {
     }
     d.replace_replica(vol, old, spare).await.expect("replace");
     assert_eq!(d.volume(vol).expect("volume").moved_away, vec![old]);
-    let drop_call = format!("DELETE /v1/volumes/{vol}");
+    // Its store takes the volume back only once the old copy is dropped.
+    assert!(matches!(
+        d.replace_replica(vol, spare, old).await,
+        Err(DirectoryError::Conflict(_))
+    ));
+    let drop_call = format!("/v1/volumes/{vol}?moved=true");
     let dropped = || old_log.lock().expect("log").contains(&drop_call);
 
     d.repair_once().await.expect("repair round");

@@ -209,6 +209,23 @@ async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
         .unwrap()
         .status();
     assert_eq!(held, 404, "the old store still holds volume {v}");
+    // The record lets the store go once it confirmed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let vol: LogicalVolumeInfo = c
+            .get(format!("{dir}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !vol.moved_away.contains(&old.store_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed: {vol:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The volume moves back onto the old store (a copy of the spare's replica), and the photo
     // stays deleted there.
     copy_and_replace(&old.url, old.store_id, &spare, spare_id).await;
@@ -220,7 +237,24 @@ async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
             .status(),
         404
     );
-    until_gone(&c, &format!("{spare}{path}"), "the spare's moved-away copy").await;
+    // The spare's copy, replaced in turn, is dropped too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let held = c
+            .get(format!("{spare}/v1/volumes/{v}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if held == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spare still holds volume {v} ({held})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let vol: LogicalVolumeInfo = c
         .get(format!("{dir}/v1/volumes/{v}"))
         .send()

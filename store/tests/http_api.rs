@@ -1465,3 +1465,75 @@ fn an_import_of_a_volume_damaged_in_the_middle_keeps_the_needles_after_the_damag
         b.stop().await;
     });
 }
+
+/// A copy the directory moved elsewhere is dropped (`DELETE /v1/volumes/{v}?moved=true`, any
+/// state) and stays dropped when a compaction of it was running: before, the drop unlinked
+/// the files under the compaction, which then committed and renamed its new files into place,
+/// so the store opened the volume again after a restart (and served photos deleted since the
+/// move). Now the running compaction finds the copy gone at its final phase and commits
+/// nothing. A plain DELETE of an unsealed copy is refused as before.
+#[test]
+fn a_moved_copy_dropped_during_its_compaction_stays_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let s = start_server(dir.path(), ENGINES[0]).await;
+        let c = reqwest::Client::new();
+        c.post(s.url("/v1/volumes/9"))
+            .json(&serde_json::json!({"max_bytes": 2 << 20}))
+            .send()
+            .await
+            .unwrap();
+        let ns: Vec<_> = (0..4)
+            .map(|a| needle(5, a, 0xabc, &vec![a as u8; 1000]))
+            .collect();
+        let r = c
+            .post(s.url("/v1/volumes/9/batch"))
+            .body(encode_batch(&ns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let r = c
+            .delete(s.url("/v1/needles/9/5/0/abc"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        let r = c.delete(s.url("/v1/volumes/9")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT, "unsealed, not moved");
+
+        let v = s.store.volume(9).unwrap();
+        let pause = haystack_store::CompactPause::default();
+        let compaction = {
+            let (v, p) = (v.clone(), pause.clone());
+            tokio::spawn(async move { v.compact_paused(p).await })
+        };
+        pause.reached.notified().await;
+        let r = c
+            .delete(s.url("/v1/volumes/9?moved=true"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        pause.resume.notify_one();
+        let done = compaction.await.unwrap();
+        assert!(done.is_err(), "the compaction committed: {done:?}");
+        drop(v);
+        s.stop().await;
+
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("vol-9"))
+            .collect();
+        assert!(left.is_empty(), "files left: {left:?}");
+        let s = start_server(dir.path(), ENGINES[0]).await;
+        let r = c.get(s.url("/v1/volumes/9")).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "the dropped copy came back"
+        );
+        s.stop().await;
+    });
+}

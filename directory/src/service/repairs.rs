@@ -248,9 +248,13 @@ impl Directory {
     pub async fn repair_once(&self) -> Result<usize, DirectoryError> {
         let recs = self.meta.list_repairs().await?;
         let now = self.clock.now_ms();
-        // Volumes with a repair queued at the start of the pass keep their moved-away copies.
-        let queued: std::collections::HashSet<u32> =
-            recs.iter().map(|(_, r)| r.value.volume_id).collect();
+        // Volumes with a copy queued at the start of the pass keep their moved-away copies
+        // (a last-resort source); queued deletes never read them.
+        let queued: std::collections::HashSet<u32> = recs
+            .iter()
+            .filter(|(_, r)| r.value.tasks.iter().any(|t| t.action == RepairAction::Copy))
+            .map(|(_, r)| r.value.volume_id)
+            .collect();
         let due: Vec<(u64, Versioned<RepairRecord>)> = recs
             .into_iter()
             .filter(|(_, r)| r.value.tasks.iter().any(|t| t.next_ms <= now))
@@ -270,41 +274,97 @@ impl Directory {
     }
 
     /// Drops the copies that moves replaced (`LogicalVolume::moved_away`) once they are
-    /// `moved_copy_keep_ms` old and their volume has no repair queued (`queued`): such a copy
-    /// is read by nothing but a repair looking for a needle no replica serves, while it stays
-    /// it serves the photos deleted since the move to whoever holds its URL, and a move of the
-    /// volume back onto its store would be refused. A store that confirms (or no longer has
-    /// it, or is no longer registered) leaves the list; one that fails is tried next pass.
+    /// `moved_copy_keep_ms` old, their volume has no copy queued for repair (`queued`: such a
+    /// copy is the last-resort source of one) and its current replicas compare equal (a
+    /// difference queues repairs first, which may need it). Until then it serves the photos
+    /// deleted since the move to whoever holds its URL, and its store is no target for the
+    /// volume. A store that confirms (or no longer has it, or is gone: unregistered, or its
+    /// URL taken by another store id) leaves the list; one that is down is skipped, one that
+    /// fails is tried next pass.
     async fn drop_moved_copies(
         &self,
         queued: &std::collections::HashSet<u32>,
     ) -> Result<(), DirectoryError> {
         let now = self.clock.now_ms();
         let keep = self.config.moved_copy_keep_ms;
-        let due: Vec<u32> = self
-            .view()
-            .volumes
-            .values()
-            .filter(|v| !v.info.moved_away.is_empty() && !queued.contains(&v.info.id))
-            .map(|v| v.info.id)
-            .collect();
+        let due: Vec<u32> = {
+            let view = self.view();
+            view.volumes
+                .values()
+                .filter(|v| !queued.contains(&v.info.id))
+                .filter(|v| {
+                    // Something to do now: a store up to drop from, or one that is gone.
+                    v.info.moved_away.iter().any(|sid| {
+                        view.stores
+                            .get(sid)
+                            .is_none_or(|s| store_up(s) || url_taken(&view, s))
+                    })
+                })
+                .map(|v| v.info.id)
+                .collect()
+        };
         for id in due {
             let Some(cur) = self.meta.get_volume(id).await? else {
                 continue;
             };
             let view = self.view();
-            let mut gone = Vec::new();
-            for m in &cur.value.moved_away {
-                if now.saturating_sub(m.moved_ms) < keep
-                    || cur.value.replicas.contains(&m.store_id)
-                    || cur.value.remote.contains(&m.store_id)
-                {
-                    continue;
-                }
-                let Some(s) = view.stores.get(&m.store_id) else {
-                    gone.push(m.store_id);
+            let ec = cur.value.ec.is_some();
+            let ready: Vec<crate::model::MovedCopy> = cur
+                .value
+                .moved_away
+                .iter()
+                .filter(|m| now.saturating_sub(m.moved_ms) >= keep)
+                // A replica again is never dropped; on an erasure-coded volume `replicas`
+                // are its shard stores, whose shard files a replica drop never touches.
+                .filter(|m| ec || !cur.value.replicas.contains(&m.store_id))
+                .filter(|m| !cur.value.remote.contains(&m.store_id))
+                .copied()
+                .collect();
+            if ready.is_empty() {
+                continue;
+            }
+            if !ec {
+                let Some(v) = view.volumes.get(&id) else {
                     continue;
                 };
+                let all_up = v.replicas.len() == cur.value.replicas.len()
+                    && v.replicas
+                        .iter()
+                        .all(|r| view.stores.get(&r.store_id).is_some_and(store_up));
+                if !all_up {
+                    continue;
+                }
+                match self.compare_volume(id, &v.replicas).await {
+                    Ok(None) => {}
+                    Ok(Some(queued)) => {
+                        tracing::info!(
+                            volume_id = id,
+                            queued,
+                            "replicas differ; moved-away copies kept until the repairs are done"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume_id = id, error = %e, "comparing replicas failed; moved-away copies kept");
+                        continue;
+                    }
+                }
+            }
+            let mut gone = Vec::new();
+            for m in ready {
+                let s = match view.stores.get(&m.store_id) {
+                    Some(s) if !url_taken(&view, s) => s,
+                    // Unregistered, or its machine replaced by a store under another id at
+                    // the same URL: the copy went with it (a DELETE there would hit the new
+                    // store's volume).
+                    _ => {
+                        gone.push(m.store_id);
+                        continue;
+                    }
+                };
+                if !store_up(s) {
+                    continue;
+                }
                 match self.repair_stores.drop_moved_copy(&s.url, id).await {
                     Ok(()) => {
                         tracing::info!(
@@ -857,4 +917,10 @@ impl Directory {
         }
         Ok(queued)
     }
+}
+
+/// Whether another store id is registered at `s`'s URL (its machine replaced and registered
+/// anew): what `s`'s id names there is gone.
+fn url_taken(view: &View, s: &StoreMachine) -> bool {
+    view.stores.values().any(|o| o.id != s.id && o.url == s.url)
 }

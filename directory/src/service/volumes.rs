@@ -200,6 +200,15 @@ impl Directory {
                 }
                 (true, false) => {}
             }
+            // Its old copy may still be dropped by a pass that read the record before: only
+            // once it is gone (and `to` left the list) may `to` hold the volume again.
+            if cur.value.moved_away.iter().any(|m| m.store_id == to) {
+                return Err(DirectoryError::Conflict(format!(
+                    "store {to} still holds the copy of volume {id} that a move replaced; it is \
+                     dropped within moved_copy_keep_ms once no repair needs it: choose another \
+                     store or retry then"
+                )));
+            }
             let mut vol = cur.value;
             for r in vol.replicas.iter_mut() {
                 if *r == from {
@@ -207,10 +216,8 @@ impl Directory {
                 }
             }
             vol.reported_by.retain(|r| *r != from);
-            // The old copy stays until the repair worker drops it (`drop_moved_copies`); a
-            // store that is a replica again is never dropped.
-            vol.moved_away
-                .retain(|m| m.store_id != to && m.store_id != from);
+            // The old copy stays until the repair worker drops it (`drop_moved_copies`).
+            vol.moved_away.retain(|m| m.store_id != from);
             vol.moved_away.push(crate::model::MovedCopy {
                 store_id: from,
                 moved_ms: self.clock.now_ms(),

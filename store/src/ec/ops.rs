@@ -752,10 +752,40 @@ impl Store {
                     .into(),
             });
         }
+        // No write, delete, shipped append or compaction of it is in flight from here on
+        // (a compaction finishing after the unlinks would rename its file back into place);
+        // those that waited find the copy gone (503), not a file unlinked under them.
+        let _quiet = v.quiesce().await;
         crate::pause::at(&self.config().data_dir, "ec-drop").await;
-        haystack_service::sync::write(&self.volumes).remove(&id);
-        let (dat, idx, sidx) = crate::volume::volume_paths(&self.config().data_dir, id);
-        for p in [dat, idx, sidx] {
+        {
+            // Imports and re-seeds replace a copy under `create_lock`, held here: the map
+            // still holds `v`. Checked all the same, so that no other copy's files go.
+            let mut volumes = haystack_service::sync::write(&self.volumes);
+            if !volumes.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, &v)) {
+                return Err(StoreError::Unavailable {
+                    volume: id,
+                    reason: "the copy was replaced meanwhile; nothing dropped".into(),
+                });
+            }
+            volumes.remove(&id);
+        }
+        v.set_superseded();
+        let dir = &self.config().data_dir;
+        let (dat, idx, sidx) = crate::volume::volume_paths(dir, id);
+        let mut files = vec![dat, idx, sidx];
+        // Its remote-copy mark, an interrupted compaction's or index rebuild's leftovers.
+        files.extend(
+            [
+                "remote",
+                "dat.compact",
+                "idx.compact",
+                "sidx.compact",
+                "compacted",
+                "idx.rebuild",
+            ]
+            .map(|ext| dir.join(format!("vol-{id}.{ext}"))),
+        );
+        for p in files {
             match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}

@@ -632,6 +632,9 @@ impl Volume {
 
         // Final phase: writes and deletes wait.
         let _gate = self.gate.write().await;
+        // A copy dropped (moved elsewhere) or replaced by a re-seed while this one copied is
+        // not put back: no commit, and the new files go with the error (no marker yet).
+        self.check_current()?;
         let paused = Instant::now();
         let mut ap = self.append.lock().await;
         let todo = self.pending_puts(c, &nf);
