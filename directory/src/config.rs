@@ -163,8 +163,9 @@ pub struct ScyllaConfig {
     /// Extra keyspace options appended with `AND`, e.g. `tablets = {'enabled': false}` on a
     /// ScyllaDB version that refuses LWT on tablet keyspaces. Default empty.
     pub keyspace_options: String,
-    /// Consistency of reads and writes: `local_quorum` (default), `quorum`, `local_one`, `one`,
-    /// `each_quorum` or `all`. Conditional writes use LOCAL_SERIAL for their Paxos round.
+    /// Consistency of reads and writes: `local_quorum` (default), `quorum`, `each_quorum` or
+    /// `all` (`one` and `local_one` are refused: a read at them may miss the last conditional
+    /// write). Conditional writes use LOCAL_SERIAL for their Paxos round.
     pub consistency: String,
     /// Client-side timeout of one request, retries included, in ms. Default 5000.
     pub request_timeout_ms: u64,
@@ -265,6 +266,10 @@ impl DirectoryConfig {
     pub fn validate(&self) -> Result<MetadataUrl, DirectoryError> {
         let bad = |why: String| Err(DirectoryError::Config(why));
         let url = MetadataUrl::parse(&self.metadata)?;
+        if matches!(url, MetadataUrl::Scylla { .. }) {
+            crate::meta::scylla::parse_consistency(&self.scylla.consistency)
+                .map_err(|e| DirectoryError::Config(format!("scylla.consistency: {e}")))?;
+        }
         if self.replication_factor == 0 || self.replication_factor > 16 {
             return bad(format!(
                 "replication_factor {} must be 1..=16",
@@ -371,6 +376,37 @@ mod tests {
         ] {
             assert!(MetadataUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Regression: `consistency = "one"` was accepted, and a read at ONE may miss the last
+    /// conditional write (a deleted photo read as live). Both single-replica levels are
+    /// refused with the reason, at validation, before any connection.
+    #[test]
+    fn scylla_consistency_that_can_miss_a_write_is_refused() {
+        for (level, ok) in [
+            ("one", false),
+            ("LOCAL_ONE", false),
+            ("local_quorum", true),
+            ("quorum", true),
+            ("all", true),
+        ] {
+            let mut c = DirectoryConfig {
+                metadata: "scylla://127.0.0.1:9042/haystack".into(),
+                ..Default::default()
+            };
+            c.scylla.consistency = level.into();
+            match c.validate() {
+                Ok(_) => assert!(ok, "{level} accepted"),
+                Err(e) => {
+                    assert!(!ok, "{level} refused: {e}");
+                    assert!(e.to_string().contains("older than"), "{e}");
+                }
+            }
+        }
+        // The embedded backend has no such setting to check.
+        let mut c = DirectoryConfig::default();
+        c.scylla.consistency = "one".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

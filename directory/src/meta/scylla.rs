@@ -48,15 +48,24 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> MetaError {
     MetaError::Unavailable(format!("scylla {what}: {e}"))
 }
 
-/// Parses the `consistency` setting.
+/// Parses the `consistency` setting. `one` and `local_one` are refused: a conditional write
+/// is acknowledged once one replica has applied its commit at that level, and a read at it may
+/// ask another replica, which still holds the record before the write (a deleted photo read
+/// as live, a lease read as free). With `replication_factor` 1, `local_quorum` waits for the
+/// one replica anyway.
 pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "local_quorum" => Consistency::LocalQuorum,
         "quorum" => Consistency::Quorum,
         "each_quorum" => Consistency::EachQuorum,
-        "local_one" => Consistency::LocalOne,
-        "one" => Consistency::One,
         "all" => Consistency::All,
+        "one" | "local_one" => {
+            return Err(format!(
+                "consistency {s:?} can read a record older than its last conditional write \
+                 (a deleted photo read as live); use local_quorum (with replication_factor 1 \
+                 it waits for the one replica), quorum, each_quorum or all"
+            ))
+        }
         other => return Err(format!("unknown consistency {other:?}")),
     })
 }
