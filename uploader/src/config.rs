@@ -59,6 +59,12 @@ pub struct UploaderConfig {
     /// Photos decoded and resized at once (each on a blocking thread; a 100-megapixel photo
     /// takes about 300 MB while it is worked on). Default: the number of CPUs.
     pub image_workers: usize,
+    /// Memory all photos being decoded and resized at once may take, bytes: each reserves its
+    /// estimated peak (`images::decode_memory`: the decoded pixels, at up to 8 bytes each for
+    /// 16-bit RGBA, plus their 8-bit copy, plus 64 MiB) before it starts, and waits while the
+    /// others hold too much; one whose estimate alone is over the budget is refused (422
+    /// `too_many_pixels`). Default 2 GiB (a 100-megapixel 16-bit photo estimates 1.3 GB).
+    pub image_memory_bytes: u64,
     /// Size of a video chunk (one needle), bytes. Default 4 MiB. Must stay below the stores'
     /// `max_needle_bytes`, and be large enough that a video of `max_video_bytes` has few
     /// enough chunks for their list to fit one commit to the directory (1 MiB of JSON, about
@@ -117,6 +123,7 @@ impl Default for UploaderConfig {
             variants: default_variants(),
             jpeg_quality: 85,
             image_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            image_memory_bytes: 2 << 30,
             video_chunk_bytes: 4 << 20,
             video_chunks_in_flight: 2,
             max_video_bytes: 4 << 30,
@@ -296,6 +303,9 @@ impl UploaderConfig {
         }
         if self.image_workers == 0 || self.http_workers == 0 {
             return bad("image_workers and http_workers must be positive".into());
+        }
+        if self.image_memory_bytes < (64 << 20) || self.image_memory_bytes > (1 << 50) {
+            return bad("image_memory_bytes must be between 64 MiB and 1 PiB".into());
         }
         if self.video_chunk_bytes < 4096 || self.video_chunk_bytes > (1 << 30) {
             return bad("video_chunk_bytes must be between 4 KiB and 1 GiB".into());

@@ -109,6 +109,14 @@ pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, UploaderError> 
     })
 }
 
+/// An upper bound of the memory decoding and resizing a photo of these dimensions takes at
+/// its peak, bytes: the decoded pixels (up to 8 bytes each: 16-bit RGBA, the widest the
+/// decoders produce), their 8-bit RGB(A) copy (4 bytes each), and 64 MiB for the variants,
+/// the encoders and the decoders' own buffers.
+pub fn decode_memory(width: u32, height: u32) -> u64 {
+    width as u64 * height as u64 * 12 + (64 << 20)
+}
+
 /// Display size (EXIF orientation applied) from the start of a stored original, without
 /// decoding pixels. None when the bytes do not hold a readable header.
 pub fn display_size(bytes: &[u8]) -> Option<(u32, u32)> {

@@ -92,6 +92,14 @@ pub struct Uploader {
     dir: DirectoryClient,
     stores: StoreClient,
     image_slots: Arc<Semaphore>,
+    /// `image_memory_bytes` in MiB permits, reserved per photo for its estimated peak.
+    image_memory: Arc<Semaphore>,
+}
+
+/// Bytes as permits of the image memory semaphore (MiB, rounded up; at most u32::MAX >> 4,
+/// what `acquire_many` and the semaphore take).
+fn memory_permits(bytes: u64) -> usize {
+    bytes.div_ceil(1 << 20).min(u64::from(u32::MAX >> 4)) as usize
 }
 
 /// The longest client Idempotency-Key taken (the directory takes up to 255 bytes).
@@ -157,6 +165,7 @@ impl Uploader {
             )
             .with_credentials(creds),
             image_slots: Arc::new(Semaphore::new(cfg.image_workers)),
+            image_memory: Arc::new(Semaphore::new(memory_permits(cfg.image_memory_bytes))),
             cfg: Arc::new(cfg),
         })
     }
@@ -165,8 +174,33 @@ impl Uploader {
         &self.cfg
     }
 
-    /// Decodes and resizes on a blocking thread, at most `image_workers` at once.
+    /// Decodes and resizes on a blocking thread, at most `image_workers` at once and within
+    /// `image_memory_bytes` together (each reserves its estimated peak first).
     async fn process(&self, body: Bytes) -> Result<Processed, UploaderError> {
+        let limits = ImageLimits {
+            max_pixels: self.cfg.max_pixels,
+            max_dimension: self.cfg.max_dimension,
+        };
+        // The header alone: a body that is no image, or too large, is refused before it waits.
+        let probe = images::probe(&body, limits)?;
+        let need = memory_permits(images::decode_memory(probe.width, probe.height));
+        let budget = memory_permits(self.cfg.image_memory_bytes);
+        if need > budget {
+            return Err(UploaderError::TooManyPixels {
+                width: probe.width,
+                height: probe.height,
+                limit: format!(
+                    "decoding it takes up to {need} MiB, over the uploader's image memory \
+                     ({budget} MiB)"
+                ),
+            });
+        }
+        let _memory = self
+            .image_memory
+            .clone()
+            .acquire_many_owned(need as u32)
+            .await
+            .map_err(|_| UploaderError::Unavailable("shutting down".into()))?;
         let _slot = self
             .image_slots
             .clone()
@@ -179,10 +213,7 @@ impl Uploader {
             images::process(
                 &body,
                 &cfg.variants,
-                ImageLimits {
-                    max_pixels: cfg.max_pixels,
-                    max_dimension: cfg.max_dimension,
-                },
+                limits,
                 EncodeOptions {
                     jpeg_quality: cfg.jpeg_quality,
                 },

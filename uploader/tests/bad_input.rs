@@ -358,3 +358,26 @@ async fn a_form_that_stalls_in_a_field_header_is_cut_off() {
         assert!(text.contains("body_timeout"), "{path}: {text}");
     }
 }
+
+/// Regression: photos were decoded `image_workers` at once whatever their size, so memory grew
+/// with the cores (about 1.3 GB per 100-megapixel 16-bit photo at once). Each photo now
+/// reserves its estimated peak out of `image_memory_bytes` first; one estimated over the
+/// whole budget is refused with 422 `too_many_pixels` before any decode. Before, the 4000x4000
+/// header below was decoded (and failed as a truncated image, 400 `invalid_image`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_over_the_image_memory_budget_is_refused_before_decoding() {
+    let h = Harness::start_with(Default::default(), |c| c.image_memory_bytes = 100 << 20).await;
+    let r = h
+        .post_photo(png_header_only(4_000, 4_000), "image/png")
+        .await;
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.expect("json error");
+    assert_eq!(v["error"], "too_many_pixels", "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("image memory"),
+        "{v}"
+    );
+    // A photo within the budget goes through.
+    let r = h.post_photo(jpeg(300, 200), "image/jpeg").await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+}
