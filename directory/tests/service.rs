@@ -1187,38 +1187,58 @@ async fn a_drain_copies_from_the_next_healthy_replica_when_one_fails() {
 /// Regression: a move whose copy did not match its source (needle counts differ: damage, or
 /// an append after the export began) left that copy on the target, which then refused every
 /// later import of the volume (409: it holds needles), so the move failed for good. Now the
-/// unused copy is dropped from the target (and the record is untouched).
+/// unused copy is listed in the volume's `moved_away` (the record's replicas untouched) and
+/// the repair worker drops it (`?moved=true`) as it drops a moved replica's old copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_does_not_match_its_source_is_dropped_from_the_target() {
     let (_d, store) = embedded();
     let clock = Arc::new(ManualClock::new(T0));
     let mut cfg = config(2);
     cfg.min_writable_volumes = 1;
+    cfg.moved_copy_keep_ms = 0;
     let d = directory(cfg, store, clock.clone()).await;
-    let handler = |req: actix_web::HttpRequest, _| async move {
-        let path = req.path().to_string();
-        let v: u32 = path
-            .trim_start_matches("/v1/volumes/")
-            .split('/')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        match (req.method().as_str(), path.ends_with("/import")) {
-            ("POST", true) => actix_web::HttpResponse::Ok().json(VolumeInfo {
-                needles: 5,
-                ..volume_info(v)
-            }),
-            ("GET", false) => actix_web::HttpResponse::Ok().json(VolumeInfo {
-                needles: 6,
-                ..volume_info(v)
-            }),
-            ("DELETE", false) => actix_web::HttpResponse::NoContent().finish(),
-            _ => actix_web::HttpResponse::Ok().json(serde_json::json!({})),
+    let drops: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let drops = drops.clone();
+        move |req: actix_web::HttpRequest, _| {
+            let drops = drops.clone();
+            async move {
+                let path = req.path().to_string();
+                let v: u32 = path
+                    .trim_start_matches("/v1/volumes/")
+                    .split('/')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                match (req.method().as_str(), path.rsplit('/').next().unwrap_or("")) {
+                    ("POST", "import") => actix_web::HttpResponse::Ok().json(VolumeInfo {
+                        needles: 5,
+                        ..volume_info(v)
+                    }),
+                    ("GET", "digest") => actix_web::HttpResponse::Ok().json(serde_json::json!({
+                        "volume": v, "needles": 6, "buckets": ["0000000000000000"]
+                    })),
+                    ("GET", _) => actix_web::HttpResponse::Ok().json(VolumeInfo {
+                        needles: 6,
+                        ..volume_info(v)
+                    }),
+                    ("DELETE", _) => {
+                        drops.lock().expect("drops").push(format!(
+                            "{} {}?{}",
+                            req.connection_info().host(),
+                            path,
+                            req.query_string()
+                        ));
+                        actix_web::HttpResponse::NoContent().finish()
+                    }
+                    _ => actix_web::HttpResponse::Ok().json(serde_json::json!({})),
+                }
+            }
         }
     };
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let (url, _) = crate::common::scripted(handler);
+        let (url, _) = crate::common::scripted(handler.clone());
         ids.push(register_at(&d, &url).await);
     }
     let vol = d.create_volume().await.expect("create").id;
@@ -1236,22 +1256,21 @@ async fn a_copy_that_does_not_match_its_source_is_dropped_from_the_target() {
         None,
         "the move failed"
     );
-    let log = spare_log.lock().expect("log").clone();
     let import = format!("POST /v1/volumes/{vol}/import");
-    let dropped = format!("DELETE /v1/volumes/{vol}");
-    assert!(log.contains(&import), "{log:?}");
-    assert!(
-        log.contains(&dropped),
-        "the unused copy stayed on the target: {log:?}"
-    );
-    let now: Vec<u64> = d
-        .volume(vol)
-        .expect("volume")
-        .replicas
-        .iter()
-        .map(|r| r.store_id)
-        .collect();
+    assert!(spare_log.lock().expect("log").contains(&import));
+    let v = d.volume(vol).expect("volume");
+    let now: Vec<u64> = v.replicas.iter().map(|r| r.store_id).collect();
     assert!(now.contains(&ids[0]) && !now.contains(&spare), "{now:?}");
+    assert_eq!(v.moved_away, vec![spare], "the unused copy is not listed");
+    d.repair_once().await.expect("repair round");
+    let host = spare_url.trim_start_matches("http://");
+    let dropped = format!("{host} /v1/volumes/{vol}?moved=true");
+    assert!(
+        drops.lock().expect("drops").contains(&dropped),
+        "the unused copy stayed on the target: {:?}",
+        drops.lock().expect("drops")
+    );
+    assert!(d.volume(vol).expect("volume").moved_away.is_empty());
 }
 
 /// Regression: a drain or rebalance copied the moved replica from another replica and tried

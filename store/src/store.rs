@@ -166,7 +166,7 @@ pub struct Store {
     engine: IoEngine,
     pub(crate) volumes: RwLock<HashMap<u32, Arc<Volume>>>,
     /// Volumes whose files are here but did not open: what they look like to the directory.
-    quarantined: RwLock<HashMap<u32, VolumeInfo>>,
+    pub(crate) quarantined: RwLock<HashMap<u32, VolumeInfo>>,
     pub(crate) create_lock: tokio::sync::Mutex<()>,
     /// Remote copies being re-seeded, and the tag of the copy on its way: heartbeats report
     /// that tag while the old copy still serves, so that the directory keeps the shipping

@@ -309,23 +309,70 @@ impl Directory {
             ))),
             Ok(_) => Ok(()),
         };
-        if let Err(e) = checked {
-            // The copy is not used: it leaves the target, whose next import of the volume
-            // would otherwise be refused (it holds needles) for good.
-            match stores.drop_moved_copy(&target.url, id).await {
-                Ok(()) => {
-                    tracing::warn!(volume_id = id, to = %target.url, error = %e, "copy not used; dropped from the target")
-                }
-                Err(d) => {
-                    tracing::warn!(volume_id = id, to = %target.url, error = %e, drop_error = %d, "copy not used; dropping it from the target failed")
-                }
-            }
-            return Err(e);
-        }
         // replace_replica compares the replicas once the record switched (a write or a
         // delete that reached the source after the copy was taken is queued for repair).
-        self.replace_replica(id, from, target.id).await?;
+        let replaced = match checked {
+            Ok(()) => self.replace_replica(id, from, target.id).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = replaced {
+            self.retire_unused_copy(id, target.id).await;
+            return Err(e);
+        }
         metrics::counter!("haystack_directory_drain_moves_total").increment(1);
         Ok(())
+    }
+
+    /// A copy imported onto `store` that no record names (its move failed after the import:
+    /// the copy did not match its source, or the replace was refused): listed in the volume's
+    /// `moved_away` (`replaced_by` 0), so that the repair worker drops it once nothing needs
+    /// it, and the store takes no replica of the volume until then. Left alone when the records
+    /// name the store meanwhile (another instance's move switched it in: a real replica now).
+    /// A one-off DELETE here could hit such a replica; the list is read and written under a
+    /// version check instead. Best effort: a failure is logged.
+    async fn retire_unused_copy(&self, id: u32, store: u64) {
+        for _ in 0..CAS_RETRIES {
+            let cur = match self.meta.get_volume(id).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(volume_id = id, store_id = store, error = %e, "an unused copy could not be listed for dropping; it stays on the store");
+                    return;
+                }
+            };
+            let v = &cur.value;
+            if v.replicas.contains(&store)
+                || v.remote.contains(&store)
+                || v.moved_away.iter().any(|m| m.store_id == store)
+            {
+                return;
+            }
+            let mut vol = cur.value.clone();
+            vol.moved_away.push(crate::model::MovedCopy {
+                store_id: store,
+                moved_ms: self.clock.now_ms(),
+                replaced_by: 0,
+            });
+            match self
+                .meta
+                .put_volume(&vol, Expect::Version(cur.version))
+                .await
+            {
+                Ok(Cas::Applied { version }) => {
+                    tracing::warn!(
+                        volume_id = id,
+                        store_id = store,
+                        "copy not used; listed to be dropped from its store"
+                    );
+                    self.remember_volume(id, version, vol);
+                    return;
+                }
+                Ok(Cas::Conflict { .. }) => continue,
+                Err(e) => {
+                    tracing::warn!(volume_id = id, store_id = store, error = %e, "an unused copy could not be listed for dropping; it stays on the store");
+                    return;
+                }
+            }
+        }
     }
 }

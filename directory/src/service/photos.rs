@@ -274,13 +274,22 @@ impl Directory {
         // Replicas a quorum write left behind get their copies queued before the photo is
         // recorded: a commit that then fails leaves tasks the worker drops (no photo), never a
         // committed photo whose missing replicas nobody knows.
-        let replicas: Vec<u64> = self
+        let (replicas, moves): (Vec<u64>, bool) = self
             .view()
             .volumes
             .get(&req.volume_id)
-            .map(|v| v.replicas.iter().map(|r| r.store_id).collect())
+            .map(|v| {
+                (
+                    v.replicas.iter().map(|r| r.store_id).collect(),
+                    !v.info.moved_away.is_empty(),
+                )
+            })
             .unwrap_or_default();
-        let pending_replicas = if pending_replicas.iter().all(|s| replicas.contains(s)) {
+        // The view decides only while it knows of no move of the volume: with one, it may name
+        // a replica the move replaced since (the records say which store replaced it).
+        let pending_replicas = if pending_replicas.is_empty()
+            || (!moves && pending_replicas.iter().all(|s| replicas.contains(s)))
+        {
             pending_replicas
         } else {
             self.pending_after_moves(req.volume_id, pending_replicas)

@@ -76,6 +76,7 @@ impl Directory {
                             && s.lifecycle == StoreLifecycle::Active
                             && !vol.replicas.contains(&s.id)
                             && !vol.remote.contains(&s.id)
+                            && !vol.moved_away.iter().any(|m| m.store_id == s.id)
                     })
                     .map(|s| placement_candidate(&view, s))
                     .collect();

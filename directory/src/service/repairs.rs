@@ -327,7 +327,13 @@ impl Directory {
                 let Some(v) = view.volumes.get(&id) else {
                     continue;
                 };
-                let all_up = v.replicas.len() == cur.value.replicas.len()
+                // The replicas the record names now, not an older view's: a copy is dropped
+                // only while they agree.
+                let mut seen: Vec<u64> = v.replicas.iter().map(|r| r.store_id).collect();
+                let mut named = cur.value.replicas.clone();
+                seen.sort_unstable();
+                named.sort_unstable();
+                let all_up = seen == named
                     && v.replicas
                         .iter()
                         .all(|r| view.stores.get(&r.store_id).is_some_and(store_up));

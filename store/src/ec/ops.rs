@@ -744,57 +744,86 @@ impl Store {
     /// moved the replica to another store and no repair needs this copy any more.
     pub async fn drop_replica(&self, id: u32, moved: bool) -> Result<()> {
         let _g = self.create_lock.lock().await;
-        let v = self.volume(id)?;
-        if !moved && v.info().state != haystack_proto::VolumeState::Sealed {
-            return Err(StoreError::ReadOnly {
-                volume: id,
-                reason: "only a sealed replica can be dropped (or one moved away: ?moved=true)"
-                    .into(),
-            });
-        }
-        // No write, delete, shipped append or compaction of it is in flight from here on
-        // (a compaction finishing after the unlinks would rename its file back into place);
-        // those that waited find the copy gone (503), not a file unlinked under them.
-        let _quiet = v.quiesce().await;
-        crate::pause::at(&self.config().data_dir, "ec-drop").await;
-        {
-            // Imports and re-seeds replace a copy under `create_lock`, held here: the map
-            // still holds `v`. Checked all the same, so that no other copy's files go.
-            let mut volumes = haystack_service::sync::write(&self.volumes);
-            if !volumes.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, &v)) {
-                return Err(StoreError::Unavailable {
+        let v = match self.volume(id) {
+            Ok(v) => Some(v),
+            // A moved copy that cannot be opened (quarantined), or whose files an earlier drop
+            // that failed half-way left: they go by name (404 when there are none).
+            Err(StoreError::NoVolume(_) | StoreError::Unavailable { .. }) if moved => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(v) = &v {
+            if !moved && v.info().state != haystack_proto::VolumeState::Sealed {
+                return Err(StoreError::ReadOnly {
                     volume: id,
-                    reason: "the copy was replaced meanwhile; nothing dropped".into(),
+                    reason: "only a sealed replica can be dropped (or one moved away: ?moved=true)"
+                        .into(),
                 });
             }
-            volumes.remove(&id);
         }
-        v.set_superseded();
-        let dir = &self.config().data_dir;
-        let (dat, idx, sidx) = crate::volume::volume_paths(dir, id);
-        let mut files = vec![dat, idx, sidx];
-        // Its remote-copy mark, an interrupted compaction's or index rebuild's leftovers.
-        files.extend(
-            [
-                "remote",
-                "dat.compact",
-                "idx.compact",
-                "sidx.compact",
-                "compacted",
-                "idx.rebuild",
-            ]
-            .map(|ext| dir.join(format!("vol-{id}.{ext}"))),
-        );
-        for p in files {
-            match std::fs::remove_file(&p) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
+        // No write, delete, shipped append or compaction's final phase of it is in flight from
+        // here on (a compaction committing after the unlinks would rename its files back into
+        // place); those that waited find the copy gone (503), not a file unlinked under them.
+        let _quiet = match &v {
+            Some(v) => Some(v.quiesce().await),
+            None => None,
+        };
+        crate::pause::at(&self.config().data_dir, "ec-drop").await;
+        match &v {
+            Some(v) => {
+                // Imports and re-seeds replace a copy under `create_lock`, held here: the map
+                // still holds `v`. Checked all the same, so that no other copy's files go.
+                let mut volumes = haystack_service::sync::write(&self.volumes);
+                if !volumes.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, v)) {
+                    return Err(StoreError::Unavailable {
+                        volume: id,
+                        reason: "the copy was replaced meanwhile; nothing dropped".into(),
+                    });
+                }
+                volumes.remove(&id);
+                drop(volumes);
+                // It serves no write or delete again, whatever happens to its files below.
+                v.set_superseded();
+            }
+            None => {
+                haystack_service::sync::write(&self.quarantined).remove(&id);
             }
         }
-        std::fs::File::open(&self.config().data_dir)?.sync_all()?;
+        // The commit marker and the new files of an interrupted compaction first (with the
+        // marker a restart would roll them forward into a volume again), the volume file last
+        // (while it is there, a retry finds something to drop).
+        let dir = &self.config().data_dir;
+        let (dat, idx, sidx) = crate::volume::volume_paths(dir, id);
+        let mut files: Vec<std::path::PathBuf> = [
+            "compacted",
+            "dat.compact",
+            "idx.compact",
+            "sidx.compact",
+            "idx.rebuild",
+            "remote",
+        ]
+        .iter()
+        .map(|ext| dir.join(format!("vol-{id}.{ext}")))
+        .collect();
+        files.extend([sidx, idx, dat]);
+        let mut removed = 0;
+        for p in files {
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        std::fs::File::open(dir)?.sync_all()?;
+        if v.is_none() && removed == 0 {
+            return Err(StoreError::NoVolume(id));
+        }
         self.change_notify().notify_one();
         if moved {
-            tracing::info!(volume = id, "replica dropped (moved to another store)");
+            tracing::info!(
+                volume = id,
+                files = removed,
+                "replica dropped (moved to another store)"
+            );
         } else {
             tracing::info!(volume = id, "sealed replica dropped (erasure-coded now)");
         }

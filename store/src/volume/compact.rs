@@ -572,7 +572,14 @@ impl Volume {
         let result = self
             .compact_phases(c, old_file, snapshot, before, started, stop)
             .await;
-        if result.is_err() && !paths.marker.exists() && stop.is_none() {
+        // A copy dropped or replaced meanwhile: its `vol-N.*` names are gone with it or
+        // belong to another copy now (its own compaction's, perhaps); this one's new files
+        // are unlinked inodes already.
+        if result.is_err()
+            && !paths.marker.exists()
+            && stop.is_none()
+            && self.check_current().is_ok()
+        {
             paths.remove_all(self.engine.disk());
         }
         result
@@ -604,6 +611,8 @@ impl Volume {
         c.pause_point().await;
         // Catch up with what was written meanwhile, writers still running.
         for _ in 0..CATCH_UP_PHASES {
+            // A copy dropped (moved elsewhere) meanwhile: no more copying into unlinked files.
+            self.check_current()?;
             let todo = self.pending_puts(c, &nf);
             if todo.is_empty() {
                 break;
