@@ -1336,6 +1336,103 @@ fn equal_store() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     (url, drops)
 }
 
+/// A scripted store whose digests are all `fill` (so stores with different fills differ)
+/// and whose needle listing is `needles`, logging each DELETE with its query.
+fn digest_store(
+    fill: char,
+    needles: serde_json::Value,
+) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let drops: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let seen = drops.clone();
+    let (url, _) = crate::common::scripted(move |req, _| {
+        let (seen, needles) = (seen.clone(), needles.clone());
+        async move {
+            if req.method() == actix_web::http::Method::DELETE {
+                seen.lock()
+                    .expect("drops")
+                    .push(format!("{}?{}", req.path(), req.query_string()));
+                return actix_web::HttpResponse::NoContent().finish();
+            }
+            if req.path().ends_with("/digest") {
+                let n: usize = req
+                    .query_string()
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("buckets="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let b: String = std::iter::repeat_n(fill, 16).collect();
+                return actix_web::HttpResponse::Ok().json(serde_json::json!({
+                    "volume": 1, "needles": 1, "buckets": vec![b; n]
+                }));
+            }
+            if req.path().ends_with("/needles") {
+                return actix_web::HttpResponse::Ok()
+                    .json(serde_json::json!({ "volume": 1, "needles": needles }));
+            }
+            actix_web::HttpResponse::Ok().json(serde_json::json!({}))
+        }
+    });
+    (url, drops)
+}
+
+/// Regression: replicas that differ only by needles no photo record names (garbage a failed
+/// upload left on some of them) counted as "replicas differ" for the drop of a moved copy,
+/// although no repair was queued: the copy was never dropped, and every pass compared the
+/// replicas again. Such a difference no longer holds the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_copy_is_dropped_when_replicas_differ_only_by_garbage() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    cfg.moved_copy_keep_ms = 0;
+    let d = directory(cfg, store, clock.clone()).await;
+    let garbage = serde_json::json!([{ "key": "77", "alt": 0, "deleted": false }]);
+    let mut ids = Vec::new();
+    let mut logs = Vec::new();
+    for (i, fill) in ['0', '1', '2'].into_iter().enumerate() {
+        let listed = if i == 0 {
+            garbage.clone()
+        } else {
+            serde_json::json!([])
+        };
+        let (url, drops) = digest_store(fill, listed);
+        ids.push(register_at(&d, &url).await);
+        logs.push(drops);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
+    for id in &ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(&d, *id, held).await;
+    }
+    let old = replicas[0];
+    let old_log = logs[ids.iter().position(|i| *i == old).expect("old")].clone();
+    d.replace_replica(vol, old, spare).await.expect("replace");
+    d.repair_once().await.expect("repair round");
+    assert!(d.repairs().await.expect("repairs").is_empty());
+    assert!(
+        old_log
+            .lock()
+            .expect("log")
+            .contains(&format!("/v1/volumes/{vol}?moved=true")),
+        "the moved copy was kept: {:?}",
+        old_log.lock().expect("log")
+    );
+    assert!(d.volume(vol).expect("volume").moved_away.is_empty());
+}
+
 /// A moved-away copy whose store's machine was replaced, a new store id registered at the
 /// same URL, leaves the list without a DELETE: that URL's volume is the new store's now
 /// (it may even be a replica of the same volume, placed there by id).

@@ -341,7 +341,9 @@ impl Directory {
                     continue;
                 }
                 match self.compare_volume(id, &v.replicas).await {
-                    Ok(None) => {}
+                    // Equal, or differing only where no photo record explains it (garbage a
+                    // failed upload left on some replicas): no repair can need the copy.
+                    Ok(None | Some(0)) => {}
                     Ok(Some(queued)) => {
                         tracing::info!(
                             volume_id = id,
