@@ -270,3 +270,90 @@ async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
         "{vol:?}"
     );
 }
+
+/// An encode places no shard on a store that still holds a copy a move replaced (until the
+/// repair worker drops it): that store would answer the volume's reads from the stale copy
+/// (deletes since the move missing) before its shard. Here the only three stores are the
+/// two replicas and the moved copy's store, so a 2+1 encode has nowhere to go but there;
+/// before the fix it put a shard on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encode_places_no_shard_beside_a_moved_copy() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let c = cl.admin_http();
+    let dir = cl.directory_url();
+    let (a, _, _) = put_photo(&c, &dir, 9_000, 2).await;
+    let v = a.volume_id;
+    let spare = cl
+        .store_urls()
+        .into_iter()
+        .find(|u| a.replicas.iter().all(|r| r.url != *u))
+        .expect("a store without the volume");
+    let spare_id = store_id(&c, &dir, &spare).await;
+    let (kept, old) = (a.replicas[0].clone(), a.replicas[1].clone());
+    let r = c
+        .post(format!("{spare}/v1/volumes/{v}/import"))
+        .json(&serde_json::json!({ "from": kept.url }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "import: {}", r.status());
+    let r = c
+        .post(format!("{dir}/v1/volumes/{v}/replace"))
+        .json(&serde_json::json!({
+            "from_store_id": old.store_id.to_string(),
+            "to_store_id": spare_id.to_string(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "replace: {}", r.status());
+    let (s, body) = crate::common::post(
+        &c,
+        format!("{dir}/v1/volumes/{v}/state"),
+        serde_json::json!({"state": "sealed"}),
+    )
+    .await;
+    assert_eq!(s, 200, "seal: {body}");
+    for url in [&kept.url, &spare] {
+        let (s, body) = crate::common::post(
+            &c,
+            format!("{url}/v1/volumes/{v}/seal"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(s, 200, "store seal: {body}");
+    }
+    // Until the new replica has reported its sealed copy, the encode answers 503.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (s, body) = loop {
+        let (s, body) = crate::common::post(
+            &c,
+            format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+        )
+        .await;
+        if s != 503 || Instant::now() > deadline {
+            break (s, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let vol: LogicalVolumeInfo = c
+        .get(format!("{dir}/v1/volumes/{v}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        vol.replicas.iter().all(|r| r.store_id != old.store_id),
+        "a shard went to the store holding the moved copy: {s} {body} {vol:?}"
+    );
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("cannot place"), "{body}");
+}

@@ -342,10 +342,13 @@ impl Directory {
         let info = self.volume(id)?;
         let source = encode_source(self, id, &info.replicas, &client).await?;
         let n = req.k as usize + req.m as usize;
+        // Not a store still holding a copy a move replaced: its stale copy would answer the
+        // volume's reads there before the shard does, until it is dropped.
         let candidates: Vec<Candidate> = view
             .stores
             .values()
             .filter(|s| takes_replicas(s))
+            .filter(|s| !cur.value.moved_away.iter().any(|m| m.store_id == s.id))
             .map(|s| placement_candidate(&view, s))
             .collect();
         let need = info.used_bytes / req.k as u64 + (1 << 20);
@@ -821,6 +824,7 @@ impl Directory {
                     .stores
                     .values()
                     .filter(|s| takes_replicas(s) && !cur.value.replicas.contains(&s.id))
+                    .filter(|s| !cur.value.moved_away.iter().any(|m| m.store_id == s.id))
                     .map(|s| Candidate {
                         store_id: s.id,
                         zone: s.zone.clone(),
