@@ -268,6 +268,9 @@ pub struct Movable {
     pub bytes: u64,
     /// Its replicas' stores.
     pub stores: Vec<u64>,
+    /// Stores it may not move to: they still hold a copy an earlier move replaced, until the
+    /// repair worker drops it.
+    pub avoid: Vec<u64>,
 }
 
 /// One move of a rebalance plan: the replica of `volume` on `from` copied onto `to`.
@@ -333,7 +336,9 @@ pub fn rebalance_plan(
             .enumerate()
             .filter(|(_, v)| v.bytes > 0 && v.bytes <= full.held_bytes)
             .filter(|(_, v)| {
-                v.stores.contains(&full.store_id) && !v.stores.contains(&empty.store_id)
+                v.stores.contains(&full.store_id)
+                    && !v.stores.contains(&empty.store_id)
+                    && !v.avoid.contains(&empty.store_id)
             })
             .filter(|(_, v)| after(v.bytes) < gap)
             .min_by(|(_, a), (_, b)| after(a.bytes).total_cmp(&after(b.bytes)))
@@ -378,6 +383,7 @@ mod tests {
                 volume: v,
                 bytes: 100,
                 stores: vec![1 + (v as u64 % 2)],
+                avoid: Vec::new(),
             })
             .collect();
         let plan = rebalance_plan(&loads, &volumes, 0.15, 100);
@@ -409,6 +415,7 @@ mod tests {
             volume: 7,
             bytes: 300,
             stores: vec![1, 2],
+            avoid: Vec::new(),
         }];
         assert!(rebalance_plan(&loads, &v, 0.01, 10).is_empty());
         // One volume larger than twice the gap would only flip it.
@@ -416,8 +423,24 @@ mod tests {
             volume: 8,
             bytes: 300,
             stores: vec![1],
+            avoid: Vec::new(),
         }];
         assert!(rebalance_plan(&[load(1, 320), load(2, 20)], &v, 0.01, 10).is_empty());
+    }
+
+    /// Regression: a plan moved a replica onto a store still holding the copy an earlier
+    /// move of that volume replaced; the move was then skipped (no target) in every round,
+    /// the same plan made again each interval.
+    #[test]
+    fn a_move_never_lands_on_a_store_holding_a_moved_copy_of_the_volume() {
+        let loads = [load(1, 300), load(2, 0)];
+        let v = [Movable {
+            volume: 7,
+            bytes: 100,
+            stores: vec![1],
+            avoid: vec![2],
+        }];
+        assert!(rebalance_plan(&loads, &v, 0.01, 10).is_empty());
     }
 
     #[test]

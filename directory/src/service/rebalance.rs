@@ -41,6 +41,7 @@ impl Directory {
                 volume: v.info.id,
                 bytes: v.info.used_bytes,
                 stores: v.info.replicas.iter().map(|r| r.store_id).collect(),
+                avoid: v.info.moved_away.clone(),
             })
             .collect();
         let moves = placement::rebalance_plan(&loads, &movable, max_spread, max_moves)
