@@ -1134,6 +1134,75 @@ async fn rereplication_copies_from_a_healthy_replica_not_a_quarantined_one() {
     );
 }
 
+/// Regression: two instances re-replicating the same lost replica (the second with a view
+/// older than the first's switch) each copied the volume onto a store; the second's replace
+/// was refused (the lost replica was no longer in the record) and its copy stayed on its
+/// target, named by nothing: never dropped, and every later import of the volume there
+/// refused. The copy is now listed in `moved_away` for the repair worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rereplication_that_lost_the_race_lists_its_copy_for_dropping() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.rereplicate_after_ms = 1_000;
+    cfg.min_writable_volumes = 1;
+    let d1 = directory(cfg.clone(), store.clone(), clock.clone()).await;
+    let d2 = directory(cfg, store, clock.clone()).await;
+    let copies = CopyStores::new();
+    let (a, b) = (
+        register_at(&d1, &copies.start()).await,
+        register_at(&d1, &copies.start()).await,
+    );
+    let vol = d1.create_volume().await.expect("create").id;
+    beat(&d1, a, vec![volume_info(vol)]).await;
+    beat(&d1, b, vec![volume_info(vol)]).await;
+    let first = register_at(&d1, &copies.start()).await;
+    beat(&d1, first, vec![]).await;
+    d2.refresh().await.expect("refresh");
+    // A stays silent; B and the first spare keep beating.
+    clock.advance_ms(12_000);
+    for d in [&d1, &d2] {
+        beat(d, b, vec![volume_info(vol)]).await;
+        beat(d, first, vec![]).await;
+    }
+    d1.sweep_liveness().await.expect("sweep");
+    assert_eq!(d1.rereplicate_once().await.expect("rereplicate"), Some(vol));
+    // A second spare with the most room, known to the second instance only, whose view of
+    // the volume is from before the first's switch.
+    let second = d2
+        .register(StoreRegistration {
+            store_id: None,
+            public_url: copies.start(),
+            zone: None,
+            rack: None,
+            capacity_bytes: 1000 << 30,
+            free_bytes: 900 << 30,
+        })
+        .await
+        .expect("register")
+        .store_id;
+    beat(&d2, second, vec![]).await;
+    // The first spare takes no more replicas (an operator drains it), so the second
+    // instance's only target is the second spare.
+    d2.set_store_lifecycle(first, haystack_proto::directory::StoreLifecycle::Draining)
+        .await
+        .expect("drain");
+    d2.sweep_liveness().await.expect("sweep");
+    let r = d2.rereplicate_once().await;
+    assert!(r.is_err(), "the second replace is refused: {r:?}");
+    let v = d1
+        .refresh()
+        .await
+        .map(|()| d1.volume(vol).expect("volume"))
+        .expect("refresh");
+    let now: Vec<u64> = v.replicas.iter().map(|r| r.store_id).collect();
+    assert!(now.contains(&first) && !now.contains(&second), "{now:?}");
+    assert!(
+        v.moved_away.contains(&second),
+        "the second copy is named by nothing: {v:?}"
+    );
+}
+
 /// A drain takes its copy from a healthy replica: a quarantined one is never the source, and
 /// when the import from the first source (the draining store itself) fails the next one is
 /// tried. Before, the first replica up and reported was the only source tried (the
@@ -1340,12 +1409,12 @@ fn equal_store() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
 /// and whose needle listing is `needles`, logging each DELETE with its query.
 fn digest_store(
     fill: char,
-    needles: serde_json::Value,
+    needles: Arc<std::sync::Mutex<serde_json::Value>>,
 ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
     let drops: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let seen = drops.clone();
     let (url, _) = crate::common::scripted(move |req, _| {
-        let (seen, needles) = (seen.clone(), needles.clone());
+        let (seen, needles) = (seen.clone(), needles.lock().expect("needles").clone());
         async move {
             if req.method() == actix_web::http::Method::DELETE {
                 seen.lock()
@@ -1396,7 +1465,7 @@ async fn a_moved_copy_is_dropped_when_replicas_differ_only_by_garbage() {
         } else {
             serde_json::json!([])
         };
-        let (url, drops) = digest_store(fill, listed);
+        let (url, drops) = digest_store(fill, Arc::new(std::sync::Mutex::new(listed)));
         ids.push(register_at(&d, &url).await);
         logs.push(drops);
     }
@@ -1431,6 +1500,64 @@ async fn a_moved_copy_is_dropped_when_replicas_differ_only_by_garbage() {
         old_log.lock().expect("log")
     );
     assert!(d.volume(vol).expect("volume").moved_away.is_empty());
+}
+
+/// The other side of the rule above: replicas that differ about a live photo's needle keep
+/// the moved copy, even when the comparison queued nothing (here a needle deleted on one
+/// replica and absent on the other: an anomaly no copy repair is queued for, where the moved
+/// copy may hold the only live needle). 9c1dc24 dropped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_copy_is_kept_while_replicas_differ_on_a_live_photo() {
+    let (_d, store) = embedded();
+    let clock = Arc::new(ManualClock::new(T0));
+    let mut cfg = config(2);
+    cfg.min_writable_volumes = 1;
+    cfg.moved_copy_keep_ms = 0;
+    let d = directory(cfg, store, clock.clone()).await;
+    let mut ids = Vec::new();
+    let mut logs = Vec::new();
+    let mut listings = Vec::new();
+    for fill in ['0', '1', '2'] {
+        let listing = Arc::new(std::sync::Mutex::new(serde_json::json!([])));
+        let (url, drops) = digest_store(fill, listing.clone());
+        ids.push(register_at(&d, &url).await);
+        logs.push(drops);
+        listings.push(listing);
+    }
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
+    for id in &ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(&d, *id, held).await;
+    }
+    let a = d.assign(&AssignRequest::default()).expect("assign");
+    d.commit(keyed_commit(&a, "k", None).commit)
+        .await
+        .expect("commit");
+    let (old, kept) = (replicas[0], replicas[1]);
+    let at = |id: u64| ids.iter().position(|i| *i == id).expect("store");
+    d.replace_replica(vol, old, spare).await.expect("replace");
+    // The kept replica holds the live photo's needle deleted; the new one lacks it.
+    *listings[at(kept)].lock().expect("listing") =
+        serde_json::json!([{ "key": a.id.to_string(), "alt": 0, "deleted": true }]);
+    d.repair_once().await.expect("repair round");
+    assert!(
+        logs[at(old)].lock().expect("log").is_empty(),
+        "the moved copy was dropped: {:?}",
+        logs[at(old)].lock().expect("log")
+    );
+    assert_eq!(d.volume(vol).expect("volume").moved_away, vec![old]);
 }
 
 /// A moved-away copy whose store's machine was replaced, a new store id registered at the

@@ -330,7 +330,7 @@ impl Directory {
     /// name the store meanwhile (another instance's move switched it in: a real replica now).
     /// A one-off DELETE here could hit such a replica; the list is read and written under a
     /// version check instead. Best effort: a failure is logged.
-    async fn retire_unused_copy(&self, id: u32, store: u64) {
+    pub(super) async fn retire_unused_copy(&self, id: u32, store: u64) {
         for _ in 0..CAS_RETRIES {
             let cur = match self.meta.get_volume(id).await {
                 Ok(Some(c)) => c,

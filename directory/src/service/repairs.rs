@@ -341,14 +341,18 @@ impl Directory {
                     continue;
                 }
                 match self.compare_volume(id, &v.replicas).await {
-                    // Equal, or differing only where no photo record explains it (garbage a
-                    // failed upload left on some replicas): no repair can need the copy.
-                    Ok(None | Some(0)) => {}
-                    Ok(Some(queued)) => {
+                    // Equal, or differing only about needles of no live photo (garbage a
+                    // failed upload left on some replicas, deletes the worker applies without
+                    // it): no copy repair can need the moved copy. A live photo's difference
+                    // keeps it, whether its copy was queued now, earlier, or cannot be.
+                    Ok(None) => {}
+                    Ok(Some(d)) if d.live == 0 => {}
+                    Ok(Some(d)) => {
                         tracing::info!(
                             volume_id = id,
-                            queued,
-                            "replicas differ; moved-away copies kept until the repairs are done"
+                            queued = d.queued,
+                            live = d.live,
+                            "replicas differ on live photos; moved-away copies kept until they agree"
                         );
                         continue;
                     }
@@ -773,10 +777,10 @@ impl Directory {
         for (id, replicas) in volumes {
             match self.compare_volume(id, &replicas).await {
                 Ok(None) => report.compared += 1,
-                Ok(Some(q)) => {
+                Ok(Some(d)) => {
                     report.compared += 1;
                     report.differing += 1;
-                    report.queued += q;
+                    report.queued += d.queued;
                 }
                 Err(e) => {
                     tracing::warn!(volume = id, error = %e, "anti-entropy: comparing replicas failed")
@@ -811,13 +815,14 @@ impl Directory {
         Ok(out)
     }
 
-    /// Compares one volume's replicas. `None`: equal; `Some(n)`: they differed, `n` repairs
-    /// were queued.
+    /// Compares one volume's replicas. `None`: equal; `Some(d)`: they differed (`d.queued`
+    /// repairs were queued now; `d.live` differences concern a live photo's needle, whether a
+    /// copy was queued for it now, was queued already, or none can be: an anomaly).
     pub(super) async fn compare_volume(
         &self,
         id: u32,
         replicas: &[Replica],
-    ) -> Result<Option<usize>, String> {
+    ) -> Result<Option<Differences>, String> {
         let roots = self.digests(id, replicas, 1).await?;
         if roots.iter().all(|d| d.buckets == roots[0].buckets) {
             return Ok(None);
@@ -831,7 +836,7 @@ impl Directory {
                 per.iter().any(|d| d.buckets[b] != per[0].buckets[b])
             })
             .collect();
-        let mut queued = 0;
+        let mut found = Differences::default();
         for chunk in differing.chunks(MAX_LISTED_BUCKETS) {
             // (key, alt) -> per replica: None absent, Some(deleted).
             let mut seen: BTreeMap<(u64, u32), Vec<Option<bool>>> = BTreeMap::new();
@@ -850,16 +855,19 @@ impl Directory {
                 if states.iter().all(|s| *s == states[0]) {
                     continue;
                 }
-                queued += self
+                let (queued, live) = self
                     .settle_difference(id, replicas, key, alt, &states)
                     .await
                     .map_err(|e| e.to_string())?;
+                found.queued += queued;
+                found.live += usize::from(live);
             }
         }
-        Ok(Some(queued))
+        Ok(Some(found))
     }
 
-    /// One needle the replicas disagree on; the photo record decides. Returns repairs queued.
+    /// One needle the replicas disagree on; the photo record decides. Returns the repairs
+    /// queued, and whether the needle is a live photo's.
     async fn settle_difference(
         &self,
         volume: u32,
@@ -867,10 +875,10 @@ impl Directory {
         key: u64,
         alt: u32,
         states: &[Option<bool>],
-    ) -> Result<usize, DirectoryError> {
+    ) -> Result<(usize, bool), DirectoryError> {
         let Some(p) = self.meta.get_photo(key).await? else {
             // An upload not committed (yet, or ever): garbage collection's business.
-            return Ok(0);
+            return Ok((0, false));
         };
         let p = p.value;
         let mut queued = 0;
@@ -890,10 +898,10 @@ impl Directory {
                     queued += usize::from(added);
                 }
             }
-            return Ok(queued);
+            return Ok((queued, false));
         }
         if p.volume_id != volume || !p.alts().any(|a| a == alt) {
-            return Ok(0);
+            return Ok((0, false));
         }
         let any_live = states.contains(&Some(false));
         for (r, s) in replicas.iter().zip(states) {
@@ -923,8 +931,17 @@ impl Directory {
                 _ => {}
             }
         }
-        Ok(queued)
+        Ok((queued, true))
     }
+}
+
+/// What a comparison of a volume's replicas found (see [`Directory::compare_volume`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Differences {
+    /// Repairs queued by this comparison.
+    pub(super) queued: usize,
+    /// Differences about a live photo's needle.
+    pub(super) live: usize,
 }
 
 /// Whether another store id is registered at `s`'s URL (its machine replaced and registered

@@ -276,10 +276,10 @@ impl Directory {
             return;
         };
         match self.compare_volume(id, &r).await {
-            Ok(Some(queued)) => {
+            Ok(Some(d)) => {
                 tracing::warn!(
                     volume_id = id,
-                    queued,
+                    queued = d.queued,
                     "moved replica differed; repairs queued"
                 )
             }
@@ -396,7 +396,11 @@ impl Directory {
             if !copied {
                 continue;
             }
-            self.replace_replica(id, lost.store_id, target.id).await?;
+            if let Err(e) = self.replace_replica(id, lost.store_id, target.id).await {
+                // The copy no record names leaves the target (see `retire_unused_copy`).
+                self.retire_unused_copy(id, target.id).await;
+                return Err(e);
+            }
             metrics::counter!("haystack_directory_rereplications_total").increment(1);
             return Ok(Some(id));
         }
