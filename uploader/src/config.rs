@@ -60,10 +60,10 @@ pub struct UploaderConfig {
     /// takes about 300 MB while it is worked on). Default: the number of CPUs.
     pub image_workers: usize,
     /// Memory all photos being decoded and resized at once may take, bytes: each reserves its
-    /// estimated peak (`images::decode_memory`: the decoded pixels, at up to 8 bytes each for
-    /// 16-bit RGBA, plus their 8-bit copy, plus 64 MiB) before it starts, and waits while the
-    /// others hold too much; one whose estimate alone is over the budget is refused (422
-    /// `too_many_pixels`). Default 2 GiB (a 100-megapixel 16-bit photo estimates 1.3 GB).
+    /// estimated peak (`images::decode_memory`: 16 bytes a pixel, plus its body, plus 64
+    /// MiB) before it starts, and waits while the others hold too much. Must hold the largest
+    /// photo `max_pixels` and `max_photo_bytes` allow. Default 2 GiB (the largest default
+    /// photo estimates 1.72 GB).
     pub image_memory_bytes: u64,
     /// Size of a video chunk (one needle), bytes. Default 4 MiB. Must stay below the stores'
     /// `max_needle_bytes`, and be large enough that a video of `max_video_bytes` has few
@@ -304,8 +304,13 @@ impl UploaderConfig {
         if self.image_workers == 0 || self.http_workers == 0 {
             return bad("image_workers and http_workers must be positive".into());
         }
-        if self.image_memory_bytes < (64 << 20) || self.image_memory_bytes > (1 << 50) {
-            return bad("image_memory_bytes must be between 64 MiB and 1 PiB".into());
+        let largest = crate::images::decode_memory(self.max_pixels, self.max_photo_bytes);
+        if self.image_memory_bytes < largest || self.image_memory_bytes > (1 << 50) {
+            return bad(format!(
+                "image_memory_bytes must hold the largest photo taken ({largest} bytes for \
+                 max_pixels {} and max_photo_bytes {}) and be at most 1 PiB",
+                self.max_pixels, self.max_photo_bytes
+            ));
         }
         if self.video_chunk_bytes < 4096 || self.video_chunk_bytes > (1 << 30) {
             return bad("video_chunk_bytes must be between 4 KiB and 1 GiB".into());

@@ -109,12 +109,17 @@ pub fn probe(bytes: &[u8], limits: ImageLimits) -> Result<Probe, UploaderError> 
     })
 }
 
-/// An upper bound of the memory decoding and resizing a photo of these dimensions takes at
-/// its peak, bytes: the decoded pixels (up to 8 bytes each: 16-bit RGBA, the widest the
-/// decoders produce), their 8-bit RGB(A) copy (4 bytes each), and 64 MiB for the variants,
-/// the encoders and the decoders' own buffers.
-pub fn decode_memory(width: u32, height: u32) -> u64 {
-    width as u64 * height as u64 * 12 + (64 << 20)
+/// An upper bound of the memory decoding and resizing a photo of `pixels` pixels sent as
+/// `body_bytes` takes at its peak, bytes: 16 bytes a pixel (the decoded pixels at up to 8
+/// bytes each, 16-bit RGBA being the widest the decoders produce, and a second such buffer:
+/// the rotated copy an EXIF orientation makes, the 8-bit copy, or an animated GIF's frame
+/// beside its canvas), a copy of the body (the JPEG decoder reads it whole), and 64 MiB for
+/// the variants, the encoders and the decoders' own buffers.
+pub fn decode_memory(pixels: u64, body_bytes: u64) -> u64 {
+    pixels
+        .saturating_mul(16)
+        .saturating_add(body_bytes)
+        .saturating_add(64 << 20)
 }
 
 /// Display size (EXIF orientation applied) from the start of a stored original, without

@@ -175,17 +175,28 @@ impl Uploader {
     }
 
     /// Decodes and resizes on a blocking thread, at most `image_workers` at once and within
-    /// `image_memory_bytes` together (each reserves its estimated peak first).
+    /// `image_memory_bytes` together (each reserves its estimated peak first, from its header,
+    /// read on a blocking thread too). The reservations last as long as the work, even when
+    /// the request is gone before it ends.
     async fn process(&self, body: Bytes) -> Result<Processed, UploaderError> {
         let limits = ImageLimits {
             max_pixels: self.cfg.max_pixels,
             max_dimension: self.cfg.max_dimension,
         };
         // The header alone: a body that is no image, or too large, is refused before it waits.
-        let probe = images::probe(&body, limits)?;
-        let need = memory_permits(images::decode_memory(probe.width, probe.height));
+        let probe = {
+            let body = body.clone();
+            tokio::task::spawn_blocking(move || images::probe(&body, limits))
+                .await
+                .map_err(|e| UploaderError::Internal(format!("image task failed: {e}")))??
+        };
+        let need = memory_permits(images::decode_memory(
+            probe.width as u64 * probe.height as u64,
+            body.len() as u64,
+        ));
         let budget = memory_permits(self.cfg.image_memory_bytes);
         if need > budget {
+            // Not with a valid config (it holds the largest photo taken); kept as a guard.
             return Err(UploaderError::TooManyPixels {
                 width: probe.width,
                 height: probe.height,
@@ -195,13 +206,22 @@ impl Uploader {
                 ),
             });
         }
-        let _memory = self
+        let memory = match self
             .image_memory
             .clone()
-            .acquire_many_owned(need as u32)
-            .await
-            .map_err(|_| UploaderError::Unavailable("shutting down".into()))?;
-        let _slot = self
+            .try_acquire_many_owned(need as u32)
+        {
+            Ok(p) => p,
+            Err(_) => {
+                metrics::counter!("haystack_uploader_image_memory_waits_total").increment(1);
+                self.image_memory
+                    .clone()
+                    .acquire_many_owned(need as u32)
+                    .await
+                    .map_err(|_| UploaderError::Unavailable("shutting down".into()))?
+            }
+        };
+        let slot = self
             .image_slots
             .clone()
             .acquire_owned()
@@ -210,6 +230,7 @@ impl Uploader {
         let cfg = self.cfg.clone();
         let started = Instant::now();
         let res = tokio::task::spawn_blocking(move || {
+            let _held = (memory, slot);
             images::process(
                 &body,
                 &cfg.variants,

@@ -360,24 +360,58 @@ async fn a_form_that_stalls_in_a_field_header_is_cut_off() {
 }
 
 /// Regression: photos were decoded `image_workers` at once whatever their size, so memory grew
-/// with the cores (about 1.3 GB per 100-megapixel 16-bit photo at once). Each photo now
-/// reserves its estimated peak out of `image_memory_bytes` first; one estimated over the
-/// whole budget is refused with 422 `too_many_pixels` before any decode. Before, the 4000x4000
-/// header below was decoded (and failed as a truncated image, 400 `invalid_image`).
+/// with the cores (about 1.7 GB per 100-megapixel 16-bit photo in flight). Each photo now
+/// reserves its estimated peak out of `image_memory_bytes` before it is decoded and waits
+/// while the others hold the rest. Here the budget holds one photo of the largest size
+/// allowed; four sent at once all go through, one after the other
+/// (`haystack_uploader_image_memory_waits_total`; before, no photo ever waited for memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_photo_over_the_image_memory_budget_is_refused_before_decoding() {
-    let h = Harness::start_with(Default::default(), |c| c.image_memory_bytes = 100 << 20).await;
-    let r = h
-        .post_photo(png_header_only(4_000, 4_000), "image/png")
-        .await;
-    assert_eq!(r.status(), 422);
-    let v: Value = r.json().await.expect("json error");
-    assert_eq!(v["error"], "too_many_pixels", "{v}");
-    assert!(
-        v["message"].as_str().unwrap_or("").contains("image memory"),
-        "{v}"
-    );
-    // A photo within the budget goes through.
-    let r = h.post_photo(jpeg(300, 200), "image/jpeg").await;
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+async fn photos_being_decoded_wait_for_the_image_memory_budget() {
+    let h = Harness::start_with(Default::default(), |c| {
+        c.max_pixels = 1_500_000;
+        c.image_memory_bytes =
+            haystack_uploader::images::decode_memory(c.max_pixels, c.max_photo_bytes);
+    })
+    .await;
+    let posts = (0..4).map(|_| h.post_photo(jpeg(1200, 1200), "image/jpeg"));
+    for r in futures_util::future::join_all(posts).await {
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let waits: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("haystack_uploader_image_memory_waits_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(waits >= 1.0, "no photo waited for memory:\n{metrics}");
+}
+
+/// A budget that cannot hold the largest photo the other limits let in is refused at start,
+/// with the size it needs (else photos within `max_pixels` would be refused at random).
+#[test]
+fn an_image_memory_budget_below_the_largest_photo_is_refused() {
+    let cfg = haystack_uploader::config::UploaderConfig {
+        directory_url: Some("http://127.0.0.1:1".into()),
+        image_memory_bytes: 1 << 30,
+        ..Default::default()
+    };
+    let e = cfg
+        .validate()
+        .expect_err("1 GiB cannot hold a 100-megapixel photo");
+    assert!(e.to_string().contains("image_memory_bytes"), "{e}");
+    let ok = haystack_uploader::config::UploaderConfig {
+        directory_url: Some("http://127.0.0.1:1".into()),
+        ..Default::default()
+    };
+    ok.validate()
+        .expect("the default holds the largest default photo");
 }

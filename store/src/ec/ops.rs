@@ -768,43 +768,40 @@ impl Store {
             None => None,
         };
         crate::pause::at(&self.config().data_dir, "ec-drop").await;
-        match &v {
-            Some(v) => {
-                // Imports and re-seeds replace a copy under `create_lock`, held here: the map
-                // still holds `v`. Checked all the same, so that no other copy's files go.
-                let mut volumes = haystack_service::sync::write(&self.volumes);
-                if !volumes.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, v)) {
-                    return Err(StoreError::Unavailable {
-                        volume: id,
-                        reason: "the copy was replaced meanwhile; nothing dropped".into(),
-                    });
-                }
-                volumes.remove(&id);
-                drop(volumes);
-                // It serves no write or delete again, whatever happens to its files below.
-                v.set_superseded();
+        if let Some(v) = &v {
+            // Imports and re-seeds replace a copy under `create_lock`, held here: the map
+            // still holds `v`. Checked all the same, so that no other copy's files go.
+            let mut volumes = haystack_service::sync::write(&self.volumes);
+            if !volumes.get(&id).is_some_and(|cur| Arc::ptr_eq(cur, v)) {
+                return Err(StoreError::Unavailable {
+                    volume: id,
+                    reason: "the copy was replaced meanwhile; nothing dropped".into(),
+                });
             }
-            None => {
-                haystack_service::sync::write(&self.quarantined).remove(&id);
-            }
+            volumes.remove(&id);
+            drop(volumes);
+            // It serves no write or delete again, whatever happens to its files below.
+            v.set_superseded();
         }
         // The commit marker and the new files of an interrupted compaction first (with the
-        // marker a restart would roll them forward into a volume again), the volume file last
+        // marker a restart would roll them forward into a volume again), the volume file
         // (while it is there, a retry finds something to drop).
         let dir = &self.config().data_dir;
         let (dat, idx, sidx) = crate::volume::volume_paths(dir, id);
+        // The remote-copy mark after it (with the volume file and without the mark, a
+        // restart would open a remote copy as an ordinary replica).
         let mut files: Vec<std::path::PathBuf> = [
             "compacted",
             "dat.compact",
             "idx.compact",
             "sidx.compact",
             "idx.rebuild",
-            "remote",
         ]
         .iter()
         .map(|ext| dir.join(format!("vol-{id}.{ext}")))
         .collect();
-        files.extend([sidx, idx, dat]);
+        let had_dat = dat.exists();
+        files.extend([sidx, idx, dat, dir.join(format!("vol-{id}.remote"))]);
         let mut removed = 0;
         for p in files {
             match std::fs::remove_file(&p) {
@@ -812,6 +809,11 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e.into()),
             }
+        }
+        // A quarantined copy whose files went: out of the heartbeats too (an erasure-coded
+        // volume quarantined under the same id keeps its entry: it has no volume file).
+        if v.is_none() && had_dat {
+            haystack_service::sync::write(&self.quarantined).remove(&id);
         }
         std::fs::File::open(dir)?.sync_all()?;
         if v.is_none() && removed == 0 {
