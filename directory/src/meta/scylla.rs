@@ -57,8 +57,14 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
     Ok(match s.to_ascii_lowercase().as_str() {
         "local_quorum" => Consistency::LocalQuorum,
         "quorum" => Consistency::Quorum,
-        "each_quorum" => Consistency::EachQuorum,
         "all" => Consistency::All,
+        "each_quorum" => {
+            return Err(
+                "consistency \"each_quorum\" is refused by ScyllaDB for reads; use \
+                 local_quorum, quorum or all"
+                    .into(),
+            )
+        }
         "one" | "local_one" => {
             return Err(format!(
                 "consistency {s:?} can read a record older than its last conditional write \
