@@ -1505,7 +1505,8 @@ async fn a_moved_copy_is_dropped_when_replicas_differ_only_by_garbage() {
 /// The other side of the rule above: replicas that differ about a live photo's needle keep
 /// the moved copy, even when the comparison queued nothing (here a needle deleted on one
 /// replica and absent on the other: an anomaly no copy repair is queued for, where the moved
-/// copy may hold the only live needle). 9c1dc24 dropped it.
+/// copy may hold the only live needle), for a day (then it goes: nothing would repair it).
+/// 9c1dc24 dropped it at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_copy_is_kept_while_replicas_differ_on_a_live_photo() {
     let (_d, store) = embedded();
@@ -1558,6 +1559,24 @@ async fn a_moved_copy_is_kept_while_replicas_differ_on_a_live_photo() {
         logs[at(old)].lock().expect("log")
     );
     assert_eq!(d.volume(vol).expect("volume").moved_away, vec![old]);
+    // Nothing repairs such a difference: the copy is kept a day, not for good.
+    clock.advance_ms(86_400_000);
+    for (id, held) in [
+        (kept, vec![volume_info(vol)]),
+        (spare, vec![volume_info(vol)]),
+    ] {
+        beat(&d, id, held).await;
+    }
+    beat(&d, old, vec![volume_info(vol)]).await;
+    d.repair_once().await.expect("repair round");
+    assert!(
+        logs[at(old)]
+            .lock()
+            .expect("log")
+            .contains(&format!("/v1/volumes/{vol}?moved=true")),
+        "kept past a day: {:?}",
+        d.volume(vol)
+    );
 }
 
 /// A moved-away copy whose store's machine was replaced, a new store id registered at the

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use haystack_proto::directory::{LogicalVolumeInfo, PhotoInfo};
+use haystack_proto::directory::{AssignResponse, LogicalVolumeInfo, PhotoInfo, Replica};
 use haystack_testkit::{Cluster, ClusterOptions};
 
 use crate::common::{put_photo, store_id, until_gone};
@@ -271,19 +271,10 @@ async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
     );
 }
 
-/// An encode places no shard on a store that still holds a copy a move replaced (until the
-/// repair worker drops it): that store would answer the volume's reads from the stale copy
-/// (deletes since the move missing) before its shard. Here the only three stores are the
-/// two replicas and the moved copy's store, so a 2+1 encode has nowhere to go but there;
-/// before the fix it put a shard on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_encode_places_no_shard_beside_a_moved_copy() {
-    let cl = Cluster::start(ClusterOptions {
-        stores: 3,
-        replication: 2,
-        ..Default::default()
-    })
-    .await;
+/// Moves the second replica of a fresh photo's volume onto the store holding none, then seals
+/// the volume (record and the two replicas' stores); the photo, the store whose copy the move
+/// replaced, and the volume.
+async fn moved_then_sealed(cl: &Cluster) -> (AssignResponse, Replica, u32) {
     let c = cl.admin_http();
     let dir = cl.directory_url();
     let (a, _, _) = put_photo(&c, &dir, 9_000, 2).await;
@@ -328,20 +319,43 @@ async fn an_encode_places_no_shard_beside_a_moved_copy() {
         .await;
         assert_eq!(s, 200, "store seal: {body}");
     }
-    // Until the new replica has reported its sealed copy, the encode answers 503.
+    (a, old, v)
+}
+
+/// The volume's 2+1 encode, retried while the new replica has not reported its sealed copy
+/// yet (503); the last answer.
+async fn encode_2_1(c: &reqwest::Client, dir: &str, v: u32) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (s, body) = loop {
+    loop {
         let (s, body) = crate::common::post(
-            &c,
+            c,
             format!("{dir}/v1/volumes/{v}/encode"),
             serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
         )
         .await;
         if s != 503 || Instant::now() > deadline {
-            break (s, body);
+            return (s, body);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// An encode places no shard on a store that still holds a copy a move replaced (until the
+/// repair worker drops it): that store would answer the volume's reads from the stale copy
+/// (deletes since the move missing) before its shard. Here the only three stores are the
+/// two replicas and the moved copy's store, so a 2+1 encode has nowhere to go but there;
+/// before the fix it put a shard on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encode_places_no_shard_beside_a_moved_copy() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 3,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let (c, dir) = (cl.admin_http(), cl.directory_url());
+    let (_, old, v) = moved_then_sealed(&cl).await;
+    let (s, body) = encode_2_1(&c, &dir, v).await;
     let vol: LogicalVolumeInfo = c
         .get(format!("{dir}/v1/volumes/{v}"))
         .send()
@@ -356,4 +370,28 @@ async fn an_encode_places_no_shard_beside_a_moved_copy() {
     );
     assert_eq!(s, 409, "{body}");
     assert!(body.contains("cannot place"), "{body}");
+}
+
+/// Nor does an operator's shard rebuild naming that store as its target (409). Before, the
+/// rebuild put the shard there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_rebuild_onto_a_store_holding_a_moved_copy_is_refused() {
+    let cl = Cluster::start(ClusterOptions {
+        stores: 4,
+        replication: 2,
+        ..Default::default()
+    })
+    .await;
+    let (c, dir) = (cl.admin_http(), cl.directory_url());
+    let (_, old, v) = moved_then_sealed(&cl).await;
+    let (s, body) = encode_2_1(&c, &dir, v).await;
+    assert_eq!(s, 200, "encode: {body}");
+    let (s, body) = crate::common::post(
+        &c,
+        format!("{dir}/v1/volumes/{v}/ec/rebuild"),
+        serde_json::json!({"shard": 0, "to": old.store_id}),
+    )
+    .await;
+    assert_eq!(s, 409, "{body}");
+    assert!(body.contains("move replaced"), "{body}");
 }

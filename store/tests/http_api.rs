@@ -1549,7 +1549,7 @@ fn a_moved_copy_quarantined_or_half_dropped_is_dropped_by_name() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let s = start_server(dir.path(), ENGINES[0]).await;
-        for id in [1u32, 2] {
+        for id in [1u32, 2, 3] {
             let v = s.store.create_volume(id, None).await.unwrap();
             v.write_batch(vec![needle(1, 0, 5, b"hello")])
                 .await
@@ -1557,16 +1557,17 @@ fn a_moved_copy_quarantined_or_half_dropped_is_dropped_by_name() {
         }
         s.store.close();
         s.stop().await;
-        // Volume 2 cannot be opened: a byte of its superblock flipped.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dir.path().join("vol-2.dat"))
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, 20).unwrap();
-        f.write_all_at(&[b[0] ^ 0x40], 20).unwrap();
-        drop(f);
+        // Volumes 2 and 3 cannot be opened: a byte of their superblock flipped.
+        for id in [2, 3] {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(dir.path().join(format!("vol-{id}.dat")))
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, 20).unwrap();
+            f.write_all_at(&[b[0] ^ 0x40], 20).unwrap();
+        }
         let s = start_server(dir.path(), ENGINES[0]).await;
         let c = reqwest::Client::new();
         let r = c
@@ -1575,6 +1576,24 @@ fn a_moved_copy_quarantined_or_half_dropped_is_dropped_by_name() {
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT, "the quarantined copy");
+        // Volume 3's volume file is gone already (a drop that failed after it): the rest
+        // goes, and so does its quarantine entry (else heartbeats report it for good).
+        std::fs::remove_file(dir.path().join("vol-3.dat")).unwrap();
+        let r = c
+            .delete(s.url("/v1/volumes/3?moved=true"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::NO_CONTENT,
+            "the half-dropped quarantined copy"
+        );
+        assert!(
+            s.store.list().iter().all(|v| v.id != 3),
+            "{:?}",
+            s.store.list()
+        );
         // Volume 1: its files stay after it is out of service (as a drop failing after it
         // took the copy out of the map leaves them); the next drop removes them.
         std::fs::copy(dir.path().join("vol-1.dat"), dir.path().join("keep.dat")).unwrap();

@@ -69,7 +69,7 @@ pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
             return Err(format!(
                 "consistency {s:?} can read a record older than its last conditional write \
                  (a deleted photo read as live); use local_quorum (with replication_factor 1 \
-                 it waits for the one replica), quorum, each_quorum or all"
+                 it waits for the one replica), quorum or all"
             ))
         }
         other => return Err(format!("unknown consistency {other:?}")),

@@ -817,6 +817,13 @@ impl Directory {
                         "store {t} holds another shard of volume {id}"
                     )));
                 }
+                if cur.value.moved_away.iter().any(|m| m.store_id == t) {
+                    return Err(DirectoryError::Conflict(format!(
+                        "store {t} still holds a copy of volume {id} that a move replaced (its \
+                         reads would come from it before the shard); choose another store or \
+                         retry once it is dropped"
+                    )));
+                }
                 t
             }
             None => {

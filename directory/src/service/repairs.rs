@@ -20,6 +20,10 @@ use crate::model::{RepairRecord, RepairTask};
 const MAX_BACKOFF_MS: u64 = 300_000;
 /// A store that is down is asked again after this long (no attempt is counted).
 const DOWN_RETRY_MS: u64 = 5_000;
+/// A moved-away copy is kept at most this long while the replicas differ on a live photo
+/// with no repair queued (an anomaly: a needle deleted on a replica of a live photo), for an
+/// operator to recover from; then it is dropped like the others.
+const MOVED_COPY_MAX_KEEP_MS: u64 = 86_400_000;
 /// Repair records worked on at once.
 const PARALLEL_REPAIRS: usize = 8;
 /// A copy queued by a commit is kept this long while its photo is not recorded yet (the
@@ -347,14 +351,41 @@ impl Directory {
                     // keeps it, whether its copy was queued now, earlier, or cannot be.
                     Ok(None) => {}
                     Ok(Some(d)) if d.live == 0 => {}
-                    Ok(Some(d)) => {
+                    // Repairs queued now (the next pass sees them queued): kept for them.
+                    Ok(Some(d)) if d.queued > 0 => {
                         tracing::info!(
                             volume_id = id,
                             queued = d.queued,
-                            live = d.live,
-                            "replicas differ on live photos; moved-away copies kept until they agree"
+                            "replicas differ on live photos; moved-away copies kept for the repairs"
                         );
                         continue;
+                    }
+                    // A live photo's difference no repair is queued for (a needle deleted on a
+                    // replica of a live photo is left deleted): the copy is kept a day for an
+                    // operator to look at, not for good.
+                    Ok(Some(d)) => {
+                        let oldest = ready
+                            .iter()
+                            .map(|m| now.saturating_sub(m.moved_ms))
+                            .max()
+                            .unwrap_or(0);
+                        if oldest < MOVED_COPY_MAX_KEEP_MS {
+                            tracing::info!(
+                                volume_id = id,
+                                live = d.live,
+                                "replicas differ on live photos; moved-away copies kept"
+                            );
+                            continue;
+                        }
+                        metrics::counter!(
+                            "haystack_directory_moved_copies_dropped_differing_total"
+                        )
+                        .increment(1);
+                        tracing::warn!(
+                            volume_id = id,
+                            live = d.live,
+                            "replicas still differ on live photos a day after the move, with nothing to repair; dropping the moved-away copies"
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(volume_id = id, error = %e, "comparing replicas failed; moved-away copies kept");

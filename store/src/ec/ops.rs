@@ -800,7 +800,6 @@ impl Store {
         .iter()
         .map(|ext| dir.join(format!("vol-{id}.{ext}")))
         .collect();
-        let had_dat = dat.exists();
         files.extend([sidx, idx, dat, dir.join(format!("vol-{id}.remote"))]);
         let mut removed = 0;
         for p in files {
@@ -810,9 +809,9 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        // A quarantined copy whose files went: out of the heartbeats too (an erasure-coded
-        // volume quarantined under the same id keeps its entry: it has no volume file).
-        if v.is_none() && had_dat {
+        // A quarantined copy whose files went: out of the heartbeats too. An erasure-coded
+        // volume quarantined under the same id (its manifest is here) keeps its entry.
+        if v.is_none() && !super::manifest_path(dir, id).exists() {
             haystack_service::sync::write(&self.quarantined).remove(&id);
         }
         std::fs::File::open(dir)?.sync_all()?;
