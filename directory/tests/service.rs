@@ -1380,6 +1380,29 @@ async fn a_drain_copies_from_the_replica_it_moves_first() {
     );
 }
 
+/// A volume on two of the three registered stores `ids` (replication 2), every store
+/// heartbeating (the two with the volume); the volume, its replicas and the third store.
+async fn volume_beside_a_spare(d: &Directory, ids: &[u64]) -> (u32, Vec<u64>, u64) {
+    let vol = d.create_volume().await.expect("create").id;
+    let replicas: Vec<u64> = d
+        .volume(vol)
+        .expect("volume")
+        .replicas
+        .iter()
+        .map(|r| r.store_id)
+        .collect();
+    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
+    for id in ids {
+        let held = if *id == spare {
+            vec![]
+        } else {
+            vec![volume_info(vol)]
+        };
+        beat(d, *id, held).await;
+    }
+    (vol, replicas, spare)
+}
+
 /// A scripted store whose replicas compare equal (every digest the same), logging each
 /// DELETE with its query; its URL and that log.
 fn equal_store() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
@@ -1469,23 +1492,7 @@ async fn a_moved_copy_is_dropped_when_replicas_differ_only_by_garbage() {
         ids.push(register_at(&d, &url).await);
         logs.push(drops);
     }
-    let vol = d.create_volume().await.expect("create").id;
-    let replicas: Vec<u64> = d
-        .volume(vol)
-        .expect("volume")
-        .replicas
-        .iter()
-        .map(|r| r.store_id)
-        .collect();
-    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
-    for id in &ids {
-        let held = if *id == spare {
-            vec![]
-        } else {
-            vec![volume_info(vol)]
-        };
-        beat(&d, *id, held).await;
-    }
+    let (vol, replicas, spare) = volume_beside_a_spare(&d, &ids).await;
     let old = replicas[0];
     let old_log = logs[ids.iter().position(|i| *i == old).expect("old")].clone();
     d.replace_replica(vol, old, spare).await.expect("replace");
@@ -1525,23 +1532,7 @@ async fn a_moved_copy_is_kept_while_replicas_differ_on_a_live_photo() {
         logs.push(drops);
         listings.push(listing);
     }
-    let vol = d.create_volume().await.expect("create").id;
-    let replicas: Vec<u64> = d
-        .volume(vol)
-        .expect("volume")
-        .replicas
-        .iter()
-        .map(|r| r.store_id)
-        .collect();
-    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
-    for id in &ids {
-        let held = if *id == spare {
-            vec![]
-        } else {
-            vec![volume_info(vol)]
-        };
-        beat(&d, *id, held).await;
-    }
+    let (vol, replicas, spare) = volume_beside_a_spare(&d, &ids).await;
     let a = d.assign(&AssignRequest::default()).expect("assign");
     d.commit(keyed_commit(&a, "k", None).commit)
         .await
@@ -1816,23 +1807,7 @@ async fn a_quorum_commit_naming_a_replica_moved_since_queues_its_copy_for_the_re
         });
         ids.push(register_at(&d, &url).await);
     }
-    let vol = d.create_volume().await.expect("create").id;
-    let replicas: Vec<u64> = d
-        .volume(vol)
-        .expect("volume")
-        .replicas
-        .iter()
-        .map(|r| r.store_id)
-        .collect();
-    let spare = *ids.iter().find(|i| !replicas.contains(i)).expect("spare");
-    for id in &ids {
-        let held = if *id == spare {
-            vec![]
-        } else {
-            vec![volume_info(vol)]
-        };
-        beat(&d, *id, held).await;
-    }
+    let (vol, replicas, spare) = volume_beside_a_spare(&d, &ids).await;
     let a = d.assign(&AssignRequest::default()).expect("assign");
     assert_eq!(a.volume_id, vol);
     // A store that never held the volume is refused, nothing queued.
