@@ -14,6 +14,73 @@ pub async fn post(c: &reqwest::Client, url: String, body: serde_json::Value) -> 
     (s, r.text().await.unwrap_or_default())
 }
 
+/// Seals volume `v`: the directory's record, then the copy on each of `stores` (as `haystack
+/// volume seal` does).
+pub async fn seal(c: &reqwest::Client, dir: &str, v: u32, stores: &[&str]) {
+    let (s, body) = post(
+        c,
+        format!("{dir}/v1/volumes/{v}/state"),
+        serde_json::json!({"state": "sealed"}),
+    )
+    .await;
+    assert_eq!(s, 200, "seal: {body}");
+    for url in stores {
+        let (s, body) = post(
+            c,
+            format!("{url}/v1/volumes/{v}/seal"),
+            serde_json::json!({}),
+        )
+        .await;
+        assert_eq!(s, 200, "store seal: {body}");
+    }
+}
+
+/// Encodes volume `v` 2+1 (64 KiB blocks), asking again for up to 30 s while the directory
+/// answers that a replica has not reported its sealed copy yet; the last answer.
+pub async fn encode_2_1(c: &reqwest::Client, dir: &str, v: u32) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, body) = post(
+            c,
+            format!("{dir}/v1/volumes/{v}/encode"),
+            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
+        )
+        .await;
+        let not_yet = s == 503 || (s != 200 && body.contains("seal"));
+        if !not_yet || Instant::now() > deadline {
+            return (s, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Copies volume `v` onto the store at `onto` from the one at `from` (`POST
+/// /v1/volumes/{v}/import`).
+pub async fn import(c: &reqwest::Client, onto: &str, v: u32, from: &str) {
+    let (s, body) = post(
+        c,
+        format!("{onto}/v1/volumes/{v}/import"),
+        serde_json::json!({ "from": from }),
+    )
+    .await;
+    assert!((200..300).contains(&s), "import onto {onto}: {s} {body}");
+}
+
+/// Makes store `to` replace store `from` as a replica of volume `v` (`POST
+/// /v1/volumes/{v}/replace`, after an [`import`]).
+pub async fn replace(c: &reqwest::Client, dir: &str, v: u32, from: u64, to: u64) {
+    let (s, body) = post(
+        c,
+        format!("{dir}/v1/volumes/{v}/replace"),
+        serde_json::json!({
+            "from_store_id": from.to_string(),
+            "to_store_id": to.to_string(),
+        }),
+    )
+    .await;
+    assert!((200..300).contains(&s), "replace: {s} {body}");
+}
+
 /// GETs `url` as JSON.
 pub async fn get_json(c: &reqwest::Client, url: String) -> serde_json::Value {
     c.get(&url)

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use haystack_proto::directory::{AssignRequest, AssignResponse, Replica};
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{commit, get_json, paused_at, post, put_photo, store_id, until_gone};
+use crate::common::{
+    commit, encode_2_1, get_json, paused_at, post, put_photo, seal, store_id, until_gone,
+};
 
 /// Two photos put, their volume sealed on every replica and encoded 2+1: the first photo and
 /// its needle path, the second and its path.
@@ -74,39 +76,10 @@ async fn gone_from_every_shard_store(
 /// Seals volume `v` (the directory's record and each replica's store, as `haystack volume
 /// seal` does) and encodes it 2+1.
 async fn seal_and_encode(c: &reqwest::Client, dir: &str, v: u32, replicas: &[Replica]) {
-    let (s, body) = post(
-        c,
-        format!("{dir}/v1/volumes/{v}/state"),
-        serde_json::json!({"state": "sealed"}),
-    )
-    .await;
-    assert_eq!(s, 200, "seal: {body}");
-    for r in replicas {
-        let (s, body) = post(
-            c,
-            format!("{}/v1/volumes/{v}/seal", r.url),
-            serde_json::json!({}),
-        )
-        .await;
-        assert_eq!(s, 200, "store seal: {body}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, body) = post(
-            c,
-            format!("{dir}/v1/volumes/{v}/encode"),
-            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
-        )
-        .await;
-        if s == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && body.contains("seal"),
-            "encode: {s} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let urls: Vec<&str> = replicas.iter().map(|r| r.url.as_str()).collect();
+    seal(c, dir, v, &urls).await;
+    let (s, body) = encode_2_1(c, dir, v).await;
+    assert_eq!(s, 200, "encode: {s} {body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,15 @@ use std::time::{Duration, Instant};
 use haystack_proto::directory::{AssignResponse, LogicalVolumeInfo, PhotoInfo, Replica};
 use haystack_testkit::{Cluster, ClusterOptions};
 
-use crate::common::{put_photo, store_id, until_gone};
+use crate::common::{encode_2_1, import, put_photo, replace, seal, store_id, until_gone};
+
+/// The store of `cl` that holds no replica of photo `a`'s volume (three stores, two replicas).
+fn spare_of(cl: &Cluster, a: &AssignResponse) -> String {
+    cl.store_urls()
+        .into_iter()
+        .find(|u| a.replicas.iter().all(|r| r.url != *u))
+        .expect("a store without the volume")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_down_past_the_timeout_is_replaced_by_a_copy() {
@@ -89,20 +97,10 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
     let c = cl.admin_http();
     let dir = cl.directory_url();
     let (a, path, _) = put_photo(&c, &dir, 9_000, 1).await;
-    let spare = cl
-        .store_urls()
-        .into_iter()
-        .find(|u| a.replicas.iter().all(|r| r.url != *u))
-        .expect("a store without the volume");
+    let spare = spare_of(&cl, &a);
     let v = a.volume_id;
     // The copy onto the spare store, from the first replica.
-    let r = c
-        .post(format!("{spare}/v1/volumes/{v}/import"))
-        .json(&serde_json::json!({ "from": a.replicas[0].url }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "import: {}", r.status());
+    import(&c, &spare, v, &a.replicas[0].url).await;
     assert_eq!(
         c.get(format!("{spare}{path}"))
             .send()
@@ -128,16 +126,7 @@ async fn a_delete_made_during_a_replica_copy_does_not_come_back_on_the_copy() {
     );
     // The copy replaces the second replica.
     let spare_id = store_id(&c, &dir, &spare).await;
-    let r = c
-        .post(format!("{dir}/v1/volumes/{v}/replace"))
-        .json(&serde_json::json!({
-            "from_store_id": a.replicas[1].store_id.to_string(),
-            "to_store_id": spare_id.to_string(),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "replace: {}", r.status());
+    replace(&c, &dir, v, a.replicas[1].store_id, spare_id).await;
     // The deleted photo is gone from the copy too (the repair worker applies the queued delete).
     until_gone(&c, &format!("{spare}{path}"), "the copy").await;
 }
@@ -162,36 +151,12 @@ async fn a_moved_replicas_old_copy_is_dropped_and_the_volume_can_move_back() {
     let dir = cl.directory_url();
     let (a, path, _) = put_photo(&c, &dir, 9_000, 1).await;
     let v = a.volume_id;
-    let spare = cl
-        .store_urls()
-        .into_iter()
-        .find(|u| a.replicas.iter().all(|r| r.url != *u))
-        .expect("a store without the volume");
+    let spare = spare_of(&cl, &a);
     let spare_id = store_id(&c, &dir, &spare).await;
     let (kept, old) = (a.replicas[0].clone(), a.replicas[1].clone());
     let copy_and_replace = async |onto: &str, onto_id: u64, from: &str, replaced: u64| {
-        let r = c
-            .post(format!("{onto}/v1/volumes/{v}/import"))
-            .json(&serde_json::json!({ "from": from }))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        assert!(
-            status.is_success(),
-            "import onto {onto}: {status} {}",
-            r.text().await.unwrap()
-        );
-        let r = c
-            .post(format!("{dir}/v1/volumes/{v}/replace"))
-            .json(&serde_json::json!({
-                "from_store_id": replaced.to_string(),
-                "to_store_id": onto_id.to_string(),
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "replace: {}", r.status());
+        import(&c, onto, v, from).await;
+        replace(&c, &dir, v, replaced, onto_id).await;
     };
     // The second replica moves onto the spare store; then the photo is deleted.
     copy_and_replace(&spare, spare_id, &kept.url, old.store_id).await;
@@ -279,65 +244,13 @@ async fn moved_then_sealed(cl: &Cluster) -> (AssignResponse, Replica, u32) {
     let dir = cl.directory_url();
     let (a, _, _) = put_photo(&c, &dir, 9_000, 2).await;
     let v = a.volume_id;
-    let spare = cl
-        .store_urls()
-        .into_iter()
-        .find(|u| a.replicas.iter().all(|r| r.url != *u))
-        .expect("a store without the volume");
+    let spare = spare_of(cl, &a);
     let spare_id = store_id(&c, &dir, &spare).await;
     let (kept, old) = (a.replicas[0].clone(), a.replicas[1].clone());
-    let r = c
-        .post(format!("{spare}/v1/volumes/{v}/import"))
-        .json(&serde_json::json!({ "from": kept.url }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "import: {}", r.status());
-    let r = c
-        .post(format!("{dir}/v1/volumes/{v}/replace"))
-        .json(&serde_json::json!({
-            "from_store_id": old.store_id.to_string(),
-            "to_store_id": spare_id.to_string(),
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "replace: {}", r.status());
-    let (s, body) = crate::common::post(
-        &c,
-        format!("{dir}/v1/volumes/{v}/state"),
-        serde_json::json!({"state": "sealed"}),
-    )
-    .await;
-    assert_eq!(s, 200, "seal: {body}");
-    for url in [&kept.url, &spare] {
-        let (s, body) = crate::common::post(
-            &c,
-            format!("{url}/v1/volumes/{v}/seal"),
-            serde_json::json!({}),
-        )
-        .await;
-        assert_eq!(s, 200, "store seal: {body}");
-    }
+    import(&c, &spare, v, &kept.url).await;
+    replace(&c, &dir, v, old.store_id, spare_id).await;
+    seal(&c, &dir, v, &[&kept.url, &spare]).await;
     (a, old, v)
-}
-
-/// The volume's 2+1 encode, retried while the new replica has not reported its sealed copy
-/// yet (503); the last answer.
-async fn encode_2_1(c: &reqwest::Client, dir: &str, v: u32) -> (u16, String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, body) = crate::common::post(
-            c,
-            format!("{dir}/v1/volumes/{v}/encode"),
-            serde_json::json!({"k": 2, "m": 1, "block_bytes": 65536}),
-        )
-        .await;
-        if s != 503 || Instant::now() > deadline {
-            return (s, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// An encode places no shard on a store that still holds a copy a move replaced (until the
