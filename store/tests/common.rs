@@ -62,6 +62,11 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The status of a GET of `path` here.
+    pub async fn status(&self, http: &reqwest::Client, path: &str) -> reqwest::StatusCode {
+        http.get(self.url(path)).send().await.expect("GET").status()
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

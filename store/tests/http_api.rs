@@ -641,6 +641,15 @@ fn a_failed_reseed_keeps_the_remote_copy_it_would_replace() {
     });
 }
 
+/// Three data directories: a source store, the store under test and a second source.
+fn three_dirs() -> (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir) {
+    (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
 /// A source that sends an export's head and first bytes, then waits for `go` before the rest;
 /// if `go` is dropped instead, it closes the connection there (a download cut midway).
 async fn stalling_source(
@@ -717,11 +726,7 @@ async fn two_sources_of_volume_6(http: &reqwest::Client, a: &TestServer, c: &Tes
 /// meanwhile waits for the swap and then promotes the new copy (never undone by it).
 #[test]
 fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let a = start_server(da.path(), ENGINES[0]).await;
         let b = start_server(db.path(), ENGINES[1]).await;
@@ -758,12 +763,10 @@ fn a_reseed_reports_the_incoming_copy_and_a_promotion_waits_for_it() {
         }
         assert_eq!(seen, Some(tag_c), "the incoming copy's tag is not reported");
         // The old copy still serves meanwhile.
-        let r = http
-            .get(b.url("/v1/needles/6/3/0/66"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            b.status(&http, "/v1/needles/6/3/0/66").await,
+            StatusCode::OK
+        );
         // A promotion asked now waits for the swap, then promotes the new copy.
         let store = b.store.clone();
         let promote = tokio::spawn(async move { store.promote(6).await });
@@ -824,11 +827,7 @@ async fn stalled_reseed(
 /// source's tag, and no half-downloaded file; a re-seed afterwards replaces it.
 #[test]
 fn a_reseed_cut_midway_or_by_a_restart_keeps_the_copy_it_would_replace() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let a = start_server(da.path(), ENGINES[0]).await;
         let mut b = start_server(db.path(), ENGINES[1]).await;
@@ -1049,11 +1048,7 @@ fn a_needle_shipped_after_its_delete_reached_the_remote_stays_deleted() {
 /// the deleted needle for good (shipping never carries flags below the tail).
 #[test]
 fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let import_file = db.path().join("vol-6.dat.import");
@@ -1068,22 +1063,15 @@ fn a_delete_taken_during_a_reseed_holds_on_the_new_copy() {
         go.send(()).unwrap();
         reseed.await.unwrap().unwrap();
         feeder.await.unwrap();
-        let r = http
-            .get(b.url("/v1/needles/6/5/0/66"))
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            r.status(),
+            b.status(&http, "/v1/needles/6/5/0/66").await,
             StatusCode::NOT_FOUND,
             "the delete taken during the re-seed was lost"
         );
-        let r = http
-            .get(b.url("/v1/needles/6/4/0/66"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            b.status(&http, "/v1/needles/6/4/0/66").await,
+            StatusCode::OK
+        );
         // A write of it arriving late is refused too (the delete memory came along).
         assert!(matches!(
             b.store
@@ -1148,22 +1136,17 @@ async fn reseed_held_in_its_swap(
 /// caller retries and reaches the new copy).
 #[test]
 fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         // A re-seed from c, held inside its swap.
         let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
         // The copy being replaced still serves.
-        let r = http
-            .get(b.url("/v1/needles/6/5/0/66"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "no copy served during the swap");
+        assert_eq!(
+            b.status(&http, "/v1/needles/6/5/0/66").await,
+            StatusCode::OK,
+            "no copy served during the swap"
+        );
         // A delete of a needle of the incoming copy, sent now, as the directory sends it.
         let del = {
             let (http, url) = (http.clone(), b.url("/v1/needles/6/105/0/66"));
@@ -1183,22 +1166,15 @@ fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
                 .unwrap();
             assert_eq!(r.status(), StatusCode::NO_CONTENT);
         }
-        let r = http
-            .get(b.url("/v1/needles/6/105/0/66"))
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            r.status(),
+            b.status(&http, "/v1/needles/6/105/0/66").await,
             StatusCode::NOT_FOUND,
             "a delete answered during the swap did not hold"
         );
-        let r = http
-            .get(b.url("/v1/needles/6/104/0/66"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            b.status(&http, "/v1/needles/6/104/0/66").await,
+            StatusCode::OK
+        );
         a.stop().await;
         b.stop().await;
         c.stop().await;
@@ -1213,11 +1189,7 @@ fn a_delete_during_a_reseeds_swap_is_not_answered_done_and_holds() {
 /// download is journaled for the new copy.
 #[test]
 fn every_delete_taken_during_a_reseeds_download_holds_past_the_delete_memory() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let a = start_server(da.path(), ENGINES[0]).await;
         let b = start_server(db.path(), ENGINES[1]).await;
@@ -1254,23 +1226,16 @@ fn every_delete_taken_during_a_reseeds_download_holds_past_the_delete_memory() {
         reseed.await.unwrap().unwrap();
         feeder.await.unwrap();
         for k in [keys.start, keys.start + 1, keys.end - 1] {
-            let r = http
-                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
-                .send()
-                .await
-                .unwrap();
             assert_eq!(
-                r.status(),
+                b.status(&http, &format!("/v1/needles/6/{k}/0/66")).await,
                 StatusCode::NOT_FOUND,
                 "needle {k}, deleted during the download, came back with the new copy"
             );
         }
-        let r = http
-            .get(b.url("/v1/needles/6/104/0/66"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            b.status(&http, "/v1/needles/6/104/0/66").await,
+            StatusCode::OK
+        );
         a.stop().await;
         b.stop().await;
         c.stop().await;
@@ -1284,11 +1249,7 @@ fn every_delete_taken_during_a_reseeds_download_holds_past_the_delete_memory() {
 /// delete still queued), it landed live. Now the new copy remembers the old copy's deletes.
 #[test]
 fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_download() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let import_file = db.path().join("vol-6.dat.import");
@@ -1314,13 +1275,8 @@ fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_d
             .unwrap()
             .expect("the needle's bytes");
         remote.ship_append(tail, bytes.to_vec()).await.unwrap();
-        let r = http
-            .get(b.url("/v1/needles/6/500/0/66"))
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            r.status(),
+            b.status(&http, "/v1/needles/6/500/0/66").await,
             StatusCode::NOT_FOUND,
             "a needle deleted during the re-seed's download landed live when shipped after it"
         );
@@ -1336,11 +1292,7 @@ fn a_needle_shipped_after_a_reseed_stays_deleted_if_its_delete_came_during_the_d
 /// restart. A copy whose file was renamed over now stays replaced until a restart.
 #[test]
 fn a_copy_whose_file_was_renamed_over_is_never_put_back_in_service() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let (a, b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let fail_renamed = db.path().join("test-fail-reseed-renamed");
@@ -1384,11 +1336,7 @@ fn a_copy_whose_file_was_renamed_over_is_never_put_back_in_service() {
 /// new copy is untouched.
 #[test]
 fn a_seal_waiting_during_a_reseeds_swap_does_not_touch_the_new_copy() {
-    let (da, db, dc) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (da, db, dc) = three_dirs();
     rt().block_on(async {
         let (a, mut b, c, http) = b_holds_a_remote_copy_of_a(&da, &db, &dc).await;
         let (armed, _disarm, reseed) = reseed_held_in_its_swap(&b, &c, db.path()).await;
@@ -1410,12 +1358,11 @@ fn a_seal_waiting_during_a_reseeds_swap_does_not_touch_the_new_copy() {
         b.stop().await;
         b = start_server(db.path(), ENGINES[1]).await;
         for k in [100u64, 105, 129] {
-            let r = http
-                .get(b.url(&format!("/v1/needles/6/{k}/0/66")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK, "needle {k} of the new copy");
+            assert_eq!(
+                b.status(&http, &format!("/v1/needles/6/{k}/0/66")).await,
+                StatusCode::OK,
+                "needle {k} of the new copy"
+            );
         }
         a.stop().await;
         b.stop().await;
