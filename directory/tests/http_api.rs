@@ -579,26 +579,41 @@ async fn http_restart_keeps_committed_photos_and_stores() {
     dir.stop().await.expect("clean stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_operator_seals_a_volume_and_moves_a_replica() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let mut config = test_config(data.path());
+/// A directory (replication 2) over two fake stores holding a writable volume, and a third
+/// registered store holding nothing.
+async fn two_replicas_and_a_spare(
+    data: &std::path::Path,
+) -> (
+    TestDirectory,
+    Vec<FakeStore>,
+    haystack_proto::directory::LogicalVolumeInfo,
+    FakeStore,
+) {
+    let mut config = test_config(data);
     config.replication_factor = 2;
-    let dir = TestDirectory::start(config, data.path()).await;
-    let c = &dir.client;
+    let dir = TestDirectory::start(config, data).await;
     let mut stores = vec![FakeStore::start(None).await, FakeStore::start(None).await];
-    bring_up(c, &mut stores).await;
-    let vol = c
+    bring_up(&dir.client, &mut stores).await;
+    let vol = dir
+        .client
         .volumes()
         .await
         .expect("volumes")
         .into_iter()
         .find(|v| v.writable)
         .expect("a writable volume");
+    let mut spare = FakeStore::start(None).await;
+    spare.register(&dir.client).await;
+    (dir, stores, vol, spare)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_operator_seals_a_volume_and_moves_a_replica() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (dir, mut stores, vol, mut spare) = two_replicas_and_a_spare(data.path()).await;
+    let c = &dir.client;
 
     // Move the replica on stores[0] to a new machine, as a repair would after copying.
-    let mut spare = FakeStore::start(None).await;
-    spare.register(c).await;
     let e = c
         .replace_replica(vol.id, stores[0].id, 999)
         .await
@@ -669,21 +684,7 @@ async fn http_operator_seals_a_volume_and_moves_a_replica() {
 async fn http_replace_refuses_a_replica_of_an_erasure_coded_volume() {
     use haystack_directory::meta::Meta;
     let data = tempfile::tempdir().expect("tempdir");
-    let mut config = test_config(data.path());
-    config.replication_factor = 2;
-    let dir = TestDirectory::start(config, data.path()).await;
-    let c = &dir.client;
-    let mut stores = vec![FakeStore::start(None).await, FakeStore::start(None).await];
-    bring_up(c, &mut stores).await;
-    let vol = c
-        .volumes()
-        .await
-        .expect("volumes")
-        .into_iter()
-        .find(|v| v.writable)
-        .expect("a writable volume");
-    let mut spare = FakeStore::start(None).await;
-    spare.register(c).await;
+    let (dir, stores, vol, spare) = two_replicas_and_a_spare(data.path()).await;
     // The encode's switch: the record now names the shards' stores (here the same two).
     let meta = Meta::new(dir.faults.clone());
     let cur = meta.get_volume(vol.id).await.expect("get").expect("volume");
