@@ -105,6 +105,13 @@ pub struct LogicalVolume {
     pub moved_away: Vec<MovedCopy>,
 }
 
+impl LogicalVolume {
+    /// Whether `store` still holds a copy a move replaced (see [`LogicalVolume::moved_away`]).
+    pub fn has_moved_copy(&self, store: u64) -> bool {
+        self.moved_away.iter().any(|m| m.store_id == store)
+    }
+}
+
 /// A copy a move replaced, not dropped yet (see [`LogicalVolume::moved_away`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovedCopy {

@@ -368,15 +368,27 @@ impl IoEngine {
             Inner::Sync => {
                 // One pread (a regular file reads short only at its end; `Disk::read_at`
                 // loops for the rest), through the simulator when one is attached.
+                // A read left running past the timeout does no harm when it ends (unlike a
+                // write, which `blocking_timed` keeps from starting late): a plain timeout,
+                // without the per-call start bookkeeping, on the GET path.
                 let (file, disk) = (file.clone(), self.disk.clone());
-                self.blocking_timed("a read", move || {
+                let read = blocking(move || {
                     crate::metrics::hot().disk_reads.increment(1);
                     let mut buf = vec![0u8; len];
                     let got = disk.read_at(&file, &mut buf, offset)?;
                     buf.truncate(got);
                     Ok((buf, 1))
-                })
-                .await
+                });
+                match tokio::time::timeout(self.timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        metrics::counter!("haystack_store_io_timeouts_total").increment(1);
+                        Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("a read did not complete within {:?}", self.timeout),
+                        ))
+                    }
+                }
             }
         }
     }

@@ -13,22 +13,25 @@ use crate::error::{Result, StoreError};
 use crate::volume::{Volume, VolumeConfig};
 
 /// Runs `f` on the blocking pool; a task that panicked is an I/O error.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
 }
 
-/// Removes each of `paths` that exists.
-fn remove_if_present(paths: &[&std::path::Path]) -> std::io::Result<()> {
+/// Removes each of `paths` that exists, in order; how many were there.
+pub(crate) fn remove_if_present<P: AsRef<std::path::Path>>(paths: &[P]) -> std::io::Result<usize> {
+    let mut removed = 0;
     for p in paths {
         match std::fs::remove_file(p) {
-            Ok(()) => {}
+            Ok(()) => removed += 1,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(removed)
 }
 
 fn lock_map(

@@ -286,8 +286,8 @@ pub struct Volume {
     /// write's indexing, so that one of the two always sees the other.
     recent_deletes: Mutex<recent::RecentDeletes>,
     /// While a re-seed downloads the copy that replaces this one: every delete taken since it
-    /// began, for the new copy ([`Volume::take_deletes_of`]). Unbounded while it lasts (24
-    /// bytes a delete), unlike the delete memory, which forgets after 10 minutes and past
+    /// began, for the new copy ([`Volume::take_deletes_of`]). Unbounded while it lasts
+    /// (`size_of::<DeleteOf>()`, 32 bytes, a delete), unlike the delete memory, which forgets after 10 minutes and past
     /// 4096 needles. A leaf lock.
     reseed_journal: Mutex<Option<Vec<DeleteOf>>>,
     /// Told each time a write in flight (`recent`) is settled: a delete of its needle waits.
@@ -336,6 +336,17 @@ pub fn volume_paths(dir: &Path, id: u32) -> (PathBuf, PathBuf, PathBuf) {
         dir.join(format!("vol-{id}.idx")),
         dir.join(format!("vol-{id}.sidx")),
     )
+}
+
+/// Every file of volume `id` in `dir`, in the order a drop removes them: a compaction's or
+/// index rebuild's leftovers (the commit marker first), the sorted index, the index file, the
+/// volume file, and the remote-copy mark last (without it, a volume file left would open as
+/// an ordinary replica).
+pub(crate) fn all_files(dir: &Path, id: u32) -> Vec<PathBuf> {
+    let (dat, idx, sidx) = volume_paths(dir, id);
+    let mut files = compact::leftovers(dir, id).to_vec();
+    files.extend([sidx, idx, dat, ship::remote_marker(dir, id)]);
+    files
 }
 
 /// A delete taken: key, alternate key, and the cookie it named (None: garbage collection's).

@@ -56,14 +56,13 @@ pub struct UploaderConfig {
     pub variants: Vec<VariantSpec>,
     /// JPEG quality of the variants, 1 to 100. Default 85.
     pub jpeg_quality: u8,
-    /// Photos decoded and resized at once (each on a blocking thread; a 100-megapixel photo
-    /// takes about 300 MB while it is worked on). Default: the number of CPUs.
+    /// Photos decoded and resized at once (each on a blocking thread; together within
+    /// `image_memory_bytes`). Default: the number of CPUs.
     pub image_workers: usize,
     /// Memory all photos being decoded and resized at once may take, bytes: each reserves its
     /// estimated peak (`images::decode_memory`: 16 bytes a pixel, plus its body, plus 64
     /// MiB) before it starts, and waits while the others hold too much. Must hold the largest
-    /// photo `max_pixels` and `max_photo_bytes` allow. Default 2 GiB (the largest default
-    /// photo estimates 1.72 GB).
+    /// photo `max_pixels` and `max_photo_bytes` allow (`validate` checks). Default 2 GiB.
     pub image_memory_bytes: u64,
     /// Size of a video chunk (one needle), bytes. Default 4 MiB. Must stay below the stores'
     /// `max_needle_bytes`, and be large enough that a video of `max_video_bytes` has few

@@ -341,10 +341,7 @@ impl Directory {
                 }
             };
             let v = &cur.value;
-            if v.replicas.contains(&store)
-                || v.remote.contains(&store)
-                || v.moved_away.iter().any(|m| m.store_id == store)
-            {
+            if v.replicas.contains(&store) || v.remote.contains(&store) || v.has_moved_copy(store) {
                 return;
             }
             let mut vol = cur.value.clone();

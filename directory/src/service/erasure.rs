@@ -348,7 +348,7 @@ impl Directory {
             .stores
             .values()
             .filter(|s| takes_replicas(s))
-            .filter(|s| !cur.value.moved_away.iter().any(|m| m.store_id == s.id))
+            .filter(|s| !cur.value.has_moved_copy(s.id))
             .map(|s| placement_candidate(&view, s))
             .collect();
         let need = info.used_bytes / req.k as u64 + (1 << 20);
@@ -817,7 +817,7 @@ impl Directory {
                         "store {t} holds another shard of volume {id}"
                     )));
                 }
-                if cur.value.moved_away.iter().any(|m| m.store_id == t) {
+                if cur.value.has_moved_copy(t) {
                     return Err(DirectoryError::Conflict(format!(
                         "store {t} still holds a copy of volume {id} that a move replaced (its \
                          reads would come from it before the shard); choose another store or \
@@ -831,7 +831,7 @@ impl Directory {
                     .stores
                     .values()
                     .filter(|s| takes_replicas(s) && !cur.value.replicas.contains(&s.id))
-                    .filter(|s| !cur.value.moved_away.iter().any(|m| m.store_id == s.id))
+                    .filter(|s| !cur.value.has_moved_copy(s.id))
                     .map(|s| Candidate {
                         store_id: s.id,
                         zone: s.zone.clone(),

@@ -76,7 +76,7 @@ impl Directory {
                             && s.lifecycle == StoreLifecycle::Active
                             && !vol.replicas.contains(&s.id)
                             && !vol.remote.contains(&s.id)
-                            && !vol.moved_away.iter().any(|m| m.store_id == s.id)
+                            && !vol.has_moved_copy(s.id)
                     })
                     .map(|s| placement_candidate(&view, s))
                     .collect();

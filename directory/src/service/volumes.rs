@@ -202,7 +202,7 @@ impl Directory {
             }
             // Its old copy may still be dropped by a pass that read the record before: only
             // once it is gone (and `to` left the list) may `to` hold the volume again.
-            if cur.value.moved_away.iter().any(|m| m.store_id == to) {
+            if cur.value.has_moved_copy(to) {
                 return Err(DirectoryError::Conflict(format!(
                     "store {to} still holds the copy of volume {id} that a move replaced; it is \
                      dropped within moved_copy_keep_ms once no repair needs it: choose another \

@@ -783,32 +783,10 @@ impl Store {
             // It serves no write or delete again, whatever happens to its files below.
             v.set_superseded();
         }
-        // The commit marker and the new files of an interrupted compaction first (with the
-        // marker a restart would roll them forward into a volume again), the volume file
-        // (while it is there, a retry finds something to drop).
+        // In `all_files` order: the compaction marker first, the volume file late (while it
+        // is there, a retry finds something to drop), the remote-copy mark last.
         let dir = &self.config().data_dir;
-        let (dat, idx, sidx) = crate::volume::volume_paths(dir, id);
-        // The remote-copy mark after it (with the volume file and without the mark, a
-        // restart would open a remote copy as an ordinary replica).
-        let mut files: Vec<std::path::PathBuf> = [
-            "compacted",
-            "dat.compact",
-            "idx.compact",
-            "sidx.compact",
-            "idx.rebuild",
-        ]
-        .iter()
-        .map(|ext| dir.join(format!("vol-{id}.{ext}")))
-        .collect();
-        files.extend([sidx, idx, dat, dir.join(format!("vol-{id}.remote"))]);
-        let mut removed = 0;
-        for p in files {
-            match std::fs::remove_file(&p) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let removed = crate::store::remove_if_present(&crate::volume::all_files(dir, id))?;
         // A quarantined copy whose files went: out of the heartbeats too. An erasure-coded
         // volume quarantined under the same id (its manifest is here) keeps its entry.
         if v.is_none() && !super::manifest_path(dir, id).exists() {

@@ -150,6 +150,18 @@ pub struct CompactReport {
     pub elapsed_ms: u64,
 }
 
+/// The temporary index file of an index rebuild.
+fn rebuild_tmp(dir: &Path, id: u32) -> PathBuf {
+    dir.join(format!("vol-{id}.idx.rebuild"))
+}
+
+/// Every file a compaction or an index rebuild of volume `id` may leave in `dir`: the commit
+/// marker first (with it, an open rolls the new files forward into a volume).
+pub(super) fn leftovers(dir: &Path, id: u32) -> [PathBuf; 5] {
+    let p = Paths::new(dir, id);
+    [p.marker, p.dat, p.idx, p.sidx, rebuild_tmp(dir, id)]
+}
+
 #[derive(Clone)]
 struct Paths {
     dir: PathBuf,
@@ -425,11 +437,7 @@ impl NewFiles {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Io(io::Error::other(format!("compaction task failed: {e}"))))?
-}
+use crate::store::blocking;
 
 impl Volume {
     /// Compacts the volume online (see the module docs). One at a time per volume; runs as
@@ -850,7 +858,7 @@ impl Volume {
         );
         let (index, entries, tail, idx, damage) = blocking(move || {
             let (_, idx_path, sidx_path) = volume_paths(&dir, id);
-            let tmp = dir.join(format!("vol-{id}.idx.rebuild"));
+            let tmp = rebuild_tmp(&dir, id);
             let mut idx = disk.create(&tmp)?;
             let file_len = file.metadata()?.len();
             let Recovered {
