@@ -166,8 +166,18 @@ async fn concurrent_misses_share_liveness_lookups_and_still_refuse_deleted_photo
 /// Writes deleted photo `p`'s needle on store 1, as a store that missed its delete would hold
 /// it; returns the needle's URL on that store. The photo must have been written to store 0
 /// only: store 1 refuses to write a needle it holds deleted for good, and one whose delete it
-/// answered 404 until it restarts, so it is restarted first.
+/// answered 404 until it restarts, so it is restarted first, once the directory's repair
+/// queue is empty (the copy the write to store 0 alone queued for store 1 turns into that
+/// delete when the worker reaches it: landing during the write below, it refused it, 410).
 async fn write_orphan(env: &mut Env, p: &PhotoInfo, body: Vec<u8>) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !env.dir.repairs().await.expect("repairs").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the repair queue never emptied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     env.cluster.stop_store(1);
     env.cluster.start_store(1);
     let orphan = needle_url(&env.cluster.store_url(1), p, 0);
